@@ -1,0 +1,15 @@
+"""xent: TensorFlow's softmax cross-entropy family, without TensorFlow.
+
+The namespaces mirror TensorFlow's, so ported code changes only its import:
+`xent.nn`, `xent.losses` (``tf.compat.v1.losses``), `xent.keras.losses`,
+`xent.raw_ops` and `xent.errors`.
+"""
+from xent import errors
+from xent import keras
+from xent import losses
+from xent import nn
+from xent import raw_ops
+
+__version__ = "0.1.0"
+
+__all__ = ["errors", "keras", "losses", "nn", "raw_ops", "__version__"]

@@ -1,0 +1,93 @@
+"""Array backends: the caller's array type decides which one runs.
+
+A backend converts inputs, runs the per-row kernel (differentiably, for the
+frameworks) and gives back arrays of the caller's type. The faces and the
+reduction code speak only to a backend's small interface:
+
+  - ``asarray(x)``            convert like ``tf.convert_to_tensor``
+  - ``dtype_name(x)``         ``"float32"``, ``"bfloat16"``, ``"int64"``, ...
+  - ``astype(x, name)``       cast to a dtype given by name
+  - ``xp``                    a NumPy-like namespace for elementwise ops and sums
+  - ``size(x)``               number of elements
+  - ``sparse_xent(labels, logits)`` / ``dense_xent(labels, logits)``
+                              per-row loss in the accumulator dtype
+  - ``stop_gradient(x)``      `x`, cut from the autograd graph
+  - ``finish(x)``             the value handed back to the caller
+
+Only NumPy lives here. PyTorch and JAX backends are chosen by the arrays'
+types, and their modules are imported only when such an array arrives (a
+framework that is not already in `sys.modules` cannot have made the array).
+"""
+import sys
+
+import numpy as np
+
+from xent import _core, _dtypes
+
+
+class NumpyBackend:
+    """NumPy arrays in, NumPy arrays out."""
+
+    name = "numpy"
+    xp = np
+
+    @staticmethod
+    def asarray(x):
+        """Convert as `tf.convert_to_tensor` does (see `_dtypes.to_array`)."""
+        return _dtypes.to_array(x)
+
+    @staticmethod
+    def dtype_name(x):
+        """The dtype's name, e.g. ``"bfloat16"``."""
+        return np.asarray(x).dtype.name
+
+    @staticmethod
+    def astype(x, name):
+        """Cast `x` to the dtype called `name` (no copy if it already is)."""
+        dtype = _dtypes.bfloat16() if name == "bfloat16" else np.dtype(name)
+        return np.asarray(x).astype(dtype, copy=False)
+
+    @staticmethod
+    def size(x):
+        """Number of elements."""
+        return np.size(x)
+
+    @staticmethod
+    def sparse_xent(labels, logits):
+        """Per-row loss ``[d...]`` of `_core.sparse_xent`, accumulator dtype."""
+        return _core.sparse_xent(labels, logits)[0]
+
+    @staticmethod
+    def dense_xent(labels, logits):
+        """Per-row loss of `_core.dense_xent`, accumulator dtype."""
+        return _core.dense_xent(labels, logits)[0]
+
+    @staticmethod
+    def stop_gradient(x):
+        """No gradients in NumPy: `x` itself."""
+        return x
+
+    @staticmethod
+    def finish(x):
+        """Return 0-d results as NumPy scalars, others as arrays."""
+        return x[()] if isinstance(x, np.ndarray) and x.ndim == 0 else x
+
+
+def _framework_backend(arrays):
+    """The PyTorch or JAX backend if any of `arrays` belongs to one, else None."""
+    torch = sys.modules.get("torch")
+    if torch is not None and any(isinstance(a, torch.Tensor) for a in arrays):
+        from xent import _torch
+
+        return _torch.TorchBackend
+    jax = sys.modules.get("jax")
+    if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
+        from xent import _jax
+
+        return _jax.JaxBackend
+    return None
+
+
+def of(*arrays):
+    """The backend for a call whose array arguments are `arrays`."""
+    return _framework_backend(arrays) or NumpyBackend

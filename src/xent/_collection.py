@@ -1,0 +1,59 @@
+"""The v1 loss collection: a process-wide registry of losses, by collection key.
+
+TensorFlow 1 kept losses in graph collections (`tf.compat.v1.GraphKeys.LOSSES`)
+so `get_total_loss` could add them up. xent keeps one registry per process,
+as TensorFlow's default graph does; `clear_losses` empties it (TF's
+`reset_default_graph`).
+"""
+import re
+
+
+class GraphKeys:
+    """Collection keys, as `tf.compat.v1.GraphKeys`."""
+
+    LOSSES = "losses"
+    REGULARIZATION_LOSSES = "regularization_losses"
+
+
+_registry = {}
+
+
+def add_loss(loss, loss_collection=GraphKeys.LOSSES, scope=None):
+    """Add `loss` to `loss_collection` (nothing if the collection is None/empty).
+
+    `scope` is remembered so that `get_losses(scope=...)` can filter by it, as TF
+    filters by op name.
+    """
+    if loss_collection:
+        _registry.setdefault(loss_collection, []).append((scope or "", loss))
+
+
+def get_losses(scope=None, loss_collection=GraphKeys.LOSSES):
+    """Losses in `loss_collection`, optionally those whose scope matches `scope`."""
+    entries = _registry.get(loss_collection, [])
+    return [loss for name, loss in entries if scope is None or re.match(scope, name)]
+
+
+def get_regularization_losses(scope=None):
+    """Losses in the REGULARIZATION_LOSSES collection."""
+    return get_losses(scope, GraphKeys.REGULARIZATION_LOSSES)
+
+
+def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None):
+    """Sum of `get_losses(scope)` (plus regularization losses by default).
+
+    Raises ValueError when there is nothing to add, as TF's ``add_n`` does.
+    """
+    found = get_losses(scope) + (get_regularization_losses(scope) if add_regularization_losses else [])
+    if not found:
+        raise ValueError("No losses to add: the loss collection is empty "
+                         "(tf.math.add_n needs at least one input)")
+    total = found[0]
+    for loss in found[1:]:
+        total = total + loss
+    return total
+
+
+def clear_losses():
+    """Empty every collection (TensorFlow's `reset_default_graph`)."""
+    _registry.clear()

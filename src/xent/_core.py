@@ -1,0 +1,94 @@
+"""The one computation path beneath every public function.
+
+`sparse_xent` and `dense_xent` take validated arrays of any rank, flatten them
+to ``[rows, C]``, run one kernel that yields the per-row loss (and, when asked,
+the gradient), and give the results back in the input's shape. The kernel is
+the fused one from `_fused` when its compiler is available, else the NumPy
+reference in `_kernels`.
+"""
+import math
+import warnings
+
+import numpy as np
+
+from xent import _kernels, _validate
+
+_state = {"kernels": None}
+
+
+def kernels():
+    """The kernel module in use: `xent._fused` if it loads, else `xent._kernels`."""
+    if _state["kernels"] is None:
+        try:
+            from xent import _fused
+        except ImportError as exc:
+            warnings.warn(
+                f"xent: fused kernels unavailable ({exc}); using the NumPy "
+                "reference kernels", RuntimeWarning, stacklevel=3)
+            _state["kernels"] = _kernels
+        else:
+            _state["kernels"] = _fused
+    return _state["kernels"]
+
+
+def use_reference_kernels(flag=True):
+    """Force the NumPy reference kernels (``True``) or go back to the default."""
+    _state["kernels"] = _kernels if flag else None
+
+
+def _rows(shape):
+    """Number of rows once every axis but the last is flattened."""
+    return math.prod(shape[:-1])
+
+
+def _grad_buffer(grad, logits2d):
+    """Resolve the `grad` request: None/False → None, True → new array, array → itself."""
+    if grad is None or grad is False:
+        return None
+    if grad is True:
+        return np.empty(logits2d.shape, logits2d.dtype)
+    return grad.reshape(logits2d.shape)
+
+
+def sparse_xent(labels, logits, grad=None):
+    """Per-row sparse softmax cross-entropy, and optionally its gradient.
+
+    Args:
+      labels: int array ``[d0..d(r-1)]``; checked here against ``[0, C)``.
+      logits: float array ``[d0..d(r-1), C]``, ``C >= 1``.
+      grad: None for no gradient, True to allocate one, or an array of the
+        logits' shape to write it into (may be `logits` itself).
+
+    Returns:
+      ``(loss, grad)``: loss ``[d0..d(r-1)]`` in float32 (float64 for float64
+      logits); grad ``softmax(logits) - one_hot(labels)`` in its buffer's dtype,
+      shaped like `logits`, or None.
+    """
+    num_classes = logits.shape[-1]
+    _validate.labels_in_range(labels, num_classes)
+    x2 = logits.reshape(_rows(logits.shape), num_classes)
+    out = _grad_buffer(grad, x2)
+    loss, _ = kernels().sparse_rows(x2, labels.reshape(-1), out)
+    return loss.reshape(labels.shape), None if out is None else out.reshape(logits.shape)
+
+
+def dense_xent(labels, logits, grad=None):
+    """Per-row softmax cross-entropy against target distributions.
+
+    Args:
+      labels: float array, 2-D after flattening and broadcastable to the
+        flattened logits (see `_validate.dense_2d_shapes`).
+      logits: float array ``[d0..d(r-1), C]``.
+      grad: as in `sparse_xent`.
+
+    Returns:
+      ``(loss, grad)``: loss ``[d0..d(r-1)]`` in the accumulator dtype; grad
+      ``softmax(logits) - labels`` shaped like `logits`, or None.
+    """
+    num_classes = logits.shape[-1]
+    x2 = logits.reshape(_rows(logits.shape), num_classes)
+    y2 = labels.reshape(_rows(labels.shape), labels.shape[-1])
+    _validate.dense_2d_shapes(x2, y2)
+    out = _grad_buffer(grad, x2)
+    loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, x2.shape), out)
+    return loss.reshape(logits.shape[:-1]), None if out is None else out.reshape(logits.shape)

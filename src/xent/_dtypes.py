@@ -1,0 +1,63 @@
+"""dtype rules: which dtypes each argument accepts and where arithmetic happens.
+
+TensorFlow's ops take logits in float16, bfloat16, float32 or float64 and
+integer labels in int32 or int64. xent computes half precision in float32 and
+rounds once at the end; float64 stays float64.
+"""
+import numpy as np
+
+from xent.errors import InvalidDTypeError
+
+FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+LABEL_NAMES = ("int32", "int64")
+HALF_NAMES = ("float16", "bfloat16")
+
+
+def bfloat16():
+    """The bfloat16 dtype from `ml_dtypes` (imported on first use)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def to_array(x):
+    """Convert `x` to an ndarray the way `tf.convert_to_tensor` would.
+
+    Arrays and NumPy scalars keep their dtype. Python floats (and lists of them)
+    become float32 and Python ints int32 (int64 if they do not fit), as in TF.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):
+        return np.asarray(x)
+    arr = np.asarray(x)
+    if arr.dtype == np.float64:
+        return arr.astype(np.float32)
+    if arr.dtype.kind == "i":
+        info = np.iinfo(np.int32)
+        fits = arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)
+        return arr.astype(np.int32 if fits else np.int64)
+    return arr
+
+
+def accumulator(dtype):
+    """The dtype arithmetic runs in: float64 for float64 input, else float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def accumulator_name(dtype_name):
+    """`accumulator` by dtype name: ``"float64"`` stays, every other float → ``"float32"``."""
+    return "float64" if dtype_name == "float64" else "float32"
+
+
+def check_float(dtype_name, arg):
+    """Raise `InvalidDTypeError` unless `dtype_name` is a supported logits dtype."""
+    if dtype_name not in FLOAT_NAMES:
+        raise InvalidDTypeError(
+            f"`{arg}` must have dtype float16, bfloat16, float32 or float64; "
+            f"received dtype {dtype_name}")
+
+
+def check_labels_int(dtype_name, arg="labels"):
+    """Raise `InvalidDTypeError` unless `dtype_name` is int32 or int64."""
+    if dtype_name not in LABEL_NAMES:
+        raise InvalidDTypeError(
+            f"`{arg}` must have dtype int32 or int64; received dtype {dtype_name}")

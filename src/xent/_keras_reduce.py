@@ -1,0 +1,131 @@
+"""Keras' weighting, masking and reduction of per-example losses.
+
+Keras 3 (and tf-keras) reduce ``values * sample_weight`` as follows:
+
+  - ``"none"``/None: the weighted values;
+  - ``"sum"``: their sum;
+  - ``"sum_over_batch_size"``/``"mean"`` (tf-keras ``AUTO``/``"auto"``): the
+    sum divided by the number of values;
+  - ``"mean_with_sample_weight"``: the sum divided by ``sum(sample_weight)``.
+
+A mask (``ignore_class``) zeroes the masked values and, for the means, scales
+the rest by ``count / valid`` so that the mean runs over the valid entries
+only; with nothing valid the result is 0. Every division is ``div_no_nan``.
+"""
+from xent.errors import InvalidArgumentError
+
+KERAS3_REDUCTIONS = ("sum_over_batch_size", "sum", None, "none", "mean", "mean_with_sample_weight")
+
+
+class Reduction:
+    """tf-keras' `tf.keras.losses.Reduction` keys."""
+
+    AUTO = "auto"
+    NONE = "none"
+    SUM = "sum"
+    SUM_OVER_BATCH_SIZE = "sum_over_batch_size"
+
+    @classmethod
+    def all(cls):
+        """All tf-keras reduction keys."""
+        return (cls.AUTO, cls.NONE, cls.SUM, cls.SUM_OVER_BATCH_SIZE)
+
+    @classmethod
+    def validate(cls, key):
+        """Raise ValueError unless `key` is a tf-keras reduction key."""
+        if key not in cls.all():
+            raise ValueError(f'Invalid Reduction Key: {key}. Expected keys are "{cls.all()}"')
+
+
+def standardize_reduction(reduction):
+    """Keras 3's reduction names; tf-keras' ``"auto"`` means ``"sum_over_batch_size"``."""
+    if reduction == Reduction.AUTO:
+        return "sum_over_batch_size"
+    if reduction not in KERAS3_REDUCTIONS:
+        allowed = set(KERAS3_REDUCTIONS) | {Reduction.AUTO}
+        raise ValueError(
+            "Invalid value for argument `reduction`. "
+            f"Expected one of {allowed}. Received: reduction={reduction}")
+    return reduction
+
+
+def squeeze_or_expand_to_same_rank(be, x1, x2, expand_rank_1=True):
+    """Make ranks equal when they differ by one trailing axis of size 1."""
+    if x1.ndim == x2.ndim + 1 and x1.shape[-1] == 1:
+        if x2.ndim == 1 and expand_rank_1:
+            return x1, be.xp.expand_dims(x2, -1)
+        return be.xp.squeeze(x1, -1), x2
+    if x2.ndim == x1.ndim + 1 and x2.shape[-1] == 1:
+        if x1.ndim == 1 and expand_rank_1:
+            return be.xp.expand_dims(x1, -1), x2
+        return x1, be.xp.squeeze(x2, -1)
+    return x1, x2
+
+
+def _div_no_nan(be, x, y):
+    """``x / y``, or 0 where ``y == 0``."""
+    safe = be.xp.where(y == 0, be.xp.ones_like(y), y)
+    return be.xp.where(y == 0, be.xp.zeros_like(x), x / safe)
+
+
+def _mask_weights(be, mask, dtype, reduction):
+    """The mask as weights: 0 where masked, else 1 (or ``count / valid`` for means)."""
+    float_mask = be.astype(mask, dtype)
+    if reduction not in ("mean", "sum_over_batch_size"):
+        return float_mask
+    total = be.astype(be.xp.ones_like(be.xp.sum(float_mask)) * be.size(mask), dtype)
+    return float_mask * _div_no_nan(be, total, be.xp.sum(float_mask))
+
+
+def _broadcast_check(values, weights):
+    """Raise InvalidArgumentError (TF's "Incompatible shapes") if they don't broadcast."""
+    for v, w in zip(reversed(tuple(values.shape)), reversed(tuple(weights.shape))):
+        if v != w and 1 not in (v, w):
+            raise InvalidArgumentError(
+                f"Incompatible shapes: {list(values.shape)} vs. {list(weights.shape)}: "
+                "`sample_weight` must broadcast to the per-example losses")
+
+
+def reduce_values(be, values, sample_weight, reduction):
+    """Sum (and divide) already weighted `values` per `reduction`."""
+    if reduction in (None, "none") or values.ndim == 0 or tuple(values.shape) == (0,):
+        return values
+    loss = be.xp.sum(values)
+    if reduction == "sum":
+        return loss
+    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        divisor = be.xp.sum(sample_weight)
+    else:
+        divisor = be.xp.ones_like(loss) * be.size(values)
+    return _div_no_nan(be, loss, be.astype(divisor, be.dtype_name(loss)))
+
+
+def reduce_weighted_values(be, values, sample_weight=None, mask=None,
+                           reduction="sum_over_batch_size", dtype="float32"):
+    """Keras' `reduce_weighted_values`: mask, weight and reduce `values`.
+
+    Args:
+      be: the call's backend.
+      values: per-example losses ``[d0, ..., dn]`` (cast to `dtype`).
+      sample_weight: None, a scalar, or broadcastable to `values` (a trailing
+        axis of size 1 is squeezed or added first).
+      mask: None or a boolean ``[d0, ..., dn]``; False entries drop out.
+      reduction: a Keras 3 reduction name (see `standardize_reduction`).
+      dtype: dtype name of the arithmetic and the result.
+    """
+    reduction = standardize_reduction(reduction)
+    values = be.astype(values, dtype)
+    if sample_weight is not None:
+        sample_weight = be.astype(be.asarray(sample_weight), dtype)
+    if mask is not None:
+        float_mask = _mask_weights(be, mask, dtype, reduction)
+        if sample_weight is None:
+            sample_weight = float_mask
+        else:
+            float_mask, sample_weight = squeeze_or_expand_to_same_rank(be, float_mask, sample_weight)
+            sample_weight = sample_weight * float_mask
+    if sample_weight is not None:
+        values, sample_weight = squeeze_or_expand_to_same_rank(be, values, sample_weight)
+        _broadcast_check(values, sample_weight)
+        values = values * sample_weight
+    return reduce_values(be, values, sample_weight, reduction)

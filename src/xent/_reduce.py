@@ -1,0 +1,100 @@
+"""Weighting and reduction of per-example losses, `tf.compat.v1.losses` rules.
+
+``weighted = losses * weights`` (weights a scalar, or of the losses' rank with
+each dimension 1 or equal), then by reduction:
+
+  - NONE: ``weighted``
+  - SUM: ``sum(weighted)``
+  - MEAN: ``sum(weighted) / sum(weights broadcast to losses)``
+  - SUM_OVER_BATCH_SIZE: ``sum(weighted) / losses.size``
+  - SUM_BY_NONZERO_WEIGHTS (= SUM_OVER_NONZERO_WEIGHTS):
+    ``sum(weighted) / count(weights broadcast to losses != 0)``
+
+A zero denominator gives 0, not NaN (TF's ``div_no_nan``). The arithmetic runs
+in float32, or float64 for float64 losses, and is rounded once to the losses'
+dtype (TensorFlow computes float64 in float32; xent does not lose that
+precision).
+"""
+from xent import _dtypes
+
+
+class Reduction:
+    """Types of loss reduction, as `tf.compat.v1.losses.Reduction`."""
+
+    NONE = "none"
+    SUM = "weighted_sum"
+    SUM_OVER_BATCH_SIZE = "weighted_sum_over_batch_size"
+    MEAN = "weighted_mean"
+    SUM_BY_NONZERO_WEIGHTS = "weighted_sum_by_nonzero_weights"
+    SUM_OVER_NONZERO_WEIGHTS = SUM_BY_NONZERO_WEIGHTS
+
+    @classmethod
+    def all(cls):
+        """All the reduction keys, in TensorFlow's order."""
+        return (cls.NONE, cls.SUM, cls.MEAN, cls.SUM_OVER_BATCH_SIZE,
+                cls.SUM_OVER_NONZERO_WEIGHTS, cls.SUM_BY_NONZERO_WEIGHTS)
+
+    @classmethod
+    def validate(cls, key):
+        """Raise ValueError (TF's message) unless `key` is a reduction key."""
+        if key not in cls.all():
+            raise ValueError(f"Invalid Reduction Key {key}. Key should be one of {cls.all()}.")
+
+
+def check_broadcastable(weights, values):
+    """TF's `assert_broadcastable`: scalar weights, or same rank with dims 1 or equal."""
+    prefix = "weights can not be broadcast to values."
+    if weights.ndim == 0:
+        return
+    if weights.ndim != values.ndim:
+        raise ValueError(
+            f"{prefix} values.rank={values.ndim}. weights.rank={weights.ndim}. "
+            f"values.shape={tuple(values.shape)}. weights.shape={tuple(weights.shape)}.")
+    for i, (w, v) in enumerate(zip(weights.shape, values.shape)):
+        if w not in (1, v):
+            raise ValueError(
+                f"{prefix} Mismatch at dim {i}. values.shape={tuple(values.shape)}, "
+                f"weights.shape={tuple(weights.shape)}.")
+
+
+def _div_no_nan(be, total, count):
+    """``total / count``, or 0 where ``count == 0`` (TF's ``div_no_nan``)."""
+    safe = be.xp.where(count == 0, be.xp.ones_like(count), count)
+    return be.xp.where(count == 0, be.xp.zeros_like(total), total / safe)
+
+
+def _denominator(be, losses, weights, reduction):
+    """The divisor of ``sum(losses * weights)`` for a reducing `reduction`."""
+    if reduction == Reduction.MEAN:
+        return be.xp.sum(be.xp.ones_like(losses) * weights)
+    if reduction == Reduction.SUM_BY_NONZERO_WEIGHTS:
+        present = be.astype(weights != 0, be.dtype_name(losses))
+        return be.xp.sum(be.xp.ones_like(losses) * present)
+    return be.astype(be.xp.ones_like(be.xp.sum(losses)) * be.size(losses), be.dtype_name(losses))
+
+
+def weighted_loss(be, losses, weights, reduction, out_dtype=None):
+    """Weight and reduce per-example `losses` by TF v1 rules (see module doc).
+
+    Args:
+      be: the backend of the call (see `_backend`).
+      losses: ``[d0, ..., dn]`` float array of per-example losses.
+      weights: scalar or ``[d0 or 1, ..., dn or 1]`` array.
+      reduction: a `Reduction` key.
+      out_dtype: dtype name of the result; defaults to the losses' dtype.
+
+    Returns:
+      Scalar, or ``[d0, ..., dn]`` for NONE, in `out_dtype`.
+    """
+    Reduction.validate(reduction)
+    check_broadcastable(weights, losses)
+    out_dtype = out_dtype or be.dtype_name(losses)
+    acc = _dtypes.accumulator_name(out_dtype)
+    losses, weights = be.astype(losses, acc), be.astype(weights, acc)
+    weighted = losses * weights
+    if reduction == Reduction.NONE:
+        return be.astype(weighted, out_dtype)
+    total = be.xp.sum(weighted)
+    if reduction != Reduction.SUM:
+        total = _div_no_nan(be, total, _denominator(be, losses, weights, reduction))
+    return be.astype(total, out_dtype)

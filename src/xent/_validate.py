@@ -1,0 +1,138 @@
+"""Validation of shapes and label values, with TensorFlow's messages.
+
+Every check runs before any arithmetic, so a bad call fails without work done
+and without touching its inputs.
+"""
+import numpy as np
+
+from xent.errors import InvalidArgumentError
+
+_MAX_LABELS_SHOWN = 1000
+
+
+def _dims(shape):
+    """Format a shape as TF's kernels do: ``[2,3]``."""
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def require(name, value):
+    """Raise TF's ValueError for a missing (None) argument."""
+    if value is None:
+        raise ValueError(f"Argument `{name}` must not be None.")
+
+
+def labels_in_range(labels, num_classes):
+    """Raise `InvalidArgumentError` if any label is outside ``[0, num_classes)``.
+
+    The message is TensorFlow's (CPU kernel): the worst offender (the minimum if
+    negative, else the maximum) and the label values.
+    """
+    if labels.size == 0:
+        return
+    low, high = labels.min(), labels.max()
+    if low >= 0 and high < num_classes:
+        return
+    bad = low if low < 0 else high
+    flat = labels.reshape(-1)
+    shown = " ".join(str(v) for v in flat[:_MAX_LABELS_SHOWN])
+    if flat.size > _MAX_LABELS_SHOWN:
+        shown += "..."
+    raise InvalidArgumentError(
+        f"Received a label value of {bad} which is outside the valid range of "
+        f"[0, {num_classes}).  Label values: {shown}")
+
+
+def nn_sparse_shapes(labels, logits):
+    """Shape rules of `tf.nn.sparse_softmax_cross_entropy_with_logits`.
+
+    labels ``[d0..d(r-1)]``, logits ``[d0..d(r-1), C]`` with ``r >= 0``.
+    """
+    if logits.ndim == 0:
+        raise ValueError(f"`logits` cannot be a scalar. Received logits={logits}`")
+    if labels.ndim != logits.ndim - 1:
+        raise ValueError(
+            "`labels.shape.rank` must equal `logits.shape.rank - 1`. "
+            f"Received: labels.shape={tuple(labels.shape)} of rank {labels.ndim} and "
+            f"logits.shape={tuple(logits.shape)} of rank {logits.ndim}")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            "`labels.shape` must equal `logits.shape` except for the last "
+            f"dimension. Received: labels.shape={tuple(labels.shape)} and "
+            f"logits.shape={tuple(logits.shape)}")
+
+
+def at_least_one_class(logits):
+    """The sparse op needs ``C >= 1``, even for an empty batch (as TF)."""
+    if logits.shape[-1] == 0:
+        raise InvalidArgumentError(
+            f"Must have at least one class, but got logits shape {_dims(logits.shape)}")
+
+
+def raw_sparse_shapes(features, labels):
+    """Shape rules of `tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits`."""
+    if features.ndim != 2:
+        raise InvalidArgumentError(
+            f"logits must be 2-D, but got shape {_dims(features.shape)}")
+    if labels.ndim != 1:
+        raise InvalidArgumentError(
+            f"labels must be 1-D, but got shape {_dims(labels.shape)}")
+    if features.shape[0] != labels.shape[0]:
+        raise InvalidArgumentError(
+            "logits and labels must have the same first dimension, got logits "
+            f"shape {_dims(features.shape)} and labels shape {_dims(labels.shape)}")
+    at_least_one_class(features)
+
+
+def dense_2d_shapes(features, labels):
+    """Shape rules of `tf.raw_ops.SoftmaxCrossEntropyWithLogits`.
+
+    Both 2-D (or 1-D rows made 2-D by the caller); labels broadcast to features.
+    """
+    if features.ndim != 2 or labels.ndim != 2:
+        raise InvalidArgumentError(
+            "logits and labels must be either 2-dimensional, or broadcasted to "
+            "be 2-dimensional")
+    fits = all(lab in (1, feat) for lab, feat in zip(labels.shape, features.shape))
+    if not fits:
+        raise InvalidArgumentError(
+            "logits and labels must be broadcastable: logits_size="
+            f"{_dims(features.shape)} labels_size={_dims(labels.shape)}")
+
+
+def class_axis(axis, ndim):
+    """Normalise `axis` (negative counts from the end) for an array of rank `ndim`."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"`axis` must be an int; received axis={axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"`axis` must be in [{-ndim}, {ndim}) for logits of rank {ndim}; "
+            f"received axis={axis}")
+    return int(axis) % ndim
+
+
+def out_buffer(out, shape, dtype, name="backprop_out"):
+    """Check that a caller-given output array has the right shape and dtype."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy.ndarray; received {type(out).__name__}")
+    if out.shape != tuple(shape) or out.dtype != dtype:
+        raise ValueError(
+            f"`{name}` must have shape {tuple(shape)} and dtype {np.dtype(dtype).name}; "
+            f"received shape {out.shape} and dtype {out.dtype.name}")
+    if not out.flags.writeable:
+        raise ValueError(f"`{name}` must be writeable")
+
+
+def same_rank(labels, logits):
+    """For a class axis other than the last, labels and logits need equal ranks."""
+    if labels.ndim != logits.ndim:
+        raise ValueError(
+            "`labels` and `logits` must have the same rank when `axis` is not the "
+            f"last axis; received labels.shape={tuple(labels.shape)} and "
+            f"logits.shape={tuple(logits.shape)}")
+
+
+def compatible_shapes(logits, labels):
+    """TF's ``assert_is_compatible_with``: identical static shapes."""
+    if tuple(logits.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"Shapes {tuple(logits.shape)} and {tuple(labels.shape)} are incompatible")

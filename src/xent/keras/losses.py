@@ -1,0 +1,235 @@
+"""`tf.keras.losses`' categorical cross-entropies: functions and loss classes.
+
+The functions return per-example losses in `y_pred`'s dtype. The classes are
+thin configuration over them: they convert inputs to their dtype (float32
+unless ``dtype=`` says otherwise, as Keras' dtype policy), then mask, weight
+and reduce (`xent._keras_reduce`). Per-example losses come from `xent.nn`'s
+validated path (logits) or `xent._probs` (probabilities).
+"""
+from xent import _backend, _dtypes, _probs
+from xent._keras_reduce import (Reduction, reduce_weighted_values,
+                                squeeze_or_expand_to_same_rank, standardize_reduction)
+from xent.nn import dense_losses, sparse_losses
+
+__all__ = [
+    "CategoricalCrossentropy", "Reduction", "SparseCategoricalCrossentropy",
+    "categorical_crossentropy", "sparse_categorical_crossentropy",
+]
+
+
+def _sparse_shapes(y_true, y_pred):
+    """Keras' rank and shape checks for integer targets."""
+    if y_pred.ndim < 1:
+        raise ValueError(f"Argument `output` must be at least rank 1. Received: output.shape={tuple(y_pred.shape)}")
+    if y_true.ndim != y_pred.ndim - 1 or tuple(y_true.shape) != tuple(y_pred.shape[:-1]):
+        raise ValueError(
+            "Arguments `target` and `output` must have the same shape up until the last "
+            f"dimension: target.shape={tuple(y_true.shape)}, output.shape={tuple(y_pred.shape)}")
+
+
+def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
+    """Per-example sparse losses (accumulator dtype) and the ignore_class mask or None."""
+    if y_true.ndim == y_pred.ndim and y_true.shape[axis] == 1:
+        y_true = be.xp.squeeze(y_true, axis)
+    valid = None
+    if ignore_class is not None:
+        valid = y_true != ignore_class
+        y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
+        y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, be.xp.zeros_like(y_pred))
+    if axis not in (-1, y_pred.ndim - 1):
+        raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
+    labels = be.astype(y_true, "int64")
+    _sparse_shapes(labels, y_pred)
+    logits = y_pred if from_logits else _probs.clipped_log(be, y_pred)
+    losses = sparse_losses(be, labels, logits)
+    if valid is not None:
+        losses = be.xp.where(valid, losses, be.xp.zeros_like(losses))
+    return losses, valid
+
+
+def _categorical_shapes(y_true, y_pred):
+    """Keras' checks: same rank (at least 1) and same shape."""
+    if y_true.ndim < 1 or y_true.ndim != y_pred.ndim or tuple(y_true.shape) != tuple(y_pred.shape):
+        raise ValueError(
+            "Arguments `target` and `output` must have the same shape. "
+            f"Received: target.shape={tuple(y_true.shape)}, output.shape={tuple(y_pred.shape)}")
+
+
+def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
+    """Per-example categorical losses in the accumulator dtype."""
+    if isinstance(axis, bool):
+        raise ValueError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis)}")
+    y_true = be.astype(y_true, be.dtype_name(y_pred))
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
+    _categorical_shapes(y_true, y_pred)
+    if from_logits:
+        return dense_losses(be, y_true, y_pred, axis)
+    return _probs.categorical_from_probs(be, y_true, y_pred, axis)
+
+
+def _inputs(y_true, y_pred, dtype=None):
+    """Backend and arrays; `y_pred` (and `y_true`) cast to `dtype` when given."""
+    be = _backend.of(y_true, y_pred)
+    y_true, y_pred = be.asarray(y_true), be.asarray(y_pred)
+    if dtype is not None:
+        y_true, y_pred = be.astype(y_true, dtype), be.astype(y_pred, dtype)
+    _dtypes.check_float(be.dtype_name(y_pred), "y_pred")
+    return be, y_true, y_pred
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
+    """Per-example cross-entropy of integer targets against predictions.
+
+    With ``from_logits=True``: ``logsumexp(y_pred) - y_pred[y_true]``. Otherwise
+    `y_pred` holds probabilities, clipped to ``[1e-7, 1 - 1e-7]`` and
+    renormalised (see `xent._probs`).
+
+    Args:
+      y_true: ``[d0, ..., dn]`` or ``[d0, ..., dn, 1]`` class ids (int or float).
+      y_pred: ``[d0, ..., dn, C]`` float logits or probabilities.
+      from_logits: whether `y_pred` holds logits.
+      ignore_class: a class id whose entries get loss 0.
+      axis: the class axis; only the last is supported (as Keras).
+
+    Returns:
+      ``[d0, ..., dn]`` in `y_pred`'s dtype.
+
+    Mirrors `tf.keras.losses.sparse_categorical_crossentropy`.
+
+    Examples:
+      >>> import xent
+      >>> xent.keras.losses.sparse_categorical_crossentropy([1, 2], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
+      array([0.05129331, 2.3025851 ], dtype=float32)
+    """
+    be, y_true, y_pred = _inputs(y_true, y_pred)
+    losses, _ = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis)
+    return be.finish(be.astype(losses, be.dtype_name(y_pred)))
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
+    """Per-example cross-entropy of target distributions against predictions.
+
+    With ``from_logits=True``: ``sum_j y_j (logsumexp(y_pred) - y_pred_j)``.
+    Otherwise ``-sum_j y_j log(clip(p_j / sum p))`` (see `xent._probs`).
+    ``label_smoothing`` ``ls`` first maps ``y -> y (1 - ls) + ls / C``.
+
+    Args:
+      y_true: ``[d0, ..., C, ...]`` targets, cast to `y_pred`'s dtype.
+      y_pred: the same shape, float logits or probabilities.
+      from_logits, label_smoothing, axis: as above; `axis` is the class axis.
+
+    Returns:
+      `y_pred`'s shape without `axis`, in `y_pred`'s dtype.
+
+    Mirrors `tf.keras.losses.categorical_crossentropy`.
+
+    Examples:
+      >>> import xent
+      >>> xent.keras.losses.categorical_crossentropy([[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
+      array([0.05129344, 2.3025851 ], dtype=float32)
+    """
+    be, y_true, y_pred = _inputs(y_true, y_pred)
+    losses = _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis)
+    return be.finish(be.astype(losses, be.dtype_name(y_pred)))
+
+
+def _policy_dtype(dtype):
+    """Compute dtype name of a Keras dtype policy: None → float32, mixed_* → half."""
+    if dtype is None:
+        return "float32"
+    name = getattr(dtype, "compute_dtype", None) or getattr(dtype, "name", None) or str(dtype)
+    name = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(name, name)
+    _dtypes.check_float(name, "dtype")
+    return name
+
+
+class Loss:
+    """Base of the loss classes: owns name, reduction and dtype policy.
+
+    Subclasses implement `_values(be, y_true, y_pred)` returning per-example
+    losses and an optional mask; `__call__` weights and reduces them.
+    """
+
+    def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
+        self.name = name
+        self.reduction = standardize_reduction(reduction)
+        self._dtype_arg = dtype
+        self.dtype = _policy_dtype(dtype)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """Reduced loss: ``reduce(mask * sample_weight * per_example)``."""
+        be, y_true, y_pred = _inputs(y_true, y_pred, self.dtype)
+        y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
+        values, mask = self._values(be, y_true, y_pred)
+        loss = reduce_weighted_values(be, values, sample_weight, mask, self.reduction, self.dtype)
+        return be.finish(loss)
+
+    def call(self, y_true, y_pred):
+        """Per-example losses, unreduced and unweighted, in the loss's dtype."""
+        be, y_true, y_pred = _inputs(y_true, y_pred, self.dtype)
+        y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
+        values, _ = self._values(be, y_true, y_pred)
+        return be.finish(be.astype(values, self.dtype))
+
+    def get_config(self):
+        """Constructor arguments, as Keras' `Loss.get_config`."""
+        return {"name": self.name, "reduction": self.reduction}
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild a loss from `get_config()`'s dict."""
+        return cls(**config)
+
+
+class SparseCategoricalCrossentropy(Loss):
+    """Reduced `sparse_categorical_crossentropy`, as `tf.keras.losses.SparseCategoricalCrossentropy`.
+
+    Examples:
+      >>> import xent
+      >>> loss = xent.keras.losses.SparseCategoricalCrossentropy()
+      >>> loss([1, 2], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
+      np.float32(1.1769392)
+    """
+
+    def __init__(self, from_logits=False, ignore_class=None, reduction="sum_over_batch_size",
+                 axis=-1, name="sparse_categorical_crossentropy", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = from_logits
+        self.ignore_class = ignore_class
+        self.axis = axis
+
+    def _values(self, be, y_true, y_pred):
+        return _sparse_values(be, y_true, y_pred, self.from_logits, self.ignore_class, self.axis)
+
+    def get_config(self):
+        """Keras' config: name, reduction, from_logits, ignore_class."""
+        return {**super().get_config(), "from_logits": self.from_logits,
+                "ignore_class": self.ignore_class}
+
+
+class CategoricalCrossentropy(Loss):
+    """Reduced `categorical_crossentropy`, as `tf.keras.losses.CategoricalCrossentropy`.
+
+    Examples:
+      >>> import xent
+      >>> loss = xent.keras.losses.CategoricalCrossentropy()
+      >>> loss([[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
+      np.float32(1.1769392)
+    """
+
+    def __init__(self, from_logits=False, label_smoothing=0.0, axis=-1,
+                 reduction="sum_over_batch_size", name="categorical_crossentropy", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = from_logits
+        self.label_smoothing = label_smoothing
+        self.axis = axis
+
+    def _values(self, be, y_true, y_pred):
+        values = _categorical_values(be, y_true, y_pred, self.from_logits, self.label_smoothing, self.axis)
+        return values, None
+
+    def get_config(self):
+        """Keras' config: name, reduction, from_logits, label_smoothing, axis."""
+        return {**super().get_config(), "from_logits": self.from_logits,
+                "label_smoothing": self.label_smoothing, "axis": self.axis}

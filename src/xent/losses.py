@@ -1,0 +1,162 @@
+"""`tf.compat.v1.losses`' cross-entropy losses, with weights and reductions.
+
+Each loss computes per-example losses through `xent.nn`'s validated path,
+weights and reduces them by `Reduction` (see `xent._reduce`), adds the result
+to the loss collection, and returns it in the logits' dtype.
+"""
+from xent import _backend, _reduce, _validate
+from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses,
+                              get_regularization_losses, get_total_loss)
+from xent._reduce import Reduction
+from xent.nn import dense_losses, sparse_losses
+
+__all__ = [
+    "GraphKeys", "Reduction", "add_loss", "clear_losses", "compute_weighted_loss",
+    "get_losses", "get_regularization_losses", "get_total_loss",
+    "softmax_cross_entropy", "sparse_softmax_cross_entropy",
+]
+
+
+def _squeeze_last(be, x):
+    """Drop a trailing axis of size 1 (TF raises if it is not 1)."""
+    if x.shape[-1] != 1:
+        raise ValueError(
+            f"Can not squeeze dim[{x.ndim - 1}], expected a dimension of 1, got "
+            f"{x.shape[-1]} (shape {tuple(x.shape)})")
+    return be.xp.reshape(x, tuple(x.shape[:-1]))
+
+
+def _squeeze_sparse_args(be, labels, logits, weights):
+    """TF's `_remove_squeezable_dimensions(expected_rank_diff=1)`.
+
+    ``[batch, 1]`` labels against ``[batch, C]`` logits lose their last axis,
+    and so do weights one rank above the (new) labels.
+    """
+    if logits.ndim - labels.ndim == 0 and labels.ndim > 0 and labels.shape[-1] == 1:
+        labels = _squeeze_last(be, labels)
+    if weights.ndim - labels.ndim == 1:
+        weights = _squeeze_last(be, weights)
+    return labels, weights
+
+
+def _finish(be, loss, scope, loss_collection):
+    """Add the loss to its collection and hand it back in the caller's type."""
+    loss = be.finish(loss)
+    add_loss(loss, loss_collection, scope)
+    return loss
+
+
+def compute_weighted_loss(losses, weights=1.0, scope=None,
+                          loss_collection=GraphKeys.LOSSES,
+                          reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
+    """Weight per-example `losses` and reduce them (see `Reduction`).
+
+    Args:
+      losses: ``[d0, ..., dn]`` per-example losses.
+      weights: scalar, or of the losses' rank with each dimension 1 or equal.
+      scope: a name; `get_losses(scope=...)` filters on it.
+      loss_collection: where the result is added; None adds it nowhere.
+      reduction: a `Reduction` key.
+
+    Returns:
+      A scalar, or ``[d0, ..., dn]`` for `Reduction.NONE`, in the losses' dtype.
+
+    Mirrors `tf.compat.v1.losses.compute_weighted_loss`.
+
+    Examples:
+      >>> import xent
+      >>> xent.losses.compute_weighted_loss([1.0, 2.0, 3.0], weights=[1.0, 0.0, 1.0])
+      np.float32(2.0)
+    """
+    Reduction.validate(reduction)
+    be = _backend.of(losses, weights)
+    losses, weights = be.asarray(losses), be.asarray(weights)
+    loss = _reduce.weighted_loss(be, losses, weights, reduction)
+    return _finish(be, loss, scope, loss_collection)
+
+
+def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
+                                 loss_collection=GraphKeys.LOSSES,
+                                 reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
+    """Weighted sparse softmax cross-entropy, reduced.
+
+    ``reduce(weights * (logsumexp(logits) - logits[label]))``
+
+    Args:
+      labels: int32/int64 ``[d0, ..., d(r-1)]`` (or ``[batch, 1]`` against
+        ``[batch, C]`` logits) with values in ``[0, C)``.
+      logits: float ``[d0, ..., d(r-1), C]``.
+      weights: scalar, or broadcastable to the labels (a ``[batch, 1]`` weight
+        against ``[batch]`` labels is squeezed, as TF does).
+      scope, loss_collection, reduction: as in `compute_weighted_loss`.
+
+    Returns:
+      A scalar (``[d0..]`` for NONE) in the logits' dtype.
+
+    Mirrors `tf.compat.v1.losses.sparse_softmax_cross_entropy`.
+
+    Examples:
+      >>> import numpy as np, xent
+      >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
+      >>> xent.losses.sparse_softmax_cross_entropy([0, 1], logits, weights=[1.0, 3.0])
+      np.float32(0.3188037)
+    """
+    _validate.require("labels", labels)
+    _validate.require("logits", logits)
+    Reduction.validate(reduction)
+    be = _backend.of(labels, logits, weights)
+    labels, logits, weights = be.asarray(labels), be.asarray(logits), be.asarray(weights)
+    labels, weights = _squeeze_sparse_args(be, labels, logits, weights)
+    losses = sparse_losses(be, labels, logits)
+    loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
+    return _finish(be, loss, scope, loss_collection)
+
+
+def _smooth(be, labels, label_smoothing):
+    """``labels * (1 - ls) + ls / C``: TF's label smoothing."""
+    num_classes = labels.shape[-1]
+    return labels * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
+def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
+                          scope=None, loss_collection=GraphKeys.LOSSES,
+                          reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
+    """Weighted softmax cross-entropy against (smoothed) one-hot labels, reduced.
+
+    With ``ls = label_smoothing`` and ``C`` classes the targets are
+    ``onehot_labels * (1 - ls) + ls / C``; then
+    ``reduce(weights * sum_j targets_j * (logsumexp(logits) - logits_j))``.
+
+    Args:
+      onehot_labels: ``[batch, ..., C]``, the logits' shape.
+      logits: float ``[batch, ..., C]``.
+      weights: scalar, or of the per-example losses' rank (``[batch, ...]``)
+        with each dimension 1 or equal.
+      label_smoothing: float in ``[0, 1]``.
+      scope, loss_collection, reduction: as in `compute_weighted_loss`.
+
+    Returns:
+      A scalar (``[batch, ...]`` for NONE) in the logits' dtype. No gradient
+      flows into the labels (TF stops it).
+
+    Mirrors `tf.compat.v1.losses.softmax_cross_entropy`.
+
+    Examples:
+      >>> import numpy as np, xent
+      >>> logits = np.array([[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]], np.float32)
+      >>> onehot = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+      >>> xent.losses.softmax_cross_entropy(onehot, logits, label_smoothing=0.1)
+      np.float32(0.26436543)
+    """
+    _validate.require("onehot_labels", onehot_labels)
+    _validate.require("logits", logits)
+    Reduction.validate(reduction)
+    be = _backend.of(onehot_labels, logits, weights)
+    labels, logits, weights = be.asarray(onehot_labels), be.asarray(logits), be.asarray(weights)
+    _validate.compatible_shapes(logits, labels)
+    labels = be.stop_gradient(be.astype(labels, be.dtype_name(logits)))
+    if label_smoothing > 0:
+        labels = _smooth(be, labels, label_smoothing)
+    losses = dense_losses(be, labels, logits)
+    loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
+    return _finish(be, loss, scope, loss_collection)

@@ -1,0 +1,112 @@
+"""`tf.nn`'s softmax cross-entropy ops: per-example losses, no reduction."""
+from xent import _backend, _dtypes, _validate
+
+__all__ = ["sparse_softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits"]
+
+
+def _inputs(labels, logits, fn_name):
+    """Pick the backend and convert both arguments (TF's None check first)."""
+    if labels is None or logits is None:
+        raise ValueError(
+            f"Both `labels` and `logits` must be provided for {fn_name}"
+            f"Received: labels={labels} and logits={logits}")
+    be = _backend.of(labels, logits)
+    return be, be.asarray(labels), be.asarray(logits)
+
+
+def sparse_softmax_cross_entropy_with_logits(*, labels, logits, name=None):
+    """Softmax cross-entropy of each example against an integer class label.
+
+    ``loss[i] = logsumexp(logits[i, :]) - logits[i, labels[i]]``
+
+    Args:
+      labels: int32/int64 ``[d0, ..., d(r-1)]``, values in ``[0, C)``.
+      logits: float16/bfloat16/float32/float64 ``[d0, ..., d(r-1), C]``.
+      name: accepted for TensorFlow compatibility; unused.
+
+    Returns:
+      ``[d0, ..., d(r-1)]`` in the logits' dtype (half precision is computed in
+      float32 and rounded once).
+
+    Raises:
+      ValueError: ranks or shapes that do not match (TF's messages).
+      xent.errors.InvalidArgumentError: a label outside ``[0, C)``; a bad dtype
+        (also a `TypeError`).
+
+    Edge cases follow TensorFlow: a ``-inf`` logit off the label is ignored, a
+    row of all ``-inf`` (or any ``+inf``) gives NaN, one class gives 0, an
+    empty batch gives an empty result. Mirrors
+    `tf.nn.sparse_softmax_cross_entropy_with_logits`.
+
+    Examples:
+      >>> import numpy as np, xent
+      >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
+      >>> xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=logits)
+      array([0.41702995, 0.2443453 ], dtype=float32)
+    """
+    be, labels, logits = _inputs(labels, logits, "sparse_softmax_cross_entropy_with_logits")
+    loss = sparse_losses(be, labels, logits)
+    return be.finish(be.astype(loss, be.dtype_name(logits)))
+
+
+def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
+    """Softmax cross-entropy of each example against a target distribution.
+
+    ``loss[i] = sum_j labels[i, j] * (logsumexp(logits[i, :]) - logits[i, j])``
+
+    Args:
+      labels: ``[d0, ..., C, ..., dn]`` (cast to the logits' dtype); after the
+        class axis is moved last and the rest flattened, labels must broadcast
+        to the logits' rows, as in TensorFlow.
+      logits: float16/bfloat16/float32/float64, same layout as `labels`.
+      axis: the class axis (negative counts from the end).
+      name: accepted for TensorFlow compatibility; unused.
+
+    Returns:
+      The logits' shape without `axis`, in the logits' dtype.
+
+    Gradients (through the PyTorch/JAX backends) flow into `labels` too, as in
+    TensorFlow's v2 op. A ``-inf`` logit with a zero label gives NaN, as in
+    TensorFlow (``0 * inf``). Mirrors `tf.nn.softmax_cross_entropy_with_logits`.
+
+    Examples:
+      >>> import numpy as np, xent
+      >>> logits = np.array([[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]], np.float32)
+      >>> labels = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2]], np.float32)
+      >>> xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+      array([0.16984604, 0.82474494], dtype=float32)
+    """
+    be, labels, logits = _inputs(labels, logits, "softmax_cross_entropy_with_logits")
+    loss = dense_losses(be, labels, logits, axis)
+    return be.finish(be.astype(loss, be.dtype_name(logits)))
+
+
+def sparse_losses(be, labels, logits):
+    """Validated per-example sparse losses in the accumulator dtype (no rounding).
+
+    The shared step behind every sparse face: dtype and shape checks, then the
+    backend's kernel. labels ``[d...]``, logits ``[d..., C]`` → ``[d...]``.
+    """
+    _dtypes.check_float(be.dtype_name(logits), "logits")
+    _dtypes.check_labels_int(be.dtype_name(labels), "labels")
+    _validate.nn_sparse_shapes(labels, logits)
+    _validate.at_least_one_class(logits)
+    return be.sparse_xent(labels, logits)
+
+
+def dense_losses(be, labels, logits, axis=-1):
+    """Validated per-example dense losses in the accumulator dtype (no rounding).
+
+    labels are cast to the accumulator dtype; the class `axis` is moved last;
+    the result has the logits' shape without `axis`.
+    """
+    logits_dtype = be.dtype_name(logits)
+    _dtypes.check_float(logits_dtype, "logits")
+    if logits.ndim == 0:
+        raise ValueError(f"`logits` must have rank >= 1; received logits.shape={tuple(logits.shape)}")
+    labels = be.astype(labels, _dtypes.accumulator_name(logits_dtype))
+    axis = _validate.class_axis(axis, logits.ndim)
+    if axis != logits.ndim - 1:
+        _validate.same_rank(labels, logits)
+        labels, logits = be.xp.moveaxis(labels, axis, -1), be.xp.moveaxis(logits, axis, -1)
+    return be.dense_xent(labels, logits)
