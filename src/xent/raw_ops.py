@@ -42,9 +42,9 @@ def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop
       >>> loss, backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
       ...     features=np.array([[1.0, 2.0, 3.0]], np.float32), labels=np.array([2]))
       >>> loss
-      array([0.40760595], dtype=float32)
+      array([0.407606], dtype=float32)
       >>> backprop
-      array([[ 0.09003057,  0.24472848, -0.33475906]], dtype=float32)
+      array([[ 0.09003057,  0.24472846, -0.33475906]], dtype=float32)
     """
     features, labels = _dtypes.to_array(features), _dtypes.to_array(labels)
     _dtypes.check_float(features.dtype.name, "features")
@@ -80,7 +80,7 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
       ...     features=np.array([[1.0, 2.0, 3.0]], np.float32),
       ...     labels=np.array([[0.0, 0.5, 0.5]], np.float32))
       >>> loss
-      array([0.9076059], dtype=float32)
+      array([0.907606], dtype=float32)
     """
     features, labels = _dtypes.to_array(features), _dtypes.to_array(labels)
     _dtypes.check_float(features.dtype.name, "features")
