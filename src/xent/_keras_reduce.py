@@ -12,6 +12,7 @@ A mask (``ignore_class``) zeroes the masked values and, for the means, scales
 the rest by ``count / valid`` so that the mean runs over the valid entries
 only; with nothing valid the result is 0. Every division is ``div_no_nan``.
 """
+from xent._reduce import div_no_nan
 from xent.errors import InvalidArgumentError
 
 KERAS3_REDUCTIONS = ("sum_over_batch_size", "sum", None, "none", "mean", "mean_with_sample_weight")
@@ -62,19 +63,13 @@ def squeeze_or_expand_to_same_rank(be, x1, x2, expand_rank_1=True):
     return x1, x2
 
 
-def _div_no_nan(be, x, y):
-    """``x / y``, or 0 where ``y == 0``."""
-    safe = be.xp.where(y == 0, be.xp.ones_like(y), y)
-    return be.xp.where(y == 0, be.xp.zeros_like(x), x / safe)
-
-
 def _mask_weights(be, mask, dtype, reduction):
     """The mask as weights: 0 where masked, else 1 (or ``count / valid`` for means)."""
     float_mask = be.astype(mask, dtype)
     if reduction not in ("mean", "sum_over_batch_size"):
         return float_mask
     total = be.astype(be.xp.ones_like(be.xp.sum(float_mask)) * be.size(mask), dtype)
-    return float_mask * _div_no_nan(be, total, be.xp.sum(float_mask))
+    return float_mask * div_no_nan(be, total, be.xp.sum(float_mask))
 
 
 def _broadcast_check(values, weights):
@@ -97,7 +92,7 @@ def reduce_values(be, values, sample_weight, reduction):
         divisor = be.xp.sum(sample_weight)
     else:
         divisor = be.xp.ones_like(loss) * be.size(values)
-    return _div_no_nan(be, loss, be.astype(divisor, be.dtype_name(loss)))
+    return div_no_nan(be, loss, be.astype(divisor, be.dtype_name(loss)))
 
 
 def reduce_weighted_values(be, values, sample_weight=None, mask=None,

@@ -57,7 +57,7 @@ def check_broadcastable(weights, values):
                 f"weights.shape={tuple(weights.shape)}.")
 
 
-def _div_no_nan(be, total, count):
+def div_no_nan(be, total, count):
     """``total / count``, or 0 where ``count == 0`` (TF's ``div_no_nan``)."""
     safe = be.xp.where(count == 0, be.xp.ones_like(count), count)
     return be.xp.where(count == 0, be.xp.zeros_like(total), total / safe)
@@ -96,5 +96,5 @@ def weighted_loss(be, losses, weights, reduction, out_dtype=None):
         return be.astype(weighted, out_dtype)
     total = be.xp.sum(weighted)
     if reduction != Reduction.SUM:
-        total = _div_no_nan(be, total, _denominator(be, losses, weights, reduction))
+        total = div_no_nan(be, total, _denominator(be, losses, weights, reduction))
     return be.astype(total, out_dtype)

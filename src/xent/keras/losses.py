@@ -173,8 +173,15 @@ class Loss:
         return be.finish(be.astype(values, self.dtype))
 
     def get_config(self):
-        """Constructor arguments, as Keras' `Loss.get_config`."""
-        return {"name": self.name, "reduction": self.reduction}
+        """Constructor arguments, as Keras' `Loss.get_config`.
+
+        Keras leaves ``dtype`` out; xent adds it when one was given, so that
+        `from_config` rebuilds the same loss.
+        """
+        config = {"name": self.name, "reduction": self.reduction}
+        if self._dtype_arg is not None:
+            config["dtype"] = self.dtype
+        return config
 
     @classmethod
     def from_config(cls, config):
