@@ -1,0 +1,341 @@
+"""Every error of the nn and raw-op faces, against the error TensorFlow raises.
+
+Label values outside ``[0, C)`` raise `xent.errors.InvalidArgumentError` with
+TensorFlow's CPU text; rank and shape mismatches raise `ValueError` with the text
+of TF's Python checks; unsupported dtypes raise an error that is both TF's class
+(`InvalidArgumentError`) and a `TypeError`. Nothing is computed half-way.
+"""
+import re
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import xent
+from xent.errors import InvalidArgumentError
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
+FLOAT_IDS = [d.name for d in FLOATS]
+SPARSE_NN = xent.nn.sparse_softmax_cross_entropy_with_logits
+DENSE_NN = xent.nn.softmax_cross_entropy_with_logits
+SPARSE_RAW = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
+
+
+def tf_message(exc):
+    """TF's error text without the `{{function_node ...}}` prefix and `[Op:...]` suffix."""
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(exc))
+    return re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
+
+
+def test_invalid_argument_error_is_a_value_error():
+    assert issubclass(InvalidArgumentError, ValueError)
+    err = InvalidArgumentError("boom")
+    assert str(err) == "boom"
+
+
+# -- labels outside [0, C) -------------------------------------------------------------
+
+BAD_LABELS = [
+    ([0, 5, 1], 3),
+    ([4, 3, 0, -1], 4),
+    ([9, 5, 0], 3),
+    ([-3, 7, 0], 3),
+    ([-1, -5, 0], 3),
+    ([3, -1, 3, 9, -2], 3),
+    ([[0, 1], [1, 7]], 4),
+    ([[0, -1], [2, 1]], 3),
+    ([[[2]], [[3]]], 3),
+    (3, 3),
+    ([0, 1, 1], 1),
+    ([2 ** 31 - 1, 0], 5),
+]
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64], ids=["int32", "int64"])
+@pytest.mark.parametrize("labels,classes", BAD_LABELS, ids=[str(i) for i in range(len(BAD_LABELS))])
+def test_sparse_out_of_range_label_raises_tf_text(tf, labels, classes, label_dtype):
+    labels = np.asarray(labels).astype(label_dtype)
+    logits = np.ones(labels.shape + (classes,), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert str(err.value) in tf_message(tf_err.value)
+    assert str(err.value).startswith("Received a label value of")
+
+
+def test_sparse_int64_label_beyond_int32_reported_exactly(tf):
+    labels = np.array([2 ** 40, 1], np.int64)
+    logits = np.ones((2, 2), np.float64)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert "Received a label value of 1099511627776 " in str(err.value)
+    assert str(err.value) in tf_message(tf_err.value)
+
+
+def test_sparse_out_of_range_label_exact_message():
+    logits = np.zeros((3, 3), np.float32)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=np.array([0, 5, 1]), logits=logits)
+    assert ("Received a label value of 5 which is outside the valid range of [0, 3).  "
+            "Label values: 0 5 1") in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_sparse_out_of_range_label_raises_for_every_logits_dtype(tf, dtype):
+    logits = np.ones((2, 2, 4), dtype)
+    labels = np.array([[0, 1], [1, 7]])
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert str(err.value) in tf_message(tf_err.value)
+
+
+def test_sparse_out_of_range_label_in_long_batch_lists_all_labels_as_tf(tf):
+    labels = np.zeros(2000, np.int64)
+    labels[1500] = 3
+    logits = np.ones((2000, 3), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    listed = str(err.value).split("Label values: ")[1].split()
+    assert len(listed) == 2000 and listed[1500] == "3", (
+        f"{len(listed)} label values listed, ending {listed[-3:]}; TF lists all 2000")
+    assert str(err.value) == tf_message(tf_err.value)
+
+
+@pytest.mark.parametrize("labels,classes", BAD_LABELS[:6], ids=[str(i) for i in range(6)])
+def test_sparse_raw_out_of_range_label_raises_tf_text(tf, labels, classes):
+    labels = np.asarray(labels)
+    features = np.ones((labels.size, classes), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=features, labels=labels)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_RAW(features=features, labels=labels)
+    assert str(err.value) in tf_message(tf_err.value)
+
+
+def test_invalid_label_leaves_in_place_features_untouched():
+    features = np.arange(12, dtype=np.float32).reshape(4, 3)
+    before = features.copy()
+    with pytest.raises(InvalidArgumentError):
+        SPARSE_RAW(features=features, labels=np.array([0, 1, 2, 3]), backprop_out=features)
+    np.testing.assert_array_equal(features, before)
+
+
+def test_invalid_label_leaves_separate_backprop_out_untouched():
+    features = np.arange(12, dtype=np.float32).reshape(4, 3)
+    buffer = np.full_like(features, 7.0)
+    with pytest.raises(InvalidArgumentError):
+        SPARSE_RAW(features=features, labels=np.array([0, -1, 2, 1]), backprop_out=buffer)
+    np.testing.assert_array_equal(buffer, 7.0)
+
+
+def test_sparse_labels_in_range_on_empty_batch_raise_nothing():
+    got = SPARSE_NN(labels=np.zeros((0,), np.int32), logits=np.zeros((0, 3), np.float32))
+    assert got.shape == (0,)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 0)], ids=str)
+def test_sparse_zero_classes_raise_invalid_argument_like_tf(tf, shape):
+    logits = np.zeros(shape, np.float32)
+    labels = np.zeros(shape[:1], np.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert tf_message(tf_err.value) in str(err.value)
+
+
+# -- ranks and shapes (TF's Python-level checks) ----------------------------------------
+
+SPARSE_SHAPE_ERRORS = [
+    ([[0, 2]], [[0.0, 1.0], [2.0, 3.0], [2.0, 3.0]]),
+    ([0, 2], [[0.0, 1.0], [2.0, 3.0], [2.0, 3.0]]),
+    ([0], [1.0]),
+    (0, [[7.0]]),
+    ([[0, 1]], [[[1.0, 2.0], [3.0, 4.0]], [[1.0, 2.0], [3.0, 4.0]]]),
+    (np.zeros((2, 3), np.int32), np.zeros((2, 4, 5), np.float32)),
+]
+
+
+@pytest.mark.parametrize("labels,logits", SPARSE_SHAPE_ERRORS,
+                         ids=[str(i) for i in range(len(SPARSE_SHAPE_ERRORS))])
+def test_sparse_rank_and_shape_mismatch_raise_value_error_with_tf_text(tf, labels, logits):
+    with pytest.raises(ValueError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(ValueError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert str(tf_err.value) in str(err.value)
+
+
+def test_sparse_scalar_logits_raise_value_error_with_tf_text(tf):
+    with pytest.raises(ValueError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=0, logits=1.0)
+    with pytest.raises(ValueError) as err:
+        SPARSE_NN(labels=0, logits=1.0)
+    head = str(tf_err.value).split("Received")[0].strip()
+    assert head == "`logits` cannot be a scalar."
+    assert head in str(err.value)
+
+
+DENSE_SHAPE_ERRORS = [
+    ((2, 3), (2, 2)), ((2, 1, 3), (2, 3, 3)), ((3, 3), (2, 3, 3)), ((2, 3), (3, 2)),
+    ((18,), (2, 3, 3)), ((4, 3), (2, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("labels_shape,logits_shape", DENSE_SHAPE_ERRORS,
+                         ids=[f"l{a}-g{b}" for a, b in DENSE_SHAPE_ERRORS])
+def test_dense_unbroadcastable_labels_raise_value_error_with_tf_text(tf, labels_shape,
+                                                                     logits_shape):
+    labels = np.ones(labels_shape, np.float32)
+    logits = np.zeros(logits_shape, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(ValueError) as err:
+        DENSE_NN(labels=labels, logits=logits)
+    assert tf_message(tf_err.value) in str(err.value)
+
+
+@pytest.mark.parametrize("axis", [2, 3, -4, 10], ids=str)
+def test_dense_axis_out_of_range_raises_value_error(tf, axis):
+    logits = np.zeros((2, 3, 4)[: 2 if axis == 2 else 3], np.float32)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
+        tf.nn.softmax_cross_entropy_with_logits(labels=logits, logits=logits, axis=axis)
+    with pytest.raises(ValueError):
+        DENSE_NN(labels=logits, logits=logits, axis=axis)
+
+
+def test_dense_axis_with_mismatched_label_rank_raises_value_error():
+    logits = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError):
+        DENSE_NN(labels=np.zeros((3, 4), np.float32), logits=logits, axis=0)
+
+
+# -- dtypes --------------------------------------------------------------------------
+
+BAD_LOGITS = [np.array([[1, 2]], np.int32), np.array([[1, 2]], np.int64),
+              np.array([[True, False]]), np.array([[1, 2]], np.complex64),
+              np.array([["a", "b"]])]
+BAD_SPARSE_LABELS = [np.array([0.0]), np.array([0.0], np.float32), np.array([0], np.int8),
+                     np.array([0], np.uint8), np.array([0], np.int16), np.array([0], np.uint64),
+                     np.array([False])]
+
+
+def dtype_id(arr):
+    return arr.dtype.name
+
+
+@pytest.mark.parametrize("logits", BAD_LOGITS, ids=dtype_id)
+def test_sparse_non_float_logits_are_invalid_argument_and_type_error(tf, logits):
+    labels = np.array([0], np.int32)
+    if logits.dtype.kind != "U":
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert isinstance(err.value, TypeError)
+    assert "logits" in str(err.value)
+
+
+@pytest.mark.parametrize("logits", BAD_LOGITS, ids=dtype_id)
+def test_dense_non_float_logits_are_invalid_argument_and_type_error(tf, logits):
+    labels = np.array([[1.0, 0.0]], np.float32)
+    if logits.dtype.kind != "U":
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        DENSE_NN(labels=labels, logits=logits)
+    assert isinstance(err.value, TypeError)
+    assert "logits" in str(err.value)
+
+
+@pytest.mark.parametrize("labels", BAD_SPARSE_LABELS, ids=dtype_id)
+def test_sparse_non_int32_int64_labels_are_invalid_argument_and_type_error(tf, labels):
+    logits = np.array([[1.0, 2.0]], np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(InvalidArgumentError) as err:
+        SPARSE_NN(labels=labels, logits=logits)
+    assert isinstance(err.value, TypeError)
+    assert labels.dtype.name in str(err.value)
+
+
+def test_sparse_python_float_labels_are_rejected(tf):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=[0.0], logits=[[1.0, 2.0]])
+    with pytest.raises(TypeError):
+        SPARSE_NN(labels=[0.0], logits=[[1.0, 2.0]])
+
+
+def test_dense_python_int_logits_are_rejected_like_tf(tf):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.nn.softmax_cross_entropy_with_logits(labels=[0.0, 1.0], logits=[3, 1])
+    with pytest.raises(InvalidArgumentError) as err:
+        DENSE_NN(labels=[0.0, 1.0], logits=[3, 1])
+    assert isinstance(err.value, TypeError)
+
+
+# -- missing arguments -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn", [SPARSE_NN, DENSE_NN], ids=["sparse", "dense"])
+def test_labels_none_raises_value_error(tf, fn):
+    tf_fn = getattr(tf.nn, fn.__name__)
+    with pytest.raises(ValueError):
+        tf_fn(labels=None, logits=[[1.0, 2.0]])
+    with pytest.raises(ValueError):
+        fn(labels=None, logits=[[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("fn", [SPARSE_NN, DENSE_NN], ids=["sparse", "dense"])
+def test_logits_none_raises_value_error(tf, fn):
+    tf_fn = getattr(tf.nn, fn.__name__)
+    labels = [0] if fn is SPARSE_NN else [[1.0, 0.0]]
+    with pytest.raises(ValueError):
+        tf_fn(labels=labels, logits=None)
+    with pytest.raises(ValueError):
+        fn(labels=labels, logits=None)
+
+
+def test_sparse_none_message_matches_tf(tf):
+    with pytest.raises(ValueError) as tf_err:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=None, logits=[[1.0]])
+    with pytest.raises(ValueError) as err:
+        SPARSE_NN(labels=None, logits=[[1.0]])
+    head = str(tf_err.value).split("Received")[0]
+    assert head in str(err.value)
+
+
+@pytest.mark.parametrize("fn", [SPARSE_NN, DENSE_NN], ids=["sparse", "dense"])
+def test_missing_keyword_argument_raises_type_error(fn):
+    with pytest.raises(TypeError):
+        fn(logits=np.zeros((2, 3), np.float32))
+
+
+# -- nothing returned half-computed -----------------------------------------------------
+
+
+def test_error_after_a_good_call_does_not_poison_the_next_call():
+    logits = np.array([[1.0, 2.0, 3.0]], np.float32)
+    good = SPARSE_NN(labels=np.array([2]), logits=logits)
+    with pytest.raises(InvalidArgumentError):
+        SPARSE_NN(labels=np.array([3]), logits=logits)
+    again = SPARSE_NN(labels=np.array([2]), logits=logits)
+    np.testing.assert_array_equal(good, again)
+
+
+def test_invalid_label_leaves_logits_and_labels_untouched():
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], np.float32)
+    labels = np.array([2, 3])
+    copies = logits.copy(), labels.copy()
+    with pytest.raises(InvalidArgumentError):
+        SPARSE_NN(labels=labels, logits=logits)
+    np.testing.assert_array_equal(logits, copies[0])
+    np.testing.assert_array_equal(labels, copies[1])
