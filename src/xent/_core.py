@@ -76,19 +76,22 @@ def dense_xent(labels, logits, grad=None):
     """Per-row softmax cross-entropy against target distributions.
 
     Args:
-      labels: float array, 2-D after flattening and broadcastable to the
-        flattened logits (see `_validate.dense_2d_shapes`).
+      labels: float array; flattened to 2-D it broadcasts with the flattened
+        logits (see `_validate.dense_2d_shapes`).
       logits: float array ``[d0..d(r-1), C]``.
-      grad: as in `sparse_xent`.
+      grad: as in `sparse_xent`, of the broadcast rows' shape.
 
     Returns:
-      ``(loss, grad)``: loss ``[d0..d(r-1)]`` in the accumulator dtype; grad
-      ``softmax(logits) - labels`` shaped like `logits`, or None.
+      ``(loss, grad)``: loss ``[d0..d(r-1)]`` (``[rows]`` when one row of
+      logits was broadcast against many label rows) in the accumulator dtype;
+      grad ``softmax(logits) - labels``, or None.
     """
-    num_classes = logits.shape[-1]
-    x2 = logits.reshape(_rows(logits.shape), num_classes)
+    x2 = logits.reshape(_rows(logits.shape), logits.shape[-1])
     y2 = labels.reshape(_rows(labels.shape), labels.shape[-1])
-    _validate.dense_2d_shapes(x2, y2)
+    shape = _validate.dense_2d_shapes(x2, y2)
+    if shape != x2.shape:
+        x2 = np.ascontiguousarray(np.broadcast_to(x2, shape))
     out = _grad_buffer(grad, x2)
-    loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, x2.shape), out)
-    return loss.reshape(logits.shape[:-1]), None if out is None else out.reshape(logits.shape)
+    loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, shape), out)
+    lead = logits.shape[:-1] if shape == (_rows(logits.shape), logits.shape[-1]) else shape[:1]
+    return loss.reshape(lead), None if out is None else out.reshape(lead + shape[1:])

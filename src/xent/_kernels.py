@@ -12,7 +12,8 @@ The arithmetic follows TensorFlow's CPU kernels step for step (shift by the
 max, exponentiate, sum, log), so huge, tiny and infinite logits give the same
 finite or NaN results as TensorFlow. Work runs in float32 for half precision
 and float64 for float64, one block of rows at a time so that temporaries stay
-a few MB whatever the input size.
+a few MB whatever the input size. NaN and inf arise silently, as in
+TensorFlow, without NumPy's floating-point warnings.
 """
 import numpy as np
 
@@ -40,6 +41,10 @@ def _shifted_exp(x):
     return m, shifted, e, e.sum(axis=1, keepdims=True)
 
 
+_QUIET = np.errstate(invalid="ignore", over="ignore", divide="ignore")
+
+
+@_QUIET
 def sparse_rows(logits, labels, grad_out=None):
     """Sparse softmax cross-entropy of each row.
 
@@ -69,6 +74,7 @@ def sparse_rows(logits, labels, grad_out=None):
     return loss, lse
 
 
+@_QUIET
 def dense_rows(logits, labels, grad_out=None):
     """Softmax cross-entropy of each row against a target distribution.
 

@@ -7,9 +7,6 @@ import numpy as np
 
 from xent.errors import InvalidArgumentError
 
-_MAX_LABELS_SHOWN = 1000
-
-
 def _dims(shape):
     """Format a shape as TF's kernels do: ``[2,3]``."""
     return "[" + ",".join(str(d) for d in shape) + "]"
@@ -25,7 +22,7 @@ def labels_in_range(labels, num_classes):
     """Raise `InvalidArgumentError` if any label is outside ``[0, num_classes)``.
 
     The message is TensorFlow's (CPU kernel): the worst offender (the minimum if
-    negative, else the maximum) and the label values.
+    negative, else the maximum) and every label value, as TF lists them.
     """
     if labels.size == 0:
         return
@@ -34,9 +31,7 @@ def labels_in_range(labels, num_classes):
         return
     bad = low if low < 0 else high
     flat = labels.reshape(-1)
-    shown = " ".join(str(v) for v in flat[:_MAX_LABELS_SHOWN])
-    if flat.size > _MAX_LABELS_SHOWN:
-        shown += "..."
+    shown = " ".join(str(v) for v in flat.tolist())
     raise InvalidArgumentError(
         f"Received a label value of {bad} which is outside the valid range of "
         f"[0, {num_classes}).  Label values: {shown}")
@@ -84,19 +79,22 @@ def raw_sparse_shapes(features, labels):
 
 
 def dense_2d_shapes(features, labels):
-    """Shape rules of `tf.raw_ops.SoftmaxCrossEntropyWithLogits`.
+    """Shape rules of `tf.raw_ops.SoftmaxCrossEntropyWithLogits`; returns the rows' shape.
 
-    Both 2-D (or 1-D rows made 2-D by the caller); labels broadcast to features.
+    Both 2-D (the nn op flattens first); each dimension equal, or 1 on either
+    side, as TF broadcasts both ways (``[1, C]`` features against ``[N, C]``
+    labels give ``N`` rows).
     """
     if features.ndim != 2 or labels.ndim != 2:
         raise InvalidArgumentError(
             "logits and labels must be either 2-dimensional, or broadcasted to "
             "be 2-dimensional")
-    fits = all(lab in (1, feat) for lab, feat in zip(labels.shape, features.shape))
+    fits = all(1 in (lab, feat) or lab == feat for lab, feat in zip(labels.shape, features.shape))
     if not fits:
         raise InvalidArgumentError(
             "logits and labels must be broadcastable: logits_size="
             f"{_dims(features.shape)} labels_size={_dims(labels.shape)}")
+    return tuple(max(f, l) if 0 not in (f, l) else 0 for f, l in zip(features.shape, labels.shape))
 
 
 def class_axis(axis, ndim):
