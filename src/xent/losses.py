@@ -4,10 +4,13 @@ Each loss computes per-example losses through `xent.nn`'s validated path,
 weights and reduces them by `Reduction` (see `xent._reduce`), adds the result
 to the loss collection, and returns it in the logits' dtype.
 """
+import numpy as np
+
 from xent import _backend, _reduce, _validate
 from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses,
                               get_regularization_losses, get_total_loss)
 from xent._reduce import Reduction
+from xent.errors import InvalidArgumentError
 from xent.nn import dense_losses, sparse_losses
 
 __all__ = [
@@ -20,7 +23,7 @@ __all__ = [
 def _squeeze_last(be, x):
     """Drop a trailing axis of size 1 (TF raises if it is not 1)."""
     if x.shape[-1] != 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Can not squeeze dim[{x.ndim - 1}], expected a dimension of 1, got "
             f"{x.shape[-1]} (shape {tuple(x.shape)})")
     return be.xp.reshape(x, tuple(x.shape[:-1]))
@@ -29,14 +32,29 @@ def _squeeze_last(be, x):
 def _squeeze_sparse_args(be, labels, logits, weights):
     """TF's `_remove_squeezable_dimensions(expected_rank_diff=1)`.
 
-    ``[batch, 1]`` labels against ``[batch, C]`` logits lose their last axis,
-    and so do weights one rank above the (new) labels.
+    ``[batch, 1]`` labels against ``[batch, C]`` logits lose their last axis
+    (logits two ranks above the labels lose a trailing axis of 1), and so do
+    weights one rank above the (new) labels.
     """
-    if logits.ndim - labels.ndim == 0 and labels.ndim > 0 and labels.shape[-1] == 1:
+    rank_diff = logits.ndim - labels.ndim
+    if rank_diff == 0 and labels.ndim > 0 and labels.shape[-1] == 1:
         labels = _squeeze_last(be, labels)
+    elif rank_diff == 2 and logits.shape[-1] == 1:
+        logits = _squeeze_last(be, logits)
     if weights.ndim - labels.ndim == 1:
         weights = _squeeze_last(be, weights)
-    return labels, weights
+    return labels, logits, weights
+
+
+def _weights(be, weights):
+    """Weights as an array; Python numbers keep float64 so float64 losses lose nothing.
+
+    (TensorFlow casts weights to float32 first; xent rounds only the result.)
+    """
+    _validate.require("weights", weights)
+    if isinstance(weights, (int, float, list, tuple)):
+        weights = np.asarray(weights, dtype=np.float64)
+    return be.asarray(weights)
 
 
 def _finish(be, loss, scope, loss_collection):
@@ -68,9 +86,10 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
       >>> xent.losses.compute_weighted_loss([1.0, 2.0, 3.0], weights=[1.0, 0.0, 1.0])
       np.float32(2.0)
     """
+    _validate.require("losses", losses)
     Reduction.validate(reduction)
     be = _backend.of(losses, weights)
-    losses, weights = be.asarray(losses), be.asarray(weights)
+    losses, weights = be.asarray(losses), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
     return _finish(be, loss, scope, loss_collection)
 
@@ -105,8 +124,8 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
-    labels, logits, weights = be.asarray(labels), be.asarray(logits), be.asarray(weights)
-    labels, weights = _squeeze_sparse_args(be, labels, logits, weights)
+    labels, logits, weights = be.asarray(labels), be.asarray(logits), _weights(be, weights)
+    labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weights)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope, loss_collection)
@@ -152,7 +171,7 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(onehot_labels, logits, weights)
-    labels, logits, weights = be.asarray(onehot_labels), be.asarray(logits), be.asarray(weights)
+    labels, logits, weights = be.asarray(onehot_labels), be.asarray(logits), _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
     labels = be.stop_gradient(be.astype(labels, be.dtype_name(logits)))
     if label_smoothing > 0:
