@@ -11,12 +11,18 @@ reduction code speak only to a backend's small interface:
   - ``size(x)``               number of elements
   - ``sparse_xent(labels, logits)`` / ``dense_xent(labels, logits)``
                               per-row loss in the accumulator dtype
+                              (differentiable in the frameworks)
+  - ``sparse_loss_and_grad(labels, logits, grad)`` / ``dense_loss_and_grad``
+                              the raw ops' ``(loss, backprop)``; `grad` as
+                              in `_core` (frameworks take only True)
   - ``stop_gradient(x)``      `x`, cut from the autograd graph
   - ``finish(x)``             the value handed back to the caller
 
 Only NumPy lives here. PyTorch and JAX backends are chosen by the arrays'
 types, and their modules are imported only when such an array arrives (a
 framework that is not already in `sys.modules` cannot have made the array).
+Other arguments (NumPy arrays, lists, scalars) are converted to the
+framework's type; torch tensors and JAX arrays in one call are refused.
 """
 import sys
 
@@ -45,7 +51,8 @@ class NumpyBackend:
     def astype(x, name):
         """Cast `x` to the dtype called `name` (no copy if it already is)."""
         dtype = _dtypes.bfloat16() if name == "bfloat16" else np.dtype(name)
-        return np.asarray(x).astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # float32 -> float16 overflow is inf, silently, as in TF
+            return np.asarray(x).astype(dtype, copy=False)
 
     @staticmethod
     def size(x):
@@ -63,6 +70,16 @@ class NumpyBackend:
         return _core.dense_xent(labels, logits)[0]
 
     @staticmethod
+    def sparse_loss_and_grad(labels, logits, grad=True):
+        """``(loss, backprop)`` of `_core.sparse_xent`; `grad` True or an out-buffer."""
+        return _core.sparse_xent(labels, logits, grad)
+
+    @staticmethod
+    def dense_loss_and_grad(labels, logits, grad=True):
+        """``(loss, backprop)`` of `_core.dense_xent`; `grad` True or an out-buffer."""
+        return _core.dense_xent(labels, logits, grad)
+
+    @staticmethod
     def stop_gradient(x):
         """No gradients in NumPy: `x` itself."""
         return x
@@ -75,13 +92,18 @@ class NumpyBackend:
 
 def _framework_backend(arrays):
     """The PyTorch or JAX backend if any of `arrays` belongs to one, else None."""
-    torch = sys.modules.get("torch")
-    if torch is not None and any(isinstance(a, torch.Tensor) for a in arrays):
+    torch, jax = sys.modules.get("torch"), sys.modules.get("jax")
+    tensors = [a for a in arrays if torch is not None and isinstance(a, torch.Tensor)]
+    has_jax = jax is not None and any(isinstance(a, jax.Array) for a in arrays)
+    if tensors and has_jax:
+        raise TypeError(
+            "xent: got both torch.Tensor and jax.Array arguments; pass arrays of one "
+            "framework (NumPy arrays and Python numbers mix with either)")
+    if tensors:
         from xent import _torch
 
-        return _torch.TorchBackend
-    jax = sys.modules.get("jax")
-    if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
+        return _torch.TorchBackend.for_tensors(tensors)
+    if has_jax:
         from xent import _jax
 
         return _jax.JaxBackend

@@ -3,19 +3,23 @@
 Beyond TensorFlow, ``backprop_out=`` names an existing array that receives the
 gradient, so no logits-sized array is allocated; it may be `features` itself,
 overwriting the logits in place as TensorFlow's kernel does when it may.
+PyTorch and JAX inputs give ``(loss, backprop)`` of their own type, both
+differentiable as TensorFlow's registered gradient says (no ``backprop_out``).
 """
-import numpy as np
-
-from xent import _core, _dtypes, _validate
+from xent import _backend, _dtypes, _validate
 
 __all__ = ["SparseSoftmaxCrossEntropyWithLogits", "SoftmaxCrossEntropyWithLogits"]
 
 
-def _gradient_target(backprop_out, features):
+def _gradient_target(be, backprop_out, features, shape=None):
     """The `grad` request for `_core`: a fresh array (True) or the caller's buffer."""
     if backprop_out is None:
         return True
-    _validate.out_buffer(backprop_out, features.shape, features.dtype)
+    if be.name != "numpy":
+        raise TypeError(
+            f"`backprop_out` takes a NumPy array, for NumPy features only; with {be.name} "
+            "features the backprop is returned")
+    _validate.out_buffer(backprop_out, shape or features.shape, features.dtype)
     return backprop_out
 
 
@@ -46,13 +50,15 @@ def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop
       >>> backprop
       array([[ 0.09003057,  0.24472846, -0.33475906]], dtype=float32)
     """
-    features, labels = _dtypes.to_array(features), _dtypes.to_array(labels)
-    _dtypes.check_float(features.dtype.name, "features")
-    _dtypes.check_labels_int(labels.dtype.name, "labels")
+    be = _backend.of(features, labels)
+    features, labels = be.asarray(features), be.asarray(labels)
+    dtype = be.dtype_name(features)
+    _dtypes.check_float(dtype, "features")
+    _dtypes.check_labels_int(be.dtype_name(labels), "labels")
     _validate.raw_sparse_shapes(features, labels)
-    grad = _gradient_target(backprop_out, features)
-    loss, backprop = _core.sparse_xent(labels, features, grad)
-    return loss.astype(features.dtype), backprop
+    grad = _gradient_target(be, backprop_out, features)
+    loss, backprop = be.sparse_loss_and_grad(labels, features, grad)
+    return be.astype(loss, dtype), backprop
 
 
 def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=None):
@@ -82,10 +88,12 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
       >>> loss
       array([0.907606], dtype=float32)
     """
-    features, labels = _dtypes.to_array(features), _dtypes.to_array(labels)
-    _dtypes.check_float(features.dtype.name, "features")
-    _validate.dense_2d_shapes(features, labels)
-    labels = labels.astype(features.dtype, copy=False)
-    grad = _gradient_target(backprop_out, features)
-    loss, backprop = _core.dense_xent(labels, features, grad)
-    return loss.astype(features.dtype), backprop
+    be = _backend.of(features, labels)
+    features, labels = be.asarray(features), be.asarray(labels)
+    dtype = be.dtype_name(features)
+    _dtypes.check_float(dtype, "features")
+    rows_shape = _validate.dense_2d_shapes(features, labels)
+    labels = be.astype(labels, dtype)
+    grad = _gradient_target(be, backprop_out, features, rows_shape)
+    loss, backprop = be.dense_loss_and_grad(labels, features, grad)
+    return be.astype(loss, dtype), backprop

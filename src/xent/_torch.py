@@ -1,0 +1,303 @@
+"""PyTorch backend: tensors in, tensors out, differentiable by `torch.autograd`.
+
+Imported only when a `torch.Tensor` reaches a public function (see
+`xent._backend`). The numbers come from one of two places:
+
+  - CPU tensors: the fused NumPy kernel (`xent._core`), run on zero-copy NumPy
+    views of the tensors (bfloat16 through an int16 view). A label outside
+    ``[0, C)`` raises TensorFlow's `InvalidArgumentError` before any work.
+  - any other device: the same steps as torch ops (`xent._array_kernels`), so
+    the data stays on the device; a bad label gives NaN rows, as TensorFlow
+    on a GPU (checking would cost a device sync).
+
+Autograd (`_Loss`): when the logits need a gradient, the forward pass writes
+TensorFlow's backprop ``softmax - target`` into one logits-sized tensor in
+the same kernel pass; the backward scales it in place by the upstream
+gradient and hands it back, so forward plus backward hold the logits and one
+tensor of their size. A second backward over a retained graph recomputes it;
+with ``create_graph=True`` the backward is built from differentiable torch
+ops, so second derivatives are TensorFlow's (which supports them too). The
+dense loss also gives the labels their gradient, ``-log_softmax(logits)``.
+"""
+import math
+
+import ml_dtypes
+import numpy as np
+import torch
+
+from xent import _array_kernels, _core, _dtypes, _validate
+
+_state = {"torch_ops_on_cpu": False}
+
+
+def use_torch_ops_on_cpu(flag=True):
+    """Run CPU tensors through the torch-ops path of other devices (for tests)."""
+    _state["torch_ops_on_cpu"] = flag
+
+
+class _Ops:
+    """The operations `xent._array_kernels` needs, as torch calls."""
+
+    exp = staticmethod(torch.exp)
+    log = staticmethod(torch.log)
+    where = staticmethod(torch.where)
+
+    @staticmethod
+    def max_last(x):
+        return torch.amax(x, dim=-1, keepdim=True)
+
+    @staticmethod
+    def sum_last(x):
+        return torch.sum(x, dim=-1, keepdim=True)
+
+    @staticmethod
+    def stop_gradient(x):
+        return x.detach()
+
+    @staticmethod
+    def take_last(x, idx):
+        return torch.gather(x, -1, idx.long().unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def one_hot(idx, num_classes, dtype):
+        return (idx.unsqueeze(-1) == torch.arange(num_classes, device=idx.device)).to(dtype)
+
+    @staticmethod
+    def zeros_rows(x):
+        return x.new_zeros(x.shape[:-1])
+
+    @staticmethod
+    def full_rows(x, value):
+        return x.new_full(x.shape[:-1], value)
+
+
+class _Namespace:
+    """The NumPy-like calls of the faces and reductions (see `xent._backend`)."""
+
+    where = staticmethod(torch.where)
+    ones_like = staticmethod(torch.ones_like)
+    zeros_like = staticmethod(torch.zeros_like)
+    log = staticmethod(torch.log)
+    moveaxis = staticmethod(torch.moveaxis)
+    reshape = staticmethod(torch.reshape)
+    clip = staticmethod(torch.clamp)
+
+    @staticmethod
+    def sum(x, axis=None, keepdims=False):
+        return torch.sum(x, dim=axis, keepdim=keepdims)
+
+    @staticmethod
+    def expand_dims(x, axis):
+        return torch.unsqueeze(x, axis)
+
+    @staticmethod
+    def squeeze(x, axis):
+        return torch.squeeze(x, axis)
+
+
+def _numpy_view(t):
+    """A NumPy array sharing CPU tensor `t`'s memory (bfloat16 as `ml_dtypes.bfloat16`)."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _from_numpy(a):
+    """A CPU tensor sharing `a`'s memory (copied first if strided backwards or read-only)."""
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        a = a.copy()
+    if a.dtype == _dtypes.bfloat16():
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _accumulate(logits):
+    """`logits` in the accumulator dtype: float64 stays, everything else is float32."""
+    return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+
+_ROWS = {"sparse": _array_kernels.sparse_rows, "dense": _array_kernels.dense_rows}
+_GRAD = {"sparse": _array_kernels.sparse_grad, "dense": _array_kernels.dense_grad}
+_CORE = {"sparse": _core.sparse_xent, "dense": _core.dense_xent}
+
+
+def _forward(kind, labels, logits, want_grad):
+    """Per-row loss (accumulator dtype) and, if wanted, TF's backprop (logits' dtype).
+
+    `kind` is ``"sparse"`` (int labels ``[...]``) or ``"dense"`` (labels of the
+    logits' shape); logits are ``[..., C]``.
+    """
+    if logits.device.type == "cpu" and not _state["torch_ops_on_cpu"]:
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if want_grad else None
+        out = None if grad is None else _numpy_view(grad)
+        loss, _ = _CORE[kind](_numpy_view(labels), _numpy_view(logits), out)
+        return _from_numpy(loss), grad
+    x = _accumulate(logits)
+    loss, row_lse = _ROWS[kind](_Ops, x, labels)
+    grad = _GRAD[kind](_Ops, x, labels, row_lse).to(logits.dtype) if want_grad else None
+    return loss, grad
+
+
+def _differentiable_backprop(kind, logits, labels):
+    """TF's backprop from torch ops that autograd can differentiate again."""
+    x = _accumulate(logits)
+    return _GRAD[kind](_Ops, x, labels, _array_kernels.lse(_Ops, x))
+
+
+def _labels_grad(logits, labels, g):
+    """Gradient of the dense loss for its labels: ``-g * log_softmax(logits)``."""
+    return (-g[..., None] * _array_kernels.log_softmax(_Ops, _accumulate(logits))).to(labels.dtype)
+
+
+class _Loss(torch.autograd.Function):
+    """Per-row cross-entropy whose backward is TensorFlow's gradient (see module doc)."""
+
+    @staticmethod
+    def forward(ctx, kind, want_grad, logits, labels):
+        loss, ctx.backprop = _forward(kind, labels, logits, want_grad)
+        ctx.kind = kind
+        ctx.save_for_backward(logits, labels)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, labels = ctx.saved_tensors
+        need_logits, need_labels = ctx.needs_input_grad[2:]
+        d_logits = _Loss._logits_grad(ctx, logits, labels, g) if need_logits else None
+        d_labels = _labels_grad(logits, labels, g) if need_labels else None
+        return None, None, d_logits, d_labels
+
+    @staticmethod
+    def _logits_grad(ctx, logits, labels, g):
+        """``g * backprop``: the saved backprop scaled in place, the first time."""
+        if torch.is_grad_enabled():
+            backprop = _differentiable_backprop(ctx.kind, logits, labels)
+            return (g[..., None] * backprop).to(logits.dtype)
+        backprop, ctx.backprop = ctx.backprop, None
+        if backprop is None:
+            backprop = _forward(ctx.kind, labels, logits, True)[1]
+        return backprop.mul_(g[..., None])
+
+
+class _LossAndBackprop(torch.autograd.Function):
+    """The raw ops: ``(loss, backprop)`` from one kernel pass, both differentiable.
+
+    As TensorFlow's registered gradient: the logits get ``g_loss * backprop``
+    plus, when the backprop itself is differentiated, its softmax term; dense
+    labels get ``-g_loss * log_softmax(logits)``.
+    """
+
+    @staticmethod
+    def forward(ctx, kind, logits, labels):
+        ctx.set_materialize_grads(False)
+        loss, backprop = _forward(kind, labels, logits, True)
+        ctx.save_for_backward(logits, labels, backprop)
+        return loss, backprop
+
+    @staticmethod
+    def backward(ctx, g_loss, g_backprop):
+        logits, labels, backprop = ctx.saved_tensors
+        d_logits = d_labels = None
+        if ctx.needs_input_grad[1]:
+            d_logits = _LossAndBackprop._logits_grad(logits, backprop, g_loss, g_backprop)
+        if ctx.needs_input_grad[2] and g_loss is not None:
+            d_labels = _labels_grad(logits, labels, g_loss)
+        return None, d_logits, d_labels
+
+    @staticmethod
+    def _logits_grad(logits, backprop, g_loss, g_backprop):
+        """``g_loss * backprop + softmax_vjp(g_backprop)``, either term possibly absent."""
+        d = torch.zeros_like(backprop) if g_loss is None else backprop * g_loss[..., None]
+        if g_backprop is not None:
+            x = _accumulate(logits)
+            vjp = _array_kernels.softmax_vjp(_Ops, x, _array_kernels.lse(_Ops, x), _accumulate(g_backprop))
+            d = d + vjp.to(d.dtype)
+        return d
+
+
+def _wants_grad(logits):
+    """Whether autograd will ask for the logits' gradient (decided before `apply`)."""
+    return torch.is_grad_enabled() and logits.requires_grad
+
+
+def _dense_2d(labels, logits):
+    """Both flattened to ``[rows, C]``, labels broadcast to the logits (differentiably)."""
+    x2 = logits.reshape(math.prod(logits.shape[:-1]), logits.shape[-1])
+    y2 = labels.reshape(math.prod(labels.shape[:-1]), labels.shape[-1])
+    _validate.dense_2d_shapes(x2, y2)
+    return y2.expand(x2.shape), x2
+
+
+class TorchBackend:
+    """torch tensors in, torch tensors out, on the device they share."""
+
+    name = "torch"
+    xp = _Namespace
+
+    def __init__(self, device):
+        self.device = device
+
+    @classmethod
+    def for_tensors(cls, tensors):
+        """The backend for a call whose tensor arguments are `tensors` (one device)."""
+        devices = sorted({str(t.device) for t in tensors})
+        if len(devices) > 1:
+            raise ValueError(
+                f"xent: tensor arguments are on different devices ({', '.join(devices)}); "
+                "move them to one device first")
+        return cls(tensors[0].device)
+
+    def asarray(self, x):
+        """`x` as a tensor on this device; non-tensors convert as `tf.convert_to_tensor`."""
+        if isinstance(x, torch.Tensor):
+            return x
+        return _from_numpy(_dtypes.to_array(x)).to(self.device)
+
+    @staticmethod
+    def dtype_name(x):
+        """``torch.float32`` → ``"float32"``."""
+        return str(x.dtype).removeprefix("torch.")
+
+    def astype(self, x, name):
+        """Cast to the dtype called `name` (Python scalars become tensors on this device)."""
+        dtype = getattr(torch, name)
+        if isinstance(x, torch.Tensor):
+            return x.to(dtype)
+        return torch.as_tensor(x, dtype=dtype, device=self.device)
+
+    @staticmethod
+    def size(x):
+        """Number of elements."""
+        return x.numel()
+
+    @staticmethod
+    def stop_gradient(x):
+        """`x` detached from the graph."""
+        return x.detach()
+
+    @staticmethod
+    def finish(x):
+        """Tensors are handed back as they are (0-d ones included)."""
+        return x
+
+    @staticmethod
+    def sparse_xent(labels, logits):
+        """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
+        return _Loss.apply("sparse", _wants_grad(logits), logits, labels)
+
+    @staticmethod
+    def dense_xent(labels, logits):
+        """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
+        y2, x2 = _dense_2d(labels, logits)
+        return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(logits.shape[:-1])
+
+    @staticmethod
+    def sparse_loss_and_grad(labels, logits, grad=True):
+        """``(loss, backprop)`` of the raw op; `grad` must be True (no out-buffers)."""
+        return _LossAndBackprop.apply("sparse", logits, labels)
+
+    @staticmethod
+    def dense_loss_and_grad(labels, logits, grad=True):
+        """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
+        return _LossAndBackprop.apply("dense", logits, labels.expand(logits.shape))

@@ -1,0 +1,230 @@
+"""xent on PyTorch tensors: values and autograd gradients against TensorFlow.
+
+Every public function runs on torch tensors, on both CPU paths: the fused
+NumPy kernel through zero-copy views (``kernel``) and the torch-ops path that
+CUDA tensors take (``torch_ops``, forced on CPU here since the suite has no
+GPU). TensorFlow's `tf.GradientTape` is the oracle; `torch.autograd.gradcheck`
+checks the float64 gradients numerically.
+"""
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import xent  # noqa: E402
+from xent import _torch  # noqa: E402
+from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
+
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
+DENSE = xent.nn.softmax_cross_entropy_with_logits
+
+
+@pytest.fixture(params=["kernel", "torch_ops"])
+def path(request):
+    """Which CPU path runs: the fused NumPy kernel, or the torch ops of other devices."""
+    _torch.use_torch_ops_on_cpu(request.param == "torch_ops")
+    yield request.param
+    _torch.use_torch_ops_on_cpu(False)
+
+
+def _value_and_grads(case, inputs, cotangent):
+    """xent's output and the gradients of ``sum(out * cotangent)``, through autograd."""
+    args = {k: torch.tensor(v, requires_grad=k in case.wrt) for k, v in inputs.items()}
+    out = case.xent_fn(xent, args)
+    assert isinstance(out, torch.Tensor), type(out)
+    objective = (out * torch.as_tensor(cotangent, dtype=out.dtype)).sum()
+    wrt = [args[k] for k in case.wrt]
+    grads = torch.autograd.grad(objective, wrt, allow_unused=True)
+    grads = [torch.zeros_like(a) if g is None else g for a, g in zip(wrt, grads)]
+    return out.detach().numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, path):
+    inputs = case.make(rng, dtype)
+    want = tf_oracle(tf, case, inputs, rng)
+    got_out, got_grads = _value_and_grads(case, inputs, want[1])
+    assert_matches_tf(case, dtype, got_out, got_grads, want)
+
+
+def _hessian_vector_tf(tf, logits, labels, u, dense):
+    x, y = tf.constant(logits), tf.constant(labels)
+    fn = tf.nn.softmax_cross_entropy_with_logits if dense else tf.nn.sparse_softmax_cross_entropy_with_logits
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch([x, y] if dense else [x])
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = tf.reduce_sum(fn(labels=y, logits=x) * tf.range(1.0, 7.0, dtype=x.dtype))
+        gx = inner.gradient(loss, x)
+        s = tf.reduce_sum(gx * u)
+    hx = outer.gradient(s, x).numpy()
+    if not dense:
+        return hx, None
+    hy = outer.gradient(s, y)
+    return hx, np.zeros_like(labels) if hy is None else hy.numpy()
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_double_backward_matches_tensorflow(tf, rng, path, dense):
+    """Hessian-vector products: TF differentiates its gradient, and so does xent."""
+    logits = rng.standard_normal((6, 5))
+    labels = (rng.dirichlet(np.ones(5), 6) if dense else rng.integers(0, 5, 6))
+    u = rng.standard_normal((6, 5))
+    want_x, want_y = _hessian_vector_tf(tf, logits, labels, u, dense)
+    x = torch.tensor(logits, requires_grad=True)
+    y = torch.tensor(labels, requires_grad=dense)
+    fn = DENSE if dense else SPARSE
+    loss = (fn(labels=y, logits=x) * torch.arange(1.0, 7.0, dtype=x.dtype)).sum()
+    (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+    hs = torch.autograd.grad((gx * torch.tensor(u)).sum(), [x, y] if dense else [x], allow_unused=True)
+    np.testing.assert_allclose(hs[0].numpy(), want_x, rtol=1e-10, atol=1e-12)
+    if dense:  # TF sends nothing from the logits' gradient to the labels: zero
+        got_y = np.zeros_like(labels) if hs[1] is None else hs[1].numpy()
+        np.testing.assert_allclose(got_y, want_y, rtol=1e-10, atol=1e-12)
+
+
+def _probs(rng, shape):
+    e = np.exp(rng.standard_normal(shape))
+    return torch.tensor(e / e.sum(-1, keepdims=True))
+
+
+def test_gradcheck_nn_float64(rng, path):
+    x = torch.tensor(rng.standard_normal((4, 5)), requires_grad=True)
+    labels = torch.tensor([0, 3, 4, 1])
+    y = _probs(rng, (4, 5)).requires_grad_()
+    sparse = lambda x: SPARSE(labels=labels, logits=x)  # noqa: E731
+    dense = lambda x, y: DENSE(labels=y, logits=x)  # noqa: E731
+    assert torch.autograd.gradcheck(sparse, (x,))
+    assert torch.autograd.gradgradcheck(sparse, (x,))
+    assert torch.autograd.gradcheck(dense, (x, y))
+    assert torch.autograd.gradgradcheck(lambda x: dense(x, y.detach()), (x,))
+
+
+def test_gradcheck_raw_ops_float64(rng, path):
+    """Both outputs, (loss, backprop), are differentiable in the features."""
+    x = torch.tensor(rng.standard_normal((4, 5)), requires_grad=True)
+    labels, y = torch.tensor([0, 3, 4, 1]), _probs(rng, (4, 5))
+    sparse = lambda x: xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(x, labels)  # noqa: E731
+    dense = lambda x: xent.raw_ops.SoftmaxCrossEntropyWithLogits(x, y)  # noqa: E731
+    for fn in (sparse, dense):
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_gradcheck_weighted_losses_float64(rng, path):
+    """Non-zero weights: at a zero weight the count of non-zero weights jumps."""
+    x = torch.tensor(rng.standard_normal((4, 5)), requires_grad=True)
+    w = torch.tensor([1.0, 0.25, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, 4, 1])
+    for reduction in xent.losses.Reduction.all():
+        fn = lambda x, w: xent.losses.sparse_softmax_cross_entropy(  # noqa: E731
+            labels, x, weights=w, reduction=reduction)
+        assert torch.autograd.gradcheck(fn, (x, w)), reduction
+
+
+def test_second_backward_over_retained_graph_gives_the_same_gradient(rng, path):
+    """The saved backprop is scaled in place once; a second backward recomputes it."""
+    x = torch.tensor(rng.standard_normal((3, 4)), dtype=torch.float32, requires_grad=True)
+    loss = SPARSE(labels=torch.tensor([1, 0, 3]), logits=x).sum()
+    (first,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_keeps_dtype_and_matches_float32(rng, path, dtype):
+    logits = torch.tensor(rng.standard_normal((8, 7)) * 3).to(dtype).requires_grad_()
+    labels = torch.tensor(rng.integers(0, 7, 8))
+    loss = SPARSE(labels=labels, logits=logits)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    ref = logits.detach().float().requires_grad_()
+    ref_loss = SPARSE(labels=labels, logits=ref)
+    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), ref)
+    tol = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {"atol": 2e-3, "rtol": 2e-3}
+    torch.testing.assert_close(loss.float(), ref_loss, **tol)
+    torch.testing.assert_close(grad.float(), ref_grad, **tol)
+
+
+def test_kernel_and_torch_ops_paths_agree(rng):
+    logits = torch.tensor(rng.standard_normal((9, 11)), dtype=torch.float32)
+    y = _probs(rng, (9, 11)).float()
+    results = []
+    for on in (False, True):
+        _torch.use_torch_ops_on_cpu(on)
+        x = logits.clone().requires_grad_()
+        loss = DENSE(labels=y, logits=x)
+        results.append((loss, *torch.autograd.grad(loss.sum(), x)))
+    _torch.use_torch_ops_on_cpu(False)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_label_out_of_range_raises_tensorflows_error_on_cpu():
+    with pytest.raises(xent.errors.InvalidArgumentError,
+                       match=r"Received a label value of 5 which is outside the valid range of \[0, 3\)"):
+        SPARSE(labels=torch.tensor([0, 5]), logits=torch.zeros(2, 3, requires_grad=True))
+
+
+def test_label_out_of_range_gives_nan_rows_on_the_device_path():
+    """As TensorFlow on a GPU: the bad row's loss and gradient are NaN, the rest exact."""
+    _torch.use_torch_ops_on_cpu(True)
+    try:
+        x = torch.zeros(2, 3, requires_grad=True)
+        loss = SPARSE(labels=torch.tensor([0, 5]), logits=x)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    finally:
+        _torch.use_torch_ops_on_cpu(False)
+    assert torch.isnan(loss[1]) and torch.isnan(grad[1]).all()
+    torch.testing.assert_close(loss[0], torch.tensor(np.log(3.0), dtype=torch.float32))
+    assert not torch.isnan(grad[0]).any()
+
+
+def test_numpy_and_python_arguments_mix_with_tensors():
+    """Labels and weights may be NumPy or lists; the result is a tensor on the logits' device."""
+    x = torch.tensor([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], requires_grad=True)
+    loss = xent.losses.sparse_softmax_cross_entropy(np.array([0, 1]), x, weights=[1.0, 3.0])
+    assert isinstance(loss, torch.Tensor) and loss.dtype == torch.float32
+    want = xent.losses.sparse_softmax_cross_entropy([0, 1], x.detach().numpy(), weights=[1.0, 3.0])
+    np.testing.assert_allclose(loss.item(), want, rtol=1e-6)
+    loss.backward()
+    assert x.grad is not None
+
+
+def test_tensors_on_different_devices_are_refused():
+    with pytest.raises(ValueError, match="different devices"):
+        SPARSE(labels=torch.tensor([0]), logits=torch.zeros(1, 3, device="meta"))
+
+
+def test_backprop_out_is_refused_for_tensors():
+    with pytest.raises(TypeError, match="backprop_out"):
+        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+            torch.zeros(2, 3), torch.tensor([0, 1]), backprop_out=np.zeros((2, 3), np.float32))
+
+
+def test_non_contiguous_logits_and_no_grad():
+    base = torch.randn(5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        loss = DENSE(labels=torch.softmax(base, 0), logits=base, axis=0)
+    want = DENSE(labels=torch.softmax(base, 0).numpy(), logits=base.numpy(), axis=0)
+    np.testing.assert_allclose(loss.numpy(), want, rtol=1e-12)
+    assert not loss.requires_grad
+
+
+def test_bfloat16_numpy_labels_with_tensor_logits():
+    """A NumPy bfloat16 argument converts through a uint16 view (torch has no such dtype)."""
+    y = np.array([[0.25, 0.75]], ml_dtypes.bfloat16)
+    loss = DENSE(labels=y, logits=torch.tensor([[1.0, 2.0]]))
+    np.testing.assert_allclose(loss.item(), 0.25 * 1.3132616 + 0.75 * 0.3132617, rtol=1e-6)
+
+
+def test_import_xent_imports_neither_torch_nor_jax():
+    code = "import sys, xent; print('torch' in sys.modules, 'jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"], out
