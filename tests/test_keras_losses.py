@@ -1,0 +1,749 @@
+"""`xent.keras.losses` against `tf.keras.losses` (Keras 3 on the TensorFlow backend).
+
+Every expected value is computed live by tf.keras on the same inputs. float32
+results are compared with rtol 1e-6 plus a few float32 ulps of the largest
+log-probability involved (|log 1e-7| = 16.1 when probabilities are clipped);
+float64 results with rtol 1e-10; half-precision results against a float64
+truth (tf.keras run in float64 on the half-rounded inputs) within one ulp of
+the output dtype.
+"""
+import re
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from xent import errors as xerrors
+from xent.keras import losses as xk
+
+KERAS3_REDUCTIONS = ("sum_over_batch_size", "sum", "none", None, "mean",
+                     "mean_with_sample_weight")
+# xent also takes tf-keras's "auto", which means sum_over_batch_size.
+ALL_REDUCTIONS = KERAS3_REDUCTIONS + ("auto",)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+# --------------------------------------------------------------------------- helpers
+def _tf_reduction(reduction):
+    """The Keras 3 reduction TF is asked for: "auto" is tf-keras's sum_over_batch_size."""
+    return "sum_over_batch_size" if reduction == "auto" else reduction
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _predictions(kind, shape, rng):
+    """y_pred of `shape` ([..., C]): logits, or probabilities of several flavours."""
+    if kind == "logits":
+        return rng.normal(0.0, 3.0, shape).astype(np.float32)
+    if kind == "softmax":
+        return _softmax(rng.normal(0.0, 2.0, shape)).astype(np.float32)
+    if kind == "unnormalized":  # rows do not sum to 1: renormalisation matters
+        return rng.uniform(0.05, 1.0, shape).astype(np.float32)
+    if kind == "clipping_bites":  # exact zeros and ones, and [0, .25, .25]-style rows
+        p = np.zeros(shape, np.float32)
+        flat = p.reshape(-1, shape[-1])
+        for i, row in enumerate(flat):
+            pattern = i % 3
+            if pattern == 0:
+                row[:] = 0.25
+                row[0] = 0.0
+            elif pattern == 1:
+                row[i % shape[-1]] = 1.0
+            else:
+                row[:] = rng.uniform(0.0, 1.0, shape[-1])
+                row[rng.integers(shape[-1])] = 0.0
+        return p
+    raise AssertionError(kind)
+
+
+def _np(x):
+    return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+
+
+def _assert_close(actual, expected, scale=16.2):
+    """Match TF's result in dtype, shape and value (tolerance by dtype)."""
+    actual, expected = np.asarray(actual), _np(expected)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    if actual.dtype == np.float64:
+        np.testing.assert_allclose(actual, expected, rtol=1e-10, atol=1e-12)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=4 * EPS32 * scale)
+
+
+def _scale(y_pred, from_logits):
+    return max(1.0, float(np.max(np.abs(y_pred)))) if from_logits else 16.2
+
+
+def _ulp(value, dtype):
+    finfo = ml_dtypes.finfo(dtype)
+    magnitude = np.maximum(np.abs(np.asarray(value, np.float64)), float(finfo.smallest_normal))
+    return float(finfo.eps) * 2.0 ** np.floor(np.log2(magnitude))
+
+
+def _assert_within_one_ulp(actual, truth, dtype):
+    actual = np.asarray(actual)
+    assert actual.dtype == np.dtype(dtype)
+    assert actual.shape == np.shape(truth)
+    error = np.abs(actual.astype(np.float64) - np.asarray(truth, np.float64))
+    assert np.all(error <= _ulp(truth, dtype)), (actual, truth)
+
+
+def _sample_weight(kind, shape, rng):
+    """sample_weight layouts for per-example losses of `shape`."""
+    if kind is None:
+        return None
+    if kind == "python_scalar":
+        return 2.3
+    if kind == "array_scalar":
+        return np.array(0.5)
+    if kind == "same_rank":
+        return rng.uniform(0.2, 2.0, shape)
+    if kind == "batch_column":  # [batch, 1]
+        return rng.uniform(0.2, 2.0, (shape[0], 1))
+    if kind == "trailing_row":  # [1, t] against [b, t]
+        return rng.uniform(0.2, 2.0, (1,) + shape[1:])
+    if kind == "some_zero":
+        w = rng.uniform(0.2, 2.0, shape)
+        w.reshape(-1)[::2] = 0.0
+        return w
+    if kind == "all_zero":
+        return np.zeros(shape)
+    raise AssertionError(kind)
+
+
+SPARSE_SHAPES = {1: (5,), 2: (3, 4), 3: (2, 2, 3)}
+WEIGHT_KINDS_RANK1 = (None, "python_scalar", "array_scalar", "same_rank", "batch_column",
+                      "some_zero", "all_zero")
+WEIGHT_KINDS_RANK2 = (None, "python_scalar", "same_rank", "batch_column", "trailing_row",
+                      "some_zero")
+
+
+# --------------------------------------------------------------------------- functions
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["logits", "softmax", "unnormalized", "clipping_bites"])
+def test_sparse_categorical_crossentropy_function_matches_tf(keras, rng, kind, rank, dtype):
+    from_logits = kind == "logits"
+    shape = SPARSE_SHAPES[rank]
+    y_true = rng.integers(0, 3, shape)
+    y_pred = _predictions(kind, shape + (3,), rng).astype(dtype)
+    expected = keras.losses.sparse_categorical_crossentropy(y_true, y_pred,
+                                                            from_logits=from_logits)
+    actual = xk.sparse_categorical_crossentropy(y_true, y_pred, from_logits=from_logits)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["logits", "softmax", "unnormalized", "clipping_bites"])
+def test_categorical_crossentropy_function_matches_tf(keras, rng, kind, rank, dtype,
+                                                      label_smoothing):
+    from_logits = kind == "logits"
+    shape = SPARSE_SHAPES[rank]
+    y_true = np.eye(3)[rng.integers(0, 3, shape)]
+    y_pred = _predictions(kind, shape + (3,), rng).astype(dtype)
+    expected = keras.losses.categorical_crossentropy(
+        y_true, y_pred, from_logits=from_logits, label_smoothing=label_smoothing)
+    actual = xk.categorical_crossentropy(y_true, y_pred, from_logits=from_logits,
+                                         label_smoothing=label_smoothing)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_clipping_order_sparse_renormalises_after_clipping(keras, label):
+    """Sparse: clip p=[0, .25, .25] to [1e-7, 1-1e-7], then log-softmax renormalises."""
+    y_pred = np.array([[0.0, 0.25, 0.25]], np.float32)
+    expected = keras.losses.sparse_categorical_crossentropy(np.array([label]), y_pred)
+    actual = xk.sparse_categorical_crossentropy(np.array([label]), y_pred)
+    _assert_close(actual, expected)
+    if label == 0:  # -log(1e-7 / (0.5 + 1e-7)), not -log(1e-7)
+        np.testing.assert_allclose(actual, [-np.log(1e-7 / 0.5000001)], rtol=1e-5)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_clipping_order_categorical_normalises_before_clipping(keras, label):
+    """Categorical: divide by the row sum first, then clip; no renormalisation after."""
+    y_pred = np.array([[0.0, 0.25, 0.25]], np.float32)
+    y_true = np.eye(3, dtype=np.float32)[[label]]
+    expected = keras.losses.categorical_crossentropy(y_true, y_pred)
+    actual = xk.categorical_crossentropy(y_true, y_pred)
+    _assert_close(actual, expected)
+    if label == 0:  # -log(1e-7) exactly: the clipped 1e-7 is not renormalised
+        np.testing.assert_allclose(actual, [-np.log(1e-7)], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64],
+                         ids=["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("function", ["sparse", "categorical"])
+def test_functions_keep_y_pred_dtype(keras, rng, function, dtype):
+    logits = rng.normal(0.0, 2.0, (4, 5)).astype(dtype)
+    labels = rng.integers(0, 5, 4)
+    if function == "sparse":
+        actual = xk.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        truth_fn = keras.losses.sparse_categorical_crossentropy
+        truth = truth_fn(labels, logits.astype(np.float64), from_logits=True)
+    else:
+        actual = xk.categorical_crossentropy(np.eye(5)[labels], logits, from_logits=True)
+        truth_fn = keras.losses.categorical_crossentropy
+        truth = truth_fn(np.eye(5)[labels], logits.astype(np.float64), from_logits=True)
+    if dtype in (np.float32, np.float64):
+        expected = truth_fn(labels if function == "sparse" else np.eye(5)[labels], logits,
+                            from_logits=True)
+        _assert_close(actual, expected, _scale(logits, True))
+    else:
+        _assert_within_one_ulp(actual, _np(truth), dtype)
+
+
+def test_sparse_function_float_labels_are_cast_like_tf(keras, rng):
+    y_pred = _predictions("softmax", (4, 3), rng)
+    y_true = np.array([0.0, 2.0, 1.0, 2.0])
+    expected = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+    _assert_close(xk.sparse_categorical_crossentropy(y_true, y_pred), expected)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_sparse_function_trailing_unit_labels_squeezed_like_tf(keras, rng, rank):
+    shape = SPARSE_SHAPES[rank]
+    y_true = rng.integers(0, 4, shape + (1,))
+    y_pred = _predictions("softmax", shape + (4,), rng)
+    expected = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+    _assert_close(xk.sparse_categorical_crossentropy(y_true, y_pred), expected)
+
+
+@pytest.mark.parametrize("ignore_class", [-1, 255, 0])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_sparse_function_ignore_class_zeroes_entries_like_tf(keras, rng, from_logits,
+                                                             ignore_class):
+    y_true = np.array([[1, ignore_class, 2, 0], [ignore_class, 2, 1, 1]])
+    y_pred = _predictions("logits" if from_logits else "softmax", (2, 4, 3), rng)
+    expected = keras.losses.sparse_categorical_crossentropy(
+        y_true, y_pred, from_logits=from_logits, ignore_class=ignore_class)
+    actual = xk.sparse_categorical_crossentropy(y_true, y_pred, from_logits=from_logits,
+                                                ignore_class=ignore_class)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+    assert np.all(np.asarray(actual)[y_true == ignore_class] == 0.0)
+
+
+def test_sparse_function_accepts_python_lists_as_documented(keras):
+    """The docstring passes lists; TF 2.21's Keras trips on `.shape`, so check numbers."""
+    expected = keras.losses.sparse_categorical_crossentropy(
+        np.array([1, 2]), np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]], np.float32))
+    actual = xk.sparse_categorical_crossentropy([1, 2], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
+    _assert_close(actual, expected)
+    np.testing.assert_allclose(actual, [0.0513, 2.303], atol=5e-4)
+
+
+def test_categorical_function_python_lists_match_documented_example(keras):
+    y_true = [[0, 1, 0], [0, 0, 1]]
+    y_pred = [[0.05, 0.95, 0], [0.1, 0.8, 0.1]]
+    expected = keras.losses.categorical_crossentropy(y_true, y_pred)
+    actual = xk.categorical_crossentropy(y_true, y_pred)
+    _assert_close(actual, expected)
+    np.testing.assert_allclose(actual, [0.0513, 2.303], atol=5e-4)
+
+
+def test_backend_docstring_example_categorical_probabilities(keras):
+    a = np.eye(3, dtype=np.float32)
+    b = np.array([[0.9, 0.05, 0.05], [0.05, 0.89, 0.06], [0.05, 0.01, 0.94]], np.float32)
+    expected = keras.losses.categorical_crossentropy(a, b)
+    actual = xk.categorical_crossentropy(a, b)
+    _assert_close(actual, expected)
+    np.testing.assert_allclose(np.round(actual, 5), [0.10536, 0.11653, 0.06188])
+    np.testing.assert_allclose(xk.categorical_crossentropy(a, a), [0.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_ops_docstring_example_sparse_probabilities(keras):
+    target = np.array([0, 1, 2], np.int32)
+    output = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5]], np.float32)
+    expected = keras.losses.sparse_categorical_crossentropy(target, output)
+    actual = xk.sparse_categorical_crossentropy(target, output)
+    _assert_close(actual, expected)
+    np.testing.assert_allclose(actual, [0.10536056, 0.22314355, 0.6931472], rtol=1e-6)
+
+
+# (from_logits=True, axis=-2) is left out: TF 2.21 itself fails there (tf.range(0, -2)).
+@pytest.mark.parametrize("from_logits,axis", [(True, 1), (False, 1), (False, -2)])
+def test_categorical_axis_channels_first_matches_tf(keras, rng, from_logits, axis):
+    y_true = np.moveaxis(np.eye(4)[rng.integers(0, 4, (2, 3))], -1, 1)  # [b, C, t]
+    y_pred = np.moveaxis(_predictions("logits" if from_logits else "unnormalized",
+                                      (2, 3, 4), rng), -1, 1)
+    expected = keras.losses.categorical_crossentropy(y_true, y_pred, from_logits=from_logits,
+                                                     axis=axis)
+    actual = xk.categorical_crossentropy(y_true, y_pred, from_logits=from_logits, axis=axis)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+    cls_expected = keras.losses.CategoricalCrossentropy(from_logits=from_logits, axis=axis)(
+        y_true, y_pred)
+    _assert_close(xk.CategoricalCrossentropy(from_logits=from_logits, axis=axis)(y_true, y_pred),
+                  cls_expected, _scale(y_pred, from_logits))
+
+
+def test_sparse_axis_last_index_equals_minus_one(keras, rng):
+    y_true = rng.integers(0, 3, (2, 4))
+    y_pred = _predictions("softmax", (2, 4, 3), rng)
+    expected = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, axis=2)
+    _assert_close(xk.sparse_categorical_crossentropy(y_true, y_pred, axis=2), expected)
+    _assert_close(xk.sparse_categorical_crossentropy(y_true, y_pred, axis=-1), expected)
+
+
+def test_sparse_axis_other_than_last_is_refused_like_tf_backend(keras, rng):
+    y_true = rng.integers(0, 2, (4, 4))
+    y_pred = np.moveaxis(_predictions("softmax", (4, 4, 2), rng), 2, 0)
+    message = re.escape("Only axis=-1 is currently supported. Received: axis=0")
+    with pytest.raises(ValueError, match=message):
+        keras.losses.SparseCategoricalCrossentropy(axis=0)(y_true, y_pred)
+    with pytest.raises(ValueError, match=message):
+        xk.SparseCategoricalCrossentropy(axis=0)(y_true, y_pred)
+
+
+def test_categorical_axis_bool_is_refused_like_tf(keras):
+    y = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="`axis` must be of type `int`"):
+        keras.losses.categorical_crossentropy(y, y, axis=True)
+    with pytest.raises(ValueError, match="`axis` must be of type `int`"):
+        xk.categorical_crossentropy(y, y, axis=True)
+
+
+# Keras smooths whenever label_smoothing is truthy, so a negative value is applied too.
+@pytest.mark.parametrize("label_smoothing", [-0.1, 0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_categorical_label_smoothing_matches_tf(keras, rng, from_logits, label_smoothing):
+    y_true = np.eye(4)[rng.integers(0, 4, 6)]
+    y_pred = _predictions("logits" if from_logits else "clipping_bites", (6, 4), rng)
+    expected = keras.losses.CategoricalCrossentropy(
+        from_logits=from_logits, label_smoothing=label_smoothing, reduction=None)(y_true, y_pred)
+    actual = xk.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing,
+                                        reduction=None)(y_true, y_pred)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+# --------------------------------------------------------------------------- classes
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK1)
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_sparse_class_rank1_matches_tf(keras, rng, from_logits, weight_kind, reduction):
+    y_true = rng.integers(0, 4, (5,))
+    y_pred = _predictions("logits" if from_logits else "unnormalized", (5, 4), rng)
+    sample_weight = _sample_weight(weight_kind, (5,), rng)
+    expected = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=from_logits, reduction=_tf_reduction(reduction))(
+        y_true, y_pred, sample_weight=sample_weight)
+    actual = xk.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=reduction)(
+        y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK2)
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_sparse_class_rank2_matches_tf(keras, rng, from_logits, weight_kind, reduction):
+    y_true = rng.integers(0, 3, (3, 4))
+    y_pred = _predictions("logits" if from_logits else "clipping_bites", (3, 4, 3), rng)
+    sample_weight = _sample_weight(weight_kind, (3, 4), rng)
+    expected = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=from_logits, reduction=_tf_reduction(reduction))(
+        y_true, y_pred, sample_weight=sample_weight)
+    actual = xk.SparseCategoricalCrossentropy(from_logits=from_logits, reduction=reduction)(
+        y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK1)
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_categorical_class_rank1_matches_tf(keras, rng, from_logits, weight_kind, reduction):
+    y_true = np.eye(4)[rng.integers(0, 4, (5,))]
+    y_pred = _predictions("logits" if from_logits else "clipping_bites", (5, 4), rng)
+    sample_weight = _sample_weight(weight_kind, (5,), rng)
+    expected = keras.losses.CategoricalCrossentropy(
+        from_logits=from_logits, reduction=_tf_reduction(reduction))(
+        y_true, y_pred, sample_weight=sample_weight)
+    actual = xk.CategoricalCrossentropy(from_logits=from_logits, reduction=reduction)(
+        y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK2)
+def test_categorical_class_rank2_matches_tf(keras, rng, weight_kind, reduction):
+    y_true = np.eye(3)[rng.integers(0, 3, (3, 4))]
+    y_pred = _predictions("unnormalized", (3, 4, 3), rng)
+    sample_weight = _sample_weight(weight_kind, (3, 4), rng)
+    expected = keras.losses.CategoricalCrossentropy(reduction=_tf_reduction(reduction))(
+        y_true, y_pred, sample_weight=sample_weight)
+    actual = xk.CategoricalCrossentropy(reduction=reduction)(
+        y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+def test_sparse_class_column_y_true_equals_flat_y_true(keras, rng, reduction):
+    y_true = rng.integers(0, 3, (6,))
+    y_pred = _predictions("softmax", (6, 3), rng)
+    tf_loss = keras.losses.SparseCategoricalCrossentropy(reduction=_tf_reduction(reduction))
+    xent_loss = xk.SparseCategoricalCrossentropy(reduction=reduction)
+    for labels in (y_true, y_true[:, None]):
+        _assert_close(xent_loss(labels, y_pred), tf_loss(labels, y_pred))
+
+
+def test_sparse_class_float_y_true_matches_tf(keras, rng):
+    y_true = np.array([[0.0], [2.0], [1.0]], np.float32)
+    y_pred = _predictions("softmax", (3, 3), rng)
+    expected = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred)
+    _assert_close(xk.SparseCategoricalCrossentropy()(y_true, y_pred), expected)
+
+
+def test_batch_column_sample_weight_with_no_reduction_keeps_tf_shape(keras, rng):
+    """[batch, 1] sample_weight expands [batch] losses: "none" returns [batch, 1]."""
+    y_true = rng.integers(0, 3, (4,))
+    y_pred = _predictions("softmax", (4, 3), rng)
+    sample_weight = rng.uniform(0.5, 2.0, (4, 1))
+    for tf_cls, xent_cls, labels in (
+        (keras.losses.SparseCategoricalCrossentropy, xk.SparseCategoricalCrossentropy, y_true),
+        (keras.losses.CategoricalCrossentropy, xk.CategoricalCrossentropy, np.eye(3)[y_true]),
+    ):
+        expected = tf_cls(reduction="none")(labels, y_pred, sample_weight=sample_weight)
+        assert tuple(expected.shape) == (4, 1)
+        _assert_close(xent_cls(reduction="none")(labels, y_pred, sample_weight=sample_weight),
+                      expected)
+
+
+def test_batch_sample_weight_against_rank2_losses_is_refused_like_tf(keras, rng):
+    """[b] sample_weight does not broadcast against [b, t] losses (b != t)."""
+    y_true = rng.integers(0, 3, (2, 4))
+    y_pred = _predictions("softmax", (2, 4, 3), rng)
+    sample_weight = np.array([1.0, 2.0])
+    with pytest.raises(Exception, match="Incompatible shapes"):
+        keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=sample_weight)
+    with pytest.raises(ValueError):
+        xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=sample_weight)
+
+
+@pytest.mark.parametrize("sample_weight", [2.0, np.array([[1.0], [3.0]])])
+def test_mean_with_sample_weight_divides_by_unbroadcast_weight_sum_like_tf(keras, rng,
+                                                                           sample_weight):
+    """Keras 3 divides by sum(sample_weight) as given, not by its broadcast sum."""
+    y_true = rng.integers(0, 3, (2, 4))
+    y_pred = _predictions("softmax", (2, 4, 3), rng)
+    expected = keras.losses.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")(
+        y_true, y_pred, sample_weight=sample_weight)
+    actual = xk.SparseCategoricalCrossentropy(reduction="mean_with_sample_weight")(
+        y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("ignore_class", [-1, 255, 0])
+def test_sparse_class_ignore_class_matches_tf(keras, rng, ignore_class, from_logits, weighted,
+                                              reduction):
+    y_true = np.array([[1, ignore_class, 2, 0], [ignore_class, 2, 1, 1], [2, 2, ignore_class,
+                                                                          ignore_class]])
+    y_pred = _predictions("logits" if from_logits else "clipping_bites", (3, 4, 3), rng)
+    sample_weight = rng.uniform(0.2, 2.0, (3, 4)) if weighted else None
+    expected = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=from_logits, ignore_class=ignore_class,
+        reduction=_tf_reduction(reduction))(y_true, y_pred, sample_weight=sample_weight)
+    actual = xk.SparseCategoricalCrossentropy(
+        from_logits=from_logits, ignore_class=ignore_class,
+        reduction=reduction)(y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected, _scale(y_pred, from_logits))
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_entries_ignored_gives_zero_not_nan(keras, rng, reduction, weighted):
+    y_true = np.full((4,), -1)
+    y_pred = _predictions("softmax", (4, 3), rng)
+    sample_weight = rng.uniform(0.5, 2.0, (4,)) if weighted else None
+    expected = keras.losses.SparseCategoricalCrossentropy(
+        ignore_class=-1, reduction=_tf_reduction(reduction))(y_true, y_pred,
+                                                             sample_weight=sample_weight)
+    assert not np.any(np.isnan(_np(expected)))
+    actual = xk.SparseCategoricalCrossentropy(ignore_class=-1, reduction=reduction)(
+        y_true, y_pred, sample_weight=sample_weight)
+    assert not np.any(np.isnan(np.asarray(actual)))
+    _assert_close(actual, expected)
+    assert np.all(np.asarray(actual) == 0.0)
+
+
+def test_ignore_class_with_column_y_true_matches_tf(keras, rng):
+    y_true = np.array([[[-1], [2]], [[1], [-1]]])
+    y_pred = _predictions("logits", (2, 2, 3), rng)
+    expected = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=-1, reduction=None)(y_true, y_pred)
+    actual = xk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1,
+                                              reduction=None)(y_true, y_pred)
+    _assert_close(actual, expected, _scale(y_pred, True))
+
+
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_call_returns_unreduced_losses_like_tf(keras, rng, cls_name):
+    y_pred = _predictions("unnormalized", (5, 3), rng)
+    labels = rng.integers(0, 3, (5,))
+    y_true = labels if cls_name.startswith("Sparse") else np.eye(3, dtype=np.float32)[labels]
+    kwargs = {"ignore_class": 2} if cls_name.startswith("Sparse") else {"label_smoothing": 0.2}
+    expected = getattr(keras.losses, cls_name)(**kwargs).call(y_true, y_pred)
+    actual = getattr(xk, cls_name)(**kwargs).call(y_true, y_pred)
+    _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_empty_batch_matches_tf(keras, cls_name, reduction):
+    """Keras 3 leaves a (0,)-shaped loss unreduced for every reduction."""
+    y_pred = np.zeros((0, 3), np.float32)
+    y_true = np.zeros((0,), np.int64) if cls_name.startswith("Sparse") else y_pred
+    expected = getattr(keras.losses, cls_name)(reduction=_tf_reduction(reduction))(y_true, y_pred)
+    actual = getattr(xk, cls_name)(reduction=reduction)(y_true, y_pred)
+    _assert_close(actual, expected)
+
+
+def test_single_class_sparse_loss_is_zero_like_tf(keras, rng):
+    y_true = np.zeros((4,), np.int64)
+    y_pred = rng.uniform(0.1, 1.0, (4, 1)).astype(np.float32)
+    for from_logits in (True, False):
+        expected = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=from_logits, reduction=None)(y_true, y_pred)
+        actual = xk.SparseCategoricalCrossentropy(from_logits=from_logits,
+                                                  reduction=None)(y_true, y_pred)
+        _assert_close(actual, expected)
+
+
+# --------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("input_dtype", [np.float16, np.float32, np.float64],
+                         ids=["float16", "float32", "float64"])
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_loss_objects_return_float32_by_default(keras, rng, cls_name, input_dtype):
+    y_pred = _predictions("softmax", (4, 3), rng).astype(input_dtype)
+    labels = rng.integers(0, 3, (4,))
+    y_true = labels if cls_name.startswith("Sparse") else np.eye(3)[labels]
+    expected = getattr(keras.losses, cls_name)()(y_true, y_pred)
+    actual = getattr(xk, cls_name)()(y_true, y_pred)
+    assert np.asarray(actual).dtype == np.float32
+    _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_loss_object_dtype_float64_computes_in_float64(keras, rng, cls_name, from_logits):
+    y_pred = _predictions("logits" if from_logits else "clipping_bites", (4, 3), rng)
+    y_pred = y_pred.astype(np.float64) + rng.uniform(0, 1e-9, y_pred.shape) * from_logits
+    labels = rng.integers(0, 3, (4,))
+    y_true = labels if cls_name.startswith("Sparse") else np.eye(3)[labels]
+    expected = getattr(keras.losses, cls_name)(from_logits=from_logits, dtype="float64")(
+        y_true, y_pred)
+    actual = getattr(xk, cls_name)(from_logits=from_logits, dtype="float64")(y_true, y_pred)
+    assert np.asarray(actual).dtype == np.float64
+    _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_loss_object_half_dtype_rounds_float64_truth_once(keras, rng, cls_name, dtype,
+                                                          from_logits):
+    np_dtype = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    y_pred = _predictions("logits" if from_logits else "softmax", (6, 4), rng)
+    labels = rng.integers(0, 4, (6,))
+    y_true = labels if cls_name.startswith("Sparse") else np.eye(4)[labels]
+    # Keras casts inputs to the loss dtype first; the truth sees the same rounded inputs.
+    rounded = y_pred.astype(np_dtype).astype(np.float64)
+    truth = getattr(keras.losses, cls_name)(from_logits=from_logits, dtype="float64")(
+        y_true, rounded)
+    assert getattr(keras.losses, cls_name)(dtype=dtype)(y_true, y_pred).dtype.name == dtype
+    actual = getattr(xk, cls_name)(from_logits=from_logits, dtype=dtype)(y_true, y_pred)
+    _assert_within_one_ulp(actual, _np(truth), np_dtype)
+
+
+# --------------------------------------------------------------------------- reductions
+def test_tf_keras_reduction_constants_match_tf_keras(tf):
+    tf_keras = pytest.importorskip("tf_keras")
+    reference = tf_keras.losses.Reduction
+    for name in ("AUTO", "NONE", "SUM", "SUM_OVER_BATCH_SIZE"):
+        assert getattr(xk.Reduction, name) == getattr(reference, name)
+    assert tuple(xk.Reduction.all()) == tuple(reference.all())
+
+
+def test_tf_keras_reduction_validate_matches_tf_keras(tf):
+    tf_keras = pytest.importorskip("tf_keras")
+    for key in tf_keras.losses.Reduction.all():
+        assert xk.Reduction.validate(key) is None
+    with pytest.raises(ValueError) as tf_error:
+        tf_keras.losses.Reduction.validate("bogus")
+    with pytest.raises(ValueError, match=re.escape(str(tf_error.value))):
+        xk.Reduction.validate("bogus")
+
+
+@pytest.mark.parametrize("name", ["AUTO", "NONE", "SUM", "SUM_OVER_BATCH_SIZE"])
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_tf_keras_reduction_constants_reduce_like_keras3_strings(keras, rng, cls_name, name):
+    keras3 = {"AUTO": "sum_over_batch_size", "NONE": "none", "SUM": "sum",
+              "SUM_OVER_BATCH_SIZE": "sum_over_batch_size"}[name]
+    y_pred = _predictions("softmax", (5, 3), rng)
+    labels = rng.integers(0, 3, (5,))
+    y_true = labels if cls_name.startswith("Sparse") else np.eye(3)[labels]
+    sample_weight = rng.uniform(0.5, 2.0, (5,))
+    expected = getattr(keras.losses, cls_name)(reduction=keras3)(y_true, y_pred,
+                                                                 sample_weight=sample_weight)
+    actual = getattr(xk, cls_name)(reduction=getattr(xk.Reduction, name))(
+        y_true, y_pred, sample_weight=sample_weight)
+    _assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "weighted_sum", "SUM", "mean_with_weights"])
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_invalid_reduction_raises_value_error_like_tf(keras, cls_name, bad):
+    with pytest.raises(ValueError, match="Invalid value for argument `reduction`"):
+        getattr(keras.losses, cls_name)(reduction=bad)
+    with pytest.raises(ValueError, match=re.escape("Invalid value for argument `reduction`")
+                       + ".*" + re.escape(f"Received: reduction={bad}")):
+        getattr(xk, cls_name)(reduction=bad)
+
+
+# --------------------------------------------------------------------------- config
+SPARSE_CONFIGS = [
+    {},
+    {"from_logits": True},
+    {"ignore_class": 255, "reduction": "sum"},
+    {"ignore_class": -1, "reduction": None, "name": "scce"},
+    {"reduction": "mean_with_sample_weight", "from_logits": True, "name": "x"},
+    {"reduction": "none", "axis": -1},
+]
+CATEGORICAL_CONFIGS = [
+    {},
+    {"from_logits": True, "label_smoothing": 0.1},
+    {"axis": 1, "reduction": "sum", "name": "cce"},
+    {"reduction": None, "label_smoothing": 0.5},
+    {"reduction": "mean", "axis": -1},
+]
+
+
+@pytest.mark.parametrize("kwargs", SPARSE_CONFIGS)
+def test_sparse_get_config_matches_tf(keras, kwargs):
+    expected = keras.losses.SparseCategoricalCrossentropy(**kwargs).get_config()
+    assert xk.SparseCategoricalCrossentropy(**kwargs).get_config() == expected
+
+
+@pytest.mark.parametrize("kwargs", CATEGORICAL_CONFIGS)
+def test_categorical_get_config_matches_tf(keras, kwargs):
+    expected = keras.losses.CategoricalCrossentropy(**kwargs).get_config()
+    assert xk.CategoricalCrossentropy(**kwargs).get_config() == expected
+
+
+@pytest.mark.parametrize("cls_name,kwargs",
+                         [("SparseCategoricalCrossentropy", k) for k in SPARSE_CONFIGS]
+                         + [("CategoricalCrossentropy", k) for k in CATEGORICAL_CONFIGS])
+def test_from_config_round_trips_and_accepts_tf_config(keras, rng, cls_name, kwargs):
+    cls = getattr(xk, cls_name)
+    original = cls(**kwargs)
+    clone = cls.from_config(original.get_config())
+    assert isinstance(clone, cls)
+    assert clone.get_config() == original.get_config()
+    from_tf = cls.from_config(getattr(keras.losses, cls_name)(**kwargs).get_config())
+    assert from_tf.get_config() == original.get_config()
+    if kwargs.get("axis", -1) == -1:
+        y_pred = _predictions("softmax", (4, 3), rng)
+        labels = np.array([0, 255, 2, 1]) if kwargs.get("ignore_class") == 255 else \
+            rng.integers(0, 3, (4,))
+        y_true = labels if cls_name.startswith("Sparse") else np.eye(3)[labels]
+        np.testing.assert_array_equal(np.asarray(clone(y_true, y_pred)),
+                                      np.asarray(original(y_true, y_pred)))
+
+
+def test_default_names_and_attributes_match_tf(keras):
+    for cls_name in ("SparseCategoricalCrossentropy", "CategoricalCrossentropy"):
+        tf_obj, xent_obj = getattr(keras.losses, cls_name)(), getattr(xk, cls_name)()
+        assert xent_obj.name == tf_obj.name
+        assert xent_obj.reduction == tf_obj.reduction
+
+
+# --------------------------------------------------------------------------- documented examples
+DOC_Y_PRED = np.array([[0.05, 0.95, 0.0], [0.1, 0.8, 0.1]])
+
+
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_documented_class_examples_through_tf(keras, cls_name):
+    y_true = np.array([1, 2]) if cls_name.startswith("Sparse") else np.array([[0, 1, 0],
+                                                                              [0, 0, 1]])
+    tf_cls, xent_cls = getattr(keras.losses, cls_name), getattr(xk, cls_name)
+    cases = [
+        ({}, {}, 1.177),
+        ({}, {"sample_weight": np.array([0.3, 0.7])}, 0.814),
+        ({"reduction": "sum"}, {}, 2.354),
+        ({"reduction": None}, {}, [0.0513, 2.303]),
+    ]
+    for ctor, call, documented in cases:
+        expected = tf_cls(**ctor)(y_true, DOC_Y_PRED, **call)
+        actual = xent_cls(**ctor)(y_true, DOC_Y_PRED, **call)
+        _assert_close(actual, expected)
+        np.testing.assert_allclose(actual, documented, atol=5e-4)
+
+
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_seed_example_gives_0_3239(keras, cls_name):
+    """Keras' `test_unweighted`: the middle row sums to 1.99 and must be renormalised."""
+    labels = np.array([0, 1, 2])
+    y_true = labels if cls_name.startswith("Sparse") else np.eye(3, dtype=np.int64)[labels]
+    y_pred = np.array([[0.9, 0.05, 0.05], [0.5, 0.89, 0.6], [0.05, 0.01, 0.94]], np.float32)
+    expected = getattr(keras.losses, cls_name)()(y_true, y_pred)
+    actual = getattr(xk, cls_name)()(y_true, y_pred)
+    _assert_close(actual, expected)
+    np.testing.assert_almost_equal(float(actual), 0.3239, decimal=3)  # as Keras asserts it
+
+
+# --------------------------------------------------------------------------- errors, inputs
+def test_sparse_label_out_of_range_raises_invalid_argument(keras):
+    y_pred = np.full((2, 3), 1.0 / 3, np.float32)
+    with pytest.raises(Exception, match="label value of 3"):
+        keras.losses.SparseCategoricalCrossentropy()(np.array([0, 3]), y_pred)
+    with pytest.raises(xerrors.InvalidArgumentError,
+                       match=re.escape("Received a label value of 3 which is outside the valid "
+                                       "range of [0, 3)")):
+        xk.SparseCategoricalCrossentropy()(np.array([0, 3]), y_pred)
+
+
+def test_sparse_shape_mismatch_raises_value_error_like_tf(keras):
+    y_pred = np.full((3, 3), 1.0 / 3, np.float32)
+    with pytest.raises(ValueError, match="must have the same shape up until the last dimension"):
+        keras.losses.sparse_categorical_crossentropy(np.array([0, 1]), y_pred)
+    with pytest.raises(ValueError, match="must have the same shape up until the last dimension"):
+        xk.sparse_categorical_crossentropy(np.array([0, 1]), y_pred)
+
+
+def test_categorical_rank_mismatch_raises_value_error_like_tf(keras):
+    y_pred = np.full((3, 3), 1.0 / 3, np.float32)
+    with pytest.raises(ValueError, match="must have the same rank"):
+        keras.losses.categorical_crossentropy(np.array([0.0, 1.0, 0.0]), y_pred)
+    with pytest.raises(ValueError, match="must have the same rank"):
+        xk.categorical_crossentropy(np.array([0.0, 1.0, 0.0]), y_pred)
+
+
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
+                                      "CategoricalCrossentropy"])
+def test_inputs_are_never_modified(rng, cls_name):
+    y_pred = _predictions("clipping_bites", (4, 3), rng)
+    labels = np.array([0, 1, -1, 2])
+    if cls_name.startswith("Sparse"):
+        y_true, kwargs = labels, {"ignore_class": -1}
+    else:
+        y_true, kwargs = np.eye(3, dtype=np.float32)[np.abs(labels)], {"label_smoothing": 0.2}
+    sample_weight = rng.uniform(0.5, 2.0, (4,))
+    before = [a.copy() for a in (y_true, y_pred, sample_weight)]
+    getattr(xk, cls_name)(**kwargs)(y_true, y_pred, sample_weight=sample_weight)
+    for array, copy in zip((y_true, y_pred, sample_weight), before):
+        np.testing.assert_array_equal(array, copy)

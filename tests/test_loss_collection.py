@@ -1,0 +1,269 @@
+"""The v1 loss collection of `xent.losses`, against TensorFlow in graph mode.
+
+TF2's eager mode never adds to the collection, so each scenario is built twice:
+once with `tf.compat.v1.losses` inside a fresh `tf.Graph` (evaluated in a
+`tf.compat.v1.Session`), once with `xent.losses`. The scenario returns a dict of
+losses and lists of losses; the two runs must agree in list lengths, order,
+shapes and values. The autouse fixture in conftest.py empties xent's collection
+around every test.
+"""
+import numpy as np
+import pytest
+
+from xent import losses as xl
+
+LOGITS = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0], [-2.0, 1.5, 1.0], [0.0, 0.0, 0.0]],
+                  np.float32)
+LABELS = np.array([0, 2, 1, 1])
+ONEHOT = np.eye(3, dtype=np.float32)[LABELS]
+WEIGHTS = np.array([1.0, 0.0, 2.0, 0.5], np.float32)
+RAW = np.array([0.5, 1.5, 2.5], np.float32)
+
+
+def _run_tf(tf, scenario):
+    """Build `scenario` with tf.compat.v1.losses in a fresh graph and evaluate it."""
+    with tf.Graph().as_default():
+        fetches = scenario(tf.compat.v1.losses)
+        with tf.compat.v1.Session() as session:
+            return session.run(fetches)
+
+
+def _run_xent(scenario):
+    return scenario(xl)
+
+
+def _assert_same(actual, expected, path="result"):
+    """Same structure, list lengths, shapes and values (float32 tolerance)."""
+    if isinstance(expected, dict):
+        assert set(actual) == set(expected), path
+        for key in expected:
+            _assert_same(actual[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, list), f"{path}: {type(actual)} is not a list"
+        assert len(actual) == len(expected), f"{path}: {len(actual)} != {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            _assert_same(a, e, f"{path}[{i}]")
+    else:
+        actual, expected = np.asarray(actual), np.asarray(expected)
+        assert actual.shape == expected.shape, path
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6, err_msg=path)
+
+
+def _compare(tf, scenario):
+    expected = _run_tf(tf, scenario)
+    actual = _run_xent(scenario)
+    _assert_same(actual, expected)
+    return actual
+
+
+def _sparse(losses, **kwargs):
+    return losses.sparse_softmax_cross_entropy(LABELS, LOGITS, WEIGHTS, **kwargs)
+
+
+def _dense(losses, **kwargs):
+    return losses.softmax_cross_entropy(ONEHOT, LOGITS, WEIGHTS, label_smoothing=0.1, **kwargs)
+
+
+def _weighted(losses, **kwargs):
+    return losses.compute_weighted_loss(RAW, np.array([1.0, 2.0, 0.0]), **kwargs)
+
+
+FUNCTIONS = {"sparse": _sparse, "dense": _dense, "weighted": _weighted}
+
+
+def test_graph_keys_losses_equals_tf(tf):
+    assert xl.GraphKeys.LOSSES == tf.compat.v1.GraphKeys.LOSSES == "losses"
+
+
+@pytest.mark.parametrize("reduction", ["none", "weighted_sum", "weighted_mean",
+                                       "weighted_sum_over_batch_size",
+                                       "weighted_sum_by_nonzero_weights"])
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_each_loss_adds_its_result_once(tf, function, reduction):
+    def scenario(losses):
+        loss = FUNCTIONS[function](losses, reduction=reduction)
+        return {"returned": loss, "collected": losses.get_losses()}
+
+    result = _compare(tf, scenario)
+    assert len(result["collected"]) == 1
+    np.testing.assert_array_equal(np.asarray(result["collected"][0]),
+                                  np.asarray(result["returned"]))
+
+
+def test_losses_are_collected_in_call_order(tf):
+    def scenario(losses):
+        returned = [_dense(losses), _weighted(losses), _sparse(losses),
+                    _sparse(losses, reduction="weighted_sum")]
+        return {"returned": returned, "collected": losses.get_losses()}
+
+    result = _compare(tf, scenario)
+    for collected, returned in zip(result["collected"], result["returned"]):
+        np.testing.assert_array_equal(np.asarray(collected), np.asarray(returned))
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_loss_collection_none_adds_nothing(tf, function):
+    def scenario(losses):
+        loss = FUNCTIONS[function](losses, loss_collection=None)
+        return {"returned": loss, "collected": losses.get_losses()}
+
+    result = _compare(tf, scenario)
+    assert result["collected"] == []
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_custom_collection_is_separate_from_default(tf, function):
+    def scenario(losses):
+        FUNCTIONS[function](losses, loss_collection="my_losses")
+        _weighted(losses)
+        return {"default": losses.get_losses(),
+                "custom": losses.get_losses(loss_collection="my_losses")}
+
+    result = _compare(tf, scenario)
+    assert len(result["custom"]) == 1 and len(result["default"]) == 1
+
+
+def test_add_loss_appends_and_none_collection_skips(tf):
+    def scenario(losses):
+        if losses is xl:
+            extra, skipped = np.float32(2.0), np.float32(3.0)
+        else:
+            extra, skipped = tf.constant(2.0), tf.constant(3.0)
+        _sparse(losses)
+        losses.add_loss(extra)
+        losses.add_loss(skipped, loss_collection=None)
+        return {"collected": losses.get_losses(), "total": losses.get_total_loss()}
+
+    result = _compare(tf, scenario)
+    assert len(result["collected"]) == 2
+    np.testing.assert_allclose(np.asarray(result["collected"][1]), 2.0)
+
+
+@pytest.mark.parametrize("add_regularization_losses", [True, False])
+def test_get_total_loss_sums_the_collection(tf, add_regularization_losses):
+    def scenario(losses):
+        _sparse(losses)
+        _dense(losses)
+        _weighted(losses, loss_collection=None)
+        _weighted(losses, reduction="weighted_sum")
+        return {"total": losses.get_total_loss(
+            add_regularization_losses=add_regularization_losses)}
+
+    result = _compare(tf, scenario)
+    assert np.asarray(result["total"]).shape == ()
+
+
+def test_get_total_loss_adds_same_shaped_unreduced_losses_elementwise(tf):
+    def scenario(losses):
+        _weighted(losses, reduction="none")
+        losses.compute_weighted_loss(RAW * 2.0, reduction="none")
+        return {"total": losses.get_total_loss()}
+
+    result = _compare(tf, scenario)
+    assert np.asarray(result["total"]).shape == (3,)
+
+
+def test_get_total_loss_of_empty_collection_raises_value_error(tf):
+    with tf.Graph().as_default():
+        with pytest.raises(ValueError):
+            tf.compat.v1.losses.get_total_loss()
+    with pytest.raises(ValueError):
+        xl.get_total_loss()
+
+
+def test_get_total_loss_of_mixed_shapes_raises_value_error(tf):
+    """add_n needs equal shapes: a scalar and an unreduced [3] loss do not add."""
+    def scenario(losses):
+        _sparse(losses)
+        _weighted(losses, reduction="none")
+        return losses.get_total_loss()
+
+    with pytest.raises(ValueError):
+        _run_tf(tf, scenario)
+    with pytest.raises(ValueError):
+        _run_xent(scenario)
+
+
+def test_get_regularization_losses_is_empty(tf):
+    def scenario(losses):
+        _sparse(losses)
+        return {"regularization": losses.get_regularization_losses()}
+
+    result = _compare(tf, scenario)
+    assert result["regularization"] == []
+
+
+def test_scope_filters_losses_and_total(tf):
+    def scenario(losses):
+        _sparse(losses, scope="alpha")
+        _dense(losses, scope="beta")
+        _weighted(losses, scope="alpha")
+        _weighted(losses, reduction="weighted_sum")
+        return {"alpha": losses.get_losses(scope="alpha"),
+                "beta": losses.get_losses(scope="beta"),
+                "gamma": losses.get_losses(scope="gamma"),
+                "all": losses.get_losses(),
+                "total_alpha": losses.get_total_loss(scope="alpha"),
+                "total_beta": losses.get_total_loss(scope="beta")}
+
+    result = _compare(tf, scenario)
+    assert (len(result["alpha"]), len(result["beta"]), len(result["gamma"]),
+            len(result["all"])) == (2, 1, 0, 4)
+
+
+@pytest.mark.parametrize("query", ["enc", "encoder", "en.", "enc.*", "coder"])
+def test_scope_is_a_regex_matched_at_the_start_like_tf(tf, query):
+    """TF filters with re.match on the loss's name: "enc" also matches "encoder/..."."""
+    def scenario(losses):
+        _sparse(losses, scope="enc")
+        _dense(losses, scope="encoder")
+        _weighted(losses, scope="decoder")
+        return {"matched": losses.get_losses(scope=query)}
+
+    _compare(tf, scenario)
+
+
+@pytest.mark.parametrize("query", ["sparse_softmax_cross_entropy_loss",
+                                   "softmax_cross_entropy_loss", "weighted_loss"])
+def test_unscoped_losses_carry_tf_default_scope_names(tf, query):
+    def scenario(losses):
+        _sparse(losses)
+        _dense(losses)
+        _weighted(losses)
+        return {"matched": losses.get_losses(scope=query)}
+
+    result = _compare(tf, scenario)
+    assert len(result["matched"]) == 1
+
+
+def test_get_losses_returns_a_copy(tf):
+    def scenario(losses):
+        _sparse(losses)
+        listed = losses.get_losses()
+        listed.append(listed[0])
+        listed.clear()
+        return {"collected": losses.get_losses()}
+
+    result = _compare(tf, scenario)
+    assert len(result["collected"]) == 1
+
+
+def test_failed_call_adds_nothing(tf):
+    def scenario(losses):
+        with pytest.raises(ValueError, match="weights can not be broadcast to values"):
+            losses.compute_weighted_loss(RAW, np.ones(4))
+        with pytest.raises(ValueError):
+            losses.softmax_cross_entropy(ONEHOT, LOGITS, np.ones((4, 1)))
+        return {"collected": losses.get_losses()}
+
+    result = _compare(tf, scenario)
+    assert result["collected"] == []
+
+
+def test_clear_losses_empties_the_collection():
+    _sparse(xl)
+    _dense(xl, loss_collection="my_losses")
+    assert len(xl.get_losses()) == 1
+    xl.clear_losses()
+    assert xl.get_losses() == []
+    assert xl.get_losses(loss_collection="my_losses") == []
