@@ -48,6 +48,9 @@ def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None
     if not found:
         raise ValueError("No losses to add: the loss collection is empty "
                          "(tf.math.add_n needs at least one input)")
+    shapes = {tuple(getattr(loss, "shape", ())) for loss in found}
+    if len(shapes) > 1:
+        raise ValueError(f"Shapes must be equal to add the losses (tf.math.add_n); got {sorted(shapes)}")
     total = found[0]
     for loss in found[1:]:
         total = total + loss

@@ -58,7 +58,11 @@ def _weights(be, weights):
 
 
 def _finish(be, loss, scope, loss_collection):
-    """Add the loss to its collection and hand it back in the caller's type."""
+    """Add the loss to its collection and hand it back in the caller's type.
+
+    `scope` is the caller's, or TF's default name scope of the loss, which is
+    what `get_losses(scope=...)` matches against.
+    """
     loss = be.finish(loss)
     add_loss(loss, loss_collection, scope)
     return loss
@@ -91,7 +95,7 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     be = _backend.of(losses, weights)
     losses, weights = be.asarray(losses), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
-    return _finish(be, loss, scope, loss_collection)
+    return _finish(be, loss, scope or "weighted_loss", loss_collection)
 
 
 def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
@@ -128,7 +132,7 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weights)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope, loss_collection)
+    return _finish(be, loss, scope or "sparse_softmax_cross_entropy_loss", loss_collection)
 
 
 def _smooth(be, labels, label_smoothing):
@@ -178,4 +182,4 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
         labels = _smooth(be, labels, label_smoothing)
     losses = dense_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope, loss_collection)
+    return _finish(be, loss, scope or "softmax_cross_entropy_loss", loss_collection)

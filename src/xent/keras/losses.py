@@ -48,11 +48,14 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
 
 
 def _categorical_shapes(y_true, y_pred):
-    """Keras' checks: same rank (at least 1) and same shape."""
-    if y_true.ndim < 1 or y_true.ndim != y_pred.ndim or tuple(y_true.shape) != tuple(y_pred.shape):
-        raise ValueError(
-            "Arguments `target` and `output` must have the same shape. "
-            f"Received: target.shape={tuple(y_true.shape)}, output.shape={tuple(y_pred.shape)}")
+    """Keras' checks: rank at least 1, same rank, same shape (with Keras' messages)."""
+    shapes = f"Received: target.shape={tuple(y_true.shape)}, output.shape={tuple(y_pred.shape)}"
+    if y_true.ndim < 1:
+        raise ValueError(f"Arguments `target` and `output` must be at least rank 1. {shapes}")
+    if y_true.ndim != y_pred.ndim:
+        raise ValueError(f"Arguments `target` and `output` must have the same rank (ndim). {shapes}")
+    if tuple(y_true.shape) != tuple(y_pred.shape):
+        raise ValueError(f"Arguments `target` and `output` must have the same shape. {shapes}")
 
 
 def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
