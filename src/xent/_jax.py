@@ -1,0 +1,189 @@
+"""JAX backend: `jax.Array` in, `jax.Array` out, under `jit`, `grad` and `vmap`.
+
+Imported only when a JAX array reaches a public function (see
+`xent._backend`). The per-row math is `xent._array_kernels` in `jax.numpy`,
+so it stays on the arrays' device (no host callback). Each loss is a
+`jax.custom_vjp` whose residuals are the inputs and one log-sum-exp per row;
+the backward recomputes ``softmax(logits)`` from them, scaled by the upstream
+gradient, in one logits-sized result. The gradient is TensorFlow's: logits
+get ``g * (softmax - target)``, dense labels ``-g * log_softmax(logits)``.
+Higher orders (``jax.grad(jax.grad(...))``, `jax.hessian`) differentiate
+those rules and are exact; `jax.jvp` of the loss itself is refused by JAX,
+as for every `custom_vjp`.
+
+Labels outside ``[0, C)``: with concrete arrays, TensorFlow's
+`InvalidArgumentError` before any work; traced (under `jit` or `vmap`), the
+bad rows' loss and gradient are NaN, as TensorFlow on a GPU.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xent import _array_kernels, _dtypes, _validate
+
+
+class _Ops:
+    """The operations `xent._array_kernels` needs, as `jax.numpy` calls."""
+
+    exp = staticmethod(jnp.exp)
+    log = staticmethod(jnp.log)
+    where = staticmethod(jnp.where)
+    stop_gradient = staticmethod(jax.lax.stop_gradient)
+
+    @staticmethod
+    def max_last(x):
+        return jnp.max(x, axis=-1, keepdims=True)
+
+    @staticmethod
+    def sum_last(x):
+        return jnp.sum(x, axis=-1, keepdims=True)
+
+    @staticmethod
+    def take_last(x, idx):
+        return jnp.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
+
+    @staticmethod
+    def one_hot(idx, num_classes, dtype):
+        return jax.nn.one_hot(idx, num_classes, dtype=dtype)
+
+    @staticmethod
+    def zeros_rows(x):
+        return jnp.zeros(x.shape[:-1], x.dtype)
+
+    @staticmethod
+    def full_rows(x, value):
+        return jnp.full(x.shape[:-1], value, x.dtype)
+
+
+def _accumulate(logits):
+    """`logits` in the accumulator dtype: float64 stays, everything else is float32."""
+    return logits.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32)
+
+
+@jax.custom_vjp
+def _sparse(logits, labels):
+    """Per-row sparse loss ``[...]`` of logits ``[..., C]``, accumulator dtype."""
+    return _array_kernels.sparse_rows(_Ops, _accumulate(logits), labels)[0]
+
+
+def _sparse_fwd(logits, labels):
+    loss, row_lse = _array_kernels.sparse_rows(_Ops, _accumulate(logits), labels)
+    return loss, (logits, labels, row_lse)
+
+
+def _sparse_bwd(residuals, g):
+    logits, labels, row_lse = residuals
+    backprop = _array_kernels.sparse_grad(_Ops, _accumulate(logits), labels, row_lse)
+    return (g[..., None] * backprop).astype(logits.dtype), None
+
+
+_sparse.defvjp(_sparse_fwd, _sparse_bwd)
+
+
+@jax.custom_vjp
+def _dense(logits, labels):
+    """Per-row dense loss of logits and labels ``[..., C]``, accumulator dtype."""
+    return _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)[0]
+
+
+def _dense_fwd(logits, labels):
+    loss, row_lse = _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)
+    return loss, (logits, labels, row_lse)
+
+
+def _dense_bwd(residuals, g):
+    logits, labels, row_lse = residuals
+    x = _accumulate(logits)
+    d_logits = g[..., None] * _array_kernels.dense_grad(_Ops, x, labels, row_lse)
+    d_labels = -g[..., None] * _array_kernels.log_softmax(_Ops, x, row_lse)
+    return d_logits.astype(logits.dtype), d_labels.astype(labels.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _check_labels(labels, num_classes):
+    """TensorFlow's error for concrete labels; traced ones give NaN rows instead."""
+    if not isinstance(labels, jax.core.Tracer):
+        _validate.labels_in_range(np.asarray(labels), num_classes)
+
+
+def _dense_2d(labels, logits):
+    """Both flattened to ``[rows, C]``, labels broadcast to the logits."""
+    x2 = jnp.reshape(logits, (math.prod(logits.shape[:-1]), logits.shape[-1]))
+    y2 = jnp.reshape(labels, (math.prod(labels.shape[:-1]), labels.shape[-1]))
+    _validate.dense_2d_shapes(x2, y2)
+    return jnp.broadcast_to(y2, x2.shape), x2
+
+
+def _backprop(grad_of, logits, labels):
+    """TF's backprop in the logits' dtype, as plain (differentiable) jnp."""
+    x = _accumulate(logits)
+    return grad_of(_Ops, x, labels, _array_kernels.lse(_Ops, x)).astype(logits.dtype)
+
+
+class JaxBackend:
+    """JAX arrays in, JAX arrays out; everything traceable."""
+
+    name = "jax"
+    xp = jnp
+
+    @staticmethod
+    def asarray(x):
+        """`x` as a JAX array; others convert as `tf.convert_to_tensor` first."""
+        return x if isinstance(x, jax.Array) else jnp.asarray(_dtypes.to_array(x))
+
+    @staticmethod
+    def dtype_name(x):
+        """The dtype's name, e.g. ``"bfloat16"``."""
+        return jnp.asarray(x).dtype.name
+
+    @staticmethod
+    def astype(x, name):
+        """Cast to the dtype called `name` (Python scalars become arrays).
+
+        64-bit names give 32-bit arrays unless ``jax_enable_x64`` is set, as
+        every JAX array does.
+        """
+        return jnp.asarray(x, dtype=jax.dtypes.canonicalize_dtype(jnp.dtype(name)))
+
+    @staticmethod
+    def size(x):
+        """Number of elements (static, also under tracing)."""
+        return x.size
+
+    @staticmethod
+    def stop_gradient(x):
+        """`x` with a zero derivative."""
+        return jax.lax.stop_gradient(x)
+
+    @staticmethod
+    def finish(x):
+        """Arrays are handed back as they are (0-d ones included)."""
+        return x
+
+    @staticmethod
+    def sparse_xent(labels, logits):
+        """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
+        _check_labels(labels, logits.shape[-1])
+        return _sparse(logits, labels)
+
+    @staticmethod
+    def dense_xent(labels, logits):
+        """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
+        y2, x2 = _dense_2d(labels, logits)
+        return _dense(x2, y2).reshape(logits.shape[:-1])
+
+    @staticmethod
+    def sparse_loss_and_grad(labels, logits, grad=True):
+        """``(loss, backprop)`` of the raw op; autodiff of the backprop is TF's second order."""
+        loss = JaxBackend.sparse_xent(labels, logits)
+        return loss, _backprop(_array_kernels.sparse_grad, logits, labels)
+
+    @staticmethod
+    def dense_loss_and_grad(labels, logits, grad=True):
+        """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
+        labels = jnp.broadcast_to(labels, logits.shape)
+        return _dense(logits, labels), _backprop(_array_kernels.dense_grad, logits, labels)

@@ -1,0 +1,196 @@
+"""xent on JAX arrays: values and `jax.grad` gradients against TensorFlow, eagerly
+and under `jax.jit`, plus `vmap`, second order, NaN rows for traced bad labels,
+and the residuals the backward keeps.
+
+float64 cases run inside ``jax.enable_x64(True)``; float32 cases with JAX's
+default (32-bit) configuration, as most users run it.
+"""
+import contextlib
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import xent  # noqa: E402
+from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
+
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
+SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
+DENSE = xent.nn.softmax_cross_entropy_with_logits
+
+
+def _x64(dtype):
+    """64-bit JAX for float64 inputs; the default configuration otherwise."""
+    return jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
+
+
+def _value_and_grads(case, inputs, cotangent, jit):
+    """xent's output and `jax.grad` of ``sum(out * cotangent)`` for the case's inputs."""
+    diff = {k: jnp.asarray(v) for k, v in inputs.items() if k in case.wrt}
+    rest = {k: jnp.asarray(v) for k, v in inputs.items() if k not in case.wrt}
+
+    def objective(diff, rest):
+        out = case.xent_fn(xent, {**rest, **diff})
+        return jnp.sum(out * jnp.asarray(cotangent, out.dtype)), out
+
+    fn = jax.value_and_grad(objective, has_aux=True)
+    (_, out), grads = (jax.jit(fn) if jit else fn)(diff, rest)
+    assert isinstance(out, jax.Array), type(out)
+    return np.asarray(out), [np.asarray(grads[k]) for k in case.wrt]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, jit):
+    inputs = case.make(rng, dtype)
+    want = tf_oracle(tf, case, inputs, rng)
+    with _x64(dtype):
+        got_out, got_grads = _value_and_grads(case, inputs, want[1], jit)
+    assert_matches_tf(case, dtype, got_out, got_grads, want)
+
+
+def _hessian_vector_tf(tf, logits, labels, u, weights, dense):
+    x, y = tf.constant(logits), tf.constant(labels)
+    fn = tf.nn.softmax_cross_entropy_with_logits if dense else tf.nn.sparse_softmax_cross_entropy_with_logits
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch([x, y] if dense else [x])
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = tf.reduce_sum(fn(labels=y, logits=x) * weights)
+        s = tf.reduce_sum(inner.gradient(loss, x) * u)
+    hy = outer.gradient(s, y) if dense else None
+    return outer.gradient(s, x).numpy(), np.zeros_like(labels) if hy is None else hy.numpy()
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_grad_of_grad_matches_tensorflow(tf, rng, dense):
+    """Reverse over reverse differentiates the custom VJP: TF's Hessian-vector products."""
+    logits = rng.standard_normal((6, 5))
+    labels = rng.dirichlet(np.ones(5), 6) if dense else rng.integers(0, 5, 6)
+    u, weights = rng.standard_normal((6, 5)), rng.uniform(0.5, 1.5, 6)
+    want_x, want_y = _hessian_vector_tf(tf, logits, labels, u, weights, dense)
+    fn = DENSE if dense else SPARSE
+
+    def directional(x, y):
+        grad = jax.grad(lambda x: jnp.sum(fn(labels=y, logits=x) * weights))(x)
+        return jnp.sum(grad * u)
+
+    with jax.enable_x64(True):
+        hessian_vector = jax.jit(jax.grad(directional, argnums=(0, 1) if dense else (0,)))
+        got = hessian_vector(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(got[0], want_x, rtol=1e-10, atol=1e-12)
+    if dense:  # TF sends nothing from the logits' gradient to the labels: zero
+        np.testing.assert_allclose(got[1], want_y, rtol=1e-10, atol=1e-12)
+
+
+def test_check_grads_float64(rng):
+    from jax.test_util import check_grads
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((4, 5)))
+        y = jnp.asarray(rng.dirichlet(np.ones(5), 4))
+        labels = jnp.asarray([0, 3, 4, 1])
+        check_grads(lambda x: SPARSE(labels=labels, logits=x), (x,), order=2, modes=["rev"])
+        check_grads(lambda x, y: DENSE(labels=y, logits=x), (x, y), order=1, modes=["rev"])
+        check_grads(lambda x: DENSE(labels=y, logits=x), (x,), order=2, modes=["rev"])
+        raw = lambda x: xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(x, labels)  # noqa: E731
+        check_grads(raw, (x,), order=2, modes=["rev"])
+
+
+def test_hessian_forward_over_reverse_is_exact(rng):
+    """`jax.hessian` (jacfwd of jacrev) differentiates the backward rule: exact."""
+    with jax.enable_x64(True):
+        x, labels = jnp.asarray(rng.standard_normal((2, 4))), jnp.array([0, 3])
+        got = jax.hessian(lambda x: SPARSE(labels=labels, logits=x).sum())(x)
+        want = jax.hessian(lambda x: jnp.sum(jax.nn.logsumexp(x, -1) - x[jnp.arange(2), labels]))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+def test_forward_mode_on_the_loss_itself_is_refused_with_jaxs_message():
+    """A `custom_vjp` has no JVP rule; JAX says so rather than giving a wrong answer."""
+    x = jnp.ones((2, 3))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: SPARSE(labels=jnp.array([0, 1]), logits=x), (x,), (x,))
+
+
+def test_vmap_matches_the_batched_call_with_gradients(rng):
+    logits = jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, (3, 4)))
+    y = jnp.asarray(rng.dirichlet(np.ones(5), (3, 4)), jnp.float32)
+
+    def total(x):
+        sparse = jax.vmap(lambda x, l: SPARSE(labels=l, logits=x))(x, labels)
+        dense = jax.vmap(lambda x, y: DENSE(labels=y, logits=x))(x, y)
+        return jnp.sum(sparse) + jnp.sum(dense * 2.0)
+
+    def reference(x):
+        return jnp.sum(SPARSE(labels=labels, logits=x)) + jnp.sum(DENSE(labels=y, logits=x) * 2.0)
+
+    np.testing.assert_allclose(jax.jit(total)(logits), reference(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(jax.grad(total))(logits), jax.grad(reference)(logits),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_label_out_of_range_raises_tensorflows_error_with_concrete_arrays():
+    with pytest.raises(xent.errors.InvalidArgumentError,
+                       match=r"Received a label value of 5 which is outside the valid range of \[0, 3\)"):
+        jax.grad(lambda x: SPARSE(labels=jnp.array([0, 5]), logits=x).sum())(jnp.zeros((2, 3)))
+
+
+def test_label_out_of_range_under_jit_gives_nan_rows():
+    """As TensorFlow on a GPU: the bad row's loss and gradient are NaN, the rest exact."""
+    x, labels = jnp.zeros((3, 3)), jnp.array([0, 5, -1])
+    loss = jax.jit(lambda x, l: SPARSE(labels=l, logits=x))(x, labels)
+    grad = jax.jit(jax.grad(lambda x, l: SPARSE(labels=l, logits=x)[0]))(x, labels)
+    assert np.isnan(loss[1:]).all()
+    np.testing.assert_allclose(loss[0], np.log(3.0), rtol=1e-6)
+    np.testing.assert_allclose(grad[0], [-2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    assert np.isnan(grad[1:]).all()  # TF's g * backprop: 0 * NaN
+
+
+def test_backward_keeps_only_the_inputs_and_one_lse_per_row(capsys):
+    """No logits-sized residual besides the arguments themselves (optax keeps exp(logits))."""
+    from jax.ad_checkpoint import print_saved_residuals
+
+    x, y, labels = jnp.ones((6, 5)), jnp.ones((6, 5)) / 5, jnp.arange(6) % 5
+    print_saved_residuals(lambda x: SPARSE(labels=labels, logits=x).sum(), x)
+    print_saved_residuals(lambda x, y: DENSE(labels=y, logits=x).sum(), x, y)
+    lines = capsys.readouterr().out.splitlines()
+    big = [line for line in lines if "[6,5]" in line]
+    assert big and all("from the argument" in line for line in big), lines
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+def test_half_precision_keeps_dtype_and_matches_float32(rng, dtype):
+    logits = jnp.asarray(rng.standard_normal((8, 7)) * 3, dtype)
+    labels = jnp.asarray(rng.integers(0, 7, 8))
+    fn = jax.jit(jax.value_and_grad(lambda x: SPARSE(labels=labels, logits=x).sum()))
+    loss, grad = fn(logits)
+    ref_loss, ref_grad = fn(logits.astype(jnp.float32))
+    assert loss.dtype == dtype and grad.dtype == dtype
+    tol = 3e-2 if dtype == jnp.bfloat16 else 3e-3
+    np.testing.assert_allclose(np.float32(loss), ref_loss, rtol=tol)
+    np.testing.assert_allclose(np.asarray(grad, np.float32), ref_grad, rtol=tol, atol=tol)
+
+
+def test_numpy_arguments_mix_with_jax_arrays():
+    x = jnp.asarray([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(np.array([0, 1]), x)
+    assert isinstance(loss, jax.Array) and loss.dtype == jnp.float32
+    want = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)([0, 1], np.asarray(x))
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+def test_torch_and_jax_in_one_call_are_refused():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="torch.Tensor and jax.Array"):
+        SPARSE(labels=torch.tensor([0]), logits=jnp.zeros((1, 3)))
+
+
+def test_backprop_out_is_refused_for_jax_arrays():
+    with pytest.raises(TypeError, match="backprop_out"):
+        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+            jnp.zeros((2, 3)), jnp.array([0, 1]), backprop_out=np.zeros((2, 3), np.float32))
