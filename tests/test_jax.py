@@ -151,7 +151,7 @@ def test_label_out_of_range_under_jit_gives_nan_rows():
     assert np.isnan(grad[1:]).all()  # TF's g * backprop: 0 * NaN
 
 
-def test_backward_keeps_only_the_inputs_and_one_lse_per_row(capsys):
+def test_backward_keeps_only_the_inputs_and_two_numbers_per_row(capsys):
     """No logits-sized residual besides the arguments themselves (optax keeps exp(logits))."""
     from jax.ad_checkpoint import print_saved_residuals
 
@@ -161,6 +161,28 @@ def test_backward_keeps_only_the_inputs_and_one_lse_per_row(capsys):
     lines = capsys.readouterr().out.splitlines()
     big = [line for line in lines if "[6,5]" in line]
     assert big and all("from the argument" in line for line in big), lines
+
+
+INF = np.inf
+EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
+    "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
+    "huge": ([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], [0, 2]),
+    "all-neg-inf": ([[-INF, -INF]], [0]),
+    "one-class": ([[3.0], [4.0]], [0, 0]),
+    "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREME))
+def test_extreme_logits_match_the_numpy_kernel_under_jit(name):
+    """Loss and gradient equal TF's CPU kernel's (xent's NumPy path), NaN where it is."""
+    logits, labels = np.asarray(EXTREME[name][0], np.float32), np.asarray(EXTREME[name][1])
+    want_loss, want_grad = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, labels)
+    fn = jax.jit(jax.value_and_grad(lambda x, l: SPARSE(labels=l, logits=x).sum()))
+    _, grad = fn(jnp.asarray(logits), jnp.asarray(labels))
+    loss = jax.jit(lambda x, l: SPARSE(labels=l, logits=x))(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])

@@ -137,6 +137,29 @@ def test_second_backward_over_retained_graph_gives_the_same_gradient(rng, path):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+INF = np.inf
+EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
+    "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
+    "huge": ([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], [0, 2]),
+    "all-neg-inf": ([[-INF, -INF]], [0]),
+    "one-class": ([[3.0], [4.0]], [0, 0]),
+    "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREME))
+def test_extreme_logits_match_the_numpy_kernel(path, name):
+    """Loss and gradient equal TF's CPU kernel's (xent's NumPy path), NaN where it is."""
+    logits, labels = np.asarray(EXTREME[name][0], np.float32), np.asarray(EXTREME[name][1])
+    want_loss, want_grad = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, labels)
+    x = torch.tensor(logits, requires_grad=True)
+    loss = SPARSE(labels=torch.tensor(labels), logits=x)
+    loss.sum().backward()
+    grad = torch.zeros_like(x) if x.grad is None else x.grad
+    np.testing.assert_allclose(loss.detach().numpy(), want_loss, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_keeps_dtype_and_matches_float32(rng, path, dtype):
     logits = torch.tensor(rng.standard_normal((8, 7)) * 3).to(dtype).requires_grad_()

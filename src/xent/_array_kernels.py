@@ -8,26 +8,36 @@ Along the last axis of ``x`` (``C`` classes, accumulator dtype):
 
     m        = stop_gradient(max_j x_j)
     log_sum  = log(sum_j exp(x_j - m))
-    lse      = m + log_sum
-    loss     = lse - x_label               (dense: sum_j y_j (lse - x_j))
-    grad_j   = exp(x_j - lse) - y_j        (TensorFlow's ``backprop``)
+    loss     = log_sum - (x_label - m)     (dense: sum_j y_j (log_sum - (x_j - m)))
+    grad_j   = exp((x_j - m) - log_sum) - y_j        (TensorFlow's ``backprop``)
+
+A row's normaliser ``norm = (m, log_sum)`` (each ``[..., 1]``) is all a
+backward needs besides the inputs. It is kept as two numbers, not as
+``lse = m + log_sum``: with logits near ±1e30, ``x - lse`` loses ``log_sum``
+to rounding and the softmax would come out wrong.
 
 A label outside ``[0, C)`` cannot raise inside a traced or asynchronous
 computation; its row's loss and gradient are NaN, as TensorFlow on a GPU.
 
 ``ops`` provides: ``max_last(x)`` and ``sum_last(x)`` (keeping the axis),
 ``exp``, ``log``, ``where``, ``stop_gradient``, ``take_last(x, idx)`` (one
-entry per row), ``one_hot(idx, C, dtype)`` and ``zeros_rows(x)`` /
-``full_rows(x, value)`` (arrays of ``x.shape[:-1]``).
+entry per row), ``one_hot(idx, C, dtype)`` and ``zeros_rows(x)`` (zeros of
+shape ``x.shape[:-1] + (1,)``).
 """
 NAN = float("nan")
 
 
-def _parts(ops, x):
-    """``(m, x - m, log_sum)`` of TF's shift-by-max; ``m`` and ``log_sum`` keep the axis."""
+def normaliser(ops, x):
+    """``(m, log_sum)`` of each row, both ``[..., 1]``; differentiable (``m`` is constant)."""
     m = ops.stop_gradient(ops.max_last(x))
-    shifted = x - m
-    return m, shifted, ops.log(ops.sum_last(ops.exp(shifted)))
+    return m, ops.log(ops.sum_last(ops.exp(x - m)))
+
+
+def log_softmax(ops, x, norm=None):
+    """``(x_j - m) - log_sum``, the normaliser recomputed unless given; its negative
+    is the dense loss's gradient for the labels."""
+    m, log_sum = normaliser(ops, x) if norm is None else norm
+    return (x - m) - log_sum
 
 
 def _valid(labels, num_classes):
@@ -35,66 +45,52 @@ def _valid(labels, num_classes):
     return (labels >= 0) & (labels < num_classes)
 
 
-def lse(ops, x):
-    """``log(sum_j exp(x_j))`` per row, shape ``x.shape[:-1]``."""
-    m, _, log_sum = _parts(ops, x)
-    return (m + log_sum)[..., 0]
-
-
-def log_softmax(ops, x, row_lse=None):
-    """``x_j - lse`` (lse recomputed unless given); its negative is the dense
-    loss's gradient for the labels."""
-    if row_lse is not None:
-        return x - row_lse[..., None]
-    _, shifted, log_sum = _parts(ops, x)
-    return shifted - log_sum
-
-
 def sparse_rows(ops, x, labels):
-    """``(loss, lse)`` per row against integer `labels` (NaN rows where out of range).
+    """``(loss, norm)`` per row against integer `labels` (NaN rows where out of range).
 
-    x: ``[..., C]``, ``C >= 1``; labels: int ``[...]``.
+    x: ``[..., C]``, ``C >= 1``; labels: int ``[...]``; loss ``[...]``.
     """
     valid = _valid(labels, x.shape[-1])
-    m, shifted, log_sum = _parts(ops, x)
-    picked = ops.take_last(shifted, ops.where(valid, labels, 0))
-    loss = ops.where(valid, log_sum[..., 0] - picked, NAN)
-    return loss, (m + log_sum)[..., 0]
+    norm = normaliser(ops, x)
+    picked = ops.take_last(x - norm[0], ops.where(valid, labels, 0))
+    loss = ops.where(valid, norm[1][..., 0] - picked, NAN)
+    return loss, norm
 
 
 def dense_rows(ops, x, y):
-    """``(loss, lse)`` per row against target distributions `y` (x's shape).
+    """``(loss, norm)`` per row against target distributions `y` (x's shape).
 
-    With no classes the loss is 0 and lse is ``-inf``, as in `_kernels`.
+    With no classes the loss is 0, as in `_kernels`.
     """
     if x.shape[-1] == 0:
-        return ops.zeros_rows(x), ops.full_rows(x, -float("inf"))
-    m, shifted, log_sum = _parts(ops, x)
-    return ops.sum_last(y * (log_sum - shifted))[..., 0], (m + log_sum)[..., 0]
+        zero = ops.zeros_rows(x)
+        return zero[..., 0], (zero, zero)
+    norm = normaliser(ops, x)
+    return -ops.sum_last(y * log_softmax(ops, x, norm))[..., 0], norm
 
 
-def sparse_grad(ops, x, labels, row_lse):
-    """``softmax(x) - one_hot(labels)`` given each row's lse; NaN rows where out of range."""
+def sparse_grad(ops, x, labels, norm):
+    """``softmax(x) - one_hot(labels)`` given each row's norm; NaN rows where out of range."""
     num_classes = x.shape[-1]
-    p = ops.exp(x - row_lse[..., None])
+    p = ops.exp(log_softmax(ops, x, norm))
     grad = p - ops.one_hot(labels, num_classes, p.dtype)
     return ops.where(_valid(labels, num_classes)[..., None], grad, NAN)
 
 
-def dense_grad(ops, x, y, row_lse):
-    """``softmax(x) - y`` given each row's lse (TF's backprop, whatever ``sum(y)``).
+def dense_grad(ops, x, y, norm):
+    """``softmax(x) - y`` given each row's norm (TF's backprop, whatever ``sum(y)``).
 
     Differentiated again, it depends on the logits only: TensorFlow's
     registered gradient passes nothing from the backprop to the labels.
     """
-    return ops.exp(x - row_lse[..., None]) - ops.stop_gradient(y)
+    return ops.exp(log_softmax(ops, x, norm)) - ops.stop_gradient(y)
 
 
-def softmax_vjp(ops, x, row_lse, v):
+def softmax_vjp(ops, x, norm, v):
     """``v`` pulled back through ``softmax(x)``: ``p * (v - sum_j v_j p_j)``.
 
     The second-order term TensorFlow adds when the backprop output itself is
     differentiated (``grad_grad`` in its registered gradient).
     """
-    p = ops.exp(x - row_lse[..., None])
+    p = ops.exp(log_softmax(ops, x, norm))
     return p * (v - ops.sum_last(v * p))

@@ -3,9 +3,10 @@
 Imported only when a JAX array reaches a public function (see
 `xent._backend`). The per-row math is `xent._array_kernels` in `jax.numpy`,
 so it stays on the arrays' device (no host callback). Each loss is a
-`jax.custom_vjp` whose residuals are the inputs and one log-sum-exp per row;
-the backward recomputes ``softmax(logits)`` from them, scaled by the upstream
-gradient, in one logits-sized result. The gradient is TensorFlow's: logits
+`jax.custom_vjp` whose residuals are the inputs and two numbers per row (the
+row's max and log-sum, see `_array_kernels`); the backward recomputes
+``softmax(logits)`` from them, scaled by the upstream gradient, in one
+logits-sized result. The gradient is TensorFlow's: logits
 get ``g * (softmax - target)``, dense labels ``-g * log_softmax(logits)``.
 Higher orders (``jax.grad(jax.grad(...))``, `jax.hessian`) differentiate
 those rules and are exact; `jax.jvp` of the loss itself is refused by JAX,
@@ -50,11 +51,7 @@ class _Ops:
 
     @staticmethod
     def zeros_rows(x):
-        return jnp.zeros(x.shape[:-1], x.dtype)
-
-    @staticmethod
-    def full_rows(x, value):
-        return jnp.full(x.shape[:-1], value, x.dtype)
+        return jnp.zeros((*x.shape[:-1], 1), x.dtype)
 
 
 def _accumulate(logits):
@@ -69,13 +66,13 @@ def _sparse(logits, labels):
 
 
 def _sparse_fwd(logits, labels):
-    loss, row_lse = _array_kernels.sparse_rows(_Ops, _accumulate(logits), labels)
-    return loss, (logits, labels, row_lse)
+    loss, norm = _array_kernels.sparse_rows(_Ops, _accumulate(logits), labels)
+    return loss, (logits, labels, norm)
 
 
 def _sparse_bwd(residuals, g):
-    logits, labels, row_lse = residuals
-    backprop = _array_kernels.sparse_grad(_Ops, _accumulate(logits), labels, row_lse)
+    logits, labels, norm = residuals
+    backprop = _array_kernels.sparse_grad(_Ops, _accumulate(logits), labels, norm)
     return (g[..., None] * backprop).astype(logits.dtype), None
 
 
@@ -89,15 +86,15 @@ def _dense(logits, labels):
 
 
 def _dense_fwd(logits, labels):
-    loss, row_lse = _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)
-    return loss, (logits, labels, row_lse)
+    loss, norm = _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)
+    return loss, (logits, labels, norm)
 
 
 def _dense_bwd(residuals, g):
-    logits, labels, row_lse = residuals
+    logits, labels, norm = residuals
     x = _accumulate(logits)
-    d_logits = g[..., None] * _array_kernels.dense_grad(_Ops, x, labels, row_lse)
-    d_labels = -g[..., None] * _array_kernels.log_softmax(_Ops, x, row_lse)
+    d_logits = g[..., None] * _array_kernels.dense_grad(_Ops, x, labels, norm)
+    d_labels = -g[..., None] * _array_kernels.log_softmax(_Ops, x, norm)
     return d_logits.astype(logits.dtype), d_labels.astype(labels.dtype)
 
 
@@ -121,7 +118,7 @@ def _dense_2d(labels, logits):
 def _backprop(grad_of, logits, labels):
     """TF's backprop in the logits' dtype, as plain (differentiable) jnp."""
     x = _accumulate(logits)
-    return grad_of(_Ops, x, labels, _array_kernels.lse(_Ops, x)).astype(logits.dtype)
+    return grad_of(_Ops, x, labels, _array_kernels.normaliser(_Ops, x)).astype(logits.dtype)
 
 
 class JaxBackend:

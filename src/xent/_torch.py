@@ -64,11 +64,7 @@ class _Ops:
 
     @staticmethod
     def zeros_rows(x):
-        return x.new_zeros(x.shape[:-1])
-
-    @staticmethod
-    def full_rows(x, value):
-        return x.new_full(x.shape[:-1], value)
+        return x.new_zeros((*x.shape[:-1], 1))
 
 
 class _Namespace:
@@ -134,15 +130,15 @@ def _forward(kind, labels, logits, want_grad):
         loss, _ = _CORE[kind](_numpy_view(labels), _numpy_view(logits), out)
         return _from_numpy(loss), grad
     x = _accumulate(logits)
-    loss, row_lse = _ROWS[kind](_Ops, x, labels)
-    grad = _GRAD[kind](_Ops, x, labels, row_lse).to(logits.dtype) if want_grad else None
+    loss, norm = _ROWS[kind](_Ops, x, labels)
+    grad = _GRAD[kind](_Ops, x, labels, norm).to(logits.dtype) if want_grad else None
     return loss, grad
 
 
 def _differentiable_backprop(kind, logits, labels):
     """TF's backprop from torch ops that autograd can differentiate again."""
     x = _accumulate(logits)
-    return _GRAD[kind](_Ops, x, labels, _array_kernels.lse(_Ops, x))
+    return _GRAD[kind](_Ops, x, labels, _array_kernels.normaliser(_Ops, x))
 
 
 def _labels_grad(logits, labels, g):
@@ -211,7 +207,8 @@ class _LossAndBackprop(torch.autograd.Function):
         d = torch.zeros_like(backprop) if g_loss is None else backprop * g_loss[..., None]
         if g_backprop is not None:
             x = _accumulate(logits)
-            vjp = _array_kernels.softmax_vjp(_Ops, x, _array_kernels.lse(_Ops, x), _accumulate(g_backprop))
+            norm = _array_kernels.normaliser(_Ops, x)
+            vjp = _array_kernels.softmax_vjp(_Ops, x, norm, _accumulate(g_backprop))
             d = d + vjp.to(d.dtype)
         return d
 
