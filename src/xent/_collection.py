@@ -6,6 +6,7 @@ as TensorFlow's default graph does; `clear_losses` empties it (TF's
 `reset_default_graph`).
 """
 import re
+import sys
 
 
 class GraphKeys:
@@ -22,10 +23,17 @@ def add_loss(loss, loss_collection=GraphKeys.LOSSES, scope=None):
     """Add `loss` to `loss_collection` (nothing if the collection is None/empty).
 
     `scope` is remembered so that `get_losses(scope=...)` can filter by it, as TF
-    filters by op name.
+    filters by op name. Values traced by `jax.jit`/`jax.grad` are not kept: they
+    are only valid inside the trace (as TF 2's eager mode, which keeps nothing).
     """
-    if loss_collection:
+    if loss_collection and not _is_traced(loss):
         _registry.setdefault(loss_collection, []).append((scope or "", loss))
+
+
+def _is_traced(loss):
+    """True for a JAX tracer: a value inside `jit`/`grad` that must not outlive it."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(loss, jax.core.Tracer)
 
 
 def get_losses(scope=None, loss_collection=GraphKeys.LOSSES):

@@ -71,9 +71,13 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     return _probs.categorical_from_probs(be, y_true, y_pred, axis)
 
 
-def _inputs(y_true, y_pred, dtype=None):
-    """Backend and arrays; `y_pred` (and `y_true`) cast to `dtype` when given."""
-    be = _backend.of(y_true, y_pred)
+def _inputs(y_true, y_pred, dtype=None, sample_weight=None):
+    """Backend and arrays; `y_pred` (and `y_true`) cast to `dtype` when given.
+
+    The backend is chosen by all three arrays, so a framework `sample_weight`
+    with NumPy predictions still gives a framework result.
+    """
+    be = _backend.of(y_true, y_pred, sample_weight)
     y_true, y_pred = be.asarray(y_true), be.asarray(y_pred)
     if dtype is not None:
         y_true, y_pred = be.astype(y_true, dtype), be.astype(y_pred, dtype)
@@ -162,7 +166,7 @@ class Loss:
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """Reduced loss: ``reduce(mask * sample_weight * per_example)``."""
-        be, y_true, y_pred = _inputs(y_true, y_pred, self.dtype)
+        be, y_true, y_pred = _inputs(y_true, y_pred, self.dtype, sample_weight)
         y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
         values, mask = self._values(be, y_true, y_pred)
         loss = reduce_weighted_values(be, values, sample_weight, mask, self.reduction, self.dtype)
