@@ -216,3 +216,12 @@ def test_backprop_out_is_refused_for_jax_arrays():
     with pytest.raises(TypeError, match="backprop_out"):
         xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
             jnp.zeros((2, 3)), jnp.array([0, 1]), backprop_out=np.zeros((2, 3), np.float32))
+
+
+def test_v1_loss_under_jit_keeps_no_tracer_in_the_collection():
+    loss_fn = jax.jit(lambda x: xent.losses.sparse_softmax_cross_entropy(jnp.array([0, 1]), x))
+    value = loss_fn(jnp.ones((2, 3)))
+    np.testing.assert_allclose(float(value), np.log(3.0), rtol=1e-6)
+    assert xent.losses.get_losses() == []
+    eager = xent.losses.sparse_softmax_cross_entropy(jnp.array([0, 1]), jnp.ones((2, 3)))
+    assert xent.losses.get_losses() == [eager]

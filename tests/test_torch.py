@@ -251,3 +251,14 @@ def test_import_xent_imports_neither_torch_nor_jax():
     code = "import sys, xent; print('torch' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out
+
+
+def test_keras_loss_with_tensor_sample_weight_returns_a_tensor_with_its_gradient():
+    weights = torch.tensor([1.0, 2.0], requires_grad=True)
+    logits = np.array([[1.0, 2.0, 0.5], [0.0, 1.0, 3.0]], np.float32)
+    loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        np.array([0, 2]), logits, sample_weight=weights)
+    assert isinstance(loss, torch.Tensor)
+    loss.backward()
+    per_example = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 2], logits=logits)
+    np.testing.assert_allclose(weights.grad.numpy(), per_example / 2, rtol=1e-6)
