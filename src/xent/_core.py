@@ -42,12 +42,31 @@ def _rows(shape):
 
 
 def _grad_buffer(grad, logits2d):
-    """Resolve the `grad` request: None/False → None, True → new array, array → itself."""
+    """The ``[rows, C]`` array the kernel writes the gradient into, or None.
+
+    None/False: no gradient. True: a new array. An array: a view of it, with no
+    allocation; only where its strides allow no ``[rows, C]`` view, a new array
+    that `_gradient_result` copies back.
+    """
     if grad is None or grad is False:
         return None
     if grad is True:
         return np.empty(logits2d.shape, logits2d.dtype)
-    return grad.reshape(logits2d.shape)
+    view = grad.reshape(logits2d.shape)
+    if view.size and not np.may_share_memory(view, grad):
+        return np.empty(logits2d.shape, grad.dtype)
+    return view
+
+
+def _gradient_result(grad, out, shape):
+    """What the caller gets back: its own `grad` array (filled), else `out` in `shape`."""
+    if out is None:
+        return None
+    if grad is True:
+        return out.reshape(shape)
+    if not np.may_share_memory(out, grad):
+        grad[...] = out.reshape(grad.shape)
+    return grad
 
 
 def sparse_xent(labels, logits, grad=None):
@@ -69,7 +88,7 @@ def sparse_xent(labels, logits, grad=None):
     x2 = logits.reshape(_rows(logits.shape), num_classes)
     out = _grad_buffer(grad, x2)
     loss, _ = kernels().sparse_rows(x2, labels.reshape(-1), out)
-    return loss.reshape(labels.shape), None if out is None else out.reshape(logits.shape)
+    return loss.reshape(labels.shape), _gradient_result(grad, out, logits.shape)
 
 
 def dense_xent(labels, logits, grad=None):
@@ -94,4 +113,4 @@ def dense_xent(labels, logits, grad=None):
     out = _grad_buffer(grad, x2)
     loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, shape), out)
     lead = logits.shape[:-1] if shape == (_rows(logits.shape), logits.shape[-1]) else shape[:1]
-    return loss.reshape(lead), None if out is None else out.reshape(lead + shape[1:])
+    return loss.reshape(lead), _gradient_result(grad, out, lead + shape[1:])

@@ -1,0 +1,790 @@
+"""Fused kernels compiled with numba: per-row loss, log-sum-exp and gradient.
+
+Same contract and numbers as the NumPy reference in `_kernels` (read it first):
+``sparse_rows`` / ``dense_rows`` return ``(loss, lse)`` in the accumulator
+dtype and write ``softmax - labels`` into ``grad_out`` (which may be the logits
+themselves). What changes is how the work is done. Each row is streamed in
+three passes, the later two served from the core's L2 cache:
+
+    1. m = max_j x_j                    (NaN if any x_j is NaN, as NumPy's max)
+    2. e_j = exp(x_j - m), s = sum_j e_j  (and, dense, sum_j y_j, sum_j y_j (x_j - m))
+    3. grad_j = e_j / s - y_j           (only when a gradient is asked for)
+
+so a loss-only call reads the logits once from memory and a gradient call
+reads them once and writes the gradient once, with no temporaries. A row whose
+max is not finite (a NaN, a ``+inf``, or every entry ``-inf``) is all NaN, as in
+TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the softmax.
+
+Arithmetic runs in float32 (float64 for float64). float16 and bfloat16 arrays
+are read and written in their own format: the kernels see them as integer
+views (``int16`` for float16, ``uint16`` for bfloat16, the view's type naming
+the format) and convert each element, rounding to nearest even once at the end.
+``exp`` is a polynomial that vectorises (see `_exp32`); fast-math flags allow
+reassociation and contraction but never assume away NaN or infinity.
+
+Rows are split over `xent.get_num_threads()` threads for inputs above a few MB
+(numba's ``workqueue`` layer unless the user chose another: its idle threads
+sleep instead of spinning); smaller inputs run on the calling thread. Machine
+code is cached on disk, so a fresh process pays only the cache load.
+"""
+import math
+import os
+import threading
+
+import llvmlite.binding
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from xent import _threads
+from xent._dtypes import accumulator
+
+__all__ = ["sparse_rows", "dense_rows"]
+
+if llvmlite.binding.llvm_version_info < (17,):
+    # llvm.ldexp and vectorised llvm.maximum reductions need LLVM 17 or newer.
+    raise ImportError(f"numba {numba.__version__} is built on LLVM "
+                      f"{llvmlite.binding.llvm_version_info}; xent's kernels need LLVM 17+")
+
+# Below this many bytes of logits one thread beats two (waking a sleeping
+# worker costs tens of microseconds).
+PARALLEL_MIN_BYTES = 4 << 20
+# Each thread gets this many row blocks (pulled dynamically), so a core that
+# is busy with another process delays the call less.
+_BLOCKS_PER_THREAD = 4
+# Pass 2 works in chunks of this many elements, prefetching the next row between them.
+_CHUNK = np.uint64(1024)
+_U0 = np.uint64(0)
+
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+_KERNEL = {"fastmath": _FAST, "error_model": "numpy", "nogil": True, "cache": True}
+_INLINE = {"fastmath": _FAST, "error_model": "numpy", "inline": "always"}
+
+
+# --- LLVM intrinsics numba does not expose ------------------------------------
+
+def _ir_type(numba_type):
+    """The LLVM type of a numba float type."""
+    return ir.DoubleType() if numba_type == types.float64 else ir.FloatType()
+
+
+def _call_llvm(builder, name, ret, args, flags=()):
+    """Call the LLVM intrinsic `name` returning `ret` on `args`."""
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args,
+                        fastmath=flags)
+
+
+def _suffix(numba_type):
+    return "f64" if numba_type == types.float64 else "f32"
+
+
+@intrinsic
+def _maximum(typingctx, a, b):
+    """max(a, b), NaN if either is NaN (``llvm.maximum``): a NaN-propagating max that vectorises."""
+    def codegen(context, builder, sig, args):
+        return _call_llvm(builder, f"llvm.maximum.{_suffix(a)}", _ir_type(a), args, ("nsz",))
+    return a(a, a), codegen
+
+
+@intrinsic
+def _max_finite(typingctx, a, b):
+    """max(a, b) for operands known not to be NaN: a single ``vmaxps``."""
+    def codegen(context, builder, sig, args):
+        return _call_llvm(builder, f"llvm.maxnum.{_suffix(a)}", _ir_type(a), args, ("nnan", "nsz"))
+    return a(a, a), codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once; never reassociated (keeps the two-step ln 2)."""
+    def codegen(context, builder, sig, args):
+        return _call_llvm(builder, f"llvm.fma.{_suffix(a)}", _ir_type(a), args)
+    return a(a, a, a), codegen
+
+
+@intrinsic
+def _label_loss(typingctx, log_s, x_label, m):
+    """log_s - (x_label - m) in float64, exactly as written.
+
+    Huge logits must cancel in ``x_label - m`` before log_s is involved, so these
+    two subtractions carry only the ``nsz`` flag: numba's fast-math pass leaves
+    flagged instructions alone, and LLVM may not reassociate them.
+    """
+    def codegen(context, builder, sig, args):
+        wide = [builder.fpext(a, ir.DoubleType()) if t == types.float32 else a
+                for a, t in zip(args, sig.args)]
+        shifted = builder.fsub(wide[1], wide[2], flags=("nsz",))
+        return builder.fsub(wide[0], shifted, flags=("nsz",))
+    return types.float64(log_s, x_label, m), codegen
+
+
+@intrinsic
+def _rint(typingctx, a):
+    """a rounded to the nearest integer, ties to even."""
+    def codegen(context, builder, sig, args):
+        return _call_llvm(builder, f"llvm.rint.{_suffix(a)}", _ir_type(a), args)
+    return a(a), codegen
+
+
+@intrinsic
+def _ldexp(typingctx, p, n):
+    """p * 2**n for an integral float n (``vscalefps`` on AVX-512)."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        return _call_llvm(builder, f"llvm.ldexp.{_suffix(p)}.i32", _ir_type(p),
+                          [args[0], builder.fptosi(args[1], i32)])
+    return p(p, p), codegen
+
+
+@intrinsic
+def _bf16_to_f32(typingctx, bits):
+    """bfloat16 (as uint16 bits) to float32, exactly: the bits become the high half."""
+    def codegen(context, builder, sig, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def _f32_to_bf16(typingctx, value):
+    """float32 to bfloat16 bits, rounded to nearest even; NaN stays a (quiet) NaN."""
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        bits = builder.bitcast(args[0], i32)
+        high = builder.lshr(bits, ir.Constant(i32, 16))
+        odd = builder.and_(high, ir.Constant(i32, 1))
+        rounded = builder.lshr(builder.add(builder.add(bits, ir.Constant(i32, 0x7FFF)), odd),
+                               ir.Constant(i32, 16))
+        quiet = builder.or_(high, ir.Constant(i32, 0x40))
+        is_nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.trunc(builder.select(is_nan, quiet, rounded), ir.IntType(16))
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _f16_to_f32(typingctx, bits):
+    """float16 (as int16 bits) to float32, exactly (``vcvtph2ps``)."""
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def _f32_to_f16(typingctx, value):
+    """float32 to float16 bits, rounded to nearest even (``vcvtps2ph``)."""
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+    return types.int16(types.float32), codegen
+
+
+# Prefetched lines go to L2 (locality 2): the next row waits there, not in L1.
+_PREFETCH_LOCALITY = 2
+
+
+@intrinsic
+def _prefetch(typingctx, a, j):
+    """Hint the CPU to start loading element `j` of 1-D array `a` into cache."""
+    def codegen(context, builder, sig, args):
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], array, [args[1]],
+                                       wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        _call_llvm(builder, "llvm.prefetch.p0", ir.VoidType(),
+                   [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                    ir.Constant(i32, _PREFETCH_LOCALITY), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(a, j), codegen
+
+
+# --- exp as a polynomial that vectorises ----------------------------------------
+
+_F32 = np.float32
+_LOG2E32, _LN2_HI32 = _F32(math.log2(math.e)), _F32(math.log(2))
+_LN2_LO32 = _F32(math.log(2) - float(_LN2_HI32))
+_FLOOR32 = _F32(-200.0)   # exp of anything below is 0 once scaled by 2**n
+# e**r ~ 1 + r + r**2 (c2 + r (c3 + ...)) on |r| <= ln(2)/2: least squares
+# refined to equal-ripple relative error (Lawson), 2e-9; bench/fit_exp.py
+# reproduces them. With the last two steps fused, 92% of results are correctly
+# rounded and none is off by more than 1 ulp (NumPy's float32 exp: 60%).
+_C2, _C3, _C4, _C5, _C6 = (_F32(c) for c in (
+    0.4999999403953552, 0.16666431725025177, 0.04166800156235695,
+    0.00837415549904108, 0.0013843653723597527))
+
+_LOG2E64, _LN2_HI64 = math.log2(math.e), math.log(2)
+_LN2_LO64 = 2.3190468138462996e-17   # ln 2 - float64(ln 2)
+_FLOOR64 = -2000.0
+# Taylor series to r**13: truncation error below 5e-18 on |r| <= ln(2)/2.
+_T = tuple(1.0 / math.factorial(k) for k in range(1, 14))
+_T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12, _T13 = _T
+
+
+@njit(**_INLINE)
+def _exp32(x):
+    """exp(x) for float32 ``x <= 0`` or ``-inf`` (0 for ``-inf``); within 1 ulp.
+
+    x = n ln2 + r with n an integer and |r| <= ln(2)/2 (ln 2 in two parts so r
+    is exact), then e**x = 2**n * p(r).
+    """
+    x = _max_finite(x, _FLOOR32)
+    n = _rint(x * _LOG2E32)
+    r = _fma(-n, _LN2_LO32, _fma(-n, _LN2_HI32, x))
+    q = _C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * _C6)))
+    return _ldexp(_fma(r, _fma(r, q, _F32(1.0)), _F32(1.0)), n)
+
+
+@njit(**_INLINE)
+def _exp64(x):
+    """exp(x) for float64 ``x <= 0`` or ``-inf``, as `_exp32` with a longer series."""
+    x = _max_finite(x, _FLOOR64)
+    n = _rint(x * _LOG2E64)
+    r = _fma(-n, _LN2_LO64, _fma(-n, _LN2_HI64, x))
+    p = _T12 + r * _T13
+    p = _T9 + r * (_T10 + r * (_T11 + r * p))
+    p = _T5 + r * (_T6 + r * (_T7 + r * (_T8 + r * p)))
+    p = 1.0 + r * (_T1 + r * (_T2 + r * (_T3 + r * (_T4 + r * p))))
+    return _ldexp(p, n)
+
+
+# --- typed element access: the one place that knows the storage formats ---------
+
+def _exp(x):
+    """exp(x) for ``x <= 0`` in x's precision (numba only)."""
+
+
+def _load(a, j):
+    """Element `j` of `a` in the accumulator precision (numba only)."""
+
+
+def _store(a, j, value):
+    """Write `value` into element `j` of `a`, rounded to a's format (numba only)."""
+
+
+def _like(value, ref):
+    """`value` as a scalar of `ref`'s type (numba only)."""
+
+
+@overload(_exp, inline="always", jit_options={"fastmath": _FAST})
+def _exp_impl(x):
+    if x == types.float32:
+        return lambda x: _exp32(x)
+    return lambda x: _exp64(x)
+
+
+@overload(_load, inline="always")
+def _load_impl(a, j):
+    if a.dtype == types.uint16:
+        return lambda a, j: _bf16_to_f32(a[j])
+    if a.dtype == types.int16:
+        return lambda a, j: _f16_to_f32(a[j])
+    return lambda a, j: a[j]
+
+
+@overload(_store, inline="always")
+def _store_impl(a, j, value):
+    if a.dtype == types.uint16:
+        def store_bf16(a, j, value):
+            a[j] = _f32_to_bf16(np.float32(value))
+        return store_bf16
+    if a.dtype == types.int16:
+        def store_f16(a, j, value):
+            a[j] = _f32_to_f16(np.float32(value))
+        return store_f16
+
+    def store(a, j, value):
+        a[j] = value
+    return store
+
+
+@overload(_like, inline="always")
+def _like_impl(value, ref):
+    if ref == types.float32:
+        return lambda value, ref: np.float32(value)
+    return lambda value, ref: np.float64(value)
+
+
+# --- passes over one row --------------------------------------------------------
+
+@njit(**_INLINE)
+def _row_max(x):
+    """max of a non-empty row in the accumulator dtype; NaN if any entry is NaN."""
+    m = _load(x, 0)
+    for j in range(1, x.shape[0]):
+        m = _maximum(m, _load(x, j))
+    return m
+
+
+@njit(**_INLINE)
+def _prefetch_part(ahead, lo, hi):
+    """Start loading elements [lo, hi) of `ahead` (clipped to its length), one per cache line."""
+    step = np.uint64(64 // ahead.itemsize)
+    for j in range(lo, min(hi, np.uint64(ahead.shape[0])), step):
+        _prefetch(ahead, j)
+
+
+# Pass 2 runs over chunks of a row, prefetching the next row between chunks so
+# that memory streams while the core computes. Chunk bounds are unsigned:
+# numba then skips its negative-index check and the inner loops vectorise.
+
+@njit(**_INLINE)
+def _sum_exp(x, m, ahead):
+    """sum_j exp(x_j - m)."""
+    s = 0.0
+    n = np.uint64(x.shape[0])
+    for lo in range(_U0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        part = _like(0.0, m)
+        for j in range(lo, hi):
+            part += _exp(_load(x, j) - m)
+        s += part
+        _prefetch_part(ahead, lo, hi)
+    return s
+
+
+@njit(**_INLINE)
+def _store_exp_sum(x, out, m, ahead):
+    """out_j = exp(x_j - m) (out holds the accumulator dtype; may be x); return the sum."""
+    s = 0.0
+    n = np.uint64(x.shape[0])
+    for lo in range(_U0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        part = _like(0.0, m)
+        for j in range(lo, hi):
+            e = _exp(_load(x, j) - m)
+            out[j] = e
+            part += e
+        s += part
+        _prefetch_part(ahead, lo, hi)
+    return s
+
+
+@njit(**_INLINE)
+def _scale(out, factor):
+    """out_j *= factor."""
+    for j in range(out.shape[0]):
+        out[j] *= factor
+
+
+@njit(**_INLINE)
+def _store_softmax(x, out, m, inv_s):
+    """out_j = exp(x_j - m) * inv_s rounded to out's format (out may be x)."""
+    for j in range(x.shape[0]):
+        _store(out, j, _exp(_load(x, j) - m) * inv_s)
+
+
+@njit(**_INLINE)
+def _dense_sums(x, y, m, ahead, ahead_y):
+    """(sum_j e_j, sum_j y_j, sum_j y_j (x_j - m)) with e_j = exp(x_j - m)."""
+    s, sy, syx = 0.0, 0.0, 0.0
+    n = np.uint64(x.shape[0])
+    for lo in range(_U0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        part, part_y, part_yx = _like(0.0, m), _like(0.0, m), _like(0.0, m)
+        for j in range(lo, hi):
+            shifted = _load(x, j) - m
+            yj = _load(y, j)
+            part += _exp(shifted)
+            part_y += yj
+            part_yx += yj * shifted
+        s, sy, syx = s + part, sy + part_y, syx + part_yx
+        _prefetch_part(ahead, lo, hi)
+        _prefetch_part(ahead_y, lo, hi)
+    return s, sy, syx
+
+
+@njit(**_INLINE)
+def _store_dense_sums(x, y, out, m, ahead, ahead_y):
+    """As `_dense_sums`, also writing out_j = e_j (accumulator dtype; out may be x)."""
+    s, sy, syx = 0.0, 0.0, 0.0
+    n = np.uint64(x.shape[0])
+    for lo in range(_U0, n, _CHUNK):
+        hi = min(lo + _CHUNK, n)
+        part, part_y, part_yx = _like(0.0, m), _like(0.0, m), _like(0.0, m)
+        for j in range(lo, hi):
+            shifted = _load(x, j) - m
+            yj = _load(y, j)
+            e = _exp(shifted)
+            out[j] = e
+            part += e
+            part_y += yj
+            part_yx += yj * shifted
+        s, sy, syx = s + part, sy + part_y, syx + part_yx
+        _prefetch_part(ahead, lo, hi)
+        _prefetch_part(ahead_y, lo, hi)
+    return s, sy, syx
+
+
+@njit(**_INLINE)
+def _scale_minus(out, y, factor):
+    """out_j = out_j * factor - y_j."""
+    for j in range(out.shape[0]):
+        out[j] = out[j] * factor - _load(y, j)
+
+
+@njit(**_INLINE)
+def _store_softmax_minus(x, y, out, m, inv_s):
+    """out_j = exp(x_j - m) * inv_s - y_j rounded to out's format (out may be x)."""
+    for j in range(x.shape[0]):
+        _store(out, j, _exp(_load(x, j) - m) * inv_s - _load(y, j))
+
+
+@njit(**_INLINE)
+def _fill_nan(out, ref):
+    """Every element of `out` NaN."""
+    nan = _like(np.nan, ref)
+    for j in range(out.shape[0]):
+        _store(out, j, nan)
+
+
+def _softmax_into(x, out, m, ahead):
+    """Write softmax(x) into out (may be x); return sum_j exp(x_j - m) (numba only)."""
+
+
+def _softmax_minus_into(x, y, out, m, ahead, ahead_y):
+    """Write softmax(x) - y into out (may be x); return `_dense_sums` (numba only)."""
+
+
+def _holds_accumulator(out, x):
+    """Whether numba array type `out` stores x's accumulator dtype exactly."""
+    return out.dtype == (types.float64 if x.dtype == types.float64 else types.float32)
+
+
+@overload(_softmax_into, inline="always", jit_options={"fastmath": _FAST})
+def _softmax_into_impl(x, out, m, ahead):
+    # Where out holds the accumulator dtype, exp is computed once and rescaled
+    # in place; in half precision it is recomputed so that each element is
+    # rounded once. Both give the same numbers.
+    if _holds_accumulator(out, x):
+        def once(x, out, m, ahead):
+            s = _store_exp_sum(x, out, m, ahead)
+            _scale(out, _like(1.0 / s, m))
+            return s
+        return once
+
+    def recompute(x, out, m, ahead):
+        s = _sum_exp(x, m, ahead)
+        _store_softmax(x, out, m, _like(1.0 / s, m))
+        return s
+    return recompute
+
+
+@overload(_softmax_minus_into, inline="always", jit_options={"fastmath": _FAST})
+def _softmax_minus_into_impl(x, y, out, m, ahead, ahead_y):
+    if _holds_accumulator(out, x):
+        def once(x, y, out, m, ahead, ahead_y):
+            s, sy, syx = _store_dense_sums(x, y, out, m, ahead, ahead_y)
+            _scale_minus(out, y, _like(1.0 / s, m))
+            return s, sy, syx
+        return once
+
+    def recompute(x, y, out, m, ahead, ahead_y):
+        s, sy, syx = _dense_sums(x, y, m, ahead, ahead_y)
+        _store_softmax_minus(x, y, out, m, _like(1.0 / s, m))
+        return s, sy, syx
+    return recompute
+
+
+# --- one row, per need ----------------------------------------------------------
+
+@njit(**_INLINE)
+def _sparse_row_loss(x, label, ahead):
+    """(loss, lse) of one row; NaN for a non-finite max or a label outside [0, C)."""
+    m = _row_max(x)
+    if not (np.isfinite(m) and 0 <= label < x.shape[0]):
+        return _like(np.nan, m), _like(np.nan, m)
+    log_s = np.log(_sum_exp(x, m, ahead))
+    return _label_loss(log_s, _load(x, label), m), m + log_s
+
+
+@njit(**_INLINE)
+def _sparse_row_grad(x, label, out, ahead):
+    """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x)."""
+    m = _row_max(x)
+    if not (np.isfinite(m) and 0 <= label < x.shape[0]):
+        _fill_nan(out, m)
+        return _like(np.nan, m), _like(np.nan, m)
+    x_label = _load(x, label)
+    s = _softmax_into(x, out, m, ahead)
+    _store(out, label, _exp(x_label - m) * _like(1.0 / s, m) - _like(1.0, m))
+    log_s = np.log(s)
+    return _label_loss(log_s, x_label, m), m + log_s
+
+
+@njit(**_INLINE)
+def _dense_row_loss(x, y, ahead, ahead_y):
+    """(loss, lse) of one row against target row y: sum_j y_j (lse - x_j)."""
+    m = _row_max(x)
+    if not np.isfinite(m):
+        return _like(np.nan, m), _like(np.nan, m)
+    s, sy, syx = _dense_sums(x, y, m, ahead, ahead_y)
+    log_s = np.log(s)
+    return log_s * sy - syx, m + log_s
+
+
+@njit(**_INLINE)
+def _dense_row_grad(x, y, out, ahead, ahead_y):
+    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x)."""
+    m = _row_max(x)
+    if not np.isfinite(m):
+        _fill_nan(out, m)
+        return _like(np.nan, m), _like(np.nan, m)
+    s, sy, syx = _softmax_minus_into(x, y, out, m, ahead, ahead_y)
+    log_s = np.log(s)
+    return log_s * sy - syx, m + log_s
+
+
+@njit(**_INLINE)
+def _next_row(x, i, hi):
+    """What to prefetch while row i is computed: row i + 1 of x if below `hi`, else nothing.
+
+    A single broadcast row (dense targets ``[1, C]``) stays in cache: nothing.
+    """
+    return x[i + 1] if i + 1 < hi and x.shape[0] > 1 else x[0, :0]
+
+
+@njit(**_INLINE)
+def _target(y, i):
+    """Row i of the dense targets, which have 1 or N rows."""
+    return y[i if y.shape[0] > 1 else 0]
+
+
+# --- a range of rows, per need (called directly, or per block by the threads) ----
+
+@njit(**_KERNEL)
+def _sparse_loss_rows(x, labels, loss, lse, lo, hi):
+    for i in range(lo, hi):
+        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], _next_row(x, i, hi))
+
+
+@njit(**_KERNEL)
+def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
+    for i in range(lo, hi):
+        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], out[i], _next_row(x, i, hi))
+
+
+@njit(**_KERNEL)
+def _sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
+    for i in range(lo, hi):
+        row = x[i]
+        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _next_row(x, i, hi))
+
+
+@njit(**_KERNEL)
+def _dense_loss_rows(x, y, loss, lse, lo, hi):
+    for i in range(lo, hi):
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), _next_row(x, i, hi),
+                                          _next_row(y, i, hi))
+
+
+@njit(**_KERNEL)
+def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
+    for i in range(lo, hi):
+        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), out[i], _next_row(x, i, hi),
+                                          _next_row(y, i, hi))
+
+
+@njit(**_KERNEL)
+def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
+    for i in range(lo, hi):
+        row = x[i]
+        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _next_row(x, i, hi),
+                                          _next_row(y, i, hi))
+
+
+# The same, with blocks of rows spread over numba's threads. Each takes the
+# block count last; block b covers rows [b*n//blocks, (b+1)*n//blocks).
+
+@njit(parallel=True, **_KERNEL)
+def _sparse_loss_blocks(x, labels, loss, lse, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        _sparse_loss_rows(x, labels, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+
+
+@njit(parallel=True, **_KERNEL)
+def _sparse_grad_blocks(x, labels, out, loss, lse, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        _sparse_grad_rows(x, labels, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+
+
+@njit(parallel=True, **_KERNEL)
+def _sparse_grad_blocks_inplace(x, labels, loss, lse, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        _sparse_grad_rows_inplace(x, labels, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+
+
+@njit(parallel=True, **_KERNEL)
+def _dense_loss_blocks(x, y, loss, lse, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        _dense_loss_rows(x, y, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+
+
+@njit(parallel=True, **_KERNEL)
+def _dense_grad_blocks(x, y, out, loss, lse, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        _dense_grad_rows(x, y, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+
+
+@njit(parallel=True, **_KERNEL)
+def _dense_grad_blocks_inplace(x, y, loss, lse, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        _dense_grad_rows_inplace(x, y, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+
+
+# --- Python side: arrays in the kernels' formats, threads, copies ----------------
+
+_launch_lock = threading.Lock()
+
+
+def _use_workqueue_unless_chosen():
+    """Pick numba's workqueue threading layer (its idle threads sleep) unless the user chose."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_use_workqueue_unless_chosen()
+
+
+def _kernel_view(a):
+    """`a` as the kernels see it: half precision as integer views naming the format."""
+    if a.dtype == np.float16:
+        return a.view(np.int16)
+    if a.dtype.name == "bfloat16":
+        return a.view(np.uint16)
+    return a
+
+
+def _run(rows, blocks, nbytes, *args):
+    """Run `rows(*args, 0, n)` on this thread, or `blocks(*args, k)` over k threads.
+
+    Threads are used for inputs of at least `PARALLEL_MIN_BYTES`, one call at a
+    time (numba's workqueue layer takes one parallel launch at once; a caller
+    that finds it busy computes on its own thread instead).
+    """
+    n = args[0].shape[0]
+    threads = min(_threads.get_num_threads(), n)
+    if threads > 1 and nbytes >= PARALLEL_MIN_BYTES and _launch_lock.acquire(blocking=False):
+        try:
+            numba.set_num_threads(threads)
+            with numba.parallel_chunksize(1):
+                blocks(*args, min(n, threads * _BLOCKS_PER_THREAD))
+        finally:
+            _launch_lock.release()
+    else:
+        rows(*args, 0, n)
+
+
+def _same_buffer(a, b):
+    """Whether `a` and `b` are the same elements of the same memory."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
+
+
+def _with_gradient(logits, grad_out, run_inplace, run_into):
+    """Run a gradient kernel so that `grad_out` ends up holding the gradient.
+
+    The kernels take C-contiguous arrays. Contiguous inputs are used as they
+    are (in place when `grad_out` is `logits`), with no allocation; others go
+    through a contiguous copy, and the gradient is copied back into `grad_out`.
+    """
+    inplace = _same_buffer(logits, grad_out)
+    if inplace and logits.flags.c_contiguous:
+        return run_inplace(_kernel_view(logits))
+    x = np.ascontiguousarray(logits)
+    if inplace:
+        result = run_inplace(_kernel_view(x))
+        grad_out[...] = x
+        return result
+    direct = grad_out.flags.c_contiguous and not np.may_share_memory(grad_out, logits)
+    out = grad_out if direct else np.empty(grad_out.shape, grad_out.dtype)
+    result = run_into(_kernel_view(x), _kernel_view(out))
+    if not direct:
+        grad_out[...] = out
+    return result
+
+
+def sparse_rows(logits, labels, grad_out=None):
+    """Sparse softmax cross-entropy of each row (the `_kernels.sparse_rows` contract).
+
+    Args:
+      logits: ``[N, C]`` float16/bfloat16/float32/float64 array, ``C >= 1``.
+      labels: ``[N]`` int32/int64 array; a label outside ``[0, C)`` gives a NaN row.
+      grad_out: optional ``[N, C]`` array (may be `logits` itself) that receives
+        ``softmax(logits) - one_hot(labels)`` in its own dtype.
+
+    Returns:
+      ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype.
+    """
+    acc = accumulator(logits.dtype)
+    loss, lse = np.empty(logits.shape[0], acc), np.empty(logits.shape[0], acc)
+    if logits.shape[0] == 0:
+        return loss, lse
+    labels = np.ascontiguousarray(labels)
+    if grad_out is None:
+        x = _kernel_view(np.ascontiguousarray(logits))
+        _run(_sparse_loss_rows, _sparse_loss_blocks, logits.nbytes, x, labels, loss, lse)
+        return loss, lse
+    _with_gradient(
+        logits, grad_out,
+        lambda x: _run(_sparse_grad_rows_inplace, _sparse_grad_blocks_inplace,
+                       logits.nbytes, x, labels, loss, lse),
+        lambda x, out: _run(_sparse_grad_rows, _sparse_grad_blocks,
+                            logits.nbytes, x, labels, out, loss, lse))
+    return loss, lse
+
+
+def _target_rows(labels, logits):
+    """Dense labels as ``[1 or N, C]`` C-contiguous rows, undoing a stride-0 row broadcast.
+
+    A class axis broadcast from width 1 is expanded (rare: labels of shape ``[N, 1]``).
+    """
+    if labels.shape[0] > 1 and labels.strides[0] == 0:
+        labels = labels[:1]
+    if labels.shape[1] != logits.shape[1]:
+        labels = np.broadcast_to(labels, (labels.shape[0], logits.shape[1]))
+    if labels.dtype not in (logits.dtype, accumulator(logits.dtype)):
+        labels = labels.astype(accumulator(logits.dtype))
+    return _kernel_view(np.ascontiguousarray(labels))
+
+
+def dense_rows(logits, labels, grad_out=None):
+    """Softmax cross-entropy of each row against targets (the `_kernels.dense_rows` contract).
+
+    Args:
+      logits: ``[N, C]`` float array.
+      labels: ``[N, C]`` float array, possibly a broadcast view of ``[1, C]``,
+        ``[N, 1]`` or ``[1, 1]``; the logits' dtype or its accumulator dtype.
+      grad_out: optional ``[N, C]`` array (may be `logits`) that receives
+        ``softmax(logits) - labels``.
+
+    Returns:
+      ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype. With
+      ``C == 0`` the loss is 0 and lse is ``-inf``.
+    """
+    acc = accumulator(logits.dtype)
+    n, c = logits.shape
+    if c == 0:
+        return np.zeros(n, acc), np.full(n, -np.inf, acc)
+    loss, lse = np.empty(n, acc), np.empty(n, acc)
+    if n == 0:
+        return loss, lse
+    y = _target_rows(labels, logits)
+    if grad_out is None:
+        x = _kernel_view(np.ascontiguousarray(logits))
+        _run(_dense_loss_rows, _dense_loss_blocks, logits.nbytes, x, y, loss, lse)
+        return loss, lse
+    _with_gradient(
+        logits, grad_out,
+        lambda x: _run(_dense_grad_rows_inplace, _dense_grad_blocks_inplace,
+                       logits.nbytes, x, y, loss, lse),
+        lambda x, out: _run(_dense_grad_rows, _dense_grad_blocks,
+                            logits.nbytes, x, y, out, loss, lse))
+    return loss, lse

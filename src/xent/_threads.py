@@ -1,0 +1,64 @@
+"""How many threads the fused kernels use: `get_num_threads` and `set_num_threads`.
+
+The count starts from the usual knob, ``NUMBA_NUM_THREADS`` (else the number of
+CPUs this process may run on), and `set_num_threads` changes it for the whole
+process. Results are identical whatever the count: each row is computed by the
+same code whichever thread runs it. Importing this module does not import numba.
+"""
+import operator
+import os
+import sys
+
+_state = {"threads": None}
+
+
+def max_threads():
+    """The most threads the kernels can use: numba's pool size.
+
+    That is ``NUMBA_NUM_THREADS`` if set, else the CPUs this process may run on
+    (numba's own default), read from numba's config once numba is imported.
+    """
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        return int(numba.config.NUMBA_NUM_THREADS)
+    env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if env:
+        return max(1, int(env))
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def get_num_threads():
+    """The number of threads a large call splits its rows over.
+
+    Returns:
+      An int in ``[1, max_threads()]``: the value given to `set_num_threads`,
+      else ``NUMBA_NUM_THREADS``, else the number of CPUs available.
+
+    Small inputs (a few MB) always run on the calling thread, where one thread
+    is faster than two.
+    """
+    chosen = _state["threads"]
+    return max_threads() if chosen is None else min(chosen, max_threads())
+
+
+def set_num_threads(n):
+    """Set how many threads the fused kernels use, for the whole process.
+
+    Args:
+      n: an int in ``[1, max_threads()]``, as `numba.set_num_threads` takes.
+
+    Raises:
+      TypeError: `n` is not an integer.
+      ValueError: `n` is outside ``[1, max_threads()]``.
+    """
+    if isinstance(n, bool):
+        raise TypeError(f"the number of threads must be an int; received {n!r}")
+    n = operator.index(n)
+    limit = max_threads()
+    if not 1 <= n <= limit:
+        raise ValueError(
+            f"the number of threads must be in [1, {limit}] (NUMBA_NUM_THREADS or the "
+            f"CPU count); received {n}")
+    _state["threads"] = n
