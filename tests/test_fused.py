@@ -1,0 +1,407 @@
+"""The fused numba kernels (`xent._fused`) against the NumPy reference (`xent._kernels`).
+
+Both implement the same contract; the reference defines the numbers. Each test
+runs the two on the same inputs: every dtype, odd shapes (one class, two, a
+class count that is no multiple of the vector width, an empty batch), strided
+and Fortran-ordered arrays, in-place and separate gradient buffers, rows with
+infinities and NaN, and any thread count. Identity tests (thread counts,
+in-place against a separate buffer) compare bit for bit.
+"""
+import subprocess
+import sys
+import warnings
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import xent
+from xent import _core, _kernels
+
+_fused = pytest.importorskip("xent._fused", reason="numba is not installed; the fused path is off")
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
+FLOAT_IDS = [d.name for d in FLOATS]
+SHAPES = [(5, 1), (6, 2), (7, 3), (4, 17), (3, 33), (9, 1000), (2, 1031), (0, 7), (1, 4100)]
+SHAPE_IDS = [f"{n}x{c}" for n, c in SHAPES]
+
+
+def logits_of(rng, shape, dtype, spread=4.0):
+    """Random logits, exactly representable in `dtype`."""
+    return (rng.standard_normal(shape) * spread).astype(dtype)
+
+
+def accumulate(a):
+    """`a` as float64, for comparisons."""
+    return np.asarray(a).astype(np.float64)
+
+
+def assert_matches(got, want, dtype, scale=1.0):
+    """`got` (fused) within rounding of `want` (reference), NaN where it is NaN.
+
+    Accumulator results (float32/float64) may differ by a few ulps of the row's
+    scale (exp and summation order differ); half-precision outputs by one ulp
+    of the output format plus that.
+    """
+    got, want = accumulate(got), accumulate(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions differ")
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)])
+    eps = 1e-15 if np.dtype(dtype) == np.float64 else 1.2e-7
+    with np.errstate(over="ignore", invalid="ignore"):
+        tol = 8 * eps * (np.abs(want) + np.asarray(scale, np.float64))
+        if np.dtype(dtype).name in ("float16", "bfloat16"):
+            tol = tol + np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
+    err = np.abs(got - want)
+    bad = finite & ~(err <= tol)
+    assert not bad.any(), f"{bad.sum()} entries off: got {got[bad][:4]}, want {want[bad][:4]}"
+
+
+def sparse_both(logits, labels, grad):
+    """(fused, reference) results of `sparse_rows`, each with its own gradient buffer."""
+    results = []
+    for kernels in (_fused, _kernels):
+        out = np.empty_like(logits) if grad else None
+        loss, lse = kernels.sparse_rows(logits.copy(), labels, out)
+        results.append((loss, lse, out))
+    return results
+
+
+def row_scale(logits):
+    """1 + max |finite logit| of each row, as float64."""
+    mag = np.abs(accumulate(logits))
+    return 1.0 + np.max(np.where(np.isfinite(mag), mag, 0.0), axis=-1, initial=0.0)
+
+
+# -- agreement with the reference ---------------------------------------------------------
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64], ids=["int32", "int64"])
+def test_sparse_matches_reference(rng, shape, dtype, label_dtype):
+    logits = logits_of(rng, shape, dtype)
+    labels = rng.integers(0, shape[1], size=shape[0]).astype(label_dtype)
+    (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
+    scale = row_scale(logits)
+    assert loss.dtype == ref_loss.dtype and grad.dtype == logits.dtype
+    assert_matches(loss, ref_loss, loss.dtype, scale)
+    assert_matches(lse, ref_lse, lse.dtype, scale)
+    assert_matches(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_sparse_loss_only_matches_loss_with_gradient(rng, shape, dtype):
+    logits = logits_of(rng, shape, dtype)
+    labels = rng.integers(0, shape[1], size=shape[0])
+    loss, lse = _fused.sparse_rows(logits, labels)
+    loss_g, lse_g = _fused.sparse_rows(logits, labels, np.empty_like(logits))
+    np.testing.assert_array_equal(loss, loss_g)
+    np.testing.assert_array_equal(lse, lse_g)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_dense_matches_reference(rng, shape, dtype):
+    logits = logits_of(rng, shape, dtype)
+    labels = rng.random(shape).astype(np.float32 if dtype != np.float64 else np.float64)
+    for grad in (False, True):
+        out = np.empty_like(logits) if grad else None
+        ref_out = np.empty_like(logits) if grad else None
+        loss, lse = _fused.dense_rows(logits, labels, out)
+        ref_loss, ref_lse = _kernels.dense_rows(logits, labels, ref_out)
+        scale = row_scale(logits) * (1.0 + accumulate(labels).sum(axis=-1))
+        assert_matches(loss, ref_loss, loss.dtype, scale)
+        assert_matches(lse, ref_lse, lse.dtype, row_scale(logits))
+        if grad:
+            assert_matches(out, ref_out, dtype, 1.0)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_dense_labels_in_the_logits_half_format_match_reference(rng, dtype):
+    logits = logits_of(rng, (6, 19), dtype)
+    labels = np.abs(logits_of(rng, (6, 19), dtype, 1.0))
+    out, ref_out = np.empty_like(logits), np.empty_like(logits)
+    loss, _ = _fused.dense_rows(logits, labels, out)
+    ref_loss, _ = _kernels.dense_rows(logits, labels, ref_out)
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits) * 40)
+    assert_matches(out, ref_out, dtype)
+
+
+@pytest.mark.parametrize("labels_shape", [(1, 23), (8, 1), (1, 1)], ids=["row", "column", "scalar"])
+def test_dense_broadcast_labels_match_reference(rng, labels_shape):
+    logits = logits_of(rng, (8, 23), np.float32)
+    labels = np.broadcast_to(rng.random(labels_shape).astype(np.float32), logits.shape)
+    out, ref_out = np.empty_like(logits), np.empty_like(logits)
+    loss, _ = _fused.dense_rows(logits, labels, out)
+    ref_loss, _ = _kernels.dense_rows(logits, labels, ref_out)
+    assert_matches(loss, ref_loss, np.float32, row_scale(logits) * 25)
+    assert_matches(out, ref_out, np.float32)
+
+
+def test_dense_with_no_classes_is_zero_loss_and_minus_inf_lse():
+    loss, lse = _fused.dense_rows(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32))
+    np.testing.assert_array_equal(loss, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(lse, np.full(3, -np.inf, np.float32))
+
+
+# -- edge values: TensorFlow's NaN and finite results --------------------------------------
+
+def edge_rows(dtype):
+    """Rows with -inf off the label, all -inf, +inf, NaN (both signs), huge and tiny logits."""
+    big = float(ml_dtypes.finfo(dtype).max) / 2
+    tiny = float(ml_dtypes.finfo(dtype).smallest_subnormal)
+    rows = [
+        [0.5, -np.inf, 1.0, -np.inf], [-np.inf] * 4, [1.0, np.inf, 0.0, 2.0],
+        [1.0, np.nan, 0.0, 2.0], [1.0, -np.nan, 0.0, 2.0], [big, -big, 0.0, big],
+        [tiny, -tiny, 0.0, tiny], [3.0, 3.0, 3.0, 3.0], [-np.inf, 2.0, -np.inf, -np.inf],
+    ]
+    return np.array(rows, np.float64).astype(dtype), np.array([0, 1, 3, 0, 2, 1, 3, 2, 1])
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_sparse_edge_values_match_reference(dtype):
+    logits, labels = edge_rows(dtype)
+    with np.errstate(all="ignore"):
+        (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits))
+    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits))
+    assert_matches(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_dense_edge_values_match_reference(dtype):
+    logits, labels = edge_rows(dtype)
+    targets = np.eye(4, dtype=np.float64)[labels]
+    targets[0] = [0.5, 0.0, 0.5, 0.0]   # a zero target on a -inf logit: 0 * inf is NaN, as TF
+    targets = targets.astype(np.float64 if dtype == np.float64 else np.float32)
+    out, ref_out = np.empty_like(logits), np.empty_like(logits)
+    with np.errstate(all="ignore"):
+        loss, lse = _fused.dense_rows(logits, targets, out)
+        ref_loss, ref_lse = _kernels.dense_rows(logits, targets, ref_out)
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits))
+    assert_matches(out, ref_out, dtype)
+
+
+def test_masked_logits_get_exactly_zero_gradient():
+    logits = np.array([[0.5, -np.inf, 1.0, -np.inf]], np.float32)
+    grad = np.empty_like(logits)
+    _fused.sparse_rows(logits, np.array([0]), grad)
+    assert grad[0, 1] == 0.0 and grad[0, 3] == 0.0
+
+
+def test_label_outside_range_gives_nan_row_in_the_kernel():
+    """The public functions raise first (see below); the kernel itself never reads out of bounds."""
+    logits = np.zeros((2, 3), np.float32)
+    grad = np.empty_like(logits)
+    loss, _ = _fused.sparse_rows(logits, np.array([1, 3]), grad)
+    assert loss[0] == pytest.approx(np.log(3)) and np.isnan(loss[1]) and np.isnan(grad[1]).all()
+
+
+# -- memory layouts and gradient buffers ---------------------------------------------------
+
+LAYOUTS = {
+    "fortran": np.asfortranarray,
+    "column-strided": lambda a: np.repeat(a, 2, axis=1)[:, ::2],
+    "row-strided": lambda a: np.repeat(a, 2, axis=0)[::2],
+    "reversed": lambda a: a[::-1].copy()[::-1],
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_non_contiguous_logits_give_the_contiguous_results(rng, layout, dtype):
+    base = logits_of(rng, (7, 37), dtype)
+    logits = LAYOUTS[layout](base)
+    labels = rng.integers(0, 37, size=7)
+    want_grad = np.empty_like(base)
+    want_loss, _ = _fused.sparse_rows(base, labels, want_grad)
+    grad = np.empty_like(base)
+    loss, _ = _fused.sparse_rows(logits, labels, grad)
+    np.testing.assert_array_equal(loss, want_loss)
+    np.testing.assert_array_equal(grad, want_grad)
+    np.testing.assert_array_equal(logits, base)   # inputs untouched
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS), ids=list(LAYOUTS))
+def test_non_contiguous_gradient_buffers_are_filled(rng, layout):
+    logits = logits_of(rng, (7, 37), np.float32)
+    labels = rng.integers(0, 37, size=7)
+    want = np.empty_like(logits)
+    _fused.sparse_rows(logits, labels, want)
+    out = LAYOUTS[layout](np.zeros_like(logits))
+    _fused.sparse_rows(logits, labels, out)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_in_place_gradient_equals_separate_buffer(rng, dtype, kind):
+    logits = logits_of(rng, (9, 1031), dtype)
+    labels = rng.integers(0, 1031, size=9)
+    if kind == "dense":
+        labels = np.eye(1031, dtype=np.float32 if dtype != np.float64 else np.float64)[labels]
+    run = _fused.sparse_rows if kind == "sparse" else _fused.dense_rows
+    out = np.empty_like(logits)
+    loss, _ = run(logits, labels, out)
+    inplace = logits.copy()
+    loss_inplace, _ = run(inplace, labels, inplace)
+    np.testing.assert_array_equal(loss_inplace, loss)
+    np.testing.assert_array_equal(inplace.view(np.uint8), out.view(np.uint8))
+
+
+@pytest.mark.parametrize("layout", ["fortran", "row-strided"])
+def test_in_place_on_non_contiguous_logits_overwrites_them(rng, layout):
+    base = logits_of(rng, (6, 21), np.float32)
+    labels = rng.integers(0, 21, size=6)
+    want = np.empty_like(base)
+    _fused.sparse_rows(base, labels, want)
+    logits = LAYOUTS[layout](base)
+    _fused.sparse_rows(logits, labels, logits)
+    np.testing.assert_array_equal(logits, want)
+
+
+def test_gradient_in_another_dtype_than_the_logits(rng):
+    logits = logits_of(rng, (5, 40), BF16)
+    labels = rng.integers(0, 40, size=5)
+    out32, ref32 = np.empty((5, 40), np.float32), np.empty((5, 40), np.float32)
+    _fused.sparse_rows(logits, labels, out32)
+    _kernels.sparse_rows(logits, labels, ref32)
+    assert_matches(out32, ref32, np.float32)
+
+
+def test_core_keeps_a_gradient_buffer_that_has_no_flat_view(rng):
+    logits = logits_of(rng, (3, 4, 11), np.float32)
+    labels = rng.integers(0, 11, size=(3, 4))
+    grad = np.asfortranarray(np.zeros_like(logits))
+    loss, got = _core.sparse_xent(labels, logits, grad)
+    want = np.empty((12, 11), np.float32)
+    _fused.sparse_rows(logits.reshape(12, 11), labels.reshape(-1), want)
+    assert got is grad
+    np.testing.assert_array_equal(grad.reshape(12, 11), want)
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def force_threads(monkeypatch):
+    """Make every call eligible for threads, and restore the thread count after."""
+    monkeypatch.setattr(_fused, "PARALLEL_MIN_BYTES", 0)
+    before = xent.get_num_threads()
+    yield
+    xent.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_results_identical_whatever_the_thread_count(rng, force_threads, dtype, kind):
+    logits = logits_of(rng, (37, 515), dtype)
+    labels = rng.integers(0, 515, size=37)
+    if kind == "dense":
+        labels = rng.random((37, 515)).astype(np.float64 if dtype == np.float64 else np.float32)
+    run = _fused.sparse_rows if kind == "sparse" else _fused.dense_rows
+    results = []
+    for threads in range(1, xent._threads.max_threads() + 1):
+        xent.set_num_threads(threads)
+        out = np.empty_like(logits)
+        inplace = logits.copy()
+        results.append((run(logits, labels), run(logits, labels, out), out,
+                        run(inplace, labels, inplace), inplace))
+    flat = [[np.asarray(a).view(np.uint8) for a in _flatten(r)] for r in results]
+    for other in flat[1:]:
+        for a, b in zip(flat[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def _flatten(items):
+    for item in items:
+        if isinstance(item, tuple):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def test_large_input_threaded_matches_serial(rng):
+    """A real threaded call (above the size threshold) against one thread."""
+    logits = logits_of(rng, (64, 20000), np.float32)   # 5 MB
+    labels = rng.integers(0, 20000, size=64)
+    before = xent.get_num_threads()
+    try:
+        xent.set_num_threads(1)
+        serial = _fused.sparse_rows(logits, labels, np.empty_like(logits))
+        xent.set_num_threads(xent._threads.max_threads())
+        threaded = _fused.sparse_rows(logits, labels, np.empty_like(logits))
+    finally:
+        xent.set_num_threads(before)
+    np.testing.assert_array_equal(serial[0], threaded[0])
+
+
+def test_set_num_threads_rejects_bad_counts():
+    with pytest.raises(ValueError, match="number of threads"):
+        xent.set_num_threads(0)
+    with pytest.raises(ValueError, match="number of threads"):
+        xent.set_num_threads(xent._threads.max_threads() + 1)
+    with pytest.raises(TypeError):
+        xent.set_num_threads(1.5)
+
+
+def test_get_num_threads_defaults_to_numba_pool():
+    import numba
+
+    assert 1 <= xent.get_num_threads() <= numba.config.NUMBA_NUM_THREADS
+
+
+# -- through the public functions --------------------------------------------------------------
+
+@pytest.fixture
+def fused_on():
+    """The public functions run on the fused kernels (whatever another test chose)."""
+    _core.use_reference_kernels(False)
+    assert _core.kernels() is _fused
+    yield
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64], ids=["int32", "int64"])
+def test_label_out_of_range_raises_tensorflows_error_on_the_fused_path(fused_on, label_dtype):
+    logits = np.zeros((3, 4), np.float32)
+    labels = np.array([0, 5, 1], label_dtype)
+    with pytest.raises(xent.errors.InvalidArgumentError,
+                       match=r"Received a label value of 5 which is outside the valid range of \[0, 4\)"):
+        xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    with pytest.raises(xent.errors.InvalidArgumentError, match="label value of -1"):
+        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, np.array([0, -1, 1], label_dtype))
+
+
+def test_raw_op_backprop_out_is_the_logits_in_place(fused_on, rng):
+    features = logits_of(rng, (4, 9), np.float32)
+    labels = rng.integers(0, 9, size=4)
+    want_loss, want_backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features, labels)
+    loss, backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+        features, labels, backprop_out=features)
+    assert np.shares_memory(backprop, features)
+    np.testing.assert_array_equal(features, want_backprop)
+    np.testing.assert_array_equal(loss, want_loss)
+
+
+def test_missing_compiler_falls_back_to_reference_with_one_warning(monkeypatch, rng):
+    monkeypatch.setitem(sys.modules, "xent._fused", None)   # `from xent import _fused` fails
+    monkeypatch.delattr(xent, "_fused")
+    monkeypatch.setattr(_core, "_state", {"kernels": None})
+    logits = logits_of(rng, (4, 10), np.float32)
+    labels = rng.integers(0, 10, size=4)
+    with pytest.warns(RuntimeWarning, match="fused kernels unavailable"):
+        got = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    assert _core.kernels() is _kernels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    want, _ = _kernels.sparse_rows(logits, labels)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(again, want)
+
+
+def test_import_xent_does_not_import_numba():
+    code = "import sys, xent; print('numba' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
