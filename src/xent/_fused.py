@@ -49,13 +49,16 @@ if llvmlite.binding.llvm_version_info < (17,):
     raise ImportError(f"numba {numba.__version__} is built on LLVM "
                       f"{llvmlite.binding.llvm_version_info}; xent's kernels need LLVM 17+")
 
-# Below this many bytes of logits one thread beats two (waking a sleeping
-# worker costs tens of microseconds).
+# Below this much work one thread beats two (waking a sleeping worker costs
+# tens of microseconds). Work is counted in bytes of logits, plus
+# `_ROW_COST_BYTES` per row for the per-row steps (a log, the label, the ends
+# of the vector loops), which dominate when rows are short.
 PARALLEL_MIN_BYTES = 4 << 20
+_ROW_COST_BYTES = 256
 # Each thread gets this many row blocks (pulled dynamically), so a core that
 # is busy with another process delays the call less.
 _BLOCKS_PER_THREAD = 4
-# Pass 2 works in chunks of this many elements, prefetching the next row between them.
+# Pass 2 sums in chunks of this many elements.
 _CHUNK = np.uint64(1024)
 _U0 = np.uint64(0)
 
@@ -181,38 +184,17 @@ def _f32_to_f16(typingctx, value):
     return types.int16(types.float32), codegen
 
 
-# Prefetched lines go to L2 (locality 2): the next row waits there, not in L1.
-_PREFETCH_LOCALITY = 2
-
-
-@intrinsic
-def _prefetch(typingctx, a, j):
-    """Hint the CPU to start loading element `j` of 1-D array `a` into cache."""
-    def codegen(context, builder, sig, args):
-        array = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], array, [args[1]],
-                                       wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        _call_llvm(builder, "llvm.prefetch.p0", ir.VoidType(),
-                   [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
-                    ir.Constant(i32, _PREFETCH_LOCALITY), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-    return types.void(a, j), codegen
-
-
 # --- exp as a polynomial that vectorises ----------------------------------------
 
 _F32 = np.float32
-_LOG2E32, _LN2_HI32 = _F32(math.log2(math.e)), _F32(math.log(2))
-_LN2_LO32 = _F32(math.log(2) - float(_LN2_HI32))
+_LOG2E32, _LN2_32 = _F32(math.log2(math.e)), _F32(math.log(2))
 _FLOOR32 = _F32(-200.0)   # exp of anything below is 0 once scaled by 2**n
-# e**r ~ 1 + r + r**2 (c2 + r (c3 + ...)) on |r| <= ln(2)/2: least squares
-# refined to equal-ripple relative error (Lawson), 2e-9; bench/fit_exp.py
-# reproduces them. With the last two steps fused, 92% of results are correctly
-# rounded and none is off by more than 1 ulp (NumPy's float32 exp: 60%).
-_C2, _C3, _C4, _C5, _C6 = (_F32(c) for c in (
-    0.4999999403953552, 0.16666431725025177, 0.04166800156235695,
-    0.00837415549904108, 0.0013843653723597527))
+# e**r ~ 1 + r (c1 + r (c2 + ... + r c5)) on |r| <= ln(2)/2: least squares refined
+# to equal-ripple relative error (Lawson), 9.5e-8 with these float32
+# coefficients; bench/fit_exp.py reproduces them.
+_C1, _C2, _C3, _C4, _C5 = (_F32(c) for c in (
+    0.9999997019767761, 0.4999915063381195, 0.1666763573884964,
+    0.04189793020486832, 0.008290315046906471))
 
 _LOG2E64, _LN2_HI64 = math.log2(math.e), math.log(2)
 _LN2_LO64 = 2.3190468138462996e-17   # ln 2 - float64(ln 2)
@@ -224,16 +206,20 @@ _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12, _T13 = _T
 
 @njit(**_INLINE)
 def _exp32(x):
-    """exp(x) for float32 ``x <= 0`` or ``-inf`` (0 for ``-inf``); within 1 ulp.
+    """exp(x) for float32 ``x <= 0`` or ``-inf`` (0 for ``-inf``).
 
-    x = n ln2 + r with n an integer and |r| <= ln(2)/2 (ln 2 in two parts so r
-    is exact), then e**x = 2**n * p(r).
+    x = n ln2 + r with n an integer and |r| <= ln(2)/2, then e**x = 2**n p(r).
+    Within 2 ulp (relative error 2e-7) for x > -20, where softmax values
+    matter; 5 ulp at worst near the underflow threshold. Seven fused
+    multiply-adds per 16 values: exp is what bounds the kernels once memory
+    streams at full speed, so ln 2 is one float32 constant (a second, exact
+    reduction step would cost one more) and the polynomial has degree 5.
     """
     x = _max_finite(x, _FLOOR32)
     n = _rint(x * _LOG2E32)
-    r = _fma(-n, _LN2_LO32, _fma(-n, _LN2_HI32, x))
-    q = _C2 + r * (_C3 + r * (_C4 + r * (_C5 + r * _C6)))
-    return _ldexp(_fma(r, _fma(r, q, _F32(1.0)), _F32(1.0)), n)
+    r = _fma(-n, _LN2_32, x)
+    q = _C2 + r * (_C3 + r * (_C4 + r * _C5))
+    return _ldexp(_fma(r, _fma(r, q, _C1), _F32(1.0)), n)
 
 
 @njit(**_INLINE)
@@ -317,20 +303,12 @@ def _row_max(x):
     return m
 
 
-@njit(**_INLINE)
-def _prefetch_part(ahead, lo, hi):
-    """Start loading elements [lo, hi) of `ahead` (clipped to its length), one per cache line."""
-    step = np.uint64(64 // ahead.itemsize)
-    for j in range(lo, min(hi, np.uint64(ahead.shape[0])), step):
-        _prefetch(ahead, j)
-
-
-# Pass 2 runs over chunks of a row, prefetching the next row between chunks so
-# that memory streams while the core computes. Chunk bounds are unsigned:
-# numba then skips its negative-index check and the inner loops vectorise.
+# Pass 2 sums over chunks of a row in the accumulator dtype, and adds the
+# chunks' sums in float64, so long rows lose no precision. Chunk bounds are
+# unsigned: numba then skips its negative-index check and the loops vectorise.
 
 @njit(**_INLINE)
-def _sum_exp(x, m, ahead):
+def _sum_exp(x, m):
     """sum_j exp(x_j - m)."""
     s = 0.0
     n = np.uint64(x.shape[0])
@@ -340,12 +318,11 @@ def _sum_exp(x, m, ahead):
         for j in range(lo, hi):
             part += _exp(_load(x, j) - m)
         s += part
-        _prefetch_part(ahead, lo, hi)
     return s
 
 
 @njit(**_INLINE)
-def _store_exp_sum(x, out, m, ahead):
+def _store_exp_sum(x, out, m):
     """out_j = exp(x_j - m) (out holds the accumulator dtype; may be x); return the sum."""
     s = 0.0
     n = np.uint64(x.shape[0])
@@ -357,7 +334,6 @@ def _store_exp_sum(x, out, m, ahead):
             out[j] = e
             part += e
         s += part
-        _prefetch_part(ahead, lo, hi)
     return s
 
 
@@ -376,7 +352,7 @@ def _store_softmax(x, out, m, inv_s):
 
 
 @njit(**_INLINE)
-def _dense_sums(x, y, m, ahead, ahead_y):
+def _dense_sums(x, y, m):
     """(sum_j e_j, sum_j y_j, sum_j y_j (x_j - m)) with e_j = exp(x_j - m)."""
     s, sy, syx = 0.0, 0.0, 0.0
     n = np.uint64(x.shape[0])
@@ -390,13 +366,11 @@ def _dense_sums(x, y, m, ahead, ahead_y):
             part_y += yj
             part_yx += yj * shifted
         s, sy, syx = s + part, sy + part_y, syx + part_yx
-        _prefetch_part(ahead, lo, hi)
-        _prefetch_part(ahead_y, lo, hi)
     return s, sy, syx
 
 
 @njit(**_INLINE)
-def _store_dense_sums(x, y, out, m, ahead, ahead_y):
+def _store_dense_sums(x, y, out, m):
     """As `_dense_sums`, also writing out_j = e_j (accumulator dtype; out may be x)."""
     s, sy, syx = 0.0, 0.0, 0.0
     n = np.uint64(x.shape[0])
@@ -412,8 +386,6 @@ def _store_dense_sums(x, y, out, m, ahead, ahead_y):
             part_y += yj
             part_yx += yj * shifted
         s, sy, syx = s + part, sy + part_y, syx + part_yx
-        _prefetch_part(ahead, lo, hi)
-        _prefetch_part(ahead_y, lo, hi)
     return s, sy, syx
 
 
@@ -439,11 +411,11 @@ def _fill_nan(out, ref):
         _store(out, j, nan)
 
 
-def _softmax_into(x, out, m, ahead):
+def _softmax_into(x, out, m):
     """Write softmax(x) into out (may be x); return sum_j exp(x_j - m) (numba only)."""
 
 
-def _softmax_minus_into(x, y, out, m, ahead, ahead_y):
+def _softmax_minus_into(x, y, out, m):
     """Write softmax(x) - y into out (may be x); return `_dense_sums` (numba only)."""
 
 
@@ -453,35 +425,35 @@ def _holds_accumulator(out, x):
 
 
 @overload(_softmax_into, inline="always", jit_options={"fastmath": _FAST})
-def _softmax_into_impl(x, out, m, ahead):
+def _softmax_into_impl(x, out, m):
     # Where out holds the accumulator dtype, exp is computed once and rescaled
     # in place; in half precision it is recomputed so that each element is
     # rounded once. Both give the same numbers.
     if _holds_accumulator(out, x):
-        def once(x, out, m, ahead):
-            s = _store_exp_sum(x, out, m, ahead)
+        def once(x, out, m):
+            s = _store_exp_sum(x, out, m)
             _scale(out, _like(1.0 / s, m))
             return s
         return once
 
-    def recompute(x, out, m, ahead):
-        s = _sum_exp(x, m, ahead)
+    def recompute(x, out, m):
+        s = _sum_exp(x, m)
         _store_softmax(x, out, m, _like(1.0 / s, m))
         return s
     return recompute
 
 
 @overload(_softmax_minus_into, inline="always", jit_options={"fastmath": _FAST})
-def _softmax_minus_into_impl(x, y, out, m, ahead, ahead_y):
+def _softmax_minus_into_impl(x, y, out, m):
     if _holds_accumulator(out, x):
-        def once(x, y, out, m, ahead, ahead_y):
-            s, sy, syx = _store_dense_sums(x, y, out, m, ahead, ahead_y)
+        def once(x, y, out, m):
+            s, sy, syx = _store_dense_sums(x, y, out, m)
             _scale_minus(out, y, _like(1.0 / s, m))
             return s, sy, syx
         return once
 
-    def recompute(x, y, out, m, ahead, ahead_y):
-        s, sy, syx = _dense_sums(x, y, m, ahead, ahead_y)
+    def recompute(x, y, out, m):
+        s, sy, syx = _dense_sums(x, y, m)
         _store_softmax_minus(x, y, out, m, _like(1.0 / s, m))
         return s, sy, syx
     return recompute
@@ -490,59 +462,50 @@ def _softmax_minus_into_impl(x, y, out, m, ahead, ahead_y):
 # --- one row, per need ----------------------------------------------------------
 
 @njit(**_INLINE)
-def _sparse_row_loss(x, label, ahead):
+def _sparse_row_loss(x, label):
     """(loss, lse) of one row; NaN for a non-finite max or a label outside [0, C)."""
     m = _row_max(x)
     if not (np.isfinite(m) and 0 <= label < x.shape[0]):
         return _like(np.nan, m), _like(np.nan, m)
-    log_s = np.log(_sum_exp(x, m, ahead))
+    log_s = np.log(_sum_exp(x, m))
     return _label_loss(log_s, _load(x, label), m), m + log_s
 
 
 @njit(**_INLINE)
-def _sparse_row_grad(x, label, out, ahead):
+def _sparse_row_grad(x, label, out):
     """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x)."""
     m = _row_max(x)
     if not (np.isfinite(m) and 0 <= label < x.shape[0]):
         _fill_nan(out, m)
         return _like(np.nan, m), _like(np.nan, m)
     x_label = _load(x, label)
-    s = _softmax_into(x, out, m, ahead)
+    s = _softmax_into(x, out, m)
     _store(out, label, _exp(x_label - m) * _like(1.0 / s, m) - _like(1.0, m))
     log_s = np.log(s)
     return _label_loss(log_s, x_label, m), m + log_s
 
 
 @njit(**_INLINE)
-def _dense_row_loss(x, y, ahead, ahead_y):
+def _dense_row_loss(x, y):
     """(loss, lse) of one row against target row y: sum_j y_j (lse - x_j)."""
     m = _row_max(x)
     if not np.isfinite(m):
         return _like(np.nan, m), _like(np.nan, m)
-    s, sy, syx = _dense_sums(x, y, m, ahead, ahead_y)
+    s, sy, syx = _dense_sums(x, y, m)
     log_s = np.log(s)
     return log_s * sy - syx, m + log_s
 
 
 @njit(**_INLINE)
-def _dense_row_grad(x, y, out, ahead, ahead_y):
+def _dense_row_grad(x, y, out):
     """As `_dense_row_loss`, writing softmax(x) - y into out (may be x)."""
     m = _row_max(x)
     if not np.isfinite(m):
         _fill_nan(out, m)
         return _like(np.nan, m), _like(np.nan, m)
-    s, sy, syx = _softmax_minus_into(x, y, out, m, ahead, ahead_y)
+    s, sy, syx = _softmax_minus_into(x, y, out, m)
     log_s = np.log(s)
     return log_s * sy - syx, m + log_s
-
-
-@njit(**_INLINE)
-def _next_row(x, i, hi):
-    """What to prefetch while row i is computed: row i + 1 of x if below `hi`, else nothing.
-
-    A single broadcast row (dense targets ``[1, C]``) stays in cache: nothing.
-    """
-    return x[i + 1] if i + 1 < hi and x.shape[0] > 1 else x[0, :0]
 
 
 @njit(**_INLINE)
@@ -556,42 +519,39 @@ def _target(y, i):
 @njit(**_KERNEL)
 def _sparse_loss_rows(x, labels, loss, lse, lo, hi):
     for i in range(lo, hi):
-        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], _next_row(x, i, hi))
+        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i])
 
 
 @njit(**_KERNEL)
 def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
     for i in range(lo, hi):
-        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], out[i], _next_row(x, i, hi))
+        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], out[i])
 
 
 @njit(**_KERNEL)
 def _sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
-        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _next_row(x, i, hi))
+        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row)
 
 
 @njit(**_KERNEL)
 def _dense_loss_rows(x, y, loss, lse, lo, hi):
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), _next_row(x, i, hi),
-                                          _next_row(y, i, hi))
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i))
 
 
 @njit(**_KERNEL)
 def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), out[i], _next_row(x, i, hi),
-                                          _next_row(y, i, hi))
+        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), out[i])
 
 
 @njit(**_KERNEL)
 def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
-        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _next_row(x, i, hi),
-                                          _next_row(y, i, hi))
+        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row)
 
 
 # The same, with blocks of rows spread over numba's threads. Each takes the
@@ -665,13 +625,14 @@ def _kernel_view(a):
 def _run(rows, blocks, nbytes, *args):
     """Run `rows(*args, 0, n)` on this thread, or `blocks(*args, k)` over k threads.
 
-    Threads are used for inputs of at least `PARALLEL_MIN_BYTES`, one call at a
+    Threads are used from `PARALLEL_MIN_BYTES` of work on, one call at a
     time (numba's workqueue layer takes one parallel launch at once; a caller
     that finds it busy computes on its own thread instead).
     """
     n = args[0].shape[0]
     threads = min(_threads.get_num_threads(), n)
-    if threads > 1 and nbytes >= PARALLEL_MIN_BYTES and _launch_lock.acquire(blocking=False):
+    work = nbytes + n * _ROW_COST_BYTES
+    if threads > 1 and work >= PARALLEL_MIN_BYTES and _launch_lock.acquire(blocking=False):
         try:
             numba.set_num_threads(threads)
             with numba.parallel_chunksize(1):

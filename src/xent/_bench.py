@@ -1,0 +1,572 @@
+"""`xent bench`: xent against every installed peer, in one process, interleaved.
+
+For each shape and dtype the cases below run in turn, round after round, so
+that every case sees the same machine (other processes, memory bandwidth,
+turbo) and ratios within one round are trustworthy even when absolute times
+drift:
+
+  - xent: the public functions (``nn`` for the loss, ``raw_ops`` with
+    ``backprop_out=`` for the gradient into a separate existing buffer or over
+    the logits in place), and the same with the NumPy reference kernels (what
+    xent does without numba);
+  - peers, where installed: PyTorch eager (``F.cross_entropy`` + autograd),
+    ``torch.compile`` of it (full run only), TensorFlow's raw op, JAX ``jit``
+    of optax's loss (``value_and_grad``), plain NumPy, and xent called on
+    PyTorch tensors and JAX arrays;
+  - floors: the machine's copy of the logits into a preallocated buffer and
+    its read of them, each on xent's thread count (the least any
+    implementation can do for loss+gradient and for the loss alone).
+
+Reported per case: median time, GB/s (logits bytes read, plus written for a
+gradient), the multiple of the copy or read floor, the speed-up over the
+fastest peer, and the peak extra memory per row (NumPy allocations through
+tracemalloc, JAX from XLA's compiled program, others from the resident set's
+high-water mark). A good-neighbour check times the copy floor right after an
+xent call and after an idle pause: idle threads that spin would slow it.
+Results go to ``OUT/bench.json``, ``OUT/bench.png`` and ``OUT/bench.md``.
+"""
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+import xent
+from xent import _core, _dtypes
+
+FULL_SHAPES = ((8192, 32000), (2048, 128256), (65536, 10), (32, 1000))
+QUICK_SHAPES = ((512, 32000), (128, 128256), (65536, 10), (32, 1000))
+DTYPES = ("float32", "bfloat16")
+MODES = ("loss", "grad", "grad_inplace")
+MODE_TITLES = {"loss": "loss", "grad": "loss+grad", "grad_inplace": "loss+grad in place"}
+
+
+@dataclass
+class Case:
+    """One thing to time: `run()` does one call and waits for its result."""
+
+    name: str
+    mode: str
+    run: Callable[[], object]
+    role: str = "peer"                 # "xent", "peer" or "floor"
+    memory: str = "rss"                # "tracemalloc", "rss" or "xla"
+    xla_bytes: Optional[int] = None
+    extra_bytes: Optional[int] = None
+    times: list = field(default_factory=list)
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+def make_inputs(shape, dtype_name, seed=0):
+    """Logits ``[N, C]`` (normal, scale 3) in `dtype_name` and int32 labels ``[N]``."""
+    rng = np.random.default_rng(seed)
+    dtype = _dtypes.bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    logits = (rng.standard_normal(shape, np.float32) * 3).astype(dtype)
+    return logits, rng.integers(0, shape[1], shape[0]).astype(np.int32)
+
+
+def _split_rows(n, parts):
+    """``parts`` slices covering ``range(n)``."""
+    return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
+
+
+def _on_threads(work, n_rows, threads):
+    """Run ``work(rows)`` on `threads` threads, each with its share of the rows."""
+    shares = _split_rows(n_rows, threads)
+    helpers = [threading.Thread(target=work, args=(rows,)) for rows in shares[1:]]
+    for helper in helpers:
+        helper.start()
+    work(shares[0])
+    for helper in helpers:
+        helper.join()
+
+
+# --- the cases -------------------------------------------------------------------------
+
+def floor_threads(logits):
+    """The threads xent itself would use on `logits` (one below its size threshold)."""
+    fused = sys.modules.get("xent._fused")
+    big = fused is None or logits.nbytes >= fused.PARALLEL_MIN_BYTES
+    return xent.get_num_threads() if big else 1
+
+
+def floor_cases(logits):
+    """The copy floor (a memcpy into a preallocated buffer) and the read floor (a max).
+
+    Both work on the raw bits (NumPy copies and reduces bfloat16 element by
+    element, far below memory speed), on the threads xent would use.
+    """
+    bits = logits.view(np.uint16 if logits.itemsize == 2 else np.uint32)
+    target = np.empty_like(bits)
+    threads = floor_threads(logits)
+
+    def copy():
+        _on_threads(lambda rows: np.copyto(target[rows], bits[rows]), len(bits), threads)
+
+    def read():
+        _on_threads(lambda rows: bits[rows].max(), len(bits), threads)
+
+    return [Case("copy floor", "grad", copy, "floor"), Case("read floor", "loss", read, "floor")]
+
+
+def xent_cases(logits, labels):
+    """xent's public functions, fused and on the NumPy reference kernels."""
+    out, work = np.empty_like(logits), logits.copy()
+    ops = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
+    calls = {
+        "loss": lambda: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits),
+        "grad": lambda: ops(logits, labels, backprop_out=out),
+        "grad_inplace": lambda: ops(work, labels, backprop_out=work),
+    }
+    cases = [Case("xent", mode, call, "xent", "tracemalloc") for mode, call in calls.items()]
+    for mode in ("loss", "grad"):
+        cases.append(Case("xent, NumPy kernels", mode, _with_reference(calls[mode]), "xent",
+                          "tracemalloc"))
+    return cases
+
+
+def _with_reference(call):
+    """`call` run on xent's NumPy reference kernels."""
+    def run():
+        _core.use_reference_kernels(True)
+        try:
+            return call()
+        finally:
+            _core.use_reference_kernels(False)
+    return run
+
+
+def numpy_cases(logits, labels):
+    """Plain NumPy as a user would write it (half precision computed in float32)."""
+    rows = np.arange(len(labels))
+
+    def forward(x):
+        x = x.astype(np.float32, copy=False)
+        m = x.max(axis=1, keepdims=True)
+        e = np.exp(x - m)
+        s = e.sum(axis=1, keepdims=True)
+        return x, m, e, s
+
+    def loss():
+        x, m, _, s = forward(logits)
+        return np.log(s[:, 0]) - (x[rows, labels] - m[:, 0])
+
+    def grad():
+        x, m, e, s = forward(logits)
+        e /= s
+        e[rows, labels] -= 1
+        return np.log(s[:, 0]) - (x[rows, labels] - m[:, 0]), e.astype(logits.dtype, copy=False)
+
+    return [Case("NumPy", "loss", loss, memory="tracemalloc"),
+            Case("NumPy", "grad", grad, memory="tracemalloc")]
+
+
+def _torch_inputs(logits, labels):
+    import torch
+
+    if logits.dtype.name == "bfloat16":
+        x = torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16)
+    else:
+        x = torch.from_numpy(logits)
+    return x, x.detach().clone().requires_grad_(True), torch.from_numpy(labels.astype(np.int64))
+
+
+def torch_cases(logits, labels, compiled=False):
+    """PyTorch eager ``F.cross_entropy`` (or its ``torch.compile``) with autograd."""
+    import torch
+    import torch.nn.functional as F
+
+    x, xg, y = _torch_inputs(logits, labels)
+    fn = lambda a, b: F.cross_entropy(a, b, reduction="none")
+    name = "PyTorch eager"
+    if compiled:
+        fn, name = torch.compile(fn), "torch.compile"
+
+    def loss():
+        with torch.no_grad():
+            return fn(x, y)
+
+    def grad():
+        value = fn(xg, y)
+        return value, torch.autograd.grad(value.sum(), xg)[0]
+
+    return [Case(name, "loss", loss), Case(name, "grad", grad)]
+
+
+def xent_torch_cases(logits, labels):
+    """xent's `nn` function on PyTorch tensors, gradient by autograd."""
+    import torch
+
+    x, xg, y = _torch_inputs(logits, labels)
+    y = y.to(torch.int32)
+    fn = xent.nn.sparse_softmax_cross_entropy_with_logits
+
+    def grad():
+        value = fn(labels=y, logits=xg)
+        return value, torch.autograd.grad(value.sum(), xg)[0]
+
+    return [Case("xent on torch", "loss", lambda: fn(labels=y, logits=x), "xent"),
+            Case("xent on torch", "grad", grad, "xent")]
+
+
+def tf_cases(logits, labels):
+    """TensorFlow's raw op (which always computes the backprop too)."""
+    import tensorflow as tf
+
+    x, y = tf.constant(logits), tf.constant(labels)
+    op = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits
+    return [Case("TensorFlow raw op", "loss",
+                 lambda: tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x)),
+            Case("TensorFlow raw op", "grad", lambda: op(features=x, labels=y))]
+
+
+def _jax_cases(name, loss_fn, logits, labels, role="peer"):
+    """`jit(loss_fn)` and `jit(value_and_grad(sum of loss_fn))` on JAX arrays."""
+    import jax
+    import jax.numpy as jnp
+
+    x, y = jnp.asarray(logits), jnp.asarray(labels)
+    forward = jax.jit(lambda a: loss_fn(a, y))
+    both = jax.jit(jax.value_and_grad(lambda a: loss_fn(a, y).sum()))
+    cases = []
+    for mode, fn in (("loss", forward), ("grad", both)):
+        case = Case(name, mode, lambda fn=fn: jax.block_until_ready(fn(x)), role, "xla")
+        case.xla_bytes = _xla_bytes(fn, x)
+        cases.append(case)
+    return cases
+
+
+def _xla_bytes(fn, *args):
+    """Output plus temporary bytes of the compiled XLA program, or None."""
+    try:
+        stats = fn.lower(*args).compile().memory_analysis()
+        return int(stats.output_size_in_bytes + stats.temp_size_in_bytes)
+    except Exception:   # noqa: BLE001 - the analysis is optional across jax versions
+        return None
+
+
+def jax_cases(logits, labels):
+    import optax
+
+    return _jax_cases("JAX optax", optax.softmax_cross_entropy_with_integer_labels, logits, labels)
+
+
+def xent_jax_cases(logits, labels):
+    fn = xent.nn.sparse_softmax_cross_entropy_with_logits
+    return _jax_cases("xent on JAX", lambda a, y: fn(labels=y, logits=a), logits, labels, "xent")
+
+
+def peer_builders(quick):
+    """(name, builder) for every peer; a builder raising ImportError means not installed."""
+    builders = [("NumPy", numpy_cases), ("PyTorch", torch_cases), ("TensorFlow", tf_cases),
+                ("JAX", jax_cases), ("xent on torch", xent_torch_cases),
+                ("xent on JAX", xent_jax_cases)]
+    if not quick:
+        builders.insert(2, ("torch.compile", lambda x, y: torch_cases(x, y, compiled=True)))
+    return builders
+
+
+def build_cases(logits, labels, quick, skipped):
+    """Every case for one input; peers that fail to build are noted in `skipped`."""
+    cases = floor_cases(logits) + xent_cases(logits, labels)
+    for name, build in peer_builders(quick):
+        try:
+            cases += build(logits, labels)
+        except Exception as exc:   # noqa: BLE001 - a peer that is missing or broken is skipped
+            skipped.setdefault(name, f"{type(exc).__name__}: {exc}"[:200])
+    return cases
+
+
+# --- timing and memory ------------------------------------------------------------------
+
+def warm_up(cases, skipped):
+    """Call each case once (compiles, caches); drop those that fail."""
+    kept = []
+    for case in cases:
+        try:
+            case.run()
+            kept.append(case)
+        except Exception as exc:   # noqa: BLE001 - a failing peer is reported, not fatal
+            skipped.setdefault(case.name, f"{type(exc).__name__}: {exc}"[:200])
+    return kept
+
+
+def time_interleaved(cases, rounds, burst, budget_s, progress):
+    """`rounds` rounds over all cases; a case whose time so far exceeds `budget_s` sits out.
+
+    In each round a case runs `burst` times in a row (many for small inputs,
+    whose calls would otherwise each start with caches full of the other
+    cases' code and data) and each call's time is kept. Every case runs in at
+    least 3 rounds.
+    """
+    for round_index in range(rounds):
+        for case in cases:
+            if round_index >= 3 and sum(case.times) > budget_s:
+                continue
+            for _ in range(burst):
+                case.times.append(_timed(case.run))
+        progress(1)
+
+
+def _status_kb(key):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _rss_peak_extra(run):
+    """High-water mark of the resident set during `run()`, above the set before it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")   # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status_kb("VmRSS:")
+    run()
+    return max(0, _status_kb("VmHWM:") - before)
+
+
+def _traced_peak_extra(run):
+    """Peak NumPy/Python allocation during `run()` (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def peak_extra_bytes(case):
+    """Bytes a call needs beyond its inputs (and a caller's output buffer), or None."""
+    if case.memory == "xla":
+        return case.xla_bytes
+    if case.memory == "tracemalloc":
+        return _traced_peak_extra(case.run)
+    return _rss_peak_extra(case.run)
+
+
+def neighbour_check(logits, labels, rounds=7):
+    """Copy-floor time right after an xent gradient call, over the same after idling 0.2 s.
+
+    xent's idle threads sleep (numba's workqueue layer); if they spun, a peer
+    running right after xent would lose a core and this ratio would rise.
+    """
+    copy = floor_cases(logits)[0].run
+    out = np.empty_like(logits)
+    after_xent, after_idle = [], []
+    for _ in range(rounds):
+        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, labels, backprop_out=out)
+        after_xent.append(_timed(copy))
+        time.sleep(0.2)
+        after_idle.append(_timed(copy))
+    return {"copy_after_xent_s": statistics.median(after_xent),
+            "copy_after_idle_s": statistics.median(after_idle),
+            "ratio": statistics.median(after_xent) / statistics.median(after_idle)}
+
+
+def _timed(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+# --- one input, summarised --------------------------------------------------------------
+
+def summarise(cases, logits):
+    """One record per case: times, rates, multiples of the floors, speed-up over peers."""
+    nbytes = logits.nbytes
+    median = {(c.name, c.mode): statistics.median(c.times) for c in cases}
+    floors = {"loss": median.get(("read floor", "loss")), "grad": median.get(("copy floor", "grad"))}
+    fastest = {}
+    for case in cases:
+        if case.role == "peer":
+            fastest[case.mode] = min(fastest.get(case.mode, np.inf), median[(case.name, case.mode)])
+    records = []
+    for case in cases:
+        t = median[(case.name, case.mode)]
+        kind = "loss" if case.mode == "loss" else "grad"
+        moved = nbytes * (1 if kind == "loss" else 2)
+        peer = fastest.get(kind)
+        records.append({
+            "name": case.name, "role": case.role, "mode": case.mode, "median_s": t,
+            "runs": len(case.times), "gb_per_s": moved / t / 1e9,
+            "x_floor": t / floors[kind] if floors[kind] else None,
+            "peer_speedup": peer / t if peer and case.role == "xent" else None,
+            "extra_bytes_per_row": case.extra_bytes / len(logits) if case.extra_bytes is not None else None,
+        })
+    return records
+
+
+def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
+    """Build, warm, time and measure every case on one input; return its records."""
+    logits, labels = make_inputs(shape, dtype_name)
+    cases = warm_up(build_cases(logits, labels, quick, skipped), skipped)
+    for case in cases:
+        case.extra_bytes = peak_extra_bytes(case)
+    budget = 4.0 if quick else 12.0
+    burst = 20 if shape[0] * shape[1] < 100_000 else 1
+    time_interleaved(cases, rounds, burst, budget, progress)
+    return summarise(cases, logits)
+
+
+# --- output -----------------------------------------------------------------------------
+
+def _fmt(value, spec):
+    return "" if value is None else format(value, spec)
+
+
+def markdown_table(results):
+    """The results as one Markdown table, grouped by input."""
+    lines = ["| input | implementation | what | median ms | GB/s | × floor | xent speed-up "
+             "over fastest peer | extra bytes/row |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for entry in results:
+        label = f"{entry['shape'][0]}×{entry['shape'][1]} {entry['dtype']}"
+        for r in sorted(entry["records"], key=lambda r: (MODES.index(r["mode"]), r["median_s"])):
+            floor = "copy" if r["mode"] != "loss" else "read"
+            lines.append(
+                f"| {label} | {r['name']} | {MODE_TITLES[r['mode']]} | {r['median_s'] * 1e3:.3f} "
+                f"| {_fmt(r['gb_per_s'], '.1f')} | {_fmt(r['x_floor'], '.2f')} {floor} "
+                f"| {_fmt(r['peer_speedup'], '.1f')} | {_fmt(r['extra_bytes_per_row'], '.0f')} |")
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """One panel per input: each case's time as a multiple of its floor (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 3.2 * len(results)), squeeze=False)
+    for ax, entry in zip(axes[:, 0], results):
+        records = [r for r in entry["records"] if r["role"] != "floor" and r["x_floor"]]
+        records.sort(key=lambda r: (MODES.index(r["mode"]), r["x_floor"]))
+        labels = [f"{r['name']} · {MODE_TITLES[r['mode']]}" for r in records]
+        colours = ["tab:green" if r["role"] == "xent" else "tab:grey" for r in records]
+        ax.barh(labels, [r["x_floor"] for r in records], color=colours)
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(f"{entry['shape'][0]}×{entry['shape'][1]} {entry['dtype']}: time / floor "
+                     "(copy floor for gradients, read floor for the loss)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def machine():
+    """What ran the benchmark: CPU model, cores, versions, threads, load."""
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        model = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), model)
+    versions = {}
+    for name in ("numpy", "numba", "torch", "tensorflow", "jax", "optax"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    layer = None
+    with contextlib.suppress(Exception):
+        layer = sys.modules["numba"].threading_layer()
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "xent_threads": xent.get_num_threads(), "threading_layer": layer,
+            "versions": versions, "loadavg": os.getloadavg(),
+            "kernels": _core.kernels().__name__}
+
+
+# --- the command --------------------------------------------------------------------------
+
+class _Progress:
+    """tqdm if installed, else a one-line counter on stderr."""
+
+    def __init__(self, total):
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.bar = tqdm(total=total, unit="round", file=sys.stderr) if tqdm else None
+        self.done, self.total = 0, total
+
+    def __call__(self, n):
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        else:
+            print(f"\rxent bench: {self.done}/{self.total} rounds", end="", file=sys.stderr, flush=True)
+
+    def describe(self, text):
+        if self.bar is not None:
+            self.bar.set_description(text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            print(file=sys.stderr)
+
+
+def _rounds(shape, quick):
+    """Timing rounds for an input: more for small inputs, whose times are noisier."""
+    size = shape[0] * shape[1]
+    if size < 100_000:
+        return 10 if quick else 30
+    if size < 10_000_000:
+        return 7 if quick else 15
+    return 3 if quick else 7
+
+
+def main(quick: bool = False, out: str = "bench/results") -> int:
+    """Run the benchmark; print the table; write JSON, PNG and Markdown under `out`."""
+    shapes = QUICK_SHAPES if quick else FULL_SHAPES
+    jobs = [(shape, dtype) for shape in shapes for dtype in DTYPES]
+    started, skipped, results = time.time(), {}, []
+    load_before = os.getloadavg()
+    progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
+    for shape, dtype in jobs:
+        progress.describe(f"{shape[0]}x{shape[1]} {dtype}")
+        records = bench_input(shape, dtype, quick, skipped, progress, _rounds(shape, quick))
+        results.append({"shape": list(shape), "dtype": dtype, "records": records})
+    logits, labels = make_inputs(shapes[0], "float32")
+    neighbour = neighbour_check(logits, labels)
+    progress.close()
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": "xent bench" + (" --quick" if quick else ""),
+              "machine": machine(), "load_before": load_before, "seconds": time.time() - started,
+              "neighbour": neighbour, "skipped": skipped, "results": results}
+    write_outputs(report, out)
+    return 0
+
+
+def write_outputs(report, out):
+    """Print the summary and write ``bench.json``, ``bench.md`` and ``bench.png`` into `out`."""
+    os.makedirs(out, exist_ok=True)
+    table = markdown_table(report["results"])
+    n = report["neighbour"]
+    notes = (f"\nGood neighbour: a 2-thread copy takes {n['copy_after_xent_s'] * 1e3:.1f} ms right "
+             f"after an xent call and {n['copy_after_idle_s'] * 1e3:.1f} ms after idling "
+             f"(ratio {n['ratio']:.2f}).\nLoad average before/after: "
+             f"{report['load_before'][0]:.2f} / {report['machine']['loadavg'][0]:.2f}; "
+             f"{report['seconds']:.0f} s.")
+    if report["skipped"]:
+        notes += "\nSkipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())
+    print(table + "\n" + notes)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write(table + "\n" + notes + "\n")
+    try:
+        plot(report["results"], os.path.join(out, "bench.png"))
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
