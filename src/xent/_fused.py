@@ -3,17 +3,20 @@
 Same contract and numbers as the NumPy reference in `_kernels` (read it first):
 ``sparse_rows`` / ``dense_rows`` return ``(loss, lse)`` in the accumulator
 dtype and write ``softmax - labels`` into ``grad_out`` (which may be the logits
-themselves). What changes is how the work is done. Each row is streamed in
-three passes, the later two served from the core's L2 cache:
+themselves). What changes is how the work is done: each row is read from
+memory once, in chunks of 2048 entries that stay in L1 while they are
+computed on, so memory streams while the core computes.
 
-    1. m = max_j x_j                    (NaN if any x_j is NaN, as NumPy's max)
-    2. e_j = exp(x_j - m), s = sum_j e_j  (and, dense, sum_j y_j, sum_j y_j (x_j - m))
-    3. grad_j = e_j / s - y_j           (only when a gradient is asked for)
+    pass A, per chunk c:  m_c = max_j x_j         (NaN if any x_j is NaN)
+                          s_c = sum_j exp(x_j - m_c)   (kept, for a gradient)
+                          dense: sum_j y_j, sum_j y_j (x_j - m_c)
+    combine:              M = max_c m_c,  S = sum_c s_c exp(m_c - M)
+    pass B (gradient):    grad_j = e_j exp(m_c - M) / S - y_j   (row still in L2)
 
-so a loss-only call reads the logits once from memory and a gradient call
-reads them once and writes the gradient once, with no temporaries. A row whose
-max is not finite (a NaN, a ``+inf``, or every entry ``-inf``) is all NaN, as in
-TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the softmax.
+This is the reference's shift by the row max M, up to rounding: no
+temporaries, one read of each logit and one write of each gradient entry. A
+row whose max is not finite (a NaN, a ``+inf``, or every entry ``-inf``) is all
+NaN, as in TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the softmax.
 
 Arithmetic runs in float32 (float64 for float64). float16 and bfloat16 arrays
 are read and written in their own format: the kernels see them as integer
@@ -58,9 +61,9 @@ _ROW_COST_BYTES = 256
 # Each thread gets this many row blocks (pulled dynamically), so a core that
 # is busy with another process delays the call less.
 _BLOCKS_PER_THREAD = 4
-# Pass 2 sums in chunks of this many elements.
-_CHUNK = np.uint64(1024)
-_U0 = np.uint64(0)
+# Rows are read in chunks of this many elements (8 KB of float32, in L1).
+_CHUNK = np.uint64(2048)
+_U0, _U1 = np.uint64(0), np.uint64(1)
 
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _KERNEL = {"fastmath": _FAST, "error_model": "numpy", "nogil": True, "cache": True}
@@ -292,115 +295,209 @@ def _like_impl(value, ref):
     return lambda value, ref: np.float64(value)
 
 
-# --- passes over one row --------------------------------------------------------
+def _exp_scratch(x, out):
+    """Where pass A keeps exps when `out` cannot: a float32 row, else an empty one (numba only)."""
+
+
+def _exp_row(out_row, scratch):
+    """The row pass A keeps exps in: `out_row` if it holds the accumulator dtype, else `scratch`."""
+
+
+def _holds_accumulator(out, x):
+    """Whether numba array type `out` stores x's accumulator dtype exactly."""
+    return out.dtype == (types.float64 if x.dtype == types.float64 else types.float32)
+
+
+# These two return arrays, and are left to LLVM to inline: numba's own IR
+# inliner lost a store through the returned row here (the label's gradient).
+@overload(_exp_scratch)
+def _exp_scratch_impl(x, out):
+    if _holds_accumulator(out, x):
+        return lambda x, out: np.empty(0, np.float32)
+    return lambda x, out: np.empty(x.shape[1], np.float32)
+
+
+@overload(_exp_row)
+def _exp_row_impl(out_row, scratch):
+    if out_row.dtype in (types.float32, types.float64):
+        return lambda out_row, scratch: out_row
+    return lambda out_row, scratch: scratch
+
+
+# --- one row, in chunks -----------------------------------------------------------
+#
+# Pass A reads a row from memory once, chunk by chunk: the chunk's max, then the
+# exps of the chunk (still in L1) shifted by that max, summed (dense: also the
+# targets' sums). `_combine` then gives the row's max M and
+# S = sum_c s_c exp(max_c - M), exactly as shifting by M would, up to rounding.
+# With a gradient, pass A keeps the exps (in the output, or in a float32 row
+# for half-precision outputs) and pass B rescales each chunk by
+# exp(max_c - M) / S while the row is still in L2. Memory streams while the core
+# computes, and every logit is read once and every gradient entry written once.
+#
+# Chunk bounds are unsigned: numba then skips its negative-index check and the
+# loops vectorise.
 
 @njit(**_INLINE)
-def _row_max(x):
-    """max of a non-empty row in the accumulator dtype; NaN if any entry is NaN."""
-    m = _load(x, 0)
-    for j in range(1, x.shape[0]):
+def _chunk_max(x, lo, hi):
+    """max of x[lo:hi] in the accumulator dtype; NaN if any entry is NaN."""
+    m = _load(x, lo)
+    for j in range(lo + _U1, hi):
         m = _maximum(m, _load(x, j))
     return m
 
 
-# Pass 2 sums over chunks of a row in the accumulator dtype, and adds the
-# chunks' sums in float64, so long rows lose no precision. Chunk bounds are
-# unsigned: numba then skips its negative-index check and the loops vectorise.
+def _chunk_exps(x, e, lo, hi, m):
+    """sum of exp(x_j - m) over [lo, hi); also kept as e_j unless e is None (numba only)."""
+
+
+def _zero(e, lo, hi):
+    """e[lo:hi] = 0 unless e is None (numba only)."""
+
+
+@overload(_chunk_exps, inline="always", jit_options={"fastmath": _FAST})
+def _chunk_exps_impl(x, e, lo, hi, m):
+    if isinstance(e, types.NoneType):
+        def sum_only(x, e, lo, hi, m):
+            s = _like(0.0, m)
+            for j in range(lo, hi):
+                s += _exp(_load(x, j) - m)
+            return s
+        return sum_only
+
+    def keep(x, e, lo, hi, m):   # e holds the accumulator dtype; it may be x
+        s = _like(0.0, m)
+        for j in range(lo, hi):
+            v = _exp(_load(x, j) - m)
+            e[j] = v
+            s += v
+        return s
+    return keep
+
+
+@overload(_zero, inline="always")
+def _zero_impl(e, lo, hi):
+    if isinstance(e, types.NoneType):
+        return lambda e, lo, hi: None
+
+    def zero(e, lo, hi):
+        for j in range(lo, hi):
+            e[j] = 0.0
+    return zero
+
 
 @njit(**_INLINE)
-def _sum_exp(x, m):
-    """sum_j exp(x_j - m)."""
-    s = 0.0
+def _chunk_targets(x, y, lo, hi, shift):
+    """(sum_j y_j, sum_j y_j (x_j - shift)) over [lo, hi)."""
+    sy = _like(0.0, shift)
+    syx = _like(0.0, shift)
+    for j in range(lo, hi):
+        yj = _load(y, j)
+        sy += yj
+        syx += yj * (_load(x, j) - shift)
+    return sy, syx
+
+
+@njit(**_INLINE)
+def _exp_pass(x, e, maxes, sums):
+    """Pass A: per chunk c, maxes[c] and sums[c] = sum exp(x - maxes[c]).
+
+    Unless e is None, also e_j = exp(x_j - max of j's chunk) (0 in a chunk of
+    -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
+    """
     n = np.uint64(x.shape[0])
+    c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        part = _like(0.0, m)
-        for j in range(lo, hi):
-            part += _exp(_load(x, j) - m)
-        s += part
-    return s
+        m = _chunk_max(x, lo, hi)
+        maxes[c] = m
+        if m == -np.inf:
+            sums[c] = 0.0
+            _zero(e, lo, hi)
+        elif np.isfinite(m):
+            sums[c] = _chunk_exps(x, e, lo, hi, m)
+        else:
+            return False
+        c += 1
+    return True
 
 
 @njit(**_INLINE)
-def _store_exp_sum(x, out, m):
-    """out_j = exp(x_j - m) (out holds the accumulator dtype; may be x); return the sum."""
-    s = 0.0
+def _dense_pass(x, y, e, maxes, sums, ysums, yxsums):
+    """Pass A with targets: as `_exp_pass`, plus per chunk c the sums of y_j and of
+    y_j (x_j - shift_c), shift_c = maxes[c], taken before e (which may be x) is written.
+
+    A chunk of ``-inf`` logits is shifted by 0 so that y_j * x_j gives TF's
+    ``inf`` (or NaN where y_j is 0) for it.
+    """
     n = np.uint64(x.shape[0])
+    c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        part = _like(0.0, m)
-        for j in range(lo, hi):
-            e = _exp(_load(x, j) - m)
-            out[j] = e
-            part += e
-        s += part
-    return s
+        m = _chunk_max(x, lo, hi)
+        maxes[c] = m
+        if m == -np.inf:
+            ysums[c], yxsums[c] = _chunk_targets(x, y, lo, hi, _like(0.0, m))
+            sums[c] = 0.0
+            _zero(e, lo, hi)
+        elif np.isfinite(m):
+            ysums[c], yxsums[c] = _chunk_targets(x, y, lo, hi, m)
+            sums[c] = _chunk_exps(x, e, lo, hi, m)
+        else:
+            return False
+        c += 1
+    return True
 
 
 @njit(**_INLINE)
-def _scale(out, factor):
-    """out_j *= factor."""
-    for j in range(out.shape[0]):
-        out[j] *= factor
+def _combine(maxes, sums):
+    """The row's max M and S = sum_c sums[c] exp(maxes[c] - M), in float64."""
+    top = maxes[0]
+    for c in range(1, maxes.shape[0]):
+        top = max(top, maxes[c])
+    total = 0.0
+    if top > -np.inf:
+        for c in range(maxes.shape[0]):
+            total += sums[c] * _exp64(maxes[c] - top)
+    return top, total
 
 
 @njit(**_INLINE)
-def _store_softmax(x, out, m, inv_s):
-    """out_j = exp(x_j - m) * inv_s rounded to out's format (out may be x)."""
-    for j in range(x.shape[0]):
-        _store(out, j, _exp(_load(x, j) - m) * inv_s)
+def _combine_targets(maxes, ysums, yxsums, top):
+    """(sum_j y_j, sum_j y_j (x_j - top)) from the per-chunk sums."""
+    sy = 0.0
+    syx = 0.0
+    for c in range(maxes.shape[0]):
+        shift = maxes[c] if maxes[c] > -np.inf else 0.0
+        sy += ysums[c]
+        syx += yxsums[c] + (shift - top) * ysums[c]
+    return sy, syx
 
 
 @njit(**_INLINE)
-def _dense_sums(x, y, m):
-    """(sum_j e_j, sum_j y_j, sum_j y_j (x_j - m)) with e_j = exp(x_j - m)."""
-    s, sy, syx = 0.0, 0.0, 0.0
-    n = np.uint64(x.shape[0])
+def _rescale(e, out, maxes, top, inv_s):
+    """Pass B: out_j = e_j exp(max_c - M) / S, rounded to out's format (e may be out)."""
+    n = np.uint64(e.shape[0])
+    c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        part, part_y, part_yx = _like(0.0, m), _like(0.0, m), _like(0.0, m)
+        factor = _like(_exp64(maxes[c] - top) * inv_s, e[0])
         for j in range(lo, hi):
-            shifted = _load(x, j) - m
-            yj = _load(y, j)
-            part += _exp(shifted)
-            part_y += yj
-            part_yx += yj * shifted
-        s, sy, syx = s + part, sy + part_y, syx + part_yx
-    return s, sy, syx
+            _store(out, j, e[j] * factor)
+        c += 1
 
 
 @njit(**_INLINE)
-def _store_dense_sums(x, y, out, m):
-    """As `_dense_sums`, also writing out_j = e_j (accumulator dtype; out may be x)."""
-    s, sy, syx = 0.0, 0.0, 0.0
-    n = np.uint64(x.shape[0])
+def _rescale_minus(e, y, out, maxes, top, inv_s):
+    """Pass B, dense: out_j = e_j exp(max_c - M) / S - y_j (e may be out)."""
+    n = np.uint64(e.shape[0])
+    c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        part, part_y, part_yx = _like(0.0, m), _like(0.0, m), _like(0.0, m)
+        factor = _like(_exp64(maxes[c] - top) * inv_s, e[0])
         for j in range(lo, hi):
-            shifted = _load(x, j) - m
-            yj = _load(y, j)
-            e = _exp(shifted)
-            out[j] = e
-            part += e
-            part_y += yj
-            part_yx += yj * shifted
-        s, sy, syx = s + part, sy + part_y, syx + part_yx
-    return s, sy, syx
-
-
-@njit(**_INLINE)
-def _scale_minus(out, y, factor):
-    """out_j = out_j * factor - y_j."""
-    for j in range(out.shape[0]):
-        out[j] = out[j] * factor - _load(y, j)
-
-
-@njit(**_INLINE)
-def _store_softmax_minus(x, y, out, m, inv_s):
-    """out_j = exp(x_j - m) * inv_s - y_j rounded to out's format (out may be x)."""
-    for j in range(x.shape[0]):
-        _store(out, j, _exp(_load(x, j) - m) * inv_s - _load(y, j))
+            _store(out, j, e[j] * factor - _load(y, j))
+        c += 1
 
 
 @njit(**_INLINE)
@@ -411,101 +508,83 @@ def _fill_nan(out, ref):
         _store(out, j, nan)
 
 
-def _softmax_into(x, out, m):
-    """Write softmax(x) into out (may be x); return sum_j exp(x_j - m) (numba only)."""
-
-
-def _softmax_minus_into(x, y, out, m):
-    """Write softmax(x) - y into out (may be x); return `_dense_sums` (numba only)."""
-
-
-def _holds_accumulator(out, x):
-    """Whether numba array type `out` stores x's accumulator dtype exactly."""
-    return out.dtype == (types.float64 if x.dtype == types.float64 else types.float32)
-
-
-@overload(_softmax_into, inline="always", jit_options={"fastmath": _FAST})
-def _softmax_into_impl(x, out, m):
-    # Where out holds the accumulator dtype, exp is computed once and rescaled
-    # in place; in half precision it is recomputed so that each element is
-    # rounded once. Both give the same numbers.
-    if _holds_accumulator(out, x):
-        def once(x, out, m):
-            s = _store_exp_sum(x, out, m)
-            _scale(out, _like(1.0 / s, m))
-            return s
-        return once
-
-    def recompute(x, out, m):
-        s = _sum_exp(x, m)
-        _store_softmax(x, out, m, _like(1.0 / s, m))
-        return s
-    return recompute
-
-
-@overload(_softmax_minus_into, inline="always", jit_options={"fastmath": _FAST})
-def _softmax_minus_into_impl(x, y, out, m):
-    if _holds_accumulator(out, x):
-        def once(x, y, out, m):
-            s, sy, syx = _store_dense_sums(x, y, out, m)
-            _scale_minus(out, y, _like(1.0 / s, m))
-            return s, sy, syx
-        return once
-
-    def recompute(x, y, out, m):
-        s, sy, syx = _dense_sums(x, y, m)
-        _store_softmax_minus(x, y, out, m, _like(1.0 / s, m))
-        return s, sy, syx
-    return recompute
-
-
-# --- one row, per need ----------------------------------------------------------
+# --- one row, per need ----------------------------------------------------------------
 
 @njit(**_INLINE)
-def _sparse_row_loss(x, label):
-    """(loss, lse) of one row; NaN for a non-finite max or a label outside [0, C)."""
-    m = _row_max(x)
-    if not (np.isfinite(m) and 0 <= label < x.shape[0]):
-        return _like(np.nan, m), _like(np.nan, m)
-    log_s = np.log(_sum_exp(x, m))
-    return _label_loss(log_s, _load(x, label), m), m + log_s
+def _sparse_row_loss(x, label, maxes, sums):
+    """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
+    nan = _like(np.nan, _load(x, 0))
+    if not (0 <= label < x.shape[0] and _exp_pass(x, None, maxes, sums)):
+        return nan, nan
+    top, total = _combine(maxes, sums)
+    if top == -np.inf:
+        return nan, nan
+    log_s = np.log(total)
+    return _label_loss(log_s, _load(x, label), top), top + log_s
 
 
 @njit(**_INLINE)
-def _sparse_row_grad(x, label, out):
-    """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x)."""
-    m = _row_max(x)
-    if not (np.isfinite(m) and 0 <= label < x.shape[0]):
-        _fill_nan(out, m)
-        return _like(np.nan, m), _like(np.nan, m)
-    x_label = _load(x, label)
-    s = _softmax_into(x, out, m)
-    _store(out, label, _exp(x_label - m) * _like(1.0 / s, m) - _like(1.0, m))
-    log_s = np.log(s)
-    return _label_loss(log_s, x_label, m), m + log_s
+def _sparse_row_grad(x, label, out, e, maxes, sums):
+    """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
+
+    `e` is where pass A keeps the exps: out itself, or a float32 row when out
+    is half precision (so that each gradient entry is rounded once).
+    """
+    nan = _like(np.nan, _load(x, 0))
+    ok = 0 <= label < x.shape[0]
+    x_label = _load(x, label) if ok else nan
+    if not (ok and _exp_pass(x, e, maxes, sums)):
+        _fill_nan(out, nan)
+        return nan, nan
+    top, total = _combine(maxes, sums)
+    if top == -np.inf:
+        _fill_nan(out, nan)
+        return nan, nan
+    _rescale(e, out, maxes, top, 1.0 / total)
+    m = _like(top, x_label)
+    _store(out, label, _exp(x_label - m) * _like(1.0 / total, m) - _like(1.0, m))
+    log_s = np.log(total)
+    return _label_loss(log_s, x_label, m), top + log_s
 
 
 @njit(**_INLINE)
-def _dense_row_loss(x, y):
-    """(loss, lse) of one row against target row y: sum_j y_j (lse - x_j)."""
-    m = _row_max(x)
-    if not np.isfinite(m):
-        return _like(np.nan, m), _like(np.nan, m)
-    s, sy, syx = _dense_sums(x, y, m)
-    log_s = np.log(s)
-    return log_s * sy - syx, m + log_s
+def _dense_row_loss(x, y, maxes, sums, ysums, yxsums):
+    """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
+    nan = _like(np.nan, _load(x, 0))
+    if not _dense_pass(x, y, None, maxes, sums, ysums, yxsums):
+        return nan, nan
+    top, total = _combine(maxes, sums)
+    if top == -np.inf:
+        return nan, nan
+    sy, syx = _combine_targets(maxes, ysums, yxsums, top)
+    log_s = np.log(total)
+    return log_s * sy - syx, top + log_s
 
 
 @njit(**_INLINE)
-def _dense_row_grad(x, y, out):
-    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x)."""
-    m = _row_max(x)
-    if not np.isfinite(m):
-        _fill_nan(out, m)
-        return _like(np.nan, m), _like(np.nan, m)
-    s, sy, syx = _softmax_minus_into(x, y, out, m)
-    log_s = np.log(s)
-    return log_s * sy - syx, m + log_s
+def _dense_row_grad(x, y, out, e, maxes, sums, ysums, yxsums):
+    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x); `e` as in sparse."""
+    nan = _like(np.nan, _load(x, 0))
+    if not _dense_pass(x, y, e, maxes, sums, ysums, yxsums):
+        _fill_nan(out, nan)
+        return nan, nan
+    top, total = _combine(maxes, sums)
+    if top == -np.inf:
+        _fill_nan(out, nan)
+        return nan, nan
+    sy, syx = _combine_targets(maxes, ysums, yxsums, top)
+    _rescale_minus(e, y, out, maxes, top, 1.0 / total)
+    log_s = np.log(total)
+    return log_s * sy - syx, top + log_s
+
+
+# --- a range of rows, per need (called directly, or per block by the threads) ----
+
+@njit(**_INLINE)
+def _chunk_stats(x, count):
+    """`count` float64 arrays with one entry per chunk of a row of x."""
+    n = (x.shape[1] + int(_CHUNK) - 1) // int(_CHUNK)
+    return np.empty((count, n), np.float64)
 
 
 @njit(**_INLINE)
@@ -514,44 +593,59 @@ def _target(y, i):
     return y[i if y.shape[0] > 1 else 0]
 
 
-# --- a range of rows, per need (called directly, or per block by the threads) ----
-
 @njit(**_KERNEL)
 def _sparse_loss_rows(x, labels, loss, lse, lo, hi):
+    stats = _chunk_stats(x, 2)
     for i in range(lo, hi):
-        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i])
+        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], stats[0], stats[1])
 
 
 @njit(**_KERNEL)
 def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
+    stats = _chunk_stats(x, 2)
+    scratch = _exp_scratch(x, out)
     for i in range(lo, hi):
-        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], out[i])
+        row = out[i]
+        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch),
+                                           stats[0], stats[1])
 
 
 @njit(**_KERNEL)
 def _sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
+    stats = _chunk_stats(x, 2)
+    scratch = _exp_scratch(x, x)
     for i in range(lo, hi):
         row = x[i]
-        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row)
+        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _exp_row(row, scratch),
+                                           stats[0], stats[1])
 
 
 @njit(**_KERNEL)
 def _dense_loss_rows(x, y, loss, lse, lo, hi):
+    stats = _chunk_stats(x, 4)
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i))
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), stats[0], stats[1], stats[2],
+                                          stats[3])
 
 
 @njit(**_KERNEL)
 def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
+    stats = _chunk_stats(x, 4)
+    scratch = _exp_scratch(x, out)
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), out[i])
+        row = out[i]
+        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch),
+                                          stats[0], stats[1], stats[2], stats[3])
 
 
 @njit(**_KERNEL)
 def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
+    stats = _chunk_stats(x, 4)
+    scratch = _exp_scratch(x, x)
     for i in range(lo, hi):
         row = x[i]
-        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row)
+        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
+                                          stats[0], stats[1], stats[2], stats[3])
 
 
 # The same, with blocks of rows spread over numba's threads. Each takes the
