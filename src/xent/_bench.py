@@ -20,9 +20,10 @@ drift:
 Reported per case: median time, GB/s (logits bytes read, plus written for a
 gradient), the multiple of the copy or read floor, the speed-up over the
 fastest peer, and the peak extra memory per row (NumPy allocations through
-tracemalloc, JAX from XLA's compiled program, others from the resident set's
-high-water mark). A good-neighbour check times the copy floor right after an
-xent call and after an idle pause: idle threads that spin would slow it.
+tracemalloc, JAX from XLA's compiled program, others, and numba's scratch,
+from the resident set's high-water mark). A good-neighbour check measures,
+after each implementation's gradient call, the CPU its idle threads burn and
+how much slower a copy runs.
 Results go to ``OUT/bench.json``, ``OUT/bench.png`` and ``OUT/bench.md``.
 """
 import contextlib
@@ -47,6 +48,7 @@ FULL_SHAPES = ((8192, 32000), (2048, 128256), (65536, 10), (32, 1000))
 QUICK_SHAPES = ((512, 32000), (128, 128256), (65536, 10), (32, 1000))
 DTYPES = ("float32", "bfloat16")
 MODES = ("loss", "grad", "grad_inplace")
+NEIGHBOUR_SHAPE = (512, 32000)   # 64 MB: above xent's threading threshold, quick for every peer
 MODE_TITLES = {"loss": "loss", "grad": "loss+grad", "grad_inplace": "loss+grad in place"}
 
 
@@ -58,7 +60,7 @@ class Case:
     mode: str
     run: Callable[[], object]
     role: str = "peer"                 # "xent", "peer" or "floor"
-    memory: str = "rss"                # "tracemalloc", "rss" or "xla"
+    memory: str = "rss"                # "tracemalloc", "rss", "both" or "xla"
     xla_bytes: Optional[int] = None
     extra_bytes: Optional[int] = None
     times: list = field(default_factory=list)
@@ -100,22 +102,46 @@ def floor_threads(logits):
 
 
 def floor_cases(logits):
-    """The copy floor (a memcpy into a preallocated buffer) and the read floor (a max).
+    """The copy floors (into a preallocated buffer) and the read floor (a max).
 
-    Both work on the raw bits (NumPy copies and reduces bfloat16 element by
-    element, far below memory speed), on the threads xent would use.
+    All work on the raw bits (NumPy copies and reduces bfloat16 element by
+    element, far below memory speed), on the threads xent would use. Two
+    copies, as the faster depends on the machine: one memcpy per thread (large
+    copies use non-temporal stores) and a row-by-row copy loop (cached stores).
     """
     bits = logits.view(np.uint16 if logits.itemsize == 2 else np.uint32)
     target = np.empty_like(bits)
     threads = floor_threads(logits)
 
-    def copy():
+    def memcpy():
         _on_threads(lambda rows: np.copyto(target[rows], bits[rows]), len(bits), threads)
 
     def read():
         _on_threads(lambda rows: bits[rows].max(), len(bits), threads)
 
-    return [Case("copy floor", "grad", copy, "floor"), Case("read floor", "loss", read, "floor")]
+    cases = [Case("copy floor (memcpy)", "grad", memcpy, "floor"),
+             Case("read floor", "loss", read, "floor")]
+    row_copy = _row_copy_kernel() if threads > 1 else None
+    if row_copy is not None:
+        cases.append(Case("copy floor (row loop)", "grad",
+                          lambda: row_copy(bits, target, threads), "floor"))
+    return cases
+
+
+def _row_copy_kernel():
+    """A numba row-by-row copy over `threads` blocks, or None without numba."""
+    try:
+        from numba import njit, prange
+    except ImportError:
+        return None
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def row_copy(source, target, threads):
+        n = source.shape[0]
+        for block in prange(threads):
+            for i in range(block * n // threads, (block + 1) * n // threads):
+                target[i, :] = source[i, :]
+    return row_copy
 
 
 def xent_cases(logits, labels):
@@ -127,7 +153,7 @@ def xent_cases(logits, labels):
         "grad": lambda: ops(logits, labels, backprop_out=out),
         "grad_inplace": lambda: ops(work, labels, backprop_out=work),
     }
-    cases = [Case("xent", mode, call, "xent", "tracemalloc") for mode, call in calls.items()]
+    cases = [Case("xent", mode, call, "xent", "both") for mode, call in calls.items()]
     for mode in ("loss", "grad"):
         cases.append(Case("xent, NumPy kernels", mode, _with_reference(calls[mode]), "xent",
                           "tracemalloc"))
@@ -300,18 +326,21 @@ def warm_up(cases, skipped):
     return kept
 
 
-def time_interleaved(cases, rounds, burst, budget_s, progress):
+def time_interleaved(cases, rounds, burst, budget_s, progress, settle_s):
     """`rounds` rounds over all cases; a case whose time so far exceeds `budget_s` sits out.
 
     In each round a case runs `burst` times in a row (many for small inputs,
     whose calls would otherwise each start with caches full of the other
-    cases' code and data) and each call's time is kept. Every case runs in at
-    least 3 rounds.
+    cases' code and data) and each call's time is kept. Between cases the
+    process idles `settle_s`: some runtimes' worker threads spin for a while
+    after a call, and would slow whatever case comes next. Every case runs in
+    at least 3 rounds.
     """
     for round_index in range(rounds):
         for case in cases:
             if round_index >= 3 and sum(case.times) > budget_s:
                 continue
+            time.sleep(settle_s)
             for _ in range(burst):
                 case.times.append(_timed(case.run))
         progress(1)
@@ -354,26 +383,38 @@ def peak_extra_bytes(case):
         return case.xla_bytes
     if case.memory == "tracemalloc":
         return _traced_peak_extra(case.run)
+    if case.memory == "both":   # NumPy's allocations, and numba's, which tracemalloc misses
+        return max(_traced_peak_extra(case.run), _rss_peak_extra(case.run) or 0)
     return _rss_peak_extra(case.run)
 
 
-def neighbour_check(logits, labels, rounds=7):
-    """Copy-floor time right after an xent gradient call, over the same after idling 0.2 s.
+def neighbour_check(cases, rounds=5, idle_s=0.2):
+    """What each implementation costs whatever runs right after it.
 
-    xent's idle threads sleep (numba's workqueue layer); if they spun, a peer
-    running right after xent would lose a core and this ratio would rise.
+    For each gradient case: the CPU time this process burns while it idles
+    `idle_s` right after a call (threads that spin waiting for work show up
+    here; threads that sleep do not), and the time of a memcpy copy right
+    after a call over the same after idling.
     """
-    copy = floor_cases(logits)[0].run
-    out = np.empty_like(logits)
-    after_xent, after_idle = [], []
-    for _ in range(rounds):
-        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, labels, backprop_out=out)
-        after_xent.append(_timed(copy))
-        time.sleep(0.2)
-        after_idle.append(_timed(copy))
-    return {"copy_after_xent_s": statistics.median(after_xent),
-            "copy_after_idle_s": statistics.median(after_idle),
-            "ratio": statistics.median(after_xent) / statistics.median(after_idle)}
+    memcpy = next(c for c in cases if c.name == "copy floor (memcpy)").run
+    results = {}
+    for case in cases:
+        if case.mode != "grad" or case.role == "floor":
+            continue
+        burnt, after_call, after_idle = [], [], []
+        for _ in range(rounds):
+            case.run()
+            start = time.process_time()
+            time.sleep(idle_s)
+            burnt.append(time.process_time() - start)
+            case.run()
+            after_call.append(_timed(memcpy))
+            time.sleep(idle_s)
+            after_idle.append(_timed(memcpy))
+        results[case.name] = {
+            "idle_cpu_s": statistics.median(burnt), "idle_s": idle_s,
+            "copy_ratio": statistics.median(after_call) / statistics.median(after_idle)}
+    return results
 
 
 def _timed(run):
@@ -388,7 +429,8 @@ def summarise(cases, logits):
     """One record per case: times, rates, multiples of the floors, speed-up over peers."""
     nbytes = logits.nbytes
     median = {(c.name, c.mode): statistics.median(c.times) for c in cases}
-    floors = {"loss": median.get(("read floor", "loss")), "grad": median.get(("copy floor", "grad"))}
+    copies = [median[(c.name, c.mode)] for c in cases if c.name.startswith("copy floor")]
+    floors = {"loss": median.get(("read floor", "loss")), "grad": min(copies, default=None)}
     fastest = {}
     for case in cases:
         if case.role == "peer":
@@ -401,6 +443,7 @@ def summarise(cases, logits):
         peer = fastest.get(kind)
         records.append({
             "name": case.name, "role": case.role, "mode": case.mode, "median_s": t,
+            "min_s": min(case.times),
             "runs": len(case.times), "gb_per_s": moved / t / 1e9,
             "x_floor": t / floors[kind] if floors[kind] else None,
             "peer_speedup": peer / t if peer and case.role == "xent" else None,
@@ -416,12 +459,23 @@ def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
     for case in cases:
         case.extra_bytes = peak_extra_bytes(case)
     budget = 4.0 if quick else 12.0
-    burst = 20 if shape[0] * shape[1] < 100_000 else 1
-    time_interleaved(cases, rounds, burst, budget, progress)
+    small = shape[0] * shape[1] < 100_000
+    burst = 20 if small else 1
+    settle = 0.005 if small or quick else 0.05
+    time_interleaved(cases, rounds, burst, budget, progress, settle)
     return summarise(cases, logits)
 
 
 # --- output -----------------------------------------------------------------------------
+
+def neighbour_table(neighbour):
+    """The good-neighbour check as a Markdown table."""
+    lines = ["| after a loss+grad call of | CPU burnt while idle 200 ms | memcpy after call / after idle |",
+             "|---|---:|---:|"]
+    for name, n in neighbour.items():
+        lines.append(f"| {name} | {n['idle_cpu_s'] * 1e3:.0f} ms | {n['copy_ratio']:.2f} |")
+    return "\n".join(lines)
+
 
 def _fmt(value, spec):
     return "" if value is None else format(value, spec)
@@ -530,6 +584,7 @@ def _rounds(shape, quick):
 def main(quick: bool = False, out: str = "bench/results") -> int:
     """Run the benchmark; print the table; write JSON, PNG and Markdown under `out`."""
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
+    _core.kernels()   # loads the fused kernels first: they pick numba's threading layer
     jobs = [(shape, dtype) for shape in shapes for dtype in DTYPES]
     started, skipped, results = time.time(), {}, []
     load_before = os.getloadavg()
@@ -538,8 +593,9 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
         progress.describe(f"{shape[0]}x{shape[1]} {dtype}")
         records = bench_input(shape, dtype, quick, skipped, progress, _rounds(shape, quick))
         results.append({"shape": list(shape), "dtype": dtype, "records": records})
-    logits, labels = make_inputs(shapes[0], "float32")
-    neighbour = neighbour_check(logits, labels)
+    logits, labels = make_inputs(NEIGHBOUR_SHAPE, "float32")
+    skipped_here = {}
+    neighbour = neighbour_check(warm_up(build_cases(logits, labels, True, skipped_here), skipped_here))
     progress.close()
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "xent bench" + (" --quick" if quick else ""),
@@ -549,18 +605,54 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
     return 0
 
 
+def _record(report, shape, dtype, name, mode):
+    for entry in report["results"]:
+        if tuple(entry["shape"]) == shape and entry["dtype"] == dtype:
+            for r in entry["records"]:
+                if r["name"] == name and r["mode"] == mode:
+                    return r
+    return None
+
+
+def headline(report):
+    """The figures issue 3's "done when" asks for, from this run (lines of text)."""
+    lines = []
+    for shape in ((8192, 32000), (2048, 128256), (512, 32000), (128, 128256)):
+        label = f"{shape[0]}x{shape[1]}"
+        inplace = _record(report, shape, "float32", "xent", "grad_inplace")
+        if inplace is None:
+            continue
+        into = _record(report, shape, "float32", "xent", "grad")
+        loss = _record(report, shape, "float32", "xent", "loss")
+        bf16 = [_record(report, shape, "bfloat16", "xent", m) for m in ("grad_inplace", "grad")]
+        lines.append(
+            f"{label} float32: loss+grad in place {inplace['x_floor']:.2f}x copy floor "
+            f"({inplace['peer_speedup']:.1f}x faster than the fastest peer), into a buffer "
+            f"{into['x_floor']:.2f}x ({into['peer_speedup']:.1f}x); loss {loss['x_floor']:.2f}x "
+            f"read floor; peak extra memory in place {inplace['extra_bytes_per_row']:.0f} B/row = "
+            f"{100 * inplace['extra_bytes_per_row'] / (4 * shape[1]):.3f}% of a row")
+        if all(bf16):
+            lines.append(f"{label} bfloat16: loss+grad in place {bf16[0]['x_floor']:.2f}x, into a "
+                         f"buffer {bf16[1]['x_floor']:.2f}x its copy floor")
+    small = _record(report, (32, 1000), "float32", "xent", "loss")
+    numpy = _record(report, (32, 1000), "float32", "NumPy", "loss")
+    if small and numpy:
+        lines.append(f"32x1000 float32 loss: {small['median_s'] * 1e6:.0f} us, "
+                     f"{small['median_s'] / numpy['median_s']:.2f}x plain NumPy's time")
+    return lines
+
+
 def write_outputs(report, out):
     """Print the summary and write ``bench.json``, ``bench.md`` and ``bench.png`` into `out`."""
     os.makedirs(out, exist_ok=True)
     table = markdown_table(report["results"])
-    n = report["neighbour"]
-    notes = (f"\nGood neighbour: a 2-thread copy takes {n['copy_after_xent_s'] * 1e3:.1f} ms right "
-             f"after an xent call and {n['copy_after_idle_s'] * 1e3:.1f} ms after idling "
-             f"(ratio {n['ratio']:.2f}).\nLoad average before/after: "
-             f"{report['load_before'][0]:.2f} / {report['machine']['loadavg'][0]:.2f}; "
-             f"{report['seconds']:.0f} s.")
+    notes = "\n" + neighbour_table(report["neighbour"]) + "\nLoad average before/after: "
+    notes += (
+              f"{report['load_before'][0]:.2f} / {report['machine']['loadavg'][0]:.2f}; "
+              f"{report['seconds']:.0f} s.")
     if report["skipped"]:
         notes += "\nSkipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())
+    notes += "\n" + "\n".join(headline(report))
     print(table + "\n" + notes)
     with open(os.path.join(out, "bench.json"), "w") as f:
         json.dump(report, f, indent=1, default=str)
