@@ -6,7 +6,7 @@ Deterministic (`derandomize=True`), 50 examples a property.
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -174,6 +174,8 @@ def test_sparse_loss_is_nonnegative_for_rows_with_a_finite_logit(data, logits):
        logits=logits_arrays(allow_minus_inf=False, dtypes=[np.dtype(np.float32),
                                                             np.dtype(np.float64)]))
 def test_sparse_equals_dense_with_one_hot_labels(data, logits):
+    with np.errstate(over="ignore"):   # TF's dense op is NaN (0 * inf) where x - m overflows
+        assume(logits.size == 0 or np.all(np.isfinite(logits.max(-1) - logits.min(-1))))
     labels = draw_labels(data, logits)
     onehot = np.eye(logits.shape[-1], dtype=logits.dtype)[labels]
     sparse = SPARSE_NN(labels=labels, logits=logits)
