@@ -595,7 +595,8 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
         results.append({"shape": list(shape), "dtype": dtype, "records": records})
     logits, labels = make_inputs(NEIGHBOUR_SHAPE, "float32")
     skipped_here = {}
-    neighbour = neighbour_check(warm_up(build_cases(logits, labels, True, skipped_here), skipped_here))
+    neighbour = neighbour_check(warm_up(build_cases(logits, labels, True, skipped_here), skipped_here),
+                                rounds=3 if quick else 5)
     progress.close()
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "xent bench" + (" --quick" if quick else ""),
