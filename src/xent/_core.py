@@ -108,9 +108,9 @@ def dense_xent(labels, logits, grad=None):
     x2 = logits.reshape(_rows(logits.shape), logits.shape[-1])
     y2 = labels.reshape(_rows(labels.shape), labels.shape[-1])
     shape = _validate.dense_2d_shapes(x2, y2)
+    lead = logits.shape[:-1]
     if shape != x2.shape:
-        x2 = np.ascontiguousarray(np.broadcast_to(x2, shape))
+        x2, lead = np.ascontiguousarray(np.broadcast_to(x2, shape)), shape[:1]
     out = _grad_buffer(grad, x2)
     loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, shape), out)
-    lead = logits.shape[:-1] if shape == (_rows(logits.shape), logits.shape[-1]) else shape[:1]
     return loss.reshape(lead), _gradient_result(grad, out, lead + shape[1:])

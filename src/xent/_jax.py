@@ -55,8 +55,8 @@ class _Ops:
 
 
 def _accumulate(logits):
-    """`logits` in the accumulator dtype: float64 stays, everything else is float32."""
-    return logits.astype(jnp.float64 if logits.dtype == jnp.float64 else jnp.float32)
+    """`logits` in the accumulator dtype (`_dtypes.accumulator_name`)."""
+    return logits.astype(_dtypes.accumulator_name(logits.dtype.name))
 
 
 @jax.custom_vjp

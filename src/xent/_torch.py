@@ -109,8 +109,8 @@ def _from_numpy(a):
 
 
 def _accumulate(logits):
-    """`logits` in the accumulator dtype: float64 stays, everything else is float32."""
-    return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    """`logits` in the accumulator dtype (`_dtypes.accumulator_name`)."""
+    return logits.to(getattr(torch, _dtypes.accumulator_name(TorchBackend.dtype_name(logits))))
 
 
 _ROWS = {"sparse": _array_kernels.sparse_rows, "dense": _array_kernels.dense_rows}
