@@ -747,3 +747,17 @@ def test_inputs_are_never_modified(rng, cls_name):
     getattr(xk, cls_name)(**kwargs)(y_true, y_pred, sample_weight=sample_weight)
     for array, copy in zip((y_true, y_pred, sample_weight), before):
         np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("cls", [xk.SparseCategoricalCrossentropy,
+                                 xk.CategoricalCrossentropy])
+def test_loss_object_non_float_dtype_is_refused_naming_dtype(cls):
+    with pytest.raises(TypeError, match="`dtype`.*int32"):
+        cls(dtype="int32")
+
+
+def test_functions_refuse_integer_predictions_naming_y_pred():
+    with pytest.raises(TypeError, match="`y_pred`.*int64"):
+        xk.sparse_categorical_crossentropy(np.array([0, 1]), np.array([[1, 0], [0, 1]]))
+    with pytest.raises(TypeError, match="`y_pred`.*int64"):
+        xk.categorical_crossentropy(np.eye(2), np.array([[1, 0], [0, 1]]))
