@@ -225,3 +225,13 @@ def test_v1_loss_under_jit_keeps_no_tracer_in_the_collection():
     assert xent.losses.get_losses() == []
     eager = xent.losses.sparse_softmax_cross_entropy(jnp.array([0, 1]), jnp.ones((2, 3)))
     assert xent.losses.get_losses() == [eager]
+
+
+def test_dense_raw_op_broadcasts_one_logits_row_like_tf(tf):
+    features = np.array([[0.0, 1.0, 2.0, 3.0]], np.float32)
+    labels = np.array([[0.25, 0.25, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32)
+    want_loss, want_backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=features, labels=labels)
+    loss, backprop = jax.jit(xent.raw_ops.SoftmaxCrossEntropyWithLogits)(
+        jnp.asarray(features), jnp.asarray(labels))
+    np.testing.assert_allclose(np.asarray(loss), want_loss.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(backprop), want_backprop.numpy(), rtol=1e-6, atol=1e-7)

@@ -262,3 +262,16 @@ def test_keras_loss_with_tensor_sample_weight_returns_a_tensor_with_its_gradient
     loss.backward()
     per_example = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 2], logits=logits)
     np.testing.assert_allclose(weights.grad.numpy(), per_example / 2, rtol=1e-6)
+
+
+def test_dense_raw_op_broadcasts_one_logits_row_like_tf(tf):
+    features = np.array([[0.0, 1.0, 2.0, 3.0]], np.float32)
+    labels = np.array([[0.25, 0.25, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0]], np.float32)
+    want_loss, want_backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=features, labels=labels)
+    logits = torch.tensor(features, requires_grad=True)
+    loss, backprop = xent.raw_ops.SoftmaxCrossEntropyWithLogits(logits, torch.tensor(labels))
+    np.testing.assert_allclose(loss.detach().numpy(), want_loss.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(backprop.detach().numpy(), want_backprop.numpy(), rtol=1e-6, atol=1e-7)
+    loss.sum().backward()   # the broadcast row's gradient sums over the label rows
+    np.testing.assert_allclose(logits.grad.numpy(), want_backprop.numpy().sum(0, keepdims=True),
+                               rtol=1e-6, atol=1e-7)

@@ -105,12 +105,10 @@ def dense_xent(labels, logits, grad=None):
       logits was broadcast against many label rows) in the accumulator dtype;
       grad ``softmax(logits) - labels``, or None.
     """
-    x2 = logits.reshape(_rows(logits.shape), logits.shape[-1])
-    y2 = labels.reshape(_rows(labels.shape), labels.shape[-1])
-    shape = _validate.dense_2d_shapes(x2, y2)
-    lead = logits.shape[:-1]
-    if shape != x2.shape:
-        x2, lead = np.ascontiguousarray(np.broadcast_to(x2, shape)), shape[:1]
+    x_shape, y_shape, shape, lead = _validate.dense_layout(logits.shape, labels.shape)
+    x2, y2 = logits.reshape(x_shape), labels.reshape(y_shape)
+    if shape != x_shape:
+        x2 = np.ascontiguousarray(np.broadcast_to(x2, shape))
     out = _grad_buffer(grad, x2)
     loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, shape), out)
     return loss.reshape(lead), _gradient_result(grad, out, lead + shape[1:])

@@ -16,8 +16,6 @@ Labels outside ``[0, C)``: with concrete arrays, TensorFlow's
 `InvalidArgumentError` before any work; traced (under `jit` or `vmap`), the
 bad rows' loss and gradient are NaN, as TensorFlow on a GPU.
 """
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,12 +105,14 @@ def _check_labels(labels, num_classes):
         _validate.labels_in_range(np.asarray(labels), num_classes)
 
 
-def _dense_2d(labels, logits):
-    """Both flattened to ``[rows, C]``, labels broadcast to the logits."""
-    x2 = jnp.reshape(logits, (math.prod(logits.shape[:-1]), logits.shape[-1]))
-    y2 = jnp.reshape(labels, (math.prod(labels.shape[:-1]), labels.shape[-1]))
-    _validate.dense_2d_shapes(x2, y2)
-    return jnp.broadcast_to(y2, x2.shape), x2
+def _dense_rows(labels, logits):
+    """Labels and logits broadcast to ``[rows, C]``, and the loss's shape.
+
+    `_validate.dense_layout` is the rule.
+    """
+    x_shape, y_shape, rows, loss_shape = _validate.dense_layout(logits.shape, labels.shape)
+    y2 = jnp.broadcast_to(jnp.reshape(labels, y_shape), rows)
+    return y2, jnp.broadcast_to(jnp.reshape(logits, x_shape), rows), loss_shape
 
 
 def _backprop(grad_of, logits, labels):
@@ -170,8 +170,8 @@ class JaxBackend:
     @staticmethod
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
-        y2, x2 = _dense_2d(labels, logits)
-        return _dense(x2, y2).reshape(logits.shape[:-1])
+        y2, x2, loss_shape = _dense_rows(labels, logits)
+        return _dense(x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
@@ -182,5 +182,5 @@ class JaxBackend:
     @staticmethod
     def dense_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
-        labels = jnp.broadcast_to(labels, logits.shape)
+        labels, logits, _ = _dense_rows(labels, logits)
         return _dense(logits, labels), _backprop(_array_kernels.dense_grad, logits, labels)

@@ -19,8 +19,6 @@ with ``create_graph=True`` the backward is built from differentiable torch
 ops, so second derivatives are TensorFlow's (which supports them too). The
 dense loss also gives the labels their gradient, ``-log_softmax(logits)``.
 """
-import math
-
 import ml_dtypes
 import numpy as np
 import torch
@@ -218,12 +216,13 @@ def _wants_grad(logits):
     return torch.is_grad_enabled() and logits.requires_grad
 
 
-def _dense_2d(labels, logits):
-    """Both flattened to ``[rows, C]``, labels broadcast to the logits (differentiably)."""
-    x2 = logits.reshape(math.prod(logits.shape[:-1]), logits.shape[-1])
-    y2 = labels.reshape(math.prod(labels.shape[:-1]), labels.shape[-1])
-    _validate.dense_2d_shapes(x2, y2)
-    return y2.expand(x2.shape), x2
+def _dense_rows(labels, logits):
+    """Labels and logits as broadcast ``[rows, C]`` views, and the loss's shape.
+
+    `_validate.dense_layout` is the rule; expanding is differentiable.
+    """
+    x_shape, y_shape, rows, loss_shape = _validate.dense_layout(logits.shape, labels.shape)
+    return labels.reshape(y_shape).expand(rows), logits.reshape(x_shape).expand(rows), loss_shape
 
 
 class TorchBackend:
@@ -286,8 +285,8 @@ class TorchBackend:
     @staticmethod
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
-        y2, x2 = _dense_2d(labels, logits)
-        return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(logits.shape[:-1])
+        y2, x2, loss_shape = _dense_rows(labels, logits)
+        return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
@@ -297,4 +296,5 @@ class TorchBackend:
     @staticmethod
     def dense_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
-        return _LossAndBackprop.apply("dense", logits, labels.expand(logits.shape))
+        y2, x2, _ = _dense_rows(labels, logits)
+        return _LossAndBackprop.apply("dense", x2, y2)

@@ -3,6 +3,8 @@
 Every check runs before any arithmetic, so a bad call fails without work done
 and without touching its inputs.
 """
+import math
+
 import numpy as np
 
 from xent.errors import InvalidArgumentError
@@ -95,6 +97,31 @@ def dense_2d_shapes(features, labels):
             "logits and labels must be broadcastable: logits_size="
             f"{_dims(features.shape)} labels_size={_dims(labels.shape)}")
     return tuple(max(f, l) if 0 not in (f, l) else 0 for f, l in zip(features.shape, labels.shape))
+
+
+def dense_layout(logits_shape, labels_shape):
+    """How the dense op lays its inputs out as rows: one rule for every backend.
+
+    Both arrays are flattened to ``[rows, last]`` and checked by
+    `dense_2d_shapes`; they then broadcast to a common ``[rows, C]``.
+
+    Returns:
+      ``(logits_2d, labels_2d, rows, loss_shape)``: the flattened shapes, the
+      broadcast shape, and the shape of the per-row loss (the logits' shape
+      without its last axis, or ``[rows]`` when one logits row was broadcast).
+    """
+    logits_2d = (math.prod(logits_shape[:-1]), logits_shape[-1])
+    labels_2d = (math.prod(labels_shape[:-1]), labels_shape[-1])
+    rows = dense_2d_shapes(_Shaped(logits_2d), _Shaped(labels_2d))
+    loss_shape = tuple(logits_shape[:-1]) if rows == logits_2d else rows[:1]
+    return logits_2d, labels_2d, rows, loss_shape
+
+
+class _Shaped:
+    """Just a shape, for the shape checks (which read only ``.shape``/``.ndim``)."""
+
+    def __init__(self, shape):
+        self.shape, self.ndim = tuple(shape), len(shape)
 
 
 def class_axis(axis, ndim):
