@@ -37,12 +37,23 @@ def accumulate(a):
     return np.asarray(a).astype(np.float64)
 
 
-def assert_matches(got, want, dtype, scale=1.0):
+# The fused kernels' exp for half-precision logits has a relative error of
+# 1e-4 (a twentieth of a float16 ulp), so their float32 losses may differ from
+# the reference's by about that, in units of the row's scale.
+HALF_EXP_ERROR = 1.5e-4
+
+
+def is_half(dtype):
+    return dtype is not None and np.dtype(dtype).name in ("float16", "bfloat16")
+
+
+def assert_matches(got, want, dtype, scale=1.0, logits_dtype=None):
     """`got` (fused) within rounding of `want` (reference), NaN where it is NaN.
 
     Accumulator results (float32/float64) may differ by a few ulps of the row's
-    scale (exp and summation order differ); half-precision outputs by one ulp
-    of the output format plus that.
+    scale (exp and summation order differ), and by `HALF_EXP_ERROR` of it when
+    the logits (`logits_dtype`) are half precision; half-precision outputs by
+    one ulp of the output format plus that.
     """
     got, want = accumulate(got), accumulate(want)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg="NaN positions differ")
@@ -51,9 +62,12 @@ def assert_matches(got, want, dtype, scale=1.0):
     eps = 1e-15 if np.dtype(dtype) == np.float64 else 1.2e-7
     with np.errstate(over="ignore", invalid="ignore"):
         tol = 8 * eps * (np.abs(want) + np.asarray(scale, np.float64))
+        if is_half(logits_dtype) and not is_half(dtype):
+            tol = tol + HALF_EXP_ERROR * np.asarray(scale, np.float64)
         if np.dtype(dtype).name in ("float16", "bfloat16"):
             tol = tol + np.spacing(np.abs(want).astype(dtype)).astype(np.float64)
-    err = np.abs(got - want)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(got - want)
     bad = finite & ~(err <= tol)
     assert not bad.any(), f"{bad.sum()} entries off: got {got[bad][:4]}, want {want[bad][:4]}"
 
@@ -85,8 +99,8 @@ def test_sparse_matches_reference(rng, shape, dtype, label_dtype):
     (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
     scale = row_scale(logits)
     assert loss.dtype == ref_loss.dtype and grad.dtype == logits.dtype
-    assert_matches(loss, ref_loss, loss.dtype, scale)
-    assert_matches(lse, ref_lse, lse.dtype, scale)
+    assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(lse, ref_lse, lse.dtype, scale, logits_dtype=logits.dtype)
     assert_matches(grad, ref_grad, dtype)
 
 
@@ -112,8 +126,8 @@ def test_dense_matches_reference(rng, shape, dtype):
         loss, lse = _fused.dense_rows(logits, labels, out)
         ref_loss, ref_lse = _kernels.dense_rows(logits, labels, ref_out)
         scale = row_scale(logits) * (1.0 + accumulate(labels).sum(axis=-1))
-        assert_matches(loss, ref_loss, loss.dtype, scale)
-        assert_matches(lse, ref_lse, lse.dtype, row_scale(logits))
+        assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
+        assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
         if grad:
             assert_matches(out, ref_out, dtype, 1.0)
 
@@ -125,7 +139,7 @@ def test_dense_labels_in_the_logits_half_format_match_reference(rng, dtype):
     out, ref_out = np.empty_like(logits), np.empty_like(logits)
     loss, _ = _fused.dense_rows(logits, labels, out)
     ref_loss, _ = _kernels.dense_rows(logits, labels, ref_out)
-    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits) * 40)
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits) * 40, logits_dtype=logits.dtype)
     assert_matches(out, ref_out, dtype)
 
 
@@ -136,7 +150,7 @@ def test_dense_broadcast_labels_match_reference(rng, labels_shape):
     out, ref_out = np.empty_like(logits), np.empty_like(logits)
     loss, _ = _fused.dense_rows(logits, labels, out)
     ref_loss, _ = _kernels.dense_rows(logits, labels, ref_out)
-    assert_matches(loss, ref_loss, np.float32, row_scale(logits) * 25)
+    assert_matches(loss, ref_loss, np.float32, row_scale(logits) * 25, logits_dtype=logits.dtype)
     assert_matches(out, ref_out, np.float32)
 
 
@@ -165,8 +179,8 @@ def test_sparse_edge_values_match_reference(dtype):
     logits, labels = edge_rows(dtype)
     with np.errstate(all="ignore"):
         (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
-    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits))
-    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits))
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits), logits_dtype=logits.dtype)
+    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
     assert_matches(grad, ref_grad, dtype)
 
 
@@ -180,8 +194,112 @@ def test_dense_edge_values_match_reference(dtype):
     with np.errstate(all="ignore"):
         loss, lse = _fused.dense_rows(logits, targets, out)
         ref_loss, ref_lse = _kernels.dense_rows(logits, targets, ref_out)
-    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits))
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits), logits_dtype=logits.dtype)
     assert_matches(out, ref_out, dtype)
+
+
+# -- rows of several chunks: the one-sweep path, its re-sweeps and its rescaling ----------
+
+LONG = 3 * int(_fused._CHUNK) + 5
+
+
+def long_edge_rows(dtype):
+    """Rows of 3+ chunks that take every branch of pass A (see `_fused._chunk_pass`).
+
+    A record far above the running max in a later chunk (swept again), NaN and
+    +inf found by the one-sweep loop, a first chunk of -inf, a chunk of -inf
+    mid-row, masked entries, a chunk whose shift is so far below the row max
+    that its rescaling factor is subnormal, and a confident row whose max was
+    taken against an earlier chunk's shift.
+    """
+    rng = np.random.default_rng(7)
+    c = int(_fused._CHUNK)
+    big = float(ml_dtypes.finfo(dtype).max) / 4
+    base = rng.standard_normal((11, LONG))
+    base[1, 2 * c + 9] = 40.0
+    base[2, 2 * c + 9] = np.nan
+    base[3, c + 3] = np.inf
+    base[4, :c] = -np.inf
+    base[5, c:2 * c] = -np.inf
+    base[6, rng.integers(0, LONG, 500)] = -np.inf
+    base[7, :c], base[7, c:] = -big, big * np.tanh(base[7, c:])
+    base[8, :c] = -96.0
+    base[8, c:2 * c] = -80.0 - np.minimum(np.abs(base[8, c:2 * c]), 4.0)
+    base[8, 2 * c:], base[8, 2 * c + 1] = -30.0, 0.0
+    base[9, :] = -30.0
+    base[9, 5], base[9, c + 17] = -10.0, 0.0
+    base[10, :] = np.sort(base[10, :]) * 30   # a new record in every chunk
+    labels = np.array([3, 2 * c + 9, 0, 1, c + 1, 7, 11, c + 5, c + 2, c + 17, LONG - 1])
+    labels[6] = np.flatnonzero(np.isfinite(base[6]))[0]
+    return base.astype(dtype), labels
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_sparse_long_rows_match_reference_in_place_and_not(dtype):
+    logits, labels = long_edge_rows(dtype)
+    with np.errstate(all="ignore"):
+        (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
+        work = logits.copy()
+        loss_in, lse_in = _fused.sparse_rows(work, labels, work)
+        loss_only, _ = _fused.sparse_rows(logits, labels)
+    scale = row_scale(logits)
+    assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(lse, ref_lse, lse.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(grad, ref_grad, dtype)
+    np.testing.assert_array_equal(loss_in, loss)
+    np.testing.assert_array_equal(lse_in, lse)
+    np.testing.assert_array_equal(loss_only, loss)
+    np.testing.assert_array_equal(work.view(np.uint8), grad.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_dense_long_rows_match_reference_in_place_and_not(dtype):
+    logits, labels = long_edge_rows(dtype)
+    acc = np.float64 if dtype == np.float64 else np.float32
+    targets = np.full(logits.shape, 0.1 / LONG)
+    targets[np.arange(len(labels)), labels] += 0.9
+    targets = targets.astype(acc)
+    out, ref_out, work = np.empty_like(logits), np.empty_like(logits), logits.copy()
+    with np.errstate(all="ignore"):
+        loss, lse = _fused.dense_rows(logits, targets, out)
+        ref_loss, ref_lse = _kernels.dense_rows(logits, targets, ref_out)
+        loss_in, _ = _fused.dense_rows(work, targets, work)
+        loss_only, _ = _fused.dense_rows(logits, targets)
+    assert_matches(loss, ref_loss, loss.dtype, row_scale(logits) * 2, logits_dtype=logits.dtype)
+    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
+    assert_matches(out, ref_out, dtype)
+    np.testing.assert_array_equal(loss_in, loss)
+    np.testing.assert_array_equal(loss_only, loss)
+    np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
+
+
+def test_subnormal_rescaling_factor_keeps_normal_gradients_exact():
+    """Row 8 of `long_edge_rows`: its middle chunk's factor exp(-96) / S is
+    subnormal in float32, while its gradients, near exp(-80), are normal."""
+    logits, labels = long_edge_rows(np.float32)
+    grad = np.empty_like(logits)
+    _fused.sparse_rows(logits[8:9], labels[8:9], grad[8:9])
+    c = int(_fused._CHUNK)
+    x = logits[8].astype(np.float64)
+    want = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    middle = np.arange(c, 2 * c)
+    middle = middle[middle != labels[8]]
+    assert (want[middle] > np.finfo(np.float32).tiny).all()
+    np.testing.assert_allclose(grad[8, middle], want[middle], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_confident_loss_is_accurate_when_the_max_took_an_earlier_shift(dtype):
+    """Row 9 of `long_edge_rows`: loss ~ exp(-10). The max's term, taken against
+    the first chunk's max (-10), is made exactly 1, so even the half-precision
+    exp (error 1e-4 of each term) leaves the loss accurate relative to itself."""
+    logits, labels = long_edge_rows(dtype)
+    loss, _ = _fused.sparse_rows(logits[9:10], labels[9:10])
+    x = logits[9].astype(np.float64)
+    want = np.log(np.exp(x - x.max()).sum()) - (x[labels[9]] - x.max())
+    assert want < 1e-4
+    rtol = 2e-4 if np.dtype(dtype).itemsize == 2 else 1e-5
+    assert abs(loss[0] - want) <= rtol * want
 
 
 def test_masked_logits_get_exactly_zero_gradient():

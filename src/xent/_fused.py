@@ -98,9 +98,29 @@ def _maximum(typingctx, a, b):
 
 @intrinsic
 def _max_finite(typingctx, a, b):
-    """max(a, b) for operands known not to be NaN: a single ``vmaxps``."""
+    """max(a, b) for operands assumed not NaN: a single ``vmaxps`` (a running max)."""
     def codegen(context, builder, sig, args):
         return _call_llvm(builder, f"llvm.maxnum.{_suffix(a)}", _ir_type(a), args, ("nnan", "nsz"))
+    return a(a, a), codegen
+
+
+@intrinsic
+def _floor_at(typingctx, floor, x):
+    """floor if floor > x else x: one ``vmaxps`` that lets a NaN x through."""
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+    return x(x, x), codegen
+
+
+@intrinsic
+def _mul_exact(typingctx, a, b):
+    """a * b that LLVM may not regroup with another product.
+
+    It carries only the ``nsz`` flag: numba's fast-math pass leaves flagged
+    instructions alone, and without ``reassoc`` LLVM keeps the order.
+    """
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1], flags=("nsz",))
     return a(a, a), codegen
 
 
@@ -144,6 +164,22 @@ def _ldexp(typingctx, p, n):
         return _call_llvm(builder, f"llvm.ldexp.{_suffix(p)}.i32", _ir_type(p),
                           [args[0], builder.fptosi(args[1], i32)])
     return p(p, p), codegen
+
+
+@intrinsic
+def _lrint(typingctx, a):
+    """float32 a rounded to the nearest int32, ties to even (``vcvtps2dq``)."""
+    def codegen(context, builder, sig, args):
+        return _call_llvm(builder, "llvm.lrint.i32.f32", ir.IntType(32), args)
+    return types.int32(a), codegen
+
+
+@intrinsic
+def _ldexp_int(typingctx, p, n):
+    """p * 2**n for an int32 n (``vscalefps`` on AVX-512, sharing n's conversion to float)."""
+    def codegen(context, builder, sig, args):
+        return _call_llvm(builder, "llvm.ldexp.f32.i32", ir.FloatType(), args)
+    return p(p, n), codegen
 
 
 @intrinsic
@@ -199,6 +235,12 @@ _C1, _C2, _C3, _C4, _C5 = (_F32(c) for c in (
     0.9999997019767761, 0.4999915063381195, 0.1666763573884964,
     0.04189793020486832, 0.008290315046906471))
 
+# For half-precision logits (8 or 11 significant bits, and the same in their
+# gradient), 2**f ~ 1 + f (h1 + f (h2 + f h3)) on |f| <= 1/2: relative error
+# 1.0e-4, a twentieth of a float16 ulp; bench/fit_exp.py reproduces them.
+_H1, _H2, _H3 = (_F32(c) for c in (0.6932829022407532, 0.24221095442771912,
+                                   0.05500892922282219))
+
 _LOG2E64, _LN2_HI64 = math.log2(math.e), math.log(2)
 _LN2_LO64 = 2.3190468138462996e-17   # ln 2 - float64(ln 2)
 _FLOOR64 = -2000.0
@@ -209,7 +251,7 @@ _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12, _T13 = _T
 
 @njit(**_INLINE)
 def _exp32(x):
-    """exp(x) for float32 ``x <= 0`` or ``-inf`` (0 for ``-inf``).
+    """exp(x) for float32 ``x <= 16``, ``-inf`` (0) or NaN (NaN).
 
     x = n ln2 + r with n an integer and |r| <= ln(2)/2, then e**x = 2**n p(r).
     Within 2 ulp (relative error 2e-7) for x > -20, where softmax values
@@ -218,17 +260,31 @@ def _exp32(x):
     streams at full speed, so ln 2 is one float32 constant (a second, exact
     reduction step would cost one more) and the polynomial has degree 5.
     """
-    x = _max_finite(x, _FLOOR32)
-    n = _rint(x * _LOG2E32)
-    r = _fma(-n, _LN2_32, x)
+    x = _floor_at(_FLOOR32, x)
+    n = _lrint(x * _LOG2E32)
+    r = _fma(-_F32(n), _LN2_32, x)
     q = _C2 + r * (_C3 + r * (_C4 + r * _C5))
-    return _ldexp(_fma(r, _fma(r, q, _C1), _F32(1.0)), n)
+    return _ldexp_int(_fma(r, _fma(r, q, _C1), _F32(1.0)), n)
+
+
+@njit(**_INLINE)
+def _exp_half(x):
+    """exp(x) for float32 ``x <= 16`` (or ``-inf``, NaN) to 1e-4, for half-precision logits.
+
+    e**x = 2**t with t = x log2(e) = n + f: four multiply-adds per 16 values
+    against `_exp32`'s seven. The rounding of t costs up to 2e-5 relative
+    error at x = -87, still far below a half-precision ulp.
+    """
+    t = _floor_at(_FLOOR32, x) * _LOG2E32
+    n = _lrint(t)
+    f = t - _F32(n)
+    return _ldexp_int(_fma(f, _H1 + f * (_H2 + f * _H3), _F32(1.0)), n)
 
 
 @njit(**_INLINE)
 def _exp64(x):
-    """exp(x) for float64 ``x <= 0`` or ``-inf``, as `_exp32` with a longer series."""
-    x = _max_finite(x, _FLOOR64)
+    """exp(x) for float64 ``x <= 16``, ``-inf`` or NaN, as `_exp32` with a longer series."""
+    x = _floor_at(_FLOOR64, x)
     n = _rint(x * _LOG2E64)
     r = _fma(-n, _LN2_LO64, _fma(-n, _LN2_HI64, x))
     p = _T12 + r * _T13
@@ -242,6 +298,17 @@ def _exp64(x):
 
 def _exp(x):
     """exp(x) for ``x <= 0`` in x's precision (numba only)."""
+
+
+def _exp_of(a, y, x):
+    """exp(x) for the logits `a` with targets `y`: `_exp_half` for half-precision
+    logits with sparse labels (y None), where every use of the exps is a
+    relative one; `_exp` otherwise (numba only). A dense gradient
+    softmax - y cancels, and needs the exps to the accumulator's precision."""
+
+
+def _tiny(value):
+    """The smallest normal float of `value`'s type, as a float64 (numba only)."""
 
 
 def _load(a, j):
@@ -261,6 +328,19 @@ def _exp_impl(x):
     if x == types.float32:
         return lambda x: _exp32(x)
     return lambda x: _exp64(x)
+
+
+@overload(_exp_of, inline="always", jit_options={"fastmath": _FAST})
+def _exp_of_impl(a, y, x):
+    if a.dtype in (types.uint16, types.int16) and isinstance(y, types.NoneType):
+        return lambda a, y, x: _exp_half(x)
+    return lambda a, y, x: _exp(x)
+
+
+@overload(_tiny, inline="always")
+def _tiny_impl(value):
+    tiny = 2.0 ** -1022 if value == types.float64 else 2.0 ** -126
+    return lambda value: tiny
 
 
 @overload(_load, inline="always")
@@ -326,17 +406,35 @@ def _exp_row_impl(out_row, scratch):
 
 # --- one row, in chunks -----------------------------------------------------------
 #
-# Pass A reads a row from memory once, chunk by chunk: the chunk's max, then the
-# exps of the chunk (still in L1) shifted by that max, summed (dense: also the
-# targets' sums). `_combine` then gives the row's max M and
-# S = sum_c s_c exp(max_c - M), exactly as shifting by M would, up to rounding.
-# With a gradient, pass A keeps the exps (in the output, or in a float32 row
-# for half-precision outputs) and pass B rescales each chunk by
-# exp(max_c - M) / S while the row is still in L2. Memory streams while the core
-# computes, and every logit is read once and every gradient entry written once.
+# Pass A reads a row from memory once, chunk by chunk, and leaves per chunk c
+# its max m_c, the shift t_c its exps were taken against and
+# s_c = sum_j exp(x_j - t_c) (dense: also the targets' sums). The first chunk,
+# and any chunk before which every logit was -inf, takes two sweeps over the
+# chunk (its max, then its exps shifted by that max, the chunk still in L1).
+# Every later chunk takes one sweep: its exps are shifted by the largest max
+# seen so far in the row, t_c = max(m_0..m_{c-1}), while its own max is taken in
+# the same loop, so the logits stream from memory while the core computes. A
+# chunk whose max turns out more than `_SHIFT_SLACK` above t_c, or that holds a
+# NaN or +inf, is swept again as a first chunk is (rare: it needs a new row
+# record that far above the old one). Every shift is a logit of the row, so no
+# exp can overflow and none is smaller than exp(x_j - M).
+#
+# `_combine` then gives the row's max M and S = sum_c s_c exp(t_c - M), exactly
+# as shifting by M would, up to rounding; the max's own term is then made
+# exactly 1 (see `_exact_top_term`). With a gradient, pass A keeps the exps
+# (in the output, or in a float32 row for half-precision outputs) and pass B
+# rescales each chunk by exp(t_c - M) / S while the row is still in L2: every
+# logit is read once and every gradient entry written once.
 #
 # Chunk bounds are unsigned: numba then skips its negative-index check and the
 # loops vectorise.
+
+# How far (in logits) a chunk's max may exceed its shift: exps stay below
+# e**16 ~ 2**23, so a chunk's float32 sum cannot overflow.
+_SHIFT_SLACK = 16.0
+# The rows of a row's per-chunk statistics (`_chunk_stats`).
+_MAX, _SHIFT, _SUM, _YSUM, _YXSUM = 0, 1, 2, 3, 4
+
 
 @njit(**_INLINE)
 def _chunk_max(x, lo, hi):
@@ -347,8 +445,25 @@ def _chunk_max(x, lo, hi):
     return m
 
 
-def _chunk_exps(x, e, lo, hi, m):
+def _chunk_exps(x, y, e, lo, hi, m):
     """sum of exp(x_j - m) over [lo, hi); also kept as e_j unless e is None (numba only)."""
+
+
+def _chunk_max_exps(x, y, e, save, lo, hi, shift):
+    """(max_j x_j, sum_j exp(x_j - shift)) over [lo, hi) in one loop (numba only).
+
+    Each exp is kept in e unless e is None; when e is x itself, save (else
+    None) first receives x[lo:hi], so that the chunk can be swept again. A
+    NaN or +inf makes the sum NaN (the max is then meaningless).
+    """
+
+
+def _restore(x, save, lo, hi):
+    """x[lo:hi] = save[:hi - lo] unless save is None (numba only)."""
+
+
+def _targets(x, y, lo, hi, shift):
+    """`_chunk_targets`, or two zeros when y is None (numba only)."""
 
 
 def _zero(e, lo, hi):
@@ -356,23 +471,66 @@ def _zero(e, lo, hi):
 
 
 @overload(_chunk_exps, inline="always", jit_options={"fastmath": _FAST})
-def _chunk_exps_impl(x, e, lo, hi, m):
+def _chunk_exps_impl(x, y, e, lo, hi, m):
     if isinstance(e, types.NoneType):
-        def sum_only(x, e, lo, hi, m):
+        def sum_only(x, y, e, lo, hi, m):
             s = _like(0.0, m)
             for j in range(lo, hi):
-                s += _exp(_load(x, j) - m)
+                s += _exp_of(x, y, _load(x, j) - m)
             return s
         return sum_only
 
-    def keep(x, e, lo, hi, m):   # e holds the accumulator dtype; it may be x
+    def keep(x, y, e, lo, hi, m):   # e holds the accumulator dtype; it may be x
         s = _like(0.0, m)
         for j in range(lo, hi):
-            v = _exp(_load(x, j) - m)
+            v = _exp_of(x, y, _load(x, j) - m)
             e[j] = v
             s += v
         return s
     return keep
+
+
+# The running max uses maxnum with the no-NaN flag (one vmaxps, which LLVM
+# vectorises as a reduction); a NaN shows up in the sum instead, which the
+# floor in the exps lets through.
+@overload(_chunk_max_exps, inline="always", jit_options={"fastmath": _FAST})
+def _chunk_max_exps_impl(x, y, e, save, lo, hi, shift):
+    if isinstance(e, types.NoneType):
+        def sum_only(x, y, e, save, lo, hi, shift):
+            m = _like(-np.inf, shift)
+            s = _like(0.0, shift)
+            for j in range(lo, hi):
+                v = _load(x, j)
+                m = _max_finite(m, v)
+                s += _exp_of(x, y, v - shift)
+            return m, s
+        return sum_only
+
+    if isinstance(save, types.NoneType):
+        def keep(x, y, e, save, lo, hi, shift):
+            m = _like(-np.inf, shift)
+            s = _like(0.0, shift)
+            for j in range(lo, hi):
+                v = _load(x, j)
+                m = _max_finite(m, v)
+                ev = _exp_of(x, y, v - shift)
+                e[j] = ev
+                s += ev
+            return m, s
+        return keep
+
+    def keep_saved(x, y, e, save, lo, hi, shift):   # e is x
+        m = _like(-np.inf, shift)
+        s = _like(0.0, shift)
+        for j in range(lo, hi):
+            v = _load(x, j)
+            save[j - lo] = v
+            m = _max_finite(m, v)
+            ev = _exp_of(x, y, v - shift)
+            e[j] = ev
+            s += ev
+        return m, s
+    return keep_saved
 
 
 @overload(_zero, inline="always")
@@ -384,6 +542,17 @@ def _zero_impl(e, lo, hi):
         for j in range(lo, hi):
             e[j] = 0.0
     return zero
+
+
+@overload(_restore, inline="always")
+def _restore_impl(x, save, lo, hi):
+    if isinstance(save, types.NoneType):
+        return lambda x, save, lo, hi: None
+
+    def restore(x, save, lo, hi):
+        for j in range(lo, hi):
+            x[j] = save[j - lo]
+    return restore
 
 
 @njit(**_INLINE)
@@ -398,105 +567,167 @@ def _chunk_targets(x, y, lo, hi, shift):
     return sy, syx
 
 
-@njit(**_INLINE)
-def _exp_pass(x, e, maxes, sums):
-    """Pass A: per chunk c, maxes[c] and sums[c] = sum exp(x - maxes[c]).
 
-    Unless e is None, also e_j = exp(x_j - max of j's chunk) (0 in a chunk of
-    -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
+
+@overload(_targets)
+def _targets_impl(x, y, lo, hi, shift):
+    if isinstance(y, types.NoneType):
+        def zeros(x, y, lo, hi, shift):
+            return _like(0.0, shift), _like(0.0, shift)
+        return zeros
+
+    def sums(x, y, lo, hi, shift):
+        return _chunk_targets(x, y, lo, hi, shift)
+    return sums
+
+
+@njit(**_INLINE)
+def _chunk_pass(x, y, e, save, lo, hi, top):
+    """(max, shift, sum of exps, sum of y, sum of y (x - shift)) of chunk [lo, hi),
+    for a row whose largest max so far is `top` (``-inf`` before any finite logit).
+
+    Exps are kept in e unless e is None; the targets' sums are zeros when y is
+    None (sparse), and read x before e (which may be x) is written. A NaN max
+    means the chunk holds a NaN or ``+inf``. A chunk of ``-inf`` logits is
+    shifted by 0, so that y_j x_j gives TF's ``-inf`` (or NaN where y_j is 0).
+    """
+    if top > -np.inf:
+        sy, syx = _targets(x, y, lo, hi, top)
+        m, s = _chunk_max_exps(x, y, e, save, lo, hi, top)
+        if m <= top + _SHIFT_SLACK and not np.isnan(s):
+            return m, top, s, sy, syx
+        _restore(x, save, lo, hi)
+    m = _chunk_max(x, lo, hi)
+    if m == -np.inf:
+        zero = _like(0.0, m)
+        sy, syx = _targets(x, y, lo, hi, zero)
+        _zero(e, lo, hi)
+        return m, zero, zero, sy, syx
+    if not np.isfinite(m):
+        nan = _like(np.nan, m)
+        return nan, nan, nan, nan, nan
+    sy, syx = _targets(x, y, lo, hi, m)
+    return m, m, _chunk_exps(x, y, e, lo, hi, m), sy, syx
+
+
+@njit(**_INLINE)
+def _exp_pass(x, y, e, save, st):
+    """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c]
+    and, with targets y, st[_YSUM, c] and st[_YXSUM, c] (see above).
+
+    Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
+    of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
     """
     n = np.uint64(x.shape[0])
+    top = _like(-np.inf, _load(x, 0))
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        m = _chunk_max(x, lo, hi)
-        maxes[c] = m
-        if m == -np.inf:
-            sums[c] = 0.0
-            _zero(e, lo, hi)
-        elif np.isfinite(m):
-            sums[c] = _chunk_exps(x, e, lo, hi, m)
-        else:
+        m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top)
+        if np.isnan(m):
             return False
+        st[_MAX, c], st[_SHIFT, c], st[_SUM, c] = m, shift, s
+        _keep_targets(st, c, y, sy, syx)
+        top = max(top, m)
         c += 1
     return True
 
 
-@njit(**_INLINE)
-def _dense_pass(x, y, e, maxes, sums, ysums, yxsums):
-    """Pass A with targets: as `_exp_pass`, plus per chunk c the sums of y_j and of
-    y_j (x_j - shift_c), shift_c = maxes[c], taken before e (which may be x) is written.
+def _keep_targets(st, c, y, sy, syx):
+    """st[_YSUM, c], st[_YXSUM, c] = sy, syx unless y is None (numba only)."""
 
-    A chunk of ``-inf`` logits is shifted by 0 so that y_j * x_j gives TF's
-    ``inf`` (or NaN where y_j is 0) for it.
+
+@overload(_keep_targets, inline="always")
+def _keep_targets_impl(st, c, y, sy, syx):
+    if isinstance(y, types.NoneType):
+        return lambda st, c, y, sy, syx: None
+
+    def keep(st, c, y, sy, syx):
+        st[_YSUM, c], st[_YXSUM, c] = sy, syx
+    return keep
+
+
+@njit(**_INLINE)
+def _combine(x, y, st):
+    """The row's max M and S = sum_c s_c exp(t_c - M), in float64.
+
+    A chunk swept once shifted its exps by t_c < M, so the max's own term
+    exp(M - t_c) carries the exp's rounding (larger for half-precision
+    inputs, whose exp is cheaper). It is replaced by its exact value 1, so
+    that a loss near 0 (S near 1) is as accurate as the reference's. x and
+    y pick the exp that pass A used (`_exp_of`).
     """
-    n = np.uint64(x.shape[0])
-    c = 0
-    for lo in range(_U0, n, _CHUNK):
-        hi = min(lo + _CHUNK, n)
-        m = _chunk_max(x, lo, hi)
-        maxes[c] = m
-        if m == -np.inf:
-            ysums[c], yxsums[c] = _chunk_targets(x, y, lo, hi, _like(0.0, m))
-            sums[c] = 0.0
-            _zero(e, lo, hi)
-        elif np.isfinite(m):
-            ysums[c], yxsums[c] = _chunk_targets(x, y, lo, hi, m)
-            sums[c] = _chunk_exps(x, e, lo, hi, m)
-        else:
-            return False
-        c += 1
-    return True
-
-
-@njit(**_INLINE)
-def _combine(maxes, sums):
-    """The row's max M and S = sum_c sums[c] exp(maxes[c] - M), in float64."""
-    top = maxes[0]
-    for c in range(1, maxes.shape[0]):
-        top = max(top, maxes[c])
+    top = st[_MAX, 0]
+    first = 0
+    for c in range(1, st.shape[1]):
+        if st[_MAX, c] > top:
+            top, first = st[_MAX, c], c
     total = 0.0
     if top > -np.inf:
-        for c in range(maxes.shape[0]):
-            total += sums[c] * _exp64(maxes[c] - top)
+        for c in range(st.shape[1]):
+            total += st[_SUM, c] * _exp64(st[_SHIFT, c] - top)
+        shift = st[_SHIFT, first]
+        if shift != top:
+            ref = _load(x, 0)
+            term = _exp_of(x, y, _like(top, ref) - _like(shift, ref))
+            total += 1.0 - term * _exp64(shift - top)
     return top, total
 
 
 @njit(**_INLINE)
-def _combine_targets(maxes, ysums, yxsums, top):
+def _combine_targets(st, top):
     """(sum_j y_j, sum_j y_j (x_j - top)) from the per-chunk sums."""
     sy = 0.0
     syx = 0.0
-    for c in range(maxes.shape[0]):
-        shift = maxes[c] if maxes[c] > -np.inf else 0.0
-        sy += ysums[c]
-        syx += yxsums[c] + (shift - top) * ysums[c]
+    for c in range(st.shape[1]):
+        sy += st[_YSUM, c]
+        syx += st[_YXSUM, c] + (st[_SHIFT, c] - top) * st[_YSUM, c]
     return sy, syx
 
 
+# A chunk's factor exp(t_c - M) / S below the smallest normal float would round
+# coarsely, and its exps reach e**16: such chunks (rare: t_c more than 87 below
+# M) are scaled in two steps, through 2**64.
+_TWO64, _TWO_M64 = 2.0 ** 64, 2.0 ** -64
+
+
 @njit(**_INLINE)
-def _rescale(e, out, maxes, top, inv_s):
-    """Pass B: out_j = e_j exp(max_c - M) / S, rounded to out's format (e may be out)."""
+def _rescale(e, out, st, top, inv_s):
+    """Pass B: out_j = e_j exp(t_c - M) / S, rounded to out's format (e may be out)."""
     n = np.uint64(e.shape[0])
+    tiny = _tiny(e[0])
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        factor = _like(_exp64(maxes[c] - top) * inv_s, e[0])
-        for j in range(lo, hi):
-            _store(out, j, e[j] * factor)
+        factor = _exp64(st[_SHIFT, c] - top) * inv_s
+        if factor >= tiny:
+            f = _like(factor, e[0])
+            for j in range(lo, hi):
+                _store(out, j, e[j] * f)
+        else:
+            f, down = _like(factor * _TWO64, e[0]), _like(_TWO_M64, e[0])
+            for j in range(lo, hi):
+                _store(out, j, _mul_exact(_mul_exact(e[j], f), down))
         c += 1
 
 
 @njit(**_INLINE)
-def _rescale_minus(e, y, out, maxes, top, inv_s):
-    """Pass B, dense: out_j = e_j exp(max_c - M) / S - y_j (e may be out)."""
+def _rescale_minus(e, y, out, st, top, inv_s):
+    """Pass B, dense: out_j = e_j exp(t_c - M) / S - y_j (e may be out)."""
     n = np.uint64(e.shape[0])
+    tiny = _tiny(e[0])
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        factor = _like(_exp64(maxes[c] - top) * inv_s, e[0])
-        for j in range(lo, hi):
-            _store(out, j, e[j] * factor - _load(y, j))
+        factor = _exp64(st[_SHIFT, c] - top) * inv_s
+        if factor >= tiny:
+            f = _like(factor, e[0])
+            for j in range(lo, hi):
+                _store(out, j, e[j] * f - _load(y, j))
+        else:
+            f, down = _like(factor * _TWO64, e[0]), _like(_TWO_M64, e[0])
+            for j in range(lo, hi):
+                _store(out, j, _mul_exact(_mul_exact(e[j], f), down) - _load(y, j))
         c += 1
 
 
@@ -511,12 +742,12 @@ def _fill_nan(out, ref):
 # --- one row, per need ----------------------------------------------------------------
 
 @njit(**_INLINE)
-def _sparse_row_loss(x, label, maxes, sums):
+def _sparse_row_loss(x, label, st):
     """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
     nan = _like(np.nan, _load(x, 0))
-    if not (0 <= label < x.shape[0] and _exp_pass(x, None, maxes, sums)):
+    if not (0 <= label < x.shape[0] and _exp_pass(x, None, None, None, st)):
         return nan, nan
-    top, total = _combine(maxes, sums)
+    top, total = _combine(x, None, st)
     if top == -np.inf:
         return nan, nan
     log_s = np.log(total)
@@ -524,23 +755,24 @@ def _sparse_row_loss(x, label, maxes, sums):
 
 
 @njit(**_INLINE)
-def _sparse_row_grad(x, label, out, e, maxes, sums):
+def _sparse_row_grad(x, label, out, e, save, st):
     """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
 
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
-    is half precision (so that each gradient entry is rounded once).
+    is half precision (so that each gradient entry is rounded once); `save`
+    holds a chunk of x when e is x, else None.
     """
     nan = _like(np.nan, _load(x, 0))
     ok = 0 <= label < x.shape[0]
     x_label = _load(x, label) if ok else nan
-    if not (ok and _exp_pass(x, e, maxes, sums)):
+    if not (ok and _exp_pass(x, None, e, save, st)):
         _fill_nan(out, nan)
         return nan, nan
-    top, total = _combine(maxes, sums)
+    top, total = _combine(x, None, st)
     if top == -np.inf:
         _fill_nan(out, nan)
         return nan, nan
-    _rescale(e, out, maxes, top, 1.0 / total)
+    _rescale(e, out, st, top, 1.0 / total)
     m = _like(top, x_label)
     _store(out, label, _exp(x_label - m) * _like(1.0 / total, m) - _like(1.0, m))
     log_s = np.log(total)
@@ -548,32 +780,32 @@ def _sparse_row_grad(x, label, out, e, maxes, sums):
 
 
 @njit(**_INLINE)
-def _dense_row_loss(x, y, maxes, sums, ysums, yxsums):
+def _dense_row_loss(x, y, st):
     """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
     nan = _like(np.nan, _load(x, 0))
-    if not _dense_pass(x, y, None, maxes, sums, ysums, yxsums):
+    if not _exp_pass(x, y, None, None, st):
         return nan, nan
-    top, total = _combine(maxes, sums)
+    top, total = _combine(x, y, st)
     if top == -np.inf:
         return nan, nan
-    sy, syx = _combine_targets(maxes, ysums, yxsums, top)
+    sy, syx = _combine_targets(st, top)
     log_s = np.log(total)
     return log_s * sy - syx, top + log_s
 
 
 @njit(**_INLINE)
-def _dense_row_grad(x, y, out, e, maxes, sums, ysums, yxsums):
-    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x); `e` as in sparse."""
+def _dense_row_grad(x, y, out, e, save, st):
+    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x); e, save as in sparse."""
     nan = _like(np.nan, _load(x, 0))
-    if not _dense_pass(x, y, e, maxes, sums, ysums, yxsums):
+    if not _exp_pass(x, y, e, save, st):
         _fill_nan(out, nan)
         return nan, nan
-    top, total = _combine(maxes, sums)
+    top, total = _combine(x, y, st)
     if top == -np.inf:
         _fill_nan(out, nan)
         return nan, nan
-    sy, syx = _combine_targets(maxes, ysums, yxsums, top)
-    _rescale_minus(e, y, out, maxes, top, 1.0 / total)
+    sy, syx = _combine_targets(st, top)
+    _rescale_minus(e, y, out, st, top, 1.0 / total)
     log_s = np.log(total)
     return log_s * sy - syx, top + log_s
 
@@ -581,10 +813,24 @@ def _dense_row_grad(x, y, out, e, maxes, sums, ysums, yxsums):
 # --- a range of rows, per need (called directly, or per block by the threads) ----
 
 @njit(**_INLINE)
-def _chunk_stats(x, count):
-    """`count` float64 arrays with one entry per chunk of a row of x."""
+def _chunk_stats(x):
+    """A row's per-chunk statistics: float64 ``[5, chunks]``, rows `_MAX` ... `_YXSUM`."""
     n = (x.shape[1] + int(_CHUNK) - 1) // int(_CHUNK)
-    return np.empty((count, n), np.float64)
+    return np.empty((5, n), np.float64)
+
+
+def _save_chunk(x):
+    """Where an in-place kernel saves a chunk of x that pass A may sweep again:
+    a chunk-sized array when x holds the accumulator dtype (its exps then
+    overwrite it), else None (numba only)."""
+
+
+@overload(_save_chunk)
+def _save_chunk_impl(x):
+    if x.dtype in (types.float32, types.float64):
+        dtype = np.float64 if x.dtype == types.float64 else np.float32
+        return lambda x: np.empty(int(_CHUNK), dtype)
+    return lambda x: None
 
 
 @njit(**_INLINE)
@@ -595,57 +841,58 @@ def _target(y, i):
 
 @njit(**_KERNEL)
 def _sparse_loss_rows(x, labels, loss, lse, lo, hi):
-    stats = _chunk_stats(x, 2)
+    st = _chunk_stats(x)
     for i in range(lo, hi):
-        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], stats[0], stats[1])
+        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], st)
 
 
 @njit(**_KERNEL)
 def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
-    stats = _chunk_stats(x, 2)
+    st = _chunk_stats(x)
     scratch = _exp_scratch(x, out)
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch),
-                                           stats[0], stats[1])
+                                           None, st)
 
 
 @njit(**_KERNEL)
 def _sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
-    stats = _chunk_stats(x, 2)
+    st = _chunk_stats(x)
     scratch = _exp_scratch(x, x)
+    save = _save_chunk(x)
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _exp_row(row, scratch),
-                                           stats[0], stats[1])
+                                           save, st)
 
 
 @njit(**_KERNEL)
 def _dense_loss_rows(x, y, loss, lse, lo, hi):
-    stats = _chunk_stats(x, 4)
+    st = _chunk_stats(x)
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), stats[0], stats[1], stats[2],
-                                          stats[3])
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st)
 
 
 @njit(**_KERNEL)
 def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
-    stats = _chunk_stats(x, 4)
+    st = _chunk_stats(x)
     scratch = _exp_scratch(x, out)
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch),
-                                          stats[0], stats[1], stats[2], stats[3])
+                                          None, st)
 
 
 @njit(**_KERNEL)
 def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
-    stats = _chunk_stats(x, 4)
+    st = _chunk_stats(x)
     scratch = _exp_scratch(x, x)
+    save = _save_chunk(x)
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
-                                          stats[0], stats[1], stats[2], stats[3])
+                                          save, st)
 
 
 # The same, with blocks of rows spread over numba's threads. Each takes the
@@ -777,12 +1024,18 @@ def sparse_rows(logits, labels, grad_out=None):
 
     Returns:
       ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype.
+
+    Half-precision logits use `_exp_half`, good to a twentieth of their ulp;
+    a wider gradient buffer for them (an internal caller's choice) gets
+    float32 logits instead, as its precision asks.
     """
     acc = accumulator(logits.dtype)
     loss, lse = np.empty(logits.shape[0], acc), np.empty(logits.shape[0], acc)
     if logits.shape[0] == 0:
         return loss, lse
     labels = np.ascontiguousarray(labels)
+    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
+        logits = logits.astype(np.float32)
     if grad_out is None:
         x = _kernel_view(np.ascontiguousarray(logits))
         _run(_sparse_loss_rows, _sparse_loss_blocks, logits.nbytes, x, labels, loss, lse)
