@@ -9,6 +9,10 @@ Lawson's iteration toward equal ripple (a near-minimax fit). The script prints
 them as float32, then how the compiled kernel's float32 results compare with
 correctly rounded exp: overall (down to the underflow threshold) and where
 softmax values matter (x > -20), against NumPy's own float32 exp.
+
+It also fits `xent._fused._exp_half` (half-precision logits): the degree-3 fit
+of e**r, rewritten for 2**f = e**(f ln 2) on |f| <= 1/2 (h_k = c_k ln(2)**k),
+and measures its worst relative error through the compiled kernel.
 """
 import numpy as np
 
@@ -49,7 +53,28 @@ def kernel_accuracy(low, samples=3_000_000, seed=0):
     return (got == exact).mean(), ulps.max(), (np.exp(x) == exact).mean()
 
 
+def half_accuracy(samples=3_000_000, seed=0):
+    """Worst relative error of `_exp_half` on x uniform in [-87, 16]."""
+    from numba import njit
+
+    from xent._fused import _FAST, _exp_half
+
+    @njit(fastmath=_FAST)
+    def run(x, out):
+        for j in range(x.shape[0]):
+            out[j] = _exp_half(x[j])
+
+    x = (np.random.default_rng(seed).random(samples) * 103 - 87).astype(np.float32)
+    got = np.empty_like(x)
+    run(x, got)
+    exact = np.exp(x.astype(np.float64))
+    return np.max(np.abs(got / exact - 1))
+
+
 if __name__ == "__main__":
+    half, half_err = fit(3)
+    print("h1..h3 =", [float(np.float32(c * np.log(2) ** (k + 1))) for k, c in enumerate(half)],
+          f"max relative error {half_err:.2e}; _exp_half on [-87, 16]: worst {half_accuracy():.2e}")
     coef, err = fit()
     print("c1..c5 =", [float(np.float32(c)) for c in coef], f"max relative error {err:.2e}")
     for low in (-87.0, -20.0):

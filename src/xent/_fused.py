@@ -7,11 +7,13 @@ themselves). What changes is how the work is done: each row is read from
 memory once, in chunks of 2048 entries that stay in L1 while they are
 computed on, so memory streams while the core computes.
 
-    pass A, per chunk c:  m_c = max_j x_j         (NaN if any x_j is NaN)
-                          s_c = sum_j exp(x_j - m_c)   (kept, for a gradient)
-                          dense: sum_j y_j, sum_j y_j (x_j - m_c)
-    combine:              M = max_c m_c,  S = sum_c s_c exp(m_c - M)
-    pass B (gradient):    grad_j = e_j exp(m_c - M) / S - y_j   (row still in L2)
+    pass A, chunk 0:      m_0 = max_j x_j;  s_0 = sum_j exp(x_j - m_0);  t_0 = m_0
+    pass A, chunk c > 0:  t_c = max(m_0..m_{c-1}), and in one loop
+                          m_c = max_j x_j,  s_c = sum_j exp(x_j - t_c)
+                          (swept again as chunk 0 if m_c > t_c + 16, NaN or +inf)
+                          dense: also sum_j y_j and sum_j y_j (x_j - t_c)
+    combine:              M = max_c m_c,  S = sum_c s_c exp(t_c - M)
+    pass B (gradient):    grad_j = e_j exp(t_c - M) / S - y_j   (row still in L2)
 
 This is the reference's shift by the row max M, up to rounding: no
 temporaries, one read of each logit and one write of each gradient entry. A
@@ -22,8 +24,10 @@ Arithmetic runs in float32 (float64 for float64). float16 and bfloat16 arrays
 are read and written in their own format: the kernels see them as integer
 views (``int16`` for float16, ``uint16`` for bfloat16, the view's type naming
 the format) and convert each element, rounding to nearest even once at the end.
-``exp`` is a polynomial that vectorises (see `_exp32`); fast-math flags allow
-reassociation and contraction but never assume away NaN or infinity.
+``exp`` is a polynomial that vectorises (see `_exp32`; `_exp_half` for
+half-precision logits with sparse labels, at a twentieth of their ulp);
+fast-math flags allow reassociation and contraction but never assume away NaN
+or infinity (save for one-sweep's running max, whose NaN shows in the sum).
 
 Rows are split over `xent.get_num_threads()` threads for inputs above a few MB
 (numba's ``workqueue`` layer unless the user chose another: its idle threads
@@ -164,6 +168,19 @@ def _ldexp(typingctx, p, n):
         return _call_llvm(builder, f"llvm.ldexp.{_suffix(p)}.i32", _ir_type(p),
                           [args[0], builder.fptosi(args[1], i32)])
     return p(p, p), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, a, j):
+    """Ask for the cache line holding a[j] (into L2), without waiting for it."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]])
+        i32 = ir.IntType(32)
+        _call_llvm(builder, "llvm.prefetch.p0", ir.VoidType(),
+                   [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(a, j), codegen
 
 
 @intrinsic
@@ -691,14 +708,40 @@ def _combine_targets(st, top):
 _TWO64, _TWO_M64 = 2.0 ** 64, 2.0 ** -64
 
 
+def _prefetch_chunk(ahead, lo, hi):
+    """Prefetch ahead[lo:hi] when it holds half-precision logits (numba only).
+
+    Measured on 8192x32000 (bench/RESULTS.md): for bfloat16, whose rows pass
+    B rescales through a float32 row, it cuts loss+grad by about a tenth; for
+    float32 it makes it slower (the prefetches compete with pass B's own
+    write-backs), so float32 and float64 rows are not prefetched.
+    """
+
+
+@overload(_prefetch_chunk, inline="always")
+def _prefetch_chunk_impl(ahead, lo, hi):
+    if ahead.dtype not in (types.uint16, types.int16):
+        return lambda ahead, lo, hi: None
+
+    def prefetch(ahead, lo, hi):
+        for k in range(lo, hi, np.uint64(32)):   # 32 two-byte entries per 64-byte line
+            _prefetch(ahead, k)
+    return prefetch
+
+
 @njit(**_INLINE)
-def _rescale(e, out, st, top, inv_s):
-    """Pass B: out_j = e_j exp(t_c - M) / S, rounded to out's format (e may be out)."""
+def _rescale(e, out, st, top, inv_s, ahead):
+    """Pass B: out_j = e_j exp(t_c - M) / S, rounded to out's format (e may be out).
+
+    Pass B works from L2 and would leave memory idle: it asks, chunk by
+    chunk, for the next row (`ahead`), which pass A then finds on its way.
+    """
     n = np.uint64(e.shape[0])
     tiny = _tiny(e[0])
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
+        _prefetch_chunk(ahead, lo, hi)
         factor = _exp64(st[_SHIFT, c] - top) * inv_s
         if factor >= tiny:
             f = _like(factor, e[0])
@@ -712,13 +755,14 @@ def _rescale(e, out, st, top, inv_s):
 
 
 @njit(**_INLINE)
-def _rescale_minus(e, y, out, st, top, inv_s):
-    """Pass B, dense: out_j = e_j exp(t_c - M) / S - y_j (e may be out)."""
+def _rescale_minus(e, y, out, st, top, inv_s, ahead):
+    """Pass B, dense: out_j = e_j exp(t_c - M) / S - y_j (e may be out); `ahead` as in sparse."""
     n = np.uint64(e.shape[0])
     tiny = _tiny(e[0])
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
+        _prefetch_chunk(ahead, lo, hi)
         factor = _exp64(st[_SHIFT, c] - top) * inv_s
         if factor >= tiny:
             f = _like(factor, e[0])
@@ -755,12 +799,13 @@ def _sparse_row_loss(x, label, st):
 
 
 @njit(**_INLINE)
-def _sparse_row_grad(x, label, out, e, save, st):
+def _sparse_row_grad(x, label, out, e, save, st, ahead):
     """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
 
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
     is half precision (so that each gradient entry is rounded once); `save`
-    holds a chunk of x when e is x, else None.
+    holds a chunk of x when e is x, else None; `ahead` is the row to
+    prefetch during pass B (the next one).
     """
     nan = _like(np.nan, _load(x, 0))
     ok = 0 <= label < x.shape[0]
@@ -772,7 +817,7 @@ def _sparse_row_grad(x, label, out, e, save, st):
     if top == -np.inf:
         _fill_nan(out, nan)
         return nan, nan
-    _rescale(e, out, st, top, 1.0 / total)
+    _rescale(e, out, st, top, 1.0 / total, ahead)
     m = _like(top, x_label)
     _store(out, label, _exp(x_label - m) * _like(1.0 / total, m) - _like(1.0, m))
     log_s = np.log(total)
@@ -794,8 +839,8 @@ def _dense_row_loss(x, y, st):
 
 
 @njit(**_INLINE)
-def _dense_row_grad(x, y, out, e, save, st):
-    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x); e, save as in sparse."""
+def _dense_row_grad(x, y, out, e, save, st, ahead):
+    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x); e, save, ahead as in sparse."""
     nan = _like(np.nan, _load(x, 0))
     if not _exp_pass(x, y, e, save, st):
         _fill_nan(out, nan)
@@ -805,7 +850,7 @@ def _dense_row_grad(x, y, out, e, save, st):
         _fill_nan(out, nan)
         return nan, nan
     sy, syx = _combine_targets(st, top)
-    _rescale_minus(e, y, out, st, top, 1.0 / total)
+    _rescale_minus(e, y, out, st, top, 1.0 / total, ahead)
     log_s = np.log(total)
     return log_s * sy - syx, top + log_s
 
@@ -834,6 +879,12 @@ def _save_chunk_impl(x):
 
 
 @njit(**_INLINE)
+def _next_row(x, i):
+    """Row i + 1 of x (row i for the last): the one to prefetch while row i finishes."""
+    return x[i + 1 if i + 1 < x.shape[0] else i]
+
+
+@njit(**_INLINE)
 def _target(y, i):
     """Row i of the dense targets, which have 1 or N rows."""
     return y[i if y.shape[0] > 1 else 0]
@@ -853,7 +904,7 @@ def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch),
-                                           None, st)
+                                           None, st, _next_row(x, i))
 
 
 @njit(**_KERNEL)
@@ -864,7 +915,7 @@ def _sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _exp_row(row, scratch),
-                                           save, st)
+                                           save, st, _next_row(x, i))
 
 
 @njit(**_KERNEL)
@@ -881,7 +932,7 @@ def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch),
-                                          None, st)
+                                          None, st, _next_row(x, i))
 
 
 @njit(**_KERNEL)
@@ -892,7 +943,7 @@ def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
-                                          save, st)
+                                          save, st, _next_row(x, i))
 
 
 # The same, with blocks of rows spread over numba's threads. Each takes the
