@@ -1,0 +1,66 @@
+"""Cost of the fused row kernels per logit and thread, with the data in cache.
+
+    python bench/kernel_ns.py [ROWS COLS]
+
+One thread runs each kernel of `xent._fused` (loss; loss+grad into a separate
+buffer; loss+grad over the logits) on ROWS x COLS logits (default 16 x 32000,
+2 MB of float32: in L2/L3, so memory speed drops out) and prints the best of 15
+calls in nanoseconds per logit, for float32 and bfloat16. The in-place figure
+has the copy that restores the logits before each call taken off. Multiplied
+by the logits per thread, it is the compute a large call needs, to set against
+the copy floor `xent bench` measures (see bench/RESULTS.md).
+"""
+import sys
+import time
+
+import numpy as np
+
+from xent import _dtypes, _fused
+
+
+def best(call, repeats=15):
+    """The fastest of `repeats` timed calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(dtype_name, rows, cols):
+    """ns per logit for (loss, loss+grad into a buffer, loss+grad in place)."""
+    rng = np.random.default_rng(0)
+    dtype = _dtypes.bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    original = (rng.standard_normal((rows, cols), np.float32) * 3).astype(dtype)
+    labels = rng.integers(0, cols, rows).astype(np.int32)
+    work, out = original.copy(), np.empty_like(original)
+    loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
+    x, w, o = (_fused._kernel_view(a) for a in (original, work, out))
+
+    def loss_only():
+        _fused._sparse_loss_rows(x, labels, loss, lse, 0, rows)
+
+    def into():
+        _fused._sparse_grad_rows(x, labels, o, loss, lse, 0, rows)
+
+    def restore():
+        np.copyto(work, original)
+
+    def in_place():
+        restore()
+        _fused._sparse_grad_rows_inplace(w, labels, loss, lse, 0, rows)
+
+    for call in (loss_only, into, in_place):
+        call()
+    n = rows * cols
+    return (best(loss_only) / n * 1e9, best(into) / n * 1e9,
+            (best(in_place) - best(restore)) / n * 1e9)
+
+
+if __name__ == "__main__":
+    rows, cols = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (16, 32000)
+    for name in ("float32", "bfloat16"):
+        loss_ns, into_ns, inplace_ns = measure(name, rows, cols)
+        print(f"{name:9s} {rows}x{cols}: loss {loss_ns:.3f}, loss+grad into a buffer "
+              f"{into_ns:.3f}, in place {inplace_ns:.3f} ns per logit per thread")
