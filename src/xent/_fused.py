@@ -483,28 +483,30 @@ def _targets(x, y, lo, hi, shift):
     """`_chunk_targets`, or two zeros when y is None (numba only)."""
 
 
-def _zero(e, lo, hi):
-    """e[lo:hi] = 0 unless e is None (numba only)."""
+def _keep(a, j, value):
+    """a[j] = value unless a is None (numba only): the optional stores of the sweeps."""
+
+
+@overload(_keep, inline="always")
+def _keep_impl(a, j, value):
+    if isinstance(a, types.NoneType):
+        return lambda a, j, value: None
+
+    def keep(a, j, value):
+        a[j] = value
+    return keep
 
 
 @overload(_chunk_exps, inline="always", jit_options={"fastmath": _FAST})
 def _chunk_exps_impl(x, y, e, lo, hi, m):
-    if isinstance(e, types.NoneType):
-        def sum_only(x, y, e, lo, hi, m):
-            s = _like(0.0, m)
-            for j in range(lo, hi):
-                s += _exp_of(x, y, _load(x, j) - m)
-            return s
-        return sum_only
-
-    def keep(x, y, e, lo, hi, m):   # e holds the accumulator dtype; it may be x
+    def sweep(x, y, e, lo, hi, m):   # e holds the accumulator dtype; it may be x
         s = _like(0.0, m)
         for j in range(lo, hi):
             v = _exp_of(x, y, _load(x, j) - m)
-            e[j] = v
+            _keep(e, j, v)
             s += v
         return s
-    return keep
+    return sweep
 
 
 # The running max uses maxnum with the no-NaN flag (one vmaxps, which LLVM
@@ -512,53 +514,25 @@ def _chunk_exps_impl(x, y, e, lo, hi, m):
 # floor in the exps lets through.
 @overload(_chunk_max_exps, inline="always", jit_options={"fastmath": _FAST})
 def _chunk_max_exps_impl(x, y, e, save, lo, hi, shift):
-    if isinstance(e, types.NoneType):
-        def sum_only(x, y, e, save, lo, hi, shift):
-            m = _like(-np.inf, shift)
-            s = _like(0.0, shift)
-            for j in range(lo, hi):
-                v = _load(x, j)
-                m = _max_finite(m, v)
-                s += _exp_of(x, y, v - shift)
-            return m, s
-        return sum_only
-
-    if isinstance(save, types.NoneType):
-        def keep(x, y, e, save, lo, hi, shift):
-            m = _like(-np.inf, shift)
-            s = _like(0.0, shift)
-            for j in range(lo, hi):
-                v = _load(x, j)
-                m = _max_finite(m, v)
-                ev = _exp_of(x, y, v - shift)
-                e[j] = ev
-                s += ev
-            return m, s
-        return keep
-
-    def keep_saved(x, y, e, save, lo, hi, shift):   # e is x
+    def sweep(x, y, e, save, lo, hi, shift):   # when e is x, save keeps x[lo:hi] first
         m = _like(-np.inf, shift)
         s = _like(0.0, shift)
         for j in range(lo, hi):
             v = _load(x, j)
-            save[j - lo] = v
+            _keep(save, j - lo, v)
             m = _max_finite(m, v)
             ev = _exp_of(x, y, v - shift)
-            e[j] = ev
+            _keep(e, j, ev)
             s += ev
         return m, s
-    return keep_saved
+    return sweep
 
 
-@overload(_zero, inline="always")
-def _zero_impl(e, lo, hi):
-    if isinstance(e, types.NoneType):
-        return lambda e, lo, hi: None
-
-    def zero(e, lo, hi):
-        for j in range(lo, hi):
-            e[j] = 0.0
-    return zero
+@njit(**_INLINE)
+def _zero(e, lo, hi):
+    """e[lo:hi] = 0 unless e is None."""
+    for j in range(lo, hi):
+        _keep(e, j, 0.0)
 
 
 @overload(_restore, inline="always")
