@@ -523,3 +523,52 @@ def test_import_xent_does_not_import_numba():
     code = "import sys, xent; print('numba' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+# -- the kernels' own float conversions ----------------------------------------------------
+
+def conversion_inputs():
+    """float32 values around every bfloat16/float16 rounding case: ties both ways,
+    subnormals, signed zeros, the largest finite values, random bit patterns."""
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)
+    ties = (rng.integers(0, 2 ** 16, 20_000).astype(np.uint32) << 16) | 0x8000
+    edges = np.array([0, 0x80000000, 1, 0x807FFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000,
+                      0x00008000, 0x00018000, 0x3F808000, 0x3F818000], np.uint32)
+    values = np.concatenate([bits, ties, edges]).view(np.float32)
+    return values[np.isfinite(values)]
+
+
+def test_finite_bfloat16_store_rounds_to_nearest_even_as_ml_dtypes():
+    from numba import njit
+
+    @njit
+    def convert(values, out):
+        for j in range(values.shape[0]):
+            out[j] = _fused._finite_to_bf16(values[j])
+
+    values = conversion_inputs()
+    got = np.empty(values.shape, np.uint16)
+    convert(values, got)
+    np.testing.assert_array_equal(got, values.astype(BF16).view(np.uint16))
+
+
+def test_bfloat16_and_float16_stores_round_as_ml_dtypes_and_numpy():
+    from numba import njit
+
+    @njit
+    def convert(values, bf, hf):
+        for j in range(values.shape[0]):
+            bf[j] = _fused._f32_to_bf16(values[j])
+            hf[j] = _fused._f32_to_f16(values[j])
+
+    values = np.concatenate([conversion_inputs(), np.float32([np.nan, np.inf, -np.inf])])
+    bf, hf = np.empty(values.shape, np.uint16), np.empty(values.shape, np.int16)
+    with np.errstate(over="ignore"):
+        convert(values, bf, hf)
+        want_bf, want_hf = values.astype(BF16), values.astype(np.float16)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(bf[~nan], want_bf[~nan].view(np.uint16))
+    np.testing.assert_array_equal(hf[~nan], want_hf[~nan].view(np.int16))
+    assert np.isnan(bf.view(BF16)[nan].astype(np.float32)).all()
+    assert np.isnan(hf.view(np.float16)[nan]).all()
