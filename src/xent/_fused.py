@@ -387,12 +387,17 @@ def _load_impl(a, j):
     return lambda a, j: a[j]
 
 
+def _bf16_store(convert):
+    """A bfloat16 store through `convert` (`_f32_to_bf16` or `_finite_to_bf16`)."""
+    def store_bf16(a, j, value):
+        a[j] = convert(np.float32(value))
+    return store_bf16
+
+
 @overload(_store, inline="always")
 def _store_impl(a, j, value):
     if a.dtype == types.uint16:
-        def store_bf16(a, j, value):
-            a[j] = _f32_to_bf16(np.float32(value))
-        return store_bf16
+        return _bf16_store(_f32_to_bf16)
     if a.dtype == types.int16:
         def store_f16(a, j, value):
             a[j] = _f32_to_f16(np.float32(value))
@@ -406,9 +411,7 @@ def _store_impl(a, j, value):
 @overload(_store_finite, inline="always")
 def _store_finite_impl(a, j, value):
     if a.dtype == types.uint16:
-        def store_bf16(a, j, value):
-            a[j] = _finite_to_bf16(np.float32(value))
-        return store_bf16
+        return _bf16_store(_finite_to_bf16)
     return lambda a, j, value: _store(a, j, value)
 
 
