@@ -733,11 +733,22 @@ def _prefetch_chunk_impl(ahead, lo, hi):
     return prefetch
 
 
-@njit(**_INLINE)
-def _rescale(e, out, st, top, inv_s, ahead):
-    """Pass B: out_j = e_j exp(t_c - M) / S, rounded to out's format (e may be out).
+def _finish_entry(out, y, j, p):
+    """Pass B's store of p = softmax_j: p itself (sparse, y None; finite, as a
+    row with a NaN or infinity never gets here), or p - y_j (numba only)."""
 
-    Every product is finite (a row with a NaN or infinity never gets here).
+
+@overload(_finish_entry, inline="always")
+def _finish_entry_impl(out, y, j, p):
+    if isinstance(y, types.NoneType):
+        return lambda out, y, j, p: _store_finite(out, j, p)
+    return lambda out, y, j, p: _store(out, j, p - _load(y, j))
+
+
+@njit(**_INLINE)
+def _rescale(e, y, out, st, top, inv_s, ahead):
+    """Pass B: out_j = e_j exp(t_c - M) / S (minus y_j with dense targets y),
+    rounded to out's format (e may be out).
 
     Pass B works from L2 and would leave memory idle: it asks, chunk by
     chunk, for the next row (`ahead`), which pass A then finds on its way.
@@ -752,32 +763,11 @@ def _rescale(e, out, st, top, inv_s, ahead):
         if factor >= tiny:
             f = _like(factor, e[0])
             for j in range(lo, hi):
-                _store_finite(out, j, e[j] * f)
+                _finish_entry(out, y, j, e[j] * f)
         else:
             f, down = _like(factor * _TWO64, e[0]), _like(_TWO_M64, e[0])
             for j in range(lo, hi):
-                _store_finite(out, j, _mul_exact(_mul_exact(e[j], f), down))
-        c += 1
-
-
-@njit(**_INLINE)
-def _rescale_minus(e, y, out, st, top, inv_s, ahead):
-    """Pass B, dense: out_j = e_j exp(t_c - M) / S - y_j (e may be out); `ahead` as in sparse."""
-    n = np.uint64(e.shape[0])
-    tiny = _tiny(e[0])
-    c = 0
-    for lo in range(_U0, n, _CHUNK):
-        hi = min(lo + _CHUNK, n)
-        _prefetch_chunk(ahead, lo, hi)
-        factor = _exp64(st[_SHIFT, c] - top) * inv_s
-        if factor >= tiny:
-            f = _like(factor, e[0])
-            for j in range(lo, hi):
-                _store(out, j, e[j] * f - _load(y, j))
-        else:
-            f, down = _like(factor * _TWO64, e[0]), _like(_TWO_M64, e[0])
-            for j in range(lo, hi):
-                _store(out, j, _mul_exact(_mul_exact(e[j], f), down) - _load(y, j))
+                _finish_entry(out, y, j, _mul_exact(_mul_exact(e[j], f), down))
         c += 1
 
 
@@ -823,7 +813,7 @@ def _sparse_row_grad(x, label, out, e, save, st, ahead):
     if top == -np.inf:
         _fill_nan(out, nan)
         return nan, nan
-    _rescale(e, out, st, top, 1.0 / total, ahead)
+    _rescale(e, None, out, st, top, 1.0 / total, ahead)
     m = _like(top, x_label)
     _store(out, label, _exp(x_label - m) * _like(1.0 / total, m) - _like(1.0, m))
     log_s = np.log(total)
@@ -856,7 +846,7 @@ def _dense_row_grad(x, y, out, e, save, st, ahead):
         _fill_nan(out, nan)
         return nan, nan
     sy, syx = _combine_targets(st, top)
-    _rescale_minus(e, y, out, st, top, 1.0 / total, ahead)
+    _rescale(e, y, out, st, top, 1.0 / total, ahead)
     log_s = np.log(total)
     return log_s * sy - syx, top + log_s
 
