@@ -209,13 +209,15 @@ def long_edge_rows(dtype):
     A record far above the running max in a later chunk (swept again), NaN and
     +inf found by the one-sweep loop, a first chunk of -inf, a chunk of -inf
     mid-row, masked entries, a chunk whose shift is so far below the row max
-    that its rescaling factor is subnormal, and a confident row whose max was
-    taken against an earlier chunk's shift.
+    that its rescaling factor is subnormal, a confident row whose max was
+    taken against an earlier chunk's shift, logits so close to the format's
+    max that shift * log2(e) overflows float32, and finite logits so far below
+    the shift that the unfloored exp of the one-sweep loop is not finite.
     """
     rng = np.random.default_rng(7)
     c = int(_fused._CHUNK)
     big = float(ml_dtypes.finfo(dtype).max) / 4
-    base = rng.standard_normal((11, LONG))
+    base = rng.standard_normal((13, LONG))
     base[1, 2 * c + 9] = 40.0
     base[2, 2 * c + 9] = np.nan
     base[3, c + 3] = np.inf
@@ -229,7 +231,12 @@ def long_edge_rows(dtype):
     base[9, :] = -30.0
     base[9, 5], base[9, c + 17] = -10.0, 0.0
     base[10, :] = np.sort(base[10, :]) * 30   # a new record in every chunk
-    labels = np.array([3, 2 * c + 9, 0, 1, c + 1, 7, 11, c + 5, c + 2, c + 17, LONG - 1])
+    top = float(ml_dtypes.finfo(dtype).max) * 0.9
+    base[11, :] = top
+    base[11, 2 * c + 4] = float(ml_dtypes.finfo(dtype).max)
+    base[12, c + 11], base[12, 2 * c + 3], base[12, 2 * c + 4] = -3e9, -1e30, -1e300
+    labels = np.array([3, 2 * c + 9, 0, 1, c + 1, 7, 11, c + 5, c + 2, c + 17, LONG - 1,
+                       2 * c + 1, c + 11])
     labels[6] = np.flatnonzero(np.isfinite(base[6]))[0]
     return base.astype(dtype), labels
 

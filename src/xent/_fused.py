@@ -153,6 +153,20 @@ def _label_loss(typingctx, log_s, x_label, m):
 
 
 @intrinsic
+def _is_finite(typingctx, a):
+    """Whether a is finite, tested on its bits. Under the kernels' fast-math
+    flags LLVM once folded ``np.isfinite`` of a sum of unfloored exps to true
+    (numba tests ``x - x`` for NaN, which reassociation makes 0)."""
+    def codegen(context, builder, sig, args):
+        bits = 64 if sig.args[0] == types.float64 else 32
+        exponent = (2 ** 11 - 1) << 52 if bits == 64 else 0xFF << 23
+        word = builder.bitcast(args[0], ir.IntType(bits))
+        field = builder.and_(word, ir.Constant(ir.IntType(bits), exponent))
+        return builder.icmp_unsigned("!=", field, ir.Constant(ir.IntType(bits), exponent))
+    return types.boolean(a), codegen
+
+
+@intrinsic
 def _rint(typingctx, a):
     """a rounded to the nearest integer, ties to even."""
     def codegen(context, builder, sig, args):
@@ -254,6 +268,90 @@ def _f32_to_f16(typingctx, value):
     return types.int16(types.float32), codegen
 
 
+class _BFloat16Type(ir.types._BaseFloatType):
+    """LLVM's ``bfloat`` type, which llvmlite does not name."""
+    null = "0.0"
+    intrinsic_name = "bf16"
+
+    def __str__(self):
+        return "bfloat"
+
+
+_BFloat16Type._create_instance()
+
+# `_scale_to_bf16` works on blocks of this many floats: four vectors of 16.
+_BF16_BLOCK = 64
+
+
+def _splat(builder, value, vector_type):
+    """A vector of `vector_type` with every lane `value`."""
+    lanes = ir.VectorType(ir.IntType(32), vector_type.count)
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(lanes, [0] * vector_type.count))
+
+
+@intrinsic
+def _scale_to_bf16(typingctx, e, out, lo, hi, factor):
+    """out[j] = bfloat16(e[j] * factor) over the whole 64-blocks of [lo, hi), with
+    the CPU's own conversion; returns where it stopped, or ``2**64 - 1`` when a
+    product fell below the smallest normal float (or is 0).
+
+    ``vcvtneps2bf16`` (what LLVM makes of a vector ``fptrunc`` to bfloat on
+    AVX-512 BF16) rounds to nearest even like `_f32_to_bf16` but takes
+    subnormal inputs as 0: the caller redoes the range in software when any
+    product was that small. The loop keeps a running min of the products
+    for that, with no branch (two vector operations per 16 entries, where
+    the integer rounding takes six). Elsewhere LLVM emulates the conversion
+    exactly. e is float32, out uint16 (bfloat16 bits); factor is finite.
+    """
+    def codegen(context, builder, sig, args):
+        e_data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        out_data = context.make_array(sig.args[1])(context, builder, args[1]).data
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        floats = ir.VectorType(f32, 16)
+        halves = ir.VectorType(ir.IntType(16), 16)
+        bfloats = ir.VectorType(_BFloat16Type(), 16)
+        lo_, hi_ = args[2], args[3]
+        scale = _splat(builder, args[4], floats)
+        step = ir.Constant(i64, _BF16_BLOCK)
+        end = builder.add(lo_, builder.mul(builder.udiv(builder.sub(hi_, lo_), step), step))
+        none = ir.Constant(floats, [math.inf] * 16)
+        entry = builder.block
+        head = builder.append_basic_block("bf16.head")
+        body = builder.append_basic_block("bf16.body")
+        done = builder.append_basic_block("bf16.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        j = builder.phi(i64)
+        lows = [builder.phi(floats) for _ in range(_BF16_BLOCK // 16)]
+        j.add_incoming(lo_, entry)
+        for low in lows:
+            low.add_incoming(none, entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, end), body, done)
+        builder.position_at_end(body)
+        for k, low in enumerate(lows):
+            jk = builder.add(j, ir.Constant(i64, 16 * k))
+            source = builder.bitcast(builder.gep(e_data, [jk]), floats.as_pointer())
+            product = builder.fmul(builder.load(source, align=4), scale, flags=("nsz",))
+            low.add_incoming(_call_llvm(builder, "llvm.minnum.v16f32", floats, [low, product],
+                                        ("nnan", "nsz")), body)
+            target = builder.bitcast(builder.gep(out_data, [jk]), halves.as_pointer())
+            builder.store(builder.bitcast(builder.fptrunc(product, bfloats), halves),
+                          target, align=2)
+        j.add_incoming(builder.add(j, step), body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        low = lows[0]
+        for other in lows[1:]:
+            low = _call_llvm(builder, "llvm.minnum.v16f32", floats, [low, other], ("nnan", "nsz"))
+        least = _call_llvm(builder, "llvm.vector.reduce.fmin.v16f32", f32, [low], ("nnan", "nsz"))
+        small = builder.fcmp_ordered("<", least, ir.Constant(f32, 2.0 ** -126))
+        return builder.select(small, ir.Constant(i64, 2 ** 64 - 1), end)
+    return types.uint64(e, out, lo, hi, factor), codegen
+
+
 # --- exp as a polynomial that vectorises ----------------------------------------
 
 _F32 = np.float32
@@ -281,8 +379,8 @@ _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12, _T13 = _T
 
 
 @njit(**_INLINE)
-def _exp32(x):
-    """exp(x) for float32 ``x <= 16``, ``-inf`` (0) or NaN (NaN).
+def _exp32_unfloored(x):
+    """exp(x) for float32 ``x <= 16``: `_exp32` without its floor.
 
     x = n ln2 + r with n an integer and |r| <= ln(2)/2, then e**x = 2**n p(r).
     Within 2 ulp (relative error 2e-7) for x > -20, where softmax values
@@ -290,8 +388,9 @@ def _exp32(x):
     multiply-adds per 16 values: exp is what bounds the kernels once memory
     streams at full speed, so ln 2 is one float32 constant (a second, exact
     reduction step would cost one more) and the polynomial has degree 5.
+    An x of -inf or NaN, or below -1.4e9 (n saturates), gives a non-finite
+    result; other x below -104 give 0.
     """
-    x = _floor_at(_FLOOR32, x)
     n = _lrint(x * _LOG2E32)
     r = _fma(-_F32(n), _LN2_32, x)
     q = _C2 + r * (_C3 + r * (_C4 + r * _C5))
@@ -299,17 +398,33 @@ def _exp32(x):
 
 
 @njit(**_INLINE)
-def _exp_half(x):
-    """exp(x) for float32 ``x <= 16`` (or ``-inf``, NaN) to 1e-4, for half-precision logits.
+def _exp32(x):
+    """exp(x) for float32 ``x <= 16``, ``-inf`` (0) or NaN (NaN): see `_exp32_unfloored`."""
+    return _exp32_unfloored(_floor_at(_FLOOR32, x))
 
-    e**x = 2**t with t = x log2(e) = n + f: four multiply-adds per 16 values
-    against `_exp32`'s seven. The rounding of t costs up to 2e-5 relative
-    error at x = -87, still far below a half-precision ulp.
+
+@njit(**_INLINE)
+def _exp2_half(t):
+    """2**t for float32 t to 1e-4, with no floor: `_exp_half`'s core.
+
+    t = n + f with n an integer and |f| <= 1/2: four multiply-adds per 16
+    values against `_exp32`'s seven. A t of -inf, +inf or NaN gives a
+    non-finite result, and so can |t| >= 2**31 (n saturates); finite t
+    below -150 gives 0 or -0.
     """
-    t = _floor_at(_FLOOR32, x) * _LOG2E32
     n = _lrint(t)
     f = t - _F32(n)
     return _ldexp_int(_fma(f, _H1 + f * (_H2 + f * _H3), _F32(1.0)), n)
+
+
+@njit(**_INLINE)
+def _exp_half(x):
+    """exp(x) for float32 ``x <= 16`` (or ``-inf``, NaN) to 1e-4, for half-precision logits.
+
+    e**x = 2**(x log2(e)). The rounding of x log2(e) costs up to 2e-5
+    relative error at x = -87, still far below a half-precision ulp.
+    """
+    return _exp2_half(_floor_at(_FLOOR32, x) * _LOG2E32)
 
 
 @njit(**_INLINE)
@@ -365,11 +480,65 @@ def _exp_impl(x):
     return lambda x: _exp64(x)
 
 
+def _half_sparse(a, y):
+    """Whether numba types `a` (logits) and `y` (targets) are half precision with sparse labels."""
+    return a.dtype in (types.uint16, types.int16) and isinstance(y, types.NoneType)
+
+
 @overload(_exp_of, inline="always", jit_options={"fastmath": _FAST})
 def _exp_of_impl(a, y, x):
-    if a.dtype in (types.uint16, types.int16) and isinstance(y, types.NoneType):
+    if _half_sparse(a, y):
         return lambda a, y, x: _exp_half(x)
     return lambda a, y, x: _exp(x)
+
+
+# The one-sweep loop (see "one row, in chunks") shifts a chunk's logits by
+# the row's running max, and its exps have no floor: a -inf, +inf or NaN
+# logit makes the chunk's sum non-finite, and the chunk is swept again (one
+# vector max per 16 logits saved). For half-precision logits with sparse
+# labels, the shift is also folded into the exp's first multiply:
+# exp(x_j - shift) is taken as 2**(x_j log2(e) + k) with k = -shift log2(e)
+# rounded to float32, one FMA. Those exps amount to a shift of exactly
+# -k / log2(e) (up to a relative 1e-8 on x_j - shift): `_sweep_shift` records
+# it, so the combine and pass B use the shift the exps were taken against.
+_LOG2E32_AS_64 = float(_LOG2E32)
+
+
+def _sweep_k(a, y, shift):
+    """The one-sweep loop's constant for shifting logits of `a` by `shift` (numba only):
+    ``float32(-shift log2(e))`` when folded (half precision, sparse), else shift."""
+
+
+def _sweep_shift(a, y, k):
+    """The shift, as a float64, that the one-sweep loop's exps under constant k
+    amount to: ``-k / log2(e)`` when folded, else k (numba only)."""
+
+
+def _sweep_exp(a, y, v, k):
+    """The one-sweep loop's exp(v - shift) for a logit v of `a`, under constant k (numba only)."""
+
+
+@overload(_sweep_k, inline="always")
+def _sweep_k_impl(a, y, shift):
+    if _half_sparse(a, y):
+        return lambda a, y, shift: np.float32(-np.float64(shift) * _LOG2E32_AS_64)
+    return lambda a, y, shift: shift
+
+
+@overload(_sweep_shift, inline="always")
+def _sweep_shift_impl(a, y, k):
+    if _half_sparse(a, y):
+        return lambda a, y, k: -np.float64(k) / _LOG2E32_AS_64
+    return lambda a, y, k: np.float64(k)
+
+
+@overload(_sweep_exp, inline="always", jit_options={"fastmath": _FAST})
+def _sweep_exp_impl(a, y, v, k):
+    if _half_sparse(a, y):
+        return lambda a, y, v, k: _exp2_half(_fma(v, _LOG2E32, k))
+    if a.dtype != types.float64:
+        return lambda a, y, v, k: _exp32_unfloored(v - _like(k, v))
+    return lambda a, y, v, k: _exp64(v - k)
 
 
 @overload(_tiny, inline="always")
@@ -496,12 +665,14 @@ def _chunk_exps(x, y, e, lo, hi, m):
     """sum of exp(x_j - m) over [lo, hi); also kept as e_j unless e is None (numba only)."""
 
 
-def _chunk_max_exps(x, y, e, save, lo, hi, shift):
-    """(max_j x_j, sum_j exp(x_j - shift)) over [lo, hi) in one loop (numba only).
+def _chunk_max_exps(x, y, e, save, lo, hi, k):
+    """(max_j x_j, sum_j exp(x_j - shift)) over [lo, hi) in one loop, for the
+    shift that constant k stands for (`_sweep_k`; numba only).
 
     Each exp is kept in e unless e is None; when e is x itself, save (else
     None) first receives x[lo:hi], so that the chunk can be swept again. A
-    NaN or +inf makes the sum NaN (the max is then meaningless).
+    NaN or +inf (and, folded, a -inf) makes the sum NaN or infinite (the max
+    is then meaningless).
     """
 
 
@@ -543,15 +714,15 @@ def _chunk_exps_impl(x, y, e, lo, hi, m):
 # vectorises as a reduction); a NaN shows up in the sum instead, which the
 # floor in the exps lets through.
 @overload(_chunk_max_exps, inline="always", jit_options={"fastmath": _FAST})
-def _chunk_max_exps_impl(x, y, e, save, lo, hi, shift):
-    def sweep(x, y, e, save, lo, hi, shift):   # when e is x, save keeps x[lo:hi] first
-        m = _like(-np.inf, shift)
-        s = _like(0.0, shift)
+def _chunk_max_exps_impl(x, y, e, save, lo, hi, k):
+    def sweep(x, y, e, save, lo, hi, k):   # when e is x, save keeps x[lo:hi] first
+        m = _like(-np.inf, k)
+        s = _like(0.0, k)
         for j in range(lo, hi):
             v = _load(x, j)
             _keep(save, j - lo, v)
             m = _max_finite(m, v)
-            ev = _exp_of(x, y, v - shift)
+            ev = _sweep_exp(x, y, v, k)
             _keep(e, j, ev)
             s += ev
         return m, s
@@ -614,21 +785,22 @@ def _chunk_pass(x, y, e, save, lo, hi, top):
     """
     if top > -np.inf:
         sy, syx = _targets(x, y, lo, hi, top)
-        m, s = _chunk_max_exps(x, y, e, save, lo, hi, top)
-        if m <= top + _SHIFT_SLACK and not np.isnan(s):
-            return m, top, s, sy, syx
+        k = _sweep_k(x, y, top)
+        m, s = _chunk_max_exps(x, y, e, save, lo, hi, k)
+        if m <= top + _SHIFT_SLACK and _is_finite(s):
+            return m, _sweep_shift(x, y, k), s, sy, syx
         _restore(x, save, lo, hi)
     m = _chunk_max(x, lo, hi)
     if m == -np.inf:
         zero = _like(0.0, m)
         sy, syx = _targets(x, y, lo, hi, zero)
         _zero(e, lo, hi)
-        return m, zero, zero, sy, syx
-    if not np.isfinite(m):
+        return m, 0.0, zero, sy, syx
+    if not _is_finite(m):
         nan = _like(np.nan, m)
-        return nan, nan, nan, nan, nan
+        return nan, np.nan, nan, nan, nan
     sy, syx = _targets(x, y, lo, hi, m)
-    return m, m, _chunk_exps(x, y, e, lo, hi, m), sy, syx
+    return m, np.float64(m), _chunk_exps(x, y, e, lo, hi, m), sy, syx
 
 
 @njit(**_INLINE)
@@ -676,7 +848,7 @@ def _combine(x, y, st):
     exp(M - t_c) carries the exp's rounding (larger for half-precision
     inputs, whose exp is cheaper). It is replaced by its exact value 1, so
     that a loss near 0 (S near 1) is as accurate as the reference's. x and
-    y pick the exp that pass A used (`_exp_of`).
+    y pick the exp that pass A used (`_sweep_exp`).
     """
     top = st[_MAX, 0]
     first = 0
@@ -689,8 +861,8 @@ def _combine(x, y, st):
             total += st[_SUM, c] * _exp64(st[_SHIFT, c] - top)
         shift = st[_SHIFT, first]
         if shift != top:
-            ref = _load(x, 0)
-            term = _exp_of(x, y, _like(top, ref) - _like(shift, ref))
+            v = _like(top, _load(x, 0))
+            term = _sweep_exp(x, y, v, _sweep_k(x, y, shift))
             total += 1.0 - term * _exp64(shift - top)
     return top, total
 
@@ -733,6 +905,25 @@ def _prefetch_chunk_impl(ahead, lo, hi):
     return prefetch
 
 
+def _hardware_rounded(e, y, out, lo, hi, f):
+    """Pass B's stores out[j] = e[j] * f for the whole blocks of [lo, hi) through
+    `_scale_to_bf16`, when out is bfloat16 with sparse labels; returns where
+    the store loop goes on from (lo when none were done or all must be
+    redone; numba only)."""
+
+
+@overload(_hardware_rounded, inline="always")
+def _hardware_rounded_impl(e, y, out, lo, hi, f):
+    if not (out.dtype == types.uint16 and e.dtype == types.float32
+            and isinstance(y, types.NoneType)):
+        return lambda e, y, out, lo, hi, f: lo
+
+    def blocks(e, y, out, lo, hi, f):
+        j = _scale_to_bf16(e, out, lo, hi, f)
+        return lo if j > hi else j
+    return blocks
+
+
 def _finish_entry(out, y, j, p):
     """Pass B's store of p = softmax_j: p itself (sparse, y None; finite, as a
     row with a NaN or infinity never gets here), or p - y_j (numba only)."""
@@ -762,7 +953,7 @@ def _rescale(e, y, out, st, top, inv_s, ahead):
         factor = _exp64(st[_SHIFT, c] - top) * inv_s
         if factor >= tiny:
             f = _like(factor, e[0])
-            for j in range(lo, hi):
+            for j in range(_hardware_rounded(e, y, out, lo, hi, f), hi):
                 _finish_entry(out, y, j, e[j] * f)
         else:
             f, down = _like(factor * _TWO64, e[0]), _like(_TWO_M64, e[0])
