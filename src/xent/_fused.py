@@ -804,18 +804,21 @@ def _chunk_pass(x, y, e, save, lo, hi, top):
 
 
 @njit(**_INLINE)
-def _exp_pass(x, y, e, save, st):
+def _exp_pass(x, y, e, save, st, soon):
     """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c]
     and, with targets y, st[_YSUM, c] and st[_YXSUM, c] (see above).
 
     Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
+    `soon` (or None) is the gradient row pass B will write, prefetched chunk
+    by chunk.
     """
     n = np.uint64(x.shape[0])
     top = _like(-np.inf, _load(x, 0))
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
+        _prefetch_chunk(soon, lo, hi)
         m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top)
         if np.isnan(m):
             return False
@@ -885,18 +888,21 @@ _TWO64, _TWO_M64 = 2.0 ** 64, 2.0 ** -64
 
 
 def _prefetch_chunk(ahead, lo, hi):
-    """Prefetch ahead[lo:hi] when it holds half-precision logits (numba only).
+    """Prefetch ahead[lo:hi] when it is a half-precision row, not None (numba only).
 
-    Measured on 8192x32000 (bench/RESULTS.md): for bfloat16, whose rows pass
-    B rescales through a float32 row, it cuts loss+grad by about a tenth; for
-    float32 it makes it slower (the prefetches compete with pass B's own
-    write-backs), so float32 and float64 rows are not prefetched.
+    Two uses, measured on 8192x32000 bfloat16 (bench/RESULTS.md): pass B
+    prefetches the next row of logits (about a tenth off loss+grad), and
+    pass A of a gradient into a separate buffer prefetches that row of the
+    buffer, so that pass B's stores find their lines in cache (55 -> 46 ms).
+    For float32 the first made things slower (the prefetches compete with
+    pass B's own write-backs), so float32 and float64 rows are not
+    prefetched; a prefetch for writing (``prefetchw``) was slower in both uses.
     """
 
 
 @overload(_prefetch_chunk, inline="always")
 def _prefetch_chunk_impl(ahead, lo, hi):
-    if ahead.dtype not in (types.uint16, types.int16):
+    if isinstance(ahead, types.NoneType) or ahead.dtype not in (types.uint16, types.int16):
         return lambda ahead, lo, hi: None
 
     def prefetch(ahead, lo, hi):
@@ -976,7 +982,7 @@ def _fill_nan(out, ref):
 def _sparse_row_loss(x, label, st):
     """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
     nan = _like(np.nan, _load(x, 0))
-    if not (0 <= label < x.shape[0] and _exp_pass(x, None, None, None, st)):
+    if not (0 <= label < x.shape[0] and _exp_pass(x, None, None, None, st, None)):
         return nan, nan
     top, total = _combine(x, None, st)
     if top == -np.inf:
@@ -986,18 +992,19 @@ def _sparse_row_loss(x, label, st):
 
 
 @njit(**_INLINE)
-def _sparse_row_grad(x, label, out, e, save, st, ahead):
+def _sparse_row_grad(x, label, out, e, save, st, ahead, soon):
     """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
 
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
     is half precision (so that each gradient entry is rounded once); `save`
     holds a chunk of x when e is x, else None; `ahead` is the row to
-    prefetch during pass B (the next one).
+    prefetch during pass B (the next one), `soon` the one to prefetch during
+    pass A (out when it is not x, else None).
     """
     nan = _like(np.nan, _load(x, 0))
     ok = 0 <= label < x.shape[0]
     x_label = _load(x, label) if ok else nan
-    if not (ok and _exp_pass(x, None, e, save, st)):
+    if not (ok and _exp_pass(x, None, e, save, st, soon)):
         _fill_nan(out, nan)
         return nan, nan
     top, total = _combine(x, None, st)
@@ -1015,7 +1022,7 @@ def _sparse_row_grad(x, label, out, e, save, st, ahead):
 def _dense_row_loss(x, y, st):
     """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
     nan = _like(np.nan, _load(x, 0))
-    if not _exp_pass(x, y, None, None, st):
+    if not _exp_pass(x, y, None, None, st, None):
         return nan, nan
     top, total = _combine(x, y, st)
     if top == -np.inf:
@@ -1026,10 +1033,13 @@ def _dense_row_loss(x, y, st):
 
 
 @njit(**_INLINE)
-def _dense_row_grad(x, y, out, e, save, st, ahead):
-    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x); e, save, ahead as in sparse."""
+def _dense_row_grad(x, y, out, e, save, st, ahead, soon):
+    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x).
+
+    e, save, ahead and soon as in `_sparse_row_grad`.
+    """
     nan = _like(np.nan, _load(x, 0))
-    if not _exp_pass(x, y, e, save, st):
+    if not _exp_pass(x, y, e, save, st, soon):
         _fill_nan(out, nan)
         return nan, nan
     top, total = _combine(x, y, st)
@@ -1091,7 +1101,7 @@ def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch),
-                                           None, st, _next_row(x, i))
+                                           None, st, _next_row(x, i), row)
 
 
 @njit(**_KERNEL)
@@ -1102,7 +1112,7 @@ def _sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _exp_row(row, scratch),
-                                           save, st, _next_row(x, i))
+                                           save, st, _next_row(x, i), None)
 
 
 @njit(**_KERNEL)
@@ -1119,7 +1129,7 @@ def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch),
-                                          None, st, _next_row(x, i))
+                                          None, st, _next_row(x, i), row)
 
 
 @njit(**_KERNEL)
@@ -1130,7 +1140,7 @@ def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
-                                          save, st, _next_row(x, i))
+                                          save, st, _next_row(x, i), None)
 
 
 # The same, with blocks of rows spread over numba's threads. Each takes the
