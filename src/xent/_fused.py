@@ -804,21 +804,20 @@ def _chunk_pass(x, y, e, save, lo, hi, top):
 
 
 @njit(**_INLINE)
-def _exp_pass(x, y, e, save, st, soon):
+def _exp_pass(x, y, e, save, st, ahead):
     """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c]
     and, with targets y, st[_YSUM, c] and st[_YXSUM, c] (see above).
 
     Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
-    `soon` (or None) is the gradient row pass B will write, prefetched chunk
-    by chunk.
+    `ahead` (or None) is a row to prefetch chunk by chunk (`_prefetch_chunk`).
     """
     n = np.uint64(x.shape[0])
     top = _like(-np.inf, _load(x, 0))
     c = 0
     for lo in range(_U0, n, _CHUNK):
         hi = min(lo + _CHUNK, n)
-        _prefetch_chunk(soon, lo, hi)
+        _prefetch_chunk(ahead, lo, hi)
         m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top)
         if np.isnan(m):
             return False
@@ -890,13 +889,15 @@ _TWO64, _TWO_M64 = 2.0 ** 64, 2.0 ** -64
 def _prefetch_chunk(ahead, lo, hi):
     """Prefetch ahead[lo:hi] when it is a half-precision row, not None (numba only).
 
-    Two uses, measured on 8192x32000 bfloat16 (bench/RESULTS.md): pass B
-    prefetches the next row of logits (about a tenth off loss+grad), and
-    pass A of a gradient into a separate buffer prefetches that row of the
-    buffer, so that pass B's stores find their lines in cache (55 -> 46 ms).
-    For float32 the first made things slower (the prefetches compete with
-    pass B's own write-backs), so float32 and float64 rows are not
-    prefetched; a prefetch for writing (``prefetchw``) was slower in both uses.
+    Measured on 8192x32000 bfloat16 loss+grad (bench/RESULTS.md), in A/B runs:
+    pass A prefetches the next row of logits while it computes on this one,
+    so that memory keeps streaming through pass B (in place 39 -> 35 ms; pass
+    B prefetching it instead, the earlier scheme, left memory idle for most
+    of pass A); into a separate buffer, pass B also prefetches that buffer's
+    next row, so that its stores find their lines in cache (55 -> 47 ms).
+    float32 and float64 rows are not prefetched: either prefetch made float32
+    slower (in place 43 -> 65 ms), as did a prefetch for writing
+    (``prefetchw``) for bfloat16.
     """
 
 
@@ -947,8 +948,8 @@ def _rescale(e, y, out, st, top, inv_s, ahead):
     """Pass B: out_j = e_j exp(t_c - M) / S (minus y_j with dense targets y),
     rounded to out's format (e may be out).
 
-    Pass B works from L2 and would leave memory idle: it asks, chunk by
-    chunk, for the next row (`ahead`), which pass A then finds on its way.
+    Pass B works from L2; chunk by chunk, it prefetches `ahead` (the next
+    row of a separate gradient buffer, or None), for the next pass B.
     """
     n = np.uint64(e.shape[0])
     tiny = _tiny(e[0])
@@ -992,26 +993,26 @@ def _sparse_row_loss(x, label, st):
 
 
 @njit(**_INLINE)
-def _sparse_row_grad(x, label, out, e, save, st, ahead, soon):
+def _sparse_row_grad(x, label, out, e, save, st, next_x, next_out):
     """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
 
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
     is half precision (so that each gradient entry is rounded once); `save`
-    holds a chunk of x when e is x, else None; `ahead` is the row to
-    prefetch during pass B (the next one), `soon` the one to prefetch during
-    pass A (out when it is not x, else None).
+    holds a chunk of x when e is x, else None. `next_x` is the next row of
+    logits, prefetched during pass A, and `next_out` the next row of a
+    separate gradient buffer (None in place), prefetched during pass B.
     """
     nan = _like(np.nan, _load(x, 0))
     ok = 0 <= label < x.shape[0]
     x_label = _load(x, label) if ok else nan
-    if not (ok and _exp_pass(x, None, e, save, st, soon)):
+    if not (ok and _exp_pass(x, None, e, save, st, next_x)):
         _fill_nan(out, nan)
         return nan, nan
     top, total = _combine(x, None, st)
     if top == -np.inf:
         _fill_nan(out, nan)
         return nan, nan
-    _rescale(e, None, out, st, top, 1.0 / total, ahead)
+    _rescale(e, None, out, st, top, 1.0 / total, next_out)
     m = _like(top, x_label)
     _store(out, label, _exp(x_label - m) * _like(1.0 / total, m) - _like(1.0, m))
     log_s = np.log(total)
@@ -1033,13 +1034,13 @@ def _dense_row_loss(x, y, st):
 
 
 @njit(**_INLINE)
-def _dense_row_grad(x, y, out, e, save, st, ahead, soon):
+def _dense_row_grad(x, y, out, e, save, st, next_x, next_out):
     """As `_dense_row_loss`, writing softmax(x) - y into out (may be x).
 
-    e, save, ahead and soon as in `_sparse_row_grad`.
+    e, save, next_x and next_out as in `_sparse_row_grad`.
     """
     nan = _like(np.nan, _load(x, 0))
-    if not _exp_pass(x, y, e, save, st, soon):
+    if not _exp_pass(x, y, e, save, st, next_x):
         _fill_nan(out, nan)
         return nan, nan
     top, total = _combine(x, y, st)
@@ -1047,7 +1048,7 @@ def _dense_row_grad(x, y, out, e, save, st, ahead, soon):
         _fill_nan(out, nan)
         return nan, nan
     sy, syx = _combine_targets(st, top)
-    _rescale(e, y, out, st, top, 1.0 / total, ahead)
+    _rescale(e, y, out, st, top, 1.0 / total, next_out)
     log_s = np.log(total)
     return log_s * sy - syx, top + log_s
 
@@ -1101,7 +1102,7 @@ def _sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch),
-                                           None, st, _next_row(x, i), row)
+                                           None, st, _next_row(x, i), _next_row(out, i))
 
 
 @njit(**_KERNEL)
@@ -1129,7 +1130,7 @@ def _dense_grad_rows(x, y, out, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch),
-                                          None, st, _next_row(x, i), row)
+                                          None, st, _next_row(x, i), _next_row(out, i))
 
 
 @njit(**_KERNEL)
