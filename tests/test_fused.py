@@ -579,3 +579,30 @@ def test_bfloat16_and_float16_stores_round_as_ml_dtypes_and_numpy():
     np.testing.assert_array_equal(hf[~nan], want_hf[~nan].view(np.int16))
     assert np.isnan(bf.view(BF16)[nan].astype(np.float32)).all()
     assert np.isnan(hf.view(np.float16)[nan]).all()
+
+
+def test_pass_b_hardware_bfloat16_rounding_equals_ml_dtypes():
+    """Pass B rounds bfloat16 gradients with the CPU's conversion (`_scale_to_bf16`)
+    in 64-entry blocks. It rounds like ml_dtypes; a range holding a product
+    below the smallest normal float (which the instruction would flush) or a
+    0 is redone in software, and still rounds like ml_dtypes."""
+    from numba import njit
+
+    @njit
+    def pass_b_stores(e, out, f):
+        n = np.uint64(e.shape[0])
+        start = _fused._hardware_rounded(e, None, out, np.uint64(0), n, f)
+        for j in range(start, n):
+            _fused._store_finite(out, j, e[j] * f)
+        return start
+
+    values = np.abs(conversion_inputs())
+    values = values[(values > 2.0 ** -100) & (values < 2.0 ** 100)][:100_000]
+    factor = np.float32(0.37)
+    for e, blocks_done in [(values[:99_990], 99_968),
+                           (np.concatenate([values[:300], np.float32([1e-39 / 0.37]),
+                                            values[300:600]]), 0),
+                           (np.concatenate([values[:300], np.float32([0.0]), values[300:600]]), 0)]:
+        got = np.empty(e.shape, np.uint16)
+        assert pass_b_stores(e, got, factor) == blocks_done
+        np.testing.assert_array_equal(got, (e * factor).astype(BF16).view(np.uint16))

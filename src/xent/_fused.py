@@ -10,10 +10,14 @@ computed on, so memory streams while the core computes.
     pass A, chunk 0:      m_0 = max_j x_j;  s_0 = sum_j exp(x_j - m_0);  t_0 = m_0
     pass A, chunk c > 0:  t_c = max(m_0..m_{c-1}), and in one loop
                           m_c = max_j x_j,  s_c = sum_j exp(x_j - t_c)
-                          (swept again as chunk 0 if m_c > t_c + 16, NaN or +inf)
+                          (swept again as chunk 0 if m_c > t_c + 16 or s_c is not
+                          finite: a NaN or an infinity, as these exps have no floor)
                           dense: also sum_j y_j and sum_j y_j (x_j - t_c)
     combine:              M = max_c m_c,  S = sum_c s_c exp(t_c - M)
     pass B (gradient):    grad_j = e_j exp(t_c - M) / S - y_j   (row still in L2)
+
+While pass A computes on a half-precision row, it prefetches the next one, so
+that memory keeps streaming through pass B (`_prefetch_chunk`).
 
 This is the reference's shift by the row max M, up to rounding: no
 temporaries, one read of each logit and one write of each gradient entry. A
@@ -25,9 +29,12 @@ are read and written in their own format: the kernels see them as integer
 views (``int16`` for float16, ``uint16`` for bfloat16, the view's type naming
 the format) and convert each element, rounding to nearest even once at the end.
 ``exp`` is a polynomial that vectorises (see `_exp32`; `_exp_half` for
-half-precision logits with sparse labels, at a twentieth of their ulp);
-fast-math flags allow reassociation and contraction but never assume away NaN
-or infinity (save for one-sweep's running max, whose NaN shows in the sum).
+half-precision logits with sparse labels, at a twentieth of their ulp, whose
+one-sweep loop folds the shift into the first multiply-add: `_sweep_exp`).
+bfloat16 gradients are rounded by the CPU's own conversion where it has one
+(`_scale_to_bf16`). Fast-math flags allow reassociation and contraction but
+never assume away NaN or infinity (save for one-sweep's running max, whose NaN
+shows in the sum; and finiteness is tested on the bits, see `_is_finite`).
 
 Rows are split over `xent.get_num_threads()` threads for inputs above a few MB
 (numba's ``workqueue`` layer unless the user chose another: its idle threads
