@@ -275,16 +275,24 @@ def _f32_to_f16(typingctx, value):
     return types.int16(types.float32), codegen
 
 
-class _BFloat16Type(ir.types._BaseFloatType):
-    """LLVM's ``bfloat`` type, which llvmlite does not name."""
-    null = "0.0"
-    intrinsic_name = "bf16"
+def _bfloat16_type():
+    """LLVM's ``bfloat`` type, which llvmlite does not name; None if this llvmlite
+    cannot make it (pass B then rounds bfloat16 in software only)."""
+    try:
+        class BFloat16Type(ir.types._BaseFloatType):
+            null = "0.0"
+            intrinsic_name = "bf16"
 
-    def __str__(self):
-        return "bfloat"
+            def __str__(self):
+                return "bfloat"
+
+        BFloat16Type._create_instance()
+        return BFloat16Type()
+    except (AttributeError, TypeError):   # llvmlite's private float-type base changed
+        return None
 
 
-_BFloat16Type._create_instance()
+_BFLOAT16 = _bfloat16_type()
 
 # `_scale_to_bf16` works on blocks of this many floats: four vectors of 16.
 _BF16_BLOCK = 64
@@ -319,7 +327,7 @@ def _scale_to_bf16(typingctx, e, out, lo, hi, factor):
         i64, f32 = ir.IntType(64), ir.FloatType()
         floats = ir.VectorType(f32, 16)
         halves = ir.VectorType(ir.IntType(16), 16)
-        bfloats = ir.VectorType(_BFloat16Type(), 16)
+        bfloats = ir.VectorType(_BFLOAT16, 16)
         lo_, hi_ = args[2], args[3]
         scale = _splat(builder, args[4], floats)
         step = ir.Constant(i64, _BF16_BLOCK)
@@ -928,7 +936,7 @@ def _hardware_rounded(e, y, out, lo, hi, f):
 
 @overload(_hardware_rounded, inline="always")
 def _hardware_rounded_impl(e, y, out, lo, hi, f):
-    if not (out.dtype == types.uint16 and e.dtype == types.float32
+    if not (_BFLOAT16 is not None and out.dtype == types.uint16 and e.dtype == types.float32
             and isinstance(y, types.NoneType)):
         return lambda e, y, out, lo, hi, f: lo
 
