@@ -229,18 +229,23 @@ def _bf16_to_f32(typingctx, bits):
     return types.float32(types.uint16), codegen
 
 
+def _round_to_bf16(builder, bits):
+    """IR: the high half of float32 `bits` (i32), rounded to nearest even, as an i32."""
+    i32 = ir.IntType(32)
+    odd = builder.and_(builder.lshr(bits, ir.Constant(i32, 16)), ir.Constant(i32, 1))
+    return builder.lshr(builder.add(builder.add(bits, ir.Constant(i32, 0x7FFF)), odd),
+                        ir.Constant(i32, 16))
+
+
 @intrinsic
 def _f32_to_bf16(typingctx, value):
     """float32 to bfloat16 bits, rounded to nearest even; NaN stays a (quiet) NaN."""
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
         bits = builder.bitcast(args[0], i32)
-        high = builder.lshr(bits, ir.Constant(i32, 16))
-        odd = builder.and_(high, ir.Constant(i32, 1))
-        rounded = builder.lshr(builder.add(builder.add(bits, ir.Constant(i32, 0x7FFF)), odd),
-                               ir.Constant(i32, 16))
-        quiet = builder.or_(high, ir.Constant(i32, 0x40))
+        quiet = builder.or_(builder.lshr(bits, ir.Constant(i32, 16)), ir.Constant(i32, 0x40))
         is_nan = builder.fcmp_unordered("uno", args[0], args[0])
+        rounded = _round_to_bf16(builder, bits)
         return builder.trunc(builder.select(is_nan, quiet, rounded), ir.IntType(16))
     return types.uint16(types.float32), codegen
 
@@ -250,11 +255,7 @@ def _finite_to_bf16(typingctx, value):
     """As `_f32_to_bf16` for a value known not to be NaN (no NaN test: two fewer
     vector operations in pass B, whose products are finite)."""
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        bits = builder.bitcast(args[0], i32)
-        odd = builder.and_(builder.lshr(bits, ir.Constant(i32, 16)), ir.Constant(i32, 1))
-        rounded = builder.lshr(builder.add(builder.add(bits, ir.Constant(i32, 0x7FFF)), odd),
-                               ir.Constant(i32, 16))
+        rounded = _round_to_bf16(builder, builder.bitcast(args[0], ir.IntType(32)))
         return builder.trunc(rounded, ir.IntType(16))
     return types.uint16(types.float32), codegen
 
@@ -686,8 +687,8 @@ def _chunk_max_exps(x, y, e, save, lo, hi, k):
 
     Each exp is kept in e unless e is None; when e is x itself, save (else
     None) first receives x[lo:hi], so that the chunk can be swept again. A
-    NaN or +inf (and, folded, a -inf) makes the sum NaN or infinite (the max
-    is then meaningless).
+    NaN, +inf or -inf makes the sum NaN or infinite (the max is then
+    meaningless): these exps have no floor.
     """
 
 
@@ -726,8 +727,8 @@ def _chunk_exps_impl(x, y, e, lo, hi, m):
 
 
 # The running max uses maxnum with the no-NaN flag (one vmaxps, which LLVM
-# vectorises as a reduction); a NaN shows up in the sum instead, which the
-# floor in the exps lets through.
+# vectorises as a reduction); a NaN shows up in the sum instead, as the
+# sweep's exps have no floor (nor does an infinity escape it).
 @overload(_chunk_max_exps, inline="always", jit_options={"fastmath": _FAST})
 def _chunk_max_exps_impl(x, y, e, save, lo, hi, k):
     def sweep(x, y, e, save, lo, hi, k):   # when e is x, save keeps x[lo:hi] first
