@@ -1,0 +1,56 @@
+"""`xent bench`'s arithmetic: floors paired with each call, ratios, speed-ups."""
+import numpy as np
+import pytest
+
+from xent import _bench
+
+
+def _case(name, mode, role, times, floor_times=()):
+    case = _bench.Case(name, mode, lambda: None, role)
+    case.times, case.floor_times = list(times), list(floor_times)
+    return case
+
+
+def test_paired_ratio_is_the_median_of_per_call_ratios():
+    # The floor doubles in the last two calls (a slow phase of the host), and
+    # so does xent: each call is 1.1x the floor next to it, while the ratio of
+    # the medians says 2.2 / 1.0.
+    xent = _case("xent", "grad", "xent", [1.1, 1.1, 1.1, 2.2, 2.2], [1.0, 1.0, 1.0, 2.0, 2.0])
+    assert _bench.paired_ratio(xent) == pytest.approx(1.1)
+    assert _bench.paired_ratio(_case("peer", "grad", "peer", [3.0])) is None
+
+
+def test_summarise_pairs_xent_and_keeps_the_ratio_of_medians():
+    logits = np.zeros((4, 8), np.float32)
+    cases = [
+        _case("copy floor (memcpy)", "grad", "floor", [1.0, 1.0, 2.0]),
+        _case("copy floor (row loop)", "grad", "floor", [0.9, 0.9, 0.9]),
+        _case("read floor", "loss", "floor", [0.5, 0.5, 0.5]),
+        _case("xent", "grad", "xent", [1.0, 2.0, 3.0], [1.0, 1.6, 2.0]),
+        _case("xent", "loss", "xent", [0.6, 0.6, 0.6]),
+        _case("torch", "grad", "peer", [8.0, 9.0, 10.0]),
+    ]
+    records = {(r["name"], r["mode"]): r for r in _bench.summarise(cases, logits)}
+    paired = records[("xent", "grad")]
+    assert paired["x_floor_paired"] is True
+    assert paired["x_floor"] == pytest.approx(1.25)            # median of 1.0, 1.25, 1.5
+    assert paired["x_floor_medians"] == pytest.approx(2.0 / 0.9)
+    assert paired["peer_speedup"] == pytest.approx(9.0 / 2.0)
+    assert paired["gb_per_s"] == pytest.approx(2 * logits.nbytes / 2.0 / 1e9)
+    unpaired = records[("xent", "loss")]
+    assert unpaired["x_floor_paired"] is False
+    assert unpaired["x_floor"] == pytest.approx(0.6 / 0.5)
+    assert records[("torch", "grad")]["peer_speedup"] is None
+
+
+def test_time_interleaved_times_the_fastest_floor_before_each_xent_call():
+    order = []
+    fast = _bench.Case("copy floor (row loop)", "grad", lambda: order.append("fast"), "floor")
+    slow = _bench.Case("copy floor (memcpy)", "grad", lambda: order.append("slow"), "floor")
+    xent = _bench.Case("xent", "grad_inplace", lambda: order.append("xent"), "xent")
+    peer = _bench.Case("torch", "grad", lambda: order.append("peer"), "peer")
+    _bench.time_interleaved([xent, peer], rounds=2, burst=1, budget_s=1.0, progress=lambda n: None,
+                            settle_s=0.0, paired={"grad": [fast, slow], "grad_inplace": [fast, slow]})
+    assert order == ["fast", "slow", "xent", "peer"] * 2
+    assert len(xent.floor_times) == len(xent.times) == 2
+    assert peer.floor_times == []
