@@ -410,6 +410,96 @@ def test_core_keeps_a_gradient_buffer_that_has_no_flat_view(rng):
     np.testing.assert_array_equal(grad.reshape(12, 11), want)
 
 
+# -- narrow rows (at most NARROW_MAX classes, 16 rows per vector) ---------------------------
+
+NARROW_SHAPES = [(1, 1), (15, 2), (16, 10), (17, 16), (37, 31), (33, 63),
+                 (18, _fused.NARROW_MAX), (19, _fused.NARROW_MAX + 1)]
+HALF_AND_SINGLE = [np.dtype(np.float16), BF16, np.dtype(np.float32)]
+
+
+@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=[f"{n}x{c}" for n, c in NARROW_SHAPES])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype):
+    """Around the narrow kernels' bounds: row counts on both sides of 16, C up to
+    NARROW_MAX and one past it (the chunk path), float64 (always the chunk path)."""
+    logits = logits_of(rng, shape, dtype)
+    labels = rng.integers(0, shape[1], size=shape[0])
+    (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
+    scale = row_scale(logits)
+    assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(lse, ref_lse, lse.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(grad, ref_grad, dtype)
+    work = logits.copy()
+    loss_in, lse_in = _fused.sparse_rows(work, labels, work)
+    loss_only, lse_only = _fused.sparse_rows(logits, labels)
+    for a, b in ((loss_in, loss), (lse_in, lse), (loss_only, loss), (lse_only, lse)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(work.view(np.uint8), grad.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])
+def test_narrow_kernels_agree_with_the_chunk_kernels(rng, dtype):
+    """The narrow kernels against the one-chunk row kernels on the same rows
+    (the log and the sum's order differ: a few float32 ulps, one half ulp)."""
+    logits = logits_of(rng, (53, 23), dtype, spread=6.0)
+    labels = rng.integers(0, 23, size=53).astype(np.int32)
+    x = _fused._kernel_view(logits)
+    results = []
+    for loss_rows, grad_rows in ((_fused._sparse_narrow_loss_rows, _fused._sparse_narrow_grad_rows),
+                                 (_fused._sparse_loss_rows, _fused._sparse_grad_rows)):
+        loss, lse = np.empty(53, np.float32), np.empty(53, np.float32)
+        loss_g, lse_g = np.empty(53, np.float32), np.empty(53, np.float32)
+        out = np.empty_like(logits)
+        loss_rows(x, labels, loss, lse, 0, 53)
+        grad_rows(x, labels, _fused._kernel_view(out), loss_g, lse_g, 0, 53)
+        np.testing.assert_array_equal(loss, loss_g)
+        results.append((loss, lse, out))
+    (loss, lse, out), (want_loss, want_lse, want_out) = results
+    scale = row_scale(logits)
+    assert_matches(loss, want_loss, np.float32, scale)
+    assert_matches(lse, want_lse, np.float32, scale)
+    assert_matches(out, want_out, dtype)
+
+
+@pytest.fixture(scope="module")
+def log_of_sum():
+    """`_fused._log_of_sum` as a function callable from Python."""
+    from numba import njit
+    return njit(lambda s: _fused._log_of_sum(s))
+
+
+def test_narrow_log_of_sum_is_float64_log_to_2e_11(log_of_sum):
+    sums = np.concatenate([1.0 + np.geomspace(1e-12, 1.0, 500), np.linspace(1.0, 65.0, 4001),
+                           [np.sqrt(2.0), np.sqrt(0.5) * 4, 2.0, 4.0, 64.0, 1e30]])
+    got = np.array([log_of_sum(s) for s in sums])
+    np.testing.assert_allclose(got, np.log(sums), rtol=0, atol=2e-11)
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])
+def test_narrow_edge_rows_in_every_lane(dtype):
+    """The edge rows (NaN, +inf, all -inf, masked, huge) at each of the 16 lanes,
+    among ordinary rows, and a label out of range: NaN rows stay in their lane."""
+    edges, edge_labels = edge_rows(dtype)
+    rng = np.random.default_rng(7)
+    for lane in range(0, 16, 5):
+        logits = logits_of(rng, (16 + len(edges), 4), dtype)
+        labels = rng.integers(0, 4, size=len(logits))
+        logits[lane:lane + len(edges)] = edges
+        labels[lane:lane + len(edges)] = edge_labels
+        with np.errstate(all="ignore"):
+            (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)
+        assert_matches(loss, ref_loss, loss.dtype, row_scale(logits), logits_dtype=logits.dtype)
+        assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
+        assert_matches(grad, ref_grad, dtype)
+        labels[-1] = 4   # out of range: the reference raises; the kernel gives a NaN row
+        bad_grad = np.empty_like(logits)
+        with np.errstate(all="ignore"):
+            bad_loss, _ = _fused.sparse_rows(logits, labels, bad_grad)
+        assert np.isnan(bad_loss[-1]) and np.isnan(accumulate(bad_grad[-1])).all()
+        np.testing.assert_array_equal(bad_loss[:-1], loss[:-1])
+        np.testing.assert_array_equal(bad_grad[:-1].view(np.uint8), grad[:-1].view(np.uint8))
+
+
 # -- threads ---------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -423,11 +513,12 @@ def force_threads(monkeypatch):
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
-def test_results_identical_whatever_the_thread_count(rng, force_threads, dtype, kind):
-    logits = logits_of(rng, (37, 515), dtype)
-    labels = rng.integers(0, 515, size=37)
+@pytest.mark.parametrize("classes", [515, 10])
+def test_results_identical_whatever_the_thread_count(rng, force_threads, dtype, kind, classes):
+    logits = logits_of(rng, (37, classes), dtype)
+    labels = rng.integers(0, classes, size=37)
     if kind == "dense":
-        labels = rng.random((37, 515)).astype(np.float64 if dtype == np.float64 else np.float32)
+        labels = rng.random((37, classes)).astype(np.float64 if dtype == np.float64 else np.float32)
     run = _fused.sparse_rows if kind == "sparse" else _fused.dense_rows
     results = []
     for threads in range(1, xent._threads.max_threads() + 1):
