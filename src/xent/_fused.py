@@ -1110,6 +1110,99 @@ def _split_exponent(typingctx, s):
     return types.UniTuple(types.float64, 2)(s), codegen
 
 
+def _gather_lanes(builder, row_ptr, offsets, at_start, dtype):
+    """IR: 16 elements of a numba array of `dtype` (float32, or uint16/int16 bits
+    of bfloat16/float16) at `offsets` (``<16 x i32>``) from `row_ptr`, as float32s.
+
+    One ``vgatherdps``/``vpgatherdd``. A gather has no 16-bit form, so a
+    half-precision element is read as the high half of the 32-bit word that
+    ends with it; the array's very first element (`at_start` and offset 0),
+    which no word ends with inside the array, as the low half of the word
+    that starts with it.
+    """
+    i32, i8 = ir.IntType(32), ir.IntType(8)
+    ints, floats = ir.VectorType(i32, _LANES), ir.VectorType(ir.FloatType(), _LANES)
+    every = ir.Constant(ir.VectorType(ir.IntType(1), _LANES), [1] * _LANES)
+    pointers = ir.VectorType(ir.PointerType(), _LANES)
+
+    def splat(value):
+        return ir.Constant(ints, [value] * _LANES)
+
+    if dtype == types.float32:
+        where = builder.gep(row_ptr, [offsets], source_etype=ir.FloatType())
+        where.type = pointers   # llvmlite types every GEP as a scalar pointer
+        return _call_llvm(builder, "llvm.masked.gather.v16f32.v16p0", floats,
+                          [where, ir.Constant(i32, 4), every, ir.Constant(floats, ir.Undefined)])
+    first = builder.and_(builder.icmp_signed("==", offsets, splat(0)), at_start)
+    start = builder.sub(builder.shl(offsets, splat(1)), builder.select(first, splat(0), splat(2)))
+    where = builder.gep(row_ptr, [start], source_etype=i8)
+    where.type = pointers
+    words = _call_llvm(builder, "llvm.masked.gather.v16i32.v16p0", ints,
+                       [where, ir.Constant(i32, 2), every, ir.Constant(ints, ir.Undefined)])
+    high = builder.select(first, builder.shl(words, splat(16)), builder.and_(words, splat(-65536)))
+    if dtype == types.uint16:   # bfloat16: its bits are a float32's high half
+        return builder.bitcast(high, floats)
+    halves = builder.trunc(builder.lshr(high, splat(16)), ir.VectorType(ir.IntType(16), _LANES))
+    return builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), _LANES)), floats)
+
+
+@intrinsic
+def _gather_rows(typingctx, flat, r0, rows, t, ms):
+    """t[j, l] = flat[(r0 + l) c + j] as float32 (row r0 + l of C = t.shape[0]
+    classes in lane l; lanes from `rows` on repeat row r0 + rows - 1), and
+    ms[0, l] = max_j t[j, l] ignoring NaN (``-inf`` for a row of NaN), and
+    ms[1, l] = 0: one gather and one vector max per class.
+
+    flat holds float32, or bfloat16/float16 bits (uint16/int16) and then at
+    least two of them (see `_gather_lanes`); t and ms are float32
+    ``[C, 16]`` and ``[2, 16]``. A scalar transposition stored
+    one float at a time and cost twice as much, and its vector reloads
+    waited on those stores.
+    """
+    def codegen(context, builder, sig, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        floats, ints = ir.VectorType(ir.FloatType(), _LANES), ir.VectorType(i32, _LANES)
+        source = context.make_array(sig.args[0])(context, builder, args[0])
+        lanes_t = context.make_array(sig.args[3])(context, builder, args[3])
+        stats = context.make_array(sig.args[4])(context, builder, args[4])
+        classes = builder.extract_value(lanes_t.shape, 0)
+        c = builder.trunc(classes, i32)
+        last = _splat(builder, builder.trunc(builder.sub(args[2], ir.Constant(i64, 1)), i32), ints)
+        lane = ir.Constant(ints, list(range(_LANES)))
+        lane_start = builder.mul(builder.select(builder.icmp_signed("<", lane, last), lane, last),
+                                 _splat(builder, c, ints))
+        row_ptr = builder.gep(source.data, [builder.mul(args[1], classes)])
+        at_start = _splat(builder, builder.icmp_signed("==", args[1], ir.Constant(i64, 0)),
+                          ir.VectorType(ir.IntType(1), _LANES))
+        entry = builder.block
+        head = builder.append_basic_block("gather.head")
+        body = builder.append_basic_block("gather.body")
+        done = builder.append_basic_block("gather.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        j = builder.phi(i32)
+        top = builder.phi(floats)
+        j.add_incoming(ir.Constant(i32, 0), entry)
+        top.add_incoming(ir.Constant(floats, [-math.inf] * _LANES), entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, c), body, done)
+        builder.position_at_end(body)
+        column = _gather_lanes(builder, row_ptr, builder.add(lane_start, _splat(builder, j, ints)),
+                               at_start, sig.args[0].dtype)
+        target = builder.gep(lanes_t.data, [builder.mul(builder.zext(j, i64), ir.Constant(i64, _LANES))])
+        builder.store(column, builder.bitcast(target, floats.as_pointer()), align=4)
+        top.add_incoming(_call_llvm(builder, "llvm.maxnum.v16f32", floats, [top, column],
+                                    ("nnan", "nsz")), body)
+        j.add_incoming(builder.add(j, ir.Constant(i32, 1)), body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        builder.store(top, builder.bitcast(stats.data, floats.as_pointer()), align=4)
+        sums = builder.gep(stats.data, [ir.Constant(i64, _LANES)])
+        builder.store(ir.Constant(floats, [0.0] * _LANES), builder.bitcast(sums, floats.as_pointer()),
+                      align=4)
+        return context.get_dummy_value()
+    return types.none(flat, r0, rows, t, ms), codegen
+
+
 # log(m) = 2 atanh(u), u = (m - 1) / (m + 1), |u| <= 0.1716: the series to
 # u**11 leaves 2e-11 out (float32 results need 6e-8).
 _A = tuple(2.0 / k for k in (1, 3, 5, 7, 9, 11))
@@ -1136,16 +1229,7 @@ def _narrow_block(x, flat, r0, rows, t, ms, logs):
     A row with a NaN, a ``+inf`` or only ``-inf`` has a non-finite M_l or sum.
     """
     c = np.uint64(x.shape[1])
-    for l in range(_LANES):
-        base = np.uint64(r0 + min(l, rows - 1)) * c
-        m = _load(flat, base)
-        t[0, l] = m
-        for j in range(_U1, c):
-            v = _load(flat, base + j)
-            t[j, l] = v
-            m = _max_finite(m, v)
-        ms[0, l] = m
-        ms[1, l] = 0.0
+    _gather_rows(flat, r0, rows, t, ms)
     for j in range(c):
         for l in range(_LANES):
             v = _exp_of(x, None, t[j, l] - ms[0, l])
@@ -1453,7 +1537,8 @@ def sparse_rows(logits, labels, grad_out=None):
     labels = np.ascontiguousarray(labels)
     if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
         logits = logits.astype(np.float32)
-    narrow = logits.shape[1] <= NARROW_MAX and acc == np.float32
+    # (a single half-precision logit is too short for `_gather_rows`)
+    narrow = logits.shape[1] <= NARROW_MAX and acc == np.float32 and logits.size >= 2
     if grad_out is None:
         x = _kernel_view(np.ascontiguousarray(logits))
         rows, blocks = ((_sparse_narrow_loss_rows, _sparse_narrow_loss_blocks) if narrow
