@@ -35,11 +35,13 @@ def test_summarise_pairs_xent_and_keeps_the_ratio_of_medians():
     assert paired["x_floor_paired"] is True
     assert paired["x_floor"] == pytest.approx(1.25)            # median of 1.0, 1.25, 1.5
     assert paired["x_floor_medians"] == pytest.approx(2.0 / 0.9)
+    assert paired["x_floor_best"] == pytest.approx(1.0 / 0.9)   # over the row loop's 0.9
     assert paired["peer_speedup"] == pytest.approx(9.0 / 2.0)
     assert paired["gb_per_s"] == pytest.approx(2 * logits.nbytes / 2.0 / 1e9)
     unpaired = records[("xent", "loss")]
     assert unpaired["x_floor_paired"] is False
     assert unpaired["x_floor"] == pytest.approx(0.6 / 0.5)
+    assert unpaired["x_floor_best"] == pytest.approx(0.6 / 0.5)
     assert records[("torch", "grad")]["peer_speedup"] is None
 
 

@@ -449,12 +449,16 @@ def summarise(cases, logits):
     "x_floor" is a case's median time over its floor's median; for xent's
     cases on large inputs it is instead the median of each call's time over
     the floor timed right before that call (`paired_ratio`), and the ratio
-    of medians stays in "x_floor_medians".
+    of medians stays in "x_floor_medians". "x_floor_best" is the case's
+    fastest call over the fastest floor call (the least disturbed of each).
     """
     nbytes = logits.nbytes
     median = {(c.name, c.mode): statistics.median(c.times) for c in cases}
     copies = [median[(c.name, c.mode)] for c in cases if c.name.startswith("copy floor")]
     floors = {"loss": median.get(("read floor", "loss")), "grad": min(copies, default=None)}
+    best_floors = {kind: min((min(c.times) for c in cases if c.role == "floor"
+                              and (c.mode == "loss") == (kind == "loss")), default=None)
+                   for kind in ("loss", "grad")}
     fastest = {}
     for case in cases:
         if case.role == "peer":
@@ -467,12 +471,14 @@ def summarise(cases, logits):
         peer = fastest.get(kind)
         of_medians = t / floors[kind] if floors[kind] else None
         paired = paired_ratio(case)
+        best_floor = min(case.floor_times + [best_floors[kind] or np.inf])
         records.append({
             "name": case.name, "role": case.role, "mode": case.mode, "median_s": t,
             "min_s": min(case.times),
             "runs": len(case.times), "gb_per_s": moved / t / 1e9,
             "x_floor": paired if paired is not None else of_medians,
             "x_floor_medians": of_medians, "x_floor_paired": paired is not None,
+            "x_floor_best": min(case.times) / best_floor if np.isfinite(best_floor) else None,
             "peer_speedup": peer / t if peer and case.role == "xent" else None,
             "extra_bytes_per_row": case.extra_bytes / len(logits) if case.extra_bytes is not None else None,
         })
@@ -648,6 +654,12 @@ def _record(report, shape, dtype, name, mode):
     return None
 
 
+def _ratios(record):
+    """A record's multiple of its floor, and the best call's over the best floor's."""
+    best = record.get("x_floor_best")
+    return f"{record['x_floor']:.2f}x" + (f" (best {best:.2f}x)" if best else "")
+
+
 def headline(report):
     """The figures issue 3's "done when" asks for, from this run (lines of text)."""
     lines = []
@@ -660,14 +672,14 @@ def headline(report):
         loss = _record(report, shape, "float32", "xent", "loss")
         bf16 = [_record(report, shape, "bfloat16", "xent", m) for m in ("grad_inplace", "grad")]
         lines.append(
-            f"{label} float32: loss+grad in place {inplace['x_floor']:.2f}x copy floor "
+            f"{label} float32: loss+grad in place {_ratios(inplace)} copy floor "
             f"({inplace['peer_speedup']:.1f}x faster than the fastest peer), into a buffer "
-            f"{into['x_floor']:.2f}x ({into['peer_speedup']:.1f}x); loss {loss['x_floor']:.2f}x "
+            f"{_ratios(into)} ({into['peer_speedup']:.1f}x); loss {_ratios(loss)} "
             f"read floor; peak extra memory in place {inplace['extra_bytes_per_row']:.0f} B/row = "
             f"{100 * inplace['extra_bytes_per_row'] / (4 * shape[1]):.3f}% of a row")
         if all(bf16):
-            lines.append(f"{label} bfloat16: loss+grad in place {bf16[0]['x_floor']:.2f}x, into a "
-                         f"buffer {bf16[1]['x_floor']:.2f}x its copy floor")
+            lines.append(f"{label} bfloat16: loss+grad in place {_ratios(bf16[0])}, into a "
+                         f"buffer {_ratios(bf16[1])} its copy floor")
     small = _record(report, (32, 1000), "float32", "xent", "loss")
     numpy = _record(report, (32, 1000), "float32", "NumPy", "loss")
     if small and numpy:

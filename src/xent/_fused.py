@@ -36,6 +36,10 @@ bfloat16 gradients are rounded by the CPU's own conversion where it has one
 never assume away NaN or infinity (save for one-sweep's running max, whose NaN
 shows in the sum; and finiteness is tested on the bits, see `_is_finite`).
 
+Rows of at most `NARROW_MAX` classes (sparse labels, float32 arithmetic)
+have too few logits for these vector loops: they go 16 at a time through
+`_narrow_block`, one row per vector lane, with the same arithmetic.
+
 Rows are split over `xent.get_num_threads()` threads for inputs above a few MB
 (numba's ``workqueue`` layer unless the user chose another: its idle threads
 sleep instead of spinning); smaller inputs run on the calling thread. Machine
