@@ -8,7 +8,9 @@ buffer; loss+grad over the logits) on ROWS x COLS logits (default 16 x 32000,
 calls in nanoseconds per logit, for float32 and bfloat16. The in-place figure
 has the copy that restores the logits before each call taken off. Multiplied
 by the logits per thread, it is the compute a large call needs, to set against
-the copy floor `xent bench` measures (see bench/RESULTS.md).
+the copy floor `xent bench` measures (see bench/RESULTS.md). Up to
+`_fused.NARROW_MAX` columns, the narrow kernels (the ones xent uses there) are
+measured too, next to the chunk kernels (e.g. ``python bench/kernel_ns.py 65536 10``).
 """
 import sys
 import time
@@ -28,7 +30,18 @@ def best(call, repeats=15):
     return min(times)
 
 
-def measure(dtype_name, rows, cols):
+def kernels(narrow):
+    """(loss, loss+grad into a buffer, loss+grad in place) row kernels: the narrow
+    ones (`_fused._narrow_block`, which take the gradient buffer as an argument,
+    possibly the logits) or the chunk ones."""
+    if narrow:
+        grad = _fused._sparse_narrow_grad_rows
+        return (_fused._sparse_narrow_loss_rows, grad,
+                lambda w, labels, loss, lse, lo, hi: grad(w, labels, w, loss, lse, lo, hi))
+    return _fused._sparse_loss_rows, _fused._sparse_grad_rows, _fused._sparse_grad_rows_inplace
+
+
+def measure(dtype_name, rows, cols, narrow=False):
     """ns per logit for (loss, loss+grad into a buffer, loss+grad in place)."""
     rng = np.random.default_rng(0)
     dtype = _dtypes.bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
@@ -37,19 +50,20 @@ def measure(dtype_name, rows, cols):
     work, out = original.copy(), np.empty_like(original)
     loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
     x, w, o = (_fused._kernel_view(a) for a in (original, work, out))
+    loss_rows, grad_rows, inplace_rows = kernels(narrow)
 
     def loss_only():
-        _fused._sparse_loss_rows(x, labels, loss, lse, 0, rows)
+        loss_rows(x, labels, loss, lse, 0, rows)
 
     def into():
-        _fused._sparse_grad_rows(x, labels, o, loss, lse, 0, rows)
+        grad_rows(x, labels, o, loss, lse, 0, rows)
 
     def restore():
         np.copyto(work, original)
 
     def in_place():
         restore()
-        _fused._sparse_grad_rows_inplace(w, labels, loss, lse, 0, rows)
+        inplace_rows(w, labels, loss, lse, 0, rows)
 
     for call in (loss_only, into, in_place):
         call()
@@ -60,7 +74,11 @@ def measure(dtype_name, rows, cols):
 
 if __name__ == "__main__":
     rows, cols = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (16, 32000)
+    paths = (("chunk", False), ("narrow", True)) if cols <= _fused.NARROW_MAX else (("chunk", False),)
     for name in ("float32", "bfloat16"):
-        loss_ns, into_ns, inplace_ns = measure(name, rows, cols)
-        print(f"{name:9s} {rows}x{cols}: loss {loss_ns:.3f}, loss+grad into a buffer "
-              f"{into_ns:.3f}, in place {inplace_ns:.3f} ns per logit per thread")
+        for path, narrow in paths:
+            loss_ns, into_ns, inplace_ns = measure(name, rows, cols, narrow)
+            print(f"{name:9s} {rows}x{cols} {path:6s}: loss {loss_ns:.3f}, loss+grad into a "
+                  f"buffer {into_ns:.3f}, in place {inplace_ns:.3f} ns per logit per thread "
+                  f"(x {cols} = {loss_ns * cols:.1f}, {into_ns * cols:.1f}, "
+                  f"{inplace_ns * cols:.1f} ns per row)")

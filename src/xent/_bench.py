@@ -474,7 +474,8 @@ def summarise(cases, logits):
         best_floor = min(case.floor_times + [best_floors[kind] or np.inf])
         records.append({
             "name": case.name, "role": case.role, "mode": case.mode, "median_s": t,
-            "min_s": min(case.times),
+            "min_s": min(case.times), "times_s": list(case.times),
+            "floor_times_s": list(case.floor_times),
             "runs": len(case.times), "gb_per_s": moved / t / 1e9,
             "x_floor": paired if paired is not None else of_medians,
             "x_floor_medians": of_medians, "x_floor_paired": paired is not None,
