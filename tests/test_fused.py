@@ -412,7 +412,7 @@ def test_core_keeps_a_gradient_buffer_that_has_no_flat_view(rng):
 
 # -- narrow rows (at most NARROW_MAX classes, 16 rows per vector) ---------------------------
 
-NARROW_SHAPES = [(1, 1), (15, 2), (16, 10), (17, 16), (37, 31), (33, 63),
+NARROW_SHAPES = [(1, 1), (15, 2), (16, 10), (17, 16), (21, 17), (37, 31), (33, 63),
                  (18, _fused.NARROW_MAX), (19, _fused.NARROW_MAX + 1)]
 HALF_AND_SINGLE = [np.dtype(np.float16), BF16, np.dtype(np.float32)]
 
@@ -435,6 +435,32 @@ def test_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype):
     for a, b in ((loss_in, loss), (lse_in, lse), (loss_only, loss), (lse_only, lse)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(work.view(np.uint8), grad.view(np.uint8))
+
+
+@pytest.mark.parametrize("shape", NARROW_SHAPES, ids=[f"{n}x{c}" for n, c in NARROW_SHAPES])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+@pytest.mark.parametrize("targets", ["rows", "one row"])
+def test_dense_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype, targets):
+    """Dense targets through the narrow kernels (up to NARROW_DENSE_MAX classes;
+    the chunk kernels past it): one per row, or one row broadcast over every
+    block (gathered once per call)."""
+    logits = logits_of(rng, shape, dtype)
+    acc = np.float64 if dtype == np.float64 else np.float32
+    labels = rng.random(shape if targets == "rows" else (1, shape[1])).astype(acc)
+    labels = np.broadcast_to(labels, shape)
+    out, ref_out = np.empty_like(logits), np.empty_like(logits)
+    loss, lse = _fused.dense_rows(logits, labels, out)
+    ref_loss, ref_lse = _kernels.dense_rows(logits, labels, ref_out)
+    scale = row_scale(logits) * (1.0 + accumulate(labels).sum(axis=-1))
+    assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
+    assert_matches(out, ref_out, dtype, 1.0)
+    work = logits.copy()
+    loss_in, lse_in = _fused.dense_rows(work, labels, work)
+    loss_only, lse_only = _fused.dense_rows(logits, labels)
+    for a, b in ((loss_in, loss), (lse_in, lse), (loss_only, loss), (lse_only, lse)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
 
 
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])
@@ -531,6 +557,24 @@ def test_results_identical_whatever_the_thread_count(rng, force_threads, dtype, 
     for other in flat[1:]:
         for a, b in zip(flat[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])
+def test_broadcast_targets_identical_whatever_the_thread_count(rng, force_threads, dtype):
+    """A row of targets broadcast over narrow rows split into blocks of any size."""
+    logits = logits_of(rng, (53, 12), dtype)
+    labels = np.broadcast_to(rng.random((1, 12)).astype(np.float32), logits.shape)
+    results = []
+    for threads in range(1, xent._threads.max_threads() + 1):
+        xent.set_num_threads(threads)
+        out = np.empty_like(logits)
+        results.append((_fused.dense_rows(logits, labels, out), out))
+    for (loss, lse), out in results[1:]:
+        np.testing.assert_array_equal(loss, results[0][0][0])
+        np.testing.assert_array_equal(out.view(np.uint8), results[0][1].view(np.uint8))
+    ref_loss, _ = _kernels.dense_rows(logits, labels, np.empty_like(logits))
+    assert_matches(results[0][0][0], ref_loss, np.float32, row_scale(logits) * 12,
+                   logits_dtype=logits.dtype)
 
 
 def _flatten(items):
