@@ -417,6 +417,17 @@ NARROW_SHAPES = [(1, 1), (15, 2), (16, 10), (17, 16), (21, 17), (37, 31), (33, 6
 HALF_AND_SINGLE = [np.dtype(np.float16), BF16, np.dtype(np.float32)]
 
 
+def assert_in_place_and_loss_only_agree(run, logits, labels, loss, lse, grad):
+    """`run` (sparse_rows or dense_rows) in place and loss-only gives, bit for bit,
+    the loss, lse and gradient it gave into a separate buffer."""
+    work = logits.copy()
+    loss_in, lse_in = run(work, labels, work)
+    loss_only, lse_only = run(logits, labels)
+    for a, b in ((loss_in, loss), (lse_in, lse), (loss_only, loss), (lse_only, lse)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(work.view(np.uint8), grad.view(np.uint8))
+
+
 @pytest.mark.parametrize("shape", NARROW_SHAPES, ids=[f"{n}x{c}" for n, c in NARROW_SHAPES])
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype):
@@ -429,12 +440,7 @@ def test_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype):
     assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
     assert_matches(lse, ref_lse, lse.dtype, scale, logits_dtype=logits.dtype)
     assert_matches(grad, ref_grad, dtype)
-    work = logits.copy()
-    loss_in, lse_in = _fused.sparse_rows(work, labels, work)
-    loss_only, lse_only = _fused.sparse_rows(logits, labels)
-    for a, b in ((loss_in, loss), (lse_in, lse), (loss_only, loss), (lse_only, lse)):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(work.view(np.uint8), grad.view(np.uint8))
+    assert_in_place_and_loss_only_agree(_fused.sparse_rows, logits, labels, loss, lse, grad)
 
 
 @pytest.mark.parametrize("shape", NARROW_SHAPES, ids=[f"{n}x{c}" for n, c in NARROW_SHAPES])
@@ -455,12 +461,7 @@ def test_dense_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype, t
     assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
     assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
     assert_matches(out, ref_out, dtype, 1.0)
-    work = logits.copy()
-    loss_in, lse_in = _fused.dense_rows(work, labels, work)
-    loss_only, lse_only = _fused.dense_rows(logits, labels)
-    for a, b in ((loss_in, loss), (lse_in, lse), (loss_only, loss), (lse_only, lse)):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
+    assert_in_place_and_loss_only_agree(_fused.dense_rows, logits, labels, loss, lse, out)
 
 
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])

@@ -1474,6 +1474,9 @@ def _dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
 
 # The same, with blocks of rows spread over numba's threads. Each takes the
 # block count last; block b covers rows [b*n//blocks, (b+1)*n//blocks).
+# They are written out one by one: wrappers made by a factory are closures,
+# which numba 0.68 does not find in its disk cache (each process recompiled
+# them), and the first call would then pay the compile.
 
 @njit(parallel=True, **_KERNEL)
 def _sparse_loss_blocks(x, labels, loss, lse, blocks):
