@@ -20,11 +20,11 @@ drift:
 Reported per case: median time, GB/s (logits bytes read, plus written for a
 gradient), the multiple of the copy or read floor (for xent on large
 inputs, the median of each call's time over the floor timed right before
-it), the speed-up over the fastest peer, and the peak extra memory per row (NumPy allocations through
-tracemalloc, JAX from XLA's compiled program, others, and numba's scratch,
-from the resident set's high-water mark). A good-neighbour check measures,
-after each implementation's gradient call, the CPU its idle threads burn and
-how much slower a copy runs.
+it), the speed-up over the fastest peer, and the peak extra memory per row
+(NumPy allocations through tracemalloc, JAX from XLA's compiled program,
+others, and numba's scratch, from the resident set's high-water mark). A
+good-neighbour check measures, after each implementation's gradient call,
+the CPU its idle threads burn and how much slower a copy runs.
 Results go to ``OUT/bench.json``, ``OUT/bench.png`` and ``OUT/bench.md``.
 """
 import contextlib
@@ -436,6 +436,12 @@ def _timed(run):
 
 # --- one input, summarised --------------------------------------------------------------
 
+def floors_by_kind(cases):
+    """The floor cases for each kind of work: the read floor for "loss", the copies for "grad"."""
+    return {"loss": [c for c in cases if c.role == "floor" and c.mode == "loss"],
+            "grad": [c for c in cases if c.role == "floor" and c.mode == "grad"]}
+
+
 def paired_ratio(case):
     """Median over calls of the case's time over the floor timed just before it, or None."""
     if not case.floor_times:
@@ -454,11 +460,11 @@ def summarise(cases, logits):
     """
     nbytes = logits.nbytes
     median = {(c.name, c.mode): statistics.median(c.times) for c in cases}
-    copies = [median[(c.name, c.mode)] for c in cases if c.name.startswith("copy floor")]
-    floors = {"loss": median.get(("read floor", "loss")), "grad": min(copies, default=None)}
-    best_floors = {kind: min((min(c.times) for c in cases if c.role == "floor"
-                              and (c.mode == "loss") == (kind == "loss")), default=None)
-                   for kind in ("loss", "grad")}
+    by_kind = floors_by_kind(cases)
+    floors = {kind: min((median[(c.name, c.mode)] for c in by_kind[kind]), default=None)
+              for kind in by_kind}
+    best_floors = {kind: min((min(c.times) for c in by_kind[kind]), default=None)
+                   for kind in by_kind}
     fastest = {}
     for case in cases:
         if case.role == "peer":
@@ -496,10 +502,9 @@ def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
     small = shape[0] * shape[1] < 100_000
     burst = 20 if small else 1
     settle = 0.005 if small or quick else 0.05
-    floors = [c for c in cases if c.role == "floor"]
-    copies = [c for c in floors if c.mode == "grad"]
-    paired = None if small else {"loss": [c for c in floors if c.mode == "loss"],
-                                 "grad": copies, "grad_inplace": copies}
+    floors = floors_by_kind(cases)
+    paired = None if small else {"loss": floors["loss"], "grad": floors["grad"],
+                                 "grad_inplace": floors["grad"]}
     time_interleaved(cases, rounds, burst, budget, progress, settle, paired)
     return summarise(cases, logits)
 

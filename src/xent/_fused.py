@@ -1096,13 +1096,13 @@ NARROW_DENSE_MAX = 16
 _LANES = 16
 
 
-def _lanes(x, rows, dtype):
-    """A ``[rows, 16]`` scratch of `dtype`: the accumulator's (float32) or float64 (numba only)."""
+def _lanes(rows, dtype):
+    """A ``[rows, 16]`` scratch of `dtype`, a row of values per vector lane (numba only)."""
 
 
 @overload(_lanes)
-def _lanes_impl(x, rows, dtype):
-    return lambda x, rows, dtype: np.empty((rows, _LANES), dtype)
+def _lanes_impl(rows, dtype):
+    return lambda rows, dtype: np.empty((rows, _LANES), dtype)
 
 
 @intrinsic
@@ -1287,7 +1287,7 @@ def _narrow_row(x, labels, r, ms, logs, l):
 
 @njit(**_KERNEL)
 def _sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
-    t, ms, logs = _lanes(x, x.shape[1], np.float32), _lanes(x, 2, np.float32), _lanes(x, 1, np.float64)
+    t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
@@ -1300,7 +1300,7 @@ def _sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
 def _sparse_narrow_grad_rows(x, labels, out, loss, lse, lo, hi):
     """As `_sparse_narrow_loss_rows`, writing softmax - onehot(label) into out
     (may be x: a block is read whole before any of it is written)."""
-    t, ms, logs = _lanes(x, x.shape[1], np.float32), _lanes(x, 2, np.float32), _lanes(x, 1, np.float64)
+    t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
     flat = x.reshape(x.size)
     c = x.shape[1]
     for r0 in range(lo, hi, _LANES):
@@ -1310,7 +1310,7 @@ def _sparse_narrow_grad_rows(x, labels, out, loss, lse, lo, hi):
             r = r0 + l
             loss[r], lse[r], ok, x_label = _narrow_row(x, labels, r, ms, logs, l)
             m = ms[0, l]
-            if not ok:
+            if not ok:   # `_fill_nan(out[r], m)`, spelled out: the row view cost 3.5 ns per row
                 for j in range(c):
                     _store(out, (r, j), _like(np.nan, m))
                 continue
@@ -1347,8 +1347,8 @@ def _dense_narrow_row(ms, logs, l):
 @njit(**_KERNEL)
 def _dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     c = x.shape[1]
-    t, ty, ms, logs = (_lanes(x, c, np.float32), _lanes(x, c, np.float32),
-                       _lanes(x, 4, np.float32), _lanes(x, 1, np.float64))
+    t, ty, ms, logs = (_lanes(c, np.float32), _lanes(c, np.float32),
+                       _lanes(4, np.float32), _lanes(1, np.float64))
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
@@ -1362,8 +1362,8 @@ def _dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
 def _dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
     """As `_dense_narrow_loss_rows`, writing softmax - y into out (may be x)."""
     c = x.shape[1]
-    t, ty, ms, logs = (_lanes(x, c, np.float32), _lanes(x, c, np.float32),
-                       _lanes(x, 4, np.float32), _lanes(x, 1, np.float64))
+    t, ty, ms, logs = (_lanes(c, np.float32), _lanes(c, np.float32),
+                       _lanes(4, np.float32), _lanes(1, np.float64))
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
@@ -1372,7 +1372,7 @@ def _dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
         for l in range(rows):
             r = r0 + l
             loss[r], lse[r], ok = _dense_narrow_row(ms, logs, l)
-            if not ok:
+            if not ok:   # `_fill_nan(out[r], ...)`, spelled out as above
                 for j in range(c):
                     _store(out, (r, j), _like(np.nan, ms[0, l]))
                 continue
