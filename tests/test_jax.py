@@ -163,6 +163,20 @@ def test_backward_keeps_only_the_inputs_and_two_numbers_per_row(capsys):
     assert big and all("from the argument" in line for line in big), lines
 
 
+def test_jitted_sparse_loss_keeps_no_logits_sized_temporary():
+    """The sparse forward is O(rows) in XLA's temporaries, as optax's: taking the
+    label's logit from ``x - max`` once made XLA write that difference out whole
+    (the dense loss keeps ``x - max``, as optax's does)."""
+    rows, classes = 64, 4096
+    x = jnp.ones((rows, classes))
+    labels = jnp.arange(rows) % classes
+    compiled = jax.jit(lambda x: SPARSE(labels=labels, logits=x)).lower(x).compile()
+    stats = compiled.memory_analysis()
+    if stats is None:
+        pytest.skip("this jaxlib gives no memory analysis")
+    assert stats.temp_size_in_bytes < x.nbytes // 16, stats.temp_size_in_bytes
+
+
 INF = np.inf
 EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
     "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
