@@ -275,3 +275,21 @@ def test_dense_raw_op_broadcasts_one_logits_row_like_tf(tf):
     loss.sum().backward()   # the broadcast row's gradient sums over the label rows
     np.testing.assert_allclose(logits.grad.numpy(), want_backprop.numpy().sum(0, keepdims=True),
                                rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_backward_scaling_rounds_once(dtype):
+    """`_scale_rows_` gives the bits of the float32 product rounded once, on its
+    fast path (g exact in the half dtype) and its slow one (g not)."""
+    from xent._torch import _scale_rows_
+
+    gen = torch.Generator().manual_seed(0)
+    backprop = (torch.rand(64, 257, generator=gen) * 2 - 1).to(dtype)
+    exact = torch.rand(64, generator=gen).to(dtype).to(torch.float32) * 4
+    inexact = exact + 1e-5
+    assert not torch.equal(inexact.to(dtype).to(torch.float32), inexact)
+    for g in (exact, inexact):
+        want = (backprop.to(torch.float32) * g[:, None]).to(dtype)
+        got = _scale_rows_(backprop.clone(), g)
+        assert got.dtype == dtype
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), g is exact
