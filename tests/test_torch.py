@@ -279,9 +279,10 @@ def test_dense_raw_op_broadcasts_one_logits_row_like_tf(tf):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_backward_scaling_rounds_once(dtype):
-    """`_scale_rows_` gives the bits of the float32 product rounded once, on its
-    fast path (g exact in the half dtype) and its slow one (g not)."""
-    from xent._torch import _scale_rows_
+    """The backward's scaling (`_scale_rows_` for the loss, in place; the raw op's
+    ``backprop * g``) gives the bits of the float32 product rounded once, on the
+    fast path (g exact in the half dtype) and the slow one (g not)."""
+    from xent._torch import _LossAndBackprop, _scale_rows_
 
     gen = torch.Generator().manual_seed(0)
     backprop = (torch.rand(64, 257, generator=gen) * 2 - 1).to(dtype)
@@ -293,3 +294,5 @@ def test_half_precision_backward_scaling_rounds_once(dtype):
         got = _scale_rows_(backprop.clone(), g)
         assert got.dtype == dtype
         assert torch.equal(got.view(torch.int16), want.view(torch.int16)), g is exact
+        raw = _LossAndBackprop._logits_grad(None, backprop, g, None).to(dtype)
+        assert torch.equal(raw.view(torch.int16), want.view(torch.int16)), g is exact

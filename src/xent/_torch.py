@@ -148,21 +148,27 @@ def _labels_grad(logits, labels, g):
     return (-g[..., None] * _array_kernels.log_softmax(_Ops, _accumulate(logits))).to(labels.dtype)
 
 
-def _scale_rows_(backprop, g):
-    """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype.
+def _row_factors(g, dtype):
+    """``g[..., None]``, the per-row factors of a `dtype` backprop: in `dtype` itself
+    when g is exact there, else as they are.
 
     torch multiplies a half-precision tensor by a float32 one through two
-    whole-tensor conversions (8192x32000 bfloat16: 610 ms). The per-row g
-    (float32: the loss's accumulator dtype) is usually exact in the half
-    dtype, being the upstream gradient of the loss cast from it; then the
-    half-by-half product, computed exactly in float32 and rounded once, is
-    the same number (20-30 ms).
+    whole-tensor conversions (8192x32000 bfloat16, in place: 610 ms). The
+    per-row g (float32, the loss's accumulator dtype) is usually exact in the
+    half dtype, being the upstream gradient of the loss cast from it; then
+    the half-by-half product, computed exactly in float32 and rounded once,
+    is the same number (20-30 ms).
     """
-    if backprop.dtype != g.dtype and backprop.dtype in (torch.float16, torch.bfloat16):
-        narrow = g.to(backprop.dtype)
+    if g.dtype != dtype and dtype in (torch.float16, torch.bfloat16):
+        narrow = g.to(dtype)
         if torch.equal(narrow.to(g.dtype), g):
             g = narrow
-    return backprop.mul_(g[..., None])
+    return g[..., None]
+
+
+def _scale_rows_(backprop, g):
+    """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype."""
+    return backprop.mul_(_row_factors(g, backprop.dtype))
 
 
 class _Loss(torch.autograd.Function):
@@ -223,6 +229,8 @@ class _LossAndBackprop(torch.autograd.Function):
     @staticmethod
     def _logits_grad(logits, backprop, g_loss, g_backprop):
         """``g_loss * backprop + softmax_vjp(g_backprop)``, either term possibly absent."""
+        if g_backprop is None and g_loss is not None:   # (`_row_factors`: the same bits)
+            return backprop * _row_factors(g_loss, backprop.dtype)
         d = torch.zeros_like(backprop) if g_loss is None else backprop * g_loss[..., None]
         if g_backprop is not None:
             x = _accumulate(logits)
