@@ -56,3 +56,19 @@ def test_time_interleaved_times_the_fastest_floor_before_each_xent_call():
     assert order == ["fast", "slow", "xent", "peer"] * 2
     assert len(xent.floor_times) == len(xent.times) == 2
     assert peer.floor_times == []
+
+
+def test_compile_kernels_reaches_every_fused_kernel_family():
+    """`precompile` (run before any timing) compiles what the bench times: the chunk
+    kernels on one thread and on several, and the narrow ones on several (which
+    call their one-thread kernels), for the loss, a gradient into a buffer and in
+    place. Checked here for float32, in this process (whether compiled or loaded
+    from numba's disk cache)."""
+    fused = pytest.importorskip("xent._fused")
+    _bench.compile_kernels("float32")
+    names = ["_sparse_loss_rows", "_sparse_grad_rows", "_sparse_grad_rows_inplace",
+             "_sparse_loss_blocks", "_sparse_grad_blocks", "_sparse_grad_blocks_inplace",
+             "_sparse_narrow_loss_blocks", "_sparse_narrow_grad_blocks"]
+    for name in names:
+        signatures = getattr(fused, name).signatures
+        assert any(str(sig[0].dtype) == "float32" for sig in signatures), (name, signatures)
