@@ -1621,6 +1621,41 @@ def _with_gradient(logits, grad_out, run_inplace, run_into):
     return result
 
 
+# (rows, blocks) kernel pairs per need; the narrow gradient kernels also run in place.
+_SPARSE_KERNELS = {
+    "loss": (_sparse_loss_rows, _sparse_loss_blocks),
+    "grad": (_sparse_grad_rows, _sparse_grad_blocks),
+    "grad_inplace": (_sparse_grad_rows_inplace, _sparse_grad_blocks_inplace),
+    "narrow_loss": (_sparse_narrow_loss_rows, _sparse_narrow_loss_blocks),
+    "narrow_grad": (_sparse_narrow_grad_rows, _sparse_narrow_grad_blocks),
+}
+_DENSE_KERNELS = {
+    "loss": (_dense_loss_rows, _dense_loss_blocks),
+    "grad": (_dense_grad_rows, _dense_grad_blocks),
+    "grad_inplace": (_dense_grad_rows_inplace, _dense_grad_blocks_inplace),
+    "narrow_loss": (_dense_narrow_loss_rows, _dense_narrow_loss_blocks),
+    "narrow_grad": (_dense_narrow_grad_rows, _dense_narrow_grad_blocks),
+}
+
+
+def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse):
+    """Fill loss and lse (and grad_out unless None) with the kernels of `kernels`
+    (`_SPARSE_KERNELS` or `_DENSE_KERNELS`; their narrow ones if `narrow`), on
+    `targets` (labels, or the dense target rows)."""
+    nbytes = logits.nbytes
+    prefix = "narrow_" if narrow else ""
+    if grad_out is None:
+        x = _kernel_view(np.ascontiguousarray(logits))
+        _run(*kernels[prefix + "loss"], nbytes, x, targets, loss, lse)
+        return
+    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, x, targets, out, loss, lse)
+    if narrow:
+        run_inplace = lambda x: run_into(x, x)
+    else:
+        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, targets, loss, lse)
+    _with_gradient(logits, grad_out, run_inplace, run_into)
+
+
 def sparse_rows(logits, labels, grad_out=None):
     """Sparse softmax cross-entropy of each row (the `_kernels.sparse_rows` contract).
 
@@ -1648,23 +1683,7 @@ def sparse_rows(logits, labels, grad_out=None):
         logits = logits.astype(np.float32)
     # (a single half-precision logit is too short for `_gather_rows`)
     narrow = logits.shape[1] <= NARROW_MAX and acc == np.float32 and logits.size >= 2
-    if grad_out is None:
-        x = _kernel_view(np.ascontiguousarray(logits))
-        rows, blocks = ((_sparse_narrow_loss_rows, _sparse_narrow_loss_blocks) if narrow
-                        else (_sparse_loss_rows, _sparse_loss_blocks))
-        _run(rows, blocks, logits.nbytes, x, labels, loss, lse)
-        return loss, lse
-    if narrow:
-        run_into = lambda x, out: _run(_sparse_narrow_grad_rows, _sparse_narrow_grad_blocks,
-                                       logits.nbytes, x, labels, out, loss, lse)
-        _with_gradient(logits, grad_out, lambda x: run_into(x, x), run_into)
-        return loss, lse
-    _with_gradient(
-        logits, grad_out,
-        lambda x: _run(_sparse_grad_rows_inplace, _sparse_grad_blocks_inplace,
-                       logits.nbytes, x, labels, loss, lse),
-        lambda x, out: _run(_sparse_grad_rows, _sparse_grad_blocks,
-                            logits.nbytes, x, labels, out, loss, lse))
+    _dispatch(_SPARSE_KERNELS, narrow, logits, labels, grad_out, loss, lse)
     return loss, lse
 
 
@@ -1706,21 +1725,5 @@ def dense_rows(logits, labels, grad_out=None):
     y = _target_rows(labels, logits)
     # (a single half-precision logit or target is too short for `_gather_rows`)
     narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2
-    if grad_out is None:
-        x = _kernel_view(np.ascontiguousarray(logits))
-        rows, blocks = ((_dense_narrow_loss_rows, _dense_narrow_loss_blocks) if narrow
-                        else (_dense_loss_rows, _dense_loss_blocks))
-        _run(rows, blocks, logits.nbytes, x, y, loss, lse)
-        return loss, lse
-    if narrow:
-        run_into = lambda x, out: _run(_dense_narrow_grad_rows, _dense_narrow_grad_blocks,
-                                       logits.nbytes, x, y, out, loss, lse)
-        _with_gradient(logits, grad_out, lambda x: run_into(x, x), run_into)
-        return loss, lse
-    _with_gradient(
-        logits, grad_out,
-        lambda x: _run(_dense_grad_rows_inplace, _dense_grad_blocks_inplace,
-                       logits.nbytes, x, y, loss, lse),
-        lambda x, out: _run(_dense_grad_rows, _dense_grad_blocks,
-                            logits.nbytes, x, y, out, loss, lse))
+    _dispatch(_DENSE_KERNELS, narrow, logits, y, grad_out, loss, lse)
     return loss, lse
