@@ -29,6 +29,7 @@ Results go to ``OUT/bench.json``, ``OUT/bench.png`` and ``OUT/bench.md``.
 """
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -268,16 +269,17 @@ def _jax_cases(name, loss_fn, logits, labels, role="peer"):
     both = jax.jit(jax.value_and_grad(lambda a: loss_fn(a, y).sum()))
     cases = []
     for mode, fn in (("loss", forward), ("grad", both)):
-        case = Case(name, mode, lambda fn=fn: jax.block_until_ready(fn(x)), role, "xla")
-        case.xla_bytes = _xla_bytes(fn, x)
+        compiled = fn.lower(x).compile()   # compiled once, timed and measured
+        case = Case(name, mode, lambda c=compiled: jax.block_until_ready(c(x)), role, "xla")
+        case.xla_bytes = _xla_bytes(compiled)
         cases.append(case)
     return cases
 
 
-def _xla_bytes(fn, *args):
-    """Output plus temporary bytes of the compiled XLA program, or None."""
+def _xla_bytes(compiled):
+    """Output plus temporary bytes of a compiled XLA program, or None."""
     try:
-        stats = fn.lower(*args).compile().memory_analysis()
+        stats = compiled.memory_analysis()
         return int(stats.output_size_in_bytes + stats.temp_size_in_bytes)
     except Exception:   # noqa: BLE001 - the analysis is optional across jax versions
         return None
@@ -493,16 +495,19 @@ def summarise(cases, logits):
     return records
 
 
-def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
-    """Build, warm, time and measure every case on one input; return its records."""
+def bench_input(shape, dtype_name, quick, skipped, progress, rounds, keep=None):
+    """Build, warm, time and measure every case on one input; return its records.
+    The cases (warm) are also left in `keep`, a list, when one is given."""
     logits, labels = make_inputs(shape, dtype_name)
     cases = warm_up(build_cases(logits, labels, quick, skipped), skipped)
+    if keep is not None:
+        keep[:] = cases
     for case in cases:
         case.extra_bytes = peak_extra_bytes(case)
     budget = 4.0 if quick else 12.0
     small = shape[0] * shape[1] < 100_000
     burst = 20 if small else 1
-    settle = 0.005 if small or quick else 0.05
+    settle = 0.002 if quick else 0.005 if small else 0.05
     floors = floors_by_kind(cases)
     paired = None if small else {"loss": floors["loss"], "grad": floors["grad"],
                                  "grad_inplace": floors["grad"]}
@@ -593,28 +598,39 @@ def machine():
 def compile_kernels(dtype_name):
     """Call xent's public functions once on each quick shape in `dtype_name`, so that
     numba compiles (or loads from its disk cache) every fused kernel the bench times:
-    chunk and narrow rows, one thread and several, loss, gradient and in place."""
+    chunk and narrow rows, one thread and several, loss, gradient and in place;
+    and the row-loop copy floor on this dtype's bits."""
     for shape in QUICK_SHAPES:
         logits, labels = make_inputs(shape, dtype_name)
-        for case in xent_cases(logits, labels):
-            if case.name == "xent":
+        for case in xent_cases(logits, labels) + floor_cases(logits):
+            if case.name in ("xent", "copy floor (row loop)"):
                 case.run()
 
 
+def import_peers():
+    """Import every installed peer's framework (TensorFlow alone takes seconds),
+    so that the first input's timings do not wait on it."""
+    for name in ("torch", "tensorflow", "jax", "optax"):
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+
+
 def precompile():
-    """`compile_kernels` for float32 here and, at the same time, for bfloat16 in a
-    child process. numba compiles on one core (about 20 s per dtype on a cold
-    cache); both land in its disk cache, where this process finds the child's.
-    Nothing to do without numba."""
-    if "xent._fused" not in sys.modules:
-        return
-    child = subprocess.Popen(
-        [sys.executable, "-c", "from xent import _bench; _bench.compile_kernels('bfloat16')"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """`compile_kernels` for float32 and for bfloat16, each in a child process,
+    while this process imports the peers (`import_peers`). numba compiles on
+    one core (about 20 s per dtype on a cold cache); the kernels land in its
+    disk cache, where this process then finds them. Without numba, only the
+    imports."""
+    children = []
+    if "xent._fused" in sys.modules:
+        children = [subprocess.Popen(
+            [sys.executable, "-c", f"from xent import _bench; _bench.compile_kernels({dtype!r})"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for dtype in DTYPES]
     try:
-        compile_kernels("float32")
+        import_peers()
     finally:
-        child.wait()
+        for child in children:
+            child.wait()
 
 
 # --- the command --------------------------------------------------------------------------
@@ -668,13 +684,16 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
     progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
     progress.describe("xent's kernels: compiling (first run) or loading")
     precompile()
+    neighbours = []   # the cases of NEIGHBOUR_SHAPE float32, when the run has that input
     for shape, dtype in jobs:
         progress.describe(f"{shape[0]}x{shape[1]} {dtype}")
-        records = bench_input(shape, dtype, quick, skipped, progress, _rounds(shape, quick))
+        keep = neighbours if (shape, dtype) == (NEIGHBOUR_SHAPE, "float32") else None
+        records = bench_input(shape, dtype, quick, skipped, progress, _rounds(shape, quick), keep)
         results.append({"shape": list(shape), "dtype": dtype, "records": records})
-    logits, labels = make_inputs(NEIGHBOUR_SHAPE, "float32")
-    skipped_here = {}
-    neighbour = neighbour_check(warm_up(build_cases(logits, labels, True, skipped_here), skipped_here),
+    if not neighbours:
+        logits, labels = make_inputs(NEIGHBOUR_SHAPE, "float32")
+        neighbours = warm_up(build_cases(logits, labels, True, {}), {})
+    neighbour = neighbour_check([c for c in neighbours if c.name != "torch.compile"],
                                 rounds=2 if quick else 5, idle_s=0.1 if quick else 0.2)
     progress.close()
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
