@@ -219,6 +219,9 @@ def torch_cases(logits, labels, compiled=False):
     fn = lambda a, b: F.cross_entropy(a, b, reduction="none")
     name = "PyTorch eager"
     if compiled:
+        # Each input's shapes and dtype (and grad mode) recompile `fn`; past
+        # dynamo's limit of 8 per function it would silently run eager.
+        torch.compiler.reset()
         fn, name = torch.compile(fn), "torch.compile"
 
     def loss():
