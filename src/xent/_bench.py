@@ -671,9 +671,9 @@ def _rounds(shape, quick):
     """Timing rounds for an input: more for small inputs, whose times are noisier."""
     size = shape[0] * shape[1]
     if size < 100_000:
-        return 10 if quick else 30
+        return 8 if quick else 30
     if size < 10_000_000:
-        return 7 if quick else 15
+        return 5 if quick else 15
     return 3 if quick else 7
 
 
@@ -697,7 +697,7 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
         logits, labels = make_inputs(NEIGHBOUR_SHAPE, "float32")
         neighbours = warm_up(build_cases(logits, labels, True, {}), {})
     neighbour = neighbour_check([c for c in neighbours if c.name != "torch.compile"],
-                                rounds=2 if quick else 5, idle_s=0.1 if quick else 0.2)
+                                rounds=2 if quick else 5, idle_s=0.05 if quick else 0.2)
     progress.close()
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "xent bench" + (" --quick" if quick else ""),
