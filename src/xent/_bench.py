@@ -498,13 +498,11 @@ def summarise(cases, logits):
     return records
 
 
-def bench_input(shape, dtype_name, quick, skipped, progress, rounds, keep=None):
-    """Build, warm, time and measure every case on one input; return its records.
-    The cases (warm) are also left in `keep`, a list, when one is given."""
+def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
+    """Build, warm, time and measure every case on one input; return its records
+    and the (warm) cases."""
     logits, labels = make_inputs(shape, dtype_name)
     cases = warm_up(build_cases(logits, labels, quick, skipped), skipped)
-    if keep is not None:
-        keep[:] = cases
     for case in cases:
         case.extra_bytes = peak_extra_bytes(case)
     budget = 4.0 if quick else 12.0
@@ -515,7 +513,7 @@ def bench_input(shape, dtype_name, quick, skipped, progress, rounds, keep=None):
     paired = None if small else {"loss": floors["loss"], "grad": floors["grad"],
                                  "grad_inplace": floors["grad"]}
     time_interleaved(cases, rounds, burst, budget, progress, settle, paired)
-    return summarise(cases, logits)
+    return summarise(cases, logits), cases
 
 
 # --- output -----------------------------------------------------------------------------
@@ -687,17 +685,19 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
     progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
     progress.describe("xent's kernels: compiling (first run) or loading")
     precompile()
-    neighbours = []   # the cases of NEIGHBOUR_SHAPE float32, when the run has that input
+    neighbours = None   # the cases of NEIGHBOUR_SHAPE float32, when the run has that input
     for shape, dtype in jobs:
         progress.describe(f"{shape[0]}x{shape[1]} {dtype}")
-        keep = neighbours if (shape, dtype) == (NEIGHBOUR_SHAPE, "float32") else None
-        records = bench_input(shape, dtype, quick, skipped, progress, _rounds(shape, quick), keep)
+        records, cases = bench_input(shape, dtype, quick, skipped, progress, _rounds(shape, quick))
+        if (shape, dtype) == (NEIGHBOUR_SHAPE, "float32"):
+            neighbours = cases
+        del cases   # (each input's arrays go before the next input's are made)
         results.append({"shape": list(shape), "dtype": dtype, "records": records})
-    if not neighbours:
+    if neighbours is None:
         logits, labels = make_inputs(NEIGHBOUR_SHAPE, "float32")
         neighbours = warm_up(build_cases(logits, labels, True, {}), {})
-    neighbour = neighbour_check([c for c in neighbours if c.name != "torch.compile"],
-                                rounds=2 if quick else 5, idle_s=0.05 if quick else 0.2)
+    neighbour = neighbour_check(neighbours, rounds=2 if quick else 5,
+                                idle_s=0.05 if quick else 0.2)
     progress.close()
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "xent bench" + (" --quick" if quick else ""),
