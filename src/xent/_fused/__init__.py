@@ -1,0 +1,43 @@
+"""Fused kernels compiled with numba: per-row loss, log-sum-exp and gradient.
+
+Same contract and numbers as the NumPy reference in `xent._kernels` (read it
+first): `sparse_rows` / `dense_rows` return ``(loss, lse)`` in the
+accumulator dtype and write ``softmax - labels`` into ``grad_out`` (which may
+be the logits themselves). What changes is how the work is done: each row is
+read from memory once, and the gradient written once, with no temporaries.
+
+One file per idea, from the bottom up:
+
+  _options   numba's flags for kernels and inlined helpers
+  _target    the CPU numba compiles for, and what it converts natively
+  _llvm      LLVM operations numba does not expose (portable, no calls)
+  _math      exp and log as polynomials that vectorise
+  _formats   float16/bfloat16 storage: loads, rounded stores
+  _chunks    one row in chunks: pass A, the combine, pass B
+  _rows      the chunk path's row kernels, per need
+  _narrow    rows of at most 64 classes, 16 at a time, one per vector lane
+  _blocks    the kernels spread over threads
+  _launch    the Python side: dispatch, buffers, threads
+  _notice    one line on stderr while a long compile runs
+
+Machine code is compiled for the CPU numba targets (the host's, or
+``NUMBA_CPU_NAME``'s) and cached on disk, so a fresh process pays only the
+cache load. Importing this module imports numba; `import xent` does not.
+"""
+import llvmlite.binding
+
+if llvmlite.binding.llvm_version_info < (17,):
+    # Opaque pointers and the vector reductions the kernels rely on need LLVM 17 or newer.
+    raise ImportError(f"llvmlite {llvmlite.__version__} is built on LLVM "
+                      f"{llvmlite.binding.llvm_version_info}; xent's kernels need LLVM 17+")
+
+from xent._fused import _notice  # noqa: E402
+from xent._fused._chunks import CHUNK  # noqa: E402
+from xent._fused._launch import dense_rows  # noqa: E402
+from xent._fused._launch import sparse_rows  # noqa: E402
+from xent._fused._narrow import NARROW_DENSE_MAX  # noqa: E402
+from xent._fused._narrow import NARROW_MAX  # noqa: E402
+
+_notice.install()
+
+__all__ = ["sparse_rows", "dense_rows", "NARROW_MAX", "NARROW_DENSE_MAX", "CHUNK"]

@@ -1,0 +1,202 @@
+"""The Python side: arrays in the kernels' formats, the kernel for each need, threads.
+
+`sparse_rows` and `dense_rows` keep `xent._kernels`' contract: ``(loss,
+lse)`` per row in the accumulator dtype, and ``softmax - targets`` in a
+gradient buffer when one is given (which may be the logits themselves). Rows
+of at most `NARROW_MAX` classes in float32 arithmetic go through the narrow
+kernels, longer ones through the chunk kernels.
+
+Rows are split over `xent.get_num_threads()` threads for inputs above a few
+MB (numba's ``workqueue`` layer unless the user chose another: its idle
+threads sleep instead of spinning); smaller inputs run on the calling thread.
+"""
+import os
+import threading
+
+import numba
+import numpy as np
+
+from xent import _threads
+from xent._dtypes import accumulator
+from xent._fused import _blocks, _narrow, _rows
+from xent._fused._formats import kernel_view
+from xent._fused._narrow import NARROW_DENSE_MAX, NARROW_MAX
+
+__all__ = ["sparse_rows", "dense_rows", "PARALLEL_MIN_BYTES"]
+
+# Below this much work one thread beats two (waking a sleeping worker costs
+# tens of microseconds). Work is counted in bytes of logits, plus
+# `_ROW_COST_BYTES` per row for the per-row steps (a log, the label, the ends
+# of the vector loops), which dominate when rows are short.
+PARALLEL_MIN_BYTES = 4 << 20
+_ROW_COST_BYTES = 256
+# Each thread gets this many row blocks (pulled dynamically), so a core that
+# is busy with another process delays the call less.
+_BLOCKS_PER_THREAD = 4
+
+_launch_lock = threading.Lock()
+
+
+def _use_workqueue_unless_chosen():
+    """Pick numba's workqueue threading layer (its idle threads sleep) unless the user chose."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_use_workqueue_unless_chosen()
+
+
+def _run(rows, blocks, nbytes, *args):
+    """Run `rows(*args, 0, n)` on this thread, or `blocks(*args, k)` over k threads.
+
+    Threads are used from `PARALLEL_MIN_BYTES` of work on, one call at a
+    time (numba's workqueue layer takes one parallel launch at once; a caller
+    that finds it busy computes on its own thread instead).
+    """
+    n = args[0].shape[0]
+    threads = min(_threads.get_num_threads(), n)
+    work = nbytes + n * _ROW_COST_BYTES
+    if threads > 1 and work >= PARALLEL_MIN_BYTES and _launch_lock.acquire(blocking=False):
+        try:
+            numba.set_num_threads(threads)
+            with numba.parallel_chunksize(1):
+                blocks(*args, min(n, threads * _BLOCKS_PER_THREAD))
+        finally:
+            _launch_lock.release()
+    else:
+        rows(*args, 0, n)
+
+
+def _same_buffer(a, b):
+    """Whether `a` and `b` are the same elements of the same memory."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
+
+
+def _with_gradient(logits, grad_out, run_inplace, run_into):
+    """Run a gradient kernel so that `grad_out` ends up holding the gradient.
+
+    The kernels take C-contiguous arrays. Contiguous inputs are used as they
+    are (in place when `grad_out` is `logits`), with no allocation; others go
+    through a contiguous copy, and the gradient is copied back into `grad_out`.
+    """
+    inplace = _same_buffer(logits, grad_out)
+    if inplace and logits.flags.c_contiguous:
+        return run_inplace(kernel_view(logits))
+    x = np.ascontiguousarray(logits)
+    if inplace:
+        result = run_inplace(kernel_view(x))
+        grad_out[...] = x
+        return result
+    direct = grad_out.flags.c_contiguous and not np.may_share_memory(grad_out, logits)
+    out = grad_out if direct else np.empty(grad_out.shape, grad_out.dtype)
+    result = run_into(kernel_view(x), kernel_view(out))
+    if not direct:
+        grad_out[...] = out
+    return result
+
+
+# (rows, blocks) kernel pairs per need; the narrow gradient kernels also run in place.
+_SPARSE_KERNELS = {
+    "loss": (_rows.sparse_loss_rows, _blocks.sparse_loss_blocks),
+    "grad": (_rows.sparse_grad_rows, _blocks.sparse_grad_blocks),
+    "grad_inplace": (_rows.sparse_grad_rows_inplace, _blocks.sparse_grad_blocks_inplace),
+    "narrow_loss": (_narrow.sparse_narrow_loss_rows, _blocks.sparse_narrow_loss_blocks),
+    "narrow_grad": (_narrow.sparse_narrow_grad_rows, _blocks.sparse_narrow_grad_blocks),
+}
+_DENSE_KERNELS = {
+    "loss": (_rows.dense_loss_rows, _blocks.dense_loss_blocks),
+    "grad": (_rows.dense_grad_rows, _blocks.dense_grad_blocks),
+    "grad_inplace": (_rows.dense_grad_rows_inplace, _blocks.dense_grad_blocks_inplace),
+    "narrow_loss": (_narrow.dense_narrow_loss_rows, _blocks.dense_narrow_loss_blocks),
+    "narrow_grad": (_narrow.dense_narrow_grad_rows, _blocks.dense_narrow_grad_blocks),
+}
+
+
+def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse):
+    """Fill loss and lse (and grad_out unless None) with the kernels of `kernels`
+    (`_SPARSE_KERNELS` or `_DENSE_KERNELS`; their narrow ones if `narrow`), on
+    `targets` (labels, or the dense target rows)."""
+    nbytes = logits.nbytes
+    prefix = "narrow_" if narrow else ""
+    if grad_out is None:
+        x = kernel_view(np.ascontiguousarray(logits))
+        _run(*kernels[prefix + "loss"], nbytes, x, targets, loss, lse)
+        return
+    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, x, targets, out, loss, lse)
+    if narrow:
+        run_inplace = lambda x: run_into(x, x)
+    else:
+        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, targets, loss, lse)
+    _with_gradient(logits, grad_out, run_inplace, run_into)
+
+
+def sparse_rows(logits, labels, grad_out=None):
+    """Sparse softmax cross-entropy of each row (the `_kernels.sparse_rows` contract).
+
+    Args:
+      logits: ``[N, C]`` float16/bfloat16/float32/float64 array, ``C >= 1``.
+      labels: ``[N]`` int32/int64 array; a label outside ``[0, C)`` gives a NaN row.
+      grad_out: optional ``[N, C]`` array (may be `logits` itself) that receives
+        ``softmax(logits) - one_hot(labels)`` in its own dtype.
+
+    Returns:
+      ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype.
+
+    Half-precision logits use `exp_half`, good to a twentieth of their ulp;
+    a wider gradient buffer for them (an internal caller's choice) gets
+    float32 logits instead, as its precision asks.
+    """
+    acc = accumulator(logits.dtype)
+    loss, lse = np.empty(logits.shape[0], acc), np.empty(logits.shape[0], acc)
+    if logits.shape[0] == 0:
+        return loss, lse
+    labels = np.ascontiguousarray(labels)
+    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
+        logits = logits.astype(np.float32)
+    # (a single half-precision logit is too short for the narrow kernels' gather)
+    narrow = logits.shape[1] <= NARROW_MAX and acc == np.float32 and logits.size >= 2
+    _dispatch(_SPARSE_KERNELS, narrow, logits, labels, grad_out, loss, lse)
+    return loss, lse
+
+
+def _target_rows(labels, logits):
+    """Dense labels as ``[1 or N, C]`` C-contiguous rows, undoing a stride-0 row broadcast.
+
+    A class axis broadcast from width 1 is expanded (rare: labels of shape ``[N, 1]``).
+    """
+    if labels.shape[0] > 1 and labels.strides[0] == 0:
+        labels = labels[:1]
+    if labels.shape[1] != logits.shape[1]:
+        labels = np.broadcast_to(labels, (labels.shape[0], logits.shape[1]))
+    if labels.dtype not in (logits.dtype, accumulator(logits.dtype)):
+        labels = labels.astype(accumulator(logits.dtype))
+    return kernel_view(np.ascontiguousarray(labels))
+
+
+def dense_rows(logits, labels, grad_out=None):
+    """Softmax cross-entropy of each row against targets (the `_kernels.dense_rows` contract).
+
+    Args:
+      logits: ``[N, C]`` float array.
+      labels: ``[N, C]`` float array, possibly a broadcast view of ``[1, C]``,
+        ``[N, 1]`` or ``[1, 1]``; the logits' dtype or its accumulator dtype.
+      grad_out: optional ``[N, C]`` array (may be `logits`) that receives
+        ``softmax(logits) - labels``.
+
+    Returns:
+      ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype. With
+      ``C == 0`` the loss is 0 and lse is ``-inf``.
+    """
+    acc = accumulator(logits.dtype)
+    n, c = logits.shape
+    if c == 0:
+        return np.zeros(n, acc), np.full(n, -np.inf, acc)
+    loss, lse = np.empty(n, acc), np.empty(n, acc)
+    if n == 0:
+        return loss, lse
+    y = _target_rows(labels, logits)
+    # (a single half-precision logit or target is too short for the narrow kernels' gather)
+    narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2
+    _dispatch(_DENSE_KERNELS, narrow, logits, y, grad_out, loss, lse)
+    return loss, lse

@@ -1,0 +1,205 @@
+"""LLVM operations that numba does not expose, as numba intrinsics.
+
+Each is a target-independent LLVM operation that every backend (x86-64 from
+SSE2 up, aarch64) turns into inline code, scalar or vector: no intrinsic
+here becomes a library call (`xent._fused._target.external_symbols`, applied
+to every kernel by the tests, checks that). The flags on each operation are
+chosen so that numba's fast-math pass cannot regroup what must stay exact.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = [
+    "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "add_exact",
+    "sub_exact", "fmuladd", "label_loss", "is_finite", "prefetch", "scale_by_rounded",
+    "rounded_value",
+    "split_exponent",
+]
+
+
+def ir_type(numba_type):
+    """The LLVM type of a numba float type."""
+    return ir.DoubleType() if numba_type == types.float64 else ir.FloatType()
+
+
+def _suffix(numba_type):
+    return "f64" if numba_type == types.float64 else "f32"
+
+
+def call_llvm(builder, name, ret, args, flags=()):
+    """IR: call the LLVM intrinsic `name` returning `ret` on `args`."""
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args,
+                        fastmath=flags)
+
+
+def splat(builder, value, vector_type):
+    """IR: a vector of `vector_type` with every lane `value`."""
+    lanes = ir.VectorType(ir.IntType(32), vector_type.count)
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
+                                 ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined),
+                                  ir.Constant(lanes, [0] * vector_type.count))
+
+
+@intrinsic
+def maximum(typingctx, a, b):
+    """max(a, b), NaN if either is NaN (``llvm.maximum``): a NaN-propagating max that vectorises."""
+    def codegen(context, builder, sig, args):
+        return call_llvm(builder, f"llvm.maximum.{_suffix(a)}", ir_type(a), args, ("nsz",))
+    return a(a, a), codegen
+
+
+@intrinsic
+def max_finite(typingctx, a, b):
+    """max(a, b) for operands assumed not NaN (``llvm.maxnum``, one ``maxps``: a running max)."""
+    def codegen(context, builder, sig, args):
+        return call_llvm(builder, f"llvm.maxnum.{_suffix(a)}", ir_type(a), args, ("nnan", "nsz"))
+    return a(a, a), codegen
+
+
+@intrinsic
+def floor_at(typingctx, floor, x):
+    """floor if floor > x else x: one ``maxps`` that lets a NaN x through."""
+    def codegen(context, builder, sig, args):
+        return builder.select(builder.fcmp_ordered(">", args[0], args[1]), args[0], args[1])
+    return x(x, x), codegen
+
+
+def _exact(op):
+    """A two-operand float instruction carrying only the ``nsz`` flag: numba's
+    fast-math pass leaves flagged instructions alone, and without ``reassoc``
+    LLVM may neither regroup nor fold it."""
+    def typer(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1], flags=("nsz",))
+        return a(a, b), codegen
+    typer.__doc__ = f"a {op[1:]} b, rounded once and never regrouped with another operation."
+    return intrinsic(typer)
+
+
+mul_exact = _exact("fmul")
+add_exact = _exact("fadd")
+sub_exact = _exact("fsub")
+
+
+@intrinsic
+def fmuladd(typingctx, a, b, c):
+    """a * b + c: one fused multiply-add where the CPU has one (rounded once),
+    else a multiply and an add (``llvm.fmuladd``; never a call to ``fma``)."""
+    def codegen(context, builder, sig, args):
+        return call_llvm(builder, f"llvm.fmuladd.{_suffix(a)}", ir_type(a), args)
+    return a(a, a, a), codegen
+
+
+@intrinsic
+def label_loss(typingctx, log_s, x_label, m):
+    """log_s - (x_label - m) in float64, exactly as written.
+
+    Huge logits must cancel in ``x_label - m`` before log_s is involved, so these
+    two subtractions carry only the ``nsz`` flag.
+    """
+    def codegen(context, builder, sig, args):
+        wide = [builder.fpext(a, ir.DoubleType()) if t == types.float32 else a
+                for a, t in zip(args, sig.args)]
+        shifted = builder.fsub(wide[1], wide[2], flags=("nsz",))
+        return builder.fsub(wide[0], shifted, flags=("nsz",))
+    return types.float64(log_s, x_label, m), codegen
+
+
+def _exponent_field(numba_type):
+    """(integer width, exponent mask, mantissa bits) of float32 or float64."""
+    if numba_type == types.float64:
+        return 64, (2 ** 11 - 1) << 52, 52
+    return 32, 0xFF << 23, 23
+
+
+@intrinsic
+def is_finite(typingctx, a):
+    """Whether a is finite, tested on its bits. Under the kernels' fast-math
+    flags LLVM once folded ``np.isfinite`` of a sum of unfloored exps to true
+    (numba tests ``x - x`` for NaN, which reassociation makes 0)."""
+    def codegen(context, builder, sig, args):
+        bits, exponent, _ = _exponent_field(sig.args[0])
+        word = builder.bitcast(args[0], ir.IntType(bits))
+        field = builder.and_(word, ir.Constant(ir.IntType(bits), exponent))
+        return builder.icmp_unsigned("!=", field, ir.Constant(ir.IntType(bits), exponent))
+    return types.boolean(a), codegen
+
+
+@intrinsic
+def scale_by_rounded(typingctx, p, s, bias):
+    """p * 2**n, for n an integer held in the low bits of s = n + 1.5 * 2**M
+    (M the mantissa width: 23 or 52), and `bias` a constant power of two.
+
+    2**(n + bias) is built from the bits: s's mantissa holds n in two's
+    complement, so shifting s's bits into the exponent field and adding the
+    exponent bias and `bias` gives the float 2**(n + bias); then
+    ``(p * 2**(n + bias)) * 2**-bias`` rounds once, into the subnormals or to
+    0 when n is below the smallest exponent. Valid while n + bias stays
+    within the normal exponents (float32: -126 - bias <= n <= 127 - bias).
+    Replaces ``llvm.ldexp``, which has a vector instruction on AVX-512 only
+    and is a call to ``ldexpf`` per element elsewhere.
+    """
+    def codegen(context, builder, sig, args):
+        bits, _, mantissa = _exponent_field(sig.args[0])
+        word = ir.IntType(bits)
+        exponent_bias = 1023 if bits == 64 else 127
+        shift = ir.Constant(word, mantissa)
+        raised = builder.shl(builder.bitcast(args[1], word), shift)
+        offset = ir.Constant(word, (exponent_bias + sig.args[2].literal_value) << mantissa)
+        power = builder.bitcast(builder.add(raised, offset), ir_type(sig.args[0]))
+        back = ir.Constant(ir_type(sig.args[0]), 2.0 ** -sig.args[2].literal_value)
+        return builder.fmul(builder.fmul(args[0], power, flags=("nsz",)), back, flags=("nsz",))
+    if not isinstance(bias, types.IntegerLiteral):
+        return None
+    return p(p, s, bias), codegen
+
+
+@intrinsic
+def rounded_value(typingctx, s):
+    """n as a float, for s = n + 1.5 * 2**M (M the mantissa width: 23 or 52)
+    with |n| < 2**22: read from s's low 32 bits, where the sum left n in
+    two's complement, and converted back (``cvtdq2ps``/``cvtdq2pd``).
+
+    ``s - 1.5 * 2**M`` would be one float operation, but LLVM, given the
+    fast-math flags of the code around it, folds ``(t + C) - C`` back to t
+    and the rounding is lost; an integer detour cannot be folded.
+    """
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        bits, _, _ = _exponent_field(sig.args[0])
+        low = builder.trunc(builder.bitcast(args[0], ir.IntType(bits)), i32)
+        # The low 32 bits of 1.5 * 2**M: float32's 0x4B400000, float64's 0.
+        offset = ir.Constant(i32, 0x4B400000 if bits == 32 else 0)
+        return builder.sitofp(builder.sub(low, offset), ir_type(sig.args[0]))
+    return s(s), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, j):
+    """Ask for the cache line holding a[j] (into L2), without waiting for it."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]])
+        i32 = ir.IntType(32)
+        call_llvm(builder, "llvm.prefetch.p0", ir.VoidType(),
+                  [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(a, j), codegen
+
+
+@intrinsic
+def split_exponent(typingctx, s):
+    """(k, m) with s = m 2**k, k an integer and m in [sqrt(1/2), sqrt(2)), for a
+    positive normal float64 s, on its bits (a vector loop's frexp)."""
+    def codegen(context, builder, sig, args):
+        i64, f64 = ir.IntType(64), ir.DoubleType()
+        bits = builder.bitcast(args[0], i64)
+        k = builder.ashr(builder.sub(bits, ir.Constant(i64, 0x3FE6A09E667F3BCD)),
+                         ir.Constant(i64, 52))
+        m = builder.bitcast(builder.sub(bits, builder.shl(k, ir.Constant(i64, 52))), f64)
+        return cgutils.make_anonymous_struct(builder, [builder.sitofp(k, f64), m])
+    return types.UniTuple(types.float64, 2)(s), codegen

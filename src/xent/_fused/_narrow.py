@@ -1,0 +1,342 @@
+"""Narrow rows: 16 rows at once, one per vector lane.
+
+A row of a few classes leaves the chunk path's vector loops nothing to do,
+and its per-row steps (the loops' ends, the statistics, the combine, a
+scalar log) cost about 60 ns for a row of 10 logits. Rows of at most
+`NARROW_MAX` classes in float32 arithmetic (`NARROW_DENSE_MAX` with dense
+targets) go 16 at a time through `_narrow_block` instead: the rows are
+copied transposed into a ``[C, 16]`` scratch (taking each row's max on the
+way), so that the exps, their sums and the logs run across rows, one row per
+vector lane:
+
+    t[j, l] = exp(x[r0 + l, j] - M_l),  S_l = sum_j t[j, l],  log S_l
+
+The arithmetic is that of a one-chunk row of the chunk path (the shift by the
+row's max, the same exp, the same loss and gradient stores), save for the
+log (`log_of_sum`, to 2e-11 where the chunk path's is float64's own) and the
+order of the sum.
+"""
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from xent._fused import _target
+from xent._fused._chunks import exp, exp_of
+from xent._fused._formats import hardware_half, like, load, store, store_finite
+from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat
+from xent._fused._math import log_of_sum
+from xent._fused._options import INLINE, KERNEL
+
+__all__ = ["NARROW_MAX", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
+           "sparse_narrow_grad_rows", "dense_narrow_loss_rows", "dense_narrow_grad_rows"]
+
+NARROW_MAX = 64
+# Dense targets are gathered too, a second gather per class: the narrow
+# kernels beat the chunk ones up to about 24 classes there (65536 rows, one
+# thread, float32 loss+grad on AMD Zen 4: 10 classes 26 against 80 ns per
+# row, 16: 48 against 84, 24: 89 against 88, 32: 100 against 89).
+NARROW_DENSE_MAX = 16
+_LANES = 16
+
+
+def _lanes(rows, dtype):
+    """A ``[rows, 16]`` scratch of `dtype`, a row of values per vector lane (numba only)."""
+
+
+@overload(_lanes)
+def _lanes_impl(rows, dtype):
+    return lambda rows, dtype: np.empty((rows, _LANES), dtype)
+
+
+# --- copying 16 rows into lanes ---------------------------------------------------------------
+
+def _gather_lanes(builder, row_ptr, offsets, at_start, dtype):
+    """IR: 16 elements of a numba array of `dtype` (float32, or uint16/int16 bits
+    of bfloat16/float16) at `offsets` (``<16 x i32>``) from `row_ptr`, as float32s.
+
+    One ``vgatherdps``/``vpgatherdd``. A gather has no 16-bit form, so a
+    half-precision element is read as the high half of the 32-bit word that
+    ends with it; the array's very first element (`at_start` and offset 0),
+    which no word ends with inside the array, as the low half of the word
+    that starts with it. float16 is converted by LLVM, so `_transpose`
+    gathers it only where the CPU converts float16 itself.
+    """
+    i32, i8 = ir.IntType(32), ir.IntType(8)
+    ints, floats = ir.VectorType(i32, _LANES), ir.VectorType(ir.FloatType(), _LANES)
+    every = ir.Constant(ir.VectorType(ir.IntType(1), _LANES), [1] * _LANES)
+    pointers = ir.VectorType(ir.PointerType(), _LANES)
+
+    def splat_int(value):
+        return ir.Constant(ints, [value] * _LANES)
+
+    if dtype == types.float32:
+        where = builder.gep(row_ptr, [offsets], source_etype=ir.FloatType())
+        where.type = pointers   # llvmlite types every GEP as a scalar pointer
+        return call_llvm(builder, "llvm.masked.gather.v16f32.v16p0", floats,
+                         [where, ir.Constant(i32, 4), every, ir.Constant(floats, ir.Undefined)])
+    first = builder.and_(builder.icmp_signed("==", offsets, splat_int(0)), at_start)
+    start = builder.sub(builder.shl(offsets, splat_int(1)),
+                        builder.select(first, splat_int(0), splat_int(2)))
+    where = builder.gep(row_ptr, [start], source_etype=i8)
+    where.type = pointers
+    words = call_llvm(builder, "llvm.masked.gather.v16i32.v16p0", ints,
+                      [where, ir.Constant(i32, 2), every, ir.Constant(ints, ir.Undefined)])
+    high = builder.select(first, builder.shl(words, splat_int(16)),
+                          builder.and_(words, splat_int(-65536)))
+    if dtype == types.uint16:   # bfloat16: its bits are a float32's high half
+        return builder.bitcast(high, floats)
+    halves = builder.trunc(builder.lshr(high, splat_int(16)), ir.VectorType(ir.IntType(16), _LANES))
+    return builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), _LANES)), floats)
+
+
+@intrinsic
+def _gather_rows(typingctx, flat, r0, rows, t, ms):
+    """t[j, l] = flat[(r0 + l) c + j] as float32 (row r0 + l of C = t.shape[0]
+    classes in lane l; lanes from `rows` on repeat row r0 + rows - 1), and
+    ms[0, l] = max_j t[j, l] ignoring NaN (``-inf`` for a row of NaN), and
+    ms[1, l] = 0: one gather and one vector max per class.
+
+    flat holds float32, or bfloat16/float16 bits (uint16/int16) and then at
+    least two of them (see `_gather_lanes`); t and ms are float32
+    ``[C, 16]`` and ``[2, 16]``. Measured on AMD Zen 4 (bench/RESULTS.md),
+    65536x10 float32 loss, one thread: 14 -> 11.4 ns per row against the
+    plain transposition (`_copy_rows`), whose vector reloads waited on its
+    one-float stores. `_transpose` uses it where the CPU has a gather.
+    """
+    def codegen(context, builder, sig, args):
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        floats, ints = ir.VectorType(ir.FloatType(), _LANES), ir.VectorType(i32, _LANES)
+        source = context.make_array(sig.args[0])(context, builder, args[0])
+        lanes_t = context.make_array(sig.args[3])(context, builder, args[3])
+        stats = context.make_array(sig.args[4])(context, builder, args[4])
+        classes = builder.extract_value(lanes_t.shape, 0)
+        c = builder.trunc(classes, i32)
+        last = splat(builder, builder.trunc(builder.sub(args[2], ir.Constant(i64, 1)), i32), ints)
+        lane = ir.Constant(ints, list(range(_LANES)))
+        lane_start = builder.mul(builder.select(builder.icmp_signed("<", lane, last), lane, last),
+                                 splat(builder, c, ints))
+        row_ptr = builder.gep(source.data, [builder.mul(args[1], classes)])
+        at_start = splat(builder, builder.icmp_signed("==", args[1], ir.Constant(i64, 0)),
+                         ir.VectorType(ir.IntType(1), _LANES))
+        entry = builder.block
+        head = builder.append_basic_block("gather.head")
+        body = builder.append_basic_block("gather.body")
+        done = builder.append_basic_block("gather.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        j = builder.phi(i32)
+        top = builder.phi(floats)
+        j.add_incoming(ir.Constant(i32, 0), entry)
+        top.add_incoming(ir.Constant(floats, [-math.inf] * _LANES), entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, c), body, done)
+        builder.position_at_end(body)
+        column = _gather_lanes(builder, row_ptr, builder.add(lane_start, splat(builder, j, ints)),
+                               at_start, sig.args[0].dtype)
+        target = builder.gep(lanes_t.data,
+                             [builder.mul(builder.zext(j, i64), ir.Constant(i64, _LANES))])
+        builder.store(column, builder.bitcast(target, floats.as_pointer()), align=4)
+        top.add_incoming(call_llvm(builder, "llvm.maxnum.v16f32", floats, [top, column],
+                                   ("nnan", "nsz")), body)
+        j.add_incoming(builder.add(j, ir.Constant(i32, 1)), body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        builder.store(top, builder.bitcast(stats.data, floats.as_pointer()), align=4)
+        sums = builder.gep(stats.data, [ir.Constant(i64, _LANES)])
+        builder.store(ir.Constant(floats, [0.0] * _LANES),
+                      builder.bitcast(sums, floats.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(flat, r0, rows, t, ms), codegen
+
+
+@njit(**INLINE)
+def _copy_rows(flat, r0, rows, t, ms):
+    """`_gather_rows` in plain numba: the rows copied one entry at a time."""
+    c = t.shape[0]
+    for l in range(_LANES):
+        row = r0 + min(l, rows - 1)
+        m = np.float32(-np.inf)
+        for j in range(c):
+            v = load(flat, row * c + j)
+            t[j, l] = v
+            m = max_finite(m, v)
+        ms[0, l] = m
+        ms[1, l] = 0.0
+
+
+def _transpose(flat, r0, rows, t, ms):
+    """`_gather_rows` where the CPU numba compiles for has a vector gather
+    (AVX2, AVX-512), else `_copy_rows` (numba only)."""
+
+
+@overload(_transpose, inline="always")
+def _transpose_impl(flat, r0, rows, t, ms):
+    if _target.has_gather() and (flat.dtype != types.int16 or hardware_half()):
+        return lambda flat, r0, rows, t, ms: _gather_rows(flat, r0, rows, t, ms)
+    return lambda flat, r0, rows, t, ms: _copy_rows(flat, r0, rows, t, ms)
+
+
+# --- 16 rows at once ----------------------------------------------------------------------------
+
+def _lane_targets(ty, ms, j, l, d):
+    """ms[2, l] += y; ms[3, l] += y d for y = ty[j, l], unless ty is None (numba only)."""
+
+
+@overload(_lane_targets, inline="always")
+def _lane_targets_impl(ty, ms, j, l, d):
+    if isinstance(ty, types.NoneType):
+        return lambda ty, ms, j, l, d: None
+
+    def add(ty, ms, j, l, d):
+        yj = ty[j, l]
+        ms[2, l] += yj
+        ms[3, l] += yj * d
+    return add
+
+
+@njit(**INLINE)
+def _narrow_block(x, ty, flat, r0, rows, t, ms, logs):
+    """Rows ``r0 .. r0 + rows - 1`` of x (C classes, ``rows <= 16``; flat is x
+    as one row), row r0 + l in lane l (lanes from `rows` on repeat the last):
+    t[j, l] = exp(x[r0 + l, j] - M_l), ms[0, l] = M_l, the row's max (of its
+    non-NaN entries), ms[1, l] = sum_j t[j, l], logs[0, l] = log of that sum.
+    A row with a NaN, a ``+inf`` or only ``-inf`` has a non-finite M_l or sum.
+
+    With dense targets ty (``[C, 16]``, lane l the targets of row r0 + l;
+    None for integer labels), also ms[2, l] += sum_j y_j and ms[3, l] +=
+    sum_j y_j (x_j - M_l), the targets' sums of a one-chunk row.
+    """
+    c = np.uint64(x.shape[1])
+    _transpose(flat, r0, rows, t, ms)
+    for j in range(c):
+        for l in range(_LANES):
+            d = t[j, l] - ms[0, l]
+            v = exp_of(x, ty, d)
+            t[j, l] = v
+            ms[1, l] += v
+            _lane_targets(ty, ms, j, l, d)
+    for l in range(_LANES):
+        logs[0, l] = log_of_sum(ms[1, l])
+
+
+@njit(**INLINE)
+def _narrow_row(x, labels, r, ms, logs, l):
+    """(loss, lse, ok, x_label) of row r, in lane l of `_narrow_block`'s results;
+    loss and lse are NaN unless ok: the label is in range and the row finite."""
+    c = x.shape[1]
+    label = labels[r]
+    m, s = ms[0, l], ms[1, l]
+    ok = 0 <= label < c and is_finite(m) and is_finite(s)
+    x_label = load(x, (r, label if ok else 0))
+    if not ok:
+        return np.float64(np.nan), np.float64(np.nan), ok, x_label
+    log_s = logs[0, l]
+    return label_loss(log_s, x_label, m), np.float64(m) + log_s, ok, x_label
+
+
+@njit(**INLINE)
+def _nan_row(out, r, ref):
+    """out[r] all NaN (spelled out rather than `fill_nan(out[r])`: a row view
+    cost 3.5 ns per row)."""
+    for j in range(out.shape[1]):
+        store(out, (r, j), like(np.nan, ref))
+
+
+# --- a range of rows, per need ------------------------------------------------------------------
+
+@njit(**KERNEL)
+def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
+    """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= NARROW_MAX]``."""
+    t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
+    flat = x.reshape(x.size)
+    for r0 in range(lo, hi, _LANES):
+        rows = min(_LANES, hi - r0)
+        _narrow_block(x, None, flat, r0, rows, t, ms, logs)
+        for l in range(rows):
+            loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, logs, l)
+
+
+@njit(**KERNEL)
+def sparse_narrow_grad_rows(x, labels, out, loss, lse, lo, hi):
+    """As `sparse_narrow_loss_rows`, writing softmax - onehot(label) into out
+    (may be x: a block is read whole before any of it is written)."""
+    t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
+    flat = x.reshape(x.size)
+    c = x.shape[1]
+    for r0 in range(lo, hi, _LANES):
+        rows = min(_LANES, hi - r0)
+        _narrow_block(x, None, flat, r0, rows, t, ms, logs)
+        for l in range(rows):
+            r = r0 + l
+            loss[r], lse[r], ok, x_label = _narrow_row(x, labels, r, ms, logs, l)
+            m = ms[0, l]
+            if not ok:
+                _nan_row(out, r, m)
+                continue
+            f = like(1.0 / np.float64(ms[1, l]), m)
+            for j in range(c):
+                store_finite(out, (r, j), t[j, l] * f)
+            store(out, (r, labels[r]), exp(x_label - m) * f - like(1.0, m))
+
+
+@njit(**INLINE)
+def _narrow_targets(y, r0, rows, ty, ys, first):
+    """Dense targets of rows r0 .. r0 + rows - 1 into ty, as `_gather_rows` (a
+    single row of targets, broadcast, only on a call's `first` block), and the
+    lanes' targets' sums (rows 2 and 3 of `ys`, `_narrow_block`'s ms) set to 0."""
+    if y.shape[0] > 1:
+        _transpose(y.reshape(y.size), r0, rows, ty, ys)
+    elif first:
+        _transpose(y.reshape(y.size), 0, 1, ty, ys)
+    for l in range(_LANES):
+        ys[2, l] = 0.0
+        ys[3, l] = 0.0
+
+
+@njit(**INLINE)
+def _dense_narrow_row(ms, logs, l):
+    """(loss, lse, ok) of lane l: sum_j y_j (lse - x_j); NaN unless the row is finite."""
+    m, s = ms[0, l], ms[1, l]
+    if not (is_finite(m) and is_finite(s)):
+        return np.float64(np.nan), np.float64(np.nan), False
+    log_s = logs[0, l]
+    return log_s * np.float64(ms[2, l]) - np.float64(ms[3, l]), np.float64(m) + log_s, True
+
+
+@njit(**KERNEL)
+def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
+    """loss[i], lse[i] for rows i in [lo, hi) of x ``[N, C <= NARROW_DENSE_MAX]``, targets y."""
+    c = x.shape[1]
+    t, ty, ms, logs = (_lanes(c, np.float32), _lanes(c, np.float32),
+                       _lanes(4, np.float32), _lanes(1, np.float64))
+    flat = x.reshape(x.size)
+    for r0 in range(lo, hi, _LANES):
+        rows = min(_LANES, hi - r0)
+        _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
+        _narrow_block(x, ty, flat, r0, rows, t, ms, logs)
+        for l in range(rows):
+            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, logs, l)
+
+
+@njit(**KERNEL)
+def dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
+    """As `dense_narrow_loss_rows`, writing softmax - y into out (may be x)."""
+    c = x.shape[1]
+    t, ty, ms, logs = (_lanes(c, np.float32), _lanes(c, np.float32),
+                       _lanes(4, np.float32), _lanes(1, np.float64))
+    flat = x.reshape(x.size)
+    for r0 in range(lo, hi, _LANES):
+        rows = min(_LANES, hi - r0)
+        _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
+        _narrow_block(x, ty, flat, r0, rows, t, ms, logs)
+        for l in range(rows):
+            r = r0 + l
+            loss[r], lse[r], ok = _dense_narrow_row(ms, logs, l)
+            if not ok:
+                _nan_row(out, r, ms[0, l])
+                continue
+            f = like(1.0 / np.float64(ms[1, l]), ms[0, l])
+            for j in range(c):
+                store(out, (r, j), t[j, l] * f - ty[j, l])

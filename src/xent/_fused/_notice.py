@@ -1,0 +1,80 @@
+"""One line on stderr when the kernels take long to compile, so a first call's pause is explained.
+
+numba compiles a kernel the first time it meets a signature (its dtypes and
+layouts), and caches the machine code on disk: later processes load it in
+milliseconds. A cold compile takes seconds. When one of xent's compiles is
+still running after `DELAY` seconds, this prints, once per process:
+
+    xent: compiling kernels for znver3, once; cached in /path/__pycache__
+"""
+import sys
+import threading
+
+from numba.core import event
+
+from xent._fused import _target
+
+__all__ = ["install", "DELAY"]
+
+DELAY = 1.0
+
+
+def _is_xent(dispatcher):
+    """Whether a numba dispatcher compiles one of xent's functions."""
+    return getattr(getattr(dispatcher, "py_func", None), "__module__", "").startswith("xent.")
+
+
+def _cache_place(dispatcher):
+    """Where numba caches `dispatcher`'s machine code, in words."""
+    path = getattr(getattr(dispatcher, "_cache", None), "cache_path", None)
+    return f"cached in {path}" if path else "not cached (numba's cache is off)"
+
+
+class _CompileNotice(event.Listener):
+    """Arms a timer when an outermost compile of xent's starts; disarms it when it ends."""
+
+    def __init__(self, stream=None, delay=DELAY):
+        self._stream, self._delay = stream, delay
+        self._depth, self._timer, self.said = 0, None, False
+        self._lock = threading.Lock()
+
+    def _say(self, dispatcher):
+        with self._lock:
+            if self.said or self._depth == 0:
+                return
+            self.said = True
+        stream = self._stream or sys.stderr
+        print(f"xent: compiling kernels for {_target.cpu_name()}, once; "
+              f"{_cache_place(dispatcher)}", file=stream, flush=True)
+
+    def on_start(self, ev):
+        dispatcher = ev.data["dispatcher"]
+        if self.said or not _is_xent(dispatcher):
+            return
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1:
+                self._timer = threading.Timer(self._delay, self._say, (dispatcher,))
+                self._timer.daemon = True
+                self._timer.start()
+
+    def on_end(self, ev):
+        if not _is_xent(ev.data["dispatcher"]):
+            return
+        with self._lock:
+            if self._depth == 0:
+                return
+            self._depth -= 1
+            if self._depth == 0 and self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+_listener = _CompileNotice()
+
+
+def install():
+    """Listen to numba's compile events (idempotent)."""
+    if not getattr(install, "done", False):
+        event.register("numba:compile", _listener)
+        install.done = True

@@ -1,0 +1,12 @@
+"""numba options shared by every kernel and helper of `xent._fused`.
+
+Fast-math flags allow reassociation and contraction but never assume away NaN
+or infinity: TensorFlow's NaN rows and ``-inf`` masks must survive. Where an
+order of operations matters, `xent._fused._llvm` has operations that the
+flags cannot regroup, and finiteness is tested on the bits (`is_finite`).
+"""
+FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Kernels: compiled once per signature, cached on disk, and free of the GIL.
+KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": True}
+# Helpers: inlined into the kernels by numba, so that LLVM sees one loop.
+INLINE = {"fastmath": FAST, "error_model": "numpy", "inline": "always"}

@@ -1,0 +1,222 @@
+"""The chunk path's kernels: one row per need, then a range of rows per need.
+
+Each row kernel is pass A, the combine and (for a gradient) pass B of
+`xent._fused._chunks`, with the loss:
+
+    sparse:  loss = log S - (x_label - M),        lse = M + log S
+    dense:   loss = sum_j y_j (log S - (x_j - M)), lse = M + log S
+    grad_j   = softmax_j - y_j  (sparse: y = one_hot(label))
+
+Each range kernel (``*_rows``) runs one need over rows ``[lo, hi)`` of a
+``[N, C]`` C-contiguous array: a loss alone, a gradient into a separate
+buffer, or a gradient over the logits themselves (``*_inplace``).
+"""
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from xent._fused._chunks import chunk_stats, combine, combine_targets, exp, exp_pass, fill_nan, \
+    rescale, CHUNK
+from xent._fused._formats import like, load, store
+from xent._fused._llvm import label_loss
+from xent._fused._options import INLINE, KERNEL
+
+__all__ = ["sparse_loss_rows", "sparse_grad_rows", "sparse_grad_rows_inplace",
+           "dense_loss_rows", "dense_grad_rows", "dense_grad_rows_inplace"]
+
+
+# --- one row ---------------------------------------------------------------------------------
+
+@njit(**INLINE)
+def _sparse_row_loss(x, label, st):
+    """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
+    nan = like(np.nan, load(x, 0))
+    if not (0 <= label < x.shape[0] and exp_pass(x, None, None, None, st, None)):
+        return nan, nan
+    top, total = combine(x, None, st)
+    if top == -np.inf:
+        return nan, nan
+    log_s = np.log(total)
+    return label_loss(log_s, load(x, label), top), top + log_s
+
+
+@njit(**INLINE)
+def _sparse_row_grad(x, label, out, e, save, st, next_x, next_out):
+    """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
+
+    `e` is where pass A keeps the exps: out itself, or a float32 row when out
+    is half precision (so that each gradient entry is rounded once); `save`
+    holds a chunk of x when e is x, else None. `next_x` is the next row of
+    logits, prefetched during pass A, and `next_out` the next row of a
+    separate gradient buffer (None in place), prefetched during pass B.
+    """
+    nan = like(np.nan, load(x, 0))
+    ok = 0 <= label < x.shape[0]
+    x_label = load(x, label) if ok else nan
+    if not (ok and exp_pass(x, None, e, save, st, next_x)):
+        fill_nan(out, nan)
+        return nan, nan
+    top, total = combine(x, None, st)
+    if top == -np.inf:
+        fill_nan(out, nan)
+        return nan, nan
+    rescale(e, None, out, st, top, 1.0 / total, next_out)
+    m = like(top, x_label)
+    store(out, label, exp(x_label - m) * like(1.0 / total, m) - like(1.0, m))
+    log_s = np.log(total)
+    return label_loss(log_s, x_label, m), top + log_s
+
+
+@njit(**INLINE)
+def _dense_row_loss(x, y, st):
+    """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
+    nan = like(np.nan, load(x, 0))
+    if not exp_pass(x, y, None, None, st, None):
+        return nan, nan
+    top, total = combine(x, y, st)
+    if top == -np.inf:
+        return nan, nan
+    sy, syx = combine_targets(st, top)
+    log_s = np.log(total)
+    return log_s * sy - syx, top + log_s
+
+
+@njit(**INLINE)
+def _dense_row_grad(x, y, out, e, save, st, next_x, next_out):
+    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x).
+
+    e, save, next_x and next_out as in `_sparse_row_grad`.
+    """
+    nan = like(np.nan, load(x, 0))
+    if not exp_pass(x, y, e, save, st, next_x):
+        fill_nan(out, nan)
+        return nan, nan
+    top, total = combine(x, y, st)
+    if top == -np.inf:
+        fill_nan(out, nan)
+        return nan, nan
+    sy, syx = combine_targets(st, top)
+    rescale(e, y, out, st, top, 1.0 / total, next_out)
+    log_s = np.log(total)
+    return log_s * sy - syx, top + log_s
+
+
+# --- where pass A keeps the exps ----------------------------------------------------------------
+
+def _exp_scratch(x, out):
+    """Where pass A keeps exps when `out` cannot: a float32 row, else an empty one (numba only)."""
+
+
+def _exp_row(out_row, scratch):
+    """The row pass A keeps exps in: `out_row` if it holds the accumulator dtype, else `scratch`."""
+
+
+def _save_chunk(x):
+    """Where an in-place kernel saves a chunk of x that pass A may sweep again:
+    a chunk-sized array when x holds the accumulator dtype (its exps then
+    overwrite it), else None (numba only)."""
+
+
+def _holds_accumulator(out, x):
+    """Whether numba array type `out` stores x's accumulator dtype exactly."""
+    return out.dtype == (types.float64 if x.dtype == types.float64 else types.float32)
+
+
+# These return arrays, and are left to LLVM to inline: numba's own IR
+# inliner lost a store through the returned row here (the label's gradient).
+@overload(_exp_scratch)
+def _exp_scratch_impl(x, out):
+    if _holds_accumulator(out, x):
+        return lambda x, out: np.empty(0, np.float32)
+    return lambda x, out: np.empty(x.shape[1], np.float32)
+
+
+@overload(_exp_row)
+def _exp_row_impl(out_row, scratch):
+    if out_row.dtype in (types.float32, types.float64):
+        return lambda out_row, scratch: out_row
+    return lambda out_row, scratch: scratch
+
+
+@overload(_save_chunk)
+def _save_chunk_impl(x):
+    if x.dtype in (types.float32, types.float64):
+        dtype = np.float64 if x.dtype == types.float64 else np.float32
+        return lambda x: np.empty(int(CHUNK), dtype)
+    return lambda x: None
+
+
+@njit(**INLINE)
+def _next_row(x, i):
+    """Row i + 1 of x (row i for the last): the one to prefetch while row i finishes."""
+    return x[i + 1 if i + 1 < x.shape[0] else i]
+
+
+@njit(**INLINE)
+def _target(y, i):
+    """Row i of the dense targets, which have 1 or N rows."""
+    return y[i if y.shape[0] > 1 else 0]
+
+
+# --- a range of rows, per need ------------------------------------------------------------------
+
+@njit(**KERNEL)
+def sparse_loss_rows(x, labels, loss, lse, lo, hi):
+    """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and labels ``[N]``."""
+    st = chunk_stats(x)
+    for i in range(lo, hi):
+        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], st)
+
+
+@njit(**KERNEL)
+def sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
+    """As `sparse_loss_rows`, and out[i] = softmax(x[i]) - one_hot(labels[i])."""
+    st = chunk_stats(x)
+    scratch = _exp_scratch(x, out)
+    for i in range(lo, hi):
+        row = out[i]
+        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch),
+                                           None, st, _next_row(x, i), _next_row(out, i))
+
+
+@njit(**KERNEL)
+def sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
+    """As `sparse_grad_rows` with out = x: the gradient overwrites the logits."""
+    st = chunk_stats(x)
+    scratch = _exp_scratch(x, x)
+    save = _save_chunk(x)
+    for i in range(lo, hi):
+        row = x[i]
+        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _exp_row(row, scratch),
+                                           save, st, _next_row(x, i), None)
+
+
+@njit(**KERNEL)
+def dense_loss_rows(x, y, loss, lse, lo, hi):
+    """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and targets y ``[1 or N, C]``."""
+    st = chunk_stats(x)
+    for i in range(lo, hi):
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st)
+
+
+@njit(**KERNEL)
+def dense_grad_rows(x, y, out, loss, lse, lo, hi):
+    """As `dense_loss_rows`, and out[i] = softmax(x[i]) - y[i]."""
+    st = chunk_stats(x)
+    scratch = _exp_scratch(x, out)
+    for i in range(lo, hi):
+        row = out[i]
+        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch),
+                                          None, st, _next_row(x, i), _next_row(out, i))
+
+
+@njit(**KERNEL)
+def dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
+    """As `dense_grad_rows` with out = x: the gradient overwrites the logits."""
+    st = chunk_stats(x)
+    scratch = _exp_scratch(x, x)
+    save = _save_chunk(x)
+    for i in range(lo, hi):
+        row = x[i]
+        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
+                                          save, st, _next_row(x, i), None)

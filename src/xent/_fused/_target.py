@@ -1,0 +1,127 @@
+"""The CPU the kernels are compiled for, and which conversions it does natively.
+
+numba compiles for the host's CPU unless ``NUMBA_CPU_NAME`` and
+``NUMBA_CPU_FEATURES`` name another (an older one, to test or time it:
+``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=""`` is AVX2 with FMA,
+``x86-64`` the SSE2 baseline). Some LLVM operations are one instruction on
+some CPUs only: a vector ``fptrunc`` to ``bfloat`` is ``vcvtneps2bf16`` with
+AVX-512 BF16, and half-precision conversions are ``vcvtph2ps``/``vcvtps2ph``
+with F16C. Elsewhere LLVM calls a compiler-runtime helper (``__truncsfbf2``,
+``__extendhfsf2``) that numba's JIT does not provide, and the process aborts
+when the kernel is linked. So the kernels use such an operation only when
+`lowers_natively` says so: it compiles a small probe for the same target and
+reads its assembly. Otherwise they take the software path beside it
+(`xent._fused._formats`), which the test suite runs by compiling for those
+older targets in subprocesses.
+
+`external_symbols` reads any assembly the same way; the tests apply it to
+every compiled kernel.
+"""
+import functools
+import re
+
+import llvmlite.binding as llvm
+from numba.core import config
+from numba.core.codegen import get_host_cpu_features
+
+__all__ = ["cpu_name", "cpu_features", "lowers_natively", "has_gather", "external_symbols",
+           "HALF_PROBE", "BFLOAT16_PROBE"]
+
+
+def cpu_name():
+    """The CPU numba compiles for: ``NUMBA_CPU_NAME``, else the host's (e.g. ``"znver3"``)."""
+    return config.CPU_NAME or llvm.get_host_cpu_name()
+
+
+def cpu_features():
+    """The feature string numba compiles with: ``NUMBA_CPU_FEATURES``, else the host's."""
+    if config.CPU_FEATURES is not None:
+        return config.CPU_FEATURES
+    return get_host_cpu_features()
+
+
+@functools.cache
+def _target_machine():
+    """An LLVM target machine for numba's target: same CPU, same features."""
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_triple(llvm.get_process_triple())
+    return target.create_target_machine(cpu=cpu_name(), features=cpu_features(), opt=2)
+
+
+# A symbol a call or a jump leaves for, directly (``call foo``, ``bl foo``) or
+# through a register loaded with its address under the JIT's large code model
+# (``movabsq $foo, %rax`` on x86-64, ``movz x8, #:abs_g3:foo`` on aarch64).
+# Local labels start with a dot and are not symbols.
+_SYMBOL = re.compile(r"(?:\b(?:callq?|jmpq?|bl|b)\s+|movabsq?\s+\$|#:abs_g3:)([A-Za-z_][\w$]*)")
+
+
+def external_symbols(asm):
+    """The set of symbols that assembly text `asm` calls or takes the address of.
+
+    Numba's own compiled functions (mangled ``_ZN...``) are left out: they
+    live in the same JIT, as do the kernels.
+    """
+    return {name for name in _SYMBOL.findall(asm) if not name.startswith("_ZN")}
+
+
+BFLOAT16_PROBE = """
+define void @probe(ptr %src, ptr %dst) {
+  %v = load <16 x float>, ptr %src, align 4
+  %b = fptrunc <16 x float> %v to <16 x bfloat>
+  store <16 x bfloat> %b, ptr %dst, align 2
+  ret void
+}
+"""
+
+HALF_PROBE = """
+define void @probe(ptr %src, ptr %dst, ptr %hsrc, ptr %hdst) {
+  %v = load <16 x float>, ptr %src, align 4
+  %h = fptrunc <16 x float> %v to <16 x half>
+  store <16 x half> %h, ptr %dst, align 2
+  %w = load <16 x half>, ptr %hsrc, align 2
+  %f = fpext <16 x half> %w to <16 x float>
+  store <16 x float> %f, ptr %hdst, align 4
+  %s = load half, ptr %hsrc, align 2
+  %t = fpext half %s to float
+  %u = fptrunc float %t to half
+  store half %u, ptr %dst, align 2
+  ret void
+}
+"""
+
+
+GATHER_PROBE = """
+define <16 x float> @probe(<16 x ptr> %where) {
+  %v = call <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr> %where, i32 4,
+        <16 x i1> <i1 1, i1 1, i1 1, i1 1, i1 1, i1 1, i1 1, i1 1,
+                   i1 1, i1 1, i1 1, i1 1, i1 1, i1 1, i1 1, i1 1>, <16 x float> undef)
+  ret <16 x float> %v
+}
+declare <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr>, i32, <16 x i1>, <16 x float>)
+"""
+
+
+def _assembly(probe_ir):
+    """The assembly LLVM makes of `probe_ir` (LLVM IR text) for numba's target."""
+    module = llvm.parse_assembly(probe_ir)
+    module.verify()
+    return _target_machine().emit_assembly(module)
+
+
+@functools.cache
+def has_gather():
+    """Whether the CPU numba compiles for has a vector gather instruction
+    (AVX2 and AVX-512 ``vgatherdps``); elsewhere LLVM loads lane by lane."""
+    return "gather" in _assembly(GATHER_PROBE)
+
+
+@functools.cache
+def lowers_natively(probe_ir):
+    """Whether LLVM compiles `probe_ir` (a module of LLVM IR text) for numba's
+    target without calling any function: `BFLOAT16_PROBE`, `HALF_PROBE`.
+
+    Takes a few milliseconds, and runs only while a kernel compiles (a kernel
+    loaded from numba's cache was compiled for this same CPU and features).
+    """
+    return not external_symbols(_assembly(probe_ir))
