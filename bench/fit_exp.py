@@ -1,4 +1,4 @@
-"""Fit the float32 polynomial of `xent._fused._exp32` and measure its accuracy.
+"""Fit the float32 polynomial of `xent._fused._math.exp32` and measure its accuracy.
 
     python bench/fit_exp.py
 
@@ -10,7 +10,7 @@ them as float32, then how the compiled kernel's float32 results compare with
 correctly rounded exp: overall (down to the underflow threshold) and where
 softmax values matter (x > -20), against NumPy's own float32 exp.
 
-It also fits `xent._fused._exp_half` (half-precision logits): the degree-3 fit
+It also fits `xent._fused._math.exp_half` (half-precision logits): the degree-3 fit
 of e**r, rewritten for 2**f = e**(f ln 2) on |f| <= 1/2 (h_k = c_k ln(2)**k),
 and measures its worst relative error through the compiled kernel.
 """
@@ -38,7 +38,8 @@ def kernel_accuracy(low, samples=3_000_000, seed=0):
     ulp error, and NumPy's fraction."""
     from numba import njit
 
-    from xent._fused import _FAST, _exp32
+    from xent._fused._math import exp32 as _exp32
+    from xent._fused._options import FAST as _FAST
 
     @njit(fastmath=_FAST)
     def run(x, out):
@@ -57,7 +58,8 @@ def half_accuracy(samples=3_000_000, seed=0):
     """Worst relative error of `_exp_half` on x uniform in [-87, 16]."""
     from numba import njit
 
-    from xent._fused import _FAST, _exp_half
+    from xent._fused._math import exp_half as _exp_half
+    from xent._fused._options import FAST as _FAST
 
     @njit(fastmath=_FAST)
     def run(x, out):

@@ -18,6 +18,8 @@ import time
 import numpy as np
 
 from xent import _dtypes, _fused
+from xent._fused import _narrow, _rows
+from xent._fused._formats import kernel_view
 
 
 def best(call, repeats=15):
@@ -32,13 +34,13 @@ def best(call, repeats=15):
 
 def kernels(narrow):
     """(loss, loss+grad into a buffer, loss+grad in place) row kernels: the narrow
-    ones (`_fused._narrow_block`, which take the gradient buffer as an argument,
+    ones (`xent._fused._narrow`, which take the gradient buffer as an argument,
     possibly the logits) or the chunk ones."""
     if narrow:
-        grad = _fused._sparse_narrow_grad_rows
-        return (_fused._sparse_narrow_loss_rows, grad,
+        grad = _narrow.sparse_narrow_grad_rows
+        return (_narrow.sparse_narrow_loss_rows, grad,
                 lambda w, labels, loss, lse, lo, hi: grad(w, labels, w, loss, lse, lo, hi))
-    return _fused._sparse_loss_rows, _fused._sparse_grad_rows, _fused._sparse_grad_rows_inplace
+    return _rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace
 
 
 def measure(dtype_name, rows, cols, narrow=False):
@@ -49,7 +51,7 @@ def measure(dtype_name, rows, cols, narrow=False):
     labels = rng.integers(0, cols, rows).astype(np.int32)
     work, out = original.copy(), np.empty_like(original)
     loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
-    x, w, o = (_fused._kernel_view(a) for a in (original, work, out))
+    x, w, o = (kernel_view(a) for a in (original, work, out))
     loss_rows, grad_rows, inplace_rows = kernels(narrow)
 
     def loss_only():

@@ -255,8 +255,8 @@ def test_sparse_long_rows_match_reference_in_place_and_not(dtype):
         loss_in, lse_in = _fused.sparse_rows(work, labels, work)
         loss_only, _ = _fused.sparse_rows(logits, labels)
     scale = row_scale(logits)
-    assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype)
-    assert_matches(lse, ref_lse, lse.dtype, scale, logits_dtype=logits.dtype)
+    assert_matches(loss, ref_loss, loss.dtype, scale, logits_dtype=logits.dtype, terms=LONG)
+    assert_matches(lse, ref_lse, lse.dtype, scale, logits_dtype=logits.dtype, terms=LONG)
     assert_matches(grad, ref_grad, dtype, terms=LONG)
     np.testing.assert_array_equal(loss_in, loss)
     np.testing.assert_array_equal(lse_in, lse)
@@ -279,8 +279,9 @@ def test_dense_long_rows_match_reference_in_place_and_not(dtype):
         loss_only, _ = _fused.dense_rows(logits, targets)
     with np.errstate(over="ignore"):   # row 11's scale is float64's max
         loss_scale = row_scale(logits) * 2
-    assert_matches(loss, ref_loss, loss.dtype, loss_scale, logits_dtype=logits.dtype)
-    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
+    assert_matches(loss, ref_loss, loss.dtype, loss_scale, logits_dtype=logits.dtype, terms=LONG)
+    assert_matches(lse, ref_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype,
+                   terms=LONG)
     assert_matches(out, ref_out, dtype, terms=LONG)
     np.testing.assert_array_equal(loss_in, loss)
     np.testing.assert_array_equal(loss_only, loss)
@@ -625,9 +626,9 @@ def test_get_num_threads_defaults_to_numba_pool():
 @pytest.fixture
 def fused_on():
     """The public functions run on the fused kernels (whatever another test chose)."""
-    _core.use_reference_kernels(False)
-    assert _core.kernels() is _fused
-    yield
+    with _core.using_kernels("fused"):
+        assert _core.kernels() is _fused
+        yield
 
 
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64], ids=["int32", "int64"])
@@ -742,7 +743,8 @@ def test_pass_b_hardware_bfloat16_rounding_equals_ml_dtypes():
     values = np.abs(conversion_inputs())
     values = values[(values > 2.0 ** -100) & (values < 2.0 ** 100)][:100_000]
     factor = np.float32(0.37)
-    for e, blocks_done in [(values[:99_990], 99_968),
+    hardware = _formats.hardware_bf16()   # without it, the software rounding does it all
+    for e, blocks_done in [(values[:99_990], 99_968 if hardware else 0),
                            (np.concatenate([values[:300], np.float32([1e-39 / 0.37]),
                                             values[300:600]]), 0),
                            (np.concatenate([values[:300], np.float32([0.0]), values[300:600]]), 0)]:

@@ -9,12 +9,15 @@ from xent import keras
 from xent import losses
 from xent import nn
 from xent import raw_ops
+from xent._core import get_kernels
+from xent._core import set_kernels
 from xent._threads import get_num_threads
 from xent._threads import set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "errors", "keras", "losses", "nn", "raw_ops", "get_num_threads", "set_num_threads",
+    "errors", "keras", "losses", "nn", "raw_ops", "get_kernels", "set_kernels",
+    "get_num_threads", "set_num_threads",
     "__version__",
 ]

@@ -167,11 +167,8 @@ def xent_cases(logits, labels):
 def _with_reference(call):
     """`call` run on xent's NumPy reference kernels."""
     def run():
-        _core.use_reference_kernels(True)
-        try:
+        with _core.using_kernels("numpy"):
             return call()
-        finally:
-            _core.use_reference_kernels(False)
     return run
 
 

@@ -6,7 +6,9 @@ the gradient), and give the results back in the input's shape. The kernel is
 the fused one from `_fused` when its compiler is available, else the NumPy
 reference in `_kernels`.
 """
+import contextlib
 import math
+import os
 import warnings
 
 import numpy as np
@@ -14,26 +16,80 @@ import numpy as np
 from xent import _kernels, _validate
 
 _state = {"kernels": None}
+KERNEL_NAMES = ("fused", "numpy")
+
+
+def _load_fused(explicit):
+    """`xent._fused`; if numba cannot load it, raise (`explicit`) or warn once and
+    return the NumPy reference kernels."""
+    try:
+        from xent import _fused
+    except ImportError as exc:
+        if explicit:
+            raise ImportError(
+                f"xent: the fused kernels need numba with LLVM 17+ ({exc}); install "
+                "numba, or choose the NumPy kernels: xent.set_kernels('numpy')") from exc
+        warnings.warn(
+            f"xent: fused kernels unavailable ({exc}); using the NumPy "
+            "reference kernels", RuntimeWarning, stacklevel=4)
+        return _kernels
+    return _fused
+
+
+def _check_name(name, where):
+    """Raise ValueError unless `name` is one of `KERNEL_NAMES`."""
+    if name not in KERNEL_NAMES:
+        raise ValueError(f"{where} must be 'fused' or 'numpy'; received {name!r}")
 
 
 def kernels():
-    """The kernel module in use: `xent._fused` if it loads, else `xent._kernels`."""
+    """The kernel module in use: `xent._fused` or `xent._kernels`.
+
+    Chosen by `set_kernels`, else by ``XENT_KERNELS`` (``fused`` or
+    ``numpy``), else the fused kernels when numba loads them.
+    """
     if _state["kernels"] is None:
-        try:
-            from xent import _fused
-        except ImportError as exc:
-            warnings.warn(
-                f"xent: fused kernels unavailable ({exc}); using the NumPy "
-                "reference kernels", RuntimeWarning, stacklevel=3)
-            _state["kernels"] = _kernels
-        else:
-            _state["kernels"] = _fused
+        env = os.environ.get("XENT_KERNELS", "").strip().lower()
+        if env:
+            _check_name(env, "the environment variable XENT_KERNELS")
+        _state["kernels"] = _kernels if env == "numpy" else _load_fused(explicit=env == "fused")
     return _state["kernels"]
 
 
-def use_reference_kernels(flag=True):
-    """Force the NumPy reference kernels (``True``) or go back to the default."""
-    _state["kernels"] = _kernels if flag else None
+def set_kernels(name):
+    """Choose the kernels every xent function runs on, for the whole process.
+
+    Args:
+      name: ``"fused"``: the numba kernels (the default; compiled on first
+        use and cached on disk). ``"numpy"``: the NumPy reference kernels
+        (no compile; several times slower on large inputs; the choice where
+        numba cannot be installed, or to compare against the reference).
+
+    Raises:
+      ValueError: `name` is neither.
+      ImportError: ``"fused"`` where numba cannot load the kernels.
+
+    ``XENT_KERNELS=numpy`` (or ``fused``) in the environment makes the same
+    choice before the first call.
+    """
+    _check_name(name, "xent.set_kernels' name")
+    _state["kernels"] = _kernels if name == "numpy" else _load_fused(explicit=True)
+
+
+@contextlib.contextmanager
+def using_kernels(name):
+    """Run the body on kernels `name` (``"fused"``/``"numpy"``), then go back to the previous ones."""
+    before = _state["kernels"]
+    set_kernels(name)
+    try:
+        yield
+    finally:
+        _state["kernels"] = before
+
+
+def get_kernels():
+    """The name of the kernels in use: ``"fused"`` or ``"numpy"``."""
+    return "numpy" if kernels() is _kernels else "fused"
 
 
 def _rows(shape):

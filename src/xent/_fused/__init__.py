@@ -19,6 +19,7 @@ One file per idea, from the bottom up:
   _blocks    the kernels spread over threads
   _launch    the Python side: dispatch, buffers, threads
   _notice    one line on stderr while a long compile runs
+  _cache     numba's disk cache kept in step with all these files
 
 Machine code is compiled for the CPU numba targets (the host's, or
 ``NUMBA_CPU_NAME``'s) and cached on disk, so a fresh process pays only the
@@ -31,13 +32,16 @@ if llvmlite.binding.llvm_version_info < (17,):
     raise ImportError(f"llvmlite {llvmlite.__version__} is built on LLVM "
                       f"{llvmlite.binding.llvm_version_info}; xent's kernels need LLVM 17+")
 
+from xent._fused import _cache  # noqa: E402
 from xent._fused import _notice  # noqa: E402
+from xent._fused import _rows  # noqa: E402
 from xent._fused._chunks import CHUNK  # noqa: E402
 from xent._fused._launch import dense_rows  # noqa: E402
 from xent._fused._launch import sparse_rows  # noqa: E402
 from xent._fused._narrow import NARROW_DENSE_MAX  # noqa: E402
 from xent._fused._narrow import NARROW_MAX  # noqa: E402
 
+_cache.drop_if_stale(getattr(_rows.sparse_loss_rows._cache, "cache_path", None))
 _notice.install()
 
 __all__ = ["sparse_rows", "dense_rows", "NARROW_MAX", "NARROW_DENSE_MAX", "CHUNK"]

@@ -13,8 +13,8 @@ from numba.extending import intrinsic
 
 __all__ = [
     "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "add_exact",
-    "sub_exact", "fmuladd", "label_loss", "is_finite", "prefetch", "scale_by_rounded",
-    "rounded_value",
+    "sub_exact", "fmuladd", "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum",
+    "ldexp", "scale_by_bits", "fma",
     "split_exponent",
 ]
 
@@ -130,52 +130,74 @@ def is_finite(typingctx, a):
 
 
 @intrinsic
-def scale_by_rounded(typingctx, p, s, bias):
-    """p * 2**n, for n an integer held in the low bits of s = n + 1.5 * 2**M
-    (M the mantissa width: 23 or 52), and `bias` a constant power of two.
+def lrint(typingctx, t):
+    """t rounded to the nearest int32, ties to even (``llvm.lrint``: ``cvtps2dq``
+    on x86-64; use only where `xent._fused._target.LRINT_PROBE` lowers natively)."""
+    def codegen(context, builder, sig, args):
+        return call_llvm(builder, f"llvm.lrint.i32.{_suffix(t)}", ir.IntType(32), args)
+    return types.int32(t), codegen
 
-    2**(n + bias) is built from the bits: s's mantissa holds n in two's
-    complement, so shifting s's bits into the exponent field and adding the
-    exponent bias and `bias` gives the float 2**(n + bias); then
-    ``(p * 2**(n + bias)) * 2**-bias`` rounds once, into the subnormals or to
-    0 when n is below the smallest exponent. Valid while n + bias stays
-    within the normal exponents (float32: -126 - bias <= n <= 127 - bias).
-    Replaces ``llvm.ldexp``, which has a vector instruction on AVX-512 only
-    and is a call to ``ldexpf`` per element elsewhere.
+
+@intrinsic
+def round_by_sum(typingctx, t):
+    """t rounded to the nearest int32, ties to even, for |t| < 2**22, without
+    ``lrint``: adding 1.5 * 2**M (M the mantissa width) rounds t and leaves
+    the integer in the sum's low 32 bits, in two's complement.
+
+    The sum carries only the ``nsz`` flag and the integer is read from its
+    bits, so LLVM cannot fold ``(t + C) - C`` back to t.
+    """
+    def codegen(context, builder, sig, args):
+        bits, _, mantissa = _exponent_field(sig.args[0])
+        rounder = ir.Constant(ir_type(sig.args[0]), 1.5 * 2.0 ** mantissa)
+        s = builder.fadd(args[0], rounder, flags=("nsz",))
+        low = builder.trunc(builder.bitcast(s, ir.IntType(bits)), ir.IntType(32))
+        # The low 32 bits of 1.5 * 2**M: float32's 0x4B400000, float64's 0.
+        return builder.sub(low, ir.Constant(ir.IntType(32), 0x4B400000 if bits == 32 else 0))
+    return types.int32(t), codegen
+
+
+@intrinsic
+def ldexp(typingctx, p, n):
+    """p * 2**n for an int32 n (``llvm.ldexp``: ``vscalefps`` on AVX-512; use
+    only where `xent._fused._target.LDEXP_PROBE` lowers natively)."""
+    def codegen(context, builder, sig, args):
+        return call_llvm(builder, f"llvm.ldexp.{_suffix(p)}.i32", ir_type(p), args)
+    return p(p, n), codegen
+
+
+@intrinsic
+def scale_by_bits(typingctx, p, n, bias):
+    """p * 2**n for an int32 n, with 2**(n + bias) built from the bits, for
+    `bias` a constant: ``(p * 2**(n + bias)) * 2**-bias`` rounds once, into
+    the subnormals or to 0 when n is below the smallest exponent.
+
+    Valid while n + bias stays within the normal exponents (float32:
+    -126 - bias <= n <= 127 - bias). `ldexp` without AVX-512, where
+    ``llvm.ldexp`` is a call to ``ldexpf`` per element.
     """
     def codegen(context, builder, sig, args):
         bits, _, mantissa = _exponent_field(sig.args[0])
         word = ir.IntType(bits)
         exponent_bias = 1023 if bits == 64 else 127
-        shift = ir.Constant(word, mantissa)
-        raised = builder.shl(builder.bitcast(args[1], word), shift)
-        offset = ir.Constant(word, (exponent_bias + sig.args[2].literal_value) << mantissa)
-        power = builder.bitcast(builder.add(raised, offset), ir_type(sig.args[0]))
+        offset = exponent_bias + sig.args[2].literal_value
+        wide = builder.sext(args[1], word) if bits == 64 else args[1]
+        field = builder.shl(builder.add(wide, ir.Constant(word, offset)), ir.Constant(word, mantissa))
+        power = builder.bitcast(field, ir_type(sig.args[0]))
         back = ir.Constant(ir_type(sig.args[0]), 2.0 ** -sig.args[2].literal_value)
         return builder.fmul(builder.fmul(args[0], power, flags=("nsz",)), back, flags=("nsz",))
     if not isinstance(bias, types.IntegerLiteral):
         return None
-    return p(p, s, bias), codegen
+    return p(p, n, bias), codegen
 
 
 @intrinsic
-def rounded_value(typingctx, s):
-    """n as a float, for s = n + 1.5 * 2**M (M the mantissa width: 23 or 52)
-    with |n| < 2**22: read from s's low 32 bits, where the sum left n in
-    two's complement, and converted back (``cvtdq2ps``/``cvtdq2pd``).
-
-    ``s - 1.5 * 2**M`` would be one float operation, but LLVM, given the
-    fast-math flags of the code around it, folds ``(t + C) - C`` back to t
-    and the rounding is lost; an integer detour cannot be folded.
-    """
+def fma(typingctx, a, b, c):
+    """a * b + c rounded once (``llvm.fma``; use only where
+    `xent._fused._target.FMA_PROBE` lowers natively, else it is a call to ``fma``)."""
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        bits, _, _ = _exponent_field(sig.args[0])
-        low = builder.trunc(builder.bitcast(args[0], ir.IntType(bits)), i32)
-        # The low 32 bits of 1.5 * 2**M: float32's 0x4B400000, float64's 0.
-        offset = ir.Constant(i32, 0x4B400000 if bits == 32 else 0)
-        return builder.sitofp(builder.sub(low, offset), ir_type(sig.args[0]))
-    return s(s), codegen
+        return call_llvm(builder, f"llvm.fma.{_suffix(a)}", ir_type(a), args)
+    return a(a, a, a), codegen
 
 
 @intrinsic

@@ -1,20 +1,23 @@
 """exp and log as polynomials that vectorise, from plain arithmetic and bit operations.
 
 Every exp here works the same way: with n the integer nearest x log2(e) and
-r = x - n ln 2 (|r| <= ln(2)/2), e**x = 2**n p(r) for a polynomial p.
+r = x - n ln 2 (|r| <= ln(2)/2), e**x = 2**n p(r) for a polynomial p. Three
+steps have a one-instruction form on some CPUs only, and a portable one
+beside it; `xent._fused._target` tells which the CPU numba compiles for has:
 
-  - n is rounded by adding 1.5 * 2**M (M the mantissa width), which leaves n
-    in the sum's low bits (`round_to_integer`), and 2**n is built from those
-    bits (`xent._fused._llvm.scale_by_rounded`). No ``lrint``, ``rint`` or
-    ``ldexp``: without AVX-512 or SSE4.1 LLVM makes those library calls,
-    one per element.
-  - r is reduced in two steps (Cody-Waite): ln 2 = hi + lo with hi short
-    enough that n hi is exact, so r is right to an ulp with or without a
-    fused multiply-add. Products and sums in the polynomials are
-    `fmuladd`s: fused where the CPU has FMA, a multiply and an add elsewhere.
-  - x is first floored (`floor_at`, which lets NaN through) where 2**n would
-    leave the exponent range: below it exp is 0 in the format anyway, so
-    masked ``-inf`` logits get an exact 0.
+  - n: ``llvm.lrint`` (``cvtps2dq``, every x86-64), else adding 1.5 * 2**M
+    and reading n from the sum's bits (`round_by_sum`).
+  - r: one fused multiply-add with ln 2 where the CPU has FMA (float32), else
+    two steps (Cody-Waite: ln 2 = hi + lo with n hi exact), right to an ulp
+    without a fused multiply-add too.
+  - 2**n p: ``llvm.ldexp`` (``vscalefps``, AVX-512), else 2**(n + bias) built
+    from the bits and two multiplies (`scale_by_bits`). Without AVX-512 the
+    intrinsic would be a call to ``ldexpf`` per element.
+
+x is first floored (`floor_at`, which lets NaN through) where 2**n would
+leave the exponent range: below the floor exp is 0 in the format anyway, so
+masked ``-inf`` logits get an exact 0. Products and sums in the polynomials
+are contracted to fused multiply-adds where the CPU has them.
 
 The float32 polynomial is good to 2 ulp where softmax values matter; the
 cheaper half-precision one (`exp_half`) to 1e-4, a twentieth of a float16
@@ -24,23 +27,23 @@ the float32 and half-precision coefficients.
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
-from xent._fused._llvm import add_exact, floor_at, fmuladd, rounded_value, scale_by_rounded, \
-    split_exponent
-from xent._fused._options import INLINE
+from xent._fused import _target
+from xent._fused._llvm import floor_at, fma, fmuladd, ldexp, lrint, round_by_sum, \
+    scale_by_bits, split_exponent
+from xent._fused._options import FAST, INLINE
 
 __all__ = ["exp32", "exp_half", "exp2_half", "exp64", "log_of_sum", "FLOOR32", "LOG2E32"]
 
 _F32 = np.float32
 LOG2E32 = _F32(math.log2(math.e))
-# Adding this to a float32 t with |t| < 2**22 rounds it to an integer n (to
-# nearest, ties to even) and leaves n in the mantissa's low bits.
-_ROUND32 = _F32(1.5 * 2 ** 23)
 # exp(x) below exp(-130) is 0 in float32: the floor keeps n >= -188, and
-# 2**(n + 64) a normal float (`scale_by_rounded` with bias 64).
+# 2**(n + 64) a normal float (`scale_by_bits` with bias 64).
 FLOOR32 = _F32(-130.0)
 _BIAS32 = 64
+_LN2_32 = _F32(math.log(2))
 # ln 2 = _LN2_HI32 + _LN2_LO32, _LN2_HI32 with 9 significant bits (Cephes).
 _LN2_HI32, _LN2_LO32 = _F32(0.693359375), _F32(-2.12194440e-4)
 # e**r ~ 1 + r (c1 + r (c2 + ... + r c5)) on |r| <= ln(2)/2: least squares refined
@@ -57,7 +60,6 @@ _H1, _H2, _H3 = (_F32(c) for c in (0.6932829022407532, 0.24221095442771912,
 _FLOOR_T32 = _F32(FLOOR32 * LOG2E32)
 
 _LOG2E64 = math.log2(math.e)
-_ROUND64 = 1.5 * 2.0 ** 52
 # exp(x) below exp(-746) rounds to 0 in float64; n >= -1077, and 2**(n + 128) is normal.
 _FLOOR64 = -746.0
 _BIAS64 = 128
@@ -68,33 +70,59 @@ _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11, _T12, _T13 = (
     1.0 / math.factorial(k) for k in range(1, 14))
 
 
-@njit(**INLINE)
-def round_to_integer(t, rounder):
-    """(n, s): n the integer nearest t (ties to even) as a float, and
-    s = t + rounder, which holds n in its low bits (for `scale_by_rounded`).
+# --- the three steps, per CPU ----------------------------------------------------------------
 
-    `rounder` is 1.5 * 2**M for t's format; |t| < 2**22. The sum is an
-    `add_exact`, and n is read from its bits (`rounded_value`), so LLVM
-    cannot fold the rounding away.
-    """
-    s = add_exact(t, rounder)
-    return rounded_value(s), s
+def round_int(t):
+    """t rounded to the nearest int32, ties to even, for |t| < 2**22 (numba only)."""
 
+
+def times_pow2(p, n):
+    """p * 2**n for an int32 n with n >= -188 (float32) or -1077 (float64) (numba only)."""
+
+
+def reduce32(x, n):
+    """x - n ln 2 for float32 x and an integral float32 n, to an ulp (numba only)."""
+
+
+@overload(round_int, inline="always")
+def _round_int_impl(t):
+    if _target.lowers_natively(_target.LRINT_PROBE):
+        return lambda t: lrint(t)
+    return lambda t: round_by_sum(t)
+
+
+@overload(times_pow2, inline="always")
+def _times_pow2_impl(p, n):
+    if _target.lowers_natively(_target.LDEXP_PROBE):
+        return lambda p, n: ldexp(p, n)
+    if p == types.float64:
+        return lambda p, n: scale_by_bits(p, n, _BIAS64)
+    return lambda p, n: scale_by_bits(p, n, _BIAS32)
+
+
+@overload(reduce32, inline="always", jit_options={"fastmath": FAST})
+def _reduce32_impl(x, n):
+    if _target.lowers_natively(_target.FMA_PROBE):
+        return lambda x, n: fma(-n, _LN2_32, x)
+    return lambda x, n: fmuladd(n, -_LN2_LO32, fmuladd(n, -_LN2_HI32, x))
+
+
+# --- exp ----------------------------------------------------------------------------------------
 
 @njit(**INLINE)
 def exp32(x):
     """exp(x) for float32 ``x <= 16`` (and ``-inf``: 0; NaN: NaN).
 
-    Within 2 ulp (relative error 2e-7) for x > -87, where softmax values
-    matter; exact 0 below -104 (float32's smallest subnormal is e**-103.3).
-    About nine vector operations per element: once memory streams at full
-    speed, exp is what bounds the kernels.
+    Within 2 ulp (relative error 2e-7) for x > -20, where softmax values
+    matter, 3 ulp above -87; exact 0 below -104 (float32's smallest
+    subnormal is e**-103.3). With AVX-512, ten vector operations per 16
+    values: once memory streams at full speed, exp is what bounds the kernels.
     """
     x = floor_at(FLOOR32, x)
-    n, s = round_to_integer(x * LOG2E32, _ROUND32)
-    r = fmuladd(n, -_LN2_LO32, fmuladd(n, -_LN2_HI32, x))
+    n = round_int(x * LOG2E32)
+    r = reduce32(x, _F32(n))
     q = _C2 + r * (_C3 + r * (_C4 + r * _C5))
-    return scale_by_rounded(fmuladd(r, fmuladd(r, q, _C1), _F32(1.0)), s, _BIAS32)
+    return times_pow2(fmuladd(r, fmuladd(r, q, _C1), _F32(1.0)), n)
 
 
 @njit(**INLINE)
@@ -105,9 +133,9 @@ def exp2_half(t):
     `exp32`'s seven. t is floored at log2(e) `FLOOR32`; t <= 24.
     """
     t = floor_at(_FLOOR_T32, t)
-    n, s = round_to_integer(t, _ROUND32)
-    f = t - n
-    return scale_by_rounded(fmuladd(f, _H1 + f * (_H2 + f * _H3), _F32(1.0)), s, _BIAS32)
+    n = round_int(t)
+    f = t - _F32(n)
+    return times_pow2(fmuladd(f, _H1 + f * (_H2 + f * _H3), _F32(1.0)), n)
 
 
 @njit(**INLINE)
@@ -122,15 +150,17 @@ def exp_half(x):
 
 @njit(**INLINE)
 def exp64(x):
-    """exp(x) for float64 ``x <= 16``, ``-inf`` or NaN, as `exp32` with a longer series."""
+    """exp(x) for float64 ``x <= 16``, ``-inf`` or NaN, as `exp32` with a longer series
+    (and ln 2 always in two steps: float64 needs them even with FMA)."""
     x = floor_at(_FLOOR64, x)
-    n, s = round_to_integer(x * _LOG2E64, _ROUND64)
-    r = fmuladd(n, -_LN2_LO64, fmuladd(n, -_LN2_HI64, x))
+    n = round_int(x * _LOG2E64)
+    nf = np.float64(n)
+    r = fmuladd(nf, -_LN2_LO64, fmuladd(nf, -_LN2_HI64, x))
     p = _T12 + r * _T13
     p = _T9 + r * (_T10 + r * (_T11 + r * p))
     p = _T5 + r * (_T6 + r * (_T7 + r * (_T8 + r * p)))
     p = 1.0 + r * (_T1 + r * (_T2 + r * (_T3 + r * (_T4 + r * p))))
-    return scale_by_rounded(p, s, _BIAS64)
+    return times_pow2(p, n)
 
 
 # log(m) = 2 atanh(u), u = (m - 1) / (m + 1), |u| <= 0.1716: the series to

@@ -157,13 +157,12 @@ def _copy_rows(flat, r0, rows, t, ms):
     c = t.shape[0]
     for l in range(_LANES):
         row = r0 + min(l, rows - 1)
-        m = np.float32(-np.inf)
+        ms[0, l] = -np.inf
+        ms[1, l] = 0.0
         for j in range(c):
             v = load(flat, row * c + j)
             t[j, l] = v
-            m = max_finite(m, v)
-        ms[0, l] = m
-        ms[1, l] = 0.0
+            ms[0, l] = max_finite(ms[0, l], v)
 
 
 def _transpose(flat, r0, rows, t, ms):

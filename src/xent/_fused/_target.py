@@ -16,6 +16,11 @@ older targets in subprocesses.
 
 `external_symbols` reads any assembly the same way; the tests apply it to
 every compiled kernel.
+
+The same probes pick the cheapest exp (`xent._fused._math`): ``llvm.ldexp``
+is one instruction with AVX-512 (``vscalefps``) and a call to ``ldexpf`` per
+element without; ``llvm.fma`` is one instruction with FMA and a call to
+``fmaf`` without; ``llvm.lrint`` is ``cvtps2dq`` on every x86-64 CPU.
 """
 import functools
 import re
@@ -25,7 +30,7 @@ from numba.core import config
 from numba.core.codegen import get_host_cpu_features
 
 __all__ = ["cpu_name", "cpu_features", "lowers_natively", "has_gather", "external_symbols",
-           "HALF_PROBE", "BFLOAT16_PROBE"]
+           "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE", "LRINT_PROBE", "FMA_PROBE", "isa"]
 
 
 def cpu_name():
@@ -91,6 +96,54 @@ define void @probe(ptr %src, ptr %dst, ptr %hsrc, ptr %hdst) {
 """
 
 
+LDEXP_PROBE = """
+define void @probe(ptr %p, ptr %n, ptr %q, ptr %m) {
+  %a = load <16 x float>, ptr %p, align 4
+  %i = load <16 x i32>, ptr %n, align 4
+  %r = call <16 x float> @llvm.ldexp.v16f32.v16i32(<16 x float> %a, <16 x i32> %i)
+  store <16 x float> %r, ptr %p, align 4
+  %b = load <8 x double>, ptr %q, align 8
+  %j = load <8 x i32>, ptr %m, align 4
+  %s = call <8 x double> @llvm.ldexp.v8f64.v8i32(<8 x double> %b, <8 x i32> %j)
+  store <8 x double> %s, ptr %q, align 8
+  ret void
+}
+declare <16 x float> @llvm.ldexp.v16f32.v16i32(<16 x float>, <16 x i32>)
+declare <8 x double> @llvm.ldexp.v8f64.v8i32(<8 x double>, <8 x i32>)
+"""
+
+LRINT_PROBE = """
+define void @probe(ptr %p, ptr %n, ptr %q, ptr %m) {
+  %a = load <16 x float>, ptr %p, align 4
+  %i = call <16 x i32> @llvm.lrint.v16i32.v16f32(<16 x float> %a)
+  store <16 x i32> %i, ptr %n, align 4
+  %b = load <8 x double>, ptr %q, align 8
+  %j = call <8 x i32> @llvm.lrint.v8i32.v8f64(<8 x double> %b)
+  store <8 x i32> %j, ptr %m, align 4
+  %c = load float, ptr %p, align 4
+  %k = call i32 @llvm.lrint.i32.f32(float %c)
+  store i32 %k, ptr %n, align 4
+  ret void
+}
+declare <16 x i32> @llvm.lrint.v16i32.v16f32(<16 x float>)
+declare <8 x i32> @llvm.lrint.v8i32.v8f64(<8 x double>)
+declare i32 @llvm.lrint.i32.f32(float)
+"""
+
+FMA_PROBE = """
+define void @probe(ptr %p, ptr %q) {
+  %a = load <16 x float>, ptr %p, align 4
+  %r = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %a, <16 x float> %a)
+  store <16 x float> %r, ptr %p, align 4
+  %b = load <8 x double>, ptr %q, align 8
+  %s = call <8 x double> @llvm.fma.v8f64(<8 x double> %b, <8 x double> %b, <8 x double> %b)
+  store <8 x double> %s, ptr %q, align 8
+  ret void
+}
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+declare <8 x double> @llvm.fma.v8f64(<8 x double>, <8 x double>, <8 x double>)
+"""
+
 GATHER_PROBE = """
 define <16 x float> @probe(<16 x ptr> %where) {
   %v = call <16 x float> @llvm.masked.gather.v16f32.v16p0(<16 x ptr> %where, i32 4,
@@ -125,3 +178,18 @@ def lowers_natively(probe_ir):
     loaded from numba's cache was compiled for this same CPU and features).
     """
     return not external_symbols(_assembly(probe_ir))
+
+
+def isa():
+    """The instruction set the kernels are compiled for, in words, e.g.
+    ``"znver3: AVX2+FMA"`` or ``"x86-64: SSE2"`` (from the same probes)."""
+    asm = _assembly(FMA_PROBE)
+    if "zmm" in asm:
+        level = "AVX-512"
+    elif "ymm" in asm:
+        level = "AVX2+FMA" if lowers_natively(FMA_PROBE) else "AVX"
+    elif "xmm" in asm:
+        level = "SSE2"
+    else:
+        level = "NEON" if "v0." in asm or "q0" in asm else "scalar"
+    return f"{cpu_name()}: {level}"
