@@ -72,14 +72,14 @@ def is_half_sparse(a, y):
     return a.dtype in HALF_FORMATS and isinstance(y, types.NoneType)
 
 
-@overload(exp, inline="always", jit_options={"fastmath": FAST})
+@overload(exp, jit_options={"fastmath": FAST})
 def _exp_impl(x):
     if x == types.float32:
         return lambda x: exp32(x)
     return lambda x: exp64(x)
 
 
-@overload(exp_of, inline="always", jit_options={"fastmath": FAST})
+@overload(exp_of, jit_options={"fastmath": FAST})
 def _exp_of_impl(a, y, x):
     if is_half_sparse(a, y):
         return lambda a, y, x: exp_half(x)
@@ -110,21 +110,21 @@ def sweep_exp(a, y, v, k):
     """The one-sweep loop's exp(v - shift) for a logit v of `a`, under constant k (numba only)."""
 
 
-@overload(sweep_k, inline="always")
+@overload(sweep_k)
 def _sweep_k_impl(a, y, shift):
     if is_half_sparse(a, y):
         return lambda a, y, shift: np.float32(-np.float64(shift) * _LOG2E32_AS_64)
     return lambda a, y, shift: shift
 
 
-@overload(sweep_shift, inline="always")
+@overload(sweep_shift)
 def _sweep_shift_impl(a, y, k):
     if is_half_sparse(a, y):
         return lambda a, y, k: -np.float64(k) / _LOG2E32_AS_64
     return lambda a, y, k: np.float64(k)
 
 
-@overload(sweep_exp, inline="always", jit_options={"fastmath": FAST})
+@overload(sweep_exp, jit_options={"fastmath": FAST})
 def _sweep_exp_impl(a, y, v, k):
     if is_half_sparse(a, y):
         return lambda a, y, v, k: exp2_half(fmuladd(v, LOG2E32, k))

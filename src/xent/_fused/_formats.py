@@ -181,7 +181,7 @@ def tiny(value):
     """The smallest normal float of `value`'s type, as a float64 (numba only)."""
 
 
-@overload(load, inline="always")
+@overload(load)
 def _load_impl(a, j):
     if a.dtype == types.uint16:
         return lambda a, j: bf16_to_f32(a[j])
@@ -218,14 +218,14 @@ def _store_finite_impl(a, j, value):
     return lambda a, j, value: store(a, j, value)
 
 
-@overload(like, inline="always")
+@overload(like)
 def _like_impl(value, ref):
     if ref == types.float32:
         return lambda value, ref: np.float32(value)
     return lambda value, ref: np.float64(value)
 
 
-@overload(tiny, inline="always")
+@overload(tiny)
 def _tiny_impl(value):
     smallest = 2.0 ** -1022 if value == types.float64 else 2.0 ** -126
     return lambda value: smallest

@@ -33,7 +33,7 @@ from numba.extending import overload
 from xent._fused import _target
 from xent._fused._llvm import floor_at, fma, fmuladd, ldexp, lrint, round_by_sum, \
     scale_by_bits, split_exponent
-from xent._fused._options import FAST, INLINE
+from xent._fused._options import CALLED, FAST, INLINE
 
 __all__ = ["exp32", "exp_half", "exp2_half", "exp64", "log_of_sum", "FLOOR32", "LOG2E32"]
 
@@ -84,14 +84,14 @@ def reduce32(x, n):
     """x - n ln 2 for float32 x and an integral float32 n, to an ulp (numba only)."""
 
 
-@overload(round_int, inline="always")
+@overload(round_int)
 def _round_int_impl(t):
     if _target.lowers_natively(_target.LRINT_PROBE):
         return lambda t: lrint(t)
     return lambda t: round_by_sum(t)
 
 
-@overload(times_pow2, inline="always")
+@overload(times_pow2)
 def _times_pow2_impl(p, n):
     if _target.lowers_natively(_target.LDEXP_PROBE):
         return lambda p, n: ldexp(p, n)
@@ -100,7 +100,7 @@ def _times_pow2_impl(p, n):
     return lambda p, n: scale_by_bits(p, n, _BIAS32)
 
 
-@overload(reduce32, inline="always", jit_options={"fastmath": FAST})
+@overload(reduce32, jit_options={"fastmath": FAST})
 def _reduce32_impl(x, n):
     if _target.lowers_natively(_target.FMA_PROBE):
         return lambda x, n: fma(-n, _LN2_32, x)
@@ -109,7 +109,7 @@ def _reduce32_impl(x, n):
 
 # --- exp ----------------------------------------------------------------------------------------
 
-@njit(**INLINE)
+@njit(**CALLED)
 def exp32(x):
     """exp(x) for float32 ``x <= 16`` (and ``-inf``: 0; NaN: NaN).
 
@@ -125,7 +125,7 @@ def exp32(x):
     return times_pow2(fmuladd(r, fmuladd(r, q, _C1), _F32(1.0)), n)
 
 
-@njit(**INLINE)
+@njit(**CALLED)
 def exp2_half(t):
     """2**t for float32 t to 1e-4 (and ``-inf``: 0; NaN: NaN): `exp_half`'s core.
 
@@ -138,7 +138,7 @@ def exp2_half(t):
     return times_pow2(fmuladd(f, _H1 + f * (_H2 + f * _H3), _F32(1.0)), n)
 
 
-@njit(**INLINE)
+@njit(**CALLED)
 def exp_half(x):
     """exp(x) for float32 ``x <= 16`` (or ``-inf``, NaN) to 1e-4, for half-precision logits.
 
@@ -148,7 +148,7 @@ def exp_half(x):
     return exp2_half(x * LOG2E32)
 
 
-@njit(**INLINE)
+@njit(**CALLED)
 def exp64(x):
     """exp(x) for float64 ``x <= 16``, ``-inf`` or NaN, as `exp32` with a longer series
     (and ln 2 always in two steps: float64 needs them even with FMA)."""

@@ -10,3 +10,7 @@ FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": True}
 # Helpers: inlined into the kernels by numba, so that LLVM sees one loop.
 INLINE = {"fastmath": FAST, "error_model": "numpy", "inline": "always"}
+# Scalar helpers: compiled once per signature as functions of their own,
+# which LLVM inlines into the kernels' loops (numba's own inlining copies
+# their IR at every call site, which dominates compile time).
+CALLED = {"fastmath": FAST, "error_model": "numpy"}
