@@ -51,3 +51,12 @@ def _empty_loss_collection():
     losses.clear_losses()
     yield
     losses.clear_losses()
+
+
+def pytest_collection_finish(session):
+    """Start the fused kernels' runs for other CPUs (tests/target_runs.py) in the
+    background as soon as tests/test_targets.py is among the collected tests."""
+    if any(item.nodeid.startswith("tests/test_targets.py") for item in session.items):
+        import target_runs
+
+        target_runs.RUNS.start()

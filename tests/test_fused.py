@@ -6,7 +6,15 @@ class count that is no multiple of the vector width, an empty batch), strided
 and Fortran-ordered arrays, in-place and separate gradient buffers, rows with
 infinities and NaN, and any thread count. Identity tests (thread counts,
 in-place against a separate buffer) compare bit for bit.
+
+The kernels are compiled for the CPU numba targets, and take other steps on
+other CPUs (`xent._fused._target`). The tests marked ``every_target`` are run
+again by tests/test_targets.py, in subprocesses that compile for the SSE2
+baseline and for AVX2 (``NUMBA_CPU_NAME``), with tests/kernel_symbols.py
+after them: they use int64 labels only, so that each target compiles each
+kernel once.
 """
+import os
 import subprocess
 import sys
 import warnings
@@ -18,8 +26,15 @@ import pytest
 import xent
 from xent import _core, _kernels
 
-_fused = pytest.importorskip("xent._fused", reason="numba is not installed; the fused path is off")
+try:
+    from xent import _fused
+except ImportError as exc:   # pragma: no cover - depends on the machine
+    if os.environ.get("CI", "").lower() == "true":
+        raise ImportError(f"numba is a dependency and CI must test the fused kernels: {exc}") from exc
+    pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
 from xent._fused import _chunks, _formats, _launch, _math, _narrow, _rows  # noqa: E402
+
+every_target = pytest.mark.every_target
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
@@ -90,6 +105,94 @@ def row_scale(logits):
     """1 + max |finite logit| of each row, as float64."""
     mag = np.abs(accumulate(logits))
     return 1.0 + np.max(np.where(np.isfinite(mag), mag, 0.0), axis=-1, initial=0.0)
+
+
+# -- every dtype, path and width against a float64 truth -----------------------------------
+
+GRID_WIDTHS = (10, 100, 3000)   # the narrow path; one chunk; two chunks
+
+
+def float64_truth(logits, targets):
+    """(loss, lse, grad) in float64 of rows of `logits` against integer labels
+    (1-D `targets`) or target rows; extended precision for float64 logits."""
+    wide = np.longdouble if np.dtype(logits.dtype) == np.float64 else np.float64
+    x = np.asarray(logits).astype(wide)
+    y = targets if targets.ndim == 2 else np.eye(x.shape[1], dtype=wide)[targets]
+    y = np.asarray(y).astype(wide)
+    m = x.max(axis=1, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=1, keepdims=True)
+    lse = m + np.log(s)
+    loss = (y * (lse - x)).sum(axis=1)
+    return loss.astype(np.float64), lse[:, 0].astype(np.float64), (e / s - y).astype(np.float64)
+
+
+def grid_inputs(rng, dtype, kind, width, rows=37):
+    """Logits ``[rows, width]`` of `dtype` and int64 labels (sparse) or target rows
+    in the accumulator dtype (dense): what the grid and thread tests run."""
+    logits = logits_of(rng, (rows, width), dtype)
+    if kind == "sparse":
+        return logits, rng.integers(0, width, size=rows)
+    acc = np.float64 if dtype == np.float64 else np.float32
+    targets = rng.random((rows, width))
+    return logits, (targets / targets.sum(axis=1, keepdims=True)).astype(acc)
+
+
+def run_three_ways(kind, logits, targets):
+    """The kernel's (loss, lse, grad) on the loss-only, into-a-buffer and in-place paths."""
+    run = _fused.sparse_rows if kind == "sparse" else _fused.dense_rows
+    loss_only, lse_only = run(logits, targets)
+    into = np.empty_like(logits)
+    loss, lse = run(logits, targets, into)
+    work = logits.copy()
+    loss_in, lse_in = run(work, targets, work)
+    return (loss_only, lse_only, None), (loss, lse, into), (loss_in, lse_in, work)
+
+
+@every_target
+@pytest.mark.parametrize("width", GRID_WIDTHS)
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_every_dtype_path_and_width_matches_float64_truth(rng, dtype, kind, width):
+    """Loss only, loss and gradient into a buffer, and over the logits, on the
+    narrow path (10 classes; float64 has none) and the chunk path (one chunk,
+    two): each within the dtype's tolerance of the float64 truth, and the
+    three paths' losses and the two gradients equal bit for bit."""
+    logits, targets = grid_inputs(rng, dtype, kind, width)
+    truth_loss, truth_lse, truth_grad = float64_truth(logits, targets)
+    (loss_only, lse_only, _), (loss, lse, into), (loss_in, lse_in, work) = \
+        run_three_ways(kind, logits, targets)
+    scale = row_scale(logits) * (2.0 if kind == "dense" else 1.0)
+    assert_matches(loss, truth_loss, loss.dtype, scale, logits_dtype=logits.dtype, terms=width)
+    assert_matches(lse, truth_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype,
+                   terms=width)
+    assert_matches(into, truth_grad, dtype, terms=width)
+    for a, b in ((loss_only, loss), (lse_only, lse), (loss_in, loss), (lse_in, lse)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(work.view(np.uint8), into.view(np.uint8))
+
+
+@every_target
+@pytest.mark.parametrize("width", (10, 3000))
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), BF16], ids=["float32", "bfloat16"])
+def test_threaded_blocks_equal_one_thread_on_every_path(rng, force_threads, dtype, kind, width):
+    """The block kernels (rows over numba's threads) give one thread's bits on
+    every path; one thread matches the float64 truth (the grid test above)."""
+    logits, targets = grid_inputs(rng, dtype, kind, width, rows=53)
+    results = []
+    for threads in sorted({1, xent._threads.max_threads()}):
+        xent.set_num_threads(threads)
+        results.append(run_three_ways(kind, logits, targets))
+    for one, many in zip(results[0], results[-1]):
+        for a, b in zip(one, many):
+            if a is not None:
+                np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+    truth_loss, _, truth_grad = float64_truth(logits, targets)
+    scale = row_scale(logits) * (2.0 if kind == "dense" else 1.0)
+    assert_matches(results[0][1][0], truth_loss, np.float32, scale, logits_dtype=logits.dtype,
+                   terms=width)
+    assert_matches(results[0][1][2], truth_grad, dtype, terms=width)
 
 
 # -- agreement with the reference ---------------------------------------------------------
@@ -178,6 +281,7 @@ def edge_rows(dtype):
     return np.array(rows, np.float64).astype(dtype), np.array([0, 1, 3, 0, 2, 1, 3, 2, 1])
 
 
+@every_target
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_sparse_edge_values_match_reference(dtype):
     logits, labels = edge_rows(dtype)
@@ -188,6 +292,7 @@ def test_sparse_edge_values_match_reference(dtype):
     assert_matches(grad, ref_grad, dtype)
 
 
+@every_target
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_dense_edge_values_match_reference(dtype):
     logits, labels = edge_rows(dtype)
@@ -246,6 +351,7 @@ def long_edge_rows(dtype):
         return base.astype(dtype), labels
 
 
+@every_target
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_sparse_long_rows_match_reference_in_place_and_not(dtype):
     logits, labels = long_edge_rows(dtype)
@@ -264,6 +370,7 @@ def test_sparse_long_rows_match_reference_in_place_and_not(dtype):
     np.testing.assert_array_equal(work.view(np.uint8), grad.view(np.uint8))
 
 
+@every_target
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_dense_long_rows_match_reference_in_place_and_not(dtype):
     logits, labels = long_edge_rows(dtype)
@@ -288,6 +395,7 @@ def test_dense_long_rows_match_reference_in_place_and_not(dtype):
     np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
 
 
+@every_target
 def test_subnormal_rescaling_factor_keeps_normal_gradients_exact():
     """Row 8 of `long_edge_rows`: its middle chunk's factor exp(-96) / S is
     subnormal in float32, while its gradients, near exp(-80), are normal."""
@@ -303,6 +411,7 @@ def test_subnormal_rescaling_factor_keeps_normal_gradients_exact():
     np.testing.assert_allclose(grad[8, middle], want[middle], rtol=1e-6)
 
 
+@every_target
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_confident_loss_is_accurate_when_the_max_took_an_earlier_shift(dtype):
     """Row 9 of `long_edge_rows`: loss ~ exp(-10). The max's term, taken against
@@ -317,6 +426,7 @@ def test_confident_loss_is_accurate_when_the_max_took_an_earlier_shift(dtype):
     assert abs(loss[0] - want) <= rtol * want
 
 
+@every_target
 def test_masked_logits_get_exactly_zero_gradient():
     logits = np.array([[0.5, -np.inf, 1.0, -np.inf]], np.float32)
     grad = np.empty_like(logits)
@@ -500,6 +610,7 @@ def log_of_sum():
     return njit(lambda s: _math.log_of_sum(s))
 
 
+@every_target
 def test_narrow_log_of_sum_is_float64_log_to_2e_11(log_of_sum):
     sums = np.concatenate([1.0 + np.geomspace(1e-12, 1.0, 500), np.linspace(1.0, 65.0, 4001),
                            [np.sqrt(2.0), np.sqrt(0.5) * 4, 2.0, 4.0, 64.0, 1e30]])
@@ -507,6 +618,7 @@ def test_narrow_log_of_sum_is_float64_log_to_2e_11(log_of_sum):
     np.testing.assert_allclose(got, np.log(sums), rtol=0, atol=2e-11)
 
 
+@every_target
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])
 def test_narrow_edge_rows_in_every_lane(dtype):
     """The edge rows (NaN, +inf, all -inf, masked, huge) at each of the 16 lanes,
@@ -690,6 +802,30 @@ def conversion_inputs():
     return values[np.isfinite(values)]
 
 
+@every_target
+def test_half_precision_loads_are_exact_for_every_bit_pattern():
+    """The kernels' float16 and bfloat16 loads (the CPU's conversion or the
+    software one, `_formats.f16_to_f32`) give ml_dtypes' and NumPy's float32
+    for all 65536 bit patterns, NaN for NaN."""
+    from numba import njit
+
+    @njit
+    def load_all(hf, bf, out_h, out_b):
+        for j in range(hf.shape[0]):
+            out_h[j] = _formats.f16_to_f32(hf[j])
+            out_b[j] = _formats.bf16_to_f32(bf[j])
+
+    bits = np.arange(2 ** 16, dtype=np.uint16)
+    out_h, out_b = np.empty(bits.shape, np.float32), np.empty(bits.shape, np.float32)
+    load_all(bits.view(np.int16), bits, out_h, out_b)
+    for got, want in ((out_h, bits.view(np.float16).astype(np.float32)),
+                      (out_b, bits.view(BF16).astype(np.float32))):
+        nan = np.isnan(want)
+        np.testing.assert_array_equal(np.isnan(got), nan)
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+@every_target
 def test_finite_bfloat16_store_rounds_to_nearest_even_as_ml_dtypes():
     from numba import njit
 
@@ -704,6 +840,7 @@ def test_finite_bfloat16_store_rounds_to_nearest_even_as_ml_dtypes():
     np.testing.assert_array_equal(got, values.astype(BF16).view(np.uint16))
 
 
+@every_target
 def test_bfloat16_and_float16_stores_round_as_ml_dtypes_and_numpy():
     from numba import njit
 
@@ -725,6 +862,7 @@ def test_bfloat16_and_float16_stores_round_as_ml_dtypes_and_numpy():
     assert np.isnan(hf.view(np.float16)[nan]).all()
 
 
+@every_target
 def test_pass_b_hardware_bfloat16_rounding_equals_ml_dtypes():
     """Pass B rounds bfloat16 gradients with the CPU's conversion (`_scale_to_bf16`)
     in 64-entry blocks. It rounds like ml_dtypes; a range holding a product

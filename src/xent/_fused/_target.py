@@ -54,11 +54,20 @@ def _target_machine():
     return target.create_target_machine(cpu=cpu_name(), features=cpu_features(), opt=2)
 
 
-# A symbol a call or a jump leaves for, directly (``call foo``, ``bl foo``) or
-# through a register loaded with its address under the JIT's large code model
-# (``movabsq $foo, %rax`` on x86-64, ``movz x8, #:abs_g3:foo`` on aarch64).
-# Local labels start with a dot and are not symbols.
-_SYMBOL = re.compile(r"(?:\b(?:callq?|jmpq?|bl|b)\s+|movabsq?\s+\$|#:abs_g3:)([A-Za-z_][\w$]*)")
+# An instruction that leaves for, or takes the address of, a symbol: a call or
+# jump (x86-64 ``call foo``, aarch64 ``bl foo``), or a register loaded with
+# the address under the JIT's large code model (``movabsq $foo, %rax``;
+# ``movz x8, #:abs_g3:foo``). Local labels start with a dot.
+_INSTRUCTION = re.compile(r"^\s+(callq?|jmpq?|bl|b|movabsq?|movz|movk|adrp)\s+(\S.*)$")
+_SYMBOL = r"([A-Za-z_][\w$]*)"
+_OPERAND = {   # where each instruction names a symbol
+    "call": re.compile("^" + _SYMBOL), "jmp": re.compile("^" + _SYMBOL),
+    "bl": re.compile("^" + _SYMBOL), "b": re.compile("^" + _SYMBOL),
+    "movabs": re.compile(r"^\$" + _SYMBOL),
+    "movz": re.compile(r"#:abs_g\d(?:_nc)?:" + _SYMBOL),
+    "movk": re.compile(r"#:abs_g\d(?:_nc)?:" + _SYMBOL),
+    "adrp": re.compile(r"^\w+,\s*" + _SYMBOL),
+}
 
 
 def external_symbols(asm):
@@ -67,7 +76,16 @@ def external_symbols(asm):
     Numba's own compiled functions (mangled ``_ZN...``) are left out: they
     live in the same JIT, as do the kernels.
     """
-    return {name for name in _SYMBOL.findall(asm) if not name.startswith("_ZN")}
+    found = set()
+    for line in asm.splitlines():
+        instruction = _INSTRUCTION.match(line)
+        if instruction is None:
+            continue
+        mnemonic = instruction.group(1).rstrip("q") if instruction.group(1) != "movabsq" else "movabs"
+        symbol = _OPERAND[mnemonic].search(instruction.group(2))
+        if symbol and not symbol.group(1).startswith("_ZN"):
+            found.add(symbol.group(1))
+    return found
 
 
 BFLOAT16_PROBE = """

@@ -1,0 +1,111 @@
+"""The fused kernels' tests, compiled for other CPUs, in background subprocesses.
+
+numba compiles for the host's CPU unless ``NUMBA_CPU_NAME`` and
+``NUMBA_CPU_FEATURES`` name another; a newer CPU runs code for an older one.
+So an AVX-512 machine can test the kernels as an AVX2 laptop (``haswell``) or
+the SSE2 baseline (``x86-64``) would compile them: the kernels take other
+steps there (`xent._fused._target`). For each target, a subprocess runs the
+``every_target`` tests of tests/test_fused.py, then tests/kernel_symbols.py,
+into an empty numba cache (so that every kernel compiles and its assembly can
+be read).
+
+They run in the background while the rest of the suite runs (each takes a few
+minutes of compiling, on one core), started as soon as pytest has collected
+tests/test_targets.py (see conftest.py), and tests/test_targets.py waits for
+their results.
+"""
+import dataclasses
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The CPUs to compile for, by the host's architecture: the host itself, and on
+# x86-64 the AVX2+FMA level (haswell) and the SSE2 baseline. An empty
+# NUMBA_CPU_FEATURES means the named CPU's own features (not the host's).
+_OLDER = {
+    "x86_64": {"haswell": "haswell", "x86-64": "x86-64"},
+    "aarch64": {"generic": "generic"},
+}
+TARGETS = {"host": {}} | {
+    name: {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": ""}
+    for name, cpu in _OLDER.get(platform.machine().lower(), {}).items()}
+TIMEOUT_S = 1200
+COMMAND = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "every_target",
+           "tests/test_fused.py", "tests/kernel_symbols.py"]
+
+
+@dataclasses.dataclass
+class Run:
+    """What one target's subprocess did."""
+
+    target: str
+    returncode: int
+    output: str
+    seconds: float
+
+    def passed(self):
+        """The number of tests pytest reported passed (0 if none)."""
+        found = re.findall(r"(\d+) passed", self.output)
+        return int(found[-1]) if found else 0
+
+    def tail(self, lines=40):
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+def run_target(name, env_overrides):
+    """Run the every-target tests compiled for target `name`; return its `Run`."""
+    import time
+
+    with tempfile.TemporaryDirectory(prefix=f"xent-numba-{name}-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, **env_overrides)
+        start = time.perf_counter()
+        try:
+            done = subprocess.run([sys.executable, *COMMAND], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=TIMEOUT_S)
+            code, output = done.returncode, done.stdout + done.stderr
+        except subprocess.TimeoutExpired as exc:
+            code, output = -1, f"timed out after {TIMEOUT_S} s\n{exc.stdout or ''}"
+        return Run(name, code, output, time.perf_counter() - start)
+
+
+class TargetRuns:
+    """Every target's run, one after the other on a background thread (all at
+    once where the machine has four cores or more)."""
+
+    def __init__(self):
+        self._runs, self._done = {}, {name: threading.Event() for name in TARGETS}
+        self._started = False
+        self._lock = threading.Lock()
+
+    def start(self):
+        """Start the runs (once)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if (os.cpu_count() or 1) >= 4:
+            for name in TARGETS:
+                threading.Thread(target=self._run, args=([name],), daemon=True).start()
+        else:
+            threading.Thread(target=self._run, args=(list(TARGETS),), daemon=True).start()
+
+    def _run(self, names):
+        for name in names:
+            self._runs[name] = run_target(name, TARGETS[name])
+            self._done[name].set()
+
+    def result(self, name):
+        """Target `name`'s `Run`, once it has finished."""
+        self.start()
+        if not self._done[name].wait(TIMEOUT_S * len(TARGETS)):
+            raise TimeoutError(f"the {name} run did not finish")
+        return self._runs[name]
+
+
+RUNS = TargetRuns()

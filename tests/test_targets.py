@@ -1,0 +1,21 @@
+"""The fused kernels are right when compiled for every CPU level users have.
+
+The every-target tests of tests/test_fused.py and the machine-code check of
+tests/kernel_symbols.py, run in subprocesses with the kernels compiled for the
+host, for AVX2+FMA (``haswell``) and for the SSE2 baseline (``x86-64``), each
+into an empty numba cache (tests/target_runs.py; they start in the background
+when this file is collected, and these tests wait for them).
+"""
+import pytest
+
+import target_runs
+
+# At least the every-target tests of test_fused.py and the two of kernel_symbols.py.
+_MIN_TESTS = 60
+
+
+@pytest.mark.parametrize("target", list(target_runs.TARGETS))
+def test_fused_kernels_right_when_compiled_for(target):
+    run = target_runs.RUNS.result(target)
+    assert run.returncode == 0, f"compiled for {target}:\n{run.tail()}"
+    assert run.passed() >= _MIN_TESTS, f"compiled for {target}, too few tests ran:\n{run.tail()}"
