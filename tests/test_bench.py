@@ -64,11 +64,41 @@ def test_compile_kernels_reaches_every_fused_kernel_family():
     call their one-thread kernels), for the loss, a gradient into a buffer and in
     place. Checked here for float32, in this process (whether compiled or loaded
     from numba's disk cache)."""
-    fused = pytest.importorskip("xent._fused")
+    from xent._fused import _blocks, _rows
+
     _bench.compile_kernels("float32")
-    names = ["_sparse_loss_rows", "_sparse_grad_rows", "_sparse_grad_rows_inplace",
-             "_sparse_loss_blocks", "_sparse_grad_blocks", "_sparse_grad_blocks_inplace",
-             "_sparse_narrow_loss_blocks", "_sparse_narrow_grad_blocks"]
-    for name in names:
-        signatures = getattr(fused, name).signatures
-        assert any(str(sig[0].dtype) == "float32" for sig in signatures), (name, signatures)
+    kernels = [_rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace,
+               _blocks.sparse_loss_blocks, _blocks.sparse_grad_blocks,
+               _blocks.sparse_grad_blocks_inplace, _blocks.sparse_narrow_loss_blocks,
+               _blocks.sparse_narrow_grad_blocks]
+    for kernel in kernels:
+        signatures = kernel.signatures
+        assert any(str(sig[0].dtype) == "float32" for sig in signatures), (kernel, signatures)
+
+
+def _report(records_by_input, compile_s=12.5):
+    """A bench report with the given records per (shape, dtype)."""
+    return {"machine": {"cpu": "Test CPU", "compiled_for": "haswell: AVX2+FMA"},
+            "compile_s": compile_s,
+            "results": [{"shape": list(shape), "dtype": dtype, "records": records}
+                        for (shape, dtype), records in records_by_input.items()]}
+
+
+def _rec(name, mode, median_s, x_floor=1.0, speedup=None, extra=0.0):
+    return {"name": name, "mode": mode, "median_s": median_s, "x_floor": x_floor,
+            "x_floor_best": x_floor, "peer_speedup": speedup, "extra_bytes_per_row": extra}
+
+
+def test_headline_names_the_isa_compile_time_and_says_slower_when_slower():
+    """The summary names what the kernels were compiled for and how long that
+    took; a speed-up below 1 reads as "N x slower", not "0.6x faster"."""
+    big = [_rec("xent", "grad_inplace", 0.1, 1.3, 4.2), _rec("xent", "grad", 0.1, 1.5, 3.0),
+           _rec("xent", "loss", 0.05, 1.4, 1 / 1.7)]
+    small = [_rec("xent", "loss", 30e-6), _rec("PyTorch eager", "loss", 20e-6)]
+    lines = _bench.headline(_report({((8192, 32000), "float32"): big,
+                                     ((32, 1000), "float32"): small}))
+    text = "\n".join(lines)
+    assert "haswell: AVX2+FMA" in lines[0] and "Test CPU" in lines[0] and "12.5 s" in lines[0]
+    assert "4.2x faster than the fastest peer" in text
+    assert "1.7x slower than the fastest peer" in text and "0.6x faster" not in text
+    assert "1.50x the time of PyTorch's F.cross_entropy" in text

@@ -100,8 +100,8 @@ def _on_threads(work, n_rows, threads):
 
 def floor_threads(logits):
     """The threads xent itself would use on `logits` (one below its size threshold)."""
-    fused = sys.modules.get("xent._fused")
-    big = fused is None or logits.nbytes >= fused.PARALLEL_MIN_BYTES
+    launch = sys.modules.get("xent._fused._launch")
+    big = launch is None or logits.nbytes >= launch.PARALLEL_MIN_BYTES
     return xent.get_num_threads() if big else 1
 
 
@@ -532,8 +532,9 @@ def _fmt(value, spec):
 
 def markdown_table(results):
     """The results as one Markdown table, grouped by input."""
-    lines = ["| input | implementation | what | median ms | GB/s | × floor | xent speed-up "
-             "over fastest peer | extra bytes/row |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| input | implementation | what | median ms | GB/s | × floor (lower is better) "
+             "| xent's speed-up over the fastest peer (>1: faster) | extra bytes/row |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for entry in results:
         label = f"{entry['shape'][0]}×{entry['shape'][1]} {entry['dtype']}"
         for r in sorted(entry["records"], key=lambda r: (MODES.index(r["mode"]), r["median_s"])):
@@ -548,25 +549,34 @@ def markdown_table(results):
 
 
 def plot(results, path):
-    """One panel per input: each case's time as a multiple of its floor (log scale)."""
+    """One panel per input: each case's time as a multiple of its floor (log
+    scale, lower is better), xent's cases in green and the peers' in grey,
+    each bar labelled with its median time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(len(results), 1, figsize=(9, 3.2 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), 1, figsize=(9, 3.4 * len(results)), squeeze=False)
     for ax, entry in zip(axes[:, 0], results):
         records = [r for r in entry["records"] if r["role"] != "floor" and r["x_floor"]]
         records.sort(key=lambda r: (MODES.index(r["mode"]), r["x_floor"]))
         labels = [f"{r['name']} · {MODE_TITLES[r['mode']]}" for r in records]
         colours = ["tab:green" if r["role"] == "xent" else "tab:grey" for r in records]
-        ax.barh(labels, [r["x_floor"] for r in records], color=colours)
+        bars = ax.barh(labels, [r["x_floor"] for r in records], color=colours)
+        ax.bar_label(bars, [f"{r['median_s'] * 1e3:.3g} ms" for r in records], fontsize=6,
+                     padding=2)
         ax.axvline(1.0, color="black", lw=0.8)
         ax.set_xscale("log")
+        ax.set_xlabel("time / floor (× floor, lower is better; 1 = the machine's copy or read)",
+                      fontsize=8)
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_title(f"{entry['shape'][0]}×{entry['shape'][1]} {entry['dtype']}: time / floor "
-                     "(copy floor for gradients, read floor for the loss)", fontsize=9)
+        ax.set_title(f"{entry['shape'][0]}×{entry['shape'][1]} {entry['dtype']}: copy floor for "
+                     "gradients, read floor for the loss", fontsize=9)
+        ax.legend(handles=[Patch(color="tab:green", label="xent"),
+                           Patch(color="tab:grey", label="peers")], fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -588,7 +598,18 @@ def machine():
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "xent_threads": xent.get_num_threads(), "threading_layer": layer,
             "versions": versions, "loadavg": os.getloadavg(),
-            "kernels": _core.kernels().__name__}
+            "kernels": _core.get_kernels(), "compiled_for": compiled_for()}
+
+
+def compiled_for():
+    """The CPU and instruction set xent's kernels are compiled for (``"haswell:
+    AVX2+FMA"``), or why there are none."""
+    if _core.get_kernels() != "fused":
+        return "none: the NumPy reference kernels"
+    from xent._fused import _target
+
+    chosen = " (NUMBA_CPU_NAME)" if os.environ.get("NUMBA_CPU_NAME") else ""
+    return _target.isa() + chosen
 
 
 # --- compiling first ----------------------------------------------------------------------
@@ -615,20 +636,30 @@ def import_peers():
 
 def precompile():
     """`compile_kernels` for float32 and for bfloat16, each in a child process,
-    while this process imports the peers (`import_peers`). numba compiles on
-    one core (about 20 s per dtype on a cold cache); the kernels land in its
-    disk cache, where this process then finds them. Without numba, only the
-    imports."""
+    while this process imports the peers (`import_peers`); returns the seconds
+    the children took (compiling, or loading numba's disk cache).
+
+    numba compiles on one core (about 15 s per dtype on a cold cache); the
+    kernels land in its disk cache, where this process then finds them.
+    Without numba, only the imports. A child that fails stops the bench with
+    its error (a crash in a kernel would otherwise surface as a silent abort).
+    """
     children = []
-    if "xent._fused" in sys.modules:
+    started = time.perf_counter()
+    if _core.get_kernels() == "fused":
         children = [subprocess.Popen(
             [sys.executable, "-c", f"from xent import _bench; _bench.compile_kernels({dtype!r})"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for dtype in DTYPES]
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for dtype in DTYPES]
     try:
         import_peers()
     finally:
-        for child in children:
-            child.wait()
+        errors = [(dtype, child.communicate()[1], child.returncode)
+                  for dtype, child in zip(DTYPES, children)]
+    for dtype, stderr, code in errors:
+        if code != 0:
+            raise RuntimeError(f"xent bench: compiling the {dtype} kernels failed "
+                               f"(exit {code}):\n{stderr[-2000:]}")
+    return time.perf_counter() - started
 
 
 # --- the command --------------------------------------------------------------------------
@@ -681,7 +712,7 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
     load_before = os.getloadavg()
     progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
     progress.describe("xent's kernels: compiling (first run) or loading")
-    precompile()
+    compile_s = precompile()
     neighbours = None   # the cases of NEIGHBOUR_SHAPE float32, when the run has that input
     for shape, dtype in jobs:
         progress.describe(f"{shape[0]}x{shape[1]} {dtype}")
@@ -699,6 +730,7 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "xent bench" + (" --quick" if quick else ""),
               "machine": machine(), "load_before": load_before, "seconds": time.time() - started,
+              "compile_s": compile_s,
               "neighbour": neighbour, "skipped": skipped, "results": results}
     write_outputs(report, out)
     return 0
@@ -719,9 +751,23 @@ def _ratios(record):
     return f"{record['x_floor']:.2f}x" + (f" (best {best:.2f}x)" if best else "")
 
 
+def _versus_peer(speedup):
+    """A speed-up over the fastest peer in words: "4.1x faster" or "1.7x slower"."""
+    if speedup is None:
+        return "no peer"
+    if speedup >= 1:
+        return f"{speedup:.1f}x faster than the fastest peer"
+    return f"{1 / speedup:.1f}x slower than the fastest peer"
+
+
 def headline(report):
-    """The figures issue 3's "done when" asks for, from this run (lines of text)."""
-    lines = []
+    """The figures the kernels are held to, from this run (lines of text): per
+    large input, loss+gradient in place and into a buffer against the copy
+    floor, the loss against the read floor, and each against the fastest peer;
+    bfloat16 against its own copy; 32x1000 against PyTorch's forward."""
+    lines = [f"Kernels compiled for {report['machine'].get('compiled_for')} on "
+             f"{report['machine']['cpu']}; compiling or loading them took "
+             f"{report.get('compile_s', 0):.1f} s, before (and apart from) the timings."]
     for shape in ((8192, 32000), (2048, 128256), (512, 32000), (128, 128256)):
         label = f"{shape[0]}x{shape[1]}"
         inplace = _record(report, shape, "float32", "xent", "grad_inplace")
@@ -731,19 +777,21 @@ def headline(report):
         loss = _record(report, shape, "float32", "xent", "loss")
         bf16 = [_record(report, shape, "bfloat16", "xent", m) for m in ("grad_inplace", "grad")]
         lines.append(
-            f"{label} float32: loss+grad in place {_ratios(inplace)} copy floor "
-            f"({inplace['peer_speedup']:.1f}x faster than the fastest peer), into a buffer "
-            f"{_ratios(into)} ({into['peer_speedup']:.1f}x); loss {_ratios(loss)} "
-            f"read floor; peak extra memory in place {inplace['extra_bytes_per_row']:.0f} B/row = "
+            f"{label} float32: loss+grad in place {_ratios(inplace)} the copy floor "
+            f"({_versus_peer(inplace['peer_speedup'])}), into a buffer {_ratios(into)} "
+            f"({_versus_peer(into['peer_speedup'])}); loss {_ratios(loss)} the read floor "
+            f"({_versus_peer(loss['peer_speedup'])}); peak extra memory in place "
+            f"{inplace['extra_bytes_per_row']:.0f} B/row = "
             f"{100 * inplace['extra_bytes_per_row'] / (4 * shape[1]):.3f}% of a row")
         if all(bf16):
             lines.append(f"{label} bfloat16: loss+grad in place {_ratios(bf16[0])}, into a "
                          f"buffer {_ratios(bf16[1])} its copy floor")
     small = _record(report, (32, 1000), "float32", "xent", "loss")
-    numpy = _record(report, (32, 1000), "float32", "NumPy", "loss")
-    if small and numpy:
-        lines.append(f"32x1000 float32 loss: {small['median_s'] * 1e6:.0f} us, "
-                     f"{small['median_s'] / numpy['median_s']:.2f}x plain NumPy's time")
+    torch = _record(report, (32, 1000), "float32", "PyTorch eager", "loss")
+    if small and torch:
+        lines.append(f"32x1000 float32 forward: {small['median_s'] * 1e6:.0f} us, "
+                     f"{small['median_s'] / torch['median_s']:.2f}x the time of PyTorch's "
+                     f"F.cross_entropy (reduction='none', {torch['median_s'] * 1e6:.0f} us)")
     return lines
 
 
