@@ -782,6 +782,68 @@ def test_missing_compiler_falls_back_to_reference_with_one_warning(monkeypatch, 
     np.testing.assert_array_equal(again, want)
 
 
+def test_set_kernels_switches_between_numpy_and_fused(rng):
+    logits = logits_of(rng, (5, 40), np.float32)
+    labels = rng.integers(0, 40, size=5)
+    before = _core._state["kernels"]
+    try:
+        xent.set_kernels("numpy")
+        assert xent.get_kernels() == "numpy" and _core.kernels() is _kernels
+        on_numpy = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        xent.set_kernels("fused")
+        assert xent.get_kernels() == "fused" and _core.kernels() is _fused
+    finally:
+        _core._state["kernels"] = before
+    np.testing.assert_array_equal(on_numpy, _kernels.sparse_rows(logits, labels)[0])
+
+
+def test_set_kernels_refuses_an_unknown_name():
+    with pytest.raises(ValueError, match=r"must be 'fused' or 'numpy'; received 'gpu'"):
+        xent.set_kernels("gpu")
+
+
+def test_set_kernels_fused_without_numba_raises(monkeypatch):
+    monkeypatch.setitem(sys.modules, "xent._fused", None)   # `from xent import _fused` fails
+    monkeypatch.delattr(xent, "_fused")
+    monkeypatch.setattr(_core, "_state", {"kernels": None})
+    with pytest.raises(ImportError, match="the fused kernels need numba"):
+        xent.set_kernels("fused")
+
+
+def _python(code, **env):
+    """Run `code` in a fresh interpreter with `env` added; (returncode, stdout, stderr)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=300)
+    return done.returncode, done.stdout.strip(), done.stderr
+
+
+def test_xent_kernels_numpy_in_the_environment_never_loads_numba():
+    code = ("import sys, numpy as np, xent; "
+            "xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0], logits=np.ones((1, 3), np.float32)); "
+            "print(xent.get_kernels(), 'numba' in sys.modules)")
+    code_, out, err = _python(code, XENT_KERNELS="numpy")
+    assert (code_, out) == (0, "numpy False"), err
+
+
+def test_a_bad_xent_kernels_value_is_a_clear_error():
+    code = "import numpy as np, xent; xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0], logits=np.ones((1, 3), np.float32))"
+    code_, _, err = _python(code, XENT_KERNELS="gpu")
+    assert code_ != 0 and "XENT_KERNELS must be 'fused' or 'numpy'; received 'gpu'" in err
+
+
+def test_a_long_compile_says_so_once_on_stderr(tmp_path):
+    """A first call that compiles prints one line naming the CPU and numba's
+    cache, once per process however many kernels compile."""
+    code = ("import numpy as np, ml_dtypes, xent; f = xent.nn.sparse_softmax_cross_entropy_with_logits; "
+            "f(labels=[0, 1], logits=np.ones((2, 3), np.float32)); "
+            "f(labels=[0, 1], logits=np.ones((2, 3), ml_dtypes.bfloat16))")
+    code_, _, err = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    assert code_ == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("xent: compiling kernels for ")]
+    assert len(lines) == 1, err
+    assert str(tmp_path) in lines[0] and "once; cached in" in lines[0]
+
+
 def test_import_xent_does_not_import_numba():
     code = "import sys, xent; print('numba' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
