@@ -6,7 +6,7 @@ to the loss collection, and returns it in the logits' dtype.
 """
 import numpy as np
 
-from xent import _backend, _reduce, _validate
+from xent import _backend, _dtypes, _reduce, _validate
 from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses,
                               get_regularization_losses, get_total_loss)
 from xent._reduce import Reduction
@@ -177,7 +177,10 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     be = _backend.of(onehot_labels, logits, weights)
     labels, logits, weights = be.asarray(onehot_labels), be.asarray(logits), _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
-    labels = be.stop_gradient(be.astype(labels, be.dtype_name(logits)))
+    # TF casts the labels to the logits' dtype and smooths them there; in
+    # float32 (float64) they lose nothing, and bfloat16 logits' targets
+    # ls / C stay exact to float32 (a bfloat16 1/6 is 0.2% off).
+    labels = be.stop_gradient(be.astype(labels, _dtypes.accumulator_name(be.dtype_name(logits))))
     if label_smoothing > 0:
         labels = _smooth(be, labels, label_smoothing)
     losses = dense_losses(be, labels, logits)
