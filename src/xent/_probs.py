@@ -8,17 +8,22 @@ Keras (TensorFlow backend) treats predicted probabilities ``p`` this way:
   - categorical: ``q = clip(p / sum_j p_j, eps, 1 - eps)``, then
     ``loss = -sum_j y_j log(q_j)`` (no renormalisation after the clip).
 
-``eps = 1e-7``. The clip runs in `p`'s own dtype (so its bounds round as in
-Keras), the logarithm and sums in float32 (float64 for float64).
+``eps = 1e-7``. The clip's bounds are rounded to `p`'s own dtype, as in
+Keras; the normalisation, the clip, the logarithm and the sums run in float32
+(float64 for float64), where Keras stays in `p`'s dtype (a bfloat16 ``p / sum``
+is rounded to 8 bits before its log).
 """
 from xent import _dtypes
 
 EPSILON = 1e-7
 
 
-def _clip(be, p):
-    """``clip(p, eps, 1 - eps)`` in `p`'s dtype."""
-    return be.xp.clip(p, be.astype(EPSILON, be.dtype_name(p)), be.astype(1.0 - EPSILON, be.dtype_name(p)))
+def _clip(be, p, bounds_dtype=None):
+    """``clip(p, eps, 1 - eps)`` in `p`'s dtype, with the bounds rounded to
+    `bounds_dtype` (default: `p`'s own)."""
+    def bound(value):
+        return be.astype(be.astype(value, bounds_dtype or be.dtype_name(p)), be.dtype_name(p))
+    return be.xp.clip(p, bound(EPSILON), bound(1.0 - EPSILON))
 
 
 def clipped_log(be, p):
@@ -34,7 +39,6 @@ def categorical_from_probs(be, y_true, p, axis):
     drops `axis` and is in the accumulator dtype.
     """
     acc = _dtypes.accumulator_name(be.dtype_name(p))
-    total = be.xp.sum(p, axis=axis, keepdims=True)
-    q = _clip(be, p / total)
-    logq = be.xp.log(be.astype(q, acc))
-    return -be.xp.sum(be.astype(y_true, acc) * logq, axis=axis)
+    wide = be.astype(p, acc)
+    q = _clip(be, wide / be.xp.sum(wide, axis=axis, keepdims=True), be.dtype_name(p))
+    return -be.xp.sum(be.astype(y_true, acc) * be.xp.log(q), axis=axis)

@@ -62,7 +62,9 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     """Per-example categorical losses in the accumulator dtype."""
     if isinstance(axis, bool):
         raise ValueError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis)}")
-    y_true = be.astype(y_true, be.dtype_name(y_pred))
+    # Keras smooths in y_pred's dtype; the accumulator dtype keeps ls / C
+    # exact to float32 for half-precision predictions.
+    y_true = be.astype(y_true, _dtypes.accumulator_name(be.dtype_name(y_pred)))
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
     _categorical_shapes(y_true, y_pred)
