@@ -5,27 +5,16 @@ TensorFlow's CPU text; rank and shape mismatches raise `ValueError` with the tex
 of TF's Python checks; unsupported dtypes raise an error that is both TF's class
 (`InvalidArgumentError`) and a `TypeError`. Nothing is computed half-way.
 """
-import re
-
-import ml_dtypes
 import numpy as np
 import pytest
 
 import xent
+from oracle import FLOAT_IDS, FLOATS, tf_message
 from xent.errors import InvalidArgumentError
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
-FLOAT_IDS = [d.name for d in FLOATS]
 SPARSE_NN = xent.nn.sparse_softmax_cross_entropy_with_logits
 DENSE_NN = xent.nn.softmax_cross_entropy_with_logits
 SPARSE_RAW = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
-
-
-def tf_message(exc):
-    """TF's error text without the `{{function_node ...}}` prefix and `[Op:...]` suffix."""
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(exc))
-    return re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
 
 
 def test_invalid_argument_error_is_a_value_error():

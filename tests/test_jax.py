@@ -14,6 +14,7 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import xent  # noqa: E402
+from oracle import EXTREME, hessian_vector_tf  # noqa: E402
 from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -52,26 +53,13 @@ def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, jit):
     assert_matches_tf(case, dtype, got_out, got_grads, want)
 
 
-def _hessian_vector_tf(tf, logits, labels, u, weights, dense):
-    x, y = tf.constant(logits), tf.constant(labels)
-    fn = tf.nn.softmax_cross_entropy_with_logits if dense else tf.nn.sparse_softmax_cross_entropy_with_logits
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch([x, y] if dense else [x])
-        with tf.GradientTape() as inner:
-            inner.watch(x)
-            loss = tf.reduce_sum(fn(labels=y, logits=x) * weights)
-        s = tf.reduce_sum(inner.gradient(loss, x) * u)
-    hy = outer.gradient(s, y) if dense else None
-    return outer.gradient(s, x).numpy(), np.zeros_like(labels) if hy is None else hy.numpy()
-
-
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_grad_of_grad_matches_tensorflow(tf, rng, dense):
     """Reverse over reverse differentiates the custom VJP: TF's Hessian-vector products."""
     logits = rng.standard_normal((6, 5))
     labels = rng.dirichlet(np.ones(5), 6) if dense else rng.integers(0, 5, 6)
     u, weights = rng.standard_normal((6, 5)), rng.uniform(0.5, 1.5, 6)
-    want_x, want_y = _hessian_vector_tf(tf, logits, labels, u, weights, dense)
+    want_x, want_y = hessian_vector_tf(tf, logits, labels, u, weights, dense)
     fn = DENSE if dense else SPARSE
 
     def directional(x, y):
@@ -175,16 +163,6 @@ def test_jitted_sparse_loss_keeps_no_logits_sized_temporary():
     if stats is None:
         pytest.skip("this jaxlib gives no memory analysis")
     assert stats.temp_size_in_bytes < x.nbytes // 16, stats.temp_size_in_bytes
-
-
-INF = np.inf
-EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
-    "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
-    "huge": ([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], [0, 2]),
-    "all-neg-inf": ([[-INF, -INF]], [0]),
-    "one-class": ([[3.0], [4.0]], [0, 0]),
-    "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
-}
 
 
 @pytest.mark.parametrize("name", list(EXTREME))

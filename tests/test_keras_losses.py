@@ -13,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from oracle import assert_within_one_ulp
 from xent import errors as xerrors
 from xent.keras import losses as xk
 
@@ -76,20 +77,6 @@ def _assert_close(actual, expected, scale=16.2):
 
 def _scale(y_pred, from_logits):
     return max(1.0, float(np.max(np.abs(y_pred)))) if from_logits else 16.2
-
-
-def _ulp(value, dtype):
-    finfo = ml_dtypes.finfo(dtype)
-    magnitude = np.maximum(np.abs(np.asarray(value, np.float64)), float(finfo.smallest_normal))
-    return float(finfo.eps) * 2.0 ** np.floor(np.log2(magnitude))
-
-
-def _assert_within_one_ulp(actual, truth, dtype):
-    actual = np.asarray(actual)
-    assert actual.dtype == np.dtype(dtype)
-    assert actual.shape == np.shape(truth)
-    error = np.abs(actual.astype(np.float64) - np.asarray(truth, np.float64))
-    assert np.all(error <= _ulp(truth, dtype)), (actual, truth)
 
 
 def _sample_weight(kind, shape, rng):
@@ -196,7 +183,7 @@ def test_functions_keep_y_pred_dtype(keras, rng, function, dtype):
                             from_logits=True)
         _assert_close(actual, expected, _scale(logits, True))
     else:
-        _assert_within_one_ulp(actual, _np(truth), dtype)
+        assert_within_one_ulp(actual, _np(truth), dtype)
 
 
 def test_sparse_function_float_labels_are_cast_like_tf(keras, rng):
@@ -563,7 +550,7 @@ def test_loss_object_half_dtype_rounds_float64_truth_once(keras, rng, cls_name, 
         y_true, rounded)
     assert getattr(keras.losses, cls_name)(dtype=dtype)(y_true, y_pred).dtype.name == dtype
     actual = getattr(xk, cls_name)(from_logits=from_logits, dtype=dtype)(y_true, y_pred)
-    _assert_within_one_ulp(actual, _np(truth), np_dtype)
+    assert_within_one_ulp(actual, _np(truth), np_dtype)
 
 
 # --------------------------------------------------------------------------- reductions

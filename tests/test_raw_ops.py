@@ -2,57 +2,19 @@
 the `backprop_out=` buffer (separate, or `features` itself for in place).
 
 The truth is TensorFlow's raw op run in float64 on the same inputs; tolerances are
-the SPEC's (see test_nn.py for the rule, repeated here so each file stands alone).
+the SPEC's (`oracle.assert_close_to_truth`).
 """
-import re
-
-import ml_dtypes
 import numpy as np
 import pytest
 
 import xent
+from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, row_scale, tf_message
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
-FLOAT_IDS = [d.name for d in FLOATS]
 LABEL_DTYPES = [np.dtype(np.int32), np.dtype(np.int64)]
-EPS32 = float(np.finfo(np.float32).eps)
-EPS64 = float(np.finfo(np.float64).eps)
 SHAPES = [(1, 1), (5, 1), (6, 2), (7, 3), (4, 17), (33, 1000), (0, 3)]
 SHAPE_IDS = [f"{n}x{c}" for n, c in SHAPES]
 SPARSE = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
 DENSE = xent.raw_ops.SoftmaxCrossEntropyWithLogits
-
-
-def row_scale(logits):
-    mag = np.abs(np.asarray(logits).astype(np.float64))
-    return np.max(np.where(np.isfinite(mag), mag, 0.0), axis=-1, initial=1.0)
-
-
-def assert_close_to_truth(got, truth, dtype, scale=1.0):
-    """`got` (xent, of `dtype`) within the SPEC tolerance of the float64 `truth`."""
-    dtype = np.dtype(dtype)
-    assert isinstance(got, np.ndarray), type(got)
-    assert got.dtype.name == dtype.name, (got.dtype, dtype)
-    assert got.shape == np.shape(truth), (got.shape, np.shape(truth))
-    truth = np.asarray(truth, np.float64)
-    scale = np.broadcast_to(np.asarray(scale, np.float64), truth.shape)
-    if dtype.name in ("float16", "bfloat16"):
-        with np.errstate(over="ignore", invalid="ignore"):  # rounding may overflow to inf
-            rounded = truth.astype(dtype)
-            target = rounded.astype(np.float64)
-            tol = np.spacing(np.abs(rounded)).astype(np.float64) + 4 * EPS32 * scale
-    elif dtype.name == "float32":
-        target, tol = truth, 1e-6 * np.abs(truth) + 4 * EPS32 * scale
-    else:
-        target, tol = truth, 1e-12 * np.abs(truth) + 4 * EPS64 * scale
-    value = got.astype(np.float64)
-    np.testing.assert_array_equal(np.isnan(value), np.isnan(target), err_msg="NaN positions")
-    inf = np.isinf(target)
-    np.testing.assert_array_equal(value[inf], target[inf], err_msg="infinite entries")
-    with np.errstate(invalid="ignore"):
-        bad = ~np.isnan(target) & ~inf & ~(np.abs(value - target) <= tol)
-    assert not bad.any(), f"got {value[bad][:5]}, truth {truth[bad][:5]}"
 
 
 def assert_pair_matches(got, truth, dtype, features):
@@ -72,12 +34,6 @@ def tf_sparse(tf, features, labels):
 
 def tf_dense(tf, features, labels):
     return tf_pair(tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=features, labels=labels))
-
-
-def tf_message(exc):
-    """The kernel's own text, without TF's `{{function_node ...}}` and `[Op:...]` wrapping."""
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(exc))
-    return re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
 
 
 def as64(x):

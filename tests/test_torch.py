@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 import xent  # noqa: E402
 from xent import _torch  # noqa: E402
+from oracle import EXTREME, hessian_vector_tf  # noqa: E402
 from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -53,30 +54,13 @@ def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, path):
     assert_matches_tf(case, dtype, got_out, got_grads, want)
 
 
-def _hessian_vector_tf(tf, logits, labels, u, dense):
-    x, y = tf.constant(logits), tf.constant(labels)
-    fn = tf.nn.softmax_cross_entropy_with_logits if dense else tf.nn.sparse_softmax_cross_entropy_with_logits
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch([x, y] if dense else [x])
-        with tf.GradientTape() as inner:
-            inner.watch(x)
-            loss = tf.reduce_sum(fn(labels=y, logits=x) * tf.range(1.0, 7.0, dtype=x.dtype))
-        gx = inner.gradient(loss, x)
-        s = tf.reduce_sum(gx * u)
-    hx = outer.gradient(s, x).numpy()
-    if not dense:
-        return hx, None
-    hy = outer.gradient(s, y)
-    return hx, np.zeros_like(labels) if hy is None else hy.numpy()
-
-
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_double_backward_matches_tensorflow(tf, rng, path, dense):
     """Hessian-vector products: TF differentiates its gradient, and so does xent."""
     logits = rng.standard_normal((6, 5))
     labels = (rng.dirichlet(np.ones(5), 6) if dense else rng.integers(0, 5, 6))
     u = rng.standard_normal((6, 5))
-    want_x, want_y = _hessian_vector_tf(tf, logits, labels, u, dense)
+    want_x, want_y = hessian_vector_tf(tf, logits, labels, u, np.arange(1.0, 7.0), dense)
     x = torch.tensor(logits, requires_grad=True)
     y = torch.tensor(labels, requires_grad=dense)
     fn = DENSE if dense else SPARSE
@@ -135,16 +119,6 @@ def test_second_backward_over_retained_graph_gives_the_same_gradient(rng, path):
     (first,) = torch.autograd.grad(loss, x, retain_graph=True)
     (second,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
-
-
-INF = np.inf
-EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
-    "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
-    "huge": ([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], [0, 2]),
-    "all-neg-inf": ([[-INF, -INF]], [0]),
-    "one-class": ([[3.0], [4.0]], [0, 0]),
-    "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
-}
 
 
 @pytest.mark.parametrize("name", list(EXTREME))
