@@ -6,7 +6,7 @@ to the loss collection, and returns it in the logits' dtype.
 """
 import numpy as np
 
-from xent import _backend, _reduce, _validate
+from xent import _backend, _dtypes, _reduce, _validate
 from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses,
                               get_regularization_losses, get_total_loss)
 from xent._reduce import Reduction
@@ -136,7 +136,12 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
 
 
 def _smooth(be, labels, label_smoothing):
-    """``labels * (1 - ls) + ls / C``: TF's label smoothing."""
+    """``labels * (1 - ls) + ls / C``: TF's label smoothing, in `labels`' dtype.
+
+    The labels arrive in the accumulator dtype (float32 for half-precision
+    logits, where TensorFlow smooths in the half dtype and rounds 0.6 to
+    0.59765625 in bfloat16 before the loss sees it).
+    """
     num_classes = labels.shape[-1]
     return labels * (1.0 - label_smoothing) + label_smoothing / num_classes
 
@@ -177,7 +182,7 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     be = _backend.of(onehot_labels, logits, weights)
     labels, logits, weights = be.asarray(onehot_labels), be.asarray(logits), _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
-    labels = be.stop_gradient(be.astype(labels, be.dtype_name(logits)))
+    labels = be.stop_gradient(be.astype(labels, _dtypes.accumulator_name(be.dtype_name(logits))))
     if label_smoothing > 0:
         labels = _smooth(be, labels, label_smoothing)
     losses = dense_losses(be, labels, logits)
