@@ -8,12 +8,13 @@ truth (tf.keras run in float64 on the half-rounded inputs) within one ulp of
 the output dtype.
 """
 import re
+import warnings
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from oracle import assert_within_one_ulp
+from oracle import assert_within_one_ulp, tf_message
 from pairwise import pairwise
 from xent import errors as xerrors
 from xent.keras import losses as xk
@@ -714,6 +715,63 @@ def test_sparse_label_out_of_range_raises_invalid_argument(keras):
                        match=re.escape("Received a label value of 3 which is outside the valid "
                                        "range of [0, 3)")):
         xk.SparseCategoricalCrossentropy()(np.array([0, 3]), y_pred)
+
+
+BAD_LABEL_CALLS = {   # (call on a losses module, y_true): each reaches the sparse op
+    "function": (lambda m, y, p: m.sparse_categorical_crossentropy(y, p), [0, 3, 1]),
+    "function-from_logits": (
+        lambda m, y, p: m.sparse_categorical_crossentropy(y, p, from_logits=True), [0, 3, 1]),
+    "class-from_logits": (
+        lambda m, y, p: m.SparseCategoricalCrossentropy(from_logits=True)(y, p), [0, 3, 1]),
+    "class-ignore_class=-1-label-2": (
+        lambda m, y, p: m.SparseCategoricalCrossentropy(ignore_class=-1)(y, p), [0, -1, -2]),
+    "function-ignore_class=-1-label-2": (
+        lambda m, y, p: m.sparse_categorical_crossentropy(y, p, ignore_class=-1), [0, -1, -2]),
+}
+
+
+@pytest.mark.parametrize("call", list(BAD_LABEL_CALLS))
+def test_out_of_range_label_raises_tfs_invalid_argument_through_every_keras_form(tf, keras, call):
+    fn, y_true = BAD_LABEL_CALLS[call]
+    y_pred = np.full((3, 3), 1.0 / 3, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        fn(keras.losses, np.array(y_true), y_pred)
+    with pytest.raises(xerrors.InvalidArgumentError) as err:
+        fn(xk, np.array(y_true), y_pred)
+    # TF masks ignored labels to 0 before its op, so its message lists the masked values.
+    assert str(err.value) == tf_message(tf_err.value)
+
+
+@pytest.mark.parametrize("form", ["function", "class"])
+def test_one_class_predictions_warn_as_keras_does(keras, form):
+    """[batch, 1] categorical predictions usually mean binary labels passed by mistake."""
+    y_true, y_pred = np.array([[1.0], [1.0]]), np.array([[0.3], [0.9]], np.float32)
+    call = {"function": lambda m: m.categorical_crossentropy(y_true, y_pred),
+            "class": lambda m: m.CategoricalCrossentropy()(y_true, y_pred)}[form]
+    with pytest.warns(SyntaxWarning) as tf_warned:
+        expected = call(keras.losses)
+    with pytest.warns(SyntaxWarning) as warned:
+        actual = call(xk)
+    assert [str(w.message) for w in warned] == [str(tf_warned[0].message)]
+    assert warned[0].filename == __file__   # it points at the caller, not into xent
+    _assert_close(actual, expected)
+
+
+def test_many_class_predictions_do_not_warn(keras):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xk.CategoricalCrossentropy()(np.eye(2), np.array([[0.3, 0.7], [0.9, 0.1]], np.float32))
+
+
+def test_complex_sample_weight_is_refused_where_keras_drops_its_imaginary_part(keras):
+    y_true, y_pred = np.array([0, 1]), np.full((2, 3), 1.0 / 3, np.float32)
+    weight = np.array([1.0 + 2.0j, 0.5 + 1.0j])
+    with pytest.warns(np.exceptions.ComplexWarning):   # Keras' only sign
+        truncated = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
+    real = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight.real)
+    np.testing.assert_array_equal(_np(truncated), _np(real))
+    with pytest.raises(TypeError, match="`sample_weight` must be real; received dtype complex128"):
+        xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
 
 
 def test_sparse_shape_mismatch_raises_value_error_like_tf(keras):

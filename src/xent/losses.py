@@ -50,11 +50,15 @@ def _weights(be, weights):
     """Weights as an array; Python numbers keep float64 so float64 losses lose nothing.
 
     (TensorFlow casts weights to float32 first; xent rounds only the result.)
+    Complex weights are refused (TensorFlow drops their imaginary part).
     """
     _validate.require("weights", weights)
-    if isinstance(weights, (int, float, list, tuple)):
-        weights = np.asarray(weights, dtype=np.float64)
-    return be.asarray(weights)
+    if isinstance(weights, (int, float, complex, list, tuple)):
+        weights = np.asarray(weights)
+        weights = weights if np.iscomplexobj(weights) else weights.astype(np.float64)
+    weights = be.asarray(weights)
+    _dtypes.check_real(be.dtype_name(weights), "weights")
+    return weights
 
 
 def _finish(be, loss, scope, loss_collection):

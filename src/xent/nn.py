@@ -5,10 +5,11 @@ __all__ = ["sparse_softmax_cross_entropy_with_logits", "softmax_cross_entropy_wi
 
 
 def _inputs(labels, logits, fn_name):
-    """Pick the backend and convert both arguments (TF's None check first)."""
+    """Pick the backend and convert both arguments (TF's None check first; TF's
+    message, with the space after the function's name that TF's lacks)."""
     if labels is None or logits is None:
         raise ValueError(
-            f"Both `labels` and `logits` must be provided for {fn_name}"
+            f"Both `labels` and `logits` must be provided for {fn_name}. "
             f"Received: labels={labels} and logits={logits}")
     be = _backend.of(labels, logits)
     return be, be.asarray(labels), be.asarray(logits)
