@@ -6,8 +6,10 @@ CUDA tensors take (``torch_ops``, forced on CPU here since the suite has no
 GPU). TensorFlow's `tf.GradientTape` is the oracle; `torch.autograd.gradcheck`
 checks the float64 gradients numerically.
 """
+import gc
 import subprocess
 import sys
+import weakref
 
 import ml_dtypes
 import numpy as np
@@ -274,3 +276,26 @@ def test_half_precision_backward_scaling_rounds_once(dtype):
                 raw = _LossAndBackprop._logits_grad(None, backprop, g, None).to(dtype)
             assert torch.equal(raw.view(torch.int16), want.view(torch.int16)), (g is exact, graph)
             assert raw.untyped_storage().data_ptr() != backprop.untyped_storage().data_ptr()
+
+
+def test_a_thousand_v1_loss_steps_keep_no_autograd_graph_alive():
+    """torch runs eagerly, and TF 2's eager mode ignores loss_collection: xent.losses adds
+    nothing for tensors, so each step's graph (and the logits it saved) is freed."""
+    labels = torch.tensor([0, 2, 1])
+    alive = []
+    for _ in range(1000):
+        logits = torch.randn(3, 4, requires_grad=True)
+        loss = xent.losses.sparse_softmax_cross_entropy(labels, logits)
+        loss.backward()
+        alive.append(weakref.ref(logits))
+        del logits, loss
+    gc.collect()
+    assert xent.losses.get_losses() == []
+    assert sum(ref() is not None for ref in alive) == 0
+
+
+def test_numpy_v1_losses_still_go_to_the_collection_as_in_tf_graph_mode():
+    loss = xent.losses.sparse_softmax_cross_entropy([0, 1], np.eye(2, dtype=np.float32))
+    tensor_loss = xent.losses.sparse_softmax_cross_entropy([0, 1], torch.eye(2))
+    assert xent.losses.get_losses() == [loss]
+    assert tensor_loss.item() == pytest.approx(float(loss))

@@ -3,6 +3,13 @@
 Each loss computes per-example losses through `xent.nn`'s validated path,
 weights and reduces them by `Reduction` (see `xent._reduce`), adds the result
 to the loss collection, and returns it in the logits' dtype.
+
+The collection (`get_losses`, `get_total_loss`) models TensorFlow's graph
+mode for NumPy inputs: each result is added. torch tensors and JAX arrays
+run eagerly, and TensorFlow 2 ignores ``loss_collection`` when executing
+eagerly: their results are added nowhere, so a training loop through these
+functions keeps no autograd graph (or device array) alive. `add_loss` adds
+whatever it is given.
 """
 import numpy as np
 
@@ -62,13 +69,17 @@ def _weights(be, weights):
 
 
 def _finish(be, loss, scope, loss_collection):
-    """Add the loss to its collection and hand it back in the caller's type.
+    """Hand the loss back in the caller's type, collected if NumPy computed it.
 
-    `scope` is the caller's, or TF's default name scope of the loss, which is
-    what `get_losses(scope=...)` matches against.
+    NumPy calls are TF's graph mode: the loss joins `loss_collection`, under
+    `scope` (the caller's, or TF's default name scope of the loss, which is
+    what `get_losses(scope=...)` matches against). torch tensors and JAX
+    arrays are eager, as TF 2's eager mode, where the collection is ignored:
+    nothing is kept, so a training loop holds no autograd graph alive.
     """
     loss = be.finish(loss)
-    add_loss(loss, loss_collection, scope)
+    if be.name == "numpy":
+        add_loss(loss, loss_collection, scope)
     return loss
 
 
@@ -81,7 +92,8 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
       losses: ``[d0, ..., dn]`` per-example losses.
       weights: scalar, or of the losses' rank with each dimension 1 or equal.
       scope: a name; `get_losses(scope=...)` filters on it.
-      loss_collection: where the result is added; None adds it nowhere.
+      loss_collection: where a NumPy result is added; None adds it nowhere.
+        torch and JAX results are never added (TF 2's eager mode).
       reduction: a `Reduction` key.
 
     Returns:
