@@ -14,7 +14,8 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import xent  # noqa: E402
-from oracle import EXTREME, hessian_vector_tf  # noqa: E402
+from oracle import (EXTREME, assert_close_to_truth, hessian_vector_tf,  # noqa: E402
+                    label_scale, tf_message)
 from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -128,6 +129,29 @@ def test_label_out_of_range_raises_tensorflows_error_with_concrete_arrays():
         jax.grad(lambda x: SPARSE(labels=jnp.array([0, 5]), logits=x).sum())(jnp.zeros((2, 3)))
 
 
+RAW_SPARSE = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16],
+                         ids=["float32", "bfloat16", "float16"])
+def test_raw_op_label_out_of_range_raises_tensorflows_error_with_concrete_arrays(tf, dtype):
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=np.zeros((2, 3), np.float32),
+                                                       labels=np.array([0, 5]))
+    with pytest.raises(xent.errors.InvalidArgumentError) as err:
+        RAW_SPARSE(jnp.zeros((2, 3), dtype), jnp.array([0, 5]))
+    assert str(err.value) == tf_message(tf_err.value)
+
+
+def test_raw_op_label_out_of_range_under_jit_gives_nan_rows_in_a_named_tuple():
+    """As TensorFlow on a GPU; the result keeps TF's named tuple through jit."""
+    result = jax.jit(RAW_SPARSE)(jnp.zeros((3, 3)), jnp.array([0, 5, -1]))
+    assert type(result).__name__ == "SparseSoftmaxCrossEntropyWithLogits"
+    assert np.isnan(result.loss[1:]).all() and np.isnan(result.backprop[1:]).all()
+    np.testing.assert_allclose(result.loss[0], np.log(3.0), rtol=1e-6)
+    np.testing.assert_allclose(result.backprop[0], [-2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+
+
 def test_label_out_of_range_under_jit_gives_nan_rows():
     """As TensorFlow on a GPU: the bad row's loss and gradient are NaN, the rest exact."""
     x, labels = jnp.zeros((3, 3)), jnp.array([0, 5, -1])
@@ -190,16 +214,24 @@ def test_extreme_logits_match_the_numpy_kernel_under_jit(name):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-def test_half_precision_keeps_dtype_and_matches_float32(rng, dtype):
+def test_half_precision_loss_and_gradient_round_tfs_float64_answer_once(tf, rng, dtype):
+    """Every entry within one ulp of its dtype of TF's float64 loss and gradient on the
+    same (half-rounded) logits: computed in float32, rounded once."""
     logits = jnp.asarray(rng.standard_normal((8, 7)) * 3, dtype)
     labels = jnp.asarray(rng.integers(0, 7, 8))
-    fn = jax.jit(jax.value_and_grad(lambda x: SPARSE(labels=labels, logits=x).sum()))
-    loss, grad = fn(logits)
-    ref_loss, ref_grad = fn(logits.astype(jnp.float32))
+    per_row = lambda x: SPARSE(labels=labels, logits=x)  # noqa: E731
+    loss = jax.jit(per_row)(logits)
+    grad = jax.jit(jax.grad(lambda x: per_row(x).astype(jnp.float32).sum()))(logits)
     assert loss.dtype == dtype and grad.dtype == dtype
-    tol = 3e-2 if dtype == jnp.bfloat16 else 3e-3
-    np.testing.assert_allclose(np.float32(loss), ref_loss, rtol=tol)
-    np.testing.assert_allclose(np.asarray(grad, np.float32), ref_grad, rtol=tol, atol=tol)
+    x = tf.constant(np.asarray(logits, np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        want = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=np.asarray(labels), logits=x)
+    want_grad = tape.gradient(want, x).numpy()
+    np_dtype = np.asarray(loss).dtype
+    assert_close_to_truth(np.asarray(loss), want.numpy(), np_dtype,
+                          label_scale(x.numpy(), np.asarray(labels)))
+    assert_close_to_truth(np.asarray(grad), want_grad, np_dtype, 1.0)
 
 
 def test_numpy_arguments_mix_with_jax_arrays():
