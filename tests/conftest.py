@@ -2,10 +2,10 @@
 
 TensorFlow, PyTorch, JAX, optax and numba are test dependencies. Where one
 is missing, the tests that need it skip, saying which package is absent
-(``-ra`` lists them). Under CI (``CI=true``) a skip is a failure instead,
+(``-ra`` lists them). Under CI (``CI=true``) every skip is a failure instead,
 with the same reason: a test file whose framework is missing fails loudly,
-naming it, and no comparison is silently left out. Nothing in the suite
-skips for any other reason.
+naming it, and no comparison is silently left out (test_suite_rules.py pins
+this). An expected failure (``xfail``) stays one.
 """
 import os
 
