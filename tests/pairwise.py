@@ -25,7 +25,8 @@ def _pair(i, a, j, b):
 
 def _gain(row, i, a, uncovered):
     """How many uncovered pairs setting option `i` to `a` in `row` would cover."""
-    return sum(_pair(i, a, j, b) in uncovered for j, b in enumerate(row) if b is not None and j != i)
+    return sum(_pair(i, a, j, b) in uncovered
+               for j, b in enumerate(row) if b is not None and j != i)
 
 
 def _next_row(sizes, uncovered):

@@ -18,7 +18,8 @@ from xent import _bench, _demo, cli
 EXAMPLES = _demo.examples()
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[f"{e.section[:30]}-{e.what[:40]}" for e in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES,
+                         ids=[f"{e.section[:30]}-{e.what[:40]}" for e in EXAMPLES])
 def test_each_demo_example_is_tensorflows_documented_value(tf, example):
     if example.what.startswith(("torch", "jax")):
         pytest.importorskip(example.what.split(" ")[0])

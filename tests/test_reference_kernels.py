@@ -13,15 +13,14 @@ import itertools
 
 import pytest
 
-import xent
-from pairwise import pairwise
-from xent import _core
-
-import test_keras_losses as keras_t  # noqa: I100  (the test modules, as pytest imports them)
+import test_keras_losses as keras_t   # the test modules, as pytest imports them
 import test_losses_v1 as v1_t
 import test_nn as nn_t
 import test_raw_ops as raw_t
+import xent
 from oracle import BF16, FLOATS
+from pairwise import pairwise
+from xent import _core
 
 
 def _runs(module, name, argnames, values):
@@ -36,7 +35,8 @@ def _every(k, cases):
 
 RUNS = [
     # -- tf.nn ------------------------------------------------------------------------
-    *_runs(nn_t, "test_sparse_matches_tf_float64_truth", ("batch", "classes", "dtype", "label_dtype"),
+    *_runs(nn_t, "test_sparse_matches_tf_float64_truth",
+           ("batch", "classes", "dtype", "label_dtype"),
            [(*case, dtype, label) for case, dtype, label
             in pairwise(nn_t.CASES, FLOATS, nn_t.LABEL_DTYPES)]),
     *_runs(nn_t, "test_dense_matches_tf_float64_truth", ("batch", "classes", "dtype"),

@@ -59,7 +59,8 @@ def _keras(name, kwargs, call_kwargs, labels):
 
 
 def _keras_examples(name, labels, label_text):
-    section = (f"tf.keras.losses.{name}   y_true={label_text} ({'class ids' if labels is Y_SPARSE else 'one-hot'}), "
+    kind = "class ids" if labels is Y_SPARSE else "one-hot"
+    section = (f"tf.keras.losses.{name}   y_true={label_text} ({kind}), "
                f"y_pred={Y_PRED} (probabilities)")
     cases = [("default reduction (sum_over_batch_size)", {}, {}, "1.177"),
              ("sample_weight=[0.3, 0.7]", {}, {"sample_weight": WEIGHTS}, "0.814"),
@@ -71,8 +72,10 @@ def _keras_examples(name, labels, label_text):
 
 def _function_examples():
     section = f"tf.keras.losses functions   y_pred={Y_PRED} (probabilities)"
-    sparse = lambda m: m.sparse_categorical_crossentropy(np.asarray(Y_SPARSE), _f32(Y_PRED))  # noqa: E731
-    onehot = lambda m: m.categorical_crossentropy(np.asarray(Y_ONEHOT), _f32(Y_PRED))  # noqa: E731
+    y_pred = _f32(Y_PRED)
+    sparse = lambda m: m.sparse_categorical_crossentropy(  # noqa: E731
+        np.asarray(Y_SPARSE), y_pred)
+    onehot = lambda m: m.categorical_crossentropy(np.asarray(Y_ONEHOT), y_pred)  # noqa: E731
     return [
         Example(section, f"sparse_categorical_crossentropy(y_true={Y_SPARSE})", "[0.0513, 2.303]",
                 lambda: sparse(xent.keras.losses), lambda tf: sparse(tf.keras.losses)),
