@@ -5,6 +5,7 @@ real TensorFlow, which must give xent's value and the value the demo prints as
 documented. The bench runs from the command line on a tiny input and must
 write its three files, timing xent's calls, whose results are TensorFlow's.
 """
+import importlib.util
 import json
 import subprocess
 import sys
@@ -36,11 +37,15 @@ def test_xent_demo_prints_each_example_beside_tfs_documented_value():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    computed = [e for e in EXAMPLES if not e.what.startswith(("torch", "jax"))
+                or _demo._installed(e.what.split(" ")[0])]
     for example in EXAMPLES:
         assert example.what in out
+    for example in computed:
         assert f"TF docs {example.documented}" in out
         assert _demo._fmt(example.xent_fn()) in out
-    assert sum(line.endswith("agrees") for line in out.splitlines()) == len(EXAMPLES)
+    assert sum(line.endswith("agrees") for line in out.splitlines()) == len(computed)
+    assert out.count("not installed, skipped") == len(EXAMPLES) - len(computed)
     assert "DIFFERS" not in out
     assert "(probabilities)" in out and "logits (unnormalised log-probabilities)" in out
 
@@ -61,13 +66,14 @@ def tiny_bench(monkeypatch):
                         lambda: [_bench.compile_kernels(d) for d in _bench.DTYPES])
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="_bench.floor_threads reads xent._fused.PARALLEL_MIN_BYTES, which left "
+@pytest.mark.xfail(importlib.util.find_spec("numba") is not None, strict=True,
+                   raises=AttributeError, reason="_bench.floor_threads reads xent._fused.PARALLEL_MIN_BYTES, which left "
                           "xent._fused when it became a package (test_bench fails on it too); "
                           "strict: remove this mark with the fix")
 def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench, tmp_path):
     assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 0
-    assert {p.name for p in tmp_path.iterdir()} >= {"bench.json", "bench.md", "bench.png"}
+    chart = {"bench.png"} if importlib.util.find_spec("matplotlib") else set()   # ([bench])
+    assert {p.name for p in tmp_path.iterdir()} == {"bench.json", "bench.md"} | chart
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [(r["shape"], r["dtype"]) for r in report["results"]] == [
         ([8, 16], "float32"), ([8, 16], "bfloat16")]
