@@ -1,8 +1,9 @@
 """The `Examples:` in every public docstring run and print what they show.
 
-Printed floats may differ from the docstring in their last digits (the fused
-and reference kernels round differently by an ulp), so numbers are compared
-with a relative tolerance of 1e-5; everything else must match exactly.
+The docstrings print what the default, fused kernels give. The NumPy
+reference kernels (and other CPUs) may round the last digit differently, so
+numbers are compared with a relative tolerance of 1e-5; everything else must
+match exactly. (The README's examples are compared exactly: test_readme.py.)
 """
 import doctest
 import importlib

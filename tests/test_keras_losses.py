@@ -8,11 +8,14 @@ truth (tf.keras run in float64 on the half-rounded inputs) within one ulp of
 the output dtype.
 """
 import re
+import warnings
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+from oracle import assert_within_one_ulp, tf_message
+from pairwise import pairwise
 from xent import errors as xerrors
 from xent.keras import losses as xk
 
@@ -76,20 +79,6 @@ def _assert_close(actual, expected, scale=16.2):
 
 def _scale(y_pred, from_logits):
     return max(1.0, float(np.max(np.abs(y_pred)))) if from_logits else 16.2
-
-
-def _ulp(value, dtype):
-    finfo = ml_dtypes.finfo(dtype)
-    magnitude = np.maximum(np.abs(np.asarray(value, np.float64)), float(finfo.smallest_normal))
-    return float(finfo.eps) * 2.0 ** np.floor(np.log2(magnitude))
-
-
-def _assert_within_one_ulp(actual, truth, dtype):
-    actual = np.asarray(actual)
-    assert actual.dtype == np.dtype(dtype)
-    assert actual.shape == np.shape(truth)
-    error = np.abs(actual.astype(np.float64) - np.asarray(truth, np.float64))
-    assert np.all(error <= _ulp(truth, dtype)), (actual, truth)
 
 
 def _sample_weight(kind, shape, rng):
@@ -196,7 +185,7 @@ def test_functions_keep_y_pred_dtype(keras, rng, function, dtype):
                             from_logits=True)
         _assert_close(actual, expected, _scale(logits, True))
     else:
-        _assert_within_one_ulp(actual, _np(truth), dtype)
+        assert_within_one_ulp(actual, _np(truth), dtype)
 
 
 def test_sparse_function_float_labels_are_cast_like_tf(keras, rng):
@@ -322,9 +311,8 @@ def test_categorical_label_smoothing_matches_tf(keras, rng, from_logits, label_s
 
 
 # --------------------------------------------------------------------------- classes
-@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
-@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK1)
-@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("from_logits,weight_kind,reduction",
+                         pairwise((True, False), WEIGHT_KINDS_RANK1, ALL_REDUCTIONS))
 def test_sparse_class_rank1_matches_tf(keras, rng, from_logits, weight_kind, reduction):
     y_true = rng.integers(0, 4, (5,))
     y_pred = _predictions("logits" if from_logits else "unnormalized", (5, 4), rng)
@@ -337,9 +325,8 @@ def test_sparse_class_rank1_matches_tf(keras, rng, from_logits, weight_kind, red
     _assert_close(actual, expected, _scale(y_pred, from_logits))
 
 
-@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
-@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK2)
-@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("from_logits,weight_kind,reduction",
+                         pairwise((True, False), WEIGHT_KINDS_RANK2, ALL_REDUCTIONS))
 def test_sparse_class_rank2_matches_tf(keras, rng, from_logits, weight_kind, reduction):
     y_true = rng.integers(0, 3, (3, 4))
     y_pred = _predictions("logits" if from_logits else "clipping_bites", (3, 4, 3), rng)
@@ -352,9 +339,8 @@ def test_sparse_class_rank2_matches_tf(keras, rng, from_logits, weight_kind, red
     _assert_close(actual, expected, _scale(y_pred, from_logits))
 
 
-@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
-@pytest.mark.parametrize("weight_kind", WEIGHT_KINDS_RANK1)
-@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("from_logits,weight_kind,reduction",
+                         pairwise((True, False), WEIGHT_KINDS_RANK1, ALL_REDUCTIONS))
 def test_categorical_class_rank1_matches_tf(keras, rng, from_logits, weight_kind, reduction):
     y_true = np.eye(4)[rng.integers(0, 4, (5,))]
     y_pred = _predictions("logits" if from_logits else "clipping_bites", (5, 4), rng)
@@ -436,10 +422,8 @@ def test_mean_with_sample_weight_divides_by_unbroadcast_weight_sum_like_tf(keras
     _assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("reduction", ALL_REDUCTIONS)
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("from_logits", [True, False])
-@pytest.mark.parametrize("ignore_class", [-1, 255, 0])
+@pytest.mark.parametrize("ignore_class,from_logits,weighted,reduction",
+                         pairwise((-1, 255, 0), (True, False), (False, True), ALL_REDUCTIONS))
 def test_sparse_class_ignore_class_matches_tf(keras, rng, ignore_class, from_logits, weighted,
                                               reduction):
     y_true = np.array([[1, ignore_class, 2, 0], [ignore_class, 2, 1, 1], [2, 2, ignore_class,
@@ -563,26 +547,42 @@ def test_loss_object_half_dtype_rounds_float64_truth_once(keras, rng, cls_name, 
         y_true, rounded)
     assert getattr(keras.losses, cls_name)(dtype=dtype)(y_true, y_pred).dtype.name == dtype
     actual = getattr(xk, cls_name)(from_logits=from_logits, dtype=dtype)(y_true, y_pred)
-    _assert_within_one_ulp(actual, _np(truth), np_dtype)
+    assert_within_one_ulp(actual, _np(truth), np_dtype)
 
 
 # --------------------------------------------------------------------------- reductions
-def test_tf_keras_reduction_constants_match_tf_keras(tf):
-    tf_keras = pytest.importorskip("tf_keras")
-    reference = tf_keras.losses.Reduction
+def _tf_reduction_v2(tf):
+    """TensorFlow's ``ReductionV2`` (tensorflow/python/keras/utils/losses_utils.py, in the
+    tensorflow-cpu wheel): the class tf-keras' `tf.keras.losses.Reduction` copies.
+
+    tf-keras itself is not a test dependency: it requires the full `tensorflow`
+    wheel (572 MB) on top of tensorflow-cpu, for these two tests.
+    """
+    from tensorflow.python.keras.utils import losses_utils
+
+    return losses_utils.ReductionV2
+
+
+def test_tf_keras_reduction_constants_match_tensorflows_reduction_v2(tf):
+    reference = _tf_reduction_v2(tf)
     for name in ("AUTO", "NONE", "SUM", "SUM_OVER_BATCH_SIZE"):
         assert getattr(xk.Reduction, name) == getattr(reference, name)
     assert tuple(xk.Reduction.all()) == tuple(reference.all())
 
 
-def test_tf_keras_reduction_validate_matches_tf_keras(tf):
-    tf_keras = pytest.importorskip("tf_keras")
-    for key in tf_keras.losses.Reduction.all():
+def test_tf_keras_reduction_validate_accepts_tensorflows_keys_and_refuses_others(tf):
+    reference = _tf_reduction_v2(tf)
+    for key in reference.all():
         assert xk.Reduction.validate(key) is None
-    with pytest.raises(ValueError) as tf_error:
-        tf_keras.losses.Reduction.validate("bogus")
-    with pytest.raises(ValueError, match=re.escape(str(tf_error.value))):
+    with pytest.raises(ValueError, match="Invalid Reduction Key"):
+        reference.validate("bogus")
+    # tf-keras 2.21.0's text (tf_keras/src/utils/losses_utils.py, ReductionV2.validate):
+    #     f'Invalid Reduction Key: {key}. Expected keys are "{cls.all()}"'
+    expected = "Invalid Reduction Key: bogus. Expected keys are \"('auto', 'none', 'sum', " \
+               "'sum_over_batch_size')\""
+    with pytest.raises(ValueError) as err:
         xk.Reduction.validate("bogus")
+    assert str(err.value) == expected
 
 
 @pytest.mark.parametrize("name", ["AUTO", "NONE", "SUM", "SUM_OVER_BATCH_SIZE"])
@@ -715,6 +715,63 @@ def test_sparse_label_out_of_range_raises_invalid_argument(keras):
                        match=re.escape("Received a label value of 3 which is outside the valid "
                                        "range of [0, 3)")):
         xk.SparseCategoricalCrossentropy()(np.array([0, 3]), y_pred)
+
+
+BAD_LABEL_CALLS = {   # (call on a losses module, y_true): each reaches the sparse op
+    "function": (lambda m, y, p: m.sparse_categorical_crossentropy(y, p), [0, 3, 1]),
+    "function-from_logits": (
+        lambda m, y, p: m.sparse_categorical_crossentropy(y, p, from_logits=True), [0, 3, 1]),
+    "class-from_logits": (
+        lambda m, y, p: m.SparseCategoricalCrossentropy(from_logits=True)(y, p), [0, 3, 1]),
+    "class-ignore_class=-1-label-2": (
+        lambda m, y, p: m.SparseCategoricalCrossentropy(ignore_class=-1)(y, p), [0, -1, -2]),
+    "function-ignore_class=-1-label-2": (
+        lambda m, y, p: m.sparse_categorical_crossentropy(y, p, ignore_class=-1), [0, -1, -2]),
+}
+
+
+@pytest.mark.parametrize("call", list(BAD_LABEL_CALLS))
+def test_out_of_range_label_raises_tfs_invalid_argument_through_every_keras_form(tf, keras, call):
+    fn, y_true = BAD_LABEL_CALLS[call]
+    y_pred = np.full((3, 3), 1.0 / 3, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        fn(keras.losses, np.array(y_true), y_pred)
+    with pytest.raises(xerrors.InvalidArgumentError) as err:
+        fn(xk, np.array(y_true), y_pred)
+    # TF masks ignored labels to 0 before its op, so its message lists the masked values.
+    assert str(err.value) == tf_message(tf_err.value)
+
+
+@pytest.mark.parametrize("form", ["function", "class"])
+def test_one_class_predictions_warn_as_keras_does(keras, form):
+    """[batch, 1] categorical predictions usually mean binary labels passed by mistake."""
+    y_true, y_pred = np.array([[1.0], [1.0]]), np.array([[0.3], [0.9]], np.float32)
+    call = {"function": lambda m: m.categorical_crossentropy(y_true, y_pred),
+            "class": lambda m: m.CategoricalCrossentropy()(y_true, y_pred)}[form]
+    with pytest.warns(SyntaxWarning) as tf_warned:
+        expected = call(keras.losses)
+    with pytest.warns(SyntaxWarning) as warned:
+        actual = call(xk)
+    assert [str(w.message) for w in warned] == [str(tf_warned[0].message)]
+    assert warned[0].filename == __file__   # it points at the caller, not into xent
+    _assert_close(actual, expected)
+
+
+def test_many_class_predictions_do_not_warn(keras):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        xk.CategoricalCrossentropy()(np.eye(2), np.array([[0.3, 0.7], [0.9, 0.1]], np.float32))
+
+
+def test_complex_sample_weight_is_refused_where_keras_drops_its_imaginary_part(keras):
+    y_true, y_pred = np.array([0, 1]), np.full((2, 3), 1.0 / 3, np.float32)
+    weight = np.array([1.0 + 2.0j, 0.5 + 1.0j])
+    with pytest.warns(np.exceptions.ComplexWarning):   # Keras' only sign
+        truncated = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
+    real = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight.real)
+    np.testing.assert_array_equal(_np(truncated), _np(real))
+    with pytest.raises(TypeError, match="`sample_weight` must be real; received dtype complex128"):
+        xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
 
 
 def test_sparse_shape_mismatch_raises_value_error_like_tf(keras):

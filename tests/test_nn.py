@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 
 import xent
+from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, label_scale, row_scale
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
-FLOAT_IDS = [d.name for d in FLOATS]
 LABEL_DTYPES = [np.dtype(np.int32), np.dtype(np.int64)]
-EPS32 = float(np.finfo(np.float32).eps)
-EPS64 = float(np.finfo(np.float64).eps)
 
 # (batch shape, number of classes): logits of rank 1..4, classes 1, 2, 3, 17, 1000.
 CASES = [
@@ -27,44 +23,6 @@ CASES = [
     ((2, 3), 17), ((2, 3, 2), 3), ((2, 2, 2), 1000),
 ]
 CASE_IDS = [f"batch{b}-C{c}" for b, c in CASES]
-
-
-def row_scale(logits, axis=-1):
-    """max |finite logit| along the class axis, in float64, at least 1."""
-    mag = np.abs(np.asarray(logits).astype(np.float64))
-    mag = np.where(np.isfinite(mag), mag, 0.0)
-    return np.max(mag, axis=axis, initial=1.0)
-
-
-def assert_close_to_truth(got, truth, dtype, scale=1.0):
-    """Assert `got` (xent, of `dtype`) is within the SPEC tolerance of a float64 truth."""
-    dtype = np.dtype(dtype)
-    assert isinstance(got, (np.ndarray, np.generic)), type(got)
-    got = np.asarray(got)
-    assert got.dtype.name == dtype.name, (got.dtype, dtype)
-    assert got.shape == np.shape(truth), (got.shape, np.shape(truth))
-    truth = np.asarray(truth, np.float64)
-    scale = np.broadcast_to(np.asarray(scale, np.float64), truth.shape)
-    if dtype.name in ("float16", "bfloat16"):
-        with np.errstate(over="ignore", invalid="ignore"):  # rounding may overflow to inf
-            rounded = truth.astype(dtype)
-            target = rounded.astype(np.float64)
-            tol = np.spacing(np.abs(rounded)).astype(np.float64) + 4 * EPS32 * scale
-    elif dtype.name == "float32":
-        target, tol = truth, 1e-6 * np.abs(truth) + 4 * EPS32 * scale
-    else:
-        target, tol = truth, 1e-12 * np.abs(truth) + 4 * EPS64 * scale
-    value = got.astype(np.float64)
-    np.testing.assert_array_equal(np.isnan(value), np.isnan(target), err_msg="NaN positions differ")
-    inf = np.isinf(target)
-    np.testing.assert_array_equal(value[inf], target[inf], err_msg="infinite entries differ")
-    finite = ~np.isnan(target) & ~inf
-    with np.errstate(invalid="ignore"):
-        err = np.abs(value - target)
-    bad = finite & ~(err <= tol)
-    assert not bad.any(), (
-        f"{bad.sum()} of {bad.size} entries off: got {value[bad][:5]}, truth {truth[bad][:5]}, "
-        f"tol {np.where(finite, tol, 0)[bad][:5]}")
 
 
 def tf_sparse(tf, labels, logits):
@@ -368,9 +326,7 @@ def test_sparse_huge_logits_match_tf_without_cancellation(tf, dtype):
     truth = tf_sparse(tf, labels, as64(logits))
     # TF shifts by the row max, so the error scales with |max - logit[label]|, not |max|:
     # a label on one of two tied 1e30 maxima gives log(2), as TF gives.
-    lg = as64(logits)
-    scale = lg.max(axis=-1) - lg[np.arange(len(labels)), labels] + 1.0
-    assert_close_to_truth(got, truth, dtype, scale)
+    assert_close_to_truth(got, truth, dtype, label_scale(logits, labels))
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
@@ -379,9 +335,7 @@ def test_dense_huge_logits_one_hot_match_tf_without_cancellation(tf, dtype):
     onehot = np.eye(3, dtype=dtype)[labels]
     got = xent.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=logits)
     truth = tf_dense(tf, as64(onehot), as64(logits))
-    lg = as64(logits)
-    scale = lg.max(axis=-1) - lg[np.arange(len(labels)), labels] + 1.0
-    assert_close_to_truth(got, truth, dtype, scale)
+    assert_close_to_truth(got, truth, dtype, label_scale(logits, labels))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])

@@ -6,15 +6,12 @@ numbers, so does this file (with TF's tolerance); everything is also compared wi
 TensorFlow run on the same inputs. TF's GPU-only and graph-structure checks
 (BatchMatMul in the graph) have no NumPy counterpart and are left out.
 """
-import re
-
-import ml_dtypes
 import numpy as np
 import pytest
 
 import xent
+from oracle import BF16, tf_message
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 SPARSE_NN = xent.nn.sparse_softmax_cross_entropy_with_logits
 DENSE_NN = xent.nn.softmax_cross_entropy_with_logits
 SPARSE_RAW = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
@@ -51,11 +48,6 @@ def np_sparse_xent(labels, logits):
     logits = np.asarray(logits, np.float64)
     onehot = np.eye(logits.shape[-1])[np.asarray(labels)]
     return np_xent(onehot, logits)
-
-
-def tf_message(exc):
-    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(exc))
-    return re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
 
 
 def tf_fwd_bwd_sparse(tf, labels, logits):

@@ -6,8 +6,10 @@ CUDA tensors take (``torch_ops``, forced on CPU here since the suite has no
 GPU). TensorFlow's `tf.GradientTape` is the oracle; `torch.autograd.gradcheck`
 checks the float64 gradients numerically.
 """
+import gc
 import subprocess
 import sys
+import weakref
 
 import ml_dtypes
 import numpy as np
@@ -17,6 +19,8 @@ torch = pytest.importorskip("torch")
 
 import xent  # noqa: E402
 from xent import _torch  # noqa: E402
+from oracle import (EXTREME, assert_close_to_truth, hessian_vector_tf,  # noqa: E402
+                    label_scale, tf_message)
 from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -53,30 +57,13 @@ def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, path):
     assert_matches_tf(case, dtype, got_out, got_grads, want)
 
 
-def _hessian_vector_tf(tf, logits, labels, u, dense):
-    x, y = tf.constant(logits), tf.constant(labels)
-    fn = tf.nn.softmax_cross_entropy_with_logits if dense else tf.nn.sparse_softmax_cross_entropy_with_logits
-    with tf.GradientTape(persistent=True) as outer:
-        outer.watch([x, y] if dense else [x])
-        with tf.GradientTape() as inner:
-            inner.watch(x)
-            loss = tf.reduce_sum(fn(labels=y, logits=x) * tf.range(1.0, 7.0, dtype=x.dtype))
-        gx = inner.gradient(loss, x)
-        s = tf.reduce_sum(gx * u)
-    hx = outer.gradient(s, x).numpy()
-    if not dense:
-        return hx, None
-    hy = outer.gradient(s, y)
-    return hx, np.zeros_like(labels) if hy is None else hy.numpy()
-
-
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 def test_double_backward_matches_tensorflow(tf, rng, path, dense):
     """Hessian-vector products: TF differentiates its gradient, and so does xent."""
     logits = rng.standard_normal((6, 5))
     labels = (rng.dirichlet(np.ones(5), 6) if dense else rng.integers(0, 5, 6))
     u = rng.standard_normal((6, 5))
-    want_x, want_y = _hessian_vector_tf(tf, logits, labels, u, dense)
+    want_x, want_y = hessian_vector_tf(tf, logits, labels, u, np.arange(1.0, 7.0), dense)
     x = torch.tensor(logits, requires_grad=True)
     y = torch.tensor(labels, requires_grad=dense)
     fn = DENSE if dense else SPARSE
@@ -122,7 +109,7 @@ def test_gradcheck_weighted_losses_float64(rng, path):
     x = torch.tensor(rng.standard_normal((4, 5)), requires_grad=True)
     w = torch.tensor([1.0, 0.25, 2.0, 0.5], dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 3, 4, 1])
-    for reduction in xent.losses.Reduction.all():
+    for reduction in dict.fromkeys(xent.losses.Reduction.all()):   # (its last two are one key)
         fn = lambda x, w: xent.losses.sparse_softmax_cross_entropy(  # noqa: E731
             labels, x, weights=w, reduction=reduction)
         assert torch.autograd.gradcheck(fn, (x, w)), reduction
@@ -135,16 +122,6 @@ def test_second_backward_over_retained_graph_gives_the_same_gradient(rng, path):
     (first,) = torch.autograd.grad(loss, x, retain_graph=True)
     (second,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
-
-
-INF = np.inf
-EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
-    "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
-    "huge": ([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], [0, 2]),
-    "all-neg-inf": ([[-INF, -INF]], [0]),
-    "one-class": ([[3.0], [4.0]], [0, 0]),
-    "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
-}
 
 
 @pytest.mark.parametrize("name", list(EXTREME))
@@ -160,19 +137,29 @@ def test_extreme_logits_match_the_numpy_kernel(path, name):
     np.testing.assert_allclose(grad.numpy(), want_grad, rtol=1e-6, atol=1e-7)
 
 
+def _as_numpy(t):
+    """A tensor's values as a NumPy array of its dtype (bfloat16 as `ml_dtypes.bfloat16`)."""
+    t = t.detach()
+    return t.float().numpy().astype(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_precision_keeps_dtype_and_matches_float32(rng, path, dtype):
+def test_half_precision_loss_and_gradient_round_tfs_float64_answer_once(tf, rng, path, dtype):
+    """Every entry within one ulp of its dtype of TF's float64 loss and gradient on the
+    same (half-rounded) logits: computed in float32, rounded once."""
     logits = torch.tensor(rng.standard_normal((8, 7)) * 3).to(dtype).requires_grad_()
     labels = torch.tensor(rng.integers(0, 7, 8))
     loss = SPARSE(labels=labels, logits=logits)
     (grad,) = torch.autograd.grad(loss.sum(), logits)
     assert loss.dtype == dtype and grad.dtype == dtype
-    ref = logits.detach().float().requires_grad_()
-    ref_loss = SPARSE(labels=labels, logits=ref)
-    (ref_grad,) = torch.autograd.grad(ref_loss.sum(), ref)
-    tol = {"atol": 1e-2, "rtol": 1e-2} if dtype == torch.bfloat16 else {"atol": 2e-3, "rtol": 2e-3}
-    torch.testing.assert_close(loss.float(), ref_loss, **tol)
-    torch.testing.assert_close(grad.float(), ref_grad, **tol)
+    x = tf.constant(logits.detach().double().numpy())
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        want = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels.numpy(), logits=x)
+    want_grad = tape.gradient(want, x).numpy()
+    np_dtype = _as_numpy(loss).dtype
+    assert_close_to_truth(_as_numpy(loss), want.numpy(), np_dtype, label_scale(x.numpy(), labels))
+    assert_close_to_truth(_as_numpy(grad), want_grad, np_dtype, 1.0)
 
 
 def test_kernel_and_torch_ops_paths_agree(rng):
@@ -189,10 +176,78 @@ def test_kernel_and_torch_ops_paths_agree(rng):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_label_out_of_range_raises_tensorflows_error_on_cpu():
-    with pytest.raises(xent.errors.InvalidArgumentError,
-                       match=r"Received a label value of 5 which is outside the valid range of \[0, 3\)"):
-        SPARSE(labels=torch.tensor([0, 5]), logits=torch.zeros(2, 3, requires_grad=True))
+RAW_SPARSE = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("face", ["nn", "raw_ops"])
+def test_label_out_of_range_raises_tensorflows_error_on_cpu(tf, face, dtype):
+    with pytest.raises(tf.errors.InvalidArgumentError) as tf_err:
+        tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=np.zeros((2, 3), np.float32),
+                                                       labels=np.array([0, 5]))
+    logits, labels = torch.zeros(2, 3, dtype=dtype, requires_grad=True), torch.tensor([0, 5])
+    with pytest.raises(xent.errors.InvalidArgumentError) as err:
+        if face == "nn":
+            SPARSE(labels=labels, logits=logits)
+        else:
+            RAW_SPARSE(logits, labels)
+    assert str(err.value) == tf_message(tf_err.value)
+
+
+def test_raw_op_label_out_of_range_gives_nan_rows_on_the_device_path():
+    """As TensorFlow on a GPU: the bad row's loss and backprop are NaN, the rest exact."""
+    _torch.use_torch_ops_on_cpu(True)
+    try:
+        loss, backprop = RAW_SPARSE(torch.zeros(2, 3), torch.tensor([0, 5]))
+    finally:
+        _torch.use_torch_ops_on_cpu(False)
+    assert torch.isnan(loss[1]) and torch.isnan(backprop[1]).all()
+    torch.testing.assert_close(loss[0], torch.tensor(np.log(3.0), dtype=torch.float32))
+    torch.testing.assert_close(backprop[0], torch.tensor([-2 / 3, 1 / 3, 1 / 3]))
+
+
+@pytest.mark.parametrize("op", ["SparseSoftmaxCrossEntropyWithLogits",
+                                "SoftmaxCrossEntropyWithLogits"])
+def test_raw_ops_return_tfs_named_tuple_of_tensors(path, op):
+    labels = torch.tensor([0, 2]) if op.startswith("Sparse") else torch.eye(3)[[0, 2]]
+    result = getattr(xent.raw_ops, op)(torch.zeros(2, 3, requires_grad=True), labels)
+    assert type(result).__name__ == op and result._fields == ("loss", "backprop")
+    assert result.loss is result[0] and isinstance(result.backprop, torch.Tensor)
+
+
+FACES = {   # face: its result as a scalar to differentiate, from (logits, ids, targets, weights)
+    "nn.sparse": lambda x, i, y, w: SPARSE(labels=i, logits=x).sum(),
+    "nn.dense": lambda x, i, y, w: DENSE(labels=y, logits=x).sum(),
+    "losses.sparse": lambda x, i, y, w: xent.losses.sparse_softmax_cross_entropy(i, x, w),
+    "losses.dense": lambda x, i, y, w: xent.losses.softmax_cross_entropy(y, x, w, 0.1),
+    "keras.sparse": lambda x, i, y, w: xent.keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)(i, x, sample_weight=w),
+    "keras.categorical": lambda x, i, y, w: xent.keras.losses.CategoricalCrossentropy()(
+        y, torch.softmax(x.float(), -1), sample_weight=w),
+    "raw.sparse": lambda x, i, y, w: sum(
+        (t.float() * torch.linspace(0.5, 1.5, t.numel()).reshape(t.shape)).sum()
+        for t in xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(x, i)),
+    "raw.dense": lambda x, i, y, w: sum(
+        (t.float() * torch.linspace(0.5, 1.5, t.numel()).reshape(t.shape)).sum()
+        for t in xent.raw_ops.SoftmaxCrossEntropyWithLogits(x, y)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("face", list(FACES))
+def test_forward_and_backward_leave_every_input_tensor_unmodified(rng, path, face, dtype):
+    """The CPU path runs the kernel on zero-copy views of the tensors and scales the saved
+    backprop in place: none of that may write into the caller's tensors."""
+    logits = torch.tensor(rng.standard_normal((5, 4)) * 3).to(dtype).requires_grad_()
+    ids = torch.tensor(rng.integers(0, 4, 5))
+    targets = torch.softmax(torch.tensor(rng.standard_normal((5, 4))), -1).to(dtype)
+    weights = torch.tensor(rng.uniform(0.5, 2.0, 5), dtype=torch.float32, requires_grad=True)
+    inputs = (logits, ids, targets, weights)
+    before = [t.detach().clone() for t in inputs]
+    FACES[face](*inputs).backward()
+    assert logits.grad is not None
+    for name, t, copy in zip(("logits", "ids", "targets", "weights"), inputs, before):
+        assert torch.equal(t.detach(), copy), name
 
 
 def test_label_out_of_range_gives_nan_rows_on_the_device_path():
@@ -240,11 +295,19 @@ def test_non_contiguous_logits_and_no_grad():
     assert not loss.requires_grad
 
 
-def test_bfloat16_numpy_labels_with_tensor_logits():
-    """A NumPy bfloat16 argument converts through a uint16 view (torch has no such dtype)."""
+def test_bfloat16_numpy_labels_with_tensor_logits(tf):
+    """A NumPy bfloat16 argument converts through a uint16 view (torch has no such dtype).
+
+    The loss is ``0.25 softplus(1) + 0.75 softplus(-1)`` (``-log_softmax([1, 2])`` is
+    ``[softplus(1), softplus(-1)]``); TensorFlow computes it in float64 here.
+    """
     y = np.array([[0.25, 0.75]], ml_dtypes.bfloat16)
     loss = DENSE(labels=y, logits=torch.tensor([[1.0, 2.0]]))
-    np.testing.assert_allclose(loss.item(), 0.25 * 1.3132616 + 0.75 * 0.3132617, rtol=1e-6)
+    want = tf.nn.softmax_cross_entropy_with_logits(labels=y.astype(np.float64),
+                                                   logits=np.array([[1.0, 2.0]])).numpy()
+    np.testing.assert_allclose(want, 0.25 * np.logaddexp(0, 1) + 0.75 * np.logaddexp(0, -1),
+                               rtol=1e-15)
+    assert_close_to_truth(loss.numpy(), want, np.float32, 2.0)
 
 
 def test_import_xent_imports_neither_torch_nor_jax():
@@ -300,3 +363,26 @@ def test_half_precision_backward_scaling_rounds_once(dtype):
                 raw = _LossAndBackprop._logits_grad(None, backprop, g, None).to(dtype)
             assert torch.equal(raw.view(torch.int16), want.view(torch.int16)), (g is exact, graph)
             assert raw.untyped_storage().data_ptr() != backprop.untyped_storage().data_ptr()
+
+
+def test_a_thousand_v1_loss_steps_keep_no_autograd_graph_alive():
+    """torch runs eagerly, and TF 2's eager mode ignores loss_collection: xent.losses adds
+    nothing for tensors, so each step's graph (and the logits it saved) is freed."""
+    labels = torch.tensor([0, 2, 1])
+    alive = []
+    for _ in range(1000):
+        logits = torch.randn(3, 4, requires_grad=True)
+        loss = xent.losses.sparse_softmax_cross_entropy(labels, logits)
+        loss.backward()
+        alive.append(weakref.ref(logits))
+        del logits, loss
+    gc.collect()
+    assert xent.losses.get_losses() == []
+    assert sum(ref() is not None for ref in alive) == 0
+
+
+def test_numpy_v1_losses_still_go_to_the_collection_as_in_tf_graph_mode():
+    loss = xent.losses.sparse_softmax_cross_entropy([0, 1], np.eye(2, dtype=np.float32))
+    tensor_loss = xent.losses.sparse_softmax_cross_entropy([0, 1], torch.eye(2))
+    assert xent.losses.get_losses() == [loss]
+    assert tensor_loss.item() == pytest.approx(float(loss))

@@ -3,7 +3,8 @@
 TensorFlow 1 kept losses in graph collections (`tf.compat.v1.GraphKeys.LOSSES`)
 so `get_total_loss` could add them up. xent keeps one registry per process,
 as TensorFlow's default graph does; `clear_losses` empties it (TF's
-`reset_default_graph`).
+`reset_default_graph`). The losses of `xent.losses` add their NumPy results
+only: torch and JAX results are eager, as in TF 2 (see `xent.losses`).
 """
 import re
 import sys

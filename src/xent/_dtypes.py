@@ -61,3 +61,12 @@ def check_labels_int(dtype_name, arg="labels"):
     if dtype_name not in LABEL_NAMES:
         raise InvalidDTypeError(
             f"`{arg}` must have dtype int32 or int64; received dtype {dtype_name}")
+
+
+def check_real(dtype_name, arg):
+    """Raise `InvalidDTypeError` for a complex `dtype_name`: casting it to a float would
+    drop the imaginary part (TensorFlow does, with NumPy's ComplexWarning as the only sign)."""
+    if dtype_name.startswith("complex"):
+        raise InvalidDTypeError(
+            f"`{arg}` must be real; received dtype {dtype_name}, whose imaginary part "
+            "would be dropped")

@@ -12,6 +12,7 @@ A mask (``ignore_class``) zeroes the masked values and, for the means, scales
 the rest by ``count / valid`` so that the mean runs over the valid entries
 only; with nothing valid the result is 0. Every division is ``div_no_nan``.
 """
+from xent import _dtypes
 from xent._reduce import div_no_nan
 from xent.errors import InvalidArgumentError
 
@@ -102,8 +103,9 @@ def reduce_weighted_values(be, values, sample_weight=None, mask=None,
     Args:
       be: the call's backend.
       values: per-example losses ``[d0, ..., dn]`` (cast to `dtype`).
-      sample_weight: None, a scalar, or broadcastable to `values` (a trailing
-        axis of size 1 is squeezed or added first).
+      sample_weight: None, a real scalar, or real and broadcastable to `values`
+        (a trailing axis of size 1 is squeezed or added first); complex
+        weights are refused (Keras drops their imaginary part).
       mask: None or a boolean ``[d0, ..., dn]``; False entries drop out.
       reduction: a Keras 3 reduction name (see `standardize_reduction`).
       dtype: dtype name of the arithmetic and the result.
@@ -111,7 +113,9 @@ def reduce_weighted_values(be, values, sample_weight=None, mask=None,
     reduction = standardize_reduction(reduction)
     values = be.astype(values, dtype)
     if sample_weight is not None:
-        sample_weight = be.astype(be.asarray(sample_weight), dtype)
+        sample_weight = be.asarray(sample_weight)
+        _dtypes.check_real(be.dtype_name(sample_weight), "sample_weight")
+        sample_weight = be.astype(sample_weight, dtype)
     if mask is not None:
         float_mask = _mask_weights(be, mask, dtype, reduction)
         if sample_weight is None:

@@ -36,9 +36,14 @@ class Reduction:
 
     @classmethod
     def validate(cls, key):
-        """Raise ValueError (TF's message) unless `key` is a reduction key."""
+        """Raise ValueError unless `key` is a reduction key.
+
+        TF's message, listing each key once (TF's lists ``all()``, where
+        ``weighted_sum_by_nonzero_weights`` appears twice).
+        """
         if key not in cls.all():
-            raise ValueError(f"Invalid Reduction Key {key}. Key should be one of {cls.all()}.")
+            keys = tuple(dict.fromkeys(cls.all()))
+            raise ValueError(f"Invalid Reduction Key {key}. Key should be one of {keys}.")
 
 
 def check_broadcastable(weights, values):

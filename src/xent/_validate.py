@@ -20,11 +20,19 @@ def require(name, value):
         raise ValueError(f"Argument `{name}` must not be None.")
 
 
+# TensorFlow lists every label value; past this many, xent lists the bad ones instead.
+LISTED_LABELS = 32
+SHOWN_BAD_LABELS = 5
+
+
 def labels_in_range(labels, num_classes):
     """Raise `InvalidArgumentError` if any label is outside ``[0, num_classes)``.
 
-    The message is TensorFlow's (CPU kernel): the worst offender (the minimum if
-    negative, else the maximum) and every label value, as TF lists them.
+    The message starts as TensorFlow's (CPU kernel) does: the worst offender
+    (the minimum if negative, else the maximum) and the valid range. Then,
+    for up to `LISTED_LABELS` labels, TF's list of every label value; for
+    more, how many are outside the range and the first few with their
+    positions (TF's list of 100,000 labels is 200,000 characters long).
     """
     if labels.size == 0:
         return
@@ -32,20 +40,35 @@ def labels_in_range(labels, num_classes):
     if low >= 0 and high < num_classes:
         return
     bad = low if low < 0 else high
-    flat = labels.reshape(-1)
-    shown = " ".join(str(v) for v in flat.tolist())
     raise InvalidArgumentError(
         f"Received a label value of {bad} which is outside the valid range of "
-        f"[0, {num_classes}).  Label values: {shown}")
+        f"[0, {num_classes}).  {_label_values(labels, num_classes)}")
+
+
+def _label_values(labels, num_classes):
+    """TF's ``Label values: ...`` for a short batch, else a count and the first bad labels."""
+    flat = labels.reshape(-1)
+    if flat.size <= LISTED_LABELS:
+        return "Label values: " + " ".join(str(v) for v in flat.tolist())
+    bad = np.flatnonzero((flat < 0) | (flat >= num_classes))
+    shown = ", ".join(f"{flat[i]} at {_position(i, labels.shape)}" for i in bad[:SHOWN_BAD_LABELS])
+    more = ", ..." if bad.size > SHOWN_BAD_LABELS else ""
+    return f"{bad.size} of {flat.size} label values are outside it: {shown}{more}"
+
+
+def _position(flat_index, shape):
+    """Where a flat index lies in an array of `shape`: ``[1500]``, ``[3, 7]``."""
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat_index, shape)) + "]"
 
 
 def nn_sparse_shapes(labels, logits):
     """Shape rules of `tf.nn.sparse_softmax_cross_entropy_with_logits`.
 
-    labels ``[d0..d(r-1)]``, logits ``[d0..d(r-1), C]`` with ``r >= 0``.
+    labels ``[d0..d(r-1)]``, logits ``[d0..d(r-1), C]`` with ``r >= 0``. The
+    messages are TF's (without the stray backtick TF ends its scalar one with).
     """
     if logits.ndim == 0:
-        raise ValueError(f"`logits` cannot be a scalar. Received logits={logits}`")
+        raise ValueError(f"`logits` cannot be a scalar. Received logits={logits}")
     if labels.ndim != logits.ndim - 1:
         raise ValueError(
             "`labels.shape.rank` must equal `logits.shape.rank - 1`. "

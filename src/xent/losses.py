@@ -3,6 +3,13 @@
 Each loss computes per-example losses through `xent.nn`'s validated path,
 weights and reduces them by `Reduction` (see `xent._reduce`), adds the result
 to the loss collection, and returns it in the logits' dtype.
+
+The collection (`get_losses`, `get_total_loss`) models TensorFlow's graph
+mode for NumPy inputs: each result is added. torch tensors and JAX arrays
+run eagerly, and TensorFlow 2 ignores ``loss_collection`` when executing
+eagerly: their results are added nowhere, so a training loop through these
+functions keeps no autograd graph (or device array) alive. `add_loss` adds
+whatever it is given.
 """
 import numpy as np
 
@@ -50,21 +57,29 @@ def _weights(be, weights):
     """Weights as an array; Python numbers keep float64 so float64 losses lose nothing.
 
     (TensorFlow casts weights to float32 first; xent rounds only the result.)
+    Complex weights are refused (TensorFlow drops their imaginary part).
     """
     _validate.require("weights", weights)
-    if isinstance(weights, (int, float, list, tuple)):
-        weights = np.asarray(weights, dtype=np.float64)
-    return be.asarray(weights)
+    if isinstance(weights, (int, float, complex, list, tuple)):
+        weights = np.asarray(weights)
+        weights = weights if np.iscomplexobj(weights) else weights.astype(np.float64)
+    weights = be.asarray(weights)
+    _dtypes.check_real(be.dtype_name(weights), "weights")
+    return weights
 
 
 def _finish(be, loss, scope, loss_collection):
-    """Add the loss to its collection and hand it back in the caller's type.
+    """Hand the loss back in the caller's type, collected if NumPy computed it.
 
-    `scope` is the caller's, or TF's default name scope of the loss, which is
-    what `get_losses(scope=...)` matches against.
+    NumPy calls are TF's graph mode: the loss joins `loss_collection`, under
+    `scope` (the caller's, or TF's default name scope of the loss, which is
+    what `get_losses(scope=...)` matches against). torch tensors and JAX
+    arrays are eager, as TF 2's eager mode, where the collection is ignored:
+    nothing is kept, so a training loop holds no autograd graph alive.
     """
     loss = be.finish(loss)
-    add_loss(loss, loss_collection, scope)
+    if be.name == "numpy":
+        add_loss(loss, loss_collection, scope)
     return loss
 
 
@@ -77,7 +92,8 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
       losses: ``[d0, ..., dn]`` per-example losses.
       weights: scalar, or of the losses' rank with each dimension 1 or equal.
       scope: a name; `get_losses(scope=...)` filters on it.
-      loss_collection: where the result is added; None adds it nowhere.
+      loss_collection: where a NumPy result is added; None adds it nowhere.
+        torch and JAX results are never added (TF 2's eager mode).
       reduction: a `Reduction` key.
 
     Returns:
@@ -122,7 +138,7 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
       >>> import numpy as np, xent
       >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
       >>> xent.losses.sparse_softmax_cross_entropy([0, 1], logits, weights=[1.0, 3.0])
-      np.float32(0.5385893)
+      np.float32(0.53858936)
     """
     _validate.require("labels", labels)
     _validate.require("logits", logits)
@@ -136,7 +152,12 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
 
 
 def _smooth(be, labels, label_smoothing):
-    """``labels * (1 - ls) + ls / C``: TF's label smoothing."""
+    """``labels * (1 - ls) + ls / C``: TF's label smoothing, in `labels`' dtype.
+
+    The labels arrive in the accumulator dtype (float32 for half-precision
+    logits, where TensorFlow smooths in the half dtype and rounds 0.6 to
+    0.59765625 in bfloat16 before the loss sees it).
+    """
     num_classes = labels.shape[-1]
     return labels * (1.0 - label_smoothing) + label_smoothing / num_classes
 

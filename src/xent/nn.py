@@ -5,10 +5,11 @@ __all__ = ["sparse_softmax_cross_entropy_with_logits", "softmax_cross_entropy_wi
 
 
 def _inputs(labels, logits, fn_name):
-    """Pick the backend and convert both arguments (TF's None check first)."""
+    """Pick the backend and convert both arguments (TF's None check first; TF's
+    message, with the space after the function's name that TF's lacks)."""
     if labels is None or logits is None:
         raise ValueError(
-            f"Both `labels` and `logits` must be provided for {fn_name}"
+            f"Both `labels` and `logits` must be provided for {fn_name}. "
             f"Received: labels={labels} and logits={logits}")
     be = _backend.of(labels, logits)
     return be, be.asarray(labels), be.asarray(logits)
@@ -42,7 +43,7 @@ def sparse_softmax_cross_entropy_with_logits(*, labels, logits, name=None):
       >>> import numpy as np, xent
       >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
       >>> xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=logits)
-      array([0.41703   , 0.22004955], dtype=float32)
+      array([0.4170301 , 0.22004953], dtype=float32)
     """
     be, labels, logits = _inputs(labels, logits, "sparse_softmax_cross_entropy_with_logits")
     loss = sparse_losses(be, labels, logits)
@@ -74,7 +75,7 @@ def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
       >>> logits = np.array([[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]], np.float32)
       >>> labels = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2]], np.float32)
       >>> xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-      array([0.16984603, 0.82474494], dtype=float32)
+      array([0.16984604, 0.82474494], dtype=float32)
     """
     be, labels, logits = _inputs(labels, logits, "softmax_cross_entropy_with_logits")
     loss = dense_losses(be, labels, logits, axis)

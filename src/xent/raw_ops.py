@@ -1,4 +1,4 @@
-"""`tf.raw_ops`' cross-entropy kernels: 2-D in, ``(loss, backprop)`` out.
+"""`tf.raw_ops`' cross-entropy kernels: 2-D in, a named tuple ``(loss, backprop)`` out.
 
 Beyond TensorFlow, ``backprop_out=`` names an existing array that receives the
 gradient, so no logits-sized array is allocated; it may be `features` itself,
@@ -6,9 +6,17 @@ overwriting the logits in place as TensorFlow's kernel does when it may.
 PyTorch and JAX inputs give ``(loss, backprop)`` of their own type, both
 differentiable as TensorFlow's registered gradient says (no ``backprop_out``).
 """
+import collections
+
+import numpy as np
+
 from xent import _backend, _dtypes, _validate
 
 __all__ = ["SparseSoftmaxCrossEntropyWithLogits", "SoftmaxCrossEntropyWithLogits"]
+
+# The results are named tuples, as TensorFlow's: `.loss` and `.backprop`, or unpacked.
+_SparseOutput = collections.namedtuple("SparseSoftmaxCrossEntropyWithLogits", ["loss", "backprop"])
+_DenseOutput = collections.namedtuple("SoftmaxCrossEntropyWithLogits", ["loss", "backprop"])
 
 
 def _gradient_target(be, backprop_out, features, shape=None):
@@ -23,6 +31,30 @@ def _gradient_target(be, backprop_out, features, shape=None):
     return backprop_out
 
 
+def _same_buffer(a, b):
+    """Whether arrays `a` and `b` are the same elements of the same memory."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
+
+
+def _apart_from(backprop_out, features, labels):
+    """`features` and `labels`, each copied if the gradient's buffer overlaps it.
+
+    The kernels read the inputs while they write the gradient. Into `features`
+    itself (in place) that is safe: each element is read before it is
+    overwritten. Into a view that overlaps them otherwise (rows reversed,
+    shifted by one) or into the dense labels, a kernel would read what it
+    has already written; those inputs are copied first.
+    """
+    if backprop_out is None or not isinstance(backprop_out, np.ndarray):
+        return features, labels
+    if np.may_share_memory(backprop_out, features) and not _same_buffer(backprop_out, features):
+        features = features.copy()
+    if np.may_share_memory(backprop_out, labels):
+        labels = labels.copy()
+    return features, labels
+
+
 def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=None):
     """Loss and gradient of sparse softmax cross-entropy, per row.
 
@@ -34,21 +66,24 @@ def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop
       labels: ``[batch]`` int32/int64 in ``[0, C)``.
       name: unused, for TensorFlow compatibility.
       backprop_out: optional ``[batch, C]`` array of the features' dtype that
-        receives ``backprop`` (may be `features`).
+        receives ``backprop``: `features` itself (in place, no allocation), or
+        any other array; one that overlaps `features` otherwise (a reversed
+        view of it) gets the same numbers, through a copy of `features`.
 
     Returns:
-      ``(loss, backprop)``: ``[batch]`` and ``[batch, C]``, the features' dtype.
+      A named tuple ``(loss, backprop)``, as TensorFlow's: ``[batch]`` and
+      ``[batch, C]``, the features' dtype.
 
     Mirrors `tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits`.
 
     Examples:
       >>> import numpy as np, xent
-      >>> loss, backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+      >>> result = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
       ...     features=np.array([[1.0, 2.0, 3.0]], np.float32), labels=np.array([2]))
-      >>> loss
-      array([0.407606], dtype=float32)
-      >>> backprop
-      array([[ 0.09003057,  0.24472846, -0.33475906]], dtype=float32)
+      >>> result.loss
+      array([0.40760604], dtype=float32)
+      >>> result.backprop
+      array([[ 0.09003057,  0.24472848, -0.33475912]], dtype=float32)
     """
     be = _backend.of(features, labels)
     features, labels = be.asarray(features), be.asarray(labels)
@@ -57,8 +92,9 @@ def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop
     _dtypes.check_labels_int(be.dtype_name(labels), "labels")
     _validate.raw_sparse_shapes(features, labels)
     grad = _gradient_target(be, backprop_out, features)
+    features, labels = _apart_from(backprop_out, features, labels)
     loss, backprop = be.sparse_loss_and_grad(labels, features, grad)
-    return be.astype(loss, dtype), backprop
+    return _SparseOutput(be.astype(loss, dtype), backprop)
 
 
 def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=None):
@@ -73,10 +109,13 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
         ``[batch, 1]``); cast to the features' dtype.
       name: unused, for TensorFlow compatibility.
       backprop_out: optional ``[batch, C]`` array of the features' dtype that
-        receives ``backprop`` (may be `features`).
+        receives ``backprop``: `features` itself (in place, no allocation), or
+        any other array; one that overlaps `features` or `labels` otherwise
+        gets the same numbers, through a copy of what it overlaps.
 
     Returns:
-      ``(loss, backprop)``: ``[batch]`` and ``[batch, C]``, the features' dtype.
+      A named tuple ``(loss, backprop)``, as TensorFlow's: ``[batch]`` and
+      ``[batch, C]``, the features' dtype.
 
     Mirrors `tf.raw_ops.SoftmaxCrossEntropyWithLogits`.
 
@@ -86,7 +125,7 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
       ...     features=np.array([[1.0, 2.0, 3.0]], np.float32),
       ...     labels=np.array([[0.0, 0.5, 0.5]], np.float32))
       >>> loss
-      array([0.907606], dtype=float32)
+      array([0.90760607], dtype=float32)
     """
     be = _backend.of(features, labels)
     features, labels = be.asarray(features), be.asarray(labels)
@@ -95,5 +134,6 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
     rows_shape = _validate.dense_2d_shapes(features, labels)
     labels = be.astype(labels, dtype)
     grad = _gradient_target(be, backprop_out, features, rows_shape)
+    features, labels = _apart_from(backprop_out, features, labels)
     loss, backprop = be.dense_loss_and_grad(labels, features, grad)
-    return be.astype(loss, dtype), backprop
+    return _DenseOutput(be.astype(loss, dtype), backprop)

@@ -6,6 +6,9 @@ unless ``dtype=`` says otherwise, as Keras' dtype policy), then mask, weight
 and reduce (`xent._keras_reduce`). Per-example losses come from `xent.nn`'s
 validated path (logits) or `xent._probs` (probabilities).
 """
+import sys
+import warnings
+
 from xent import _backend, _dtypes, _probs
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
@@ -58,13 +61,35 @@ def _categorical_shapes(y_true, y_pred):
         raise ValueError(f"Arguments `target` and `output` must have the same shape. {shapes}")
 
 
+def _warn_one_class(y_pred):
+    """Keras' warning for ``[batch, 1]`` predictions: binary labels, usually by mistake."""
+    warnings.warn(
+        "In loss categorical_crossentropy, expected y_pred.shape to be (batch_size, num_classes) "
+        f"with num_classes > 1. Received: y_pred.shape={tuple(y_pred.shape)}. Consider using "
+        "'binary_crossentropy' if you only have 2 classes.",
+        SyntaxWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel():
+    """The `stacklevel` that points a warning at the first frame outside xent."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("xent."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
-    """Per-example categorical losses in the accumulator dtype."""
+    """Per-example categorical losses in the accumulator dtype.
+
+    Warns, as Keras does, when the last axis of `y_pred` has one class.
+    """
     if isinstance(axis, bool):
         raise ValueError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis)}")
     # Keras smooths in y_pred's dtype; the accumulator dtype keeps ls / C
     # exact to float32 for half-precision predictions.
     y_true = be.astype(y_true, _dtypes.accumulator_name(be.dtype_name(y_pred)))
+    if y_pred.ndim and y_pred.shape[-1] == 1:
+        _warn_one_class(y_pred)
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
     _categorical_shapes(y_true, y_pred)

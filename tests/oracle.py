@@ -1,0 +1,179 @@
+"""TensorFlow as the oracle: how close xent must be to it, and the shared cases.
+
+Every test file compares xent with TensorFlow; the rules for that comparison
+live here, once:
+
+  - `assert_close_to_truth`: xent's result against TensorFlow's float64
+    answer on the same inputs, within the SPEC's tolerance for the result's
+    dtype (float32: 1e-6 relative plus a few float32 ulps of a scale; half
+    precision: one ulp of the output format of the rounded truth).
+  - `row_scale` and `label_scale`: the scale of a row's rounding error, for
+    the absolute part of that tolerance.
+  - `ulp` and `assert_within_one_ulp`: one unit in the last place of a dtype.
+  - `tf_message`: the text of a TensorFlow error without its wrapping.
+  - `EXTREME`: logits at the edges (-inf masks, +-1e30, one class, no rows).
+  - `hessian_vector_tf`: TensorFlow's Hessian-vector product of a loss.
+"""
+import re
+
+import ml_dtypes
+import numpy as np
+
+EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
+FLOAT_IDS = [d.name for d in FLOATS]
+HALF_NAMES = ("float16", "bfloat16")
+
+
+# -- the scale of a row's rounding error --------------------------------------------------
+
+
+def row_scale(logits, axis=-1):
+    """``max |finite logit|`` along the class `axis`, in float64, at least 1.
+
+    For inputs of ordinary size. With huge logits (1e30) it is huge too, and a
+    tolerance built on it accepts anything: use `label_scale` there.
+    """
+    mag = np.abs(np.asarray(logits).astype(np.float64))
+    mag = np.where(np.isfinite(mag), mag, 0.0)
+    return np.max(mag, axis=axis, initial=1.0)
+
+
+def label_scale(logits, labels):
+    """``max_j x_j - x_label + 1`` per row: the size of what the sparse loss subtracts.
+
+    TensorFlow computes ``log(sum exp(x - max)) - (x_label - max)``; its
+    rounding error is a few ulps of ``max - x_label`` (plus one for the log),
+    however large the logits themselves are. Non-finite rows get 1 (their
+    truth is inf or NaN, compared exactly). logits ``[..., C]``, labels
+    ``[...]`` → ``[...]``.
+    """
+    x = np.asarray(logits).astype(np.float64)
+    picked = np.take_along_axis(x, np.asarray(labels)[..., None], axis=-1)[..., 0]
+    with np.errstate(invalid="ignore"):
+        gap = np.max(x, axis=-1, initial=-np.inf) - picked + 1.0
+    return np.where(np.isfinite(gap), gap, 1.0)
+
+
+def dense_scale(logits, labels):
+    """``sum_j |y_j| (max - x_j) + max_j |y_j|`` per row: `label_scale` for target rows.
+
+    Entries with ``y_j == 0`` or a non-finite ``x_j`` add nothing (their
+    terms are exact, or make the truth inf or NaN, compared exactly).
+    """
+    x = np.asarray(logits).astype(np.float64)
+    y = np.abs(np.broadcast_to(np.asarray(labels).astype(np.float64), x.shape))
+    with np.errstate(invalid="ignore"):
+        gap = np.max(x, axis=-1, keepdims=True, initial=-np.inf) - x
+        terms = np.where((y == 0) | ~np.isfinite(gap), 0.0, y * gap)
+    return np.sum(terms, axis=-1) + np.max(y, axis=-1, initial=1.0)
+
+
+# -- tolerances ---------------------------------------------------------------------------
+
+
+def _target_and_tolerance(truth, dtype, scale):
+    """The value to compare with (the truth, rounded for half dtypes) and the tolerance."""
+    if dtype.name in HALF_NAMES:
+        with np.errstate(over="ignore", invalid="ignore"):  # rounding may overflow to inf
+            rounded = truth.astype(dtype)
+            target = rounded.astype(np.float64)
+            return target, np.spacing(np.abs(rounded)).astype(np.float64) + 4 * EPS32 * scale
+    if dtype.name == "float32":
+        return truth, 1e-6 * np.abs(truth) + 4 * EPS32 * scale
+    return truth, 1e-12 * np.abs(truth) + 4 * EPS64 * scale
+
+
+def assert_close_to_truth(got, truth, dtype, scale=1.0):
+    """Assert `got` (xent, of `dtype`) is within the SPEC tolerance of a float64 truth.
+
+    Args:
+      got: NumPy array or scalar from xent, of `dtype` and the truth's shape.
+      truth: TensorFlow's answer in float64 (or computed from it).
+      dtype: the dtype xent must return.
+      scale: the rounding scale per entry (`row_scale`, `label_scale`), broadcast
+        to the truth's shape.
+
+    NaN must be where the truth's NaN is, infinities equal, and every finite
+    entry within ``1e-6 |truth| + 4 eps32 * scale`` (float32),
+    ``1e-12 |truth| + 4 eps64 * scale`` (float64), or one ulp of the rounded
+    truth plus ``4 eps32 * scale`` (float16, bfloat16: computed in float32,
+    rounded once).
+    """
+    dtype = np.dtype(dtype)
+    assert isinstance(got, (np.ndarray, np.generic)), type(got)
+    got = np.asarray(got)
+    assert got.dtype.name == dtype.name, (got.dtype, dtype)
+    assert got.shape == np.shape(truth), (got.shape, np.shape(truth))
+    truth = np.asarray(truth, np.float64)
+    scale = np.broadcast_to(np.asarray(scale, np.float64), truth.shape)
+    target, tol = _target_and_tolerance(truth, dtype, scale)
+    value = got.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(value), np.isnan(target), err_msg="NaN positions differ")
+    inf = np.isinf(target)
+    np.testing.assert_array_equal(value[inf], target[inf], err_msg="infinite entries differ")
+    finite = ~np.isnan(target) & ~inf
+    with np.errstate(invalid="ignore"):
+        bad = finite & ~(np.abs(value - target) <= tol)
+    assert not bad.any(), (
+        f"{bad.sum()} of {bad.size} entries off: got {value[bad][:5]}, truth {truth[bad][:5]}, "
+        f"tol {np.where(finite, tol, 0)[bad][:5]}")
+
+
+def ulp(value, dtype):
+    """One unit in the last place of `dtype` at the magnitude of `value` (float64)."""
+    finfo = ml_dtypes.finfo(dtype)
+    magnitude = np.maximum(np.abs(np.asarray(value, np.float64)), float(finfo.smallest_normal))
+    return float(finfo.eps) * 2.0 ** np.floor(np.log2(magnitude))
+
+
+def assert_within_one_ulp(actual, truth, dtype):
+    """`actual`, of `dtype` and the truth's shape, within one ulp of the float64 truth."""
+    actual = np.asarray(actual)
+    assert actual.dtype == np.dtype(dtype), (actual.dtype, dtype)
+    assert actual.shape == np.shape(truth), (actual.shape, np.shape(truth))
+    error = np.abs(actual.astype(np.float64) - np.asarray(truth, np.float64))
+    assert np.all(error <= ulp(truth, dtype)), (actual, truth, error / ulp(truth, dtype))
+
+
+# -- TensorFlow's errors ------------------------------------------------------------------
+
+
+def tf_message(exc):
+    """TF's error text without the ``{{function_node ...}}`` prefix and ``[Op:...]`` suffix."""
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(exc))
+    return re.sub(r"\s*\[Op:.*$", "", text, flags=re.S).strip()
+
+
+# -- shared cases -------------------------------------------------------------------------
+
+INF = np.inf
+EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class, no rows
+    "masked": ([[0.0, -INF, 1.0], [2.0, 3.0, -INF]], [0, 1]),
+    "huge": ([[1e30, -1e30, 0.0], [-1e30, 1e30, 1e30]], [0, 2]),
+    "all-neg-inf": ([[-INF, -INF]], [0]),
+    "one-class": ([[3.0], [4.0]], [0, 0]),
+    "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
+}
+
+
+def hessian_vector_tf(tf, logits, labels, u, weights, dense):
+    """TensorFlow's ``H u`` for ``sum(weights * loss(labels, logits))``, by two tapes.
+
+    Returns ``(d/dlogits, d/dlabels)`` of ``sum(u * d loss / d logits)``; the
+    second is zeros for the sparse loss, and for the dense one where TF passes
+    nothing from the logits' gradient to the labels.
+    """
+    x, y = tf.constant(logits), tf.constant(labels)
+    fn = (tf.nn.softmax_cross_entropy_with_logits if dense
+          else tf.nn.sparse_softmax_cross_entropy_with_logits)
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch([x, y] if dense else [x])
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            loss = tf.reduce_sum(fn(labels=y, logits=x) * tf.constant(weights, x.dtype))
+        s = tf.reduce_sum(inner.gradient(loss, x) * u)
+    hy = outer.gradient(s, y) if dense else None
+    return outer.gradient(s, x).numpy(), np.zeros_like(labels) if hy is None else hy.numpy()

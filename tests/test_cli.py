@@ -1,0 +1,94 @@
+"""The `xent` command a newcomer runs first: ``xent demo`` and ``xent bench --quick``.
+
+The demo's examples are TensorFlow's documented ones: each is run here through
+real TensorFlow, which must give xent's value and the value the demo prints as
+documented. The bench runs from the command line on a tiny input and must
+write its three files, timing xent's calls, whose results are TensorFlow's.
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from oracle import assert_close_to_truth, label_scale
+from xent import _bench, _demo, cli
+
+EXAMPLES = _demo.examples()
+
+
+@pytest.mark.parametrize("example", EXAMPLES,
+                         ids=[f"{e.section[:30]}-{e.what[:40]}" for e in EXAMPLES])
+def test_each_demo_example_is_tensorflows_documented_value(tf, example):
+    if example.what.startswith(("torch", "jax")):
+        pytest.importorskip(example.what.split(" ")[0])
+    want = np.asarray(example.tf_fn(tf))
+    got = np.asarray(example.xent_fn())
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert _demo.agrees(want, example), (want, example.documented)   # TF's own docs
+    assert _demo.agrees(got, example), (got, example.documented)
+
+
+def test_xent_demo_prints_each_example_beside_tfs_documented_value():
+    result = subprocess.run([sys.executable, "-m", "xent.cli", "demo"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    computed = [e for e in EXAMPLES if not e.what.startswith(("torch", "jax"))
+                or _demo._installed(e.what.split(" ")[0])]
+    for example in EXAMPLES:
+        assert example.what in out
+    for example in computed:
+        assert f"TF docs {example.documented}" in out
+        assert _demo._fmt(example.xent_fn()) in out
+    assert sum(line.endswith("agrees") for line in out.splitlines()) == len(computed)
+    assert out.count("not installed, skipped") == len(EXAMPLES) - len(computed)
+    assert "DIFFERS" not in out
+    assert "(probabilities)" in out and "logits (unnormalised log-probabilities)" in out
+
+
+def test_xent_demo_exits_1_when_an_example_differs(monkeypatch, capsys):
+    wrong = _demo.Example("section", "what", "[1.5]", lambda: np.float32(1.25), None)
+    monkeypatch.setattr(_demo, "examples", lambda: [wrong])
+    assert cli.main(["demo"]) == 1
+    assert capsys.readouterr().out.rstrip().endswith("DIFFERS")
+
+
+@pytest.fixture
+def tiny_bench(monkeypatch):
+    """`xent bench --quick` on one 8x16 input per dtype, its kernels compiled here."""
+    monkeypatch.setattr(_bench, "QUICK_SHAPES", ((8, 16),))
+    monkeypatch.setattr(_bench, "NEIGHBOUR_SHAPE", (8, 16))
+    monkeypatch.setattr(_bench, "precompile",
+                        lambda: [_bench.compile_kernels(d) for d in _bench.DTYPES])
+
+
+def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench, tmp_path):
+    assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    chart = {"bench.png"} if importlib.util.find_spec("matplotlib") else set()   # ([bench])
+    assert {p.name for p in tmp_path.iterdir()} == {"bench.json", "bench.md"} | chart
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["shape"], r["dtype"]) for r in report["results"]] == [
+        ([8, 16], "float32"), ([8, 16], "bfloat16")]
+    for entry in report["results"]:
+        names = {(r["name"], r["mode"]) for r in entry["records"]}
+        assert {("xent", mode) for mode in _bench.MODES} <= names
+        assert ("TensorFlow raw op", "grad") in names
+        assert all(r["median_s"] > 0 for r in entry["records"])
+    assert "xent" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("dtype", _bench.DTYPES)
+def test_the_calls_xent_bench_times_compute_tensorflows_values(tf, dtype):
+    logits, labels = _bench.make_inputs((8, 16), dtype)
+    want = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+        features=np.asarray(logits, np.float64), labels=labels)
+    for case in _bench.xent_cases(logits, labels):   # each called once, on fresh buffers
+        result = case.run()
+        loss = result if case.mode == "loss" else result.loss
+        assert_close_to_truth(loss, want.loss.numpy(), logits.dtype, label_scale(logits, labels))
+        if case.mode != "loss":
+            assert_close_to_truth(result.backprop, want.backprop.numpy(), logits.dtype, 1.0)

@@ -1,0 +1,76 @@
+"""Which kernels run: the fused ones, or the NumPy reference where numba is missing.
+
+Runs whether or not numba is installed: the fallback is checked in a child
+process in which ``import numba`` fails, as it does where numba is not
+installed, so this file never sits behind numba's own ``importorskip``.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import xent
+from xent import _core
+
+# In a child process: numba cannot be imported; the first call warns once and runs on the
+# NumPy reference kernels, the second is silent; both give the reference's numbers.
+NO_NUMBA = """
+import sys, warnings
+sys.modules["numba"] = None            # import numba now raises ImportError
+import numpy as np
+import xent
+from xent import _kernels
+
+logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    first = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=logits)
+    second = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, np.array([0, 1]))
+print(xent.get_kernels())
+print(sum("fused kernels unavailable" in str(w.message) for w in caught))
+np.testing.assert_array_equal(first, _kernels.sparse_rows(logits, np.array([0, 1]))[0])
+np.testing.assert_array_equal(second.loss, first)
+try:
+    xent.set_kernels("fused")
+except ImportError as exc:
+    print("ImportError", "numba" in str(exc))
+"""
+
+
+def _child(code, **env):
+    """Run `code` in a fresh Python without XENT_KERNELS set; its stdout lines."""
+    environ = {k: v for k, v in os.environ.items() if k != "XENT_KERNELS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**environ, **env}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split("\n")
+
+
+def test_missing_numba_falls_back_to_the_reference_kernels_with_one_warning():
+    kernels, warnings_seen, explicit, _ = _child(NO_NUMBA)
+    assert kernels == "numpy"
+    assert warnings_seen == "1"
+    assert explicit == "ImportError True"   # asking for the fused kernels names numba
+
+
+@pytest.mark.parametrize("name", ["numpy", "fused"])
+def test_xent_kernels_environment_variable_chooses_the_kernels(name):
+    if name == "fused":
+        pytest.importorskip("xent._fused", reason="numba is not installed")
+    code = "import xent; print(xent.get_kernels())"
+    assert _child(code, XENT_KERNELS=name)[0] == name
+
+
+def test_set_kernels_rejects_an_unknown_name_and_keeps_the_choice():
+    before = xent.get_kernels()
+    with pytest.raises(ValueError, match="'fused' or 'numpy'; received 'gpu'"):
+        xent.set_kernels("gpu")
+    assert xent.get_kernels() == before
+
+
+def test_using_kernels_switches_for_its_body_only():
+    before = xent.get_kernels()
+    with _core.using_kernels("numpy"):
+        assert xent.get_kernels() == "numpy"
+    assert xent.get_kernels() == before
