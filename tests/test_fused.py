@@ -31,7 +31,7 @@ except ImportError as exc:   # pragma: no cover - depends on the machine
     if os.environ.get("CI", "").lower() == "true":
         raise ImportError(f"numba is a dependency and CI must test the fused kernels: {exc}") from exc
     pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
-from xent._fused import _chunks, _formats, _launch, _math, _narrow, _rows  # noqa: E402
+from xent._fused import _formats, _launch, _math, _narrow, _pass_b, _rows  # noqa: E402
 from oracle import dense_scale, label_scale  # noqa: E402
 
 every_target = pytest.mark.every_target
@@ -890,7 +890,7 @@ def test_pass_b_hardware_bfloat16_rounding_equals_ml_dtypes():
     @njit
     def pass_b_stores(e, out, f):
         n = np.uint64(e.shape[0])
-        start = _chunks._hardware_rounded(e, None, out, np.uint64(0), n, f)
+        start = _pass_b._hardware_rounded(e, None, out, np.uint64(0), n, f)
         for j in range(start, n):
             _formats.store_finite(out, j, e[j] * f)
         return start

@@ -13,7 +13,9 @@ One file per idea, from the bottom up:
   _llvm      LLVM operations numba does not expose (portable, no calls)
   _math      exp and log as polynomials that vectorise
   _formats   float16/bfloat16 storage: loads, rounded stores
-  _chunks    one row in chunks: pass A, the combine, pass B
+  _exps      which exp each format takes
+  _chunks    one row in chunks: pass A and the combine
+  _pass_b    the gradient of a row, from the exps pass A kept
   _rows      the chunk path's row kernels, per need
   _narrow    rows of at most 64 classes, 16 at a time, one per vector lane
   _blocks    the kernels spread over threads

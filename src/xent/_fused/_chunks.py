@@ -1,4 +1,4 @@
-"""One row in chunks: pass A (max and sum of exps), the combine, and pass B (the gradient).
+"""One row in chunks: pass A (max and sum of exps) and the combine; pass B is `_pass_b`.
 
 Pass A reads a row from memory once, chunk by chunk (`CHUNK` entries, in L1),
 and leaves per chunk c its max m_c, the shift t_c its exps were taken against
@@ -24,7 +24,7 @@ That is the reference's shift by the row max M, up to rounding, with no
 temporaries: one read of each logit and one write of each gradient entry. A
 row whose max is not finite (a NaN, a ``+inf``, or every entry ``-inf``) is
 all NaN, as in TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the
-softmax. While pass A computes on a half-precision row it prefetches the
+softmax. While pass A computes on a row it prefetches the
 next one, so that memory keeps streaming through pass B (`_prefetch_chunk`).
 
 Chunk bounds are unsigned: numba then skips its negative-index check and the
@@ -34,14 +34,14 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from xent._fused._formats import HALF_FORMATS, hardware_bf16, like, load, scale_to_bf16, \
-    store, store_finite, tiny
-from xent._fused._llvm import fmuladd, is_finite, max_finite, maximum, mul_exact, prefetch
-from xent._fused._math import LOG2E32, exp2_half, exp32, exp64, exp_half
-from xent._fused._options import FAST, INLINE
+from xent._fused._exps import exp_of, sweep_exp, sweep_k, sweep_shift
+from xent._fused._formats import HALF_FORMATS, like, load
+from xent._fused._llvm import is_finite, max_finite, maximum, prefetch
+from xent._fused._math import exp64
+from xent._fused._options import INLINE
 
-__all__ = ["CHUNK", "exp", "exp_of", "exp_pass", "combine", "combine_targets", "rescale",
-           "fill_nan", "STATS"]
+__all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
+           "prefetch_half_chunk"]
 
 # Rows are read in chunks of this many elements (8 KB of float32, in L1).
 CHUNK = np.uint64(2048)
@@ -51,86 +51,8 @@ _U0, _U1 = np.uint64(0), np.uint64(1)
 SHIFT_SLACK = 16.0
 # The rows of a row's per-chunk statistics (`chunk_stats`).
 _MAX, _SHIFT, _SUM, _YSUM, _YXSUM = 0, 1, 2, 3, 4
+SHIFT = _SHIFT
 STATS = 5
-
-
-# --- which exp each format takes ---------------------------------------------------------
-
-def exp(x):
-    """exp(x) for ``x <= 0`` in x's precision (numba only)."""
-
-
-def exp_of(a, y, x):
-    """exp(x) for the logits `a` with targets `y`: `exp_half` for half-precision
-    logits with sparse labels (y None), where every use of the exps is a
-    relative one; `exp` otherwise (numba only). A dense gradient
-    softmax - y cancels, and needs the exps to the accumulator's precision."""
-
-
-def is_half_sparse(a, y):
-    """Whether numba types `a` (logits) and `y` (targets) are half precision with sparse labels."""
-    return a.dtype in HALF_FORMATS and isinstance(y, types.NoneType)
-
-
-@overload(exp, jit_options={"fastmath": FAST})
-def _exp_impl(x):
-    if x == types.float32:
-        return lambda x: exp32(x)
-    return lambda x: exp64(x)
-
-
-@overload(exp_of, jit_options={"fastmath": FAST})
-def _exp_of_impl(a, y, x):
-    if is_half_sparse(a, y):
-        return lambda a, y, x: exp_half(x)
-    return lambda a, y, x: exp(x)
-
-
-# The one-sweep loop shifts a chunk's logits by the row's running max. For
-# half-precision logits with sparse labels, the shift is also folded into the
-# exp's first multiply: exp(x_j - shift) is taken as 2**(x_j log2(e) + k)
-# with k = -shift log2(e) rounded to float32, one FMA. Those exps amount to a
-# shift of exactly -k / log2(e) (up to a relative 1e-8 on x_j - shift):
-# `sweep_shift` records it, so the combine and pass B use the shift the exps
-# were taken against.
-_LOG2E32_AS_64 = float(LOG2E32)
-
-
-def sweep_k(a, y, shift):
-    """The one-sweep loop's constant for shifting logits of `a` by `shift` (numba only):
-    ``float32(-shift log2(e))`` when folded (half precision, sparse), else shift."""
-
-
-def sweep_shift(a, y, k):
-    """The shift, as a float64, that the one-sweep loop's exps under constant k
-    amount to: ``-k / log2(e)`` when folded, else k (numba only)."""
-
-
-def sweep_exp(a, y, v, k):
-    """The one-sweep loop's exp(v - shift) for a logit v of `a`, under constant k (numba only)."""
-
-
-@overload(sweep_k)
-def _sweep_k_impl(a, y, shift):
-    if is_half_sparse(a, y):
-        return lambda a, y, shift: np.float32(-np.float64(shift) * _LOG2E32_AS_64)
-    return lambda a, y, shift: shift
-
-
-@overload(sweep_shift)
-def _sweep_shift_impl(a, y, k):
-    if is_half_sparse(a, y):
-        return lambda a, y, k: -np.float64(k) / _LOG2E32_AS_64
-    return lambda a, y, k: np.float64(k)
-
-
-@overload(sweep_exp, jit_options={"fastmath": FAST})
-def _sweep_exp_impl(a, y, v, k):
-    if is_half_sparse(a, y):
-        return lambda a, y, v, k: exp2_half(fmuladd(v, LOG2E32, k))
-    if a.dtype != types.float64:
-        return lambda a, y, v, k: exp32(v - like(k, v))
-    return lambda a, y, v, k: exp64(v - k)
 
 
 # --- pass A: one chunk ---------------------------------------------------------------------
@@ -323,7 +245,7 @@ def _prefetch_chunk(ahead, lo, hi):
     """
 
 
-def _prefetch_half_chunk(ahead, lo, hi):
+def prefetch_half_chunk(ahead, lo, hi):
     """`_prefetch_chunk` for a half-precision `ahead` only (numba only).
 
     Pass B prefetches the next row of a separate gradient buffer, so that
@@ -349,7 +271,7 @@ def _prefetch_chunk_impl(ahead, lo, hi):
     return _prefetch_lines(ahead)
 
 
-@overload(_prefetch_half_chunk, inline="always")
+@overload(prefetch_half_chunk, inline="always")
 def _prefetch_half_chunk_impl(ahead, lo, hi):
     if isinstance(ahead, types.NoneType) or ahead.dtype not in HALF_FORMATS:
         return lambda ahead, lo, hi: None
@@ -421,74 +343,3 @@ def combine_targets(st, top):
     return sy, syx
 
 
-# --- pass B ------------------------------------------------------------------------------------
-
-# A chunk's factor exp(t_c - M) / S below the smallest normal float would round
-# coarsely, and its exps reach e**16: such chunks (rare: t_c more than 87 below
-# M) are scaled in two steps, through 2**64.
-_TWO64, _TWO_M64 = 2.0 ** 64, 2.0 ** -64
-
-
-def _hardware_rounded(e, y, out, lo, hi, f):
-    """Pass B's stores out[j] = e[j] * f for the whole blocks of [lo, hi) through
-    `scale_to_bf16`, when out is bfloat16 with sparse labels and the CPU
-    rounds to bfloat16 itself; returns where the store loop goes on from
-    (lo when none were done or all must be redone; numba only)."""
-
-
-@overload(_hardware_rounded, inline="always")
-def _hardware_rounded_impl(e, y, out, lo, hi, f):
-    if not (out.dtype == types.uint16 and e.dtype == types.float32
-            and isinstance(y, types.NoneType) and hardware_bf16()):
-        return lambda e, y, out, lo, hi, f: lo
-
-    def blocks(e, y, out, lo, hi, f):
-        j = scale_to_bf16(e, out, lo, hi, f)
-        return lo if j > hi else j
-    return blocks
-
-
-def _finish_entry(out, y, j, p):
-    """Pass B's store of p = softmax_j: p itself (sparse, y None; finite, as a
-    row with a NaN or infinity never gets here), or p - y_j (numba only)."""
-
-
-@overload(_finish_entry, inline="always")
-def _finish_entry_impl(out, y, j, p):
-    if isinstance(y, types.NoneType):
-        return lambda out, y, j, p: store_finite(out, j, p)
-    return lambda out, y, j, p: store(out, j, p - load(y, j))
-
-
-@njit(**INLINE)
-def rescale(e, y, out, st, top, inv_s, ahead):
-    """Pass B: out_j = e_j exp(t_c - M) / S (minus y_j with dense targets y),
-    rounded to out's format (e may be out).
-
-    Pass B works from L2; chunk by chunk, it prefetches `ahead` (the next
-    row of a separate gradient buffer, or None), for the next pass B.
-    """
-    n = np.uint64(e.shape[0])
-    smallest = tiny(e[0])
-    c = 0
-    for lo in range(_U0, n, CHUNK):
-        hi = min(lo + CHUNK, n)
-        _prefetch_half_chunk(ahead, lo, hi)
-        factor = exp64(st[_SHIFT, c] - top) * inv_s
-        if factor >= smallest:
-            f = like(factor, e[0])
-            for j in range(_hardware_rounded(e, y, out, lo, hi, f), hi):
-                _finish_entry(out, y, j, e[j] * f)
-        else:
-            f, down = like(factor * _TWO64, e[0]), like(_TWO_M64, e[0])
-            for j in range(lo, hi):
-                _finish_entry(out, y, j, mul_exact(mul_exact(e[j], f), down))
-        c += 1
-
-
-@njit(**INLINE)
-def fill_nan(out, ref):
-    """Every element of `out` NaN."""
-    nan = like(np.nan, ref)
-    for j in range(out.shape[0]):
-        store(out, j, nan)

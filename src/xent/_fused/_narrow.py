@@ -24,7 +24,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from xent._fused import _target
-from xent._fused._chunks import exp, exp_of
+from xent._fused._exps import exp, exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
 from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat
 from xent._fused._math import log_of_sum

@@ -1,7 +1,7 @@
 """The chunk path's kernels: one row per need, then a range of rows per need.
 
-Each row kernel is pass A, the combine and (for a gradient) pass B of
-`xent._fused._chunks`, with the loss:
+Each row kernel is pass A and the combine of `xent._fused._chunks` and (for a
+gradient) pass B of `xent._fused._pass_b`, with the loss:
 
     sparse:  loss = log S - (x_label - M),        lse = M + log S
     dense:   loss = sum_j y_j (log S - (x_j - M)), lse = M + log S
@@ -15,8 +15,9 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from xent._fused._chunks import chunk_stats, combine, combine_targets, exp, exp_pass, fill_nan, \
-    rescale, CHUNK
+from xent._fused._chunks import CHUNK, chunk_stats, combine, combine_targets, exp_pass
+from xent._fused._exps import exp
+from xent._fused._pass_b import fill_nan, rescale
 from xent._fused._formats import HALF_FORMATS, like, load, store
 from xent._fused._llvm import label_loss
 from xent._fused._options import INLINE, KERNEL
