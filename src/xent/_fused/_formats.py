@@ -37,6 +37,8 @@ HALF_FORMATS = (types.uint16, types.int16)
 
 def kernel_view(a):
     """`a` as the kernels see it: half precision as integer views naming the format."""
+    if a.dtype.itemsize != 2:
+        return a
     if a.dtype == np.float16:
         return a.view(np.int16)
     if a.dtype.name == "bfloat16":
