@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The CPUs to compile for, by the host's architecture: the host itself, and on
@@ -60,8 +61,6 @@ class Run:
 
 def run_target(name, env_overrides):
     """Run the every-target tests compiled for target `name`; return its `Run`."""
-    import time
-
     with tempfile.TemporaryDirectory(prefix=f"xent-numba-{name}-") as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, **env_overrides)
         start = time.perf_counter()

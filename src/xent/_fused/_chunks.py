@@ -174,8 +174,8 @@ def _one_sweep(x, y, e, save, lo, hi, top):
     of k moves it by up to 6e-8 |top|, too far for logits beyond 2e8."""
     k = sweep_k(x, y, top)
     shift = sweep_shift(x, y, k)
-    sy, syx = _targets(x, y, lo, hi, top)
     if abs(shift - np.float64(top)) <= SHIFT_SLACK:
+        sy, syx = _targets(x, y, lo, hi, top)   # before e, which may be x, is written
         m, s = _chunk_max_exps(x, y, e, save, lo, hi, k)
         if m <= top + SHIFT_SLACK and is_finite(s):
             return True, m, shift, s, sy, syx

@@ -12,10 +12,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = [
-    "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "add_exact",
-    "sub_exact", "fmuladd", "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum",
-    "ldexp", "scale_by_bits", "fma",
-    "split_exponent",
+    "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
+    "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
+    "fma", "split_exponent",
 ]
 
 
@@ -68,21 +67,14 @@ def floor_at(typingctx, floor, x):
     return x(x, x), codegen
 
 
-def _exact(op):
-    """A two-operand float instruction carrying only the ``nsz`` flag: numba's
-    fast-math pass leaves flagged instructions alone, and without ``reassoc``
-    LLVM may neither regroup nor fold it."""
-    def typer(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, op)(args[0], args[1], flags=("nsz",))
-        return a(a, b), codegen
-    typer.__doc__ = f"a {op[1:]} b, rounded once and never regrouped with another operation."
-    return intrinsic(typer)
-
-
-mul_exact = _exact("fmul")
-add_exact = _exact("fadd")
-sub_exact = _exact("fsub")
+@intrinsic
+def mul_exact(typingctx, a, b):
+    """a * b, rounded once and never regrouped with another product: the
+    ``nsz`` flag alone (numba's fast-math pass leaves flagged instructions
+    alone, and without ``reassoc`` LLVM keeps the order)."""
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1], flags=("nsz",))
+    return a(a, b), codegen
 
 
 @intrinsic
