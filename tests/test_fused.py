@@ -788,15 +788,48 @@ def test_a_bad_xent_kernels_value_is_a_clear_error():
 
 def test_a_long_compile_says_so_once_on_stderr(tmp_path):
     """A first call that compiles prints one line naming the CPU and numba's
-    cache, once per process however many kernels compile."""
-    code = ("import numpy as np, ml_dtypes, xent; f = xent.nn.sparse_softmax_cross_entropy_with_logits; "
-            "f(labels=[0, 1], logits=np.ones((2, 3), np.float32)); "
-            "f(labels=[0, 1], logits=np.ones((2, 3), ml_dtypes.bfloat16))")
-    code_, _, err = _python(code, NUMBA_CACHE_DIR=str(tmp_path))
+    cache, once per process however many kernels compile; a process that loads
+    the kernels from that cache prints nothing. The child lowers the notice's
+    delay (the total compile seconds before it speaks, 1 s by default) so that
+    the line cannot depend on how fast this machine compiles."""
+    calls = ("f = xent.nn.sparse_softmax_cross_entropy_with_logits; "
+             "f(labels=[0, 1], logits=np.ones((2, 3), np.float32)); "
+             "f(labels=[0, 1], logits=np.ones((2, 3), ml_dtypes.bfloat16))")
+    cold = ("import numpy as np, ml_dtypes, xent, xent._fused._notice as notice; "
+            "notice.DELAY = 0.05; " + calls)
+    code_, _, err = _python(cold, NUMBA_CACHE_DIR=str(tmp_path))
     assert code_ == 0, err
     lines = [line for line in err.splitlines() if line.startswith("xent: compiling kernels for ")]
     assert len(lines) == 1, err
     assert str(tmp_path) in lines[0] and "once; cached in" in lines[0]
+    code_, _, err = _python("import numpy as np, ml_dtypes, xent; " + calls,
+                            NUMBA_CACHE_DIR=str(tmp_path))
+    assert code_ == 0 and "xent: compiling" not in err, err
+
+
+def test_the_compile_notice_counts_seconds_over_several_compiles():
+    """Compiles that are each shorter than the delay still speak once their
+    total passes it (a fast machine compiles each kernel in under a second)."""
+    import io
+    import time
+    from types import SimpleNamespace
+    from xent._fused import _notice
+
+    def kernel():
+        pass
+    kernel.__module__ = "xent._fused._rows"
+    event = SimpleNamespace(data={"dispatcher": SimpleNamespace(py_func=kernel)})
+    stream = io.StringIO()
+    listener = _notice._CompileNotice(stream=stream, delay=1.0)
+    for _ in range(2):
+        listener.on_start(event)
+        time.sleep(0.3)
+        listener.on_end(event)
+    assert stream.getvalue() == ""
+    listener.on_start(event)
+    time.sleep(0.8)
+    listener.on_end(event)
+    assert stream.getvalue().startswith("xent: compiling kernels for ") and listener.said
 
 
 def test_import_xent_does_not_import_numba():

@@ -2,13 +2,15 @@
 
 numba compiles a kernel the first time it meets a signature (its dtypes and
 layouts), and caches the machine code on disk: later processes load it in
-milliseconds. A cold compile takes seconds. When one of xent's compiles is
-still running after `DELAY` seconds, this prints, once per process:
+milliseconds. A cold compile takes seconds, spread over several kernels (one
+per dtype and layout met). When xent's compiles in this process have run for
+`DELAY` seconds in all, this prints, once per process:
 
     xent: compiling kernels for znver3, once; cached in /path/__pycache__
 """
 import sys
 import threading
+import time
 
 from numba.core import event
 
@@ -31,11 +33,13 @@ def _cache_place(dispatcher):
 
 
 class _CompileNotice(event.Listener):
-    """Arms a timer when an outermost compile of xent's starts; disarms it when it ends."""
+    """Counts the seconds spent in xent's outermost compiles; while one runs, a
+    timer fires when the total would pass the delay (`DELAY` unless given)."""
 
-    def __init__(self, stream=None, delay=DELAY):
+    def __init__(self, stream=None, delay=None):
         self._stream, self._delay = stream, delay
         self._depth, self._timer, self.said = 0, None, False
+        self._spent, self._started = 0.0, 0.0
         self._lock = threading.Lock()
 
     def _say(self, dispatcher):
@@ -54,7 +58,9 @@ class _CompileNotice(event.Listener):
         with self._lock:
             self._depth += 1
             if self._depth == 1:
-                self._timer = threading.Timer(self._delay, self._say, (dispatcher,))
+                delay = DELAY if self._delay is None else self._delay
+                self._started = time.perf_counter()
+                self._timer = threading.Timer(max(0.0, delay - self._spent), self._say, (dispatcher,))
                 self._timer.daemon = True
                 self._timer.start()
 
@@ -65,9 +71,11 @@ class _CompileNotice(event.Listener):
             if self._depth == 0:
                 return
             self._depth -= 1
-            if self._depth == 0 and self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            if self._depth == 0:
+                self._spent += time.perf_counter() - self._started
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
 
 
 _listener = _CompileNotice()
