@@ -1,0 +1,86 @@
+"""The options of `xent.cross_entropy` and `xent.linear_cross_entropy`, checked once.
+
+Every check runs before any arithmetic, so a bad call fails without work done
+and names the argument, the value it got and what was expected.
+"""
+import math
+from typing import NamedTuple, Optional
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class Options(NamedTuple):
+    """What the loss of one token is (see `xent._large_vocab._rows` for the math).
+
+    ignore_index: a target value that marks a token to skip (loss and gradient 0,
+      not counted in the mean).
+    label_smoothing: ε in [0, 1]: (1-ε)·nll + ε·mean_j(-log p_j).
+    z_loss: λ >= 0: adds λ·lse² per token.
+    softcap: c > 0 or None: the logits become c·tanh(logits/c) first.
+    reduction: "mean" (over the tokens not ignored), "sum" or "none".
+    """
+
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: Optional[float] = None
+    reduction: str = "mean"
+
+    @property
+    def plain(self):
+        """Whether the loss is the plain nll: no smoothing, z-loss or softcap."""
+        return self.label_smoothing == 0 and self.z_loss == 0 and self.softcap is None
+
+
+def _real(name, value):
+    """`value` as a finite Python float, or a ValueError naming `name`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number; received {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite; received {value!r}")
+    return number
+
+
+def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
+    """Check the options and return them as `Options`.
+
+    Raises:
+      TypeError: a non-integer `ignore_index`, a non-number option.
+      ValueError: `label_smoothing` outside [0, 1], a negative `z_loss`, a
+        `softcap` that is not > 0, an unknown `reduction`.
+    """
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        if not (hasattr(ignore_index, "__index__") and not isinstance(ignore_index, bool)):
+            raise TypeError(f"ignore_index must be an integer; received {ignore_index!r}")
+        ignore_index = int(ignore_index.__index__())
+    smoothing = _real("label_smoothing", label_smoothing)
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1]; received {label_smoothing!r}")
+    z = _real("z_loss", z_loss)
+    if z < 0:
+        raise ValueError(f"z_loss must be >= 0; received {z_loss!r}")
+    cap = None if softcap is None else _real("softcap", softcap)
+    if cap is not None and cap <= 0:
+        raise ValueError(f"softcap must be > 0 or None; received {softcap!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; received {reduction!r}")
+    return Options(ignore_index, smoothing, z, cap, reduction)
+
+
+def chunk_rows(chunk_size, num_classes):
+    """The number of tokens per chunk of `linear_cross_entropy`.
+
+    None picks about `CHUNK_BYTES` of float32 logits per chunk (at least 16
+    tokens, so the matmuls stay efficient); else a positive int is required.
+    """
+    if chunk_size is None:
+        return max(16, CHUNK_BYTES // (4 * max(num_classes, 1)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None; received {chunk_size!r}")
+    return chunk_size
+
+
+# One chunk's float32 logits: 16 MiB (64 tokens at V = 65536).
+CHUNK_BYTES = 16 << 20

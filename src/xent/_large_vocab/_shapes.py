@@ -1,0 +1,57 @@
+"""Shape and dtype checks of the large-vocabulary functions, for every array type.
+
+They read only shapes and dtype names, so NumPy arrays, torch tensors and JAX
+arrays (traced or not) go through the same checks, before any work.
+"""
+from xent._dtypes import FLOAT_NAMES, LABEL_NAMES
+from xent.errors import InvalidDTypeError
+
+__all__ = ["cross_entropy_shapes", "linear_shapes"]
+
+
+def _float(name, dtype_name):
+    if dtype_name not in FLOAT_NAMES:
+        raise InvalidDTypeError(
+            f"{name} must have a floating dtype ({', '.join(FLOAT_NAMES)}); received {dtype_name}")
+
+
+def _target(shape, dtype_name, expected):
+    if dtype_name not in LABEL_NAMES:
+        raise InvalidDTypeError(
+            f"target must hold class indices as int32 or int64; received dtype {dtype_name}")
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"target must have shape {list(expected)} (one class index per token); "
+                         f"received shape {list(shape)}")
+
+
+def cross_entropy_shapes(logits_shape, logits_dtype, target_shape, target_dtype):
+    """Check ``logits [..., V]`` (V >= 1, float) and ``target [...]`` (int32/int64)."""
+    _float("logits", logits_dtype)
+    if len(logits_shape) < 1 or logits_shape[-1] < 1:
+        raise ValueError(f"logits must have shape [..., V] with V >= 1 classes on the last "
+                         f"axis; received shape {list(logits_shape)}")
+    _target(target_shape, target_dtype, logits_shape[:-1])
+
+
+def linear_shapes(input_shape, input_dtype, weight_shape, weight_dtype,
+                  target_shape, target_dtype, bias_shape=None, bias_dtype=None):
+    """Check ``input [..., H]``, ``weight [V, H]``, ``bias [V]`` (one float dtype) and ``target [...]``."""
+    _float("input", input_dtype)
+    if len(input_shape) < 1:
+        raise ValueError(f"input must have shape [..., H]; received a scalar")
+    if len(weight_shape) != 2:
+        raise ValueError(f"weight must be 2-D, [V, H]; received shape {list(weight_shape)}")
+    if weight_dtype != input_dtype:
+        raise InvalidDTypeError(f"weight must have input's dtype {input_dtype}; received {weight_dtype}")
+    if weight_shape[1] != input_shape[-1]:
+        raise ValueError(f"weight's second dimension H must equal input's last dimension "
+                         f"{input_shape[-1]}; received weight shape {list(weight_shape)}")
+    if weight_shape[0] < 1:
+        raise ValueError(f"weight must have V >= 1 rows (classes); received shape {list(weight_shape)}")
+    if bias_shape is not None:
+        if tuple(bias_shape) != (weight_shape[0],):
+            raise ValueError(f"bias must have shape [V] = [{weight_shape[0]}]; "
+                             f"received shape {list(bias_shape)}")
+        if bias_dtype != input_dtype:
+            raise InvalidDTypeError(f"bias must have input's dtype {input_dtype}; received {bias_dtype}")
+    _target(target_shape, target_dtype, input_shape[:-1])
