@@ -27,6 +27,8 @@ class _Ops:
     """The operations `xent._array_kernels` needs, as `jax.numpy` calls."""
 
     exp = staticmethod(jnp.exp)
+    tanh = staticmethod(jnp.tanh)
+    isfinite = staticmethod(jnp.isfinite)
     log = staticmethod(jnp.log)
     where = staticmethod(jnp.where)
     stop_gradient = staticmethod(jax.lax.stop_gradient)

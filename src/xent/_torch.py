@@ -37,6 +37,8 @@ class _Ops:
     """The operations `xent._array_kernels` needs, as torch calls."""
 
     exp = staticmethod(torch.exp)
+    tanh = staticmethod(torch.tanh)
+    isfinite = staticmethod(torch.isfinite)
     log = staticmethod(torch.log)
     where = staticmethod(torch.where)
 

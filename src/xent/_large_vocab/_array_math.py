@@ -1,0 +1,38 @@
+"""The per-token loss in a framework's own ops, differentiated by its autodiff.
+
+For torch tensors off the CPU and for JAX arrays: the same formula as
+`xent._large_vocab._rows` (which is the fused kernel plus corrections),
+
+    z    <- c·tanh(z/c)                          (softcap c)
+    lse  = m + log Σ_j exp(z_j - m),  m = max_j z_j (a constant for autodiff)
+    loss = (1 - ε)·(lse - z_y) + ε·(lse - mean_j z_j) + λ·lse²
+
+0 for ignored tokens, NaN for a target outside ``[0, V)`` (no host sync is
+spent on a range check here). `ops` is a backend's `_Ops` (exp, log, tanh,
+where, isfinite, max_last, sum_last, take_last, stop_gradient).
+"""
+__all__ = ["token_losses"]
+
+
+def _lse(ops, z):
+    """``[n]`` log-sum-exp of ``[n, V]`` z, shifted by its (constant) finite row max."""
+    m = ops.stop_gradient(ops.max_last(z))
+    m = ops.where(ops.isfinite(m), m, 0 * m)
+    return (m + ops.log(ops.sum_last(ops.exp(z - m))))[..., 0]
+
+
+def token_losses(ops, z, targets, opts):
+    """``[n]`` losses of ``[n, V]`` logits `z` (the accumulator dtype) and int `targets` ``[n]``."""
+    num_classes = z.shape[-1]
+    if opts.softcap is not None:
+        z = opts.softcap * ops.tanh(z * (1.0 / opts.softcap))
+    valid = targets != opts.ignore_index
+    in_range = (targets >= 0) & (targets < num_classes)
+    lse = _lse(ops, z)
+    loss = lse - ops.take_last(z, ops.where(in_range, targets, 0 * targets))
+    if opts.label_smoothing:
+        eps = opts.label_smoothing
+        loss = (1.0 - eps) * loss + eps * (lse - ops.sum_last(z)[..., 0] * (1.0 / num_classes))
+    if opts.z_loss:
+        loss = loss + opts.z_loss * lse * lse
+    return ops.where(valid, ops.where(in_range, loss, float("nan")), 0.0)

@@ -1,0 +1,236 @@
+"""The large-vocabulary functions on torch tensors, differentiable by autograd.
+
+CPU tensors run the fused kernel on zero-copy NumPy views (`_cross_entropy`,
+`_linear`), with TensorFlow's range error for a bad target. The gradient is
+computed in the forward pass, in the same kernel pass as the loss, already
+scaled for the reduction (1/count for the mean); the backward hands it over
+(scaled again only when the upstream gradient is not 1). For
+``reduction="none"`` the per-token upstream gradient scales the rows in the
+backward (`cross_entropy`), or the chunks are computed again with it
+(`linear_cross_entropy`).
+
+Tensors on other devices run `_array_math` in torch ops under autograd (the
+linear head chunk by chunk, each chunk recomputed in the backward by
+`torch.utils.checkpoint`, so only one chunk's logits are held).
+"""
+import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from xent import _torch
+from xent._dtypes import accumulator
+from xent._large_vocab import _array_math, _numpy
+from xent._large_vocab._cross_entropy import losses_and_gradient
+from xent._large_vocab._linear import chunked
+from xent._large_vocab._tokens import reduce, row_weights
+
+__all__ = ["cross_entropy", "linear_cross_entropy"]
+
+
+def _on_kernel(t):
+    """Whether tensor `t` runs the fused kernel (CPU, unless the tests chose torch ops)."""
+    return t.device.type == "cpu" and not _torch._state["torch_ops_on_cpu"]
+
+
+def _accumulator(dtype):
+    """The dtype torch arithmetic of `dtype` logits runs in (float32 for half precision)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _loss_tensor(loss):
+    """A NumPy result (scalar or array) as a CPU tensor."""
+    return _torch._from_numpy(np.asarray(loss))
+
+
+def _scaled(grad, g, reduction):
+    """`grad` times the upstream gradient `g` (per row for ``"none"``), in place."""
+    if reduction == "none":
+        return _torch._scale_rows_(grad, g)
+    if g.item() != 1.0:
+        grad.mul_(g.to(grad.dtype) if grad.dtype.is_floating_point else g)
+    return grad
+
+
+def _check_inplace(logits):
+    """Refuse inplace_backward where writing over `logits` cannot be safe."""
+    if logits.is_leaf and logits.requires_grad:
+        raise ValueError("inplace_backward=True would overwrite logits, a leaf tensor that "
+                         "requires grad (its .grad would be its own overwritten values); pass "
+                         "logits computed from your parameters, or inplace_backward=False")
+    if not logits.is_contiguous():
+        raise ValueError(f"inplace_backward=True needs contiguous logits; received a tensor "
+                         f"of shape {list(logits.shape)} with strides {list(logits.stride())}")
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """`cross_entropy` on the kernel: the loss, with the gradient made in the forward."""
+
+    @staticmethod
+    def forward(ctx, logits, target, opts, inplace):
+        x = _torch._numpy_view(logits)
+        targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, x.shape[-1])
+        x2, grad = x.reshape(-1, x.shape[-1]), None
+        if ctx.needs_input_grad[0]:
+            grad = x2 if inplace else _torch._empty_numpy(x2)
+        weights = row_weights(valid, opts.reduction, accumulator(x.dtype))
+        losses = losses_and_gradient(x2, targets, valid, opts, weights, grad)
+        if inplace and grad is not None:
+            torch.autograd.graph.increment_version(logits)
+        ctx.grad = None if grad is None else _torch._from_numpy(grad).reshape(logits.shape)
+        ctx.reduction = opts.reduction
+        return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), x.dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:
+            raise RuntimeError("xent.cross_entropy's backward ran twice: its gradient is made "
+                               "once, in the forward; run the forward again")
+        return _scaled(grad, g, ctx.reduction), None, None, None
+
+
+def _device_cross_entropy(logits, target, opts):
+    """`cross_entropy` in torch ops (other devices): autograd does the gradient."""
+    z = logits.reshape(-1, logits.shape[-1]).to(_accumulator(logits.dtype))
+    losses = _array_math.token_losses(_torch._Ops, z, target.reshape(-1).long(), opts)
+    return _reduce_tensor(losses, target, opts).to(logits.dtype)
+
+
+def _reduce_tensor(losses, target, opts):
+    """The reduction of ``[N]`` torch losses (mean over targets not ignored; 0 if none)."""
+    if opts.reduction == "none":
+        return losses.reshape(target.shape)
+    total = losses.sum()
+    if opts.reduction == "sum":
+        return total
+    count = (target != opts.ignore_index).sum()
+    return total / count.clamp(min=1)
+
+
+def cross_entropy(logits, target, opts, inplace_backward, return_grads):
+    """`xent.cross_entropy` on torch tensors (checked)."""
+    if inplace_backward and logits.requires_grad and torch.is_grad_enabled():
+        _check_inplace(logits)
+    if not _on_kernel(logits):
+        return _device_cross_entropy(logits, target, opts)
+    inplace = bool(inplace_backward) and logits.requires_grad and torch.is_grad_enabled()
+    return _CrossEntropy.apply(logits, target, opts, inplace)
+
+
+class TorchMatmuls:
+    """The chunk loop's matmuls (`xent._large_vocab._linear`) on CPU tensors."""
+
+    numpy = staticmethod(_torch._numpy_view)
+    zeros_like = staticmethod(torch.zeros_like)
+
+    @staticmethod
+    def empty(shape, like):
+        return torch.empty(shape, dtype=like.dtype)
+
+    @staticmethod
+    def rows(x, index):
+        return x[torch.from_numpy(index)]
+
+    @staticmethod
+    def put_rows(x, index, values):
+        x[torch.from_numpy(index)] = values
+
+    @staticmethod
+    def logits(x, weight, bias, out):
+        if bias is None:
+            torch.mm(x, weight.t(), out=out)
+        else:
+            torch.addmm(bias, x, weight.t(), out=out)
+
+    @staticmethod
+    def input_grad(g, weight, out):
+        torch.mm(g, weight, out=out)
+
+    @staticmethod
+    def add_weight_grad(dw, g, x):
+        if dw.dtype != g.dtype:    # half precision: accumulate in float32
+            g, x = g.to(dw.dtype), x.to(dw.dtype)
+        dw.addmm_(g.t(), x)
+
+    @staticmethod
+    def add_bias_grad(db, g):
+        db += g.sum(dim=0, dtype=db.dtype)
+
+
+def _linear_grads(x, weight, bias):
+    """Zeroed gradient buffers: dx in x's dtype, dW and db in the accumulator dtype."""
+    acc = _accumulator(x.dtype)
+    return (torch.zeros_like(x), torch.zeros(weight.shape, dtype=acc),
+            None if bias is None else torch.zeros(bias.shape, dtype=acc))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """`linear_cross_entropy` on the kernel, chunk by chunk.
+
+    mean/sum: the gradients are made in the forward (one pass of three
+    matmuls); ``none``: the forward makes the losses only and the backward
+    runs the chunks again with the upstream gradient as row weights.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, target, opts, chunk):
+        x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()
+        w, b = weight.detach(), None if bias is None else bias.detach()
+        targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
+        want = any(ctx.needs_input_grad[:3])
+        early = want and opts.reduction != "none"
+        grads = _linear_grads(x2, w, b) if early else None
+        weights = row_weights(valid, opts.reduction, np.float64 if x.dtype == torch.float64 else np.float32)
+        losses = chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
+        ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
+        ctx.tokens = (targets, valid) if want and not early else None
+        if want and not early:
+            ctx.save_for_backward(x2, w, b)
+        dtype = _torch._numpy_view(x2[:0]).dtype
+        return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), dtype))
+
+    @staticmethod
+    def backward(ctx, g):
+        grads, ctx.grads = ctx.grads, None
+        if grads is not None:
+            dx, dw, db = (None if t is None else _scaled(t, g, "mean") for t in grads)
+        elif ctx.tokens is not None:
+            dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
+        else:
+            raise RuntimeError("xent.linear_cross_entropy's backward ran twice: its gradients "
+                               "are made once; run the forward again")
+        return (dx.reshape(ctx.shape), dw.to(dx.dtype), None if db is None else db.to(dx.dtype),
+                None, None, None)
+
+    @staticmethod
+    def _recompute(ctx, g):
+        """The chunks again, each token's gradient weighted by its upstream `g`."""
+        x2, w, b = ctx.saved_tensors
+        targets, valid = ctx.tokens
+        ctx.tokens = None
+        weights = _torch._numpy_view(g.reshape(-1).to(_accumulator(x2.dtype)).contiguous())
+        grads = _linear_grads(x2, w, b)
+        chunked(TorchMatmuls, x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, grads)
+        return grads
+
+
+def _device_linear(x, weight, bias, target, opts, chunk):
+    """`linear_cross_entropy` in torch ops, one checkpointed chunk at a time."""
+    x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1).long()
+    acc = _accumulator(x.dtype)
+
+    def chunk_losses(xc, tc):
+        z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())
+        return _array_math.token_losses(_torch._Ops, z.to(acc), tc, opts)
+
+    parts = [checkpoint(chunk_losses, x2[lo:lo + chunk], t[lo:lo + chunk], use_reentrant=False)
+             for lo in range(0, x2.shape[0], chunk)]
+    losses = torch.cat(parts) if parts else x2.new_zeros(0, dtype=acc)
+    return _reduce_tensor(losses, target, opts).to(x.dtype)
+
+
+def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
+    """`xent.linear_cross_entropy` on torch tensors (checked)."""
+    if not _on_kernel(x):
+        return _device_linear(x, weight, bias, target, opts, chunk)
+    return _LinearCrossEntropy.apply(x, weight, bias, target, opts, chunk)
