@@ -1,0 +1,117 @@
+"""The large-vocabulary functions on JAX arrays: `jax.numpy`, under jit, grad and vmap.
+
+`cross_entropy` is `_array_math.token_losses` differentiated by JAX.
+`linear_cross_entropy` is a `jax.custom_vjp` over a `lax.scan` of chunks:
+the forward makes each chunk's logits and losses and keeps nothing of them;
+the backward makes each chunk's logits again and, with the upstream gradient
+of its tokens, adds ``dz·W`` to dx and ``dzᵀ·x`` to dW and ``Σ dz`` to db (in
+float32 for half precision). Only one chunk of logits is alive at a time.
+
+Targets outside ``[0, V)``: concrete arrays raise TensorFlow's
+`InvalidArgumentError`; traced ones give NaN losses for those tokens.
+"""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xent import _jax
+from xent._large_vocab import _array_math, _numpy
+
+__all__ = ["cross_entropy", "linear_cross_entropy"]
+
+
+def _accumulator(dtype):
+    """float64 for float64, else float32 (half precision is computed in float32)."""
+    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+
+
+def _check(target, ignore_index, num_classes):
+    """TensorFlow's range error for a concrete target; nothing under tracing."""
+    if not isinstance(target, jax.core.Tracer):
+        _numpy.tokens(np.asarray(target), ignore_index, num_classes)
+
+
+def _reduce(losses, target, opts):
+    """The mean over tokens not ignored (0 if none), the sum, or ``[...]``."""
+    if opts.reduction == "none":
+        return losses.reshape(target.shape)
+    total = losses.sum()
+    if opts.reduction == "sum":
+        return total
+    return total / jnp.maximum((target != opts.ignore_index).sum(), 1).astype(total.dtype)
+
+
+def cross_entropy(logits, target, opts, inplace_backward, return_grads):
+    """`xent.cross_entropy` on JAX arrays (checked); `inplace_backward` has no effect (JAX
+    arrays are immutable; XLA reuses buffers itself)."""
+    _check(target, opts.ignore_index, logits.shape[-1])
+    z = logits.reshape(-1, logits.shape[-1]).astype(_accumulator(logits.dtype))
+    losses = _array_math.token_losses(_jax._Ops, z, target.reshape(-1), opts)
+    return _reduce(losses, target, opts).astype(logits.dtype)
+
+
+def _chunk_logits(xc, weight, bias):
+    """``[C, V]`` logits of a chunk, computed and kept in the accumulator dtype."""
+    acc = _accumulator(xc.dtype)
+    return jnp.matmul(xc, weight.T, preferred_element_type=acc) + bias.astype(acc)
+
+
+def _in_chunks(x2, t, chunk, ignore_index):
+    """x ``[k, C, H]`` and targets ``[k, C]``, padded with ignored tokens to k·C rows."""
+    n = x2.shape[0]
+    k = -(-n // chunk)
+    pad = k * chunk - n
+    xs = jnp.pad(x2, ((0, pad), (0, 0))).reshape(k, chunk, x2.shape[1])
+    ts = jnp.pad(t, (0, pad), constant_values=ignore_index).reshape(k, chunk)
+    return xs, ts
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _linear_losses(x2, weight, bias, t, opts, chunk):
+    """``[N]`` token losses of ``x2·Wᵀ + b`` (accumulator dtype), one chunk at a time."""
+    return _linear_fwd(x2, weight, bias, t, opts, chunk)[0]
+
+
+def _linear_fwd(x2, weight, bias, t, opts, chunk):
+    xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
+
+    def step(carry, xt):
+        z = _chunk_logits(xt[0], weight, bias)
+        return carry, _array_math.token_losses(_jax._Ops, z, xt[1], opts)
+
+    _, losses = jax.lax.scan(step, None, (xs, ts))
+    return losses.reshape(-1)[:x2.shape[0]], (x2, weight, bias, t)
+
+
+def _linear_bwd(opts, chunk, residuals, g):
+    x2, weight, bias, t = residuals
+    acc = _accumulator(x2.dtype)
+    xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
+    gs = jnp.pad(g.astype(acc), (0, xs.shape[0] * chunk - g.shape[0])).reshape(xs.shape[:2])
+
+    def step(sums, xtg):
+        xc, tc, gc = xtg
+        z = _chunk_logits(xc, weight, bias)
+        _, vjp = jax.vjp(lambda z: _array_math.token_losses(_jax._Ops, z, tc, opts), z)
+        dz = vjp(gc)[0]
+        dxc = jnp.matmul(dz, weight.astype(acc)).astype(x2.dtype)
+        dw = sums[0] + jnp.matmul(dz.T, xc.astype(acc))
+        return (dw, sums[1] + dz.sum(axis=0)), dxc
+
+    zeros = (jnp.zeros(weight.shape, acc), jnp.zeros(bias.shape, acc))
+    (dw, db), dxs = jax.lax.scan(step, zeros, (xs, ts, gs))
+    dx = dxs.reshape(-1, x2.shape[1])[:x2.shape[0]]
+    return dx, dw.astype(weight.dtype), db.astype(bias.dtype), None
+
+
+_linear_losses.defvjp(_linear_fwd, _linear_bwd)
+
+
+def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
+    """`xent.linear_cross_entropy` on JAX arrays (checked)."""
+    _check(target, opts.ignore_index, weight.shape[0])
+    b = jnp.zeros(weight.shape[0], x.dtype) if bias is None else bias
+    losses = _linear_losses(x.reshape(-1, x.shape[-1]), weight, b, target.reshape(-1), opts, chunk)
+    return _reduce(losses, target, opts).astype(x.dtype)
