@@ -38,7 +38,9 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
         weights = row_weights(valid, opts.reduction, accumulator(logits.dtype))
     losses = losses_and_gradient(x2, targets, valid, opts, weights, grad)
     loss = reduce(losses, valid, opts.reduction, np.shape(target), logits.dtype)
-    return (loss, grad.reshape(logits.shape)) if return_grads else loss
+    if not return_grads:
+        return loss
+    return loss, logits if inplace_backward else grad.reshape(logits.shape)
 
 
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):

@@ -11,7 +11,8 @@ backward (`cross_entropy`), or the chunks are computed again with it
 
 Tensors on other devices run `_array_math` in torch ops under autograd (the
 linear head chunk by chunk, each chunk recomputed in the backward by
-`torch.utils.checkpoint`, so only one chunk's logits are held).
+`torch.utils.checkpoint`, so only one chunk's logits are held);
+``inplace_backward`` has no effect there (autograd makes the gradient).
 """
 import numpy as np
 import torch
@@ -63,7 +64,13 @@ def _check_inplace(logits):
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """`cross_entropy` on the kernel: the loss, with the gradient made in the forward."""
+    """`cross_entropy` on the kernel: the loss, with the gradient made in the forward.
+
+    The first backward hands that gradient over (autograd may keep it as a
+    leaf's ``.grad`` and add into it later, so it is never handed out twice);
+    a second backward over a retained graph makes it again from the logits,
+    unless they were overwritten (``inplace_backward``).
+    """
 
     @staticmethod
     def forward(ctx, logits, target, opts, inplace):
@@ -77,16 +84,28 @@ class _CrossEntropy(torch.autograd.Function):
         if inplace and grad is not None:
             torch.autograd.graph.increment_version(logits)
         ctx.grad = None if grad is None else _torch._from_numpy(grad).reshape(logits.shape)
-        ctx.reduction = opts.reduction
+        ctx.opts, ctx.tokens, ctx.inplace = opts, (targets, valid, weights), inplace
+        ctx.save_for_backward(None if inplace else logits)
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), x.dtype))
 
     @staticmethod
     def backward(ctx, g):
         grad, ctx.grad = ctx.grad, None
         if grad is None:
-            raise RuntimeError("xent.cross_entropy's backward ran twice: its gradient is made "
-                               "once, in the forward; run the forward again")
-        return _scaled(grad, g, ctx.reduction), None, None, None
+            grad = _CrossEntropy._again(ctx)
+        return _scaled(grad, g, ctx.opts.reduction), None, None, None
+
+    @staticmethod
+    def _again(ctx):
+        """The gradient made again, for a second backward."""
+        if ctx.inplace:
+            raise RuntimeError("xent.cross_entropy(inplace_backward=True) can run its backward "
+                               "once: the logits now hold the gradient")
+        logits, = ctx.saved_tensors
+        x2 = _torch._numpy_view(logits).reshape(-1, logits.shape[-1])
+        grad = _torch._empty_numpy(x2)
+        losses_and_gradient(x2, *ctx.tokens[:2], ctx.opts, ctx.tokens[2], grad)
+        return _torch._from_numpy(grad).reshape(logits.shape)
 
 
 def _device_cross_entropy(logits, target, opts):
@@ -168,8 +187,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """`linear_cross_entropy` on the kernel, chunk by chunk.
 
     mean/sum: the gradients are made in the forward (one pass of three
-    matmuls); ``none``: the forward makes the losses only and the backward
-    runs the chunks again with the upstream gradient as row weights.
+    matmuls) and handed over by the first backward; ``none``, and a second
+    backward over a retained graph, run the chunks again with the upstream
+    gradient in the row weights.
     """
 
     @staticmethod
@@ -177,15 +197,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()
         w, b = weight.detach(), None if bias is None else bias.detach()
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
-        want = any(ctx.needs_input_grad[:3])
-        early = want and opts.reduction != "none"
+        early = any(ctx.needs_input_grad[:3]) and opts.reduction != "none"
         grads = _linear_grads(x2, w, b) if early else None
         weights = row_weights(valid, opts.reduction, np.float64 if x.dtype == torch.float64 else np.float32)
         losses = chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
-        ctx.tokens = (targets, valid) if want and not early else None
-        if want and not early:
-            ctx.save_for_backward(x2, w, b)
+        ctx.tokens = (targets, valid, weights)
+        ctx.save_for_backward(x2, w, b)
         dtype = _torch._numpy_view(x2[:0]).dtype
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), dtype))
 
@@ -194,11 +212,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None
         if grads is not None:
             dx, dw, db = (None if t is None else _scaled(t, g, "mean") for t in grads)
-        elif ctx.tokens is not None:
-            dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
         else:
-            raise RuntimeError("xent.linear_cross_entropy's backward ran twice: its gradients "
-                               "are made once; run the forward again")
+            dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
         return (dx.reshape(ctx.shape), dw.to(dx.dtype), None if db is None else db.to(dx.dtype),
                 None, None, None)
 
@@ -206,9 +221,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def _recompute(ctx, g):
         """The chunks again, each token's gradient weighted by its upstream `g`."""
         x2, w, b = ctx.saved_tensors
-        targets, valid = ctx.tokens
-        ctx.tokens = None
-        weights = _torch._numpy_view(g.reshape(-1).to(_accumulator(x2.dtype)).contiguous())
+        targets, valid, weights = ctx.tokens
+        g = _torch._numpy_view(g.detach().to(_accumulator(x2.dtype)).reshape(-1).contiguous())
+        weights = weights * g if ctx.opts.reduction == "none" else weights * g[0]
         grads = _linear_grads(x2, w, b)
         chunked(TorchMatmuls, x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, grads)
         return grads

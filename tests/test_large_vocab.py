@@ -1,0 +1,446 @@
+"""xent.cross_entropy and xent.linear_cross_entropy against a float64 oracle.
+
+The oracle is PyTorch in float64 on materialised logits: ``F.cross_entropy``
+(with its label smoothing) plus ``z_loss·logsumexp²``, after ``c·tanh(z/c)``
+for a softcap, and torch autograd for every gradient. Half-precision inputs
+are rounded first, so the oracle sees what xent sees; the tolerance is then a
+few units of the dtype's rounding.
+"""
+import itertools
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import xent
+from xent.errors import InvalidArgumentError
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+OPTIONS = {
+    "plain": {},
+    "smoothing": {"label_smoothing": 0.1},
+    "z_loss": {"z_loss": 1e-3},
+    "softcap": {"softcap": 3.0},
+    "all": {"label_smoothing": 0.25, "z_loss": 0.01, "softcap": 2.5},
+}
+REDUCTIONS = ("mean", "sum", "none")
+DTYPES = (np.float64, np.float32, np.float16, ml_dtypes.bfloat16)
+# Relative rounding of each dtype's results (a few ulps: xent rounds once, the
+# oracle not at all, and the gradient's entries are differences of O(1) terms).
+TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 4e-3, ml_dtypes.bfloat16: 3e-2}
+
+
+def oracle(logits, target, opts, reduction, upstream=None):
+    """float64 loss and d(Σ upstream·loss)/dlogits of `logits` [..., V] (NumPy float64)."""
+    z0 = torch.tensor(np.asarray(logits, np.float64), requires_grad=True)
+    t = torch.tensor(np.asarray(target, np.int64)).reshape(-1)
+    z = z0.reshape(-1, z0.shape[-1])
+    if opts.get("softcap"):
+        z = opts["softcap"] * torch.tanh(z / opts["softcap"])
+    keep = t != -100
+    per = F.cross_entropy(z, t, reduction="none", label_smoothing=opts.get("label_smoothing", 0.0))
+    per = per + opts.get("z_loss", 0.0) * torch.logsumexp(z, -1) ** 2 * keep
+    if reduction == "none":
+        loss = per.reshape(np.shape(target))
+    elif reduction == "sum":
+        loss = per.sum()
+    else:
+        loss = per.sum() / keep.sum() if keep.any() else per.sum() * 0
+    weight = torch.ones(()) if upstream is None else torch.tensor(np.asarray(upstream, np.float64))
+    (loss * weight).sum().backward()
+    return loss.detach().numpy(), z0.grad.numpy()
+
+
+def linear_oracle(x, w, b, target, opts, reduction, upstream=None):
+    """float64 loss and gradients of x, w, b through materialised logits ``x·wᵀ + b``."""
+    xt, wt = (torch.tensor(np.asarray(a, np.float64), requires_grad=True) for a in (x, w))
+    bt = None if b is None else torch.tensor(np.asarray(b, np.float64), requires_grad=True)
+    z = xt @ wt.T + (0 if bt is None else bt)
+    z.retain_grad()
+    loss, _ = oracle(z.detach().numpy(), target, opts, reduction, upstream)
+    _, dz = oracle(z.detach().numpy(), target, opts, reduction, upstream)
+    z.backward(torch.tensor(dz))
+    return loss, xt.grad.numpy(), wt.grad.numpy(), None if bt is None else bt.grad.numpy()
+
+
+def assert_close(got, truth, dtype, scale=None):
+    """|got - truth| <= TOL·(|truth| + scale), scale defaulting to max |truth|."""
+    got, truth = np.asarray(got, np.float64), np.asarray(truth, np.float64)
+    scale = np.abs(truth).max(initial=0.0) if scale is None else scale
+    tol = TOL[dtype] * (np.abs(truth) + scale) + (1e-300 if dtype == np.float64 else 1e-30)
+    bad = ~(np.abs(got - truth) <= tol)
+    assert not bad.any(), f"{bad.sum()} entries off; worst {np.abs(got - truth).max()} (tol {tol.max()})"
+
+
+def make(shape, vocab, dtype, seed, ignore="scattered"):
+    """Logits [*shape, V] (as `dtype`, widened back to float64 for the oracle) and targets."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(*shape, vocab)) * 3).astype(dtype)
+    target = rng.integers(0, vocab, shape)
+    if ignore == "scattered":
+        target.reshape(-1)[::4] = -100
+    elif ignore == "all":
+        target[...] = -100
+    return logits, target
+
+
+# -- cross_entropy, NumPy -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_cross_entropy_matches_the_oracle(option, reduction, dtype):
+    logits, target = make((29,), 70, dtype, seed=1)
+    opts = OPTIONS[option]
+    loss, grad = xent.cross_entropy(logits, target, reduction=reduction, return_grads=True, **opts)
+    truth, truth_grad = oracle(logits.astype(np.float64), target, opts, reduction)
+    assert np.asarray(loss).dtype == dtype and grad.dtype == dtype and grad.shape == logits.shape
+    assert np.shape(loss) == np.shape(truth)
+    assert_close(loss, truth, dtype)
+    assert_close(grad, truth_grad, dtype)
+
+
+@pytest.mark.parametrize("shape", [(13,), (3, 5), (2, 3, 4)], ids=str)
+@pytest.mark.parametrize("ignore", ["none", "scattered", "all"])
+def test_cross_entropy_token_dimensions_and_ignored_tokens(shape, ignore):
+    logits, target = make(shape, 33, np.float32, seed=2, ignore=ignore)
+    for reduction in REDUCTIONS:
+        loss, grad = xent.cross_entropy(logits, target, reduction=reduction, return_grads=True,
+                                        **OPTIONS["all"])
+        truth, truth_grad = oracle(logits, target, OPTIONS["all"], reduction)
+        assert np.shape(loss) == np.shape(truth)
+        assert_close(loss, truth, np.float32)
+        assert_close(grad, truth_grad, np.float32)
+    if ignore == "all":
+        assert xent.cross_entropy(logits, target) == 0   # TensorFlow's rule (PyTorch: NaN)
+
+
+def test_cross_entropy_leaves_its_inputs_alone_and_inplace_overwrites_logits():
+    logits, target = make((17,), 40, np.float32, seed=3)
+    before = logits.copy()
+    loss, grad = xent.cross_entropy(logits, target, return_grads=True, label_smoothing=0.1)
+    assert np.array_equal(logits, before)
+    loss2, grad2 = xent.cross_entropy(logits, target, return_grads=True, label_smoothing=0.1,
+                                      inplace_backward=True)
+    assert grad2 is logits and loss2 == loss and np.array_equal(grad2, grad)
+
+
+def test_ignored_tokens_with_nan_logits_add_nothing():
+    logits, target = make((8,), 20, np.float32, seed=4)
+    logits[target == -100] = np.nan
+    loss, grad = xent.cross_entropy(logits, target, return_grads=True, z_loss=0.1)
+    assert np.isfinite(loss) and np.isfinite(grad).all()
+    assert not grad[target == -100].any()
+
+
+def test_cross_entropy_of_long_rows_in_several_blocks_matches_the_oracle():
+    """Rows past one block of the kernel (8 MiB) and the kernel's threads."""
+    logits, target = make((40,), 65536, np.float32, seed=5)
+    loss, grad = xent.cross_entropy(logits, target, return_grads=True, **OPTIONS["all"])
+    truth, truth_grad = oracle(logits, target, OPTIONS["all"], "mean")
+    assert_close(loss, truth, np.float32)
+    assert_close(grad, truth_grad, np.float32)
+
+
+# -- linear_cross_entropy, NumPy ---------------------------------------------------------------
+
+def make_linear(n, hidden, vocab, dtype, seed, bias=True):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, hidden)).astype(dtype)
+    w = (rng.normal(size=(vocab, hidden)) / np.sqrt(hidden) * 2).astype(dtype)
+    b = rng.normal(size=vocab).astype(dtype) if bias else None
+    target = rng.integers(0, vocab, n)
+    target[1::5] = -100
+    return x, w, b, target
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("option,bias", [("plain", True), ("smoothing", False), ("z_loss", True),
+                                         ("softcap", False), ("all", True)])
+def test_linear_cross_entropy_matches_the_oracle(option, bias, reduction, dtype):
+    x, w, b, target = make_linear(23, 12, 45, dtype, seed=6, bias=bias)
+    opts = OPTIONS[option]
+    loss, grads = xent.linear_cross_entropy(x, w, target, bias=b, reduction=reduction,
+                                            chunk_size=5, return_grads=True, **opts)
+    up = np.ones(23) if reduction == "none" else None
+    truth, dx, dw, db = linear_oracle(*(None if a is None else np.asarray(a, np.float64)
+                                        for a in (x, w, b)), target, opts, reduction, up)
+    assert np.asarray(loss).dtype == dtype and np.shape(loss) == np.shape(truth)
+    assert_close(loss, truth, dtype)
+    for name, got, want in (("input", grads["input"], dx), ("weight", grads["weight"], dw)):
+        assert got.dtype == dtype and got.shape == want.shape, name
+        assert_close(got, want, dtype)
+    assert (grads["bias"] is None) == (b is None)
+    if b is not None:
+        assert_close(grads["bias"], db, dtype)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 100, None])
+def test_linear_chunk_sizes_agree(chunk_size):
+    """N not a multiple of the chunk, one chunk, one token per chunk, the default."""
+    x, w, b, target = make_linear(23, 8, 30, np.float64, seed=7)
+    loss, grads = xent.linear_cross_entropy(x, w, target, bias=b, chunk_size=chunk_size,
+                                            return_grads=True, **OPTIONS["all"])
+    truth, dx, dw, db = linear_oracle(x, w, b, target, OPTIONS["all"], "mean")
+    assert_close(loss, truth, np.float64)
+    assert_close(grads["input"], dx, np.float64)
+    assert_close(grads["weight"], dw, np.float64)
+    assert_close(grads["bias"], db, np.float64)
+
+
+def test_linear_with_every_token_ignored_is_zero_with_zero_gradients():
+    x, w, b, target = make_linear(6, 4, 9, np.float32, seed=8)
+    target[:] = -100
+    loss, grads = xent.linear_cross_entropy(x, w, target, bias=b, return_grads=True)
+    assert loss == 0 and not any(g.any() for g in grads.values())
+
+
+def test_gradient_accumulation_with_sum_and_a_global_count_equals_one_big_batch():
+    """Four micro-batches, reduction='sum' divided by the global token count."""
+    x, w, b, target = make_linear(40, 8, 30, np.float64, seed=9)
+    big, big_grads = xent.linear_cross_entropy(x, w, target, bias=b, return_grads=True,
+                                               label_smoothing=0.1)
+    count = np.count_nonzero(target != -100)
+    total, acc = 0.0, {k: 0.0 for k in ("weight", "bias")}
+    for part in np.array_split(np.arange(40), 4):
+        loss, grads = xent.linear_cross_entropy(x[part], w, target[part], bias=b, reduction="sum",
+                                                return_grads=True, label_smoothing=0.1)
+        total += loss / count
+        acc = {k: acc[k] + grads[k] / count for k in acc}
+    assert np.isclose(total, big, rtol=1e-13)
+    for k in acc:
+        np.testing.assert_allclose(acc[k], big_grads[k], rtol=1e-12, atol=1e-15)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+LOGITS = np.zeros((2, 5), np.float32)
+TARGET = np.array([0, 1])
+
+
+@pytest.mark.parametrize("kwargs,error,text", [
+    ({"label_smoothing": 1.5}, ValueError, "label_smoothing must be in [0, 1]; received 1.5"),
+    ({"label_smoothing": -0.1}, ValueError, "label_smoothing must be in [0, 1]; received -0.1"),
+    ({"z_loss": -1}, ValueError, "z_loss must be >= 0; received -1"),
+    ({"softcap": 0}, ValueError, "softcap must be > 0 or None; received 0"),
+    ({"softcap": -3.0}, ValueError, "softcap must be > 0 or None; received -3.0"),
+    ({"reduction": "avg"}, ValueError, "reduction must be one of ('mean', 'sum', 'none'); received 'avg'"),
+    ({"ignore_index": 1.5}, TypeError, "ignore_index must be an integer; received 1.5"),
+    ({"z_loss": "big"}, TypeError, "z_loss must be a real number; received 'big'"),
+])
+def test_bad_options_are_named(kwargs, error, text):
+    for call in (lambda: xent.cross_entropy(LOGITS, TARGET, **kwargs),
+                 lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float32), TARGET, **kwargs)):
+        with pytest.raises(error) as info:
+            call()
+        assert str(info.value) == text
+
+
+@pytest.mark.parametrize("call,error,text", [
+    (lambda: xent.cross_entropy(LOGITS, TARGET.astype(np.float32)), TypeError,
+     "target must hold class indices as int32 or int64; received dtype float32"),
+    (lambda: xent.cross_entropy(LOGITS, np.array([0, 1, 2])), ValueError,
+     "target must have shape [2] (one class index per token); received shape [3]"),
+    (lambda: xent.cross_entropy(np.zeros((2, 0), np.float32), TARGET), ValueError,
+     "logits must have shape [..., V] with V >= 1 classes on the last axis; received shape [2, 0]"),
+    (lambda: xent.cross_entropy(LOGITS.astype(np.int32), TARGET), TypeError,
+     "logits must have a floating dtype (float16, bfloat16, float32, float64); received int32"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros(5, np.float32), TARGET), ValueError,
+     "weight must be 2-D, [V, H]; received shape [5]"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 4), np.float32), TARGET), ValueError,
+     "weight's second dimension H must equal input's last dimension 5; received weight shape [3, 4]"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float32), np.array([0])), ValueError,
+     "target must have shape [2] (one class index per token); received shape [1]"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float32), TARGET,
+                                       bias=np.zeros(4, np.float32)), ValueError,
+     "bias must have shape [V] = [3]; received shape [4]"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float64), TARGET), TypeError,
+     "weight must have input's dtype float32; received float64"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float32), TARGET, chunk_size=0),
+     ValueError, "chunk_size must be a positive integer or None; received 0"),
+])
+def test_bad_arrays_are_named(call, error, text):
+    with pytest.raises(error) as info:
+        call()
+    assert str(info.value) == text
+
+
+def test_a_target_out_of_range_raises_tensorflows_error_before_any_work():
+    logits = np.zeros((3, 5), np.float32)
+    for bad in (5, -1):
+        target = np.array([0, bad, -100])
+        with pytest.raises(InvalidArgumentError, match=rf"label value of {bad} which is outside the valid range of \[0, 5\)"):
+            xent.cross_entropy(logits, target, return_grads=True, inplace_backward=True)
+        assert not logits.any()
+        with pytest.raises(InvalidArgumentError):
+            xent.linear_cross_entropy(np.ones((3, 2), np.float32), np.ones((5, 2), np.float32), target)
+    # ignore_index itself may lie outside [0, V): it is skipped, not checked
+    assert np.isfinite(xent.cross_entropy(logits, np.array([0, 7, 1]), ignore_index=7))
+
+
+# -- torch ----------------------------------------------------------------------------------------
+
+TORCH_DTYPES = {np.float64: "float64", np.float32: "float32", ml_dtypes.bfloat16: "bfloat16"}
+
+
+@pytest.fixture(params=["kernel", "torch ops"])
+def torch_path(request):
+    """The CPU kernel path, and the torch-ops path of other devices (run on the CPU)."""
+    from xent import _torch
+    _torch.use_torch_ops_on_cpu(request.param == "torch ops")
+    yield request.param
+    _torch.use_torch_ops_on_cpu(False)
+
+
+def _tensor(a, dtype, grad=True):
+    t = torch.tensor(np.asarray(a, np.float64)).to(getattr(torch, TORCH_DTYPES[dtype]))
+    return t.requires_grad_(grad)
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_autograd_matches_the_oracle(torch_path, reduction, dtype):
+    rng = np.random.default_rng(10)
+    x, w, b, target = make_linear(21, 8, 37, dtype, seed=10)
+    up = rng.normal(size=21) if reduction == "none" else None
+    t = torch.tensor(target)
+    opts = OPTIONS["all"]
+    # cross_entropy on logits that are themselves computed (so inplace_backward is allowed)
+    logits = x.astype(np.float64) @ w.astype(np.float64).T
+    leaf = _tensor(logits, dtype)
+    for inplace in (False, True):
+        leaf.grad = None
+        loss = xent.cross_entropy(leaf * 1, t, reduction=reduction, inplace_backward=inplace, **opts)
+        (loss.double() * (1.0 if up is None else torch.tensor(up))).sum().backward()
+        truth, truth_grad = oracle(leaf.detach().double().numpy(), target, opts, reduction, up)
+        assert loss.dtype == leaf.dtype
+        assert_close(loss.detach().double().numpy(), truth, dtype)
+        assert_close(leaf.grad.double().numpy(), truth_grad, dtype)
+    xt, wt, bt = (_tensor(a, dtype) for a in (x, w, b))
+    loss = xent.linear_cross_entropy(xt, wt, t, bias=bt, reduction=reduction, chunk_size=4, **opts)
+    (loss.double() * (1.0 if up is None else torch.tensor(up))).sum().backward()
+    truth, dx, dw, db = linear_oracle(*(a.detach().double().numpy() for a in (xt, wt, bt)),
+                                      target, opts, reduction, up)
+    assert_close(loss.detach().double().numpy(), truth, dtype)
+    for got, want in ((xt.grad, dx), (wt.grad, dw), (bt.grad, db)):
+        assert got.dtype == xt.dtype
+        assert_close(got.double().numpy(), want, dtype)
+
+
+def test_torch_gradcheck_in_float64(torch_path):
+    rng = np.random.default_rng(11)
+    t = torch.tensor([3, -100, 0, 5, 2])
+    logits = torch.tensor(rng.normal(size=(5, 7)), requires_grad=True)
+    x = torch.tensor(rng.normal(size=(5, 3)), requires_grad=True)
+    w = torch.tensor(rng.normal(size=(7, 3)), requires_grad=True)
+    b = torch.tensor(rng.normal(size=7), requires_grad=True)
+    for reduction in REDUCTIONS:
+        kw = dict(reduction=reduction, **OPTIONS["all"])
+        assert torch.autograd.gradcheck(lambda z: xent.cross_entropy(z * 1, t, **kw), (logits,))
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: xent.linear_cross_entropy(x, w, t, bias=b, chunk_size=2, **kw), (x, w, b))
+
+
+def test_torch_inplace_backward_overwrites_the_logits_and_refuses_unsafe_ones():
+    z = torch.randn(4, 6, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3])
+    logits = z * 2
+    loss = xent.cross_entropy(logits, t, inplace_backward=True)
+    expected = torch.softmax(2 * z.detach(), -1) - F.one_hot(t, 6)
+    assert torch.allclose(logits.detach(), expected / 4, atol=1e-6)   # the gradient, already
+    loss.backward()
+    assert torch.allclose(z.grad, 2 * expected / 4, atol=1e-6)
+    with pytest.raises(ValueError, match="a leaf tensor that requires grad"):
+        xent.cross_entropy(z, t, inplace_backward=True)
+    with pytest.raises(ValueError, match="needs contiguous logits"):
+        xent.cross_entropy((z * 1).t().contiguous().t(), t, inplace_backward=True)
+
+
+def test_torch_out_of_range_raises_on_the_cpu_and_is_nan_on_the_device_path(torch_path):
+    logits = torch.zeros(2, 4, requires_grad=True)
+    target = torch.tensor([1, 4])
+    if torch_path == "kernel":
+        with pytest.raises(InvalidArgumentError, match="label value of 4"):
+            xent.cross_entropy(logits, target)
+    else:
+        assert torch.isnan(xent.cross_entropy(logits, target, reduction="none")[1])
+
+
+def test_torch_a_second_backward_makes_the_gradients_again(torch_path):
+    """A retained graph's second backward gives the same gradients (the first
+    one's were handed over, and autograd accumulates the leaf's .grad into them)."""
+    x, w = torch.randn(3, 2, requires_grad=True), torch.randn(4, 2, requires_grad=True)
+    t = torch.tensor([0, 1, 2])
+    for f in (lambda: xent.linear_cross_entropy(x, w, t, z_loss=0.1),
+              lambda: xent.cross_entropy(x @ w.t(), t, z_loss=0.1)):
+        x.grad = w.grad = None
+        loss = f()
+        loss.backward(retain_graph=True)
+        once = x.grad.clone(), w.grad.clone()
+        loss.backward(2 * torch.ones(()))
+        assert torch.allclose(x.grad, 3 * once[0]) and torch.allclose(w.grad, 3 * once[1])
+    if torch_path != "kernel":
+        return   # (torch ops ignore inplace_backward: autograd makes the gradient)
+    loss = xent.cross_entropy(x @ w.t(), t, inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="can run its backward once"):
+        loss.backward()
+
+
+# -- JAX ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16],
+                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_jax_jit_grad_matches_the_oracle(reduction, dtype):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(12)
+    x, w, b, target = make_linear(19, 6, 29, dtype, seed=12)
+    up = rng.normal(size=19) if reduction == "none" else None
+    opts = OPTIONS["all"]
+    weights = 1.0 if up is None else up
+    with jax.enable_x64(dtype == np.float64):
+        f = jax.jit(jax.value_and_grad(
+            lambda x, w, b: (xent.linear_cross_entropy(x, w, jnp.asarray(target), bias=b,
+                                                       reduction=reduction, chunk_size=4, **opts)
+                             .astype(jnp.float64 if dtype == np.float64 else jnp.float32)
+                             * weights).sum(), argnums=(0, 1, 2)))
+        value, grads = f(*(jnp.asarray(a) for a in (x, w, b)))
+        logits = x.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
+        g = jax.jit(jax.grad(lambda z: (xent.cross_entropy(z, jnp.asarray(target), reduction=reduction,
+                                                           **opts) * weights).sum()))
+        dz = g(jnp.asarray(logits.astype(dtype)))
+    truth, dx, dw, db = linear_oracle(*(np.asarray(a, np.float64) for a in (x, w, b)),
+                                      target, opts, reduction, up)
+    assert_close(value, (truth * weights).sum(), dtype, scale=np.abs(truth * weights).sum())
+    for got, want in zip(grads, (dx, dw, db)):
+        assert got.dtype == dtype
+        assert_close(np.asarray(got, np.float64), want, dtype)
+    assert_close(np.asarray(dz, np.float64),
+                 oracle(logits.astype(dtype).astype(np.float64), target, opts, reduction, up)[1], dtype)
+
+
+def test_jax_vmap_and_targets_out_of_range():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(13)
+    logits = rng.normal(size=(3, 4, 6)).astype(np.float32)
+    target = rng.integers(0, 6, (3, 4))
+    batched = jax.vmap(lambda z, t: xent.cross_entropy(z, t, label_smoothing=0.1))(
+        jnp.asarray(logits), jnp.asarray(target))
+    one_by_one = [xent.cross_entropy(logits[i], target[i], label_smoothing=0.1) for i in range(3)]
+    np.testing.assert_allclose(batched, one_by_one, rtol=2e-6)
+    bad = jnp.asarray([[0, 6, 1, 2]])
+    with pytest.raises(InvalidArgumentError, match="label value of 6"):
+        xent.cross_entropy(jnp.asarray(logits[:1]), bad)
+    per = jax.jit(lambda z, t: xent.cross_entropy(z, t, reduction="none"))(jnp.asarray(logits[:1]), bad)
+    assert np.isnan(per[0, 1]) and np.isfinite(np.delete(np.asarray(per[0]), 1)).all()
+
+
+def test_return_grads_is_for_numpy_only():
+    with pytest.raises(ValueError, match="return_grads=True is for NumPy arrays; torch arrays"):
+        xent.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), return_grads=True)
