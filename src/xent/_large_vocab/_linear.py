@@ -13,6 +13,7 @@ gradient of each chunk are the fused kernel's.
 """
 import numpy as np
 
+from xent._large_vocab import _blas
 from xent._large_vocab._cross_entropy import losses_and_gradient
 
 __all__ = ["NumpyMatmuls", "chunked"]
@@ -22,8 +23,9 @@ class NumpyMatmuls:
     """The matmuls of the chunk loop on NumPy arrays (float32/float64; half
     precision is widened to float32 by the caller)."""
 
-    # dW += gᵀ·x_c goes through a [WEIGHT_ROWS, H] product at a time, so no
-    # [V, H] temporary is made (NumPy has no in-place matmul-accumulate).
+    # dW += gᵀ·x_c: BLAS gemm with beta = 1 where `_blas` finds it; else a
+    # [WEIGHT_ROWS, H] product at a time, so no [V, H] temporary is made
+    # (NumPy's matmul has no accumulate).
     WEIGHT_ROWS = 2048
 
     @staticmethod
@@ -58,6 +60,8 @@ class NumpyMatmuls:
 
     @classmethod
     def add_weight_grad(cls, dw, g, x):
+        if _blas.add_at_b(dw, g, x):
+            return
         for lo in range(0, dw.shape[0], cls.WEIGHT_ROWS):
             hi = min(lo + cls.WEIGHT_ROWS, dw.shape[0])
             dw[lo:hi] += g[:, lo:hi].T @ x

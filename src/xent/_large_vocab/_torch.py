@@ -22,7 +22,7 @@ from xent import _torch
 from xent._dtypes import accumulator
 from xent._large_vocab import _array_math, _numpy
 from xent._large_vocab._cross_entropy import losses_and_gradient
-from xent._large_vocab._linear import chunked
+from xent._large_vocab._linear import NumpyMatmuls, chunked
 from xent._large_vocab._tokens import reduce, row_weights
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
@@ -137,7 +137,7 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
 
 
 class TorchMatmuls:
-    """The chunk loop's matmuls (`xent._large_vocab._linear`) on CPU tensors."""
+    """The chunk loop's matmuls (`xent._large_vocab._linear`) on half-precision CPU tensors."""
 
     numpy = staticmethod(_torch._numpy_view)
     zeros_like = staticmethod(torch.zeros_like)
@@ -198,9 +198,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w, b = weight.detach(), None if bias is None else bias.detach()
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
         early = any(ctx.needs_input_grad[:3]) and opts.reduction != "none"
-        grads = _linear_grads(x2, w, b) if early else None
         weights = row_weights(valid, opts.reduction, np.float64 if x.dtype == torch.float64 else np.float32)
-        losses = chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
+        grads, losses = _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, early)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
         ctx.tokens = (targets, valid, weights)
         ctx.save_for_backward(x2, w, b)
@@ -224,9 +223,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets, valid, weights = ctx.tokens
         g = _torch._numpy_view(g.detach().to(_accumulator(x2.dtype)).reshape(-1).contiguous())
         weights = weights * g if ctx.opts.reduction == "none" else weights * g[0]
-        grads = _linear_grads(x2, w, b)
-        chunked(TorchMatmuls, x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, grads)
-        return grads
+        return _run_chunks(x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, True)[0]
+
+
+def _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, with_grads):
+    """``(grads or None, losses)`` of the chunk loop on CPU tensors.
+
+    float32/float64 run on NumPy views with NumPy's matmuls and BLAS (`_blas`:
+    at 64-token chunks its gemm was 1.4-2x faster than torch's here); half
+    precision runs torch's matmuls (NumPy has none for it).
+    """
+    grads = _linear_grads(x2, w, b) if with_grads else None
+    if x2.dtype in (torch.float32, torch.float64):
+        view = _torch._numpy_view
+        arrays = (view(x2), view(w), None if b is None else view(b))
+        mm = NumpyMatmuls
+        out = None if grads is None else tuple(None if t is None else view(t) for t in grads)
+    else:
+        arrays, mm, out = (x2, w, b), TorchMatmuls, grads
+    losses = chunked(mm, *arrays, targets, valid, opts, chunk, weights, out)
+    return grads, losses
 
 
 def _device_linear(x, weight, bias, target, opts, chunk):

@@ -1,0 +1,225 @@
+"""Large-vocabulary training steps: xent.linear_cross_entropy / cross_entropy against peers.
+
+    python bench/large_vocab.py                 # N=2048, H=512, V=65536 float32
+    python bench/large_vocab.py --hidden 1024 --vocab 128256 --reps 1
+    python bench/large_vocab.py --inplace       # cross_entropy(inplace_backward) at 8192x32000
+
+Linear mode: one training step (forward, and the gradients of the inputs
+and the weight) of ``loss = cross_entropy(x @ W.T, y)``, each variant in a
+fresh process so that one's memory high-water mark cannot hide another's:
+
+  matmuls        the three matmuls alone (x·Wᵀ, dz·W, dzᵀ·x) into
+                 preallocated outputs: the floor any method pays
+  xent-torch     xent.linear_cross_entropy on torch tensors
+  torch-eager    F.cross_entropy(x @ W.T, y)
+  torch-compile  torch.compile of the same
+  torch-chunked  PyTorch's F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())
+  xent-numpy     xent.linear_cross_entropy(..., return_grads=True) on NumPy arrays
+  xent-jax       jax.jit(jax.value_and_grad(xent.linear_cross_entropy))
+  optax-jax      the same with optax on full logits
+
+Time: the median of --reps steps after one warm-up step. Peak extra memory:
+the process's resident high-water mark during a step (reset before it
+through /proc/self/clear_refs) above its resident set before the step,
+minus the gradients the step returns; for JAX, XLA's account of the compiled
+step's temporaries. Both in MiB and in logits-sized (N×V float32) arrays.
+
+Inplace mode: one process, interleaved: a 2-thread copy of the logits (torch
+``copy_``), then a step of ``xent.cross_entropy(logits, y,
+inplace_backward=True)`` (the gradient written over the logits in the forward),
+then F.cross_entropy's step; medians of --reps rounds.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+LINEAR = ("matmuls", "xent-torch", "torch-eager", "torch-compile", "torch-chunked",
+          "xent-numpy", "xent-jax", "optax-jax")
+
+
+def _status_bytes(key):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _measured(step):
+    """``(seconds, peak extra bytes)`` of one call of `step` (which returns its gradients)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = _status_bytes("VmRSS:")
+    start = time.perf_counter()
+    grads = step()
+    seconds = time.perf_counter() - start
+    peak = _status_bytes("VmHWM:") - before
+    returned = sum(g.nbytes for g in grads if g is not None)
+    del grads
+    return seconds, max(0, peak - returned)
+
+
+def _torch_inputs(n, hidden, vocab):
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, hidden, generator=gen).requires_grad_()
+    w = (torch.randn(vocab, hidden, generator=gen) / hidden ** 0.5).requires_grad_()
+    return x, w, torch.randint(0, vocab, (n,), generator=gen)
+
+
+def _torch_step(variant, n, hidden, vocab):
+    import torch
+    import torch.nn.functional as F
+    import xent
+    x, w, y = _torch_inputs(n, hidden, vocab)
+    if variant == "matmuls":
+        z, dx, dw = torch.empty(n, vocab), torch.empty(n, hidden), torch.empty(vocab, hidden)
+        dz = torch.randn(n, vocab) / vocab
+        xd, wd = x.detach(), w.detach()
+
+        def step():
+            torch.mm(xd, wd.t(), out=z)
+            torch.mm(dz, wd, out=dx)
+            torch.mm(dz.t(), xd, out=dw)
+            return ()
+        return step
+    if variant == "xent-torch":
+        loss_fn = lambda x, w, y: xent.linear_cross_entropy(x, w, y)  # noqa: E731
+    elif variant == "torch-chunked":
+        options = torch.nn.LinearCrossEntropyOptions()
+        loss_fn = lambda x, w, y: F.linear_cross_entropy(x, w, y, options=options)  # noqa: E731
+    else:
+        loss_fn = lambda x, w, y: F.cross_entropy(x @ w.t(), y)  # noqa: E731
+        if variant == "torch-compile":
+            loss_fn = torch.compile(loss_fn)
+    return lambda: torch.autograd.grad(loss_fn(x, w, y), (x, w))
+
+
+def _numpy_step(n, hidden, vocab):
+    import xent
+    x, w, y = (t.detach().numpy() for t in _torch_inputs(n, hidden, vocab))
+    return lambda: list(xent.linear_cross_entropy(x, w, y, return_grads=True)[1].values())
+
+
+def _jax_step(variant, n, hidden, vocab):
+    import jax
+    import optax
+    import xent
+    x, w, y = (jax.numpy.asarray(t.detach().numpy()) for t in _torch_inputs(n, hidden, vocab))
+    if variant == "xent-jax":
+        loss_fn = lambda x, w: xent.linear_cross_entropy(x, w, y)  # noqa: E731
+    else:
+        loss_fn = lambda x, w: optax.softmax_cross_entropy_with_integer_labels(x @ w.T, y).mean()  # noqa: E731
+    compiled = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(x, w).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    return lambda: jax.block_until_ready(compiled(x, w)) and (), temp
+
+
+def measure(variant, n, hidden, vocab, reps):
+    """One variant in this process: ``{"s": median seconds, "peak": extra bytes}``."""
+    xla_temp = None
+    if variant.endswith("jax"):
+        step, xla_temp = _jax_step(variant, n, hidden, vocab)
+    elif variant == "xent-numpy":
+        step = _numpy_step(n, hidden, vocab)
+    else:
+        step = _torch_step(variant, n, hidden, vocab)
+    _measured(step)                        # warm-up: compiles, first touches
+    runs = [_measured(step) for _ in range(reps)]
+    return {"s": statistics.median(r[0] for r in runs),
+            "peak": xla_temp if xla_temp is not None else max(r[1] for r in runs)}
+
+
+def linear_table(args):
+    logits = args.tokens * args.vocab * 4
+    print(f"N={args.tokens}, H={args.hidden}, V={args.vocab} float32 (logits {logits / 2**20:.0f} MiB); "
+          f"median of {args.reps} steps; {os.cpu_count()} CPUs\n")
+    print("| variant | step (s) | × the matmuls | peak extra (MiB) | × the logits |")
+    print("|---|---:|---:|---:|---:|")
+    results = {}
+    for variant in args.variants or LINEAR:
+        cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens),
+               "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--reps", str(args.reps)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(f"| {variant} | failed: {done.stderr.strip().splitlines()[-1][:80]} | | | |")
+            continue
+        r = results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+        floor = results.get("matmuls", {}).get("s")
+        ratio = f"{r['s'] / floor:.2f}" if floor else "—"
+        peak = "—" if variant == "matmuls" else f"{r['peak'] / 2**20:.0f}"
+        share = "—" if variant == "matmuls" else f"{r['peak'] / logits:.3f}"
+        print(f"| {variant} | {r['s']:.2f} | {ratio} | {peak} | {share} |", flush=True)
+    return results
+
+
+def inplace_table(args):
+    import torch
+    import torch.nn.functional as F
+    import xent
+    n, v = args.tokens, args.vocab
+    gen = torch.Generator().manual_seed(0)
+    source, y = torch.randn(n, v, generator=gen), torch.randint(0, v, (n,), generator=gen)
+    leaf = torch.empty(n, v, requires_grad=True)
+    dst = torch.empty(n, v)
+
+    def copy():
+        dst.copy_(source)
+
+    def xent_inplace():
+        logits = leaf.view(n, v)                  # a non-leaf over the leaf's memory
+        loss = xent.cross_entropy(logits, y, inplace_backward=True)
+        loss.backward()
+        leaf.grad = None
+
+    plain = source.clone().requires_grad_()
+
+    def torch_ce():
+        torch.autograd.grad(F.cross_entropy(plain, y), plain)
+
+    times = {"copy": [], "xent inplace": [], "F.cross_entropy": []}
+    for round_ in range(args.reps + 1):
+        with torch.no_grad():
+            leaf.copy_(source)
+        for name, f in (("copy", copy), ("xent inplace", xent_inplace), ("F.cross_entropy", torch_ce)):
+            start = time.perf_counter()
+            f()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(t) for k, t in times.items()}
+    print(f"{n} x {v} float32 logits ({n * v * 4 / 2**20:.0f} MiB), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads, xent threads {xent.get_num_threads()}; "
+          f"median of {args.reps} interleaved rounds\n")
+    print("| step | ms | × the copy |")
+    print("|---|---:|---:|")
+    for k, t in med.items():
+        print(f"| {k} | {1e3 * t:.1f} | {t / med['copy']:.2f} |")
+    return med
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--inplace", action="store_true")
+    parser.add_argument("--variants", nargs="*", choices=LINEAR)
+    parser.add_argument("--variant", choices=LINEAR, help="run one variant here (internal)")
+    args = parser.parse_args()
+    args.tokens = args.tokens or (8192 if args.inplace else 2048)
+    args.vocab = args.vocab or (32000 if args.inplace else 65536)
+    if args.variant:
+        print(json.dumps(measure(args.variant, args.tokens, args.hidden, args.vocab, args.reps)))
+    elif args.inplace:
+        inplace_table(args)
+    else:
+        linear_table(args)
+
+
+if __name__ == "__main__":
+    main()
