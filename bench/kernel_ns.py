@@ -39,7 +39,7 @@ def kernels(narrow):
     if narrow:
         grad = _narrow.sparse_narrow_grad_rows
         return (_narrow.sparse_narrow_loss_rows, grad,
-                lambda w, labels, loss, lse, lo, hi: grad(w, labels, w, loss, lse, lo, hi))
+                lambda w, labels, ones, loss, lse, lo, hi: grad(w, labels, ones, w, loss, lse, lo, hi))
     return _rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace
 
 
@@ -53,19 +53,20 @@ def measure(dtype_name, rows, cols, narrow=False):
     loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
     x, w, o = (kernel_view(a) for a in (original, work, out))
     loss_rows, grad_rows, inplace_rows = kernels(narrow)
+    ones = np.ones(1)   # every row's gradient weight
 
     def loss_only():
         loss_rows(x, labels, loss, lse, 0, rows)
 
     def into():
-        grad_rows(x, labels, o, loss, lse, 0, rows)
+        grad_rows(x, labels, ones, o, loss, lse, 0, rows)
 
     def restore():
         np.copyto(work, original)
 
     def in_place():
         restore()
-        inplace_rows(w, labels, loss, lse, 0, rows)
+        inplace_rows(w, labels, ones, loss, lse, 0, rows)
 
     for call in (loss_only, into, in_place):
         call()

@@ -593,7 +593,7 @@ def test_narrow_kernels_agree_with_the_chunk_kernels(rng, dtype):
         loss_g, lse_g = np.empty(53, np.float32), np.empty(53, np.float32)
         out = np.empty_like(logits)
         loss_rows(x, labels, loss, lse, 0, 53)
-        grad_rows(x, labels, _formats.kernel_view(out), loss_g, lse_g, 0, 53)
+        grad_rows(x, labels, np.ones(1), _formats.kernel_view(out), loss_g, lse_g, 0, 53)
         np.testing.assert_array_equal(loss, loss_g)
         results.append((loss, lse, out))
     (loss, lse, out), (want_loss, want_lse, want_out) = results

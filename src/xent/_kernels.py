@@ -45,14 +45,16 @@ _QUIET = np.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
 @_QUIET
-def sparse_rows(logits, labels, grad_out=None):
+def sparse_rows(logits, labels, grad_out=None, weights=None):
     """Sparse softmax cross-entropy of each row.
 
     Args:
       logits: ``[N, C]`` float array, ``C >= 1``.
       labels: ``[N]`` int array, each in ``[0, C)`` (already validated).
       grad_out: optional ``[N, C]`` array (may be `logits` itself) that receives
-        ``softmax(logits) - one_hot(labels)``, cast to its dtype.
+        ``softmax(logits) - one_hot(labels)``, cast to its dtype, each row
+        times its weight.
+      weights: optional ``[N]`` row weights (None: all 1).
 
     Returns:
       ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype.
@@ -70,6 +72,8 @@ def sparse_rows(logits, labels, grad_out=None):
         if grad_out is not None:
             e /= s
             e[picked] -= 1
+            if weights is not None:
+                e *= np.asarray(weights, np.float64)[rows, None].astype(acc)
             grad_out[rows] = e
     return loss, lse
 

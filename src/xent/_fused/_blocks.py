@@ -24,17 +24,18 @@ def sparse_loss_blocks(x, labels, loss, lse, blocks):
 
 
 @njit(parallel=True, **KERNEL)
-def sparse_grad_blocks(x, labels, out, loss, lse, blocks):
+def sparse_grad_blocks(x, labels, weights, out, loss, lse, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_grad_rows(x, labels, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        sparse_grad_rows(x, labels, weights, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)
-def sparse_grad_blocks_inplace(x, labels, loss, lse, blocks):
+def sparse_grad_blocks_inplace(x, labels, weights, loss, lse, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_grad_rows_inplace(x, labels, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        sparse_grad_rows_inplace(x, labels, weights, loss, lse, b * n // blocks,
+                                 (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)
@@ -45,10 +46,11 @@ def sparse_narrow_loss_blocks(x, labels, loss, lse, blocks):
 
 
 @njit(parallel=True, **KERNEL)
-def sparse_narrow_grad_blocks(x, labels, out, loss, lse, blocks):
+def sparse_narrow_grad_blocks(x, labels, weights, out, loss, lse, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_narrow_grad_rows(x, labels, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, b * n // blocks,
+                                (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)

@@ -113,32 +113,40 @@ _DENSE_KERNELS = {
 }
 
 
-def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse):
+def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
     """Fill loss and lse (and grad_out unless None) with the kernels of `kernels`
     (`_SPARSE_KERNELS` or `_DENSE_KERNELS`; their narrow ones if `narrow`), on
-    `targets` (labels, or the dense target rows)."""
+    `targets` (a tuple: the labels, or the dense target rows); the gradient
+    kernels take `grad_targets` instead where given (the labels and weights)."""
     nbytes = logits.nbytes
     prefix = "narrow_" if narrow else ""
     if grad_out is None:
         x = kernel_view(np.ascontiguousarray(logits))
-        _run(*kernels[prefix + "loss"], nbytes, x, targets, loss, lse)
+        _run(*kernels[prefix + "loss"], nbytes, x, *targets, loss, lse)
         return
-    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, x, targets, out, loss, lse)
+    targets = grad_targets or targets
+    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, x, *targets, out, loss, lse)
     if narrow:
         run_inplace = lambda x: run_into(x, x)
     else:
-        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, targets, loss, lse)
+        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, *targets, loss, lse)
     _with_gradient(logits, grad_out, run_inplace, run_into)
 
 
-def sparse_rows(logits, labels, grad_out=None):
+_ONE = np.ones(1)
+
+
+def sparse_rows(logits, labels, grad_out=None, weights=None):
     """Sparse softmax cross-entropy of each row (the `_kernels.sparse_rows` contract).
 
     Args:
       logits: ``[N, C]`` float16/bfloat16/float32/float64 array, ``C >= 1``.
       labels: ``[N]`` int32/int64 array; a label outside ``[0, C)`` gives a NaN row.
       grad_out: optional ``[N, C]`` array (may be `logits` itself) that receives
-        ``softmax(logits) - one_hot(labels)`` in its own dtype.
+        ``softmax(logits) - one_hot(labels)`` in its own dtype, each row times
+        its weight.
+      weights: optional ``[N]`` row weights (float64; None: all 1, TensorFlow's
+        backprop), folded into the gradient's one pass (a reduction's 1/count).
 
     Returns:
       ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype.
@@ -152,11 +160,12 @@ def sparse_rows(logits, labels, grad_out=None):
     if logits.shape[0] == 0:
         return loss, lse
     labels = np.ascontiguousarray(labels)
+    weights = _ONE if weights is None else np.ascontiguousarray(weights, np.float64)
     if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
         logits = logits.astype(np.float32)
     # (a single half-precision logit is too short for the narrow kernels' gather)
     narrow = logits.shape[1] <= NARROW_MAX and acc == np.float32 and logits.size >= 2
-    _dispatch(_SPARSE_KERNELS, narrow, logits, labels, grad_out, loss, lse)
+    _dispatch(_SPARSE_KERNELS, narrow, logits, (labels,), grad_out, loss, lse, (labels, weights))
     return loss, lse
 
 
@@ -198,5 +207,5 @@ def dense_rows(logits, labels, grad_out=None):
     y = _target_rows(labels, logits)
     # (a single half-precision logit or target is too short for the narrow kernels' gather)
     narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2
-    _dispatch(_DENSE_KERNELS, narrow, logits, y, grad_out, loss, lse)
+    _dispatch(_DENSE_KERNELS, narrow, logits, (y,), grad_out, loss, lse)
     return loss, lse

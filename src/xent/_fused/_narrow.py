@@ -29,6 +29,7 @@ from xent._fused._formats import hardware_half, like, load, store, store_finite
 from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
+from xent._fused._rows import weight
 
 __all__ = ["NARROW_MAX", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
            "sparse_narrow_grad_rows", "dense_narrow_loss_rows", "dense_narrow_grad_rows"]
@@ -258,9 +259,10 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
 
 
 @njit(**KERNEL)
-def sparse_narrow_grad_rows(x, labels, out, loss, lse, lo, hi):
-    """As `sparse_narrow_loss_rows`, writing softmax - onehot(label) into out
-    (may be x: a block is read whole before any of it is written)."""
+def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
+    """As `sparse_narrow_loss_rows`, writing w_i (softmax - onehot(label)) into out
+    (may be x: a block is read whole before any of it is written); w_i is
+    `xent._fused._rows.weight`(weights, i)."""
     t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
     flat = x.reshape(x.size)
     c = x.shape[1]
@@ -274,10 +276,11 @@ def sparse_narrow_grad_rows(x, labels, out, loss, lse, lo, hi):
             if not ok:
                 _nan_row(out, r, m)
                 continue
-            f = like(1.0 / np.float64(ms[1, l]), m)
+            w = weight(weights, r)
+            f = like(w / np.float64(ms[1, l]), m)
             for j in range(c):
                 store_finite(out, (r, j), t[j, l] * f)
-            store(out, (r, labels[r]), exp(x_label - m) * f - like(1.0, m))
+            store(out, (r, labels[r]), exp(x_label - m) * f - like(w, m))
 
 
 @njit(**INLINE)

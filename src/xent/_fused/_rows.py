@@ -5,7 +5,8 @@ gradient) pass B of `xent._fused._pass_b`, with the loss:
 
     sparse:  loss = log S - (x_label - M),        lse = M + log S
     dense:   loss = sum_j y_j (log S - (x_j - M)), lse = M + log S
-    grad_j   = softmax_j - y_j  (sparse: y = one_hot(label))
+    grad_j   = softmax_j - y_j  (sparse: y = one_hot(label), and each row's
+               gradient times its weight w_i)
 
 Each range kernel (``*_rows``) runs one need over rows ``[lo, hi)`` of a
 ``[N, C]`` C-contiguous array: a loss alone, a gradient into a separate
@@ -42,9 +43,11 @@ def _sparse_row_loss(x, label, st, next_x):
 
 
 @njit(**INLINE)
-def _sparse_row_grad(x, label, out, e, save, st, next_x, next_out):
-    """As `_sparse_row_loss`, writing softmax(x) - onehot(label) into out (may be x).
+def _sparse_row_grad(x, label, w, out, e, save, st, next_x, next_out):
+    """As `_sparse_row_loss`, writing w (softmax(x) - onehot(label)) into out (may be x).
 
+    `w` (float64) is the row's weight: 1 for TensorFlow's backprop, else the
+    factor of a reduction (1/count for a mean), folded into pass B's scale.
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
     is half precision (so that each gradient entry is rounded once); `save`
     holds a chunk of x when e is x, else None. `next_x` is the next row of
@@ -61,9 +64,9 @@ def _sparse_row_grad(x, label, out, e, save, st, next_x, next_out):
     if top == -np.inf:
         fill_nan(out, nan)
         return nan, nan
-    rescale(e, None, out, st, top, 1.0 / total, next_out)
+    rescale(e, None, out, st, top, w / total, next_out)
     m = like(top, x_label)
-    store(out, label, exp(x_label - m) * like(1.0 / total, m) - like(1.0, m))
+    store(out, label, exp(x_label - m) * like(w / total, m) - like(w, m))
     log_s = np.log(total)
     return label_loss(log_s, x_label, m), top + log_s
 
@@ -168,6 +171,12 @@ def _half_only_impl(row):
 
 
 @njit(**INLINE)
+def weight(weights, i):
+    """Row i's weight as float64: weights has N entries, or 1 for every row."""
+    return np.float64(weights[i if weights.shape[0] > 1 else 0])
+
+
+@njit(**INLINE)
 def _target(y, i):
     """Row i of the dense targets, which have 1 or N rows."""
     return y[i if y.shape[0] > 1 else 0]
@@ -184,26 +193,28 @@ def sparse_loss_rows(x, labels, loss, lse, lo, hi):
 
 
 @njit(**KERNEL)
-def sparse_grad_rows(x, labels, out, loss, lse, lo, hi):
-    """As `sparse_loss_rows`, and out[i] = softmax(x[i]) - one_hot(labels[i])."""
+def sparse_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
+    """As `sparse_loss_rows`, and out[i] = w_i (softmax(x[i]) - one_hot(labels[i]))
+    with w_i = `weight`(weights, i)."""
     st = chunk_stats(x)
     scratch = _exp_scratch(x, out)
     for i in range(lo, hi):
         row = out[i]
-        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], row, _exp_row(row, scratch), None,
+        loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], weight(weights, i), row,
+                                           _exp_row(row, scratch), None,
                                            st, _half_only(_next_row(x, i)), _next_row(out, i))
 
 
 @njit(**KERNEL)
-def sparse_grad_rows_inplace(x, labels, loss, lse, lo, hi):
+def sparse_grad_rows_inplace(x, labels, weights, loss, lse, lo, hi):
     """As `sparse_grad_rows` with out = x: the gradient overwrites the logits."""
     st = chunk_stats(x)
     scratch = _exp_scratch(x, x)
     save = _save_chunk(x)
     for i in range(lo, hi):
         row = x[i]
-        loss[i], lse[i] = _sparse_row_grad(row, labels[i], row, _exp_row(row, scratch),
-                                           save, st, _next_row(x, i), None)
+        loss[i], lse[i] = _sparse_row_grad(row, labels[i], weight(weights, i), row,
+                                           _exp_row(row, scratch), save, st, _next_row(x, i), None)
 
 
 @njit(**KERNEL)

@@ -1,8 +1,11 @@
-"""`cross_entropy` on NumPy arrays: the kernel over blocks of rows, each finished in cache.
+"""`cross_entropy` on NumPy arrays: one kernel pass, or blocks of rows finished in cache.
 
-Rows go to `_rows.token_losses` a block of about `BLOCK_BYTES` at a time, so the
-options' corrections of a block's gradient run while the block is still in
-cache, and half-precision logits are widened to float32 one block at a time.
+The plain loss (no smoothing, z-loss or softcap) is one call of the kernel
+over every row, which scales each row's gradient by its weight in the same
+pass. With options, rows go to `_rows.token_losses` a block of about
+`BLOCK_BYTES` at a time, so that the options' corrections of a block's
+gradient run while the block is still in cache, and half-precision logits are
+widened to float32 one block at a time.
 """
 import numpy as np
 
@@ -37,6 +40,8 @@ def losses_and_gradient(logits, targets, valid, opts, weights=None, grad_out=Non
       ``[N]`` losses in the accumulator dtype (float32 for half precision), 0
       where ignored.
     """
+    if opts.plain:   # one kernel pass over every row, the weights folded in
+        return token_losses(logits, targets, valid, opts, weights, grad_out)
     acc = accumulator(logits.dtype)
     losses = np.empty(logits.shape[0], acc)
     for rows in _blocks(*logits.shape):

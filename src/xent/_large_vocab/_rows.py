@@ -59,29 +59,45 @@ def token_losses(z, labels, valid, opts, weights=None, out=None):
     """Per-token loss of a block and, when `out` is given, its weighted gradient.
 
     Args:
-      z: ``[n, V]`` float32 or float64 logits (not modified unless `out` is z).
+      z: ``[n, V]`` logits (not modified unless `out` is z): any float dtype
+        for the plain loss (`Options.plain`), else float32 or float64.
       labels: ``[n]`` int64 targets in ``[0, V)`` where `valid` (any value elsewhere).
       valid: ``[n]`` bool, False for tokens to ignore.
       opts: `xent._large_vocab._options.Options`.
       weights: ``[n]`` factors of each token's gradient (d result / d loss_i);
         only with `out`.
-      out: None (loss only), or an ``[n, V]`` array of z's dtype (may be z) that
-        receives ``weights_i · dloss_i/dz_i`` (0 on ignored rows).
+      out: None (loss only), or an ``[n, V]`` array (may be z; z's dtype
+        unless plain) that receives ``weights_i · dloss_i/dz_i`` (0 on
+        ignored rows).
 
     Returns:
-      ``[n]`` losses in z's dtype, 0 for ignored tokens.
+      ``[n]`` losses in the accumulator dtype, 0 for ignored tokens.
+
+    The plain loss is one kernel pass, the weights folded into it; the
+    options correct the kernel's results afterwards (see the module doc).
     """
     labels = np.where(valid, labels, 0).astype(np.int64, copy=False)
+    if out is not None:
+        weights = np.where(valid, weights, 0.0)
+    if opts.plain:
+        nll, lse = _core.kernels().sparse_rows(z, labels, out, weights)
+        loss = nll
+    else:
+        loss = _with_options(z, labels, opts, weights, out)
+    if out is not None and not valid.all():
+        out[~valid] = 0
+    return np.where(valid, loss, 0).astype(loss.dtype, copy=False)
+
+
+def _with_options(z, labels, opts, weights, out):
+    """`token_losses` with smoothing, z-loss or softcap: the kernel, then corrections."""
     deriv = None
     if opts.softcap is not None:
         z, deriv = _capped(z, opts.softcap, out)
     mean_z = z.mean(axis=1) if opts.label_smoothing else None
-    if out is None:
-        nll, lse = _core.kernels().sparse_rows(z, labels)
-    else:
-        nll, lse = _core.kernels().sparse_rows(z, labels, out)
-        _correct_gradient(out, labels, lse, np.where(valid, weights, 0).astype(lse.dtype), opts)
+    nll, lse = _core.kernels().sparse_rows(z, labels, out)
+    if out is not None:
+        _correct_gradient(out, labels, lse, weights.astype(lse.dtype), opts)
         if deriv is not None:
             out *= deriv
-        out[~valid] = 0
-    return np.where(valid, _loss(nll, lse, mean_z, opts), 0).astype(z.dtype, copy=False)
+    return _loss(nll, lse, mean_z, opts)
