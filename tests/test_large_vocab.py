@@ -283,7 +283,8 @@ def test_a_target_out_of_range_raises_tensorflows_error_before_any_work():
 
 # -- torch ----------------------------------------------------------------------------------------
 
-TORCH_DTYPES = {np.float64: "float64", np.float32: "float32", ml_dtypes.bfloat16: "bfloat16"}
+TORCH_DTYPES = {np.float64: "float64", np.float32: "float32", np.float16: "float16",
+                ml_dtypes.bfloat16: "bfloat16"}
 
 
 @pytest.fixture(params=["kernel", "torch ops"])
@@ -439,6 +440,20 @@ def test_jax_vmap_and_targets_out_of_range():
         xent.cross_entropy(jnp.asarray(logits[:1]), bad)
     per = jax.jit(lambda z, t: xent.cross_entropy(z, t, reduction="none"))(jnp.asarray(logits[:1]), bad)
     assert np.isnan(per[0, 1]) and np.isfinite(np.delete(np.asarray(per[0]), 1)).all()
+
+
+def test_jax_linear_mean_of_nothing_is_zero_and_a_bad_target_under_jit_is_nan():
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x, w, b, target = make_linear(7, 3, 11, np.float32, seed=14)
+    f = jax.jit(jax.value_and_grad(lambda x, w, t: xent.linear_cross_entropy(x, w, t, chunk_size=3),
+                                   argnums=(0, 1)))
+    value, (dx, dw) = f(jnp.asarray(x), jnp.asarray(w), jnp.full(7, -100))
+    assert value == 0 and not np.asarray(dx).any() and not np.asarray(dw).any()
+    value, (dx, dw) = f(jnp.asarray(x), jnp.asarray(w), jnp.asarray([0, 1, 11, 2, 3, 4, 5]))
+    assert np.isnan(value) and np.isnan(np.asarray(dx)[2]).all() and np.isfinite(np.asarray(dx)[3:]).all()
+    with pytest.raises(InvalidArgumentError, match="label value of 11"):
+        xent.linear_cross_entropy(jnp.asarray(x), jnp.asarray(w), jnp.asarray([0, 1, 11, 2, 3, 4, 5]))
 
 
 def test_return_grads_is_for_numpy_only():

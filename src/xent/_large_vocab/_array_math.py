@@ -7,8 +7,9 @@ For torch tensors off the CPU and for JAX arrays: the same formula as
     lse  = m + log Σ_j exp(z_j - m),  m = max_j z_j (a constant for autodiff)
     loss = (1 - ε)·(lse - z_y) + ε·(lse - mean_j z_j) + λ·lse²
 
-0 for ignored tokens, NaN for a target outside ``[0, V)`` (no host sync is
-spent on a range check here). `ops` is a backend's `_Ops` (exp, log, tanh,
+0 for ignored tokens; a token whose target is outside ``[0, V)`` gets NaN
+logits, hence a NaN loss and gradient (no host sync is spent on a range
+check here). `ops` is a backend's `_Ops` (exp, log, tanh,
 where, isfinite, max_last, sum_last, take_last, stop_gradient).
 """
 __all__ = ["token_losses"]
@@ -28,6 +29,8 @@ def token_losses(ops, z, targets, opts):
         z = opts.softcap * ops.tanh(z * (1.0 / opts.softcap))
     valid = targets != opts.ignore_index
     in_range = (targets >= 0) & (targets < num_classes)
+    # a bad target's row becomes NaN, so its loss and gradient are NaN (TensorFlow on a GPU)
+    z = z + ops.where(in_range | ~valid, 0.0, float("nan"))[..., None]
     lse = _lse(ops, z)
     loss = lse - ops.take_last(z, ops.where(in_range, targets, 0 * targets))
     if opts.label_smoothing:
@@ -35,4 +38,4 @@ def token_losses(ops, z, targets, opts):
         loss = (1.0 - eps) * loss + eps * (lse - ops.sum_last(z)[..., 0] * (1.0 / num_classes))
     if opts.z_loss:
         loss = loss + opts.z_loss * lse * lse
-    return ops.where(valid, ops.where(in_range, loss, float("nan")), 0.0)
+    return ops.where(valid, loss, 0.0)

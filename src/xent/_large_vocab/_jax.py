@@ -1,11 +1,13 @@
 """The large-vocabulary functions on JAX arrays: `jax.numpy`, under jit, grad and vmap.
 
 `cross_entropy` is `_array_math.token_losses` differentiated by JAX.
-`linear_cross_entropy` is a `jax.custom_vjp` over a `lax.scan` of chunks:
-the forward makes each chunk's logits and losses and keeps nothing of them;
-the backward makes each chunk's logits again and, with the upstream gradient
-of its tokens, adds ``dz·W`` to dx and ``dzᵀ·x`` to dW and ``Σ dz`` to db (in
-float32 for half precision). Only one chunk of logits is alive at a time.
+`linear_cross_entropy` is a `jax.custom_vjp` over a `lax.scan` of chunks, each
+chunk's logits made, used and dropped, so that one chunk of logits is alive
+at a time. Each chunk adds ``dz·W`` to dx and ``dzᵀ·x`` to dW and ``Σ dz`` to
+db (in float32 for half precision). For a mean or a sum that happens in the
+forward, with the reduction's token weights, and the backward scales the
+results; for ``"none"`` the forward makes the losses only and the backward
+makes each chunk's logits again, with the upstream gradient of its tokens.
 
 Targets outside ``[0, V)``: concrete arrays raise TensorFlow's
 `InvalidArgumentError`; traced ones give NaN losses for those tokens.
@@ -85,8 +87,11 @@ def _linear_fwd(x2, weight, bias, t, opts, chunk):
     return losses.reshape(-1)[:x2.shape[0]], (x2, weight, bias, t)
 
 
-def _linear_bwd(opts, chunk, residuals, g):
-    x2, weight, bias, t = residuals
+def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
+    """``(losses [N], dx, dW, db)`` of Σ_i g_i·loss_i, one chunk's logits at a time.
+
+    dW and db are summed in the accumulator dtype, and returned in the weight's.
+    """
     acc = _accumulator(x2.dtype)
     xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
     gs = jnp.pad(g.astype(acc), (0, xs.shape[0] * chunk - g.shape[0])).reshape(xs.shape[:2])
@@ -94,24 +99,65 @@ def _linear_bwd(opts, chunk, residuals, g):
     def step(sums, xtg):
         xc, tc, gc = xtg
         z = _chunk_logits(xc, weight, bias)
-        _, vjp = jax.vjp(lambda z: _array_math.token_losses(_jax._Ops, z, tc, opts), z)
+        losses, vjp = jax.vjp(lambda z: _array_math.token_losses(_jax._Ops, z, tc, opts), z)
         dz = vjp(gc)[0]
         dxc = jnp.matmul(dz, weight.astype(acc)).astype(x2.dtype)
         dw = sums[0] + jnp.matmul(dz.T, xc.astype(acc))
-        return (dw, sums[1] + dz.sum(axis=0)), dxc
+        return (dw, sums[1] + dz.sum(axis=0)), (losses, dxc)
 
     zeros = (jnp.zeros(weight.shape, acc), jnp.zeros(bias.shape, acc))
-    (dw, db), dxs = jax.lax.scan(step, zeros, (xs, ts, gs))
-    dx = dxs.reshape(-1, x2.shape[1])[:x2.shape[0]]
-    return dx, dw.astype(weight.dtype), db.astype(bias.dtype), None
+    (dw, db), (losses, dxs) = jax.lax.scan(step, zeros, (xs, ts, gs))
+    n = x2.shape[0]
+    dx = dxs.reshape(-1, x2.shape[1])[:n]
+    return losses.reshape(-1)[:n], dx, dw.astype(weight.dtype), db.astype(bias.dtype)
+
+
+def _linear_bwd(opts, chunk, residuals, g):
+    x2, weight, bias, t = residuals
+    _, dx, dw, db = _chunk_grads(x2, weight, bias, t, g, opts, chunk)
+    return dx, dw, db, None
 
 
 _linear_losses.defvjp(_linear_fwd, _linear_bwd)
 
 
+def _token_weights(t, opts, dtype):
+    """d result / d loss_i of a mean or sum: 1/count (mean) or 1, 0 where ignored."""
+    valid = t != opts.ignore_index
+    if opts.reduction == "sum":
+        return valid.astype(dtype)
+    return valid.astype(dtype) / jnp.maximum(valid.sum(), 1).astype(dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _linear_reduced(x2, weight, bias, t, opts, chunk):
+    """The mean or sum of the token losses; its gradients are made in the forward."""
+    return _reduced_fwd(x2, weight, bias, t, opts, chunk)[0]
+
+
+def _reduced_fwd(x2, weight, bias, t, opts, chunk):
+    w = _token_weights(t, opts, _accumulator(x2.dtype))
+    losses, dx, dw, db = _chunk_grads(x2, weight, bias, t, w, opts, chunk)
+    return (losses * w).sum(), (dx, dw, db)
+
+
+def _reduced_bwd(opts, chunk, grads, g):
+    return tuple((d * g.astype(d.dtype)) for d in grads) + (None,)
+
+
+_linear_reduced.defvjp(_reduced_fwd, _reduced_bwd)
+
+
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
-    """`xent.linear_cross_entropy` on JAX arrays (checked)."""
+    """`xent.linear_cross_entropy` on JAX arrays (checked).
+
+    mean and sum make the gradients in the forward (three matmuls per chunk,
+    the scan's one pass; `jax.grad` then only scales them); ``none`` makes the
+    losses in the forward and each chunk's logits again in the backward.
+    """
     _check(target, opts.ignore_index, weight.shape[0])
     b = jnp.zeros(weight.shape[0], x.dtype) if bias is None else bias
-    losses = _linear_losses(x.reshape(-1, x.shape[-1]), weight, b, target.reshape(-1), opts, chunk)
-    return _reduce(losses, target, opts).astype(x.dtype)
+    x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1)
+    if opts.reduction == "none":
+        return _linear_losses(x2, weight, b, t, opts, chunk).reshape(target.shape).astype(x.dtype)
+    return _linear_reduced(x2, weight, b, t, opts, chunk).astype(x.dtype)
