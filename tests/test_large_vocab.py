@@ -459,3 +459,23 @@ def test_jax_linear_mean_of_nothing_is_zero_and_a_bad_target_under_jit_is_nan():
 def test_return_grads_is_for_numpy_only():
     with pytest.raises(ValueError, match="return_grads=True is for NumPy arrays; torch arrays"):
         xent.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), return_grads=True)
+
+
+def test_torch_compile_runs_through_xent_with_a_graph_break():
+    """torch.compile (not fullgraph: the kernel is a graph break) gives eager's
+    values and gradients, for both large-vocabulary functions and a TF face."""
+    torch.manual_seed(0)
+    x, w = torch.randn(9, 4, requires_grad=True), torch.randn(13, 4, requires_grad=True)
+    t = torch.tensor([0, 1, 2, -100, 4, 5, 6, 7, 12])
+
+    def step(x, w):
+        a = xent.linear_cross_entropy(x, w, t, z_loss=1e-3, chunk_size=4)
+        b = xent.cross_entropy((x @ w.t()) * 2, t, label_smoothing=0.1)
+        c = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=t.clamp(min=0), logits=x @ w.t())
+        return a + b + c.mean()
+
+    eager = torch.autograd.grad(step(x, w), (x, w))
+    compiled = torch.autograd.grad(torch.compile(step)(x, w), (x, w))
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(step(x, w), torch.compile(step)(x, w))

@@ -252,6 +252,14 @@ class _LossAndBackprop(torch.autograd.Function):
         return d
 
 
+@torch.compiler.disable
+def _apply(function, *args):
+    """`function.apply(*args)`, left out of torch.compile's graphs: a graph break,
+    since dynamo cannot trace the kernel's NumPy and numba calls (it failed
+    with "exception table entry start instruction has no offset")."""
+    return function.apply(*args)
+
+
 def _wants_grad(logits):
     """Whether autograd will ask for the logits' gradient (decided before `apply`)."""
     return torch.is_grad_enabled() and logits.requires_grad
@@ -321,21 +329,21 @@ class TorchBackend:
     @staticmethod
     def sparse_xent(labels, logits):
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
-        return _Loss.apply("sparse", _wants_grad(logits), logits, labels)
+        return _apply(_Loss, "sparse", _wants_grad(logits), logits, labels)
 
     @staticmethod
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
         y2, x2, loss_shape = _dense_rows(labels, logits)
-        return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
+        return _apply(_Loss, "dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the raw op; `grad` must be True (no out-buffers)."""
-        return _LossAndBackprop.apply("sparse", logits, labels)
+        return _apply(_LossAndBackprop, "sparse", logits, labels)
 
     @staticmethod
     def dense_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
         y2, x2, _ = _dense_rows(labels, logits)
-        return _LossAndBackprop.apply("dense", x2, y2)
+        return _apply(_LossAndBackprop, "dense", x2, y2)

@@ -126,6 +126,14 @@ def _reduce_tensor(losses, target, opts):
     return total / count.clamp(min=1)
 
 
+@torch.compiler.disable
+def _apply(function, *args):
+    """`function.apply(*args)`, left out of torch.compile's graphs (a graph break:
+    dynamo cannot trace the kernel's NumPy and numba calls). `torch.library`
+    ops that it could trace are the next step (the PyTorch/JAX-speed issue)."""
+    return function.apply(*args)
+
+
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     """`xent.cross_entropy` on torch tensors (checked)."""
     if inplace_backward and logits.requires_grad and torch.is_grad_enabled():
@@ -133,7 +141,7 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     if not _on_kernel(logits):
         return _device_cross_entropy(logits, target, opts)
     inplace = bool(inplace_backward) and logits.requires_grad and torch.is_grad_enabled()
-    return _CrossEntropy.apply(logits, target, opts, inplace)
+    return _apply(_CrossEntropy, logits, target, opts, inplace)
 
 
 class TorchMatmuls:
@@ -264,4 +272,4 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
     if not _on_kernel(x):
         return _device_linear(x, weight, bias, target, opts, chunk)
-    return _LinearCrossEntropy.apply(x, weight, bias, target, opts, chunk)
+    return _apply(_LinearCrossEntropy, x, weight, bias, target, opts, chunk)
