@@ -18,7 +18,9 @@ fresh process so that one's memory high-water mark cannot hide another's:
   xent-jax       jax.jit(jax.value_and_grad(xent.linear_cross_entropy))
   optax-jax      the same with optax on full logits
 
-Time: the median of --reps steps after one warm-up step. Peak extra memory:
+Time: the median of --reps steps after one warm-up step; with --rounds R,
+every variant runs R times, in turn, and the table gives medians over rounds
+(and each variant's ratio to the matmuls of its own round). Peak extra memory:
 the process's resident high-water mark during a step (reset before it
 through /proc/self/clear_refs) above its resident set before the step,
 minus the gradients the step returns; for JAX, XLA's account of the compiled
@@ -134,27 +136,43 @@ def measure(variant, n, hidden, vocab, reps):
             "peak": xla_temp if xla_temp is not None else max(r[1] for r in runs)}
 
 
+def _run_variant(variant, args):
+    """`measure` of one variant in a fresh process: its dict, or the last line of its error."""
+    cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens),
+           "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--reps", str(args.reps)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        return done.stderr.strip().splitlines()[-1][:80]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def linear_table(args):
+    """Every variant once per round (rounds interleave them, so a slow minute of a
+    noisy machine falls on all); the table gives each variant's median step, the
+    median of its per-round ratio to that round's matmuls, and its largest peak."""
     logits = args.tokens * args.vocab * 4
+    variants = args.variants or LINEAR
+    runs = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:
+            runs[variant].append(_run_variant(variant, args))
     print(f"N={args.tokens}, H={args.hidden}, V={args.vocab} float32 (logits {logits / 2**20:.0f} MiB); "
-          f"median of {args.reps} steps; {os.cpu_count()} CPUs\n")
-    print("| variant | step (s) | × the matmuls | peak extra (MiB) | × the logits |")
+          f"{args.rounds} rounds of the variants in turn, each the median of {args.reps} steps; "
+          f"{os.cpu_count()} CPUs\n")
+    print("| variant | step (s), median | × the matmuls (per round) | peak extra (MiB) | × the logits |")
     print("|---|---:|---:|---:|---:|")
-    results = {}
-    for variant in args.variants or LINEAR:
-        cmd = [sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens),
-               "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--reps", str(args.reps)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            print(f"| {variant} | failed: {done.stderr.strip().splitlines()[-1][:80]} | | | |")
+    floors = [r["s"] if isinstance(r, dict) else None for r in runs.get("matmuls", [])]
+    for variant, results in runs.items():
+        good = [r for r in results if isinstance(r, dict)]
+        if not good:
+            print(f"| {variant} | failed: {results[-1]} | | | |")
             continue
-        r = results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-        floor = results.get("matmuls", {}).get("s")
-        ratio = f"{r['s'] / floor:.2f}" if floor else "—"
-        peak = "—" if variant == "matmuls" else f"{r['peak'] / 2**20:.0f}"
-        share = "—" if variant == "matmuls" else f"{r['peak'] / logits:.3f}"
-        print(f"| {variant} | {r['s']:.2f} | {ratio} | {peak} | {share} |", flush=True)
-    return results
+        ratios = [r["s"] / f for r, f in zip(results, floors) if isinstance(r, dict) and f]
+        ratio = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "—"
+        peak = max(r["peak"] for r in good)
+        cells = ("—", "—") if variant == "matmuls" else (f"{peak / 2**20:.0f}", f"{peak / logits:.3f}")
+        print(f"| {variant} | {statistics.median(r['s'] for r in good):.2f} | {ratio} | {cells[0]} | {cells[1]} |")
+    return runs
 
 
 def inplace_table(args):
@@ -207,6 +225,7 @@ def main():
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="linear mode: rounds of every variant")
     parser.add_argument("--inplace", action="store_true")
     parser.add_argument("--variants", nargs="*", choices=LINEAR)
     parser.add_argument("--variant", choices=LINEAR, help="run one variant here (internal)")
