@@ -238,19 +238,23 @@ def _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, with_grads):
     """``(grads or None, losses)`` of the chunk loop on CPU tensors.
 
     float32/float64 run on NumPy views with NumPy's matmuls and BLAS (`_blas`:
-    at 64-token chunks its gemm was 1.4-2x faster than torch's here); half
-    precision runs torch's matmuls (NumPy has none for it).
+    at 64-token chunks its gemm was 1.4-2x faster than torch's here), into
+    gradients NumPy allocates (no torch op runs: on 2 cores, torch's OpenMP
+    threads spinning after a fill of dW slowed the next BLAS calls, and
+    NumPy's zeros come lazily, from huge pages); half precision runs torch's
+    matmuls (NumPy has none for it).
     """
-    grads = _linear_grads(x2, w, b) if with_grads else None
     if x2.dtype in (torch.float32, torch.float64):
         view = _torch._numpy_view
         arrays = (view(x2), view(w), None if b is None else view(b))
-        mm = NumpyMatmuls
-        out = None if grads is None else tuple(None if t is None else view(t) for t in grads)
-    else:
-        arrays, mm, out = (x2, w, b), TorchMatmuls, grads
-    losses = chunked(mm, *arrays, targets, valid, opts, chunk, weights, out)
-    return grads, losses
+        out = None
+        if with_grads:
+            out = tuple(None if a is None else np.zeros(a.shape, a.dtype) for a in arrays)
+        losses = chunked(NumpyMatmuls, *arrays, targets, valid, opts, chunk, weights, out)
+        grads = None if out is None else tuple(None if a is None else torch.from_numpy(a) for a in out)
+        return grads, losses
+    grads = _linear_grads(x2, w, b) if with_grads else None
+    return grads, chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
 
 
 def _device_linear(x, weight, bias, target, opts, chunk):
