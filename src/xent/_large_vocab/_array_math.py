@@ -12,7 +12,7 @@ logits, hence a NaN loss and gradient (no host sync is spent on a range
 check here). `ops` is a backend's `_Ops` (exp, log, tanh,
 where, isfinite, max_last, sum_last, take_last, stop_gradient).
 """
-__all__ = ["token_losses"]
+__all__ = ["token_losses", "reduce"]
 
 
 def _lse(ops, z):
@@ -39,3 +39,15 @@ def token_losses(ops, z, targets, opts):
     if opts.z_loss:
         loss = loss + opts.z_loss * lse * lse
     return ops.where(valid, loss, 0.0)
+
+
+def reduce(losses, target, opts):
+    """The mean over tokens not ignored (0 if none), the sum, or ``[...]`` per token
+    (`losses` ``[N]`` and `target` ``[...]`` are torch tensors or JAX arrays alike)."""
+    if opts.reduction == "none":
+        return losses.reshape(target.shape)
+    total = losses.sum()
+    if opts.reduction == "sum":
+        return total
+    count = (target != opts.ignore_index).sum()
+    return total / (count + (count == 0))

@@ -35,23 +35,13 @@ def _check(target, ignore_index, num_classes):
         _numpy.tokens(np.asarray(target), ignore_index, num_classes)
 
 
-def _reduce(losses, target, opts):
-    """The mean over tokens not ignored (0 if none), the sum, or ``[...]``."""
-    if opts.reduction == "none":
-        return losses.reshape(target.shape)
-    total = losses.sum()
-    if opts.reduction == "sum":
-        return total
-    return total / jnp.maximum((target != opts.ignore_index).sum(), 1).astype(total.dtype)
-
-
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     """`xent.cross_entropy` on JAX arrays (checked); `inplace_backward` has no effect (JAX
     arrays are immutable; XLA reuses buffers itself)."""
     _check(target, opts.ignore_index, logits.shape[-1])
     z = logits.reshape(-1, logits.shape[-1]).astype(_accumulator(logits.dtype))
     losses = _array_math.token_losses(_jax._Ops, z, target.reshape(-1), opts)
-    return _reduce(losses, target, opts).astype(logits.dtype)
+    return _array_math.reduce(losses, target, opts).astype(logits.dtype)
 
 
 def _chunk_logits(xc, weight, bias):

@@ -112,18 +112,7 @@ def _device_cross_entropy(logits, target, opts):
     """`cross_entropy` in torch ops (other devices): autograd does the gradient."""
     z = logits.reshape(-1, logits.shape[-1]).to(_accumulator(logits.dtype))
     losses = _array_math.token_losses(_torch._Ops, z, target.reshape(-1).long(), opts)
-    return _reduce_tensor(losses, target, opts).to(logits.dtype)
-
-
-def _reduce_tensor(losses, target, opts):
-    """The reduction of ``[N]`` torch losses (mean over targets not ignored; 0 if none)."""
-    if opts.reduction == "none":
-        return losses.reshape(target.shape)
-    total = losses.sum()
-    if opts.reduction == "sum":
-        return total
-    count = (target != opts.ignore_index).sum()
-    return total / count.clamp(min=1)
+    return _array_math.reduce(losses, target, opts).to(logits.dtype)
 
 
 @torch.compiler.disable
@@ -269,7 +258,7 @@ def _device_linear(x, weight, bias, target, opts, chunk):
     parts = [checkpoint(chunk_losses, x2[lo:lo + chunk], t[lo:lo + chunk], use_reentrant=False)
              for lo in range(0, x2.shape[0], chunk)]
     losses = torch.cat(parts) if parts else x2.new_zeros(0, dtype=acc)
-    return _reduce_tensor(losses, target, opts).to(x.dtype)
+    return _array_math.reduce(losses, target, opts).to(x.dtype)
 
 
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
