@@ -393,10 +393,19 @@ def test_torch_a_second_backward_makes_the_gradients_again(torch_path):
 
 # -- JAX ------------------------------------------------------------------------------------------
 
+@pytest.fixture(params=["kernel", "jax.numpy"])
+def jax_path(request):
+    """The CPU kernel through buffer callbacks, and the jax.numpy path of other devices."""
+    from xent._large_vocab import _jax_cpu
+    _jax_cpu.use_jax_numpy_on_cpu(request.param == "jax.numpy")
+    yield request.param
+    _jax_cpu.use_jax_numpy_on_cpu(False)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16],
                          ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_jax_jit_grad_matches_the_oracle(reduction, dtype):
+def test_jax_jit_grad_matches_the_oracle(jax_path, reduction, dtype):
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     rng = np.random.default_rng(12)
@@ -425,7 +434,7 @@ def test_jax_jit_grad_matches_the_oracle(reduction, dtype):
                  oracle(logits.astype(dtype).astype(np.float64), target, opts, reduction, up)[1], dtype)
 
 
-def test_jax_vmap_and_targets_out_of_range():
+def test_jax_vmap_and_targets_out_of_range(jax_path):
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     rng = np.random.default_rng(13)
@@ -442,7 +451,7 @@ def test_jax_vmap_and_targets_out_of_range():
     assert np.isnan(per[0, 1]) and np.isfinite(np.delete(np.asarray(per[0]), 1)).all()
 
 
-def test_jax_linear_mean_of_nothing_is_zero_and_a_bad_target_under_jit_is_nan():
+def test_jax_linear_mean_of_nothing_is_zero_and_a_bad_target_under_jit_is_nan(jax_path):
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
     x, w, b, target = make_linear(7, 3, 11, np.float32, seed=14)

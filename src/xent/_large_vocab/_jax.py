@@ -1,6 +1,12 @@
-"""The large-vocabulary functions on JAX arrays: `jax.numpy`, under jit, grad and vmap.
+"""The large-vocabulary functions on JAX arrays, under jit, grad and vmap.
 
-`cross_entropy` is `_array_math.token_losses` differentiated by JAX.
+Off the CPU, `cross_entropy` is `_array_math.token_losses` differentiated by JAX.
+On the CPU both run the fused kernel through XLA buffer callbacks
+(`_jax_cpu`; the linear head there for float32/float64), inside the same
+`custom_vjp` rules: the forward makes the gradient of a mean or a sum in
+the kernel's one pass, and the backward scales it. Elsewhere (and for a
+half-precision linear head) they run `jax.numpy`:
+
 `linear_cross_entropy` is a `jax.custom_vjp` over a `lax.scan` of chunks, each
 chunk's logits made, used and dropped, so that one chunk of logits is alive
 at a time. Each chunk adds ``dz·W`` to dx and ``dzᵀ·x`` to dW and ``Σ dz`` to
@@ -19,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xent import _jax
-from xent._large_vocab import _array_math, _numpy
+from xent._large_vocab import _array_math, _jax_cpu, _numpy
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -35,10 +41,55 @@ def _check(target, ignore_index, num_classes):
         _numpy.tokens(np.asarray(target), ignore_index, num_classes)
 
 
+# --- on the CPU: the fused kernel through buffer callbacks -------------------------------------
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _ce_tokens(x2, t, opts):
+    """``[N]`` token losses on the kernel; the backward scales the forward's gradient."""
+    return _ce_tokens_fwd(x2, t, opts)[0]
+
+
+def _ce_tokens_fwd(x2, t, opts):
+    valid = (t != opts.ignore_index).astype(_accumulator(x2.dtype))
+    return _jax_cpu.ce(x2, t, valid, opts)
+
+
+def _ce_tokens_bwd(opts, grad, g):
+    return (grad * g[:, None].astype(grad.dtype)).astype(grad.dtype), None
+
+
+_ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _ce_reduced(x2, t, opts):
+    """The mean or sum on the kernel, its gradient made in the same pass."""
+    return _ce_reduced_fwd(x2, t, opts)[0]
+
+
+def _ce_reduced_fwd(x2, t, opts):
+    w = _token_weights(t, opts, _accumulator(x2.dtype))
+    losses, grad = _jax_cpu.ce(x2, t, w, opts)
+    return (losses * w).sum(), grad
+
+
+def _ce_reduced_bwd(opts, grad, g):
+    return (grad * g.astype(grad.dtype)).astype(grad.dtype), None
+
+
+_ce_reduced.defvjp(_ce_reduced_fwd, _ce_reduced_bwd)
+
+
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     """`xent.cross_entropy` on JAX arrays (checked); `inplace_backward` has no effect (JAX
-    arrays are immutable; XLA reuses buffers itself)."""
+    arrays are immutable; XLA reuses buffers itself). On the CPU the fused kernel
+    runs (`_jax_cpu`), elsewhere `jax.numpy`."""
     _check(target, opts.ignore_index, logits.shape[-1])
+    x2, t = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
+    if _jax_cpu.available(logits, target):
+        if opts.reduction == "none":
+            return _ce_tokens(x2, t, opts).reshape(target.shape).astype(logits.dtype)
+        return _ce_reduced(x2, t, opts).astype(logits.dtype)
     z = logits.reshape(-1, logits.shape[-1]).astype(_accumulator(logits.dtype))
     losses = _array_math.token_losses(_jax._Ops, z, target.reshape(-1), opts)
     return _array_math.reduce(losses, target, opts).astype(logits.dtype)
@@ -138,6 +189,42 @@ def _reduced_bwd(opts, chunk, grads, g):
 _linear_reduced.defvjp(_reduced_fwd, _reduced_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _linear_cpu_tokens(x2, weight, bias, t, opts, chunk):
+    """``[N]`` token losses through the CPU chunk loop; the backward runs it again."""
+    return _linear_cpu_tokens_fwd(x2, weight, bias, t, opts, chunk)[0]
+
+
+def _linear_cpu_tokens_fwd(x2, weight, bias, t, opts, chunk):
+    ones = jnp.ones(t.shape, _accumulator(x2.dtype))
+    return _jax_cpu.linear(x2, weight, bias, t, ones, opts, chunk, False)[0], (x2, weight, bias, t)
+
+
+def _linear_cpu_tokens_bwd(opts, chunk, residuals, g):
+    x2, weight, bias, t = residuals
+    _, dx, dw, db = _jax_cpu.linear(x2, weight, bias, t, g.astype(_accumulator(x2.dtype)),
+                                    opts, chunk, True)
+    return dx, dw, db, None
+
+
+_linear_cpu_tokens.defvjp(_linear_cpu_tokens_fwd, _linear_cpu_tokens_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _linear_cpu_reduced(x2, weight, bias, t, opts, chunk):
+    """The mean or sum through the CPU chunk loop, the gradients made in the forward."""
+    return _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk)[0]
+
+
+def _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk):
+    w = _token_weights(t, opts, _accumulator(x2.dtype))
+    losses, dx, dw, db = _jax_cpu.linear(x2, weight, bias, t, w, opts, chunk, True)
+    return (losses * w).sum(), (dx, dw, db)
+
+
+_linear_cpu_reduced.defvjp(_linear_cpu_reduced_fwd, _reduced_bwd)
+
+
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on JAX arrays (checked).
 
@@ -148,6 +235,10 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     _check(target, opts.ignore_index, weight.shape[0])
     b = jnp.zeros(weight.shape[0], x.dtype) if bias is None else bias
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1)
+    if _jax_cpu.available(x, weight, bias, target) and x.dtype in (jnp.float32, jnp.float64):
+        linear = _linear_cpu_tokens if opts.reduction == "none" else _linear_cpu_reduced
+        result = linear(x2, weight, b, t, opts, chunk)
+        return (result.reshape(target.shape) if opts.reduction == "none" else result).astype(x.dtype)
     if opts.reduction == "none":
         return _linear_losses(x2, weight, b, t, opts, chunk).reshape(target.shape).astype(x.dtype)
     return _linear_reduced(x2, weight, b, t, opts, chunk).astype(x.dtype)

@@ -1,0 +1,98 @@
+"""JAX arrays on the CPU reach the fused kernel through XLA buffer callbacks.
+
+`jax.experimental.buffer_callback` hands the callback XLA's own buffers as
+NumPy arrays, with no copy (the device is the host), and the callback writes
+its results into the output buffers in place. Two callbacks serve both
+functions:
+
+  - `ce`:     logits ``[N, V]``, targets, token weights w → per-token losses
+              and ``w_i · dloss_i/dz_i`` (the fused kernel, one pass);
+  - `linear`: x, W, b, targets, w → per-token losses and, when asked, the
+              weighted dx, dW, db (`_linear.chunked`, one chunk at a time).
+
+Under `jit` no error can be raised, so a target outside ``[0, V)`` that is
+not ignored gives that token NaN loss and gradient, as TensorFlow on a GPU.
+`vmap` runs the callback once per batch element.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
+
+from xent._large_vocab._cross_entropy import losses_and_gradient
+from xent._large_vocab._linear import NumpyMatmuls, chunked
+
+__all__ = ["available", "ce", "linear", "use_jax_numpy_on_cpu"]
+
+_state = {"jax_numpy": False}
+
+
+def use_jax_numpy_on_cpu(flag=True):
+    """Run CPU arrays through the `jax.numpy` path of other devices (for tests)."""
+    _state["jax_numpy"] = flag
+
+
+def available(*arrays):
+    """Whether the callbacks can run: JAX computes on the CPU, and every concrete
+    array among `arrays` lives there."""
+    if _state["jax_numpy"] or jax.default_backend() != "cpu":
+        return False
+    return all(isinstance(a, jax.core.Tracer) or a is None
+               or all(d.platform == "cpu" for d in a.devices()) for a in arrays)
+
+
+def _tokens(targets, num_classes, ignore_index):
+    """``(targets int64 with bad ones at 0, valid, bad)`` of a callback's targets."""
+    t = np.asarray(targets).astype(np.int64)
+    valid = t != ignore_index
+    bad = valid & ((t < 0) | (t >= num_classes))
+    return np.where(bad, 0, t), valid & ~bad, bad
+
+
+def _ce_body(opts):
+    def body(ctx, out, logits, targets, weights):
+        losses, grad = (np.asarray(o) for o in out)
+        x = np.asarray(logits)
+        t, valid, bad = _tokens(targets, x.shape[1], opts.ignore_index)
+        losses[...] = losses_and_gradient(x, t, valid, opts, np.asarray(weights), grad)
+        losses[bad] = np.nan
+        grad[bad] = np.nan
+    return body
+
+
+def ce(logits, targets, weights, opts):
+    """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel."""
+    acc = weights.dtype
+    shapes = (jax.ShapeDtypeStruct(logits.shape[:1], acc), jax.ShapeDtypeStruct(logits.shape, logits.dtype))
+    return buffer_callback(_ce_body(opts), shapes, vmap_method="sequential")(logits, targets, weights)
+
+
+def _linear_body(opts, chunk, with_grads):
+    def body(ctx, out, x, weight, bias, targets, weights):
+        x, w, b = np.asarray(x), np.asarray(weight), np.asarray(bias)
+        t, valid, bad = _tokens(targets, w.shape[0], opts.ignore_index)
+        arrays = [np.asarray(o) for o in out]
+        grads = None
+        if with_grads:
+            for a in arrays[1:]:
+                a[...] = 0
+            grads = (arrays[1], arrays[2], arrays[3])
+        arrays[0][...] = chunked(NumpyMatmuls, x, w, b, t, valid, opts, chunk, np.asarray(weights), grads)
+        arrays[0][bad] = np.nan
+        if with_grads and bad.any():   # a NaN row of dz: its dx row, and all of dW and db
+            arrays[1][bad] = np.nan
+            arrays[2][...] = np.nan
+            arrays[3][...] = np.nan
+    return body
+
+
+def linear(x, weight, bias, targets, weights, opts, chunk, with_grads):
+    """``(losses [N], dx, dW, db)`` (the last three only `with_grads`) through the chunk
+    loop, each token's gradient weighted by `weights`; float32/float64 only."""
+    acc = weights.dtype
+    shapes = [jax.ShapeDtypeStruct(x.shape[:1], acc)]
+    if with_grads:
+        shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, weight, bias)]
+    body = _linear_body(opts, chunk, with_grads)
+    return buffer_callback(body, tuple(shapes), vmap_method="sequential")(
+        x, weight, bias, targets, weights)
