@@ -10,8 +10,8 @@ and ``p = softmax(z)``:
 
 and through the softcap ``dz_j/draw_j = 1 - (z_j/c)²``. The kernel of
 `xent._core.kernels()` gives ``nll``, ``lse`` and ``p - onehot(y)`` in one
-pass; the options are per-row corrections of those on the block while it is
-in cache. A token whose target is ``ignore_index`` has loss 0 and gradient 0.
+pass, each row's gradient already times its weight; the options are per-row
+corrections of those on the block while it is in cache. A token whose target is ``ignore_index`` has loss 0 and gradient 0.
 """
 import numpy as np
 
@@ -42,11 +42,11 @@ def _loss(nll, lse, mean_z, opts):
 
 
 def _correct_gradient(out, labels, lse, weights, opts):
-    """Turn ``p - onehot`` in `out` into ``weights · dloss/dz`` (capped logits), in place."""
+    """Turn the kernel's ``weights · (p - onehot)`` in `out` into ``weights · dloss/dz``
+    (capped logits), in place: ``a·out + w(a - 1 + ε)·onehot - w·ε/V``."""
     a = 1.0 + 2.0 * opts.z_loss * lse if opts.z_loss else None
-    scale = weights if a is None else weights * a
-    if not np.all(scale == 1):
-        out *= scale.astype(out.dtype, copy=False)[:, None]
+    if a is not None:
+        out *= a.astype(out.dtype, copy=False)[:, None]
     eps = opts.label_smoothing
     if eps:
         out -= (weights * (eps / out.shape[1])).astype(out.dtype)[:, None]
@@ -95,7 +95,7 @@ def _with_options(z, labels, opts, weights, out):
     if opts.softcap is not None:
         z, deriv = _capped(z, opts.softcap, out)
     mean_z = z.mean(axis=1) if opts.label_smoothing else None
-    nll, lse = _core.kernels().sparse_rows(z, labels, out)
+    nll, lse = _core.kernels().sparse_rows(z, labels, out, weights)
     if out is not None:
         _correct_gradient(out, labels, lse, weights.astype(lse.dtype), opts)
         if deriv is not None:
