@@ -360,6 +360,106 @@ def test_torch_inplace_backward_overwrites_the_logits_and_refuses_unsafe_ones():
         xent.cross_entropy((z * 1).t().contiguous().t(), t, inplace_backward=True)
 
 
+def test_torch_inplace_backward_refuses_a_view_of_a_leaf():
+    z = torch.randn(4, 6, requires_grad=True)
+    with pytest.raises(ValueError, match="a view of a leaf tensor that requires grad"):
+        xent.cross_entropy(z[1:], torch.tensor([0, 1, 2]), inplace_backward=True)
+    assert z.grad is None and z._version == 0
+
+
+def test_torch_ignored_tokens_with_inf_and_nan_logits_add_nothing(torch_path):
+    z = torch.randn(5, 7, dtype=torch.float64)
+    z[1, 2], z[3] = float("inf"), float("nan")
+    z.requires_grad_(True)
+    t = torch.tensor([0, -100, 2, -100, 6])
+    x, w = torch.randn(5, 3, requires_grad=True), torch.randn(7, 3, requires_grad=True)
+    with torch.no_grad():
+        x[3] = float("nan")
+    for kw in ({}, OPTIONS["all"]):
+        z.grad = x.grad = w.grad = None
+        (xent.cross_entropy(z * 1, t, **kw) + xent.linear_cross_entropy(x, w, t, **kw)).backward()
+        assert all(torch.isfinite(g).all() for g in (z.grad, x.grad, w.grad))
+        assert not z.grad[[1, 3]].any() and not x.grad[[1, 3]].any()
+        keep = [0, 2, 4]
+        truth = oracle(z.detach()[keep].numpy(), t[keep].numpy(), kw, "mean")[1]
+        assert_close(z.grad[keep].numpy(), truth, np.float64)
+
+
+def test_torch_no_tokens(torch_path):
+    x, w = torch.randn(0, 3, requires_grad=True), torch.randn(7, 3, requires_grad=True)
+    t = torch.zeros(0, dtype=torch.int64)
+    for loss in (xent.linear_cross_entropy(x, w, t), xent.cross_entropy(x @ w.t(), t)):
+        x.grad = w.grad = None
+        loss.backward()
+        assert loss.item() == 0 and x.grad.shape == (0, 3) and not w.grad.any()
+
+
+def test_torch_makes_no_gradient_nobody_asked_for(monkeypatch):
+    """Under no_grad, or for a frozen head, the kernel path makes only what autograd
+    will use (no logits-sized buffer at evaluation time)."""
+    from xent._large_vocab import _torch as face
+    made = []
+    kernel, loop = face.losses_and_gradient, face.chunked
+
+    def spy_kernel(*args, **kw):
+        made.append(("logits", args[5] is not None if len(args) > 5 else kw.get("grad_out") is not None))
+        return kernel(*args, **kw)
+
+    def spy_loop(*args, **kw):
+        grads = args[9] if len(args) > 9 else kw.get("grads")
+        made.append(("linear", None if grads is None else tuple(g is not None for g in grads)))
+        return loop(*args, **kw)
+
+    monkeypatch.setattr(face, "losses_and_gradient", spy_kernel)
+    monkeypatch.setattr(face, "chunked", spy_loop)
+    x, w, b = torch.randn(6, 3, requires_grad=True), torch.randn(9, 3), torch.randn(9, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3, -100, 8])
+    with torch.no_grad():
+        xent.cross_entropy(x @ w.t(), t)
+        xent.linear_cross_entropy(x, w, t, bias=b)
+    assert made == [("logits", False), ("linear", None)]
+    made.clear()
+    loss = xent.linear_cross_entropy(x, w, t, bias=b)   # a frozen weight: dx and db only
+    loss.backward()
+    assert made == [("linear", (True, False, True))] and w.grad is None
+    truth = linear_oracle(x.detach().numpy(), w.numpy(), b.detach().numpy(), t.numpy(), {}, "mean")
+    assert_close(x.grad.numpy(), truth[1], np.float32)
+    assert_close(b.grad.numpy(), truth[3], np.float32)
+
+
+def test_torch_float16_gradient_under_a_loss_scale_is_rounded_once():
+    """Mixed-precision training multiplies the loss by a scale so that small float16
+    gradients survive: the gradient must be rounded after that scale, as autograd
+    does, not made at 1/count (below float16's smallest, 6e-8, for p < 2.4e-4 at
+    4096 tokens) and scaled after."""
+    rng = np.random.default_rng(15)
+    n, v, h, scale = 4096, 64, 8, 2.0 ** 12
+    logits = rng.normal(size=(n, v)) * 3
+    target = torch.tensor(rng.integers(0, v, n))
+    truth = oracle(logits.astype(np.float16).astype(np.float64), target.numpy(), {}, "mean")[1]
+    z = torch.tensor(logits, dtype=torch.float16, requires_grad=True)
+    (xent.cross_entropy(z * 1, target).float() * scale).backward()
+    got, want = z.grad.double().numpy(), truth * scale
+    assert not (got == 0)[np.abs(want) >= 2.0 ** -24].any()   # would round to float16's smallest
+    assert (np.abs(got - want) <= TOL[np.float16] * np.abs(want) + 2.0 ** -24).all()
+    x = torch.tensor(rng.normal(size=(n, h)), dtype=torch.float16, requires_grad=True)
+    w = torch.tensor(rng.normal(size=(v, h)), dtype=torch.float16, requires_grad=True)
+    (xent.linear_cross_entropy(x, w, target).float() * scale).backward()
+    _, dx, dw, _ = linear_oracle(x.detach().double().numpy(), w.detach().double().numpy(), None,
+                                 target.numpy(), {}, "mean", np.full((), scale))
+    assert_close(x.grad.double().numpy(), dx, np.float16)
+    assert_close(w.grad.double().numpy(), dw, np.float16)
+
+
+def test_torch_double_backward_is_refused_on_the_kernel():
+    z = torch.randn(3, 4, requires_grad=True)
+    x, w = torch.randn(3, 2, requires_grad=True), torch.randn(4, 2, requires_grad=True)
+    t = torch.tensor([0, 1, 2])
+    for loss, wrt in ((xent.cross_entropy(z * 1, t), z), (xent.linear_cross_entropy(x, w, t), x)):
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.grad(loss, wrt, create_graph=True)
+
+
 def test_torch_out_of_range_raises_on_the_cpu_and_is_nan_on_the_device_path(torch_path):
     logits = torch.zeros(2, 4, requires_grad=True)
     target = torch.tensor([1, 4])
@@ -463,6 +563,36 @@ def test_jax_linear_mean_of_nothing_is_zero_and_a_bad_target_under_jit_is_nan(ja
     assert np.isnan(value) and np.isnan(np.asarray(dx)[2]).all() and np.isfinite(np.asarray(dx)[3:]).all()
     with pytest.raises(InvalidArgumentError, match="label value of 11"):
         xent.linear_cross_entropy(jnp.asarray(x), jnp.asarray(w), jnp.asarray([0, 1, 11, 2, 3, 4, 5]))
+
+
+def test_jax_small_inputs_are_not_padded_to_a_whole_chunk():
+    jax = pytest.importorskip("jax")
+    from xent._large_vocab import _jax as face
+    xs, ts = face._in_chunks(jax.numpy.ones((7, 3)), jax.numpy.zeros(7, int), 4096, -100)
+    assert xs.shape == (1, 7, 3) and ts.shape == (1, 7)
+    xs, ts = face._in_chunks(jax.numpy.ones((7, 3)), jax.numpy.zeros(7, int), 3, -100)
+    assert xs.shape == (3, 3, 3) and (np.asarray(ts)[2, 1:] == -100).all()
+
+
+def test_jax_loss_only_under_jit_makes_no_gradient(monkeypatch):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    from xent._large_vocab import _jax_cpu
+    made = []
+    kernel, loop = _jax_cpu.losses_and_gradient, _jax_cpu.chunked
+    monkeypatch.setattr(_jax_cpu, "losses_and_gradient",
+                        lambda *a: made.append(("logits", a[5] is not None)) or kernel(*a))
+    monkeypatch.setattr(_jax_cpu, "chunked",
+                        lambda *a: made.append(("linear", a[9] is not None)) or loop(*a))
+    x, w, b, target = make_linear(7, 3, 11, np.float32, seed=16)
+    x, w, t = jnp.asarray(x), jnp.asarray(w), jnp.asarray(target)
+    loss = jax.jit(lambda x, w, t: xent.cross_entropy(x @ w.T, t) + xent.linear_cross_entropy(x, w, t))
+    truth = oracle(np.asarray(x @ w.T, np.float64), target, {}, "mean")[0]
+    assert_close(loss(x, w, t), 2 * truth, np.float32)
+    assert sorted(made) == [("linear", False), ("logits", False)]
+    made.clear()
+    jax.jit(jax.grad(lambda x: xent.cross_entropy(x @ w.T, t) + xent.linear_cross_entropy(x, w, t)))(x)
+    assert sorted(made) == [("linear", True), ("logits", True)]
 
 
 def test_return_grads_is_for_numpy_only():

@@ -44,8 +44,10 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
         count), or ``"none"`` (``[...]``, 0 where ignored).
       inplace_backward: write the gradient over `logits` (torch: during the
         forward, so the backward costs nothing; you promise not to read
-        `logits` again). Refused for a leaf tensor that requires grad and for
-        a non-contiguous tensor.
+        `logits` again). Refused for a leaf tensor that requires grad (or a
+        view of one) and for a non-contiguous tensor. In float16 the
+        gradient is then rounded before a loss scale multiplies it (without
+        inplace_backward it is rounded once, after, as autograd does).
       return_grads: NumPy only: return ``(loss, dloss/dlogits)`` (for
         ``"none"``, the gradient of ``loss.sum()``).
 

@@ -7,7 +7,8 @@ For torch tensors off the CPU and for JAX arrays: the same formula as
     lse  = m + log Σ_j exp(z_j - m),  m = max_j z_j (a constant for autodiff)
     loss = (1 - ε)·(lse - z_y) + ε·(lse - mean_j z_j) + λ·lse²
 
-0 for ignored tokens; a token whose target is outside ``[0, V)`` gets NaN
+0 for ignored tokens, whose logits are set to 0 first (so that an inf or NaN
+there makes no NaN gradient); a token whose target is outside ``[0, V)`` gets NaN
 logits, hence a NaN loss and gradient (no host sync is spent on a range
 check here). `ops` is a backend's `_Ops` (exp, log, tanh,
 where, isfinite, max_last, sum_last, take_last, stop_gradient).
@@ -25,9 +26,10 @@ def _lse(ops, z):
 def token_losses(ops, z, targets, opts):
     """``[n]`` losses of ``[n, V]`` logits `z` (the accumulator dtype) and int `targets` ``[n]``."""
     num_classes = z.shape[-1]
+    valid = targets != opts.ignore_index
+    z = ops.where(valid[..., None], z, 0.0)
     if opts.softcap is not None:
         z = opts.softcap * ops.tanh(z * (1.0 / opts.softcap))
-    valid = targets != opts.ignore_index
     in_range = (targets >= 0) & (targets < num_classes)
     # a bad target's row becomes NaN, so its loss and gradient are NaN (TensorFlow on a GPU)
     z = z + ops.where(in_range | ~valid, 0.0, float("nan"))[..., None]

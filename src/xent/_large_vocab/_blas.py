@@ -101,7 +101,7 @@ def add_at_b(c, a, b):
     rows laid out with unit column stride (slices of rows are fine).
     """
     gemm = available().get(c.dtype)
-    if (gemm is None or not (a.dtype == b.dtype == c.dtype)
+    if (gemm is None or not c.flags.writeable or not (a.dtype == b.dtype == c.dtype)
             or not all(_rows_layout(x) for x in (a, b, c)) or min(a.shape + b.shape) == 0):
         return False
     if a.shape[0] != b.shape[0] or c.shape != (a.shape[1], b.shape[1]):

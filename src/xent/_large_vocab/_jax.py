@@ -14,6 +14,8 @@ db (in float32 for half precision). For a mean or a sum that happens in the
 forward, with the reduction's token weights, and the backward scales the
 results; for ``"none"`` the forward makes the losses only and the backward
 makes each chunk's logits again, with the upstream gradient of its tokens.
+A call that is not differentiated (the custom_vjp's primal) makes no
+gradient at all.
 
 Targets outside ``[0, V)``: concrete arrays raise TensorFlow's
 `InvalidArgumentError`; traced ones give NaN losses for those tokens.
@@ -46,7 +48,8 @@ def _check(target, ignore_index, num_classes):
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _ce_tokens(x2, t, opts):
     """``[N]`` token losses on the kernel; the backward scales the forward's gradient."""
-    return _ce_tokens_fwd(x2, t, opts)[0]
+    valid = (t != opts.ignore_index).astype(_accumulator(x2.dtype))
+    return _jax_cpu.ce(x2, t, valid, opts, with_grad=False)[0]
 
 
 def _ce_tokens_fwd(x2, t, opts):
@@ -64,7 +67,8 @@ _ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd)
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _ce_reduced(x2, t, opts):
     """The mean or sum on the kernel, its gradient made in the same pass."""
-    return _ce_reduced_fwd(x2, t, opts)[0]
+    w = _token_weights(t, opts, _accumulator(x2.dtype))
+    return (_jax_cpu.ce(x2, t, w, opts, with_grad=False)[0] * w).sum()
 
 
 def _ce_reduced_fwd(x2, t, opts):
@@ -102,10 +106,13 @@ def _chunk_logits(xc, weight, bias):
 
 
 def _in_chunks(x2, t, chunk, ignore_index):
-    """x ``[k, C, H]`` and targets ``[k, C]``, padded with ignored tokens to k·C rows."""
+    """x ``[k, C, H]`` and targets ``[k, C]``, padded with ignored tokens to k·C rows
+    (C is `chunk`, or N when fewer tokens than that); ignored tokens' rows of x are 0."""
     n = x2.shape[0]
+    chunk = min(chunk, max(n, 1))
     k = -(-n // chunk)
     pad = k * chunk - n
+    x2 = jnp.where((t != ignore_index)[:, None], x2, 0)   # no inf/NaN of theirs reaches dW
     xs = jnp.pad(x2, ((0, pad), (0, 0))).reshape(k, chunk, x2.shape[1])
     ts = jnp.pad(t, (0, pad), constant_values=ignore_index).reshape(k, chunk)
     return xs, ts
@@ -135,7 +142,7 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
     """
     acc = _accumulator(x2.dtype)
     xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
-    gs = jnp.pad(g.astype(acc), (0, xs.shape[0] * chunk - g.shape[0])).reshape(xs.shape[:2])
+    gs = jnp.pad(g.astype(acc), (0, xs.shape[0] * xs.shape[1] - g.shape[0])).reshape(xs.shape[:2])
 
     def step(sums, xtg):
         xc, tc, gc = xtg
@@ -173,7 +180,8 @@ def _token_weights(t, opts, dtype):
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _linear_reduced(x2, weight, bias, t, opts, chunk):
     """The mean or sum of the token losses; its gradients are made in the forward."""
-    return _reduced_fwd(x2, weight, bias, t, opts, chunk)[0]
+    losses = _linear_fwd(x2, weight, bias, t, opts, chunk)[0]
+    return (losses * _token_weights(t, opts, _accumulator(x2.dtype))).sum()
 
 
 def _reduced_fwd(x2, weight, bias, t, opts, chunk):
@@ -213,7 +221,8 @@ _linear_cpu_tokens.defvjp(_linear_cpu_tokens_fwd, _linear_cpu_tokens_bwd)
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _linear_cpu_reduced(x2, weight, bias, t, opts, chunk):
     """The mean or sum through the CPU chunk loop, the gradients made in the forward."""
-    return _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk)[0]
+    w = _token_weights(t, opts, _accumulator(x2.dtype))
+    return (_jax_cpu.linear(x2, weight, bias, t, w, opts, chunk, False)[0] * w).sum()
 
 
 def _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk):

@@ -51,20 +51,24 @@ def _tokens(targets, num_classes, ignore_index):
 
 def _ce_body(opts):
     def body(ctx, out, logits, targets, weights):
-        losses, grad = (np.asarray(o) for o in out)
+        losses, grad = np.asarray(out[0]), (np.asarray(out[1]) if len(out) > 1 else None)
         x = np.asarray(logits)
         t, valid, bad = _tokens(targets, x.shape[1], opts.ignore_index)
         losses[...] = losses_and_gradient(x, t, valid, opts, np.asarray(weights), grad)
         losses[bad] = np.nan
-        grad[bad] = np.nan
+        if grad is not None:
+            grad[bad] = np.nan
     return body
 
 
-def ce(logits, targets, weights, opts):
-    """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel."""
-    acc = weights.dtype
-    shapes = (jax.ShapeDtypeStruct(logits.shape[:1], acc), jax.ShapeDtypeStruct(logits.shape, logits.dtype))
-    return buffer_callback(_ce_body(opts), shapes, vmap_method="sequential")(logits, targets, weights)
+def ce(logits, targets, weights, opts, with_grad=True):
+    """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel
+    (``(losses,)`` without `with_grad`)."""
+    shapes = [jax.ShapeDtypeStruct(logits.shape[:1], weights.dtype)]
+    if with_grad:
+        shapes.append(jax.ShapeDtypeStruct(logits.shape, logits.dtype))
+    return buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential")(
+        logits, targets, weights)
 
 
 def _linear_body(opts, chunk, with_grads):

@@ -82,8 +82,9 @@ def chunked(mm, x, weight, bias, targets, valid, opts, chunk, weights=None, grad
       opts: `Options`; chunk: tokens per chunk.
       weights: ``[N]`` NumPy, d result / d loss_i (with `grads`).
       grads: None, or ``(dx, dw, db)``: zeroed ``[N, H]``, ``[V, H]`` and ``[V]``
-        (db None without bias) that receive the gradients (dw and db may be a
-        wider dtype than the inputs, to accumulate in).
+        that receive the gradients (dw and db may be a wider dtype than the
+        inputs, to accumulate in); any of them None is not made (db without
+        bias, or a frozen weight).
 
     Returns:
       ``[N]`` NumPy losses in the accumulator dtype, 0 where ignored.
@@ -98,7 +99,8 @@ def chunked(mm, x, weight, bias, targets, valid, opts, chunk, weights=None, grad
     some = keep.size < x.shape[0]
     xs, ts = (mm.rows(x, keep), targets[keep]) if some else (x, targets)
     ws = None if weights is None else weights[keep]
-    dxs = None if grads is None else (mm.zeros_like(xs) if some else grads[0])
+    dx, dw, db = (None, None, None) if grads is None else grads
+    dxs = None if dx is None else (mm.zeros_like(xs) if some else dx)
     buffer = mm.empty((min(chunk, keep.size), weight.shape[0]), x)
     kept = np.empty(keep.size, losses.dtype)
     for lo in range(0, keep.size, chunk):
@@ -108,12 +110,13 @@ def chunked(mm, x, weight, bias, targets, valid, opts, chunk, weights=None, grad
         out = None if grads is None else mm.numpy(z)
         kept[lo:hi] = losses_and_gradient(mm.numpy(z), ts[lo:hi], np.ones(hi - lo, bool), opts,
                                           None if ws is None else ws[lo:hi], out)
-        if grads is not None:
+        if dxs is not None:
             mm.input_grad(z, weight, dxs[lo:hi])
-            mm.add_weight_grad(grads[1], z, xs[lo:hi])
-            if grads[2] is not None:
-                mm.add_bias_grad(grads[2], z)
+        if dw is not None:
+            mm.add_weight_grad(dw, z, xs[lo:hi])
+        if db is not None:
+            mm.add_bias_grad(db, z)
     losses[keep] = kept
-    if grads is not None and some:
-        mm.put_rows(grads[0], keep, dxs)
+    if dxs is not None and some:
+        mm.put_rows(dx, keep, dxs)
     return losses

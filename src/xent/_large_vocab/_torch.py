@@ -1,13 +1,18 @@
 """The large-vocabulary functions on torch tensors, differentiable by autograd.
 
 CPU tensors run the fused kernel on zero-copy NumPy views (`_cross_entropy`,
-`_linear`), with TensorFlow's range error for a bad target. The gradient is
+`_linear`), with TensorFlow's range error for a bad target. When autograd
+will want it (grad mode on, and an input that requires grad), the gradient is
 computed in the forward pass, in the same kernel pass as the loss, already
 scaled for the reduction (1/count for the mean); the backward hands it over
 (scaled again only when the upstream gradient is not 1). For
 ``reduction="none"`` the per-token upstream gradient scales the rows in the
 backward (`cross_entropy`), or the chunks are computed again with it
-(`linear_cross_entropy`).
+(`linear_cross_entropy`). float16 is the exception: its narrow exponent
+would lose small gradients if they were rounded before a loss scale
+multiplies them, so its gradient is made in the backward, with the upstream
+gradient folded into the row weights and rounded once, as autograd does
+(unless ``inplace_backward`` asks for it in the forward).
 
 Tensors on other devices run `_array_math` in torch ops under autograd (the
 linear head chunk by chunk, each chunk recomputed in the backward by
@@ -52,10 +57,28 @@ def _scaled(grad, g, reduction):
     return grad
 
 
+def _upstream_weights(weights, g, reduction):
+    """The row weights times the upstream gradient `g` (per token for ``"none"``)."""
+    g = _torch._numpy_view(g.detach().to(torch.float64).reshape(-1).contiguous())
+    return (weights * (g if reduction == "none" else g[0])).astype(weights.dtype)
+
+
+def _refuse_double_backward():
+    """Raise in a backward asked to build a graph (``create_graph=True``): the
+    kernel's gradient has no derivative of its own, and a silent zero would be wrong."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("xent's large-vocabulary functions are differentiable once: their "
+                           "gradient comes from the fused kernel and has no derivative of its "
+                           "own (create_graph=True, a Hessian, a gradient penalty through the "
+                           "loss); on CPU tensors, compute such terms with torch's own ops")
+
+
 def _check_inplace(logits):
     """Refuse inplace_backward where writing over `logits` cannot be safe."""
-    if logits.is_leaf and logits.requires_grad:
-        raise ValueError("inplace_backward=True would overwrite logits, a leaf tensor that "
+    base = logits if logits._base is None else logits._base
+    if base.is_leaf and base.requires_grad:
+        what = "a leaf tensor" if base is logits else "a view of a leaf tensor"
+        raise ValueError(f"inplace_backward=True would overwrite logits, {what} that "
                          "requires grad (its .grad would be its own overwritten values); pass "
                          "logits computed from your parameters, or inplace_backward=False")
     if not logits.is_contiguous():
@@ -67,17 +90,18 @@ class _CrossEntropy(torch.autograd.Function):
     """`cross_entropy` on the kernel: the loss, with the gradient made in the forward.
 
     The first backward hands that gradient over (autograd may keep it as a
-    leaf's ``.grad`` and add into it later, so it is never handed out twice);
-    a second backward over a retained graph makes it again from the logits,
-    unless they were overwritten (``inplace_backward``).
+    leaf's ``.grad`` and add into it later, so it is never handed out twice).
+    A second backward over a retained graph, and float16 (see the module
+    doc), make it in the backward from the logits, unless they were
+    overwritten (``inplace_backward``).
     """
 
     @staticmethod
-    def forward(ctx, logits, target, opts, inplace):
+    def forward(ctx, logits, target, opts, inplace, grad_wanted):
         x = _torch._numpy_view(logits)
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, x.shape[-1])
         x2, grad = x.reshape(-1, x.shape[-1]), None
-        if ctx.needs_input_grad[0]:
+        if inplace or (grad_wanted and logits.dtype != torch.float16):
             grad = x2 if inplace else _torch._empty_numpy(x2)
         weights = row_weights(valid, opts.reduction, accumulator(x.dtype))
         losses = losses_and_gradient(x2, targets, valid, opts, weights, grad)
@@ -90,21 +114,26 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        _refuse_double_backward()
         grad, ctx.grad = ctx.grad, None
         if grad is None:
-            grad = _CrossEntropy._again(ctx)
-        return _scaled(grad, g, ctx.opts.reduction), None, None, None
+            grad = _CrossEntropy._in_backward(ctx, g)
+        else:
+            grad = _scaled(grad, g, ctx.opts.reduction)
+        return grad, None, None, None, None
 
     @staticmethod
-    def _again(ctx):
-        """The gradient made again, for a second backward."""
+    def _in_backward(ctx, g):
+        """The gradient made from the logits, the upstream `g` in the row weights."""
         if ctx.inplace:
             raise RuntimeError("xent.cross_entropy(inplace_backward=True) can run its backward "
                                "once: the logits now hold the gradient")
         logits, = ctx.saved_tensors
         x2 = _torch._numpy_view(logits).reshape(-1, logits.shape[-1])
         grad = _torch._empty_numpy(x2)
-        losses_and_gradient(x2, *ctx.tokens[:2], ctx.opts, ctx.tokens[2], grad)
+        targets, valid, weights = ctx.tokens
+        weights = _upstream_weights(weights, g, ctx.opts.reduction)
+        losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
         return _torch._from_numpy(grad).reshape(logits.shape)
 
 
@@ -125,12 +154,13 @@ def _apply(function, *args):
 
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     """`xent.cross_entropy` on torch tensors (checked)."""
-    if inplace_backward and logits.requires_grad and torch.is_grad_enabled():
+    grad_wanted = logits.requires_grad and torch.is_grad_enabled()
+    if inplace_backward and grad_wanted:
         _check_inplace(logits)
     if not _on_kernel(logits):
         return _device_cross_entropy(logits, target, opts)
-    inplace = bool(inplace_backward) and logits.requires_grad and torch.is_grad_enabled()
-    return _apply(_CrossEntropy, logits, target, opts, inplace)
+    inplace = bool(inplace_backward) and grad_wanted
+    return _apply(_CrossEntropy, logits, target, opts, inplace, grad_wanted)
 
 
 class TorchMatmuls:
@@ -173,30 +203,34 @@ class TorchMatmuls:
         db += g.sum(dim=0, dtype=db.dtype)
 
 
-def _linear_grads(x, weight, bias):
-    """Zeroed gradient buffers: dx in x's dtype, dW and db in the accumulator dtype."""
+def _linear_grads(x, weight, bias, wanted):
+    """Zeroed gradient buffers (None where not `wanted`): dx in x's dtype, dW and db
+    in the accumulator dtype."""
     acc = _accumulator(x.dtype)
-    return (torch.zeros_like(x), torch.zeros(weight.shape, dtype=acc),
-            None if bias is None else torch.zeros(bias.shape, dtype=acc))
+    dx = torch.zeros_like(x) if wanted[0] else None
+    dw = torch.zeros(weight.shape, dtype=acc) if wanted[1] else None
+    db = torch.zeros(bias.shape, dtype=acc) if wanted[2] and bias is not None else None
+    return dx, dw, db
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """`linear_cross_entropy` on the kernel, chunk by chunk.
 
-    mean/sum: the gradients are made in the forward (one pass of three
-    matmuls) and handed over by the first backward; ``none``, and a second
-    backward over a retained graph, run the chunks again with the upstream
-    gradient in the row weights.
+    mean/sum: the gradients autograd wants are made in the forward (one pass
+    of three matmuls) and handed over by the first backward; ``none``,
+    float16 (see the module doc) and a second backward over a retained graph
+    run the chunks again with the upstream gradient in the row weights.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, target, opts, chunk):
+    def forward(ctx, x, weight, bias, target, opts, chunk, wanted):
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()
         w, b = weight.detach(), None if bias is None else bias.detach()
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
-        early = any(ctx.needs_input_grad[:3]) and opts.reduction != "none"
+        early = opts.reduction != "none" and x.dtype != torch.float16
         weights = row_weights(valid, opts.reduction, np.float64 if x.dtype == torch.float64 else np.float32)
-        grads, losses = _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, early)
+        grads, losses = _run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
+                                    wanted if early else (False,) * 3)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
         ctx.tokens = (targets, valid, weights)
         ctx.save_for_backward(x2, w, b)
@@ -205,26 +239,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        _refuse_double_backward()
         grads, ctx.grads = ctx.grads, None
         if grads is not None:
             dx, dw, db = (None if t is None else _scaled(t, g, "mean") for t in grads)
         else:
             dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
-        return (dx.reshape(ctx.shape), dw.to(dx.dtype), None if db is None else db.to(dx.dtype),
-                None, None, None)
+        dtype = ctx.saved_tensors[0].dtype
+        return (None if dx is None else dx.reshape(ctx.shape), None if dw is None else dw.to(dtype),
+                None if db is None else db.to(dtype), None, None, None, None)
 
     @staticmethod
     def _recompute(ctx, g):
         """The chunks again, each token's gradient weighted by its upstream `g`."""
         x2, w, b = ctx.saved_tensors
         targets, valid, weights = ctx.tokens
-        g = _torch._numpy_view(g.detach().to(_accumulator(x2.dtype)).reshape(-1).contiguous())
-        weights = weights * g if ctx.opts.reduction == "none" else weights * g[0]
-        return _run_chunks(x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, True)[0]
+        weights = _upstream_weights(weights, g, ctx.opts.reduction)
+        wanted = ctx.needs_input_grad[:3]
+        grads = _run_chunks(x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, wanted)[0]
+        return (None, None, None) if grads is None else grads
 
 
-def _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, with_grads):
-    """``(grads or None, losses)`` of the chunk loop on CPU tensors.
+def _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, wanted):
+    """``(grads or None, losses)`` of the chunk loop on CPU tensors; `wanted` says
+    which of ``(dx, dW, db)`` to make (the others are None).
 
     float32/float64 run on NumPy views with NumPy's matmuls and BLAS (`_blas`:
     at 64-token chunks its gemm was 1.4-2x faster than torch's here), into
@@ -233,31 +271,38 @@ def _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, with_grads):
     NumPy's zeros come lazily, from huge pages); half precision runs torch's
     matmuls (NumPy has none for it).
     """
+    if not any(wanted):
+        grads = None
+    elif x2.dtype in (torch.float32, torch.float64):
+        grads = tuple(np.zeros(a.shape, _torch._numpy_view(a[:0]).dtype) if want and a is not None
+                      else None for a, want in zip((x2, w, b), wanted))
+    else:
+        grads = _linear_grads(x2, w, b, wanted)
     if x2.dtype in (torch.float32, torch.float64):
         view = _torch._numpy_view
         arrays = (view(x2), view(w), None if b is None else view(b))
-        out = None
-        if with_grads:
-            out = tuple(None if a is None else np.zeros(a.shape, a.dtype) for a in arrays)
-        losses = chunked(NumpyMatmuls, *arrays, targets, valid, opts, chunk, weights, out)
-        grads = None if out is None else tuple(None if a is None else torch.from_numpy(a) for a in out)
+        losses = chunked(NumpyMatmuls, *arrays, targets, valid, opts, chunk, weights, grads)
+        if grads is not None:
+            grads = tuple(None if a is None else torch.from_numpy(a) for a in grads)
         return grads, losses
-    grads = _linear_grads(x2, w, b) if with_grads else None
     return grads, chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
 
 
 def _device_linear(x, weight, bias, target, opts, chunk):
     """`linear_cross_entropy` in torch ops, one checkpointed chunk at a time."""
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1).long()
+    # ignored tokens' rows of x at 0: an inf or NaN there reaches no gradient (dW = dzᵀ·x)
+    x2 = torch.where((t != opts.ignore_index)[:, None], x2, 0)
     acc = _accumulator(x.dtype)
 
     def chunk_losses(xc, tc):
         z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())
         return _array_math.token_losses(_torch._Ops, z.to(acc), tc, opts)
 
+    # no tokens: one empty chunk still ties the (zero) loss to x and the weights
     parts = [checkpoint(chunk_losses, x2[lo:lo + chunk], t[lo:lo + chunk], use_reentrant=False)
-             for lo in range(0, x2.shape[0], chunk)]
-    losses = torch.cat(parts) if parts else x2.new_zeros(0, dtype=acc)
+             for lo in range(0, max(x2.shape[0], 1), chunk)]
+    losses = torch.cat(parts)
     return _array_math.reduce(losses, target, opts).to(x.dtype)
 
 
@@ -265,4 +310,6 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
     if not _on_kernel(x):
         return _device_linear(x, weight, bias, target, opts, chunk)
-    return _apply(_LinearCrossEntropy, x, weight, bias, target, opts, chunk)
+    wanted = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad
+                   for t in (x, weight, bias))
+    return _apply(_LinearCrossEntropy, x, weight, bias, target, opts, chunk, wanted)
