@@ -10,6 +10,7 @@ from xent import keras
 from xent import losses
 from xent import nn
 from xent import raw_ops
+from xent._buffers import empty_cache
 from xent._core import get_kernels
 from xent._large_vocab import cross_entropy
 from xent._large_vocab import linear_cross_entropy
@@ -22,6 +23,6 @@ __version__ = "0.1.0"
 __all__ = [
     "errors", "keras", "losses", "nn", "raw_ops", "get_kernels", "set_kernels",
     "cross_entropy", "linear_cross_entropy",
-    "get_num_threads", "set_num_threads",
+    "get_num_threads", "set_num_threads", "empty_cache",
     "__version__",
 ]
