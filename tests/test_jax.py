@@ -1,6 +1,8 @@
 """xent on JAX arrays: values and `jax.grad` gradients against TensorFlow, eagerly
 and under `jax.jit`, plus `vmap`, second order, NaN rows for traced bad labels,
-and the residuals the backward keeps.
+and the residuals the backward keeps. The `path` tests run both the CPU's
+fused kernel (an XLA buffer callback) and the `jax.numpy` path of other
+devices.
 
 float64 cases run inside ``jax.enable_x64(True)``; float32 cases with JAX's
 default (32-bit) configuration, as most users run it.
@@ -21,6 +23,15 @@ from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
 SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
 DENSE = xent.nn.softmax_cross_entropy_with_logits
+
+
+@pytest.fixture(params=["kernel", "jax.numpy"])
+def path(request):
+    """The CPU kernel through a buffer callback, and the jax.numpy path of other devices."""
+    from xent import _jax_cpu
+    _jax_cpu.use_jax_numpy_on_cpu(request.param == "jax.numpy")
+    yield request.param
+    _jax_cpu.use_jax_numpy_on_cpu(False)
 
 
 def _x64(dtype):
@@ -46,7 +57,7 @@ def _value_and_grads(case, inputs, cotangent, jit):
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, jit):
+def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, jit, path):
     inputs = case.make(rng, dtype)
     want = tf_oracle(tf, case, inputs, rng)
     with _x64(dtype):
@@ -55,7 +66,7 @@ def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, jit):
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
-def test_grad_of_grad_matches_tensorflow(tf, rng, dense):
+def test_grad_of_grad_matches_tensorflow(tf, rng, dense, path):
     """Reverse over reverse differentiates the custom VJP: TF's Hessian-vector products."""
     logits = rng.standard_normal((6, 5))
     labels = rng.dirichlet(np.ones(5), 6) if dense else rng.integers(0, 5, 6)
@@ -75,7 +86,7 @@ def test_grad_of_grad_matches_tensorflow(tf, rng, dense):
         np.testing.assert_allclose(got[1], want_y, rtol=1e-10, atol=1e-12)
 
 
-def test_check_grads_float64(rng):
+def test_check_grads_float64(rng, path):
     from jax.test_util import check_grads
 
     with jax.enable_x64(True):
@@ -89,7 +100,7 @@ def test_check_grads_float64(rng):
         check_grads(raw, (x,), order=2, modes=["rev"])
 
 
-def test_hessian_forward_over_reverse_is_exact(rng):
+def test_hessian_forward_over_reverse_is_exact(rng, path):
     """`jax.hessian` (jacfwd of jacrev) differentiates the backward rule: exact."""
     with jax.enable_x64(True):
         x, labels = jnp.asarray(rng.standard_normal((2, 4))), jnp.array([0, 3])
@@ -105,7 +116,7 @@ def test_forward_mode_on_the_loss_itself_is_refused_with_jaxs_message():
         jax.jvp(lambda x: SPARSE(labels=jnp.array([0, 1]), logits=x), (x,), (x,))
 
 
-def test_vmap_matches_the_batched_call_with_gradients(rng):
+def test_vmap_matches_the_batched_call_with_gradients(rng, path):
     logits = jnp.asarray(rng.standard_normal((3, 4, 5)), jnp.float32)
     labels = jnp.asarray(rng.integers(0, 5, (3, 4)))
     y = jnp.asarray(rng.dirichlet(np.ones(5), (3, 4)), jnp.float32)
@@ -143,7 +154,7 @@ def test_raw_op_label_out_of_range_raises_tensorflows_error_with_concrete_arrays
     assert str(err.value) == tf_message(tf_err.value)
 
 
-def test_raw_op_label_out_of_range_under_jit_gives_nan_rows_in_a_named_tuple():
+def test_raw_op_label_out_of_range_under_jit_gives_nan_rows_in_a_named_tuple(path):
     """As TensorFlow on a GPU; the result keeps TF's named tuple through jit."""
     result = jax.jit(RAW_SPARSE)(jnp.zeros((3, 3)), jnp.array([0, 5, -1]))
     assert type(result).__name__ == "SparseSoftmaxCrossEntropyWithLogits"
@@ -152,7 +163,7 @@ def test_raw_op_label_out_of_range_under_jit_gives_nan_rows_in_a_named_tuple():
     np.testing.assert_allclose(result.backprop[0], [-2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
 
 
-def test_label_out_of_range_under_jit_gives_nan_rows():
+def test_label_out_of_range_under_jit_gives_nan_rows(path):
     """As TensorFlow on a GPU: the bad row's loss and gradient are NaN, the rest exact."""
     x, labels = jnp.zeros((3, 3)), jnp.array([0, 5, -1])
     loss = jax.jit(lambda x, l: SPARSE(labels=l, logits=x))(x, labels)
@@ -173,16 +184,24 @@ def _residuals(fn, *args):
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(pullback)]
 
 
-def test_backward_keeps_only_the_inputs_and_two_numbers_per_row(rng):
-    """No logits-sized residual besides the arguments themselves (optax keeps exp(logits))."""
+def test_backward_keeps_only_the_inputs_and_two_numbers_per_row(rng, path):
+    """No logits-sized residual besides the arguments themselves (optax keeps
+    exp(logits)) on the jax.numpy path; on the kernel path, one more: the
+    backprop its forward wrote (the backward only scales it)."""
     x = jnp.asarray(rng.standard_normal((6, 5)), jnp.float32)
     y = jnp.asarray(rng.dirichlet(np.ones(5), 6), jnp.float32)
     labels = jnp.arange(6) % 5
-    for fn, args in ((lambda x: SPARSE(labels=labels, logits=x).sum(), (x,)),
-                     (lambda x, y: DENSE(labels=y, logits=x).sum(), (x, y))):
+    for fn, args, backprop in ((lambda x: SPARSE(labels=labels, logits=x).sum(), (x,),
+                                jax.nn.softmax(x) - jax.nn.one_hot(labels, 5)),
+                               (lambda x, y: DENSE(labels=y, logits=x).sum(), (x, y),
+                                jax.nn.softmax(x) - y)):
         kept = _residuals(fn, *args)
-        big = [r for r in kept if r.shape == x.shape]
-        assert big and all(any(np.array_equal(r, a) for a in args) for r in big), kept
+        big = [r for r in kept if r.shape == x.shape and not any(np.array_equal(r, a) for a in args)]
+        if path == "kernel":
+            assert len(big) == 1, kept
+            np.testing.assert_allclose(big[0], backprop, rtol=1e-6, atol=1e-7)
+        else:
+            assert not big, kept
         others = sum(r.size for r in kept if r.shape != x.shape)
         assert others <= 2 * x.shape[0] + labels.size, [r.shape for r in kept]
 
@@ -202,7 +221,7 @@ def test_jitted_sparse_loss_keeps_no_logits_sized_temporary():
 
 
 @pytest.mark.parametrize("name", list(EXTREME))
-def test_extreme_logits_match_the_numpy_kernel_under_jit(name):
+def test_extreme_logits_match_the_numpy_kernel_under_jit(name, path):
     """Loss and gradient equal TF's CPU kernel's (xent's NumPy path), NaN where it is."""
     logits, labels = np.asarray(EXTREME[name][0], np.float32), np.asarray(EXTREME[name][1])
     want_loss, want_grad = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, labels)
@@ -214,7 +233,7 @@ def test_extreme_logits_match_the_numpy_kernel_under_jit(name):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-def test_half_precision_loss_and_gradient_round_tfs_float64_answer_once(tf, rng, dtype):
+def test_half_precision_loss_and_gradient_round_tfs_float64_answer_once(tf, rng, dtype, path):
     """Every entry within one ulp of its dtype of TF's float64 loss and gradient on the
     same (half-rounded) logits: computed in float32, rounded once."""
     logits = jnp.asarray(rng.standard_normal((8, 7)) * 3, dtype)

@@ -1,8 +1,16 @@
 """JAX backend: `jax.Array` in, `jax.Array` out, under `jit`, `grad` and `vmap`.
 
 Imported only when a JAX array reaches a public function (see
-`xent._backend`). The per-row math is `xent._array_kernels` in `jax.numpy`,
-so it stays on the arrays' device (no host callback). Each loss is a
+`xent._backend`). On the CPU the loss runs the fused kernel through an XLA
+buffer callback (`xent._jax_cpu`, zero-copy): the forward of a
+differentiated call writes the loss and TF's backprop in one pass, the
+backward scales that backprop by the upstream gradient (a call that is not
+differentiated writes the loss only). The backprop is a `custom_jvp` whose
+rule is the `jax.numpy` math below, so second derivatives
+(`jax.hessian`) are TensorFlow's there too.
+
+Elsewhere the per-row math is `xent._array_kernels` in `jax.numpy`, so it
+stays on the arrays' device (no host callback). Each loss is a
 `jax.custom_vjp` whose residuals are the inputs and two numbers per row (the
 row's max and log-sum, see `_array_kernels`); the backward recomputes
 ``softmax(logits)`` from them, scaled by the upstream gradient, in one
@@ -16,11 +24,13 @@ Labels outside ``[0, C)``: with concrete arrays, TensorFlow's
 `InvalidArgumentError` before any work; traced (under `jit` or `vmap`), the
 bad rows' loss and gradient are NaN, as TensorFlow on a GPU.
 """
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xent import _array_kernels, _dtypes, _validate
+from xent import _array_kernels, _dtypes, _jax_cpu, _validate
 
 
 class _Ops:
@@ -101,6 +111,70 @@ def _dense_bwd(residuals, g):
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+# --- on the CPU: the fused kernel through a buffer callback -------------------------------------
+
+def _one_hot_labels(kind, labels, num_classes, dtype):
+    """The target distribution of each row: one-hot of sparse labels, or dense labels."""
+    return jax.nn.one_hot(labels, num_classes, dtype=dtype) if kind == "sparse" else labels.astype(dtype)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _kernel_rows(kind, logits, labels):
+    """``(loss, lse, backprop)`` from one kernel pass (`_jax_cpu.rows`)."""
+    return _jax_cpu.rows(kind, logits, labels, with_grad=True)
+
+
+@_kernel_rows.defjvp
+def _kernel_rows_jvp(kind, primals, tangents):
+    """Tangents from the kernel's own outputs, p = backprop + labels:
+
+        d loss     = Σ_j backprop_j·dx_j − Σ_j log_softmax_j·dy_j   (dense labels)
+        d lse      = Σ_j p_j·dx_j
+        d backprop = p ⊙ (dx − Σ_j p_j·dx_j)
+
+    (TF's registered gradient passes nothing from the backprop to the labels.)
+    """
+    logits, labels = primals
+    dx, dy = tangents
+    loss, lse, backprop = _kernel_rows(kind, logits, labels)
+    acc = lse.dtype
+    bp, dx = backprop.astype(acc), dx.astype(acc)
+    p = bp + _one_hot_labels(kind, labels, logits.shape[-1], acc)
+    p_dx = jnp.sum(p * dx, axis=-1)
+    d_loss = jnp.sum(bp * dx, axis=-1)
+    d_backprop = p * (dx - p_dx[..., None])
+    if kind == "dense":
+        dy = dy.astype(acc)
+        d_loss = d_loss - jnp.sum((logits.astype(acc) - lse[..., None]) * dy, axis=-1)
+    return (loss, lse, backprop), (d_loss, p_dx, d_backprop.astype(backprop.dtype))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _on_kernel(kind, logits, labels):
+    """Per-row loss on the kernel (loss only, when not differentiated)."""
+    return _jax_cpu.rows(kind, logits, labels, with_grad=False)[0]
+
+
+def _on_kernel_fwd(kind, logits, labels):
+    loss, lse, backprop = _kernel_rows(kind, logits, labels)
+    return loss, (logits, labels, lse, backprop)
+
+
+def _on_kernel_bwd(kind, residuals, g):
+    """logits: ``g·backprop`` (each product of two values of the logits' dtype rounded
+    once); dense labels: ``−g·log_softmax(logits)``."""
+    logits, labels, lse, backprop = residuals
+    acc = lse.dtype
+    d_logits = (g[..., None].astype(acc) * backprop.astype(acc)).astype(logits.dtype)
+    if kind == "sparse":
+        return d_logits, None
+    d_labels = -g[..., None] * (logits.astype(acc) - lse[..., None])
+    return d_logits, d_labels.astype(labels.dtype)
+
+
+_on_kernel.defvjp(_on_kernel_fwd, _on_kernel_bwd)
+
+
 def _check_labels(labels, num_classes):
     """TensorFlow's error for concrete labels; traced ones give NaN rows instead."""
     if not isinstance(labels, jax.core.Tracer):
@@ -167,12 +241,16 @@ class JaxBackend:
     def sparse_xent(labels, logits):
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
         _check_labels(labels, logits.shape[-1])
+        if _jax_cpu.available(logits, labels):
+            return _on_kernel("sparse", logits, labels)
         return _sparse(logits, labels)
 
     @staticmethod
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
         y2, x2, loss_shape = _dense_rows(labels, logits)
+        if _jax_cpu.available(x2, y2):
+            return _on_kernel("dense", x2, y2).reshape(loss_shape)
         return _dense(x2, y2).reshape(loss_shape)
 
     @staticmethod

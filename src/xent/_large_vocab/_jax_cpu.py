@@ -12,33 +12,21 @@ functions:
 
 Under `jit` no error can be raised, so a target outside ``[0, V)`` that is
 not ignored gives that token NaN loss and gradient, as TensorFlow on a GPU.
-`vmap` runs the callback once per batch element.
+`vmap` runs the callback once per batch element. `available` (and the
+tests' switch to `jax.numpy`) is the TensorFlow faces' (`xent._jax_cpu`).
 """
+import functools
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
+from xent import _hugepages
+from xent._jax_cpu import available, use_jax_numpy_on_cpu
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._linear import NumpyMatmuls, chunked
 
 __all__ = ["available", "ce", "linear", "use_jax_numpy_on_cpu"]
-
-_state = {"jax_numpy": False}
-
-
-def use_jax_numpy_on_cpu(flag=True):
-    """Run CPU arrays through the `jax.numpy` path of other devices (for tests)."""
-    _state["jax_numpy"] = flag
-
-
-def available(*arrays):
-    """Whether the callbacks can run: JAX computes on the CPU, and every concrete
-    array among `arrays` lives there."""
-    if _state["jax_numpy"] or jax.default_backend() != "cpu":
-        return False
-    return all(isinstance(a, jax.core.Tracer) or a is None
-               or all(d.platform == "cpu" for d in a.devices()) for a in arrays)
 
 
 def _tokens(targets, num_classes, ignore_index):
@@ -49,9 +37,12 @@ def _tokens(targets, num_classes, ignore_index):
     return np.where(bad, 0, t), valid & ~bad, bad
 
 
+@functools.lru_cache(maxsize=64)
 def _ce_body(opts):
     def body(ctx, out, logits, targets, weights):
         losses, grad = np.asarray(out[0]), (np.asarray(out[1]) if len(out) > 1 else None)
+        if grad is not None:
+            _hugepages.advise(grad)   # XLA's fresh output: fewer first-touch faults
         x = np.asarray(logits)
         t, valid, bad = _tokens(targets, x.shape[1], opts.ignore_index)
         losses[...] = losses_and_gradient(x, t, valid, opts, np.asarray(weights), grad)
@@ -71,6 +62,7 @@ def ce(logits, targets, weights, opts, with_grad=True):
         logits, targets, weights)
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_body(opts, chunk, with_grads):
     def body(ctx, out, x, weight, bias, targets, weights):
         x, w, b = np.asarray(x), np.asarray(weight), np.asarray(bias)

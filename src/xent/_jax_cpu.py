@@ -1,0 +1,76 @@
+"""JAX arrays on the CPU reach the fused kernel through XLA buffer callbacks.
+
+`jax.experimental.buffer_callback` hands a callback XLA's own buffers as
+NumPy arrays, with no copy (on the CPU the device is the host), and the
+callback writes its results into XLA's output buffers in place. Here the
+TensorFlow faces' callback (`rows`): logits ``[..., C]`` and labels →
+
+    loss ``[...]``, lse ``[...]`` (accumulator dtype) and, when asked,
+    TF's backprop ``softmax(logits) - labels`` ``[..., C]`` (logits' dtype)
+
+in the kernel's one pass. Under `vmap` the callback gets the batched arrays
+whole (``broadcast_all``): the kernel works on rows, whatever the leading
+dimensions. A label outside ``[0, C)`` gives that row NaN, as TensorFlow on a
+GPU (no error can be raised under `jit`). The large-vocabulary functions
+have their own callbacks (`xent._large_vocab._jax_cpu`) and share
+`available`.
+"""
+import functools
+
+import jax
+import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
+
+from xent import _core, _dtypes, _hugepages
+
+__all__ = ["available", "rows", "use_jax_numpy_on_cpu"]
+
+_state = {"jax_numpy": False}
+
+
+def use_jax_numpy_on_cpu(flag=True):
+    """Run CPU arrays through the `jax.numpy` path of other devices (for tests)."""
+    _state["jax_numpy"] = flag
+
+
+def available(*arrays):
+    """Whether the callbacks can run: JAX computes on the CPU, and every concrete
+    array among `arrays` lives there."""
+    if _state["jax_numpy"] or jax.default_backend() != "cpu":
+        return False
+    return all(isinstance(a, jax.core.Tracer) or a is None
+               or all(d.platform == "cpu" for d in a.devices()) for a in arrays)
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_body(kind, with_grad):
+    """The callback: the kernel's `kind` ("sparse"/"dense") rows into XLA's buffers
+    (one function per kind, so that JAX's caches see the same callback each call:
+    a new one each time made every eager call compile anew, 31 ms)."""
+    def body(ctx, out, logits, labels):
+        x = np.asarray(logits)
+        num_classes = x.shape[-1]
+        x2 = x.reshape(-1, num_classes)
+        grad = None
+        if with_grad:
+            grad = np.asarray(out[2]).reshape(x2.shape)
+            _hugepages.advise(grad)   # XLA's fresh output: fewer first-touch faults
+        if kind == "sparse":
+            y = np.asarray(labels).reshape(-1)
+        else:
+            y = np.asarray(labels).reshape(x2.shape)
+        run = _core.kernels().sparse_rows if kind == "sparse" else _core.kernels().dense_rows
+        loss, lse = run(x2, y, grad)
+        np.asarray(out[0]).reshape(-1)[...] = loss
+        np.asarray(out[1]).reshape(-1)[...] = lse
+    return body
+
+
+def rows(kind, logits, labels, with_grad):
+    """``(loss, lse)`` or ``(loss, lse, backprop)`` of `kind` ("sparse": int labels
+    ``[...]``; "dense": labels of the logits' shape) on the fused kernel."""
+    acc = _dtypes.accumulator_name(logits.dtype.name)
+    row = jax.ShapeDtypeStruct(logits.shape[:-1], acc)
+    shapes = (row, row) + ((jax.ShapeDtypeStruct(logits.shape, logits.dtype),) if with_grad else ())
+    return buffer_callback(_rows_body(kind, with_grad), shapes,
+                           vmap_method="broadcast_all")(logits, labels)
