@@ -266,6 +266,18 @@ def _apply(function, *args):
     return function.apply(*args)
 
 
+def _graph_ops(*tensors):
+    """Whether to call the registered operator (`xent._torch_ops`): the call is being
+    captured by torch.compile or runs under a torch.func transform."""
+    return torch.compiler.is_compiling() or _functorch_wrapped(tensors)
+
+
+def _functorch_wrapped(tensors):
+    """Whether any of `tensors` is a torch.func transform's wrapper."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(wrapped(t) for t in tensors)
+
+
 def _wants_grad(logits):
     """Whether autograd will ask for the logits' gradient (decided before `apply`)."""
     return torch.is_grad_enabled() and logits.requires_grad
@@ -335,21 +347,34 @@ class TorchBackend:
     @staticmethod
     def sparse_xent(labels, logits):
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
+        if _graph_ops(logits, labels):
+            return _torch_ops.function().apply("sparse", logits, labels, _wants_grad(logits))[0]
         return _apply(_Loss, "sparse", _wants_grad(logits), logits, labels)
 
     @staticmethod
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
         y2, x2, loss_shape = _dense_rows(labels, logits)
+        if _graph_ops(x2, y2):
+            want = _wants_grad(x2) or _wants_grad(y2)
+            return _torch_ops.function().apply("dense", x2, y2, want)[0].reshape(loss_shape)
         return _apply(_Loss, "dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the raw op; `grad` must be True (no out-buffers)."""
+        if _graph_ops(logits, labels):
+            return _torch_ops.function().apply("sparse", logits, labels, True)
         return _apply(_LossAndBackprop, "sparse", logits, labels)
 
     @staticmethod
     def dense_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
         y2, x2, _ = _dense_rows(labels, logits)
+        if _graph_ops(x2, y2):
+            return _torch_ops.function().apply("dense", x2, y2, True)
         return _apply(_LossAndBackprop, "dense", x2, y2)
+
+
+# (last: the operators' module builds on this one's functions)
+from xent import _torch_ops  # noqa: E402

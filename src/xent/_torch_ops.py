@@ -1,0 +1,129 @@
+"""xent's kernel as registered torch operators, for `torch.compile` and `torch.func`.
+
+Eager calls on CPU tensors go through `xent._torch._Loss` (an autograd
+Function that scales its saved backprop in place and draws buffers from
+xent's pool). A graph that `torch.compile(fullgraph=True)` captures, or a
+`torch.func` transform (`grad`, `vmap`), cannot run NumPy inside; they get
+the operator
+
+    xent::rows(kind, logits [..., C], labels, want_grad) -> (loss [...], backprop [..., C])
+
+``kind`` is ``"sparse"`` (int labels ``[...]``) or ``"dense"`` (labels of the
+logits' shape); ``backprop`` is TF's ``softmax(logits) - labels`` (an empty
+``[0]`` tensor without `want_grad`). It is registered with
+
+  - a fake (meta) implementation, so the compiler knows the outputs' shapes
+    and dtypes without running the kernel;
+  - a vmap rule that folds the batch dimension into the rows (the kernel
+    works on rows, whatever the leading dimensions);
+
+and differentiated by `Rows`, TensorFlow's registered gradient in torch ops
+(so second derivatives work too).
+"""
+import torch
+
+from xent import _array_kernels, _dtypes, _torch
+
+__all__ = ["rows", "Rows", "FuncRows", "function"]
+
+
+def _accumulator(dtype):
+    return getattr(torch, _dtypes.accumulator_name(str(dtype).removeprefix("torch.")))
+
+
+@torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
+def rows(kind: str, logits: torch.Tensor, labels: torch.Tensor,
+         want_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss and TF's backprop of `kind` (see the module doc), on any device."""
+    loss, backprop = _torch._forward(kind, labels.contiguous(), logits.contiguous(), want_grad)
+    if backprop is None:
+        backprop = logits.new_empty(0)
+    return loss, backprop
+
+
+@rows.register_fake
+def _rows_fake(kind, logits, labels, want_grad):
+    loss = logits.new_empty(logits.shape[:-1], dtype=_accumulator(logits.dtype))
+    return loss, logits.new_empty(logits.shape if want_grad else (0,))
+
+
+class Rows(torch.autograd.Function):
+    """`rows` made differentiable, TensorFlow's registered gradient in torch ops:
+    logits get ``g_loss·backprop + softmax_vjp(g_backprop)``, dense labels
+    ``-g_loss·log_softmax(logits)``.
+
+    An autograd Function (with `setup_context`, and a vmap rule generated
+    from the operator's) rather than the operator's own `register_autograd`,
+    whose generated Function torch.func refuses.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(kind, logits, labels, want_grad):
+        return rows(kind, logits, labels, want_grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        kind, logits, labels, want_grad = inputs
+        ctx.kind = kind
+        ctx.save_for_backward(logits, labels, output[1] if want_grad else None)
+        ctx.save_for_forward(logits, labels)
+
+    @staticmethod
+    def backward(ctx, g_loss, g_backprop):
+        logits, labels, backprop = ctx.saved_tensors
+        x = _torch._accumulate(logits)
+        if backprop is None:
+            backprop = _torch._differentiable_backprop(ctx.kind, logits, labels)
+        d_logits = g_loss[..., None] * backprop.to(g_loss.dtype)
+        if g_backprop is not None and g_backprop.numel():
+            norm = _array_kernels.normaliser(_torch._Ops, x)
+            d_logits = d_logits + _array_kernels.softmax_vjp(_torch._Ops, x, norm,
+                                                             g_backprop.to(x.dtype))
+        d_labels = None
+        if ctx.kind == "dense" and ctx.needs_input_grad[2]:
+            d_labels = (-g_loss[..., None] * _array_kernels.log_softmax(_torch._Ops, x)).to(labels.dtype)
+        return None, d_logits.to(logits.dtype), d_labels, None
+
+
+class FuncRows(Rows):
+    """`Rows` with forward mode too, for torch.func (`jacfwd`, `hessian`);
+    torch.compile's tracer refuses a Function with a custom jvp, so graphs it
+    captures get `Rows`."""
+
+    @staticmethod
+    def jvp(ctx, _, d_logits, d_labels, __):
+        """Forward mode (`torch.func.jacfwd`, `hessian`), with p = softmax(logits):
+
+            d loss     = Σ_j (p_j - labels_j)·dx_j − Σ_j log_softmax_j·dy_j   (dense)
+            d backprop = p ⊙ (dx − Σ_j p_j·dx_j)
+        """
+        logits, labels = ctx.saved_tensors[:2]
+        x = _torch._accumulate(logits)
+        log_p = _array_kernels.log_softmax(_torch._Ops, x)
+        p = log_p.exp()
+        dx = torch.zeros_like(x) if d_logits is None else d_logits.to(x.dtype)
+        target = (torch.nn.functional.one_hot(labels.long(), x.shape[-1]).to(x.dtype)
+                  if ctx.kind == "sparse" else labels.to(x.dtype))
+        p_dx = (p * dx).sum(-1, keepdim=True)
+        d_loss = ((p - target) * dx).sum(-1)
+        if ctx.kind == "dense" and d_labels is not None:
+            d_loss = d_loss - (log_p * d_labels.to(x.dtype)).sum(-1)
+        return d_loss, (p * (dx - p_dx)).to(logits.dtype)
+
+
+def function():
+    """The Function for this call: `Rows` inside torch.compile, else `FuncRows`."""
+    return Rows if torch.compiler.is_compiling() else FuncRows
+
+
+@rows.register_vmap
+def _rows_vmap(info, in_dims, kind, logits, labels, want_grad):
+    """Batch dimension first on both, then one call over all the rows."""
+    _, x_dim, y_dim, _ = in_dims
+    size = info.batch_size
+    x = logits.movedim(x_dim, 0) if x_dim is not None else logits.expand(size, *logits.shape)
+    y = labels.movedim(y_dim, 0) if y_dim is not None else labels.expand(size, *labels.shape)
+    loss, backprop = rows(kind, x, y, want_grad)
+    return (loss, backprop), (0, 0 if want_grad else None)

@@ -1,0 +1,84 @@
+"""xent's TensorFlow faces inside captured torch graphs: `torch.compile(fullgraph=True)`
+and the `torch.func` transforms run through the registered operator
+(`xent._torch_ops`), and give eager's values and gradients (eager is checked
+against TensorFlow in test_torch.py)."""
+import numpy as np
+import pytest
+
+import xent
+from xent.errors import InvalidArgumentError
+
+torch = pytest.importorskip("torch")
+
+SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
+DENSE = xent.nn.softmax_cross_entropy_with_logits
+
+
+def _inputs(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 5, generator=g, dtype=dtype)
+    labels = torch.tensor([0, 4, 2, 3, 1, 0])
+    y = torch.softmax(torch.randn(6, 5, generator=g, dtype=dtype), -1)
+    return x, labels, y
+
+
+def _objective(x, labels, y):
+    """Every face at once: nn sparse and dense (with the labels' gradient), a Keras
+    loss with its mean, and the raw op's backprop."""
+    total = SPARSE(labels=labels, logits=x).sum() * 0.5
+    total = total + (DENSE(labels=y, logits=x) * torch.arange(1.0, 7.0, dtype=x.dtype)).sum()
+    total = total + xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, x)
+    loss, backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=x, labels=labels)
+    return total + loss.sum() + (backprop * backprop).sum()
+
+
+def _eager(x, labels, y):
+    x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    value = _objective(x, labels, y)
+    return (value.detach(), *torch.autograd.grad(value, (x, y)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_compile_fullgraph_matches_eager(dtype):
+    torch.compiler.reset()
+    x, labels, y = _inputs(1, dtype)
+    want = _eager(x, labels, y)
+    compiled = torch.compile(_objective, fullgraph=True)
+    xg, yg = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    value = compiled(xg, labels, yg)
+    got = (value.detach(), *torch.autograd.grad(value, (xg, yg)))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+def test_compiled_label_out_of_range_raises_tensorflows_error():
+    torch.compiler.reset()
+    compiled = torch.compile(lambda x, l: SPARSE(labels=l, logits=x), fullgraph=True)
+    with pytest.raises(InvalidArgumentError, match="label value of 7"):
+        compiled(torch.zeros(2, 5), torch.tensor([1, 7]))
+
+
+def test_func_grad_and_vmap_match_eager():
+    x, labels, y = _inputs(2, torch.float64)
+    want = _eager(x, labels, y)
+    grads = torch.func.grad(_objective, argnums=(0, 2))(x, labels, y)
+    for a, b in zip(grads, want[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # per-example gradients: vmap of grad over a batch of 3 problems
+    xs, ys = torch.stack([x, x * 2, -x]), torch.stack([y, y.flip(-1), y])
+    per = torch.func.vmap(torch.func.grad(_objective, argnums=(0, 2)), in_dims=(0, None, 0))(xs, labels, ys)
+    for i in range(3):
+        one = _eager(xs[i], labels, ys[i])
+        torch.testing.assert_close(per[0][i], one[1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(per[1][i], one[2], rtol=1e-12, atol=1e-12)
+    # vmap of the loss alone, labels batched too
+    batched = torch.func.vmap(lambda x, l: SPARSE(labels=l, logits=x))(xs, torch.stack([labels] * 3))
+    torch.testing.assert_close(batched, torch.stack([SPARSE(labels=labels, logits=a) for a in xs]))
+
+
+def test_func_hessian_of_the_sparse_loss_is_exact():
+    x, labels, _ = _inputs(3, torch.float64)
+    got = torch.func.hessian(lambda x: SPARSE(labels=labels, logits=x).sum())(x)
+    want = torch.func.hessian(
+        lambda x: (torch.logsumexp(x, -1) - x.gather(-1, labels[:, None])[:, 0]).sum())(x)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
