@@ -176,11 +176,16 @@ def _row_factors(g, dtype):
     return g[..., None]
 
 
+# From this many elements on, `_scale_rows_` first checks whether g is all ones
+# (three small torch ops, about 10 us: more than the multiply of a small backprop).
+_ONES_CHECK_MIN = 1 << 18
+
+
 def _scale_rows_(backprop, g):
     """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype;
-    nothing to do when every g is 1 (the gradient of a ``.sum()``), which
-    saves a pass over the logits-sized backprop."""
-    if bool((g == 1).all()):
+    nothing to do for a large backprop when every g is 1 (the gradient of a
+    ``.sum()``), which saves a pass over it."""
+    if backprop.numel() >= _ONES_CHECK_MIN and bool((g == 1).all()):
         return backprop
     return backprop.mul_(_row_factors(g, backprop.dtype))
 
@@ -258,24 +263,12 @@ class _LossAndBackprop(torch.autograd.Function):
         return d
 
 
-@torch.compiler.disable
-def _apply(function, *args):
-    """`function.apply(*args)`, left out of torch.compile's graphs: a graph break,
-    since dynamo cannot trace the kernel's NumPy and numba calls (it failed
-    with "exception table entry start instruction has no offset")."""
-    return function.apply(*args)
-
-
 def _graph_ops(*tensors):
-    """Whether to call the registered operator (`xent._torch_ops`): the call is being
-    captured by torch.compile or runs under a torch.func transform."""
-    return torch.compiler.is_compiling() or _functorch_wrapped(tensors)
-
-
-def _functorch_wrapped(tensors):
-    """Whether any of `tensors` is a torch.func transform's wrapper."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(wrapped(t) for t in tensors)
+    """Whether to call the registered operator (`xent._torch_ops`) rather than the
+    eager Functions (whose NumPy and numba calls neither dynamo nor torch.func
+    can trace): the call is being captured by torch.compile, or runs under a
+    torch.func transform."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 def _wants_grad(logits):
@@ -304,8 +297,8 @@ class TorchBackend:
     @classmethod
     def for_tensors(cls, tensors):
         """The backend for a call whose tensor arguments are `tensors` (one device)."""
-        devices = sorted({str(t.device) for t in tensors})
-        if len(devices) > 1:
+        if len({t.device for t in tensors}) > 1:
+            devices = sorted({str(t.device) for t in tensors})
             raise ValueError(
                 f"xent: tensor arguments are on different devices ({', '.join(devices)}); "
                 "move them to one device first")
@@ -326,7 +319,7 @@ class TorchBackend:
         """Cast to the dtype called `name` (Python scalars become tensors on this device)."""
         dtype = getattr(torch, name)
         if isinstance(x, torch.Tensor):
-            return x.to(dtype)
+            return x if x.dtype == dtype else x.to(dtype)
         return torch.as_tensor(x, dtype=dtype, device=self.device)
 
     @staticmethod
@@ -349,7 +342,7 @@ class TorchBackend:
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
         if _graph_ops(logits, labels):
             return _torch_ops.function().apply("sparse", logits, labels, _wants_grad(logits))[0]
-        return _apply(_Loss, "sparse", _wants_grad(logits), logits, labels)
+        return _Loss.apply("sparse", _wants_grad(logits), logits, labels)
 
     @staticmethod
     def dense_xent(labels, logits):
@@ -358,14 +351,14 @@ class TorchBackend:
         if _graph_ops(x2, y2):
             want = _wants_grad(x2) or _wants_grad(y2)
             return _torch_ops.function().apply("dense", x2, y2, want)[0].reshape(loss_shape)
-        return _apply(_Loss, "dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
+        return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the raw op; `grad` must be True (no out-buffers)."""
         if _graph_ops(logits, labels):
             return _torch_ops.function().apply("sparse", logits, labels, True)
-        return _apply(_LossAndBackprop, "sparse", logits, labels)
+        return _LossAndBackprop.apply("sparse", logits, labels)
 
     @staticmethod
     def dense_loss_and_grad(labels, logits, grad=True):
@@ -373,7 +366,7 @@ class TorchBackend:
         y2, x2, _ = _dense_rows(labels, logits)
         if _graph_ops(x2, y2):
             return _torch_ops.function().apply("dense", x2, y2, True)
-        return _apply(_LossAndBackprop, "dense", x2, y2)
+        return _LossAndBackprop.apply("dense", x2, y2)
 
 
 # (last: the operators' module builds on this one's functions)
