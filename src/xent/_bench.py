@@ -232,20 +232,28 @@ def torch_cases(logits, labels, compiled=False):
     return [Case(name, "loss", loss), Case(name, "grad", grad)]
 
 
-def xent_torch_cases(logits, labels):
-    """xent's `nn` function on PyTorch tensors, gradient by autograd."""
+def xent_torch_cases(logits, labels, compiled=False):
+    """xent's `nn` function on PyTorch tensors, gradient by autograd (or inside a
+    ``torch.compile(fullgraph=True)`` graph, through xent's registered operator)."""
     import torch
 
     x, xg, y = _torch_inputs(logits, labels)
     y = y.to(torch.int32)
-    fn = xent.nn.sparse_softmax_cross_entropy_with_logits
+    fn = lambda a, b: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=b, logits=a)
+    name = "xent on torch"
+    if compiled:
+        torch.compiler.reset()
+        fn, name = torch.compile(fn, fullgraph=True), "xent on torch.compile"
+
+    def loss():
+        with torch.no_grad():
+            return fn(x, y)
 
     def grad():
-        value = fn(labels=y, logits=xg)
+        value = fn(xg, y)
         return value, torch.autograd.grad(value.sum(), xg)[0]
 
-    return [Case("xent on torch", "loss", lambda: fn(labels=y, logits=x), "xent"),
-            Case("xent on torch", "grad", grad, "xent")]
+    return [Case(name, "loss", loss, "xent"), Case(name, "grad", grad, "xent")]
 
 
 def tf_cases(logits, labels):
@@ -303,6 +311,8 @@ def peer_builders(quick):
                 ("xent on JAX", xent_jax_cases)]
     if not quick:
         builders.insert(2, ("torch.compile", lambda x, y: torch_cases(x, y, compiled=True)))
+        builders.append(("xent on torch.compile",
+                         lambda x, y: xent_torch_cases(x, y, compiled=True)))
     return builders
 
 
