@@ -386,3 +386,24 @@ def test_numpy_v1_losses_still_go_to_the_collection_as_in_tf_graph_mode():
     tensor_loss = xent.losses.sparse_softmax_cross_entropy([0, 1], torch.eye(2))
     assert xent.losses.get_losses() == [loss]
     assert tensor_loss.item() == pytest.approx(float(loss))
+
+
+def test_the_device_path_makes_no_host_sync():
+    """Tensors off the CPU run torch ops with no host sync (no range check: NaN rows
+    instead). Meta tensors have no data, so any sync (`.item()`, `bool()`,
+    `torch.equal`) raises: forward and backward of every face run on them."""
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = torch.empty(600, 500, device="meta", dtype=dtype, requires_grad=True)
+        labels = torch.empty(600, device="meta", dtype=torch.int64)
+        dense = torch.empty(600, 500, device="meta", dtype=dtype)
+        total = (xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits).sum()
+                 + xent.nn.softmax_cross_entropy_with_logits(labels=dense, logits=logits).sum()
+                 + (xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+                    * 0.5).sum())
+        loss, backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=logits, labels=labels)
+        total = total + loss.sum() + backprop.sum()
+        total = total + xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+        total = total + xent.losses.sparse_softmax_cross_entropy(labels, logits, weights=0.5)
+        total = total + xent.cross_entropy(logits, labels, label_smoothing=0.1, z_loss=1e-4)
+        total.backward()
+        assert logits.grad.shape == logits.shape and logits.grad.device.type == "meta"

@@ -167,9 +167,10 @@ def _row_factors(g, dtype):
     per-row g (float32, the loss's accumulator dtype) is usually exact in the
     half dtype, being the upstream gradient of the loss cast from it; then
     the half-by-half product, computed exactly in float32 and rounded once,
-    is the same number (20-30 ms).
+    is the same number (20-30 ms). On other devices the check would cost a
+    host sync, and is skipped (the mixed product is rounded once there too).
     """
-    if g.dtype != dtype and dtype in (torch.float16, torch.bfloat16):
+    if g.dtype != dtype and dtype in (torch.float16, torch.bfloat16) and g.device.type == "cpu":
         narrow = g.to(dtype)
         if torch.equal(narrow.to(g.dtype), g):
             g = narrow
@@ -183,9 +184,11 @@ _ONES_CHECK_MIN = 1 << 18
 
 def _scale_rows_(backprop, g):
     """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype;
-    nothing to do for a large backprop when every g is 1 (the gradient of a
-    ``.sum()``), which saves a pass over it."""
-    if backprop.numel() >= _ONES_CHECK_MIN and bool((g == 1).all()):
+    nothing to do for a large CPU backprop when every g is 1 (the gradient of
+    a ``.sum()``), which saves a pass over it (on other devices the check
+    would cost a host sync)."""
+    if (backprop.numel() >= _ONES_CHECK_MIN and backprop.device.type == "cpu"
+            and bool((g == 1).all())):
         return backprop
     return backprop.mul_(_row_factors(g, backprop.dtype))
 
