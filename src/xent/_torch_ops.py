@@ -28,6 +28,7 @@ __all__ = ["rows", "Rows", "FuncRows", "function"]
 
 
 def _accumulator(dtype):
+    """The torch dtype a `dtype` loss is computed and returned in (float32 for half)."""
     return getattr(torch, _dtypes.accumulator_name(str(dtype).removeprefix("torch.")))
 
 
@@ -43,6 +44,7 @@ def rows(kind: str, logits: torch.Tensor, labels: torch.Tensor,
 
 @rows.register_fake
 def _rows_fake(kind, logits, labels, want_grad):
+    """The outputs' shapes and dtypes, for the compiler (no data)."""
     loss = logits.new_empty(logits.shape[:-1], dtype=_accumulator(logits.dtype))
     return loss, logits.new_empty(logits.shape if want_grad else (0,))
 
