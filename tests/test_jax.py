@@ -54,7 +54,10 @@ def _value_and_grads(case, inputs, cotangent, jit):
     return np.asarray(out), [np.asarray(grads[k]) for k in case.wrt]
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+# The kernel path eagerly and under jit; the jax.numpy path (the same trace either
+# way, and the one of other devices, where jit is the norm) under jit.
+@pytest.mark.parametrize("path,jit", [("kernel", False), ("kernel", True), ("jax.numpy", True)],
+                         ids=["kernel-eager", "kernel-jit", "jax.numpy-jit"], indirect=["path"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_value_and_gradient_match_tensorflow(tf, rng, case, dtype, jit, path):
