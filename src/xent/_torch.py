@@ -257,16 +257,22 @@ class _LossAndBackprop(torch.autograd.Function):
                 return backprop * factors
             out = _from_numpy(_empty_numpy(_numpy_view(backprop)))   # (`_empty_numpy`)
             return torch.mul(backprop, factors, out=out)
-        d = torch.zeros_like(backprop) if g_loss is None else backprop * g_loss[..., None]
-        if g_backprop is not None:
-            x = _accumulate(logits)
-            norm = _array_kernels.normaliser(_Ops, x)
-            vjp = _array_kernels.softmax_vjp(_Ops, x, norm, _accumulate(g_backprop))
-            d = d + vjp.to(d.dtype)
-        return d
+        return _backprop_vjp(logits, backprop, g_loss, g_backprop)
 
 
-def _graph_ops(*tensors):
+def _backprop_vjp(logits, backprop, g_loss, g_backprop):
+    """The logits' gradient of the raw op's two outputs, in differentiable torch ops:
+    ``g_loss·backprop + softmax_vjp(g_backprop)`` (either g may be None)."""
+    d = torch.zeros_like(backprop) if g_loss is None else backprop * g_loss[..., None]
+    if g_backprop is not None:
+        x = _accumulate(logits)
+        norm = _array_kernels.normaliser(_Ops, x)
+        vjp = _array_kernels.softmax_vjp(_Ops, x, norm, _accumulate(g_backprop))
+        d = d + vjp.to(d.dtype)
+    return d
+
+
+def _graph_ops():
     """Whether to call the registered operator (`xent._torch_ops`) rather than the
     eager Functions (whose NumPy and numba calls neither dynamo nor torch.func
     can trace): the call is being captured by torch.compile, or runs under a
@@ -343,7 +349,7 @@ class TorchBackend:
     @staticmethod
     def sparse_xent(labels, logits):
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
-        if _graph_ops(logits, labels):
+        if _graph_ops():
             return _torch_ops.function().apply("sparse", logits, labels, _wants_grad(logits))[0]
         return _Loss.apply("sparse", _wants_grad(logits), logits, labels)
 
@@ -351,7 +357,7 @@ class TorchBackend:
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
         y2, x2, loss_shape = _dense_rows(labels, logits)
-        if _graph_ops(x2, y2):
+        if _graph_ops():
             want = _wants_grad(x2) or _wants_grad(y2)
             return _torch_ops.function().apply("dense", x2, y2, want)[0].reshape(loss_shape)
         return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
@@ -359,7 +365,7 @@ class TorchBackend:
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the raw op; `grad` must be True (no out-buffers)."""
-        if _graph_ops(logits, labels):
+        if _graph_ops():
             return _torch_ops.function().apply("sparse", logits, labels, True)
         return _LossAndBackprop.apply("sparse", logits, labels)
 
@@ -367,7 +373,7 @@ class TorchBackend:
     def dense_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
         y2, x2, _ = _dense_rows(labels, logits)
-        if _graph_ops(x2, y2):
+        if _graph_ops():
             return _torch_ops.function().apply("dense", x2, y2, True)
         return _LossAndBackprop.apply("dense", x2, y2)
 

@@ -75,17 +75,12 @@ class Rows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, g_backprop):
         logits, labels, backprop = ctx.saved_tensors
-        x = _torch._accumulate(logits)
-        if backprop is None:
-            backprop = _torch._differentiable_backprop(ctx.kind, logits, labels)
-        d_logits = g_loss[..., None] * backprop.to(g_loss.dtype)
-        if g_backprop is not None and g_backprop.numel():
-            norm = _array_kernels.normaliser(_torch._Ops, x)
-            d_logits = d_logits + _array_kernels.softmax_vjp(_torch._Ops, x, norm,
-                                                             g_backprop.to(x.dtype))
+        if backprop is None:   # (no backprop output: its gradient is empty too)
+            backprop, g_backprop = _torch._differentiable_backprop(ctx.kind, logits, labels), None
+        d_logits = _torch._backprop_vjp(logits, backprop, g_loss, g_backprop)
         d_labels = None
         if ctx.kind == "dense" and ctx.needs_input_grad[2]:
-            d_labels = (-g_loss[..., None] * _array_kernels.log_softmax(_torch._Ops, x)).to(labels.dtype)
+            d_labels = _torch._labels_grad(logits, labels, g_loss)
         return None, d_logits.to(logits.dtype), d_labels, None
 
 
