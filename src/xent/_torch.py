@@ -280,6 +280,11 @@ def _graph_ops():
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
+def _loss_only(outputs):
+    """The loss of a `_torch_ops` Function's outputs (`RowsLoss` gives it alone)."""
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
 def _wants_grad(logits):
     """Whether autograd will ask for the logits' gradient (decided before `apply`)."""
     return torch.is_grad_enabled() and logits.requires_grad
@@ -350,7 +355,8 @@ class TorchBackend:
     def sparse_xent(labels, logits):
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
         if _graph_ops():
-            return _torch_ops.function().apply("sparse", logits, labels, _wants_grad(logits))[0]
+            return _loss_only(_torch_ops.loss_function().apply(
+                "sparse", logits, labels, _wants_grad(logits)))
         return _Loss.apply("sparse", _wants_grad(logits), logits, labels)
 
     @staticmethod
@@ -359,7 +365,7 @@ class TorchBackend:
         y2, x2, loss_shape = _dense_rows(labels, logits)
         if _graph_ops():
             want = _wants_grad(x2) or _wants_grad(y2)
-            return _torch_ops.function().apply("dense", x2, y2, want)[0].reshape(loss_shape)
+            return _loss_only(_torch_ops.loss_function().apply("dense", x2, y2, want)).reshape(loss_shape)
         return _Loss.apply("dense", _wants_grad(x2), x2, y2).reshape(loss_shape)
 
     @staticmethod
