@@ -71,6 +71,7 @@ class Rows(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         kind, logits, labels, want_grad = inputs
         ctx.kind = kind
+        ctx.set_materialize_grads(False)   # the unused backprop's gradient: None, not zeros
         ctx.save_for_backward(logits, labels, output[1] if want_grad else None)
         ctx.save_for_forward(logits, labels)
 
