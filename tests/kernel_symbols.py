@@ -17,7 +17,7 @@ Python C API and, from the process's libc and libm, ``memset``, ``memcpy``,
 import numba
 import pytest
 
-from xent._fused import _blocks, _math, _narrow, _rows, _target
+from xent._fused import _blocks, _labels, _math, _narrow, _rows, _target
 
 pytestmark = pytest.mark.every_target
 
@@ -31,7 +31,7 @@ ALLOWED_PREFIXES = ("NRT_", "numba_", "Py", "_Py", "__gufunc__", "printf_format"
 
 def compiled_kernels():
     """(name, dispatcher, signature) of every signature compiled in this process."""
-    for module in (_rows, _narrow, _blocks, _math):
+    for module in (_rows, _narrow, _blocks, _math, _labels):
         for name in sorted(vars(module)):
             dispatcher = getattr(module, name)
             if isinstance(dispatcher, numba.core.registry.CPUDispatcher):

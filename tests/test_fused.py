@@ -939,3 +939,22 @@ def test_pass_b_hardware_bfloat16_rounding_equals_ml_dtypes():
         got = np.empty(e.shape, np.uint16)
         assert pass_b_stores(e, got, factor) == blocks_done
         np.testing.assert_array_equal(got, (e * factor).astype(BF16).view(np.uint16))
+
+
+@every_target
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64], ids=["int32", "int64"])
+def test_label_check_agrees_with_numpy(rng, label_dtype):
+    """The compiled range check against NumPy's min and max: in range, one label
+    just outside at either end (at every position of a short batch, so each
+    lane of the vector loop and its tail sees one), the extremes, empty."""
+    for n in (0, 1, 7, 33):
+        labels = rng.integers(0, 10, n).astype(label_dtype)
+        assert _fused.labels_fit(labels, 10) == _kernels.labels_fit(labels, 10) == True  # noqa: E712
+        for position in range(n):
+            for bad in (-1, 10, np.iinfo(label_dtype).min, np.iinfo(label_dtype).max):
+                wrong = labels.copy()
+                wrong[position] = bad
+                assert _fused.labels_fit(wrong, 10) is False
+                assert _kernels.labels_fit(wrong, 10) is False
+    edge = np.array([0, 9], label_dtype)
+    assert _fused.labels_fit(edge, 10) and not _fused.labels_fit(edge, 9)

@@ -407,3 +407,34 @@ def test_the_device_path_makes_no_host_sync():
         total = total + xent.cross_entropy(logits, labels, label_smoothing=0.1, z_loss=1e-4)
         total.backward()
         assert logits.grad.shape == logits.shape and logits.grad.device.type == "meta"
+
+
+@pytest.mark.parametrize("face", ["sparse", "dense"])
+def test_broadcast_upstream_gradients_scale_or_not_as_their_value_says(rng, face):
+    """A ``.sum()``'s gradient arrives as one 1 broadcast (strides 0), which the
+    backward hands over unscaled; a broadcast 2 or a per-row g must still scale."""
+    x0 = torch.tensor(rng.standard_normal((6, 5)))
+    labels = torch.tensor(rng.integers(0, 5, 6))
+    targets = torch.softmax(torch.tensor(rng.standard_normal((6, 5))), -1)
+    backprop = torch.softmax(x0, -1) - (torch.nn.functional.one_hot(labels, 5) if face == "sparse" else targets)
+    for g in (torch.tensor(1.0, dtype=x0.dtype).expand(6), torch.tensor(2.0, dtype=x0.dtype).expand(6),
+              torch.arange(6.0, dtype=x0.dtype)):
+        x = x0.clone().requires_grad_(True)
+        out = SPARSE(labels=labels, logits=x) if face == "sparse" else DENSE(labels=targets, logits=x)
+        got, = torch.autograd.grad(out, x, grad_outputs=g)
+        torch.testing.assert_close(got, g[:, None] * backprop, rtol=1e-12, atol=1e-12)
+
+
+def test_forward_mode_dual_logits_are_still_refused():
+    """A call with no tensor needing reverse-mode grad skips the autograd Function;
+    forward mode must still reach it and be refused, not get a zero tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, labels = torch.randn(3, 4), torch.tensor([0, 1, 3])
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            SPARSE(labels=labels, logits=dual)
+    with torch.no_grad():   # (and with no level open, the plain call works)
+        torch.testing.assert_close(SPARSE(labels=labels, logits=x),
+                                   torch.from_numpy(SPARSE(labels=labels.numpy(), logits=x.numpy())))

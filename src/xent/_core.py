@@ -109,8 +109,8 @@ def _grad_buffer(grad, logits2d):
     if grad is True:
         return np.empty(logits2d.shape, logits2d.dtype)
     view = grad.reshape(logits2d.shape)
-    if view.size and not np.may_share_memory(view, grad):
-        return np.empty(logits2d.shape, grad.dtype)
+    if view.size and not grad.flags.c_contiguous and not np.may_share_memory(view, grad):
+        return np.empty(logits2d.shape, grad.dtype)   # (reshaping made a copy)
     return view
 
 
@@ -120,7 +120,7 @@ def _gradient_result(grad, out, shape):
         return None
     if grad is True:
         return out.reshape(shape)
-    if not np.may_share_memory(out, grad):
+    if not grad.flags.c_contiguous and not np.may_share_memory(out, grad):
         grad[...] = out.reshape(grad.shape)
     return grad
 
@@ -140,10 +140,13 @@ def sparse_xent(labels, logits, grad=None):
       shaped like `logits`, or None.
     """
     num_classes = logits.shape[-1]
-    _validate.labels_in_range(labels, num_classes)
+    run = kernels()
+    flat = labels.reshape(-1)
+    if not run.labels_fit(flat, num_classes):
+        _validate.labels_in_range(labels, num_classes)   # (raises TF's error)
     x2 = logits.reshape(_rows(logits.shape), num_classes)
     out = _grad_buffer(grad, x2)
-    loss, _ = kernels().sparse_rows(x2, labels.reshape(-1), out)
+    loss, _ = run.sparse_rows(x2, flat, out)
     return loss.reshape(labels.shape), _gradient_result(grad, out, logits.shape)
 
 

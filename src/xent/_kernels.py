@@ -44,6 +44,11 @@ def _shifted_exp(x):
 _QUIET = np.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
+def labels_fit(labels, num_classes):
+    """True when every entry of the 1-D int array `labels` is in ``[0, num_classes)``."""
+    return labels.size == 0 or bool(labels.min() >= 0 and labels.max() < num_classes)
+
+
 @_QUIET
 def sparse_rows(logits, labels, grad_out=None, weights=None):
     """Sparse softmax cross-entropy of each row.

@@ -19,6 +19,7 @@ One file per idea, from the bottom up:
   _rows      the chunk path's row kernels, per need
   _narrow    rows of at most 64 classes, 16 at a time, one per vector lane
   _blocks    the kernels spread over threads
+  _labels    the label range check, compiled
   _launch    the Python side: dispatch, buffers, threads
   _notice    one line on stderr while a long compile runs
   _cache     numba's disk cache kept in step with all these files
@@ -38,6 +39,7 @@ from xent._fused import _cache  # noqa: E402
 from xent._fused import _notice  # noqa: E402
 from xent._fused import _rows  # noqa: E402
 from xent._fused._chunks import CHUNK  # noqa: E402
+from xent._fused._labels import labels_fit  # noqa: E402
 from xent._fused._launch import dense_rows  # noqa: E402
 from xent._fused._launch import sparse_rows  # noqa: E402
 from xent._fused._narrow import NARROW_DENSE_MAX  # noqa: E402
@@ -46,4 +48,4 @@ from xent._fused._narrow import NARROW_MAX  # noqa: E402
 _cache.drop_if_stale(getattr(_rows.sparse_loss_rows._cache, "cache_path", None))
 _notice.install()
 
-__all__ = ["sparse_rows", "dense_rows", "NARROW_MAX", "NARROW_DENSE_MAX", "CHUNK"]
+__all__ = ["labels_fit", "sparse_rows", "dense_rows", "NARROW_MAX", "NARROW_DENSE_MAX", "CHUNK"]

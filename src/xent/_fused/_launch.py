@@ -54,9 +54,11 @@ def _run(rows, blocks, nbytes, *args):
     that finds it busy computes on its own thread instead).
     """
     n = args[0].shape[0]
+    if nbytes + n * _ROW_COST_BYTES < PARALLEL_MIN_BYTES:
+        rows(*args, 0, n)
+        return
     threads = min(_threads.get_num_threads(), n)
-    work = nbytes + n * _ROW_COST_BYTES
-    if threads > 1 and work >= PARALLEL_MIN_BYTES and _launch_lock.acquire(blocking=False):
+    if threads > 1 and _launch_lock.acquire(blocking=False):
         try:
             numba.set_num_threads(threads)
             with numba.parallel_chunksize(1):
@@ -67,12 +69,12 @@ def _run(rows, blocks, nbytes, *args):
         rows(*args, 0, n)
 
 
-def _same_buffer(a, b):
-    """Whether `a` and `b` are the same elements of the same memory (a bounds
-    check first: ``__array_interface__`` builds a dict, 3 us a call)."""
+def _same_buffer(a, b, overlap):
+    """Whether `a` and `b` are the same elements of the same memory, given whether
+    their bounds `overlap` (``__array_interface__`` builds a dict, 3 us a call)."""
     if a is b:
         return True
-    if not np.may_share_memory(a, b):
+    if not overlap:
         return False
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
@@ -85,7 +87,8 @@ def _with_gradient(logits, grad_out, run_inplace, run_into):
     are (in place when `grad_out` is `logits`), with no allocation; others go
     through a contiguous copy, and the gradient is copied back into `grad_out`.
     """
-    inplace = _same_buffer(logits, grad_out)
+    overlap = logits is grad_out or np.may_share_memory(logits, grad_out)
+    inplace = _same_buffer(logits, grad_out, overlap)
     if inplace and logits.flags.c_contiguous:
         return run_inplace(kernel_view(logits))
     x = np.ascontiguousarray(logits)
@@ -93,7 +96,7 @@ def _with_gradient(logits, grad_out, run_inplace, run_into):
         result = run_inplace(kernel_view(x))
         grad_out[...] = x
         return result
-    direct = grad_out.flags.c_contiguous and not np.may_share_memory(grad_out, logits)
+    direct = grad_out.flags.c_contiguous and not overlap
     out = grad_out if direct else np.empty(grad_out.shape, grad_out.dtype)
     result = run_into(kernel_view(x), kernel_view(out))
     if not direct:
