@@ -363,3 +363,21 @@ def test_invalid_label_leaves_logits_and_labels_untouched():
         SPARSE_NN(labels=labels, logits=logits)
     np.testing.assert_array_equal(logits, copies[0])
     np.testing.assert_array_equal(labels, copies[1])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_label_range_check_is_exact_for_any_class_count(dtype):
+    """The range check reads a negative label as unsigned (one pass); for class
+    counts beyond half the unsigned range that would let one through, and the
+    check takes min and max instead."""
+    from xent import _kernels, _validate
+
+    bits = np.iinfo(dtype).bits
+    for classes in (5, 1 << (bits - 1), (1 << (bits - 1)) + 1, 1 << bits, 1 << 62):
+        good = np.array([0, min(classes - 1, np.iinfo(dtype).max)], dtype)
+        _validate.labels_in_range(good, classes)
+        for bad_value in (-1, np.iinfo(dtype).min) + ((classes,) if classes <= np.iinfo(dtype).max else ()):
+            bad = np.array([0, bad_value], dtype)
+            with pytest.raises(InvalidArgumentError, match=f"label value of {bad_value} "):
+                _validate.labels_in_range(bad, classes)
+            assert _kernels.labels_fit(bad, classes) is False

@@ -144,6 +144,7 @@ def sparse_xent(labels, logits, grad=None):
     flat = labels.reshape(-1)
     if not run.labels_fit(flat, num_classes):
         _validate.labels_in_range(labels, num_classes)   # (raises TF's error)
+        raise AssertionError("xent: the label checks disagree")
     x2 = logits.reshape(_rows(logits.shape), num_classes)
     out = _grad_buffer(grad, x2)
     loss, _ = run.sparse_rows(x2, flat, out)

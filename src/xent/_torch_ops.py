@@ -82,7 +82,7 @@ class Rows(torch.autograd.Function):
             backprop, g_backprop = _torch._differentiable_backprop(ctx.kind, logits, labels), None
         d_logits = _torch._backprop_vjp(logits, backprop, g_loss, g_backprop)
         d_labels = None
-        if ctx.kind == "dense" and ctx.needs_input_grad[2]:
+        if ctx.kind == "dense" and ctx.needs_input_grad[2] and g_loss is not None:
             d_labels = _torch._labels_grad(logits, labels, g_loss)
         return None, d_logits.to(logits.dtype), d_labels, None
 

@@ -36,10 +36,14 @@ def labels_in_range(labels, num_classes):
     """
     if labels.size == 0:
         return
-    # One pass: seen as unsigned, a negative label is larger than any class count.
-    if labels.view(labels.dtype.str.replace("i", "u")).max() < num_classes:
+    # One pass: seen as unsigned, a negative label is at least 2**(bits - 1), so
+    # above every class count up to that.
+    if (num_classes <= 1 << (8 * labels.itemsize - 1)
+            and labels.view(labels.dtype.str.replace("i", "u")).max() < num_classes):
         return
     low, high = labels.min(), labels.max()
+    if low >= 0 and high < num_classes:
+        return
     bad = low if low < 0 else high
     raise InvalidArgumentError(
         f"Received a label value of {bad} which is outside the valid range of "
