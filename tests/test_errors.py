@@ -367,10 +367,10 @@ def test_invalid_label_leaves_logits_and_labels_untouched():
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
 def test_label_range_check_is_exact_for_any_class_count(dtype):
-    """The range check reads a negative label as unsigned (one pass); for class
-    counts beyond half the unsigned range that would let one through, and the
-    check takes min and max instead."""
-    from xent import _kernels, _validate
+    """Both range checks are exact whatever the class count and label width: the
+    compiled one reads a label as a 64-bit unsigned number (a negative one is
+    then above every class count), NumPy's takes the min and the max."""
+    from xent import _fused, _kernels, _validate
 
     bits = np.iinfo(dtype).bits
     for classes in (5, 1 << (bits - 1), (1 << (bits - 1)) + 1, 1 << bits, 1 << 62):
@@ -381,3 +381,7 @@ def test_label_range_check_is_exact_for_any_class_count(dtype):
             with pytest.raises(InvalidArgumentError, match=f"label value of {bad_value} "):
                 _validate.labels_in_range(bad, classes)
             assert _kernels.labels_fit(bad, classes) is False
+            if classes < 1 << 63:   # (the compiled check takes an int64 class count)
+                assert _fused.labels_fit(bad, classes) is False
+        assert _kernels.labels_fit(good, classes)
+        assert classes >= 1 << 63 or _fused.labels_fit(good, classes)

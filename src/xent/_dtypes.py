@@ -43,7 +43,7 @@ _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 def accumulator(dtype):
     """The dtype arithmetic runs in: float64 for float64 input, else float32."""
-    return _FLOAT64 if dtype is _FLOAT64 or np.dtype(dtype) == _FLOAT64 else _FLOAT32
+    return _FLOAT64 if np.dtype(dtype) == _FLOAT64 else _FLOAT32
 
 
 def accumulator_name(dtype_name):

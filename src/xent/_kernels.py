@@ -45,7 +45,7 @@ _QUIET = np.errstate(invalid="ignore", over="ignore", divide="ignore")
 
 
 def labels_fit(labels, num_classes):
-    """True when every entry of the 1-D int array `labels` is in ``[0, num_classes)``."""
+    """True when every entry of the int array `labels` is in ``[0, num_classes)``."""
     return labels.size == 0 or bool(labels.min() >= 0 and labels.max() < num_classes)
 
 

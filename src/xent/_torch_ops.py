@@ -77,14 +77,20 @@ class Rows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_loss, g_backprop):
-        logits, labels, backprop = ctx.saved_tensors
-        if backprop is None:   # (no backprop output: its gradient is empty too)
-            backprop, g_backprop = _torch._differentiable_backprop(ctx.kind, logits, labels), None
-        d_logits = _torch._backprop_vjp(logits, backprop, g_loss, g_backprop)
-        d_labels = None
-        if ctx.kind == "dense" and ctx.needs_input_grad[2] and g_loss is not None:
-            d_labels = _torch._labels_grad(logits, labels, g_loss)
-        return None, d_logits.to(logits.dtype), d_labels, None
+        return _backward(ctx, g_loss, g_backprop)
+
+
+def _backward(ctx, g_loss, g_backprop):
+    """The gradients of `Rows` (and of `RowsLoss`, with no `g_backprop`); `ctx`
+    holds the kind and the saved logits, labels and backprop (None: not made)."""
+    logits, labels, backprop = ctx.saved_tensors
+    if backprop is None:   # (no backprop output: its gradient is empty too)
+        backprop, g_backprop = _torch._differentiable_backprop(ctx.kind, logits, labels), None
+    d_logits = _torch._backprop_vjp(logits, backprop, g_loss, g_backprop)
+    d_labels = None
+    if ctx.kind == "dense" and ctx.needs_input_grad[2] and g_loss is not None:
+        d_labels = _torch._labels_grad(logits, labels, g_loss)
+    return None, d_logits.to(logits.dtype), d_labels, None
 
 
 class FuncRows(Rows):
@@ -127,20 +133,14 @@ class RowsLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, logits, labels, want_grad):
         loss, backprop = rows(kind, logits, labels, want_grad)
-        ctx.kind, ctx.want_grad = kind, want_grad
-        ctx.save_for_backward(logits, labels, backprop)
+        ctx.kind = kind
+        ctx.save_for_backward(logits, labels, backprop if want_grad else None)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
-        logits, labels, backprop = ctx.saved_tensors
-        if not ctx.want_grad:   # (the caller's guess was wrong: make it now)
-            backprop = _torch._differentiable_backprop(ctx.kind, logits, labels)
-        d_logits = _torch._backprop_vjp(logits, backprop, g_loss, None).to(logits.dtype)
-        d_labels = None
-        if ctx.kind == "dense" and ctx.needs_input_grad[2]:
-            d_labels = _torch._labels_grad(logits, labels, g_loss)
-        return None, d_logits, d_labels, None
+        """`Rows`' backward, with no gradient for the backprop."""
+        return _backward(ctx, g_loss, None)
 
 
 def function():
