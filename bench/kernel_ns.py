@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from xent import _dtypes, _fused
-from xent._fused import _narrow, _rows
+from xent._fused import _launch, _narrow, _rows
 from xent._fused._formats import kernel_view
 
 
@@ -43,6 +43,14 @@ def kernels(narrow):
     return _rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace
 
 
+def with_fetch(kernel, dtype, need, narrow):
+    """`kernel` called with this host's prefetch choice for `need` (chunk kernels only)."""
+    if narrow:
+        return kernel
+    fetch = _launch.fetches_ahead(dtype, need)
+    return lambda *args: kernel(*args[:-2], fetch, *args[-2:])
+
+
 def measure(dtype_name, rows, cols, narrow=False):
     """ns per logit for (loss, loss+grad into a buffer, loss+grad in place)."""
     rng = np.random.default_rng(0)
@@ -52,7 +60,9 @@ def measure(dtype_name, rows, cols, narrow=False):
     work, out = original.copy(), np.empty_like(original)
     loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
     x, w, o = (kernel_view(a) for a in (original, work, out))
-    loss_rows, grad_rows, inplace_rows = kernels(narrow)
+    loss_rows, grad_rows, inplace_rows = (
+        with_fetch(kernel, dtype, need, narrow)
+        for kernel, need in zip(kernels(narrow), ("loss", "grad", "grad_inplace")))
     ones = np.ones(1)   # every row's gradient weight
 
     def loss_only():

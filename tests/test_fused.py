@@ -195,6 +195,56 @@ def test_threaded_blocks_equal_one_thread_on_every_path(rng, force_threads, dtyp
     assert_matches(results[0][1][2], truth_grad, dtype, terms=width)
 
 
+@every_target
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_prefetching_the_next_row_or_not_gives_the_same_bits(rng, force_threads, monkeypatch,
+                                                              dtype, kind):
+    """Whether pass A prefetches the next row (`_launch.fetches_ahead`, chosen per
+    CPU) changes no bit, on one thread and on several, on every path; both forms
+    run here whatever this host's choice is."""
+    logits, targets = grid_inputs(rng, dtype, kind, 5000, rows=53)
+    results = []
+    for fetch in (False, True):
+        monkeypatch.setattr(_launch, "FETCH_AHEAD", fetch)
+        for threads in sorted({1, xent._threads.max_threads()}):
+            xent.set_num_threads(threads)
+            results.append(run_three_ways(kind, logits, targets))
+    for other in results[1:]:
+        for want, got in zip(results[0], other):
+            for a, b in zip(want, got):
+                if a is not None:
+                    np.testing.assert_array_equal(np.asarray(a).view(np.uint8),
+                                                  np.asarray(b).view(np.uint8))
+    truth_loss, _, truth_grad = float64_truth(logits, targets)
+    scale = row_scale(logits) * (2.0 if kind == "dense" else 1.0)
+    assert_matches(results[0][1][0], truth_loss, results[0][1][0].dtype, scale,
+                   logits_dtype=logits.dtype, terms=5000)
+    assert_matches(results[0][1][2], truth_grad, dtype, terms=5000)
+
+
+@pytest.mark.parametrize("host, loss, f32_inplace, f32_into, half_inplace, half_into", [
+    ("znver4", False, False, False, True, True),
+    ("znver3", False, False, False, True, True),
+    ("icelake-server", True, True, False, True, True),
+    ("haswell", True, True, False, True, True),
+])
+def test_fetch_ahead_choice_per_cpu_and_need(monkeypatch, host, loss, f32_inplace, f32_into,
+                                            half_inplace, half_into):
+    """The measured choice: half-precision gradients prefetch, float32 into a buffer
+    does not, the rest does except on AMD Zen hosts."""
+    monkeypatch.setattr(_launch._target, "host_cpu_name", lambda: host)
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert _launch.fetches_ahead(f32, "loss") is loss
+    assert _launch.fetches_ahead(BF16, "loss") is loss
+    assert _launch.fetches_ahead(f32, "grad_inplace") is f32_inplace
+    assert _launch.fetches_ahead(f64, "grad_inplace") is f32_inplace
+    assert _launch.fetches_ahead(f32, "grad") is f32_into
+    assert _launch.fetches_ahead(f64, "grad") is f32_into
+    assert _launch.fetches_ahead(BF16, "grad_inplace") is half_inplace
+    assert _launch.fetches_ahead(np.dtype(np.float16), "grad") is half_into
+
+
 # -- agreement with the reference ---------------------------------------------------------
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -587,13 +637,14 @@ def test_narrow_kernels_agree_with_the_chunk_kernels(rng, dtype):
     labels = rng.integers(0, 23, size=53).astype(np.int32)
     x = _formats.kernel_view(logits)
     results = []
-    for loss_rows, grad_rows in ((_narrow.sparse_narrow_loss_rows, _narrow.sparse_narrow_grad_rows),
-                                 (_rows.sparse_loss_rows, _rows.sparse_grad_rows)):
+    for loss_rows, grad_rows, fetch in (
+            (_narrow.sparse_narrow_loss_rows, _narrow.sparse_narrow_grad_rows, ()),
+            (_rows.sparse_loss_rows, _rows.sparse_grad_rows, (False,))):
         loss, lse = np.empty(53, np.float32), np.empty(53, np.float32)
         loss_g, lse_g = np.empty(53, np.float32), np.empty(53, np.float32)
         out = np.empty_like(logits)
-        loss_rows(x, labels, loss, lse, 0, 53)
-        grad_rows(x, labels, np.ones(1), _formats.kernel_view(out), loss_g, lse_g, 0, 53)
+        loss_rows(x, labels, loss, lse, *fetch, 0, 53)
+        grad_rows(x, labels, np.ones(1), _formats.kernel_view(out), loss_g, lse_g, *fetch, 0, 53)
         np.testing.assert_array_equal(loss, loss_g)
         results.append((loss, lse, out))
     (loss, lse, out), (want_loss, want_lse, want_out) = results

@@ -17,24 +17,24 @@ from xent._fused._rows import dense_grad_rows, dense_grad_rows_inplace, dense_lo
 
 
 @njit(parallel=True, **KERNEL)
-def sparse_loss_blocks(x, labels, loss, lse, blocks):
+def sparse_loss_blocks(x, labels, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_loss_rows(x, labels, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        sparse_loss_rows(x, labels, loss, lse, fetch, b * n // blocks, (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)
-def sparse_grad_blocks(x, labels, weights, out, loss, lse, blocks):
+def sparse_grad_blocks(x, labels, weights, out, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_grad_rows(x, labels, weights, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, b * n // blocks, (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)
-def sparse_grad_blocks_inplace(x, labels, weights, loss, lse, blocks):
+def sparse_grad_blocks_inplace(x, labels, weights, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_grad_rows_inplace(x, labels, weights, loss, lse, b * n // blocks,
+        sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, b * n // blocks,
                                  (b + 1) * n // blocks)
 
 
@@ -54,24 +54,24 @@ def sparse_narrow_grad_blocks(x, labels, weights, out, loss, lse, blocks):
 
 
 @njit(parallel=True, **KERNEL)
-def dense_loss_blocks(x, y, loss, lse, blocks):
+def dense_loss_blocks(x, y, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        dense_loss_rows(x, y, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        dense_loss_rows(x, y, loss, lse, fetch, b * n // blocks, (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)
-def dense_grad_blocks(x, y, out, loss, lse, blocks):
+def dense_grad_blocks(x, y, out, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        dense_grad_rows(x, y, out, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        dense_grad_rows(x, y, out, loss, lse, fetch, b * n // blocks, (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)
-def dense_grad_blocks_inplace(x, y, loss, lse, blocks):
+def dense_grad_blocks_inplace(x, y, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        dense_grad_rows_inplace(x, y, loss, lse, b * n // blocks, (b + 1) * n // blocks)
+        dense_grad_rows_inplace(x, y, loss, lse, fetch, b * n // blocks, (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)

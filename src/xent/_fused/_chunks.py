@@ -24,8 +24,9 @@ That is the reference's shift by the row max M, up to rounding, with no
 temporaries: one read of each logit and one write of each gradient entry. A
 row whose max is not finite (a NaN, a ``+inf``, or every entry ``-inf``) is
 all NaN, as in TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the
-softmax. While pass A computes on a row it prefetches the
-next one, so that memory keeps streaming through pass B (`_prefetch_chunk`).
+softmax. While pass A computes on a row it can prefetch the
+next one, so that memory keeps streaming through pass B (`_prefetch_chunk`;
+where that pays is the CPU's and the need's: `xent._fused._launch.fetches_ahead`).
 
 Chunk bounds are unsigned: numba then skips its negative-index check and the
 loops vectorise.
@@ -237,11 +238,10 @@ def _keep_targets_impl(st, c, y, sy, syx):
 def _prefetch_chunk(ahead, lo, hi):
     """Prefetch ahead[lo:hi] (64-byte lines) unless ahead is None (numba only).
 
-    Pass A prefetches the next row of logits while it computes on this one,
-    so that memory keeps streaming through the exps (and through pass B).
-    Measured on 8192x32000 (Intel Xeon, KVM; 2 threads), loss only: float32
-    109 -> 88 ms, bfloat16 175 -> 52 ms; loss+grad in place float32 119 ->
-    104 ms. On AMD Zen 4, bfloat16 in place 39 -> 35 ms.
+    Pass A can prefetch the next row of logits while it computes on this
+    one, so that memory keeps streaming through the exps (and through pass
+    B). Whether that pays depends on the CPU and the need; the measurements
+    and the choice are in `xent._fused._launch.fetches_ahead`.
     """
 
 
@@ -279,20 +279,22 @@ def _prefetch_half_chunk_impl(ahead, lo, hi):
 
 
 @njit(**INLINE)
-def exp_pass(x, y, e, save, st, ahead):
+def exp_pass(x, y, e, save, st, ahead, fetch):
     """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c]
     and, with targets y, st[_YSUM, c] and st[_YXSUM, c].
 
     Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
-    `ahead` (or None) is a row to prefetch chunk by chunk (`_prefetch_chunk`).
+    `ahead` is the row to prefetch chunk by chunk (`_prefetch_chunk`) when
+    `fetch` is true (a run-time choice: `xent._fused._launch.fetches_ahead`).
     """
     n = np.uint64(x.shape[0])
     top = like(-np.inf, load(x, 0))
     c = 0
     for lo in range(_U0, n, CHUNK):
         hi = min(lo + CHUNK, n)
-        _prefetch_chunk(ahead, lo, hi)
+        if fetch:
+            _prefetch_chunk(ahead, lo, hi)
         m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top)
         if np.isnan(m):
             return False

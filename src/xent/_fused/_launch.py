@@ -18,7 +18,7 @@ import numpy as np
 
 from xent import _threads
 from xent._dtypes import accumulator
-from xent._fused import _blocks, _narrow, _rows
+from xent._fused import _blocks, _narrow, _rows, _target
 from xent._fused._formats import kernel_view
 from xent._fused._narrow import NARROW_DENSE_MAX, NARROW_MAX
 
@@ -121,23 +121,59 @@ _DENSE_KERNELS = {
 }
 
 
+# Whether pass A prefetches the next row of logits (`fetches_ahead`): None
+# chooses per CPU and need; the tests set True or False to run both forms.
+FETCH_AHEAD = None
+
+
+def fetches_ahead(dtype, need):
+    """Whether the chunk kernels for `need` ("loss", "grad" into a buffer,
+    "grad_inplace") on logits of `dtype` prefetch the next row during pass A.
+
+    Measured at 8192x32000 (ms, 2 threads unless said; with / without):
+
+      - half-precision gradients: yes everywhere. bfloat16 in place on AMD
+        Zen 4: 44 / 55; into a buffer 58-74 / 66-70.
+      - float32 and float64 into a buffer: no everywhere. float32 on an
+        Intel Xeon (Rocket Lake): 161 / 138; on Zen 4: 92-98 / 75-83.
+      - a loss alone, and float32/float64 in place: yes except on AMD Zen,
+        whose own prefetchers stream these rows and where the software
+        prefetches stall the loop. Intel Xeon: float32 loss 88 / 109,
+        bfloat16 loss 52 / 175, float32 in place 104 / 119. Zen 4 (one
+        thread, 4096 rows): float32 loss 56-58 / 32-34, bfloat16 loss 31 /
+        27, float32 in place 73 / 51-57.
+    """
+    if FETCH_AHEAD is not None:
+        return FETCH_AHEAD
+    half = dtype.itemsize == 2
+    if need == "grad" or (half and need == "grad_inplace"):
+        return half
+    return not _target.host_cpu_name().startswith("znver")
+
+
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
     """Fill loss and lse (and grad_out unless None) with the kernels of `kernels`
     (`_SPARSE_KERNELS` or `_DENSE_KERNELS`; their narrow ones if `narrow`), on
     `targets` (a tuple: the labels, or the dense target rows); the gradient
-    kernels take `grad_targets` instead where given (the labels and weights)."""
+    kernels take `grad_targets` instead where given (the labels and weights).
+    The chunk kernels also take `fetches_ahead`'s choice."""
     nbytes = logits.nbytes
     prefix = "narrow_" if narrow else ""
+
+    def fetch(need):
+        return () if narrow else (fetches_ahead(logits.dtype, need),)
     if grad_out is None:
         x = kernel_view(np.ascontiguousarray(logits))
-        _run(*kernels[prefix + "loss"], nbytes, x, *targets, loss, lse)
+        _run(*kernels[prefix + "loss"], nbytes, x, *targets, loss, lse, *fetch("loss"))
         return
     targets = grad_targets or targets
-    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, x, *targets, out, loss, lse)
+    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, x, *targets, out, loss, lse,
+                                   *fetch("grad"))
     if narrow:
         run_inplace = lambda x: run_into(x, x)
     else:
-        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, *targets, loss, lse)
+        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, *targets, loss, lse,
+                                     *fetch("grad_inplace"))
     _with_gradient(logits, grad_out, run_inplace, run_into)
 
 

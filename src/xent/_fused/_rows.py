@@ -19,7 +19,7 @@ from numba.extending import overload
 from xent._fused._chunks import CHUNK, chunk_stats, combine, combine_targets, exp_pass
 from xent._fused._exps import exp
 from xent._fused._pass_b import fill_nan, rescale
-from xent._fused._formats import HALF_FORMATS, like, load, store
+from xent._fused._formats import like, load, store
 from xent._fused._llvm import label_loss
 from xent._fused._options import INLINE, KERNEL
 
@@ -30,10 +30,10 @@ __all__ = ["sparse_loss_rows", "sparse_grad_rows", "sparse_grad_rows_inplace",
 # --- one row ---------------------------------------------------------------------------------
 
 @njit(**INLINE)
-def _sparse_row_loss(x, label, st, next_x):
+def _sparse_row_loss(x, label, st, next_x, fetch):
     """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
     nan = like(np.nan, load(x, 0))
-    if not (0 <= label < x.shape[0] and exp_pass(x, None, None, None, st, next_x)):
+    if not (0 <= label < x.shape[0] and exp_pass(x, None, None, None, st, next_x, fetch)):
         return nan, nan
     top, total = combine(x, None, st)
     if top == -np.inf:
@@ -43,7 +43,7 @@ def _sparse_row_loss(x, label, st, next_x):
 
 
 @njit(**INLINE)
-def _sparse_row_grad(x, label, w, out, e, save, st, next_x, next_out):
+def _sparse_row_grad(x, label, w, out, e, save, st, next_x, fetch, next_out):
     """As `_sparse_row_loss`, writing w (softmax(x) - onehot(label)) into out (may be x).
 
     `w` (float64) is the row's weight: 1 for TensorFlow's backprop, else the
@@ -51,13 +51,13 @@ def _sparse_row_grad(x, label, w, out, e, save, st, next_x, next_out):
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
     is half precision (so that each gradient entry is rounded once); `save`
     holds a chunk of x when e is x, else None. `next_x` is the next row of
-    logits, prefetched during pass A, and `next_out` the next row of a
-    separate gradient buffer (None in place), prefetched during pass B.
+    logits, prefetched during pass A if `fetch`, and `next_out` the next row
+    of a separate gradient buffer (None in place), prefetched during pass B.
     """
     nan = like(np.nan, load(x, 0))
     ok = 0 <= label < x.shape[0]
     x_label = load(x, label) if ok else nan
-    if not (ok and exp_pass(x, None, e, save, st, next_x)):
+    if not (ok and exp_pass(x, None, e, save, st, next_x, fetch)):
         fill_nan(out, nan)
         return nan, nan
     top, total = combine(x, None, st)
@@ -72,10 +72,10 @@ def _sparse_row_grad(x, label, w, out, e, save, st, next_x, next_out):
 
 
 @njit(**INLINE)
-def _dense_row_loss(x, y, st, next_x):
+def _dense_row_loss(x, y, st, next_x, fetch):
     """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
     nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, None, None, st, next_x):
+    if not exp_pass(x, y, None, None, st, next_x, fetch):
         return nan, nan
     top, total = combine(x, y, st)
     if top == -np.inf:
@@ -86,13 +86,13 @@ def _dense_row_loss(x, y, st, next_x):
 
 
 @njit(**INLINE)
-def _dense_row_grad(x, y, out, e, save, st, next_x, next_out):
+def _dense_row_grad(x, y, out, e, save, st, next_x, fetch, next_out):
     """As `_dense_row_loss`, writing softmax(x) - y into out (may be x).
 
     e, save, next_x and next_out as in `_sparse_row_grad`.
     """
     nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, e, save, st, next_x):
+    if not exp_pass(x, y, e, save, st, next_x, fetch):
         fill_nan(out, nan)
         return nan, nan
     top, total = combine(x, y, st)
@@ -156,20 +156,6 @@ def _next_row(x, i):
     return x[i + 1 if i + 1 < x.shape[0] else i]
 
 
-def _half_only(row):
-    """`row` if it holds float16/bfloat16, else None (numba only): into a separate
-    buffer, pass A prefetches the next row of half-precision logits only (see
-    `xent._fused._chunks._prefetch_chunk`; float32 138 -> 161 ms with it, on
-    8192x32000 on an Intel Xeon)."""
-
-
-@overload(_half_only, inline="always")
-def _half_only_impl(row):
-    if row.dtype in HALF_FORMATS:
-        return lambda row: row
-    return lambda row: None
-
-
 @njit(**INLINE)
 def weight(weights, i):
     """Row i's weight as float64: weights has N entries, or 1 for every row."""
@@ -183,17 +169,20 @@ def _target(y, i):
 
 
 # --- a range of rows, per need ------------------------------------------------------------------
+#
+# `fetch`: whether pass A prefetches the next row of logits (chosen per CPU and
+# need by `xent._fused._launch.fetches_ahead`).
 
 @njit(**KERNEL)
-def sparse_loss_rows(x, labels, loss, lse, lo, hi):
+def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and labels ``[N]``."""
     st = chunk_stats(x)
     for i in range(lo, hi):
-        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], st, _next_row(x, i))
+        loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], st, _next_row(x, i), fetch)
 
 
 @njit(**KERNEL)
-def sparse_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
+def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
     """As `sparse_loss_rows`, and out[i] = w_i (softmax(x[i]) - one_hot(labels[i]))
     with w_i = `weight`(weights, i)."""
     st = chunk_stats(x)
@@ -202,11 +191,11 @@ def sparse_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
         row = out[i]
         loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], weight(weights, i), row,
                                            _exp_row(row, scratch), None,
-                                           st, _half_only(_next_row(x, i)), _next_row(out, i))
+                                           st, _next_row(x, i), fetch, _next_row(out, i))
 
 
 @njit(**KERNEL)
-def sparse_grad_rows_inplace(x, labels, weights, loss, lse, lo, hi):
+def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
     """As `sparse_grad_rows` with out = x: the gradient overwrites the logits."""
     st = chunk_stats(x)
     scratch = _exp_scratch(x, x)
@@ -214,30 +203,31 @@ def sparse_grad_rows_inplace(x, labels, weights, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _sparse_row_grad(row, labels[i], weight(weights, i), row,
-                                           _exp_row(row, scratch), save, st, _next_row(x, i), None)
+                                           _exp_row(row, scratch), save, st, _next_row(x, i),
+                                           fetch, None)
 
 
 @njit(**KERNEL)
-def dense_loss_rows(x, y, loss, lse, lo, hi):
+def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and targets y ``[1 or N, C]``."""
     st = chunk_stats(x)
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st, _next_row(x, i))
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st, _next_row(x, i), fetch)
 
 
 @njit(**KERNEL)
-def dense_grad_rows(x, y, out, loss, lse, lo, hi):
+def dense_grad_rows(x, y, out, loss, lse, fetch, lo, hi):
     """As `dense_loss_rows`, and out[i] = softmax(x[i]) - y[i]."""
     st = chunk_stats(x)
     scratch = _exp_scratch(x, out)
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch), None,
-                                          st, _half_only(_next_row(x, i)), _next_row(out, i))
+                                          st, _next_row(x, i), fetch, _next_row(out, i))
 
 
 @njit(**KERNEL)
-def dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
+def dense_grad_rows_inplace(x, y, loss, lse, fetch, lo, hi):
     """As `dense_grad_rows` with out = x: the gradient overwrites the logits."""
     st = chunk_stats(x)
     scratch = _exp_scratch(x, x)
@@ -245,4 +235,4 @@ def dense_grad_rows_inplace(x, y, loss, lse, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
-                                          save, st, _next_row(x, i), None)
+                                          save, st, _next_row(x, i), fetch, None)

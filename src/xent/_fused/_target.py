@@ -29,13 +29,21 @@ import llvmlite.binding as llvm
 from numba.core import config
 from numba.core.codegen import get_host_cpu_features
 
-__all__ = ["cpu_name", "cpu_features", "lowers_natively", "has_gather", "external_symbols",
+__all__ = ["cpu_name", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather", "external_symbols",
            "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE", "LRINT_PROBE", "FMA_PROBE", "isa"]
 
 
 def cpu_name():
     """The CPU numba compiles for: ``NUMBA_CPU_NAME``, else the host's (e.g. ``"znver3"``)."""
     return config.CPU_NAME or llvm.get_host_cpu_name()
+
+
+@functools.cache
+def host_cpu_name():
+    """The CPU this process runs on, as LLVM names it (e.g. ``"znver4"``,
+    ``"icelake-server"``), whatever numba compiles for: the memory system's
+    behaviour (`xent._fused._launch.fetches_ahead`) is the host's."""
+    return llvm.get_host_cpu_name()
 
 
 def cpu_features():
