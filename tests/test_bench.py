@@ -58,6 +58,36 @@ def test_time_interleaved_times_the_fastest_floor_before_each_xent_call():
     assert peer.floor_times == []
 
 
+def test_time_interleaved_idles_longer_after_a_framework_case(monkeypatch):
+    """The idle before each case: `framework_settle_s` after a framework's case
+    (whose threads and deferred frees outlast the call), `settle_s` otherwise."""
+    sleeps = []
+    monkeypatch.setattr(_bench.time, "sleep", sleeps.append)
+    xent = _bench.Case("xent", "grad", lambda: None, "xent")
+    tf = _bench.Case("TensorFlow raw op", "grad", lambda: None, framework=True)
+    numpy = _bench.Case("NumPy", "grad", lambda: None)
+    _bench.time_interleaved([xent, tf, numpy], rounds=2, burst=1, budget_s=1.0,
+                            progress=lambda n: None, settle_s=0.05, framework_settle_s=0.3)
+    assert sleeps == [0.05, 0.05, 0.3, 0.05, 0.05, 0.3]
+
+
+def test_every_framework_peer_and_xent_on_a_framework_is_marked(monkeypatch):
+    """The bench's torch, TensorFlow and JAX cases (peers and xent through them)
+    are `framework` cases; xent on NumPy, NumPy and the floors are not."""
+    logits, labels = _bench.make_inputs((4, 10), "float32")
+    marked = {}
+    for builder in (_bench.xent_cases, _bench.numpy_cases, _bench.floor_cases,
+                    _bench.torch_cases, _bench.xent_torch_cases, _bench.tf_cases,
+                    _bench.jax_cases, _bench.xent_jax_cases):
+        args = (logits,) if builder is _bench.floor_cases else (logits, labels)
+        for case in builder(*args):
+            marked[case.name] = case.framework
+    assert marked == {"xent": False, "xent, NumPy kernels": False, "NumPy": False,
+                      "copy floor (memcpy)": False, "read floor": False,
+                      "PyTorch eager": True, "xent on torch": True, "TensorFlow raw op": True,
+                      "JAX optax": True, "xent on JAX": True}
+
+
 def test_compile_kernels_reaches_every_fused_kernel_family():
     """`precompile` (run before any timing) compiles what the bench times: the chunk
     kernels on one thread and on several, and the narrow ones on several (which

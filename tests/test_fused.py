@@ -237,12 +237,67 @@ def test_fetch_ahead_choice_per_cpu_and_need(monkeypatch, host, loss, f32_inplac
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     assert _launch.fetches_ahead(f32, "loss") is loss
     assert _launch.fetches_ahead(BF16, "loss") is loss
+    assert _launch.fetches_ahead(np.dtype(np.float16), "loss") is loss
+    assert _launch.fetches_ahead(f64, "loss") is loss
     assert _launch.fetches_ahead(f32, "grad_inplace") is f32_inplace
     assert _launch.fetches_ahead(f64, "grad_inplace") is f32_inplace
     assert _launch.fetches_ahead(f32, "grad") is f32_into
     assert _launch.fetches_ahead(f64, "grad") is f32_into
     assert _launch.fetches_ahead(BF16, "grad_inplace") is half_inplace
     assert _launch.fetches_ahead(np.dtype(np.float16), "grad") is half_into
+
+
+def test_each_need_passes_its_fetch_choice_to_the_chunk_kernels(rng, monkeypatch):
+    """`_dispatch` hands each chunk kernel `fetches_ahead` of the dtype it runs on
+    (half logits with a float32 gradient run as float32) and its need; the
+    narrow kernels get no such argument. The bits cannot show this (a prefetch
+    changes none), so the calls are recorded."""
+    calls = []
+    real_run = _launch._run
+
+    def recording_run(rows, blocks, nbytes, *args):
+        calls.append((rows, args))
+        return real_run(rows, blocks, nbytes, *args)
+
+    monkeypatch.setattr(_launch, "_run", recording_run)
+    monkeypatch.setattr(_launch, "fetches_ahead",
+                        lambda dtype, need: (np.dtype(dtype).name, need))
+    labels = rng.integers(0, 3000, size=4)
+    for dtype in (np.dtype(np.float32), BF16):
+        logits = logits_of(rng, (4, 3000), dtype)
+        work = logits.copy()
+        _fused.sparse_rows(logits, labels)
+        _fused.sparse_rows(logits, labels, np.empty_like(logits))
+        _fused.sparse_rows(work, labels, work)
+        _fused.dense_rows(logits, np.full((1, 3000), 1 / 3000, np.float32))
+    _fused.sparse_rows(logits, labels, np.empty(logits.shape, np.float32))
+    name = BF16.name
+    assert [(rows.__name__, args[-1]) for rows, args in calls] == [
+        ("sparse_loss_rows", ("float32", "loss")),
+        ("sparse_grad_rows", ("float32", "grad")),
+        ("sparse_grad_rows_inplace", ("float32", "grad_inplace")),
+        ("dense_loss_rows", ("float32", "loss")),
+        ("sparse_loss_rows", (name, "loss")),
+        ("sparse_grad_rows", (name, "grad")),
+        ("sparse_grad_rows_inplace", (name, "grad_inplace")),
+        ("dense_loss_rows", (name, "loss")),
+        ("sparse_grad_rows", ("float32", "grad")),
+    ]
+    calls.clear()
+    narrow = logits_of(rng, (4, 10), np.dtype(np.float32))
+    _fused.sparse_rows(narrow, labels % 10, np.empty_like(narrow))
+    rows, args = calls[0]
+    assert rows.__name__ == "sparse_narrow_grad_rows"
+    assert not isinstance(args[-1], tuple)
+
+
+def test_an_explicit_fetch_choice_overrides_the_host_s(monkeypatch):
+    monkeypatch.setattr(_launch._target, "host_cpu_name", lambda: "znver4")
+    for fetch in (False, True):
+        monkeypatch.setattr(_launch, "FETCH_AHEAD", fetch)
+        for dtype in (np.dtype(np.float32), np.dtype(np.float64), BF16):
+            for need in ("loss", "grad", "grad_inplace"):
+                assert _launch.fetches_ahead(dtype, need) is fetch
 
 
 # -- agreement with the reference ---------------------------------------------------------

@@ -27,7 +27,8 @@ def sparse_loss_blocks(x, labels, loss, lse, fetch, blocks):
 def sparse_grad_blocks(x, labels, weights, out, loss, lse, fetch, blocks):
     n = x.shape[0]
     for b in prange(blocks):
-        sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, b * n // blocks, (b + 1) * n // blocks)
+        sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, b * n // blocks,
+                         (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)

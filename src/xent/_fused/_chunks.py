@@ -236,7 +236,7 @@ def _keep_targets_impl(st, c, y, sy, syx):
 
 
 def _prefetch_chunk(ahead, lo, hi):
-    """Prefetch ahead[lo:hi] (64-byte lines) unless ahead is None (numba only).
+    """Prefetch ahead[lo:hi] (64-byte lines) (numba only).
 
     Pass A can prefetch the next row of logits while it computes on this
     one, so that memory keeps streaming through the exps (and through pass
@@ -266,8 +266,6 @@ def _prefetch_lines(ahead):
 
 @overload(_prefetch_chunk, inline="always")
 def _prefetch_chunk_impl(ahead, lo, hi):
-    if isinstance(ahead, types.NoneType):
-        return lambda ahead, lo, hi: None
     return _prefetch_lines(ahead)
 
 

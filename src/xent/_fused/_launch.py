@@ -133,7 +133,9 @@ def fetches_ahead(dtype, need):
     Measured at 8192x32000 (ms, 2 threads unless said; with / without):
 
       - half-precision gradients: yes everywhere. bfloat16 in place on AMD
-        Zen 4: 44 / 55; into a buffer 58-74 / 66-70.
+        Zen 4: 44 / 55 (4096 rows: 24 / 28); into a buffer about even there
+        (58-74 / 66-70; 4096 rows: 31 / 35), and the pass B prefetch of the
+        buffer's next row is measured with it (`prefetch_half_chunk`).
       - float32 and float64 into a buffer: no everywhere. float32 on an
         Intel Xeon (Rocket Lake): 161 / 138; on Zen 4: 92-98 / 75-83.
       - a loss alone, and float32/float64 in place: yes except on AMD Zen,
@@ -141,7 +143,8 @@ def fetches_ahead(dtype, need):
         prefetches stall the loop. Intel Xeon: float32 loss 88 / 109,
         bfloat16 loss 52 / 175, float32 in place 104 / 119. Zen 4 (one
         thread, 4096 rows): float32 loss 56-58 / 32-34, bfloat16 loss 31 /
-        27, float32 in place 73 / 51-57.
+        27, float32 in place 73 / 51-57. Measured on Zen 4 only; Zen 1-3 and
+        Zen 5 (which LLVM before 19 names "generic") are assumed alike.
     """
     if FETCH_AHEAD is not None:
         return FETCH_AHEAD

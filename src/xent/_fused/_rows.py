@@ -89,7 +89,7 @@ def _dense_row_loss(x, y, st, next_x, fetch):
 def _dense_row_grad(x, y, out, e, save, st, next_x, fetch, next_out):
     """As `_dense_row_loss`, writing softmax(x) - y into out (may be x).
 
-    e, save, next_x and next_out as in `_sparse_row_grad`.
+    e, save, next_x, fetch and next_out as in `_sparse_row_grad`.
     """
     nan = like(np.nan, load(x, 0))
     if not exp_pass(x, y, e, save, st, next_x, fetch):

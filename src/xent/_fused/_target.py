@@ -29,8 +29,9 @@ import llvmlite.binding as llvm
 from numba.core import config
 from numba.core.codegen import get_host_cpu_features
 
-__all__ = ["cpu_name", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather", "external_symbols",
-           "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE", "LRINT_PROBE", "FMA_PROBE", "isa"]
+__all__ = ["cpu_name", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather",
+           "external_symbols", "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE", "LRINT_PROBE",
+           "FMA_PROBE", "isa"]
 
 
 def cpu_name():
