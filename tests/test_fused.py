@@ -248,20 +248,24 @@ def test_fetch_ahead_choice_per_cpu_and_need(monkeypatch, host, loss, f32_inplac
 
 
 def test_each_need_passes_its_fetch_choice_to_the_chunk_kernels(rng, monkeypatch):
-    """`_dispatch` hands each chunk kernel `fetches_ahead` of the dtype it runs on
-    (half logits with a float32 gradient run as float32) and its need; the
-    narrow kernels get no such argument. The bits cannot show this (a prefetch
-    changes none), so the calls are recorded."""
-    calls = []
+    """`_dispatch` asks `fetches_ahead` about the dtype each chunk kernel runs on
+    (half logits with a float32 gradient run as float32) and its need, and hands
+    the answer to that kernel; the narrow kernels are not asked. The bits cannot
+    show this (a prefetch changes none), so the questions and calls are recorded
+    (the answers alternate, so that each must reach its own call)."""
+    calls, asked = [], []
     real_run = _launch._run
 
     def recording_run(rows, blocks, nbytes, *args):
-        calls.append((rows, args))
+        calls.append((rows.__name__, args[-1]))
         return real_run(rows, blocks, nbytes, *args)
 
+    def recording_choice(dtype, need):
+        asked.append((np.dtype(dtype).name, need))
+        return len(asked) % 2 == 1
+
     monkeypatch.setattr(_launch, "_run", recording_run)
-    monkeypatch.setattr(_launch, "fetches_ahead",
-                        lambda dtype, need: (np.dtype(dtype).name, need))
+    monkeypatch.setattr(_launch, "fetches_ahead", recording_choice)
     labels = rng.integers(0, 3000, size=4)
     for dtype in (np.dtype(np.float32), BF16):
         logits = logits_of(rng, (4, 3000), dtype)
@@ -272,23 +276,18 @@ def test_each_need_passes_its_fetch_choice_to_the_chunk_kernels(rng, monkeypatch
         _fused.dense_rows(logits, np.full((1, 3000), 1 / 3000, np.float32))
     _fused.sparse_rows(logits, labels, np.empty(logits.shape, np.float32))
     name = BF16.name
-    assert [(rows.__name__, args[-1]) for rows, args in calls] == [
-        ("sparse_loss_rows", ("float32", "loss")),
-        ("sparse_grad_rows", ("float32", "grad")),
-        ("sparse_grad_rows_inplace", ("float32", "grad_inplace")),
-        ("dense_loss_rows", ("float32", "loss")),
-        ("sparse_loss_rows", (name, "loss")),
-        ("sparse_grad_rows", (name, "grad")),
-        ("sparse_grad_rows_inplace", (name, "grad_inplace")),
-        ("dense_loss_rows", (name, "loss")),
-        ("sparse_grad_rows", ("float32", "grad")),
-    ]
+    assert asked == [("float32", "loss"), ("float32", "grad"), ("float32", "grad_inplace"),
+                     ("float32", "loss"), (name, "loss"), (name, "grad"),
+                     (name, "grad_inplace"), (name, "loss"), ("float32", "grad")]
+    kernels = ["sparse_loss_rows", "sparse_grad_rows", "sparse_grad_rows_inplace",
+               "dense_loss_rows"] * 2 + ["sparse_grad_rows"]
+    assert calls == [(kernel, k % 2 == 0) for k, kernel in enumerate(kernels)]
     calls.clear()
     narrow = logits_of(rng, (4, 10), np.dtype(np.float32))
     _fused.sparse_rows(narrow, labels % 10, np.empty_like(narrow))
-    rows, args = calls[0]
-    assert rows.__name__ == "sparse_narrow_grad_rows"
-    assert not isinstance(args[-1], tuple)
+    assert len(asked) == 9
+    assert calls[0][0] == "sparse_narrow_grad_rows"
+    assert isinstance(calls[0][1], np.ndarray)   # its last argument is lse, no choice
 
 
 def test_an_explicit_fetch_choice_overrides_the_host_s(monkeypatch):
