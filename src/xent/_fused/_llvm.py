@@ -14,7 +14,7 @@ from numba.extending import intrinsic
 __all__ = [
     "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
-    "fma", "split_exponent",
+    "fma", "split_exponent", "round_scale",
 ]
 
 
@@ -217,3 +217,27 @@ def split_exponent(typingctx, s):
         m = builder.bitcast(builder.sub(bits, builder.shl(k, ir.Constant(i64, 52))), f64)
         return cgutils.make_anonymous_struct(builder, [builder.sitofp(k, f64), m])
     return types.UniTuple(types.float64, 2)(s), codegen
+
+
+@intrinsic
+def round_scale(typingctx, t, a, magic):
+    """(n, 2**(n + bias)) for n = t * a rounded to an integer, both float32,
+    with `magic` = 1.5 * 2**23 + bias + 127 a float32 constant and
+    |n + bias + 127| < 2**22: no float-int conversion.
+
+    s = t * a + magic (one fused multiply-add where the CPU has one) rounds
+    t * a to an integer, held in s's low mantissa bits; n = s - magic; and
+    s's bits shifted left by 23 are the float32 2**(n + bias) for
+    1 <= n + bias + 127 <= 254 (magic's own high bits shift out). The
+    subtraction carries only the ``nsz`` flag, so LLVM cannot fold
+    ``(t * a + magic) - magic`` back to ``t * a``.
+    """
+    def codegen(context, builder, sig, args):
+        f32, i32 = ir.FloatType(), ir.IntType(32)
+        s = call_llvm(builder, "llvm.fmuladd.f32", f32, args)
+        n = builder.fsub(s, args[2], flags=("nsz",))
+        field = builder.shl(builder.bitcast(s, i32), ir.Constant(i32, 23))
+        return cgutils.make_anonymous_struct(builder, [n, builder.bitcast(field, f32)])
+    if not t == a == magic == types.float32:
+        return None
+    return types.UniTuple(types.float32, 2)(t, a, magic), codegen
