@@ -724,6 +724,33 @@ def test_narrow_log_of_sum_is_float64_log_to_2e_11(log_of_sum):
 
 
 @every_target
+def test_round_scale_gives_the_integer_and_its_power_of_two():
+    """`round_scale` (the exps' n and 2**(n + 64) without AVX-512): n is t
+    rounded to the nearest integer (a tie to the n that makes the sum even,
+    n + 191), and the scale is exactly 2**(n + 64), over every n the exps
+    use (-188 to 24)."""
+    from numba import njit
+    from xent._fused._llvm import round_scale
+
+    @njit
+    def run(t, magic, n, scale):
+        for j in range(t.shape[0]):
+            n[j], scale[j] = round_scale(t[j], np.float32(1.0), magic)
+
+    ties = np.arange(-188, 24, dtype=np.float32) + np.float32(0.5)
+    t = np.concatenate([np.linspace(-188.4, 24.4, 20001, dtype=np.float32), ties, -ties,
+                        np.float32([-0.0, 0.0, 0.25, -0.25, 1e-30])])
+    t = t[(t >= -188.4) & (t <= 24.4)]
+    n, scale = np.empty_like(t), np.empty_like(t)
+    run(t, _math._MAGIC32, n, scale)
+    wide = t.astype(np.float64)
+    tie = wide - np.floor(wide) == 0.5
+    want = np.where(tie, np.floor(wide) + (np.floor(wide) + 191) % 2, np.rint(wide))
+    np.testing.assert_array_equal(n, want)
+    np.testing.assert_array_equal(scale.astype(np.float64), np.ldexp(1.0, want.astype(int) + 64))
+
+
+@every_target
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=[d.name for d in HALF_AND_SINGLE])
 def test_narrow_edge_rows_in_every_lane(dtype):
     """The edge rows (NaN, +inf, all -inf, masked, huge) at each of the 16 lanes,

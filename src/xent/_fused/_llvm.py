@@ -226,7 +226,8 @@ def round_scale(typingctx, t, a, magic):
     |n + bias + 127| < 2**22: no float-int conversion.
 
     s = t * a + magic (one fused multiply-add where the CPU has one) rounds
-    t * a to an integer, held in s's low mantissa bits; n = s - magic; and
+    t * a to an integer, held in s's low mantissa bits (a tie goes to the
+    even s: to the n that makes n + bias + 127 even); n = s - magic; and
     s's bits shifted left by 23 are the float32 2**(n + bias) for
     1 <= n + bias + 127 <= 254 (magic's own high bits shift out). The
     subtraction carries only the ``nsz`` flag, so LLVM cannot fold
