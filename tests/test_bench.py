@@ -58,6 +58,22 @@ def test_time_interleaved_times_the_fastest_floor_before_each_xent_call():
     assert peer.floor_times == []
 
 
+def test_time_interleaved_repeats_paired_xent_calls_paired_burst_times():
+    """An xent case with paired floors runs `paired_burst` times per round, each
+    call after its floors; the others run `burst` times."""
+    order = []
+    floor = _bench.Case("copy floor (memcpy)", "grad", lambda: order.append("floor"), "floor")
+    xent = _bench.Case("xent", "grad", lambda: order.append("xent"), "xent")
+    loss = _bench.Case("xent", "loss", lambda: order.append("loss"), "xent")
+    peer = _bench.Case("torch", "grad", lambda: order.append("peer"), "peer")
+    _bench.time_interleaved([xent, loss, peer], rounds=2, burst=1, budget_s=1.0,
+                            progress=lambda n: None, settle_s=0.0, paired={"grad": [floor]},
+                            paired_burst=3)
+    assert order == (["floor", "xent"] * 3 + ["loss", "peer"]) * 2
+    assert len(xent.times) == len(xent.floor_times) == 6
+    assert len(loss.times) == len(peer.times) == 2
+
+
 def test_time_interleaved_idles_longer_after_a_framework_case(monkeypatch):
     """The idle before each case: `framework_settle_s` after a framework's case
     (whose threads and deferred frees outlast the call), `settle_s` otherwise."""
