@@ -14,6 +14,10 @@ beside it; `xent._fused._target` tells which the CPU numba compiles for has:
     from the bits and two multiplies (`scale_by_bits`). Without AVX-512 the
     intrinsic would be a call to ``ldexpf`` per element.
 
+Without AVX-512 the float32 exps take n and 2**(n + 64) together from one
+sum's bits instead (`round_scale`: no conversion at all), with the 2**-64
+carried by the polynomial's coefficients, so 2**n p is one multiply.
+
 x is first floored (`floor_at`, which lets NaN through) where 2**n would
 leave the exponent range: below the floor exp is 0 in the format anyway, so
 masked ``-inf`` logits get an exact 0. Products and sums in the polynomials
