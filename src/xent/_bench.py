@@ -380,7 +380,7 @@ def time_interleaved(cases, rounds, burst, budget_s, progress, settle_s, paired=
                        else settle_s)
             previous = case
             floors = paired.get(case.mode, ()) if case.role == "xent" else ()
-            for _ in range(paired_burst or burst if floors else burst):
+            for _ in range((paired_burst or burst) if floors else burst):
                 if floors:
                     case.floor_times.append(min(_timed(floor.run) for floor in floors))
                 case.times.append(_timed(case.run))
@@ -538,7 +538,7 @@ def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
     paired = None if small else {"loss": floors["loss"], "grad": floors["grad"],
                                  "grad_inplace": floors["grad"]}
     time_interleaved(cases, rounds, burst, budget, progress, settle, paired, framework_settle,
-                     paired_burst=None if small else 3)
+                     paired_burst=3)
     return summarise(cases, logits), cases
 
 

@@ -44,7 +44,7 @@ __all__ = ["exp32", "exp_half", "exp2_half", "exp64", "log_of_sum", "FLOOR32", "
 _F32 = np.float32
 LOG2E32 = _F32(math.log2(math.e))
 # exp(x) below exp(-130) is 0 in float32: the floor keeps n >= -188, and
-# 2**(n + 64) a normal float (`scale_by_bits` with bias 64).
+# 2**(n + 64) a normal float (`round_scale` with bias 64).
 FLOOR32 = _F32(-130.0)
 _BIAS32 = 64
 _LN2_32 = _F32(math.log(2))
@@ -92,7 +92,8 @@ def round_int(t):
 
 
 def times_pow2(p, n):
-    """p * 2**n for an int32 n with n >= -188 (float32) or -1077 (float64) (numba only)."""
+    """p * 2**n for an int32 n with n >= -188 (float32) or -1077 (float64); float32
+    only where ``llvm.ldexp`` lowers natively, as the float32 exps use it (numba only)."""
 
 
 def reduce32(x, n):
@@ -112,7 +113,7 @@ def _times_pow2_impl(p, n):
         return lambda p, n: ldexp(p, n)
     if p == types.float64:
         return lambda p, n: scale_by_bits(p, n, _BIAS64)
-    return lambda p, n: scale_by_bits(p, n, _BIAS32)
+    return None   # (float32 elsewhere: `round_scale`, in `_exp32_floored` and `_exp2_half_floored`)
 
 
 @overload(reduce32, jit_options={"fastmath": FAST})
