@@ -24,6 +24,7 @@ framework that is not already in `sys.modules` cannot have made the array).
 Other arguments (NumPy arrays, lists, scalars) are converted to the
 framework's type; torch tensors and JAX arrays in one call are refused.
 """
+import importlib
 import sys
 
 import numpy as np
@@ -101,21 +102,24 @@ class NumpyBackend:
 def _framework_backend(arrays):
     """The PyTorch or JAX backend if any of `arrays` belongs to one, else None."""
     torch, jax = sys.modules.get("torch"), sys.modules.get("jax")
-    tensors = [a for a in arrays if torch is not None and isinstance(a, torch.Tensor)]
+    tensors = [a for a in arrays if isinstance(a, torch.Tensor)] if torch is not None else ()
     has_jax = jax is not None and any(isinstance(a, jax.Array) for a in arrays)
     if tensors and has_jax:
         raise TypeError(
             "xent: got both torch.Tensor and jax.Array arguments; pass arrays of one "
             "framework (NumPy arrays and Python numbers mix with either)")
     if tensors:
-        from xent import _torch
-
-        return _torch.TorchBackend.for_tensors(tensors)
+        return _framework_module("_torch").TorchBackend.for_tensors(tensors)
     if has_jax:
-        from xent import _jax
-
-        return _jax.JaxBackend
+        return _framework_module("_jax").JaxBackend
     return None
+
+
+def _framework_module(name):
+    """`xent._torch` or `xent._jax`, imported the first time it is asked for (an
+    import statement here cost 0.5 us a call)."""
+    module = sys.modules.get("xent." + name)
+    return module if module is not None else importlib.import_module("xent." + name)
 
 
 def of(*arrays):
