@@ -108,6 +108,8 @@ def _grad_buffer(grad, logits2d):
         return None
     if grad is True:
         return np.empty(logits2d.shape, logits2d.dtype)
+    if grad.shape == logits2d.shape:   # (a small call's fixed cost: no reshape, no flags)
+        return grad
     view = grad.reshape(logits2d.shape)
     if view.size and not grad.flags.c_contiguous and not np.may_share_memory(view, grad):
         return np.empty(logits2d.shape, grad.dtype)   # (reshaping made a copy)
@@ -120,6 +122,8 @@ def _gradient_result(grad, out, shape):
         return None
     if grad is True:
         return out.reshape(shape)
+    if out is grad:
+        return grad
     if not grad.flags.c_contiguous and not np.may_share_memory(out, grad):
         grad[...] = out.reshape(grad.shape)
     return grad
@@ -141,14 +145,15 @@ def sparse_xent(labels, logits, grad=None):
     """
     num_classes = logits.shape[-1]
     run = kernels()
-    flat = labels.reshape(-1)
+    flat = labels if labels.ndim == 1 else labels.reshape(-1)
     if not run.labels_fit(flat, num_classes):
         _validate.labels_in_range(labels, num_classes)   # (raises TF's error)
         raise AssertionError("xent: the label checks disagree")
-    x2 = logits.reshape(_rows(logits.shape), num_classes)
+    x2 = logits if logits.ndim == 2 else logits.reshape(_rows(logits.shape), num_classes)
     out = _grad_buffer(grad, x2)
     loss, _ = run.sparse_rows(x2, flat, out)
-    return loss.reshape(labels.shape), _gradient_result(grad, out, logits.shape)
+    return (loss if labels.ndim == 1 else loss.reshape(labels.shape),
+            _gradient_result(grad, out, logits.shape))
 
 
 def dense_xent(labels, logits, grad=None):
