@@ -322,8 +322,9 @@ def combine(x, y, st):
             top, first = st[_MAX, c], c
     total = 0.0
     if top > -np.inf:
-        for c in range(st.shape[1]):
-            total += st[_SUM, c] * exp64(st[_SHIFT, c] - top)
+        for c in range(st.shape[1]):   # (exp64(0) is 1: a row of one chunk skips its 11 FMAs)
+            d = st[_SHIFT, c] - top
+            total += st[_SUM, c] if d == 0.0 else st[_SUM, c] * exp64(d)
         shift = st[_SHIFT, first]
         if shift != top:
             v = like(top, load(x, 0))

@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from xent._fused import _target
+from xent._fused._borrow import borrowed, keep_alive
 from xent._fused._exps import exp, exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
 from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat
@@ -249,13 +250,16 @@ def _nan_row(out, r, ref):
 @njit(**KERNEL)
 def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= NARROW_MAX]``."""
-    t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
+    x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
+    t, ms, logs = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_block(x, None, flat, r0, rows, t, ms, logs)
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, logs, l)
+    keep_alive(lanes)
 
 
 @njit(**KERNEL)
@@ -263,7 +267,9 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     """As `sparse_narrow_loss_rows`, writing w_i (softmax - onehot(label)) into out
     (may be x: a block is read whole before any of it is written); w_i is
     `xent._fused._rows.weight`(weights, i)."""
-    t, ms, logs = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
+    x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
+    t, ms, logs = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
     for r0 in range(lo, hi, _LANES):
@@ -281,6 +287,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
             for j in range(c):
                 store_finite(out, (r, j), t[j, l] * f)
             store(out, (r, labels[r]), exp(x_label - m) * f - like(w, m))
+    keep_alive(lanes)
 
 
 @njit(**INLINE)
@@ -310,9 +317,12 @@ def _dense_narrow_row(ms, logs, l):
 @njit(**KERNEL)
 def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of x ``[N, C <= NARROW_DENSE_MAX]``, targets y."""
+    x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
-    t, ty, ms, logs = (_lanes(c, np.float32), _lanes(c, np.float32),
-                       _lanes(4, np.float32), _lanes(1, np.float64))
+    lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
+             _lanes(4, np.float32), _lanes(1, np.float64))
+    t, ty, ms, logs = (borrowed(lanes[0]), borrowed(lanes[1]),
+                       borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
@@ -320,14 +330,18 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
         _narrow_block(x, ty, flat, r0, rows, t, ms, logs)
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, logs, l)
+    keep_alive(lanes)
 
 
 @njit(**KERNEL)
 def dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
     """As `dense_narrow_loss_rows`, writing softmax - y into out (may be x)."""
+    x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
-    t, ty, ms, logs = (_lanes(c, np.float32), _lanes(c, np.float32),
-                       _lanes(4, np.float32), _lanes(1, np.float64))
+    lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
+             _lanes(4, np.float32), _lanes(1, np.float64))
+    t, ty, ms, logs = (borrowed(lanes[0]), borrowed(lanes[1]),
+                       borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
@@ -342,3 +356,4 @@ def dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
             f = like(1.0 / np.float64(ms[1, l]), ms[0, l])
             for j in range(c):
                 store(out, (r, j), t[j, l] * f - ty[j, l])
+    keep_alive(lanes)
