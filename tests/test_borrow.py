@@ -19,38 +19,36 @@ from xent._fused._borrow import borrowed, keep_alive
 
 
 @njit
-def _sum_after_reallocating(n, keep):
-    """Fill a borrowed view of a fresh array with 1s, allocate and fill another
-    array of its size with 7s, and sum the view; `keep` keeps the owner alive."""
-    owner = np.empty(n)
-    view = borrowed(owner)
+def _fill_reallocate_sum(view):
+    """Fill `view` with 1s, allocate and fill another array of its size with 7s,
+    and sum `view` (100 for 100 entries, unless the other took its memory)."""
+    n = view.shape[0]
     for i in range(n):
         view[i] = 1.0
     other = np.full(n, 7.0)
     total = 0.0
     for i in range(n):
         total += view[i]
-    if keep:
-        keep_alive(owner)
     return total + other[0] - 7.0
 
 
 @njit
-def _sum_without_keep_alive(n):
-    """As `_sum_after_reallocating` with no `keep_alive`: the owner dies at `borrowed`."""
+def _sum_after_reallocating(n):
+    """`_fill_reallocate_sum` on a borrowed view of a fresh array kept alive."""
     owner = np.empty(n)
-    view = borrowed(owner)
-    for i in range(n):
-        view[i] = 1.0
-    other = np.full(n, 7.0)
-    total = 0.0
-    for i in range(n):
-        total += view[i]
-    return total + other[0] - 7.0
+    total = _fill_reallocate_sum(borrowed(owner))
+    keep_alive(owner)
+    return total
+
+
+@njit
+def _sum_without_keep_alive(n):
+    """The same with no `keep_alive`: the owner dies at `borrowed`."""
+    return _fill_reallocate_sum(borrowed(np.empty(n)))
 
 
 def test_keep_alive_holds_the_owner_of_a_borrowed_view():
-    assert _sum_after_reallocating(100, True) == 100.0
+    assert _sum_after_reallocating(100) == 100.0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator reuses at once")
