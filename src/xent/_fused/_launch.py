@@ -124,6 +124,8 @@ _DENSE_KERNELS = {
 # Whether pass A prefetches the next row of logits (`fetches_ahead`): None
 # chooses per CPU and need; the tests set True or False to run both forms.
 FETCH_AHEAD = None
+# LLVM's names for AMD Zen 1-3, whose half-precision gradients run faster without it.
+_ZEN_UP_TO_3 = ("znver1", "znver2", "znver3")
 
 
 def fetches_ahead(dtype, need):
@@ -132,10 +134,14 @@ def fetches_ahead(dtype, need):
 
     Measured at 8192x32000 (ms, 2 threads unless said; with / without):
 
-      - half-precision gradients: yes everywhere. bfloat16 in place on AMD
-        Zen 4: 44 / 55 (4096 rows: 24 / 28); into a buffer about even there
-        (58-74 / 66-70; 4096 rows: 31 / 35), and the pass B prefetch of the
-        buffer's next row is measured with it (`prefetch_half_chunk`).
+      - half-precision gradients: yes but on AMD Zen 1-3. bfloat16 in place
+        on AMD Zen 4: 44 / 55 (4096 rows: 24 / 28); into a buffer about even
+        there (58-74 / 66-70; 4096 rows: 31 / 35), and the pass B prefetch of
+        the buffer's next row is measured with it (`prefetch_half_chunk`). On
+        an AMD Zen 3 (znver3, AVX2; medians of 7, interleaved, in four
+        processes) the prefetches cost: in place 70-90 / 64-86, into a buffer
+        82-104 / 75-97; one thread 148 / 136 and 174 / 157. Zen 1 and 2 are
+        assumed alike.
       - float32 and float64 into a buffer: no everywhere. float32 on an
         Intel Xeon (Rocket Lake): 161 / 138; on Zen 4: 92-98 / 75-83.
       - a loss alone, and float32/float64 in place: yes except on AMD Zen,
@@ -149,9 +155,10 @@ def fetches_ahead(dtype, need):
     if FETCH_AHEAD is not None:
         return FETCH_AHEAD
     half = dtype.itemsize == 2
+    cpu = _target.host_cpu_name()
     if need == "grad" or (half and need == "grad_inplace"):
-        return half
-    return not _target.host_cpu_name().startswith("znver")
+        return half and cpu not in _ZEN_UP_TO_3
+    return not cpu.startswith("znver")
 
 
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
