@@ -2,8 +2,9 @@
 
 The every-target tests of tests/test_fused.py and the machine-code check of
 tests/kernel_symbols.py, run in subprocesses with the kernels compiled for the
-host, for AVX2+FMA (``haswell``) and for the SSE2 baseline (``x86-64``), each
-into an empty numba cache (tests/target_runs.py; they start in the background
+host, for AVX2+FMA (``haswell``, unless the host is that level: its own run is
+then the AVX2 run) and for the SSE2 baseline (``x86-64``), each into an empty
+numba cache (tests/target_runs.py; they start in the background
 when this file is collected, and these tests wait for them).
 """
 import pytest
@@ -19,3 +20,14 @@ def test_fused_kernels_right_when_compiled_for(target):
     run = target_runs.RUNS.result(target)
     assert run.returncode == 0, f"compiled for {target}:\n{run.tail()}"
     assert run.passed() >= _MIN_TESTS, f"compiled for {target}, too few tests ran:\n{run.tail()}"
+
+
+@pytest.mark.parametrize("avx2_level", [True, False])
+def test_the_avx2_level_runs_once_as_haswell_or_as_the_host(monkeypatch, avx2_level):
+    """An AVX2-level x86-64 host (no AVX-512) runs the SSE2 baseline besides itself;
+    any other x86-64 host runs haswell too."""
+    monkeypatch.setattr(target_runs.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(target_runs, "_host_is_avx2_level", lambda: avx2_level)
+    older = target_runs._older_targets()
+    both = {"haswell": "haswell", "x86-64": "x86-64"}
+    assert older == ({"x86-64": "x86-64"} if avx2_level else both)
