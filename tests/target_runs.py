@@ -40,8 +40,9 @@ _OLDER = {
 
 def _host_is_avx2_level():
     """Whether this host has AVX2 and FMA but no AVX-512 (a Zen 3, an Intel laptop):
-    the kernels then take the steps they take for ``haswell`` (`xent._fused._target`
-    chooses by those features), and the host's own run is the AVX2 level's."""
+    `xent._fused._target`'s probes then answer as for ``haswell`` (a native FMA; no
+    vector ldexp, no bfloat16 conversion), the kernels take the same steps, and
+    the host's own run is the AVX2 level's."""
     features = llvm.get_host_cpu_features()
     return bool(features.get("avx2") and features.get("fma") and not features.get("avx512f"))
 
