@@ -62,7 +62,7 @@ def keep(a, j, value):
     """a[j] = value unless a is None (numba only): the optional stores of the sweeps."""
 
 
-@overload(keep, inline="always")
+@overload(keep)
 def _keep_impl(a, j, value):
     if isinstance(a, types.NoneType):
         return lambda a, j, value: None
@@ -126,7 +126,7 @@ def _restore(x, save, lo, hi):
     """x[lo:hi] = save[:hi - lo] unless save is None (numba only)."""
 
 
-@overload(_restore, inline="always")
+@overload(_restore)
 def _restore_impl(x, save, lo, hi):
     if isinstance(save, types.NoneType):
         return lambda x, save, lo, hi: None
@@ -225,7 +225,7 @@ def _keep_targets(st, c, y, sy, syx):
     """st[_YSUM, c], st[_YXSUM, c] = sy, syx unless y is None (numba only)."""
 
 
-@overload(_keep_targets, inline="always")
+@overload(_keep_targets)
 def _keep_targets_impl(st, c, y, sy, syx):
     if isinstance(y, types.NoneType):
         return lambda st, c, y, sy, syx: None
@@ -264,12 +264,12 @@ def _prefetch_lines(ahead):
     return prefetch_lines
 
 
-@overload(_prefetch_chunk, inline="always")
+@overload(_prefetch_chunk)
 def _prefetch_chunk_impl(ahead, lo, hi):
     return _prefetch_lines(ahead)
 
 
-@overload(prefetch_half_chunk, inline="always")
+@overload(prefetch_half_chunk)
 def _prefetch_half_chunk_impl(ahead, lo, hi):
     if isinstance(ahead, types.NoneType) or ahead.dtype not in HALF_FORMATS:
         return lambda ahead, lo, hi: None

@@ -199,7 +199,7 @@ def _bf16_store(convert):
     return store_bf16
 
 
-@overload(store, inline="always")
+@overload(store)
 def _store_impl(a, j, value):
     if a.dtype == types.uint16:
         return _bf16_store(f32_to_bf16)
@@ -213,7 +213,7 @@ def _store_impl(a, j, value):
     return store_float
 
 
-@overload(store_finite, inline="always")
+@overload(store_finite)
 def _store_finite_impl(a, j, value):
     if a.dtype == types.uint16:
         return _bf16_store(finite_to_bf16)

@@ -172,6 +172,7 @@ def _transpose(flat, r0, rows, t, ms):
     (AVX2, AVX-512), else `_copy_rows` (numba only)."""
 
 
+# Inlined by numba: left to LLVM, the narrow kernels called it (see `_options`).
 @overload(_transpose, inline="always")
 def _transpose_impl(flat, r0, rows, t, ms):
     if _target.has_gather() and (flat.dtype != types.int16 or hardware_half()):

@@ -34,7 +34,7 @@ def _hardware_rounded(e, y, out, lo, hi, f):
     (lo when none were done or all must be redone; numba only)."""
 
 
-@overload(_hardware_rounded, inline="always")
+@overload(_hardware_rounded)
 def _hardware_rounded_impl(e, y, out, lo, hi, f):
     if not (out.dtype == types.uint16 and e.dtype == types.float32
             and isinstance(y, types.NoneType) and hardware_bf16()):
@@ -51,7 +51,7 @@ def _finish_entry(out, y, j, p):
     row with a NaN or infinity never gets here), or p - y_j (numba only)."""
 
 
-@overload(_finish_entry, inline="always")
+@overload(_finish_entry)
 def _finish_entry_impl(out, y, j, p):
     if isinstance(y, types.NoneType):
         return lambda out, y, j, p: store_finite(out, j, p)
