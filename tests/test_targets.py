@@ -1,17 +1,18 @@
 """The fused kernels are right when compiled for every CPU level users have.
 
 The every-target tests of tests/test_fused.py and the machine-code check of
-tests/kernel_symbols.py, run in subprocesses with the kernels compiled for the
-host, for AVX2+FMA (``haswell``, unless the host is that level: its own run is
-then the AVX2 run) and for the SSE2 baseline (``x86-64``), each into an empty
-numba cache (tests/target_runs.py; they start in the background
-when this file is collected, and these tests wait for them).
+tests/test_kernel_symbols.py, which the suite runs for the host, run again in
+subprocesses with the kernels compiled for AVX2+FMA (``haswell``, unless the
+host is that level: the suite's own run is then the AVX2 run) and for the
+SSE2 baseline (``x86-64``), each into an empty numba cache
+(tests/target_runs.py; they start in the background when this file is
+collected, and these tests wait for them).
 """
 import pytest
 
 import target_runs
 
-# At least the every-target tests of test_fused.py and the two of kernel_symbols.py.
+# At least the every-target tests of test_fused.py and those of test_kernel_symbols.py.
 _MIN_TESTS = 60
 
 

@@ -1,0 +1,137 @@
+"""Every fused kernel calls no function the JIT may lack, on the CPU it is compiled for.
+
+A call from compiled code to a symbol the JIT does not provide aborts the
+whole process when the kernel is linked (``LLVM ERROR: Symbol not found:
+__truncsfbf2``): compiler-runtime helpers, and per-element libm calls such
+as ``ldexpf`` or ``fmaf`` are what LLVM emits for an operation the CPU has
+no instruction for. The kernels may call only what every numba function
+relies on: numba's runtime (registered with LLVM by numba itself), the
+Python C API and, from the process's libc and libm, ``memset``, ``memcpy``,
+``memmove`` and ``log`` (once per row).
+
+Each kernel is compiled here, or loaded from numba's disk cache, and its
+object file's symbol table is read (tests/object_symbols.py). The suite runs
+this for the host; tests/test_targets.py runs it again, with tests/test_fused.py's
+``every_target`` tests, compiled for older CPUs.
+"""
+import numpy as np
+import numba
+import pytest
+
+import xent
+from object_symbols import undefined_symbols
+from xent import _fused
+from xent._fused import _blocks, _labels, _launch, _math, _narrow, _rows, _target
+
+pytestmark = pytest.mark.every_target
+
+ALLOWED = {"memset", "memcpy", "memmove", "log", "printf",
+           # numba's parallel runtime (its threading layer's entry points)
+           "allocate_sched", "deallocate_sched", "do_scheduling_signed",
+           "do_scheduling_unsigned", "get_num_threads", "set_num_threads", "get_thread_id",
+           "get_parallel_chunksize", "set_parallel_chunksize", "get_sched_size"}
+ALLOWED_PREFIXES = ("NRT_", "numba_", "Py", "_Py", "__gufunc__", "printf_format")
+
+
+def _dtypes():
+    import ml_dtypes
+
+    return (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32),
+            np.dtype(np.float64))
+
+
+def compile_every_kernel():
+    """Call each fused kernel once per dtype, so that it is compiled (or loaded
+    from numba's cache) in this process: sparse and dense; loss, gradient into
+    a buffer and over the logits; 10 classes (the narrow kernels) and 100 (the
+    chunk kernels); on one thread and, where there are several, over threads
+    (the block kernels). Cheap where tests/test_fused.py has run."""
+    rng = np.random.default_rng(0)
+    threads, threshold = xent.get_num_threads(), _launch.PARALLEL_MIN_BYTES
+    _launch.PARALLEL_MIN_BYTES = 0
+    try:
+        for count in sorted({1, xent._threads.max_threads()}):
+            xent.set_num_threads(count)
+            for dtype in _dtypes():
+                for width in (10, 100):
+                    logits = rng.standard_normal((8, width)).astype(dtype)
+                    labels = rng.integers(0, width, 8)
+                    targets = np.full((8, width), 1 / width, dtype)
+                    for run, y in ((_fused.sparse_rows, labels), (_fused.dense_rows, targets)):
+                        run(logits, y)
+                        run(logits, y, np.empty_like(logits))
+                        work = logits.copy()
+                        run(work, y, work)
+    finally:
+        _launch.PARALLEL_MIN_BYTES = threshold
+        xent.set_num_threads(threads)
+
+
+def compiled_kernels():
+    """(name, dispatcher, signature) of every signature compiled or loaded in this process."""
+    for module in (_rows, _narrow, _blocks, _math, _labels):
+        for name in sorted(vars(module)):
+            dispatcher = getattr(module, name)
+            if isinstance(dispatcher, numba.core.registry.CPUDispatcher):
+                for signature in dispatcher.signatures:
+                    yield f"{module.__name__}.{name}{signature}", dispatcher, signature
+
+
+def object_code(dispatcher, signature):
+    """The object file of `dispatcher`'s machine code for `signature` (with the
+    helpers it calls, linked in): read back from numba's disk cache where it
+    came from there, else emitted from the code library compiled here (both
+    through numba's private attributes: a numba that moves them fails this
+    test, loudly)."""
+    if dispatcher.stats.cache_hits.get(signature):
+        cache = dispatcher._cache
+        reduced = cache._cache_file.load(cache._index_key(signature, dispatcher.targetctx.codegen()))
+        name, kind, (code, _bitcode) = reduced[0]   # the library, serialised as an object
+        assert kind == "object", f"numba cached {name} as {kind}"
+        return code
+    library = dispatcher.overloads[signature].library
+    return library._codegen._tm.emit_object(library._final_module)   # as `inspect_asm` does
+
+
+def forbidden(symbols):
+    """The symbols of `symbols` that the JIT may not provide."""
+    return {s for s in symbols if s not in ALLOWED and not s.startswith(ALLOWED_PREFIXES)}
+
+
+def test_compiled_kernels_call_no_external_symbol():
+    compile_every_kernel()
+    kernels = list(compiled_kernels())
+    assert len(kernels) >= 40, f"only {len(kernels)} kernels were compiled"
+    offenders = {}
+    for name, dispatcher, signature in kernels:
+        symbols = undefined_symbols(object_code(dispatcher, signature))
+        assert symbols, f"{name}: no symbol read (each kernel's wrapper calls Python's C API)"
+        bad = forbidden(symbols)
+        if bad:
+            offenders[name] = sorted(bad)
+    assert not offenders, f"compiled for {_target.isa()}, kernels call {offenders}"
+
+
+@pytest.mark.parametrize("triple", ["x86_64-unknown-linux-gnu", "x86_64-apple-macosx10.15",
+                                    "x86_64-pc-windows-msvc"])
+def test_the_symbol_readers_find_what_aborted_the_process(triple):
+    """The object of a bfloat16 conversion (and of a vector ldexp) compiled for the
+    SSE2 baseline calls ``__truncsfbf2`` (the abort of issue 12) and libm's
+    ``ldexp``, in each object format; so does the assembly reader
+    (`xent._fused._target`'s probes use it) on ELF's."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    machine = llvm.Target.from_triple(triple).create_target_machine(cpu="x86-64", features="")
+    for probe, needed in ((_target.BFLOAT16_PROBE, "__truncsfbf2"), (_target.LDEXP_PROBE, "ldexp")):
+        module = llvm.parse_assembly(probe)
+        module.triple = triple
+        assert needed in forbidden(undefined_symbols(machine.emit_object(module)))
+        if triple.endswith("linux-gnu"):
+            assert needed in forbidden(_target.external_symbols(machine.emit_assembly(module)))
+
+
+def test_the_object_reader_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="not an object file"):
+        undefined_symbols(b"#!/bin/sh\n")
