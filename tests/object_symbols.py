@@ -35,8 +35,10 @@ def _elf64(data):
 
 
 def _macho64(data):
-    """Undefined symbols of a 64-bit Mach-O object: the external entries of its
-    LC_SYMTAB (load command 2) whose type is N_UNDF, less the C underscore."""
+    """Undefined symbols of a 64-bit Mach-O object: the external, non-debug entries
+    of its LC_SYMTAB (load command 2) whose type is N_UNDF and value 0 (a nonzero
+    value is a common symbol's size: numba's environment globals), less the C
+    underscore."""
     commands, = struct.unpack_from("<I", data, 16)
     at, found = 32, set()
     for _ in range(commands):
@@ -44,8 +46,8 @@ def _macho64(data):
         if command == 2:
             symbols, count, strings, _ = struct.unpack_from("<IIII", data, at + 8)
             for i in range(count):
-                name, kind = struct.unpack_from("<IB", data, symbols + 16 * i)
-                if kind & 0x01 and kind & 0x0E == 0:
+                name, kind, _, _, value = struct.unpack_from("<IBBHQ", data, symbols + 16 * i)
+                if kind & 0xE0 == 0 and kind & 0x01 and kind & 0x0E == 0 and value == 0:
                     found.add(_c_string(data, strings + name).removeprefix("_"))
         at += size
     return found

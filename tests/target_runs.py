@@ -34,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # features (not the host's).
 _OLDER = {
     "x86_64": {"haswell": "haswell", "x86-64": "x86-64"},
+    "amd64": {"haswell": "haswell", "x86-64": "x86-64"},   # Windows names x86_64 so
     "aarch64": {"generic": "generic"},
     "arm64": {"generic": "generic"},   # macOS names aarch64 so
 }

@@ -10,7 +10,8 @@ in-place against a separate buffer) compare bit for bit.
 The kernels are compiled for the CPU numba targets, and take other steps on
 other CPUs (`xent._fused._target`). The tests marked ``every_target`` are run
 again by tests/test_targets.py, in subprocesses that compile for the SSE2
-baseline and for AVX2 (``NUMBA_CPU_NAME``), with tests/test_kernel_symbols.py
+baseline and, unless the host is that level, for AVX2 (``NUMBA_CPU_NAME``),
+with tests/test_kernel_symbols.py
 after them: they use int64 labels only, so that each target compiles each
 kernel once.
 """

@@ -186,7 +186,7 @@ def _lane_targets(ty, ms, j, l, d):
     """ms[2, l] += y; ms[3, l] += y d for y = ty[j, l], unless ty is None (numba only)."""
 
 
-@overload(_lane_targets, inline="always")
+@overload(_lane_targets)
 def _lane_targets_impl(ty, ms, j, l, d):
     if isinstance(ty, types.NoneType):
         return lambda ty, ms, j, l, d: None

@@ -9,8 +9,9 @@ FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Kernels: compiled once per signature, cached on disk, and free of the GIL.
 KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": True}
 # Helpers: inlined into the kernels by numba, so that LLVM sees one loop.
-# Typed overloads (``@overload``) are not: each is compiled once per signature
-# and LLVM inlines it (read in the assembly: no kernel calls one).
+# Typed overloads (``@overload``) are not, but one (`_narrow._transpose`,
+# which LLVM left a call): each is compiled once per signature and LLVM
+# inlines it (read in the assembly: no kernel calls one).
 # numba's own inlining deep-copies a helper's whole variable scope for each of
 # its blocks; left to LLVM, the overloads cut a cold float32 loss+gradient
 # call from 8.8-9.5 s to 6.7-7.9 s, and compiling every kernel by 9%, with the

@@ -38,7 +38,7 @@ def _log_total(total, x):
     loss on rows of 100 classes (AMD Zen 4)."""
 
 
-@overload(_log_total, inline="always")
+@overload(_log_total)
 def _log_total_impl(total, x):
     if x.dtype == types.float64:
         return lambda total, x: np.log(total)
