@@ -79,6 +79,18 @@ def _empty_loss_collection():
     losses.clear_losses()
 
 
+@pytest.fixture
+def force_threads(monkeypatch):
+    """Make every fused-kernel call eligible for threads, and restore the thread count after."""
+    import xent
+    from xent._fused import _launch
+
+    monkeypatch.setattr(_launch, "PARALLEL_MIN_BYTES", 0)
+    before = xent.get_num_threads()
+    yield
+    xent.set_num_threads(before)
+
+
 def pytest_collection_finish(session):
     """Start the fused kernels' runs for other CPUs (tests/target_runs.py) in the
     background as soon as a test that waits for them is among the collected tests."""

@@ -34,10 +34,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # features (not the host's).
 _OLDER = {
     "x86_64": {"haswell": "haswell", "x86-64": "x86-64"},
-    "amd64": {"haswell": "haswell", "x86-64": "x86-64"},   # Windows names x86_64 so
     "aarch64": {"generic": "generic"},
-    "arm64": {"generic": "generic"},   # macOS names aarch64 so
 }
+_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}   # Windows' and macOS's names
 
 
 def _host_is_avx2_level():
@@ -53,7 +52,8 @@ def _older_targets():
     """The older CPUs to compile for on this host: on an AVX2-level x86-64 host the
     SSE2 baseline only (a ``haswell`` run would repeat the suite's own tests,
     and each run costs about 290 s of one core on a 2-core Zen 3)."""
-    older = dict(_OLDER.get(platform.machine().lower(), {}))
+    machine = platform.machine().lower()
+    older = dict(_OLDER.get(_ALIASES.get(machine, machine), {}))
     if "haswell" in older and _host_is_avx2_level():
         del older["haswell"]
     return older

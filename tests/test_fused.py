@@ -781,15 +781,6 @@ def test_narrow_edge_rows_in_every_lane(dtype):
 
 # -- threads ---------------------------------------------------------------------------------
 
-@pytest.fixture
-def force_threads(monkeypatch):
-    """Make every call eligible for threads, and restore the thread count after."""
-    monkeypatch.setattr(_launch, "PARALLEL_MIN_BYTES", 0)
-    before = xent.get_num_threads()
-    yield
-    xent.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("classes", [515, 10])

@@ -20,8 +20,8 @@ import pytest
 
 import xent
 from object_symbols import undefined_symbols
-from xent import _fused
-from xent._fused import _blocks, _labels, _launch, _math, _narrow, _rows, _target
+from test_fused import FLOATS, run_three_ways
+from xent._fused import _blocks, _labels, _math, _narrow, _rows, _target
 
 pytestmark = pytest.mark.every_target
 
@@ -35,38 +35,21 @@ ALLOWED = {"memset", "memcpy", "memmove", "log", "printf",
 ALLOWED_PREFIXES = ("NRT_", "numba_", "Py", "_Py", "__gufunc__", "printf_format")
 
 
-def _dtypes():
-    import ml_dtypes
-
-    return (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32),
-            np.dtype(np.float64))
-
-
 def compile_every_kernel():
     """Call each fused kernel once per dtype, so that it is compiled (or loaded
     from numba's cache) in this process: sparse and dense; loss, gradient into
     a buffer and over the logits; 10 classes (the narrow kernels) and 100 (the
     chunk kernels); on one thread and, where there are several, over threads
-    (the block kernels). Cheap where tests/test_fused.py has run."""
+    (the block kernels; with the `force_threads` fixture). Cheap where
+    tests/test_fused.py has run."""
     rng = np.random.default_rng(0)
-    threads, threshold = xent.get_num_threads(), _launch.PARALLEL_MIN_BYTES
-    _launch.PARALLEL_MIN_BYTES = 0
-    try:
-        for count in sorted({1, xent._threads.max_threads()}):
-            xent.set_num_threads(count)
-            for dtype in _dtypes():
-                for width in (10, 100):
-                    logits = rng.standard_normal((8, width)).astype(dtype)
-                    labels = rng.integers(0, width, 8)
-                    targets = np.full((8, width), 1 / width, dtype)
-                    for run, y in ((_fused.sparse_rows, labels), (_fused.dense_rows, targets)):
-                        run(logits, y)
-                        run(logits, y, np.empty_like(logits))
-                        work = logits.copy()
-                        run(work, y, work)
-    finally:
-        _launch.PARALLEL_MIN_BYTES = threshold
-        xent.set_num_threads(threads)
+    for count in sorted({1, xent._threads.max_threads()}):
+        xent.set_num_threads(count)
+        for dtype in FLOATS:
+            for width in (10, 100):
+                logits = rng.standard_normal((8, width)).astype(dtype)
+                run_three_ways("sparse", logits, rng.integers(0, width, 8))
+                run_three_ways("dense", logits, np.full((8, width), 1 / width, dtype))
 
 
 def compiled_kernels():
@@ -99,12 +82,21 @@ def object_code(dispatcher, signature):
     return library._codegen._tm.emit_object(library._final_module)   # as `inspect_asm` does
 
 
+def _machine(triple):
+    """An LLVM target machine for `triple` and the SSE2 baseline."""
+    import llvmlite.binding as llvm
+
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
+    return llvm.Target.from_triple(triple).create_target_machine(cpu="x86-64", features="")
+
+
 def forbidden(symbols):
     """The symbols of `symbols` that the JIT may not provide."""
     return {s for s in symbols if s not in ALLOWED and not s.startswith(ALLOWED_PREFIXES)}
 
 
-def test_compiled_kernels_call_no_external_symbol():
+def test_compiled_kernels_call_no_external_symbol(force_threads):
     compile_every_kernel()
     kernels = list(compiled_kernels())
     # 5 per dtype and kind (sparse, dense) on one thread; 9 more where there are threads.
@@ -119,8 +111,11 @@ def test_compiled_kernels_call_no_external_symbol():
     assert not offenders, f"compiled for {_target.isa()}, kernels call {offenders}"
 
 
-@pytest.mark.parametrize("triple", ["x86_64-unknown-linux-gnu", "x86_64-apple-macosx10.15",
-                                    "x86_64-pc-windows-msvc"])
+# An object file of each format (ELF, Mach-O, COFF).
+TRIPLES = ["x86_64-unknown-linux-gnu", "x86_64-apple-macosx10.15", "x86_64-pc-windows-msvc"]
+
+
+@pytest.mark.parametrize("triple", TRIPLES)
 def test_the_symbol_readers_find_what_aborted_the_process(triple):
     """The object of a bfloat16 conversion (and of a vector ldexp) compiled for the
     SSE2 baseline calls ``__truncsfbf2`` (the abort of issue 12) and libm's
@@ -128,9 +123,7 @@ def test_the_symbol_readers_find_what_aborted_the_process(triple):
     (`xent._fused._target`'s probes use it) on ELF's."""
     import llvmlite.binding as llvm
 
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
-    machine = llvm.Target.from_triple(triple).create_target_machine(cpu="x86-64", features="")
+    machine = _machine(triple)
     for probe, needed in ((_target.BFLOAT16_PROBE, "__truncsfbf2"), (_target.LDEXP_PROBE, "ldexp")):
         module = llvm.parse_assembly(probe)
         module.triple = triple
@@ -146,8 +139,7 @@ def _with_an_environment(x):
     return (x * x).sum()   # (np.exp would call libm's exp: forbidden)
 
 
-@pytest.mark.parametrize("triple", ["x86_64-unknown-linux-gnu", "x86_64-apple-macosx10.15",
-                                    "x86_64-pc-windows-msvc"])
+@pytest.mark.parametrize("triple", TRIPLES)
 def test_a_numba_function_needs_only_allowed_symbols_in_each_format(triple):
     """numba's own code, compiled for each object format, needs nothing the check
     forbids (Mach-O's common environment globals are not undefined symbols),
@@ -156,12 +148,9 @@ def test_a_numba_function_needs_only_allowed_symbols_in_each_format(triple):
 
     _with_an_environment(np.ones(3))
     library = _with_an_environment.overloads[_with_an_environment.signatures[0]].library
-    llvm.initialize_all_targets()
-    llvm.initialize_all_asmprinters()
     module = llvm.parse_assembly(str(library._final_module))
     module.triple = triple
-    machine = llvm.Target.from_triple(triple).create_target_machine(cpu="x86-64", features="")
-    symbols = undefined_symbols(machine.emit_object(module))
+    symbols = undefined_symbols(_machine(triple).emit_object(module))
     assert not forbidden(symbols), sorted(forbidden(symbols))
     assert {s for s in symbols if s.startswith(("NRT_", "Py"))}, sorted(symbols)
 
