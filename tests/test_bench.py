@@ -149,3 +149,32 @@ def test_headline_names_the_isa_compile_time_and_says_slower_when_slower():
     assert "4.2x faster than the fastest peer" in text
     assert "1.7x slower than the fastest peer" in text and "0.6x faster" not in text
     assert "1.50x the time of PyTorch's F.cross_entropy" in text
+
+
+def _virtio_device(root, name, kind, features):
+    device = root / name
+    device.mkdir()
+    (device / "device").write_text(kind + "\n")
+    (device / "features").write_text(features + "\n")
+
+
+def test_free_page_reporting_is_read_from_the_balloon_s_negotiated_features(tmp_path):
+    """A virtio balloon (device 0x0005) with feature bit 5 (REPORTING) set is found
+    among other virtio devices; the bit clear, or no balloon, or no virtio bus at all
+    reads False; the headline says so only when it is there."""
+    bits = "0" * 64
+    with_bit = bits[:5] + "1" + bits[6:]
+    _virtio_device(tmp_path, "virtio0", "0x0001", with_bit)   # a network device, bit 5 set
+    assert _bench.free_page_reporting(str(tmp_path)) is False
+    _virtio_device(tmp_path, "virtio1", "0x0005", bits[:2] + "1" + bits[3:])   # stats only
+    assert _bench.free_page_reporting(str(tmp_path)) is False
+    (tmp_path / "virtio2").mkdir()   # a device without the files is passed over
+    _virtio_device(tmp_path, "virtio3", "0x0005", with_bit)
+    assert _bench.free_page_reporting(str(tmp_path)) is True
+    assert _bench.free_page_reporting(str(tmp_path / "absent")) is False
+
+    report = _report({})
+    assert not any("balloon" in line for line in _bench.headline(report))
+    report["machine"]["free_page_reporting"] = True
+    assert any("hands freed memory back" in line for line in _bench.headline(report))
+    assert isinstance(_bench.machine()["free_page_reporting"], bool)

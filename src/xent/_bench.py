@@ -627,7 +627,39 @@ def machine():
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "xent_threads": xent.get_num_threads(), "threading_layer": layer,
             "versions": versions, "loadavg": os.getloadavg(),
-            "kernels": _core.get_kernels(), "compiled_for": compiled_for()}
+            "kernels": _core.get_kernels(), "compiled_for": compiled_for(),
+            "free_page_reporting": free_page_reporting()}
+
+
+_VIRTIO_BALLOON = "0x0005"
+_BALLOON_REPORTING_BIT = 5   # VIRTIO_BALLOON_F_REPORTING
+
+
+def free_page_reporting(devices="/sys/bus/virtio/devices"):
+    """Whether this is a Linux VM whose virtio balloon hands freed memory back to the
+    hypervisor (the feature negotiated; False elsewhere).
+
+    There a page that a process touches anew after memory was freed faults twice,
+    in the guest and on the host, so the time of a call that writes fresh memory
+    (a JAX step's gradient, which XLA allocates per call) varies with it: on such
+    a Zen 3 VM the jitted 8192x32000 step took 120-138 ms, and 90-96 ms when glibc
+    kept the freed memory (bench/RESULTS.md, session 8).
+    """
+    try:
+        names = os.listdir(devices)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(devices, name, "device")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(devices, name, "features")) as f:
+                features = f.read().strip()
+        except OSError:
+            continue
+        if kind == _VIRTIO_BALLOON and features[_BALLOON_REPORTING_BIT:][:1] == "1":
+            return True
+    return False
 
 
 def compiled_for():
@@ -797,6 +829,10 @@ def headline(report):
     lines = [f"Kernels compiled for {report['machine'].get('compiled_for')} on "
              f"{report['machine']['cpu']}; compiling or loading them took "
              f"{report.get('compile_s', 0):.1f} s, before (and apart from) the timings."]
+    if report["machine"].get("free_page_reporting"):
+        lines.append("This is a VM whose balloon hands freed memory back to its host: fresh "
+                     "pages fault twice, so calls that write fresh memory (JAX's steps) and "
+                     "the bandwidth-bound ratios vary from run to run.")
     for shape in ((8192, 32000), (2048, 128256), (512, 32000), (128, 128256)):
         label = f"{shape[0]}x{shape[1]}"
         inplace = _record(report, shape, "float32", "xent", "grad_inplace")
