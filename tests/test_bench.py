@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from xent import _bench
+from xent._bench import _cases, _floors, _machine, _peers, _report, _run, _timing
 
 
 def _case(name, mode, role, times, floor_times=()):
-    case = _bench.Case(name, mode, lambda: None, role)
+    case = _cases.Case(name, mode, lambda: None, role)
     case.times, case.floor_times = list(times), list(floor_times)
     return case
 
@@ -16,8 +16,8 @@ def test_paired_ratio_is_the_median_of_per_call_ratios():
     # so does xent: each call is 1.1x the floor next to it, while the ratio of
     # the medians says 2.2 / 1.0.
     xent = _case("xent", "grad", "xent", [1.1, 1.1, 1.1, 2.2, 2.2], [1.0, 1.0, 1.0, 2.0, 2.0])
-    assert _bench.paired_ratio(xent) == pytest.approx(1.1)
-    assert _bench.paired_ratio(_case("peer", "grad", "peer", [3.0])) is None
+    assert _timing.paired_ratio(xent) == pytest.approx(1.1)
+    assert _timing.paired_ratio(_case("peer", "grad", "peer", [3.0])) is None
 
 
 def test_summarise_pairs_xent_and_keeps_the_ratio_of_medians():
@@ -30,7 +30,7 @@ def test_summarise_pairs_xent_and_keeps_the_ratio_of_medians():
         _case("xent", "loss", "xent", [0.6, 0.6, 0.6]),
         _case("torch", "grad", "peer", [8.0, 9.0, 10.0]),
     ]
-    records = {(r["name"], r["mode"]): r for r in _bench.summarise(cases, logits)}
+    records = {(r["name"], r["mode"]): r for r in _report.summarise(cases, logits)}
     paired = records[("xent", "grad")]
     assert paired["x_floor_paired"] is True
     assert paired["x_floor"] == pytest.approx(1.25)            # median of 1.0, 1.25, 1.5
@@ -47,11 +47,11 @@ def test_summarise_pairs_xent_and_keeps_the_ratio_of_medians():
 
 def test_time_interleaved_times_the_fastest_floor_before_each_xent_call():
     order = []
-    fast = _bench.Case("copy floor (row loop)", "grad", lambda: order.append("fast"), "floor")
-    slow = _bench.Case("copy floor (memcpy)", "grad", lambda: order.append("slow"), "floor")
-    xent = _bench.Case("xent", "grad_inplace", lambda: order.append("xent"), "xent")
-    peer = _bench.Case("torch", "grad", lambda: order.append("peer"), "peer")
-    _bench.time_interleaved([xent, peer], rounds=2, burst=1, budget_s=1.0, progress=lambda n: None,
+    fast = _cases.Case("copy floor (row loop)", "grad", lambda: order.append("fast"), "floor")
+    slow = _cases.Case("copy floor (memcpy)", "grad", lambda: order.append("slow"), "floor")
+    xent = _cases.Case("xent", "grad_inplace", lambda: order.append("xent"), "xent")
+    peer = _cases.Case("torch", "grad", lambda: order.append("peer"), "peer")
+    _timing.time_interleaved([xent, peer], rounds=2, burst=1, budget_s=1.0, progress=lambda n: None,
                             settle_s=0.0, paired={"grad": [fast, slow], "grad_inplace": [fast, slow]})
     assert order == ["fast", "slow", "xent", "peer"] * 2
     assert len(xent.floor_times) == len(xent.times) == 2
@@ -62,11 +62,11 @@ def test_time_interleaved_repeats_paired_xent_calls_paired_burst_times():
     """An xent case with paired floors runs `paired_burst` times per round, each
     call after its floors; the others run `burst` times."""
     order = []
-    floor = _bench.Case("copy floor (memcpy)", "grad", lambda: order.append("floor"), "floor")
-    xent = _bench.Case("xent", "grad", lambda: order.append("xent"), "xent")
-    loss = _bench.Case("xent", "loss", lambda: order.append("loss"), "xent")
-    peer = _bench.Case("torch", "grad", lambda: order.append("peer"), "peer")
-    _bench.time_interleaved([xent, loss, peer], rounds=2, burst=1, budget_s=1.0,
+    floor = _cases.Case("copy floor (memcpy)", "grad", lambda: order.append("floor"), "floor")
+    xent = _cases.Case("xent", "grad", lambda: order.append("xent"), "xent")
+    loss = _cases.Case("xent", "loss", lambda: order.append("loss"), "xent")
+    peer = _cases.Case("torch", "grad", lambda: order.append("peer"), "peer")
+    _timing.time_interleaved([xent, loss, peer], rounds=2, burst=1, budget_s=1.0,
                             progress=lambda n: None, settle_s=0.0, paired={"grad": [floor]},
                             paired_burst=3)
     assert order == (["floor", "xent"] * 3 + ["loss", "peer"]) * 2
@@ -78,11 +78,11 @@ def test_time_interleaved_idles_longer_after_a_framework_case(monkeypatch):
     """The idle before each case: `framework_settle_s` after a framework's case
     (whose threads and deferred frees outlast the call), `settle_s` otherwise."""
     sleeps = []
-    monkeypatch.setattr(_bench.time, "sleep", sleeps.append)
-    xent = _bench.Case("xent", "grad", lambda: None, "xent")
-    tf = _bench.Case("TensorFlow raw op", "grad", lambda: None, framework=True)
-    numpy = _bench.Case("NumPy", "grad", lambda: None)
-    _bench.time_interleaved([xent, tf, numpy], rounds=2, burst=1, budget_s=1.0,
+    monkeypatch.setattr(_timing.time, "sleep", sleeps.append)
+    xent = _cases.Case("xent", "grad", lambda: None, "xent")
+    tf = _cases.Case("TensorFlow raw op", "grad", lambda: None, framework=True)
+    numpy = _cases.Case("NumPy", "grad", lambda: None)
+    _timing.time_interleaved([xent, tf, numpy], rounds=2, burst=1, budget_s=1.0,
                             progress=lambda n: None, settle_s=0.05, framework_settle_s=0.3)
     assert sleeps == [0.05, 0.05, 0.3, 0.05, 0.05, 0.3]
 
@@ -90,12 +90,12 @@ def test_time_interleaved_idles_longer_after_a_framework_case(monkeypatch):
 def test_every_framework_peer_and_xent_on_a_framework_is_marked(monkeypatch):
     """The bench's torch, TensorFlow and JAX cases (peers and xent through them)
     are `framework` cases; xent on NumPy, NumPy and the floors are not."""
-    logits, labels = _bench.make_inputs((4, 10), "float32")
+    logits, labels = _cases.make_inputs((4, 10), "float32")
     marked = {}
-    for builder in (_bench.xent_cases, _bench.numpy_cases, _bench.floor_cases,
-                    _bench.torch_cases, _bench.xent_torch_cases, _bench.tf_cases,
-                    _bench.jax_cases, _bench.xent_jax_cases):
-        args = (logits,) if builder is _bench.floor_cases else (logits, labels)
+    for builder in (_cases.xent_cases, _peers.numpy_cases, _floors.floor_cases,
+                    _peers.torch_cases, _peers.xent_torch_cases, _peers.tf_cases,
+                    _peers.jax_cases, _peers.xent_jax_cases):
+        args = (logits,) if builder is _floors.floor_cases else (logits, labels)
         for case in builder(*args):
             marked[case.name] = case.framework
     assert marked.pop("copy floor (row loop)", False) is False   # present with threads
@@ -113,7 +113,7 @@ def test_compile_kernels_reaches_every_fused_kernel_family():
     from numba's disk cache)."""
     from xent._fused import _blocks, _rows
 
-    _bench.compile_kernels("float32")
+    _run.compile_kernels("float32")
     kernels = [_rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace,
                _blocks.sparse_loss_blocks, _blocks.sparse_grad_blocks,
                _blocks.sparse_grad_blocks_inplace, _blocks.sparse_narrow_loss_blocks,
@@ -123,7 +123,7 @@ def test_compile_kernels_reaches_every_fused_kernel_family():
         assert any(str(sig[0].dtype) == "float32" for sig in signatures), (kernel, signatures)
 
 
-def _report(records_by_input, compile_s=12.5):
+def _report_of(records_by_input, compile_s=12.5):
     """A bench report with the given records per (shape, dtype)."""
     return {"machine": {"cpu": "Test CPU", "compiled_for": "haswell: AVX2+FMA"},
             "compile_s": compile_s,
@@ -142,13 +142,35 @@ def test_headline_names_the_isa_compile_time_and_says_slower_when_slower():
     big = [_rec("xent", "grad_inplace", 0.1, 1.3, 4.2), _rec("xent", "grad", 0.1, 1.5, 3.0),
            _rec("xent", "loss", 0.05, 1.4, 1 / 1.7)]
     small = [_rec("xent", "loss", 30e-6), _rec("PyTorch eager", "loss", 20e-6)]
-    lines = _bench.headline(_report({((8192, 32000), "float32"): big,
+    lines = _report.headline(_report_of({((8192, 32000), "float32"): big,
                                      ((32, 1000), "float32"): small}))
     text = "\n".join(lines)
     assert "haswell: AVX2+FMA" in lines[0] and "Test CPU" in lines[0] and "12.5 s" in lines[0]
     assert "4.2x faster than the fastest peer" in text
     assert "1.7x slower than the fastest peer" in text and "0.6x faster" not in text
     assert "1.50x the time of PyTorch's F.cross_entropy" in text
+
+
+def test_headline_gives_the_torch_and_jax_steps_against_the_copy_and_their_own_losses():
+    """A training step through xent on torch is set against the faster of PyTorch
+    eager and torch.compile, the jitted JAX step against optax, each with its
+    multiple of the copy floor and its peak extra memory over the logits' bytes;
+    a framework that did not run gives no line."""
+    rows, classes = 8192, 32000
+    per_row = 1.05 * 4 * classes   # bytes of extra memory per row: 1.05x the logits
+    big = [_rec("xent", "grad_inplace", 0.1, 1.3, 4.2), _rec("xent", "grad", 0.1, 1.5, 3.0),
+           _rec("xent", "loss", 0.05, 1.4, 2.0),
+           _rec("xent on torch", "grad", 0.12, 1.62, extra=per_row),
+           _rec("PyTorch eager", "grad", 1.8), _rec("torch.compile", "grad", 0.96),
+           _rec("xent on JAX", "grad", 0.2, 2.7, extra=None), _rec("JAX optax", "grad", 0.5)]
+    text = "\n".join(_report.headline(_report_of({((rows, classes), "float32"): big})))
+    assert ("8192x32000 float32 torch step through xent: 1.62x (best 1.62x) the copy floor, "
+            "8.0x faster than torch.compile; peak extra memory 1.05x the logits") in text
+    assert ("8192x32000 float32 JAX step through xent: 2.70x (best 2.70x) the copy floor, "
+            "2.5x faster than JAX optax") in text
+    without_jax = [r for r in big if "JAX" not in r["name"]]
+    text = "\n".join(_report.headline(_report_of({((rows, classes), "float32"): without_jax})))
+    assert "torch step" in text and "JAX step" not in text
 
 
 def _virtio_device(root, name, kind, features):
@@ -165,16 +187,16 @@ def test_free_page_reporting_is_read_from_the_balloon_s_negotiated_features(tmp_
     bits = "0" * 64
     with_bit = bits[:5] + "1" + bits[6:]
     _virtio_device(tmp_path, "virtio0", "0x0001", with_bit)   # a network device, bit 5 set
-    assert _bench.free_page_reporting(str(tmp_path)) is False
+    assert _machine.free_page_reporting(str(tmp_path)) is False
     _virtio_device(tmp_path, "virtio1", "0x0005", bits[:2] + "1" + bits[3:])   # stats only
-    assert _bench.free_page_reporting(str(tmp_path)) is False
+    assert _machine.free_page_reporting(str(tmp_path)) is False
     (tmp_path / "virtio2").mkdir()   # a device without the files is passed over
     _virtio_device(tmp_path, "virtio3", "0x0005", with_bit)
-    assert _bench.free_page_reporting(str(tmp_path)) is True
-    assert _bench.free_page_reporting(str(tmp_path / "absent")) is False
+    assert _machine.free_page_reporting(str(tmp_path)) is True
+    assert _machine.free_page_reporting(str(tmp_path / "absent")) is False
 
-    report = _report({})
-    assert not any("balloon" in line for line in _bench.headline(report))
+    report = _report_of({})
+    assert not any("balloon" in line for line in _report.headline(report))
     report["machine"]["free_page_reporting"] = True
-    assert any("hands freed memory back" in line for line in _bench.headline(report))
-    assert isinstance(_bench.machine()["free_page_reporting"], bool)
+    assert any("hands freed memory back" in line for line in _report.headline(report))
+    assert isinstance(_machine.machine()["free_page_reporting"], bool)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from oracle import assert_close_to_truth, label_scale
-from xent import _bench, _demo, cli
+from xent import _demo, cli
+from xent._bench import _cases, _run
 
 EXAMPLES = _demo.examples()
 
@@ -61,15 +62,15 @@ def test_xent_demo_exits_1_when_an_example_differs(monkeypatch, capsys):
 @pytest.fixture
 def tiny_bench(monkeypatch):
     """`xent bench --quick` on one 8x16 input per dtype, its kernels compiled here."""
-    monkeypatch.setattr(_bench, "QUICK_SHAPES", ((8, 16),))
-    monkeypatch.setattr(_bench, "NEIGHBOUR_SHAPE", (8, 16))
+    monkeypatch.setattr(_run, "QUICK_SHAPES", ((8, 16),))
+    monkeypatch.setattr(_run, "NEIGHBOUR_SHAPE", (8, 16))
     def precompile():   # here, not in child processes; returns seconds, as precompile does
         started = time.perf_counter()
-        for dtype in _bench.DTYPES:
-            _bench.compile_kernels(dtype)
+        for dtype in _run.DTYPES:
+            _run.compile_kernels(dtype)
         return time.perf_counter() - started
 
-    monkeypatch.setattr(_bench, "precompile", precompile)
+    monkeypatch.setattr(_run, "precompile", precompile)
 
 
 def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench, tmp_path):
@@ -81,18 +82,18 @@ def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench,
         ([8, 16], "float32"), ([8, 16], "bfloat16")]
     for entry in report["results"]:
         names = {(r["name"], r["mode"]) for r in entry["records"]}
-        assert {("xent", mode) for mode in _bench.MODES} <= names
+        assert {("xent", mode) for mode in _cases.MODES} <= names
         assert ("TensorFlow raw op", "grad") in names
         assert all(r["median_s"] > 0 for r in entry["records"])
     assert "xent" in (tmp_path / "bench.md").read_text()
 
 
-@pytest.mark.parametrize("dtype", _bench.DTYPES)
+@pytest.mark.parametrize("dtype", _run.DTYPES)
 def test_the_calls_xent_bench_times_compute_tensorflows_values(tf, dtype):
-    logits, labels = _bench.make_inputs((8, 16), dtype)
+    logits, labels = _cases.make_inputs((8, 16), dtype)
     want = tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
         features=np.asarray(logits, np.float64), labels=labels)
-    for case in _bench.xent_cases(logits, labels):   # each called once, on fresh buffers
+    for case in _cases.xent_cases(logits, labels):   # each called once, on fresh buffers
         result = case.run()
         loss = result if case.mode == "loss" else result.loss
         assert_close_to_truth(loss, want.loss.numpy(), logits.dtype, label_scale(logits, labels))

@@ -1,0 +1,85 @@
+"""The floors of `xent bench`: the machine's own copy and read of the logits.
+
+A loss+gradient reads the logits and writes as many bytes; a loss reads them.
+No implementation can beat a plain copy, or a plain read, on the same threads:
+those are the floors every case is measured against.
+"""
+import sys
+import threading
+
+import numpy as np
+
+import xent
+from xent._bench._cases import Case
+
+
+def floor_threads(logits):
+    """The threads xent itself would use on `logits` (one below its size threshold)."""
+    launch = sys.modules.get("xent._fused._launch")
+    big = launch is None or logits.nbytes >= launch.PARALLEL_MIN_BYTES
+    return xent.get_num_threads() if big else 1
+
+
+def floor_cases(logits):
+    """The copy floors (into a preallocated buffer) and the read floor (a max).
+
+    All work on the raw bits (NumPy copies and reduces bfloat16 element by
+    element, far below memory speed), on the threads xent would use. Two
+    copies, as the faster depends on the machine: one memcpy per thread (large
+    copies use non-temporal stores) and a row-by-row copy loop (cached stores).
+    """
+    bits = logits.view(np.uint16 if logits.itemsize == 2 else np.uint32)
+    target = np.empty_like(bits)
+    threads = floor_threads(logits)
+
+    def memcpy():
+        _on_threads(lambda rows: np.copyto(target[rows], bits[rows]), len(bits), threads)
+
+    def read():
+        _on_threads(lambda rows: bits[rows].max(), len(bits), threads)
+
+    cases = [Case("copy floor (memcpy)", "grad", memcpy, "floor"),
+             Case("read floor", "loss", read, "floor")]
+    row_copy = _row_copy_kernel() if threads > 1 else None
+    if row_copy is not None:
+        cases.append(Case("copy floor (row loop)", "grad",
+                          lambda: row_copy(bits, target, threads), "floor"))
+    return cases
+
+
+def floors_by_kind(cases):
+    """The floor cases for each kind of work: the read floor for "loss", the copies for "grad"."""
+    return {"loss": [c for c in cases if c.role == "floor" and c.mode == "loss"],
+            "grad": [c for c in cases if c.role == "floor" and c.mode == "grad"]}
+
+
+def _split_rows(n, parts):
+    """``parts`` slices covering ``range(n)``."""
+    return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
+
+
+def _on_threads(work, n_rows, threads):
+    """Run ``work(rows)`` on `threads` threads, each with its share of the rows."""
+    shares = _split_rows(n_rows, threads)
+    helpers = [threading.Thread(target=work, args=(rows,)) for rows in shares[1:]]
+    for helper in helpers:
+        helper.start()
+    work(shares[0])
+    for helper in helpers:
+        helper.join()
+
+
+def _row_copy_kernel():
+    """A numba row-by-row copy over `threads` blocks, or None without numba."""
+    try:
+        from numba import njit, prange
+    except ImportError:
+        return None
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def row_copy(source, target, threads):
+        n = source.shape[0]
+        for block in prange(threads):
+            for i in range(block * n // threads, (block + 1) * n // threads):
+                target[i, :] = source[i, :]
+    return row_copy

@@ -1,0 +1,74 @@
+"""What ran `xent bench`: the CPU, the versions, what the kernels were compiled for."""
+import contextlib
+import os
+import platform
+import sys
+
+import xent
+from xent import _core
+
+_VIRTIO_BALLOON = "0x0005"
+_BALLOON_REPORTING_BIT = 5   # VIRTIO_BALLOON_F_REPORTING
+
+
+def machine():
+    """What ran the benchmark: CPU model, cores, versions, threads, load."""
+    versions = {}
+    for name in ("numpy", "numba", "torch", "tensorflow", "jax", "optax"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    layer = None
+    with contextlib.suppress(Exception):
+        layer = sys.modules["numba"].threading_layer()
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "xent_threads": xent.get_num_threads(), "threading_layer": layer,
+            "versions": versions, "loadavg": os.getloadavg(),
+            "kernels": _core.get_kernels(), "compiled_for": compiled_for(),
+            "free_page_reporting": free_page_reporting()}
+
+
+def cpu_model():
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what `platform` knows)."""
+    model = platform.processor()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        model = next((l.split(":", 1)[1].strip() for l in info if l.startswith("model name")), model)
+    return model
+
+
+def free_page_reporting(devices="/sys/bus/virtio/devices"):
+    """Whether this is a Linux VM whose virtio balloon hands freed memory back to the
+    hypervisor (the feature negotiated; False elsewhere).
+
+    There a page that a process touches anew after memory was freed faults twice,
+    in the guest and on the host, so the time of a call that writes fresh memory
+    (a JAX step's gradient, which XLA allocates per call) varies with it: on such
+    a Zen 3 VM the jitted 8192x32000 step took 120-138 ms, and 90-96 ms when glibc
+    kept the freed memory (bench/RESULTS.md, session 8).
+    """
+    try:
+        names = os.listdir(devices)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            with open(os.path.join(devices, name, "device")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(devices, name, "features")) as f:
+                features = f.read().strip()
+        except OSError:
+            continue
+        if kind == _VIRTIO_BALLOON and features[_BALLOON_REPORTING_BIT:][:1] == "1":
+            return True
+    return False
+
+
+def compiled_for():
+    """The CPU and instruction set xent's kernels are compiled for (``"haswell:
+    AVX2+FMA"``), or why there are none."""
+    if _core.get_kernels() != "fused":
+        return "none: the NumPy reference kernels"
+    from xent._fused import _target
+
+    chosen = " (NUMBA_CPU_NAME)" if os.environ.get("NUMBA_CPU_NAME") else ""
+    return _target.isa() + chosen
