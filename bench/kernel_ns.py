@@ -39,7 +39,8 @@ def kernels(narrow):
     if narrow:
         grad = _narrow.sparse_narrow_grad_rows
         return (_narrow.sparse_narrow_loss_rows, grad,
-                lambda w, labels, ones, loss, lse, lo, hi: grad(w, labels, ones, w, loss, lse, lo, hi))
+                lambda w, labels, ones, loss, lse, lo, hi: grad(_launch.read_only(w), labels, ones, w,
+                                                                loss, lse, lo, hi))
     return _rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace
 
 
@@ -56,14 +57,15 @@ def measure(dtype_name, rows, cols, narrow=False):
     rng = np.random.default_rng(0)
     dtype = _dtypes.bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
     original = (rng.standard_normal((rows, cols), np.float32) * 3).astype(dtype)
-    labels = rng.integers(0, cols, rows).astype(np.int32)
+    labels = _launch.read_only(rng.integers(0, cols, rows).astype(np.int64))
     work, out = original.copy(), np.empty_like(original)
     loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
     x, w, o = (kernel_view(a) for a in (original, work, out))
+    x = _launch.read_only(x)   # read-only logits and int64 labels, as the launch passes them
     loss_rows, grad_rows, inplace_rows = (
         with_fetch(kernel, dtype, need, narrow)
         for kernel, need in zip(kernels(narrow), ("loss", "grad", "grad_inplace")))
-    ones = np.ones(1)   # every row's gradient weight
+    ones = _launch.read_only(np.ones(1))   # every row's gradient weight
 
     def loss_only():
         loss_rows(x, labels, loss, lse, 0, rows)

@@ -691,8 +691,10 @@ def test_narrow_kernels_agree_with_the_chunk_kernels(rng, dtype):
     """The narrow kernels against the one-chunk row kernels on the same rows
     (the log and the sum's order differ: a few float32 ulps, one half ulp)."""
     logits = logits_of(rng, (53, 23), dtype, spread=6.0)
-    labels = rng.integers(0, 23, size=53).astype(np.int32)
-    x = _formats.kernel_view(logits)
+    # (read-only logits and int64 labels, as the launch passes them: the signatures
+    # compiled for the suite's other tests)
+    labels = _launch.read_only(rng.integers(0, 23, size=53).astype(np.int64))
+    x, ones = _launch.read_only(_formats.kernel_view(logits)), _launch.read_only(np.ones(1))
     results = []
     for loss_rows, grad_rows, fetch in (
             (_narrow.sparse_narrow_loss_rows, _narrow.sparse_narrow_grad_rows, ()),
@@ -701,7 +703,7 @@ def test_narrow_kernels_agree_with_the_chunk_kernels(rng, dtype):
         loss_g, lse_g = np.empty(53, np.float32), np.empty(53, np.float32)
         out = np.empty_like(logits)
         loss_rows(x, labels, loss, lse, *fetch, 0, 53)
-        grad_rows(x, labels, np.ones(1), _formats.kernel_view(out), loss_g, lse_g, *fetch, 0, 53)
+        grad_rows(x, labels, ones, _formats.kernel_view(out), loss_g, lse_g, *fetch, 0, 53)
         np.testing.assert_array_equal(loss, loss_g)
         results.append((loss, lse, out))
     (loss, lse, out), (want_loss, want_lse, want_out) = results
