@@ -70,15 +70,13 @@ def _run(rows, blocks, nbytes, *args):
 
 
 def read_only(a):
-    """`a` as a read-only view (itself if it is read-only already): what the kernels
+    """`a` as a read-only view: what the kernels
     only read is passed read-only, so that each kernel has one numba type per
     dtype whether the caller's array was writable (NumPy) or not (JAX's arrays,
     broadcasts), and compiles once for both. Over the test suite this took the
     kernels from 152 compiled signatures to 98, with int64 labels (`sparse_rows`)."""
-    if not a.flags.writeable:
-        return a
     view = a.view()
-    view.flags.writeable = False
+    view.setflags(write=False)   # (0.3 us; `flags.writeable = False` takes 0.5)
     return view
 
 
@@ -230,7 +228,8 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
         return loss, lse
     # int64 labels whatever their width (widening is exact; N values against N*C
     # logits), so that the kernels compile once, not per label dtype
-    labels = read_only(np.ascontiguousarray(labels, np.int64))
+    labels = read_only(np.ascontiguousarray(labels, np.int64) if labels.dtype != np.int64
+                       else np.ascontiguousarray(labels))
     weights = _ONE if weights is None else read_only(np.ascontiguousarray(weights, np.float64))
     if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
         logits = logits.astype(np.float32)
