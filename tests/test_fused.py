@@ -621,6 +621,38 @@ def test_gradient_in_another_dtype_than_the_logits(rng):
     assert_matches(out32, ref32, np.float32)
 
 
+def _compiled_signatures():
+    """How many signatures each row kernel has compiled (or loaded) in this process."""
+    return {f"{module.__name__}.{name}": len(kernel.signatures)
+            for module in (_rows, _narrow) for name, kernel in sorted(vars(module).items())
+            if hasattr(kernel, "signatures") and name.endswith("_rows")}
+
+
+@pytest.mark.parametrize("width", [10, 100], ids=["narrow", "chunk"])
+def test_read_only_logits_and_int32_labels_compile_nothing_new(rng, width):
+    """The kernels compiled for writable logits and int64 labels also run a
+    read-only array (JAX's, a broadcast's) and int32 labels: their second
+    calls, which would otherwise each compile a kernel again, compile nothing
+    and give the same bits."""
+    logits = rng.standard_normal((6, width)).astype(np.float32)
+    labels = rng.integers(0, width, 6)
+    targets = np.full((1, width), 1 / width, np.float32)
+
+    def every_need(x, y, t):
+        outs = np.empty_like(logits), np.empty_like(logits)
+        return [*_fused.sparse_rows(x, y), *_fused.sparse_rows(x, y, outs[0]), outs[0],
+                *_fused.dense_rows(x, t), *_fused.dense_rows(x, t, outs[1]), outs[1]]
+
+    first = every_need(logits, labels.astype(np.int64), np.repeat(targets, 6, axis=0))
+    before = _compiled_signatures()
+    frozen = logits.copy()
+    frozen.setflags(write=False)
+    again = every_need(frozen, labels.astype(np.int32), np.broadcast_to(targets, (6, width)))
+    assert _compiled_signatures() == before
+    for want, got in zip(first, again):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_core_keeps_a_gradient_buffer_that_has_no_flat_view(rng):
     logits = logits_of(rng, (3, 4, 11), np.float32)
     labels = rng.integers(0, 11, size=(3, 4))
