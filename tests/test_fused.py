@@ -629,11 +629,18 @@ def _compiled_signatures():
 
 
 @pytest.mark.parametrize("width", [10, 100], ids=["narrow", "chunk"])
-def test_read_only_logits_and_int32_labels_compile_nothing_new(rng, width):
+def test_read_only_logits_and_int32_labels_compile_nothing_new(rng, monkeypatch, width):
     """The kernels compiled for writable logits and int64 labels also run a
     read-only array (JAX's, a broadcast's) and int32 labels: their second
     calls, which would otherwise each compile a kernel again, compile nothing
-    and give the same bits."""
+    and give the same bits. Every kernel gets its logits and targets read-only,
+    and sparse labels as int64 (which holds whatever ran before this test)."""
+    launched, run = [], _launch._run
+
+    def spy(rows, blocks, nbytes, *args):
+        launched.append((rows.py_func.__name__, args[0], args[1]))
+        return run(rows, blocks, nbytes, *args)
+    monkeypatch.setattr(_launch, "_run", spy)
     logits = rng.standard_normal((6, width)).astype(np.float32)
     labels = rng.integers(0, width, 6)
     targets = np.full((1, width), 1 / width, np.float32)
@@ -651,6 +658,10 @@ def test_read_only_logits_and_int32_labels_compile_nothing_new(rng, width):
     assert _compiled_signatures() == before
     for want, got in zip(first, again):
         np.testing.assert_array_equal(got, want)
+    assert len(launched) == 8
+    for name, x, targets in launched:
+        assert not (x.flags.writeable or targets.flags.writeable), name
+        assert targets.dtype == (np.int64 if name.startswith("sparse") else np.float32), name
 
 
 def test_core_keeps_a_gradient_buffer_that_has_no_flat_view(rng):

@@ -77,7 +77,10 @@ def object_code(dispatcher, signature):
     cache, reduced = dispatcher._cache, None
     if hasattr(cache, "_cache_file"):   # (not a NullCache: a kernel numba does not cache)
         reduced = cache._cache_file.load(cache._index_key(signature, dispatcher.targetctx.codegen()))
-    if reduced is not None:
+    # (numba numbers its data files without a lock: a process sharing the cache may
+    # have saved another signature's code under this one's key)
+    mangled = dispatcher.overloads[signature].fndesc.mangled_name
+    if reduced is not None and reduced[1].mangled_name == mangled:   # ([1]: its fndesc)
         name, kind, (code, _bitcode) = reduced[0]   # the library, serialised as an object
         assert kind == "object", f"numba cached {name} as {kind}"
         return code

@@ -178,8 +178,10 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     `targets` (a tuple: the labels, or the dense target rows); the gradient
     kernels take `grad_targets` instead where given (the labels and weights).
     The chunk kernels also take `fetches_ahead`'s choice. The logits go
-    read-only (`read_only`) unless the gradient overwrites them; `targets`
-    and `grad_targets` come read-only."""
+    read-only (`read_only`), except to the chunk kernel that overwrites them
+    in place; the narrow kernel in place reads a read-only view and writes a
+    writable one of the same memory (numba's read-only is a type, not a
+    guard). `targets` and `grad_targets` come read-only."""
     nbytes = logits.nbytes
     prefix = "narrow_" if narrow else ""
 
