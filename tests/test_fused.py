@@ -173,6 +173,35 @@ def test_every_dtype_path_and_width_matches_float64_truth(rng, dtype, kind, widt
     np.testing.assert_array_equal(work.view(np.uint8), into.view(np.uint8))
 
 
+# Threaded first, so that the block kernel is the first of the two to be loaded.
+_THREADED_FIRST = """
+import sys, numpy as np, xent
+from xent._fused import _launch
+rng = np.random.default_rng(0)
+logits = (rng.standard_normal((53, 3000)) * 3).astype(np.float32)
+labels = rng.integers(0, 3000, 53)
+_launch.PARALLEL_MIN_BYTES = 0
+def gradient(threads):
+    xent.set_num_threads(threads)
+    out = np.empty_like(logits)
+    _launch.sparse_rows(logits, labels, out)
+    return out
+threaded = gradient(xent._threads.max_threads())
+sys.exit(0 if np.array_equal(threaded, gradient(1)) else 1)
+"""
+
+
+def test_threaded_calls_give_one_thread_bits_when_loaded_from_the_disk_cache(tmp_path):
+    """A process that loads the kernels from numba's disk cache and runs the
+    threaded kernel first still gets the one-thread bits (it did not: the block
+    kernel's library carries its own copy of the row code, 1-2 ulp apart)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    for how in ("compiled", "loaded from the cache"):
+        run = subprocess.run([sys.executable, "-c", _THREADED_FIRST], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, (how, run.stderr[-2000:])
+
+
 @every_target
 @pytest.mark.parametrize("width", (10, 3000))
 @pytest.mark.parametrize("kind", ["sparse", "dense"])

@@ -60,6 +60,12 @@ def _run(rows, blocks, nbytes, *args):
     threads = min(_threads.get_num_threads(), n)
     if threads > 1 and _launch_lock.acquire(blocking=False):
         try:
+            # An empty range first (about 1 us), so that this signature's row kernel
+            # is loaded before its block kernel: the block kernel's cached library
+            # holds its own copy of the row code, which LLVM compiled with other
+            # regroupings (1-2 ulp apart); loaded first, that copy would serve the
+            # threaded calls, and they would no longer give the one-thread bits.
+            rows(*args, 0, 0)
             numba.set_num_threads(threads)
             with numba.parallel_chunksize(1):
                 blocks(*args, min(n, threads * _BLOCKS_PER_THREAD))
