@@ -203,7 +203,7 @@ def _step_lines(report, shape):
     the gradient among them, and its temporaries)."""
     label, logits_bytes = f"{shape[0]}x{shape[1]}", 4 * shape[0] * shape[1]
     lines = []
-    for ours, peers, what, memory in (
+    for ours, peers, what, memory_kind in (
             ("xent on torch", ("PyTorch eager", "torch.compile"), "torch", "peak extra memory"),
             ("xent on JAX", ("JAX optax",), "JAX", "XLA's outputs and temporaries")):
         step = _record(report, shape, "float32", ours, "grad")
@@ -212,7 +212,7 @@ def _step_lines(report, shape):
             continue
         fastest = min(others, key=lambda r: r["median_s"])
         memory = ("" if step["extra_bytes_per_row"] is None else
-                  f"; {memory} {step['extra_bytes_per_row'] * shape[0] / logits_bytes:.2f}x "
+                  f"; {memory_kind} {step['extra_bytes_per_row'] * shape[0] / logits_bytes:.2f}x "
                   "the logits")
         lines.append(f"{label} float32 {what} step through xent: {_ratios(step)} the copy floor, "
                      f"{_versus_peer(fastest['median_s'] / step['median_s'], fastest['name'])}"
