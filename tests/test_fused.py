@@ -32,7 +32,7 @@ except ImportError as exc:   # pragma: no cover - depends on the machine
     if os.environ.get("CI", "").lower() == "true":
         raise ImportError(f"numba is a dependency and CI must test the fused kernels: {exc}") from exc
     pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
-from xent._fused import _formats, _launch, _math, _narrow, _pass_b, _rows  # noqa: E402
+from xent._fused import _formats, _launch, _math, _narrow, _rows, _scale  # noqa: E402
 from oracle import dense_scale, label_scale  # noqa: E402
 
 every_target = pytest.mark.every_target
@@ -139,12 +139,30 @@ def grid_inputs(rng, dtype, kind, width, rows=37):
     return logits, (targets / targets.sum(axis=1, keepdims=True)).astype(acc)
 
 
+def into_a_buffer(run, logits, targets, *weights):
+    """(loss, lse, grad) of `run` with a separate gradient buffer, whose rows
+    start one element off the buffer's alignment: with plain stores and
+    streamed (`_launch.STREAM`; where `_launch.streams` applies), which must
+    give the same bits."""
+    results = []
+    for stream in (False, True):
+        before, _launch.STREAM = _launch.STREAM, stream
+        try:
+            into = np.empty(logits.size + 1, logits.dtype)[1:].reshape(logits.shape)
+            results.append(run(logits, targets, into, *weights) + (into,))
+        finally:
+            _launch.STREAM = before
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+    return results[0]
+
+
 def run_three_ways(kind, logits, targets):
-    """The kernel's (loss, lse, grad) on the loss-only, into-a-buffer and in-place paths."""
+    """The kernel's (loss, lse, grad) on the loss-only, into-a-buffer (`into_a_buffer`:
+    plain and streamed) and in-place paths."""
     run = _fused.sparse_rows if kind == "sparse" else _fused.dense_rows
     loss_only, lse_only = run(logits, targets)
-    into = np.empty_like(logits)
-    loss, lse = run(logits, targets, into)
+    loss, lse, into = into_a_buffer(run, logits, targets)
     work = logits.copy()
     loss_in, lse_in = run(work, targets, work)
     return (loss_only, lse_only, None), (loss, lse, into), (loss_in, lse_in, work)
@@ -529,6 +547,93 @@ def test_dense_long_rows_match_reference_in_place_and_not(dtype):
     np.testing.assert_array_equal(loss_in, loss)
     np.testing.assert_array_equal(loss_only, loss)
     np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
+
+
+@every_target
+@pytest.mark.parametrize("threads", ["one", "several"])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)],
+                         ids=["float32", "float64"])
+def test_streamed_gradient_has_the_plain_stores_bits_on_every_edge_row(rng, force_threads, dtype,
+                                                                       threads):
+    """The streamed kernel (`xent._fused._stream`: each row's gradient stored
+    during the next row's pass A) on `long_edge_rows`, which take every branch
+    of pass A (NaN rows between finite ones, a subnormal chunk factor, ...),
+    and labels outside [0, C), with row weights, into buffers that start at
+    each 4-byte offset of a 32-byte line (rows of 6149 entries start
+    anywhere): the plain stores' bits; and without weights, those of the
+    gradient in place. On one thread, and over threads (each block of rows
+    streams on its own)."""
+    if threads == "one":
+        xent.set_num_threads(1)
+    logits, labels = long_edge_rows(dtype)
+    logits = np.concatenate([logits, logits[[0, 1, 9]]])
+    labels = np.concatenate([labels, [-1, LONG, 5]])
+    weights = rng.random(len(labels))
+    work = logits.copy()
+    with np.errstate(all="ignore"):
+        loss_in, lse_in = _fused.sparse_rows(work, labels, work)
+        for offset in range(8):
+            for w in (None, weights):
+                _launch.STREAM = False
+                plain = np.empty_like(logits)
+                want = _fused.sparse_rows(logits, labels, plain, w)
+                _launch.STREAM = True
+                try:
+                    streamed = np.empty(logits.size + 8, dtype)[offset:][:logits.size]
+                    streamed = streamed.reshape(logits.shape)
+                    got = _fused.sparse_rows(logits, labels, streamed, w)
+                finally:
+                    _launch.STREAM = None
+                for a, b in zip(want + (plain,), got + (streamed,)):
+                    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+                if w is None:
+                    np.testing.assert_array_equal(streamed.view(np.uint8), work.view(np.uint8))
+                    np.testing.assert_array_equal(got[0], loss_in)
+    assert np.isnan(streamed[2]).all() and np.isnan(streamed[-3:-1]).all()
+    assert np.isfinite(streamed[-1]).all()
+
+
+def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
+    """`_launch.streams`: from `STREAM_MIN_BYTES` of gradient on, float32 and
+    float64 gradients into a separate buffer of the logits' dtype (half
+    logits with a float32 buffer run as float32) take the streamed kernel;
+    smaller ones, half-precision buffers, a buffer of another dtype, the
+    gradient in place, the narrow path and dense targets do not, and
+    `STREAM` overrides the size. The bits cannot show the choice (the tests
+    above check that they are the same), so the kernels run are recorded."""
+    calls = []
+    real_run = _launch._run
+
+    def recording_run(rows, blocks, nbytes, *args):
+        calls.append(rows.__name__)
+        return real_run(rows, blocks, nbytes, *args)
+
+    monkeypatch.setattr(_launch, "_run", recording_run)
+    monkeypatch.setattr(_launch, "STREAM_MIN_BYTES", 4 * 3000 * 4)
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    cases = [((4, 3000), f32, f32, "sparse_grad_rows_streamed"),
+             ((3, 3000), f32, f32, "sparse_grad_rows"),
+             ((2, 3000), f64, f64, "sparse_grad_rows_streamed"),
+             ((8, 3000), BF16, BF16, "sparse_grad_rows"),
+             ((8, 3000), BF16, f32, "sparse_grad_rows_streamed"),
+             ((4, 3000), f32, f64, "sparse_grad_rows"),
+             ((1200, 10), f32, f32, "sparse_narrow_grad_rows")]
+    for shape, dtype, out_dtype, kernel in cases:
+        calls.clear()
+        logits = logits_of(rng, shape, dtype)
+        _fused.sparse_rows(logits, rng.integers(0, shape[1], shape[0]), np.empty(shape, out_dtype))
+        assert calls == [kernel], (shape, dtype, out_dtype)
+    logits = logits_of(rng, (4, 3000), f32)
+    labels = rng.integers(0, 3000, 4)
+    calls.clear()
+    _fused.sparse_rows(logits, labels, logits)
+    _fused.dense_rows(logits, np.full((1, 3000), 1 / 3000, np.float32), np.empty_like(logits))
+    assert calls == ["sparse_grad_rows_inplace", "dense_grad_rows"]
+    for stream, kernel in ((False, "sparse_grad_rows"), (True, "sparse_grad_rows_streamed")):
+        monkeypatch.setattr(_launch, "STREAM", stream)
+        calls.clear()
+        _fused.sparse_rows(logits[:1], labels[:1], np.empty((1, 3000), f32))
+        assert calls == [kernel]
 
 
 @every_target
@@ -1123,7 +1228,7 @@ def test_pass_b_hardware_bfloat16_rounding_equals_ml_dtypes():
     @njit
     def pass_b_stores(e, out, f):
         n = np.uint64(e.shape[0])
-        start = _pass_b._hardware_rounded(e, None, out, np.uint64(0), n, f)
+        start = _scale._hardware_rounded(e, None, out, np.uint64(0), n, f)
         for j in range(start, n):
             _formats.store_finite(out, j, e[j] * f)
         return start

@@ -14,6 +14,9 @@ One file per idea, from the bottom up:
   _math      exp and log as polynomials that vectorise
   _formats   float16/bfloat16 storage: loads, rounded stores
   _exps      which exp each format takes
+  _cuts      how a row is cut: chunks, and pieces of chunks
+  _scale     one gradient entry from a kept exp, rounded once
+  _stream    a row's gradient stored during the next row's pass A
   _chunks    one row in chunks: pass A and the combine
   _pass_b    the gradient of a row, from the exps pass A kept
   _rows      the chunk path's row kernels, per need

@@ -13,7 +13,7 @@ from xent._fused._narrow import dense_narrow_grad_rows, dense_narrow_loss_rows, 
     sparse_narrow_grad_rows, sparse_narrow_loss_rows
 from xent._fused._options import KERNEL
 from xent._fused._rows import dense_grad_rows, dense_grad_rows_inplace, dense_loss_rows, \
-    sparse_grad_rows, sparse_grad_rows_inplace, sparse_loss_rows
+    sparse_grad_rows, sparse_grad_rows_inplace, sparse_grad_rows_streamed, sparse_loss_rows
 
 
 @njit(parallel=True, **KERNEL)
@@ -29,6 +29,14 @@ def sparse_grad_blocks(x, labels, weights, out, loss, lse, fetch, blocks):
     for b in prange(blocks):
         sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, b * n // blocks,
                          (b + 1) * n // blocks)
+
+
+@njit(parallel=True, **KERNEL)
+def sparse_grad_blocks_streamed(x, labels, weights, out, loss, lse, fetch, blocks):
+    n = x.shape[0]
+    for b in prange(blocks):
+        sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, b * n // blocks,
+                                  (b + 1) * n // blocks)
 
 
 @njit(parallel=True, **KERNEL)

@@ -35,17 +35,17 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from xent._fused._cuts import CHUNK, piece_of
 from xent._fused._exps import exp_of, sweep_exp, sweep_k, sweep_shift
 from xent._fused._formats import HALF_FORMATS, like, load
 from xent._fused._llvm import is_finite, max_finite, maximum, prefetch
 from xent._fused._math import exp64
 from xent._fused._options import INLINE
+from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
            "prefetch_half_chunk"]
 
-# Rows are read in chunks of this many elements (8 KB of float32, in L1).
-CHUNK = np.uint64(2048)
 _U0, _U1 = np.uint64(0), np.uint64(1)
 # How far (in logits) a chunk's max may exceed its shift: exps stay below
 # e**16 ~ 2**23, so a chunk's float32 sum cannot overflow.
@@ -82,36 +82,55 @@ def _chunk_max(x, lo, hi):
 
 
 @njit(**INLINE)
-def _chunk_exps(x, y, e, lo, hi, m):
-    """sum of exp(x_j - m) over [lo, hi); also kept as e_j unless e is None (e may be x)."""
+def _chunk_exps(x, y, e, lo, hi, m, pending):
+    """sum of exp(x_j - m) over [lo, hi); also kept as e_j unless e is None (e may be x).
+
+    Summed piece by piece (`piece_of`); after each piece, the pending row's
+    gradient is stored up to the same index (`stream_to`; None: no pending row).
+    """
     s = like(0.0, m)
-    for j in range(lo, hi):
-        v = exp_of(x, y, load(x, j) - m)
-        keep(e, j, v)
-        s += v
+    step = piece_of(x)
+    for plo in range(lo, hi, step):
+        phi = min(plo + step, hi)
+        sp = like(0.0, m)
+        for j in range(plo, phi):
+            v = exp_of(x, y, load(x, j) - m)
+            keep(e, j, v)
+            sp += v
+        s += sp
+        stream_to(pending, phi)
     return s
 
 
 # The running max uses maxnum with the no-NaN flag (one maxps, which LLVM
 # vectorises as a reduction); a NaN shows up in the sum instead.
 @njit(**INLINE)
-def _chunk_max_exps(x, y, e, save, lo, hi, k):
+def _chunk_max_exps(x, y, e, save, lo, hi, k, pending):
     """(max_j x_j, sum_j exp(x_j - shift)) over [lo, hi) in one loop, for the
     shift that constant k stands for (`sweep_k`).
 
     Each exp is kept in e unless e is None; when e is x itself, save (else
     None) first receives x[lo:hi], so that the chunk can be swept again. A
     NaN makes the sum NaN, and ``+inf`` the max (the max is then meaningless).
+    Piece by piece, as `_chunk_exps`, with the pending row's stores between.
     """
     m = like(-np.inf, k)
     s = like(0.0, k)
-    for j in range(lo, hi):
-        v = load(x, j)
-        keep(save, j - lo, v)
-        m = max_finite(m, v)
-        ev = sweep_exp(x, y, v, k)
-        keep(e, j, ev)
-        s += ev
+    step = piece_of(x)
+    for plo in range(lo, hi, step):
+        phi = min(plo + step, hi)
+        mp = like(-np.inf, k)
+        sp = like(0.0, k)
+        for j in range(plo, phi):
+            v = load(x, j)
+            keep(save, j - lo, v)
+            mp = max_finite(mp, v)
+            ev = sweep_exp(x, y, v, k)
+            keep(e, j, ev)
+            sp += ev
+        m = max_finite(m, mp)
+        s += sp
+        stream_to(pending, phi)
     return m, s
 
 
@@ -166,7 +185,7 @@ def _targets_impl(x, y, lo, hi, shift):
 
 
 @njit(**INLINE)
-def _one_sweep(x, y, e, save, lo, hi, top):
+def _one_sweep(x, y, e, save, lo, hi, top, pending):
     """(ok, max, shift, sum, sum of y, sum of y (x - shift)) of chunk [lo, hi) in
     one sweep, shifted by the row's running max `top`; not ok (and x
     restored from save) when the chunk must be swept again: its max is more
@@ -177,7 +196,7 @@ def _one_sweep(x, y, e, save, lo, hi, top):
     shift = sweep_shift(x, y, k)
     if abs(shift - np.float64(top)) <= SHIFT_SLACK:
         sy, syx = _targets(x, y, lo, hi, top)   # before e, which may be x, is written
-        m, s = _chunk_max_exps(x, y, e, save, lo, hi, k)
+        m, s = _chunk_max_exps(x, y, e, save, lo, hi, k, pending)
         if m <= top + SHIFT_SLACK and is_finite(s):
             return True, m, shift, s, sy, syx
         _restore(x, save, lo, hi)
@@ -186,7 +205,7 @@ def _one_sweep(x, y, e, save, lo, hi, top):
 
 
 @njit(**INLINE)
-def _chunk_pass(x, y, e, save, lo, hi, top):
+def _chunk_pass(x, y, e, save, lo, hi, top, pending):
     """(max, shift, sum of exps, sum of y, sum of y (x - shift)) of chunk [lo, hi),
     for a row whose largest max so far is `top` (``-inf`` before any finite logit).
 
@@ -196,7 +215,7 @@ def _chunk_pass(x, y, e, save, lo, hi, top):
     shifted by 0, so that y_j x_j gives TF's ``-inf`` (or NaN where y_j is 0).
     """
     if top > -np.inf:
-        ok, m, shift, s, sy, syx = _one_sweep(x, y, e, save, lo, hi, top)
+        ok, m, shift, s, sy, syx = _one_sweep(x, y, e, save, lo, hi, top, pending)
         if ok:
             return m, shift, s, sy, syx
     m = _chunk_max(x, lo, hi)
@@ -209,7 +228,7 @@ def _chunk_pass(x, y, e, save, lo, hi, top):
         nan = like(np.nan, m)
         return nan, np.nan, nan, nan, nan
     sy, syx = _targets(x, y, lo, hi, m)
-    return m, np.float64(m), _chunk_exps(x, y, e, lo, hi, m), sy, syx
+    return m, np.float64(m), _chunk_exps(x, y, e, lo, hi, m, pending), sy, syx
 
 
 # --- pass A: the row ------------------------------------------------------------------------
@@ -277,7 +296,7 @@ def _prefetch_half_chunk_impl(ahead, lo, hi):
 
 
 @njit(**INLINE)
-def exp_pass(x, y, e, save, st, ahead, fetch):
+def exp_pass(x, y, e, save, st, ahead, fetch, pending):
     """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c]
     and, with targets y, st[_YSUM, c] and st[_YXSUM, c].
 
@@ -285,6 +304,8 @@ def exp_pass(x, y, e, save, st, ahead, fetch):
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
     `ahead` is the row to prefetch chunk by chunk (`_prefetch_chunk`) when
     `fetch` is true (a run-time choice: `xent._fused._launch.fetches_ahead`).
+    Between its pieces, the `pending` row's gradient is stored
+    (`xent._fused._stream`; None for no pending row).
     """
     n = np.uint64(x.shape[0])
     top = like(-np.inf, load(x, 0))
@@ -293,7 +314,7 @@ def exp_pass(x, y, e, save, st, ahead, fetch):
         hi = min(lo + CHUNK, n)
         if fetch:
             _prefetch_chunk(ahead, lo, hi)
-        m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top)
+        m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top, pending)
         if np.isnan(m):
             return False
         st[_MAX, c], st[_SHIFT, c], st[_SUM, c] = m, shift, s

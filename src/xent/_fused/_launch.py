@@ -125,6 +125,7 @@ def _with_gradient(logits, grad_out, run_inplace, run_into):
 _SPARSE_KERNELS = {
     "loss": (_rows.sparse_loss_rows, _blocks.sparse_loss_blocks),
     "grad": (_rows.sparse_grad_rows, _blocks.sparse_grad_blocks),
+    "grad_streamed": (_rows.sparse_grad_rows_streamed, _blocks.sparse_grad_blocks_streamed),
     "grad_inplace": (_rows.sparse_grad_rows_inplace, _blocks.sparse_grad_blocks_inplace),
     "narrow_loss": (_narrow.sparse_narrow_loss_rows, _blocks.sparse_narrow_loss_blocks),
     "narrow_grad": (_narrow.sparse_narrow_grad_rows, _blocks.sparse_narrow_grad_blocks),
@@ -178,12 +179,41 @@ def fetches_ahead(dtype, need):
     return not cpu.startswith("znver")
 
 
+# Whether a gradient into a separate buffer is stored by the streamed kernel
+# (`streams`): None chooses by size; the tests set True or False to run both.
+STREAM = None
+# From this size of gradient on (far above the caches it has to bypass).
+STREAM_MIN_BYTES = 64 << 20
+
+
+def streams(x, out):
+    """Whether the gradient of logits `x` into the separate buffer `out` is
+    stored with non-temporal stores (`xent._fused._stream`): float32 or
+    float64 of one dtype, from `STREAM_MIN_BYTES` on.
+
+    Into a warm buffer, 2 threads, AMD Zen 3 (medians of 7-15 per process,
+    interleaved, ms, plain stores / streamed): 8192x32000 float32 78-86 /
+    72-76 while this VM's memory was slow (memcpy 49-53 ms), 72 / 75 while
+    it was fast (memcpy 38 ms: then the kernel is compute-bound, and
+    streaming costs a little); 2048x128256 92-95 / 77-80. A gradient that
+    fits in the caches is better left there: 2048x4096 (32 MB) 3.4 / 3.8,
+    4096x4096 (64 MB) 6.2 / 5.8. Where memory is the bound (more cores per
+    memory channel than here), the read that streaming saves is a third of
+    the traffic.
+    """
+    if x.dtype != out.dtype or x.dtype not in (np.float32, np.float64):
+        return False
+    return out.nbytes >= STREAM_MIN_BYTES if STREAM is None else STREAM
+
+
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
     """Fill loss and lse (and grad_out unless None) with the kernels of `kernels`
     (`_SPARSE_KERNELS` or `_DENSE_KERNELS`; their narrow ones if `narrow`), on
     `targets` (a tuple: the labels, or the dense target rows); the gradient
     kernels take `grad_targets` instead where given (the labels and weights).
-    The chunk kernels also take `fetches_ahead`'s choice. The logits go
+    The chunk kernels also take `fetches_ahead`'s choice, and a sparse
+    gradient into a separate buffer goes to the streamed kernel where
+    `streams` says so. The logits go
     read-only (`read_only`), except to the chunk kernel that overwrites them
     in place; the narrow kernel in place reads a read-only view and writes a
     writable one of the same memory (numba's read-only is a type, not a
@@ -198,8 +228,11 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
         _run(*kernels[prefix + "loss"], nbytes, x, *targets, loss, lse, *fetch("loss"))
         return
     targets = grad_targets or targets
-    run_into = lambda x, out: _run(*kernels[prefix + "grad"], nbytes, read_only(x), *targets, out,
-                                   loss, lse, *fetch("grad"))
+
+    def run_into(x, out):
+        need = "grad_streamed" if not narrow and "grad_streamed" in kernels and streams(x, out) \
+            else prefix + "grad"
+        _run(*kernels[need], nbytes, read_only(x), *targets, out, loss, lse, *fetch("grad"))
     if narrow:
         run_inplace = lambda x: run_into(x, x)
     else:

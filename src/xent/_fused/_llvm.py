@@ -14,7 +14,7 @@ from numba.extending import intrinsic
 __all__ = [
     "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
-    "fma", "split_exponent", "round_scale",
+    "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled", "store_fence",
 ]
 
 
@@ -203,6 +203,50 @@ def prefetch(typingctx, a, j):
                   [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.none(a, j), codegen
+
+
+# The width of one non-temporal store of `stream_scaled`: a whole AVX vector
+# (two SSE2 or NEON ones), and a divisor of a 64-byte cache line.
+STREAM_BYTES = 32
+
+
+@intrinsic
+def stream_scaled(typingctx, out, e, j, f):
+    """out[j:j + L] = e[j:j + L] * f, with L = 32 bytes / itemsize, in one
+    non-temporal store (``!nontemporal``: ``vmovntps`` on AVX, two ``movntps``
+    on SSE2, ``stnp`` on aarch64), for float32 or float64 arrays of one dtype.
+
+    The store goes to memory without first reading its cache line. &out[j]
+    must be `STREAM_BYTES`-aligned (an unaligned non-temporal vector store is
+    split into scalar ones); e needs no alignment. Each product is rounded
+    once, as ``e[j] * f`` is.
+    """
+    def codegen(context, builder, sig, args):
+        lane = ir_type(sig.args[0].dtype)
+        vector = ir.VectorType(lane, STREAM_BYTES // (sig.args[0].dtype.bitwidth // 8))
+        dst, src = (builder.bitcast(builder.gep(context.make_array(t)(context, builder, a).data,
+                                                [args[2]]), vector.as_pointer())
+                    for t, a in zip(sig.args[:2], args[:2]))
+        product = builder.fmul(builder.load(src, align=sig.args[1].dtype.bitwidth // 8),
+                               splat(builder, args[3], vector), flags=("nsz",))
+        store = builder.store(product, dst, align=STREAM_BYTES)
+        store.set_metadata("nontemporal",
+                           builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+    if out.dtype not in (types.float32, types.float64) or e.dtype != out.dtype:
+        return None
+    return types.none(out, e, j, out.dtype), codegen
+
+
+@intrinsic
+def store_fence(typingctx):
+    """A full memory fence (``fence seq_cst``: ``mfence`` on x86-64, ``dmb ish``
+    on aarch64): the non-temporal stores before it reach memory before any
+    store after it, so that another thread that sees the later stores sees them."""
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.none(), codegen
 
 
 @intrinsic

@@ -10,7 +10,9 @@ gradient) pass B of `xent._fused._pass_b`, with the loss:
 
 Each range kernel (``*_rows``) runs one need over rows ``[lo, hi)`` of a
 ``[N, C]`` C-contiguous array: a loss alone, a gradient into a separate
-buffer, or a gradient over the logits themselves (``*_inplace``).
+buffer (sparse float32/float64 ones also ``*_streamed``: each row's gradient
+stored during the next row's pass A, `xent._fused._stream`), or a gradient
+over the logits themselves (``*_inplace``).
 """
 import numpy as np
 from numba import njit, types
@@ -19,13 +21,16 @@ from numba.extending import overload
 from xent._fused._borrow import borrowed, keep_alive
 from xent._fused._chunks import CHUNK, chunk_stats, combine, combine_targets, exp_pass
 from xent._fused._exps import exp
-from xent._fused._pass_b import fill_nan, rescale
+from xent._fused._pass_b import chunk_factor, rescale
+from xent._fused._scale import fill_nan
+from xent._fused._stream import stream_to
 from xent._fused._formats import like, load, store
-from xent._fused._llvm import label_loss
+from xent._fused._llvm import fmuladd, label_loss, store_fence
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
 
 __all__ = ["sparse_loss_rows", "sparse_grad_rows", "sparse_grad_rows_inplace",
+           "sparse_grad_rows_streamed",
            "dense_loss_rows", "dense_grad_rows", "dense_grad_rows_inplace"]
 
 
@@ -49,13 +54,21 @@ def _log_total_impl(total, x):
 def _sparse_row_loss(x, label, st, next_x, fetch):
     """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
     nan = like(np.nan, load(x, 0))
-    if not (0 <= label < x.shape[0] and exp_pass(x, None, None, None, st, next_x, fetch)):
+    if not (0 <= label < x.shape[0] and exp_pass(x, None, None, None, st, next_x, fetch, None)):
         return nan, nan
     top, total = combine(x, None, st)
     if top == -np.inf:
         return nan, nan
     log_s = _log_total(total, x)
     return label_loss(log_s, load(x, label), top), top + log_s
+
+
+@njit(**INLINE)
+def _label_entry(x_label, m, w, inv_s):
+    """The gradient at the label, w softmax_label - w = exp(x_label - M) w / S - w,
+    in x's precision, as one multiply-add (`fmuladd`: fused where the CPU has
+    FMA), so that every kernel rounds it alike whatever LLVM contracts around it."""
+    return fmuladd(exp(x_label - m), like(inv_s, m), -like(w, m))
 
 
 @njit(**INLINE)
@@ -73,25 +86,50 @@ def _sparse_row_grad(x, label, w, out, e, save, st, next_x, fetch, next_out):
     nan = like(np.nan, load(x, 0))
     ok = 0 <= label < x.shape[0]
     x_label = load(x, label) if ok else nan
-    if not (ok and exp_pass(x, None, e, save, st, next_x, fetch)):
+    if not (ok and exp_pass(x, None, e, save, st, next_x, fetch, None)):
         fill_nan(out, nan)
         return nan, nan
     top, total = combine(x, None, st)
     if top == -np.inf:
         fill_nan(out, nan)
         return nan, nan
-    rescale(e, None, out, st, top, w / total, next_out)
+    inv_s = w / total
+    rescale(e, None, out, st, top, inv_s, next_out)
     m = like(top, x_label)
-    store(out, label, exp(x_label - m) * like(w / total, m) - like(w, m))
+    store(out, label, _label_entry(x_label, m, w, inv_s))
     log_s = _log_total(total, x)
     return label_loss(log_s, x_label, m), top + log_s
+
+
+@njit(**INLINE)
+def _sparse_row_grad_later(x, label, w, e, factors, st, next_x, fetch, pending):
+    """As `_sparse_row_grad`, with the gradient left for `xent._fused._stream`
+    to store: (ok, loss, lse, the label's gradient entry). e receives the
+    row's exps and factors its per-chunk factors (`chunk_factor`), while pass
+    A stores the `pending` row's gradient. Not ok: a NaN row, nothing left to store.
+    """
+    nan = like(np.nan, load(x, 0))
+    ok = 0 <= label < x.shape[0]
+    x_label = load(x, label) if ok else nan
+    if not (ok and exp_pass(x, None, e, None, st, next_x, fetch, pending)):
+        return False, nan, nan, nan
+    top, total = combine(x, None, st)
+    if top == -np.inf:
+        return False, nan, nan, nan
+    inv_s = w / total
+    for c in range(st.shape[1]):
+        factors[c] = chunk_factor(st, c, top, inv_s)
+    m = like(top, x_label)
+    at_label = _label_entry(x_label, m, w, inv_s)
+    log_s = _log_total(total, x)
+    return True, label_loss(log_s, x_label, m), top + log_s, at_label
 
 
 @njit(**INLINE)
 def _dense_row_loss(x, y, st, next_x, fetch):
     """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
     nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, None, None, st, next_x, fetch):
+    if not exp_pass(x, y, None, None, st, next_x, fetch, None):
         return nan, nan
     top, total = combine(x, y, st)
     if top == -np.inf:
@@ -108,7 +146,7 @@ def _dense_row_grad(x, y, out, e, save, st, next_x, fetch, next_out):
     e, save, next_x, fetch and next_out as in `_sparse_row_grad`.
     """
     nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, e, save, st, next_x, fetch):
+    if not exp_pass(x, y, e, save, st, next_x, fetch, None):
         fill_nan(out, nan)
         return nan, nan
     top, total = combine(x, y, st)
@@ -213,6 +251,41 @@ def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
                                            _exp_row(row, scratch), None,
                                            st, _next_row(x, i), fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
+
+
+@njit(**KERNEL)
+def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi):
+    """As `sparse_grad_rows`, for float32 or float64 logits and `out` of their
+    dtype, with each row's gradient stored by `xent._fused._stream` during
+    the next row's pass A (non-temporal stores: for an `out` larger than the
+    caches). The same bits as `sparse_grad_rows`."""
+    if lo >= hi:
+        return
+    x, out = borrowed(x), borrowed(out)   # (`_borrow`)
+    n = np.uint64(x.shape[1])
+    stats = chunk_stats(x)
+    kept = np.empty((2, x.shape[1]), out.dtype)        # two rows' exps: row i's in kept[i % 2]
+    scales = np.empty((2, stats.shape[1]), np.float64)  # and their per-chunk factors
+    stored = np.full(1, n, np.uint64)                   # entries of the pending row stored
+    st, e, f, done = borrowed(stats), borrowed(kept), borrowed(scales), borrowed(stored)
+    label, at_label = -1, out[lo, 0]                    # the pending row's (label -1: none)
+    for i in range(lo, hi + 1):
+        previous = (out[max(i - 1, lo)], e[(i + 1) % 2], f[(i + 1) % 2], done)
+        ok = False
+        if i < hi:
+            ok, loss[i], lse[i], g = _sparse_row_grad_later(
+                x[i], labels[i], weight(weights, i), e[i % 2], f[i % 2], st, _next_row(x, i),
+                fetch, previous)
+        if label >= 0:
+            stream_to(previous, n)
+            out[i - 1, label] = at_label
+        label = -1
+        if ok:
+            done[0], label, at_label = 0, labels[i], g
+        elif i < hi:
+            fill_nan(out[i], x[i, 0])
+    store_fence()
+    keep_alive((stats, kept, scales, stored))
 
 
 @njit(**KERNEL)

@@ -1,0 +1,84 @@
+"""A gradient streamed to memory: row i's entries stored without reading their
+cache lines first, while pass A computes row i + 1.
+
+Into a separate buffer larger than the caches, a plain store to a line not
+in cache first reads it: the gradient moves 3 bytes per byte of logits,
+where the in-place kernel moves 2. A non-temporal store (`stream_scaled`)
+skips that read, but a burst of them fills the core's store queue and stalls
+it (a whole row streamed after pass B, or chunk by chunk: slower than plain
+stores, AMD Zen 3, session 8). So the streamed kernel keeps each row's exps
+in one of two scratch rows, and stores row i - 1's gradient one `PIECE` at a
+time, between the pieces of row i's pass A (`stream_to`):
+
+    out_{i-1, j} = e_{i-1, j} f_c       (f_c: the chunk's `chunk_factor`)
+
+the same products, rounded once, as pass B's. A pending row is a tuple
+``(out_row, e_row, factors, done)``: its gradient row, its exps, its
+per-chunk factors, and ``done[0]``, how many of its entries are stored
+(from the first on). None stands for no pending row, in every other kernel.
+
+8192x32000 float32 into a buffer, 2 threads, AMD Zen 3: 78-86 ms with plain
+stores, 72-76 ms streamed (memcpy of the logits 49-53 ms); when to stream is
+`xent._fused._launch.streams`' choice.
+"""
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from xent._fused._cuts import CHUNK
+from xent._fused._formats import like, tiny
+from xent._fused._llvm import STREAM_BYTES, stream_scaled
+from xent._fused._options import INLINE
+from xent._fused._scale import scale_entries
+
+__all__ = ["stream_to"]
+
+_U0, _BYTES = np.uint64(0), np.uint64(STREAM_BYTES)
+
+
+@njit(**INLINE)
+def _stream_entries(out, e, lo, hi, factor):
+    """out_j = e_j factor for j in [lo, hi), with non-temporal stores for the
+    `STREAM_BYTES`-aligned run inside and plain ones (`scale_entries`) at its
+    ends, or throughout for a factor below the smallest normal float."""
+    size = np.uint64(out.itemsize)
+    start = np.uint64(out.ctypes.data) + lo * size
+    if factor < tiny(e[0]) or start % size != _U0:
+        scale_entries(e, None, out, lo, hi, factor)
+        return
+    first = min(lo + (_BYTES - start % _BYTES) % _BYTES // size, hi)
+    lanes = _BYTES // size
+    last = first + (hi - first) // lanes * lanes
+    f = like(factor, e[0])
+    scale_entries(e, None, out, lo, first, factor)
+    for j in range(first, last, lanes):
+        stream_scaled(out, e, j, f)
+    scale_entries(e, None, out, last, hi, factor)
+
+
+@njit(**INLINE)
+def _stream_run(out, e, factors, lo, hi):
+    """out_j = e_j f_c for j in [lo, hi), chunk by chunk."""
+    while lo < hi:
+        c = lo // CHUNK
+        end = min(hi, (c + np.uint64(1)) * CHUNK)
+        _stream_entries(out, e, lo, end, factors[c])
+        lo = end
+
+
+def stream_to(pending, hi):
+    """Store the pending row's gradient entries up to `hi` (those from ``done[0]``
+    on), and move ``done[0]`` there; nothing when `pending` is None (numba only)."""
+
+
+@overload(stream_to)
+def _stream_to_impl(pending, hi):
+    if isinstance(pending, types.NoneType):
+        return lambda pending, hi: None
+
+    def store_up_to(pending, hi):
+        out, e, factors, done = pending
+        if hi > done[0]:
+            _stream_run(out, e, factors, done[0], hi)
+            done[0] = hi
+    return store_up_to
