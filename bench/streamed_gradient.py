@@ -1,0 +1,85 @@
+"""A gradient into a separate buffer with plain stores against streamed (non-temporal) ones.
+
+    python bench/streamed_gradient.py [REPEATS]
+
+For each shape, one process times, interleaved round by round: the 2-thread
+memcpy of the logits (the copy floor), the float32 loss+gradient into a warm
+separate buffer with plain stores (`xent._fused._launch.STREAM = False`),
+the same streamed (`STREAM = True`, `xent._fused._stream`), and the gradient
+over the logits in place. It prints a markdown table of medians (ms) and of
+each median over the copy floor's. xent itself streams from
+`_launch.STREAM_MIN_BYTES` of gradient on; both kernels give the same bits.
+"""
+import sys
+import threading
+import time
+
+import numpy as np
+
+import xent
+from xent._fused import _launch
+
+SHAPES = [(2048, 4096), (4096, 4096), (8192, 32000), (2048, 128256)]
+
+
+def copy_floor(src, dst, threads):
+    """A memcpy of src into dst, its rows split over `threads` Python threads."""
+    bounds = np.linspace(0, src.shape[0], threads + 1).astype(int)
+    workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b]))
+               for a, b in zip(bounds[:-1], bounds[1:])]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def gradient_into(logits, labels, out, stream):
+    """Loss and gradient into `out`, with streamed stores or plain ones."""
+    _launch.STREAM = stream
+    try:
+        _launch.sparse_rows(logits, labels, out)
+    finally:
+        _launch.STREAM = None
+
+
+def measure(shape, repeats):
+    """Median ms per case, interleaved over `repeats` rounds."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(shape, np.float32) * 3
+    labels = rng.integers(0, shape[1], shape[0])
+    out, work, copy = np.empty_like(logits), logits.copy(), np.empty_like(logits)
+    threads = xent.get_num_threads()
+    cases = {
+        "copy floor": lambda: copy_floor(logits, copy, threads),
+        "plain stores": lambda: gradient_into(logits, labels, out, False),
+        "streamed": lambda: gradient_into(logits, labels, out, True),
+        "in place": lambda: _launch.sparse_rows(work, labels, work),
+    }
+    times = {name: [] for name in cases}
+    for call in cases.values():   # compile, and fault every buffer in
+        call()
+    for _ in range(repeats):
+        for name, call in cases.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def main():
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+    print(f"{xent.get_num_threads()} threads, medians of {repeats} interleaved rounds (ms; "
+          f"× the copy floor)\n")
+    print("| float32 | MB | copy floor | plain stores | streamed | in place |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for shape in SHAPES:
+        ms = measure(shape, repeats)
+        floor = ms["copy floor"]
+        cells = [f"{ms[k]:.1f} ({ms[k] / floor:.2f}×)" for k in ("plain stores", "streamed",
+                                                                 "in place")]
+        print(f"| {shape[0]}×{shape[1]} | {shape[0] * shape[1] * 4 >> 20} | {floor:.1f} | "
+              + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
