@@ -79,6 +79,9 @@ def _counted_meminfos(dispatcher, args):
     (_rows.sparse_grad_rows, lambda x, y, n: (x, y, np.ones(1), np.empty_like(x),
                                               np.empty(n, np.float32), np.empty(n, np.float32),
                                               False, 0, n)),
+    (_rows.sparse_grad_rows_streamed, lambda x, y, n: (x, y, np.ones(1), np.empty_like(x),
+                                                       np.empty(n, np.float32),
+                                                       np.empty(n, np.float32), False, 0, n)),
     (_narrow.sparse_narrow_loss_rows, lambda x, y, n: (x, y, np.empty(n, np.float32),
                                                        np.empty(n, np.float32), 0, n)),
 ])

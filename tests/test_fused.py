@@ -553,37 +553,35 @@ def test_dense_long_rows_match_reference_in_place_and_not(dtype):
 @pytest.mark.parametrize("threads", ["one", "several"])
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)],
                          ids=["float32", "float64"])
-def test_streamed_gradient_has_the_plain_stores_bits_on_every_edge_row(rng, force_threads, dtype,
+def test_streamed_gradient_has_the_plain_stores_bits_on_every_edge_row(rng, force_threads,
+                                                                       monkeypatch, dtype,
                                                                        threads):
     """The streamed kernel (`xent._fused._stream`: each row's gradient stored
     during the next row's pass A) on `long_edge_rows`, which take every branch
     of pass A (NaN rows between finite ones, a subnormal chunk factor, ...),
-    and labels outside [0, C), with row weights, into buffers that start at
-    each 4-byte offset of a 32-byte line (rows of 6149 entries start
-    anywhere): the plain stores' bits; and without weights, those of the
-    gradient in place. On one thread, and over threads (each block of rows
-    streams on its own)."""
+    and labels outside [0, C), with row weights (negative ones among them),
+    into buffers that start at each element offset within 32 bytes (rows of
+    6149 entries start anywhere): the plain stores' bits; and without
+    weights, those of the gradient in place. On one thread, and over threads
+    (each block of rows streams on its own)."""
     if threads == "one":
         xent.set_num_threads(1)
     logits, labels = long_edge_rows(dtype)
     logits = np.concatenate([logits, logits[[0, 1, 9]]])
     labels = np.concatenate([labels, [-1, LONG, 5]])
-    weights = rng.random(len(labels))
+    weights = rng.random(len(labels)) * np.where(np.arange(len(labels)) % 3 == 1, -1, 1)
     work = logits.copy()
     with np.errstate(all="ignore"):
         loss_in, lse_in = _fused.sparse_rows(work, labels, work)
         for offset in range(8):
             for w in (None, weights):
-                _launch.STREAM = False
+                monkeypatch.setattr(_launch, "STREAM", False)
                 plain = np.empty_like(logits)
                 want = _fused.sparse_rows(logits, labels, plain, w)
-                _launch.STREAM = True
-                try:
-                    streamed = np.empty(logits.size + 8, dtype)[offset:][:logits.size]
-                    streamed = streamed.reshape(logits.shape)
-                    got = _fused.sparse_rows(logits, labels, streamed, w)
-                finally:
-                    _launch.STREAM = None
+                monkeypatch.setattr(_launch, "STREAM", True)
+                streamed = np.empty(logits.size + 8, dtype)[offset:][:logits.size]
+                streamed = streamed.reshape(logits.shape)
+                got = _fused.sparse_rows(logits, labels, streamed, w)
                 for a, b in zip(want + (plain,), got + (streamed,)):
                     np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
                 if w is None:
@@ -591,6 +589,75 @@ def test_streamed_gradient_has_the_plain_stores_bits_on_every_edge_row(rng, forc
                     np.testing.assert_array_equal(got[0], loss_in)
     assert np.isnan(streamed[2]).all() and np.isnan(streamed[-3:-1]).all()
     assert np.isfinite(streamed[-1]).all()
+
+
+@every_target
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)],
+                         ids=["float32", "float64"])
+def test_negative_row_weights_give_the_negated_gradient(rng, dtype):
+    """A row weight w < 0 gives exactly -1 times the gradient of weight -w, on
+    the plain, streamed and in-place paths. (A negative chunk factor used to
+    take the path for factors below the smallest normal float, through
+    2**64: w = -1e25 gave -inf where w = 1e25 gave -3e21.)"""
+    logits = logits_of(rng, (6, 3000), dtype)
+    labels = rng.integers(0, 3000, 6)
+    weights = np.array([1e25, 1.0, 0.5, 3e-30, 1e-300, 7.0])
+    run = _fused.sparse_rows
+    plus = into_a_buffer(run, logits, labels, weights)
+    minus = into_a_buffer(run, logits, labels, -weights)
+    np.testing.assert_array_equal(minus[0], plus[0])
+    np.testing.assert_array_equal(minus[2], -plus[2])
+    assert np.isfinite(plus[2]).all()
+    work = logits.copy()
+    run(work, labels, work, -weights)
+    np.testing.assert_array_equal(work, minus[2])
+
+
+def test_streamed_runs_are_whole_aligned_blocks():
+    """`_stream.aligned_run` picks, inside [lo, hi), the whole 32-byte blocks of
+    the buffer's memory (what a non-temporal vector store needs), whatever
+    the buffer's offset, and none in a buffer whose elements are misaligned."""
+    from numba import njit
+    from xent._fused import _stream
+
+    run = njit(lambda out, lo, hi: _stream.aligned_run(out, np.uint64(lo), np.uint64(hi)))
+    for dtype in (np.float32, np.float64):
+        size = np.dtype(dtype).itemsize
+        lanes = 32 // size
+        for offset in range(lanes):
+            out = np.empty(200 + lanes, dtype)[offset:][:200]
+            for lo, hi in ((0, 200), (3, 150), (5, 9), (0, 1), (17, 17), (40, 41)):
+                first, last = run(out, lo, hi)
+                assert lo <= first <= last <= hi
+                assert (out.ctypes.data + first * size) % 32 == 0 or first == last == hi
+                assert (last - first) % lanes == 0
+                assert first - lo < lanes and (hi - last < lanes or first == hi)
+                if hi - lo >= 2 * lanes:
+                    assert last > first
+    odd = np.frombuffer(bytearray(4 * 64 + 1), np.float32, 64, offset=1)
+    assert run(odd, 0, 64) == (64, 64)
+
+
+def test_the_streamed_kernel_emits_non_temporal_stores():
+    """The streamed kernel's fresh compile (cached code has no IR to read) holds
+    stores marked ``!nontemporal``, and on x86-64 they are ``movnt`` instructions
+    (the bit tests cannot tell a streamed store from a plain one)."""
+    import platform
+
+    from numba import njit
+
+    kernel = _rows.sparse_grad_rows_streamed
+    options = {k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")}
+    fresh = njit(**options)(kernel.py_func)
+    x = logits_of(np.random.default_rng(0), (3, 100), np.float32)
+    n = x.shape[0]
+    fresh(x, np.zeros(n, np.int64), np.ones(1), np.empty_like(x), np.empty(n, np.float32),
+          np.empty(n, np.float32), False, 0, n)
+    (ir,) = fresh.inspect_llvm().values()
+    assert "!nontemporal" in ir
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        (asm,) = fresh.inspect_asm().values()
+        assert "movnt" in asm
 
 
 def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):

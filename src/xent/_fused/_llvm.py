@@ -240,9 +240,12 @@ def stream_scaled(typingctx, out, e, j, f):
 
 @intrinsic
 def store_fence(typingctx):
-    """A full memory fence (``fence seq_cst``: ``mfence`` on x86-64, ``dmb ish``
-    on aarch64): the non-temporal stores before it reach memory before any
-    store after it, so that another thread that sees the later stores sees them."""
+    """A full memory fence (``fence seq_cst``): the non-temporal stores before it
+    are visible before any store after it, so that another thread that sees
+    the later stores sees them. On x86-64 LLVM 22 emits a locked ``or`` to
+    the stack (read in the streamed kernels' machine code), which drains the
+    write-combining buffers as ``sfence`` does (Intel SDM vol. 3, 11.3.1;
+    AMD APM vol. 2, 7.4.2); on aarch64 ``dmb ish``."""
     def codegen(context, builder, sig, args):
         builder.fence("seq_cst")
         return context.get_dummy_value()

@@ -1,4 +1,4 @@
-"""One gradient entry from a kept exp: out_j = e_j f - y_j, rounded once to out's format.
+"""Gradient entries from kept exps, out_j = e_j f - y_j rounded once to out's format; NaN rows.
 
 f is a chunk's factor exp(t_c - M) / S (`xent._fused._pass_b.chunk_factor`),
 e_j the exp pass A kept, and y_j the dense target (0 but at the label for
@@ -57,9 +57,9 @@ def _finish_entry_impl(out, y, j, p):
 @njit(**INLINE)
 def scale_entries(e, y, out, lo, hi, factor):
     """out_j = e_j factor (minus y_j with dense targets y) for j in [lo, hi),
-    rounded once to out's format; a factor below the smallest normal float
-    goes through 2**64."""
-    if factor >= tiny(e[0]):
+    rounded once to out's format; a factor below the smallest normal float in
+    magnitude (a negative row weight makes it negative) goes through 2**64."""
+    if abs(factor) >= tiny(e[0]):
         f = like(factor, e[0])
         for j in range(_hardware_rounded(e, y, out, lo, hi, f), hi):
             _finish_entry(out, y, j, e[j] * f)

@@ -31,24 +31,36 @@ from xent._fused._llvm import STREAM_BYTES, stream_scaled
 from xent._fused._options import INLINE
 from xent._fused._scale import scale_entries
 
-__all__ = ["stream_to"]
+__all__ = ["stream_to", "aligned_run"]
 
 _U0, _BYTES = np.uint64(0), np.uint64(STREAM_BYTES)
 
 
 @njit(**INLINE)
-def _stream_entries(out, e, lo, hi, factor):
-    """out_j = e_j factor for j in [lo, hi), with non-temporal stores for the
-    `STREAM_BYTES`-aligned run inside and plain ones (`scale_entries`) at its
-    ends, or throughout for a factor below the smallest normal float."""
+def aligned_run(out, lo, hi):
+    """(first, last): the longest run [first, last) inside [lo, hi) of whole
+    `STREAM_BYTES`-aligned blocks of out's memory; an empty run (hi, hi) when
+    out's elements are not aligned to their own size."""
     size = np.uint64(out.itemsize)
     start = np.uint64(out.ctypes.data) + lo * size
-    if factor < tiny(e[0]) or start % size != _U0:
-        scale_entries(e, None, out, lo, hi, factor)
-        return
+    if start % size != _U0:
+        return hi, hi
     first = min(lo + (_BYTES - start % _BYTES) % _BYTES // size, hi)
     lanes = _BYTES // size
-    last = first + (hi - first) // lanes * lanes
+    return first, first + (hi - first) // lanes * lanes
+
+
+@njit(**INLINE)
+def _stream_entries(out, e, lo, hi, factor):
+    """out_j = e_j factor for j in [lo, hi), with non-temporal stores for the
+    aligned run inside (`aligned_run`) and plain ones (`scale_entries`) at its
+    ends, or throughout for a factor below the smallest normal float in
+    magnitude (or NaN: a NaN weight)."""
+    if not abs(factor) >= tiny(e[0]):
+        scale_entries(e, None, out, lo, hi, factor)
+        return
+    first, last = aligned_run(out, lo, hi)
+    lanes = _BYTES // np.uint64(out.itemsize)
     f = like(factor, e[0])
     scale_entries(e, None, out, lo, first, factor)
     for j in range(first, last, lanes):
