@@ -51,16 +51,30 @@ def _log_total_impl(total, x):
 
 
 @njit(**INLINE)
-def _sparse_row_loss(x, label, st, next_x, fetch):
-    """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
+def _sparse_row_pass_a(x, label, e, save, st, next_x, fetch, pending):
+    """Pass A and the combine of a row with a label: (ok, x_label, M, S). Not ok
+    (and x_label NaN) for a label outside [0, C) or a NaN row (a NaN, a
+    ``+inf``, all ``-inf``). x_label is read before pass A, which may write
+    the exps over x; e, save, next_x, fetch and pending go to `exp_pass`."""
     nan = like(np.nan, load(x, 0))
-    if not (0 <= label < x.shape[0] and exp_pass(x, None, None, None, st, next_x, fetch, None)):
-        return nan, nan
+    ok = 0 <= label < x.shape[0]
+    x_label = load(x, label) if ok else nan
+    if not (ok and exp_pass(x, None, e, save, st, next_x, fetch, pending)):
+        return False, nan, np.nan, np.nan
     top, total = combine(x, None, st)
     if top == -np.inf:
-        return nan, nan
+        return False, nan, np.nan, np.nan
+    return True, x_label, top, total
+
+
+@njit(**INLINE)
+def _sparse_row_loss(x, label, st, next_x, fetch):
+    """(loss, lse) of one row; NaN for a NaN, a ``+inf``, all ``-inf`` or a label outside [0, C)."""
+    ok, x_label, top, total = _sparse_row_pass_a(x, label, None, None, st, next_x, fetch, None)
+    if not ok:
+        return x_label, x_label
     log_s = _log_total(total, x)
-    return label_loss(log_s, load(x, label), top), top + log_s
+    return label_loss(log_s, x_label, top), top + log_s
 
 
 @njit(**INLINE)
@@ -83,16 +97,10 @@ def _sparse_row_grad(x, label, w, out, e, save, st, next_x, fetch, next_out):
     logits, prefetched during pass A if `fetch`, and `next_out` the next row
     of a separate gradient buffer (None in place), prefetched during pass B.
     """
-    nan = like(np.nan, load(x, 0))
-    ok = 0 <= label < x.shape[0]
-    x_label = load(x, label) if ok else nan
-    if not (ok and exp_pass(x, None, e, save, st, next_x, fetch, None)):
-        fill_nan(out, nan)
-        return nan, nan
-    top, total = combine(x, None, st)
-    if top == -np.inf:
-        fill_nan(out, nan)
-        return nan, nan
+    ok, x_label, top, total = _sparse_row_pass_a(x, label, e, save, st, next_x, fetch, None)
+    if not ok:
+        fill_nan(out, x_label)
+        return x_label, x_label
     inv_s = w / total
     rescale(e, None, out, st, top, inv_s, next_out)
     m = like(top, x_label)
@@ -108,14 +116,9 @@ def _sparse_row_grad_later(x, label, w, e, factors, st, next_x, fetch, pending):
     row's exps and factors its per-chunk factors (`chunk_factor`), while pass
     A stores the `pending` row's gradient. Not ok: a NaN row, nothing left to store.
     """
-    nan = like(np.nan, load(x, 0))
-    ok = 0 <= label < x.shape[0]
-    x_label = load(x, label) if ok else nan
-    if not (ok and exp_pass(x, None, e, None, st, next_x, fetch, pending)):
-        return False, nan, nan, nan
-    top, total = combine(x, None, st)
-    if top == -np.inf:
-        return False, nan, nan, nan
+    ok, x_label, top, total = _sparse_row_pass_a(x, label, e, None, st, next_x, fetch, pending)
+    if not ok:
+        return False, x_label, x_label, x_label
     inv_s = w / total
     for c in range(st.shape[1]):
         factors[c] = chunk_factor(st, c, top, inv_s)
