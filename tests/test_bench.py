@@ -149,6 +149,13 @@ def test_headline_names_the_isa_compile_time_and_says_slower_when_slower():
     assert "4.2x faster than the fastest peer" in text
     assert "1.7x slower than the fastest peer" in text and "0.6x faster" not in text
     assert "1.50x the time of PyTorch's F.cross_entropy" in text
+    assert "Large gradients into a buffer" not in text   # no large call chose a kind
+
+    report = _report_of({})
+    report["machine"]["gradient_stores"] = {
+        "streamed": False, "best_ms_per_gib": {"plain": 80.5, "streamed": 112.0}}
+    assert ("Large gradients into a buffer: plain stores, kept after timing both (best 80.5 "
+            "ms per GiB plain, 112.0 streamed).") in _report.headline(report)
 
 
 def test_headline_gives_the_torch_and_jax_steps_against_the_copy_and_their_own_losses():

@@ -33,6 +33,7 @@ except ImportError as exc:   # pragma: no cover - depends on the machine
         raise ImportError(f"numba is a dependency and CI must test the fused kernels: {exc}") from exc
     pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
 from xent._fused import _formats, _launch, _math, _narrow, _rows, _scale  # noqa: E402
+from xent._fused._stores import StoreChoice  # noqa: E402
 from oracle import dense_scale, label_scale  # noqa: E402
 
 every_target = pytest.mark.every_target
@@ -661,13 +662,17 @@ def test_the_streamed_kernel_emits_non_temporal_stores():
 
 
 def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
-    """`_launch.streams`: from `STREAM_MIN_BYTES` of gradient on, float32 and
-    float64 gradients into a separate buffer of the logits' dtype (half
-    logits with a float32 buffer run as float32) take the streamed kernel;
-    smaller ones, half-precision buffers, a buffer of another dtype, the
-    gradient in place, the narrow path and dense targets do not, and
-    `STREAM` overrides the size. The bits cannot show the choice (the tests
-    above check that they are the same), so the kernels run are recorded."""
+    """`_launch.store_kind`: where streaming was kept, from `STREAM_MIN_BYTES`
+    of gradient on, float32 and float64 gradients into a separate buffer of
+    the logits' dtype (half logits with a float32 buffer run as float32) take
+    the streamed kernel; smaller ones, half-precision buffers, a buffer of
+    another dtype, the gradient in place, the narrow path and dense targets
+    do not, and `STREAM` overrides the choice. The bits cannot show the
+    choice (the tests above check that they are the same), so the kernels
+    run are recorded."""
+    kept = StoreChoice()
+    kept.streamed = True
+    monkeypatch.setattr(_launch, "STORES", kept)
     calls = []
     real_run = _launch._run
 
@@ -701,6 +706,58 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
         calls.clear()
         _fused.sparse_rows(logits[:1], labels[:1], np.empty((1, 3000), f32))
         assert calls == [kernel]
+    monkeypatch.setattr(_launch, "STREAM", None)
+    kept.streamed = False
+    calls.clear()
+    _fused.sparse_rows(logits, labels, np.empty_like(logits))
+    assert calls == ["sparse_grad_rows"]
+
+
+def test_the_kind_of_store_is_timed_then_kept(rng, monkeypatch):
+    """`StoreChoice` through `_launch`: the first large call runs plain and is
+    not timed, the next ones alternate streamed and plain, each timed, and
+    once both kinds have `TRIALS` times the faster one (best time per byte)
+    serves every later call, untimed. Calls too small to stream do not count."""
+    choice = StoreChoice()
+    monkeypatch.setattr(_launch, "STORES", choice)
+    monkeypatch.setattr(_launch, "STREAM_MIN_BYTES", 4 * 3000 * 4)
+    calls = []
+    real_run = _launch._run
+
+    def recording_run(rows, blocks, nbytes, *args):
+        calls.append(rows.__name__.endswith("_streamed"))
+        return real_run(rows, blocks, nbytes, *args)
+
+    monkeypatch.setattr(_launch, "_run", recording_run)
+    logits = logits_of(rng, (4, 3000), np.dtype(np.float32))
+    labels = rng.integers(0, 3000, 4)
+    _fused.sparse_rows(logits[:3], labels[:3], np.empty((3, 3000), np.float32))   # too small
+    times = {False: [], True: []}
+    real_record = choice.record
+
+    def recording(streamed, seconds, nbytes):
+        times[streamed].append(seconds)
+        # streamed calls seen as twice as fast per byte as any plain one
+        real_record(streamed, seconds / 1e6 if streamed else seconds, nbytes)
+
+    monkeypatch.setattr(choice, "record", recording)
+    rounds = StoreChoice.WARMUP + 2 * StoreChoice.TRIALS
+    for _ in range(rounds + 3):
+        _fused.sparse_rows(logits, labels, np.empty_like(logits))
+    trials = [k % 2 == 0 for k in range(2 * StoreChoice.TRIALS)]
+    assert calls == [False] + [False] * StoreChoice.WARMUP + trials + [True] * 3
+    assert [len(times[k]) for k in (False, True)] == [StoreChoice.TRIALS] * 2
+    assert choice.streamed is True
+
+    slower = StoreChoice()   # and the other way: streamed slower, plain kept
+    for k in range(rounds):
+        kind, timed = slower.next_kind()
+        assert timed == (k >= StoreChoice.WARMUP)
+        if timed:
+            slower.record(kind, 2.0 if kind else 1.0, 100)
+    assert slower.streamed is False and slower.next_kind() == (False, False)
+    assert slower.best_ms_per_gib() == {"plain": round(2**30 / 100 * 1e3, 1),
+                                        "streamed": round(2 * 2**30 / 100 * 1e3, 1)}
 
 
 @every_target

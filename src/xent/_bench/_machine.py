@@ -25,6 +25,7 @@ def machine():
             "xent_threads": xent.get_num_threads(), "threading_layer": layer,
             "versions": versions, "loadavg": os.getloadavg(),
             "kernels": _core.get_kernels(), "compiled_for": compiled_for(),
+            "gradient_stores": gradient_stores(),
             "free_page_reporting": free_page_reporting()}
 
 
@@ -61,6 +62,20 @@ def free_page_reporting(devices="/sys/bus/virtio/devices"):
         if kind == _VIRTIO_BALLOON and features[_BALLOON_REPORTING_BIT:][:1] == "1":
             return True
     return False
+
+
+def gradient_stores():
+    """How the kernels store a large gradient into a buffer in this process
+    (`xent._fused._stores`: plain or streamed, kept after timing both), or None
+    when no large call chose yet or the kernels are NumPy's."""
+    if _core.get_kernels() != "fused":
+        return None
+    from xent._fused import _launch
+
+    choice = _launch.STORES
+    if choice.streamed is None:
+        return None
+    return {"streamed": choice.streamed, "best_ms_per_gib": choice.best_ms_per_gib()}
 
 
 def compiled_for():

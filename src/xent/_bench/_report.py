@@ -164,6 +164,12 @@ def headline(report):
     lines = [f"Kernels compiled for {report['machine'].get('compiled_for')} on "
              f"{report['machine']['cpu']}; compiling or loading them took "
              f"{report.get('compile_s', 0):.1f} s, before (and apart from) the timings."]
+    stores = report["machine"].get("gradient_stores")
+    if stores:
+        best = stores["best_ms_per_gib"]
+        lines.append(f"Large gradients into a buffer: {'streamed' if stores['streamed'] else 'plain'}"
+                     f" stores, kept after timing both (best {best['plain']} ms per GiB plain, "
+                     f"{best['streamed']} streamed).")
     if report["machine"].get("free_page_reporting"):
         lines.append("This is a VM whose balloon hands freed memory back to its host: fresh "
                      "pages fault twice, so calls that write fresh memory (JAX's steps) and "

@@ -12,6 +12,7 @@ threads sleep instead of spinning); smaller inputs run on the calling thread.
 """
 import os
 import threading
+import time
 
 import numba
 import numpy as np
@@ -21,6 +22,7 @@ from xent._dtypes import accumulator
 from xent._fused import _blocks, _narrow, _rows, _target
 from xent._fused._formats import kernel_view
 from xent._fused._narrow import NARROW_DENSE_MAX, NARROW_MAX
+from xent._fused._stores import StoreChoice
 
 __all__ = ["sparse_rows", "dense_rows", "PARALLEL_MIN_BYTES"]
 
@@ -179,31 +181,32 @@ def fetches_ahead(dtype, need):
     return not cpu.startswith("znver")
 
 
-# Whether a gradient into a separate buffer is stored by the streamed kernel
-# (`streams`): None chooses by size; the tests set True or False to run both.
+# Whether a large gradient into a separate buffer is stored by the streamed
+# kernel: None lets `STORES` choose; the tests set True or False to run both.
 STREAM = None
 # From this size of gradient on (far above the caches it has to bypass).
 STREAM_MIN_BYTES = 64 << 20
+# This process's timed choice between plain and streamed stores (`_stores`).
+STORES = StoreChoice()
 
 
-def streams(x, out):
-    """Whether the gradient of logits `x` into the separate buffer `out` is
-    stored with non-temporal stores (`xent._fused._stream`): float32 or
-    float64 of one dtype, from `STREAM_MIN_BYTES` on.
+def store_kind(x, out):
+    """``(streamed, timed)`` for the gradient of logits `x` into the separate
+    buffer `out`: whether it is stored with non-temporal stores
+    (`xent._fused._stream`), and whether the call is timed for `STORES`.
 
-    Into a warm buffer, 2 threads, AMD Zen 3 (medians of 7-15 per process,
-    interleaved, ms, plain stores / streamed): 8192x32000 float32 78-86 /
-    72-76 while this VM's memory was slow (memcpy 49-53 ms), 72 / 75 while
-    it was fast (memcpy 38 ms: then the kernel is compute-bound, and
-    streaming costs a little); 2048x128256 92-95 / 77-80. A gradient that
-    fits in the caches is better left there: 2048x4096 (32 MB) 3.4 / 3.8,
-    4096x4096 (64 MB) 6.2 / 5.8. Where memory is the bound (more cores per
-    memory channel than here), the read that streaming saves is a third of
-    the traffic.
+    Only float32 or float64 gradients of the logits' dtype, from
+    `STREAM_MIN_BYTES` on, can stream: one that fits in the caches is better
+    left there (AMD Zen 3, ms, plain / streamed: 2048x4096, 32 MB, 3.4 / 3.8).
+    `STREAM` decides if set, whatever the size; else `STORES`, which times the first large calls
+    of the process and keeps the faster kind (streaming wins on Zen 3 and on
+    a 16-thread Xeon, and loses by 40% on a Zen 4: see `xent._fused._stores`).
     """
     if x.dtype != out.dtype or x.dtype not in (np.float32, np.float64):
-        return False
-    return out.nbytes >= STREAM_MIN_BYTES if STREAM is None else STREAM
+        return False, False
+    if STREAM is not None:
+        return STREAM, False
+    return STORES.next_kind() if out.nbytes >= STREAM_MIN_BYTES else (False, False)
 
 
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
@@ -213,7 +216,7 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     kernels take `grad_targets` instead where given (the labels and weights).
     The chunk kernels also take `fetches_ahead`'s choice, and a sparse
     gradient into a separate buffer goes to the streamed kernel where
-    `streams` says so. The logits go
+    `store_kind` says so. The logits go
     read-only (`read_only`), except to the chunk kernel that overwrites them
     in place; the narrow kernel in place reads a read-only view and writes a
     writable one of the same memory (numba's read-only is a type, not a
@@ -230,9 +233,13 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     targets = grad_targets or targets
 
     def run_into(x, out):
-        need = "grad_streamed" if not narrow and "grad_streamed" in kernels and streams(x, out) \
-            else prefix + "grad"
-        _run(*kernels[need], nbytes, read_only(x), *targets, out, loss, lse, *fetch("grad"))
+        streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
+            else store_kind(x, out)
+        start = time.perf_counter()
+        _run(*kernels["grad_streamed" if streamed else prefix + "grad"], nbytes, read_only(x),
+             *targets, out, loss, lse, *fetch("grad"))
+        if timed:
+            STORES.record(streamed, time.perf_counter() - start, out.nbytes)
     if narrow:
         run_inplace = lambda x: run_into(x, x)
     else:

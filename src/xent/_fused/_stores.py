@@ -1,0 +1,75 @@
+"""Plain or streamed stores for a large gradient into a separate buffer: timed, then kept.
+
+A gradient into a buffer larger than the caches can be written with plain
+stores (each destination line is read before it is written) or streamed
+(`xent._fused._stream`: non-temporal stores, no read). Which is faster
+depends on the machine, by more than either one gains. 8192x32000 float32
+into a warm buffer, ms, plain / streamed (`python bench/streamed_gradient.py`):
+
+    AMD EPYC Zen 3, 2 vCPUs (AVX2)                    80.3 / 73.9  (memcpy 51)
+    Intel Xeon, Emerald Rapids, 16 threads (AVX-512)  28.4 / 25.6  (memcpy 27.0)
+    AMD EPYC Zen 4, 2 vCPUs (AVX-512)                 86.6 / 122.5 (memcpy 66.9)
+    the same Zen 4, kernels compiled for haswell      87.5 / 118.3 (memcpy 50.3)
+
+Both kernels give the same bits, so xent times its own first large calls
+and keeps the faster kind (`StoreChoice`), once per process.
+"""
+import math
+import threading
+
+__all__ = ["StoreChoice"]
+
+
+class StoreChoice:
+    """Which kind of store a large gradient into a buffer gets, from timed calls.
+
+    The first `WARMUP` calls run with plain stores and are not timed (they
+    pay for compiling the kernels and for faulting in a fresh buffer). The
+    next ``2 * TRIALS`` calls alternate streamed and plain stores, each timed
+    (`record`, seconds per byte of gradient). Then the kind with the lower
+    best time is kept for the rest of the process (``streamed``). Best
+    rather than median: noise on a busy machine only adds time.
+
+    Calls from several Python threads at once are counted correctly (a
+    lock), though their times then overlap and the choice is noisier.
+    """
+
+    WARMUP = 1
+    TRIALS = 3
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._calls = 0
+        self._best = {False: math.inf, True: math.inf}
+        self._timed = {False: 0, True: 0}
+        self.streamed = None   # the kept choice: None while still timing
+
+    def next_kind(self):
+        """``(streamed, timed)``: the kind of store for the next large call, and
+        whether to time it and hand the time to `record`."""
+        if self.streamed is not None:
+            return self.streamed, False
+        with self._lock:
+            k = self._calls
+            self._calls += 1
+        if k < self.WARMUP:
+            return False, False
+        return (k - self.WARMUP) % 2 == 0, True
+
+    def record(self, streamed, seconds, nbytes):
+        """Take the time of one timed call of `streamed` kind that wrote `nbytes`
+        of gradient; keep a kind once both have `TRIALS` times."""
+        with self._lock:
+            self._best[streamed] = min(self._best[streamed], seconds / max(nbytes, 1))
+            self._timed[streamed] += 1
+            if self.streamed is None and min(self._timed.values()) >= self.TRIALS:
+                self.streamed = self._best[True] < self._best[False]
+
+    def best_ms_per_gib(self):
+        """``{"plain": ms, "streamed": ms}``: each kind's best time per GiB of gradient."""
+        return {("streamed" if k else "plain"): round(v * 2**30 * 1e3, 1)
+                for k, v in self._best.items()}
+
+    def __repr__(self):
+        return (f"StoreChoice(streamed={self.streamed}, best_ms_per_gib={self.best_ms_per_gib()}, "
+                f"timed={self._timed})")
