@@ -7,8 +7,9 @@ memcpy of the logits (the copy floor), the float32 loss+gradient into a warm
 separate buffer with plain stores (`xent._fused._launch.STREAM = False`),
 the same streamed (`STREAM = True`, `xent._fused._stream`), and the gradient
 over the logits in place. It prints a markdown table of medians (ms) and of
-each median over the copy floor's. xent itself streams from
-`_launch.STREAM_MIN_BYTES` of gradient on; both kernels give the same bits.
+each median over the copy floor's. From `_launch.STREAM_MIN_BYTES` of
+gradient on, xent itself times both kinds on its first calls and keeps the
+faster (`_launch.STORES`); both kernels give the same bits.
 """
 import sys
 import threading

@@ -207,3 +207,28 @@ def test_free_page_reporting_is_read_from_the_balloon_s_negotiated_features(tmp_
     report["machine"]["free_page_reporting"] = True
     assert any("hands freed memory back" in line for line in _report.headline(report))
     assert isinstance(_machine.machine()["free_page_reporting"], bool)
+
+
+def test_the_bench_settles_the_kind_of_store_before_timing_and_reports_it(monkeypatch):
+    """`settle_store_choice` runs xent's into-a-buffer case until the kernels keep
+    a kind of store; `gradient_stores` then reports it (None before). A
+    bfloat16 input, or one below the streaming size, runs nothing."""
+    pytest.importorskip("numba")
+    from xent._fused import _launch
+    from xent._fused._stores import StoreChoice
+
+    choice = StoreChoice()
+    monkeypatch.setattr(_launch, "STORES", choice)
+    monkeypatch.setattr(_launch, "STREAM_MIN_BYTES", 16 * 1000 * 4)
+    assert _machine.gradient_stores() is None
+    for dtype, shape in (("bfloat16", (64, 1000)), ("float32", (8, 1000))):
+        logits, labels = _cases.make_inputs(shape, dtype)
+        _timing.settle_store_choice(_cases.xent_cases(logits, labels), logits)
+        assert choice.streamed is None and choice._signature is None, dtype
+    logits, labels = _cases.make_inputs((16, 1000), "float32")
+    _timing.settle_store_choice(_cases.xent_cases(logits, labels), logits)
+    assert choice.streamed is not None
+    stores = _machine.gradient_stores()
+    assert stores["streamed"] is choice.streamed
+    assert set(stores["best_ms_per_gib"]) == {"plain", "streamed"}
+    assert all(0 < ms < float("inf") for ms in stores["best_ms_per_gib"].values())

@@ -143,7 +143,7 @@ def grid_inputs(rng, dtype, kind, width, rows=37):
 def into_a_buffer(run, logits, targets, *weights):
     """(loss, lse, grad) of `run` with a separate gradient buffer, whose rows
     start one element off the buffer's alignment: with plain stores and
-    streamed (`_launch.STREAM`; where `_launch.streams` applies), which must
+    streamed (`_launch.STREAM`; where `_launch.store_kind` applies), which must
     give the same bits."""
     results = []
     for stream in (False, True):
@@ -714,48 +714,63 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
 
 
 def test_the_kind_of_store_is_timed_then_kept(rng, monkeypatch):
-    """`StoreChoice` through `_launch`: the first large call runs plain and is
-    not timed, the next ones alternate streamed and plain, each timed, and
-    once both kinds have `TRIALS` times the faster one (best time per byte)
-    serves every later call, untimed. Calls too small to stream do not count."""
+    """`StoreChoice` through `_launch`: calls too small to stream do not count;
+    the first large call fixes the timed size, and calls of another size run
+    plain, untimed; the first two of that size run plain then streamed,
+    untimed; then streamed and plain alternate, each timed under the kind
+    that ran, a call that found the threads busy is not recorded (its kind
+    comes again), and once both kinds have `TRIALS` times the faster one
+    (best time per byte) serves every later call, untimed."""
     choice = StoreChoice()
     monkeypatch.setattr(_launch, "STORES", choice)
     monkeypatch.setattr(_launch, "STREAM_MIN_BYTES", 4 * 3000 * 4)
-    calls = []
+    ran, busy = [], []   # the kind each call ran; the calls to report as busy threads
     real_run = _launch._run
 
     def recording_run(rows, blocks, nbytes, *args):
-        calls.append(rows.__name__.endswith("_streamed"))
-        return real_run(rows, blocks, nbytes, *args)
+        ran.append(rows.__name__.endswith("_streamed"))
+        done = real_run(rows, blocks, nbytes, *args)
+        return done and len(ran) not in busy
 
-    monkeypatch.setattr(_launch, "_run", recording_run)
-    logits = logits_of(rng, (4, 3000), np.dtype(np.float32))
-    labels = rng.integers(0, 3000, 4)
-    _fused.sparse_rows(logits[:3], labels[:3], np.empty((3, 3000), np.float32))   # too small
-    times = {False: [], True: []}
+    recorded = []
     real_record = choice.record
 
     def recording(streamed, seconds, nbytes):
-        times[streamed].append(seconds)
-        # streamed calls seen as twice as fast per byte as any plain one
+        assert streamed == ran[-1]   # recorded as the kind that ran
+        recorded.append(streamed)
+        # streamed calls seen as far faster per byte than any plain one
         real_record(streamed, seconds / 1e6 if streamed else seconds, nbytes)
 
+    monkeypatch.setattr(_launch, "_run", recording_run)
     monkeypatch.setattr(choice, "record", recording)
-    rounds = StoreChoice.WARMUP + 2 * StoreChoice.TRIALS
-    for _ in range(rounds + 3):
-        _fused.sparse_rows(logits, labels, np.empty_like(logits))
-    trials = [k % 2 == 0 for k in range(2 * StoreChoice.TRIALS)]
-    assert calls == [False] + [False] * StoreChoice.WARMUP + trials + [True] * 3
-    assert [len(times[k]) for k in (False, True)] == [StoreChoice.TRIALS] * 2
+    logits = logits_of(rng, (5, 3000), np.dtype(np.float32))
+    labels = rng.integers(0, 3000, 5)
+
+    def call(rows):
+        _fused.sparse_rows(logits[:rows], labels[:rows], np.empty((rows, 3000), np.float32))
+
+    call(3)                       # too small
+    call(4)                       # fixes the timed size; plain, untimed
+    call(5)                       # another size: plain, untimed
+    call(4)                       # streamed, untimed
+    assert ran == [False, False, False, True] and recorded == []
+    busy.append(len(ran) + 2)     # the second timed call finds the threads busy
+    for _ in range(2 * StoreChoice.TRIALS + 1 + 3):
+        call(4)
+    trials = [True, False, False, True, False, True, False]   # the busy plain call again
+    assert ran[4:] == trials + [True] * 3
+    assert recorded == [k for i, k in enumerate(trials) if i != 1]
     assert choice.streamed is True
+    call(5)
+    assert ran[-1] is True and len(recorded) == 2 * StoreChoice.TRIALS
 
     slower = StoreChoice()   # and the other way: streamed slower, plain kept
-    for k in range(rounds):
-        kind, timed = slower.next_kind()
-        assert timed == (k >= StoreChoice.WARMUP)
-        if timed:
-            slower.record(kind, 2.0 if kind else 1.0, 100)
-    assert slower.streamed is False and slower.next_kind() == (False, False)
+    assert [slower.next_kind("a") for _ in range(2)] == [(False, False), (True, False)]
+    while slower.streamed is None:
+        kind, timed = slower.next_kind("a")
+        assert timed
+        slower.record(kind, 2.0 if kind else 1.0, 100)
+    assert slower.streamed is False and slower.next_kind("a") == (False, False)
     assert slower.best_ms_per_gib() == {"plain": round(2**30 / 100 * 1e3, 1),
                                         "streamed": round(2 * 2**30 / 100 * 1e3, 1)}
 

@@ -49,7 +49,8 @@ _use_workqueue_unless_chosen()
 
 
 def _run(rows, blocks, nbytes, *args):
-    """Run `rows(*args, 0, n)` on this thread, or `blocks(*args, k)` over k threads.
+    """Run `rows(*args, 0, n)` on this thread, or `blocks(*args, k)` over k threads;
+    False if it meant to use threads but found them busy.
 
     Threads are used from `PARALLEL_MIN_BYTES` of work on, one call at a
     time (numba's workqueue layer takes one parallel launch at once; a caller
@@ -58,7 +59,7 @@ def _run(rows, blocks, nbytes, *args):
     n = args[0].shape[0]
     if nbytes + n * _ROW_COST_BYTES < PARALLEL_MIN_BYTES:
         rows(*args, 0, n)
-        return
+        return True
     threads = min(_threads.get_num_threads(), n)
     if threads > 1 and _launch_lock.acquire(blocking=False):
         try:
@@ -73,8 +74,9 @@ def _run(rows, blocks, nbytes, *args):
                 blocks(*args, min(n, threads * _BLOCKS_PER_THREAD))
         finally:
             _launch_lock.release()
-    else:
-        rows(*args, 0, n)
+        return True
+    rows(*args, 0, n)
+    return threads == 1
 
 
 def read_only(a):
@@ -182,7 +184,8 @@ def fetches_ahead(dtype, need):
 
 
 # Whether a large gradient into a separate buffer is stored by the streamed
-# kernel: None lets `STORES` choose; the tests set True or False to run both.
+# kernel: None lets `STORES` choose; the tests set True or False to run both
+# (then no call is timed, and `STORES` sees none).
 STREAM = None
 # From this size of gradient on (far above the caches it has to bypass).
 STREAM_MIN_BYTES = 64 << 20
@@ -195,18 +198,21 @@ def store_kind(x, out):
     buffer `out`: whether it is stored with non-temporal stores
     (`xent._fused._stream`), and whether the call is timed for `STORES`.
 
-    Only float32 or float64 gradients of the logits' dtype, from
-    `STREAM_MIN_BYTES` on, can stream: one that fits in the caches is better
-    left there (AMD Zen 3, ms, plain / streamed: 2048x4096, 32 MB, 3.4 / 3.8).
-    `STREAM` decides if set, whatever the size; else `STORES`, which times the first large calls
+    Only float32 or float64 gradients of the logits' dtype can stream.
+    `STREAM` decides if set, whatever the size. Else gradients from
+    `STREAM_MIN_BYTES` on go by `STORES`, which times the first large calls
     of the process and keeps the faster kind (streaming wins on Zen 3 and on
-    a 16-thread Xeon, and loses by 40% on a Zen 4: see `xent._fused._stores`).
+    a 16-thread Xeon, and loses by 40% on a Zen 4: `xent._fused._stores`);
+    smaller ones are better left in the caches (AMD Zen 3, ms, plain /
+    streamed: 2048x4096, 32 MB, 3.4 / 3.8).
     """
     if x.dtype != out.dtype or x.dtype not in (np.float32, np.float64):
         return False, False
     if STREAM is not None:
         return STREAM, False
-    return STORES.next_kind() if out.nbytes >= STREAM_MIN_BYTES else (False, False)
+    if out.nbytes < STREAM_MIN_BYTES:
+        return False, False
+    return STORES.next_kind((out.dtype.name, out.nbytes))
 
 
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
@@ -236,9 +242,9 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
         streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
             else store_kind(x, out)
         start = time.perf_counter()
-        _run(*kernels["grad_streamed" if streamed else prefix + "grad"], nbytes, read_only(x),
-             *targets, out, loss, lse, *fetch("grad"))
-        if timed:
+        on_its_threads = _run(*kernels["grad_streamed" if streamed else prefix + "grad"], nbytes,
+                              read_only(x), *targets, out, loss, lse, *fetch("grad"))
+        if timed and on_its_threads:
             STORES.record(streamed, time.perf_counter() - start, out.nbytes)
     if narrow:
         run_inplace = lambda x: run_into(x, x)

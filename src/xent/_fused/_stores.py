@@ -12,7 +12,8 @@ into a warm buffer, ms, plain / streamed (`python bench/streamed_gradient.py`):
     the same Zen 4, kernels compiled for haswell      87.5 / 118.3 (memcpy 50.3)
 
 Both kernels give the same bits, so xent times its own first large calls
-and keeps the faster kind (`StoreChoice`), once per process.
+and keeps the faster kind (`StoreChoice`), once per process: eight calls of
+one size (two untimed, three of each kind timed).
 """
 import math
 import threading
@@ -23,38 +24,47 @@ __all__ = ["StoreChoice"]
 class StoreChoice:
     """Which kind of store a large gradient into a buffer gets, from timed calls.
 
-    The first `WARMUP` calls run with plain stores and are not timed (they
-    pay for compiling the kernels and for faulting in a fresh buffer). The
-    next ``2 * TRIALS`` calls alternate streamed and plain stores, each timed
-    (`record`, seconds per byte of gradient). Then the kind with the lower
-    best time is kept for the rest of the process (``streamed``). Best
-    rather than median: noise on a busy machine only adds time.
+    The first large call fixes the signature that is timed (the gradient's
+    dtype and size: a byte of one size is not a byte of another near the
+    caches' sizes). Calls of that signature then run, in turn: one plain and
+    one streamed call, untimed (each pays for compiling or loading its
+    kernel, and for faulting in a fresh buffer); then streamed and plain
+    calls, each timed (`record`, seconds per byte of gradient), the kind
+    with fewer times first, until each has `TRIALS` times; then the kind with
+    the lower best time is kept for every call of the process (``streamed``).
+    Best rather than median: noise on a busy machine only adds time. Calls
+    of other signatures run plain, untimed, until a kind is kept.
 
-    Calls from several Python threads at once are counted correctly (a
-    lock), though their times then overlap and the choice is noisier.
+    A timed call that could not run on its threads (another call held them)
+    is not recorded, and its kind is tried again. Calls from several Python
+    threads at once are counted under a lock.
     """
 
-    WARMUP = 1
     TRIALS = 3
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._calls = 0
+        self._signature = None
+        self._warmed = []   # the kinds whose untimed first call has been handed out
         self._best = {False: math.inf, True: math.inf}
         self._timed = {False: 0, True: 0}
         self.streamed = None   # the kept choice: None while still timing
 
-    def next_kind(self):
-        """``(streamed, timed)``: the kind of store for the next large call, and
+    def next_kind(self, signature):
+        """``(streamed, timed)``: the kind of store for the next large call, whose
+        gradient has `signature` (any hashable, e.g. ``(dtype, nbytes)``), and
         whether to time it and hand the time to `record`."""
         if self.streamed is not None:
             return self.streamed, False
         with self._lock:
-            k = self._calls
-            self._calls += 1
-        if k < self.WARMUP:
-            return False, False
-        return (k - self.WARMUP) % 2 == 0, True
+            if self._signature is None:
+                self._signature = signature
+            if signature != self._signature:
+                return False, False
+            if len(self._warmed) < 2:
+                self._warmed.append(len(self._warmed) == 1)
+                return self._warmed[-1], False
+            return self._timed[True] <= self._timed[False], True
 
     def record(self, streamed, seconds, nbytes):
         """Take the time of one timed call of `streamed` kind that wrote `nbytes`

@@ -18,8 +18,9 @@ per-chunk factors, and ``done[0]``, how many of its entries are stored
 (from the first on). None stands for no pending row, in every other kernel.
 
 8192x32000 float32 into a buffer, 2 threads, AMD Zen 3: 78-86 ms with plain
-stores, 72-76 ms streamed (memcpy of the logits 49-53 ms); when to stream is
-`xent._fused._launch.streams`' choice.
+stores, 72-76 ms streamed (memcpy of the logits 49-53 ms); on a Zen 4, 87 ms
+plain and 123 ms streamed. When to stream is `xent._fused._launch.store_kind`'s
+choice, by timing (`xent._fused._stores`).
 """
 import numpy as np
 from numba import njit, types
