@@ -2,6 +2,9 @@
 and the `torch.func` transforms run through the registered operator
 (`xent._torch_ops`), and give eager's values and gradients (eager is checked
 against TensorFlow in test_torch.py)."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -183,3 +186,26 @@ def _eager_grads(objective, x, y):
     x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
     return torch.autograd.grad(objective(x, y), (x, y), allow_unused=True, materialize_grads=True)
 
+
+
+def test_compile_fullgraph_works_as_the_first_call_of_a_fresh_process():
+    """The first call of xent on a tensor imports xent's torch face; inside
+    `torch.compile(fullgraph=True)` that import is traced too, and must not
+    break the graph (an `importlib` call did: dynamo refuses it). A fresh
+    interpreter, since this process has long imported the face."""
+    code = (
+        "import torch, xent\n"
+        "f = torch.compile(lambda x, l: xent.nn.sparse_softmax_cross_entropy_with_logits("
+        "labels=l, logits=x).sum(), fullgraph=True)\n"
+        "x = torch.randn(4, 7, requires_grad=True)\n"
+        "l = torch.tensor([0, 6, 2, 3])\n"
+        "loss = f(x, l)\n"
+        "loss.backward()\n"
+        "want = torch.nn.functional.cross_entropy(x.detach(), l, reduction='sum')\n"
+        "torch.testing.assert_close(loss.detach(), want)\n"
+        "torch.testing.assert_close(x.grad, torch.softmax(x.detach(), -1)"
+        " - torch.nn.functional.one_hot(l, 7))\n"
+        "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

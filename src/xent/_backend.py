@@ -24,7 +24,6 @@ framework that is not already in `sys.modules` cannot have made the array).
 Other arguments (NumPy arrays, lists, scalars) are converted to the
 framework's type; torch tensors and JAX arrays in one call are refused.
 """
-import importlib
 import sys
 
 import numpy as np
@@ -117,11 +116,31 @@ def _framework_backend(arrays):
     return None
 
 
+# xent's framework faces once imported, by name ("_torch", "_jax"): a dict of
+# its own rather than ``sys.modules``, whose change behind torch.compile's back
+# (an import while it traces) fails the guards it set on it.
+_FRAMEWORK_MODULES = {}
+
+
 def _framework_module(name):
-    """`xent._torch` or `xent._jax`, imported the first time it is asked for (an
-    import statement here cost 0.5 us a call)."""
-    module = sys.modules.get("xent." + name)
-    return module if module is not None else importlib.import_module("xent." + name)
+    """`xent._torch` or `xent._jax` ("_torch" or "_jax"), imported the first time it
+    is asked for (an import statement on every call cost 0.5 us)."""
+    module = _FRAMEWORK_MODULES.get(name)
+    if module is None:
+        module = _FRAMEWORK_MODULES[name] = _import_framework_module(name)
+    return module
+
+
+def _import_framework_module(name):
+    """Import `xent._torch` or `xent._jax` by an import statement: when the first
+    call on a tensor runs inside `torch.compile(fullgraph=True)`, dynamo
+    traces this import, where it refuses `importlib.import_module` (a graph
+    break, which fullgraph turns into an error)."""
+    if name == "_torch":
+        from xent import _torch
+        return _torch
+    from xent import _jax
+    return _jax
 
 
 def of(*arrays):
