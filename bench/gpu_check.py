@@ -69,11 +69,11 @@ def torch_cases(torch):
     ]
 
 
-def _torch_step(fn, x, y, d, w):
+def _torch_step(torch, fn, x, y, d, w):
     """The loss and its gradient with respect to x (sum of the loss if it is not a scalar)."""
     x = x.detach().requires_grad_()
     loss = fn(x, y, d, w)
-    (grad,) = __import__("torch").autograd.grad(loss.sum(), x)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
     return loss, grad
 
 
@@ -91,7 +91,7 @@ def check_torch(torch, device, failures):
         name = str(dtype).split(".")[1]
         x, d, w = (a.to(dtype) for a in (x64, d64, w64))
         for case, fn in torch_cases(torch):
-            want = _torch_step(fn, x, y, d, w)
+            want = _torch_step(torch, fn, x, y, d, w)
             args = [a.to(device) for a in (x, y, d, w)]
             _torch.use_torch_ops_on_cpu(on_cpu)
             sync = "" if on_cpu else "error"
@@ -99,7 +99,7 @@ def check_torch(torch, device, failures):
                 if sync:
                     torch.cuda.synchronize()
                     torch.cuda.set_sync_debug_mode(sync)
-                got = _torch_step(fn, *args)
+                got = _torch_step(torch, fn, *args)
                 error = None
             except Exception as e:   # a sync raises RuntimeError here
                 got, error = None, e

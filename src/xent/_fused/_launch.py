@@ -241,7 +241,7 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     def run_into(x, out):
         streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
             else store_kind(x, out)
-        start = time.perf_counter()
+        start = time.perf_counter() if timed else 0.0
         on_its_threads = _run(*kernels["grad_streamed" if streamed else prefix + "grad"], nbytes,
                               read_only(x), *targets, out, loss, lse, *fetch("grad"))
         if timed and on_its_threads:

@@ -45,7 +45,7 @@ class StoreChoice:
     def __init__(self):
         self._lock = threading.Lock()
         self._signature = None
-        self._warmed = []   # the kinds whose untimed first call has been handed out
+        self._untimed = 0   # untimed first calls handed out: plain, then streamed
         self._best = {False: math.inf, True: math.inf}
         self._timed = {False: 0, True: 0}
         self.streamed = None   # the kept choice: None while still timing
@@ -61,9 +61,9 @@ class StoreChoice:
                 self._signature = signature
             if signature != self._signature:
                 return False, False
-            if len(self._warmed) < 2:
-                self._warmed.append(len(self._warmed) == 1)
-                return self._warmed[-1], False
+            if self._untimed < 2:
+                self._untimed += 1
+                return self._untimed == 2, False
             return self._timed[True] <= self._timed[False], True
 
     def record(self, streamed, seconds, nbytes):
