@@ -363,8 +363,12 @@ class TorchBackend:
 
     @staticmethod
     def dtype_name(x):
-        """``torch.float32`` → ``"float32"``."""
-        return str(x.dtype).removeprefix("torch.")
+        """``torch.float32`` → ``"float32"`` (remembered per dtype: a small call asks
+        several times, and building the string cost 0.17 us against 0.05)."""
+        name = _DTYPE_NAMES.get(x.dtype)
+        if name is None:
+            name = _DTYPE_NAMES.setdefault(x.dtype, str(x.dtype).removeprefix("torch."))
+        return name
 
     def astype(self, x, name):
         """Cast to the dtype called `name` (Python scalars become tensors on this device)."""
@@ -427,6 +431,8 @@ class TorchBackend:
         return _LossAndBackprop.apply("dense", x2, y2)
 
 
+# torch dtype → its name (`TorchBackend.dtype_name`).
+_DTYPE_NAMES = {}
 _CPU_BACKEND = TorchBackend(torch.device("cpu"))
 
 # (last: the operators' module builds on this one's functions)

@@ -68,6 +68,8 @@ def nn_sparse_shapes(labels, logits):
     """
     if logits.ndim == 0:
         raise ValueError(f"`logits` cannot be a scalar. Received logits={logits}")
+    if labels.shape == logits.shape[:-1]:   # (the usual case: two shape reads, no tuples)
+        return
     if labels.ndim != logits.ndim - 1:
         raise ValueError(
             "`labels.shape.rank` must equal `logits.shape.rank - 1`. "
