@@ -141,14 +141,21 @@ def test_headline_names_the_isa_compile_time_and_says_slower_when_slower():
     took; a speed-up below 1 reads as "N x slower", not "0.6x faster"."""
     big = [_rec("xent", "grad_inplace", 0.1, 1.3, 4.2), _rec("xent", "grad", 0.1, 1.5, 3.0),
            _rec("xent", "loss", 0.05, 1.4, 1 / 1.7)]
-    small = [_rec("xent", "loss", 30e-6), _rec("PyTorch eager", "loss", 20e-6)]
+    small = [_rec("xent", "loss", 30e-6), _rec("PyTorch eager", "loss", 20e-6),
+             _rec("xent on torch", "grad", 104e-6), _rec("PyTorch eager", "grad", 80e-6)]
     lines = _report.headline(_report_of({((8192, 32000), "float32"): big,
                                      ((32, 1000), "float32"): small}))
     text = "\n".join(lines)
     assert "haswell: AVX2+FMA" in lines[0] and "Test CPU" in lines[0] and "12.5 s" in lines[0]
     assert "4.2x faster than the fastest peer" in text
     assert "1.7x slower than the fastest peer" in text and "0.6x faster" not in text
-    assert "1.50x the time of PyTorch's F.cross_entropy" in text
+    assert ("32x1000 float32 forward: 30 us, 1.50x the time of PyTorch's F.cross_entropy "
+            "(reduction='none': 20 us)") in text
+    assert ("32x1000 float32 torch step: 104 us, 1.30x the time of PyTorch's F.cross_entropy "
+            "(reduction='none', its step: 80 us)") in text
+    no_step = [r for r in small if r["name"] != "xent on torch"]
+    text = "\n".join(_report.headline(_report_of({((32, 1000), "float32"): no_step})))
+    assert "forward: 30 us" in text and "torch step" not in text
     assert "Large gradients into a buffer" not in text   # no large call chose a kind
 
     report = _report_of({})

@@ -160,7 +160,7 @@ def headline(report):
     floor, the loss against the read floor, and each against the fastest peer;
     bfloat16 against its own copy; a training step through torch and through
     JAX against the copy and against the frameworks' own; 32x1000 against
-    PyTorch's forward."""
+    PyTorch's forward and its training step."""
     lines = [f"Kernels compiled for {report['machine'].get('compiled_for')} on "
              f"{report['machine']['cpu']}; compiling or loading them took "
              f"{report.get('compile_s', 0):.1f} s, before (and apart from) the timings."]
@@ -227,14 +227,21 @@ def _step_lines(report, shape):
 
 
 def _small_forward_lines(report):
-    """The headline's line for the 32x1000 float32 forward against PyTorch's."""
-    small = _record(report, (32, 1000), "float32", "xent", "loss")
-    torch = _record(report, (32, 1000), "float32", "PyTorch eager", "loss")
-    if not (small and torch):
-        return []
-    return [f"32x1000 float32 forward: {small['median_s'] * 1e6:.0f} us, "
-            f"{small['median_s'] / torch['median_s']:.2f}x the time of PyTorch's "
-            f"F.cross_entropy (reduction='none', {torch['median_s'] * 1e6:.0f} us)"]
+    """The headline's lines for 32x1000 float32: xent's NumPy forward against
+    PyTorch's, and a torch training step through xent against one through
+    ``F.cross_entropy`` (each line only where both ran)."""
+    lines = []
+    for ours, what in (("xent", "forward"), ("xent on torch", "torch step")):
+        mode = "loss" if what == "forward" else "grad"
+        small = _record(report, (32, 1000), "float32", ours, mode)
+        torch = _record(report, (32, 1000), "float32", "PyTorch eager", mode)
+        if small and torch:
+            lines.append(f"32x1000 float32 {what}: {small['median_s'] * 1e6:.0f} us, "
+                         f"{small['median_s'] / torch['median_s']:.2f}x the time of "
+                         f"PyTorch's F.cross_entropy (reduction='none'"
+                         f"{', its step' if mode == 'grad' else ''}: "
+                         f"{torch['median_s'] * 1e6:.0f} us)")
+    return lines
 
 
 def write_outputs(report, out):
