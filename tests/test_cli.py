@@ -88,6 +88,26 @@ def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench,
     assert "xent" in (tmp_path / "bench.md").read_text()
 
 
+def test_xent_bench_shape_runs_only_the_inputs_asked_for(tf, tiny_bench, tmp_path):
+    """``--shape`` (repeatable) replaces the run's inputs, in both dtypes; the
+    report's command names them."""
+    assert cli.main(["bench", "--quick", "--shape", "4x16", "--shape", "8X3",
+                     "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["shape"], r["dtype"]) for r in report["results"]] == [
+        ([4, 16], "float32"), ([4, 16], "bfloat16"), ([8, 3], "float32"), ([8, 3], "bfloat16")]
+    assert report["command"] == "xent bench --quick --shape 4x16 --shape 8x3"
+
+
+@pytest.mark.parametrize("text", ["8192", "8192x", "x32000", "0x10", "8x-1", "axb", "8x3x2"])
+def test_xent_bench_shape_refuses_what_is_not_rows_x_classes(capsys, text):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--shape", text])
+    assert exit_info.value.code == 2
+    assert f"expected ROWSxCLASSES with two positive integers, such as 8192x32000; got {text!r}" \
+        in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("dtype", _run.DTYPES)
 def test_the_calls_xent_bench_times_compute_tensorflows_values(tf, dtype):
     logits, labels = _cases.make_inputs((8, 16), dtype)

@@ -3,6 +3,15 @@ import argparse
 import sys
 
 
+def _shape(text):
+    """``"8192x32000"`` → ``(8192, 32000)``: rows and classes, both positive."""
+    rows, _, classes = text.lower().partition("x")
+    if not (rows.isdigit() and classes.isdigit() and int(rows) > 0 and int(classes) > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected ROWSxCLASSES with two positive integers, such as 8192x32000; got {text!r}")
+    return int(rows), int(classes)
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="xent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -11,6 +20,8 @@ def _parser():
     bench = sub.add_parser("bench", help="time xent against every installed peer")
     bench.add_argument("--quick", action="store_true", help="small shapes, few repeats (< 1 minute)")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG results")
+    bench.add_argument("--shape", action="append", type=_shape, metavar="ROWSxCLASSES",
+                       help="time only this input (repeatable), e.g. --shape 8192x32000")
     return parser
 
 
@@ -23,7 +34,7 @@ def main(argv=None):
         return _demo.run()
     from xent import _bench
 
-    return _bench.main(quick=args.quick, out=args.out)
+    return _bench.main(quick=args.quick, out=args.out, shapes=args.shape)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,14 @@ DTYPES = ("float32", "bfloat16")
 NEIGHBOUR_SHAPE = (512, 32000)   # 64 MB: above xent's threading threshold, quick for every peer
 
 
-def main(quick: bool = False, out: str = "bench/results") -> int:
-    """Run the benchmark; print the table; write JSON, PNG and Markdown under `out`."""
-    shapes = QUICK_SHAPES if quick else FULL_SHAPES
+def main(quick: bool = False, out: str = "bench/results", shapes=None) -> int:
+    """Run the benchmark; print the table; write JSON, PNG and Markdown under `out`.
+
+    `shapes` (``[(rows, classes), ...]``) restricts the run to those inputs
+    (with `quick`'s repeats or the full run's); None: every input of the run."""
+    command = "xent bench" + (" --quick" if quick else "")
+    command += "".join(f" --shape {rows}x{classes}" for rows, classes in shapes or ())
+    shapes = tuple(shapes) if shapes else QUICK_SHAPES if quick else FULL_SHAPES
     _core.kernels()   # loads the fused kernels first: they pick numba's threading layer
     jobs = [(shape, dtype) for shape in shapes for dtype in DTYPES]
     started, skipped, results = time.time(), {}, []
@@ -47,7 +52,7 @@ def main(quick: bool = False, out: str = "bench/results") -> int:
                                 idle_s=0.05 if quick else 0.2)
     progress.close()
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "command": "xent bench" + (" --quick" if quick else ""),
+              "command": command,
               "machine": machine(), "load_before": load_before, "seconds": time.time() - started,
               "compile_s": compile_s,
               "neighbour": neighbour, "skipped": skipped, "results": results}
