@@ -88,15 +88,20 @@ def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench,
     assert "xent" in (tmp_path / "bench.md").read_text()
 
 
-def test_xent_bench_shape_runs_only_the_inputs_asked_for(tf, tiny_bench, tmp_path):
-    """``--shape`` (repeatable) replaces the run's inputs, in both dtypes; the
-    report's command names them."""
+def test_xent_bench_shape_and_dtype_run_only_the_inputs_asked_for(tf, tiny_bench, tmp_path):
+    """``--shape`` (repeatable) replaces the run's inputs, in both dtypes unless
+    ``--dtype`` names one; the report's command names them."""
     assert cli.main(["bench", "--quick", "--shape", "4x16", "--shape", "8X3",
                      "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [(r["shape"], r["dtype"]) for r in report["results"]] == [
         ([4, 16], "float32"), ([4, 16], "bfloat16"), ([8, 3], "float32"), ([8, 3], "bfloat16")]
     assert report["command"] == "xent bench --quick --shape 4x16 --shape 8x3"
+    assert cli.main(["bench", "--quick", "--shape", "4x16", "--dtype", "bfloat16",
+                     "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["shape"], r["dtype"]) for r in report["results"]] == [([4, 16], "bfloat16")]
+    assert report["command"] == "xent bench --quick --shape 4x16 --dtype bfloat16"
 
 
 @pytest.mark.parametrize("text", ["8192", "8192x", "x32000", "0x10", "8x-1", "axb", "8x3x2"])

@@ -22,6 +22,8 @@ def _parser():
     bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG results")
     bench.add_argument("--shape", action="append", type=_shape, metavar="ROWSxCLASSES",
                        help="time only this input (repeatable), e.g. --shape 8192x32000")
+    bench.add_argument("--dtype", action="append", choices=("float32", "bfloat16"),
+                       help="time only this dtype (repeatable; default both)")
     return parser
 
 
@@ -34,7 +36,7 @@ def main(argv=None):
         return _demo.run()
     from xent import _bench
 
-    return _bench.main(quick=args.quick, out=args.out, shapes=args.shape)
+    return _bench.main(quick=args.quick, out=args.out, shapes=args.shape, dtypes=args.dtype)
 
 
 if __name__ == "__main__":

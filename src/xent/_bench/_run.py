@@ -22,16 +22,19 @@ DTYPES = ("float32", "bfloat16")
 NEIGHBOUR_SHAPE = (512, 32000)   # 64 MB: above xent's threading threshold, quick for every peer
 
 
-def main(quick: bool = False, out: str = "bench/results", shapes=None) -> int:
+def main(quick: bool = False, out: str = "bench/results", shapes=None, dtypes=None) -> int:
     """Run the benchmark; print the table; write JSON, PNG and Markdown under `out`.
 
-    `shapes` (``[(rows, classes), ...]``) restricts the run to those inputs
-    (with `quick`'s repeats or the full run's); None: every input of the run."""
+    `shapes` (``[(rows, classes), ...]``) and `dtypes` (names among `DTYPES`)
+    restrict the run to those inputs (with `quick`'s repeats or the full
+    run's); None: every input of the run."""
     command = "xent bench" + (" --quick" if quick else "")
     command += "".join(f" --shape {rows}x{classes}" for rows, classes in shapes or ())
+    command += "".join(f" --dtype {name}" for name in dtypes or ())
     shapes = tuple(shapes) if shapes else QUICK_SHAPES if quick else FULL_SHAPES
+    dtypes = tuple(name for name in DTYPES if name in dtypes) if dtypes else DTYPES
     _core.kernels()   # loads the fused kernels first: they pick numba's threading layer
-    jobs = [(shape, dtype) for shape in shapes for dtype in DTYPES]
+    jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
     started, skipped, results = time.time(), {}, []
     load_before = os.getloadavg()
     progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
