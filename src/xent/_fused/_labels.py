@@ -7,6 +7,7 @@ error). Compiled, it costs 0.2 us on 32 labels where NumPy's min and max take
 import numpy as np
 from numba import njit
 
+from xent._fused._llvm import vectorise_wide
 from xent._fused._options import KERNEL
 
 __all__ = ["labels_fit"]
@@ -20,6 +21,7 @@ def labels_fit(labels, num_classes):
     class count), and the comparisons are or-ed without a branch, so the loop
     vectorises.
     """
+    vectorise_wide()
     limit = np.uint64(num_classes)
     outside = False
     for value in labels:

@@ -6,15 +6,21 @@ here becomes a library call (`xent._fused._target.external_symbols`, applied
 to every kernel by the tests, checks that). The flags on each operation are
 chosen so that numba's fast-math pass cannot regroup what must stay exact.
 """
+import functools
+
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from xent._fused import _target
+
 __all__ = [
     "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
     "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled", "store_fence",
+    "vectorise_wide",
 ]
 
 
@@ -289,3 +295,46 @@ def round_scale(typingctx, t, a, magic):
     if not t == a == magic == types.float32:
         return None
     return types.UniTuple(types.float32, 2)(t, a, magic), codegen
+
+
+# The LLVM function attribute that lets the loop vectoriser use 512-bit vectors
+# (clang's -mprefer-vector-width=512), for the kernel that carries it only.
+_WIDE = '"prefer-vector-width"="512"'
+
+
+def _add_string_attribute(function, attribute):
+    """Add LLVM string attribute `attribute` (``"key"="value"``) to llvmlite
+    ir.Function `function`. llvmlite checks function attributes against a
+    list of LLVM keywords, which holds no string attributes, so it goes into
+    the set past that check; llvmlite writes the set's entries as they are."""
+    set.add(function.attributes, attribute)
+
+
+@functools.cache
+def _string_attributes_parse():
+    """Whether a function carrying `_WIDE` (added by `_add_string_attribute`) comes
+    out of llvmlite as IR that LLVM parses: if a later llvmlite wrote it
+    otherwise, the kernels go without it rather than fail to compile."""
+    module = ir.Module()
+    function = ir.Function(module, ir.FunctionType(ir.VoidType(), []), "probe")
+    ir.IRBuilder(function.append_basic_block()).ret_void()
+    _add_string_attribute(function, _WIDE)
+    try:
+        parsed = llvm_binding.parse_assembly(str(module))
+        parsed.verify()
+    except RuntimeError:
+        return False
+    return _WIDE in str(parsed)
+
+
+@intrinsic
+def vectorise_wide(typingctx):
+    """Let LLVM vectorise the loops of the kernel that calls this 512 bits wide,
+    where `xent._fused._target.wide_vectors` says so (on Intel's AVX-512 CPUs
+    LLVM keeps to 256 bits otherwise); elsewhere nothing. Called first in each
+    row kernel: the loops of the helpers it inlines are vectorised in it."""
+    def codegen(context, builder, sig, args):
+        if _target.wide_vectors() and _string_attributes_parse():
+            _add_string_attribute(builder.function, _WIDE)
+        return context.get_dummy_value()
+    return types.none(), codegen

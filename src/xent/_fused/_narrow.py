@@ -27,7 +27,7 @@ from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
 from xent._fused._exps import exp, exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
-from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat
+from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
 from xent._fused._rows import weight
@@ -251,6 +251,7 @@ def _nan_row(out, r, ref):
 @njit(**KERNEL)
 def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= NARROW_MAX]``."""
+    vectorise_wide()
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
     lanes = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
     t, ms, logs = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
@@ -268,6 +269,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     """As `sparse_narrow_loss_rows`, writing w_i (softmax - onehot(label)) into out
     (may be x: a block is read whole before any of it is written); w_i is
     `xent._fused._rows.weight`(weights, i)."""
+    vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
     lanes = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
     t, ms, logs = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
@@ -318,6 +320,7 @@ def _dense_narrow_row(ms, logs, l):
 @njit(**KERNEL)
 def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of x ``[N, C <= NARROW_DENSE_MAX]``, targets y."""
+    vectorise_wide()
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
@@ -337,6 +340,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
 @njit(**KERNEL)
 def dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
     """As `dense_narrow_loss_rows`, writing softmax - y into out (may be x)."""
+    vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),

@@ -25,7 +25,7 @@ from xent._fused._pass_b import chunk_factor, rescale
 from xent._fused._scale import fill_nan
 from xent._fused._stream import stream_to
 from xent._fused._formats import like, load, store
-from xent._fused._llvm import fmuladd, label_loss, store_fence
+from xent._fused._llvm import fmuladd, label_loss, store_fence, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
 
@@ -233,6 +233,7 @@ def _target(y, i):
 @njit(**KERNEL)
 def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and labels ``[N]``."""
+    vectorise_wide()
     x = borrowed(x)   # (`_borrow`: its views count no references, nor those of st)
     stats = chunk_stats(x)
     st = borrowed(stats)
@@ -245,6 +246,7 @@ def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
 def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
     """As `sparse_loss_rows`, and out[i] = w_i (softmax(x[i]) - one_hot(labels[i]))
     with w_i = `weight`(weights, i)."""
+    vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
@@ -262,6 +264,7 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
     dtype, with each row's gradient stored by `xent._fused._stream` during
     the next row's pass A (non-temporal stores: for an `out` larger than the
     caches). The same bits as `sparse_grad_rows`."""
+    vectorise_wide()
     if lo >= hi:
         return
     x, out = borrowed(x), borrowed(out)   # (`_borrow`)
@@ -294,6 +297,7 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
 @njit(**KERNEL)
 def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
     """As `sparse_grad_rows` with out = x: the gradient overwrites the logits."""
+    vectorise_wide()
     x = borrowed(x)   # (`_borrow`)
     stats, scratch_row, saved = chunk_stats(x), _exp_scratch(x, x), _save_chunk(x)
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
@@ -308,6 +312,7 @@ def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
 @njit(**KERNEL)
 def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and targets y ``[1 or N, C]``."""
+    vectorise_wide()
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
     stats = chunk_stats(x)
     st = borrowed(stats)
@@ -319,6 +324,7 @@ def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
 @njit(**KERNEL)
 def dense_grad_rows(x, y, out, loss, lse, fetch, lo, hi):
     """As `dense_loss_rows`, and out[i] = softmax(x[i]) - y[i]."""
+    vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
@@ -332,6 +338,7 @@ def dense_grad_rows(x, y, out, loss, lse, fetch, lo, hi):
 @njit(**KERNEL)
 def dense_grad_rows_inplace(x, y, loss, lse, fetch, lo, hi):
     """As `dense_grad_rows` with out = x: the gradient overwrites the logits."""
+    vectorise_wide()
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
     stats, scratch_row, saved = chunk_stats(x), _exp_scratch(x, x), _save_chunk(x)
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
