@@ -38,7 +38,7 @@ from numba.extending import overload
 from xent._fused._cuts import CHUNK, piece_of
 from xent._fused._exps import exp_of, sweep_exp, sweep_k, sweep_shift
 from xent._fused._formats import HALF_FORMATS, like, load
-from xent._fused._llvm import is_finite, max_finite, maximum, prefetch
+from xent._fused._llvm import is_finite, max_finite, maximum, prefetch, vectorise_wide
 from xent._fused._math import exp64
 from xent._fused._options import INLINE
 from xent._fused._stream import stream_to
@@ -151,6 +151,7 @@ def _restore_impl(x, save, lo, hi):
         return lambda x, save, lo, hi: None
 
     def restore(x, save, lo, hi):
+        vectorise_wide()
         for j in range(lo, hi):
             x[j] = save[j - lo]
     return restore
@@ -180,6 +181,7 @@ def _targets_impl(x, y, lo, hi, shift):
         return zeros
 
     def sums(x, y, lo, hi, shift):
+        vectorise_wide()
         return _chunk_targets(x, y, lo, hi, shift)
     return sums
 

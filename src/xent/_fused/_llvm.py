@@ -313,26 +313,31 @@ def _add_string_attribute(function, attribute):
 @functools.cache
 def _string_attributes_parse():
     """Whether a function carrying `_WIDE` (added by `_add_string_attribute`) comes
-    out of llvmlite as IR that LLVM parses: if a later llvmlite wrote it
-    otherwise, the kernels go without it rather than fail to compile."""
-    module = ir.Module()
-    function = ir.Function(module, ir.FunctionType(ir.VoidType(), []), "probe")
-    ir.IRBuilder(function.append_basic_block()).ret_void()
-    _add_string_attribute(function, _WIDE)
+    out of llvmlite as IR that LLVM parses: if a later llvmlite kept or wrote
+    its attributes otherwise, the kernels go without it rather than fail to
+    compile."""
     try:
+        module = ir.Module()
+        function = ir.Function(module, ir.FunctionType(ir.VoidType(), []), "probe")
+        ir.IRBuilder(function.append_basic_block()).ret_void()
+        _add_string_attribute(function, _WIDE)
         parsed = llvm_binding.parse_assembly(str(module))
         parsed.verify()
-    except RuntimeError:
+    except Exception:   # noqa: BLE001 - any failure means: no string attributes
         return False
     return _WIDE in str(parsed)
 
 
 @intrinsic
 def vectorise_wide(typingctx):
-    """Let LLVM vectorise the loops of the kernel that calls this 512 bits wide,
+    """Let LLVM vectorise the loops of the function that calls this 512 bits wide,
     where `xent._fused._target.wide_vectors` says so (on Intel's AVX-512 CPUs
-    LLVM keeps to 256 bits otherwise); elsewhere nothing. Called first in each
-    row kernel: the loops of the helpers it inlines are vectorised in it."""
+    LLVM keeps to 256 bits otherwise); elsewhere nothing.
+
+    Called first in each row kernel, whose loops include those of the helpers
+    numba inlines (``INLINE``), and in each typed overload that holds a loop:
+    an overload is compiled and optimised as a function of its own, then
+    inlined by LLVM with its loops already vectorised."""
     def codegen(context, builder, sig, args):
         if _target.wide_vectors() and _string_attributes_parse():
             _add_string_attribute(builder.function, _WIDE)

@@ -28,7 +28,7 @@ from numba.extending import overload
 
 from xent._fused._cuts import CHUNK
 from xent._fused._formats import like, tiny
-from xent._fused._llvm import STREAM_BYTES, stream_scaled
+from xent._fused._llvm import STREAM_BYTES, stream_scaled, vectorise_wide
 from xent._fused._options import INLINE
 from xent._fused._scale import scale_entries
 
@@ -90,6 +90,7 @@ def _stream_to_impl(pending, hi):
         return lambda pending, hi: None
 
     def store_up_to(pending, hi):
+        vectorise_wide()
         out, e, factors, done = pending
         if hi > done[0]:
             _stream_run(out, e, factors, done[0], hi)
