@@ -57,7 +57,8 @@ out = np.zeros(2, np.float32)
 row_sig = tuple(numba.typeof(a) for a in (x, y, out, out)) + (
     numba.boolean, numba.int64, numba.int64)
 zmm = lambda f, s: (f.compile(s), len(re.findall("zmm", f.inspect_asm(s))))[1]
-found = {"wide": _target.wide_vectors(), "plain_loop": zmm(plain, sig), "wide_loop": zmm(wide, sig)}
+found = {"wide": _target.wide_vectors(), "isa": _target.isa(), "plain_loop": zmm(plain, sig),
+         "wide_loop": zmm(wide, sig)}
 if sys.argv[1] == "kernel":   # (compiling a kernel takes seconds)
     found["loss_kernel"] = zmm(_rows.sparse_loss_rows, row_sig)
 print(json.dumps(found))
@@ -85,19 +86,21 @@ def test_intel_avx512_loops_go_512_bits_wide_in_the_kernels_only(tmp_path):
         assert _target.wide_vectors() is False
         return
     found = _compiled_for("icelake-server", tmp_path, kernel=True)
-    assert found["wide"] is True
+    assert found["wide"] is True and found["isa"] == "icelake-server: AVX-512"
     assert found["plain_loop"] == 0 and found["wide_loop"] > 0, found
     assert found["loss_kernel"] > 100, found
 
 
 def test_no_wide_loops_where_the_clock_drops_at_512_bits_or_there_is_no_avx512(tmp_path):
     """Skylake-SP keeps LLVM's 256-bit loops (its clock drops for 512-bit work),
-    vectorise_wide or not; an AVX2 CPU has no 512-bit registers at all."""
+    vectorise_wide or not, and the ISA xent reports (`xent bench`) says so; an
+    AVX2 CPU has no 512-bit registers at all."""
     if not _X86_64:
         from xent._fused import _target
 
         assert _target.wide_vectors() is False
         return
-    for cpu in ("skylake-avx512", "haswell"):
+    for cpu, isa in (("skylake-avx512", "AVX-512, 256-bit loops"), ("haswell", "AVX2+FMA")):
         found = _compiled_for(cpu, tmp_path)
-        assert found == {"wide": False, "plain_loop": 0, "wide_loop": 0}, (cpu, found)
+        assert found == {"wide": False, "isa": f"{cpu}: {isa}", "plain_loop": 0, "wide_loop": 0}, \
+            (cpu, found)

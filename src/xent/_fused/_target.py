@@ -231,10 +231,11 @@ def wide_vectors():
 
 def isa():
     """The instruction set the kernels are compiled for, in words, e.g.
-    ``"znver3: AVX2+FMA"`` or ``"x86-64: SSE2"`` (from the same probes)."""
+    ``"znver3: AVX2+FMA"``, ``"x86-64: SSE2"`` or, where the loops stay 256 bits
+    wide (`wide_vectors`), ``"cascadelake: AVX-512, 256-bit loops"``."""
     asm = _assembly(FMA_PROBE)
     if "zmm" in asm:
-        level = "AVX-512"
+        level = "AVX-512" if wide_vectors() else "AVX-512, 256-bit loops"
     elif "ymm" in asm:
         level = "AVX2+FMA" if lowers_natively(FMA_PROBE) else "AVX"
     elif "xmm" in asm:
