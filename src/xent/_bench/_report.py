@@ -176,7 +176,7 @@ def headline(report):
                      "the bandwidth-bound ratios vary from run to run.")
     for shape in HEADLINE_SHAPES:
         lines += _kernel_lines(report, shape) + _step_lines(report, shape)
-    return lines + _small_forward_lines(report)
+    return lines + _small_input_lines(report)
 
 
 def _kernel_lines(report, shape):
@@ -226,7 +226,7 @@ def _step_lines(report, shape):
     return lines
 
 
-def _small_forward_lines(report):
+def _small_input_lines(report):
     """The headline's lines for 32x1000 float32: xent's NumPy forward against
     PyTorch's, and a torch training step through xent against one through
     ``F.cross_entropy`` (each line only where both ran)."""

@@ -32,11 +32,11 @@ def settle_store_choice(cases, logits):
     if logits.dtype.name not in ("float32", "float64") or logits.nbytes < _launch.STREAM_MIN_BYTES:
         return
     choice = _launch.STORES
-    runs = [case.run for case in cases if (case.name, case.mode) == ("xent", "grad")]
-    for _ in range(4 * (choice.TRIALS + 1)):   # (a call that found the threads busy is retried)
-        if choice.streamed is not None or not runs:
+    run = next((case.run for case in cases if (case.name, case.mode) == ("xent", "grad")), None)
+    for _ in range(4 * (choice.TRIALS + 1) if run else 0):   # (a busy-threads call is retried)
+        if choice.streamed is not None:
             return
-        runs[0]()
+        run()
 
 
 def time_interleaved(cases, rounds, burst, budget_s, progress, settle_s, paired=None,

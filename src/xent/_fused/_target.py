@@ -30,8 +30,8 @@ from numba.core import config
 from numba.core.codegen import get_host_cpu_features
 
 __all__ = ["cpu_name", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather",
-           "wide_vectors", "external_symbols", "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE", "LRINT_PROBE",
-           "FMA_PROBE", "isa"]
+           "wide_vectors", "external_symbols", "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE",
+           "LRINT_PROBE", "FMA_PROBE", "isa"]
 
 
 def cpu_name():
@@ -226,14 +226,20 @@ def wide_vectors():
     of 1000. On its 16 threads, 8192x32000: the loss 1.52x / 1.41x the read.
     `xent._fused._llvm.vectorise_wide` applies it.
     """
-    return "zmm" in _assembly(FMA_PROBE) and cpu_name() not in _CLOCK_DROPS_AT_512
+    return "zmm" in _fma_assembly() and cpu_name() not in _CLOCK_DROPS_AT_512
+
+
+@functools.cache
+def _fma_assembly():
+    """`FMA_PROBE`'s assembly: its registers name the vector width (`isa`, `wide_vectors`)."""
+    return _assembly(FMA_PROBE)
 
 
 def isa():
     """The instruction set the kernels are compiled for, in words, e.g.
     ``"znver3: AVX2+FMA"``, ``"x86-64: SSE2"`` or, where the loops stay 256 bits
     wide (`wide_vectors`), ``"cascadelake: AVX-512, 256-bit loops"``."""
-    asm = _assembly(FMA_PROBE)
+    asm = _fma_assembly()
     if "zmm" in asm:
         level = "AVX-512" if wide_vectors() else "AVX-512, 256-bit loops"
     elif "ymm" in asm:
