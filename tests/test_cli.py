@@ -113,6 +113,32 @@ def test_xent_bench_shape_refuses_what_is_not_rows_x_classes(capsys, text):
         in capsys.readouterr().err
 
 
+def test_xent_bench_dtype_refuses_a_dtype_it_does_not_time(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--dtype", "float16"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dtype" in err and "invalid choice: 'float16'" in err
+
+
+@pytest.mark.parametrize("shapes, dtypes, message", [
+    ([(0, 10)], None, "`shapes` must hold (rows, classes) pairs of positive integers; "
+                      "received (0, 10)"),
+    ([(8, 16, 2)], None, "received (8, 16, 2)"),
+    ([(8.0, 16)], None, "received (8.0, 16)"),
+    (None, ["float16"], "`dtypes` must be names among ('float32', 'bfloat16'); "
+                        "received ['float16']"),
+])
+def test_bench_main_refuses_inputs_it_cannot_time_before_any_work(monkeypatch, shapes, dtypes,
+                                                                  message):
+    """`_bench.main` called from Python checks what the command line's parser
+    checks, before it loads or compiles anything."""
+    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    with pytest.raises(ValueError) as error:
+        _run.main(shapes=shapes, dtypes=dtypes)
+    assert message in str(error.value)
+
+
 @pytest.mark.parametrize("dtype", _run.DTYPES)
 def test_the_calls_xent_bench_times_compute_tensorflows_values(tf, dtype):
     logits, labels = _cases.make_inputs((8, 16), dtype)

@@ -25,9 +25,11 @@ NEIGHBOUR_SHAPE = (512, 32000)   # 64 MB: above xent's threading threshold, quic
 def main(quick: bool = False, out: str = "bench/results", shapes=None, dtypes=None) -> int:
     """Run the benchmark; print the table; write JSON, PNG and Markdown under `out`.
 
-    `shapes` (``[(rows, classes), ...]``) and `dtypes` (names among `DTYPES`)
-    restrict the run to those inputs (with `quick`'s repeats or the full
-    run's); None: every input of the run."""
+    `shapes` (``[(rows, classes), ...]``, positive integers) and `dtypes`
+    (names among `DTYPES`) restrict the run to those inputs (with `quick`'s
+    repeats or the full run's); None: every input of the run. Anything else
+    raises ValueError before any work."""
+    _check_inputs(shapes, dtypes)
     command = "xent bench" + (" --quick" if quick else "")
     command += "".join(f" --shape {rows}x{classes}" for rows, classes in shapes or ())
     command += "".join(f" --dtype {name}" for name in dtypes or ())
@@ -61,6 +63,18 @@ def main(quick: bool = False, out: str = "bench/results", shapes=None, dtypes=No
               "neighbour": neighbour, "skipped": skipped, "results": results}
     write_outputs(report, out)
     return 0
+
+
+def _check_inputs(shapes, dtypes):
+    """Raise ValueError for `main`'s `shapes` or `dtypes` that name no input it can time."""
+    for shape in shapes or ():
+        if not (isinstance(shape, tuple) and len(shape) == 2
+                and all(isinstance(n, int) and n > 0 for n in shape)):
+            raise ValueError(f"`shapes` must hold (rows, classes) pairs of positive integers; "
+                             f"received {shape!r}")
+    unknown = [name for name in dtypes or () if name not in DTYPES]
+    if unknown:
+        raise ValueError(f"`dtypes` must be names among {DTYPES}; received {unknown!r}")
 
 
 def bench_input(shape, dtype_name, quick, skipped, progress, rounds):
