@@ -40,6 +40,17 @@ def test_small_results_bypass_the_pool_and_the_pool_is_bounded():
     assert xent.empty_cache() == _buffers.MAX_BUFFERS * (1 << 20) and not _buffers._pool
 
 
+def test_empty_like_pools_from_the_same_size_on_as_empty():
+    """`empty_like` reads the size from its array; the pool's threshold is the same."""
+    below = np.zeros(_buffers.MIN_BYTES // 4 - 1, np.float32)
+    at = np.zeros((2, _buffers.MIN_BYTES // 8), np.float32)
+    small = _buffers.empty_like(below)
+    assert small.base is None and small.shape == below.shape and not _buffers._pool
+    large = _buffers.empty_like(at)
+    assert (large.shape, large.dtype, large.flags.c_contiguous) == (at.shape, at.dtype, True)
+    assert len(_buffers._pool) == 1 and large.base is _buffers._pool[0]
+
+
 def test_ten_training_steps_keep_every_gradient_they_handed_out():
     """Each step's .grad is kept: none may be overwritten by a later step's gradient."""
     rng = np.random.default_rng(0)

@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["empty", "empty_cache", "MIN_BYTES", "MAX_BUFFERS"]
+__all__ = ["empty", "empty_like", "empty_cache", "MIN_BYTES", "MAX_BUFFERS"]
 
 MIN_BYTES = 1 << 20
 MAX_BUFFERS = 4
@@ -52,6 +52,14 @@ def empty(shape, dtype):
             _make_room()
             _pool.append(np.empty(nbytes, np.uint8))
         return _pool[-1].view(dtype).reshape(shape)
+
+
+def empty_like(a):
+    """`empty` of `a`'s shape and dtype; a small array's size is read from `a` (a small
+    call's fixed cost: 0.04 against 0.3 us for `empty`'s own sum)."""
+    if a.nbytes < MIN_BYTES:
+        return np.empty(a.shape, a.dtype)
+    return empty(a.shape, a.dtype)
 
 
 def _make_room():

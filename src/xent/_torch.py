@@ -116,6 +116,14 @@ def _from_numpy(a):
     return torch.from_numpy(a)
 
 
+def _own_tensor(a):
+    """`_from_numpy` for an array xent has just made, C-contiguous and writable: no
+    checks (0.55 against 0.8 us; a 32x1000 torch step makes two)."""
+    if a.dtype == _BFLOAT16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def _empty_numpy(a):
     """An uninitialised NumPy array like `a` (a logits-sized result on the CPU), from
     xent's pool of large buffers (`xent._buffers`): a warm training step
@@ -125,7 +133,7 @@ def _empty_numpy(a):
     arrays (madvise); torch's allocator does not: the first write into a
     fresh 1 GB gradient (page faults) took 90-100 ms from np.empty against
     270-320 ms from torch.empty_like."""
-    return _buffers.empty(a.shape, a.dtype)
+    return _buffers.empty_like(a)
 
 
 def _accumulate(logits):
@@ -148,7 +156,7 @@ def _forward(kind, labels, logits, want_grad):
         x = _numpy_view(logits)
         out = _empty_numpy(x) if want_grad else None
         loss, _ = _CORE[kind](_numpy_view(labels), x, out)
-        return _from_numpy(loss), None if out is None else _from_numpy(out)
+        return _own_tensor(loss), None if out is None else _own_tensor(out)
     x = _accumulate(logits)
     loss, norm = _ROWS[kind](_Ops, x, labels)
     grad = _GRAD[kind](_Ops, x, labels, norm).to(logits.dtype) if want_grad else None
