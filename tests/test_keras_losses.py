@@ -409,6 +409,23 @@ def test_batch_sample_weight_against_rank2_losses_is_refused_like_tf(keras, rng)
         xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=sample_weight)
 
 
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_unbroadcastable_sample_weight_with_ignore_class_is_refused_like_tf(keras, rng, framework):
+    """With a mask too, TF's "Incompatible shapes" as xent's InvalidArgumentError, on
+    every backend (the mask's product had raised the framework's own error)."""
+    convert = {"numpy": np.asarray, "torch": pytest.importorskip("torch").as_tensor,
+               "jax": pytest.importorskip("jax.numpy").asarray}[framework]
+    y_true = np.array([[0, 1, 2], [2, 1, 0]])
+    y_pred = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    sample_weight = np.array([1.0, 2.0], np.float32)
+    with pytest.raises(Exception, match="Incompatible shapes"):
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2)(
+            y_true, y_pred, sample_weight=sample_weight)
+    loss = xk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2)
+    with pytest.raises(xerrors.InvalidArgumentError, match="Incompatible shapes"):
+        loss(convert(y_true), convert(y_pred), sample_weight=convert(sample_weight))
+
+
 @pytest.mark.parametrize("sample_weight", [2.0, np.array([[1.0], [3.0]])])
 def test_mean_with_sample_weight_divides_by_unbroadcast_weight_sum_like_tf(keras, rng,
                                                                            sample_weight):

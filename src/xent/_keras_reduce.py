@@ -122,6 +122,7 @@ def reduce_weighted_values(be, values, sample_weight=None, mask=None,
             sample_weight = float_mask
         else:
             float_mask, sample_weight = squeeze_or_expand_to_same_rank(be, float_mask, sample_weight)
+            _broadcast_check(float_mask, sample_weight)   # (the mask has the values' shape)
             sample_weight = sample_weight * float_mask
     if sample_weight is not None:
         values, sample_weight = squeeze_or_expand_to_same_rank(be, values, sample_weight)
