@@ -201,6 +201,8 @@ def test_sparse_scalar_logits_raise_value_error_with_tf_text_without_its_stray_b
 DENSE_SHAPE_ERRORS = [
     ((2, 3), (2, 2)), ((2, 1, 3), (2, 3, 3)), ((3, 3), (2, 3, 3)), ((2, 3), (3, 2)),
     ((18,), (2, 3, 3)), ((4, 3), (2, 3, 3)),
+    # the raw op broadcasts the one logits row, the nn op's reshape to the logits' rows fails
+    ((4, 3), (1, 3)), ((2, 3, 3), (3,)), ((0, 3), (1, 3)),
 ]
 
 
@@ -215,6 +217,21 @@ def test_dense_unbroadcastable_labels_raise_value_error_with_tf_text(tf, labels_
     with pytest.raises(ValueError) as err:
         DENSE_NN(labels=labels, logits=logits)
     assert tf_message(tf_err.value) in str(err.value)
+
+
+def test_dense_scalar_labels_raise_invalid_argument_like_tf(tf):
+    logits = np.zeros((2, 3), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.nn.softmax_cross_entropy_with_logits(labels=np.float32(0.5), logits=logits)
+    with pytest.raises(xent.errors.InvalidArgumentError, match="labels.shape=()"):
+        DENSE_NN(labels=np.float32(0.5), logits=logits)
+
+
+def test_dense_logits_row_broadcast_to_more_labels_is_refused_on_torch_too():
+    torch = pytest.importorskip("torch")
+    labels, logits = torch.full((4, 3), 0.25), torch.zeros((1, 3), requires_grad=True)
+    with pytest.raises(xent.errors.InvalidArgumentError, match="tensor with 4 values"):
+        DENSE_NN(labels=labels, logits=logits)
 
 
 @pytest.mark.parametrize("axis", [2, 3, -4, 10], ids=str)

@@ -141,6 +141,27 @@ def dense_layout(logits_shape, labels_shape):
     return logits_2d, labels_2d, rows, loss_shape
 
 
+def nn_dense_rows(logits_shape, labels_shape):
+    """The nn op's rule on top of the raw op's (`dense_layout`): the loss takes the
+    logits' shape without its last axis, so labels may broadcast to the logits'
+    rows but not the logits to more rows than they have. TF's op reshapes the
+    raw op's loss to that shape and fails there, with its reshape's message.
+    Shapes here have their class axis last."""
+    if tuple(labels_shape) == tuple(logits_shape):   # (the usual case)
+        return
+    if not labels_shape:
+        raise InvalidArgumentError(
+            f"`labels` must have rank >= 1 (a class axis); received labels.shape=() with "
+            f"logits.shape={tuple(logits_shape)}")
+    _, _, rows, loss_shape = dense_layout(logits_shape, labels_shape)
+    if loss_shape != tuple(logits_shape[:-1]):
+        raise InvalidArgumentError(
+            f"Input to reshape is a tensor with {rows[0]} values, but the requested shape "
+            f"has {math.prod(logits_shape[:-1])}: the loss has a value per row of `logits`, "
+            f"and their one row does not broadcast to the rows of `labels` "
+            f"(labels.shape={tuple(labels_shape)}, logits.shape={tuple(logits_shape)})")
+
+
 class _Shaped:
     """Just a shape, for the shape checks (which read only ``.shape``/``.ndim``)."""
 

@@ -110,4 +110,5 @@ def dense_losses(be, labels, logits, axis=-1):
     if axis != logits.ndim - 1:
         _validate.same_rank(labels, logits)
         labels, logits = be.xp.moveaxis(labels, axis, -1), be.xp.moveaxis(logits, axis, -1)
+    _validate.nn_dense_rows(logits.shape, labels.shape)
     return be.dense_xent(labels, logits)
