@@ -107,17 +107,14 @@ def test_every_framework_peer_and_xent_on_a_framework_is_marked(monkeypatch):
 
 def test_compile_kernels_reaches_every_fused_kernel_family():
     """`precompile` (run before any timing) compiles what the bench times: the chunk
-    kernels on one thread and on several, and the narrow ones on several (which
-    call their one-thread kernels), for the loss, a gradient into a buffer and in
-    place. Checked here for float32, in this process (whether compiled or loaded
-    from numba's disk cache)."""
-    from xent._fused import _blocks, _rows
+    and narrow row kernels (threads run the same ones), for the loss, a gradient
+    into a buffer and in place. Checked here for float32, in this process
+    (whether compiled or loaded from numba's disk cache)."""
+    from xent._fused import _narrow, _rows
 
     _run.compile_kernels("float32")
     kernels = [_rows.sparse_loss_rows, _rows.sparse_grad_rows, _rows.sparse_grad_rows_inplace,
-               _blocks.sparse_loss_blocks, _blocks.sparse_grad_blocks,
-               _blocks.sparse_grad_blocks_inplace, _blocks.sparse_narrow_loss_blocks,
-               _blocks.sparse_narrow_grad_blocks]
+               _narrow.sparse_narrow_loss_rows, _narrow.sparse_narrow_grad_rows]
     for kernel in kernels:
         signatures = kernel.signatures
         assert any(str(sig[0].dtype) == "float32" for sig in signatures), (kernel, signatures)

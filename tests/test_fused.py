@@ -192,7 +192,7 @@ def test_every_dtype_path_and_width_matches_float64_truth(rng, dtype, kind, widt
     np.testing.assert_array_equal(work.view(np.uint8), into.view(np.uint8))
 
 
-# Threaded first, so that the block kernel is the first of the two to be loaded.
+# Threaded first, in a fresh process.
 _THREADED_FIRST = """
 import sys, numpy as np, xent
 from xent._fused import _launch
@@ -211,9 +211,11 @@ sys.exit(0 if np.array_equal(threaded, gradient(1)) else 1)
 
 
 def test_threaded_calls_give_one_thread_bits_when_loaded_from_the_disk_cache(tmp_path):
-    """A process that loads the kernels from numba's disk cache and runs the
-    threaded kernel first still gets the one-thread bits (it did not: the block
-    kernel's library carries its own copy of the row code, 1-2 ulp apart)."""
+    """A process that loads the kernels from numba's disk cache and runs a
+    threaded call first still gets the one-thread bits. (Until session 14 the
+    threads ran numba ``parallel=True`` block kernels, whose library carried its
+    own copy of the row code, 1-2 ulp apart; threads now run the row kernels
+    themselves, `xent._fused._pool`.)"""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     for how in ("compiled", "loaded from the cache"):
         run = subprocess.run([sys.executable, "-c", _THREADED_FIRST], env=env,
@@ -225,8 +227,8 @@ def test_threaded_calls_give_one_thread_bits_when_loaded_from_the_disk_cache(tmp
 @pytest.mark.parametrize("width", (10, 3000))
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), BF16], ids=["float32", "bfloat16"])
-def test_threaded_blocks_equal_one_thread_on_every_path(rng, force_threads, dtype, kind, width):
-    """The block kernels (rows over numba's threads) give one thread's bits on
+def test_threaded_calls_equal_one_thread_on_every_path(rng, force_threads, dtype, kind, width):
+    """Rows over threads (`xent._fused._pool`) give one thread's bits on
     every path; one thread matches the float64 truth (the grid test above)."""
     logits, targets = grid_inputs(rng, dtype, kind, width, rows=53)
     results = []
@@ -307,9 +309,9 @@ def test_each_need_passes_its_fetch_choice_to_the_chunk_kernels(rng, monkeypatch
     calls, asked = [], []
     real_run = _launch._run
 
-    def recording_run(rows, blocks, nbytes, *args):
+    def recording_run(rows, nbytes, *args):
         calls.append((rows.__name__, args[-1]))
-        return real_run(rows, blocks, nbytes, *args)
+        return real_run(rows, nbytes, *args)
 
     def recording_choice(dtype, need):
         asked.append((np.dtype(dtype).name, need))
@@ -910,9 +912,9 @@ def test_read_only_logits_and_int32_labels_compile_nothing_new(rng, monkeypatch,
     and sparse labels as int64 (which holds whatever ran before this test)."""
     launched, run = [], _launch._run
 
-    def spy(rows, blocks, nbytes, *args):
+    def spy(rows, nbytes, *args):
         launched.append((rows.py_func.__name__, args[0], args[1]))
-        return run(rows, blocks, nbytes, *args)
+        return run(rows, nbytes, *args)
     monkeypatch.setattr(_launch, "_run", spy)
     logits = rng.standard_normal((6, width)).astype(np.float32)
     labels = rng.integers(0, width, 6)

@@ -21,7 +21,7 @@ import pytest
 import xent
 from object_symbols import undefined_symbols
 from test_fused import FLOATS, run_three_ways
-from xent._fused import _blocks, _labels, _math, _narrow, _rows, _target
+from xent._fused import _labels, _math, _narrow, _rows, _target
 
 pytestmark = pytest.mark.every_target
 
@@ -39,24 +39,21 @@ def compile_every_kernel():
     """Call each fused kernel once per dtype, so that it is compiled (or loaded
     from numba's cache) in this process: sparse and dense; loss, gradient into
     a buffer and over the logits; 10 classes (the narrow kernels) and 100 (the
-    chunk kernels); on one thread and, where there are several, over threads
-    (the block kernels; with the `force_threads` fixture). Cheap where
-    tests/test_fused.py has run."""
+    chunk kernels). Threads run the same row kernels (`xent._fused._pool`).
+    Cheap where tests/test_fused.py has run."""
     rng = np.random.default_rng(0)
-    for count in sorted({1, xent._threads.max_threads()}):
-        xent.set_num_threads(count)
-        for dtype in FLOATS:
-            for width in (10, 100):
-                logits = rng.standard_normal((8, width)).astype(dtype)
-                run_three_ways("sparse", logits, rng.integers(0, width, 8))
-                run_three_ways("dense", logits, np.full((8, width), 1 / width, dtype))
+    for dtype in FLOATS:
+        for width in (10, 100):
+            logits = rng.standard_normal((8, width)).astype(dtype)
+            run_three_ways("sparse", logits, rng.integers(0, width, 8))
+            run_three_ways("dense", logits, np.full((8, width), 1 / width, dtype))
 
 
 def compiled_kernels():
     """(name, dispatcher, signature) of every signature compiled or loaded in this
-    process, each once (`_blocks` imports the row kernels too)."""
+    process, each once."""
     seen = set()
-    for module in (_rows, _narrow, _blocks, _math, _labels):
+    for module in (_rows, _narrow, _math, _labels):
         for name in sorted(vars(module)):
             dispatcher = getattr(module, name)
             if isinstance(dispatcher, numba.core.registry.CPUDispatcher):
@@ -102,11 +99,11 @@ def forbidden(symbols):
     return {s for s in symbols if s not in ALLOWED and not s.startswith(ALLOWED_PREFIXES)}
 
 
-def test_compiled_kernels_call_no_external_symbol(force_threads):
+def test_compiled_kernels_call_no_external_symbol():
     compile_every_kernel()
     kernels = list(compiled_kernels())
     # 5 per dtype and kind (sparse, dense) on one thread, and the streamed one for sparse
-    # float32 and float64; as many block kernels more where there are threads.
+    # float32 and float64.
     assert len(kernels) >= 20, f"only {len(kernels)} kernels were compiled"
     offenders = {}
     for name, dispatcher, signature in kernels:

@@ -1,9 +1,9 @@
 """Threads: inputs above the fused kernels' size threshold are split over threads.
 
 The results must not depend on it: a threaded call gives the bits of a serial
-one, loss and gradient, and two Python threads calling at once (numba's
-workqueue takes one parallel launch at a time) each get the bits they would
-get alone. Through the public raw ops, on the fused kernels.
+one, loss and gradient, and two Python threads calling at once (sharing the
+helper threads of `xent._fused._pool`) each get the bits they would get
+alone. Through the public raw ops, on the fused kernels.
 """
 import threading
 

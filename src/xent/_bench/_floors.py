@@ -42,8 +42,9 @@ def floor_cases(logits):
              Case("read floor", "loss", read, "floor")]
     row_copy = _row_copy_kernel() if threads > 1 else None
     if row_copy is not None:
-        cases.append(Case("copy floor (row loop)", "grad",
-                          lambda: row_copy(bits, target, threads), "floor"))
+        cases.append(Case("copy floor (row loop)", "grad", lambda: _on_threads(
+            lambda rows: row_copy(bits, target, rows.start, rows.stop), len(bits), threads),
+            "floor"))
     return cases
 
 
@@ -70,16 +71,15 @@ def _on_threads(work, n_rows, threads):
 
 
 def _row_copy_kernel():
-    """A numba row-by-row copy over `threads` blocks, or None without numba."""
+    """A numba row-by-row copy of rows ``[lo, hi)`` (``nogil``: run on threads as
+    xent's kernels are), or None without numba."""
     try:
-        from numba import njit, prange
+        from numba import njit
     except ImportError:
         return None
 
-    @njit(parallel=True, nogil=True, cache=True)
-    def row_copy(source, target, threads):
-        n = source.shape[0]
-        for block in prange(threads):
-            for i in range(block * n // threads, (block + 1) * n // threads):
-                target[i, :] = source[i, :]
+    @njit(nogil=True, cache=True)
+    def row_copy(source, target, lo, hi):
+        for i in range(lo, hi):
+            target[i, :] = source[i, :]
     return row_copy

@@ -18,11 +18,8 @@ def machine():
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
-    layer = None
-    with contextlib.suppress(Exception):
-        layer = sys.modules["numba"].threading_layer()
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "xent_threads": xent.get_num_threads(), "threading_layer": layer,
+            "xent_threads": xent.get_num_threads(),
             "versions": versions, "loadavg": os.getloadavg(),
             "kernels": _core.get_kernels(), "compiled_for": compiled_for(),
             "gradient_stores": gradient_stores(),

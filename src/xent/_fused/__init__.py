@@ -21,7 +21,7 @@ One file per idea, from the bottom up:
   _pass_b    the gradient of a row, from the exps pass A kept
   _rows      the chunk path's row kernels, per need
   _narrow    rows of at most 64 classes, 16 at a time, one per vector lane
-  _blocks    the kernels spread over threads
+  _pool      a large call's rows over threads (the caller and helper threads)
   _labels    the label range check, compiled
   _launch    the Python side: dispatch, buffers, threads
   _notice    one line on stderr while a long compile runs

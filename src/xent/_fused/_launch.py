@@ -7,76 +7,43 @@ of at most `NARROW_MAX` classes in float32 arithmetic go through the narrow
 kernels, longer ones through the chunk kernels.
 
 Rows are split over `xent.get_num_threads()` threads for inputs above a few
-MB (numba's ``workqueue`` layer unless the user chose another: its idle
-threads sleep instead of spinning); smaller inputs run on the calling thread.
+MB: the calling thread and helper threads take blocks of rows
+(`xent._fused._pool`; idle helpers sleep); smaller inputs run on the calling
+thread.
 """
-import os
-import threading
 import time
 
-import numba
 import numpy as np
 
 from xent import _threads
 from xent._dtypes import accumulator
-from xent._fused import _blocks, _narrow, _rows, _target
+from xent._fused import _narrow, _pool, _rows, _target
 from xent._fused._formats import kernel_view
 from xent._fused._narrow import NARROW_DENSE_MAX, NARROW_MAX
 from xent._fused._stores import StoreChoice
 
 __all__ = ["sparse_rows", "dense_rows", "PARALLEL_MIN_BYTES"]
 
-# Below this much work one thread beats two (waking a sleeping worker costs
-# tens of microseconds). Work is counted in bytes of logits, plus
-# `_ROW_COST_BYTES` per row for the per-row steps (a log, the label, the ends
-# of the vector loops), which dominate when rows are short.
+# Below this much work one thread beats two (a helper thread takes a while to
+# wake). Work is counted in bytes of logits, plus `_ROW_COST_BYTES` per row for
+# the per-row steps (a log, the label, the ends of the vector loops), which
+# dominate when rows are short.
 PARALLEL_MIN_BYTES = 4 << 20
 _ROW_COST_BYTES = 256
-# Each thread gets this many row blocks (pulled dynamically), so a core that
-# is busy with another process delays the call less.
-_BLOCKS_PER_THREAD = 4
-
-_launch_lock = threading.Lock()
 
 
-def _use_workqueue_unless_chosen():
-    """Pick numba's workqueue threading layer (its idle threads sleep) unless the user chose."""
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
-
-
-_use_workqueue_unless_chosen()
-
-
-def _run(rows, blocks, nbytes, *args):
-    """Run `rows(*args, 0, n)` on this thread, or `blocks(*args, k)` over k threads;
-    False if it meant to use threads but found them busy.
-
-    Threads are used from `PARALLEL_MIN_BYTES` of work on, one call at a
-    time (numba's workqueue layer takes one parallel launch at once; a caller
-    that finds it busy computes on its own thread instead).
+def _run(rows, nbytes, *args):
+    """Run `rows(*args, 0, n)` on this thread, or over threads (`_pool.run`); False
+    if it meant to use threads but its helpers took no part (busy, or asleep
+    throughout: the call then ran as on one thread).
     """
     n = args[0].shape[0]
-    if nbytes + n * _ROW_COST_BYTES < PARALLEL_MIN_BYTES:
+    threads = 1 if nbytes + n * _ROW_COST_BYTES < PARALLEL_MIN_BYTES \
+        else min(_threads.get_num_threads(), n)
+    if threads == 1:
         rows(*args, 0, n)
         return True
-    threads = min(_threads.get_num_threads(), n)
-    if threads > 1 and _launch_lock.acquire(blocking=False):
-        try:
-            # An empty range first (about 1 us), so that this signature's row kernel
-            # is loaded before its block kernel: the block kernel's cached library
-            # holds its own copy of the row code, which LLVM compiled with other
-            # regroupings (1-2 ulp apart); loaded first, that copy would serve the
-            # threaded calls, and they would no longer give the one-thread bits.
-            rows(*args, 0, 0)
-            numba.set_num_threads(threads)
-            with numba.parallel_chunksize(1):
-                blocks(*args, min(n, threads * _BLOCKS_PER_THREAD))
-        finally:
-            _launch_lock.release()
-        return True
-    rows(*args, 0, n)
-    return threads == 1
+    return _pool.run(rows, args, n, threads)
 
 
 def read_only(a):
@@ -125,21 +92,21 @@ def _with_gradient(logits, grad_out, run_inplace, run_into):
     return result
 
 
-# (rows, blocks) kernel pairs per need; the narrow gradient kernels also run in place.
+# The row kernel of each need; the narrow gradient kernels also run in place.
 _SPARSE_KERNELS = {
-    "loss": (_rows.sparse_loss_rows, _blocks.sparse_loss_blocks),
-    "grad": (_rows.sparse_grad_rows, _blocks.sparse_grad_blocks),
-    "grad_streamed": (_rows.sparse_grad_rows_streamed, _blocks.sparse_grad_blocks_streamed),
-    "grad_inplace": (_rows.sparse_grad_rows_inplace, _blocks.sparse_grad_blocks_inplace),
-    "narrow_loss": (_narrow.sparse_narrow_loss_rows, _blocks.sparse_narrow_loss_blocks),
-    "narrow_grad": (_narrow.sparse_narrow_grad_rows, _blocks.sparse_narrow_grad_blocks),
+    "loss": _rows.sparse_loss_rows,
+    "grad": _rows.sparse_grad_rows,
+    "grad_streamed": _rows.sparse_grad_rows_streamed,
+    "grad_inplace": _rows.sparse_grad_rows_inplace,
+    "narrow_loss": _narrow.sparse_narrow_loss_rows,
+    "narrow_grad": _narrow.sparse_narrow_grad_rows,
 }
 _DENSE_KERNELS = {
-    "loss": (_rows.dense_loss_rows, _blocks.dense_loss_blocks),
-    "grad": (_rows.dense_grad_rows, _blocks.dense_grad_blocks),
-    "grad_inplace": (_rows.dense_grad_rows_inplace, _blocks.dense_grad_blocks_inplace),
-    "narrow_loss": (_narrow.dense_narrow_loss_rows, _blocks.dense_narrow_loss_blocks),
-    "narrow_grad": (_narrow.dense_narrow_grad_rows, _blocks.dense_narrow_grad_blocks),
+    "loss": _rows.dense_loss_rows,
+    "grad": _rows.dense_grad_rows,
+    "grad_inplace": _rows.dense_grad_rows_inplace,
+    "narrow_loss": _narrow.dense_narrow_loss_rows,
+    "narrow_grad": _narrow.dense_narrow_grad_rows,
 }
 
 
@@ -234,7 +201,7 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
         return () if narrow else (fetches_ahead(logits.dtype, need),)
     if grad_out is None:
         x = read_only(kernel_view(np.ascontiguousarray(logits)))
-        _run(*kernels[prefix + "loss"], nbytes, x, *targets, loss, lse, *fetch("loss"))
+        _run(kernels[prefix + "loss"], nbytes, x, *targets, loss, lse, *fetch("loss"))
         return
     targets = grad_targets or targets
 
@@ -242,14 +209,14 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
         streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
             else store_kind(x, out)
         start = time.perf_counter() if timed else 0.0
-        on_its_threads = _run(*kernels["grad_streamed" if streamed else prefix + "grad"], nbytes,
+        on_its_threads = _run(kernels["grad_streamed" if streamed else prefix + "grad"], nbytes,
                               read_only(x), *targets, out, loss, lse, *fetch("grad"))
         if timed and on_its_threads:
             STORES.record(streamed, time.perf_counter() - start, out.nbytes)
     if narrow:
         run_inplace = lambda x: run_into(x, x)
     else:
-        run_inplace = lambda x: _run(*kernels["grad_inplace"], nbytes, x, *targets, loss, lse,
+        run_inplace = lambda x: _run(kernels["grad_inplace"], nbytes, x, *targets, loss, lse,
                                      *fetch("grad_inplace"))
     _with_gradient(logits, grad_out, run_inplace, run_into)
 

@@ -1,0 +1,117 @@
+"""A large call's rows over threads: the caller and helper threads share its blocks.
+
+`run` cuts rows ``[0, n)`` into `BLOCKS_PER_THREAD` blocks per thread. The
+calling thread and ``threads - 1`` helpers from a pool of Python threads take
+blocks one at a time, each block by one call of the row kernel (compiled
+``nogil``: the threads compute at once), until none is left. The caller starts
+at once and waits only for the blocks a helper has taken, so a helper that
+wakes late, or is busy with another call, costs its share of the speed-up and
+nothing more. Every row goes through the same row kernel whichever thread
+takes it: the results are the one-thread bits.
+
+Idle helpers wait on the pool's queue: they sleep, nothing spins. The pool is
+made on first use, and anew in a child process after ``fork`` (threads do not
+survive a fork).
+
+Why not numba's ``parallel=True`` (``prange`` over blocks, as xent did until
+session 14): each launch on numba's workqueue layer wakes every worker twice
+(a round to set their thread count, then the work) while the caller sleeps,
+and waking an idle vCPU took about 0.3 ms on the 2-vCPU VMs these figures come
+from. Measured there (AMD Zen 4, float32 rows of 1000 classes, ms, medians of
+21 interleaved calls; one thread / numba's launch / this pool; loss alone):
+
+  4 MB 0.31 / 0.27 / 0.24;  8 MB 0.61 / 0.89 / 0.44;  16 MB 1.25 / 1.52 / 0.81;
+  62 MB 5.40 / 5.23 / 3.04;  250 MB 19.9 / 13.4 / 10.9;
+  8192x32000 (1 GB) 61.3 / 37.4 / 35.3; its gradient into a buffer 95.6 / 68.4 / 69.4.
+
+No ``parallel=True`` kernel also means no numba threading layer, and a cold
+first call that compiles a third fewer kernels.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from xent import _threads
+
+__all__ = ["run", "BLOCKS_PER_THREAD"]
+
+# Blocks per thread, taken one at a time: a thread slowed by another process
+# (or a late helper) leaves its blocks to the others.
+BLOCKS_PER_THREAD = 4
+
+_state = {"pool": None, "pid": None}
+_state_lock = threading.Lock()
+
+
+def _helpers():
+    """This process's pool of helper threads (`_threads.max_threads` - 1 of them)."""
+    with _state_lock:
+        if _state["pid"] != os.getpid():
+            _state["pool"] = ThreadPoolExecutor(
+                max_workers=max(1, _threads.max_threads() - 1), thread_name_prefix="xent")
+            _state["pid"] = os.getpid()
+        return _state["pool"]
+
+
+class _Blocks:
+    """One call's blocks of rows, each run by whichever thread takes it first."""
+
+    def __init__(self, rows, args, n, count):
+        self._rows, self._args, self._n, self._count = rows, args, n, count
+        self._taken = self._done = 0
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._error = None
+
+    def _take_one(self):
+        """The next block's index, or None when every block is taken."""
+        with self._lock:
+            if self._taken == self._count or self._error is not None:
+                return None
+            self._taken += 1
+            return self._taken - 1
+
+    def take(self):
+        """Run blocks until none is left; return how many this thread ran."""
+        ran = 0
+        block = self._take_one()
+        while block is not None:
+            lo, hi = block * self._n // self._count, (block + 1) * self._n // self._count
+            try:
+                self._rows(*self._args, lo, hi)
+            except BaseException as exc:
+                self._error = exc
+                self._finished.set()
+                raise
+            ran += 1
+            block = self._take_one()
+        if ran:
+            with self._lock:
+                self._done += ran
+                if self._done == self._count:
+                    self._finished.set()
+        return ran
+
+    def wait(self):
+        """Wait until every block is done; raise what a helper's block raised."""
+        self._finished.wait()
+        self._args = None   # (a helper that starts later finds nothing to do)
+        if self._error is not None:
+            raise self._error
+
+
+def run(rows, args, n, threads):
+    """Run ``rows(*args, lo, hi)`` over ``[0, n)`` on the calling thread and up to
+    ``threads - 1`` helpers; return whether a helper took part (False: the
+    caller ran every block, the helpers being busy or asleep throughout).
+
+    `rows` is a ``nogil`` row kernel whose rows are independent.
+    """
+    count = min(n, threads * BLOCKS_PER_THREAD)
+    blocks = _Blocks(rows, args, n, count)
+    pool = _helpers()
+    for _ in range(threads - 1):
+        pool.submit(blocks.take)
+    mine = blocks.take()
+    blocks.wait()
+    return mine < count

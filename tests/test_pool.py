@@ -1,0 +1,82 @@
+"""The helper threads of large calls (`xent._fused._pool`): every row once, whoever runs it.
+
+The row functions here are plain Python (`_pool.run` takes any ``rows(*args,
+lo, hi)``); the fused kernels' threaded bits are tests/test_threads.py's and
+tests/test_fused.py's.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from xent import _threads
+
+_pool = pytest.importorskip("xent._fused._pool", reason="numba is not installed")
+
+
+def mark_rows(out, lo, hi):
+    """Row function: add 1 to rows [lo, hi) of `out` (a row run twice shows as 2)."""
+    out[lo:hi] += 1
+
+
+@pytest.mark.parametrize("n,threads", [(1, 2), (3, 2), (7, 3), (1000, 4)])
+def test_every_row_runs_exactly_once(n, threads):
+    out = np.zeros(n, np.int64)
+    _pool.run(mark_rows, (out,), n, threads)
+    np.testing.assert_array_equal(out, np.ones(n, np.int64))
+
+
+def test_a_call_whose_helpers_are_busy_runs_on_the_caller_and_says_so():
+    """With every helper held by other work, the caller runs all the blocks, does
+    not wait for the helpers, and reports that they took no part."""
+    pool = _pool._helpers()
+    release = threading.Event()
+    holders = [pool.submit(release.wait) for _ in range(max(1, _threads.max_threads() - 1))]
+    try:
+        out = np.zeros(100, np.int64)
+        assert _pool.run(mark_rows, (out,), 100, 2) is False
+        np.testing.assert_array_equal(out, np.ones(100, np.int64))
+    finally:
+        release.set()
+        for holder in holders:
+            holder.result(timeout=60)
+
+
+def test_an_error_in_a_block_reaches_the_caller():
+    def failing(out, lo, hi):
+        if lo <= 50 < hi:
+            raise FloatingPointError("block with row 50")
+        mark_rows(out, lo, hi)
+
+    with pytest.raises(FloatingPointError, match="row 50"):
+        _pool.run(failing, (np.zeros(100, np.int64),), 100, 2)
+    out = np.zeros(100, np.int64)   # the pool still works afterwards
+    _pool.run(mark_rows, (out,), 100, 2)
+    np.testing.assert_array_equal(out, np.ones(100, np.int64))
+
+
+_FORKED = """
+import os, sys, numpy as np
+from xent._fused import _pool
+def mark(out, lo, hi):
+    out[lo:hi] += 1
+out = np.zeros(64, np.int64)
+_pool.run(mark, (out,), 64, 2)          # the parent's pool exists before the fork
+pid = os.fork()
+if pid == 0:
+    child = np.zeros(64, np.int64)
+    _pool.run(mark, (child,), 64, 2)    # a new pool: the parent's threads did not survive
+    os._exit(0 if (child == 1).all() else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_its_own_helpers():
+    run = subprocess.run([sys.executable, "-c", _FORKED], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
