@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -80,3 +81,13 @@ def test_a_forked_child_gets_its_own_helpers():
     run = subprocess.run([sys.executable, "-c", _FORKED], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_idle_helpers_sleep():
+    """After a call, the helpers wait without burning CPU: a spinning helper would
+    take about a core's worth of this process's CPU time while it idles."""
+    out = np.zeros(1000, np.int64)
+    _pool.run(mark_rows, (out,), 1000, 2)
+    start = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - start < 0.1
