@@ -678,9 +678,9 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
     calls = []
     real_run = _launch._run
 
-    def recording_run(rows, blocks, nbytes, *args):
+    def recording_run(rows, nbytes, *args):
         calls.append(rows.__name__)
-        return real_run(rows, blocks, nbytes, *args)
+        return real_run(rows, nbytes, *args)
 
     monkeypatch.setattr(_launch, "_run", recording_run)
     monkeypatch.setattr(_launch, "STREAM_MIN_BYTES", 4 * 3000 * 4)
@@ -729,9 +729,9 @@ def test_the_kind_of_store_is_timed_then_kept(rng, monkeypatch):
     ran, busy = [], []   # the kind each call ran; the calls to report as busy threads
     real_run = _launch._run
 
-    def recording_run(rows, blocks, nbytes, *args):
+    def recording_run(rows, nbytes, *args):
         ran.append(rows.__name__.endswith("_streamed"))
-        done = real_run(rows, blocks, nbytes, *args)
+        done = real_run(rows, nbytes, *args)
         return done and len(ran) not in busy
 
     recorded = []

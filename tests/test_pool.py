@@ -30,6 +30,67 @@ def test_every_row_runs_exactly_once(n, threads):
     np.testing.assert_array_equal(out, np.ones(n, np.int64))
 
 
+def test_helpers_run_blocks_at_the_same_time_as_the_caller():
+    """The caller's first block waits for a block that only a helper can run: it
+    finishes only if a helper ran at once, and `run` says one took part."""
+    started = threading.Event()
+    threads = set()
+
+    def rows(out, lo, hi):
+        threads.add(threading.get_ident())
+        if threading.current_thread() is threading.main_thread():
+            assert started.wait(timeout=30), "no helper ran a block"
+        else:
+            started.set()
+        mark_rows(out, lo, hi)
+
+    out = np.zeros(64, np.int64)
+    assert _pool.run(rows, (out,), 64, 2) is True
+    assert len(threads) == 2
+    np.testing.assert_array_equal(out, np.ones(64, np.int64))
+
+
+def test_a_call_returns_only_once_the_helpers_blocks_are_done():
+    """Helper blocks that take a while are written before `run` returns (the
+    caller's first block waits until a helper is inside one)."""
+    inside = threading.Event()
+
+    def rows(out, lo, hi):
+        if threading.current_thread() is threading.main_thread():
+            assert inside.wait(timeout=30)
+        else:
+            inside.set()
+            time.sleep(0.05)
+        mark_rows(out, lo, hi)
+
+    out = np.zeros(64, np.int64)
+    helped = _pool.run(rows, (out,), 64, 2)
+    np.testing.assert_array_equal(out, np.ones(64, np.int64))
+    assert helped is True
+
+
+def test_after_an_error_no_helper_writes_on():
+    """When the caller's block raises while a helper is inside one, `run` raises
+    only once the helper's block is done: nothing changes after it returns."""
+    inside = threading.Event()
+
+    def rows(out, lo, hi):
+        if threading.current_thread() is threading.main_thread():
+            assert inside.wait(timeout=30)
+            raise FloatingPointError("caller's block")
+        inside.set()
+        time.sleep(0.05)
+        mark_rows(out, lo, hi)
+
+    out = np.zeros(64, np.int64)
+    with pytest.raises(FloatingPointError):
+        _pool.run(rows, (out,), 64, 2)
+    seen = out.copy()
+    time.sleep(0.2)
+    np.testing.assert_array_equal(out, seen)
+    assert seen.sum() > 0   # (the helper's block was written, before run raised)
+
+
 def test_a_call_whose_helpers_are_busy_runs_on_the_caller_and_says_so():
     """With every helper held by other work, the caller runs all the blocks, does
     not wait for the helpers, and reports that they took no part."""
@@ -91,3 +152,48 @@ def test_idle_helpers_sleep():
     start = time.process_time()
     time.sleep(0.5)
     assert time.process_time() - start < 0.1
+
+
+_AT_EXIT = """
+import atexit, numpy as np
+from xent._fused import _pool
+def mark(out, lo, hi):
+    out[lo:hi] += 1
+def at_exit():   # (no thread may start any more: the caller runs every block)
+    out = np.zeros(64, np.int64)
+    _pool.run(mark, (out,), 64, 2)
+    print("rows", int(out.sum()), flush=True)
+atexit.register(at_exit)
+_pool.run(mark, (np.zeros(64, np.int64),), 64, 2)
+"""
+
+
+_FIRST_AT_EXIT = """
+import atexit, numpy as np, xent
+from xent._fused import _launch
+def at_exit():   # the process's first xent call: xent._fused (and its pool) load now
+    _launch.PARALLEL_MIN_BYTES = 0
+    loss = xent.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=np.zeros(64, np.int64), logits=np.zeros((64, 10), np.float32))
+    print("loss", float(loss.sum()), flush=True)
+atexit.register(at_exit)
+"""
+
+
+def test_a_first_call_at_interpreter_exit_works():
+    """Importing concurrent.futures' threads registers an exit hook, which fails once
+    the interpreter is exiting: the pool's import waits for a large call, and falls
+    back to the caller alone."""
+    run = subprocess.run([sys.executable, "-c", _FIRST_AT_EXIT], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and "loss" in run.stdout, run.stderr[-2000:]
+    assert "Error" not in run.stderr, run.stderr[-2000:]
+
+
+def test_a_call_at_interpreter_exit_runs_on_the_caller():
+    """`atexit` handlers run after the thread pools have shut down, where a new task
+    raised RuntimeError ("cannot schedule new futures after shutdown")."""
+    run = subprocess.run([sys.executable, "-c", _AT_EXIT], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "rows 64" in run.stdout, run.stderr[-2000:]
+    assert "Error" not in run.stderr, run.stderr[-2000:]

@@ -55,13 +55,25 @@ def assert_same_bits(got, want):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
-def test_threaded_loss_and_gradient_are_the_serial_bits(rng, fused_threads, kind, dtype):
+def test_threaded_loss_and_gradient_are_the_serial_bits(rng, fused_threads, monkeypatch, kind,
+                                                       dtype):
+    """The threaded calls' bits are the serial ones, and helper threads did take part
+    in them (a pool that left every block to the caller would pass on bits alone)."""
+    from xent._fused import _pool
+
     logits, labels = big_inputs(rng, kind, dtype)
     xent.set_num_threads(1)
     serial = call(kind, logits, labels)
     xent.set_num_threads(xent._threads.max_threads())
     assert xent.get_num_threads() > 1, "one CPU: nothing to compare"
+    helped, real_run = [], _pool.run
+
+    def recording_run(*args):
+        helped.append(real_run(*args))
+        return helped[-1]
+    monkeypatch.setattr(_pool, "run", recording_run)
     assert_same_bits(call(kind, logits, labels), serial)
+    assert helped and any(helped), helped
 
 
 @pytest.mark.parametrize("kind", ["sparse", "dense"])

@@ -13,10 +13,11 @@ _state = {"threads": None}
 
 
 def max_threads():
-    """The most threads the kernels can use: numba's pool size.
+    """The most threads a call can use: the calling thread and xent's helper
+    threads (`xent._fused._pool`, one fewer).
 
-    That is ``NUMBA_NUM_THREADS`` if set, else the CPUs this process may run on
-    (numba's own default), read from numba's config once numba is imported.
+    That is ``NUMBA_NUM_THREADS`` if set (the knob numba users know), else the
+    CPUs this process may run on, read from numba's config once numba is imported.
     """
     numba = sys.modules.get("numba")
     if numba is not None:
@@ -47,7 +48,7 @@ def set_num_threads(n):
     """Set how many threads the fused kernels use, for the whole process.
 
     Args:
-      n: an int in ``[1, max_threads()]``, as `numba.set_num_threads` takes.
+      n: an int in ``[1, max_threads()]``.
 
     Raises:
       TypeError: `n` is not an integer.

@@ -35,7 +35,7 @@ def main(quick: bool = False, out: str = "bench/results", shapes=None, dtypes=No
     command += "".join(f" --dtype {name}" for name in dtypes or ())
     shapes = tuple(shapes) if shapes else QUICK_SHAPES if quick else FULL_SHAPES
     dtypes = tuple(name for name in DTYPES if name in dtypes) if dtypes else DTYPES
-    _core.kernels()   # loads the fused kernels first: they pick numba's threading layer
+    _core.kernels()   # loads the fused kernels (or warns that it cannot) before any timing
     jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
     started, skipped, results = time.time(), {}, []
     load_before = os.getloadavg()

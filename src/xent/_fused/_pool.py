@@ -29,7 +29,6 @@ first call that compiles a third fewer kernels.
 """
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from xent import _threads
 
@@ -44,7 +43,13 @@ _state_lock = threading.Lock()
 
 
 def _helpers():
-    """This process's pool of helper threads (`_threads.max_threads` - 1 of them)."""
+    """This process's pool of helper threads (`_threads.max_threads` - 1 of them).
+
+    `concurrent.futures.thread` is imported here, on the first large call: its
+    import registers an exit hook, which fails once the interpreter is exiting
+    (a first call from an `atexit` handler, which needs no pool when small)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     with _state_lock:
         if _state["pid"] != os.getpid():
             _state["pool"] = ThreadPoolExecutor(
@@ -54,48 +59,74 @@ def _helpers():
 
 
 class _Blocks:
-    """One call's blocks of rows, each run by whichever thread takes it first."""
+    """One call's blocks of rows, each run by whichever thread takes it first.
+
+    The caller runs blocks until none is left, then waits for the helpers that
+    joined in (`active`) to finish theirs. A helper joins only while blocks are
+    left, so once the caller has seen none left, no helper joins any more, and
+    the last one to leave sets `_finished`. Only the caller can be interrupted
+    (Python delivers signals to the main thread), and its bookkeeping is its
+    own, so an interrupt cannot leave it waiting for a block nobody runs.
+    """
 
     def __init__(self, rows, args, n, count):
         self._rows, self._args, self._n, self._count = rows, args, n, count
-        self._taken = self._done = 0
+        self._taken, self._active, self.helped = 0, 0, False
         self._lock = threading.Lock()
         self._finished = threading.Event()
         self._error = None
 
-    def _take_one(self):
-        """The next block's index, or None when every block is taken."""
-        with self._lock:
-            if self._taken == self._count or self._error is not None:
-                return None
-            self._taken += 1
-            return self._taken - 1
+    def _next(self):
+        """``(block, args)`` of the next block, or None once every block is taken or
+        one has raised (call with the lock held)."""
+        if self._taken == self._count or self._error is not None:
+            return None
+        self._taken += 1
+        return self._taken - 1, self._args
 
-    def take(self):
-        """Run blocks until none is left; return how many this thread ran."""
-        ran = 0
-        block = self._take_one()
-        while block is not None:
-            lo, hi = block * self._n // self._count, (block + 1) * self._n // self._count
-            try:
-                self._rows(*self._args, lo, hi)
-            except BaseException as exc:
-                self._error = exc
-                self._finished.set()
-                raise
-            ran += 1
-            block = self._take_one()
-        if ran:
+    def _run_blocks(self, job):
+        """Run `job` and the blocks after it; record the first error and stop all."""
+        try:
+            while job is not None:
+                block, args = job
+                self._rows(*args, block * self._n // self._count,
+                           (block + 1) * self._n // self._count)
+                with self._lock:
+                    job = self._next()
+        except BaseException as exc:
             with self._lock:
-                self._done += ran
-                if self._done == self._count:
-                    self._finished.set()
-        return ran
+                self._error = self._error or exc
+            raise
 
-    def wait(self):
-        """Wait until every block is done; raise what a helper's block raised."""
-        self._finished.wait()
-        self._args = None   # (a helper that starts later finds nothing to do)
+    def help(self):
+        """A helper's part: join while blocks are left, run them, then leave."""
+        with self._lock:
+            job = self._next()
+            if job is None:
+                return
+            self._active += 1
+            self.helped = True
+        try:
+            self._run_blocks(job)
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._finished.set()
+
+    def work_and_wait(self):
+        """The caller's part: run blocks until none is left, wait for the helpers
+        that joined, then raise the first error a block raised."""
+        try:
+            with self._lock:
+                job = self._next()
+            self._run_blocks(job)
+        finally:
+            with self._lock:
+                helpers_left = self._active > 0
+            if helpers_left:
+                self._finished.wait()
+            self._args = None   # (no helper joins any more: none will read them)
         if self._error is not None:
             raise self._error
 
@@ -105,13 +136,15 @@ def run(rows, args, n, threads):
     ``threads - 1`` helpers; return whether a helper took part (False: the
     caller ran every block, the helpers being busy or asleep throughout).
 
-    `rows` is a ``nogil`` row kernel whose rows are independent.
+    `rows` is a ``nogil`` row kernel whose rows are independent. When it
+    returns or raises, no thread is still running a block of this call.
     """
-    count = min(n, threads * BLOCKS_PER_THREAD)
-    blocks = _Blocks(rows, args, n, count)
-    pool = _helpers()
-    for _ in range(threads - 1):
-        pool.submit(blocks.take)
-    mine = blocks.take()
-    blocks.wait()
-    return mine < count
+    blocks = _Blocks(rows, args, n, min(n, threads * BLOCKS_PER_THREAD))
+    try:
+        pool = _helpers()
+        for _ in range(threads - 1):
+            pool.submit(blocks.help)
+    except RuntimeError:   # (at interpreter exit no thread starts: the caller runs them all)
+        pass
+    blocks.work_and_wait()
+    return blocks.helped
