@@ -71,15 +71,15 @@ class _Blocks:
 
     def __init__(self, rows, args, n, count):
         self._rows, self._args, self._n, self._count = rows, args, n, count
-        self._taken, self._active, self.helped = 0, 0, False
+        self._taken, self._active, self.helped, self._closed = 0, 0, False, False
         self._lock = threading.Lock()
         self._finished = threading.Event()
         self._error = None
 
     def _next(self):
-        """``(block, args)`` of the next block, or None once every block is taken or
-        one has raised (call with the lock held)."""
-        if self._taken == self._count or self._error is not None:
+        """``(block, args)`` of the next block, or None once every block is taken, one
+        has raised, or the caller has stopped waiting (call with the lock held)."""
+        if self._taken == self._count or self._error is not None or self._closed:
             return None
         self._taken += 1
         return self._taken - 1, self._args
@@ -123,10 +123,11 @@ class _Blocks:
             self._run_blocks(job)
         finally:
             with self._lock:
+                self._closed = True   # (no helper joins from here on, even after an interrupt)
                 helpers_left = self._active > 0
             if helpers_left:
                 self._finished.wait()
-            self._args = None   # (no helper joins any more: none will read them)
+            self._args = None   # (no helper is left to read them)
         if self._error is not None:
             raise self._error
 
