@@ -428,16 +428,63 @@ def test_broadcast_upstream_gradients_scale_or_not_as_their_value_says(rng, face
         torch.testing.assert_close(got, g[:, None] * backprop, rtol=tol, atol=tol)
 
 
-def test_forward_mode_dual_logits_are_still_refused():
-    """A call with no tensor needing reverse-mode grad skips the autograd Function;
-    forward mode must still reach it and be refused, not get a zero tangent."""
+def _tf_forward_tangents(tf, face, x, labels, dx, dy):
+    """TensorFlow's forward-mode tangents (`tf.autodiff.ForwardAccumulator`) of `face`'s
+    outputs at logits `x` and labels `labels`, along logits `dx` (and dense labels `dy`)."""
+    xt, yt = tf.constant(x), tf.constant(labels)
+    primals, tangents = [xt], [tf.constant(dx)]
+    if dy is not None:
+        primals.append(yt)
+        tangents.append(tf.constant(dy))
+    with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
+        if face == "sparse":
+            outs = [tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yt, logits=xt)]
+        elif face == "dense":
+            outs = [tf.nn.softmax_cross_entropy_with_logits(labels=yt, logits=xt)]
+        elif face == "raw_sparse":
+            outs = list(tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
+        else:
+            outs = list(tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
+    return [acc.jvp(o).numpy() for o in outs]
+
+
+def _xent_face_outputs(face, x, labels):
+    """xent's outputs of `face` (as `_tf_forward_tangents`), a list of tensors."""
+    if face == "sparse":
+        return [SPARSE(labels=labels, logits=x)]
+    if face == "dense":
+        return [DENSE(labels=labels, logits=x)]
+    if face == "raw_sparse":
+        return list(RAW_SPARSE(features=x, labels=labels))
+    return list(xent.raw_ops.SoftmaxCrossEntropyWithLogits(features=x, labels=labels))
+
+
+@pytest.mark.parametrize("grad_mode", ["enabled", "no_grad"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize("face", ["sparse", "dense", "raw_sparse", "raw_dense"])
+def test_forward_mode_tangents_match_tensorflows_forward_accumulator(tf, path, face, dtype, grad_mode):
+    """Eager forward mode (`torch.autograd.forward_ad`) through every face, on both
+    CPU paths, with and without reverse mode: the tangents of the loss (and of the
+    raw ops' backprop) along a logits tangent, and a dense labels tangent too."""
     import torch.autograd.forward_ad as fwAD
 
-    x, labels = torch.randn(3, 4), torch.tensor([0, 1, 3])
-    with fwAD.dual_level():
-        dual = fwAD.make_dual(x, torch.ones_like(x))
-        with pytest.raises(NotImplementedError, match="jvp"):
-            SPARSE(labels=labels, logits=dual)
-    with torch.no_grad():   # (and with no level open, the plain call works)
-        torch.testing.assert_close(SPARSE(labels=labels, logits=x),
-                                   torch.from_numpy(SPARSE(labels=labels.numpy(), logits=x.numpy())))
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 7)) * 3).astype(dtype)
+    dense = face in ("dense", "raw_dense")
+    labels = (rng.dirichlet(np.ones(7), 5).astype(dtype) if dense
+              else np.array([0, 6, 3, 3, 1], np.int64))
+    dx = rng.standard_normal(x.shape).astype(dtype)
+    dy = rng.standard_normal(labels.shape).astype(dtype) if dense else None
+    want = _tf_forward_tangents(tf, face, x, labels, dx, dy)
+    context = torch.no_grad() if grad_mode == "no_grad" else torch.enable_grad()
+    with context, fwAD.dual_level():
+        xd = fwAD.make_dual(torch.from_numpy(x), torch.from_numpy(dx))
+        yd = fwAD.make_dual(torch.from_numpy(labels), torch.from_numpy(dy)) if dense else torch.from_numpy(labels)
+        got = [fwAD.unpack_dual(o).tangent for o in _xent_face_outputs(face, xd, yd)]
+    assert len(got) == len(want)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for g, w in zip(got, want):
+        assert g is not None
+        np.testing.assert_allclose(g.numpy(), w, rtol=tol, atol=tol)
+
+

@@ -87,6 +87,32 @@ def test_func_hessian_of_the_sparse_loss_is_exact():
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def _objective_in_torch_ops(x, labels, y):
+    """`_objective` written in torch's own ops (the oracle of the forward-mode tests)."""
+    log_p = torch.log_softmax(x, -1)
+    sparse = -log_p.gather(-1, labels[:, None])[:, 0]
+    total = sparse.sum() * 0.5
+    total = total + (-(y * log_p).sum(-1) * torch.arange(1.0, 7.0, dtype=x.dtype)).sum()
+    total = total + torch.nn.functional.cross_entropy(x.float(), labels)   # (Keras: in floatx)
+    backprop = torch.softmax(x, -1) - torch.nn.functional.one_hot(labels, x.shape[-1]).to(x.dtype)
+    return total + sparse.sum() + (backprop * backprop).sum()
+
+
+def test_func_jvp_and_jacfwd_match_torchs_own_ops():
+    """Forward mode through every face under torch.func: `jvp` along logits and
+    labels tangents, and `jacfwd` of the loss alone (its backprop output is empty)."""
+    x, labels, y = _inputs(4, torch.float64)
+    g = torch.Generator().manual_seed(5)
+    dx, dy = torch.randn(x.shape, generator=g, dtype=x.dtype), torch.randn(y.shape, generator=g, dtype=y.dtype)
+    got = torch.func.jvp(lambda a, b: _objective(a, labels, b), (x, y), (dx, dy))
+    want = torch.func.jvp(lambda a, b: _objective_in_torch_ops(a, labels, b), (x, y), (dx, dy))
+    for a, b in zip(got, want):   # (atol: the Keras term is float32, Keras' floatx)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-6)
+    jac = torch.func.jacfwd(lambda a: SPARSE(labels=labels, logits=a))(x)
+    want_jac = torch.func.jacfwd(lambda a: torch.nn.functional.cross_entropy(a, labels, reduction="none"))(x)
+    torch.testing.assert_close(jac, want_jac, rtol=1e-12, atol=1e-12)
+
+
 def _backward_graph_ops(fn, *args):
     """The ATen ops of the backward graphs that torch.compile makes for `fn`."""
     from functorch.compile import make_boxed_func

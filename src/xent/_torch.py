@@ -307,9 +307,11 @@ def _backprop_vjp(logits, backprop, g_loss, g_backprop):
 def _graph_ops():
     """Whether to call the registered operator (`xent._torch_ops`) rather than the
     eager Functions (whose NumPy and numba calls neither dynamo nor torch.func
-    can trace): the call is being captured by torch.compile, or runs under a
-    torch.func transform."""
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    can trace, and which have no forward mode): the call is being captured by
+    torch.compile, runs under a torch.func transform, or inside a forward-mode
+    level (``torch.autograd.forward_ad.dual_level``), where `FuncRows`' jvp serves."""
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or not _forward_mode_off())
 
 
 def _loss_only(outputs):
@@ -325,7 +327,7 @@ def _wants_grad(logits):
 def _forward_mode_off():
     """Whether no forward-mode AD level is open. A call that no autograd mode can
     see (no tensor wants a gradient, and this) skips the Function (9 us); a
-    dual tensor must reach the Function, which refuses forward mode."""
+    dual tensor must reach a Function with a jvp (`_graph_ops`)."""
     return getattr(torch.autograd.forward_ad, "_current_level", 0) < 0
 
 

@@ -70,7 +70,7 @@ class Rows(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         kind, logits, labels, want_grad = inputs
-        ctx.kind = kind
+        ctx.kind, ctx.want_grad = kind, want_grad
         ctx.set_materialize_grads(False)   # the unused backprop's gradient: None, not zeros
         ctx.save_for_backward(logits, labels, output[1] if want_grad else None)
         ctx.save_for_forward(logits, labels)
@@ -94,9 +94,9 @@ def _backward(ctx, g_loss, g_backprop):
 
 
 class FuncRows(Rows):
-    """`Rows` with forward mode too, for torch.func (`jacfwd`, `hessian`);
-    torch.compile's tracer refuses a Function with a custom jvp, so graphs it
-    captures get `Rows`."""
+    """`Rows` with forward mode too, for torch.func (`jvp`, `jacfwd`, `hessian`) and
+    eager forward mode (`torch.autograd.forward_ad`); torch.compile's tracer
+    refuses a Function with a custom jvp, so graphs it captures get `Rows`."""
 
     @staticmethod
     def jvp(ctx, _, d_logits, d_labels, __):
@@ -104,6 +104,8 @@ class FuncRows(Rows):
 
             d loss     = Σ_j (p_j - labels_j)·dx_j − Σ_j log_softmax_j·dy_j   (dense)
             d backprop = p ⊙ (dx − Σ_j p_j·dx_j)
+
+        Without `want_grad` the backprop output is an empty ``[0]``, and so is its tangent.
         """
         logits, labels = ctx.saved_tensors[:2]
         x = _torch._accumulate(logits)
@@ -116,6 +118,8 @@ class FuncRows(Rows):
         d_loss = ((p - target) * dx).sum(-1)
         if ctx.kind == "dense" and d_labels is not None:
             d_loss = d_loss - (log_p * d_labels.to(x.dtype)).sum(-1)
+        if not ctx.want_grad:
+            return d_loss, logits.new_empty(0)
         return d_loss, (p * (dx - p_dx)).to(logits.dtype)
 
 
