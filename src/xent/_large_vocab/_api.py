@@ -47,7 +47,8 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
         `logits` again). Refused for a leaf tensor that requires grad (or a
         view of one) and for a non-contiguous tensor. In float16 the
         gradient is then rounded before a loss scale multiplies it (without
-        inplace_backward it is rounded once, after, as autograd does).
+        inplace_backward it is rounded once, after, as autograd does). No
+        effect under torch.compile and torch.func, nor off the CPU.
       return_grads: NumPy only: return ``(loss, dloss/dlogits)`` (for
         ``"none"``, the gradient of ``loss.sum()``).
 

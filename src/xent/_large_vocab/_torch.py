@@ -14,6 +14,10 @@ multiplies them, so its gradient is made in the backward, with the upstream
 gradient folded into the row weights and rounded once, as autograd does
 (unless ``inplace_backward`` asks for it in the forward).
 
+Graphs that torch.compile captures and torch.func transforms run
+`cross_entropy` through a registered operator instead (`_torch_ops`);
+`linear_cross_entropy` stays a graph break there.
+
 Tensors on other devices run `_array_math` in torch ops under autograd (the
 linear head chunk by chunk, each chunk recomputed in the backward by
 `torch.utils.checkpoint`, so only one chunk's logits are held);
@@ -25,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from xent import _torch
 from xent._dtypes import accumulator
-from xent._large_vocab import _array_math, _numpy
+from xent._large_vocab import _array_math, _numpy, _torch_ops
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._linear import NumpyMatmuls, chunked
 from xent._large_vocab._tokens import reduce, row_weights
@@ -147,9 +151,18 @@ def _device_cross_entropy(logits, target, opts):
 @torch.compiler.disable
 def _apply(function, *args):
     """`function.apply(*args)`, left out of torch.compile's graphs (a graph break:
-    dynamo cannot trace the kernel's NumPy and numba calls). `torch.library`
-    ops that it could trace are the next step (the PyTorch/JAX-speed issue)."""
+    dynamo cannot trace the kernel's NumPy and numba calls; `cross_entropy`
+    has a registered operator for graphs, `linear_cross_entropy` not yet)."""
     return function.apply(*args)
+
+
+def _graph_cross_entropy(logits, target, opts, grad_wanted):
+    """`cross_entropy` through the registered operator (`_torch_ops`), for graphs
+    torch.compile captures and torch.func transforms: per-token losses, then
+    the reduction in torch ops."""
+    z = logits.reshape(-1, logits.shape[-1])
+    losses = _torch_ops.losses(z, target.reshape(-1), opts, grad_wanted)
+    return _array_math.reduce(losses, target, opts).to(logits.dtype)
 
 
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
@@ -159,6 +172,8 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
         _check_inplace(logits)
     if not _on_kernel(logits):
         return _device_cross_entropy(logits, target, opts)
+    if _torch._graph_ops():   # (inplace_backward has no effect there)
+        return _graph_cross_entropy(logits, target, opts, grad_wanted)
     inplace = bool(inplace_backward) and grad_wanted
     return _apply(_CrossEntropy, logits, target, opts, inplace, grad_wanted)
 

@@ -1,0 +1,172 @@
+"""`xent.cross_entropy` as a registered torch operator, for `torch.compile` and `torch.func`.
+
+Eager calls on CPU tensors go through `xent._large_vocab._torch._CrossEntropy`
+(an autograd Function that runs NumPy and numba, with the reduction's weights
+folded into the kernel). A graph that `torch.compile(fullgraph=True)`
+captures, or a `torch.func` transform (`grad`, `vmap`), cannot run NumPy
+inside; they get the operator
+
+    xent::token_rows(logits [N, V], targets [N], ignore_index, label_smoothing,
+                     z_loss, softcap, want_grad) -> (losses [N], grad [N, V])
+
+``losses`` is each token's loss (the accumulator dtype; 0 where ignored),
+``grad`` its gradient ``d loss_i / d logits_i`` (0 rows where ignored; an
+empty ``[0]`` tensor without `want_grad`), in the logits' dtype, float32 for
+float16 logits (whose narrow exponent would flush small entries before the
+upstream gradient, often a loss scale, multiplies them). The reduction runs in
+torch ops after it, so autograd hands the backward each token's weight
+(``1/count`` for the mean), and the backward is one multiply:
+
+    d logits = grad ⊙ g[:, None]
+
+The operator has a fake implementation (the outputs' shapes and dtypes, for
+the compiler) and a vmap rule that folds the batch into the tokens. It is
+differentiable once, as the eager path: a second derivative raises.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+
+from xent import _torch
+from xent._dtypes import accumulator
+from xent._large_vocab import _numpy
+from xent._large_vocab._cross_entropy import losses_and_gradient
+from xent._large_vocab._options import Options
+
+__all__ = ["token_rows", "TokenRows", "TokenLosses", "losses"]
+
+
+def _grad_dtype(dtype):
+    """The dtype of the operator's gradient for `dtype` logits (float32 for float16)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def _loss_dtype(dtype):
+    """The accumulator dtype of `dtype` logits' losses (float32 for half precision)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("xent::token_rows", mutates_args=(), device_types="cpu")
+def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+               label_smoothing: float, z_loss: float, softcap: Optional[float],
+               want_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses and gradients of ``[N, V]`` CPU `logits` (see the module doc);
+    a target outside ``[0, V)`` that is not `ignore_index` raises TensorFlow's
+    `InvalidArgumentError`."""
+    opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
+    x = _torch._numpy_view(logits.contiguous())
+    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
+    weights = valid.astype(accumulator(x.dtype))
+    grad = None
+    if want_grad:
+        if logits.dtype == torch.float16:   # (the kernel writes its logits' dtype)
+            x = x.astype(np.float32)
+        grad = _torch._empty_numpy(x)
+    loss = losses_and_gradient(x, kept, valid, opts, weights, grad)
+    grad_tensor = logits.new_empty(0) if grad is None else _torch._own_tensor(grad)
+    return _torch._own_tensor(loss), grad_tensor
+
+
+@token_rows.register_fake
+def _token_rows_fake(logits, targets, ignore_index, label_smoothing, z_loss, softcap, want_grad):
+    """The outputs' shapes and dtypes, for the compiler (no data)."""
+    loss = logits.new_empty(logits.shape[:1], dtype=_loss_dtype(logits.dtype))
+    grad = (logits.new_empty(logits.shape, dtype=_grad_dtype(logits.dtype)) if want_grad
+            else logits.new_empty(0))
+    return loss, grad
+
+
+@token_rows.register_vmap
+def _token_rows_vmap(info, in_dims, logits, targets, *options):
+    """Batch dimension first on both, then one call over all the tokens of all the batch."""
+    x_dim, t_dim = in_dims[:2]
+    size = info.batch_size
+    x = logits.movedim(x_dim, 0) if x_dim is not None else logits.expand(size, *logits.shape)
+    t = targets.movedim(t_dim, 0) if t_dim is not None else targets.expand(size, *targets.shape)
+    loss, grad = token_rows(x.reshape(-1, x.shape[-1]), t.reshape(-1), *options)
+    want_grad = options[-1]
+    return ((loss.reshape(x.shape[:2]), grad.reshape(x.shape) if want_grad else grad),
+            (0, 0 if want_grad else None))
+
+
+def _option_args(opts):
+    """The operator's option arguments of `Options` `opts`."""
+    return opts.ignore_index, opts.label_smoothing, opts.z_loss, opts.softcap
+
+
+def _refuse_second_derivative():
+    """Raise: the kernel's gradient has no derivative of its own."""
+    raise RuntimeError("xent's large-vocabulary functions are differentiable once: their "
+                       "gradient comes from the fused kernel and has no derivative of its own "
+                       "(a Hessian, a gradient of a gradient, create_graph=True); on CPU "
+                       "tensors, compute such terms with torch's own ops")
+
+
+def _refuse_forward_mode():
+    """Raise: no forward mode (torch.func.jvp, jacfwd, hessian, forward_ad)."""
+    raise RuntimeError("xent's large-vocabulary functions are differentiable once, in reverse "
+                       "mode only: no forward mode (torch.func.jvp, jacfwd, hessian, "
+                       "torch.autograd.forward_ad); on CPU tensors, compute such terms with "
+                       "torch's own ops")
+
+
+class TokenRows(torch.autograd.Function):
+    """`token_rows` made differentiable once, for torch.func: logits get ``g ⊙ grad``.
+
+    The gradient is an output, so that differentiating the backward's result
+    again reaches this Function's backward with a gradient for it, which
+    raises (a gradient kept as a constant would give a silent zero); so does
+    forward mode (`jvp`), which `torch.func.hessian` starts with.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, targets, opts, want_grad):
+        return token_rows(logits, targets, *_option_args(opts), want_grad)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        ctx.dtype = inputs[0].dtype
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, g_losses, g_grad):
+        if g_grad is not None:
+            _refuse_second_derivative()
+        grad, = ctx.saved_tensors
+        if g_losses is None:
+            return None, None, None, None
+        return (grad * g_losses[:, None]).to(ctx.dtype), None, None, None
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        _refuse_forward_mode()
+
+
+class TokenLosses(torch.autograd.Function):
+    """The losses alone, for graphs torch.compile captures: with `TokenRows` the
+    compiler would trace the unused gradient output's gradient as zeros (see
+    `xent._torch_ops.RowsLoss`). Compiled graphs have no double backward."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, opts, want_grad):
+        loss, grad = token_rows(logits, targets, *_option_args(opts), want_grad)
+        ctx.dtype = logits.dtype
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_losses):
+        grad, = ctx.saved_tensors
+        return (grad * g_losses[:, None]).to(ctx.dtype), None, None, None
+
+
+def losses(logits, targets, opts, want_grad):
+    """``[N]`` per-token losses of ``[N, V]`` CPU logits, differentiable through the
+    operator: `TokenLosses` inside torch.compile, else `TokenRows`."""
+    if torch.compiler.is_compiling():
+        return TokenLosses.apply(logits, targets, opts, want_grad)
+    return TokenRows.apply(logits, targets, opts, want_grad)[0]
