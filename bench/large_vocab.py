@@ -29,7 +29,10 @@ step's temporaries. Both in MiB and in logits-sized (N×V float32) arrays.
 Inplace mode: one process, interleaved: a 2-thread copy of the logits (torch
 ``copy_``), then a step of ``xent.cross_entropy(logits, y,
 inplace_backward=True)`` (the gradient written over the logits in the forward),
-then F.cross_entropy's step; medians of --reps rounds.
+then F.cross_entropy's step; medians of --reps rounds. Then steps that keep
+the logits (the gradient into a tensor of its own): xent.cross_entropy eager,
+its `torch.compile(fullgraph=True)` (through the registered operator; the
+backward one multiply), and F.cross_entropy under `torch.compile`.
 """
 import argparse
 import json
@@ -182,28 +185,44 @@ def inplace_table(args):
     n, v = args.tokens, args.vocab
     gen = torch.Generator().manual_seed(0)
     source, y = torch.randn(n, v, generator=gen), torch.randint(0, v, (n,), generator=gen)
-    leaf = torch.empty(n, v, requires_grad=True)
-    dst = torch.empty(n, v)
+    buffer, dst = torch.empty(n, v), torch.empty(n, v)
+    param = torch.zeros((), requires_grad=True)
+
+    class Logits(torch.autograd.Function):
+        """`buffer` as a non-leaf (xent refuses to write over a leaf or a view of one),
+        made from `param` at no cost, as logits come out of a model's last matmul."""
+
+        @staticmethod
+        def forward(ctx, p):
+            return buffer
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.new_zeros(())
 
     def copy():
         dst.copy_(source)
 
     def xent_inplace():
-        logits = leaf.view(n, v)                  # a non-leaf over the leaf's memory
-        loss = xent.cross_entropy(logits, y, inplace_backward=True)
+        loss = xent.cross_entropy(Logits.apply(param), y, inplace_backward=True)
         loss.backward()
-        leaf.grad = None
+        param.grad = None
 
     plain = source.clone().requires_grad_()
 
-    def torch_ce():
-        torch.autograd.grad(F.cross_entropy(plain, y), plain)
+    def step(loss_fn):
+        return lambda: torch.autograd.grad(loss_fn(plain, y), plain)
 
-    times = {"copy": [], "xent inplace": [], "F.cross_entropy": []}
+    steps = {"copy": copy, "xent inplace": xent_inplace,
+             "F.cross_entropy": step(F.cross_entropy),
+             "xent": step(xent.cross_entropy),
+             "xent compiled": step(torch.compile(xent.cross_entropy, fullgraph=True)),
+             "F.cross_entropy compiled": step(torch.compile(F.cross_entropy))}
+    times = {name: [] for name in steps}
     for round_ in range(args.reps + 1):
         with torch.no_grad():
-            leaf.copy_(source)
-        for name, f in (("copy", copy), ("xent inplace", xent_inplace), ("F.cross_entropy", torch_ce)):
+            buffer.copy_(source)
+        for name, f in steps.items():
             start = time.perf_counter()
             f()
             if round_:
