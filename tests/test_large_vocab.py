@@ -332,9 +332,9 @@ def test_torch_no_tokens(torch_path):
 def test_torch_makes_no_gradient_nobody_asked_for(monkeypatch):
     """Under no_grad, or for a frozen head, the kernel path makes only what autograd
     will use (no logits-sized buffer at evaluation time)."""
-    from xent._large_vocab import _torch as face
+    from xent._large_vocab import _torch as face, _torch_chunks as chunks
     made = []
-    kernel, loop = face.losses_and_gradient, face.chunked
+    kernel, loop = face.losses_and_gradient, chunks.chunked
 
     def spy_kernel(*args, **kw):
         made.append(("logits", args[5] is not None if len(args) > 5 else kw.get("grad_out") is not None))
@@ -346,7 +346,7 @@ def test_torch_makes_no_gradient_nobody_asked_for(monkeypatch):
         return loop(*args, **kw)
 
     monkeypatch.setattr(face, "losses_and_gradient", spy_kernel)
-    monkeypatch.setattr(face, "chunked", spy_loop)
+    monkeypatch.setattr(chunks, "chunked", spy_loop)
     x, w, b = torch.randn(6, 3, requires_grad=True), torch.randn(9, 3), torch.randn(9, requires_grad=True)
     t = torch.tensor([0, 1, 2, 3, -100, 8])
     with torch.no_grad():

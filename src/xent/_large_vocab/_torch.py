@@ -29,9 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from xent import _torch
 from xent._dtypes import accumulator
-from xent._large_vocab import _array_math, _numpy, _torch_ops
+from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_ops
 from xent._large_vocab._cross_entropy import losses_and_gradient
-from xent._large_vocab._linear import NumpyMatmuls, chunked
 from xent._large_vocab._tokens import reduce, row_weights
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
@@ -178,56 +177,6 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     return _apply(_CrossEntropy, logits, target, opts, inplace, grad_wanted)
 
 
-class TorchMatmuls:
-    """The chunk loop's matmuls (`xent._large_vocab._linear`) on half-precision CPU tensors."""
-
-    numpy = staticmethod(_torch._numpy_view)
-    zeros_like = staticmethod(torch.zeros_like)
-
-    @staticmethod
-    def empty(shape, like):
-        return torch.empty(shape, dtype=like.dtype)
-
-    @staticmethod
-    def rows(x, index):
-        return x[torch.from_numpy(index)]
-
-    @staticmethod
-    def put_rows(x, index, values):
-        x[torch.from_numpy(index)] = values
-
-    @staticmethod
-    def logits(x, weight, bias, out):
-        if bias is None:
-            torch.mm(x, weight.t(), out=out)
-        else:
-            torch.addmm(bias, x, weight.t(), out=out)
-
-    @staticmethod
-    def input_grad(g, weight, out):
-        torch.mm(g, weight, out=out)
-
-    @staticmethod
-    def add_weight_grad(dw, g, x):
-        if dw.dtype != g.dtype:    # half precision: accumulate in float32
-            g, x = g.to(dw.dtype), x.to(dw.dtype)
-        dw.addmm_(g.t(), x)
-
-    @staticmethod
-    def add_bias_grad(db, g):
-        db += g.sum(dim=0, dtype=db.dtype)
-
-
-def _linear_grads(x, weight, bias, wanted):
-    """Zeroed gradient buffers (None where not `wanted`): dx in x's dtype, dW and db
-    in the accumulator dtype."""
-    acc = _accumulator(x.dtype)
-    dx = torch.zeros_like(x) if wanted[0] else None
-    dw = torch.zeros(weight.shape, dtype=acc) if wanted[1] else None
-    db = torch.zeros(bias.shape, dtype=acc) if wanted[2] and bias is not None else None
-    return dx, dw, db
-
-
 class _LinearCrossEntropy(torch.autograd.Function):
     """`linear_cross_entropy` on the kernel, chunk by chunk.
 
@@ -244,7 +193,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
         early = opts.reduction != "none" and x.dtype != torch.float16
         weights = row_weights(valid, opts.reduction, np.float64 if x.dtype == torch.float64 else np.float32)
-        grads, losses = _run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
+        grads, losses = _torch_chunks.run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
                                     wanted if early else (False,) * 3)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
         ctx.tokens = (targets, valid, weights)
@@ -271,36 +220,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         targets, valid, weights = ctx.tokens
         weights = _upstream_weights(weights, g, ctx.opts.reduction)
         wanted = ctx.needs_input_grad[:3]
-        grads = _run_chunks(x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, wanted)[0]
+        grads = _torch_chunks.run_chunks(x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, wanted)[0]
         return (None, None, None) if grads is None else grads
-
-
-def _run_chunks(x2, w, b, targets, valid, opts, chunk, weights, wanted):
-    """``(grads or None, losses)`` of the chunk loop on CPU tensors; `wanted` says
-    which of ``(dx, dW, db)`` to make (the others are None).
-
-    float32/float64 run on NumPy views with NumPy's matmuls and BLAS (`_blas`:
-    at 64-token chunks its gemm was 1.4-2x faster than torch's here), into
-    gradients NumPy allocates (no torch op runs: on 2 cores, torch's OpenMP
-    threads spinning after a fill of dW slowed the next BLAS calls, and
-    NumPy's zeros come lazily, from huge pages); half precision runs torch's
-    matmuls (NumPy has none for it).
-    """
-    if not any(wanted):
-        grads = None
-    elif x2.dtype in (torch.float32, torch.float64):
-        grads = tuple(np.zeros(a.shape, _torch._numpy_view(a[:0]).dtype) if want and a is not None
-                      else None for a, want in zip((x2, w, b), wanted))
-    else:
-        grads = _linear_grads(x2, w, b, wanted)
-    if x2.dtype in (torch.float32, torch.float64):
-        view = _torch._numpy_view
-        arrays = (view(x2), view(w), None if b is None else view(b))
-        losses = chunked(NumpyMatmuls, *arrays, targets, valid, opts, chunk, weights, grads)
-        if grads is not None:
-            grads = tuple(None if a is None else torch.from_numpy(a) for a in grads)
-        return grads, losses
-    return grads, chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
 
 
 def _device_linear(x, weight, bias, target, opts, chunk):

@@ -1,0 +1,95 @@
+"""`linear_cross_entropy`'s chunk loop (`xent._large_vocab._linear.chunked`) on CPU
+torch tensors: float32/float64 on NumPy views with NumPy's matmuls and BLAS,
+half precision with torch's matmuls. Used by the eager Function
+(`xent._large_vocab._torch`) and the registered operator (`_torch_ops`).
+"""
+import numpy as np
+import torch
+
+from xent import _torch
+from xent._large_vocab._linear import NumpyMatmuls, chunked
+
+__all__ = ["run_chunks", "TorchMatmuls"]
+
+
+def _accumulator(dtype):
+    """The dtype torch arithmetic of `dtype` inputs runs in (float32 for half precision)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class TorchMatmuls:
+    """The chunk loop's matmuls (`xent._large_vocab._linear`) on half-precision CPU tensors."""
+
+    numpy = staticmethod(_torch._numpy_view)
+    zeros_like = staticmethod(torch.zeros_like)
+
+    @staticmethod
+    def empty(shape, like):
+        return torch.empty(shape, dtype=like.dtype)
+
+    @staticmethod
+    def rows(x, index):
+        return x[torch.from_numpy(index)]
+
+    @staticmethod
+    def put_rows(x, index, values):
+        x[torch.from_numpy(index)] = values
+
+    @staticmethod
+    def logits(x, weight, bias, out):
+        if bias is None:
+            torch.mm(x, weight.t(), out=out)
+        else:
+            torch.addmm(bias, x, weight.t(), out=out)
+
+    @staticmethod
+    def input_grad(g, weight, out):
+        torch.mm(g, weight, out=out)
+
+    @staticmethod
+    def add_weight_grad(dw, g, x):
+        if dw.dtype != g.dtype:    # half precision: accumulate in float32
+            g, x = g.to(dw.dtype), x.to(dw.dtype)
+        dw.addmm_(g.t(), x)
+
+    @staticmethod
+    def add_bias_grad(db, g):
+        db += g.sum(dim=0, dtype=db.dtype)
+
+
+def _linear_grads(x, weight, bias, wanted):
+    """Zeroed gradient buffers (None where not `wanted`): dx in x's dtype, dW and db
+    in the accumulator dtype."""
+    acc = _accumulator(x.dtype)
+    dx = torch.zeros_like(x) if wanted[0] else None
+    dw = torch.zeros(weight.shape, dtype=acc) if wanted[1] else None
+    db = torch.zeros(bias.shape, dtype=acc) if wanted[2] and bias is not None else None
+    return dx, dw, db
+
+
+def run_chunks(x2, w, b, targets, valid, opts, chunk, weights, wanted):
+    """``(grads or None, losses)`` of the chunk loop on CPU tensors; `wanted` says
+    which of ``(dx, dW, db)`` to make (the others are None).
+
+    float32/float64 run on NumPy views with NumPy's matmuls and BLAS (`_blas`:
+    at 64-token chunks its gemm was 1.4-2x faster than torch's here), into
+    gradients NumPy allocates (no torch op runs: on 2 cores, torch's OpenMP
+    threads spinning after a fill of dW slowed the next BLAS calls, and
+    NumPy's zeros come lazily, from huge pages); half precision runs torch's
+    matmuls (NumPy has none for it).
+    """
+    if not any(wanted):
+        grads = None
+    elif x2.dtype in (torch.float32, torch.float64):
+        grads = tuple(np.zeros(a.shape, _torch._numpy_view(a[:0]).dtype) if want and a is not None
+                      else None for a, want in zip((x2, w, b), wanted))
+    else:
+        grads = _linear_grads(x2, w, b, wanted)
+    if x2.dtype in (torch.float32, torch.float64):
+        view = _torch._numpy_view
+        arrays = (view(x2), view(w), None if b is None else view(b))
+        losses = chunked(NumpyMatmuls, *arrays, targets, valid, opts, chunk, weights, grads)
+        if grads is not None:
+            grads = tuple(None if a is None else torch.from_numpy(a) for a in grads)
+        return grads, losses
+    return grads, chunked(TorchMatmuls, x2, w, b, targets, valid, opts, chunk, weights, grads)
