@@ -11,6 +11,7 @@ fresh process so that one's memory high-water mark cannot hide another's:
   matmuls        the three matmuls alone (x·Wᵀ, dz·W, dzᵀ·x) into
                  preallocated outputs: the floor any method pays
   xent-torch     xent.linear_cross_entropy on torch tensors
+  xent-compiled  the same under torch.compile(fullgraph=True) (its registered operator)
   torch-eager    F.cross_entropy(x @ W.T, y)
   torch-compile  torch.compile of the same
   torch-chunked  PyTorch's F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import time
 
-LINEAR = ("matmuls", "xent-torch", "torch-eager", "torch-compile", "torch-chunked",
+LINEAR = ("matmuls", "xent-torch", "xent-compiled", "torch-eager", "torch-compile", "torch-chunked",
           "xent-numpy", "xent-jax", "optax-jax")
 
 
@@ -92,8 +93,10 @@ def _torch_step(variant, n, hidden, vocab):
             torch.mm(dz.t(), xd, out=dw)
             return ()
         return step
-    if variant == "xent-torch":
+    if variant in ("xent-torch", "xent-compiled"):
         loss_fn = lambda x, w, y: xent.linear_cross_entropy(x, w, y)  # noqa: E731
+        if variant == "xent-compiled":
+            loss_fn = torch.compile(loss_fn, fullgraph=True)
     elif variant == "torch-chunked":
         options = torch.nn.LinearCrossEntropyOptions()
         loss_fn = lambda x, w, y: F.linear_cross_entropy(x, w, y, options=options)  # noqa: E731

@@ -77,3 +77,15 @@ def make(shape, vocab, dtype, seed, ignore="scattered"):
     elif ignore == "all":
         target[...] = -100
     return logits, target
+
+
+def make_linear(n, hidden, vocab, dtype, seed, bias=True):
+    """Inputs [n, hidden], a weight [vocab, hidden] and bias [vocab] of `dtype`, and targets
+    (every fifth from the second ignored)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, hidden)).astype(dtype)
+    w = (rng.normal(size=(vocab, hidden)) / np.sqrt(hidden) * 2).astype(dtype)
+    b = rng.normal(size=vocab).astype(dtype) if bias else None
+    target = rng.integers(0, vocab, n)
+    target[1::5] = -100
+    return x, w, b, target

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from large_vocab_cases import (DTYPES, OPTIONS, REDUCTIONS, TOL, assert_close,  # noqa: E402
-                               linear_oracle, make, oracle)
+                               linear_oracle, make, make_linear, oracle)
 
 
 # -- cross_entropy, NumPy -------------------------------------------------------------------
@@ -80,16 +80,6 @@ def test_cross_entropy_of_long_rows_in_several_blocks_matches_the_oracle():
 
 
 # -- linear_cross_entropy, NumPy ---------------------------------------------------------------
-
-def make_linear(n, hidden, vocab, dtype, seed, bias=True):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, hidden)).astype(dtype)
-    w = (rng.normal(size=(vocab, hidden)) / np.sqrt(hidden) * 2).astype(dtype)
-    b = rng.normal(size=vocab).astype(dtype) if bias else None
-    target = rng.integers(0, vocab, n)
-    target[1::5] = -100
-    return x, w, b, target
-
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -535,8 +525,8 @@ def test_return_grads_is_for_numpy_only():
         xent.cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), return_grads=True)
 
 
-def test_torch_compile_runs_through_xent_with_a_graph_break():
-    """torch.compile (not fullgraph: linear_cross_entropy is a graph break) gives
+def test_torch_compile_matches_eager():
+    """torch.compile (its default mode; fullgraph in test_large_vocab_graphs.py) gives
     eager's values and gradients, for both large-vocabulary functions and a TF face."""
     torch.manual_seed(0)
     x, w = torch.randn(9, 4, requires_grad=True), torch.randn(13, 4, requires_grad=True)

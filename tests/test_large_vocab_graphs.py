@@ -1,7 +1,7 @@
-"""`xent.cross_entropy` inside captured torch graphs: `torch.compile(fullgraph=True)`
-and the `torch.func` transforms run through the registered operator
-(`xent._large_vocab._torch_ops`), and match the float64 PyTorch oracle
-(`large_vocab_cases.oracle`), values and gradients."""
+"""The large-vocabulary functions inside captured torch graphs:
+`torch.compile(fullgraph=True)` and the `torch.func` transforms run through the
+registered operators (`xent._large_vocab._torch_ops`, `_torch_linear_ops`), and
+match the float64 PyTorch oracle (`large_vocab_cases`), values and gradients."""
 import ml_dtypes
 import numpy as np
 import pytest
@@ -11,7 +11,8 @@ from xent.errors import InvalidArgumentError
 
 torch = pytest.importorskip("torch")
 
-from large_vocab_cases import TOL, assert_close, make, oracle  # noqa: E402
+from large_vocab_cases import (TOL, assert_close, linear_oracle, make, make_linear,  # noqa: E402
+                               oracle)
 
 # One call of each reduction, each with its own options, in one objective
 # (one compile per dtype).
@@ -20,8 +21,22 @@ CALLS = (
     ({"label_smoothing": 0.25, "z_loss": 0.01, "softcap": 2.5}, "sum"),
     ({"z_loss": 1e-3, "softcap": 3.0}, "none"),
 )
-# The "none" call's upstream weights, so that its gradient is not a plain sum.
+# Each call's upstream gradient: the reduced losses' scaled, the "none" call's per
+# token, so that no gradient is a plain sum.
 _UPSTREAM = np.arange(1.0, 7.0).reshape(2, 3)
+_SCALE = {"mean": 0.5, "sum": -2.0}
+
+
+def _upstream(reduction, shape):
+    """The upstream gradient of a `reduction` call with targets of `shape`."""
+    return _UPSTREAM.reshape(shape) if reduction == "none" else np.full((), _SCALE[reduction])
+
+
+def _weighted(loss, reduction):
+    """``Σ loss·upstream`` of a call's result (`_upstream`), in torch ops."""
+    if reduction != "none":
+        return loss * _SCALE[reduction]
+    return (loss * torch.from_numpy(_UPSTREAM).reshape(loss.shape).to(loss.dtype)).sum()
 
 
 def _objective(x, t):
@@ -29,9 +44,7 @@ def _objective(x, t):
     total = 0
     for opts, reduction in CALLS:
         loss = xent.cross_entropy(x, t, reduction=reduction, **opts)
-        if reduction == "none":
-            loss = (loss * torch.tensor(_UPSTREAM, dtype=loss.dtype)).sum()
-        total = total + loss
+        total = total + _weighted(loss, reduction)
     return total
 
 
@@ -39,10 +52,17 @@ def _truth(x, t):
     """The oracle's value and logits gradient of `_objective`, in float64."""
     value, grad = 0.0, 0.0
     for opts, reduction in CALLS:
-        upstream = _UPSTREAM if reduction == "none" else None
+        upstream = _upstream(reduction, t.shape)
         loss, g = oracle(x, t, opts, reduction, upstream)
-        value, grad = value + (loss * (1.0 if upstream is None else upstream)).sum(), grad + g
+        value, grad = value + (loss * upstream).sum(), grad + g
     return value, grad
+
+
+def _tensor(a):
+    """A CPU tensor of NumPy array `a` (bfloat16 through an int16 view)."""
+    if a.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _inputs(dtype, seed=0):
@@ -56,9 +76,7 @@ def test_compile_fullgraph_matches_the_oracle(dtype):
     torch.compiler.reset()
     logits, target = _inputs(dtype)
     want_value, want_grad = _truth(logits.astype(np.float64), target)
-    x = torch.from_numpy(logits.view(np.int16)).view(torch.bfloat16) if dtype == ml_dtypes.bfloat16 \
-        else torch.from_numpy(logits)
-    x = x.clone().requires_grad_(True)
+    x = _tensor(logits).clone().requires_grad_(True)
     value = torch.compile(_objective, fullgraph=True)(x, torch.from_numpy(target))
     grad, = torch.autograd.grad(value, x)
     assert grad.dtype == x.dtype and value.dtype == x.dtype
@@ -119,3 +137,75 @@ def test_func_float16_gradient_under_a_loss_scale_is_rounded_once():
         torch.from_numpy(logits)).double().numpy()
     assert not (got == 0)[np.abs(want) >= 2.0 ** -24].any()   # would round to float16's smallest
     assert (np.abs(got - want) <= TOL[np.float16] * np.abs(want) + 2.0 ** -24).all()
+
+
+# -- linear_cross_entropy -------------------------------------------------------------------------
+
+def _linear_objective(x, w, b, t):
+    """Σ over `CALLS` of xent's linear loss (chunks of 4 tokens), each times `_upstream`."""
+    total = 0
+    for opts, reduction in CALLS:
+        loss = xent.linear_cross_entropy(x, w, t, bias=b, reduction=reduction, chunk_size=4, **opts)
+        total = total + _weighted(loss, reduction)
+    return total
+
+
+def _linear_truth(x, w, b, t):
+    """The oracle's value and (x, w, b) gradients of `_linear_objective`, in float64."""
+    value, grads = 0.0, (0.0, 0.0, 0.0)
+    for opts, reduction in CALLS:
+        upstream = _upstream(reduction, t.shape)
+        loss, *g = linear_oracle(x, w, b, t, opts, reduction, upstream)
+        value = value + (loss * upstream).sum()
+        grads = tuple(a + c for a, c in zip(grads, g))
+    return value, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, ml_dtypes.bfloat16],
+                         ids=lambda d: np.dtype(d).name)
+def test_linear_compile_fullgraph_matches_the_oracle(dtype):
+    """float16 makes its gradients in the backward (the chunks again), the others in
+    the forward; "none" makes them in the backward in every dtype."""
+    torch.compiler.reset()
+    arrays = make_linear(6, 5, 17, dtype, seed=3)
+    want_value, want_grads = _linear_truth(*(a.astype(np.float64) for a in arrays[:3]), arrays[3])
+    x, w, b = (_tensor(a).clone().requires_grad_(True) for a in arrays[:3])
+    value = torch.compile(_linear_objective, fullgraph=True)(x, w, b, torch.from_numpy(arrays[3]))
+    grads = torch.autograd.grad(value, (x, w, b))
+    assert value.dtype == x.dtype and all(g.dtype == x.dtype for g in grads)
+    assert_close(value.double().item(), want_value, dtype)
+    for got, want in zip(grads, want_grads):
+        assert_close(got.double().numpy(), want, dtype)
+
+
+def test_linear_func_grad_and_per_example_vmap_match_the_oracle():
+    x, w, b, t = make_linear(6, 5, 17, np.float64, seed=4)
+    tt = torch.from_numpy(t)
+    grads = torch.func.grad(_linear_objective, argnums=(0, 1, 2))(*map(torch.from_numpy, (x, w, b)), tt)
+    for got, want in zip(grads, _linear_truth(x, w, b, t)[1]):
+        assert_close(got.numpy(), want, np.float64)
+    # per-example gradients of the weight: each batch element its own dW, not their sum
+    xs = np.stack([x, -x, 2 * x])
+    per = torch.func.vmap(torch.func.grad(
+        lambda x, w: xent.linear_cross_entropy(x, w, tt, label_smoothing=0.1, chunk_size=4), argnums=1),
+        in_dims=(0, None))(torch.from_numpy(xs), torch.from_numpy(w))
+    for i in range(3):
+        want = linear_oracle(xs[i], w, None, t, {"label_smoothing": 0.1}, "mean")[2]
+        assert_close(per[i].numpy(), want, np.float64)
+
+
+def test_linear_func_second_derivatives_and_forward_mode_are_refused():
+    x, w, _, t = (torch.from_numpy(a) if a is not None else None for a in make_linear(6, 5, 17, np.float64, 5))
+    def loss(w):
+        return xent.linear_cross_entropy(x, w, t, z_loss=0.01)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.func.grad(lambda w: torch.func.grad(loss)(w).pow(2).sum())(w)
+    with pytest.raises(RuntimeError, match="in reverse mode only: no forward mode"):
+        torch.func.jvp(loss, (w,), (w,))
+
+
+def test_linear_compiled_target_out_of_range_raises_tensorflows_error():
+    torch.compiler.reset()
+    compiled = torch.compile(lambda x, w, t: xent.linear_cross_entropy(x, w, t), fullgraph=True)
+    with pytest.raises(InvalidArgumentError, match="label value of 7"):
+        compiled(torch.zeros(2, 3), torch.zeros(7, 3), torch.tensor([1, 7]))

@@ -14,9 +14,9 @@ multiplies them, so its gradient is made in the backward, with the upstream
 gradient folded into the row weights and rounded once, as autograd does
 (unless ``inplace_backward`` asks for it in the forward).
 
-Graphs that torch.compile captures and torch.func transforms run
-`cross_entropy` through a registered operator instead (`_torch_ops`);
-`linear_cross_entropy` stays a graph break there.
+Graphs that torch.compile captures and torch.func transforms run both
+functions through registered operators instead (`_torch_ops`,
+`_torch_linear_ops`).
 
 Tensors on other devices run `_array_math` in torch ops under autograd (the
 linear head chunk by chunk, each chunk recomputed in the backward by
@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from xent import _torch
 from xent._dtypes import accumulator
-from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_ops
+from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_linear_ops, _torch_ops
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._tokens import reduce, row_weights
 
@@ -149,9 +149,9 @@ def _device_cross_entropy(logits, target, opts):
 
 @torch.compiler.disable
 def _apply(function, *args):
-    """`function.apply(*args)`, left out of torch.compile's graphs (a graph break:
-    dynamo cannot trace the kernel's NumPy and numba calls; `cross_entropy`
-    has a registered operator for graphs, `linear_cross_entropy` not yet)."""
+    """`function.apply(*args)`, left out of torch.compile's graphs: dynamo cannot
+    trace the kernel's NumPy and numba calls (graphs it captures get the
+    registered operators instead; this is for eager calls only)."""
     return function.apply(*args)
 
 
@@ -246,6 +246,8 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
     if not _on_kernel(x):
         return _device_linear(x, weight, bias, target, opts, chunk)
+    if _torch._graph_ops():
+        return _torch_linear_ops.loss(x, weight, bias, target, opts, chunk)
     wanted = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad
                    for t in (x, weight, bias))
     return _apply(_LinearCrossEntropy, x, weight, bias, target, opts, chunk, wanted)

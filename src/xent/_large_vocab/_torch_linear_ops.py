@@ -1,0 +1,182 @@
+"""`xent.linear_cross_entropy` as a registered torch operator, for `torch.compile`
+and `torch.func` (as `_torch_ops` does for `cross_entropy`).
+
+    xent::linear_rows(x [N, H], weight [V, H], bias [V]?, targets [N], weights [N],
+                      ignore_index, label_smoothing, z_loss, softcap, chunk,
+                      want_x, want_weight, want_bias)
+        -> (total [], losses [N], dx [N, H], dW [V, H], db [V])
+
+runs the chunk loop (`_torch_chunks.run_chunks`): ``losses`` per token (the
+accumulator dtype; 0 where ignored), ``total = Σ_i weights_i·losses_i``, and
+the gradients of ``total`` that are wanted (an empty ``[0]`` tensor for the
+others): dx in x's dtype, dW and db in the accumulator dtype. The faces pick
+the weights: ``1/count`` for the mean, 1 for the sum; their backward scales
+the forward's gradients by the upstream gradient. Per-token losses
+(``"none"``) and float16 (whose gradients must meet a loss scale before they
+are rounded) make no gradient in the forward: the backward runs the chunks
+again with the upstream gradient as the weights, as the eager path does.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+
+from xent import _torch
+from xent._large_vocab import _numpy
+from xent._large_vocab._options import Options
+from xent._large_vocab._torch_chunks import run_chunks
+from xent._large_vocab._torch_ops import _option_args, _refuse_forward_mode, _refuse_second_derivative
+
+__all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
+
+
+def _accumulator(dtype):
+    """The accumulator dtype of `dtype` inputs (float32 for half precision)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("xent::linear_rows", mutates_args=(), device_types="cpu")
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                targets: torch.Tensor, weights: torch.Tensor, ignore_index: int,
+                label_smoothing: float, z_loss: float, softcap: Optional[float], chunk: int,
+                want_x: bool, want_weight: bool, want_bias: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The chunk loop on CPU tensors (see the module doc); a target outside ``[0, V)``
+    that is not `ignore_index` raises TensorFlow's `InvalidArgumentError`."""
+    opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
+    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, weight.shape[0])
+    acc = np.float64 if x.dtype == torch.float64 else np.float32
+    row_weights = np.where(valid, _torch._numpy_view(weights.contiguous()), 0).astype(acc)
+    wanted = (want_x, want_weight, want_bias and bias is not None)
+    b = None if bias is None else bias.contiguous()
+    grads, losses = run_chunks(x.contiguous(), weight.contiguous(), b, kept, valid, opts, chunk,
+                               row_weights, wanted)
+    total = torch.tensor(np.dot(losses, row_weights), dtype=_accumulator(x.dtype))
+    grads = (None,) * 3 if grads is None else grads
+    return (total, torch.from_numpy(losses),   # (outputs may not alias: one empty each)
+            *(x.new_empty(0) if g is None else g for g in grads))
+
+
+@linear_rows.register_fake
+def _linear_rows_fake(x, weight, bias, targets, weights, ignore_index, label_smoothing, z_loss,
+                      softcap, chunk, want_x, want_weight, want_bias):
+    """The outputs' shapes and dtypes, for the compiler (no data)."""
+    acc = _accumulator(x.dtype)
+    return (x.new_empty((), dtype=acc), x.new_empty(x.shape[:1], dtype=acc),
+            x.new_empty(x.shape if want_x else (0,)),
+            x.new_empty(weight.shape if want_weight else (0,), dtype=acc if want_weight else x.dtype),
+            x.new_empty(bias.shape, dtype=acc) if want_bias and bias is not None else x.new_empty(0))
+
+
+@linear_rows.register_vmap
+def _linear_rows_vmap(info, in_dims, x, weight, bias, targets, weights, *rest):
+    """One call per batch element (folding the batch into the tokens would sum the
+    weight gradients of the whole batch), the outputs stacked; an output not
+    wanted stays one empty ``[0]``."""
+    tensors = (x, weight, bias, targets, weights)
+    calls = [linear_rows(*(a if d is None or a is None else a.select(d, i)
+                           for a, d in zip(tensors, in_dims[:5])), *rest)
+             for i in range(info.batch_size)]
+    wanted = (True, True, *rest[-3:-1], rest[-1] and bias is not None)
+    outputs = tuple(torch.stack(parts) if want else parts[0]
+                    for parts, want in zip(zip(*calls), wanted))
+    return outputs, tuple(0 if want else None for want in wanted)
+
+
+def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
+    """`linear_rows` with `Options` `opts` and `wanted` = (x, weight, bias)."""
+    return linear_rows(x, weight, bias, targets, weights, *_option_args(opts), chunk, *wanted)
+
+
+def _gradients(ctx, grads, g_total, g_losses, again):
+    """The inputs' gradients from the forward's `grads` (dx, dW, db; empty where
+    not made) scaled by `g_total`, or, with per-token `g_losses` or no forward
+    gradients, from `again(weights)`: the chunks run again with those weights."""
+    x, weight, bias, targets, weights = ctx.saved_tensors[:5]
+    wanted = tuple(ctx.needs_input_grad[:3])
+    if g_losses is None and g_total is None:
+        return (None,) * 3
+    if g_losses is not None or not ctx.early:
+        w = g_losses if g_losses is not None else 0
+        w = w + (0 if g_total is None else g_total * weights)
+        grads = again(w.to(weights.dtype))
+    else:
+        grads = tuple(g * g_total for g in grads)
+    dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+    return tuple(g.to(dtype) if want and g.numel() else None
+                 for g, dtype, want in zip(grads, dtypes, wanted))
+
+
+class LinearRows(torch.autograd.Function):
+    """`linear_rows` made differentiable once, for torch.func; the gradients are
+    outputs, so that differentiating them again raises (see `TokenRows`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, weight, bias, targets, weights, opts, chunk, wanted):
+        return _call(x, weight, bias, targets, weights, opts, chunk, wanted)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        x, weight, bias, targets, weights, ctx.opts, ctx.chunk, wanted = inputs
+        ctx.early = any(wanted)
+        ctx.save_for_backward(x, weight, bias, targets, weights, *output[2:])
+
+    @staticmethod
+    def backward(ctx, g_total, g_losses, g_dx, g_dw, g_db):
+        if any(g is not None for g in (g_dx, g_dw, g_db)):
+            _refuse_second_derivative()
+
+        def again(w):
+            x, weight, bias, targets = ctx.saved_tensors[:4]
+            return LinearRows.apply(x, weight, bias, targets, w, ctx.opts, ctx.chunk,
+                                    tuple(ctx.needs_input_grad[:3]))[2:]
+        grads = _gradients(ctx, ctx.saved_tensors[5:], g_total, g_losses, again)
+        return (*grads, None, None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        _refuse_forward_mode()
+
+
+class LinearLoss(torch.autograd.Function):
+    """The total (or, with `per_token`, the losses) alone, for graphs torch.compile
+    captures (see `TokenLosses`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, weights, opts, chunk, wanted, per_token):
+        total, losses, *grads = _call(x, weight, bias, targets, weights, opts, chunk, wanted)
+        ctx.opts, ctx.chunk, ctx.early, ctx.per_token = opts, chunk, any(wanted), per_token
+        ctx.save_for_backward(x, weight, bias, targets, weights, *grads)
+        return losses if per_token else total
+
+    @staticmethod
+    def backward(ctx, g):
+        def again(w):
+            x, weight, bias, targets = ctx.saved_tensors[:4]
+            return _call(x, weight, bias, targets, w, ctx.opts, ctx.chunk,
+                         tuple(ctx.needs_input_grad[:3]))[2:]
+        g_total, g_losses = (None, g) if ctx.per_token else (g, None)
+        grads = _gradients(ctx, ctx.saved_tensors[5:], g_total, g_losses, again)
+        return (*grads, None, None, None, None, None, None)
+
+
+def loss(x, weight, bias, target, opts, chunk):
+    """`linear_cross_entropy` on CPU tensors through the operator: the mean, the sum or
+    the per-token losses of ``x [..., H]`` against ``target [...]``, in x's dtype."""
+    x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1)
+    valid = (t != opts.ignore_index).to(_accumulator(x.dtype))
+    weights = valid / valid.sum().clamp(min=1) if opts.reduction == "mean" else valid
+    per_token = opts.reduction == "none"
+    wanted = tuple(torch.is_grad_enabled() and a is not None and a.requires_grad
+                   for a in (x, weight, bias))
+    if per_token or x.dtype == torch.float16:   # gradients in the backward (module doc)
+        wanted = (False,) * 3
+    if torch.compiler.is_compiling():
+        out = LinearLoss.apply(x2, weight, bias, t, weights, opts, chunk, wanted, per_token)
+    else:
+        total, losses = LinearRows.apply(x2, weight, bias, t, weights, opts, chunk, wanted)[:2]
+        out = losses if per_token else total
+    return (out.reshape(target.shape) if per_token else out).to(x.dtype)
