@@ -209,3 +209,96 @@ def test_linear_compiled_target_out_of_range_raises_tensorflows_error():
     compiled = torch.compile(lambda x, w, t: xent.linear_cross_entropy(x, w, t), fullgraph=True)
     with pytest.raises(InvalidArgumentError, match="label value of 7"):
         compiled(torch.zeros(2, 3), torch.zeros(7, 3), torch.tensor([1, 7]))
+
+
+# -- both functions -------------------------------------------------------------------------------
+
+def _both(x, w, t):
+    """Both functions' means on 3-D inputs, their defaults untouched."""
+    return xent.cross_entropy(x @ w.t(), t) + xent.linear_cross_entropy(x, w, t, chunk_size=4)
+
+
+def _both_truth(x, w, t):
+    """The oracle's value and (x, w) gradients of `_both`."""
+    loss, dz = oracle(x @ w.T, t, {}, "mean")
+    linear = linear_oracle(x.reshape(-1, x.shape[-1]), w, None, t.reshape(-1), {}, "mean")
+    dx = dz.reshape(-1, w.shape[0]) @ w
+    dw = dz.reshape(-1, w.shape[0]).T @ x.reshape(-1, x.shape[-1])
+    return loss + linear[0], (dx.reshape(x.shape) + linear[1].reshape(x.shape), dw + linear[2])
+
+
+def _retained_twice(fn, *inputs):
+    """The value of compiled `fn` at `inputs` and its gradients from two backwards over
+    one retained graph, after checking that the second left the first's alone."""
+    torch.compiler.reset()
+    leaves = [torch.from_numpy(a).requires_grad_(True) for a in inputs[:-1]]
+    value = torch.compile(fn, fullgraph=True)(*leaves, torch.from_numpy(inputs[-1]))
+    first = torch.autograd.grad(value, leaves, retain_graph=True)
+    kept = [g.clone() for g in first]
+    second = torch.autograd.grad(value, leaves)
+    for a, b in zip(first, kept):
+        assert torch.equal(a, b)
+    return value.item(), second
+
+
+def test_compiled_second_backward_over_a_retained_graph_gives_the_same_gradients():
+    """With the tokens flattened before the operator, inductor wrote the backward's
+    product over the saved gradient: the first gradient changed and the second was
+    wrong (float32 logits [4, 5, 11], mean; not at [2, 3, 11], nor in float64).
+    The operators keep the tokens' dimensions for this."""
+    logits, target = make((4, 5), 11, np.float32, seed=6)
+    value, (grad,) = _retained_twice(lambda z, t: xent.cross_entropy(z, t), logits, target)
+    want_value, want_grad = oracle(logits.astype(np.float64), target, {}, "mean")
+    assert_close(value, want_value, np.float32)
+    assert_close(grad.numpy(), want_grad, np.float32)
+    x, w, _, t = make_linear(20, 5, 11, np.float32, seed=6)
+    value, grads = _retained_twice(lambda x, w, t: xent.linear_cross_entropy(x, w, t, chunk_size=4),
+                                   x.reshape(4, 5, 5), w, t.reshape(4, 5))
+    want = linear_oracle(x.astype(np.float64), w.astype(np.float64), None, t, {}, "mean")
+    assert_close(value, want[0], np.float32)
+    assert_close(grads[0].numpy().reshape(20, 5), want[1], np.float32)
+    assert_close(grads[1].numpy(), want[2], np.float32)
+
+
+def test_compile_dynamic_shapes_with_default_options():
+    """`dynamic=True` traces the float options too; their check must not stop it
+    (math.isfinite did)."""
+    torch.compiler.reset()
+    compiled = torch.compile(_both, fullgraph=True, dynamic=True)
+    for n in (12, 20):
+        x, w, _, t = make_linear(n, 5, 11, np.float64, seed=n)
+        x, t = x.reshape(4, n // 4, 5), t.reshape(4, n // 4)
+        xt, wt = (torch.from_numpy(a).requires_grad_(True) for a in (x, w))
+        value = compiled(xt, wt, torch.from_numpy(t))
+        want_value, want_grads = _both_truth(x, w, t)
+        assert_close(value.item(), want_value, np.float64)
+        for got, want in zip(torch.autograd.grad(value, (xt, wt)), want_grads):
+            assert_close(got.numpy(), want, np.float64)
+
+
+def test_no_tokens_give_empty_and_zero_gradients():
+    x, w, t = torch.zeros(0, 5, dtype=torch.float64), torch.ones(11, 5, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    for grads in (torch.func.grad(_both, argnums=(0, 1))(x, w, t),
+                  torch.autograd.grad(torch.compile(_both, fullgraph=True)(
+                      xr := x.clone().requires_grad_(True), wr := w.clone().requires_grad_(True), t), (xr, wr))):
+        assert grads[0].shape == (0, 5) and grads[1].shape == (11, 5) and not grads[1].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_operators_pass_torchs_opcheck(dtype):
+    """`torch.library.opcheck`: the fake implementations give the real outputs'
+    shapes and dtypes, no output aliases an input, and the vmap rules and the
+    compiled dispatch agree with eager (inputs that need no gradient: autograd
+    reaches the operators through xent's Functions, not their own formula)."""
+    from xent._large_vocab import _torch_linear_ops, _torch_ops  # noqa: F401 (registers them)
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 3, 11, generator=g).to(dtype)
+    targets = torch.tensor([[0, 10, -100], [4, 4, 1]])
+    for want in (True, False):
+        torch.library.opcheck(torch.ops.xent.token_rows.default,
+                              (logits, targets, -100, 0.1, 0.01, 3.0, want))
+    x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((2, 3, 5), (11, 5), (11,)))
+    weights = torch.full((2, 3), 0.25)
+    for bias, wanted in ((b, (True, True, True)), (None, (False, True, False)), (b, (False,) * 3)):
+        torch.library.opcheck(torch.ops.xent.linear_rows.default,
+                              (x, w, bias, targets, weights, -100, 0.0, 0.0, None, 4, *wanted))

@@ -48,7 +48,8 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
         view of one) and for a non-contiguous tensor. In float16 the
         gradient is then rounded before a loss scale multiplies it (without
         inplace_backward it is rounded once, after, as autograd does). No
-        effect under torch.compile and torch.func, nor off the CPU.
+        effect under torch.compile, torch.func and forward-mode AD levels
+        (the registered operator runs there), nor off the CPU.
       return_grads: NumPy only: return ``(loss, dloss/dlogits)`` (for
         ``"none"``, the gradient of ``loss.sum()``).
 

@@ -14,9 +14,9 @@ multiplies them, so its gradient is made in the backward, with the upstream
 gradient folded into the row weights and rounded once, as autograd does
 (unless ``inplace_backward`` asks for it in the forward).
 
-Graphs that torch.compile captures and torch.func transforms run both
-functions through registered operators instead (`_torch_ops`,
-`_torch_linear_ops`).
+Graphs that torch.compile captures, torch.func transforms and forward-mode
+levels (where the operators refuse forward mode by name) run both functions
+through registered operators instead (`_torch_ops`, `_torch_linear_ops`).
 
 Tensors on other devices run `_array_math` in torch ops under autograd (the
 linear head chunk by chunk, each chunk recomputed in the backward by
@@ -159,8 +159,7 @@ def _graph_cross_entropy(logits, target, opts, grad_wanted):
     """`cross_entropy` through the registered operator (`_torch_ops`), for graphs
     torch.compile captures and torch.func transforms: per-token losses, then
     the reduction in torch ops."""
-    z = logits.reshape(-1, logits.shape[-1])
-    losses = _torch_ops.losses(z, target.reshape(-1), opts, grad_wanted)
+    losses = _torch_ops.losses(logits, target, opts, grad_wanted)
     return _array_math.reduce(losses, target, opts).to(logits.dtype)
 
 

@@ -1,7 +1,7 @@
 """`linear_cross_entropy`'s chunk loop (`xent._large_vocab._linear.chunked`) on CPU
 torch tensors: float32/float64 on NumPy views with NumPy's matmuls and BLAS,
 half precision with torch's matmuls. Used by the eager Function
-(`xent._large_vocab._torch`) and the registered operator (`_torch_ops`).
+(`xent._large_vocab._torch`) and the registered operator (`_torch_linear_ops`).
 """
 import numpy as np
 import torch

@@ -1,10 +1,10 @@
 """`xent.linear_cross_entropy` as a registered torch operator, for `torch.compile`
 and `torch.func` (as `_torch_ops` does for `cross_entropy`).
 
-    xent::linear_rows(x [N, H], weight [V, H], bias [V]?, targets [N], weights [N],
+    xent::linear_rows(x [..., H], weight [V, H], bias [V]?, targets [...], weights [...],
                       ignore_index, label_smoothing, z_loss, softcap, chunk,
                       want_x, want_weight, want_bias)
-        -> (total [], losses [N], dx [N, H], dW [V, H], db [V])
+        -> (total [], losses [...], dx [..., H], dW [V, H], db [V])
 
 runs the chunk loop (`_torch_chunks.run_chunks`): ``losses`` per token (the
 accumulator dtype; 0 where ignored), ``total = Σ_i weights_i·losses_i``, and
@@ -15,6 +15,7 @@ the forward's gradients by the upstream gradient. Per-token losses
 (``"none"``) and float16 (whose gradients must meet a loss scale before they
 are rounded) make no gradient in the forward: the backward runs the chunks
 again with the upstream gradient as the weights, as the eager path does.
+The tokens keep the caller's dimensions through the operator (see `_torch_ops`).
 """
 from typing import Optional
 
@@ -46,15 +47,16 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
     kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, weight.shape[0])
     acc = np.float64 if x.dtype == torch.float64 else np.float32
-    row_weights = np.where(valid, _torch._numpy_view(weights.contiguous()), 0).astype(acc)
+    row_weights = np.where(valid, _torch._numpy_view(weights.reshape(-1).contiguous()), 0).astype(acc)
     wanted = (want_x, want_weight, want_bias and bias is not None)
     b = None if bias is None else bias.contiguous()
-    grads, losses = run_chunks(x.contiguous(), weight.contiguous(), b, kept, valid, opts, chunk,
-                               row_weights, wanted)
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    grads, losses = run_chunks(x2, weight.contiguous(), b, kept, valid, opts, chunk, row_weights, wanted)
     total = torch.tensor(np.dot(losses, row_weights), dtype=_accumulator(x.dtype))
-    grads = (None,) * 3 if grads is None else grads
-    return (total, torch.from_numpy(losses),   # (outputs may not alias: one empty each)
-            *(x.new_empty(0) if g is None else g for g in grads))
+    dx, dw, db = (None,) * 3 if grads is None else grads
+    dx = None if dx is None else dx.reshape(x.shape)
+    return (total, torch.from_numpy(losses.reshape(tuple(x.shape[:-1]))),
+            *(x.new_empty(0) if g is None else g for g in (dx, dw, db)))   # (no aliases: an empty each)
 
 
 @linear_rows.register_fake
@@ -62,7 +64,7 @@ def _linear_rows_fake(x, weight, bias, targets, weights, ignore_index, label_smo
                       softcap, chunk, want_x, want_weight, want_bias):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
     acc = _accumulator(x.dtype)
-    return (x.new_empty((), dtype=acc), x.new_empty(x.shape[:1], dtype=acc),
+    return (x.new_empty((), dtype=acc), x.new_empty(x.shape[:-1], dtype=acc),
             x.new_empty(x.shape if want_x else (0,)),
             x.new_empty(weight.shape if want_weight else (0,), dtype=acc if want_weight else x.dtype),
             x.new_empty(bias.shape, dtype=acc) if want_bias and bias is not None else x.new_empty(0))
@@ -89,8 +91,8 @@ def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
 
 
 def _gradients(ctx, grads, g_total, g_losses, again):
-    """The inputs' gradients from the forward's `grads` (dx, dW, db; empty where
-    not made) scaled by `g_total`, or, with per-token `g_losses` or no forward
+    """The inputs' gradients from the forward's `grads` (dx, dW, db; an empty ``[0]``
+    where not made) scaled by `g_total`, or, with per-token `g_losses` or no forward
     gradients, from `again(weights)`: the chunks run again with those weights."""
     x, weight, bias, targets, weights = ctx.saved_tensors[:5]
     wanted = tuple(ctx.needs_input_grad[:3])
@@ -102,9 +104,9 @@ def _gradients(ctx, grads, g_total, g_losses, again):
         grads = again(w.to(weights.dtype))
     else:
         grads = tuple(g * g_total for g in grads)
-    dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-    return tuple(g.to(dtype) if want and g.numel() else None
-                 for g, dtype, want in zip(grads, dtypes, wanted))
+    inputs = (x, weight, bias)
+    return tuple(g.to(a.dtype) if want and g.shape == a.shape else None   # (else not made)
+                 for g, a, want in zip(grads, inputs, wanted))
 
 
 class LinearRows(torch.autograd.Function):
@@ -166,8 +168,7 @@ class LinearLoss(torch.autograd.Function):
 def loss(x, weight, bias, target, opts, chunk):
     """`linear_cross_entropy` on CPU tensors through the operator: the mean, the sum or
     the per-token losses of ``x [..., H]`` against ``target [...]``, in x's dtype."""
-    x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1)
-    valid = (t != opts.ignore_index).to(_accumulator(x.dtype))
+    valid = (target != opts.ignore_index).to(_accumulator(x.dtype))
     weights = valid / valid.sum().clamp(min=1) if opts.reduction == "mean" else valid
     per_token = opts.reduction == "none"
     wanted = tuple(torch.is_grad_enabled() and a is not None and a.requires_grad
@@ -175,8 +176,8 @@ def loss(x, weight, bias, target, opts, chunk):
     if per_token or x.dtype == torch.float16:   # gradients in the backward (module doc)
         wanted = (False,) * 3
     if torch.compiler.is_compiling():
-        out = LinearLoss.apply(x2, weight, bias, t, weights, opts, chunk, wanted, per_token)
+        out = LinearLoss.apply(x, weight, bias, target, weights, opts, chunk, wanted, per_token)
     else:
-        total, losses = LinearRows.apply(x2, weight, bias, t, weights, opts, chunk, wanted)[:2]
+        total, losses = LinearRows.apply(x, weight, bias, target, weights, opts, chunk, wanted)[:2]
         out = losses if per_token else total
-    return (out.reshape(target.shape) if per_token else out).to(x.dtype)
+    return out.to(x.dtype)

@@ -6,8 +6,8 @@ folded into the kernel). A graph that `torch.compile(fullgraph=True)`
 captures, or a `torch.func` transform (`grad`, `vmap`), cannot run NumPy
 inside; they get the operator
 
-    xent::token_rows(logits [N, V], targets [N], ignore_index, label_smoothing,
-                     z_loss, softcap, want_grad) -> (losses [N], grad [N, V])
+    xent::token_rows(logits [..., V], targets [...], ignore_index, label_smoothing,
+                     z_loss, softcap, want_grad) -> (losses [...], grad [..., V])
 
 ``losses`` is each token's loss (the accumulator dtype; 0 where ignored),
 ``grad`` its gradient ``d loss_i / d logits_i`` (0 rows where ignored; an
@@ -17,11 +17,18 @@ upstream gradient, often a loss scale, multiplies them). The reduction runs in
 torch ops after it, so autograd hands the backward each token's weight
 (``1/count`` for the mean), and the backward is one multiply:
 
-    d logits = grad ⊙ g[:, None]
+    d logits = grad ⊙ g[..., None]
 
 The operator has a fake implementation (the outputs' shapes and dtypes, for
-the compiler) and a vmap rule that folds the batch into the tokens. It is
-differentiable once, as the eager path: a second derivative raises.
+the compiler) and a vmap rule that moves the batch to the front (the tokens'
+dimensions are the operator's own). It is differentiable once, as the eager
+path: a second derivative raises.
+
+The tokens keep the caller's dimensions, through the operator and its
+backward: with the logits flattened to ``[N, V]`` before it, and its
+gradient reshaped after, inductor (torch 2.13) wrote the backward's product
+over the saved gradient, so that a second backward over a retained graph of
+3-D logits came out wrong (a torch bug; a test keeps it in sight).
 """
 from typing import Optional
 
@@ -51,11 +58,11 @@ def _loss_dtype(dtype):
 def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                label_smoothing: float, z_loss: float, softcap: Optional[float],
                want_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token losses and gradients of ``[N, V]`` CPU `logits` (see the module doc);
-    a target outside ``[0, V)`` that is not `ignore_index` raises TensorFlow's
-    `InvalidArgumentError`."""
+    """Per-token losses and gradients of ``[..., V]`` CPU `logits` (see the module
+    doc); a target outside ``[0, V)`` that is not `ignore_index` raises
+    TensorFlow's `InvalidArgumentError`."""
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
-    x = _torch._numpy_view(logits.contiguous())
+    x = _torch._numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
     kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
     weights = valid.astype(accumulator(x.dtype))
     grad = None
@@ -64,14 +71,15 @@ def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
             x = x.astype(np.float32)
         grad = _torch._empty_numpy(x)
     loss = losses_and_gradient(x, kept, valid, opts, weights, grad)
-    grad_tensor = logits.new_empty(0) if grad is None else _torch._own_tensor(grad)
-    return _torch._own_tensor(loss), grad_tensor
+    shape = tuple(logits.shape)
+    grad_tensor = logits.new_empty(0) if grad is None else _torch._own_tensor(grad.reshape(shape))
+    return _torch._own_tensor(loss.reshape(shape[:-1])), grad_tensor
 
 
 @token_rows.register_fake
 def _token_rows_fake(logits, targets, ignore_index, label_smoothing, z_loss, softcap, want_grad):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    loss = logits.new_empty(logits.shape[:1], dtype=_loss_dtype(logits.dtype))
+    loss = logits.new_empty(logits.shape[:-1], dtype=_loss_dtype(logits.dtype))
     grad = (logits.new_empty(logits.shape, dtype=_grad_dtype(logits.dtype)) if want_grad
             else logits.new_empty(0))
     return loss, grad
@@ -84,10 +92,8 @@ def _token_rows_vmap(info, in_dims, logits, targets, *options):
     size = info.batch_size
     x = logits.movedim(x_dim, 0) if x_dim is not None else logits.expand(size, *logits.shape)
     t = targets.movedim(t_dim, 0) if t_dim is not None else targets.expand(size, *targets.shape)
-    loss, grad = token_rows(x.reshape(-1, x.shape[-1]), t.reshape(-1), *options)
-    want_grad = options[-1]
-    return ((loss.reshape(x.shape[:2]), grad.reshape(x.shape) if want_grad else grad),
-            (0, 0 if want_grad else None))
+    loss, grad = token_rows(x, t, *options)
+    return (loss, grad), (0, 0 if options[-1] else None)
 
 
 def _option_args(opts):
@@ -139,7 +145,7 @@ class TokenRows(torch.autograd.Function):
         grad, = ctx.saved_tensors
         if g_losses is None:
             return None, None, None, None
-        return (grad * g_losses[:, None]).to(ctx.dtype), None, None, None
+        return (grad * g_losses[..., None]).to(ctx.dtype), None, None, None
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -161,12 +167,12 @@ class TokenLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_losses):
         grad, = ctx.saved_tensors
-        return (grad * g_losses[:, None]).to(ctx.dtype), None, None, None
+        return (grad * g_losses[..., None]).to(ctx.dtype), None, None, None
 
 
 def losses(logits, targets, opts, want_grad):
-    """``[N]`` per-token losses of ``[N, V]`` CPU logits, differentiable through the
-    operator: `TokenLosses` inside torch.compile, else `TokenRows`."""
+    """``[...]`` per-token losses of ``[..., V]`` CPU logits, differentiable through
+    the operator: `TokenLosses` inside torch.compile, else `TokenRows`."""
     if torch.compiler.is_compiling():
         return TokenLosses.apply(logits, targets, opts, want_grad)
     return TokenRows.apply(logits, targets, opts, want_grad)[0]
