@@ -54,6 +54,24 @@ def test_compile_fullgraph_matches_eager(dtype):
         torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
 
 
+def test_compile_fullgraph_of_the_v1_losses_with_default_weights_matches_eager():
+    """The v1 losses' default ``weights=1.0`` (a Python number) became an array through
+    NumPy calls that dynamo cannot trace (np.iscomplexobj: fullgraph failed)."""
+    torch.compiler.reset()
+    x, labels, y = _inputs(5, torch.float64)
+
+    def v1(x):
+        total = xent.losses.sparse_softmax_cross_entropy(labels=labels, logits=x)
+        total = total + xent.losses.softmax_cross_entropy(onehot_labels=y, logits=x, label_smoothing=0.1)
+        return total + xent.losses.compute_weighted_loss(x.sum(-1), weights=2)
+
+    xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want, got = v1(xe), torch.compile(v1, fullgraph=True)(xc)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, xc)[0], torch.autograd.grad(want, xe)[0],
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_label_out_of_range_raises_tensorflows_error():
     torch.compiler.reset()
     compiled = torch.compile(lambda x, l: SPARSE(labels=l, logits=x), fullgraph=True)

@@ -60,7 +60,9 @@ def _weights(be, weights):
     Complex weights are refused (TensorFlow drops their imaginary part).
     """
     _validate.require("weights", weights)
-    if isinstance(weights, (int, float, complex, list, tuple)):
+    if isinstance(weights, (int, float)):   # (no NumPy call: torch.compile traces this one)
+        return be.astype(weights, "float64")
+    if isinstance(weights, (complex, list, tuple)):
         weights = np.asarray(weights)
         weights = weights if np.iscomplexobj(weights) else weights.astype(np.float64)
     weights = be.asarray(weights)
