@@ -302,3 +302,29 @@ def test_operators_pass_torchs_opcheck(dtype):
     for bias, wanted in ((b, (True, True, True)), (None, (False, True, False)), (b, (False,) * 3)):
         torch.library.opcheck(torch.ops.xent.linear_rows.default,
                               (x, w, bias, targets, weights, -100, 0.0, 0.0, None, 4, *wanted))
+
+
+@pytest.fixture
+def device_path():
+    """The torch-ops path of tensors off the CPU (CUDA), forced on the CPU."""
+    from xent import _torch
+    _torch.use_torch_ops_on_cpu(True)
+    yield
+    _torch.use_torch_ops_on_cpu(False)
+
+
+def test_device_path_in_compiled_graphs_and_torch_func(device_path):
+    """Off the CPU both functions are torch ops (no operator): fullgraph traces them,
+    and torch.func runs the linear chunks without checkpoint's saved-tensor hooks,
+    which it refuses."""
+    torch.compiler.reset()
+    x, w, _, t = make_linear(12, 5, 11, np.float64, seed=8)
+    x, t = x.reshape(3, 4, 5), t.reshape(3, 4)
+    want_value, want_grads = _both_truth(x, w, t)
+    xt, wt, tt = (torch.from_numpy(a) for a in (x, w, t))
+    for grads in (torch.func.grad(_both, argnums=(0, 1))(xt, wt, tt),
+                  torch.autograd.grad(torch.compile(_both, fullgraph=True)(
+                      xr := xt.clone().requires_grad_(True), wr := wt.clone().requires_grad_(True), tt),
+                      (xr, wr))):
+        for got, want in zip(grads, want_grads):
+            assert_close(got.numpy(), want, np.float64)

@@ -224,7 +224,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def _device_linear(x, weight, bias, target, opts, chunk):
-    """`linear_cross_entropy` in torch ops, one checkpointed chunk at a time."""
+    """`linear_cross_entropy` in torch ops, one checkpointed chunk at a time (under a
+    torch.func transform, which refuses checkpoint's saved-tensor hooks, the
+    chunks are not checkpointed: their logits are kept for the backward)."""
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1).long()
     # ignored tokens' rows of x at 0: an inf or NaN there reaches no gradient (dW = dzᵀ·x)
     x2 = torch.where((t != opts.ignore_index)[:, None], x2, 0)
@@ -234,9 +236,13 @@ def _device_linear(x, weight, bias, target, opts, chunk):
         z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())
         return _array_math.token_losses(_torch._Ops, z.to(acc), tc, opts)
 
+    def run(xc, tc):
+        if torch._C._are_functorch_transforms_active():
+            return chunk_losses(xc, tc)
+        return checkpoint(chunk_losses, xc, tc, use_reentrant=False)
+
     # no tokens: one empty chunk still ties the (zero) loss to x and the weights
-    parts = [checkpoint(chunk_losses, x2[lo:lo + chunk], t[lo:lo + chunk], use_reentrant=False)
-             for lo in range(0, max(x2.shape[0], 1), chunk)]
+    parts = [run(x2[lo:lo + chunk], t[lo:lo + chunk]) for lo in range(0, max(x2.shape[0], 1), chunk)]
     losses = torch.cat(parts)
     return _array_math.reduce(losses, target, opts).to(x.dtype)
 
