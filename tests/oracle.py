@@ -177,3 +177,25 @@ def hessian_vector_tf(tf, logits, labels, u, weights, dense):
         s = tf.reduce_sum(inner.gradient(loss, x) * u)
     hy = outer.gradient(s, y) if dense else None
     return outer.gradient(s, x).numpy(), np.zeros_like(labels) if hy is None else hy.numpy()
+
+
+def forward_tangents_tf(tf, face, x, labels, dx, dy):
+    """TensorFlow's forward-mode tangents (`tf.autodiff.ForwardAccumulator`) of `face`'s
+    outputs at logits `x` and labels `labels`, along logits `dx` (and dense labels `dy`,
+    or None). `face`: "sparse", "dense" (the nn functions), "raw_sparse", "raw_dense"
+    (the raw ops: loss and backprop)."""
+    xt, yt = tf.constant(x), tf.constant(labels)
+    primals, tangents = [xt], [tf.constant(dx)]
+    if dy is not None:
+        primals.append(yt)
+        tangents.append(tf.constant(dy))
+    with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
+        if face == "sparse":
+            outs = [tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yt, logits=xt)]
+        elif face == "dense":
+            outs = [tf.nn.softmax_cross_entropy_with_logits(labels=yt, logits=xt)]
+        elif face == "raw_sparse":
+            outs = list(tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
+        else:
+            outs = list(tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
+    return [acc.jvp(o).numpy() for o in outs]

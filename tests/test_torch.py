@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 
 import xent  # noqa: E402
 from xent import _torch  # noqa: E402
-from oracle import (EXTREME, assert_close_to_truth, hessian_vector_tf,  # noqa: E402
-                    label_scale, tf_message)
+from oracle import (EXTREME, assert_close_to_truth, forward_tangents_tf,  # noqa: E402
+                    hessian_vector_tf, label_scale, tf_message)
 from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -428,26 +428,6 @@ def test_broadcast_upstream_gradients_scale_or_not_as_their_value_says(rng, face
         torch.testing.assert_close(got, g[:, None] * backprop, rtol=tol, atol=tol)
 
 
-def _tf_forward_tangents(tf, face, x, labels, dx, dy):
-    """TensorFlow's forward-mode tangents (`tf.autodiff.ForwardAccumulator`) of `face`'s
-    outputs at logits `x` and labels `labels`, along logits `dx` (and dense labels `dy`)."""
-    xt, yt = tf.constant(x), tf.constant(labels)
-    primals, tangents = [xt], [tf.constant(dx)]
-    if dy is not None:
-        primals.append(yt)
-        tangents.append(tf.constant(dy))
-    with tf.autodiff.ForwardAccumulator(primals, tangents) as acc:
-        if face == "sparse":
-            outs = [tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yt, logits=xt)]
-        elif face == "dense":
-            outs = [tf.nn.softmax_cross_entropy_with_logits(labels=yt, logits=xt)]
-        elif face == "raw_sparse":
-            outs = list(tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
-        else:
-            outs = list(tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
-    return [acc.jvp(o).numpy() for o in outs]
-
-
 def _xent_face_outputs(face, x, labels):
     """xent's outputs of `face` (as `_tf_forward_tangents`), a list of tensors."""
     if face == "sparse":
@@ -475,7 +455,7 @@ def test_forward_mode_tangents_match_tensorflows_forward_accumulator(tf, path, f
               else np.array([0, 6, 3, 3, 1], np.int64))
     dx = rng.standard_normal(x.shape).astype(dtype)
     dy = rng.standard_normal(labels.shape).astype(dtype) if dense else None
-    want = _tf_forward_tangents(tf, face, x, labels, dx, dy)
+    want = forward_tangents_tf(tf, face, x, labels, dx, dy)
     context = torch.no_grad() if grad_mode == "no_grad" else torch.enable_grad()
     with context, fwAD.dual_level():
         xd = fwAD.make_dual(torch.from_numpy(x), torch.from_numpy(dx))

@@ -1,24 +1,25 @@
-"""JAX backend: `jax.Array` in, `jax.Array` out, under `jit`, `grad` and `vmap`.
+"""JAX backend: `jax.Array` in, `jax.Array` out, under `jit`, `grad`, `jvp` and `vmap`.
 
 Imported only when a JAX array reaches a public function (see
 `xent._backend`). On the CPU the loss runs the fused kernel through an XLA
 buffer callback (`xent._jax_cpu`, zero-copy): the forward of a
 differentiated call writes the loss and TF's backprop in one pass, the
 backward scales that backprop by the upstream gradient (a call that is not
-differentiated writes the loss only). The backprop is a `custom_jvp` whose
-rule is the `jax.numpy` math below, so second derivatives
-(`jax.hessian`) are TensorFlow's there too.
+differentiated writes the loss only). The kernel's backprop output is itself
+a `custom_jvp` (`_kernel_rows`) whose rule is `jax.numpy` math, so second
+derivatives (`jax.hessian`) are TensorFlow's there too.
 
 Elsewhere the per-row math is `xent._array_kernels` in `jax.numpy`, so it
-stays on the arrays' device (no host callback). Each loss is a
-`jax.custom_vjp` whose residuals are the inputs and two numbers per row (the
-row's max and log-sum, see `_array_kernels`); the backward recomputes
-``softmax(logits)`` from them, scaled by the upstream gradient, in one
-logits-sized result. The gradient is TensorFlow's: logits
-get ``g * (softmax - target)``, dense labels ``-g * log_softmax(logits)``.
-Higher orders (``jax.grad(jax.grad(...))``, `jax.hessian`) differentiate
-those rules and are exact; `jax.jvp` of the loss itself is refused by JAX,
-as for every `custom_vjp`.
+stays on the arrays' device (no host callback).
+
+Each loss is a `jax.custom_jvp` whose rule is linear in the tangents, with
+TF's backprop as the coefficient: ``d loss = Σ_j backprop_j·dx_j`` (dense
+labels: ``− Σ_j log_softmax_j·dy_j``). Forward mode (`jax.jvp`, `jacfwd`,
+`linearize`) is the rule; reverse mode is its transpose, TensorFlow's
+gradient: logits get ``g * (softmax - target)``, dense labels
+``-g * log_softmax(logits)``. Higher orders (``jax.grad(jax.grad(...))``,
+`jax.hessian`) differentiate the rules and are exact. Under `jit` XLA fuses
+the coefficient into the backward; outside it, the pullback keeps it.
 
 Labels outside ``[0, C)``: with concrete arrays, TensorFlow's
 `InvalidArgumentError` before any work; traced (under `jit` or `vmap`), the
@@ -69,46 +70,41 @@ def _accumulate(logits):
     return logits.astype(_dtypes.accumulator_name(logits.dtype.name))
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _sparse(logits, labels):
     """Per-row sparse loss ``[...]`` of logits ``[..., C]``, accumulator dtype."""
     return _array_kernels.sparse_rows(_Ops, _accumulate(logits), labels)[0]
 
 
-def _sparse_fwd(logits, labels):
-    loss, norm = _array_kernels.sparse_rows(_Ops, _accumulate(logits), labels)
-    return loss, (logits, labels, norm)
+@_sparse.defjvp
+def _sparse_jvp(primals, tangents):
+    """``d loss = Σ_j backprop_j·dx_j``: reverse mode is its transpose, logits get
+    ``g·backprop``, TF's gradient."""
+    logits, labels = primals
+    x = _accumulate(logits)
+    loss, norm = _array_kernels.sparse_rows(_Ops, x, labels)
+    backprop = _array_kernels.sparse_grad(_Ops, x, labels, norm)
+    return loss, jnp.sum(backprop * tangents[0].astype(x.dtype), axis=-1)
 
 
-def _sparse_bwd(residuals, g):
-    logits, labels, norm = residuals
-    backprop = _array_kernels.sparse_grad(_Ops, _accumulate(logits), labels, norm)
-    return (g[..., None] * backprop).astype(logits.dtype), None
-
-
-_sparse.defvjp(_sparse_fwd, _sparse_bwd)
-
-
-@jax.custom_vjp
+@jax.custom_jvp
 def _dense(logits, labels):
     """Per-row dense loss of logits and labels ``[..., C]``, accumulator dtype."""
     return _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)[0]
 
 
-def _dense_fwd(logits, labels):
-    loss, norm = _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)
-    return loss, (logits, labels, norm)
-
-
-def _dense_bwd(residuals, g):
-    logits, labels, norm = residuals
+@_dense.defjvp
+def _dense_jvp(primals, tangents):
+    """``d loss = Σ_j backprop_j·dx_j − Σ_j log_softmax_j·dy_j``: reverse mode gives
+    logits ``g·backprop`` and labels ``−g·log_softmax(logits)``, TF's gradient."""
+    logits, labels = primals
+    dx, dy = tangents
     x = _accumulate(logits)
-    d_logits = g[..., None] * _array_kernels.dense_grad(_Ops, x, labels, norm)
-    d_labels = -g[..., None] * _array_kernels.log_softmax(_Ops, x, norm)
-    return d_logits.astype(logits.dtype), d_labels.astype(labels.dtype)
-
-
-_dense.defvjp(_dense_fwd, _dense_bwd)
+    loss, norm = _array_kernels.dense_rows(_Ops, x, labels)
+    backprop = _array_kernels.dense_grad(_Ops, x, labels, norm)
+    log_p = _array_kernels.log_softmax(_Ops, x, norm)
+    d_loss = jnp.sum(backprop * dx.astype(x.dtype), axis=-1) - jnp.sum(log_p * dy.astype(x.dtype), axis=-1)
+    return loss, d_loss
 
 
 # --- on the CPU: the fused kernel through a buffer callback -------------------------------------
@@ -149,30 +145,31 @@ def _kernel_rows_jvp(kind, primals, tangents):
     return (loss, lse, backprop), (d_loss, p_dx, d_backprop.astype(backprop.dtype))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _on_kernel(kind, logits, labels):
     """Per-row loss on the kernel (loss only, when not differentiated)."""
     return _jax_cpu.rows(kind, logits, labels, with_grad=False)[0]
 
 
-def _on_kernel_fwd(kind, logits, labels):
+@_on_kernel.defjvp
+def _on_kernel_jvp(kind, primals, tangents):
+    """The loss's tangent from the kernel's backprop (one pass for loss and backprop):
+
+        d loss = Σ_j backprop_j·dx_j − Σ_j log_softmax_j·dy_j   (dense labels)
+
+    Linear in the tangents, so reverse mode is its transpose: logits get
+    ``g·backprop`` (each product rounded once to the logits' dtype), dense
+    labels ``−g·log_softmax(logits)``; forward mode (`jax.jvp`, `jacfwd`)
+    is the rule itself.
+    """
+    logits, labels = primals
+    dx, dy = tangents
     loss, lse, backprop = _kernel_rows(kind, logits, labels)
-    return loss, (logits, labels, lse, backprop)
-
-
-def _on_kernel_bwd(kind, residuals, g):
-    """logits: ``g·backprop`` (each product of two values of the logits' dtype rounded
-    once); dense labels: ``−g·log_softmax(logits)``."""
-    logits, labels, lse, backprop = residuals
     acc = lse.dtype
-    d_logits = (g[..., None].astype(acc) * backprop.astype(acc)).astype(logits.dtype)
-    if kind == "sparse":
-        return d_logits, None
-    d_labels = -g[..., None] * (logits.astype(acc) - lse[..., None])
-    return d_logits, d_labels.astype(labels.dtype)
-
-
-_on_kernel.defvjp(_on_kernel_fwd, _on_kernel_bwd)
+    d_loss = jnp.sum(backprop.astype(acc) * dx.astype(acc), axis=-1)
+    if kind == "dense":
+        d_loss = d_loss - jnp.sum((logits.astype(acc) - lse[..., None]) * dy.astype(acc), axis=-1)
+    return loss, d_loss
 
 
 def _check_labels(labels, num_classes):
