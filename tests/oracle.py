@@ -199,3 +199,17 @@ def forward_tangents_tf(tf, face, x, labels, dx, dy):
         else:
             outs = list(tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=xt, labels=yt))
     return [acc.jvp(o).numpy() for o in outs]
+
+
+def forward_mode_inputs(face, dtype, label_dtype):
+    """``(logits, labels, logits tangent, labels tangent or None)`` for the forward-mode
+    tests of `face` (as `forward_tangents_tf`): [5, 7] logits of `dtype`, dense
+    labels (with a tangent) for the dense faces, else class indices of `label_dtype`."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 7)) * 3).astype(dtype)
+    dense = face in ("dense", "raw_dense")
+    labels = (rng.dirichlet(np.ones(7), 5).astype(dtype) if dense
+              else np.array([0, 6, 3, 3, 1], label_dtype))
+    dx = rng.standard_normal(x.shape).astype(dtype)
+    dy = rng.standard_normal(labels.shape).astype(dtype) if dense else None
+    return x, labels, dx, dy

@@ -16,8 +16,8 @@ jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
 import xent  # noqa: E402
-from oracle import (EXTREME, assert_close_to_truth, forward_tangents_tf,  # noqa: E402
-                    hessian_vector_tf, label_scale, tf_message)
+from oracle import (EXTREME, assert_close_to_truth, forward_mode_inputs,  # noqa: E402
+                    forward_tangents_tf, hessian_vector_tf, label_scale, tf_message)
 from tf_grad_cases import CASES, assert_matches_tf, tf_oracle  # noqa: E402
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float64)]
@@ -118,13 +118,8 @@ def test_forward_mode_tangents_match_tensorflows_forward_accumulator(tf, path, f
     """`jax.jvp` under `jit` through every face, on both paths: the tangents of the
     loss (and of the raw ops' backprop) along a logits tangent, and a dense labels
     tangent too."""
-    rng = np.random.default_rng(11)
-    x = (rng.standard_normal((5, 7)) * 3).astype(dtype)
-    dense = face in ("dense", "raw_dense")
-    labels = (rng.dirichlet(np.ones(7), 5).astype(dtype) if dense
-              else np.array([0, 6, 3, 3, 1], np.int32))
-    dx = rng.standard_normal(x.shape).astype(dtype)
-    dy = rng.standard_normal(labels.shape).astype(dtype) if dense else None
+    x, labels, dx, dy = forward_mode_inputs(face, dtype, np.int32)
+    dense = dy is not None
     want = forward_tangents_tf(tf, face, x, labels, dx, dy)
     raw = {"raw_sparse": xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits,
            "raw_dense": xent.raw_ops.SoftmaxCrossEntropyWithLogits}.get(face)
