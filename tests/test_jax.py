@@ -212,7 +212,7 @@ def _residuals(fn, *args):
 
 def test_backward_keeps_the_backprop_and_under_jit_no_logits_sized_temporary(rng, path):
     """Outside `jit`, the pullback keeps TF's backprop (the forward-mode rule's
-    coefficient; optax keeps exp(logits)), plus log_softmax when dense labels are
+    coefficient; optax keeps exp(logits)), plus -log_softmax when dense labels are
     differentiated, and O(rows) numbers. Under `jit`, XLA fuses it into the
     backward: a sparse `value_and_grad` has no logits-sized temporary, and a
     dense one keeps one (``x - max``, as its forward does), whichever inputs are
@@ -224,7 +224,7 @@ def test_backward_keeps_the_backprop_and_under_jit_no_logits_sized_temporary(rng
     for fn, args, want in ((lambda x: SPARSE(labels=labels, logits=x).sum(), (x,),
                             [jax.nn.softmax(x) - jax.nn.one_hot(labels, 5)]),
                            (lambda x, y: DENSE(labels=y, logits=x).sum(), (x, y),
-                            [jax.nn.softmax(x) - y, log_p])):
+                            [jax.nn.softmax(x) - y, -log_p])):
         kept = _residuals(fn, *args)
         big = [r for r in kept if r.shape == x.shape and not any(np.array_equal(r, a) for a in args)]
         assert len(big) == len(want), [r.shape for r in kept]
