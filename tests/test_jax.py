@@ -331,3 +331,18 @@ def test_dense_raw_op_broadcasts_one_logits_row_like_tf(tf):
         jnp.asarray(features), jnp.asarray(labels))
     np.testing.assert_allclose(np.asarray(loss), want_loss.numpy(), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(backprop), want_backprop.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_dense_loss_with_no_classes_is_zero_as_tensorflows(tf, path):
+    """Logits [3, 0]: TensorFlow's dense loss is 0 and its backprop empty; the kernel
+    path's callback failed to reshape, the jax.numpy path's max had no identity."""
+    x = np.ones((3, 0), np.float32)
+    want = tf.nn.softmax_cross_entropy_with_logits(labels=x, logits=x).numpy()
+    xj = jnp.asarray(x)
+    np.testing.assert_array_equal(DENSE(labels=xj, logits=xj), want)
+    loss, backprop = xent.raw_ops.SoftmaxCrossEntropyWithLogits(features=xj, labels=xj)
+    np.testing.assert_array_equal(loss, want)
+    assert backprop.shape == (3, 0)
+    for grad in (jax.grad, lambda f, **kw: jax.jit(jax.grad(f, **kw))):
+        dx, dy = grad(lambda x, y: DENSE(labels=y, logits=x).sum(), argnums=(0, 1))(xj, xj)
+        assert dx.shape == dy.shape == (3, 0)

@@ -275,6 +275,8 @@ class JaxBackend:
     def dense_xent(labels, logits):
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
         y2, x2, loss_shape = _dense_rows(labels, logits)
+        if x2.shape[-1] == 0:   # no classes: TensorFlow's loss is 0 (and the gradients empty)
+            return jnp.zeros(loss_shape, _accumulate(x2).dtype)
         if _jax_cpu.available(x2, y2):
             return _on_kernel("dense", x2, y2).reshape(loss_shape)
         return _dense(x2, y2).reshape(loss_shape)
@@ -289,4 +291,6 @@ class JaxBackend:
     def dense_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
         labels, logits, _ = _dense_rows(labels, logits)
+        if logits.shape[-1] == 0:   # (as `dense_xent`; the backprop is as empty as the logits)
+            return jnp.zeros(logits.shape[:-1], _accumulate(logits).dtype), jnp.zeros_like(logits)
         return _dense(logits, labels), _backprop(_array_kernels.dense_grad, logits, labels)
