@@ -70,10 +70,7 @@ def _refuse_double_backward():
     """Raise in a backward asked to build a graph (``create_graph=True``): the
     kernel's gradient has no derivative of its own, and a silent zero would be wrong."""
     if torch.is_grad_enabled():
-        raise RuntimeError("xent's large-vocabulary functions are differentiable once: their "
-                           "gradient comes from the fused kernel and has no derivative of its "
-                           "own (create_graph=True, a Hessian, a gradient penalty through the "
-                           "loss); on CPU tensors, compute such terms with torch's own ops")
+        _torch_ops.refuse_second_derivative()
 
 
 def _check_inplace(logits):

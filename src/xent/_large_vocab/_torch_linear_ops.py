@@ -26,7 +26,7 @@ from xent import _torch
 from xent._large_vocab import _numpy
 from xent._large_vocab._options import Options
 from xent._large_vocab._torch_chunks import run_chunks
-from xent._large_vocab._torch_ops import _option_args, _refuse_forward_mode, _refuse_second_derivative
+from xent._large_vocab._torch_ops import option_args, refuse_forward_mode, refuse_second_derivative
 
 __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
 
@@ -87,7 +87,7 @@ def _linear_rows_vmap(info, in_dims, x, weight, bias, targets, weights, *rest):
 
 def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
     """`linear_rows` with `Options` `opts` and `wanted` = (x, weight, bias)."""
-    return linear_rows(x, weight, bias, targets, weights, *_option_args(opts), chunk, *wanted)
+    return linear_rows(x, weight, bias, targets, weights, *option_args(opts), chunk, *wanted)
 
 
 def _gradients(ctx, grads, g_total, g_losses, again):
@@ -129,7 +129,7 @@ class LinearRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_total, g_losses, g_dx, g_dw, g_db):
         if any(g is not None for g in (g_dx, g_dw, g_db)):
-            _refuse_second_derivative()
+            refuse_second_derivative()
 
         def again(w):
             x, weight, bias, targets = ctx.saved_tensors[:4]
@@ -140,7 +140,7 @@ class LinearRows(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, *tangents):
-        _refuse_forward_mode()
+        refuse_forward_mode()
 
 
 class LinearLoss(torch.autograd.Function):

@@ -41,7 +41,8 @@ from xent._large_vocab import _numpy
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._options import Options
 
-__all__ = ["token_rows", "TokenRows", "TokenLosses", "losses"]
+__all__ = ["token_rows", "TokenRows", "TokenLosses", "losses", "option_args",
+           "refuse_second_derivative", "refuse_forward_mode"]
 
 
 def _grad_dtype(dtype):
@@ -67,8 +68,8 @@ def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     weights = valid.astype(accumulator(x.dtype))
     grad = None
     if want_grad:
-        if logits.dtype == torch.float16:   # (the kernel writes its logits' dtype)
-            x = x.astype(np.float32)
+        if logits.dtype == torch.float16:   # a float32 gradient (module doc): widened
+            x = x.astype(np.float32)          # first, as the kernel writes its input's dtype
         grad = _torch._empty_numpy(x)
     loss = losses_and_gradient(x, kept, valid, opts, weights, grad)
     shape = tuple(logits.shape)
@@ -96,20 +97,21 @@ def _token_rows_vmap(info, in_dims, logits, targets, *options):
     return (loss, grad), (0, 0 if options[-1] else None)
 
 
-def _option_args(opts):
+def option_args(opts):
     """The operator's option arguments of `Options` `opts`."""
     return opts.ignore_index, opts.label_smoothing, opts.z_loss, opts.softcap
 
 
-def _refuse_second_derivative():
-    """Raise: the kernel's gradient has no derivative of its own."""
+def refuse_second_derivative():
+    """Raise: the kernel's gradient has no derivative of its own (eager and graphs)."""
     raise RuntimeError("xent's large-vocabulary functions are differentiable once: their "
                        "gradient comes from the fused kernel and has no derivative of its own "
-                       "(a Hessian, a gradient of a gradient, create_graph=True); on CPU "
-                       "tensors, compute such terms with torch's own ops")
+                       "(create_graph=True, a Hessian, a gradient of a gradient, a gradient "
+                       "penalty through the loss); on CPU tensors, compute such terms with "
+                       "torch's own ops")
 
 
-def _refuse_forward_mode():
+def refuse_forward_mode():
     """Raise: no forward mode (torch.func.jvp, jacfwd, hessian, forward_ad)."""
     raise RuntimeError("xent's large-vocabulary functions are differentiable once, in reverse "
                        "mode only: no forward mode (torch.func.jvp, jacfwd, hessian, "
@@ -130,7 +132,7 @@ class TokenRows(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, targets, opts, want_grad):
-        return token_rows(logits, targets, *_option_args(opts), want_grad)
+        return token_rows(logits, targets, *option_args(opts), want_grad)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -141,7 +143,7 @@ class TokenRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_losses, g_grad):
         if g_grad is not None:
-            _refuse_second_derivative()
+            refuse_second_derivative()
         grad, = ctx.saved_tensors
         if g_losses is None:
             return None, None, None, None
@@ -149,7 +151,7 @@ class TokenRows(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, *tangents):
-        _refuse_forward_mode()
+        refuse_forward_mode()
 
 
 class TokenLosses(torch.autograd.Function):
@@ -159,7 +161,7 @@ class TokenLosses(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, opts, want_grad):
-        loss, grad = token_rows(logits, targets, *_option_args(opts), want_grad)
+        loss, grad = token_rows(logits, targets, *option_args(opts), want_grad)
         ctx.dtype = logits.dtype
         ctx.save_for_backward(grad)
         return loss
