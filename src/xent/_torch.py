@@ -135,9 +135,15 @@ def _empty_numpy(a):
     return _buffers.empty_like(a)
 
 
+def accumulator_dtype(dtype):
+    """The torch dtype that `dtype` arithmetic runs and accumulates in
+    (`_dtypes.accumulator_name`: float64 stays, every other float → float32)."""
+    return getattr(torch, _dtypes.accumulator_name(str(dtype).removeprefix("torch.")))
+
+
 def _accumulate(logits):
-    """`logits` in the accumulator dtype (`_dtypes.accumulator_name`)."""
-    return logits.to(getattr(torch, _dtypes.accumulator_name(TorchBackend.dtype_name(logits))))
+    """`logits` in the accumulator dtype (`accumulator_dtype`)."""
+    return logits.to(accumulator_dtype(logits.dtype))
 
 
 _ROWS = {"sparse": _array_kernels.sparse_rows, "dense": _array_kernels.dense_rows}

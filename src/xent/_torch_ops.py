@@ -24,14 +24,9 @@ backprop by the upstream gradient and nothing more.
 """
 import torch
 
-from xent import _array_kernels, _dtypes, _torch
+from xent import _array_kernels, _torch
 
 __all__ = ["rows", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
-
-
-def _accumulator(dtype):
-    """The torch dtype a `dtype` loss is computed and returned in (float32 for half)."""
-    return getattr(torch, _dtypes.accumulator_name(str(dtype).removeprefix("torch.")))
 
 
 @torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
@@ -47,7 +42,7 @@ def rows(kind: str, logits: torch.Tensor, labels: torch.Tensor,
 @rows.register_fake
 def _rows_fake(kind, logits, labels, want_grad):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    loss = logits.new_empty(logits.shape[:-1], dtype=_accumulator(logits.dtype))
+    loss = logits.new_empty(logits.shape[:-1], dtype=_torch.accumulator_dtype(logits.dtype))
     return loss, logits.new_empty(logits.shape if want_grad else (0,))
 
 

@@ -41,11 +41,6 @@ def _on_kernel(t):
     return t.device.type == "cpu" and not _torch._state["torch_ops_on_cpu"]
 
 
-def _accumulator(dtype):
-    """The dtype torch arithmetic of `dtype` logits runs in (float32 for half precision)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _loss_tensor(loss):
     """A NumPy result (scalar or array) as a CPU tensor."""
     return _torch._from_numpy(np.asarray(loss))
@@ -139,7 +134,7 @@ class _CrossEntropy(torch.autograd.Function):
 
 def _device_cross_entropy(logits, target, opts):
     """`cross_entropy` in torch ops (other devices): autograd does the gradient."""
-    z = logits.reshape(-1, logits.shape[-1]).to(_accumulator(logits.dtype))
+    z = logits.reshape(-1, logits.shape[-1]).to(_torch.accumulator_dtype(logits.dtype))
     losses = _array_math.token_losses(_torch._Ops, z, target.reshape(-1).long(), opts)
     return _array_math.reduce(losses, target, opts).to(logits.dtype)
 
@@ -227,7 +222,7 @@ def _device_linear(x, weight, bias, target, opts, chunk):
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1).long()
     # ignored tokens' rows of x at 0: an inf or NaN there reaches no gradient (dW = dzᵀ·x)
     x2 = torch.where((t != opts.ignore_index)[:, None], x2, 0)
-    acc = _accumulator(x.dtype)
+    acc = _torch.accumulator_dtype(x.dtype)
 
     def chunk_losses(xc, tc):
         z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())

@@ -12,11 +12,6 @@ from xent._large_vocab._linear import NumpyMatmuls, chunked
 __all__ = ["run_chunks", "TorchMatmuls"]
 
 
-def _accumulator(dtype):
-    """The dtype torch arithmetic of `dtype` inputs runs in (float32 for half precision)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 class TorchMatmuls:
     """The chunk loop's matmuls (`xent._large_vocab._linear`) on half-precision CPU tensors."""
 
@@ -60,7 +55,7 @@ class TorchMatmuls:
 def _linear_grads(x, weight, bias, wanted):
     """Zeroed gradient buffers (None where not `wanted`): dx in x's dtype, dW and db
     in the accumulator dtype."""
-    acc = _accumulator(x.dtype)
+    acc = _torch.accumulator_dtype(x.dtype)
     dx = torch.zeros_like(x) if wanted[0] else None
     dw = torch.zeros(weight.shape, dtype=acc) if wanted[1] else None
     db = torch.zeros(bias.shape, dtype=acc) if wanted[2] and bias is not None else None

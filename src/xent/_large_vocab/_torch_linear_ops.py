@@ -31,11 +31,6 @@ from xent._large_vocab._torch_ops import option_args, refuse_forward_mode, refus
 __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
 
 
-def _accumulator(dtype):
-    """The accumulator dtype of `dtype` inputs (float32 for half precision)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("xent::linear_rows", mutates_args=(), device_types="cpu")
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 targets: torch.Tensor, weights: torch.Tensor, ignore_index: int,
@@ -52,7 +47,7 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     b = None if bias is None else bias.contiguous()
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     grads, losses = run_chunks(x2, weight.contiguous(), b, kept, valid, opts, chunk, row_weights, wanted)
-    total = torch.tensor(np.dot(losses, row_weights), dtype=_accumulator(x.dtype))
+    total = torch.tensor(np.dot(losses, row_weights), dtype=_torch.accumulator_dtype(x.dtype))
     dx, dw, db = (None,) * 3 if grads is None else grads
     dx = None if dx is None else dx.reshape(x.shape)
     return (total, torch.from_numpy(losses.reshape(tuple(x.shape[:-1]))),
@@ -63,7 +58,7 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def _linear_rows_fake(x, weight, bias, targets, weights, ignore_index, label_smoothing, z_loss,
                       softcap, chunk, want_x, want_weight, want_bias):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    acc = _accumulator(x.dtype)
+    acc = _torch.accumulator_dtype(x.dtype)
     return (x.new_empty((), dtype=acc), x.new_empty(x.shape[:-1], dtype=acc),
             x.new_empty(x.shape if want_x else (0,)),
             x.new_empty(weight.shape if want_weight else (0,), dtype=acc if want_weight else x.dtype),
@@ -94,7 +89,7 @@ def _gradients(ctx, grads, g_total, g_losses, again):
     """The inputs' gradients from the forward's `grads` (dx, dW, db; an empty ``[0]``
     where not made) scaled by `g_total`, or, with per-token `g_losses` or no forward
     gradients, from `again(weights)`: the chunks run again with those weights."""
-    x, weight, bias, targets, weights = ctx.saved_tensors[:5]
+    x, weight, bias, _, weights = ctx.saved_tensors[:5]
     wanted = tuple(ctx.needs_input_grad[:3])
     if g_losses is None and g_total is None:
         return (None,) * 3
@@ -168,7 +163,7 @@ class LinearLoss(torch.autograd.Function):
 def loss(x, weight, bias, target, opts, chunk):
     """`linear_cross_entropy` on CPU tensors through the operator: the mean, the sum or
     the per-token losses of ``x [..., H]`` against ``target [...]``, in x's dtype."""
-    valid = (target != opts.ignore_index).to(_accumulator(x.dtype))
+    valid = (target != opts.ignore_index).to(_torch.accumulator_dtype(x.dtype))
     weights = valid / valid.sum().clamp(min=1) if opts.reduction == "mean" else valid
     per_token = opts.reduction == "none"
     wanted = tuple(torch.is_grad_enabled() and a is not None and a.requires_grad

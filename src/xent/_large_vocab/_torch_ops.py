@@ -50,11 +50,6 @@ def _grad_dtype(dtype):
     return torch.float32 if dtype == torch.float16 else dtype
 
 
-def _loss_dtype(dtype):
-    """The accumulator dtype of `dtype` logits' losses (float32 for half precision)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.library.custom_op("xent::token_rows", mutates_args=(), device_types="cpu")
 def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                label_smoothing: float, z_loss: float, softcap: Optional[float],
@@ -80,7 +75,7 @@ def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
 @token_rows.register_fake
 def _token_rows_fake(logits, targets, ignore_index, label_smoothing, z_loss, softcap, want_grad):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    loss = logits.new_empty(logits.shape[:-1], dtype=_loss_dtype(logits.dtype))
+    loss = logits.new_empty(logits.shape[:-1], dtype=_torch.accumulator_dtype(logits.dtype))
     grad = (logits.new_empty(logits.shape, dtype=_grad_dtype(logits.dtype)) if want_grad
             else logits.new_empty(0))
     return loss, grad
