@@ -328,3 +328,21 @@ def test_device_path_in_compiled_graphs_and_torch_func(device_path):
                       (xr, wr))):
         for got, want in zip(grads, want_grads):
             assert_close(got.numpy(), want, np.float64)
+
+
+@pytest.mark.parametrize("kwargs,text", [
+    ({"label_smoothing": 2.0}, "label_smoothing must be in \\[0, 1\\]; received 2.0"),
+    ({"z_loss": float("nan")}, "z_loss must be finite; received nan"),
+    ({"reduction": "avg"}, "reduction must be one of"),
+])
+def test_bad_options_are_named_in_graphs_too(kwargs, text):
+    """The options are checked before the operator: torch.func raises the ValueError
+    itself; a fullgraph compile wraps it in dynamo's error, whose text keeps it."""
+    x, t = torch.zeros(4, 7), torch.tensor([0, 1, 2, 3])
+    for fn in (lambda x: xent.cross_entropy(x, t, **kwargs),
+               lambda x: xent.linear_cross_entropy(x, torch.ones(9, 7), t, **kwargs)):
+        with pytest.raises(ValueError, match=text):
+            torch.func.grad(fn)(x)
+        torch.compiler.reset()
+        with pytest.raises(RuntimeError, match=text):
+            torch.compile(fn, fullgraph=True)(x.clone().requires_grad_(True))
