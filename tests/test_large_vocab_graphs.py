@@ -287,21 +287,62 @@ def test_no_tokens_give_empty_and_zero_gradients():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_operators_pass_torchs_opcheck(dtype):
     """`torch.library.opcheck`: the fake implementations give the real outputs'
-    shapes and dtypes, no output aliases an input, and the vmap rules and the
-    compiled dispatch agree with eager (inputs that need no gradient: autograd
-    reaches the operators through xent's Functions, not their own formula)."""
+    shapes and dtypes, no output aliases an input, the vmap rules and the
+    compiled dispatch agree with eager, and the autograd formulas (for direct
+    calls; xent's faces go through their Functions) are registered as torch
+    asks. With inputs that need a gradient, the compiled check is left out: it
+    differentiates every output, the gradient outputs too, which have no
+    derivative (a second derivative raises); the next test checks the
+    formulas' numbers."""
     from xent._large_vocab import _torch_linear_ops, _torch_ops  # noqa: F401 (registers them)
     g = torch.Generator().manual_seed(7)
-    logits = torch.randn(2, 3, 11, generator=g).to(dtype)
     targets = torch.tensor([[0, 10, -100], [4, 4, 1]])
+    for needs in (False, True):
+        checks = {"test_utils": ("test_schema", "test_autograd_registration",
+                                 "test_faketensor")} if needs else {}
+        logits = torch.randn(2, 3, 11, generator=g).to(dtype).requires_grad_(needs)
+        for want in (True, False):
+            torch.library.opcheck(torch.ops.xent.token_rows.default,
+                                  (logits, targets, -100, 0.1, 0.01, 3.0, want), **checks)
+        x, w, b = (torch.randn(*s, generator=g).to(dtype).requires_grad_(needs)
+                   for s in ((2, 3, 5), (11, 5), (11,)))
+        weights = torch.full((2, 3), 0.25)
+        for bias, wanted in ((b, (True, True, True)), (None, (False, True, False)),
+                             (b, (False,) * 3), (b, (True, False, True))):
+            torch.library.opcheck(torch.ops.xent.linear_rows.default,
+                                  (x, w, bias, targets, weights, -100, 0.0, 0.0, None, 4, *wanted),
+                                  **checks)
+
+
+def test_operators_own_gradients_match_the_oracle():
+    """A direct call of each operator, differentiated by its own formula, gives the
+    float64 oracle's gradients, of per-token losses times an upstream gradient
+    and of the weighted total, whether its forward made the gradients or not."""
+    from xent._large_vocab import _torch_linear_ops, _torch_ops  # noqa: F401 (registers them)
+    opts = {"label_smoothing": 0.1, "z_loss": 0.01, "softcap": 3.0}
+    args = (-100, *opts.values())
+    logits, targets = make((2, 3), 11, np.float64, seed=8)
+    rng = np.random.default_rng(8)
+    upstream = rng.normal(size=(2, 3))
+    _, truth = oracle(logits, targets, opts, "none", upstream)
+    t, up = torch.from_numpy(targets), torch.from_numpy(upstream)
     for want in (True, False):
-        torch.library.opcheck(torch.ops.xent.token_rows.default,
-                              (logits, targets, -100, 0.1, 0.01, 3.0, want))
-    x, w, b = (torch.randn(*s, generator=g).to(dtype) for s in ((2, 3, 5), (11, 5), (11,)))
-    weights = torch.full((2, 3), 0.25)
-    for bias, wanted in ((b, (True, True, True)), (None, (False, True, False)), (b, (False,) * 3)):
-        torch.library.opcheck(torch.ops.xent.linear_rows.default,
-                              (x, w, bias, targets, weights, -100, 0.0, 0.0, None, 4, *wanted))
+        z = torch.tensor(logits, requires_grad=True)
+        losses, _ = torch.ops.xent.token_rows(z, t, *args, want)
+        (losses * up).sum().backward()
+        assert_close(z.grad, truth, np.float64)
+    x, w, b = (rng.normal(size=s) for s in ((2, 3, 5), (11, 5), (11,)))
+    weights = rng.random((2, 3))
+    for wanted in ((True,) * 3, (False,) * 3, (True, False, True)):
+        for output, upstream_of_losses in ((0, weights), (1, upstream)):
+            inputs = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+            outputs = torch.ops.xent.linear_rows(*inputs, t, torch.from_numpy(weights), *args,
+                                                 4, *wanted)
+            g = 1.0 if output == 0 else torch.from_numpy(upstream_of_losses)
+            (outputs[output] * g).sum().backward()
+            _, *truths = linear_oracle(x, w, b, targets, opts, "none", upstream_of_losses)
+            for tensor, want_grad in zip(inputs, truths):
+                assert_close(tensor.grad, want_grad, np.float64)
 
 
 @pytest.fixture

@@ -232,6 +232,40 @@ def _eager_grads(objective, x, y):
 
 
 
+def test_operator_passes_torchs_opcheck_and_its_own_formula_is_tensorflows_gradient():
+    """A direct call of `xent::rows` on tensors that need a gradient: opcheck (fake
+    implementation, aliasing, vmap rule, autograd registration and the compiled
+    dispatch, which differentiates both outputs), and the operator's own
+    formula gives eager's gradients (TF's, test_torch.py) of the loss and the
+    backprop, both kinds, with and without the forward's backprop."""
+    from xent import _torch_ops  # noqa: F401 (registers the operator)
+    x, labels, y = _inputs(8, torch.float64)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    for kind, target in (("sparse", labels), ("dense", y)):
+        for want in (True, False):
+            torch.library.opcheck(torch.ops.xent.rows.default, (kind, x, target, want))
+    face = {"sparse": xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits,
+            "dense": xent.raw_ops.SoftmaxCrossEntropyWithLogits}
+    g = torch.Generator().manual_seed(9)
+    u, v = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g,
+                                                                        dtype=torch.float64)
+    for kind, target in (("sparse", labels), ("dense", y)):
+        inputs = (x,) if kind == "sparse" else (x, y)
+        loss, backprop = face[kind](features=x, labels=target)
+        want = torch.autograd.grad((loss * u).sum() + (backprop * v).sum(), inputs)
+        for want_grad in (True, False):
+            loss, backprop = torch.ops.xent.rows(kind, x, target, want_grad)
+            objective = (loss * u).sum() + ((backprop * v).sum() if want_grad else 0)
+            got = torch.autograd.grad(objective, inputs)
+            if not want_grad:   # (no backprop output: the loss's gradient alone)
+                want_loss = torch.autograd.grad((face[kind](features=x, labels=target)[0]
+                                                 * u).sum(), inputs)
+                torch.testing.assert_close(got, want_loss, rtol=1e-12, atol=1e-12)
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_compile_fullgraph_works_as_the_first_call_of_a_fresh_process():
     """The first call of xent on a tensor imports xent's torch face; inside
     `torch.compile(fullgraph=True)` that import is traced too, and must not

@@ -18,7 +18,8 @@ logits' shape); ``backprop`` is TF's ``softmax(logits) - labels`` (an empty
     works on rows, whatever the leading dimensions);
 
 and differentiated by `Rows`, TensorFlow's registered gradient in torch ops
-(so second derivatives work too). Inside torch.compile the faces that need
+(so second derivatives work too); the same formula is the operator's own, for
+direct calls (`torch.library.opcheck`). Inside torch.compile the faces that need
 the loss alone use `RowsLoss`, whose backward multiplies the forward's
 backprop by the upstream gradient and nothing more.
 """
@@ -52,8 +53,9 @@ class Rows(torch.autograd.Function):
     ``-g_loss·log_softmax(logits)``.
 
     An autograd Function (with `setup_context`, and a vmap rule generated
-    from the operator's) rather than the operator's own `register_autograd`,
-    whose generated Function torch.func refuses.
+    from the operator's) for xent's calls, since torch.func refuses the
+    Function that the operator's own `register_autograd` generates; that one
+    (the same `setup_context` and `backward`) serves direct calls.
     """
 
     generate_vmap_rule = True
@@ -162,3 +164,7 @@ def _rows_vmap(info, in_dims, kind, logits, labels, want_grad):
     y = labels.movedim(y_dim, 0) if y_dim is not None else labels.expand(size, *labels.shape)
     loss, backprop = rows(kind, x, y, want_grad)
     return (loss, backprop), (0, 0 if want_grad else None)
+
+
+# (the operator's own formula: `Rows`' docstring)
+rows.register_autograd(Rows.backward, setup_context=Rows.setup_context)

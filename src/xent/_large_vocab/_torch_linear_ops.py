@@ -16,6 +16,8 @@ the forward's gradients by the upstream gradient. Per-token losses
 are rounded) make no gradient in the forward: the backward runs the chunks
 again with the upstream gradient as the weights, as the eager path does.
 The tokens keep the caller's dimensions through the operator (see `_torch_ops`).
+Its own autograd formula serves direct calls (`torch.library.opcheck`); xent's
+faces differentiate it through `LinearRows` and `LinearLoss`.
 """
 from typing import Optional
 
@@ -87,21 +89,48 @@ def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
 
 def _gradients(ctx, grads, g_total, g_losses, again):
     """The inputs' gradients from the forward's `grads` (dx, dW, db; an empty ``[0]``
-    where not made) scaled by `g_total`, or, with per-token `g_losses` or no forward
-    gradients, from `again(weights)`: the chunks run again with those weights."""
+    where not made) scaled by `g_total`, or, with per-token `g_losses` or a needed
+    gradient the forward did not make, from `again(weights)`: the chunks run
+    again with those weights."""
     x, weight, bias, _, weights = ctx.saved_tensors[:5]
-    wanted = tuple(ctx.needs_input_grad[:3])
+    inputs, wanted = (x, weight, bias), tuple(ctx.needs_input_grad[:3])
     if g_losses is None and g_total is None:
         return (None,) * 3
-    if g_losses is not None or not ctx.early:
+    made = all(g.shape == a.shape for g, a, want in zip(grads, inputs, wanted) if want)
+    if g_losses is not None or not made:
         w = g_losses if g_losses is not None else 0
         w = w + (0 if g_total is None else g_total * weights)
         grads = again(w.to(weights.dtype))
     else:
         grads = tuple(g * g_total for g in grads)
-    inputs = (x, weight, bias)
     return tuple(g.to(a.dtype) if want and g.shape == a.shape else None   # (else not made)
                  for g, a, want in zip(grads, inputs, wanted))
+
+
+def _linear_rows_setup(ctx, inputs, output):
+    """Save what the operator's own backward needs: the tensors, the options and
+    the forward's gradients (an empty ``[0]`` where not made)."""
+    x, weight, bias, targets, weights, *options = inputs
+    ctx.set_materialize_grads(False)
+    ctx.options = tuple(options[:-3])   # (the options and the chunk, not the wants)
+    ctx.save_for_backward(x, weight, bias, targets, weights, *output[2:])
+
+
+def _linear_rows_backward(ctx, g_total, g_losses, g_dx, g_dw, g_db):
+    """The operator's own formula, for direct calls (`LinearRows` serves xent's);
+    differentiable once."""
+    if any(g is not None for g in (g_dx, g_dw, g_db)):
+        refuse_second_derivative()
+
+    def again(w):
+        x, weight, bias, targets = ctx.saved_tensors[:4]
+        return linear_rows(x, weight, bias, targets, w, *ctx.options,
+                           *ctx.needs_input_grad[:3])[2:]
+    grads = _gradients(ctx, ctx.saved_tensors[5:], g_total, g_losses, again)
+    return *grads, *(None,) * 10
+
+
+linear_rows.register_autograd(_linear_rows_backward, setup_context=_linear_rows_setup)
 
 
 class LinearRows(torch.autograd.Function):
@@ -117,8 +146,7 @@ class LinearRows(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.set_materialize_grads(False)
-        x, weight, bias, targets, weights, ctx.opts, ctx.chunk, wanted = inputs
-        ctx.early = any(wanted)
+        x, weight, bias, targets, weights, ctx.opts, ctx.chunk, _ = inputs
         ctx.save_for_backward(x, weight, bias, targets, weights, *output[2:])
 
     @staticmethod
@@ -145,7 +173,7 @@ class LinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, targets, weights, opts, chunk, wanted, per_token):
         total, losses, *grads = _call(x, weight, bias, targets, weights, opts, chunk, wanted)
-        ctx.opts, ctx.chunk, ctx.early, ctx.per_token = opts, chunk, any(wanted), per_token
+        ctx.opts, ctx.chunk, ctx.per_token = opts, chunk, per_token
         ctx.save_for_backward(x, weight, bias, targets, weights, *grads)
         return losses if per_token else total
 

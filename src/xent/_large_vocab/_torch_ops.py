@@ -20,9 +20,11 @@ torch ops after it, so autograd hands the backward each token's weight
     d logits = grad ⊙ g[..., None]
 
 The operator has a fake implementation (the outputs' shapes and dtypes, for
-the compiler) and a vmap rule that moves the batch to the front (the tokens'
-dimensions are the operator's own). It is differentiable once, as the eager
-path: a second derivative raises.
+the compiler), a vmap rule that moves the batch to the front (the tokens'
+dimensions are the operator's own) and its own autograd formula, for direct
+calls (`torch.library.opcheck`); xent's faces differentiate it through
+`TokenRows` and `TokenLosses`. It is differentiable once, as the eager path:
+a second derivative raises.
 
 The tokens keep the caller's dimensions, through the operator and its
 backward: with the logits flattened to ``[N, V]`` before it, and its
@@ -90,6 +92,33 @@ def _token_rows_vmap(info, in_dims, logits, targets, *options):
     t = targets.movedim(t_dim, 0) if t_dim is not None else targets.expand(size, *targets.shape)
     loss, grad = token_rows(x, t, *options)
     return (loss, grad), (0, 0 if options[-1] else None)
+
+
+def _token_rows_setup(ctx, inputs, output):
+    """Save what the operator's own backward needs: the logits, targets, options
+    and the forward's gradient (None without `want_grad`)."""
+    logits, targets, *options, want_grad = inputs
+    ctx.set_materialize_grads(False)
+    ctx.options = tuple(options)
+    ctx.save_for_backward(logits, targets, output[1] if want_grad else None)
+
+
+def _token_rows_backward(ctx, g_losses, g_grad):
+    """The operator's own formula, for direct calls (`TokenRows` serves xent's):
+    ``d logits = grad ⊙ g_losses[..., None]``, the gradient made again if the
+    forward had no `want_grad`; differentiable once."""
+    if g_grad is not None:
+        refuse_second_derivative()
+    logits, targets, grad = ctx.saved_tensors
+    d_logits = None
+    if g_losses is not None:
+        if grad is None:
+            grad = token_rows(logits, targets, *ctx.options, True)[1]
+        d_logits = (grad * g_losses[..., None]).to(logits.dtype)
+    return d_logits, *(None,) * 6
+
+
+token_rows.register_autograd(_token_rows_backward, setup_context=_token_rows_setup)
 
 
 def option_args(opts):
