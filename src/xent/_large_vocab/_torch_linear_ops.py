@@ -87,12 +87,14 @@ def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
     return linear_rows(x, weight, bias, targets, weights, *option_args(opts), chunk, *wanted)
 
 
-def _gradients(ctx, grads, g_total, g_losses, again):
-    """The inputs' gradients from the forward's `grads` (dx, dW, db; an empty ``[0]``
-    where not made) scaled by `g_total`, or, with per-token `g_losses` or a needed
-    gradient the forward did not make, from `again(weights)`: the chunks run
-    again with those weights."""
-    x, weight, bias, _, weights = ctx.saved_tensors[:5]
+def _gradients(ctx, g_total, g_losses, rerun):
+    """The gradients of x, weight and bias from `ctx`'s saved tensors (x, weight,
+    bias, targets, weights, then the forward's dx, dW, db: an empty ``[0]``
+    where not made): those scaled by `g_total`, or, with per-token `g_losses`
+    or a needed gradient the forward did not make, the gradients of a second
+    run of the chunks with those weights, ``rerun((x, weight, bias, targets,
+    weights), wanted)`` (the operator's outputs)."""
+    x, weight, bias, targets, weights, *grads = ctx.saved_tensors
     inputs, wanted = (x, weight, bias), tuple(ctx.needs_input_grad[:3])
     if g_losses is None and g_total is None:
         return (None,) * 3
@@ -100,11 +102,17 @@ def _gradients(ctx, grads, g_total, g_losses, again):
     if g_losses is not None or not made:
         w = g_losses if g_losses is not None else 0
         w = w + (0 if g_total is None else g_total * weights)
-        grads = again(w.to(weights.dtype))
+        grads = rerun((x, weight, bias, targets, w.to(weights.dtype)), wanted)[2:]
     else:
         grads = tuple(g * g_total for g in grads)
     return tuple(g.to(a.dtype) if want and g.shape == a.shape else None   # (else not made)
                  for g, a, want in zip(grads, inputs, wanted))
+
+
+def _refuse_gradients_of_gradients(*g_grads):
+    """Raise if any of the gradient outputs' gradients is used (not None)."""
+    if any(g is not None for g in g_grads):
+        refuse_second_derivative()
 
 
 def _linear_rows_setup(ctx, inputs, output):
@@ -116,17 +124,12 @@ def _linear_rows_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias, targets, weights, *output[2:])
 
 
-def _linear_rows_backward(ctx, g_total, g_losses, g_dx, g_dw, g_db):
+def _linear_rows_backward(ctx, g_total, g_losses, *g_grads):
     """The operator's own formula, for direct calls (`LinearRows` serves xent's);
     differentiable once."""
-    if any(g is not None for g in (g_dx, g_dw, g_db)):
-        refuse_second_derivative()
-
-    def again(w):
-        x, weight, bias, targets = ctx.saved_tensors[:4]
-        return linear_rows(x, weight, bias, targets, w, *ctx.options,
-                           *ctx.needs_input_grad[:3])[2:]
-    grads = _gradients(ctx, ctx.saved_tensors[5:], g_total, g_losses, again)
+    _refuse_gradients_of_gradients(*g_grads)
+    grads = _gradients(ctx, g_total, g_losses,
+                       lambda tensors, wanted: linear_rows(*tensors, *ctx.options, *wanted))
     return *grads, *(None,) * 10
 
 
@@ -150,15 +153,10 @@ class LinearRows(torch.autograd.Function):
         ctx.save_for_backward(x, weight, bias, targets, weights, *output[2:])
 
     @staticmethod
-    def backward(ctx, g_total, g_losses, g_dx, g_dw, g_db):
-        if any(g is not None for g in (g_dx, g_dw, g_db)):
-            refuse_second_derivative()
-
-        def again(w):
-            x, weight, bias, targets = ctx.saved_tensors[:4]
-            return LinearRows.apply(x, weight, bias, targets, w, ctx.opts, ctx.chunk,
-                                    tuple(ctx.needs_input_grad[:3]))[2:]
-        grads = _gradients(ctx, ctx.saved_tensors[5:], g_total, g_losses, again)
+    def backward(ctx, g_total, g_losses, *g_grads):
+        _refuse_gradients_of_gradients(*g_grads)
+        grads = _gradients(ctx, g_total, g_losses, lambda tensors, wanted: LinearRows.apply(
+            *tensors, ctx.opts, ctx.chunk, wanted))
         return (*grads, None, None, None, None, None)
 
     @staticmethod
@@ -179,12 +177,9 @@ class LinearLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        def again(w):
-            x, weight, bias, targets = ctx.saved_tensors[:4]
-            return _call(x, weight, bias, targets, w, ctx.opts, ctx.chunk,
-                         tuple(ctx.needs_input_grad[:3]))[2:]
         g_total, g_losses = (None, g) if ctx.per_token else (g, None)
-        grads = _gradients(ctx, ctx.saved_tensors[5:], g_total, g_losses, again)
+        grads = _gradients(ctx, g_total, g_losses, lambda tensors, wanted: _call(
+            *tensors, ctx.opts, ctx.chunk, wanted))
         return (*grads, None, None, None, None, None, None)
 
 
