@@ -141,6 +141,11 @@ def accumulator_dtype(dtype):
     return getattr(torch, _dtypes.accumulator_name(str(dtype).removeprefix("torch.")))
 
 
+def numpy_accumulator(dtype):
+    """`accumulator_dtype` of torch `dtype` as a NumPy dtype (for NumPy work on its data)."""
+    return np.dtype(_dtypes.accumulator_name(str(dtype).removeprefix("torch.")))
+
+
 def _accumulate(logits):
     """`logits` in the accumulator dtype (`accumulator_dtype`)."""
     return logits.to(accumulator_dtype(logits.dtype))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xent import _jax
+from xent._dtypes import accumulator_name
 from xent._large_vocab import _array_math, _jax_cpu, _numpy
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
@@ -34,7 +35,7 @@ __all__ = ["cross_entropy", "linear_cross_entropy"]
 
 def _accumulator(dtype):
     """float64 for float64, else float32 (half precision is computed in float32)."""
-    return jnp.float64 if dtype == jnp.float64 else jnp.float32
+    return jnp.dtype(accumulator_name(jnp.dtype(dtype).name))
 
 
 def _check(target, ignore_index, num_classes):

@@ -13,6 +13,7 @@ gradient of each chunk are the fused kernel's.
 """
 import numpy as np
 
+from xent._dtypes import accumulator_name
 from xent._large_vocab import _blas
 from xent._large_vocab._cross_entropy import losses_and_gradient
 
@@ -93,7 +94,7 @@ def chunked(mm, x, weight, bias, targets, valid, opts, chunk, weights=None, grad
     gathered out, and their rows of dx stay 0).
     """
     keep = np.flatnonzero(valid)
-    losses = np.zeros(x.shape[0], np.float64 if str(x.dtype).endswith("float64") else np.float32)
+    losses = np.zeros(x.shape[0], accumulator_name(str(x.dtype).removeprefix("torch.")))
     if keep.size == 0:
         return losses
     some = keep.size < x.shape[0]

@@ -5,6 +5,7 @@ same steps in their own ops (`xent._large_vocab._array_math`).
 """
 import numpy as np
 
+from xent._dtypes import accumulator
 from xent._validate import labels_in_range
 
 __all__ = ["check_targets", "row_weights", "reduce"]
@@ -39,7 +40,7 @@ def reduce(losses, valid, reduction, shape, dtype):
     """
     if reduction == "none":
         return losses.reshape(shape).astype(dtype)
-    total = losses.sum(dtype=np.float64 if losses.dtype == np.float64 else np.float32)
+    total = losses.sum(dtype=accumulator(losses.dtype))
     if reduction == "mean":
         count = int(np.count_nonzero(valid))
         total = total / count if count else np.zeros((), total.dtype)

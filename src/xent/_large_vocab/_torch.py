@@ -183,7 +183,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w, b = weight.detach(), None if bias is None else bias.detach()
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
         early = opts.reduction != "none" and x.dtype != torch.float16
-        weights = row_weights(valid, opts.reduction, np.float64 if x.dtype == torch.float64 else np.float32)
+        weights = row_weights(valid, opts.reduction, _torch.numpy_accumulator(x.dtype))
         grads, losses = _torch_chunks.run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
                                     wanted if early else (False,) * 3)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape

@@ -43,7 +43,7 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     that is not `ignore_index` raises TensorFlow's `InvalidArgumentError`."""
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
     kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, weight.shape[0])
-    acc = np.float64 if x.dtype == torch.float64 else np.float32
+    acc = _torch.numpy_accumulator(x.dtype)
     row_weights = np.where(valid, _torch._numpy_view(weights.reshape(-1).contiguous()), 0).astype(acc)
     wanted = (want_x, want_weight, want_bias and bias is not None)
     b = None if bias is None else bias.contiguous()
