@@ -483,10 +483,13 @@ def test_ignore_class_with_column_y_true_matches_tf(keras, rng):
     _assert_close(actual, expected, _scale(y_pred, True))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
 @pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy",
                                       "CategoricalCrossentropy"])
-def test_call_returns_unreduced_losses_like_tf(keras, rng, cls_name):
-    y_pred = _predictions("unnormalized", (5, 3), rng)
+def test_call_returns_unreduced_losses_like_tf(keras, rng, cls_name, dtype):
+    """`call` is the loss function on the inputs as given: in y_pred's dtype, not
+    the loss's (float32 here; `__call__` casts to it, `call` does not)."""
+    y_pred = _predictions("unnormalized", (5, 3), rng).astype(dtype)
     labels = rng.integers(0, 3, (5,))
     y_true = labels if cls_name.startswith("Sparse") else np.eye(3, dtype=np.float32)[labels]
     kwargs = {"ignore_class": 2} if cls_name.startswith("Sparse") else {"label_smoothing": 0.2}
@@ -821,6 +824,22 @@ def test_inputs_are_never_modified(rng, cls_name):
     getattr(xk, cls_name)(**kwargs)(y_true, y_pred, sample_weight=sample_weight)
     for array, copy in zip((y_true, y_pred, sample_weight), before):
         np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("spelling", [float, np.float64, np.float16, ml_dtypes.bfloat16,
+                                      np.dtype("float64"), "tf.float64", "mixed_bfloat16"],
+                         ids=repr)
+def test_loss_object_takes_every_dtype_spelling_keras_takes(keras, tf, rng, spelling):
+    """Python's float (Keras' float32), NumPy scalar types and dtypes, ml_dtypes'
+    bfloat16, TF's dtypes and policy names give Keras' dtype and result."""
+    dtype = tf.float64 if spelling == "tf.float64" else spelling
+    y_pred = _predictions("softmax", (4, 3), rng)
+    labels = rng.integers(0, 3, (4,))
+    expected = keras.losses.SparseCategoricalCrossentropy(dtype=dtype)(labels, y_pred)
+    loss = xk.SparseCategoricalCrossentropy(dtype=dtype)
+    actual = loss(labels, y_pred)
+    assert loss.dtype == _np(expected).dtype.name == np.asarray(actual).dtype.name
+    assert xk.SparseCategoricalCrossentropy.from_config(loss.get_config()).dtype == loss.dtype
 
 
 @pytest.mark.parametrize("cls", [xk.SparseCategoricalCrossentropy,

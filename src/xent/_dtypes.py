@@ -38,6 +38,18 @@ def to_array(x):
     return arr
 
 
+def name_of(dtype):
+    """The name of `dtype`, however spelled: a name (``"float64"``), a dtype object
+    (NumPy's, TF's, torch's ``torch.float64``) or a scalar type (``np.float64``,
+    ``ml_dtypes.bfloat16``, ``jnp.float32``); else its `str`."""
+    if isinstance(dtype, type):
+        try:
+            return np.dtype(dtype).name
+        except TypeError:
+            return str(dtype)
+    return (getattr(dtype, "name", None) or str(dtype)).removeprefix("torch.")
+
+
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 

@@ -169,10 +169,15 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
 
 
 def _policy_dtype(dtype):
-    """Compute dtype name of a Keras dtype policy: None → float32, mixed_* → half."""
-    if dtype is None:
+    """Compute dtype name of a Keras dtype policy: None → float32, mixed_* → half.
+
+    `dtype` may be spelled as Keras takes it: a policy (its ``compute_dtype``)
+    or any spelling of a dtype `_dtypes.name_of` reads (a name, NumPy's, TF's,
+    torch's, a scalar type such as ``np.float64``; Python's ``float`` is
+    Keras' float32)."""
+    if dtype is None or dtype is float:
         return "float32"
-    name = getattr(dtype, "compute_dtype", None) or getattr(dtype, "name", None) or str(dtype)
+    name = getattr(dtype, "compute_dtype", None) or _dtypes.name_of(dtype)
     name = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(name, name)
     _dtypes.check_float(name, "dtype")
     return name
@@ -200,11 +205,13 @@ class Loss:
         return be.finish(loss)
 
     def call(self, y_true, y_pred):
-        """Per-example losses, unreduced and unweighted, in the loss's dtype."""
-        be, y_true, y_pred = _inputs(y_true, y_pred, self.dtype)
+        """Per-example losses, unreduced and unweighted, in `y_pred`'s dtype: the
+        loss function on the inputs as given, as Keras' (whose `__call__` casts to
+        the loss's dtype first)."""
+        be, y_true, y_pred = _inputs(y_true, y_pred)
         y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
         values, _ = self._values(be, y_true, y_pred)
-        return be.finish(be.astype(values, self.dtype))
+        return be.finish(be.astype(values, be.dtype_name(y_pred)))
 
     def get_config(self):
         """Constructor arguments, as Keras' `Loss.get_config`.
