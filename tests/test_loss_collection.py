@@ -223,6 +223,36 @@ def test_scope_is_a_regex_matched_at_the_start_like_tf(tf, query):
     _compare(tf, scenario)
 
 
+@pytest.mark.parametrize("query", ["tower_0/", "tower_0", "tower_0_1/", "tower_1/value",
+                                   "t/", "t/Mul", "t/Sum", "u/", "u_1/", "Tower_0",
+                                   "sparse_softmax_cross_entropy_loss/",
+                                   "sparse_softmax_cross_entropy_loss_1/", ".*/value:0",
+                                   ".*/Sum"])
+def test_scope_matches_tfs_tensor_names(tf, query):
+    """TF matches a scope against the loss tensor's name, ``scope/op:0``: a trailing
+    slash (the tower idiom's ``name_scope(...) as scope``) matches, a reused
+    scope becomes ``scope_1`` (a loss not collected takes its name too), a scope
+    ending in ``/`` is reentered, and the last op is ``Mul`` unreduced, ``Sum``
+    summed, ``value`` otherwise."""
+    def scenario(losses):
+        calls = [("sparse", {"scope": "tower_0"}), ("sparse", {"scope": "tower_1"}),
+                 ("dense", {"scope": "tower_0"}),
+                 ("weighted", {"scope": "t/", "reduction": "none"}),
+                 ("weighted", {"scope": "t/", "reduction": "weighted_sum"}),
+                 ("sparse", {}), ("sparse", {}),
+                 ("sparse", {"scope": "u", "loss_collection": None}), ("sparse", {"scope": "u"})]
+        for k, (kind, kwargs) in enumerate(calls, 1):   # (k: a value of its own)
+            if kind == "weighted":
+                losses.compute_weighted_loss(RAW * k, **kwargs)
+            elif kind == "sparse":
+                losses.sparse_softmax_cross_entropy(LABELS, LOGITS, WEIGHTS * k, **kwargs)
+            else:
+                losses.softmax_cross_entropy(ONEHOT, LOGITS, WEIGHTS * k, **kwargs)
+        return {"matched": losses.get_losses(scope=query)}
+
+    _compare(tf, scenario)
+
+
 @pytest.mark.parametrize("query", ["sparse_softmax_cross_entropy_loss",
                                    "softmax_cross_entropy_loss", "weighted_loss"])
 def test_unscoped_losses_carry_tf_default_scope_names(tf, query):

@@ -18,17 +18,45 @@ class GraphKeys:
 
 
 _registry = {}
+# Names of the collected losses' scopes and ops, lower-cased, and how often
+# each was taken (`_unique_name`).
+_names_in_use = {}
 
 
-def add_loss(loss, loss_collection=GraphKeys.LOSSES, scope=None):
+def add_loss(loss, loss_collection=GraphKeys.LOSSES, name=""):
     """Add `loss` to `loss_collection` (nothing if the collection is None/empty).
 
-    `scope` is remembered so that `get_losses(scope=...)` can filter by it, as TF
-    filters by op name. Values traced by `jax.jit`/`jax.grad` are not kept: they
-    are only valid inside the trace (as TF 2's eager mode, which keeps nothing).
+    `name` is what `get_losses(scope=...)` matches, TF's name of the loss tensor
+    (`loss_name`; the losses of `xent.losses` give theirs, a value added here
+    has none). Values traced by `jax.jit`/`jax.grad` are not kept: they are
+    only valid inside the trace (as TF 2's eager mode, which keeps nothing).
     """
     if loss_collection and not _is_traced(loss):
-        _registry.setdefault(loss_collection, []).append((scope or "", loss))
+        _registry.setdefault(loss_collection, []).append((name, loss))
+
+
+def _unique_name(name):
+    """`name`, or ``name_1``, ``name_2``, ... if taken: TF's `Graph.unique_name`
+    (case-blind), over the names the collected losses have used."""
+    key = name.lower()
+    count = _names_in_use.get(key, 0)
+    _names_in_use[key] = count + 1
+    if count == 0:
+        return name
+    while f"{key}_{count}" in _names_in_use:
+        count += 1
+    _names_in_use[f"{key}_{count}"] = 1
+    return f"{name}_{count}"
+
+
+def loss_name(scope, op):
+    """TF's name of a v1 loss tensor: its last op `op` (``"Mul"`` unreduced,
+    ``"Sum"`` summed, else ``"value"``) in name scope `scope`, which a second
+    use makes ``scope_1`` (a scope ending in ``/`` is entered as it is), e.g.
+    ``"tower_0/value:0"``. Other ops of the same scope are not counted, so a
+    reentered scope's names may differ from TF's past the slash."""
+    scope = scope[:-1] if scope.endswith("/") else _unique_name(scope)
+    return _unique_name(f"{scope}/{op}") + ":0"
 
 
 def _is_traced(loss):
@@ -38,7 +66,8 @@ def _is_traced(loss):
 
 
 def get_losses(scope=None, loss_collection=GraphKeys.LOSSES):
-    """Losses in `loss_collection`, optionally those whose scope matches `scope`."""
+    """Losses in `loss_collection`; with `scope`, those whose name (`loss_name`) it
+    matches from the start (`re.match`), as TF filters a collection."""
     entries = _registry.get(loss_collection, [])
     return [loss for name, loss in entries if scope is None or re.match(scope, name)]
 
@@ -69,3 +98,4 @@ def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None
 def clear_losses():
     """Empty every collection (TensorFlow's `reset_default_graph`)."""
     _registry.clear()
+    _names_in_use.clear()

@@ -14,7 +14,7 @@ whatever it is given.
 import numpy as np
 
 from xent import _backend, _dtypes, _reduce, _validate
-from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses,
+from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses, loss_name,
                               get_regularization_losses, get_total_loss)
 from xent._reduce import Reduction
 from xent.errors import InvalidArgumentError
@@ -70,18 +70,23 @@ def _weights(be, weights):
     return weights
 
 
-def _finish(be, loss, scope, loss_collection):
+# The last op of a v1 loss, by reduction: what TF names its tensor after.
+_LAST_OP = {Reduction.NONE: "Mul", Reduction.SUM: "Sum"}
+
+
+def _finish(be, loss, scope, loss_collection, reduction):
     """Hand the loss back in the caller's type, collected if NumPy computed it.
 
-    NumPy calls are TF's graph mode: the loss joins `loss_collection`, under
-    `scope` (the caller's, or TF's default name scope of the loss, which is
-    what `get_losses(scope=...)` matches against). torch tensors and JAX
-    arrays are eager, as TF 2's eager mode, where the collection is ignored:
-    nothing is kept, so a training loop holds no autograd graph alive.
+    NumPy calls are TF's graph mode: the loss joins `loss_collection` under
+    the name TF's tensor would have (`xent._collection.loss_name`: `scope`, the
+    caller's or TF's default for the loss, then the `reduction`'s last op),
+    which `get_losses(scope=...)` matches. torch tensors and JAX arrays are
+    eager, as TF 2's eager mode, where the collection is ignored: nothing is
+    kept, so a training loop holds no autograd graph alive.
     """
     loss = be.finish(loss)
     if be.name == "numpy":
-        add_loss(loss, loss_collection, scope)
+        add_loss(loss, loss_collection, loss_name(scope, _LAST_OP.get(reduction, "value")))
     return loss
 
 
@@ -113,7 +118,7 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     be = _backend.of(losses, weights)
     losses, weights = be.asarray(losses), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
-    return _finish(be, loss, scope or "weighted_loss", loss_collection)
+    return _finish(be, loss, scope or "weighted_loss", loss_collection, reduction)
 
 
 def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
@@ -150,7 +155,8 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weights)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope or "sparse_softmax_cross_entropy_loss", loss_collection)
+    return _finish(be, loss, scope or "sparse_softmax_cross_entropy_loss", loss_collection,
+                   reduction)
 
 
 def _smooth(be, labels, label_smoothing):
@@ -208,4 +214,5 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
         labels = _smooth(be, labels, label_smoothing)
     losses = dense_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope or "softmax_cross_entropy_loss", loss_collection)
+    return _finish(be, loss, scope or "softmax_cross_entropy_loss", loss_collection,
+                   reduction)
