@@ -97,6 +97,25 @@ def test_func_grad_and_vmap_match_eager():
     torch.testing.assert_close(batched, torch.stack([SPARSE(labels=labels, logits=a) for a in xs]))
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_func_vmap_of_the_dense_losses_with_a_class_axis_not_last(axis):
+    """A class axis that is not the last is moved there by the faces: under vmap
+    too (torch.moveaxis has no batching rule; movedim has), values and
+    per-example gradients as a loop of eager calls."""
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(3, 4, 5, 2, generator=g, dtype=torch.float64)
+    y = torch.softmax(torch.randn(3, 4, 5, 2, generator=g, dtype=torch.float64), axis + 1)
+    keras_loss = xent.keras.losses.CategoricalCrossentropy(from_logits=True, axis=axis)
+    for loss in (lambda y, x: DENSE(labels=y, logits=x, axis=axis), keras_loss):
+        got = torch.func.vmap(loss)(y, x)
+        torch.testing.assert_close(got, torch.stack([loss(y[i], x[i]) for i in range(3)]))
+        per = torch.func.vmap(torch.func.grad(lambda y, x: loss(y, x).sum(), argnums=1))(y, x)
+        for i in range(3):
+            xi = x[i].clone().requires_grad_(True)
+            want, = torch.autograd.grad(loss(y[i], xi).sum(), xi)
+            torch.testing.assert_close(per[i], want, rtol=1e-12, atol=1e-12)
+
+
 def test_func_hessian_of_the_sparse_loss_is_exact():
     x, labels, _ = _inputs(3, torch.float64)
     got = torch.func.hessian(lambda x: SPARSE(labels=labels, logits=x).sum())(x)

@@ -76,7 +76,7 @@ class _Namespace:
     ones_like = staticmethod(torch.ones_like)
     zeros_like = staticmethod(torch.zeros_like)
     log = staticmethod(torch.log)
-    moveaxis = staticmethod(torch.moveaxis)
+    moveaxis = staticmethod(torch.movedim)   # (torch.func.vmap has a rule for movedim only)
     reshape = staticmethod(torch.reshape)
     clip = staticmethod(torch.clamp)
 
