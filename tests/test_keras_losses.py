@@ -289,6 +289,18 @@ def test_sparse_axis_other_than_last_is_refused_like_tf_backend(keras, rng):
         xk.SparseCategoricalCrossentropy(axis=0)(y_true, y_pred)
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("axis", [3, -4, 5])
+def test_categorical_axis_out_of_range_is_invalid_argument_like_tf(keras, tf, axis, from_logits):
+    """TF raises InvalidArgumentError for either kind of prediction; so does xent
+    (NumPy's AxisError leaked from the probabilities' path)."""
+    y_pred, y_true = np.zeros((2, 3, 4), np.float32), np.full((2, 3, 4), 0.25, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        keras.losses.categorical_crossentropy(y_true, y_pred, from_logits=from_logits, axis=axis)
+    with pytest.raises(xerrors.InvalidArgumentError, match=f"received axis={axis}"):
+        xk.categorical_crossentropy(y_true, y_pred, from_logits=from_logits, axis=axis)
+
+
 def test_categorical_axis_bool_is_refused_like_tf(keras):
     y = np.eye(3, dtype=np.float32)
     with pytest.raises(ValueError, match="`axis` must be of type `int`"):

@@ -119,6 +119,23 @@ def test_dense_axis_matches_tf_nonnegative_axis(tf, rng, shape, axis, dtype):
     assert_close_to_truth(got, truth, dtype, row_scale(logits, axis=axis))
 
 
+@pytest.mark.parametrize("axis", [3, -4, 5])
+def test_dense_axis_out_of_range_is_invalid_argument_like_tf(tf, axis):
+    """TF raises InvalidArgumentError (from a Range op); xent its own, naming the axis."""
+    logits, labels = np.zeros((2, 3, 4), np.float32), np.full((2, 3, 4), 0.25, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits, axis=axis)
+    with pytest.raises(xent.errors.InvalidArgumentError, match=f"received axis={axis}"):
+        xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits, axis=axis)
+
+
+def test_dense_scalar_logits_are_invalid_argument_like_tf(tf):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.nn.softmax_cross_entropy_with_logits(labels=np.float32(1), logits=np.float32(0))
+    with pytest.raises(xent.errors.InvalidArgumentError, match="rank >= 1"):
+        xent.nn.softmax_cross_entropy_with_logits(labels=np.float32(1), logits=np.float32(0))
+
+
 def test_dense_axis_minus_two_equals_axis_ndim_minus_two(rng):
     logits = random_logits(rng, (2, 5, 3), np.float32)
     labels = random_distribution(rng, (2, 5, 3), np.float32, axis=1)

@@ -170,11 +170,12 @@ class _Shaped:
 
 
 def class_axis(axis, ndim):
-    """Normalise `axis` (negative counts from the end) for an array of rank `ndim`."""
+    """Normalise `axis` (negative counts from the end) for an array of rank `ndim`;
+    one out of range raises `InvalidArgumentError` (a ValueError), as TF's ops do."""
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"`axis` must be an int; received axis={axis!r}")
     if not -ndim <= axis < ndim:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"`axis` must be in [{-ndim}, {ndim}) for logits of rank {ndim}; "
             f"received axis={axis}")
     return int(axis) % ndim

@@ -1,5 +1,6 @@
 """`tf.nn`'s softmax cross-entropy ops: per-example losses, no reduction."""
 from xent import _backend, _dtypes, _validate
+from xent.errors import InvalidArgumentError
 
 __all__ = ["sparse_softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits"]
 
@@ -104,7 +105,8 @@ def dense_losses(be, labels, logits, axis=-1):
     logits_dtype = be.dtype_name(logits)
     _dtypes.check_float(logits_dtype, "logits")
     if logits.ndim == 0:
-        raise ValueError(f"`logits` must have rank >= 1; received logits.shape={tuple(logits.shape)}")
+        raise InvalidArgumentError(   # (TF: its Slice op's InvalidArgumentError)
+            f"`logits` must have rank >= 1; received logits.shape={tuple(logits.shape)}")
     labels = be.astype(labels, _dtypes.accumulator_name(logits_dtype))
     axis = _validate.class_axis(axis, logits.ndim)
     if axis != logits.ndim - 1:

@@ -9,7 +9,7 @@ validated path (logits) or `xent._probs` (probabilities).
 import sys
 import warnings
 
-from xent import _backend, _dtypes, _probs
+from xent import _backend, _dtypes, _probs, _validate
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
 from xent.nn import dense_losses, sparse_losses
@@ -95,7 +95,7 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     _categorical_shapes(y_true, y_pred)
     if from_logits:
         return dense_losses(be, y_true, y_pred, axis)
-    return _probs.categorical_from_probs(be, y_true, y_pred, axis)
+    return _probs.categorical_from_probs(be, y_true, y_pred, _validate.class_axis(axis, y_pred.ndim))
 
 
 def _inputs(y_true, y_pred, dtype=None, sample_weight=None):
