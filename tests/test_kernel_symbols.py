@@ -111,6 +111,47 @@ def test_compiled_kernels_call_no_external_symbol():
     assert not offenders, f"compiled for {_target.isa()}, kernels call {offenders}"
 
 
+@pytest.mark.aarch64_lowering
+def test_kernels_for_the_sse2_baseline_lower_for_aarch64_with_no_external_symbol():
+    """The kernels' portable forms (as compiled for the SSE2 baseline, in the
+    x86-64 run of tests/target_runs.py, into an empty numba cache) lowered for
+    aarch64 with NEON (tests/aarch64_lowering.py) call nothing the JIT may
+    lack there either."""
+    import aarch64_lowering
+
+    assert _target.cpu_name() == "x86-64", "run by tests/target_runs.py's x86-64 run"
+    compile_every_kernel()
+    target, offenders, lowered = aarch64_lowering.machine(), {}, 0
+    for name, dispatcher, signature in compiled_kernels():
+        ir_text = str(dispatcher.overloads[signature].library._final_module)
+        assert "define " in ir_text, f"{name}: no IR (loaded from a cache, not compiled here)"
+        bad = forbidden(undefined_symbols(aarch64_lowering.lower(ir_text, target)))
+        lowered += 1
+        if bad:
+            offenders[name] = sorted(bad)
+    assert lowered >= 20, f"only {lowered} kernels were lowered"
+    assert not offenders, f"lowered for aarch64, kernels call {offenders}"
+
+
+def test_the_aarch64_lowering_sees_library_calls_and_keeps_numbas_runtime():
+    """What the aarch64 check rests on: a vector ldexp (no NEON instruction) lowers to
+    calls of libm's ``ldexp``, read from the aarch64 object, and a numba
+    function compiled here (its runtime's x86-optimised atomic put back as the
+    generic one) lowers with only the symbols every numba function needs."""
+    import aarch64_lowering
+    import llvmlite.binding as llvm
+
+    target = aarch64_lowering.machine()
+    probe = llvm.parse_assembly(_target.LDEXP_PROBE)
+    probe.triple = aarch64_lowering.TRIPLE
+    assert "ldexp" in forbidden(undefined_symbols(target.emit_object(probe)))
+    _with_an_environment(np.ones(3))
+    library = _with_an_environment.overloads[_with_an_environment.signatures[0]].library
+    symbols = undefined_symbols(aarch64_lowering.lower(str(library._final_module), target))
+    assert not forbidden(symbols), sorted(forbidden(symbols))
+    assert {s for s in symbols if s.startswith("NRT_")}, sorted(symbols)
+
+
 # An object file of each format (ELF, Mach-O, COFF).
 TRIPLES = ["x86_64-unknown-linux-gnu", "x86_64-apple-macosx10.15", "x86_64-pc-windows-msvc"]
 
