@@ -200,6 +200,26 @@ def test_label_out_of_range_under_jit_gives_nan_rows(path):
     assert np.isnan(grad[1:]).all()  # TF's g * backprop: 0 * NaN
 
 
+def test_label_out_of_range_under_jit_second_derivatives_follow_tensorflows_gradient(path):
+    """A bad row's backprop is NaN, and its derivative softmax's, as TF's registered
+    gradient has it whatever the label: the loss's Hessian on that row is
+    softmax's Jacobian (finite; the other rows' blocks untouched), and the
+    gradient of a function of the raw op's backprop is NaN there (its upstream
+    gradient is). The same on both paths (it was NaN on one, 0 on the other)."""
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4)), jnp.float32)
+    labels = jnp.array([1, 7])
+    loss_sum = lambda x, l: SPARSE(labels=l, logits=x).sum()  # noqa: E731
+    hessian = jax.jit(jax.hessian(loss_sum))(x, labels).reshape(8, 8)
+    p = jax.nn.softmax(x, axis=-1)
+    for row in (0, 1):
+        block = hessian[4 * row:4 * row + 4, 4 * row:4 * row + 4]
+        np.testing.assert_allclose(block, jnp.diag(p[row]) - jnp.outer(p[row], p[row]),
+                                   rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(hessian[:4, 4:], 0)
+    squared = jax.jit(jax.grad(lambda x, l: jnp.sum(RAW_SPARSE(x, l).backprop ** 2)))(x, labels)
+    assert np.isnan(squared[1]).all() and np.isfinite(squared[0]).all()
+
+
 def _residuals(fn, *args):
     """The arrays `jax.vjp` keeps for the backward of `fn` at `args` (its pullback's leaves).
 

@@ -72,11 +72,15 @@ def dense_rows(ops, x, y):
 
 
 def sparse_grad(ops, x, labels, norm):
-    """``softmax(x) - one_hot(labels)`` given each row's norm; NaN rows where out of range."""
+    """``softmax(x) - one_hot(labels)`` given each row's norm; NaN rows where out of range.
+
+    The NaN is added to the row as a constant, so that the row's derivative is
+    still softmax's, as TensorFlow's registered gradient has it whatever the
+    label (a `where` would cut it to 0)."""
     num_classes = x.shape[-1]
     p = ops.exp(log_softmax(ops, x, norm))
     grad = p - ops.one_hot(labels, num_classes, p.dtype)
-    return ops.where(_valid(labels, num_classes)[..., None], grad, NAN)
+    return grad + ops.where(_valid(labels, num_classes), 0.0, NAN)[..., None]
 
 
 def dense_grad(ops, x, y, norm):

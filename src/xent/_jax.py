@@ -137,11 +137,6 @@ _dense.defjvp(_dense_jvp, symbolic_zeros=True)
 
 # --- on the CPU: the fused kernel through a buffer callback -------------------------------------
 
-def _one_hot_labels(kind, labels, num_classes, dtype):
-    """The target distribution of each row: one-hot of sparse labels, or dense labels."""
-    return jax.nn.one_hot(labels, num_classes, dtype=dtype) if kind == "sparse" else labels.astype(dtype)
-
-
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _kernel_rows(kind, logits, labels):
     """``(loss, lse, backprop)`` from one kernel pass (`_jax_cpu.rows`)."""
@@ -150,7 +145,7 @@ def _kernel_rows(kind, logits, labels):
 
 @_kernel_rows.defjvp
 def _kernel_rows_jvp(kind, primals, tangents):
-    """Tangents from the kernel's own outputs, p = backprop + labels:
+    """Tangents from the kernel's backprop and p = softmax(logits) (second order only):
 
         d loss     = Σ_j backprop_j·dx_j − Σ_j log_softmax_j·dy_j   (dense labels)
         d lse      = Σ_j p_j·dx_j
@@ -163,7 +158,8 @@ def _kernel_rows_jvp(kind, primals, tangents):
     loss, lse, backprop = _kernel_rows(kind, logits, labels)
     acc = lse.dtype
     bp, dx = backprop.astype(acc), dx.astype(acc)
-    p = bp + _one_hot_labels(kind, labels, logits.shape[-1], acc)
+    p = jax.nn.softmax(logits.astype(acc), axis=-1)   # (where a label is out of range, the
+    # kernel's lse and backprop are NaN, and the row's derivatives TF's: softmax's)
     p_dx = jnp.sum(p * dx, axis=-1)
     d_loss = jnp.sum(bp * dx, axis=-1)
     d_backprop = p * (dx - p_dx[..., None])
