@@ -459,6 +459,30 @@ def test_jax_jit_grad_matches_the_oracle(jax_path, reduction, dtype):
                  oracle(logits.astype(dtype).astype(np.float64), target, opts, reduction, up)[1], dtype)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_jax_float16_gradient_under_a_loss_scale_is_rounded_once(jax_path, reduction):
+    """As the torch test above: on the CPU kernel too, a float16 gradient is rounded
+    after the loss scale multiplies it (the kernel's is float32 until then), so
+    no small entry flushes to 0. With ``"none"`` the upstream gradient of the
+    float16 losses is float16 itself: it is rounded first, as JAX has it."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(16)
+    n, v, scale = 4096, 64, 2.0 ** 12
+    logits = (rng.normal(size=(n, v)) * 3).astype(np.float16)
+    target = rng.integers(0, v, n)
+    up = rng.normal(size=n) if reduction == "none" else None
+    g = scale if up is None else (up * scale).astype(np.float16).astype(np.float64)
+    truth = oracle(logits.astype(np.float64), target, {}, reduction,
+                   None if up is None else g)[1] * (scale if up is None else 1.0)
+    weights = 1.0 if up is None else jnp.asarray(up * scale, jnp.float32)
+    loss = jax.jit(jax.grad(lambda z: (xent.cross_entropy(z, jnp.asarray(target), reduction=reduction)
+                                       .astype(jnp.float32) * (scale if up is None else weights)).sum()))
+    got = np.asarray(loss(jnp.asarray(logits)), np.float64)
+    assert not (got == 0)[np.abs(truth) >= 2.0 ** -24].any()   # would round to float16's smallest
+    assert (np.abs(got - truth) <= TOL[np.float16] * np.abs(truth) + 2.0 ** -24).all()
+
+
 def test_jax_vmap_and_targets_out_of_range(jax_path):
     jax = pytest.importorskip("jax")
     jnp = jax.numpy

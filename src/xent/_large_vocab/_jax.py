@@ -55,11 +55,15 @@ def _ce_tokens(x2, t, opts):
 
 def _ce_tokens_fwd(x2, t, opts):
     valid = (t != opts.ignore_index).astype(_accumulator(x2.dtype))
-    return _jax_cpu.ce(x2, t, valid, opts)
+    losses, grad = _jax_cpu.ce(x2, t, valid, opts)
+    return losses, (grad, jnp.zeros(0, x2.dtype))
 
 
-def _ce_tokens_bwd(opts, grad, g):
-    return (grad * g[:, None].astype(grad.dtype)).astype(grad.dtype), None
+def _ce_tokens_bwd(opts, residuals, g):
+    """``grad ⊙ g[:, None]``, rounded once to the logits' dtype (the empty array's:
+    a float16 gradient is float32 until it meets g, `_jax_cpu.grad_dtype`)."""
+    grad, like = residuals
+    return (grad * g[:, None].astype(grad.dtype)).astype(like.dtype), None
 
 
 _ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd)
@@ -75,11 +79,13 @@ def _ce_reduced(x2, t, opts):
 def _ce_reduced_fwd(x2, t, opts):
     w = _token_weights(t, opts, _accumulator(x2.dtype))
     losses, grad = _jax_cpu.ce(x2, t, w, opts)
-    return (losses * w).sum(), grad
+    return (losses * w).sum(), (grad, jnp.zeros(0, x2.dtype))
 
 
-def _ce_reduced_bwd(opts, grad, g):
-    return (grad * g.astype(grad.dtype)).astype(grad.dtype), None
+def _ce_reduced_bwd(opts, residuals, g):
+    """``grad · g`` in the logits' dtype (as `_ce_tokens_bwd`)."""
+    grad, like = residuals
+    return (grad * g.astype(grad.dtype)).astype(like.dtype), None
 
 
 _ce_reduced.defvjp(_ce_reduced_fwd, _ce_reduced_bwd)

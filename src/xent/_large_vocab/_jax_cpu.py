@@ -44,6 +44,8 @@ def _ce_body(opts):
         if grad is not None:
             _hugepages.advise(grad)   # XLA's fresh output: fewer first-touch faults
         x = np.asarray(logits)
+        if grad is not None and grad.dtype != x.dtype:   # (float16: a float32 gradient, `ce`)
+            x = x.astype(grad.dtype)
         t, valid, bad = _tokens(targets, x.shape[1], opts.ignore_index)
         losses[...] = losses_and_gradient(x, t, valid, opts, np.asarray(weights), grad)
         losses[bad] = np.nan
@@ -52,12 +54,20 @@ def _ce_body(opts):
     return body
 
 
+def grad_dtype(dtype):
+    """The dtype of `ce`'s gradient for `dtype` logits: float32 for float16, whose
+    narrow exponent would flush small entries before the upstream gradient (a
+    loss scale, often) multiplies them; the logits' own otherwise (as the
+    torch face's operator, `xent._large_vocab._torch_ops`)."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
+
+
 def ce(logits, targets, weights, opts, with_grad=True):
     """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel
-    (``(losses,)`` without `with_grad`)."""
+    (``(losses,)`` without `with_grad`); the gradient in `grad_dtype`."""
     shapes = [jax.ShapeDtypeStruct(logits.shape[:1], weights.dtype)]
     if with_grad:
-        shapes.append(jax.ShapeDtypeStruct(logits.shape, logits.dtype))
+        shapes.append(jax.ShapeDtypeStruct(logits.shape, grad_dtype(logits.dtype)))
     return buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential")(
         logits, targets, weights)
 
