@@ -241,6 +241,35 @@ def _retained_twice(fn, *inputs):
     return value.item(), second
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_dynamic_compile_second_backward_over_a_retained_graph_leaves_the_first_alone(dtype):
+    """With dynamic shapes and donated buffers off (which a retained graph needs),
+    inductor wrote the per-token backward's product over the saved gradient
+    (3-D float32 logits, ``"none"``, an upstream vector): the first gradient
+    changed in the second backward, which came out wrong; whether it did
+    depended even on the compiled function's argument names. The product is
+    now an operator's."""
+    import torch._functorch.config as functorch_config
+
+    g = torch.Generator().manual_seed(0)
+    torch.compiler.reset()
+    with functorch_config.patch(donated_buffer=False):
+        f = torch.compile(lambda x, t: xent.cross_entropy(x, t, reduction="none"),
+                          fullgraph=True, dynamic=True)   # (named z, it did not happen)
+        z = torch.randn(2, 3, 5, generator=g, dtype=dtype, requires_grad=True)
+        target = torch.randint(0, 5, (2, 3), generator=g)
+        losses = f(z, target)
+        upstream = torch.randn(2, 3, generator=g, dtype=dtype)
+        first, = torch.autograd.grad((losses * upstream).sum(), z, retain_graph=True)
+        kept = first.clone()
+        second, = torch.autograd.grad((losses * upstream).sum(), z)
+    want = oracle(z.detach().double().numpy(), target.numpy(), {}, "none", upstream.double().numpy())[1]
+    assert torch.equal(first, kept)
+    tol = np.float32 if dtype == torch.float32 else np.float64
+    for grad in (first, second):
+        assert_close(grad.numpy(), want, tol)
+
+
 def test_compiled_second_backward_over_a_retained_graph_gives_the_same_gradients():
     """With the tokens flattened before the operator, inductor wrote the backward's
     product over the saved gradient: the first gradient changed and the second was

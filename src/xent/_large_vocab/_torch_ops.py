@@ -178,6 +178,23 @@ class TokenRows(torch.autograd.Function):
         refuse_forward_mode()
 
 
+@torch.library.custom_op("xent::scale_tokens", mutates_args=(), device_types="cpu")
+def scale_tokens(grad: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad ⊙ g[..., None]`` in `dtype`, a new tensor: `TokenLosses`' backward.
+
+    An operator, so that inductor calls it rather than fusing the multiply
+    into its own code: torch 2.13's inductor, with dynamic shapes and
+    ``torch._functorch.config.donated_buffer = False`` (what a retained graph
+    needs), wrote the product over the saved gradient, so that a second
+    backward over the graph gave wrong numbers and changed the first's."""
+    return (grad * g[..., None]).to(dtype)
+
+
+@scale_tokens.register_fake
+def _scale_tokens_fake(grad, g, dtype):
+    return grad.new_empty(grad.shape, dtype=dtype)
+
+
 class TokenLosses(torch.autograd.Function):
     """The losses alone, for graphs torch.compile captures: with `TokenRows` the
     compiler would trace the unused gradient output's gradient as zeros (see
@@ -193,7 +210,7 @@ class TokenLosses(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_losses):
         grad, = ctx.saved_tensors
-        return (grad * g_losses[..., None]).to(ctx.dtype), None, None, None
+        return scale_tokens(grad, g_losses, ctx.dtype), None, None, None
 
 
 def losses(logits, targets, opts, want_grad):
