@@ -155,6 +155,8 @@ TARGET = np.array([0, 1])
     ({"reduction": "avg"}, ValueError, "reduction must be one of ('mean', 'sum', 'none'); received 'avg'"),
     ({"ignore_index": 1.5}, TypeError, "ignore_index must be an integer; received 1.5"),
     ({"z_loss": "big"}, TypeError, "z_loss must be a real number; received 'big'"),
+    ({"label_smoothing": "0.1"}, TypeError, "label_smoothing must be a real number; received '0.1'"),
+    ({"softcap": "30"}, TypeError, "softcap must be a real number; received '30'"),
 ])
 def test_bad_options_are_named(kwargs, error, text):
     for call in (lambda: xent.cross_entropy(LOGITS, TARGET, **kwargs),
@@ -186,11 +188,27 @@ def test_bad_options_are_named(kwargs, error, text):
      "weight must have input's dtype float32; received float64"),
     (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float32), TARGET, chunk_size=0),
      ValueError, "chunk_size must be a positive integer or None; received 0"),
+    (lambda: xent.linear_cross_entropy(LOGITS, np.zeros((3, 5), np.float32), TARGET, chunk_size=2.0),
+     TypeError, "chunk_size must be an integer; received 2.0"),
+    (lambda: xent.linear_cross_entropy(np.zeros((3, 0), np.float32), np.zeros((4, 0), np.float32),
+                                       np.array([0, 1, 2])), ValueError,
+     "input must have shape [..., H] with H >= 1 features on the last axis; received shape [3, 0]"),
 ])
 def test_bad_arrays_are_named(call, error, text):
     with pytest.raises(error) as info:
         call()
     assert str(info.value) == text
+
+
+def test_integer_options_take_any_integer_type():
+    """NumPy's integers (and 0-d integer arrays) are integers: the same results as ints."""
+    x, w, b, target = make_linear(9, 4, 7, np.float64, seed=17)
+    target[target == 3] = 5   # (a class made ignored below)
+    target[target == -100] = 3
+    want = xent.linear_cross_entropy(x, w, target, ignore_index=3, chunk_size=2)
+    for kind in (np.int64, np.int32, np.array):
+        got = xent.linear_cross_entropy(x, w, target, ignore_index=kind(3), chunk_size=kind(2))
+        assert got == want
 
 
 def test_a_target_out_of_range_raises_tensorflows_error_before_any_work():
@@ -481,6 +499,19 @@ def test_jax_float16_gradient_under_a_loss_scale_is_rounded_once(jax_path, reduc
     got = np.asarray(loss(jnp.asarray(logits)), np.float64)
     assert not (got == 0)[np.abs(truth) >= 2.0 ** -24].any()   # would round to float16's smallest
     assert (np.abs(got - truth) <= TOL[np.float16] * np.abs(truth) + 2.0 ** -24).all()
+
+
+def test_jax_ignore_index_outside_the_targets_dtype_is_named(jax_path):
+    """JAX compares targets with ignore_index in the targets' dtype (int32 without
+    x64): one that does not fit is refused, named (not JAX's OverflowError)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    for call in (lambda: xent.cross_entropy(jnp.ones((2, 3)), jnp.array([0, 1], jnp.int32),
+                                            ignore_index=2 ** 31),
+                 lambda: xent.linear_cross_entropy(jnp.ones((2, 3)), jnp.ones((4, 3)),
+                                                   jnp.array([0, 1], jnp.int32), ignore_index=-2 ** 40)):
+        with pytest.raises(ValueError, match=r"ignore_index=-?\d+ does not fit the target's dtype int32"):
+            call()
 
 
 def test_jax_vmap_and_targets_out_of_range(jax_path):

@@ -341,6 +341,10 @@ def test_operators_pass_torchs_opcheck(dtype):
             torch.library.opcheck(torch.ops.xent.linear_rows.default,
                                   (x, w, bias, targets, weights, -100, 0.0, 0.0, None, 4, *wanted),
                                   **checks)
+    grad = torch.randn(2, 3, 11, generator=g)
+    for dtype_out in (dtype, torch.float32):
+        torch.library.opcheck(torch.ops.xent.scale_tokens.default,
+                              (grad, torch.randn(2, 3, generator=g), dtype_out))
 
 
 def test_operators_own_gradients_match_the_oracle():

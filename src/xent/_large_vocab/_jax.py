@@ -39,7 +39,14 @@ def _accumulator(dtype):
 
 
 def _check(target, ignore_index, num_classes):
-    """TensorFlow's range error for a concrete target; nothing under tracing."""
+    """TensorFlow's range error for a concrete target (nothing under tracing), and
+    a ValueError for an `ignore_index` the target's dtype cannot hold (JAX
+    compares in that dtype: int32 unless x64 is enabled)."""
+    info = np.iinfo(target.dtype)
+    if not info.min <= ignore_index <= info.max:
+        raise ValueError(f"ignore_index={ignore_index} does not fit the target's dtype "
+                         f"{target.dtype} ([{info.min}, {info.max}]), in which JAX compares "
+                         f"them; choose an ignore_index in that range")
     if not isinstance(target, jax.core.Tracer):
         _numpy.tokens(np.asarray(target), ignore_index, num_classes)
 

@@ -31,8 +31,19 @@ class Options(NamedTuple):
         return self.label_smoothing == 0 and self.z_loss == 0 and self.softcap is None
 
 
+def _integer(name, value):
+    """`value` as a Python int (any integer type: int, np.int64, a 0-d integer
+    array), or a TypeError naming `name` (bools and floats are not integers)."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be an integer; received {value!r}")
+    return int(value.__index__())
+
+
 def _real(name, value):
-    """`value` as a finite Python float, or a ValueError naming `name`."""
+    """`value` as a finite Python float, or a TypeError (not a number: a string
+    is not, though `float` would read it) or ValueError naming `name`."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a real number; received {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -46,14 +57,12 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
     """Check the options and return them as `Options`.
 
     Raises:
-      TypeError: a non-integer `ignore_index`, a non-number option.
+      TypeError: a non-integer `ignore_index`, a non-number option (a string too).
       ValueError: `label_smoothing` outside [0, 1], a negative `z_loss`, a
         `softcap` that is not > 0, an unknown `reduction`.
     """
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        if not (hasattr(ignore_index, "__index__") and not isinstance(ignore_index, bool)):
-            raise TypeError(f"ignore_index must be an integer; received {ignore_index!r}")
-        ignore_index = int(ignore_index.__index__())
+        ignore_index = _integer("ignore_index", ignore_index)
     smoothing = _real("label_smoothing", label_smoothing)
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; received {label_smoothing!r}")
@@ -75,13 +84,15 @@ def chunk_rows(chunk_size, num_classes):
     `CHUNK_MIN_TOKENS` tokens: the three matmuls of a chunk lose efficiency
     fast below that (NumPy's OpenBLAS, N=2048, H=1024, V=128256 float32 on an
     AMD EPYC: 17.6 s at 32 tokens per chunk, 11.4 s at 96, 10.7 s at 128,
-    8.5 s unchunked). Else a positive int is required.
+    8.5 s unchunked). Else a positive integer is required (any integer type;
+    a TypeError for others, a ValueError below 1).
     """
     if chunk_size is None:
         return max(CHUNK_MIN_TOKENS, CHUNK_BYTES // (4 * max(num_classes, 1)))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    rows = _integer("chunk_size", chunk_size)
+    if rows < 1:
         raise ValueError(f"chunk_size must be a positive integer or None; received {chunk_size!r}")
-    return chunk_size
+    return rows
 
 
 # One chunk's float32 logits: 24 MiB (96 tokens at V = 65536: under 5% of

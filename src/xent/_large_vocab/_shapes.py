@@ -37,8 +37,9 @@ def linear_shapes(input_shape, input_dtype, weight_shape, weight_dtype,
                   target_shape, target_dtype, bias_shape=None, bias_dtype=None):
     """Check ``input [..., H]``, ``weight [V, H]``, ``bias [V]`` (one float dtype) and ``target [...]``."""
     _float("input", input_dtype)
-    if len(input_shape) < 1:
-        raise ValueError(f"input must have shape [..., H]; received a scalar")
+    if len(input_shape) < 1 or input_shape[-1] < 1:
+        raise ValueError(f"input must have shape [..., H] with H >= 1 features on the last "
+                         f"axis; received shape {list(input_shape)}")
     if len(weight_shape) != 2:
         raise ValueError(f"weight must be 2-D, [V, H]; received shape {list(weight_shape)}")
     if weight_dtype != input_dtype:
