@@ -242,28 +242,32 @@ def _retained_twice(fn, *inputs):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_dynamic_compile_second_backward_over_a_retained_graph_leaves_the_first_alone(dtype):
-    """With dynamic shapes and donated buffers off (which a retained graph needs),
-    inductor wrote the per-token backward's product over the saved gradient
-    (3-D float32 logits, ``"none"``, an upstream vector): the first gradient
-    changed in the second backward, which came out wrong; whether it did
+@pytest.mark.parametrize("dynamic,reduction", [(False, "mean"), (True, "none")])
+def test_compiled_second_backward_over_a_retained_graph_leaves_the_first_alone(
+        dtype, dynamic, reduction):
+    """Inductor wrote the backward's product over the saved gradient, as long as
+    that product was its own code: at [2, 3, 5] float32 with a mean (default
+    settings), and with dynamic shapes and donated buffers off (which a
+    retained graph then needs) with per-token losses; the first gradient
+    changed in the second backward, which came out wrong. Whether it did
     depended even on the compiled function's argument names. The product is
-    now an operator's."""
+    now an operator's (`xent::scale_tokens`)."""
     import torch._functorch.config as functorch_config
 
     g = torch.Generator().manual_seed(0)
     torch.compiler.reset()
-    with functorch_config.patch(donated_buffer=False):
-        f = torch.compile(lambda x, t: xent.cross_entropy(x, t, reduction="none"),
-                          fullgraph=True, dynamic=True)   # (named z, it did not happen)
+    with functorch_config.patch(donated_buffer=not dynamic):
+        f = torch.compile(lambda x, t: xent.cross_entropy(x, t, reduction=reduction),
+                          fullgraph=True, dynamic=dynamic)   # (named z, it did not happen)
         z = torch.randn(2, 3, 5, generator=g, dtype=dtype, requires_grad=True)
         target = torch.randint(0, 5, (2, 3), generator=g)
         losses = f(z, target)
-        upstream = torch.randn(2, 3, generator=g, dtype=dtype)
+        upstream = torch.randn(losses.shape, generator=g, dtype=dtype)
         first, = torch.autograd.grad((losses * upstream).sum(), z, retain_graph=True)
         kept = first.clone()
         second, = torch.autograd.grad((losses * upstream).sum(), z)
-    want = oracle(z.detach().double().numpy(), target.numpy(), {}, "none", upstream.double().numpy())[1]
+    want = oracle(z.detach().double().numpy(), target.numpy(), {}, reduction,
+                  upstream.double().numpy())[1]
     assert torch.equal(first, kept)
     tol = np.float32 if dtype == torch.float32 else np.float64
     for grad in (first, second):
@@ -341,10 +345,9 @@ def test_operators_pass_torchs_opcheck(dtype):
             torch.library.opcheck(torch.ops.xent.linear_rows.default,
                                   (x, w, bias, targets, weights, -100, 0.0, 0.0, None, 4, *wanted),
                                   **checks)
-    grad = torch.randn(2, 3, 11, generator=g)
-    for dtype_out in (dtype, torch.float32):
-        torch.library.opcheck(torch.ops.xent.scale_tokens.default,
-                              (grad, torch.randn(2, 3, generator=g), dtype_out))
+        torch.library.opcheck(torch.ops.xent.token_grad.default,
+                              (logits, targets, torch.randn(2, 3, generator=g), -100, 0.1, 0.01, 3.0),
+                              **checks)
 
 
 def test_operators_own_gradients_match_the_oracle():

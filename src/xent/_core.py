@@ -129,7 +129,7 @@ def _gradient_result(grad, out, shape):
     return grad
 
 
-def sparse_xent(labels, logits, grad=None):
+def sparse_xent(labels, logits, grad=None, weights=None):
     """Per-row sparse softmax cross-entropy, and optionally its gradient.
 
     Args:
@@ -137,11 +137,13 @@ def sparse_xent(labels, logits, grad=None):
       logits: float array ``[d0..d(r-1), C]``, ``C >= 1``.
       grad: None for no gradient, True to allocate one, or an array of the
         logits' shape to write it into (may be `logits` itself).
+      weights: optional float64 ``[d0..d(r-1)]``: each row's gradient times its
+        weight, in the kernel's one pass (each entry rounded once).
 
     Returns:
       ``(loss, grad)``: loss ``[d0..d(r-1)]`` in float32 (float64 for float64
-      logits); grad ``softmax(logits) - one_hot(labels)`` in its buffer's dtype,
-      shaped like `logits`, or None.
+      logits); grad ``softmax(logits) - one_hot(labels)`` (times the weights)
+      in its buffer's dtype, shaped like `logits`, or None.
     """
     num_classes = logits.shape[-1]
     run = kernels()
@@ -151,7 +153,10 @@ def sparse_xent(labels, logits, grad=None):
         raise AssertionError("xent: the label checks disagree")
     x2 = logits if logits.ndim == 2 else logits.reshape(_rows(logits.shape), num_classes)
     out = _grad_buffer(grad, x2)
-    loss, _ = run.sparse_rows(x2, flat, out)
+    if weights is None:
+        loss, _ = run.sparse_rows(x2, flat, out)
+    else:
+        loss, _ = run.sparse_rows(x2, flat, out, weights.reshape(-1))
     return (loss if labels.ndim == 1 else loss.reshape(labels.shape),
             _gradient_result(grad, out, logits.shape))
 

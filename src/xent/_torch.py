@@ -156,20 +156,29 @@ _GRAD = {"sparse": _array_kernels.sparse_grad, "dense": _array_kernels.dense_gra
 _CORE = {"sparse": _core.sparse_xent, "dense": _core.dense_xent}
 
 
-def _forward(kind, labels, logits, want_grad):
+def _forward(kind, labels, logits, want_grad, weights=None):
     """Per-row loss (accumulator dtype) and, if wanted, TF's backprop (logits' dtype).
 
     `kind` is ``"sparse"`` (int labels ``[...]``) or ``"dense"`` (labels of the
-    logits' shape); logits are ``[..., C]``.
+    logits' shape); logits are ``[..., C]``. With `weights` (``[...]``, sparse
+    only), each row of the backprop times its weight, folded into the
+    kernel's pass on the CPU.
     """
     if logits.is_cpu and not _state["torch_ops_on_cpu"]:
         x = _numpy_view(logits)
         out = _empty_numpy(x) if want_grad else None
-        loss, _ = _CORE[kind](_numpy_view(labels), x, out)
+        if weights is None:
+            loss, _ = _CORE[kind](_numpy_view(labels), x, out)
+        else:
+            w = _numpy_view(weights.detach().to(torch.float64).contiguous())
+            loss, _ = _CORE[kind](_numpy_view(labels), x, out, w)
         return _own_tensor(loss), None if out is None else _own_tensor(out)
     x = _accumulate(logits)
     loss, norm = _ROWS[kind](_Ops, x, labels)
-    grad = _GRAD[kind](_Ops, x, labels, norm).to(logits.dtype) if want_grad else None
+    grad = None
+    if want_grad:
+        grad = _GRAD[kind](_Ops, x, labels, norm)
+        grad = (grad if weights is None else grad * weights[..., None].to(grad.dtype)).to(logits.dtype)
     return loss, grad
 
 

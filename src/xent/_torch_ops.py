@@ -120,28 +120,54 @@ class FuncRows(Rows):
         return d_loss, (p * (dx - p_dx)).to(logits.dtype)
 
 
-class RowsLoss(torch.autograd.Function):
-    """The per-row loss alone, for the `nn` faces inside torch.compile: logits get
-    ``g·backprop`` (one multiply), dense labels ``-g·log_softmax(logits)``.
+@torch.library.custom_op("xent::rows_grad", mutates_args=(), device_types=None)
+def rows_grad(kind: str, logits: torch.Tensor, labels: torch.Tensor,
+              g: torch.Tensor) -> torch.Tensor:
+    """``g[..., None] ⊙ backprop`` in the logits' dtype: `RowsLoss`' backward, the
+    kernel run again. Sparse labels: with g as the rows' weights, in the
+    kernel's one pass; dense: the backprop scaled in place after it
+    (`_torch._scale_rows_`; nothing to do where g is all ones)."""
+    labels, logits = labels.contiguous(), logits.contiguous()
+    if kind == "sparse":
+        return _torch._forward(kind, labels, logits, True, g)[1]
+    return _torch._scale_rows_(_torch._forward(kind, labels, logits, True)[1], g)
 
-    With `Rows` the compiler traces the unused backprop output's gradient as
+
+@rows_grad.register_fake
+def _rows_grad_fake(kind, logits, labels, g):
+    return logits.new_empty(logits.shape)
+
+
+class RowsLoss(torch.autograd.Function):
+    """The per-row loss alone, for the `nn` faces inside torch.compile: the forward
+    runs the kernel for the loss only, and the backward runs it again
+    (`rows_grad`): logits get ``g·backprop``, dense labels
+    ``-g·log_softmax(logits)``. Nothing logits-sized is saved but the inputs.
+
+    Not `Rows`: the compiler traces the unused backprop output's gradient as
     zeros and differentiates it through softmax anyway (amax, two exps, two
     sums over the logits: 638 ms against 76 ms eager at 8192x32000 float32,
-    Zen 4). Graphs only: the saved backprop is a constant to autograd, so
-    second derivatives need `FuncRows` (torch.func), which has it as output.
+    Zen 4). Nor a saved backprop times g: inductor fused that multiply and
+    wrote it over the saved backprop (torch 2.13, dynamic shapes), so that a
+    second backward over a retained graph gave wrong numbers and changed the
+    first's. Graphs only: second derivatives need `FuncRows` (torch.func).
     """
 
     @staticmethod
     def forward(ctx, kind, logits, labels, want_grad):
-        loss, backprop = rows(kind, logits, labels, want_grad)
+        loss, _ = rows(kind, logits, labels, False)
         ctx.kind = kind
-        ctx.save_for_backward(logits, labels, backprop if want_grad else None)
+        ctx.save_for_backward(logits, labels)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
-        """`Rows`' backward, with no gradient for the backprop."""
-        return _backward(ctx, g_loss, None)
+        logits, labels = ctx.saved_tensors
+        d_logits = rows_grad(ctx.kind, logits, labels, g_loss) if ctx.needs_input_grad[1] else None
+        d_labels = None
+        if ctx.kind == "dense" and ctx.needs_input_grad[2]:
+            d_labels = _torch._labels_grad(logits, labels, g_loss)
+        return None, d_logits, d_labels, None
 
 
 def function():

@@ -14,23 +14,28 @@ inside; they get the operator
 empty ``[0]`` tensor without `want_grad`), in the logits' dtype, float32 for
 float16 logits (whose narrow exponent would flush small entries before the
 upstream gradient, often a loss scale, multiplies them). The reduction runs in
-torch ops after it, so autograd hands the backward each token's weight
-(``1/count`` for the mean), and the backward is one multiply:
+torch ops after it, so autograd hands the backward each token's weight g
+(``1/count`` for the mean). Under torch.func (`TokenRows`) the backward is
+one multiply, ``d logits = grad ⊙ g[..., None]``; in compiled graphs
+(`TokenLosses`) the forward makes the losses alone and the backward runs the
+kernel again through a second operator,
 
-    d logits = grad ⊙ g[..., None]
+    xent::token_grad(logits, targets, g, ignore_index, ...) -> g[..., None] ⊙ grad
 
-The operator has a fake implementation (the outputs' shapes and dtypes, for
-the compiler), a vmap rule that moves the batch to the front (the tokens'
-dimensions are the operator's own) and its own autograd formula, for direct
-calls (`torch.library.opcheck`); xent's faces differentiate it through
-`TokenRows` and `TokenLosses`. It is differentiable once, as the eager path:
-a second derivative raises.
+which writes the gradient once, rounded once, and saves nothing
+logits-sized (inductor wrote a fused multiply over the saved gradient: see
+`TokenLosses`).
 
-The tokens keep the caller's dimensions, through the operator and its
-backward: with the logits flattened to ``[N, V]`` before it, and its
-gradient reshaped after, inductor (torch 2.13) wrote the backward's product
-over the saved gradient, so that a second backward over a retained graph of
-3-D logits came out wrong (a torch bug; a test keeps it in sight).
+The operators have fake implementations (the outputs' shapes and dtypes,
+for the compiler); `token_rows` has a vmap rule that moves the batch to the
+front (the tokens' dimensions are the operator's own) and its own autograd
+formula, for direct calls (`torch.library.opcheck`); xent's faces
+differentiate it through `TokenRows` and `TokenLosses`. It is
+differentiable once, as the eager path: a second derivative raises.
+
+The tokens keep the caller's dimensions through the operators (with the
+logits flattened to ``[N, V]`` before `token_rows`, inductor mishandled the
+saved gradient's reshape; a test keeps it in sight).
 """
 from typing import Optional
 
@@ -81,6 +86,28 @@ def _token_rows_fake(logits, targets, ignore_index, label_smoothing, z_loss, sof
     grad = (logits.new_empty(logits.shape, dtype=_grad_dtype(logits.dtype)) if want_grad
             else logits.new_empty(0))
     return loss, grad
+
+
+@torch.library.custom_op("xent::token_grad", mutates_args=(), device_types="cpu")
+def token_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+               ignore_index: int, label_smoothing: float, z_loss: float,
+               softcap: Optional[float]) -> torch.Tensor:
+    """``weights_i · d loss_i / d logits_i`` ``[..., V]`` in the logits' dtype, each
+    entry rounded once (`weights` ``[...]``, the upstream gradient of the
+    losses, folded into the kernel's pass): `TokenLosses`' backward. Its
+    buffer comes from xent's pool (`xent._buffers`), as the eager path's."""
+    opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
+    x = _torch._numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
+    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
+    w = np.where(valid, _torch._numpy_view(weights.contiguous()).reshape(-1), 0)
+    grad = _torch._empty_numpy(x)
+    losses_and_gradient(x, kept, valid, opts, w.astype(accumulator(x.dtype)), grad)
+    return _torch._own_tensor(grad.reshape(tuple(logits.shape)))
+
+
+@token_grad.register_fake
+def _token_grad_fake(logits, targets, weights, *options):
+    return logits.new_empty(logits.shape)
 
 
 @token_rows.register_vmap
@@ -178,39 +205,31 @@ class TokenRows(torch.autograd.Function):
         refuse_forward_mode()
 
 
-@torch.library.custom_op("xent::scale_tokens", mutates_args=(), device_types="cpu")
-def scale_tokens(grad: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``grad ⊙ g[..., None]`` in `dtype`, a new tensor: `TokenLosses`' backward.
-
-    An operator, so that inductor calls it rather than fusing the multiply
-    into its own code: torch 2.13's inductor, with dynamic shapes and
-    ``torch._functorch.config.donated_buffer = False`` (what a retained graph
-    needs), wrote the product over the saved gradient, so that a second
-    backward over the graph gave wrong numbers and changed the first's."""
-    return (grad * g[..., None]).to(dtype)
-
-
-@scale_tokens.register_fake
-def _scale_tokens_fake(grad, g, dtype):
-    return grad.new_empty(grad.shape, dtype=dtype)
-
-
 class TokenLosses(torch.autograd.Function):
-    """The losses alone, for graphs torch.compile captures: with `TokenRows` the
-    compiler would trace the unused gradient output's gradient as zeros (see
-    `xent._torch_ops.RowsLoss`). Compiled graphs have no double backward."""
+    """The losses alone, for graphs torch.compile captures: the forward runs the
+    kernel for the losses only, and the backward runs it again (`token_grad`)
+    with the upstream gradient as the tokens' weights, writing the gradient
+    once, rounded once. Nothing logits-sized is saved but the logits.
+
+    Not `TokenRows`: the compiler would trace the unused gradient output's
+    gradient as zeros (see `xent._torch_ops.RowsLoss`). Nor a saved gradient
+    times the upstream one: inductor fused that multiply and wrote it over
+    the saved gradient (torch 2.13), so that a second backward over a
+    retained graph gave wrong numbers and changed the first's (at [2, 3, 5]
+    float32 with a mean; with dynamic shapes and per-token losses). Compiled
+    graphs have no double backward."""
 
     @staticmethod
     def forward(ctx, logits, targets, opts, want_grad):
-        loss, grad = token_rows(logits, targets, *option_args(opts), want_grad)
-        ctx.dtype = logits.dtype
-        ctx.save_for_backward(grad)
+        loss, _ = token_rows(logits, targets, *option_args(opts), False)
+        ctx.opts = opts
+        ctx.save_for_backward(logits, targets)
         return loss
 
     @staticmethod
     def backward(ctx, g_losses):
-        grad, = ctx.saved_tensors
-        return scale_tokens(grad, g_losses, ctx.dtype), None, None, None
+        logits, targets = ctx.saved_tensors
+        return token_grad(logits, targets, g_losses, *option_args(ctx.opts)), None, None, None
 
 
 def losses(logits, targets, opts, want_grad):
