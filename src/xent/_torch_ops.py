@@ -20,14 +20,15 @@ logits' shape); ``backprop`` is TF's ``softmax(logits) - labels`` (an empty
 and differentiated by `Rows`, TensorFlow's registered gradient in torch ops
 (so second derivatives work too); the same formula is the operator's own, for
 direct calls (`torch.library.opcheck`). Inside torch.compile the faces that need
-the loss alone use `RowsLoss`, whose backward multiplies the forward's
-backprop by the upstream gradient and nothing more.
+the loss alone use `RowsLoss`, whose forward makes the loss alone and whose
+backward runs the kernel again (`xent::rows_grad`) with the upstream
+gradient as the rows' weights.
 """
 import torch
 
 from xent import _array_kernels, _torch
 
-__all__ = ["rows", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
+__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
 
 
 @torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
@@ -78,8 +79,8 @@ class Rows(torch.autograd.Function):
 
 
 def _backward(ctx, g_loss, g_backprop):
-    """The gradients of `Rows` (and of `RowsLoss`, with no `g_backprop`); `ctx`
-    holds the kind and the saved logits, labels and backprop (None: not made)."""
+    """The gradients of `Rows`; `ctx` holds the kind and the saved logits, labels
+    and backprop (None: not made)."""
     logits, labels, backprop = ctx.saved_tensors
     if backprop is None:   # (no backprop output: its gradient is empty too)
         backprop, g_backprop = _torch._differentiable_backprop(ctx.kind, logits, labels), None

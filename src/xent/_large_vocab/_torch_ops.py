@@ -48,7 +48,7 @@ from xent._large_vocab import _numpy
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._options import Options
 
-__all__ = ["token_rows", "TokenRows", "TokenLosses", "losses", "option_args",
+__all__ = ["token_rows", "token_grad", "TokenRows", "TokenLosses", "losses", "option_args",
            "refuse_second_derivative", "refuse_forward_mode"]
 
 
