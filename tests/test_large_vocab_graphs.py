@@ -274,6 +274,37 @@ def test_compiled_second_backward_over_a_retained_graph_leaves_the_first_alone(
         assert_close(grad.numpy(), want, tol)
 
 
+def test_device_path_compiled_second_backward_over_a_retained_graph_leaves_the_first_alone(
+        device_path):
+    """Off the CPU the loss is torch ops, which inductor compiles itself. Its
+    hand-made log-sum-exp saved ``exp(z - m)``, and inductor (dynamic shapes,
+    donated buffers off, after another compile in the process) wrote the
+    gradient over it: the first gradient changed in the second backward,
+    which came out wrong. The loss now takes `torch.logsumexp`."""
+    import torch._functorch.config as functorch_config
+
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 5, generator=g, requires_grad=True)
+    target = torch.randint(0, 5, (2, 3), generator=g)
+    upstream = torch.randn(3, 2, generator=g).mT
+    want, = torch.autograd.grad((F.cross_entropy(z.mT, target, reduction="none") * upstream).sum(), z)
+    torch.compiler.reset()
+    with functorch_config.patch(donated_buffer=False):
+        other = torch.compile(lambda x, t: F.cross_entropy(x.mT, t, reduction="none"),
+                              fullgraph=True, dynamic=True)(z, target)
+        torch.autograd.grad((other * upstream).sum(), z)
+        torch.compiler.reset()
+        losses = torch.compile(lambda x, t: xent.cross_entropy(x, t, reduction="none"),
+                               fullgraph=True, dynamic=True)(z, target)
+        first, = torch.autograd.grad((losses * upstream).sum(), z, retain_graph=True)
+        kept = first.clone()
+        second, = torch.autograd.grad((losses * upstream).sum(), z)
+    assert torch.equal(first, kept)
+    for grad in (first, second):
+        torch.testing.assert_close(grad, want, rtol=1e-6, atol=1e-7)
+
+
 def test_compiled_second_backward_over_a_retained_graph_gives_the_same_gradients():
     """With the tokens flattened before the operator, inductor wrote the backward's
     product over the saved gradient: the first gradient changed and the second was

@@ -46,6 +46,11 @@ class _Ops:
     stop_gradient = staticmethod(jax.lax.stop_gradient)
 
     @staticmethod
+    def logsumexp_last(x):
+        """``log Σ_j exp(x_j)`` over the last axis (shifted by the finite row max)."""
+        return jax.nn.logsumexp(x, axis=-1)
+
+    @staticmethod
     def max_last(x):
         return jnp.max(x, axis=-1, keepdims=True)
 

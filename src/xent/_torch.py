@@ -49,6 +49,14 @@ class _Ops:
         return torch.amax(x, dim=-1, keepdim=True)
 
     @staticmethod
+    def logsumexp_last(x):
+        """``log Σ_j exp(x_j)`` over the last axis, as one torch op: its backward
+        recomputes the softmax, where a hand-made ``m + log Σ exp(x - m)`` saved
+        its exp, which inductor (torch 2.13, dynamic shapes) overwrote with the
+        gradient, breaking a second backward over a retained graph."""
+        return torch.logsumexp(x, dim=-1)
+
+    @staticmethod
     def sum_last(x):
         return torch.sum(x, dim=-1, keepdim=True)
 

@@ -10,17 +10,10 @@ For torch tensors off the CPU and for JAX arrays: the same formula as
 0 for ignored tokens, whose logits are set to 0 first (so that an inf or NaN
 there makes no NaN gradient); a token whose target is outside ``[0, V)`` gets NaN
 logits, hence a NaN loss and gradient (no host sync is spent on a range
-check here). `ops` is a backend's `_Ops` (exp, log, tanh,
-where, isfinite, max_last, sum_last, take_last, stop_gradient).
+check here). `ops` is a backend's `_Ops` (tanh, where, logsumexp_last,
+sum_last, take_last).
 """
 __all__ = ["token_losses", "reduce"]
-
-
-def _lse(ops, z):
-    """``[n]`` log-sum-exp of ``[n, V]`` z, shifted by its (constant) finite row max."""
-    m = ops.stop_gradient(ops.max_last(z))
-    m = ops.where(ops.isfinite(m), m, 0 * m)
-    return (m + ops.log(ops.sum_last(ops.exp(z - m))))[..., 0]
 
 
 def token_losses(ops, z, targets, opts):
@@ -33,7 +26,7 @@ def token_losses(ops, z, targets, opts):
     in_range = (targets >= 0) & (targets < num_classes)
     # a bad target's row becomes NaN, so its loss and gradient are NaN (TensorFlow on a GPU)
     z = z + ops.where(in_range | ~valid, 0.0, float("nan"))[..., None]
-    lse = _lse(ops, z)
+    lse = ops.logsumexp_last(z)
     loss = lse - ops.take_last(z, ops.where(in_range, targets, 0 * targets))
     if opts.label_smoothing:
         eps = opts.label_smoothing
