@@ -250,8 +250,8 @@ def test_compiled_second_backward_over_a_retained_graph_leaves_the_first_alone(
     settings), and with dynamic shapes and donated buffers off (which a
     retained graph then needs) with per-token losses; the first gradient
     changed in the second backward, which came out wrong. Whether it did
-    depended even on the compiled function's argument names. The product is
-    now an operator's (`xent::scale_tokens`)."""
+    depended even on the compiled function's argument names. The backward now
+    runs the kernel again (`xent::token_grad`), and nothing it writes is saved."""
     import torch._functorch.config as functorch_config
 
     g = torch.Generator().manual_seed(0)

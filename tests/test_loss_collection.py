@@ -253,6 +253,24 @@ def test_scope_matches_tfs_tensor_names(tf, query):
     _compare(tf, scenario)
 
 
+@pytest.mark.parametrize("query", ["s/Cast_1", "s_1/Cast_2", "w/Cast_2", "d/Cast_3", "d_1/Cast_4",
+                                   "s/", ".*/Cast", "s/value"])
+def test_scope_matches_tfs_tensor_names_of_losses_not_in_float32(tf, query):
+    """TF computes a v1 loss in float32 and casts it back: a float64 loss's last op
+    is that cast, numbered by the casts before it in the scope (weights that
+    need one, label smoothing)."""
+    def scenario(losses):
+        x = LOGITS.astype(np.float64)
+        losses.sparse_softmax_cross_entropy(LABELS, x, scope="s")
+        losses.sparse_softmax_cross_entropy(LABELS, x * 2, weights=WEIGHTS.astype(np.float64), scope="s")
+        losses.compute_weighted_loss(RAW.astype(np.float64) * 2, scope="w")
+        losses.softmax_cross_entropy(ONEHOT, x * 3, scope="d", reduction="none")
+        losses.softmax_cross_entropy(ONEHOT, x * 4, scope="d", label_smoothing=0.1)
+        return {"matched": losses.get_losses(scope=query)}
+
+    _compare(tf, scenario)
+
+
 @pytest.mark.parametrize("query", ["sparse_softmax_cross_entropy_loss",
                                    "softmax_cross_entropy_loss", "weighted_loss"])
 def test_unscoped_losses_carry_tf_default_scope_names(tf, query):

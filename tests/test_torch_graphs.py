@@ -135,6 +135,29 @@ def _objective_in_torch_ops(x, labels, y):
     return total + sparse.sum() + (backprop * backprop).sum()
 
 
+def test_func_second_derivatives_of_a_label_out_of_range_on_the_torch_ops_path():
+    """Off the CPU a bad label is not checked: its row's loss is NaN, and its
+    derivatives TF's registered gradient's, softmax's. Forward mode (the
+    Function's jvp, which torch.func.hessian starts with) gives the same
+    Hessian as reverse over reverse, and a NaN loss tangent on that row (it
+    raised in one_hot)."""
+    from xent import _torch
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([1, 7])
+    loss = lambda x: SPARSE(labels=labels, logits=x)  # noqa: E731
+    _torch.use_torch_ops_on_cpu(True)
+    try:
+        reverse = torch.autograd.functional.hessian(lambda x: loss(x).sum(), x)
+        forward = torch.func.hessian(lambda x: loss(x).sum())(x)
+        _, tangent = torch.func.jvp(loss, (x,), (torch.ones_like(x),))
+    finally:
+        _torch.use_torch_ops_on_cpu(False)
+    torch.testing.assert_close(forward, reverse, rtol=1e-12, atol=1e-14)
+    p = torch.softmax(x[1], -1)
+    torch.testing.assert_close(forward[1, :, 1, :], torch.diag(p) - torch.outer(p, p))
+    assert torch.isnan(tangent[1]) and torch.isfinite(tangent[0])
+
+
 def test_func_jvp_and_jacfwd_match_torchs_own_ops():
     """Forward mode through every face under torch.func: `jvp` along logits and
     labels tangents, and `jacfwd` of the loss alone (its backprop output is empty)."""
@@ -204,11 +227,11 @@ def test_compiled_second_backward_over_a_retained_graph_leaves_the_first_alone(p
 
 
 @pytest.mark.parametrize("face", ["sparse", "dense"])
-def test_compiled_loss_backward_scales_the_backprop_and_recomputes_no_softmax(face):
-    """The nn faces' backward in a graph is one multiply of the forward's backprop
-    (the logits' gradient), plus log_softmax for dense labels; the unused
-    backprop output is not differentiated through softmax (a pass over the
-    logits with two exps: 8x the eager step at 8192x32000)."""
+def test_compiled_loss_backward_runs_the_kernel_and_no_softmax_in_torch_ops(face):
+    """The nn faces' backward in a graph is the kernel run again (`xent::rows_grad`,
+    the logits' gradient), plus log_softmax for dense labels; no softmax is
+    differentiated in torch ops (a pass over the logits with two exps: 8x
+    the eager step at 8192x32000)."""
     x, labels, y = _inputs(4)
     x = x.requires_grad_(True)
     if face == "sparse":
@@ -218,6 +241,7 @@ def test_compiled_loss_backward_scales_the_backprop_and_recomputes_no_softmax(fa
     ops, value, grads = _backward_graph_ops(fn, *args)
     exps = [op for op in ops if op in ("aten.exp.default", "aten.amax.default")]
     assert len(exps) == (0 if face == "sparse" else 2), ops   # dense: log_softmax's amax, exp
+    assert ops.count("xent.rows_grad.default") == 1, ops
     eager_args = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
     eager_value = fn(*eager_args)
     want = torch.autograd.grad((eager_value * torch.arange(1.0, 7.0)).sum(),
@@ -228,9 +252,9 @@ def test_compiled_loss_backward_scales_the_backprop_and_recomputes_no_softmax(fa
 
 
 def test_compiled_backward_twice_through_a_retained_graph_gives_the_same_gradient():
-    """The forward's backprop, saved in the graph, is scaled into a new tensor:
-    a second backward (retain_graph) sees it unchanged, and the first gradient
-    stays intact (scaling it in place was 30% faster and got both wrong)."""
+    """Nothing the backward writes is saved in the graph (it runs the kernel
+    again): a second backward (retain_graph) gives the same gradient, and the
+    first stays intact (a saved backprop scaled in place got both wrong)."""
     torch.compiler.reset()
     compiled = torch.compile(lambda x, l: SPARSE(labels=l, logits=x), fullgraph=True)
     x, labels, _ = _inputs(5)

@@ -104,16 +104,25 @@ class FuncRows(Rows):
             d backprop = p ⊙ (dx − Σ_j p_j·dx_j)
 
         Without `want_grad` the backprop output is an empty ``[0]``, and so is its tangent.
+        A sparse label outside ``[0, C)`` (the torch-ops path, where it is not checked)
+        gives its row's loss a NaN tangent and its backprop softmax's, as the
+        reverse rule has it.
         """
         logits, labels = ctx.saved_tensors[:2]
         x = _torch._accumulate(logits)
         log_p = _array_kernels.log_softmax(_torch._Ops, x)
         p = log_p.exp()
         dx = torch.zeros_like(x) if d_logits is None else d_logits.to(x.dtype)
-        target = (torch.nn.functional.one_hot(labels.long(), x.shape[-1]).to(x.dtype)
-                  if ctx.kind == "sparse" else labels.to(x.dtype))
+        if ctx.kind == "sparse":
+            valid = (labels >= 0) & (labels < x.shape[-1])
+            target = torch.nn.functional.one_hot(torch.where(valid, labels, 0).long(),
+                                                 x.shape[-1]).to(x.dtype)
+        else:
+            target = labels.to(x.dtype)
         p_dx = (p * dx).sum(-1, keepdim=True)
         d_loss = ((p - target) * dx).sum(-1)
+        if ctx.kind == "sparse":
+            d_loss = torch.where(valid, d_loss, float("nan"))
         if ctx.kind == "dense" and d_labels is not None:
             d_loss = d_loss - (log_p * d_labels.to(x.dtype)).sum(-1)
         if not ctx.want_grad:
@@ -136,6 +145,7 @@ def rows_grad(kind: str, logits: torch.Tensor, labels: torch.Tensor,
 
 @rows_grad.register_fake
 def _rows_grad_fake(kind, logits, labels, g):
+    """The gradient's shape and dtype (the logits'), for the compiler."""
     return logits.new_empty(logits.shape)
 
 
@@ -156,6 +166,7 @@ class RowsLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, logits, labels, want_grad):
+        """The loss alone (`want_grad`, in `FuncRows`' signature, is not needed)."""
         loss, _ = rows(kind, logits, labels, False)
         ctx.kind = kind
         ctx.save_for_backward(logits, labels)

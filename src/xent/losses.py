@@ -74,19 +74,31 @@ def _weights(be, weights):
 _LAST_OP = {Reduction.NONE: "Mul", Reduction.SUM: "Sum"}
 
 
-def _finish(be, loss, scope, loss_collection, reduction):
+def _last_op(reduction, dtype_name, casts):
+    """The name of a v1 loss's last op in TF's graph: the `reduction`'s, or, for a
+    loss not in float32 (TF computes in float32), the cast back to its dtype,
+    the scope's `casts`-th cast (read from TF 2.21: 2 in `compute_weighted_loss`;
+    3 in `softmax_cross_entropy`, 4 with label smoothing; 1 in
+    `sparse_softmax_cross_entropy`, 2 with weights that are not float32)."""
+    if dtype_name != "float32":
+        return f"Cast_{casts}"
+    return _LAST_OP.get(reduction, "value")
+
+
+def _finish(be, loss, scope, loss_collection, reduction, casts=1):
     """Hand the loss back in the caller's type, collected if NumPy computed it.
 
     NumPy calls are TF's graph mode: the loss joins `loss_collection` under
     the name TF's tensor would have (`xent._collection.loss_name`: `scope`, the
-    caller's or TF's default for the loss, then the `reduction`'s last op),
+    caller's or TF's default for the loss, then its last op, `_last_op`),
     which `get_losses(scope=...)` matches. torch tensors and JAX arrays are
     eager, as TF 2's eager mode, where the collection is ignored: nothing is
     kept, so a training loop holds no autograd graph alive.
     """
     loss = be.finish(loss)
     if be.name == "numpy":
-        add_loss(loss, loss_collection, loss_name(scope, _LAST_OP.get(reduction, "value")))
+        op = _last_op(reduction, be.dtype_name(loss), casts)
+        add_loss(loss, loss_collection, loss_name(scope, op))
     return loss
 
 
@@ -118,7 +130,7 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     be = _backend.of(losses, weights)
     losses, weights = be.asarray(losses), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
-    return _finish(be, loss, scope or "weighted_loss", loss_collection, reduction)
+    return _finish(be, loss, scope or "weighted_loss", loss_collection, reduction, casts=2)
 
 
 def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
@@ -151,12 +163,13 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
+    casts = 1 + (be.name == "numpy" and _dtypes.to_array(weights).dtype != np.float32)
     labels, logits, weights = be.asarray(labels), be.asarray(logits), _weights(be, weights)
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weights)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope or "sparse_softmax_cross_entropy_loss", loss_collection,
-                   reduction)
+                   reduction, casts)
 
 
 def _smooth(be, labels, label_smoothing):
@@ -215,4 +228,4 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     losses = dense_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope or "softmax_cross_entropy_loss", loss_collection,
-                   reduction)
+                   reduction, casts=3 + (label_smoothing > 0))

@@ -107,6 +107,7 @@ def token_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tenso
 
 @token_grad.register_fake
 def _token_grad_fake(logits, targets, weights, *options):
+    """The gradient's shape and dtype (the logits'), for the compiler."""
     return logits.new_empty(logits.shape)
 
 
@@ -221,6 +222,7 @@ class TokenLosses(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, opts, want_grad):
+        """The losses alone (`want_grad`, in `TokenRows`' signature, is not needed)."""
         loss, _ = token_rows(logits, targets, *option_args(opts), False)
         ctx.opts = opts
         ctx.save_for_backward(logits, targets)
