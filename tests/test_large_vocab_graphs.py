@@ -305,6 +305,43 @@ def test_device_path_compiled_second_backward_over_a_retained_graph_leaves_the_f
         torch.testing.assert_close(grad, want, rtol=1e-6, atol=1e-7)
 
 
+def test_compiled_linear_backward_scales_its_saved_gradients_through_an_operator():
+    """The compiled linear backward scales the forward's dx, dW, db through
+    `xent::scale_grads`, not a multiply inductor fuses: at N=2048, H=512,
+    V=65536 float32 (the benchmark's shape; too large for the suite) inductor
+    wrote that fused product over the saved gradients, and a second backward
+    over a retained graph came out wrong and changed the first's (0.019 off;
+    not at smaller shapes). Here: the backward graph calls the operator, and
+    the gradients of two retained backwards are equal and right."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    seen = []
+
+    def keep(graph, _inputs):
+        seen.extend(str(node.target) for node in graph.graph.nodes if node.op == "call_function")
+        return make_boxed_func(graph.forward)
+
+    x, w, _, t = make_linear(12, 5, 11, np.float32, seed=11)
+    torch.compiler.reset()
+    compiled = torch.compile(lambda x, w, t: xent.linear_cross_entropy(x, w, t, chunk_size=4),
+                             fullgraph=True, backend=aot_autograd(
+                                 fw_compiler=lambda g, _: make_boxed_func(g.forward), bw_compiler=keep))
+    leaves = [torch.from_numpy(a).requires_grad_(True) for a in (x, w)]
+    value = compiled(*leaves, torch.from_numpy(t))
+    first = torch.autograd.grad(value * 3, leaves, retain_graph=True)
+    kept = [g.clone() for g in first]
+    second = torch.autograd.grad(value * 3, leaves)
+    assert seen.count("xent.scale_grads.default") == 1, seen
+    assert not [op for op in seen if op.startswith("aten.mul")], seen
+    want = linear_oracle(x.astype(np.float64), w.astype(np.float64), None, t, {}, "mean",
+                         np.full((), 3.0))
+    for a, b, truth in zip(first, second, want[1:3]):
+        assert torch.equal(a, b)
+        assert_close(a.numpy(), truth, np.float32)
+    assert all(torch.equal(a, b) for a, b in zip(first, kept))
+
+
 def test_compiled_second_backward_over_a_retained_graph_gives_the_same_gradients():
     """With the tokens flattened before the operator, inductor wrote the backward's
     product over the saved gradient: the first gradient changed and the second was
@@ -379,6 +416,9 @@ def test_operators_pass_torchs_opcheck(dtype):
         torch.library.opcheck(torch.ops.xent.token_grad.default,
                               (logits, targets, torch.randn(2, 3, generator=g), -100, 0.1, 0.01, 3.0),
                               **checks)
+    grads = [torch.randn(2, 3, 5, generator=g).to(dtype), torch.randn(11, 5, generator=g),
+             torch.empty(0)]
+    torch.library.opcheck(torch.ops.xent.scale_grads.default, (grads, torch.tensor(0.5)))
 
 
 def test_operators_own_gradients_match_the_oracle():

@@ -87,13 +87,33 @@ def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
     return linear_rows(x, weight, bias, targets, weights, *option_args(opts), chunk, *wanted)
 
 
-def _gradients(ctx, g_total, g_losses, rerun):
+@torch.library.custom_op("xent::scale_grads", mutates_args=(), device_types="cpu")
+def scale_grads(grads: list[torch.Tensor], g: torch.Tensor) -> list[torch.Tensor]:
+    """Each of `grads` times the 0-d `g`, as new tensors: `LinearLoss`' scaling of
+    its saved gradients, an operator so that inductor cannot write the
+    products over them (it did so with a fused multiply of a saved gradient
+    elsewhere: see `xent._large_vocab._torch_ops.TokenLosses`)."""
+    return [t * g for t in grads]
+
+
+@scale_grads.register_fake
+def _scale_grads_fake(grads, g):
+    """The products' shapes and dtypes, for the compiler."""
+    return [t.new_empty(t.shape, dtype=torch.result_type(t, g)) for t in grads]
+
+
+def _scaled(grads, g):
+    """``g · t`` for each of `grads` (`LinearRows` and the operator's own formula)."""
+    return tuple(t * g for t in grads)
+
+
+def _gradients(ctx, g_total, g_losses, rerun, scale=_scaled):
     """The gradients of x, weight and bias from `ctx`'s saved tensors (x, weight,
     bias, targets, weights, then the forward's dx, dW, db: an empty ``[0]``
     where not made): those scaled by `g_total`, or, with per-token `g_losses`
     or a needed gradient the forward did not make, the gradients of a second
     run of the chunks with those weights, ``rerun((x, weight, bias, targets,
-    weights), wanted)`` (the operator's outputs)."""
+    weights), wanted)`` (the operator's outputs). `scale(grads, g)` scales them."""
     x, weight, bias, targets, weights, *grads = ctx.saved_tensors
     inputs, wanted = (x, weight, bias), tuple(ctx.needs_input_grad[:3])
     if g_losses is None and g_total is None:
@@ -104,7 +124,7 @@ def _gradients(ctx, g_total, g_losses, rerun):
         w = w + (0 if g_total is None else g_total * weights)
         grads = rerun((x, weight, bias, targets, w.to(weights.dtype)), wanted)[2:]
     else:
-        grads = tuple(g * g_total for g in grads)
+        grads = scale(grads, g_total)
     return tuple(g.to(a.dtype) if want and g.shape == a.shape else None   # (else not made)
                  for g, a, want in zip(grads, inputs, wanted))
 
@@ -179,7 +199,8 @@ class LinearLoss(torch.autograd.Function):
     def backward(ctx, g):
         g_total, g_losses = (None, g) if ctx.per_token else (g, None)
         grads = _gradients(ctx, g_total, g_losses, lambda tensors, wanted: _call(
-            *tensors, ctx.opts, ctx.chunk, wanted))
+            *tensors, ctx.opts, ctx.chunk, wanted),
+            scale=lambda grads, g: scale_grads(list(grads), g))
         return (*grads, None, None, None, None, None, None)
 
 
