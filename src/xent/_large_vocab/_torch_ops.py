@@ -123,18 +123,24 @@ def _token_rows_vmap(info, in_dims, logits, targets, *options):
 
 
 def _token_rows_setup(ctx, inputs, output):
-    """Save what the operator's own backward needs: the logits, targets, options
-    and the forward's gradient (None without `want_grad`)."""
+    """Save what `_token_rows_backward` needs: the forward's gradient, or, without
+    `want_grad`, the logits, targets and options to make it again (nothing
+    logits-sized beside the gradient: under torch.func the logits may be an
+    intermediate that nothing else keeps)."""
     logits, targets, *options, want_grad = inputs
     ctx.set_materialize_grads(False)
-    ctx.options = tuple(options)
-    ctx.save_for_backward(logits, targets, output[1] if want_grad else None)
+    ctx.options, ctx.dtype = tuple(options), logits.dtype
+    if want_grad:
+        ctx.save_for_backward(None, None, output[1])
+    else:
+        ctx.save_for_backward(logits, targets, None)
 
 
 def _token_rows_backward(ctx, g_losses, g_grad):
-    """The operator's own formula, for direct calls (`TokenRows` serves xent's):
+    """The operator's formula (its own, and `TokenRows`'):
     ``d logits = grad ⊙ g_losses[..., None]``, the gradient made again if the
-    forward had no `want_grad`; differentiable once."""
+    forward had no `want_grad`; differentiable once: a gradient of the
+    gradient output (a second derivative) raises."""
     if g_grad is not None:
         refuse_second_derivative()
     logits, targets, grad = ctx.saved_tensors
@@ -142,7 +148,7 @@ def _token_rows_backward(ctx, g_losses, g_grad):
     if g_losses is not None:
         if grad is None:
             grad = token_rows(logits, targets, *ctx.options, True)[1]
-        d_logits = (grad * g_losses[..., None]).to(logits.dtype)
+        d_logits = (grad * g_losses[..., None]).to(ctx.dtype)
     return d_logits, *(None,) * 6
 
 
@@ -183,23 +189,13 @@ class TokenRows(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, targets, opts, want_grad):
-        return token_rows(logits, targets, *option_args(opts), want_grad)
+    def forward(logits, targets, ignore_index, label_smoothing, z_loss, softcap, want_grad):
+        """The operator; its arguments and outputs are the Function's."""
+        return token_rows(logits, targets, ignore_index, label_smoothing, z_loss, softcap,
+                          want_grad)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.set_materialize_grads(False)
-        ctx.dtype = inputs[0].dtype
-        ctx.save_for_backward(output[1])
-
-    @staticmethod
-    def backward(ctx, g_losses, g_grad):
-        if g_grad is not None:
-            refuse_second_derivative()
-        grad, = ctx.saved_tensors
-        if g_losses is None:
-            return None, None, None, None
-        return (grad * g_losses[..., None]).to(ctx.dtype), None, None, None
+    setup_context = staticmethod(_token_rows_setup)
+    backward = staticmethod(_token_rows_backward)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -239,4 +235,4 @@ def losses(logits, targets, opts, want_grad):
     the operator: `TokenLosses` inside torch.compile, else `TokenRows`."""
     if torch.compiler.is_compiling():
         return TokenLosses.apply(logits, targets, opts, want_grad)
-    return TokenRows.apply(logits, targets, opts, want_grad)[0]
+    return TokenRows.apply(logits, targets, *option_args(opts), want_grad)[0]
