@@ -66,11 +66,17 @@ def _ce_tokens_fwd(x2, t, opts):
     return losses, (grad, jnp.zeros(0, x2.dtype))
 
 
-def _ce_tokens_bwd(opts, residuals, g):
-    """``grad ⊙ g[:, None]``, rounded once to the logits' dtype (the empty array's:
-    a float16 gradient is float32 until it meets g, `_jax_cpu.grad_dtype`)."""
+def _scaled_gradient(residuals, factors):
+    """The forward's gradient times `factors` (broadcast to it), rounded once to the
+    logits' dtype, the empty array's of the residuals (a float16 gradient is
+    float32 until it meets the upstream gradient, `_jax_cpu.grad_dtype`)."""
     grad, like = residuals
-    return (grad * g[:, None].astype(grad.dtype)).astype(like.dtype), None
+    return (grad * factors.astype(grad.dtype)).astype(like.dtype)
+
+
+def _ce_tokens_bwd(opts, residuals, g):
+    """``grad ⊙ g[:, None]`` (`_scaled_gradient`)."""
+    return _scaled_gradient(residuals, g[:, None]), None
 
 
 _ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd)
@@ -90,9 +96,8 @@ def _ce_reduced_fwd(x2, t, opts):
 
 
 def _ce_reduced_bwd(opts, residuals, g):
-    """``grad · g`` in the logits' dtype (as `_ce_tokens_bwd`)."""
-    grad, like = residuals
-    return (grad * g.astype(grad.dtype)).astype(like.dtype), None
+    """``grad · g`` (`_scaled_gradient`)."""
+    return _scaled_gradient(residuals, g), None
 
 
 _ce_reduced.defvjp(_ce_reduced_fwd, _ce_reduced_bwd)
