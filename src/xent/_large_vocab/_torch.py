@@ -182,7 +182,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()
         w, b = weight.detach(), None if bias is None else bias.detach()
         targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
-        early = opts.reduction != "none" and x.dtype != torch.float16
+        early = _torch_chunks.gradients_in_forward(opts.reduction, x.dtype)
         weights = row_weights(valid, opts.reduction, _torch.numpy_accumulator(x.dtype))
         grads, losses = _torch_chunks.run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
                                     wanted if early else (False,) * 3)

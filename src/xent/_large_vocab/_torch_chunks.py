@@ -9,7 +9,7 @@ import torch
 from xent import _torch
 from xent._large_vocab._linear import NumpyMatmuls, chunked
 
-__all__ = ["run_chunks", "TorchMatmuls"]
+__all__ = ["gradients_in_forward", "run_chunks", "TorchMatmuls"]
 
 
 class TorchMatmuls:
@@ -60,6 +60,15 @@ def _linear_grads(x, weight, bias, wanted):
     dw = torch.zeros(weight.shape, dtype=acc) if wanted[1] else None
     db = torch.zeros(bias.shape, dtype=acc) if wanted[2] and bias is not None else None
     return dx, dw, db
+
+
+def gradients_in_forward(reduction, dtype):
+    """Whether the chunk loop makes the inputs' gradients in the forward: for a mean
+    or a sum (their token weights are known then), but not in float16, whose
+    gradients must meet the upstream gradient (a loss scale, often) before they
+    are rounded. Otherwise the backward runs the chunks again with the upstream
+    gradient in the token weights."""
+    return reduction != "none" and dtype != torch.float16
 
 
 def run_chunks(x2, w, b, targets, valid, opts, chunk, weights, wanted):

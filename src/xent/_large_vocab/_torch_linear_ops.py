@@ -27,7 +27,7 @@ import torch
 from xent import _torch
 from xent._large_vocab import _numpy
 from xent._large_vocab._options import Options
-from xent._large_vocab._torch_chunks import run_chunks
+from xent._large_vocab._torch_chunks import gradients_in_forward, run_chunks
 from xent._large_vocab._torch_ops import option_args, refuse_forward_mode, refuse_second_derivative
 
 __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
@@ -212,7 +212,7 @@ def loss(x, weight, bias, target, opts, chunk):
     per_token = opts.reduction == "none"
     wanted = tuple(torch.is_grad_enabled() and a is not None and a.requires_grad
                    for a in (x, weight, bias))
-    if per_token or x.dtype == torch.float16:   # gradients in the backward (module doc)
+    if not gradients_in_forward(opts.reduction, x.dtype):   # (in the backward: module doc)
         wanted = (False,) * 3
     if torch.compiler.is_compiling():
         out = LinearLoss.apply(x, weight, bias, target, weights, opts, chunk, wanted, per_token)
