@@ -277,6 +277,62 @@ def test_jitted_sparse_loss_keeps_no_logits_sized_temporary():
     assert stats.temp_size_in_bytes < x.nbytes // 16, stats.temp_size_in_bytes
 
 
+def _tf_truth(tf, logits, labels):
+    """TF's float64 sparse loss and gradient of its sum, on `logits` widened exactly."""
+    x = tf.constant(np.asarray(logits, np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=np.asarray(labels), logits=x)
+    return loss.numpy(), tape.gradient(loss, x).numpy()
+
+
+def _check_step(got, logits, labels, truth):
+    """`got` = ``(sum of losses, gradient)`` of a step on `logits` against TF's `truth`."""
+    dtype = np.asarray(logits).dtype
+    loss, grad = truth
+    assert_close_to_truth(np.asarray(got[1]), grad, dtype, 1.0)
+    np.testing.assert_allclose(np.float64(got[0]), loss.sum(),
+                               rtol=1e-2 if dtype.itemsize == 2 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16],
+                         ids=["float32", "bfloat16", "float16"])
+def test_kernel_backprop_reuses_the_logits_buffer_and_never_changes_the_callers(tf, rng, dtype):
+    """On the CPU kernel the backprop is written over the logits' buffer (an XLA
+    alias): a step whose logits die at the loss (made inside the step, or donated)
+    holds one logits-sized buffer, not two, and reuses a donated one; where the
+    logits live on (a parameter not donated, or used after the loss) XLA copies
+    them first, so the caller's array and later uses keep their values. Each
+    result against TF's float64 gradient of the same logits."""
+    rows, classes = 64, 1000
+    x_host = np.asarray(jnp.asarray(rng.standard_normal((rows, classes)) * 3, dtype))
+    labels = jnp.asarray(rng.integers(0, classes, rows))
+    truth = _tf_truth(tf, x_host, labels)
+    loss = lambda x: SPARSE(labels=labels, logits=x).astype(jnp.float32).sum()  # noqa: E731
+    step = jax.value_and_grad(loss)
+    x = jnp.asarray(x_host)
+
+    _check_step(jax.jit(step)(x), x_host, labels, truth)   # a parameter, not donated
+    _check_step(step(x), x_host, labels, truth)             # eagerly
+    grad, again = jax.jit(lambda a: (jax.grad(loss)(a), a * 2))(x)   # used after the loss
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(x_host * 2))
+    _check_step((truth[0].sum(), grad), x_host, labels, truth)
+    np.testing.assert_array_equal(np.asarray(x), x_host)
+
+    donated = jnp.array(x_host)
+    pointer = donated.unsafe_buffer_pointer()
+    got = jax.jit(step, donate_argnums=0)(donated)
+    _check_step(got, x_host, labels, truth)
+    assert got[1].unsafe_buffer_pointer() == pointer
+
+    one = jnp.asarray(1, dtype)
+    inner = jax.jit(lambda a, s: step(a * s))
+    _check_step(inner(x, one), x_host, labels, truth)
+    stats = inner.lower(x, one).compile().memory_analysis()
+    held = stats.output_size_in_bytes + stats.temp_size_in_bytes
+    assert held < x.nbytes + 64 * rows, (held, x.nbytes)   # two buffers without the alias
+
+
 @pytest.mark.parametrize("name", list(EXTREME))
 def test_extreme_logits_match_the_numpy_kernel_under_jit(name, path):
     """Loss and gradient equal TF's CPU kernel's (xent's NumPy path), NaN where it is."""

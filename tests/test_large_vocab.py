@@ -477,6 +477,45 @@ def test_jax_jit_grad_matches_the_oracle(jax_path, reduction, dtype):
                  oracle(logits.astype(dtype).astype(np.float64), target, opts, reduction, up)[1], dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.float16],
+                         ids=lambda d: np.dtype(d).name)
+def test_jax_kernel_gradient_reuses_the_logits_buffer_and_never_changes_the_callers(dtype):
+    """On the CPU kernel `cross_entropy`'s gradient is written over the logits' buffer
+    (an XLA alias) when it has their dtype (float16's is float32): a step whose
+    logits die at the loss holds one logits-sized buffer, and reuses a donated one.
+    Where the logits live on, XLA copies them first: the caller's array and later
+    uses keep their values. Each gradient against the float64 oracle."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    logits, target = make((48,), 700, dtype, seed=17)
+    opts = OPTIONS["all"]
+    want = oracle(logits.astype(np.float64), target, opts, "mean")[1]
+    loss = lambda z: xent.cross_entropy(z, jnp.asarray(target), **opts).astype(jnp.float32)  # noqa: E731
+    step = jax.value_and_grad(loss)
+    x = jnp.asarray(logits)
+    check = lambda grad: assert_close(np.asarray(grad, np.float64), want, dtype)  # noqa: E731
+
+    check(jax.jit(step)(x)[1])
+    grad, again = jax.jit(lambda z: (jax.grad(loss)(z), z * 2))(x)
+    check(grad)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(logits * 2))
+    np.testing.assert_array_equal(np.asarray(x), logits)
+
+    donated = jnp.array(logits)
+    pointer = donated.unsafe_buffer_pointer()
+    grad = jax.jit(step, donate_argnums=0)(donated)[1]
+    check(grad)
+    assert grad.unsafe_buffer_pointer() == pointer   # (float16: the backward's cast, into it)
+
+    one = jnp.asarray(1, dtype)
+    inner = jax.jit(lambda z, s: step(z * s))
+    check(inner(x, one)[1])
+    stats = inner.lower(x, one).compile().memory_analysis()
+    held = stats.output_size_in_bytes + stats.temp_size_in_bytes
+    if np.dtype(dtype) != np.float16:   # (two buffers without the alias)
+        assert held < x.nbytes + 64 * len(target), (held, x.nbytes)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_jax_float16_gradient_under_a_loss_scale_is_rounded_once(jax_path, reduction):
     """As the torch test above: on the CPU kernel too, a float16 gradient is rounded

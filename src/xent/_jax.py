@@ -142,14 +142,15 @@ _dense.defjvp(_dense_jvp, symbolic_zeros=True)
 
 # --- on the CPU: the fused kernel through a buffer callback -------------------------------------
 
-@partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _kernel_rows(kind, logits, labels):
-    """``(loss, lse, backprop)`` from one kernel pass (`_jax_cpu.rows`)."""
-    return _jax_cpu.rows(kind, logits, labels, with_grad=True)
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _kernel_rows(kind, over_logits, logits, labels):
+    """``(loss, lse, backprop)`` from one kernel pass (`_jax_cpu.rows`), the backprop
+    written `over_logits`' buffer unless the caller needs the logits again."""
+    return _jax_cpu.rows(kind, logits, labels, with_grad=True, over_logits=over_logits)
 
 
 @_kernel_rows.defjvp
-def _kernel_rows_jvp(kind, primals, tangents):
+def _kernel_rows_jvp(kind, over_logits, primals, tangents):
     """Tangents from the kernel's backprop and p = softmax(logits) (second order only):
 
         d loss     = Σ_j backprop_j·dx_j − Σ_j log_softmax_j·dy_j   (dense labels)
@@ -160,7 +161,7 @@ def _kernel_rows_jvp(kind, primals, tangents):
     """
     logits, labels = primals
     dx, dy = tangents
-    loss, lse, backprop = _kernel_rows(kind, logits, labels)
+    loss, lse, backprop = _kernel_rows(kind, False, logits, labels)   # (p needs the logits)
     acc = lse.dtype
     bp, dx = backprop.astype(acc), dx.astype(acc)
     p = jax.nn.softmax(logits.astype(acc), axis=-1)   # (where a label is out of range, the
@@ -192,9 +193,10 @@ def _on_kernel_jvp(kind, primals, tangents):
     """
     logits, labels = primals
     dx, dy = tangents
-    loss, lse, backprop = _kernel_rows(kind, logits, labels)
+    log_softmax_term = kind == "dense" and not _is_zero(dy)   # (needs the logits after)
+    loss, lse, backprop = _kernel_rows(kind, not log_softmax_term, logits, labels)
     terms = [] if _is_zero(dx) else [(backprop, dx)]
-    if kind == "dense" and not _is_zero(dy):
+    if log_softmax_term:
         terms.append((lse[..., None] - logits.astype(lse.dtype), dy))
     return loss, _tangent_sum(loss, terms)
 

@@ -8,7 +8,12 @@ TensorFlow faces' callback (`rows`): logits ``[..., C]`` and labels →
     loss ``[...]``, lse ``[...]`` (accumulator dtype) and, when asked,
     TF's backprop ``softmax(logits) - labels`` ``[..., C]`` (logits' dtype)
 
-in the kernel's one pass. Under `vmap` the callback gets the batched arrays
+in the kernel's one pass. The backprop is written over the logits' own
+buffer (``input_output_aliases``): where the logits die at the loss, as in a
+training step or under donation, the gradient needs no fresh logits-sized
+memory, whose first touch costs a page fault every 4 KiB (2 MiB with huge
+pages); where they are still needed (a parameter of the jitted function not
+donated, or used again after the loss), XLA copies them first. Under `vmap` the callback gets the batched arrays
 whole (``broadcast_all``): the kernel works on rows, whatever the leading
 dimensions. A label outside ``[0, C)`` gives that row NaN, as TensorFlow on a
 GPU (no error can be raised under `jit`). The large-vocabulary functions
@@ -54,7 +59,10 @@ def _rows_body(kind, with_grad):
         grad = None
         if with_grad:
             grad = np.asarray(out[2]).reshape(x2.shape)
-            _hugepages.advise(grad)   # XLA's fresh output: fewer first-touch faults
+            if grad.ctypes.data == x2.ctypes.data:
+                x2 = grad   # aliased (`rows`): the kernel runs in place, on the writable view
+            else:
+                _hugepages.advise(grad)   # a fresh output: fewer first-touch faults
         if kind == "sparse":
             y = np.asarray(labels).reshape(-1)
         else:
@@ -66,11 +74,14 @@ def _rows_body(kind, with_grad):
     return body
 
 
-def rows(kind, logits, labels, with_grad):
+def rows(kind, logits, labels, with_grad, over_logits=True):
     """``(loss, lse)`` or ``(loss, lse, backprop)`` of `kind` ("sparse": int labels
-    ``[...]``; "dense": labels of the logits' shape) on the fused kernel."""
+    ``[...]``; "dense": labels of the logits' shape) on the fused kernel; the
+    backprop in the logits' buffer if `over_logits` (XLA copies the logits first
+    where they are still needed), else in a fresh one."""
     acc = _dtypes.accumulator_name(logits.dtype.name)
     row = jax.ShapeDtypeStruct(logits.shape[:-1], acc)
     shapes = (row, row) + ((jax.ShapeDtypeStruct(logits.shape, logits.dtype),) if with_grad else ())
-    return buffer_callback(_rows_body(kind, with_grad), shapes,
-                           vmap_method="broadcast_all")(logits, labels)
+    aliases = {0: 2} if with_grad and over_logits else None
+    return buffer_callback(_rows_body(kind, with_grad), shapes, vmap_method="broadcast_all",
+                           input_output_aliases=aliases)(logits, labels)

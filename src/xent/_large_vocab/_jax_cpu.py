@@ -41,9 +41,11 @@ def _tokens(targets, num_classes, ignore_index):
 def _ce_body(opts):
     def body(ctx, out, logits, targets, weights):
         losses, grad = np.asarray(out[0]), (np.asarray(out[1]) if len(out) > 1 else None)
-        if grad is not None:
-            _hugepages.advise(grad)   # XLA's fresh output: fewer first-touch faults
         x = np.asarray(logits)
+        if grad is not None and grad.ctypes.data == x.ctypes.data:
+            x = grad   # aliased (`ce`): in place, on the writable view
+        elif grad is not None:
+            _hugepages.advise(grad)   # a fresh output: fewer first-touch faults
         if grad is not None and grad.dtype != x.dtype:   # (float16: a float32 gradient, `ce`)
             x = x.astype(grad.dtype)
         t, valid, bad = _tokens(targets, x.shape[1], opts.ignore_index)
@@ -64,12 +66,17 @@ def grad_dtype(dtype):
 
 def ce(logits, targets, weights, opts, with_grad=True):
     """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel
-    (``(losses,)`` without `with_grad`); the gradient in `grad_dtype`."""
+    (``(losses,)`` without `with_grad`); the gradient in `grad_dtype`, written
+    over the logits' buffer when that is the logits' dtype (XLA copies the
+    logits first where they are still needed: `xent._jax_cpu.rows`)."""
     shapes = [jax.ShapeDtypeStruct(logits.shape[:1], weights.dtype)]
+    aliases = None
     if with_grad:
         shapes.append(jax.ShapeDtypeStruct(logits.shape, grad_dtype(logits.dtype)))
-    return buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential")(
-        logits, targets, weights)
+        if shapes[1].dtype == logits.dtype:
+            aliases = {0: 1}
+    return buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential",
+                           input_output_aliases=aliases)(logits, targets, weights)
 
 
 @functools.lru_cache(maxsize=64)
