@@ -105,6 +105,20 @@ def test_every_framework_peer_and_xent_on_a_framework_is_marked(monkeypatch):
                       "JAX optax": True, "xent on JAX": True}
 
 
+def test_jax_donated_step_runs_again_and_again_in_the_logits_own_buffer():
+    """The bench's donated JAX step ("grad_inplace") donates each call's gradient as
+    the next call's logits, so it runs any number of times; through xent the
+    gradient takes the donated buffer (XLA declares no logits-sized output or
+    temporary beyond it), while the step on kept logits declares one."""
+    pytest.importorskip("jax")
+    logits, labels = _cases.make_inputs((64, 1000), "float32")
+    cases = {c.mode: c for c in _peers.xent_jax_cases(logits, labels)}
+    for _ in range(3):
+        cases["grad_inplace"].run()
+    assert cases["grad_inplace"].xla_bytes < logits.nbytes // 8, cases["grad_inplace"].xla_bytes
+    assert cases["grad"].xla_bytes >= logits.nbytes, cases["grad"].xla_bytes
+
+
 def test_compile_kernels_reaches_every_fused_kernel_family():
     """`precompile` (run before any timing) compiles what the bench times: the chunk
     and narrow row kernels (threads run the same ones), for the loss, a gradient
@@ -164,7 +178,8 @@ def test_headline_names_the_isa_compile_time_and_says_slower_when_slower():
 
 def test_headline_gives_the_torch_and_jax_steps_against_the_copy_and_their_own_losses():
     """A training step through xent on torch is set against the faster of PyTorch
-    eager and torch.compile, the jitted JAX step against optax, each with its
+    eager and torch.compile, the jitted JAX step against optax (on logits kept,
+    and on logits donated), each with its
     multiple of the copy floor and its peak extra memory over the logits' bytes;
     a framework that did not run gives no line."""
     rows, classes = 8192, 32000
@@ -173,12 +188,17 @@ def test_headline_gives_the_torch_and_jax_steps_against_the_copy_and_their_own_l
            _rec("xent", "loss", 0.05, 1.4, 2.0),
            _rec("xent on torch", "grad", 0.12, 1.62, extra=per_row),
            _rec("PyTorch eager", "grad", 1.8), _rec("torch.compile", "grad", 0.96),
-           _rec("xent on JAX", "grad", 0.2, 2.7, extra=None), _rec("JAX optax", "grad", 0.5)]
+           _rec("xent on JAX", "grad", 0.2, 2.7, extra=None), _rec("JAX optax", "grad", 0.5),
+           _rec("xent on JAX", "grad_inplace", 0.08, 1.1, extra=0.0),
+           _rec("JAX optax", "grad_inplace", 0.4)]
     text = "\n".join(_report.headline(_report_of({((rows, classes), "float32"): big})))
     assert ("8192x32000 float32 torch step through xent: 1.62x (best 1.62x) the copy floor, "
             "8.0x faster than torch.compile; peak extra memory 1.05x the logits") in text
     assert ("8192x32000 float32 JAX step through xent: 2.70x (best 2.70x) the copy floor, "
             "2.5x faster than JAX optax") in text
+    assert ("8192x32000 float32 JAX step, logits donated, through xent: 1.10x (best 1.10x) the "
+            "copy floor, 5.0x faster than JAX optax; XLA's outputs and temporaries 0.00x the "
+            "logits") in text
     without_jax = [r for r in big if "JAX" not in r["name"]]
     text = "\n".join(_report.headline(_report_of({((rows, classes), "float32"): without_jax})))
     assert "torch step" in text and "JAX step" not in text

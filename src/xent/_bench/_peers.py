@@ -105,28 +105,51 @@ def tf_cases(logits, labels):
 
 
 def _jax_cases(name, loss_fn, logits, labels, role="peer"):
-    """`jit(loss_fn)` and `jit(value_and_grad(sum of loss_fn))` on JAX arrays."""
+    """`jit(loss_fn)` ("loss"), `jit(value_and_grad(sum of loss_fn))` on logits
+    that stay the caller's ("grad"), and the same step with the logits donated
+    ("grad_inplace", `_donated_step`), on JAX arrays."""
     import jax
     import jax.numpy as jnp
 
     x, y = jnp.asarray(logits), jnp.asarray(labels)
-    forward = jax.jit(lambda a: loss_fn(a, y))
-    both = jax.jit(jax.value_and_grad(lambda a: loss_fn(a, y).sum()))
+    step = jax.value_and_grad(lambda a: loss_fn(a, y).sum())
     cases = []
-    for mode, fn in (("loss", forward), ("grad", both)):
+    for mode, fn in (("loss", jax.jit(lambda a: loss_fn(a, y))), ("grad", jax.jit(step))):
         compiled = fn.lower(x).compile()   # compiled once, timed and measured
         case = Case(name, mode, lambda c=compiled: jax.block_until_ready(c(x)), role, "xla",
                     framework=True)
         case.xla_bytes = _xla_bytes(compiled)
         cases.append(case)
-    return cases
+    return cases + [_donated_step(name, jax.jit(step, donate_argnums=0), x, role)]
+
+
+def _donated_step(name, step, x, role):
+    """The step with its logits donated (``donate_argnums``), as in a training step
+    whose logits die at the loss: XLA may write the gradient over them. Each
+    call donates the previous call's gradient as its logits (softmax minus
+    one-hot: the same work on the same shape), starting from a copy of `x`."""
+    import jax
+    import jax.numpy as jnp
+
+    compiled = step.lower(x).compile()
+    logits = [jnp.array(x)]
+
+    def run():
+        logits[0] = compiled(logits[0])[1]
+        jax.block_until_ready(logits[0])
+
+    case = Case(name, "grad_inplace", run, role, "xla", framework=True)
+    case.xla_bytes = _xla_bytes(compiled)
+    return case
 
 
 def _xla_bytes(compiled):
-    """Output plus temporary bytes of a compiled XLA program, or None."""
+    """Output plus temporary bytes of a compiled XLA program, less its outputs that
+    are donated inputs, or None."""
     try:
         stats = compiled.memory_analysis()
-        return int(stats.output_size_in_bytes + stats.temp_size_in_bytes)
+        return int(stats.output_size_in_bytes + stats.temp_size_in_bytes
+                   - stats.alias_size_in_bytes)
     except Exception:   # noqa: BLE001 - the analysis is optional across jax versions
         return None
 

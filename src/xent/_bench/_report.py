@@ -203,24 +203,28 @@ def _kernel_lines(report, shape):
 def _step_lines(report, shape):
     """The headline's lines for a float32 training step through torch and through JAX
     on one large input: the step against the copy floor, against the faster of
-    PyTorch eager and ``torch.compile`` (or against optax), and its extra memory
-    as a multiple of the logits (none for a framework not installed): for torch
-    the resident set's peak, for JAX what XLA's program declares (its outputs,
-    the gradient among them, and its temporaries)."""
+    PyTorch eager and ``torch.compile`` (or against optax, on logits kept and
+    on logits donated), and its extra memory as a multiple of the logits (none
+    for a framework not installed): for torch the resident set's peak, for JAX
+    what XLA's program declares (its outputs, the gradient among them, and its
+    temporaries, less what reuses a donated input)."""
     label, logits_bytes = f"{shape[0]}x{shape[1]}", 4 * shape[0] * shape[1]
     lines = []
-    for ours, peers, what, memory_kind in (
-            ("xent on torch", ("PyTorch eager", "torch.compile"), "torch", "peak extra memory"),
-            ("xent on JAX", ("JAX optax",), "JAX", "XLA's outputs and temporaries")):
-        step = _record(report, shape, "float32", ours, "grad")
-        others = [r for r in (_record(report, shape, "float32", p, "grad") for p in peers) if r]
+    for ours, peers, what, mode, memory_kind in (
+            ("xent on torch", ("PyTorch eager", "torch.compile"), "torch step", "grad",
+             "peak extra memory"),
+            ("xent on JAX", ("JAX optax",), "JAX step", "grad", "XLA's outputs and temporaries"),
+            ("xent on JAX", ("JAX optax",), "JAX step, logits donated,", "grad_inplace",
+             "XLA's outputs and temporaries")):
+        step = _record(report, shape, "float32", ours, mode)
+        others = [r for r in (_record(report, shape, "float32", p, mode) for p in peers) if r]
         if step is None or not others:
             continue
         fastest = min(others, key=lambda r: r["median_s"])
         memory = ("" if step["extra_bytes_per_row"] is None else
                   f"; {memory_kind} {step['extra_bytes_per_row'] * shape[0] / logits_bytes:.2f}x "
                   "the logits")
-        lines.append(f"{label} float32 {what} step through xent: {_ratios(step)} the copy floor, "
+        lines.append(f"{label} float32 {what} through xent: {_ratios(step)} the copy floor, "
                      f"{_versus_peer(fastest['median_s'] / step['median_s'], fastest['name'])}"
                      f"{memory}")
     return lines
