@@ -124,6 +124,32 @@ def test_second_backward_over_retained_graph_gives_the_same_gradient(rng, path):
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
 
+def test_a_tensor_left_by_a_finished_torch_func_transform_is_unwrapped(tf, rng):
+    """A tensor that escaped a `torch.func` transform (a dead wrapper) is unwrapped
+    before the eager Function runs, as `torch.autograd.Function.apply` does
+    (xent calls the Function past that layer): the loss and its gradient in
+    the original tensor are TensorFlow's."""
+    logits = rng.standard_normal((4, 5)).astype(np.float32)
+    labels = np.array([0, 1, 2, 4])
+    leaked = []
+
+    def objective(x):
+        leaked.append(x)
+        return x.sum()
+
+    x0 = torch.tensor(logits, requires_grad=True)
+    torch.func.grad(objective)(x0)
+    loss = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=torch.tensor(labels),
+                                                             logits=leaked[0])
+    grad, = torch.autograd.grad(loss.sum(), x0)
+    x = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        want = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=x)
+    np.testing.assert_allclose(loss.detach().numpy(), want.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(grad.numpy(), tape.gradient(want, x).numpy(), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", list(EXTREME))
 def test_extreme_logits_match_the_numpy_kernel(path, name):
     """Loss and gradient equal TF's CPU kernel's (xent's NumPy path), NaN where it is."""

@@ -250,6 +250,24 @@ def _broadcast_one(g):
     return scalar.from_address(g.data_ptr()).value == 1
 
 
+def _eager_apply(function):
+    """`function.apply` (a Function without ``setup_context``) for calls made where
+    no torch.func transform is active (`_graph_ops` is False), without
+    `torch.autograd.Function.apply`'s Python layer: about 2 us of a 32x1000
+    float32 step's 99. Tensors left by a finished transform are unwrapped
+    first, as that layer does. Falls back to `function.apply` where torch
+    lacks the pieces."""
+    try:
+        from torch._C._functorch import unwrap_if_dead
+        apply = super(torch.autograd.Function, function).apply
+    except (ImportError, AttributeError):
+        return function.apply
+
+    def eager(kind, want_grad, logits, labels):
+        return apply(kind, want_grad, unwrap_if_dead(logits), unwrap_if_dead(labels))
+    return eager
+
+
 class _Loss(torch.autograd.Function):
     """Per-row cross-entropy whose backward is TensorFlow's gradient (see module doc)."""
 
@@ -281,6 +299,9 @@ class _Loss(torch.autograd.Function):
         if backprop is None:
             backprop = _forward(kind, labels, logits, True)[1]
         return _scale_rows_(backprop, g)
+
+
+_LOSS = _eager_apply(_Loss)
 
 
 class _LossAndBackprop(torch.autograd.Function):
@@ -438,7 +459,7 @@ class TorchBackend:
         want = _wants_grad(logits)
         if not want and _forward_mode_off():
             return _forward("sparse", labels, logits, False)[0]
-        return _Loss.apply("sparse", want, logits, labels)
+        return _LOSS("sparse", want, logits, labels)
 
     @staticmethod
     def dense_xent(labels, logits):
@@ -450,7 +471,7 @@ class TorchBackend:
         want = _wants_grad(x2)
         if not (want or _wants_grad(y2)) and _forward_mode_off():
             return _forward("dense", y2, x2, False)[0].reshape(loss_shape)
-        return _Loss.apply("dense", want, x2, y2).reshape(loss_shape)
+        return _LOSS("dense", want, x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):
