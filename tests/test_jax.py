@@ -333,6 +333,44 @@ def test_kernel_backprop_reuses_the_logits_buffer_and_never_changes_the_callers(
     assert held < x.nbytes + 64 * rows, (held, x.nbytes)   # two buffers without the alias
 
 
+def _one_device_shard_map(fn, in_specs, out_specs):
+    """`fn` under `jax.shard_map` on a one-device mesh, jitted: its values carry the
+    manual axis "d" in their types (JAX checks them), whatever the device count."""
+    from jax.sharding import Mesh
+    mesh = Mesh(np.array(jax.devices()[:1]), ("d",))
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
+
+
+def test_shard_map_gradients_and_hessian_vector_products_match_tensorflow(tf, rng, path):
+    """Inside `shard_map` (rows split over the mesh axis) the sparse loss's gradient,
+    the dense loss's gradients of logits and labels, and a Hessian-vector product
+    are TensorFlow's. The kernel's callback results had no mesh-axis type: each
+    rule failed JAX's check that a tangent has its primal's type."""
+    from jax.sharding import PartitionSpec as P
+    x = rng.standard_normal((8, 33)).astype(np.float32) * 3
+    labels = rng.integers(0, 33, 8).astype(np.int32)
+    y = rng.dirichlet(np.ones(33), 8).astype(np.float32)
+    u = rng.standard_normal((8, 33)).astype(np.float32)
+    rows = (P("d"), P("d"))
+    sparse_sum = lambda a, b: SPARSE(labels=b, logits=a).sum()  # noqa: E731
+    grad = _one_device_shard_map(jax.grad(sparse_sum), rows, P("d"))(x, labels)
+    dense = _one_device_shard_map(
+        jax.grad(lambda a, t: DENSE(labels=t, logits=a).sum(), argnums=(0, 1)), rows, rows)(x, y)
+    hvp = _one_device_shard_map(
+        lambda a, v: jax.jvp(jax.grad(lambda z: sparse_sum(z, labels)), (a,), (v,))[1],
+        rows, P("d"))(x, u)
+    xt, yt = tf.constant(x), tf.constant(y)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([xt, yt])
+        sparse_tf = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=xt))
+        dense_tf = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels=yt, logits=xt))
+    wants = [tape.gradient(sparse_tf, xt)] + tape.gradient(dense_tf, [xt, yt])
+    for got, want in zip((grad,) + tuple(dense), wants):
+        np.testing.assert_allclose(np.asarray(got), want.numpy(), rtol=1e-5, atol=1e-6)
+    want_hvp = hessian_vector_tf(tf, x.astype(np.float64), labels, u, np.ones(8), dense=False)[0]
+    np.testing.assert_allclose(np.asarray(hvp), want_hvp, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", list(EXTREME))
 def test_extreme_logits_match_the_numpy_kernel_under_jit(name, path):
     """Loss and gradient equal TF's CPU kernel's (xent's NumPy path), NaN where it is."""

@@ -516,6 +516,85 @@ def test_jax_kernel_gradient_reuses_the_logits_buffer_and_never_changes_the_call
         assert held < x.nbytes + 64 * len(target), (held, x.nbytes)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_jax_shard_map_with_a_replicated_weight_matches_the_oracle(jax_path, reduction):
+    """Inside `shard_map` (tokens split over the mesh axis, the weight replicated),
+    `cross_entropy`'s and `linear_cross_entropy`'s gradients are the oracle's; the
+    replicated weight and bias get the sum of the shards' gradients, as JAX's
+    own autodiff gives them. Both paths failed JAX's type checks: the custom
+    rules returned a varying gradient for a weight that does not vary, and the
+    `jax.numpy` chunk loop's sums began as zeros that did not vary either. A
+    one-device mesh: the types are checked whatever the device count."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    from jax.sharding import Mesh, PartitionSpec as P
+    mesh = Mesh(np.array(jax.devices()[:1]), ("d",))
+    x, w, b, target = make_linear(10, 6, 23, np.float32, seed=21)
+    opts = OPTIONS["all"]
+    up = np.random.default_rng(21).normal(size=10) if reduction == "none" else None
+    scale = 1.0 if up is None else jnp.asarray(up, jnp.float32)
+    upstream = (lambda us: us) if reduction == "none" else (lambda us: 1.0)  # noqa: E731
+
+    def grads(xs, ws, bs, ts, us):
+        loss = lambda x, w, b: (xent.linear_cross_entropy(x, w, ts, bias=b, reduction=reduction,  # noqa: E731
+                                                          chunk_size=4, **opts) * upstream(us)).sum()
+        return jax.grad(loss, argnums=(0, 1, 2))(xs, ws, bs)
+
+    rows, every = P("d"), P()
+    got = jax.jit(jax.shard_map(grads, mesh=mesh, in_specs=(rows, every, every, rows, rows),
+                                out_specs=(rows, every, every)))(
+        *(jnp.asarray(a) for a in (x, w, b, target)), jnp.broadcast_to(scale, (10,)))
+    _, dx, dw, db = linear_oracle(*(np.asarray(a, np.float64) for a in (x, w, b)), target, opts,
+                                  reduction, up)
+    for g, want in zip(got, (dx, dw, db)):
+        assert_close(np.asarray(g, np.float64), want, np.float32)
+    logits = (x.astype(np.float64) @ w.astype(np.float64).T + b).astype(np.float32)
+    dz = jax.jit(jax.shard_map(
+        lambda z, t, us: jax.grad(lambda z: (xent.cross_entropy(z, t, reduction=reduction, **opts)
+                                             * upstream(us)).sum())(z),
+        mesh=mesh, in_specs=(rows, rows, rows), out_specs=rows))(
+        jnp.asarray(logits), jnp.asarray(target), jnp.broadcast_to(scale, (10,)))
+    assert_close(np.asarray(dz, np.float64),
+                 oracle(logits.astype(np.float64), target, opts, reduction, up)[1], np.float32)
+
+
+_TWO_DEVICE_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import numpy as np, jax, jax.numpy as jnp, xent
+from jax.sharding import Mesh, PartitionSpec as P
+x, w, b, target = (np.load(sys.argv[1])[k] for k in ("x", "w", "b", "target"))
+mesh = Mesh(np.array(jax.devices()), ("d",))
+def grads(xs, ws, bs, ts):
+    loss = lambda x, w, b: xent.linear_cross_entropy(x, w, ts, bias=b, reduction="sum", chunk_size=3)
+    return jax.grad(loss, argnums=(0, 1, 2))(xs, ws, bs)
+rows, every = P("d"), P()
+out = jax.jit(jax.shard_map(grads, mesh=mesh, in_specs=(rows, every, every, rows),
+                            out_specs=(rows, every, every)))(x, w, b, target)
+assert len(jax.devices()) == 2
+np.savez(sys.argv[2], dx=out[0], dw=out[1], db=out[2])
+"""
+
+
+def test_jax_shard_map_over_two_devices_sums_the_replicated_weights_gradient(tmp_path):
+    """With two (host) devices, each holding half the tokens, `linear_cross_entropy`'s
+    gradients under `shard_map` are the oracle's for the whole batch: the
+    replicated weight and bias get the sum of both halves' gradients. (A fresh
+    process: the device count is fixed when JAX starts.)"""
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    x, w, b, target = make_linear(12, 5, 19, np.float32, seed=22)
+    np.savez(tmp_path / "in.npz", x=x, w=w, b=b, target=target)
+    subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(tmp_path / "in.npz"),
+                    str(tmp_path / "out.npz")], check=True, timeout=300)
+    got = np.load(tmp_path / "out.npz")
+    _, dx, dw, db = linear_oracle(*(np.asarray(a, np.float64) for a in (x, w, b)), target, {}, "sum")
+    for name, want in (("dx", dx), ("dw", dw), ("db", db)):
+        assert_close(got[name].astype(np.float64), want, np.float32)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_jax_float16_gradient_under_a_loss_scale_is_rounded_once(jax_path, reduction):
     """As the torch test above: on the CPU kernel too, a float16 gradient is rounded

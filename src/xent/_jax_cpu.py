@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-from xent import _core, _dtypes, _hugepages
+from xent import _core, _dtypes, _hugepages, _jax_mesh
 
 __all__ = ["available", "rows", "use_jax_numpy_on_cpu"]
 
@@ -83,5 +83,7 @@ def rows(kind, logits, labels, with_grad, over_logits=True):
     row = jax.ShapeDtypeStruct(logits.shape[:-1], acc)
     shapes = (row, row) + ((jax.ShapeDtypeStruct(logits.shape, logits.dtype),) if with_grad else ())
     aliases = {0: 2} if with_grad and over_logits else None
-    return buffer_callback(_rows_body(kind, with_grad), shapes, vmap_method="broadcast_all",
-                           input_output_aliases=aliases)(logits, labels)
+    outputs = buffer_callback(_rows_body(kind, with_grad), shapes, vmap_method="broadcast_all",
+                              input_output_aliases=aliases)(logits, labels)
+    return _jax_mesh.vary_like(outputs, logits, labels)   # (inside shard_map)
+

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xent import _jax
+from xent import _jax, _jax_mesh
 from xent._dtypes import accumulator_name
 from xent._large_vocab import _array_math, _jax_cpu, _numpy
 
@@ -172,7 +172,8 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
         dw = sums[0] + jnp.matmul(dz.T, xc.astype(acc))
         return (dw, sums[1] + dz.sum(axis=0)), (losses, dxc)
 
-    zeros = (jnp.zeros(weight.shape, acc), jnp.zeros(bias.shape, acc))
+    zeros = _jax_mesh.vary_like((jnp.zeros(weight.shape, acc), jnp.zeros(bias.shape, acc)),
+                                x2, weight, bias, t, g)   # (the sums' type inside shard_map)
     (dw, db), (losses, dxs) = jax.lax.scan(step, zeros, (xs, ts, gs))
     n = x2.shape[0]
     dx = dxs.reshape(-1, x2.shape[1])[:n]
@@ -181,8 +182,20 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
 
 def _linear_bwd(opts, chunk, residuals, g):
     x2, weight, bias, t = residuals
-    _, dx, dw, db = _chunk_grads(x2, weight, bias, t, g, opts, chunk)
-    return dx, dw, db, None
+    grads = _chunk_grads(x2, weight, bias, t, g, opts, chunk)[1:]
+    return _as_inputs(grads, (x2, weight, bias)) + (None,)
+
+
+def _as_inputs(grads, inputs):
+    """``(dx, dW, db)``, each summed over the mesh axes it varies over and its input
+    does not (`_jax_mesh.sum_to_type_of`: a weight replicated over a `shard_map`
+    gets the sum of the shards' gradients); `inputs` may be empty slices of them."""
+    return tuple(_jax_mesh.sum_to_type_of(d, a) for d, a in zip(grads, inputs))
+
+
+def _witnesses(*arrays):
+    """Empty slices of `arrays`: residuals that keep only their types (`_as_inputs`)."""
+    return tuple(a.reshape(-1)[:0] for a in arrays)
 
 
 _linear_losses.defvjp(_linear_fwd, _linear_bwd)
@@ -206,11 +219,12 @@ def _linear_reduced(x2, weight, bias, t, opts, chunk):
 def _reduced_fwd(x2, weight, bias, t, opts, chunk):
     w = _token_weights(t, opts, _accumulator(x2.dtype))
     losses, dx, dw, db = _chunk_grads(x2, weight, bias, t, w, opts, chunk)
-    return (losses * w).sum(), (dx, dw, db)
+    return (losses * w).sum(), ((dx, dw, db), _witnesses(x2, weight, bias))
 
 
-def _reduced_bwd(opts, chunk, grads, g):
-    return tuple((d * g.astype(d.dtype)) for d in grads) + (None,)
+def _reduced_bwd(opts, chunk, residuals, g):
+    grads, inputs = residuals
+    return _as_inputs([d * g.astype(d.dtype) for d in grads], inputs) + (None,)
 
 
 _linear_reduced.defvjp(_reduced_fwd, _reduced_bwd)
@@ -229,9 +243,9 @@ def _linear_cpu_tokens_fwd(x2, weight, bias, t, opts, chunk):
 
 def _linear_cpu_tokens_bwd(opts, chunk, residuals, g):
     x2, weight, bias, t = residuals
-    _, dx, dw, db = _jax_cpu.linear(x2, weight, bias, t, g.astype(_accumulator(x2.dtype)),
-                                    opts, chunk, True)
-    return dx, dw, db, None
+    grads = _jax_cpu.linear(x2, weight, bias, t, g.astype(_accumulator(x2.dtype)),
+                            opts, chunk, True)[1:]
+    return _as_inputs(grads, (x2, weight, bias)) + (None,)
 
 
 _linear_cpu_tokens.defvjp(_linear_cpu_tokens_fwd, _linear_cpu_tokens_bwd)
@@ -247,7 +261,7 @@ def _linear_cpu_reduced(x2, weight, bias, t, opts, chunk):
 def _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk):
     w = _token_weights(t, opts, _accumulator(x2.dtype))
     losses, dx, dw, db = _jax_cpu.linear(x2, weight, bias, t, w, opts, chunk, True)
-    return (losses * w).sum(), (dx, dw, db)
+    return (losses * w).sum(), ((dx, dw, db), _witnesses(x2, weight, bias))
 
 
 _linear_cpu_reduced.defvjp(_linear_cpu_reduced_fwd, _reduced_bwd)

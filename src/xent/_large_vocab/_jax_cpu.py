@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-from xent import _hugepages
+from xent import _hugepages, _jax_mesh
 from xent._jax_cpu import available, use_jax_numpy_on_cpu
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._linear import NumpyMatmuls, chunked
@@ -75,8 +75,9 @@ def ce(logits, targets, weights, opts, with_grad=True):
         shapes.append(jax.ShapeDtypeStruct(logits.shape, grad_dtype(logits.dtype)))
         if shapes[1].dtype == logits.dtype:
             aliases = {0: 1}
-    return buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential",
-                           input_output_aliases=aliases)(logits, targets, weights)
+    outputs = buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential",
+                              input_output_aliases=aliases)(logits, targets, weights)
+    return _jax_mesh.vary_like(tuple(outputs), logits, targets, weights)   # (inside shard_map)
 
 
 @functools.lru_cache(maxsize=64)
@@ -107,5 +108,6 @@ def linear(x, weight, bias, targets, weights, opts, chunk, with_grads):
     if with_grads:
         shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, weight, bias)]
     body = _linear_body(opts, chunk, with_grads)
-    return buffer_callback(body, tuple(shapes), vmap_method="sequential")(
+    outputs = buffer_callback(body, tuple(shapes), vmap_method="sequential")(
         x, weight, bias, targets, weights)
+    return _jax_mesh.vary_like(tuple(outputs), x, weight, bias, targets, weights)
