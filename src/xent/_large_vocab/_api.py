@@ -49,7 +49,9 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
         gradient is then rounded before a loss scale multiplies it (without
         inplace_backward it is rounded once, after, as autograd does). No
         effect under torch.compile, torch.func and forward-mode AD levels
-        (the registered operator runs there), nor off the CPU.
+        (the registered operator runs there), nor off the CPU, nor on JAX
+        arrays (on the CPU the gradient takes the logits' buffer wherever
+        XLA can give it: logits made in the step, or donated).
       return_grads: NumPy only: return ``(loss, dloss/dlogits)`` (for
         ``"none"``, the gradient of ``loss.sum()``).
 

@@ -105,7 +105,8 @@ _ce_reduced.defvjp(_ce_reduced_fwd, _ce_reduced_bwd)
 
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     """`xent.cross_entropy` on JAX arrays (checked); `inplace_backward` has no effect (JAX
-    arrays are immutable; XLA reuses buffers itself). On the CPU the fused kernel
+    arrays are immutable: on the CPU kernel the gradient always takes the logits'
+    buffer where XLA can give it, `_jax_cpu.ce`). On the CPU the fused kernel
     runs (`_jax_cpu`), elsewhere `jax.numpy`."""
     _check(target, opts.ignore_index, logits.shape[-1])
     x2, t = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
