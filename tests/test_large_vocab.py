@@ -663,6 +663,24 @@ def test_jax_linear_mean_of_nothing_is_zero_and_a_bad_target_under_jit_is_nan(ja
         xent.linear_cross_entropy(jnp.asarray(x), jnp.asarray(w), jnp.asarray([0, 1, 11, 2, 3, 4, 5]))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_jax_kernel_second_derivatives_raise_a_named_error(reduction):
+    """On the CPU kernel (a buffer callback, no derivative of its own) a Hessian or a
+    gradient of a gradient of either function raises xent's error, as on torch
+    tensors, not JAX's "Buffer callbacks do not support JVP"."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 7)), jnp.float32)
+    t = jnp.asarray([0, 1, 2, 1])
+    ce = lambda z: xent.cross_entropy(z, t, reduction=reduction).sum()  # noqa: E731
+    linear = lambda z: xent.linear_cross_entropy(z, x[:3], t, reduction=reduction).sum()  # noqa: E731
+    for loss in (ce, linear):
+        with pytest.raises(RuntimeError, match="differentiable once, in reverse mode"):
+            jax.hessian(loss)(x)
+        with pytest.raises(RuntimeError, match="differentiable once, in reverse mode"):
+            jax.jit(jax.grad(lambda z: jax.grad(loss)(z).sum()))(x)
+
+
 def test_jax_small_inputs_are_not_padded_to_a_whole_chunk():
     jax = pytest.importorskip("jax")
     from xent._large_vocab import _jax as face

@@ -14,8 +14,12 @@ Under `jit` no error can be raised, so a target outside ``[0, V)`` that is
 not ignored gives that token NaN loss and gradient, as TensorFlow on a GPU.
 `vmap` runs the callback once per batch element. `available` (and the
 tests' switch to `jax.numpy`) is the TensorFlow faces' (`xent._jax_cpu`).
+Both callbacks are differentiable once, in reverse mode (the functions'
+`custom_vjp` rules): a derivative of their own results (a Hessian, a
+gradient of a gradient) raises a named error, as on torch tensors.
 """
 import functools
+from functools import partial
 
 import jax
 import numpy as np
@@ -64,6 +68,16 @@ def grad_dtype(dtype):
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
+def _refuse_derivatives(*args):
+    """The rule of `ce` and `linear` for a derivative of the kernel's own results."""
+    raise RuntimeError(
+        "xent's large-vocabulary functions on JAX CPU arrays are differentiable once, in "
+        "reverse mode: their gradient comes from the fused kernel through a buffer callback "
+        "and has no derivative of its own (jax.hessian, a gradient of a gradient, jax.jvp, "
+        "jacfwd); compute such terms with jax.numpy (optax's cross-entropy)")
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def ce(logits, targets, weights, opts, with_grad=True):
     """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel
     (``(losses,)`` without `with_grad`); the gradient in `grad_dtype`, written
@@ -78,6 +92,9 @@ def ce(logits, targets, weights, opts, with_grad=True):
     outputs = buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential",
                               input_output_aliases=aliases)(logits, targets, weights)
     return _jax_mesh.vary_like(tuple(outputs), logits, targets, weights)   # (inside shard_map)
+
+
+ce.defjvp(_refuse_derivatives)
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,6 +117,7 @@ def _linear_body(opts, chunk, with_grads):
     return body
 
 
+@partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
 def linear(x, weight, bias, targets, weights, opts, chunk, with_grads):
     """``(losses [N], dx, dW, db)`` (the last three only `with_grads`) through the chunk
     loop, each token's gradient weighted by `weights`; float32/float64 only."""
@@ -111,3 +129,6 @@ def linear(x, weight, bias, targets, weights, opts, chunk, with_grads):
     outputs = buffer_callback(body, tuple(shapes), vmap_method="sequential")(
         x, weight, bias, targets, weights)
     return _jax_mesh.vary_like(tuple(outputs), x, weight, bias, targets, weights)
+
+
+linear.defjvp(_refuse_derivatives)
