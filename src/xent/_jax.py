@@ -145,7 +145,8 @@ _dense.defjvp(_dense_jvp, symbolic_zeros=True)
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _kernel_rows(kind, over_logits, logits, labels):
     """``(loss, lse, backprop)`` from one kernel pass (`_jax_cpu.rows`), the backprop
-    written `over_logits`' buffer unless the caller needs the logits again."""
+    written over the logits' buffer if `over_logits` (False where the caller
+    reads the logits again: XLA would copy them)."""
     return _jax_cpu.rows(kind, logits, labels, with_grad=True, over_logits=over_logits)
 
 

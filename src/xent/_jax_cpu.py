@@ -13,9 +13,9 @@ buffer (``input_output_aliases``): where the logits die at the loss, as in a
 training step or under donation, the gradient needs no fresh logits-sized
 memory, whose first touch costs a page fault every 4 KiB (2 MiB with huge
 pages); where they are still needed (a parameter of the jitted function not
-donated, or used again after the loss), XLA copies them first. Under `vmap` the callback gets the batched arrays
-whole (``broadcast_all``): the kernel works on rows, whatever the leading
-dimensions. A label outside ``[0, C)`` gives that row NaN, as TensorFlow on a
+donated, or used again after the loss), XLA copies them first. Under `vmap`
+the callback gets the batched arrays whole (``broadcast_all``): the kernel
+works on rows, whatever the leading dimensions. A label outside ``[0, C)`` gives that row NaN, as TensorFlow on a
 GPU (no error can be raised under `jit`). The large-vocabulary functions
 have their own callbacks (`xent._large_vocab._jax_cpu`) and share
 `available`.
@@ -86,4 +86,3 @@ def rows(kind, logits, labels, with_grad, over_logits=True):
     outputs = buffer_callback(_rows_body(kind, with_grad), shapes, vmap_method="broadcast_all",
                               input_output_aliases=aliases)(logits, labels)
     return _jax_mesh.vary_like(outputs, logits, labels)   # (inside shard_map)
-

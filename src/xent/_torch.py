@@ -253,8 +253,9 @@ def _broadcast_one(g):
 def _eager_apply(function):
     """`function.apply` (a Function without ``setup_context``) for calls made where
     no torch.func transform is active (`_graph_ops` is False), without
-    `torch.autograd.Function.apply`'s Python layer: about 2 us of a 32x1000
-    float32 step's 99. Tensors left by a finished transform are unwrapped
+    `torch.autograd.Function.apply`'s Python layer: a 32x1000 float32 step took
+    93-94 us against 98-101 (Zen 4, one process, interleaved). Tensors left by
+    a finished transform are unwrapped
     first, as that layer does. Falls back to `function.apply` where torch
     lacks the pieces."""
     try:

@@ -19,7 +19,6 @@ Both callbacks are differentiable once, in reverse mode (the functions'
 gradient of a gradient) raises a named error, as on torch tensors.
 """
 import functools
-from functools import partial
 
 import jax
 import numpy as np
@@ -73,11 +72,11 @@ def _refuse_derivatives(*args):
     raise RuntimeError(
         "xent's large-vocabulary functions on JAX CPU arrays are differentiable once, in "
         "reverse mode: their gradient comes from the fused kernel through a buffer callback "
-        "and has no derivative of its own (jax.hessian, a gradient of a gradient, jax.jvp, "
-        "jacfwd); compute such terms with jax.numpy (optax's cross-entropy)")
+        "and has no derivative of its own (jax.hessian, a gradient of a gradient); compute "
+        "such terms with jax.numpy (optax's cross-entropy)")
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def ce(logits, targets, weights, opts, with_grad=True):
     """``(losses [N], weights_i · dloss_i/dlogits_i [N, V])`` on the fused kernel
     (``(losses,)`` without `with_grad`); the gradient in `grad_dtype`, written
@@ -117,7 +116,7 @@ def _linear_body(opts, chunk, with_grads):
     return body
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6, 7))
 def linear(x, weight, bias, targets, weights, opts, chunk, with_grads):
     """``(losses [N], dx, dW, db)`` (the last three only `with_grads`) through the chunk
     loop, each token's gradient weighted by `weights`; float32/float64 only."""
