@@ -153,10 +153,7 @@ def sparse_xent(labels, logits, grad=None, weights=None):
         raise AssertionError("xent: the label checks disagree")
     x2 = logits if logits.ndim == 2 else logits.reshape(_rows(logits.shape), num_classes)
     out = _grad_buffer(grad, x2)
-    if weights is None:
-        loss, _ = run.sparse_rows(x2, flat, out)
-    else:
-        loss, _ = run.sparse_rows(x2, flat, out, weights.reshape(-1))
+    loss, _ = run.sparse_rows(x2, flat, out, None if weights is None else weights.reshape(-1))
     return (loss if labels.ndim == 1 else loss.reshape(labels.shape),
             _gradient_result(grad, out, logits.shape))
 

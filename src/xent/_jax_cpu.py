@@ -28,7 +28,7 @@ from jax.experimental.buffer_callback import buffer_callback
 
 from xent import _core, _dtypes, _hugepages, _jax_mesh
 
-__all__ = ["available", "rows", "use_jax_numpy_on_cpu"]
+__all__ = ["available", "kernel_logits", "rows", "use_jax_numpy_on_cpu"]
 
 _state = {"jax_numpy": False}
 
@@ -59,10 +59,7 @@ def _rows_body(kind, with_grad):
         grad = None
         if with_grad:
             grad = np.asarray(out[2]).reshape(x2.shape)
-            if grad.ctypes.data == x2.ctypes.data:
-                x2 = grad   # aliased (`rows`): the kernel runs in place, on the writable view
-            else:
-                _hugepages.advise(grad)   # a fresh output: fewer first-touch faults
+            x2 = kernel_logits(x2, grad)
         if kind == "sparse":
             y = np.asarray(labels).reshape(-1)
         else:
@@ -72,6 +69,17 @@ def _rows_body(kind, with_grad):
         np.asarray(out[0]).reshape(-1)[...] = loss
         np.asarray(out[1]).reshape(-1)[...] = lse
     return body
+
+
+def kernel_logits(x, grad):
+    """The logits a callback's kernel reads, given its gradient output `grad`: `grad`
+    itself where XLA gave both one buffer (an alias: the kernel then runs in
+    place, on the writable view), else `x`, with huge pages asked for behind
+    the fresh `grad` (fewer first-touch faults, `_hugepages`)."""
+    if grad.ctypes.data == x.ctypes.data:
+        return grad
+    _hugepages.advise(grad)
+    return x
 
 
 def rows(kind, logits, labels, with_grad, over_logits=True):

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-from xent import _hugepages, _jax_mesh
-from xent._jax_cpu import available, use_jax_numpy_on_cpu
+from xent import _jax_mesh
+from xent._jax_cpu import available, kernel_logits, use_jax_numpy_on_cpu
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._linear import NumpyMatmuls, chunked
 
@@ -44,11 +44,7 @@ def _tokens(targets, num_classes, ignore_index):
 def _ce_body(opts):
     def body(ctx, out, logits, targets, weights):
         losses, grad = np.asarray(out[0]), (np.asarray(out[1]) if len(out) > 1 else None)
-        x = np.asarray(logits)
-        if grad is not None and grad.ctypes.data == x.ctypes.data:
-            x = grad   # aliased (`ce`): in place, on the writable view
-        elif grad is not None:
-            _hugepages.advise(grad)   # a fresh output: fewer first-touch faults
+        x = np.asarray(logits) if grad is None else kernel_logits(np.asarray(logits), grad)
         if grad is not None and grad.dtype != x.dtype:   # (float16: a float32 gradient, `ce`)
             x = x.astype(grad.dtype)
         t, valid, bad = _tokens(targets, x.shape[1], opts.ignore_index)

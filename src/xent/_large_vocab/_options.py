@@ -61,8 +61,7 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
       ValueError: `label_smoothing` outside [0, 1], a negative `z_loss`, a
         `softcap` that is not > 0, an unknown `reduction`.
     """
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        ignore_index = _integer("ignore_index", ignore_index)
+    ignore_index = _integer("ignore_index", ignore_index)
     smoothing = _real("label_smoothing", label_smoothing)
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; received {label_smoothing!r}")

@@ -57,6 +57,15 @@ def _grad_dtype(dtype):
     return torch.float32 if dtype == torch.float16 else dtype
 
 
+def _kernel_tokens(logits, targets, ignore_index):
+    """``(x [N, V], targets, valid)`` for the kernel: a NumPy view of the CPU
+    `logits` (a contiguous copy if they are not) and `_numpy.tokens`' checked
+    targets (TensorFlow's error for one out of range)."""
+    x = _torch._numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
+    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
+    return x, kept, valid
+
+
 @torch.library.custom_op("xent::token_rows", mutates_args=(), device_types="cpu")
 def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                label_smoothing: float, z_loss: float, softcap: Optional[float],
@@ -65,8 +74,7 @@ def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     doc); a target outside ``[0, V)`` that is not `ignore_index` raises
     TensorFlow's `InvalidArgumentError`."""
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
-    x = _torch._numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
-    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
+    x, kept, valid = _kernel_tokens(logits, targets, ignore_index)
     weights = valid.astype(accumulator(x.dtype))
     grad = None
     if want_grad:
@@ -97,8 +105,7 @@ def token_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tenso
     losses, folded into the kernel's pass): `TokenLosses`' backward. Its
     buffer comes from xent's pool (`xent._buffers`), as the eager path's."""
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
-    x = _torch._numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
-    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
+    x, kept, valid = _kernel_tokens(logits, targets, ignore_index)
     w = np.where(valid, _torch._numpy_view(weights.contiguous()).reshape(-1), 0)
     grad = _torch._empty_numpy(x)
     losses_and_gradient(x, kept, valid, opts, w.astype(accumulator(x.dtype)), grad)
