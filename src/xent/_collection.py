@@ -53,8 +53,9 @@ def loss_name(scope, op):
     """TF's name of a v1 loss tensor: its last op `op` (``"Mul"`` unreduced,
     ``"Sum"`` summed, else ``"value"``; a cast for a loss not in float32) in
     name scope `scope`, which a second use makes ``scope_1`` (a scope ending
-    in ``/`` is entered as it is), e.g. ``"tower_0/value:0"``. Other ops of the same scope are not counted, so a
-    reentered scope's names may differ from TF's past the slash."""
+    in ``/`` is entered as it is), e.g. ``"tower_0/value:0"``. Other ops of the
+    same scope are not counted, so a reentered scope's names may differ from
+    TF's past the slash."""
     scope = scope[:-1] if scope.endswith("/") else _unique_name(scope)
     return _unique_name(f"{scope}/{op}") + ":0"
 

@@ -255,9 +255,8 @@ def _eager_apply(function):
     no torch.func transform is active (`_graph_ops` is False), without
     `torch.autograd.Function.apply`'s Python layer: a 32x1000 float32 step took
     93-94 us against 98-101 (Zen 4, one process, interleaved). Tensors left by
-    a finished transform are unwrapped
-    first, as that layer does. Falls back to `function.apply` where torch
-    lacks the pieces."""
+    a finished transform are unwrapped first, as that layer does. Falls back
+    to `function.apply` where torch lacks the pieces."""
     try:
         from torch._C._functorch import unwrap_if_dead
         apply = super(torch.autograd.Function, function).apply
