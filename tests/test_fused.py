@@ -309,9 +309,9 @@ def test_each_need_passes_its_fetch_choice_to_the_chunk_kernels(rng, monkeypatch
     calls, asked = [], []
     real_run = _launch._run
 
-    def recording_run(rows, nbytes, *args):
+    def recording_run(rows, nbytes, args):
         calls.append((rows.__name__, args[-1]))
-        return real_run(rows, nbytes, *args)
+        return real_run(rows, nbytes, args)
 
     def recording_choice(dtype, need):
         asked.append((np.dtype(dtype).name, need))
@@ -678,9 +678,9 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
     calls = []
     real_run = _launch._run
 
-    def recording_run(rows, nbytes, *args):
+    def recording_run(rows, nbytes, args):
         calls.append(rows.__name__)
-        return real_run(rows, nbytes, *args)
+        return real_run(rows, nbytes, args)
 
     monkeypatch.setattr(_launch, "_run", recording_run)
     monkeypatch.setattr(_launch, "STREAM_MIN_BYTES", 4 * 3000 * 4)
@@ -729,9 +729,9 @@ def test_the_kind_of_store_is_timed_then_kept(rng, monkeypatch):
     ran, busy = [], []   # the kind each call ran; the calls to report as busy threads
     real_run = _launch._run
 
-    def recording_run(rows, nbytes, *args):
+    def recording_run(rows, nbytes, args):
         ran.append(rows.__name__.endswith("_streamed"))
-        done = real_run(rows, nbytes, *args)
+        done = real_run(rows, nbytes, args)
         return done and len(ran) not in busy
 
     recorded = []
@@ -912,9 +912,9 @@ def test_read_only_logits_and_int32_labels_compile_nothing_new(rng, monkeypatch,
     and sparse labels as int64 (which holds whatever ran before this test)."""
     launched, run = [], _launch._run
 
-    def spy(rows, nbytes, *args):
+    def spy(rows, nbytes, args):
         launched.append((rows.py_func.__name__, args[0], args[1]))
-        return run(rows, nbytes, *args)
+        return run(rows, nbytes, args)
     monkeypatch.setattr(_launch, "_run", spy)
     logits = rng.standard_normal((6, width)).astype(np.float32)
     labels = rng.integers(0, width, 6)

@@ -10,7 +10,7 @@ Imported only when a `torch.Tensor` reaches a public function (see
     the data stays on the device; a bad label gives NaN rows, as TensorFlow
     on a GPU (checking would cost a device sync).
 
-Autograd (`_Loss`): when the logits need a gradient, the forward pass writes
+Autograd (`_loss_function`): when the logits need a gradient, the forward pass writes
 TensorFlow's backprop ``softmax - target`` into one logits-sized tensor in
 the same kernel pass; the backward scales it in place by the upstream
 gradient and hands it back, so forward plus backward hold the logits and one
@@ -251,57 +251,70 @@ def _broadcast_one(g):
 
 
 def _eager_apply(function):
-    """`function.apply` (a Function without ``setup_context``) for calls made where
-    no torch.func transform is active (`_graph_ops` is False), without
-    `torch.autograd.Function.apply`'s Python layer: a 32x1000 float32 step took
-    93-94 us against 98-101 (Zen 4, one process, interleaved). Tensors left by
-    a finished transform are unwrapped first, as that layer does. Falls back
-    to `function.apply` where torch lacks the pieces."""
+    """`function.apply(logits, labels)` (a Function without ``setup_context``) for
+    calls made where no torch.func transform is active (`_graph_ops` is
+    False), without `torch.autograd.Function.apply`'s Python layer: a 32x1000
+    float32 step took 93-94 us against 98-101 (Zen 4, one process,
+    interleaved). Tensors left by a finished transform are unwrapped first,
+    as that layer does. Falls back to `function.apply` where torch lacks the
+    pieces."""
     try:
         from torch._C._functorch import unwrap_if_dead
         apply = super(torch.autograd.Function, function).apply
     except (ImportError, AttributeError):
         return function.apply
 
-    def eager(kind, want_grad, logits, labels):
-        return apply(kind, want_grad, unwrap_if_dead(logits), unwrap_if_dead(labels))
+    def eager(logits, labels):
+        return apply(unwrap_if_dead(logits), unwrap_if_dead(labels))
     return eager
 
 
-class _Loss(torch.autograd.Function):
-    """Per-row cross-entropy whose backward is TensorFlow's gradient (see module doc)."""
+def _loss_function(kind):
+    """The eager autograd Function of `kind` labels (``"sparse"`` or ``"dense"``):
+    ``apply(logits, labels)`` gives the per-row loss, whose backward is
+    TensorFlow's gradient (see the module doc).
 
-    @staticmethod
-    def forward(ctx, kind, want_grad, logits, labels):
-        loss, ctx.backprop = _forward(kind, labels, logits, want_grad)
-        ctx.kind = kind
-        ctx.save_for_backward(logits, labels)
-        return loss
+    Tensors are its only arguments, the kind being the class's: a Function
+    with two more (the kind, and whether the logits want a gradient, which
+    ``ctx.needs_input_grad`` already says) cost a 32x1000 float32 step about
+    1 us more (AMD Zen 4)."""
 
-    @staticmethod
-    def backward(ctx, g):
-        need_logits, need_labels = ctx.needs_input_grad[2:]
-        backprop, ctx.backprop = ctx.backprop, None   # (scaled in place: the first time only)
-        if need_logits and not need_labels and backprop is not None and not torch.is_grad_enabled():
-            return None, None, _scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
-        logits, labels = ctx.saved_tensors
-        d_logits = _Loss._logits_grad(ctx.kind, logits, labels, g, backprop) if need_logits else None
-        d_labels = _labels_grad(logits, labels, g) if need_labels else None
-        return None, None, d_logits, d_labels
+    class Loss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, logits, labels):
+            loss, ctx.backprop = _forward(kind, labels, logits, ctx.needs_input_grad[0])
+            ctx.save_for_backward(logits, labels)
+            return loss
 
-    @staticmethod
-    def _logits_grad(kind, logits, labels, g, backprop):
-        """``g * backprop``: `backprop` (the forward's, or None) scaled in place, or
-        made anew; differentiable torch ops when the graph is being built."""
-        if torch.is_grad_enabled():
-            backprop = _differentiable_backprop(kind, logits, labels)
-            return (g[..., None] * backprop).to(logits.dtype)
-        if backprop is None:
-            backprop = _forward(kind, labels, logits, True)[1]
-        return _scale_rows_(backprop, g)
+        @staticmethod
+        def backward(ctx, g):
+            need_logits, need_labels = ctx.needs_input_grad
+            backprop, ctx.backprop = ctx.backprop, None   # (scaled in place: the first time only)
+            if need_logits and not need_labels and backprop is not None \
+                    and not torch.is_grad_enabled():
+                return _scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
+            logits, labels = ctx.saved_tensors
+            d_logits = _logits_grad(kind, logits, labels, g, backprop) if need_logits else None
+            d_labels = _labels_grad(logits, labels, g) if need_labels else None
+            return d_logits, d_labels
+
+    Loss.__name__ = Loss.__qualname__ = f"_{kind.title()}Loss"
+    return Loss
 
 
-_LOSS = _eager_apply(_Loss)
+def _logits_grad(kind, logits, labels, g, backprop):
+    """``g * backprop``: `backprop` (the forward's, or None) scaled in place, or
+    made anew; differentiable torch ops when the graph is being built."""
+    if torch.is_grad_enabled():
+        backprop = _differentiable_backprop(kind, logits, labels)
+        return (g[..., None] * backprop).to(logits.dtype)
+    if backprop is None:
+        backprop = _forward(kind, labels, logits, True)[1]
+    return _scale_rows_(backprop, g)
+
+
+_SparseLoss, _DenseLoss = _loss_function("sparse"), _loss_function("dense")
+_SPARSE_LOSS, _DENSE_LOSS = _eager_apply(_SparseLoss), _eager_apply(_DenseLoss)
 
 
 class _LossAndBackprop(torch.autograd.Function):
@@ -456,10 +469,9 @@ class TorchBackend:
         if _graph_ops():
             return _loss_only(_torch_ops.loss_function().apply(
                 "sparse", logits, labels, _wants_grad(logits)))
-        want = _wants_grad(logits)
-        if not want and _forward_mode_off():
+        if not _wants_grad(logits) and _forward_mode_off():
             return _forward("sparse", labels, logits, False)[0]
-        return _LOSS("sparse", want, logits, labels)
+        return _SPARSE_LOSS(logits, labels)
 
     @staticmethod
     def dense_xent(labels, logits):
@@ -468,10 +480,9 @@ class TorchBackend:
         if _graph_ops():
             want = _wants_grad(x2) or _wants_grad(y2)
             return _loss_only(_torch_ops.loss_function().apply("dense", x2, y2, want)).reshape(loss_shape)
-        want = _wants_grad(x2)
-        if not (want or _wants_grad(y2)) and _forward_mode_off():
+        if not (_wants_grad(x2) or _wants_grad(y2)) and _forward_mode_off():
             return _forward("dense", y2, x2, False)[0].reshape(loss_shape)
-        return _LOSS("dense", want, x2, y2).reshape(loss_shape)
+        return _DENSE_LOSS(x2, y2).reshape(loss_shape)
 
     @staticmethod
     def sparse_loss_and_grad(labels, logits, grad=True):

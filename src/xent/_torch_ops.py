@@ -1,6 +1,6 @@
 """xent's kernel as registered torch operators, for `torch.compile` and `torch.func`.
 
-Eager calls on CPU tensors go through `xent._torch._Loss` (an autograd
+Eager calls on CPU tensors go through `xent._torch._loss_function` (an autograd
 Function that scales its saved backprop in place and draws buffers from
 xent's pool). A graph that `torch.compile(fullgraph=True)` captures, or a
 `torch.func` transform (`grad`, `vmap`), cannot run NumPy inside; they get

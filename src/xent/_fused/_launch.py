@@ -32,7 +32,7 @@ PARALLEL_MIN_BYTES = 4 << 20
 _ROW_COST_BYTES = 256
 
 
-def _run(rows, nbytes, *args):
+def _run(rows, nbytes, args):
     """Run `rows(*args, 0, n)` on this thread, or over threads (`_pool.run`); False
     if it meant to use threads but its helpers took no part (busy, or asleep
     throughout: the call then ran as on one thread).
@@ -66,30 +66,6 @@ def _same_buffer(a, b, overlap):
         return False
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
-
-
-def _with_gradient(logits, grad_out, run_inplace, run_into):
-    """Run a gradient kernel so that `grad_out` ends up holding the gradient.
-
-    The kernels take C-contiguous arrays. Contiguous inputs are used as they
-    are (in place when `grad_out` is `logits`), with no allocation; others go
-    through a contiguous copy, and the gradient is copied back into `grad_out`.
-    """
-    overlap = logits is grad_out or np.may_share_memory(logits, grad_out)
-    inplace = _same_buffer(logits, grad_out, overlap)
-    if inplace and logits.flags.c_contiguous:
-        return run_inplace(kernel_view(logits))
-    x = np.ascontiguousarray(logits)
-    if inplace:
-        result = run_inplace(kernel_view(x))
-        grad_out[...] = x
-        return result
-    direct = grad_out.flags.c_contiguous and not overlap
-    out = grad_out if direct else np.empty(grad_out.shape, grad_out.dtype)
-    result = run_into(kernel_view(x), kernel_view(out))
-    if not direct:
-        grad_out[...] = out
-    return result
 
 
 # The row kernel of each need; the narrow gradient kernels also run in place.
@@ -173,13 +149,19 @@ def store_kind(x, out):
     smaller ones are better left in the caches (AMD Zen 3, ms, plain /
     streamed: 2048x4096, 32 MB, 3.4 / 3.8).
     """
+    if STREAM is None and out.nbytes < STREAM_MIN_BYTES:   # (first: a small call's fixed cost)
+        return False, False
     if x.dtype != out.dtype or x.dtype not in (np.float32, np.float64):
         return False, False
     if STREAM is not None:
         return STREAM, False
-    if out.nbytes < STREAM_MIN_BYTES:
-        return False, False
     return STORES.next_kind((out.dtype.name, out.nbytes))
+
+
+def _fetch(narrow, dtype, need):
+    """The chunk kernels' last arguments: `fetches_ahead`'s choice (the narrow
+    kernels take none)."""
+    return () if narrow else (fetches_ahead(dtype, need),)
 
 
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
@@ -187,38 +169,70 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     (`_SPARSE_KERNELS` or `_DENSE_KERNELS`; their narrow ones if `narrow`), on
     `targets` (a tuple: the labels, or the dense target rows); the gradient
     kernels take `grad_targets` instead where given (the labels and weights).
-    The chunk kernels also take `fetches_ahead`'s choice, and a sparse
-    gradient into a separate buffer goes to the streamed kernel where
-    `store_kind` says so. The logits go
-    read-only (`read_only`), except to the chunk kernel that overwrites them
-    in place; the narrow kernel in place reads a read-only view and writes a
-    writable one of the same memory (numba's read-only is a type, not a
-    guard). `targets` and `grad_targets` come read-only."""
-    nbytes = logits.nbytes
-    prefix = "narrow_" if narrow else ""
 
-    def fetch(need):
-        return () if narrow else (fetches_ahead(logits.dtype, need),)
+    The logits go read-only (`read_only`), except to the chunk kernel that
+    overwrites them in place. The usual call, a C-contiguous gradient buffer
+    of its own, goes straight to `_into`, with no copy and no closure (a
+    small call's fixed cost); the rest to `_with_gradient`. `targets` and
+    `grad_targets` come read-only."""
     if grad_out is None:
         x = read_only(kernel_view(np.ascontiguousarray(logits)))
-        _run(kernels[prefix + "loss"], nbytes, x, *targets, loss, lse, *fetch("loss"))
+        _run(kernels["narrow_loss" if narrow else "loss"], logits.nbytes,
+             (x, *targets, loss, lse, *_fetch(narrow, logits.dtype, "loss")))
         return
     targets = grad_targets or targets
-
-    def run_into(x, out):
-        streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
-            else store_kind(x, out)
-        start = time.perf_counter() if timed else 0.0
-        on_its_threads = _run(kernels["grad_streamed" if streamed else prefix + "grad"], nbytes,
-                              read_only(x), *targets, out, loss, lse, *fetch("grad"))
-        if timed and on_its_threads:
-            STORES.record(streamed, time.perf_counter() - start, out.nbytes)
-    if narrow:
-        run_inplace = lambda x: run_into(x, x)
+    overlap = logits is grad_out or np.may_share_memory(logits, grad_out)
+    if not overlap and logits.flags.c_contiguous and grad_out.flags.c_contiguous:
+        _into(kernels, narrow, logits, targets, grad_out, loss, lse)
     else:
-        run_inplace = lambda x: _run(kernels["grad_inplace"], nbytes, x, *targets, loss, lse,
-                                     *fetch("grad_inplace"))
-    _with_gradient(logits, grad_out, run_inplace, run_into)
+        _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overlap)
+
+
+def _into(kernels, narrow, x, targets, out, loss, lse):
+    """The gradient of C-contiguous logits `x` into C-contiguous `out` (the same
+    array for the narrow kernels in place); a sparse gradient into a separate
+    buffer goes to the streamed kernel where `store_kind` says so."""
+    streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
+        else store_kind(x, out)
+    start = time.perf_counter() if timed else 0.0
+    on_its_threads = _run(kernels["grad_streamed" if streamed else "narrow_grad" if narrow
+                                  else "grad"], x.nbytes,
+                          (read_only(kernel_view(x)), *targets, kernel_view(out), loss, lse,
+                           *_fetch(narrow, x.dtype, "grad")))
+    if timed and on_its_threads:
+        STORES.record(streamed, time.perf_counter() - start, out.nbytes)
+
+
+def _inplace(kernels, narrow, x, targets, loss, lse):
+    """The gradient over C-contiguous logits `x` themselves."""
+    if narrow:
+        _into(kernels, narrow, x, targets, x, loss, lse)
+    else:
+        _run(kernels["grad_inplace"], x.nbytes,
+             (kernel_view(x), *targets, loss, lse, *_fetch(narrow, x.dtype, "grad_inplace")))
+
+
+def _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overlap):
+    """`_into` or `_inplace` for any layout, so that `grad_out` ends up holding
+    the gradient, given whether the two arrays' bounds `overlap`.
+
+    In place when `grad_out` is `logits` (same memory, strides and dtype);
+    logits that are not C-contiguous go through a contiguous copy, and a
+    gradient buffer that is not, or that overlaps the logits otherwise, gets
+    the gradient copied in from a buffer of its own.
+    """
+    contiguous = logits.flags.c_contiguous
+    x = logits if contiguous else np.ascontiguousarray(logits)
+    if _same_buffer(logits, grad_out, overlap):
+        _inplace(kernels, narrow, x, targets, loss, lse)
+        if not contiguous:
+            grad_out[...] = x
+        return
+    direct = grad_out.flags.c_contiguous and not overlap
+    out = grad_out if direct else np.empty(grad_out.shape, grad_out.dtype)
+    _into(kernels, narrow, x, targets, out, loss, lse)
+    if not direct:
+        grad_out[...] = out
 
 
 _ONE = read_only(np.ones(1))
