@@ -10,13 +10,15 @@ Imported only when a `torch.Tensor` reaches a public function (see
     the data stays on the device; a bad label gives NaN rows, as TensorFlow
     on a GPU (checking would cost a device sync).
 
-Autograd (`_loss_function`): when the logits need a gradient, the forward pass writes
-TensorFlow's backprop ``softmax - target`` into one logits-sized tensor in
-the same kernel pass; the backward scales it in place by the upstream
-gradient and hands it back, so forward plus backward hold the logits and one
-tensor of their size. A second backward over a retained graph recomputes it;
-with ``create_graph=True`` the backward is built from differentiable torch
-ops, so second derivatives are TensorFlow's (which supports them too). The
+Autograd (`_loss_function`): when the logits need a gradient, the forward
+pass writes TensorFlow's backprop ``softmax - target`` into one logits-sized
+tensor in the same kernel pass; the backward scales it in place by the
+upstream gradient and hands it back, so forward plus backward hold the
+logits and one tensor of their size. A large sparse loss folds the upstream
+gradient it expects into that pass instead (`xent._torch_upstream`). A
+second backward over a retained graph recomputes it; with
+``create_graph=True`` the backward is built from differentiable torch ops,
+so second derivatives are TensorFlow's (which supports them too). The
 dense loss also gives the labels their gradient, ``-log_softmax(logits)``.
 """
 import ctypes
@@ -25,7 +27,7 @@ import ml_dtypes
 import numpy as np
 import torch
 
-from xent import _array_kernels, _buffers, _core, _dtypes, _validate
+from xent import _array_kernels, _buffers, _core, _dtypes, _torch_upstream, _validate
 
 _state = {"torch_ops_on_cpu": False}
 
@@ -172,7 +174,7 @@ def _forward(kind, labels, logits, want_grad, weights=None):
     only), each row of the backprop times its weight, folded into the
     kernel's pass on the CPU.
     """
-    if logits.is_cpu and not _state["torch_ops_on_cpu"]:
+    if _on_kernels(logits):
         x = _numpy_view(logits)
         out = _empty_numpy(x) if want_grad else None
         if weights is None:
@@ -282,7 +284,14 @@ def _loss_function(kind):
     class Loss(torch.autograd.Function):
         @staticmethod
         def forward(ctx, logits, labels):
-            loss, ctx.backprop = _forward(kind, labels, logits, ctx.needs_input_grad[0])
+            write = ctx.needs_input_grad[0]
+            ctx.folds = write and kind == "sparse" and _on_kernels(logits) \
+                and _torch_upstream.foldable(logits)
+            ctx.weights = None
+            if ctx.folds:
+                write, ctx.weights = _torch_upstream.expected(
+                    labels.shape, accumulator_dtype(logits.dtype))
+            loss, ctx.backprop = _forward(kind, labels, logits, write, ctx.weights)
             ctx.save_for_backward(logits, labels)
             return loss
 
@@ -290,9 +299,11 @@ def _loss_function(kind):
         def backward(ctx, g):
             need_logits, need_labels = ctx.needs_input_grad
             backprop, ctx.backprop = ctx.backprop, None   # (scaled in place: the first time only)
-            if need_logits and not need_labels and backprop is not None \
-                    and not torch.is_grad_enabled():
-                return _scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
+            if need_logits and not need_labels and not torch.is_grad_enabled():
+                if ctx.folds:
+                    return _with_upstream(ctx, backprop, g), None
+                if backprop is not None:
+                    return _scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
             logits, labels = ctx.saved_tensors
             d_logits = _logits_grad(kind, logits, labels, g, backprop) if need_logits else None
             d_labels = _labels_grad(logits, labels, g) if need_labels else None
@@ -311,6 +322,27 @@ def _logits_grad(kind, logits, labels, g, backprop):
     if backprop is None:
         backprop = _forward(kind, labels, logits, True)[1]
     return _scale_rows_(backprop, g)
+
+
+def _on_kernels(logits):
+    """Whether a loss on `logits` runs xent's kernels (a CPU tensor), not torch ops."""
+    return logits.is_cpu and not _state["torch_ops_on_cpu"]
+
+
+def _with_upstream(ctx, backprop, g):
+    """The logits' gradient of a sparse loss that folds its upstream gradient g
+    (`xent._torch_upstream`): the kernel's with g as the rows' weights.
+    That is `backprop` as the forward wrote it where it folded in this g
+    (``ctx.weights``); else the kernel runs now, over `backprop` if the
+    forward wrote one (None: it did not, or a first backward took it)."""
+    if _torch_upstream.observe(g, backprop is not None, ctx.weights):
+        return backprop
+    logits, labels = ctx.saved_tensors
+    if backprop is None:
+        return _forward("sparse", labels, logits, True, g)[1]
+    weights = _numpy_view(g.detach().to(torch.float64).contiguous())
+    _core.sparse_xent(_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop), weights)
+    return backprop
 
 
 _SparseLoss, _DenseLoss = _loss_function("sparse"), _loss_function("dense")

@@ -1,0 +1,104 @@
+"""A torch training step whose loss is a mean, not a sum: the upstream gradient folded in.
+
+    python bench/torch_mean_step.py [--shape 4096x32000] [--steps 9] [--rounds 5]
+
+Each case is a training step on CPU tensors (a leaf that requires grad,
+forward, ``backward`` of the scalar), run `--steps` times in a row after a
+warm-up (its median step is kept), the cases interleaved over `--rounds`
+rounds. "folded" is xent as shipped (`xent._torch_upstream`); "scaled" is the
+same call with folding switched off (the backward scales the backprop with a
+second pass, as before). The floor is a 2-thread ``copy_`` of the logits into
+a tensor of their size. Prints one table (Markdown) with medians over rounds.
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import xent
+from xent import _torch_upstream
+from xent._bench._machine import compiled_for, cpu_model
+
+
+def _cases(labels, keras_loss):
+    def nn(reduce):
+        return lambda x: reduce(xent.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels, logits=x))
+    return {
+        "xent nn, .sum()": nn(torch.sum),
+        "xent nn, .mean()": nn(torch.mean),
+        "xent keras SparseCategoricalCrossentropy": lambda x: keras_loss(labels, x),
+        "xent v1 sparse_softmax_cross_entropy": lambda x: xent.losses.sparse_softmax_cross_entropy(
+            labels=labels, logits=x),
+        "F.cross_entropy (mean)": lambda x: F.cross_entropy(x, labels),
+    }
+
+
+def _burst(loss_fn, logits, steps):
+    """Median seconds of `steps` training steps in a row (two warm-up steps first)."""
+    times = []
+    for k in range(steps + 2):
+        leaf = logits.detach().requires_grad_(True)
+        start = time.perf_counter()
+        loss_fn(leaf).backward()
+        elapsed = time.perf_counter() - start
+        del leaf
+        if k >= 2:
+            times.append(elapsed)
+    return statistics.median(times)
+
+
+def _copy_floor(target, logits, steps):
+    """Median seconds of `steps` copies of the logits into `target` (already faulted in)."""
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        target.copy_(logits)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="4096x32000")
+    parser.add_argument("--steps", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    n, c = (int(v) for v in args.shape.split("x"))
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32))
+    labels = torch.from_numpy(rng.integers(0, c, n))
+    keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    cases = _cases(labels, keras_loss)
+    target = torch.empty_like(logits)
+    results = {"copy floor (copy_)": []}
+    results.update({f"{name} [{way}]": [] for name in cases for way in ("folded", "scaled")
+                    if way == "folded" or name.startswith("xent")})
+    fold_min = _torch_upstream.MIN_BYTES
+    for _ in range(args.rounds):
+        results["copy floor (copy_)"].append(_copy_floor(target, logits, args.steps))
+        for name, fn in cases.items():
+            for way in ("folded", "scaled"):
+                key = f"{name} [{way}]"
+                if key not in results:
+                    continue
+                _torch_upstream.MIN_BYTES = fold_min if way == "folded" else 1 << 62
+                _torch_upstream.forget()
+                results[key].append(_burst(fn, logits, args.steps))
+        _torch_upstream.MIN_BYTES = fold_min
+    floor = statistics.median(results["copy floor (copy_)"])
+    print(f"{args.shape} float32; {cpu_model()}, kernels for {compiled_for()}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"median step of {args.steps}, median over {args.rounds} rounds\n")
+    print("| step | ms | × copy |\n|---|---:|---:|")
+    for key, times in results.items():
+        median = statistics.median(times)
+        print(f"| {key} | {median * 1e3:.1f} | {median / floor:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

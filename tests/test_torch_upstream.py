@@ -1,0 +1,166 @@
+"""A large sparse loss on torch folds its upstream gradient into the kernel (`xent._torch_upstream`).
+
+Whatever the history of upstream gradients, every step's logits gradient is
+the kernel's with that step's ``g`` as the rows' weights (the same bits as a
+direct NumPy call), close to the float64 truth ``g (softmax - onehot)`` and
+to TensorFlow's; a steady ``g`` (a mean) costs one kernel pass a step.
+"""
+import ml_dtypes
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import xent  # noqa: E402
+from xent import _core, _fused, _torch, _torch_upstream  # noqa: E402
+from oracle import assert_close_to_truth  # noqa: E402
+
+SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
+N, C = 256, 2048   # 2 MiB of float32 logits, 1 MiB of half: past `_torch_upstream.MIN_BYTES`
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+@pytest.fixture(autouse=True)
+def fresh_state():
+    _torch_upstream.forget()
+    yield
+    _torch_upstream.forget()
+
+
+def _inputs(rng, dtype=np.dtype(np.float32)):
+    logits = (rng.normal(size=(N, C)) * 3).astype(dtype)
+    return logits, rng.integers(0, C, N)
+
+
+def _tensor(a):
+    """A torch tensor of NumPy array `a` (bfloat16 through its bits)."""
+    if a.dtype == BF16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def _numpy(t):
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(BF16)
+    return t.numpy()
+
+
+def _step(logits, labels, objective):
+    """The logits' gradient of ``objective(per-row loss)``, and the upstream g the loss received."""
+    leaf = _tensor(logits).requires_grad_(True)
+    loss = SPARSE(labels=torch.from_numpy(labels), logits=leaf)
+    seen = []
+    loss.register_hook(lambda g: seen.append(g.detach().clone()))
+    objective(loss).backward()
+    return _numpy(leaf.grad), seen[0]
+
+
+def _kernel_reference(logits, labels, g):
+    """The kernel's gradient with `g` (torch) as the rows' weights, by a direct NumPy call."""
+    weights = g.to(torch.float64).numpy()
+    return _core.sparse_xent(labels, logits, True, weights)[1]
+
+
+def _truth(logits, labels, g):
+    x = logits.astype(np.float64)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p[np.arange(N), labels] -= 1
+    return g.to(torch.float64).numpy()[:, None] * p
+
+
+def _counting_kernel_calls(monkeypatch):
+    """A list that records, for each fused sparse kernel call, whether it wrote a gradient."""
+    calls, real = [], _fused.sparse_rows
+
+    def counted(logits, labels, grad_out=None, weights=None):
+        calls.append(grad_out is not None)
+        return real(logits, labels, grad_out, weights)
+    monkeypatch.setattr(_fused, "sparse_rows", counted)
+    return calls
+
+
+def test_a_mean_costs_one_kernel_pass_a_step_once_steady(rng, monkeypatch):
+    """Step 1 writes the backprop for g = 1 and runs again with 1/N; step 2 makes the
+    loss alone and the gradient in the backward; from step 3 on the forward folds 1/N
+    in and the backward has nothing left to do. Every step gives the same bits."""
+    logits, labels = _inputs(rng)
+    calls = _counting_kernel_calls(monkeypatch)
+    grads, per_step = [], []
+    for _ in range(5):
+        before = len(calls)
+        grad, g = _step(logits, labels, lambda loss: loss.mean())
+        grads.append(grad)
+        per_step.append(calls[before:])
+    assert per_step == [[True, True], [False, True], [True], [True], [True]]
+    reference = _kernel_reference(logits, labels, g)
+    for grad in grads:
+        np.testing.assert_array_equal(grad, reference)
+    assert_close_to_truth(grad, _truth(logits, labels, g), np.float32, scale=1 / N)
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float16), BF16],
+                         ids=lambda d: d.name)
+def test_any_history_of_upstream_gradients_gives_the_kernels_bits(rng, dtype):
+    """Means, scaled means, sums and changing row weights in any order: each step's
+    gradient is the kernel's with its own g, whatever the step before folded in."""
+    logits, labels = _inputs(rng, dtype)
+    weights = [torch.tensor(rng.uniform(0, 2, N).astype(np.float32)) for _ in range(2)]
+    objectives = [lambda loss: loss.mean(), lambda loss: loss.mean(), lambda loss: loss.mean(),
+                  lambda loss: 0.5 * loss.mean(), lambda loss: loss.sum(),
+                  lambda loss: (loss * weights[0].to(loss.dtype)).sum(),
+                  lambda loss: (loss * weights[1].to(loss.dtype)).sum(),
+                  lambda loss: (loss * weights[1].to(loss.dtype)).sum(),
+                  lambda loss: (loss * weights[1].to(loss.dtype)).sum(), lambda loss: loss.mean()]
+    for objective in objectives:
+        grad, g = _step(logits, labels, objective)
+        np.testing.assert_array_equal(grad, _kernel_reference(logits, labels, g))
+        assert_close_to_truth(grad, _truth(logits, labels, g), dtype,
+                              scale=g.abs().max().item())
+
+
+def test_a_second_backward_over_a_retained_graph_gives_the_same_bits(rng):
+    logits, labels = _inputs(rng)
+    for _ in range(3):   # (steady: the first backward finds its g folded in)
+        _step(logits, labels, lambda loss: loss.mean())
+    leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+    total = SPARSE(labels=torch.from_numpy(labels), logits=leaf).mean()
+    first = torch.autograd.grad(total, leaf, retain_graph=True)[0].clone()
+    second = torch.autograd.grad(total, leaf)[0]
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_small_logits_keep_the_scaling_pass(rng, monkeypatch):
+    """Below `MIN_BYTES` nothing is remembered: the forward writes the backprop
+    and the backward scales it, one kernel call a step."""
+    logits = rng.normal(size=(32, 100)).astype(np.float32)
+    labels = rng.integers(0, 100, 32)
+    calls = _counting_kernel_calls(monkeypatch)
+    for _ in range(3):
+        leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+        SPARSE(labels=torch.from_numpy(labels), logits=leaf).mean().backward()
+    assert calls == [True] * 3 and not _torch_upstream._seen
+
+
+def test_keras_and_v1_means_match_tensorflow_step_after_step(tf, rng):
+    """The reducing faces' gradients against TF's, over the steps that fold."""
+    logits, labels = _inputs(rng)
+    keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    faces = {
+        "keras": (lambda y, x: keras_loss(y, x),
+                  lambda y, x: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, x)),
+        "v1": (lambda y, x: xent.losses.sparse_softmax_cross_entropy(labels=y, logits=x),
+               lambda y, x: tf.compat.v1.losses.sparse_softmax_cross_entropy(labels=y, logits=x)),
+    }
+    for ours, theirs in faces.values():
+        x = tf.constant(logits)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            want_loss = theirs(tf.constant(labels), x)
+        want = tape.gradient(want_loss, x).numpy()
+        for _ in range(4):
+            leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+            loss = ours(torch.from_numpy(labels), leaf)
+            loss.backward()
+            np.testing.assert_allclose(loss.item(), want_loss.numpy(), rtol=1e-6)
+            np.testing.assert_allclose(leaf.grad.numpy(), want, rtol=1e-5, atol=1e-10)
