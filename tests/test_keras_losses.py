@@ -806,12 +806,28 @@ def test_complex_sample_weight_is_refused_where_keras_drops_its_imaginary_part(k
         xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
 
 
-def test_sparse_shape_mismatch_raises_value_error_like_tf(keras):
-    y_pred = np.full((3, 3), 1.0 / 3, np.float32)
-    with pytest.raises(ValueError, match="must have the same shape up until the last dimension"):
-        keras.losses.sparse_categorical_crossentropy(np.array([0, 1]), y_pred)
-    with pytest.raises(ValueError, match="must have the same shape up until the last dimension"):
-        xk.sparse_categorical_crossentropy(np.array([0, 1]), y_pred)
+@pytest.mark.parametrize("y_true_shape, y_pred_shape", [((2,), (3, 3)), ((2, 2), (2, 2)),
+                                                        ((3, 4), (3, 4, 1))],
+                         ids=["batch", "rank", "rank-after-squeeze"])
+@pytest.mark.parametrize("form", ["function", "class"])
+def test_sparse_shape_mismatch_raises_kerass_value_error(keras, y_true_shape, y_pred_shape, form):
+    """Keras checks the rank, then the shape, each with its own message (the class
+    squeezes a trailing 1 off `y_pred` first: a rank error there too)."""
+    y_true = np.zeros(y_true_shape, np.int64)
+    y_pred = np.full(y_pred_shape, 0.5, np.float32)
+
+    def call(module):
+        if form == "function":
+            return module.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+        return module.SparseCategoricalCrossentropy(from_logits=True)(y_true, y_pred)
+    if form == "function" and y_true_shape == (3, 4):   # (the function squeezes nothing: fine)
+        np.testing.assert_allclose(call(xk), _np(call(keras.losses)), rtol=1e-6)
+        return
+    with pytest.raises(ValueError) as want:
+        call(keras.losses)
+    with pytest.raises(ValueError) as got:
+        call(xk)
+    assert str(got.value) == str(want.value)
 
 
 def test_categorical_rank_mismatch_raises_value_error_like_tf(keras):
@@ -866,3 +882,19 @@ def test_functions_refuse_integer_predictions_naming_y_pred():
         xk.sparse_categorical_crossentropy(np.array([0, 1]), np.array([[1, 0], [0, 1]]))
     with pytest.raises(TypeError, match="`y_pred`.*int64"):
         xk.categorical_crossentropy(np.eye(2), np.array([[1, 0], [0, 1]]))
+
+
+def test_ignore_class_is_compared_exactly_where_keras_rounds_it_to_y_preds_dtype(keras):
+    """README, differences: with bfloat16 predictions Keras casts ignore_class=256 to
+    bfloat16 before comparing, so it also ignores label 257 (which rounds to 256);
+    xent ignores label 256 only, and gives 257 its loss."""
+    y_pred = np.random.default_rng(0).normal(size=(3, 300)).astype(ml_dtypes.bfloat16)
+    labels = np.array([257, 1, 256])
+    theirs = _np(keras.losses.sparse_categorical_crossentropy(
+        labels, y_pred, from_logits=True, ignore_class=256))
+    ours = xk.sparse_categorical_crossentropy(labels, y_pred, from_logits=True, ignore_class=256)
+    unmasked = xk.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)
+    assert theirs[0] == 0 and theirs[2] == 0   # (Keras' rounding)
+    np.testing.assert_array_equal(ours[:2], unmasked[:2])
+    assert ours[0] != 0 and ours[2] == 0
+    np.testing.assert_array_equal(ours[1:], theirs[1:].astype(ours.dtype))

@@ -165,10 +165,25 @@ def test_get_total_loss_adds_same_shaped_unreduced_losses_elementwise(tf):
 
 def test_get_total_loss_of_empty_collection_raises_value_error(tf):
     with tf.Graph().as_default():
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError) as want:
             tf.compat.v1.losses.get_total_loss()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as got:
         xl.get_total_loss()
+    assert str(got.value) == str(want.value)
+
+
+def test_get_total_loss_of_mixed_dtypes_raises_type_error(tf):
+    """add_n adds one dtype: a float32 loss and a float64 one do not add (TF's message)."""
+    def scenario(losses):
+        _sparse(losses)
+        losses.sparse_softmax_cross_entropy(LABELS, LOGITS.astype(np.float64), WEIGHTS)
+        return losses.get_total_loss()
+
+    with pytest.raises(TypeError) as want:
+        _run_tf(tf, scenario)
+    with pytest.raises(TypeError) as got:
+        _run_xent(scenario)
+    assert str(got.value) == str(want.value)
 
 
 def test_get_total_loss_of_mixed_shapes_raises_value_error(tf):

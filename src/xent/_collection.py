@@ -81,12 +81,18 @@ def get_regularization_losses(scope=None):
 def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None):
     """Sum of `get_losses(scope)` (plus regularization losses by default).
 
-    Raises ValueError when there is nothing to add, as TF's ``add_n`` does.
+    Raises as TF's ``add_n`` does: ValueError when there is nothing to add or
+    the shapes differ, TypeError when the dtypes do (a float32 loss and a
+    float64 one).
     """
     found = get_losses(scope) + (get_regularization_losses(scope) if add_regularization_losses else [])
     if not found:
-        raise ValueError("No losses to add: the loss collection is empty "
-                         "(tf.math.add_n needs at least one input)")
+        raise ValueError("Inputs must be an iterable of at least one Tensor/IndexedSlices with "
+                         "the same dtype and shape.")
+    dtypes = [str(loss.dtype) for loss in found if hasattr(loss, "dtype")]
+    if len(set(dtypes)) > 1:
+        raise TypeError(f"Tensors in list passed to 'inputs' of 'AddN' Op have types "
+                        f"[{', '.join(dtypes)}] that don't all match.")
     shapes = {tuple(getattr(loss, "shape", ())) for loss in found}
     if len(shapes) > 1:
         raise ValueError(f"Shapes must be equal to add the losses (tf.math.add_n); got {sorted(shapes)}")

@@ -24,10 +24,12 @@ def _sparse_shapes(y_true, y_pred):
     """Keras' rank and shape checks for integer targets."""
     if y_pred.ndim < 1:
         raise ValueError(f"Argument `output` must be at least rank 1. Received: output.shape={tuple(y_pred.shape)}")
-    if y_true.ndim != y_pred.ndim - 1 or tuple(y_true.shape) != tuple(y_pred.shape[:-1]):
-        raise ValueError(
-            "Arguments `target` and `output` must have the same shape up until the last "
-            f"dimension: target.shape={tuple(y_true.shape)}, output.shape={tuple(y_pred.shape)}")
+    shapes = f"target.shape={tuple(y_true.shape)}, output.shape={tuple(y_pred.shape)}"
+    if y_true.ndim != y_pred.ndim - 1:
+        raise ValueError(f"Argument `output` must have rank (ndim) `target.ndim - 1`. Received: {shapes}")
+    if tuple(y_true.shape) != tuple(y_pred.shape[:-1]):
+        raise ValueError("Arguments `target` and `output` must have the same shape up until the last "
+                         f"dimension: {shapes}")
 
 
 def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
