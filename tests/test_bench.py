@@ -256,3 +256,24 @@ def test_the_bench_settles_the_kind_of_store_before_timing_and_reports_it(monkey
     assert stores["streamed"] is choice.streamed
     assert set(stores["best_ms_per_gib"]) == {"plain", "streamed"}
     assert all(0 < ms < float("inf") for ms in stores["best_ms_per_gib"].values())
+
+
+def test_the_torch_mean_step_script_prints_its_table():
+    """`bench/torch_mean_step.py` (folded and scaled steps, a peer, the floor) runs."""
+    import pathlib
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    script = pathlib.Path(__file__).parent.parent / "bench" / "torch_mean_step.py"
+    done = subprocess.run([sys.executable, str(script), "--shape", "64x4096", "--steps", "1",
+                           "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert names == ["copy floor (copy_)"] + [
+        f"xent {case} [{way}]" for case in ("nn, .sum()", "nn, .mean()",
+                                            "keras SparseCategoricalCrossentropy",
+                                            "v1 sparse_softmax_cross_entropy")
+        for way in ("folded", "scaled")] + ["F.cross_entropy (mean)"]
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows)
