@@ -164,3 +164,63 @@ def test_keras_and_v1_means_match_tensorflow_step_after_step(tf, rng):
             loss.backward()
             np.testing.assert_allclose(loss.item(), want_loss.numpy(), rtol=1e-6)
             np.testing.assert_allclose(leaf.grad.numpy(), want, rtol=1e-5, atol=1e-10)
+
+
+def test_a_changing_batch_size_folds_a_mean_and_a_sum_from_the_first_step(rng, monkeypatch):
+    """Shapes not seen before (padding that changes per batch) get the kind of g the
+    last backward got: after one mean, each new shape's mean is folded at once (one
+    kernel call a step); after a sum, a sum; after per-row weights, the loss alone
+    and the gradient in the backward."""
+    logits, labels = _inputs(rng)
+    calls = _counting_kernel_calls(monkeypatch)
+    weights = torch.tensor(rng.uniform(0, 2, N).astype(np.float32))
+    for objective, rows, want in [
+            (lambda loss: loss.mean(), [N], [[True, True]]),   # (learns: a mean)
+            (lambda loss: loss.mean(), [240, 200, 168, 256 - 64], [[True]] * 4),
+            (lambda loss: loss.sum(), [N - 1], [[True, True]]),   # (learns: a sum)
+            (lambda loss: loss.sum(), [N - 2, N - 3], [[True]] * 2),
+            (lambda loss: (loss * weights[:loss.shape[0]]).sum(), [N - 4], [[True, True]]),
+            (lambda loss: (loss * weights[:loss.shape[0]]).sum(), [N - 5, N - 6],
+             [[False, True]] * 2)]:
+        for n, expected_calls in zip(rows, want):
+            before = len(calls)
+            grad, g = _step(logits[:n], labels[:n], objective)
+            assert calls[before:] == expected_calls, (n, calls[before:])
+            np.testing.assert_array_equal(grad, _kernel_reference(logits[:n], labels[:n], g))
+
+
+def test_a_float64_upstream_gradient_changed_in_place_is_not_taken_for_the_folded_one(rng):
+    """The kept g is a copy: a caller's float64 `grad_outputs` changed in place
+    between the forward (which folded it) and the backward gives its new values."""
+    logits, labels = _inputs(rng, np.dtype(np.float64))
+    w = torch.full((N,), 1.0 / N, dtype=torch.float64)
+    for step in range(4):
+        leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+        loss = SPARSE(labels=torch.from_numpy(labels), logits=leaf)
+        if step == 3:
+            w.mul_(3)
+        (grad,) = torch.autograd.grad(loss, leaf, grad_outputs=w)
+        np.testing.assert_array_equal(grad.numpy(), _kernel_reference(logits, labels, w))
+
+
+def test_a_negative_zero_upstream_gradient_keeps_its_sign(rng):
+    """g = -0.0 after a folded +0.0 (equal as numbers): the kernel's bits with -0.0."""
+    logits, labels = _inputs(rng)
+    for scale in (0.0, 0.0, 0.0, -0.0):
+        grad, g = _step(logits, labels, lambda loss: (scale * loss).sum())
+    want = _kernel_reference(logits, labels, g)
+    assert np.signbit(want).sum() > N
+    np.testing.assert_array_equal(np.signbit(grad), np.signbit(want))
+
+
+def test_logits_changed_in_place_after_the_loss_raise_on_every_step(rng):
+    """The backward reads the saved logits on every step (a rerun needs them), so
+    changing them in place raises torch's error whatever g did before."""
+    logits, labels = _inputs(rng)
+    base = torch.from_numpy(logits).requires_grad_(True)
+    for objective in [lambda loss: loss.mean()] * 4 + [lambda loss: loss.sum()] * 2:
+        x = base * 1.0
+        loss = SPARSE(labels=torch.from_numpy(labels), logits=x)
+        x.mul_(2)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            objective(loss).backward()

@@ -334,10 +334,14 @@ def _with_upstream(ctx, backprop, g):
     (`xent._torch_upstream`): the kernel's with g as the rows' weights.
     That is `backprop` as the forward wrote it where it folded in this g
     (``ctx.weights``); else the kernel runs now, over `backprop` if the
-    forward wrote one (None: it did not, or a first backward took it)."""
+    forward wrote one (None: it did not, or a first backward took it).
+
+    The saved logits are asked for every time, whether the kernel runs again
+    or not, so that logits changed in place since the forward raise torch's
+    error on every step, not only on those whose g changed."""
+    logits, labels = ctx.saved_tensors
     if _torch_upstream.observe(g, backprop is not None, ctx.weights):
         return backprop
-    logits, labels = ctx.saved_tensors
     if backprop is None:
         return _forward("sparse", labels, logits, True, g)[1]
     weights = _numpy_view(g.detach().to(torch.float64).contiguous())

@@ -13,21 +13,29 @@ for a mean, the reduction's factors for weighted losses with the same
 weights. So each loss shape and dtype keeps the last ``g`` its backward
 received, and whether it was the same as the one before (steady):
 
-  - steady (or never seen: all ones, as for a ``.sum()``): the forward folds
-    that ``g`` into its pass as the rows' weights. If the backward's ``g`` is
-    the same, there is nothing left to do; if not, the kernel runs again
-    over the same buffer with the new ``g`` as the weights (about the cost
-    of the scaling pass it replaces), and the shape is no longer steady;
+  - steady: the forward folds that ``g`` into its pass as the rows' weights.
+    If the backward's ``g`` is the same, there is nothing left to do; if not,
+    the kernel runs again over the same buffer with the new ``g`` as the
+    weights (1.8-2.7x the scaling pass it replaces: it reads the logits
+    again), and the shape is no longer steady;
   - not steady: the forward makes the loss alone, and the backward runs the
-    kernel with its ``g`` as the weights (a loss pass more than a steady
-    step, a write less than scaling); the same ``g`` twice makes it steady.
+    kernel with its ``g`` as the weights (about the cost of the write and
+    the scaling pass it replaces); the same ``g`` twice makes it steady.
+
+A shape not seen yet (padding that changes from batch to batch) is
+expected to get the kind of ``g`` the last backward of its dtype got: all
+ones (a ``.sum()``: nothing folded), ``1/n`` for each of its n rows (a
+mean, as torch computes it in float32: folded), or anything else (not
+steady).
 
 Either way the gradient is the kernel's with ``g`` as the rows' weights,
-each entry rounded once: the same bits whatever ran before.
+each entry rounded once: the same bits whatever ran before (``g`` is
+compared bit for bit, signed zeros too).
 
 Only for sparse labels (the dense kernels take no weights) and logits of at
 least `MIN_BYTES`: on smaller ones the comparisons cost more than the pass.
 """
+import math
 import threading
 
 import torch
@@ -44,6 +52,8 @@ _lock = threading.Lock()
 # (loss shape, dtype) -> (the last g as float64, C-contiguous, or None for all ones;
 # whether it was the same as the g before it)
 _seen = {}
+# dtype -> the kind of the last g a backward got: "ones", "mean" (1/n each) or "other"
+_kinds = {}
 
 
 def foldable(logits):
@@ -59,20 +69,45 @@ def expected(g_shape, dtype):
     """``(write, weights)`` for the forward of a loss of this shape and accumulator
     `dtype`: whether to write the backprop now, and the rows' weights to fold
     in (float64 ``g_shape``; None: all ones)."""
-    last, steady = _seen.get(_key(g_shape, dtype), (None, True))
+    seen = _seen.get(_key(g_shape, dtype))
+    if seen is None:
+        kind = _kinds.get(dtype, "ones")
+        if kind == "other":
+            return False, None
+        return True, None if kind == "ones" else _mean_gradient(g_shape, dtype)
+    last, steady = seen
     return (True, last) if steady else (False, None)
 
 
+def _mean_gradient(g_shape, dtype):
+    """The upstream gradient of a mean of n losses of `g_shape`: ``1/n`` each,
+    divided in `dtype` as torch's backward of a mean (or of a sum over n) does."""
+    n = max(1, math.prod(g_shape))
+    return torch.full(tuple(g_shape), (torch.tensor(1.0, dtype=dtype) / n).item(),
+                      dtype=torch.float64)
+
+
 def _as_weights(g):
-    """`g` as kept: None where all ones, else float64 and C-contiguous."""
-    return None if bool((g == 1).all()) else g.detach().to(torch.float64).contiguous()
+    """`g` as kept: None where all ones, else a float64, C-contiguous copy (never
+    the caller's tensor, which may change before the next backward)."""
+    if bool((g == 1).all()):
+        return None
+    return g.detach().to(torch.float64, copy=True).contiguous()
+
+
+def _kind(kept, dtype):
+    """"ones", "mean" or "other": the kind of kept gradient `kept` (`expected`)."""
+    if kept is None:
+        return "ones"
+    return "mean" if _same(kept, _mean_gradient(kept.shape, dtype)) else "other"
 
 
 def _same(a, b):
-    """Whether two kept gradients (`_as_weights`) are equal."""
+    """Whether two kept gradients (`_as_weights`) are the same bits (-0.0 is not
+    0.0: the kernel's gradient keeps the sign of its weight)."""
     if a is None or b is None:
         return a is b
-    return a.shape == b.shape and torch.equal(a, b)
+    return a.shape == b.shape and torch.equal(a.view(torch.int64), b.view(torch.int64))
 
 
 def observe(g, wrote, weights):
@@ -83,6 +118,7 @@ def observe(g, wrote, weights):
     kept = _as_weights(g)
     if wrote and _same(kept, weights):
         return True
+    _kinds[g.dtype] = _kind(kept, g.dtype)
     with _lock:
         last, _ = _seen.pop(key, (None, True))
         while len(_seen) >= MAX_SHAPES:
@@ -95,3 +131,4 @@ def forget():
     """Drop every remembered upstream gradient (for the tests)."""
     with _lock:
         _seen.clear()
+        _kinds.clear()
