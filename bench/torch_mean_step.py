@@ -26,10 +26,11 @@ from xent._bench._machine import compiled_for, cpu_model
 def _cases(labels, keras_loss):
     def nn(reduce):
         return lambda x: reduce(xent.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels, logits=x))
+            labels=labels[:x.shape[0]], logits=x))
     return {
         "xent nn, .sum()": nn(torch.sum),
         "xent nn, .mean()": nn(torch.mean),
+        "xent nn, .mean(), a new batch size each step": nn(torch.mean),
         "xent keras SparseCategoricalCrossentropy": lambda x: keras_loss(labels, x),
         "xent v1 sparse_softmax_cross_entropy": lambda x: xent.losses.sparse_softmax_cross_entropy(
             labels=labels, logits=x),
@@ -42,11 +43,14 @@ def _key(name, way):
     return f"{name} [{way}]" if name.startswith("xent") else name
 
 
-def _burst(loss_fn, logits, steps):
-    """Median seconds of `steps` training steps in a row (two warm-up steps first)."""
+def _burst(loss_fn, logits, steps, new_shapes=False):
+    """Median seconds of `steps` training steps in a row (two warm-up steps first);
+    with `new_shapes`, each step drops one more row of the logits (a batch size
+    not seen before, as padding that changes per batch makes)."""
     times = []
     for k in range(steps + 2):
-        leaf = logits.detach().requires_grad_(True)
+        rows = logits[:logits.shape[0] - k] if new_shapes else logits
+        leaf = rows.detach().requires_grad_(True)
         start = time.perf_counter()
         loss_fn(leaf).backward()
         elapsed = time.perf_counter() - start
@@ -92,7 +96,7 @@ def main():
                     continue   # (a peer: no way to choose)
                 _torch_upstream.MIN_BYTES = fold_min if way == "folded" else 1 << 62
                 _torch_upstream.forget()
-                results[key].append(_burst(fn, logits, args.steps))
+                results[key].append(_burst(fn, logits, args.steps, "new batch" in name))
         _torch_upstream.MIN_BYTES = fold_min
     floor = statistics.median(results["copy floor (copy_)"])
     print(f"{args.shape} float32; {cpu_model()}, kernels for {compiled_for()}; "

@@ -273,6 +273,7 @@ def test_the_torch_mean_step_script_prints_its_table():
     names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
     assert names == ["copy floor (copy_)"] + [
         f"xent {case} [{way}]" for case in ("nn, .sum()", "nn, .mean()",
+                                            "nn, .mean(), a new batch size each step",
                                             "keras SparseCategoricalCrossentropy",
                                             "v1 sparse_softmax_cross_entropy")
         for way in ("folded", "scaled")] + ["F.cross_entropy (mean)"]
