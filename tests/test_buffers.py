@@ -79,3 +79,40 @@ def test_a_warm_step_reuses_the_last_steps_gradient_memory():
         addresses.append(leaf.grad.data_ptr())
         del leaf   # the gradient goes with it
     assert len(set(addresses[1:])) == 1 and len(_buffers._pool) <= 2
+
+
+def test_a_smaller_request_takes_the_smallest_free_buffer_that_fits():
+    """A batch one row shorter reuses the last step's buffer (the front of it); one
+    that would leave more than half of a buffer unused gets its own."""
+    big = _buffers.empty((1024, 1024), np.float32)        # 4 MiB
+    bigger = _buffers.empty((1536, 1024), np.float32)     # 6 MiB
+    addresses = {a.ctypes.data for a in (big, bigger)}
+    del big, bigger
+    shorter = _buffers.empty((1000, 1024), np.float32)
+    assert shorter.ctypes.data in addresses and shorter.base.nbytes == 4 << 20
+    assert shorter.shape == (1000, 1024) and shorter.flags.c_contiguous
+    half = _buffers.empty((767, 1024), np.float32)        # 6 MiB would be over twice too large
+    assert half.ctypes.data not in addresses and len(_buffers._pool) == 3
+    del half
+    held = torch.from_numpy(shorter)                      # busy: not handed out again
+    again = _buffers.empty((900, 1024), np.float32)
+    assert again.ctypes.data != held.data_ptr() and again.base.nbytes == 6 << 20
+
+
+def test_training_steps_with_a_changing_batch_size_reuse_one_gradient_buffer():
+    """Padding that changes per batch: each warm step's gradient takes the last
+    step's memory instead of a fresh buffer of its own size."""
+    rng = np.random.default_rng(2)
+    logits = torch.tensor(rng.normal(size=(256, 2048)).astype(np.float32))
+    labels = torch.tensor(rng.integers(0, 2048, 256))
+    addresses = []
+    for rows in (256, 250, 240, 251, 200):
+        leaf = logits[:rows].clone().requires_grad_(True)
+        xent.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=labels[:rows], logits=leaf).mean().backward()
+        expected = (torch.softmax(logits[:rows], -1)
+                    - torch.nn.functional.one_hot(labels[:rows], 2048)) / rows
+        torch.testing.assert_close(leaf.grad, expected, rtol=1e-5, atol=1e-9)
+        addresses.append(leaf.grad.data_ptr())
+        del leaf
+    assert len(set(addresses)) == 1 and len(_buffers._pool) == 1

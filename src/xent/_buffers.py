@@ -4,7 +4,8 @@ A training step through torch asks for a fresh logits-sized gradient every
 time. Fresh memory costs its first-touch page faults: on a 2-core Zen 4, an
 8192x32000 float32 step spent about as long faulting in its 1 GB gradient as
 the kernel spent computing it. `empty` hands out a buffer the pool already
-holds when it is free, and makes (and keeps) a new one otherwise.
+holds when it is free (the smallest that fits, if not twice too large), and
+makes (and keeps) a new one otherwise.
 
 A buffer is free when the pool holds the only reference to it: an array
 handed out is a view whose ``base`` is the buffer, and a torch tensor made
@@ -26,6 +27,12 @@ __all__ = ["empty", "empty_like", "empty_cache", "MIN_BYTES", "MAX_BUFFERS"]
 
 MIN_BYTES = 1 << 20
 MAX_BUFFERS = 4
+# A free buffer serves a request of up to this many times fewer bytes (the
+# smallest that fits): batches padded to a length that changes from step to
+# step each ask for a size of their own, and each new size faulted in fresh
+# memory (8192x32000 float32 on a Zen 4 VM, a torch .mean() step with one row
+# fewer each time: 107 ms against 69 with the same shape).
+_SLACK = 2
 
 _lock = threading.Lock()
 _pool = []   # byte buffers (np.uint8, 1-D), most recently handed out last
@@ -44,14 +51,14 @@ def empty(shape, dtype):
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     with _lock:
-        for index in range(len(_pool)):
-            if _pool[index].nbytes == nbytes and _free(index):
-                _pool.append(_pool.pop(index))
-                break
+        fits = [index for index in range(len(_pool))
+                if nbytes <= _pool[index].nbytes <= _SLACK * nbytes and _free(index)]
+        if fits:
+            _pool.append(_pool.pop(min(fits, key=lambda index: _pool[index].nbytes)))
         else:
             _make_room()
             _pool.append(np.empty(nbytes, np.uint8))
-        return _pool[-1].view(dtype).reshape(shape)
+        return _pool[-1][:nbytes].view(dtype).reshape(shape)
 
 
 def empty_like(a):
