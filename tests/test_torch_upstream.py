@@ -65,7 +65,7 @@ def _truth(logits, labels, g):
     x = logits.astype(np.float64)
     p = np.exp(x - x.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    p[np.arange(N), labels] -= 1
+    p[np.arange(len(labels)), labels] -= 1
     return g.to(torch.float64).numpy()[:, None] * p
 
 
@@ -224,3 +224,41 @@ def test_logits_changed_in_place_after_the_loss_raise_on_every_step(rng):
         x.mul_(2)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             objective(loss).backward()
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float16), BF16], ids=lambda d: d.name)
+def test_a_half_precision_mean_folds_a_new_batch_size_at_once(rng, dtype, monkeypatch):
+    """`xent.nn` gives half logits a half loss, whose `.mean()` divides in the half
+    dtype: g is 1/n rounded there, and a new shape is predicted so (logits of
+    2 MiB: fewer rows of 1 MiB would drop below `MIN_BYTES`)."""
+    logits = (rng.normal(size=(N, 2 * C)) * 3).astype(dtype)
+    labels = rng.integers(0, 2 * C, N)
+    calls = _counting_kernel_calls(monkeypatch)
+    for n, want in [(N, [True, True]), (N - 1, [True]), (N - 3, [True]), (N - 8, [True])]:
+        before = len(calls)
+        grad, g = _step(logits[:n], labels[:n], lambda loss: loss.mean())
+        assert calls[before:] == want, (n, calls[before:])
+        np.testing.assert_array_equal(grad, _kernel_reference(logits[:n], labels[:n], g))
+
+
+def test_the_kind_of_a_new_shape_is_the_last_backwards_hit_or_not(rng, monkeypatch):
+    """A steady mean that hits still counts as the last backward's kind: after a
+    sum on another shape, the next new shape is predicted a mean again. A mean
+    over one row (g = 1, kept as no weights) is predicted without a rerun."""
+    logits, labels = _inputs(rng)
+    calls = _counting_kernel_calls(monkeypatch)
+    mean, total = (lambda loss: loss.mean()), (lambda loss: loss.sum())
+    for _ in range(3):
+        _step(logits, labels, mean)                       # shape N: steady, hits
+    _step(logits[:N - 1], labels[:N - 1], total)          # a sum, once
+    _step(logits, labels, mean)                           # shape N hits: the kind is a mean
+    before = len(calls)
+    grad, g = _step(logits[:N - 2], labels[:N - 2], mean)   # new: folded at once
+    assert calls[before:] == [True]
+    np.testing.assert_array_equal(grad, _kernel_reference(logits[:N - 2], labels[:N - 2], g))
+    wide = rng.normal(size=(1, 300_000)).astype(np.float32)   # (1.2 MB in one row)
+    label = rng.integers(0, 300_000, 1)
+    before = len(calls)
+    grad, g = _step(wide, label, mean)
+    assert calls[before:] == [True] and bool((g == 1).all())
+    np.testing.assert_array_equal(grad, _kernel_reference(wide, label, g))

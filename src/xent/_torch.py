@@ -290,7 +290,7 @@ def _loss_function(kind):
             ctx.weights = None
             if ctx.folds:
                 write, ctx.weights = _torch_upstream.expected(
-                    labels.shape, accumulator_dtype(logits.dtype))
+                    labels.shape, accumulator_dtype(logits.dtype), logits.dtype)
             loss, ctx.backprop = _forward(kind, labels, logits, write, ctx.weights)
             ctx.save_for_backward(logits, labels)
             return loss
@@ -340,7 +340,7 @@ def _with_upstream(ctx, backprop, g):
     or not, so that logits changed in place since the forward raise torch's
     error on every step, not only on those whose g changed."""
     logits, labels = ctx.saved_tensors
-    if _torch_upstream.observe(g, backprop is not None, ctx.weights):
+    if _torch_upstream.observe(g, backprop is not None, ctx.weights, logits.dtype):
         return backprop
     if backprop is None:
         return _forward("sparse", labels, logits, True, g)[1]

@@ -23,10 +23,15 @@ received, and whether it was the same as the one before (steady):
     the scaling pass it replaces); the same ``g`` twice makes it steady.
 
 A shape not seen yet (padding that changes from batch to batch) is
-expected to get the kind of ``g`` the last backward of its dtype got: all
-ones (a ``.sum()``: nothing folded), ``1/n`` for each of its n rows (a
-mean, as torch computes it in float32: folded), or anything else (not
-steady).
+expected to get the kind of ``g`` the last backward on logits of its dtype
+got: all ones (a ``.sum()``: nothing folded), ``1/n`` for each of its n
+rows (a mean, divided as torch does it, in float32 or in the half dtype the
+loss was rounded to: folded), or anything else (not steady).
+
+One entry per shape and one kind per dtype serve one reduction: two losses
+of one shape with different reductions in a step (``a.mean() + 0.1 *
+b.mean()``) are never steady, and with a new shape each step the one whose
+kind was not the last pays a rerun.
 
 Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
@@ -52,7 +57,8 @@ _lock = threading.Lock()
 # (loss shape, dtype) -> (the last g as float64, C-contiguous, or None for all ones;
 # whether it was the same as the g before it)
 _seen = {}
-# dtype -> the kind of the last g a backward got: "ones", "mean" (1/n each) or "other"
+# logits dtype -> the kind of the last g a backward of such logits got: "ones",
+# ("mean", d) (1/n each, divided in torch dtype d) or "other"
 _kinds = {}
 
 
@@ -65,26 +71,29 @@ def _key(g_shape, dtype):
     return tuple(g_shape), dtype
 
 
-def expected(g_shape, dtype):
+def expected(g_shape, dtype, logits_dtype):
     """``(write, weights)`` for the forward of a loss of this shape and accumulator
-    `dtype`: whether to write the backprop now, and the rows' weights to fold
-    in (float64 ``g_shape``; None: all ones)."""
+    `dtype` on logits of `logits_dtype`: whether to write the backprop now, and
+    the rows' weights to fold in (float64 ``g_shape``; None: all ones)."""
     seen = _seen.get(_key(g_shape, dtype))
     if seen is None:
-        kind = _kinds.get(dtype, "ones")
+        kind = _kinds.get(logits_dtype, "ones")
         if kind == "other":
             return False, None
-        return True, None if kind == "ones" else _mean_gradient(g_shape, dtype)
+        return True, None if kind == "ones" else _mean_gradient(g_shape, kind[1])
     last, steady = seen
     return (True, last) if steady else (False, None)
 
 
-def _mean_gradient(g_shape, dtype):
-    """The upstream gradient of a mean of n losses of `g_shape`: ``1/n`` each,
-    divided in `dtype` as torch's backward of a mean (or of a sum over n) does."""
+def _mean_gradient(g_shape, rounding):
+    """The upstream gradient of a mean of the n losses of `g_shape`: ``1/n`` each,
+    divided in torch dtype `rounding` as torch's backward of a mean (or of a
+    sum over n) does there: the accumulator dtype, or the logits' half dtype
+    when the loss was rounded to it first (`xent.nn` returns the logits' dtype).
+    As kept (`_as_weights`): None when that is 1 (one row)."""
     n = max(1, math.prod(g_shape))
-    return torch.full(tuple(g_shape), (torch.tensor(1.0, dtype=dtype) / n).item(),
-                      dtype=torch.float64)
+    value = (torch.tensor(1.0, dtype=rounding) / n).item()
+    return None if value == 1 else torch.full(tuple(g_shape), value, dtype=torch.float64)
 
 
 def _as_weights(g):
@@ -95,11 +104,17 @@ def _as_weights(g):
     return g.detach().to(torch.float64, copy=True).contiguous()
 
 
-def _kind(kept, dtype):
-    """"ones", "mean" or "other": the kind of kept gradient `kept` (`expected`)."""
+def _kind(kept, dtype, logits_dtype):
+    """The kind of kept gradient `kept` (`_kinds`) of a loss of accumulator `dtype`
+    on logits of `logits_dtype`. A mean divided in the logits' dtype is tried
+    first: where both divisions give the same (n a power of 2), `xent.nn`'s
+    half loss is the likelier (a wrong guess costs one rerun, and is learnt)."""
     if kept is None:
         return "ones"
-    return "mean" if _same(kept, _mean_gradient(kept.shape, dtype)) else "other"
+    for rounding in dict.fromkeys((logits_dtype, dtype)):
+        if _same(kept, _mean_gradient(kept.shape, rounding)):
+            return "mean", rounding
+    return "other"
 
 
 def _same(a, b):
@@ -110,15 +125,16 @@ def _same(a, b):
     return a.shape == b.shape and torch.equal(a.view(torch.int64), b.view(torch.int64))
 
 
-def observe(g, wrote, weights):
-    """Record upstream gradient `g` that a backward received, given whether its
-    forward `wrote` the backprop and with what `weights`; True where that
-    backprop is already the gradient (`g` is what it folded in)."""
+def observe(g, wrote, weights, logits_dtype):
+    """Record upstream gradient `g` that a backward of a loss on logits of
+    `logits_dtype` received, given whether its forward `wrote` the backprop
+    and with what `weights`; True where that backprop is already the
+    gradient (`g` is what it folded in)."""
     key = _key(g.shape, g.dtype)
     kept = _as_weights(g)
+    _kinds[logits_dtype] = _kind(kept, g.dtype, logits_dtype)
     if wrote and _same(kept, weights):
         return True
-    _kinds[g.dtype] = _kind(kept, g.dtype)
     with _lock:
         last, _ = _seen.pop(key, (None, True))
         while len(_seen) >= MAX_SHAPES:
