@@ -28,10 +28,10 @@ got: all ones (a ``.sum()``: nothing folded), ``1/n`` for each of its n
 rows (a mean, divided as torch does it, in float32 or in the half dtype the
 loss was rounded to: folded), or anything else (not steady).
 
-One entry per shape and one kind per dtype serve one reduction: two losses
-of one shape with different reductions in a step (``a.mean() + 0.1 *
-b.mean()``) are never steady, and with a new shape each step the one whose
-kind was not the last pays a rerun.
+One entry per shape and one kind per logits dtype serve one reduction:
+two losses of one shape with different reductions in a step (``a.mean() +
+0.1 * b.mean()``) are never steady, and with a new shape each step the one
+whose kind was not the last pays a rerun.
 
 Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
