@@ -15,10 +15,10 @@ memory, whose first touch costs a page fault every 4 KiB (2 MiB with huge
 pages); where they are still needed (a parameter of the jitted function not
 donated, or used again after the loss), XLA copies them first. Under `vmap`
 the callback gets the batched arrays whole (``broadcast_all``): the kernel
-works on rows, whatever the leading dimensions. A label outside ``[0, C)`` gives that row NaN, as TensorFlow on a
-GPU (no error can be raised under `jit`). The large-vocabulary functions
-have their own callbacks (`xent._large_vocab._jax_cpu`) and share
-`available`.
+works on rows, whatever the leading dimensions. A label outside ``[0, C)``
+gives that row NaN, as TensorFlow on a GPU (no error can be raised under
+`jit`). The large-vocabulary functions have their own callbacks
+(`xent._large_vocab._jax_cpu`) and share `available`.
 """
 import functools
 
