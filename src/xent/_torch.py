@@ -340,12 +340,13 @@ def _with_upstream(ctx, backprop, g):
     or not, so that logits changed in place since the forward raise torch's
     error on every step, not only on those whose g changed."""
     logits, labels = ctx.saved_tensors
-    if _torch_upstream.observe(g, backprop is not None, ctx.weights, logits.dtype):
+    done, weights = _torch_upstream.observe(g, backprop is not None, ctx.weights, logits.dtype)
+    if done:
         return backprop
     if backprop is None:
-        return _forward("sparse", labels, logits, True, g)[1]
-    weights = _numpy_view(g.detach().to(torch.float64).contiguous())
-    _core.sparse_xent(_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop), weights)
+        return _forward("sparse", labels, logits, True, weights)[1]
+    _core.sparse_xent(_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop),
+                      None if weights is None else weights.numpy())
     return backprop
 
 

@@ -128,19 +128,20 @@ def _same(a, b):
 def observe(g, wrote, weights, logits_dtype):
     """Record upstream gradient `g` that a backward of a loss on logits of
     `logits_dtype` received, given whether its forward `wrote` the backprop
-    and with what `weights`; True where that backprop is already the
-    gradient (`g` is what it folded in)."""
+    and with what `weights`. Returns ``(done, kept)``: whether that backprop
+    is already the gradient (`g` is what it folded in), and `g` as the
+    kernel's row weights (`_as_weights`: None for all ones)."""
     key = _key(g.shape, g.dtype)
     kept = _as_weights(g)
     _kinds[logits_dtype] = _kind(kept, g.dtype, logits_dtype)
     if wrote and _same(kept, weights):
-        return True
+        return True, kept
     with _lock:
         last, _ = _seen.pop(key, (None, True))
         while len(_seen) >= MAX_SHAPES:
             del _seen[next(iter(_seen))]
         _seen[key] = (kept, not wrote and _same(kept, last))
-    return False
+    return False, kept
 
 
 def forget():
