@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import xent
 from xent import _torch_upstream
 from xent._bench._machine import compiled_for, cpu_model
+from xent.cli import _shape
 
 
 def _cases(labels, keras_loss):
@@ -36,6 +37,13 @@ def _cases(labels, keras_loss):
             labels=labels, logits=x),
         "F.cross_entropy (mean)": lambda x: F.cross_entropy(x, labels),
     }
+
+
+def _positive(text):
+    """A positive int argument (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return int(text)
 
 
 def _key(name, way):
@@ -72,11 +80,14 @@ def _copy_floor(target, logits, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="4096x32000")
-    parser.add_argument("--steps", type=int, default=9)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shape", type=_shape, default=(4096, 32000), metavar="ROWSxCLASSES")
+    parser.add_argument("--steps", type=_positive, default=9)
+    parser.add_argument("--rounds", type=_positive, default=5)
     args = parser.parse_args()
-    n, c = (int(v) for v in args.shape.split("x"))
+    n, c = args.shape
+    if n <= args.steps + 2:   # (the new-shape case drops a row a step)
+        parser.error(f"argument --shape: needs more than --steps + 2 = {args.steps + 2} rows; "
+                     f"got {n}")
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32))
@@ -99,7 +110,7 @@ def main():
                 results[key].append(_burst(fn, logits, args.steps, "new batch" in name))
         _torch_upstream.MIN_BYTES = fold_min
     floor = statistics.median(results["copy floor (copy_)"])
-    print(f"{args.shape} float32; {cpu_model()}, kernels for {compiled_for()}; "
+    print(f"{n}x{c} float32; {cpu_model()}, kernels for {compiled_for()}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"median step of {args.steps}, median over {args.rounds} rounds\n")
     print("| step | ms | × copy |\n|---|---:|---:|")

@@ -278,3 +278,20 @@ def test_the_torch_mean_step_script_prints_its_table():
                                             "v1 sparse_softmax_cross_entropy")
         for way in ("folded", "scaled")] + ["F.cross_entropy (mean)"]
     assert all(float(row.split(" | ")[1]) > 0 for row in rows)
+
+
+@pytest.mark.parametrize("argv, named", [(["--shape", "10x"], "--shape"),
+                                         (["--shape", "4x100"], "--shape"),
+                                         (["--steps", "0"], "--steps"),
+                                         (["--rounds", "-1"], "--rounds")])
+def test_the_torch_mean_step_script_names_a_bad_argument(argv, named):
+    """A malformed shape, too few rows for the new-shape case, or a count below 1:
+    argparse's error naming the argument, before any work."""
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).parent.parent / "bench" / "torch_mean_step.py"
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and f"argument {named}" in done.stderr, done.stderr
