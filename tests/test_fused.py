@@ -192,6 +192,43 @@ def test_every_dtype_path_and_width_matches_float64_truth(rng, dtype, kind, widt
     np.testing.assert_array_equal(work.view(np.uint8), into.view(np.uint8))
 
 
+@every_target
+@pytest.mark.parametrize("width", GRID_WIDTHS)
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_row_weights_scale_each_gradient_row_on_every_path(rng, dtype, kind, width):
+    """Row weights (a mean's 1/N, zero, negative, and others) give each row of the
+    float64 truth's gradient times its weight, within the dtype's tolerance,
+    with the same bits into a buffer (plain and streamed) and over the
+    logits, and the loss unweighted; weights of 1 give the unweighted bits.
+    The NumPy reference kernels (`xent._kernels`) take the same weights."""
+    logits, targets = grid_inputs(rng, dtype, kind, width)
+    n = logits.shape[0]
+    weights = rng.uniform(-2.0, 2.0, n)
+    weights[:4] = [1.0 / n, 0.0, -0.5, 1.0]
+    run = _fused.sparse_rows if kind == "sparse" else _fused.dense_rows
+    reference = _kernels.sparse_rows if kind == "sparse" else _kernels.dense_rows
+    _, truth_lse, truth_grad = float64_truth(logits, targets)
+    want = truth_grad * weights[:, None]
+    scale = np.abs(weights)[:, None]
+    plain_loss, plain_lse, plain = into_a_buffer(run, logits, targets)
+    loss, lse, into = into_a_buffer(run, logits, targets, weights)
+    work = logits.copy()
+    loss_in, lse_in = run(work, targets, work, weights)
+    assert_matches(into, want, dtype, scale, terms=width)
+    np.testing.assert_array_equal(work.view(np.uint8), into.view(np.uint8))
+    for a in (loss, loss_in):
+        np.testing.assert_array_equal(a, plain_loss)
+    for a in (lse, lse_in):
+        np.testing.assert_array_equal(a, plain_lse)
+    ones = into_a_buffer(run, logits, targets, np.ones(n))[2]
+    np.testing.assert_array_equal(ones.view(np.uint8), plain.view(np.uint8))
+    ref = np.empty_like(logits)
+    with np.errstate(all="ignore"):
+        reference(logits, targets, ref, weights)
+    assert_matches(ref, want, dtype, scale, terms=width)
+
+
 # Threaded first, in a fresh process.
 _THREADED_FIRST = """
 import sys, numpy as np, xent

@@ -158,7 +158,7 @@ def sparse_xent(labels, logits, grad=None, weights=None):
             _gradient_result(grad, out, logits.shape))
 
 
-def dense_xent(labels, logits, grad=None):
+def dense_xent(labels, logits, grad=None, weights=None):
     """Per-row softmax cross-entropy against target distributions.
 
     Args:
@@ -166,16 +166,19 @@ def dense_xent(labels, logits, grad=None):
         logits (see `_validate.dense_2d_shapes`).
       logits: float array ``[d0..d(r-1), C]``.
       grad: as in `sparse_xent`, of the broadcast rows' shape.
+      weights: optional float64 of the loss's shape: each row's gradient times
+        its weight, in the kernel's one pass (as in `sparse_xent`).
 
     Returns:
       ``(loss, grad)``: loss ``[d0..d(r-1)]`` (``[rows]`` when one row of
       logits was broadcast against many label rows) in the accumulator dtype;
-      grad ``softmax(logits) - labels``, or None.
+      grad ``softmax(logits) - labels`` (times the weights), or None.
     """
     x_shape, y_shape, shape, lead = _validate.dense_layout(logits.shape, labels.shape)
     x2, y2 = logits.reshape(x_shape), labels.reshape(y_shape)
     if shape != x_shape:
         x2 = np.ascontiguousarray(np.broadcast_to(x2, shape))
     out = _grad_buffer(grad, x2)
-    loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, shape), out)
+    loss, _ = kernels().dense_rows(x2, np.broadcast_to(y2, shape), out,
+                                   None if weights is None else weights.reshape(-1))
     return loss.reshape(lead), _gradient_result(grad, out, lead + shape[1:])

@@ -84,14 +84,16 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
 
 
 @_QUIET
-def dense_rows(logits, labels, grad_out=None):
+def dense_rows(logits, labels, grad_out=None, weights=None):
     """Softmax cross-entropy of each row against a target distribution.
 
     Args:
       logits: ``[N, C]`` float array.
       labels: ``[N, C]`` float array (may be a broadcast view).
       grad_out: optional ``[N, C]`` array (may be `logits`) that receives
-        ``softmax(logits) - labels``.
+        ``softmax(logits) - labels``, cast to its dtype, each row times its
+        weight.
+      weights: optional ``[N]`` row weights (None: all 1).
 
     Returns:
       ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype. With
@@ -113,5 +115,7 @@ def dense_rows(logits, labels, grad_out=None):
         if grad_out is not None:
             e /= s
             e -= y
+            if weights is not None:
+                e *= np.asarray(weights, np.float64)[rows, None].astype(acc)
             grad_out[rows] = e
     return loss, lse

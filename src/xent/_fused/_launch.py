@@ -289,7 +289,7 @@ def _target_rows(labels, logits):
     return read_only(kernel_view(np.ascontiguousarray(labels)))
 
 
-def dense_rows(logits, labels, grad_out=None):
+def dense_rows(logits, labels, grad_out=None, weights=None):
     """Softmax cross-entropy of each row against targets (the `_kernels.dense_rows` contract).
 
     Args:
@@ -297,7 +297,8 @@ def dense_rows(logits, labels, grad_out=None):
       labels: ``[N, C]`` float array, possibly a broadcast view of ``[1, C]``,
         ``[N, 1]`` or ``[1, 1]``; the logits' dtype or its accumulator dtype.
       grad_out: optional ``[N, C]`` array (may be `logits`) that receives
-        ``softmax(logits) - labels``.
+        ``softmax(logits) - labels``, each row times its weight.
+      weights: optional ``[N]`` row weights, as in `sparse_rows`.
 
     Returns:
       ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype. With
@@ -311,7 +312,8 @@ def dense_rows(logits, labels, grad_out=None):
     if n == 0:
         return loss, lse
     y = _target_rows(labels, logits)
+    weights = _ONE if weights is None else read_only(np.ascontiguousarray(weights, np.float64))
     # (a single half-precision logit or target is too short for the narrow kernels' gather)
     narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2
-    _dispatch(_DENSE_KERNELS, narrow, logits, (y,), grad_out, loss, lse)
+    _dispatch(_DENSE_KERNELS, narrow, logits, (y,), grad_out, loss, lse, (y, weights))
     return loss, lse

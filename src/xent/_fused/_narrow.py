@@ -27,7 +27,8 @@ from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
 from xent._fused._exps import exp, exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
-from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, splat, vectorise_wide
+from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, splat, \
+    vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
 from xent._fused._rows import weight
@@ -338,8 +339,10 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
 
 
 @njit(**KERNEL)
-def dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
-    """As `dense_narrow_loss_rows`, writing softmax - y into out (may be x)."""
+def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
+    """As `dense_narrow_loss_rows`, writing w_i (softmax - y) into out (may be x);
+    w_i is `xent._fused._rows.weight`(weights, i), and w_i y_j is rounded on
+    its own (`mul_exact`: w_i = 1 gives the bits of softmax - y)."""
     vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
@@ -358,7 +361,8 @@ def dense_narrow_grad_rows(x, y, out, loss, lse, lo, hi):
             if not ok:
                 _nan_row(out, r, ms[0, l])
                 continue
-            f = like(1.0 / np.float64(ms[1, l]), ms[0, l])
+            w = weight(weights, r)
+            f, wy = like(w / np.float64(ms[1, l]), ms[0, l]), like(w, ms[0, l])
             for j in range(c):
-                store(out, (r, j), t[j, l] * f - ty[j, l])
+                store(out, (r, j), t[j, l] * f - mul_exact(ty[j, l], wy))
     keep_alive(lanes)

@@ -1,10 +1,10 @@
 """Pass B: the gradient of a row whose exps pass A kept, rescaled while the row is in L2.
 
-    grad_j = e_j exp(t_c - M) / S - y_j
+    grad_j = w (e_j exp(t_c - M) / S - y_j)
 
 with t_c the shift chunk c's exps were taken against, M the row's max and S
-its sum of exps (`xent._fused._chunks.combine`); y_j is 0 but at the label for
-sparse targets. Each entry is rounded once, to the output's format.
+its sum of exps (`xent._fused._chunks.combine`), w the row's weight (1 for
+TensorFlow's backprop); y_j is 0 but at the label for sparse targets. Each entry is rounded once, to the output's format.
 """
 import numpy as np
 from numba import njit
@@ -30,8 +30,8 @@ def chunk_factor(st, c, top, inv_s):
 
 @njit(**INLINE)
 def rescale(e, y, out, st, top, inv_s, ahead):
-    """Pass B: out_j = e_j exp(t_c - M) / S (minus y_j with dense targets y),
-    rounded to out's format (e may be out).
+    """Pass B: out_j = e_j exp(t_c - M) inv_s (minus w y_j with dense targets
+    y = (row, w), inv_s being w / S), rounded to out's format (e may be out).
 
     Pass B works from L2; chunk by chunk, it prefetches `ahead` (the next
     row of a separate gradient buffer, or None), for the next pass B.

@@ -5,8 +5,8 @@ gradient) pass B of `xent._fused._pass_b`, with the loss:
 
     sparse:  loss = log S - (x_label - M),        lse = M + log S
     dense:   loss = sum_j y_j (log S - (x_j - M)), lse = M + log S
-    grad_j   = softmax_j - y_j  (sparse: y = one_hot(label), and each row's
-               gradient times its weight w_i)
+    grad_j   = w_i (softmax_j - y_j)  (sparse: y = one_hot(label); w_i the
+               row's weight, 1 for TensorFlow's backprop)
 
 Each range kernel (``*_rows``) runs one need over rows ``[lo, hi)`` of a
 ``[N, C]`` C-contiguous array: a loss alone, a gradient into a separate
@@ -143,10 +143,11 @@ def _dense_row_loss(x, y, st, next_x, fetch):
 
 
 @njit(**INLINE)
-def _dense_row_grad(x, y, out, e, save, st, next_x, fetch, next_out):
-    """As `_dense_row_loss`, writing softmax(x) - y into out (may be x).
+def _dense_row_grad(x, y, w, out, e, save, st, next_x, fetch, next_out):
+    """As `_dense_row_loss`, writing w (softmax(x) - y) into out (may be x).
 
-    e, save, next_x, fetch and next_out as in `_sparse_row_grad`.
+    w (float64, the row's weight), e, save, next_x, fetch and next_out as in
+    `_sparse_row_grad`.
     """
     nan = like(np.nan, load(x, 0))
     if not exp_pass(x, y, e, save, st, next_x, fetch, None):
@@ -157,7 +158,7 @@ def _dense_row_grad(x, y, out, e, save, st, next_x, fetch, next_out):
         fill_nan(out, nan)
         return nan, nan
     sy, syx = combine_targets(st, top)
-    rescale(e, y, out, st, top, 1.0 / total, next_out)
+    rescale(e, (y, w), out, st, top, w / total, next_out)
     log_s = _log_total(total, x)
     return log_s * sy - syx, top + log_s
 
@@ -322,21 +323,23 @@ def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
 
 
 @njit(**KERNEL)
-def dense_grad_rows(x, y, out, loss, lse, fetch, lo, hi):
-    """As `dense_loss_rows`, and out[i] = softmax(x[i]) - y[i]."""
+def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
+    """As `dense_loss_rows`, and out[i] = w_i (softmax(x[i]) - y[i]) with w_i =
+    `weight`(weights, i)."""
     vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
     for i in range(lo, hi):
         row = out[i]
-        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), row, _exp_row(row, scratch), None,
-                                          st, _next_row(x, i), fetch, _next_row(out, i))
+        loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), weight(weights, i), row,
+                                          _exp_row(row, scratch), None, st, _next_row(x, i),
+                                          fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
 
 
 @njit(**KERNEL)
-def dense_grad_rows_inplace(x, y, loss, lse, fetch, lo, hi):
+def dense_grad_rows_inplace(x, y, weights, loss, lse, fetch, lo, hi):
     """As `dense_grad_rows` with out = x: the gradient overwrites the logits."""
     vectorise_wide()
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
@@ -344,6 +347,7 @@ def dense_grad_rows_inplace(x, y, loss, lse, fetch, lo, hi):
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
     for i in range(lo, hi):
         row = x[i]
-        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), row, _exp_row(row, scratch),
-                                          save, st, _next_row(x, i), fetch, None)
+        loss[i], lse[i] = _dense_row_grad(row, _target(y, i), weight(weights, i), row,
+                                          _exp_row(row, scratch), save, st, _next_row(x, i),
+                                          fetch, None)
     keep_alive((stats, scratch_row, saved))

@@ -1,8 +1,9 @@
-"""Gradient entries from kept exps, out_j = e_j f - y_j rounded once to out's format; NaN rows.
+"""Gradient entries from kept exps, out_j = e_j f - w y_j rounded once to out's format; NaN rows.
 
-f is a chunk's factor exp(t_c - M) / S (`xent._fused._pass_b.chunk_factor`),
-e_j the exp pass A kept, and y_j the dense target (0 but at the label for
-sparse targets, whose label entry the row kernel writes). Pass B stores
+f is a chunk's factor w exp(t_c - M) / S (`xent._fused._pass_b.chunk_factor`),
+w the row's weight (1 for TensorFlow's backprop), e_j the exp pass A kept,
+and y_j the dense target (0 but at the label for sparse targets, whose label
+entry the row kernel writes). Pass B stores
 these entries from L2; the streamed kernel (`xent._fused._stream`) stores
 the ends of its runs with them.
 """
@@ -43,20 +44,23 @@ def _hardware_rounded_impl(e, y, out, lo, hi, f):
 
 
 def _finish_entry(out, y, j, p):
-    """Pass B's store of p = softmax_j: p itself (sparse, y None; finite, as a
-    row with a NaN or infinity never gets here), or p - y_j (numba only)."""
+    """Pass B's store of p = w softmax_j: p itself (sparse, y None; finite, as a
+    row with a NaN or infinity never gets here), or p - w y_j for dense
+    targets y = (the target row, w) (numba only). The product w y_j is
+    rounded on its own (`mul_exact`), so that w = 1 gives the bits of
+    p - y_j however LLVM contracts the subtraction."""
 
 
 @overload(_finish_entry)
 def _finish_entry_impl(out, y, j, p):
     if isinstance(y, types.NoneType):
         return lambda out, y, j, p: store_finite(out, j, p)
-    return lambda out, y, j, p: store(out, j, p - load(y, j))
+    return lambda out, y, j, p: store(out, j, p - mul_exact(load(y[0], j), like(y[1], p)))
 
 
 @njit(**INLINE)
 def scale_entries(e, y, out, lo, hi, factor):
-    """out_j = e_j factor (minus y_j with dense targets y) for j in [lo, hi),
+    """out_j = e_j factor (minus w y_j with dense targets y = (row, w)) for j in [lo, hi),
     rounded once to out's format; a factor below the smallest normal float in
     magnitude (a negative row weight makes it negative) goes through 2**64."""
     if abs(factor) >= tiny(e[0]):
