@@ -1,9 +1,11 @@
-"""A large sparse loss on torch folds its upstream gradient into the kernel (`xent._torch_upstream`).
+"""A large loss on torch folds its upstream gradient into the kernel (`xent._torch_upstream`).
 
 Whatever the history of upstream gradients, every step's logits gradient is
 the kernel's with that step's ``g`` as the rows' weights (the same bits as a
-direct NumPy call), close to the float64 truth ``g (softmax - onehot)`` and
-to TensorFlow's; a steady ``g`` (a mean) costs one kernel pass a step.
+direct NumPy call), close to the float64 truth ``g (softmax - targets)`` and
+to TensorFlow's; a steady ``g`` (a mean) costs one kernel pass a step. With
+sparse labels and with dense ones (which fold only when they want no
+gradient themselves).
 """
 import ml_dtypes
 import numpy as np
@@ -16,6 +18,8 @@ from xent import _core, _fused, _torch, _torch_upstream  # noqa: E402
 from oracle import assert_close_to_truth  # noqa: E402
 
 SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
+DENSE = xent.nn.softmax_cross_entropy_with_logits
+KINDS = ["sparse", "dense"]
 N, C = 256, 2048   # 2 MiB of float32 logits, 1 MiB of half: past `_torch_upstream.MIN_BYTES`
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -27,9 +31,20 @@ def fresh_state():
     _torch_upstream.forget()
 
 
-def _inputs(rng, dtype=np.dtype(np.float32)):
-    logits = (rng.normal(size=(N, C)) * 3).astype(dtype)
-    return logits, rng.integers(0, C, N)
+def _inputs(rng, dtype=np.dtype(np.float32), kind="sparse", classes=C):
+    """Logits ``[N, classes]`` and int labels (sparse) or target rows of the logits' dtype."""
+    logits = (rng.normal(size=(N, classes)) * 3).astype(dtype)
+    if kind == "sparse":
+        return logits, rng.integers(0, classes, N)
+    targets = rng.random((N, classes))
+    return logits, (targets / targets.sum(-1, keepdims=True)).astype(dtype)
+
+
+def _loss(labels, leaf):
+    """xent.nn's per-row loss of `leaf` against NumPy `labels` (dense: rows of the logits' rank)."""
+    if labels.ndim == leaf.ndim:
+        return DENSE(labels=_tensor(labels), logits=leaf)
+    return SPARSE(labels=torch.from_numpy(labels), logits=leaf)
 
 
 def _tensor(a):
@@ -48,7 +63,7 @@ def _numpy(t):
 def _step(logits, labels, objective):
     """The logits' gradient of ``objective(per-row loss)``, and the upstream g the loss received."""
     leaf = _tensor(logits).requires_grad_(True)
-    loss = SPARSE(labels=torch.from_numpy(labels), logits=leaf)
+    loss = _loss(labels, leaf)
     seen = []
     loss.register_hook(lambda g: seen.append(g.detach().clone()))
     objective(loss).backward()
@@ -58,34 +73,40 @@ def _step(logits, labels, objective):
 def _kernel_reference(logits, labels, g):
     """The kernel's gradient with `g` (torch) as the rows' weights, by a direct NumPy call."""
     weights = g.to(torch.float64).numpy()
-    return _core.sparse_xent(labels, logits, True, weights)[1]
+    xent_of = _core.dense_xent if labels.ndim == logits.ndim else _core.sparse_xent
+    return xent_of(labels, logits, True, weights)[1]
 
 
 def _truth(logits, labels, g):
     x = logits.astype(np.float64)
     p = np.exp(x - x.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
-    p[np.arange(len(labels)), labels] -= 1
+    if labels.ndim == logits.ndim:
+        p -= labels.astype(np.float64)
+    else:
+        p[np.arange(len(labels)), labels] -= 1
     return g.to(torch.float64).numpy()[:, None] * p
 
 
-def _counting_kernel_calls(monkeypatch):
-    """A list that records, for each fused sparse kernel call, whether it wrote a gradient."""
-    calls, real = [], _fused.sparse_rows
+def _counting_kernel_calls(monkeypatch, kind="sparse"):
+    """A list that records, for each fused `kind` kernel call, whether it wrote a gradient."""
+    name = f"{kind}_rows"
+    calls, real = [], getattr(_fused, name)
 
     def counted(logits, labels, grad_out=None, weights=None):
         calls.append(grad_out is not None)
         return real(logits, labels, grad_out, weights)
-    monkeypatch.setattr(_fused, "sparse_rows", counted)
+    monkeypatch.setattr(_fused, name, counted)
     return calls
 
 
-def test_a_mean_costs_one_kernel_pass_a_step_once_steady(rng, monkeypatch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_mean_costs_one_kernel_pass_a_step_once_steady(rng, monkeypatch, kind):
     """Step 1 writes the backprop for g = 1 and runs again with 1/N; step 2 makes the
     loss alone and the gradient in the backward; from step 3 on the forward folds 1/N
     in and the backward has nothing left to do. Every step gives the same bits."""
-    logits, labels = _inputs(rng)
-    calls = _counting_kernel_calls(monkeypatch)
+    logits, labels = _inputs(rng, kind=kind)
+    calls = _counting_kernel_calls(monkeypatch, kind)
     grads, per_step = [], []
     for _ in range(5):
         before = len(calls)
@@ -99,12 +120,13 @@ def test_a_mean_costs_one_kernel_pass_a_step_once_steady(rng, monkeypatch):
     assert_close_to_truth(grad, _truth(logits, labels, g), np.float32, scale=1 / N)
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float16), BF16],
                          ids=lambda d: d.name)
-def test_any_history_of_upstream_gradients_gives_the_kernels_bits(rng, dtype):
+def test_any_history_of_upstream_gradients_gives_the_kernels_bits(rng, dtype, kind):
     """Means, scaled means, sums and changing row weights in any order: each step's
     gradient is the kernel's with its own g, whatever the step before folded in."""
-    logits, labels = _inputs(rng, dtype)
+    logits, labels = _inputs(rng, dtype, kind)
     weights = [torch.tensor(rng.uniform(0, 2, N).astype(np.float32)) for _ in range(2)]
     objectives = [lambda loss: loss.mean(), lambda loss: loss.mean(), lambda loss: loss.mean(),
                   lambda loss: 0.5 * loss.mean(), lambda loss: loss.sum(),
@@ -119,12 +141,13 @@ def test_any_history_of_upstream_gradients_gives_the_kernels_bits(rng, dtype):
                               scale=g.abs().max().item())
 
 
-def test_a_second_backward_over_a_retained_graph_gives_the_same_bits(rng):
-    logits, labels = _inputs(rng)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_second_backward_over_a_retained_graph_gives_the_same_bits(rng, kind):
+    logits, labels = _inputs(rng, kind=kind)
     for _ in range(3):   # (steady: the first backward finds its g folded in)
         _step(logits, labels, lambda loss: loss.mean())
     leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
-    total = SPARSE(labels=torch.from_numpy(labels), logits=leaf).mean()
+    total = _loss(labels, leaf).mean()
     first = torch.autograd.grad(total, leaf, retain_graph=True)[0].clone()
     second = torch.autograd.grad(total, leaf)[0]
     torch.testing.assert_close(second, first, rtol=0, atol=0)
@@ -152,7 +175,19 @@ def test_keras_and_v1_means_match_tensorflow_step_after_step(tf, rng):
         "v1": (lambda y, x: xent.losses.sparse_softmax_cross_entropy(labels=y, logits=x),
                lambda y, x: tf.compat.v1.losses.sparse_softmax_cross_entropy(labels=y, logits=x)),
     }
-    for ours, theirs in faces.values():
+    dense_logits, targets = _inputs(rng, kind="dense")
+    smoothed = xent.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    dense_faces = {
+        "keras, smoothed": (lambda y, x: smoothed(y, x),
+                            lambda y, x: tf.keras.losses.CategoricalCrossentropy(
+                                from_logits=True, label_smoothing=0.1)(y, x)),
+        "v1": (lambda y, x: xent.losses.softmax_cross_entropy(onehot_labels=y, logits=x),
+               lambda y, x: tf.compat.v1.losses.softmax_cross_entropy(onehot_labels=y, logits=x)),
+    }
+    cases = [(faces, logits, labels, torch.from_numpy),
+             (dense_faces, dense_logits, targets, torch.from_numpy)]
+    for (ours, theirs), logits, labels, as_tensor in [
+            (face, x, y, t) for table, x, y, t in cases for face in table.values()]:
         x = tf.constant(logits)
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -160,19 +195,21 @@ def test_keras_and_v1_means_match_tensorflow_step_after_step(tf, rng):
         want = tape.gradient(want_loss, x).numpy()
         for _ in range(4):
             leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
-            loss = ours(torch.from_numpy(labels), leaf)
+            loss = ours(as_tensor(labels), leaf)
             loss.backward()
             np.testing.assert_allclose(loss.item(), want_loss.numpy(), rtol=1e-6)
             np.testing.assert_allclose(leaf.grad.numpy(), want, rtol=1e-5, atol=1e-10)
 
 
-def test_a_changing_batch_size_folds_a_mean_and_a_sum_from_the_first_step(rng, monkeypatch):
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_changing_batch_size_folds_a_mean_and_a_sum_from_the_first_step(rng, monkeypatch,
+                                                                          kind):
     """Shapes not seen before (padding that changes per batch) get the kind of g the
     last backward got: after one mean, each new shape's mean is folded at once (one
     kernel call a step); after a sum, a sum; after per-row weights, the loss alone
     and the gradient in the backward."""
-    logits, labels = _inputs(rng)
-    calls = _counting_kernel_calls(monkeypatch)
+    logits, labels = _inputs(rng, kind=kind)
+    calls = _counting_kernel_calls(monkeypatch, kind)
     weights = torch.tensor(rng.uniform(0, 2, N).astype(np.float32))
     for objective, rows, want in [
             (lambda loss: loss.mean(), [N], [[True, True]]),   # (learns: a mean)
@@ -213,27 +250,28 @@ def test_a_negative_zero_upstream_gradient_keeps_its_sign(rng):
     np.testing.assert_array_equal(np.signbit(grad), np.signbit(want))
 
 
-def test_logits_changed_in_place_after_the_loss_raise_on_every_step(rng):
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_changed_in_place_after_the_loss_raise_on_every_step(rng, kind):
     """The backward reads the saved logits on every step (a rerun needs them), so
     changing them in place raises torch's error whatever g did before."""
-    logits, labels = _inputs(rng)
+    logits, labels = _inputs(rng, kind=kind)
     base = torch.from_numpy(logits).requires_grad_(True)
     for objective in [lambda loss: loss.mean()] * 4 + [lambda loss: loss.sum()] * 2:
         x = base * 1.0
-        loss = SPARSE(labels=torch.from_numpy(labels), logits=x)
+        loss = _loss(labels, x)
         x.mul_(2)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             objective(loss).backward()
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.dtype(np.float16), BF16], ids=lambda d: d.name)
-def test_a_half_precision_mean_folds_a_new_batch_size_at_once(rng, dtype, monkeypatch):
+def test_a_half_precision_mean_folds_a_new_batch_size_at_once(rng, dtype, monkeypatch, kind):
     """`xent.nn` gives half logits a half loss, whose `.mean()` divides in the half
     dtype: g is 1/n rounded there, and a new shape is predicted so (logits of
     2 MiB: fewer rows of 1 MiB would drop below `MIN_BYTES`)."""
-    logits = (rng.normal(size=(N, 2 * C)) * 3).astype(dtype)
-    labels = rng.integers(0, 2 * C, N)
-    calls = _counting_kernel_calls(monkeypatch)
+    logits, labels = _inputs(rng, dtype, kind, classes=2 * C)
+    calls = _counting_kernel_calls(monkeypatch, kind)
     for n, want in [(N, [True, True]), (N - 1, [True]), (N - 3, [True]), (N - 8, [True])]:
         before = len(calls)
         grad, g = _step(logits[:n], labels[:n], lambda loss: loss.mean())
@@ -262,3 +300,24 @@ def test_the_kind_of_a_new_shape_is_the_last_backwards_hit_or_not(rng, monkeypat
     grad, g = _step(wide, label, mean)
     assert calls[before:] == [True] and bool((g == 1).all())
     np.testing.assert_array_equal(grad, _kernel_reference(wide, label, g))
+
+
+def test_dense_labels_that_want_a_gradient_never_fold(rng, monkeypatch):
+    """Where the dense labels want a gradient too (``-g log_softmax``), the forward
+    writes TF's backprop and the backward scales it, step after step (nothing
+    is remembered); both gradients match the float64 truth."""
+    logits, targets = _inputs(rng, kind="dense")
+    calls = _counting_kernel_calls(monkeypatch, "dense")
+    for _ in range(3):
+        leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+        labels = torch.from_numpy(targets.copy()).requires_grad_(True)
+        DENSE(labels=labels, logits=leaf).mean().backward()
+        g = torch.full((N,), 1.0 / N, dtype=torch.float64)
+        assert_close_to_truth(leaf.grad.numpy(), _truth(logits, targets, g), np.float32,
+                              scale=1 / N)
+        x = logits.astype(np.float64)
+        log_softmax = x - x.max(-1, keepdims=True)
+        log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+        assert_close_to_truth(labels.grad.numpy(), -log_softmax / N, np.float32,
+                              scale=np.abs(log_softmax).max() / N)
+    assert calls == [True] * 3 and not _torch_upstream._seen

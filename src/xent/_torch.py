@@ -14,7 +14,7 @@ Autograd (`_loss_function`): when the logits need a gradient, the forward
 pass writes TensorFlow's backprop ``softmax - target`` into one logits-sized
 tensor in the same kernel pass; the backward scales it in place by the
 upstream gradient and hands it back, so forward plus backward hold the
-logits and one tensor of their size. A large sparse loss folds the upstream
+logits and one tensor of their size. A large loss folds the upstream
 gradient it expects into that pass instead (`xent._torch_upstream`). A
 second backward over a retained graph recomputes it; with
 ``create_graph=True`` the backward is built from differentiable torch ops,
@@ -170,9 +170,9 @@ def _forward(kind, labels, logits, want_grad, weights=None):
     """Per-row loss (accumulator dtype) and, if wanted, TF's backprop (logits' dtype).
 
     `kind` is ``"sparse"`` (int labels ``[...]``) or ``"dense"`` (labels of the
-    logits' shape); logits are ``[..., C]``. With `weights` (``[...]``, sparse
-    only), each row of the backprop times its weight, folded into the
-    kernel's pass on the CPU.
+    logits' shape); logits are ``[..., C]``. With `weights` (``[...]``, the
+    loss's shape), each row of the backprop times its weight, folded into
+    the kernel's pass on the CPU.
     """
     if _on_kernels(logits):
         x = _numpy_view(logits)
@@ -285,12 +285,12 @@ def _loss_function(kind):
         @staticmethod
         def forward(ctx, logits, labels):
             write = ctx.needs_input_grad[0]
-            ctx.folds = write and kind == "sparse" and _on_kernels(logits) \
+            ctx.folds = write and not ctx.needs_input_grad[1] and _on_kernels(logits) \
                 and _torch_upstream.foldable(logits)
             ctx.weights = None
             if ctx.folds:
                 write, ctx.weights = _torch_upstream.expected(
-                    labels.shape, accumulator_dtype(logits.dtype), logits.dtype)
+                    logits.shape[:-1], accumulator_dtype(logits.dtype), logits.dtype)
             loss, ctx.backprop = _forward(kind, labels, logits, write, ctx.weights)
             ctx.save_for_backward(logits, labels)
             return loss
@@ -301,7 +301,7 @@ def _loss_function(kind):
             backprop, ctx.backprop = ctx.backprop, None   # (scaled in place: the first time only)
             if need_logits and not need_labels and not torch.is_grad_enabled():
                 if ctx.folds:
-                    return _with_upstream(ctx, backprop, g), None
+                    return _with_upstream(kind, ctx, backprop, g), None
                 if backprop is not None:
                     return _scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
             logits, labels = ctx.saved_tensors
@@ -329,8 +329,8 @@ def _on_kernels(logits):
     return logits.is_cpu and not _state["torch_ops_on_cpu"]
 
 
-def _with_upstream(ctx, backprop, g):
-    """The logits' gradient of a sparse loss that folds its upstream gradient g
+def _with_upstream(kind, ctx, backprop, g):
+    """The logits' gradient of a `kind` loss that folds its upstream gradient g
     (`xent._torch_upstream`): the kernel's with g as the rows' weights.
     That is `backprop` as the forward wrote it where it folded in this g
     (``ctx.weights``); else the kernel runs now, over `backprop` if the
@@ -344,9 +344,9 @@ def _with_upstream(ctx, backprop, g):
     if done:
         return backprop
     if backprop is None:
-        return _forward("sparse", labels, logits, True, weights)[1]
-    _core.sparse_xent(_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop),
-                      None if weights is None else weights.numpy())
+        return _forward(kind, labels, logits, True, weights)[1]
+    _CORE[kind](_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop),
+                None if weights is None else weights.numpy())
     return backprop
 
 

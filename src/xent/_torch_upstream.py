@@ -1,4 +1,4 @@
-"""The upstream gradient a large sparse loss expects, folded into the kernel's pass.
+"""The upstream gradient a large loss expects, folded into the kernel's pass.
 
 A loss's backward multiplies TensorFlow's backprop by each row's upstream
 gradient ``g``. The eager torch path (`xent._torch`) writes the backprop
@@ -37,8 +37,9 @@ Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
 compared bit for bit, signed zeros too).
 
-Only for sparse labels (the dense kernels take no weights) and logits of at
-least `MIN_BYTES`: on smaller ones the comparisons cost more than the pass.
+Only for logits of at least `MIN_BYTES` (on smaller ones the comparisons
+cost more than the pass), and for dense labels only where they want no
+gradient themselves (their gradient's rule reads the backprop unscaled).
 """
 import math
 import threading
@@ -63,7 +64,7 @@ _kinds = {}
 
 
 def foldable(logits):
-    """Whether a sparse loss on CPU tensor `logits` folds its upstream gradient."""
+    """Whether a loss on CPU tensor `logits` (large enough) folds its upstream gradient."""
     return logits.numel() * logits.element_size() >= MIN_BYTES
 
 
