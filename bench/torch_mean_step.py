@@ -1,6 +1,7 @@
 """A torch training step whose loss is a mean, not a sum: the upstream gradient folded in.
 
-    python bench/torch_mean_step.py [--shape 4096x32000] [--steps 9] [--rounds 5]
+    python bench/torch_mean_step.py [--shape 4096x32000] [--labels sparse|dense]
+                                    [--steps 9] [--rounds 5]
 
 Each case is a training step on CPU tensors (a leaf that requires grad,
 forward, ``backward`` of the scalar), run `--steps` times in a row after a
@@ -9,6 +10,11 @@ rounds. "folded" is xent as shipped (`xent._torch_upstream`); "scaled" is the
 same call with folding switched off (the backward scales the backprop with a
 second pass, as before). The floor is a 2-thread ``copy_`` of the logits into
 a tensor of their size. Prints one table (Markdown) with medians over rounds.
+
+``--labels dense`` runs the dense faces (`softmax_cross_entropy_with_logits`,
+keras `CategoricalCrossentropy`, v1 `softmax_cross_entropy`) on target rows
+as large as the logits (label-smoothed one-hot rows), and the peer
+``F.cross_entropy`` with probability targets.
 """
 import argparse
 import statistics
@@ -24,7 +30,10 @@ from xent._bench._machine import compiled_for, cpu_model
 from xent.cli import _shape
 
 
-def _cases(labels, keras_loss):
+def _sparse_cases(labels):
+    """The steps on int labels ``[N]``: each takes the logits leaf, returns a scalar."""
+    keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
     def nn(reduce):
         return lambda x: reduce(xent.nn.sparse_softmax_cross_entropy_with_logits(
             labels=labels[:x.shape[0]], logits=x))
@@ -37,6 +46,31 @@ def _cases(labels, keras_loss):
             labels=labels, logits=x),
         "F.cross_entropy (mean)": lambda x: F.cross_entropy(x, labels),
     }
+
+
+def _dense_cases(targets):
+    """The steps on target rows ``[N, C]`` (the same steps as `_sparse_cases`)."""
+    keras_loss = xent.keras.losses.CategoricalCrossentropy(from_logits=True)
+
+    def nn(reduce):
+        return lambda x: reduce(xent.nn.softmax_cross_entropy_with_logits(
+            labels=targets[:x.shape[0]], logits=x))
+    return {
+        "xent nn dense, .sum()": nn(torch.sum),
+        "xent nn dense, .mean()": nn(torch.mean),
+        "xent nn dense, .mean(), a new batch size each step": nn(torch.mean),
+        "xent keras CategoricalCrossentropy": lambda x: keras_loss(targets, x),
+        "xent v1 softmax_cross_entropy": lambda x: xent.losses.softmax_cross_entropy(
+            onehot_labels=targets, logits=x),
+        "F.cross_entropy, probabilities (mean)": lambda x: F.cross_entropy(x, targets),
+    }
+
+
+def _smoothed_one_hot(labels, classes, smoothing=0.1):
+    """Float32 target rows ``[N, classes]``: one-hot `labels`, smoothed as Keras does."""
+    targets = torch.full((labels.shape[0], classes), smoothing / classes)
+    targets[torch.arange(labels.shape[0]), labels] += 1 - smoothing
+    return targets
 
 
 def _positive(text):
@@ -81,6 +115,7 @@ def _copy_floor(target, logits, steps):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=_shape, default=(4096, 32000), metavar="ROWSxCLASSES")
+    parser.add_argument("--labels", choices=("sparse", "dense"), default="sparse")
     parser.add_argument("--steps", type=_positive, default=9)
     parser.add_argument("--rounds", type=_positive, default=5)
     args = parser.parse_args()
@@ -92,8 +127,8 @@ def main():
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32))
     labels = torch.from_numpy(rng.integers(0, c, n))
-    keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    cases = _cases(labels, keras_loss)
+    cases = _sparse_cases(labels) if args.labels == "sparse" \
+        else _dense_cases(_smoothed_one_hot(labels, c))
     target = torch.empty_like(logits)
     results = {"copy floor (copy_)": []}
     results.update({_key(name, way): [] for name in cases for way in ("folded", "scaled")})
@@ -110,7 +145,7 @@ def main():
                 results[key].append(_burst(fn, logits, args.steps, "new batch" in name))
         _torch_upstream.MIN_BYTES = fold_min
     floor = statistics.median(results["copy floor (copy_)"])
-    print(f"{n}x{c} float32; {cpu_model()}, kernels for {compiled_for()}; "
+    print(f"{n}x{c} float32, {args.labels} labels; {cpu_model()}, kernels for {compiled_for()}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"median step of {args.steps}, median over {args.rounds} rounds\n")
     print("| step | ms | × copy |\n|---|---:|---:|")

@@ -258,8 +258,21 @@ def test_the_bench_settles_the_kind_of_store_before_timing_and_reports_it(monkey
     assert all(0 < ms < float("inf") for ms in stores["best_ms_per_gib"].values())
 
 
-def test_the_torch_mean_step_script_prints_its_table():
-    """`bench/torch_mean_step.py` (folded and scaled steps, a peer, the floor) runs."""
+_MEAN_STEP_CASES = {
+    "sparse": (("nn, .sum()", "nn, .mean()", "nn, .mean(), a new batch size each step",
+                "keras SparseCategoricalCrossentropy", "v1 sparse_softmax_cross_entropy"),
+               "F.cross_entropy (mean)"),
+    "dense": (("nn dense, .sum()", "nn dense, .mean()",
+               "nn dense, .mean(), a new batch size each step",
+               "keras CategoricalCrossentropy", "v1 softmax_cross_entropy"),
+              "F.cross_entropy, probabilities (mean)"),
+}
+
+
+@pytest.mark.parametrize("labels", ["sparse", "dense"])
+def test_the_torch_mean_step_script_prints_its_table(labels):
+    """`bench/torch_mean_step.py` (folded and scaled steps, a peer, the floor) runs,
+    on int labels and on target rows."""
     import pathlib
     import subprocess
     import sys
@@ -267,23 +280,22 @@ def test_the_torch_mean_step_script_prints_its_table():
     pytest.importorskip("torch")
     script = pathlib.Path(__file__).parent.parent / "bench" / "torch_mean_step.py"
     done = subprocess.run([sys.executable, str(script), "--shape", "64x4096", "--steps", "1",
-                           "--rounds", "1"], capture_output=True, text=True, timeout=300)
+                           "--rounds", "1", "--labels", labels],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    ours, peer = _MEAN_STEP_CASES[labels]
     assert names == ["copy floor (copy_)"] + [
-        f"xent {case} [{way}]" for case in ("nn, .sum()", "nn, .mean()",
-                                            "nn, .mean(), a new batch size each step",
-                                            "keras SparseCategoricalCrossentropy",
-                                            "v1 sparse_softmax_cross_entropy")
-        for way in ("folded", "scaled")] + ["F.cross_entropy (mean)"]
+        f"xent {case} [{way}]" for case in ours for way in ("folded", "scaled")] + [peer]
     assert all(float(row.split(" | ")[1]) > 0 for row in rows)
 
 
 @pytest.mark.parametrize("argv, named", [(["--shape", "10x"], "--shape"),
                                          (["--shape", "4x100"], "--shape"),
                                          (["--steps", "0"], "--steps"),
-                                         (["--rounds", "-1"], "--rounds")])
+                                         (["--rounds", "-1"], "--rounds"),
+                                         (["--labels", "soft"], "--labels")])
 def test_the_torch_mean_step_script_names_a_bad_argument(argv, named):
     """A malformed shape, too few rows for the new-shape case, or a count below 1:
     argparse's error naming the argument, before any work."""
