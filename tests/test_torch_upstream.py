@@ -61,12 +61,15 @@ def _numpy(t):
 
 
 def _step(logits, labels, objective):
-    """The logits' gradient of ``objective(per-row loss)``, and the upstream g the loss received."""
+    """The logits' gradient of ``objective(per-row loss)``, and the upstream g the loss
+    received; `objective` may call ``backward`` itself (and return None)."""
     leaf = _tensor(logits).requires_grad_(True)
     loss = _loss(labels, leaf)
     seen = []
     loss.register_hook(lambda g: seen.append(g.detach().clone()))
-    objective(loss).backward()
+    total = objective(loss)
+    if total is not None:
+        total.backward()
     return _numpy(leaf.grad), seen[0]
 
 
@@ -321,3 +324,43 @@ def test_dense_labels_that_want_a_gradient_never_fold(rng, monkeypatch):
         assert_close_to_truth(labels.grad.numpy(), -log_softmax / N, np.float32,
                               scale=np.abs(log_softmax).max() / N)
     assert calls == [True] * 3 and not _torch_upstream._seen
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_infinite_upstream_gradient_is_scaled_as_a_small_loss_does(rng, monkeypatch, kind):
+    """g with an infinity (after steady means, and twice in a row) is never folded: the
+    gradient is the unweighted backprop times g, as with folding off (a small
+    loss), with TF's ±inf entries where the weighted kernel gave NaN rows."""
+    logits, labels = _inputs(rng, kind=kind)
+    g_inf = torch.ones(N)
+    g_inf[3], g_inf[7] = float("inf"), -float("inf")
+    objectives = [lambda loss: loss.mean()] * 3 + [
+        lambda loss: torch.autograd.backward(loss, g_inf)] * 2 + [lambda loss: loss.mean()]
+    fold_min = _torch_upstream.MIN_BYTES
+    for objective in objectives:
+        got, g = _step(logits, labels, objective)
+        monkeypatch.setattr(_torch_upstream, "MIN_BYTES", 1 << 62)
+        want, _ = _step(logits, labels, objective)
+        monkeypatch.setattr(_torch_upstream, "MIN_BYTES", fold_min)
+        np.testing.assert_array_equal(got, want)
+        if not bool(torch.isfinite(g).all()):
+            assert np.isinf(got[3]).any() and np.isinf(got[7]).any()
+            assert not np.isnan(got[3]).all()
+
+
+def test_dense_labels_changed_in_place_after_a_large_loss_raise_as_f_cross_entropy(rng):
+    """The backward of a large dense loss reads its saved labels (a rerun needs them):
+    changed in place, they raise torch's error, as `F.cross_entropy`'s with
+    probability targets does."""
+    import torch.nn.functional as F
+
+    logits, targets = _inputs(rng, kind="dense")
+    for loss_of in (lambda y, x: DENSE(labels=y, logits=x).mean(),
+                    lambda y, x: F.cross_entropy(x, y)):
+        for _ in range(3):
+            leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+            labels = torch.from_numpy(targets.copy())
+            total = loss_of(labels, leaf * 1.0)
+            labels.add_(1.0)
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                total.backward()

@@ -336,6 +336,10 @@ def _with_upstream(kind, ctx, backprop, g):
     (``ctx.weights``); else the kernel runs now, over `backprop` if the
     forward wrote one (None: it did not, or a first backward took it).
 
+    A g with an infinity or a NaN (`_torch_upstream.finite`) scales the
+    unweighted backprop instead, as a small loss does: TensorFlow's ±inf
+    entries, where the weighted kernel would give NaN rows.
+
     The saved logits are asked for every time, whether the kernel runs again
     or not, so that logits changed in place since the forward raise torch's
     error on every step, not only on those whose g changed."""
@@ -343,6 +347,12 @@ def _with_upstream(kind, ctx, backprop, g):
     done, weights = _torch_upstream.observe(g, backprop is not None, ctx.weights, logits.dtype)
     if done:
         return backprop
+    if not _torch_upstream.finite(weights):
+        if backprop is None:
+            backprop = _forward(kind, labels, logits, True)[1]
+        elif ctx.weights is not None:   # (the forward folded weights in: unweighted again)
+            _CORE[kind](_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop))
+        return _scale_rows_(backprop, g)
     if backprop is None:
         return _forward(kind, labels, logits, True, weights)[1]
     _CORE[kind](_numpy_view(labels), _numpy_view(logits), _numpy_view(backprop),

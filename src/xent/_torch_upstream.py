@@ -35,11 +35,16 @@ whose kind was not the last pays a rerun.
 
 Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
-compared bit for bit, signed zeros too).
+compared bit for bit, signed zeros too). That is ``g`` times TensorFlow's
+backprop, as a small loss scales it, but for the sign of some zeros where a
+weight is 0. A ``g`` with an infinity or a NaN is never folded: the caller
+scales the backprop by it, as TensorFlow does (the weighted kernel would
+give NaN rows where the product gives infinities).
 
 Only for logits of at least `MIN_BYTES` (on smaller ones the comparisons
 cost more than the pass), and for dense labels only where they want no
-gradient themselves (their gradient's rule reads the backprop unscaled).
+gradient themselves (the logits' gradient then comes from the path that
+scales the unweighted backprop, `xent._torch._logits_grad`).
 """
 import math
 import threading
@@ -48,7 +53,7 @@ import torch
 
 from xent import _buffers
 
-__all__ = ["MIN_BYTES", "foldable", "expected", "observe", "forget"]
+__all__ = ["MIN_BYTES", "foldable", "expected", "observe", "finite", "forget"]
 
 MIN_BYTES = _buffers.MIN_BYTES
 # How many loss shapes are remembered (the least recently seen makes way).
@@ -126,12 +131,19 @@ def _same(a, b):
     return a.shape == b.shape and torch.equal(a.view(torch.int64), b.view(torch.int64))
 
 
+def finite(kept):
+    """Whether kept gradient `kept` (`_as_weights`) can be the kernel's row weights:
+    every entry finite (None, all ones, is)."""
+    return kept is None or bool(torch.isfinite(kept).all())
+
+
 def observe(g, wrote, weights, logits_dtype):
     """Record upstream gradient `g` that a backward of a loss on logits of
     `logits_dtype` received, given whether its forward `wrote` the backprop
     and with what `weights`. Returns ``(done, kept)``: whether that backprop
     is already the gradient (`g` is what it folded in), and `g` as the
-    kernel's row weights (`_as_weights`: None for all ones)."""
+    kernel's row weights (`_as_weights`: None for all ones). A `g` that is
+    not `finite` never becomes steady (it is not to be folded)."""
     key = _key(g.shape, g.dtype)
     kept = _as_weights(g)
     _kinds[logits_dtype] = _kind(kept, g.dtype, logits_dtype)
@@ -141,7 +153,7 @@ def observe(g, wrote, weights, logits_dtype):
         last, _ = _seen.pop(key, (None, True))
         while len(_seen) >= MAX_SHAPES:
             del _seen[next(iter(_seen))]
-        _seen[key] = (kept, not wrote and _same(kept, last))
+        _seen[key] = (kept, not wrote and _same(kept, last) and finite(kept))
     return False, kept
 
 

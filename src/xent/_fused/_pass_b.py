@@ -4,7 +4,9 @@
 
 with t_c the shift chunk c's exps were taken against, M the row's max and S
 its sum of exps (`xent._fused._chunks.combine`), w the row's weight (1 for
-TensorFlow's backprop); y_j is 0 but at the label for sparse targets. Each entry is rounded once, to the output's format.
+TensorFlow's backprop); y_j is 0 but at the label for sparse targets. Each
+entry is computed in the accumulator's precision and rounded to the output's
+format once.
 """
 import numpy as np
 from numba import njit

@@ -1,4 +1,4 @@
-"""Gradient entries from kept exps, out_j = e_j f - w y_j rounded once to out's format; NaN rows.
+"""Gradient entries from kept exps, out_j = e_j f - w y_j, rounded to out's format once; NaN rows.
 
 f is a chunk's factor w exp(t_c - M) / S (`xent._fused._pass_b.chunk_factor`),
 w the row's weight (1 for TensorFlow's backprop), e_j the exp pass A kept,
@@ -46,9 +46,9 @@ def _hardware_rounded_impl(e, y, out, lo, hi, f):
 def _finish_entry(out, y, j, p):
     """Pass B's store of p = w softmax_j: p itself (sparse, y None; finite, as a
     row with a NaN or infinity never gets here), or p - w y_j for dense
-    targets y = (the target row, w) (numba only). The product w y_j is
-    rounded on its own (`mul_exact`), so that w = 1 gives the bits of
-    p - y_j however LLVM contracts the subtraction."""
+    targets y = (the target row, w) (numba only). The product w y_j is a
+    multiply of its own (`mul_exact`: never fused into the subtraction), so
+    that w = 1 gives the bits of p - y_j however LLVM contracts the rest."""
 
 
 @overload(_finish_entry)
@@ -61,7 +61,7 @@ def _finish_entry_impl(out, y, j, p):
 @njit(**INLINE)
 def scale_entries(e, y, out, lo, hi, factor):
     """out_j = e_j factor (minus w y_j with dense targets y = (row, w)) for j in [lo, hi),
-    rounded once to out's format; a factor below the smallest normal float in
+    rounded to out's format once; a factor below the smallest normal float in
     magnitude (a negative row weight makes it negative) goes through 2**64."""
     if abs(factor) >= tiny(e[0]):
         f = like(factor, e[0])
