@@ -35,9 +35,9 @@ whose kind was not the last pays a rerun.
 
 Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
-compared bit for bit, signed zeros too). That is ``g`` times TensorFlow's
-backprop, as a small loss scales it, but for the sign of some zeros where a
-weight is 0. A ``g`` with an infinity or a NaN is never folded: the caller
+compared bit for bit, signed zeros too). That is, within rounding, ``g``
+times TensorFlow's backprop (the product a small loss makes), but for the
+sign of some zeros where a weight is 0. A ``g`` with an infinity or a NaN is never folded: the caller
 scales the backprop by it, as TensorFlow does (the weighted kernel would
 give NaN rows where the product gives infinities).
 
