@@ -6,7 +6,7 @@
 Each case is a training step on CPU tensors (a leaf that requires grad,
 forward, ``backward`` of the scalar), run `--steps` times in a row after a
 warm-up (its median step is kept), the cases interleaved over `--rounds`
-rounds. "folded" is xent as shipped (`xent._torch_upstream`); "scaled" is the
+rounds. "folded" is xent as shipped (`xent._torch._upstream`); "scaled" is the
 same call with folding switched off (the backward scales the backprop with a
 second pass, as before). The floor is a 2-thread ``copy_`` of the logits into
 a tensor of their size. Prints one table (Markdown) with medians over rounds.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import xent
-from xent import _torch_upstream
+from xent._torch import _upstream
 from xent._bench._machine import compiled_for, cpu_model
 from xent.cli import _shape
 
@@ -132,7 +132,7 @@ def main():
     target = torch.empty_like(logits)
     results = {"copy floor (copy_)": []}
     results.update({_key(name, way): [] for name in cases for way in ("folded", "scaled")})
-    fold_min = _torch_upstream.MIN_BYTES
+    fold_min = _upstream.MIN_BYTES
     for _ in range(args.rounds):
         results["copy floor (copy_)"].append(_copy_floor(target, logits, args.steps))
         for name, fn in cases.items():
@@ -140,10 +140,10 @@ def main():
                 key = _key(name, way)
                 if way == "scaled" and key == _key(name, "folded"):
                     continue   # (a peer: no way to choose)
-                _torch_upstream.MIN_BYTES = fold_min if way == "folded" else 1 << 62
-                _torch_upstream.forget()
+                _upstream.MIN_BYTES = fold_min if way == "folded" else 1 << 62
+                _upstream.forget()
                 results[key].append(_burst(fn, logits, args.steps, "new batch" in name))
-        _torch_upstream.MIN_BYTES = fold_min
+        _upstream.MIN_BYTES = fold_min
     floor = statistics.median(results["copy floor (copy_)"])
     print(f"{n}x{c} float32, {args.labels} labels; {cpu_model()}, kernels for {compiled_for()}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -368,11 +368,12 @@ def test_dense_raw_op_broadcasts_one_logits_row_like_tf(tf):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_backward_scaling_rounds_once(dtype):
-    """The backward's scaling (`_scale_rows_` for the loss, in place; the raw op's
+    """The backward's scaling (`scale_rows_` for the loss, in place; the raw op's
     ``backprop * g``, a new tensor in NumPy memory unless a graph is built) gives
     the bits of the float32 product rounded once, on the fast path (g exact in
     the half dtype) and the slow one (g not)."""
-    from xent._torch import _LossAndBackprop, _scale_rows_
+    from xent._torch._eager import LossAndBackprop
+    from xent._torch._math import scale_rows_
 
     gen = torch.Generator().manual_seed(0)
     backprop = (torch.rand(64, 257, generator=gen) * 2 - 1).to(dtype)
@@ -381,12 +382,12 @@ def test_half_precision_backward_scaling_rounds_once(dtype):
     assert not torch.equal(inexact.to(dtype).to(torch.float32), inexact)
     for g in (exact, inexact):
         want = (backprop.to(torch.float32) * g[:, None]).to(dtype)
-        got = _scale_rows_(backprop.clone(), g)
+        got = scale_rows_(backprop.clone(), g)
         assert got.dtype == dtype
         assert torch.equal(got.view(torch.int16), want.view(torch.int16)), g is exact
         for graph in (False, True):   # a backward pass, or one building a graph
             with torch.set_grad_enabled(graph):
-                raw = _LossAndBackprop._logits_grad(None, backprop, g, None).to(dtype)
+                raw = LossAndBackprop._logits_grad(None, backprop, g, None).to(dtype)
             assert torch.equal(raw.view(torch.int16), want.view(torch.int16)), (g is exact, graph)
             assert raw.untyped_storage().data_ptr() != backprop.untyped_storage().data_ptr()
 

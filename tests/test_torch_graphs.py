@@ -1,6 +1,6 @@
 """xent's TensorFlow faces inside captured torch graphs: `torch.compile(fullgraph=True)`
 and the `torch.func` transforms run through the registered operator
-(`xent._torch_ops`), and give eager's values and gradients (eager is checked
+(`xent._torch._ops`), and give eager's values and gradients (eager is checked
 against TensorFlow in test_torch.py)."""
 import subprocess
 import sys
@@ -315,7 +315,7 @@ def test_operator_passes_torchs_opcheck_and_its_own_formula_is_tensorflows_gradi
     dispatch, which differentiates both outputs), and the operator's own
     formula gives eager's gradients (TF's, test_torch.py) of the loss and the
     backprop, both kinds, with and without the forward's backprop."""
-    from xent import _torch_ops  # noqa: F401 (registers the operator)
+    from xent._torch import _ops  # noqa: F401 (registers the operator)
     x, labels, y = _inputs(8, torch.float64)
     x.requires_grad_(True)
     y.requires_grad_(True)

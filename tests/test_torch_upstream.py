@@ -1,4 +1,4 @@
-"""A large loss on torch folds its upstream gradient into the kernel (`xent._torch_upstream`).
+"""A large loss on torch folds its upstream gradient into the kernel (`xent._torch._upstream`).
 
 Whatever the history of upstream gradients, every step's logits gradient is
 the kernel's with that step's ``g`` as the rows' weights (the same bits as a
@@ -14,21 +14,22 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import xent  # noqa: E402
-from xent import _core, _fused, _torch, _torch_upstream  # noqa: E402
+from xent import _core, _fused  # noqa: E402
+from xent._torch import _upstream  # noqa: E402
 from oracle import assert_close_to_truth  # noqa: E402
 
 SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
 DENSE = xent.nn.softmax_cross_entropy_with_logits
 KINDS = ["sparse", "dense"]
-N, C = 256, 2048   # 2 MiB of float32 logits, 1 MiB of half: past `_torch_upstream.MIN_BYTES`
+N, C = 256, 2048   # 2 MiB of float32 logits, 1 MiB of half: past `_upstream.MIN_BYTES`
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 @pytest.fixture(autouse=True)
 def fresh_state():
-    _torch_upstream.forget()
+    _upstream.forget()
     yield
-    _torch_upstream.forget()
+    _upstream.forget()
 
 
 def _inputs(rng, dtype=np.dtype(np.float32), kind="sparse", classes=C):
@@ -165,7 +166,7 @@ def test_small_logits_keep_the_scaling_pass(rng, monkeypatch):
     for _ in range(3):
         leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
         SPARSE(labels=torch.from_numpy(labels), logits=leaf).mean().backward()
-    assert calls == [True] * 3 and not _torch_upstream._seen
+    assert calls == [True] * 3 and not _upstream._seen
 
 
 def test_keras_and_v1_means_match_tensorflow_step_after_step(tf, rng):
@@ -323,7 +324,7 @@ def test_dense_labels_that_want_a_gradient_never_fold(rng, monkeypatch):
         log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
         assert_close_to_truth(labels.grad.numpy(), -log_softmax / N, np.float32,
                               scale=np.abs(log_softmax).max() / N)
-    assert calls == [True] * 3 and not _torch_upstream._seen
+    assert calls == [True] * 3 and not _upstream._seen
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -336,12 +337,12 @@ def test_an_infinite_upstream_gradient_is_scaled_as_a_small_loss_does(rng, monke
     g_inf[3], g_inf[7] = float("inf"), -float("inf")
     objectives = [lambda loss: loss.mean()] * 3 + [
         lambda loss: torch.autograd.backward(loss, g_inf)] * 2 + [lambda loss: loss.mean()]
-    fold_min = _torch_upstream.MIN_BYTES
+    fold_min = _upstream.MIN_BYTES
     for objective in objectives:
         got, g = _step(logits, labels, objective)
-        monkeypatch.setattr(_torch_upstream, "MIN_BYTES", 1 << 62)
+        monkeypatch.setattr(_upstream, "MIN_BYTES", 1 << 62)
         want, _ = _step(logits, labels, objective)
-        monkeypatch.setattr(_torch_upstream, "MIN_BYTES", fold_min)
+        monkeypatch.setattr(_upstream, "MIN_BYTES", fold_min)
         np.testing.assert_array_equal(got, want)
         if not bool(torch.isfinite(g).all()):
             assert np.isinf(got[3]).any() and np.isinf(got[7]).any()

@@ -27,29 +27,29 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from xent import _torch
 from xent._dtypes import accumulator
 from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_linear_ops, _torch_ops
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._tokens import reduce, row_weights
+from xent._torch import _backend as torch_backend, _math as torch_math, _views as torch_views
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
 
 def _on_kernel(t):
     """Whether tensor `t` runs the fused kernel (CPU, unless the tests chose torch ops)."""
-    return t.device.type == "cpu" and not _torch._state["torch_ops_on_cpu"]
+    return torch_math.on_kernels(t)
 
 
 def _loss_tensor(loss):
     """A NumPy result (scalar or array) as a CPU tensor."""
-    return _torch._from_numpy(np.asarray(loss))
+    return torch_views.from_numpy(np.asarray(loss))
 
 
 def _scaled(grad, g, reduction):
     """`grad` times the upstream gradient `g` (per row for ``"none"``), in place."""
     if reduction == "none":
-        return _torch._scale_rows_(grad, g)
+        return torch_math.scale_rows_(grad, g)
     if g.item() != 1.0:
         grad.mul_(g.to(grad.dtype) if grad.dtype.is_floating_point else g)
     return grad
@@ -57,7 +57,7 @@ def _scaled(grad, g, reduction):
 
 def _upstream_weights(weights, g, reduction):
     """The row weights times the upstream gradient `g` (per token for ``"none"``)."""
-    g = _torch._numpy_view(g.detach().to(torch.float64).reshape(-1).contiguous())
+    g = torch_views.numpy_view(g.detach().to(torch.float64).reshape(-1).contiguous())
     return (weights * (g if reduction == "none" else g[0])).astype(weights.dtype)
 
 
@@ -93,16 +93,17 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, opts, inplace, grad_wanted):
-        x = _torch._numpy_view(logits)
-        targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, x.shape[-1])
+        x = torch_views.numpy_view(logits)
+        targets, valid = _numpy.tokens(torch_views.numpy_view(target), opts.ignore_index,
+                                       x.shape[-1])
         x2, grad = x.reshape(-1, x.shape[-1]), None
         if inplace or (grad_wanted and logits.dtype != torch.float16):
-            grad = x2 if inplace else _torch._empty_numpy(x2)
+            grad = x2 if inplace else torch_views.empty_numpy(x2)
         weights = row_weights(valid, opts.reduction, accumulator(x.dtype))
         losses = losses_and_gradient(x2, targets, valid, opts, weights, grad)
         if inplace and grad is not None:
             torch.autograd.graph.increment_version(logits)
-        ctx.grad = None if grad is None else _torch._from_numpy(grad).reshape(logits.shape)
+        ctx.grad = None if grad is None else torch_views.from_numpy(grad).reshape(logits.shape)
         ctx.opts, ctx.tokens, ctx.inplace = opts, (targets, valid, weights), inplace
         ctx.save_for_backward(None if inplace else logits)
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), x.dtype))
@@ -124,18 +125,18 @@ class _CrossEntropy(torch.autograd.Function):
             raise RuntimeError("xent.cross_entropy(inplace_backward=True) can run its backward "
                                "once: the logits now hold the gradient")
         logits, = ctx.saved_tensors
-        x2 = _torch._numpy_view(logits).reshape(-1, logits.shape[-1])
-        grad = _torch._empty_numpy(x2)
+        x2 = torch_views.numpy_view(logits).reshape(-1, logits.shape[-1])
+        grad = torch_views.empty_numpy(x2)
         targets, valid, weights = ctx.tokens
         weights = _upstream_weights(weights, g, ctx.opts.reduction)
         losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
-        return _torch._from_numpy(grad).reshape(logits.shape)
+        return torch_views.from_numpy(grad).reshape(logits.shape)
 
 
 def _device_cross_entropy(logits, target, opts):
     """`cross_entropy` in torch ops (other devices): autograd does the gradient."""
-    z = logits.reshape(-1, logits.shape[-1]).to(_torch.accumulator_dtype(logits.dtype))
-    losses = _array_math.token_losses(_torch._Ops, z, target.reshape(-1).long(), opts)
+    z = logits.reshape(-1, logits.shape[-1]).to(torch_views.accumulator_dtype(logits.dtype))
+    losses = _array_math.token_losses(torch_math.Ops, z, target.reshape(-1).long(), opts)
     return _array_math.reduce(losses, target, opts).to(logits.dtype)
 
 
@@ -162,7 +163,7 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
         _check_inplace(logits)
     if not _on_kernel(logits):
         return _device_cross_entropy(logits, target, opts)
-    if _torch._graph_ops():   # (inplace_backward has no effect there)
+    if torch_backend.graph_ops():   # (inplace_backward has no effect there)
         return _graph_cross_entropy(logits, target, opts, grad_wanted)
     inplace = bool(inplace_backward) and grad_wanted
     return _apply(_CrossEntropy, logits, target, opts, inplace, grad_wanted)
@@ -181,15 +182,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, bias, target, opts, chunk, wanted):
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()
         w, b = weight.detach(), None if bias is None else bias.detach()
-        targets, valid = _numpy.tokens(_torch._numpy_view(target), opts.ignore_index, w.shape[0])
+        targets, valid = _numpy.tokens(torch_views.numpy_view(target), opts.ignore_index,
+                                       w.shape[0])
         early = _torch_chunks.gradients_in_forward(opts.reduction, x.dtype)
-        weights = row_weights(valid, opts.reduction, _torch.numpy_accumulator(x.dtype))
+        weights = row_weights(valid, opts.reduction, torch_views.numpy_accumulator(x.dtype))
         grads, losses = _torch_chunks.run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
                                     wanted if early else (False,) * 3)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
         ctx.tokens = (targets, valid, weights)
         ctx.save_for_backward(x2, w, b)
-        dtype = _torch._numpy_view(x2[:0]).dtype
+        dtype = torch_views.numpy_view(x2[:0]).dtype
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), dtype))
 
     @staticmethod
@@ -222,11 +224,11 @@ def _device_linear(x, weight, bias, target, opts, chunk):
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1).long()
     # ignored tokens' rows of x at 0: an inf or NaN there reaches no gradient (dW = dzᵀ·x)
     x2 = torch.where((t != opts.ignore_index)[:, None], x2, 0)
-    acc = _torch.accumulator_dtype(x.dtype)
+    acc = torch_views.accumulator_dtype(x.dtype)
 
     def chunk_losses(xc, tc):
         z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())
-        return _array_math.token_losses(_torch._Ops, z.to(acc), tc, opts)
+        return _array_math.token_losses(torch_math.Ops, z.to(acc), tc, opts)
 
     def run(xc, tc):
         if torch._C._are_functorch_transforms_active():
@@ -243,7 +245,7 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
     if not _on_kernel(x):
         return _device_linear(x, weight, bias, target, opts, chunk)
-    if _torch._graph_ops():
+    if torch_backend.graph_ops():
         return _torch_linear_ops.loss(x, weight, bias, target, opts, chunk)
     wanted = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad
                    for t in (x, weight, bias))

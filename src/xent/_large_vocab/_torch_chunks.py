@@ -6,8 +6,8 @@ half precision with torch's matmuls. Used by the eager Function
 import numpy as np
 import torch
 
-from xent import _torch
 from xent._large_vocab._linear import NumpyMatmuls, chunked
+from xent._torch import _views as torch_views
 
 __all__ = ["gradients_in_forward", "run_chunks", "TorchMatmuls"]
 
@@ -15,7 +15,7 @@ __all__ = ["gradients_in_forward", "run_chunks", "TorchMatmuls"]
 class TorchMatmuls:
     """The chunk loop's matmuls (`xent._large_vocab._linear`) on half-precision CPU tensors."""
 
-    numpy = staticmethod(_torch._numpy_view)
+    numpy = staticmethod(torch_views.numpy_view)
     zeros_like = staticmethod(torch.zeros_like)
 
     @staticmethod
@@ -55,7 +55,7 @@ class TorchMatmuls:
 def _linear_grads(x, weight, bias, wanted):
     """Zeroed gradient buffers (None where not `wanted`): dx in x's dtype, dW and db
     in the accumulator dtype."""
-    acc = _torch.accumulator_dtype(x.dtype)
+    acc = torch_views.accumulator_dtype(x.dtype)
     dx = torch.zeros_like(x) if wanted[0] else None
     dw = torch.zeros(weight.shape, dtype=acc) if wanted[1] else None
     db = torch.zeros(bias.shape, dtype=acc) if wanted[2] and bias is not None else None
@@ -85,12 +85,12 @@ def run_chunks(x2, w, b, targets, valid, opts, chunk, weights, wanted):
     if not any(wanted):
         grads = None
     elif x2.dtype in (torch.float32, torch.float64):
-        grads = tuple(np.zeros(a.shape, _torch._numpy_view(a[:0]).dtype) if want and a is not None
-                      else None for a, want in zip((x2, w, b), wanted))
+        grads = tuple(np.zeros(a.shape, torch_views.numpy_view(a[:0]).dtype)
+                      if want and a is not None else None for a, want in zip((x2, w, b), wanted))
     else:
         grads = _linear_grads(x2, w, b, wanted)
     if x2.dtype in (torch.float32, torch.float64):
-        view = _torch._numpy_view
+        view = torch_views.numpy_view
         arrays = (view(x2), view(w), None if b is None else view(b))
         losses = chunked(NumpyMatmuls, *arrays, targets, valid, opts, chunk, weights, grads)
         if grads is not None:

@@ -24,11 +24,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from xent import _torch
 from xent._large_vocab import _numpy
 from xent._large_vocab._options import Options
 from xent._large_vocab._torch_chunks import gradients_in_forward, run_chunks
 from xent._large_vocab._torch_ops import option_args, refuse_forward_mode, refuse_second_derivative
+from xent._torch import _views as torch_views
 
 __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
 
@@ -42,14 +42,15 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     """The chunk loop on CPU tensors (see the module doc); a target outside ``[0, V)``
     that is not `ignore_index` raises TensorFlow's `InvalidArgumentError`."""
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
-    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, weight.shape[0])
-    acc = _torch.numpy_accumulator(x.dtype)
-    row_weights = np.where(valid, _torch._numpy_view(weights.reshape(-1).contiguous()), 0).astype(acc)
+    kept, valid = _numpy.tokens(torch_views.numpy_view(targets), ignore_index, weight.shape[0])
+    acc = torch_views.numpy_accumulator(x.dtype)
+    given = torch_views.numpy_view(weights.reshape(-1).contiguous())
+    row_weights = np.where(valid, given, 0).astype(acc)
     wanted = (want_x, want_weight, want_bias and bias is not None)
     b = None if bias is None else bias.contiguous()
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     grads, losses = run_chunks(x2, weight.contiguous(), b, kept, valid, opts, chunk, row_weights, wanted)
-    total = torch.tensor(np.dot(losses, row_weights), dtype=_torch.accumulator_dtype(x.dtype))
+    total = torch.tensor(np.dot(losses, row_weights), dtype=torch_views.accumulator_dtype(x.dtype))
     dx, dw, db = (None,) * 3 if grads is None else grads
     dx = None if dx is None else dx.reshape(x.shape)
     return (total, torch.from_numpy(losses.reshape(tuple(x.shape[:-1]))),
@@ -60,7 +61,7 @@ def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def _linear_rows_fake(x, weight, bias, targets, weights, ignore_index, label_smoothing, z_loss,
                       softcap, chunk, want_x, want_weight, want_bias):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    acc = _torch.accumulator_dtype(x.dtype)
+    acc = torch_views.accumulator_dtype(x.dtype)
     return (x.new_empty((), dtype=acc), x.new_empty(x.shape[:-1], dtype=acc),
             x.new_empty(x.shape if want_x else (0,)),
             x.new_empty(weight.shape if want_weight else (0,), dtype=acc if want_weight else x.dtype),
@@ -207,7 +208,7 @@ class LinearLoss(torch.autograd.Function):
 def loss(x, weight, bias, target, opts, chunk):
     """`linear_cross_entropy` on CPU tensors through the operator: the mean, the sum or
     the per-token losses of ``x [..., H]`` against ``target [...]``, in x's dtype."""
-    valid = (target != opts.ignore_index).to(_torch.accumulator_dtype(x.dtype))
+    valid = (target != opts.ignore_index).to(torch_views.accumulator_dtype(x.dtype))
     weights = valid / valid.sum().clamp(min=1) if opts.reduction == "mean" else valid
     per_token = opts.reduction == "none"
     wanted = tuple(torch.is_grad_enabled() and a is not None and a.requires_grad

@@ -42,11 +42,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from xent import _torch
 from xent._dtypes import accumulator
 from xent._large_vocab import _numpy
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._options import Options
+from xent._torch import _views as torch_views
 
 __all__ = ["token_rows", "token_grad", "TokenRows", "TokenLosses", "losses", "option_args",
            "refuse_second_derivative", "refuse_forward_mode"]
@@ -61,8 +61,8 @@ def _kernel_tokens(logits, targets, ignore_index):
     """``(x [N, V], targets, valid)`` for the kernel: a NumPy view of the CPU
     `logits` (a contiguous copy if they are not) and `_numpy.tokens`' checked
     targets (TensorFlow's error for one out of range)."""
-    x = _torch._numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
-    kept, valid = _numpy.tokens(_torch._numpy_view(targets), ignore_index, x.shape[-1])
+    x = torch_views.numpy_view(logits.contiguous()).reshape(-1, logits.shape[-1])
+    kept, valid = _numpy.tokens(torch_views.numpy_view(targets), ignore_index, x.shape[-1])
     return x, kept, valid
 
 
@@ -80,17 +80,18 @@ def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     if want_grad:
         if logits.dtype == torch.float16:   # a float32 gradient (module doc): widened
             x = x.astype(np.float32)          # first, as the kernel writes its input's dtype
-        grad = _torch._empty_numpy(x)
+        grad = torch_views.empty_numpy(x)
     loss = losses_and_gradient(x, kept, valid, opts, weights, grad)
     shape = tuple(logits.shape)
-    grad_tensor = logits.new_empty(0) if grad is None else _torch._own_tensor(grad.reshape(shape))
-    return _torch._own_tensor(loss.reshape(shape[:-1])), grad_tensor
+    grad_tensor = (logits.new_empty(0) if grad is None
+                   else torch_views.own_tensor(grad.reshape(shape)))
+    return torch_views.own_tensor(loss.reshape(shape[:-1])), grad_tensor
 
 
 @token_rows.register_fake
 def _token_rows_fake(logits, targets, ignore_index, label_smoothing, z_loss, softcap, want_grad):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    loss = logits.new_empty(logits.shape[:-1], dtype=_torch.accumulator_dtype(logits.dtype))
+    loss = logits.new_empty(logits.shape[:-1], dtype=torch_views.accumulator_dtype(logits.dtype))
     grad = (logits.new_empty(logits.shape, dtype=_grad_dtype(logits.dtype)) if want_grad
             else logits.new_empty(0))
     return loss, grad
@@ -106,10 +107,10 @@ def token_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tenso
     buffer comes from xent's pool (`xent._buffers`), as the eager path's."""
     opts = Options(ignore_index, label_smoothing, z_loss, softcap, "none")
     x, kept, valid = _kernel_tokens(logits, targets, ignore_index)
-    w = np.where(valid, _torch._numpy_view(weights.contiguous()).reshape(-1), 0)
-    grad = _torch._empty_numpy(x)
+    w = np.where(valid, torch_views.numpy_view(weights.contiguous()).reshape(-1), 0)
+    grad = torch_views.empty_numpy(x)
     losses_and_gradient(x, kept, valid, opts, w.astype(accumulator(x.dtype)), grad)
-    return _torch._own_tensor(grad.reshape(tuple(logits.shape)))
+    return torch_views.own_tensor(grad.reshape(tuple(logits.shape)))
 
 
 @token_grad.register_fake

@@ -1,7 +1,7 @@
 """The upstream gradient a large loss expects, folded into the kernel's pass.
 
 A loss's backward multiplies TensorFlow's backprop by each row's upstream
-gradient ``g``. The eager torch path (`xent._torch`) writes the backprop
+gradient ``g``. The eager torch path (`xent._torch._eager`) writes the backprop
 during the forward, before ``g`` is known, and scaling it afterwards is a
 second pass over a logits-sized tensor: at 4096x32000 float32 a ``.mean()``
 step took 38 ms against 26 ms for ``.sum()`` (whose ``g`` is all ones and
@@ -37,14 +37,15 @@ Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
 compared bit for bit, signed zeros too). That is, within rounding, ``g``
 times TensorFlow's backprop (the product a small loss makes), but for the
-sign of some zeros where a weight is 0. A ``g`` with an infinity or a NaN is never folded: the caller
-scales the backprop by it, as TensorFlow does (the weighted kernel would
-give NaN rows where the product gives infinities).
+sign of some zeros where a weight is 0. A ``g`` with an infinity or a NaN
+is never folded: the caller scales the backprop by it, as TensorFlow does
+(the weighted kernel would give NaN rows where the product gives
+infinities).
 
 Only for logits of at least `MIN_BYTES` (on smaller ones the comparisons
 cost more than the pass), and for dense labels only where they want no
 gradient themselves (the logits' gradient then comes from the path that
-scales the unweighted backprop, `xent._torch._logits_grad`).
+scales the unweighted backprop, `xent._torch._eager._logits_grad`).
 """
 import math
 import threading

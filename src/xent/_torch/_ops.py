@@ -1,6 +1,6 @@
 """xent's kernel as registered torch operators, for `torch.compile` and `torch.func`.
 
-Eager calls on CPU tensors go through `xent._torch._loss_function` (an autograd
+Eager calls on CPU tensors go through `xent._torch._eager` (an autograd
 Function that scales its saved backprop in place and draws buffers from
 xent's pool). A graph that `torch.compile(fullgraph=True)` captures, or a
 `torch.func` transform (`grad`, `vmap`), cannot run NumPy inside; they get
@@ -26,7 +26,10 @@ gradient as the rows' weights.
 """
 import torch
 
-from xent import _array_kernels, _torch
+from xent import _array_kernels
+from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, labels_grad,
+                               loss_and_backprop, scale_rows_)
+from xent._torch._views import accumulate, accumulator_dtype
 
 __all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
 
@@ -35,7 +38,7 @@ __all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "los
 def rows(kind: str, logits: torch.Tensor, labels: torch.Tensor,
          want_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss and TF's backprop of `kind` (see the module doc), on any device."""
-    loss, backprop = _torch._forward(kind, labels.contiguous(), logits.contiguous(), want_grad)
+    loss, backprop = loss_and_backprop(kind, labels.contiguous(), logits.contiguous(), want_grad)
     if backprop is None:
         backprop = logits.new_empty(0)
     return loss, backprop
@@ -44,7 +47,7 @@ def rows(kind: str, logits: torch.Tensor, labels: torch.Tensor,
 @rows.register_fake
 def _rows_fake(kind, logits, labels, want_grad):
     """The outputs' shapes and dtypes, for the compiler (no data)."""
-    loss = logits.new_empty(logits.shape[:-1], dtype=_torch.accumulator_dtype(logits.dtype))
+    loss = logits.new_empty(logits.shape[:-1], dtype=accumulator_dtype(logits.dtype))
     return loss, logits.new_empty(logits.shape if want_grad else (0,))
 
 
@@ -83,11 +86,11 @@ def _backward(ctx, g_loss, g_backprop):
     and backprop (None: not made)."""
     logits, labels, backprop = ctx.saved_tensors
     if backprop is None:   # (no backprop output: its gradient is empty too)
-        backprop, g_backprop = _torch._differentiable_backprop(ctx.kind, logits, labels), None
-    d_logits = _torch._backprop_vjp(logits, backprop, g_loss, g_backprop)
+        backprop, g_backprop = differentiable_backprop(ctx.kind, logits, labels), None
+    d_logits = backprop_vjp(logits, backprop, g_loss, g_backprop)
     d_labels = None
     if ctx.kind == "dense" and ctx.needs_input_grad[2] and g_loss is not None:
-        d_labels = _torch._labels_grad(logits, labels, g_loss)
+        d_labels = labels_grad(logits, labels, g_loss)
     return None, d_logits.to(logits.dtype), d_labels, None
 
 
@@ -109,8 +112,8 @@ class FuncRows(Rows):
         reverse rule has it.
         """
         logits, labels = ctx.saved_tensors[:2]
-        x = _torch._accumulate(logits)
-        log_p = _array_kernels.log_softmax(_torch._Ops, x)
+        x = accumulate(logits)
+        log_p = _array_kernels.log_softmax(Ops, x)
         p = log_p.exp()
         dx = torch.zeros_like(x) if d_logits is None else d_logits.to(x.dtype)
         if ctx.kind == "sparse":
@@ -136,11 +139,11 @@ def rows_grad(kind: str, logits: torch.Tensor, labels: torch.Tensor,
     """``g[..., None] ⊙ backprop`` in the logits' dtype: `RowsLoss`' backward, the
     kernel run again. Sparse labels: with g as the rows' weights, in the
     kernel's one pass; dense: the backprop scaled in place after it
-    (`_torch._scale_rows_`; nothing to do where g is all ones)."""
+    (`scale_rows_`; nothing to do where g is all ones)."""
     labels, logits = labels.contiguous(), logits.contiguous()
     if kind == "sparse":
-        return _torch._forward(kind, labels, logits, True, g)[1]
-    return _torch._scale_rows_(_torch._forward(kind, labels, logits, True)[1], g)
+        return loss_and_backprop(kind, labels, logits, True, g)[1]
+    return scale_rows_(loss_and_backprop(kind, labels, logits, True)[1], g)
 
 
 @rows_grad.register_fake
@@ -178,7 +181,7 @@ class RowsLoss(torch.autograd.Function):
         d_logits = rows_grad(ctx.kind, logits, labels, g_loss) if ctx.needs_input_grad[1] else None
         d_labels = None
         if ctx.kind == "dense" and ctx.needs_input_grad[2]:
-            d_labels = _torch._labels_grad(logits, labels, g_loss)
+            d_labels = labels_grad(logits, labels, g_loss)
         return None, d_logits, d_labels, None
 
 

@@ -1,0 +1,175 @@
+"""The loss's numbers on tensors: the fused kernel on CPU tensors, torch ops elsewhere.
+
+`loss_and_backprop` is the one place a loss and TF's backprop are computed: on CPU
+tensors (`on_kernels`) the fused NumPy kernel (`xent._core`) runs on
+zero-copy views (`xent._torch._views`), on any other device the same steps
+as torch ops (`xent._array_kernels` with `Ops`). The rest are the gradient
+pieces that the autograd Functions (`xent._torch._eager`) and the
+registered operators (`xent._torch._ops`) share: the backprop scaled by the
+upstream gradient (in place), the labels' gradient, and differentiable
+forms for second derivatives.
+"""
+import ctypes
+
+import torch
+
+from xent import _array_kernels, _core
+from xent._torch._views import accumulate, empty_numpy, numpy_view, own_tensor
+
+
+_state = {"torch_ops_on_cpu": False}
+
+
+def use_torch_ops_on_cpu(flag=True):
+    """Run CPU tensors through the torch-ops path of other devices (for tests)."""
+    _state["torch_ops_on_cpu"] = flag
+
+
+def on_kernels(logits):
+    """Whether a loss on `logits` runs xent's kernels (a CPU tensor), not torch ops."""
+    return logits.is_cpu and not _state["torch_ops_on_cpu"]
+
+
+class Ops:
+    """The operations `xent._array_kernels` needs, as torch calls."""
+
+    exp = staticmethod(torch.exp)
+    tanh = staticmethod(torch.tanh)
+    isfinite = staticmethod(torch.isfinite)
+    log = staticmethod(torch.log)
+    where = staticmethod(torch.where)
+
+    @staticmethod
+    def max_last(x):
+        return torch.amax(x, dim=-1, keepdim=True)
+
+    @staticmethod
+    def logsumexp_last(x):
+        """``log Σ_j exp(x_j)`` over the last axis, as one torch op: its backward
+        recomputes the softmax, where a hand-made ``m + log Σ exp(x - m)`` saved
+        its exp, which inductor (torch 2.13, dynamic shapes) overwrote with the
+        gradient, breaking a second backward over a retained graph."""
+        return torch.logsumexp(x, dim=-1)
+
+    @staticmethod
+    def sum_last(x):
+        return torch.sum(x, dim=-1, keepdim=True)
+
+    @staticmethod
+    def stop_gradient(x):
+        return x.detach()
+
+    @staticmethod
+    def take_last(x, idx):
+        return torch.gather(x, -1, idx.long().unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def one_hot(idx, num_classes, dtype):
+        return (idx.unsqueeze(-1) == torch.arange(num_classes, device=idx.device)).to(dtype)
+
+    @staticmethod
+    def zeros_rows(x):
+        return x.new_zeros((*x.shape[:-1], 1))
+
+
+_ROWS = {"sparse": _array_kernels.sparse_rows, "dense": _array_kernels.dense_rows}
+_GRAD = {"sparse": _array_kernels.sparse_grad, "dense": _array_kernels.dense_grad}
+CORE = {"sparse": _core.sparse_xent, "dense": _core.dense_xent}
+
+
+def loss_and_backprop(kind, labels, logits, want_grad, weights=None):
+    """Per-row loss (accumulator dtype) and, if wanted, TF's backprop (logits' dtype).
+
+    `kind` is ``"sparse"`` (int labels ``[...]``) or ``"dense"`` (labels of the
+    logits' shape); logits are ``[..., C]``. With `weights` (``[...]``, the
+    loss's shape), each row of the backprop times its weight, folded into
+    the kernel's pass on the CPU.
+    """
+    if on_kernels(logits):
+        x = numpy_view(logits)
+        out = empty_numpy(x) if want_grad else None
+        if weights is None:
+            loss, _ = CORE[kind](numpy_view(labels), x, out)
+        else:
+            w = numpy_view(weights.detach().to(torch.float64).contiguous())
+            loss, _ = CORE[kind](numpy_view(labels), x, out, w)
+        return own_tensor(loss), None if out is None else own_tensor(out)
+    x = accumulate(logits)
+    loss, norm = _ROWS[kind](Ops, x, labels)
+    grad = None
+    if want_grad:
+        grad = _GRAD[kind](Ops, x, labels, norm)
+        grad = (grad if weights is None else grad * weights[..., None].to(grad.dtype)).to(logits.dtype)
+    return loss, grad
+
+
+def differentiable_backprop(kind, logits, labels):
+    """TF's backprop from torch ops that autograd can differentiate again."""
+    x = accumulate(logits)
+    return _GRAD[kind](Ops, x, labels, _array_kernels.normaliser(Ops, x))
+
+
+def labels_grad(logits, labels, g):
+    """Gradient of the dense loss for its labels: ``-g * log_softmax(logits)``."""
+    return (-g[..., None] * _array_kernels.log_softmax(Ops, accumulate(logits))).to(labels.dtype)
+
+
+def row_factors(g, dtype):
+    """``g[..., None]``, the per-row factors of a `dtype` backprop: in `dtype` itself
+    when g is exact there, else as they are.
+
+    torch multiplies a half-precision tensor by a float32 one through two
+    whole-tensor conversions (8192x32000 bfloat16, in place: 610 ms). The
+    per-row g (float32, the loss's accumulator dtype) is usually exact in the
+    half dtype, being the upstream gradient of the loss cast from it; then
+    the half-by-half product, computed exactly in float32 and rounded once,
+    is the same number (20-30 ms). On other devices the check would cost a
+    host sync, and is skipped (the mixed product is rounded once there too).
+    """
+    if g.dtype != dtype and dtype in (torch.float16, torch.bfloat16) and g.is_cpu:
+        narrow = g.to(dtype)
+        if torch.equal(narrow.to(g.dtype), g):
+            g = narrow
+    return g[..., None]
+
+
+# From this many elements on, `scale_rows_` first checks whether g is all ones
+# (three small torch ops, about 10 us: more than the multiply of a small backprop).
+_ONES_CHECK_MIN = 1 << 18
+
+
+def scale_rows_(backprop, g):
+    """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype;
+    nothing to do on the CPU when every g is 1 (the gradient of a ``.sum()``),
+    which saves a pass over a large backprop (on other devices the check
+    would cost a host sync)."""
+    if backprop.is_cpu and (
+            _broadcast_one(g) if backprop.numel() < _ONES_CHECK_MIN else bool((g == 1).all())):
+        return backprop
+    return backprop.mul_(row_factors(g, backprop.dtype))
+
+
+# ctypes types to read one element of a CPU tensor in place (`_broadcast_one`).
+_C_SCALARS = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
+
+
+def _broadcast_one(g):
+    """Whether CPU tensor `g` is one 1 broadcast to its shape (all strides 0), as
+    the gradient of a ``.sum()`` arrives: 0.3 us to check (reading the element
+    at its address), against 3 us for the multiply of a small backprop."""
+    scalar = _C_SCALARS.get(g.dtype)
+    if scalar is None or g.requires_grad or g.numel() == 0 or any(g.stride()):
+        return False
+    return scalar.from_address(g.data_ptr()).value == 1
+
+
+def backprop_vjp(logits, backprop, g_loss, g_backprop):
+    """The logits' gradient of the raw op's two outputs, in differentiable torch ops:
+    ``g_loss·backprop + softmax_vjp(g_backprop)`` (either g may be None)."""
+    d = torch.zeros_like(backprop) if g_loss is None else backprop * g_loss[..., None]
+    if g_backprop is not None:
+        x = accumulate(logits)
+        norm = _array_kernels.normaliser(Ops, x)
+        vjp = _array_kernels.softmax_vjp(Ops, x, norm, accumulate(g_backprop))
+        d = d + vjp.to(d.dtype)
+    return d
