@@ -251,6 +251,28 @@ def test_compiled_loss_backward_runs_the_kernel_and_no_softmax_in_torch_ops(face
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("face", ["sparse", "dense"])
+def test_compiled_loss_backward_with_an_infinite_upstream_gradient_gives_eagers(face):
+    """The compiled backward runs the kernel with the upstream gradient g as the
+    rows' weights; a g with ±inf scales TF's backprop instead, as eager does
+    (the weighted kernel gave NaN rows where the product gives ±inf); other
+    rows keep their numbers."""
+    x, labels, y = _inputs(6)
+    target = labels if face == "sparse" else y
+    fn = (lambda x, t: SPARSE(labels=t, logits=x)) if face == "sparse" \
+        else (lambda x, t: DENSE(labels=t, logits=x))
+    g = torch.arange(1.0, 7.0)
+    g[1], g[4] = float("inf"), -float("inf")
+    torch.compiler.reset()
+    leaf = x.clone().requires_grad_(True)
+    got, = torch.autograd.grad(torch.compile(fn, fullgraph=True)(leaf, target), leaf, g)
+    leaf = x.clone().requires_grad_(True)
+    want, = torch.autograd.grad(fn(leaf, target), leaf, g)
+    torch.testing.assert_close(got, want, equal_nan=True)
+    assert torch.isinf(got[1]).any() and torch.isinf(got[4]).any()
+    assert torch.isfinite(got[[0, 2, 3, 5]]).all()
+
+
 def test_compiled_backward_twice_through_a_retained_graph_gives_the_same_gradient():
     """Nothing the backward writes is saved in the graph (it runs the kernel
     again): a second backward (retain_graph) gives the same gradient, and the
