@@ -734,3 +734,71 @@ def test_torch_compile_matches_eager():
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(step(x, w), torch.compile(step)(x, w))
+
+
+def test_an_out_of_range_target_among_ignored_ones_is_placed_in_the_callers_target():
+    """With some tokens ignored, the error's count and positions are those of the
+    target as given (not of the kept tokens), in its own shape, on NumPy and
+    on torch tensors; ignored tokens are never counted as bad."""
+    logits = np.zeros((50, 5), np.float32)
+    target = np.zeros(50, np.int64)
+    target[:10] = -100
+    target[20], target[33] = 7, -2
+    want = r"-2 which is outside the valid range of \[0, 5\).*2 of 50 label values are outside it: 7 at \[20\], -2 at \[33\]"
+    with pytest.raises(InvalidArgumentError, match=want):
+        xent.cross_entropy(logits, target)
+    grid = r"2 of 50 label values are outside it: 7 at \[4, 0\], -2 at \[6, 3\]"
+    with pytest.raises(InvalidArgumentError, match=grid):
+        xent.cross_entropy(logits.reshape(10, 5, 5), target.reshape(10, 5))
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InvalidArgumentError, match=want):
+        xent.cross_entropy(torch.from_numpy(logits), torch.from_numpy(target))
+    with pytest.raises(InvalidArgumentError, match=grid):
+        xent.linear_cross_entropy(np.ones((10, 5, 2), np.float32), np.ones((5, 2), np.float32),
+                                  target.reshape(10, 5))
+
+
+def test_label_smoothing_of_huge_or_shifted_logits_stays_finite_and_precise():
+    """The smoothing term comes from the differences z_y - z_j: a row of ±3e38
+    gives +inf (as torch's float32), not -inf; a row of 2e38 and 0 its float64
+    value 1e37; logits shifted by 1e4 keep float32 precision against torch's
+    float64 loss, on every path (NumPy, torch on the kernel and in torch ops,
+    JAX through the callback and in jax.numpy)."""
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    from xent import _jax_cpu
+    from xent._torch import _math
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    huge = np.array([[3e38, 3e38, -3e38, 0.0], [2e38, 2e38, 0.0, 0.0]], np.float32)
+    shifted = (rng.standard_normal((16, 1000)) + 1e4).astype(np.float32)
+    cases = [(huge, np.array([1, 0])), (shifted, rng.integers(0, 1000, 16))]
+
+    def on(path, x, t):
+        if path.startswith("torch"):
+            _math.use_torch_ops_on_cpu(path == "torch ops")
+            try:
+                return xent.cross_entropy(torch.from_numpy(x), torch.from_numpy(t),
+                                          label_smoothing=0.1, reduction="none").numpy()
+            finally:
+                _math.use_torch_ops_on_cpu(False)
+        if path.startswith("jax"):
+            _jax_cpu.use_jax_numpy_on_cpu(path == "jax numpy")
+            try:
+                return np.asarray(xent.cross_entropy(jnp.asarray(x), jnp.asarray(t),
+                                                     label_smoothing=0.1, reduction="none"))
+            finally:
+                _jax_cpu.use_jax_numpy_on_cpu(False)
+        return xent.cross_entropy(x, t, label_smoothing=0.1, reduction="none")
+
+    for x, t in cases:
+        want = F.cross_entropy(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(t),
+                               label_smoothing=0.1, reduction="none").numpy()
+        for path in ("numpy", "torch kernel", "torch ops", "jax callback", "jax numpy"):
+            got = on(path, x, t)
+            if x is huge:
+                assert got[0] == np.inf, (path, got)
+                np.testing.assert_allclose(got[1], want[1], rtol=1e-6, err_msg=path)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=path)

@@ -26,7 +26,7 @@ LISTED_LABELS = 32
 SHOWN_BAD_LABELS = 5
 
 
-def labels_in_range(labels, num_classes):
+def labels_in_range(labels, num_classes, checked=None):
     """Raise `InvalidArgumentError` if any label is outside ``[0, num_classes)``.
 
     The message starts as TensorFlow's (CPU kernel) does: the worst offender
@@ -34,22 +34,30 @@ def labels_in_range(labels, num_classes):
     for up to `LISTED_LABELS` labels, TF's list of every label value; for
     more, how many are outside the range and the first few with their
     positions (TF's list of 100,000 labels is 200,000 characters long).
+    `checked` (bool, the labels' shape; None: all) leaves out the labels
+    not to check (an ``ignore_index``); positions and counts stay those of
+    `labels` as given.
     """
-    if _kernels.labels_fit(labels, num_classes):
+    kept = labels if checked is None else labels[checked]
+    if _kernels.labels_fit(kept, num_classes):
         return
-    low, high = labels.min(), labels.max()
+    low, high = kept.min(), kept.max()
     bad = low if low < 0 else high
     raise InvalidArgumentError(
         f"Received a label value of {bad} which is outside the valid range of "
-        f"[0, {num_classes}).  {_label_values(labels, num_classes)}")
+        f"[0, {num_classes}).  {_label_values(labels, num_classes, checked)}")
 
 
-def _label_values(labels, num_classes):
-    """TF's ``Label values: ...`` for a short batch, else a count and the first bad labels."""
+def _label_values(labels, num_classes, checked=None):
+    """TF's ``Label values: ...`` for a short batch, else a count and the first bad
+    labels (among the `checked` ones)."""
     flat = labels.reshape(-1)
     if flat.size <= LISTED_LABELS:
         return "Label values: " + " ".join(str(v) for v in flat.tolist())
-    bad = np.flatnonzero((flat < 0) | (flat >= num_classes))
+    outside = (flat < 0) | (flat >= num_classes)
+    if checked is not None:
+        outside &= checked.reshape(-1)
+    bad = np.flatnonzero(outside)
     shown = ", ".join(f"{flat[i]} at {_position(i, labels.shape)}" for i in bad[:SHOWN_BAD_LABELS])
     more = ", ..." if bad.size > SHOWN_BAD_LABELS else ""
     return f"{bad.size} of {flat.size} label values are outside it: {shown}{more}"

@@ -5,7 +5,9 @@ For torch tensors off the CPU and for JAX arrays: the same formula as
 
     z    <- c·tanh(z/c)                          (softcap c)
     lse  = m + log Σ_j exp(z_j - m),  m = max_j z_j (a constant for autodiff)
+    nll  = log Σ_j exp(z_j - m) - (z_y - m)     (= lse - z_y, shifted: precise for large z)
     loss = (1 - ε)·(lse - z_y) + ε·(lse - mean_j z_j) + λ·lse²
+         = (lse - z_y) + ε·Σ_j (z_y - z_j)/V + λ·lse²   (no sum of large logits)
 
 0 for ignored tokens, whose logits are set to 0 first (so that an inf or NaN
 there makes no NaN gradient); a token whose target is outside ``[0, V)`` gets NaN
@@ -26,11 +28,14 @@ def token_losses(ops, z, targets, opts):
     in_range = (targets >= 0) & (targets < num_classes)
     # a bad target's row becomes NaN, so its loss and gradient are NaN (TensorFlow on a GPU)
     z = z + ops.where(in_range | ~valid, 0.0, float("nan"))[..., None]
-    lse = ops.logsumexp_last(z)
-    loss = lse - ops.take_last(z, ops.where(in_range, targets, 0 * targets))
+    m = ops.stop_gradient(ops.max_last(z))[..., 0]
+    log_s = ops.logsumexp_last(z - m[..., None])
+    z_y = ops.take_last(z, ops.where(in_range, targets, 0 * targets))
+    loss = log_s - (z_y - m)   # (lse - z_y with both shifted first: no cancellation)
+    lse = m + log_s
     if opts.label_smoothing:
-        eps = opts.label_smoothing
-        loss = (1.0 - eps) * loss + eps * (lse - ops.sum_last(z)[..., 0] * (1.0 / num_classes))
+        gap = ops.sum_last((z_y[..., None] - z) * (1.0 / num_classes))[..., 0]
+        loss = loss + opts.label_smoothing * gap
     if opts.z_loss:
         loss = loss + opts.z_loss * lse * lse
     return ops.where(valid, loss, 0.0)

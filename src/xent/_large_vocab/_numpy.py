@@ -11,9 +11,10 @@ __all__ = ["cross_entropy", "linear_cross_entropy", "tokens"]
 
 def tokens(target, ignore_index, num_classes):
     """``(targets [N] int64, valid [N] bool)``, after TF's range check of the kept ones."""
-    flat = np.asarray(target).reshape(-1).astype(np.int64, copy=False)
+    target = np.asarray(target)
+    flat = target.reshape(-1).astype(np.int64, copy=False)
     valid = flat != ignore_index
-    check_targets(flat, valid, num_classes)
+    check_targets(flat, valid, num_classes, target.shape)
     return flat, valid
 
 

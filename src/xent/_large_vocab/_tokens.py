@@ -11,16 +11,15 @@ from xent._validate import labels_in_range
 __all__ = ["check_targets", "row_weights", "reduce"]
 
 
-def check_targets(targets, valid, num_classes):
+def check_targets(targets, valid, num_classes, shape):
     """Raise `InvalidArgumentError` for a target outside ``[0, V)`` that is not ignored.
 
-    targets: ``[N]`` int array; valid: ``[N]`` bool (not ignore_index).
+    targets: ``[N]`` int array; valid: ``[N]`` bool (not ignore_index); shape:
+    the caller's target's shape, which the message's positions refer to.
     The message is TensorFlow's, as for the other sparse losses.
     """
-    if valid.all():
-        labels_in_range(targets, num_classes)
-    elif valid.any():
-        labels_in_range(targets[valid], num_classes)
+    labels_in_range(targets.reshape(shape), num_classes,
+                    None if valid.all() else valid.reshape(shape))
 
 
 def row_weights(valid, reduction, dtype):
