@@ -30,39 +30,38 @@ from xent._bench._machine import compiled_for, cpu_model
 from xent.cli import _shape
 
 
-def _sparse_cases(labels):
-    """The steps on int labels ``[N]``: each takes the logits leaf, returns a scalar."""
-    keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+# Per kind of labels: the nn face's row name and function, the keras class's, the v1
+# function's (labels, logits), and the peer's row name.
+_FACES = {
+    "sparse": ("nn", xent.nn.sparse_softmax_cross_entropy_with_logits,
+               "keras SparseCategoricalCrossentropy",
+               xent.keras.losses.SparseCategoricalCrossentropy,
+               "v1 sparse_softmax_cross_entropy",
+               lambda y, x: xent.losses.sparse_softmax_cross_entropy(labels=y, logits=x),
+               "F.cross_entropy (mean)"),
+    "dense": ("nn dense", xent.nn.softmax_cross_entropy_with_logits,
+              "keras CategoricalCrossentropy", xent.keras.losses.CategoricalCrossentropy,
+              "v1 softmax_cross_entropy",
+              lambda y, x: xent.losses.softmax_cross_entropy(onehot_labels=y, logits=x),
+              "F.cross_entropy, probabilities (mean)"),
+}
+
+
+def _cases(kind, labels):
+    """The steps on `kind` labels: int labels ``[N]`` ("sparse") or target rows
+    ``[N, C]`` ("dense"); each takes the logits leaf and returns a scalar."""
+    nn_name, nn_face, keras_name, keras_class, v1_name, v1, peer = _FACES[kind]
+    keras_loss = keras_class(from_logits=True)
 
     def nn(reduce):
-        return lambda x: reduce(xent.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels[:x.shape[0]], logits=x))
+        return lambda x: reduce(nn_face(labels=labels[:x.shape[0]], logits=x))
     return {
-        "xent nn, .sum()": nn(torch.sum),
-        "xent nn, .mean()": nn(torch.mean),
-        "xent nn, .mean(), a new batch size each step": nn(torch.mean),
-        "xent keras SparseCategoricalCrossentropy": lambda x: keras_loss(labels, x),
-        "xent v1 sparse_softmax_cross_entropy": lambda x: xent.losses.sparse_softmax_cross_entropy(
-            labels=labels, logits=x),
-        "F.cross_entropy (mean)": lambda x: F.cross_entropy(x, labels),
-    }
-
-
-def _dense_cases(targets):
-    """The steps on target rows ``[N, C]`` (the same steps as `_sparse_cases`)."""
-    keras_loss = xent.keras.losses.CategoricalCrossentropy(from_logits=True)
-
-    def nn(reduce):
-        return lambda x: reduce(xent.nn.softmax_cross_entropy_with_logits(
-            labels=targets[:x.shape[0]], logits=x))
-    return {
-        "xent nn dense, .sum()": nn(torch.sum),
-        "xent nn dense, .mean()": nn(torch.mean),
-        "xent nn dense, .mean(), a new batch size each step": nn(torch.mean),
-        "xent keras CategoricalCrossentropy": lambda x: keras_loss(targets, x),
-        "xent v1 softmax_cross_entropy": lambda x: xent.losses.softmax_cross_entropy(
-            onehot_labels=targets, logits=x),
-        "F.cross_entropy, probabilities (mean)": lambda x: F.cross_entropy(x, targets),
+        f"xent {nn_name}, .sum()": nn(torch.sum),
+        f"xent {nn_name}, .mean()": nn(torch.mean),
+        f"xent {nn_name}, .mean(), a new batch size each step": nn(torch.mean),
+        f"xent {keras_name}": lambda x: keras_loss(labels, x),
+        f"xent {v1_name}": lambda x: v1(labels, x),
+        peer: lambda x: F.cross_entropy(x, labels),
     }
 
 
@@ -127,8 +126,7 @@ def main():
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32))
     labels = torch.from_numpy(rng.integers(0, c, n))
-    cases = _sparse_cases(labels) if args.labels == "sparse" \
-        else _dense_cases(_smoothed_one_hot(labels, c))
+    cases = _cases(args.labels, labels if args.labels == "sparse" else _smoothed_one_hot(labels, c))
     target = torch.empty_like(logits)
     results = {"copy floor (copy_)": []}
     results.update({_key(name, way): [] for name in cases for way in ("folded", "scaled")})
