@@ -365,3 +365,25 @@ def test_dense_labels_changed_in_place_after_a_large_loss_raise_as_f_cross_entro
             labels.add_(1.0)
             with pytest.raises(RuntimeError, match="modified by an inplace operation"):
                 total.backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_losses_of_one_shape_with_different_reductions_both_fold(rng, monkeypatch, kind):
+    """``(a.mean() + 0.1 * b.mean()).backward()`` on two losses of one shape: each
+    keeps its own g (its place among the step's forwards), so once steady a
+    step is two kernel calls that fold, no rerun; each gradient is the
+    kernel's with its own g."""
+    (x1, y1), (x2, y2) = _inputs(rng, kind=kind), _inputs(rng, kind=kind)
+    calls = _counting_kernel_calls(monkeypatch, kind)
+    for step in range(5):
+        before = len(calls)
+        leaves = [_tensor(x).requires_grad_(True) for x in (x1, x2)]
+        losses = [_loss(y, leaf) for y, leaf in zip((y1, y2), leaves)]
+        seen = [[], []]
+        for loss, kept in zip(losses, seen):
+            loss.register_hook(lambda g, kept=kept: kept.append(g.detach().clone()))
+        (losses[0].mean() + 0.1 * losses[1].mean()).backward()
+        if step >= 2:
+            assert calls[before:] == [True, True], (step, calls[before:])
+        for x, y, leaf, kept in zip((x1, x2), (y1, y2), leaves, seen):
+            np.testing.assert_array_equal(_numpy(leaf.grad), _kernel_reference(x, y, kept[0]))

@@ -56,9 +56,9 @@ def _loss_function(kind):
             write = ctx.needs_input_grad[0]
             ctx.folds = write and not ctx.needs_input_grad[1] and on_kernels(logits) \
                 and _upstream.foldable(logits)
-            ctx.weights = None
+            ctx.weights = ctx.slot = None
             if ctx.folds:
-                write, ctx.weights = _upstream.expected(
+                write, ctx.weights, ctx.slot = _upstream.expected(
                     logits.shape[:-1], accumulator_dtype(logits.dtype), logits.dtype)
             loss, ctx.backprop = loss_and_backprop(kind, labels, logits, write, ctx.weights)
             ctx.save_for_backward(logits, labels)
@@ -108,7 +108,8 @@ def _with_upstream(kind, ctx, backprop, g):
     or not, so that logits changed in place since the forward raise torch's
     error on every step, not only on those whose g changed."""
     logits, labels = ctx.saved_tensors
-    done, weights = _upstream.observe(g, backprop is not None, ctx.weights, logits.dtype)
+    done, weights = _upstream.observe(g, backprop is not None, ctx.weights, logits.dtype,
+                                      ctx.slot)
     if done:
         return backprop
     if not _upstream.finite(weights):

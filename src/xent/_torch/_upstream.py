@@ -10,8 +10,12 @@ ms (AMD Zen 4, 2 threads).
 
 But ``g`` is mostly the same from one training step to the next: ``1/N``
 for a mean, the reduction's factors for weighted losses with the same
-weights. So each loss shape and dtype keeps the last ``g`` its backward
-received, and whether it was the same as the one before (steady):
+weights. So each slot keeps the last ``g`` its backward received, and
+whether it was the same as the one before (steady). A slot is a loss shape
+and dtype, and the loss's place among the forwards of that shape since a
+backward of one ran (`_slot`): two losses of one shape with different
+reductions in a step (``(a.mean() + 0.1 * b.mean()).backward()``) keep a
+``g`` each.
 
   - steady: the forward folds that ``g`` into its pass as the rows' weights.
     If the backward's ``g`` is the same, there is nothing left to do; if not,
@@ -22,16 +26,15 @@ received, and whether it was the same as the one before (steady):
     kernel with its ``g`` as the weights (about the cost of the write and
     the scaling pass it replaces); the same ``g`` twice makes it steady.
 
-A shape not seen yet (padding that changes from batch to batch) is
-expected to get the kind of ``g`` the last backward on logits of its dtype
-got: all ones (a ``.sum()``: nothing folded), ``1/n`` for each of its n
-rows (a mean, divided as torch does it, in float32 or in the half dtype the
-loss was rounded to: folded), or anything else (not steady).
+A slot not seen yet (padding that changes from batch to batch) is
+expected to get the kind of ``g`` the last backward in its place on logits
+of its dtype got: all ones (a ``.sum()``: nothing folded), ``1/n`` for each
+of its n rows (a mean, divided as torch does it, in float32 or in the half
+dtype the loss was rounded to: folded), or anything else (not steady).
 
-One entry per shape and one kind per logits dtype serve one reduction:
-two losses of one shape with different reductions in a step (``a.mean() +
-0.1 * b.mean()``) are never steady, and with a new shape each step the one
-whose kind was not the last pays a rerun.
+Losses of one shape whose backwards run one by one between their forwards
+(``a.backward()`` before ``b`` is made) share a place, and with different
+reductions are never steady.
 
 Either way the gradient is the kernel's with ``g`` as the rows' weights,
 each entry rounded once: the same bits whatever ran before (``g`` is
@@ -61,11 +64,14 @@ MIN_BYTES = _buffers.MIN_BYTES
 MAX_SHAPES = 8
 
 _lock = threading.Lock()
-# (loss shape, dtype) -> (the last g as float64, C-contiguous, or None for all ones;
-# whether it was the same as the g before it)
+# slot (loss shape, dtype, place) -> (the last g as float64, C-contiguous, or None
+# for all ones; whether it was the same as the g before it)
 _seen = {}
-# logits dtype -> the kind of the last g a backward of such logits got: "ones",
-# ("mean", d) (1/n each, divided in torch dtype d) or "other"
+# (loss shape, dtype) -> [the place of the next forward, whether a backward ran since
+# the place-0 forward]
+_places = {}
+# (logits dtype, place) -> the kind of the last g a backward of such a loss got:
+# "ones", ("mean", d) (1/n each, divided in torch dtype d) or "other"
 _kinds = {}
 
 
@@ -78,18 +84,35 @@ def _key(g_shape, dtype):
     return tuple(g_shape), dtype
 
 
+def _slot(g_shape, dtype):
+    """The slot of a forward of a loss of this shape and accumulator `dtype`:
+    ``(shape, dtype, place)``, the place counting the forwards of such losses
+    since a backward of one ran (the first forward after it is 0 again)."""
+    key = _key(g_shape, dtype)
+    with _lock:
+        place = _places.pop(key, None)
+        if place is None or place[1]:
+            place = [0, False]
+        while len(_places) >= MAX_SHAPES:
+            del _places[next(iter(_places))]
+        _places[key] = [place[0] + 1, False]
+    return key + (place[0],)
+
+
 def expected(g_shape, dtype, logits_dtype):
-    """``(write, weights)`` for the forward of a loss of this shape and accumulator
-    `dtype` on logits of `logits_dtype`: whether to write the backprop now, and
-    the rows' weights to fold in (float64 ``g_shape``; None: all ones)."""
-    seen = _seen.get(_key(g_shape, dtype))
+    """``(write, weights, slot)`` for the forward of a loss of this shape and
+    accumulator `dtype` on logits of `logits_dtype`: whether to write the
+    backprop now, the rows' weights to fold in (float64 ``g_shape``; None:
+    all ones), and the forward's slot (`_slot`), for `observe`."""
+    slot = _slot(g_shape, dtype)
+    seen = _seen.get(slot)
     if seen is None:
-        kind = _kinds.get(logits_dtype, "ones")
+        kind = _kinds.get((logits_dtype, slot[2]), "ones")
         if kind == "other":
-            return False, None
-        return True, None if kind == "ones" else _mean_gradient(g_shape, kind[1])
+            return False, None, slot
+        return True, None if kind == "ones" else _mean_gradient(g_shape, kind[1]), slot
     last, steady = seen
-    return (True, last) if steady else (False, None)
+    return (True, last, slot) if steady else (False, None, slot)
 
 
 def _mean_gradient(g_shape, rounding):
@@ -138,23 +161,25 @@ def finite(kept):
     return kept is None or bool(torch.isfinite(kept).all())
 
 
-def observe(g, wrote, weights, logits_dtype):
+def observe(g, wrote, weights, logits_dtype, slot):
     """Record upstream gradient `g` that a backward of a loss on logits of
-    `logits_dtype` received, given whether its forward `wrote` the backprop
-    and with what `weights`. Returns ``(done, kept)``: whether that backprop
-    is already the gradient (`g` is what it folded in), and `g` as the
-    kernel's row weights (`_as_weights`: None for all ones). A `g` that is
-    not `finite` never becomes steady (it is not to be folded)."""
-    key = _key(g.shape, g.dtype)
+    `logits_dtype` received, given whether its forward (in `slot`) `wrote`
+    the backprop and with what `weights`. Returns ``(done, kept)``: whether
+    that backprop is already the gradient (`g` is what it folded in), and
+    `g` as the kernel's row weights (`_as_weights`: None for all ones). A
+    `g` that is not `finite` never becomes steady (it is not to be folded)."""
     kept = _as_weights(g)
-    _kinds[logits_dtype] = _kind(kept, g.dtype, logits_dtype)
-    if wrote and _same(kept, weights):
-        return True, kept
+    _kinds[logits_dtype, slot[2]] = _kind(kept, g.dtype, logits_dtype)
     with _lock:
-        last, _ = _seen.pop(key, (None, True))
+        place = _places.get(slot[:2])
+        if place is not None:
+            place[1] = True
+        if wrote and _same(kept, weights):
+            return True, kept
+        last, _ = _seen.pop(slot, (None, True))
         while len(_seen) >= MAX_SHAPES:
             del _seen[next(iter(_seen))]
-        _seen[key] = (kept, not wrote and _same(kept, last) and finite(kept))
+        _seen[slot] = (kept, not wrote and _same(kept, last) and finite(kept))
     return False, kept
 
 
@@ -162,4 +187,5 @@ def forget():
     """Drop every remembered upstream gradient (for the tests)."""
     with _lock:
         _seen.clear()
+        _places.clear()
         _kinds.clear()
