@@ -104,13 +104,28 @@ def test_xent_bench_shape_and_dtype_run_only_the_inputs_asked_for(tf, tiny_bench
     assert report["command"] == "xent bench --quick --shape 4x16 --dtype bfloat16"
 
 
-@pytest.mark.parametrize("text", ["8192", "8192x", "x32000", "0x10", "8x-1", "axb", "8x3x2"])
+@pytest.mark.parametrize("text", ["8192", "8192x", "x32000", "0x10", "8x-1", "axb", "8x3x2",
+                                  "\u00b2x5"])
 def test_xent_bench_shape_refuses_what_is_not_rows_x_classes(capsys, text):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "--shape", text])
     assert exit_info.value.code == 2
     assert f"expected ROWSxCLASSES with two positive integers, such as 8192x32000; got {text!r}" \
         in capsys.readouterr().err
+
+
+def test_xent_bench_out_that_cannot_be_a_folder_stops_before_any_work(capsys, monkeypatch,
+                                                                       tmp_path):
+    """A ``--out`` under a file: argparse's error naming ``--out`` (exit 2) before
+    anything is compiled or timed, not a traceback after the whole run."""
+    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--quick", "--out", str(blocker / "sub")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out: expected a folder the results can be written to" in err, err
 
 
 def test_xent_bench_dtype_refuses_a_dtype_it_does_not_time(capsys):

@@ -16,6 +16,7 @@ after them: they use int64 labels only, so that each target compiles each
 kernel once.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -1191,8 +1192,24 @@ def test_set_num_threads_rejects_bad_counts():
         xent.set_num_threads(0)
     with pytest.raises(ValueError, match="number of threads"):
         xent.set_num_threads(xent._threads.max_threads() + 1)
-    with pytest.raises(TypeError):
-        xent.set_num_threads(1.5)
+    for bad in (1.5, "2", None, True):
+        with pytest.raises(TypeError, match=rf"the number of threads must be an int; received "
+                                            rf"{re.escape(repr(bad))}"):
+            xent.set_num_threads(bad)
+    xent.set_num_threads(np.int64(1))   # (an integer type that is not int)
+    xent.set_num_threads(xent._threads.max_threads())
+
+
+def test_a_numba_num_threads_that_is_not_a_count_is_named(monkeypatch):
+    """Before numba is imported, the thread count comes from NUMBA_NUM_THREADS: a
+    value that is not a positive integer is named, not a bare int() error."""
+    monkeypatch.setitem(sys.modules, "numba", None)   # (as before `import numba`)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "abc")
+    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS must be a positive integer; "
+                                         "received 'abc'"):
+        xent._threads.max_threads()
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    assert xent._threads.max_threads() == 3
 
 
 def test_get_num_threads_defaults_to_numba_pool():

@@ -24,6 +24,9 @@ def max_threads():
         return int(numba.config.NUMBA_NUM_THREADS)
     env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
     if env:
+        if not (env.isascii() and env.isdigit()):
+            raise ValueError(f"the environment variable NUMBA_NUM_THREADS must be a positive "
+                             f"integer; received {env!r}")
         return max(1, int(env))
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -54,7 +57,7 @@ def set_num_threads(n):
       TypeError: `n` is not an integer.
       ValueError: `n` is outside ``[1, max_threads()]``.
     """
-    if isinstance(n, bool):
+    if isinstance(n, bool) or not hasattr(type(n), "__index__"):
         raise TypeError(f"the number of threads must be an int; received {n!r}")
     n = operator.index(n)
     limit = max_threads()

@@ -3,13 +3,32 @@ import argparse
 import sys
 
 
+def _positive_digits(text):
+    """Whether `text` is a positive integer in ASCII digits (``str.isdigit`` also
+    takes digits that ``int`` refuses, such as ``"²"``)."""
+    return text.isascii() and text.isdigit() and int(text) > 0
+
+
 def _shape(text):
     """``"8192x32000"`` → ``(8192, 32000)``: rows and classes, both positive."""
     rows, _, classes = text.lower().partition("x")
-    if not (rows.isdigit() and classes.isdigit() and int(rows) > 0 and int(classes) > 0):
+    if not (_positive_digits(rows) and _positive_digits(classes)):
         raise argparse.ArgumentTypeError(
             f"expected ROWSxCLASSES with two positive integers, such as 8192x32000; got {text!r}")
     return int(rows), int(classes)
+
+
+def _out_folder(text):
+    """The results folder, made now if missing, so that a path that cannot be one
+    stops the bench before any timing rather than after all of it."""
+    import os
+
+    try:
+        os.makedirs(text, exist_ok=True)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a folder the results can be written to; got {text!r} ({error.strerror})")
+    return text
 
 
 def _parser():
@@ -21,7 +40,8 @@ def _parser():
                                 "the values TF's documentation prints")
     bench = sub.add_parser("bench", help="time xent against every installed peer")
     bench.add_argument("--quick", action="store_true", help="small shapes, few repeats (< 1 minute)")
-    bench.add_argument("--out", default="bench/results", help="folder for the JSON and PNG results")
+    bench.add_argument("--out", default="bench/results", type=_out_folder,
+                       help="folder for the JSON, Markdown and PNG results (made if missing)")
     bench.add_argument("--shape", action="append", type=_shape, metavar="ROWSxCLASSES",
                        help="time only this input (repeatable), e.g. --shape 8192x32000")
     bench.add_argument("--dtype", action="append", choices=DTYPES,

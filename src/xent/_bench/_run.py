@@ -112,12 +112,14 @@ def compile_kernels(dtype_name):
     """Call xent's public functions once on each quick shape in `dtype_name`, so that
     numba compiles (or loads from its disk cache) every fused kernel the bench times:
     chunk and narrow rows, one thread and several, loss, gradient and in place;
-    and the row-loop copy floor on this dtype's bits."""
+    and the row-loop copy floor on this dtype's bits. Prints the seconds it took."""
+    started = time.perf_counter()
     for shape in QUICK_SHAPES:
         logits, labels = make_inputs(shape, dtype_name)
         for case in xent_cases(logits, labels) + floor_cases(logits):
             if case.name in ("xent", "copy floor (row loop)"):
                 case.run()
+    print(time.perf_counter() - started)
 
 
 def import_peers():
@@ -131,7 +133,9 @@ def import_peers():
 def precompile():
     """`compile_kernels` for float32 and for bfloat16, each in a child process,
     while this process imports the peers (`import_peers`); returns the seconds
-    the children took (compiling, or loading numba's disk cache).
+    the slower child took (compiling, or loading numba's disk cache), as it
+    measured them: the imports, which overlap, are not counted (TensorFlow's
+    alone took 3.6 s of a 6.4 s wait on a warm cache).
 
     numba compiles on one core (about 15 s per dtype on a cold cache); the
     kernels land in its disk cache, where this process then finds them.
@@ -139,22 +143,21 @@ def precompile():
     its error (a crash in a kernel would otherwise surface as a silent abort).
     """
     children = []
-    started = time.perf_counter()
     if _core.get_kernels() == "fused":
         children = [subprocess.Popen(
             [sys.executable, "-c",
              f"from xent._bench import _run; _run.compile_kernels({dtype!r})"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for dtype in DTYPES]
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for dtype in DTYPES]
     try:
         import_peers()
     finally:
-        errors = [(dtype, child.communicate()[1], child.returncode)
-                  for dtype, child in zip(DTYPES, children)]
-    for dtype, stderr, code in errors:
+        results = [(dtype, *child.communicate(), child.returncode)
+                   for dtype, child in zip(DTYPES, children)]
+    for dtype, _, stderr, code in results:
         if code != 0:
             raise RuntimeError(f"xent bench: compiling the {dtype} kernels failed "
                                f"(exit {code}):\n{stderr[-2000:]}")
-    return time.perf_counter() - started
+    return max((float(stdout.split()[-1]) for _, stdout, _, _ in results), default=0.0)
 
 
 class _Progress:

@@ -70,7 +70,7 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
       >>> print(xent.cross_entropy(logits, np.array([0, -100])))
       0.4170301
       >>> print(xent.cross_entropy(logits, np.array([0, 1]), reduction="none", label_smoothing=0.1))
-      [0.5136968  0.36004955]
+      [0.5136968  0.36004952]
 
     PyTorch's ``F.cross_entropy(..., reduction="none", label_smoothing=0.1)``
     gives ``[0.5137, 0.3600]`` for the same rows.
