@@ -1,5 +1,6 @@
 """The `xent` command: ``xent demo`` and ``xent bench``."""
 import argparse
+import os
 import sys
 
 
@@ -21,8 +22,6 @@ def _shape(text):
 def _out_folder(text):
     """The results folder, made now if missing, so that a path that cannot be one
     stops the bench before any timing rather than after all of it."""
-    import os
-
     try:
         os.makedirs(text, exist_ok=True)
     except OSError as error:

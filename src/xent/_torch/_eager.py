@@ -16,7 +16,7 @@ supports them too). The dense loss also gives the labels their gradient,
 import torch
 
 from xent._torch import _upstream
-from xent._torch._math import (CORE, backprop_vjp, differentiable_backprop, labels_grad,
+from xent._torch._math import (backprop_vjp, differentiable_backprop, labels_grad,
                                loss_and_backprop, on_kernels, row_factors, scale_rows_)
 from xent._torch._views import accumulator_dtype, empty_numpy, from_numpy, numpy_view
 
@@ -98,11 +98,9 @@ def _with_upstream(kind, ctx, backprop, g):
     (`xent._torch._upstream`): the kernel's with g as the rows' weights.
     That is `backprop` as the forward wrote it where it folded in this g
     (``ctx.weights``); else the kernel runs now, over `backprop` if the
-    forward wrote one (None: it did not, or a first backward took it).
-
-    A g with an infinity or a NaN (`_upstream.finite`) scales the
-    unweighted backprop instead, as a small loss does: TensorFlow's ±inf
-    entries, where the weighted kernel would give NaN rows.
+    forward wrote one (None: it did not, or a first backward took it). A g
+    with an infinity or a NaN scales the unweighted backprop instead, as a
+    small loss does (`loss_and_backprop`).
 
     The saved logits are asked for every time, whether the kernel runs again
     or not, so that logits changed in place since the forward raise torch's
@@ -112,17 +110,7 @@ def _with_upstream(kind, ctx, backprop, g):
                                       ctx.slot)
     if done:
         return backprop
-    if not _upstream.finite(weights):
-        if backprop is None:
-            backprop = loss_and_backprop(kind, labels, logits, True)[1]
-        elif ctx.weights is not None:   # (the forward folded weights in: unweighted again)
-            CORE[kind](numpy_view(labels), numpy_view(logits), numpy_view(backprop))
-        return scale_rows_(backprop, g)
-    if backprop is None:
-        return loss_and_backprop(kind, labels, logits, True, weights)[1]
-    CORE[kind](numpy_view(labels), numpy_view(logits), numpy_view(backprop),
-                None if weights is None else weights.numpy())
-    return backprop
+    return loss_and_backprop(kind, labels, logits, True, weights, into=backprop)[1]
 
 
 SparseLoss, DenseLoss = _loss_function("sparse"), _loss_function("dense")

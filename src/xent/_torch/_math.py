@@ -74,26 +74,31 @@ class Ops:
 
 _ROWS = {"sparse": _array_kernels.sparse_rows, "dense": _array_kernels.dense_rows}
 _GRAD = {"sparse": _array_kernels.sparse_grad, "dense": _array_kernels.dense_grad}
-CORE = {"sparse": _core.sparse_xent, "dense": _core.dense_xent}
+_CORE = {"sparse": _core.sparse_xent, "dense": _core.dense_xent}
 
 
-def loss_and_backprop(kind, labels, logits, want_grad, weights=None):
+def loss_and_backprop(kind, labels, logits, want_grad, weights=None, into=None):
     """Per-row loss (accumulator dtype) and, if wanted, TF's backprop (logits' dtype).
 
     `kind` is ``"sparse"`` (int labels ``[...]``) or ``"dense"`` (labels of the
     logits' shape); logits are ``[..., C]``. With `weights` (``[...]``, the
     loss's shape), each row of the backprop times its weight, folded into
-    the kernel's pass on the CPU.
+    the kernel's pass on the CPU; weights with an infinity or a NaN scale
+    the backprop after it instead (`scale_rows_`: TensorFlow's ±inf entries,
+    where the weighted kernel gives NaN rows; elsewhere the weights are that
+    product already). `into` (CPU, C-contiguous, the logits' shape and
+    dtype) receives the backprop, which is then `into` itself.
     """
     if on_kernels(logits):
+        if weights is not None and not bool(torch.isfinite(weights).all()):
+            loss, backprop = loss_and_backprop(kind, labels, logits, want_grad, None, into)
+            return loss, None if backprop is None else scale_rows_(backprop, weights)
         x = numpy_view(logits)
-        out = empty_numpy(x) if want_grad else None
-        if weights is None:
-            loss, _ = CORE[kind](numpy_view(labels), x, out)
-        else:
-            w = numpy_view(weights.detach().to(torch.float64).contiguous())
-            loss, _ = CORE[kind](numpy_view(labels), x, out, w)
-        return own_tensor(loss), None if out is None else own_tensor(out)
+        out = None if not want_grad else empty_numpy(x) if into is None else numpy_view(into)
+        w = None if weights is None else numpy_view(weights.detach().to(torch.float64).contiguous())
+        loss, _ = _CORE[kind](numpy_view(labels), x, out, w)
+        backprop = None if out is None else own_tensor(out) if into is None else into
+        return own_tensor(loss), backprop
     x = accumulate(logits)
     loss, norm = _ROWS[kind](Ops, x, labels)
     grad = None

@@ -28,7 +28,7 @@ import torch
 
 from xent import _array_kernels
 from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, labels_grad,
-                               loss_and_backprop, on_kernels, scale_rows_)
+                               loss_and_backprop)
 from xent._torch._views import accumulate, accumulator_dtype
 
 __all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
@@ -137,15 +137,9 @@ class FuncRows(Rows):
 def rows_grad(kind: str, logits: torch.Tensor, labels: torch.Tensor,
               g: torch.Tensor) -> torch.Tensor:
     """``g[..., None] ⊙ backprop`` in the logits' dtype: `RowsLoss`' backward, the
-    kernel run again with g as the rows' weights, in its one pass. On the
-    CPU a g with an infinity or a NaN scales the unweighted backprop instead
-    (`scale_rows_`), as the eager path does: TensorFlow's ±inf entries,
-    where the weighted kernel gives NaN rows (on other devices the weights
-    are that product already, and the check would cost a host sync)."""
-    labels, logits = labels.contiguous(), logits.contiguous()
-    if on_kernels(logits) and not bool(torch.isfinite(g).all()):
-        return scale_rows_(loss_and_backprop(kind, labels, logits, True)[1], g)
-    return loss_and_backprop(kind, labels, logits, True, g)[1]
+    kernel run again with g as the rows' weights, in its one pass (a g with
+    an infinity scales the backprop as eager does: `loss_and_backprop`)."""
+    return loss_and_backprop(kind, labels.contiguous(), logits.contiguous(), True, g)[1]
 
 
 @rows_grad.register_fake

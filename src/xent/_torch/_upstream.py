@@ -57,7 +57,7 @@ import torch
 
 from xent import _buffers
 
-__all__ = ["MIN_BYTES", "foldable", "expected", "observe", "finite", "forget"]
+__all__ = ["MIN_BYTES", "foldable", "expected", "observe", "forget"]
 
 MIN_BYTES = _buffers.MIN_BYTES
 # How many loss shapes are remembered (the least recently seen makes way).
@@ -80,22 +80,24 @@ def foldable(logits):
     return logits.numel() * logits.element_size() >= MIN_BYTES
 
 
-def _key(g_shape, dtype):
-    return tuple(g_shape), dtype
+def _put(table, key, value):
+    """``table[key] = value`` as its newest entry (`key` popped first), the oldest
+    making way while the table holds `MAX_SHAPES` (under `_lock`)."""
+    while len(table) >= MAX_SHAPES:
+        del table[next(iter(table))]
+    table[key] = value
 
 
 def _slot(g_shape, dtype):
     """The slot of a forward of a loss of this shape and accumulator `dtype`:
     ``(shape, dtype, place)``, the place counting the forwards of such losses
     since a backward of one ran (the first forward after it is 0 again)."""
-    key = _key(g_shape, dtype)
+    key = tuple(g_shape), dtype
     with _lock:
         place = _places.pop(key, None)
         if place is None or place[1]:
             place = [0, False]
-        while len(_places) >= MAX_SHAPES:
-            del _places[next(iter(_places))]
-        _places[key] = [place[0] + 1, False]
+        _put(_places, key, [place[0] + 1, False])
     return key + (place[0],)
 
 
@@ -155,9 +157,9 @@ def _same(a, b):
     return a.shape == b.shape and torch.equal(a.view(torch.int64), b.view(torch.int64))
 
 
-def finite(kept):
-    """Whether kept gradient `kept` (`_as_weights`) can be the kernel's row weights:
-    every entry finite (None, all ones, is)."""
+def _finite(kept):
+    """Whether kept gradient `kept` (`_as_weights`) can be folded as the kernel's row
+    weights: every entry finite (None, all ones, is)."""
     return kept is None or bool(torch.isfinite(kept).all())
 
 
@@ -167,7 +169,7 @@ def observe(g, wrote, weights, logits_dtype, slot):
     the backprop and with what `weights`. Returns ``(done, kept)``: whether
     that backprop is already the gradient (`g` is what it folded in), and
     `g` as the kernel's row weights (`_as_weights`: None for all ones). A
-    `g` that is not `finite` never becomes steady (it is not to be folded)."""
+    `g` that is not `_finite` never becomes steady (it is not to be folded)."""
     kept = _as_weights(g)
     _kinds[logits_dtype, slot[2]] = _kind(kept, g.dtype, logits_dtype)
     with _lock:
@@ -177,9 +179,7 @@ def observe(g, wrote, weights, logits_dtype, slot):
         if wrote and _same(kept, weights):
             return True, kept
         last, _ = _seen.pop(slot, (None, True))
-        while len(_seen) >= MAX_SHAPES:
-            del _seen[next(iter(_seen))]
-        _seen[slot] = (kept, not wrote and _same(kept, last) and finite(kept))
+        _put(_seen, slot, (kept, not wrote and _same(kept, last) and _finite(kept)))
     return False, kept
 
 
