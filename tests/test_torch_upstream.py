@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 import xent  # noqa: E402
 from xent import _core, _fused  # noqa: E402
 from xent._torch import _upstream  # noqa: E402
+from xent._torch._views import numpy_view, own_tensor  # noqa: E402
 from oracle import assert_close_to_truth  # noqa: E402
 
 SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
@@ -44,34 +45,21 @@ def _inputs(rng, dtype=np.dtype(np.float32), kind="sparse", classes=C):
 def _loss(labels, leaf):
     """xent.nn's per-row loss of `leaf` against NumPy `labels` (dense: rows of the logits' rank)."""
     if labels.ndim == leaf.ndim:
-        return DENSE(labels=_tensor(labels), logits=leaf)
+        return DENSE(labels=own_tensor(labels.copy()), logits=leaf)
     return SPARSE(labels=torch.from_numpy(labels), logits=leaf)
-
-
-def _tensor(a):
-    """A torch tensor of NumPy array `a` (bfloat16 through its bits)."""
-    if a.dtype == BF16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
-def _numpy(t):
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(BF16)
-    return t.numpy()
 
 
 def _step(logits, labels, objective):
     """The logits' gradient of ``objective(per-row loss)``, and the upstream g the loss
     received; `objective` may call ``backward`` itself (and return None)."""
-    leaf = _tensor(logits).requires_grad_(True)
+    leaf = own_tensor(logits.copy()).requires_grad_(True)
     loss = _loss(labels, leaf)
     seen = []
     loss.register_hook(lambda g: seen.append(g.detach().clone()))
     total = objective(loss)
     if total is not None:
         total.backward()
-    return _numpy(leaf.grad), seen[0]
+    return numpy_view(leaf.grad), seen[0]
 
 
 def _kernel_reference(logits, labels, g):
@@ -377,7 +365,7 @@ def test_two_losses_of_one_shape_with_different_reductions_both_fold(rng, monkey
     calls = _counting_kernel_calls(monkeypatch, kind)
     for step in range(5):
         before = len(calls)
-        leaves = [_tensor(x).requires_grad_(True) for x in (x1, x2)]
+        leaves = [own_tensor(x.copy()).requires_grad_(True) for x in (x1, x2)]
         losses = [_loss(y, leaf) for y, leaf in zip((y1, y2), leaves)]
         seen = [[], []]
         for loss, kept in zip(losses, seen):
@@ -386,4 +374,4 @@ def test_two_losses_of_one_shape_with_different_reductions_both_fold(rng, monkey
         if step >= 2:
             assert calls[before:] == [True, True], (step, calls[before:])
         for x, y, leaf, kept in zip((x1, x2), (y1, y2), leaves, seen):
-            np.testing.assert_array_equal(_numpy(leaf.grad), _kernel_reference(x, y, kept[0]))
+            np.testing.assert_array_equal(numpy_view(leaf.grad), _kernel_reference(x, y, kept[0]))
