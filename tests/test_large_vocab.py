@@ -157,6 +157,12 @@ TARGET = np.array([0, 1])
     ({"z_loss": "big"}, TypeError, "z_loss must be a real number; received 'big'"),
     ({"label_smoothing": "0.1"}, TypeError, "label_smoothing must be a real number; received '0.1'"),
     ({"softcap": "30"}, TypeError, "softcap must be a real number; received '30'"),
+    ({"softcap": 1e39}, ValueError, "softcap must be from 7.888609052210118e-31 to "
+     "1.2676506002282294e+30 (float32 and half-precision logits are capped in float32, "
+     "where c·tanh(z/c) needs c, 1/c and z/c to be normal numbers); received 1e+39"),
+    ({"softcap": 1e-40}, ValueError, "softcap must be from 7.888609052210118e-31 to "
+     "1.2676506002282294e+30 (float32 and half-precision logits are capped in float32, "
+     "where c·tanh(z/c) needs c, 1/c and z/c to be normal numbers); received 1e-40"),
 ])
 def test_bad_options_are_named(kwargs, error, text):
     for call in (lambda: xent.cross_entropy(LOGITS, TARGET, **kwargs),
@@ -758,48 +764,131 @@ def test_an_out_of_range_target_among_ignored_ones_is_placed_in_the_callers_targ
                                   target.reshape(10, 5))
 
 
+SMOOTHING_PATHS = ("numpy", "torch kernel", "torch ops", "jax callback", "jax numpy")
+
+
+def _smoothed(path, x, t, eps):
+    """``(loss, d sum(loss)/d x)`` of `xent.cross_entropy` with label smoothing `eps`
+    on one of `SMOOTHING_PATHS` (NumPy; torch on the kernel or in torch ops;
+    JAX through the kernel's callback or in jax.numpy), as NumPy arrays."""
+    jax = pytest.importorskip("jax")
+    from xent import _jax_cpu
+    from xent._torch import _math
+
+    if path.startswith("torch"):
+        _math.use_torch_ops_on_cpu(path == "torch ops")
+        try:
+            xt = torch.from_numpy(x.copy()).requires_grad_(True)
+            loss = xent.cross_entropy(xt, torch.from_numpy(t), label_smoothing=eps,
+                                      reduction="none")
+            loss.sum().backward()
+            return loss.detach().numpy(), xt.grad.numpy()
+        finally:
+            _math.use_torch_ops_on_cpu(False)
+    if path.startswith("jax"):
+        _jax_cpu.use_jax_numpy_on_cpu(path == "jax numpy")
+        try:
+            fn = lambda a: xent.cross_entropy(a, jax.numpy.asarray(t), label_smoothing=eps,
+                                              reduction="none")
+            grad = jax.grad(lambda a: fn(a).sum())(jax.numpy.asarray(x))
+            return np.asarray(fn(jax.numpy.asarray(x))), np.asarray(grad)
+        finally:
+            _jax_cpu.use_jax_numpy_on_cpu(False)
+    return xent.cross_entropy(x, t, label_smoothing=eps, reduction="none", return_grads=True)
+
+
+def _torch_smoothed(x, t, eps):
+    """torch's float64 ``F.cross_entropy`` loss and gradient of its sum, as NumPy arrays."""
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    loss = F.cross_entropy(xt, torch.from_numpy(t), label_smoothing=eps, reduction="none")
+    loss.sum().backward()
+    return loss.detach().numpy(), xt.grad.numpy()
+
+
 def test_label_smoothing_of_huge_or_shifted_logits_stays_finite_and_precise():
     """Rows of ±3e38 (4 classes, and 512 with an overflowing float32 partial sum) and
     of 2e38 and 0 give their float64 loss (torch's float32 gives +inf; xent
     gave -inf), and logits shifted by 1e4 stay within 1e-5 of torch's float64
     loss, on every path (NumPy, torch on the kernel and in torch ops, JAX
-    through the callback and in jax.numpy)."""
-    torch = pytest.importorskip("torch")
-    jnp = pytest.importorskip("jax.numpy")
-    from xent import _jax_cpu
-    from xent._torch import _math
-    import torch.nn.functional as F
-
+    through the callback and in jax.numpy). A row of 3e38 and three of -3e38
+    (its smoothing term over 3.4e38 before it is scaled by ε) too: the
+    jax.numpy and torch-ops paths gave +inf."""
     rng = np.random.default_rng(3)
     huge = np.array([[3e38, 3e38, -3e38, 0.0], [2e38, 2e38, 0.0, 0.0]], np.float32)
     wide = np.zeros((1, 512), np.float32)
     wide[0, :3] = 3e38, 3e38, -3e38
+    spread = np.array([[3e38, -3e38, -3e38, -3e38]], np.float32)
     shifted = (rng.standard_normal((16, 1000)) + 1e4).astype(np.float32)
-    cases = [(huge, np.array([1, 0])), (wide, np.array([1])),
+    cases = [(huge, np.array([1, 0])), (wide, np.array([1])), (spread, np.array([0])),
              (shifted, rng.integers(0, 1000, 16))]
-
-    def on(path, x, t):
-        if path.startswith("torch"):
-            _math.use_torch_ops_on_cpu(path == "torch ops")
-            try:
-                return xent.cross_entropy(torch.from_numpy(x), torch.from_numpy(t),
-                                          label_smoothing=0.1, reduction="none").numpy()
-            finally:
-                _math.use_torch_ops_on_cpu(False)
-        if path.startswith("jax"):
-            _jax_cpu.use_jax_numpy_on_cpu(path == "jax numpy")
-            try:
-                return np.asarray(xent.cross_entropy(jnp.asarray(x), jnp.asarray(t),
-                                                     label_smoothing=0.1, reduction="none"))
-            finally:
-                _jax_cpu.use_jax_numpy_on_cpu(False)
-        return xent.cross_entropy(x, t, label_smoothing=0.1, reduction="none")
-
     for x, t in cases:
-        want = F.cross_entropy(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(t),
-                               label_smoothing=0.1, reduction="none").numpy()
-        for path in ("numpy", "torch kernel", "torch ops", "jax callback", "jax numpy"):
-            got = on(path, x, t)
+        want = _torch_smoothed(x, t, 0.1)[0]
+        for path in SMOOTHING_PATHS:
+            got = _smoothed(path, x, t, 0.1)[0]
             # (SPEC allows a few ulps of 1e4 for the shifted rows; a float32 mean gave 1.9e-5)
             np.testing.assert_allclose(got, want, rtol=1e-5 if x is shifted else 1e-6,
                                        err_msg=path)
+
+
+@pytest.mark.parametrize("eps", [0.1, 1.0])
+def test_label_smoothing_of_a_minus_inf_target_logit_is_torchs(eps):
+    """A target logit of -inf: loss +inf as torch's (NaN for ε = 1: its ``0·inf``),
+    and torch's finite gradient, on every path; ``nll + ε·mean_j (z_y - z_j)``
+    made it ``inf - inf``, NaN, on all of them. A -inf logit off the target
+    gives +inf too (its ``-log p_j`` is)."""
+    x = np.array([[0.0, -np.inf, 1.0, 2.0], [0.5, 1.0, -np.inf, 3.0], [0.5, 1.0, 2.0, 3.0]],
+                 np.float32)
+    t = np.array([1, 0, 2])
+    want_loss, want_grad = _torch_smoothed(x, t, eps)
+    assert np.isinf(want_loss[0]) == (eps < 1) and np.isnan(want_loss[0]) == (eps == 1)
+    for path in SMOOTHING_PATHS:
+        loss, grad = _smoothed(path, x, t, eps)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=path)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_label_smoothing_of_float64_rows_whose_sum_overflows():
+    """float64 rows near 1.8e308, whose float64 row sum overflows: a row of 1.7e308,
+    1.7e308 and 0 gave -inf (torch: 5.67e306); a target logit of -1.7e308
+    among +1.7e308 gives +inf as torch does (nll overflows). NumPy and torch
+    paths (JAX holds no float64 without jax_enable_x64)."""
+    x = np.array([[1.7e308, 1.7e308, 0.0], [1.7e308, -1.7e308, 1.7e308]])
+    t = np.array([0, 1])
+    want = _torch_smoothed(x, t, 0.1)[0]
+    assert np.isfinite(want[0]) and np.isposinf(want[1])
+    for path in SMOOTHING_PATHS[:3]:
+        np.testing.assert_allclose(_smoothed(path, x, t, 0.1)[0], want, rtol=1e-12, err_msg=path)
+
+
+def test_softcaps_at_the_bounds_match_the_float64_oracle():
+    """The smallest and largest softcaps accepted (`SOFTCAP_MIN`, `SOFTCAP_MAX`) give
+    the float64 loss of ``c·tanh(z/c)`` in float32 on every path (a cap of
+    1e39 gave NaN: 1/c was 0 and c inf in float32; one of 2^126 flushed every
+    logit below 1 to 0 in XLA)."""
+    from xent._large_vocab._options import SOFTCAP_MAX, SOFTCAP_MIN
+    jnp = pytest.importorskip("jax.numpy")
+    from xent import _jax_cpu
+    from xent._torch import _math
+
+    x = np.array([[0.0, 1.0, 2.0], [3.0, -1.0, 0.5]], np.float32)
+    t = np.array([0, 2])
+    for cap in (SOFTCAP_MIN, SOFTCAP_MAX):
+        z = torch.from_numpy(x.astype(np.float64))
+        want = F.cross_entropy(cap * torch.tanh(z / cap), torch.from_numpy(t),
+                               reduction="none").numpy()
+        got = {"numpy": xent.cross_entropy(x, t, softcap=cap, reduction="none")}
+        for ops in (False, True):
+            _math.use_torch_ops_on_cpu(ops)
+            try:
+                got[f"torch ops={ops}"] = xent.cross_entropy(
+                    torch.from_numpy(x), torch.from_numpy(t), softcap=cap, reduction="none").numpy()
+            finally:
+                _math.use_torch_ops_on_cpu(False)
+            _jax_cpu.use_jax_numpy_on_cpu(ops)
+            try:
+                got[f"jax numpy={ops}"] = np.asarray(xent.cross_entropy(
+                    jnp.asarray(x), jnp.asarray(t), softcap=cap, reduction="none"))
+            finally:
+                _jax_cpu.use_jax_numpy_on_cpu(False)
+        for path, value in got.items():
+            np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=f"{cap} {path}")

@@ -38,7 +38,7 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
       ignore_index: the target value of tokens to skip (default -100, as PyTorch).
       label_smoothing: ε in ``[0, 1]``.
       z_loss: λ >= 0.
-      softcap: c > 0, or None for no cap (Gemma 2 uses 30).
+      softcap: c in [2^-100, 2^100], or None for no cap (Gemma 2 uses 30).
       reduction: ``"mean"`` over the tokens not ignored (0 if all are),
         ``"sum"`` (for gradient accumulation: divide by your global token
         count), or ``"none"`` (``[...]``, 0 where ignored).

@@ -6,8 +6,11 @@ For torch tensors off the CPU and for JAX arrays: the same formula as
     z    <- c·tanh(z/c)                          (softcap c)
     lse  = m + log Σ_j exp(z_j - m),  m = max_j z_j (a constant for autodiff)
     nll  = log Σ_j exp(z_j - m) - (z_y - m)     (= lse - z_y, shifted: precise for large z)
-    loss = (1 - ε)·(lse - z_y) + ε·(lse - mean_j z_j) + λ·lse²
-         = (lse - z_y) + ε·Σ_j (z_y/V - z_j/V) + λ·lse²   (nothing that overflows)
+    loss = (1 - ε)·nll + ε·(lse - mean_j z_j) + λ·lse²
+         = (1 - ε)·nll + ε·log Σ_j exp(z_j - m) + Σ_j (m·s - z_j·s) + λ·lse²,  s = ε/V
+
+(every smoothing term non-negative and scaled before it is summed: a target
+logit of -inf gives +inf, not inf - inf, and a row of ±3e38 no overflow)
 
 0 for ignored tokens, whose logits are set to 0 first (so that an inf or NaN
 there makes no NaN gradient); a token whose target is outside ``[0, V)`` gets NaN
@@ -33,10 +36,11 @@ def token_losses(ops, z, targets, opts):
     z_y = ops.take_last(z, ops.where(in_range, targets, 0 * targets))
     loss = log_s - (z_y - m)   # (lse - z_y with both shifted first: no cancellation)
     lse = m + log_s
-    if opts.label_smoothing:   # (each term scaled first: no sum, no difference overflows)
-        inv = 1.0 / num_classes
-        gap = ops.sum_last(z_y[..., None] * inv - z * inv)[..., 0]
-        loss = loss + opts.label_smoothing * gap
+    if opts.label_smoothing:   # (see the module doc)
+        eps = opts.label_smoothing
+        s = eps / num_classes
+        spread = ops.sum_last(m[..., None] * s - z * s)[..., 0]
+        loss = (1.0 - eps) * loss + eps * log_s + spread
     if opts.z_loss:
         loss = loss + opts.z_loss * lse * lse
     return ops.where(valid, loss, 0.0)

@@ -6,6 +6,13 @@ and names the argument, the value it got and what was expected.
 from typing import NamedTuple, Optional
 
 REDUCTIONS = ("mean", "sum", "none")
+# The softcaps c accepted. ``c·tanh(z/c)`` is computed in float32 for float32
+# and half-precision logits: with c or 1/c outside float32's normal numbers
+# it multiplies 0 by inf (NaN for every logit, at c = 1e39), and XLA flushes
+# subnormal z/c to 0 (at c = 2^126, every |z| < 1). Within 2^±100, z/c is
+# flushed only where |z| < 2^-26, a change of the loss below 1.5e-8.
+SOFTCAP_MIN = 2.0 ** -100
+SOFTCAP_MAX = 2.0 ** 100
 
 
 class Options(NamedTuple):
@@ -15,7 +22,7 @@ class Options(NamedTuple):
       not counted in the mean).
     label_smoothing: ε in [0, 1]: (1-ε)·nll + ε·mean_j(-log p_j).
     z_loss: λ >= 0: adds λ·lse² per token.
-    softcap: c > 0 or None: the logits become c·tanh(logits/c) first.
+    softcap: c in [`SOFTCAP_MIN`, `SOFTCAP_MAX`] or None: the logits become c·tanh(logits/c) first.
     reduction: "mean" (over the tokens not ignored), "sum" or "none".
     """
 
@@ -59,7 +66,7 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
     Raises:
       TypeError: a non-integer `ignore_index`, a non-number option (a string too).
       ValueError: `label_smoothing` outside [0, 1], a negative `z_loss`, a
-        `softcap` that is not > 0, an unknown `reduction`.
+        `softcap` outside [`SOFTCAP_MIN`, `SOFTCAP_MAX`], an unknown `reduction`.
     """
     ignore_index = _integer("ignore_index", ignore_index)
     smoothing = _real("label_smoothing", label_smoothing)
@@ -71,6 +78,11 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
     cap = None if softcap is None else _real("softcap", softcap)
     if cap is not None and cap <= 0:
         raise ValueError(f"softcap must be > 0 or None; received {softcap!r}")
+    if cap is not None and not SOFTCAP_MIN <= cap <= SOFTCAP_MAX:
+        raise ValueError(
+            f"softcap must be from {SOFTCAP_MIN!r} to {SOFTCAP_MAX!r} (float32 and "
+            f"half-precision logits are capped in float32, where c·tanh(z/c) needs c, 1/c "
+            f"and z/c to be normal numbers); received {softcap!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}; received {reduction!r}")
     return Options(ignore_index, smoothing, z, cap, reduction)
