@@ -402,3 +402,67 @@ def test_label_range_check_is_exact_for_any_class_count(dtype):
                 assert _fused.labels_fit(bad, classes) is False
         assert _kernels.labels_fit(good, classes)
         assert classes >= 1 << 63 or _fused.labels_fit(good, classes)
+
+
+# -- inputs that are not arrays of numbers --------------------------------------------------
+
+_L = np.zeros((2, 3), np.float32)
+_Y = np.array([0, 1])
+_RAGGED = [[1.0, 2.0], [3.0]]
+_NOT_NUMBERS = [
+    ("labels", lambda v: DENSE_NN(labels=v, logits=_L)),
+    ("labels", lambda v: SPARSE_NN(labels=v, logits=_L)),
+    ("logits", lambda v: SPARSE_NN(labels=_Y, logits=v)),
+    ("features", lambda v: SPARSE_RAW(features=v, labels=_Y)),
+    ("weights", lambda v: xent.losses.sparse_softmax_cross_entropy(_Y, _L, weights=v)),
+    ("losses", lambda v: xent.losses.compute_weighted_loss(v)),
+    ("onehot_labels", lambda v: xent.losses.softmax_cross_entropy(v, _L)),
+    ("y_true", lambda v: xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(v, _L)),
+    ("sample_weight", lambda v: xent.keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)(_Y, _L, sample_weight=v)),
+    ("y_pred", lambda v: xent.keras.losses.categorical_crossentropy(np.eye(3)[:2], v)),
+    ("target", lambda v: xent.cross_entropy(_L, v)),
+    ("bias", lambda v: xent.linear_cross_entropy(_L, np.zeros((4, 3), np.float32), _Y, bias=v)),
+]
+
+
+@pytest.mark.parametrize("value,shown", [("abc", "'abc' (dtype str96)"),
+                                         ({"a": 1}, "{'a': 1} (dtype object)"),
+                                         (["a", "b"], "['a', 'b'] (dtype str32)"),
+                                         ([0, None], "[0, None] (dtype object)")],
+                         ids=["str", "dict", "strings", "mixed"])
+@pytest.mark.parametrize("name,call", _NOT_NUMBERS, ids=[n for n, _ in _NOT_NUMBERS])
+def test_arguments_that_are_not_numbers_are_named(name, call, value, shown):
+    """Strings, dicts and mixed lists on every face get xent's error naming the
+    argument and the value (a TypeError and TF's InvalidArgumentError), not
+    NumPy's "could not convert string to float" nor torch's or JAX's own."""
+    with pytest.raises(xent.errors.InvalidDTypeError) as info:
+        call(value)
+    assert str(info.value) == f"`{name}` must hold numbers; received {shown}"
+    assert isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize("name,call", _NOT_NUMBERS, ids=[n for n, _ in _NOT_NUMBERS])
+def test_ragged_lists_are_named_with_tfs_message(tf, name, call):
+    """A ragged nested list raises TF's ValueError text, naming the argument
+    (NumPy's own was "setting an array element with a sequence")."""
+    with pytest.raises(ValueError, match="Can't convert non-rectangular Python sequence") as tf_info:
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=_RAGGED)
+    with pytest.raises(ValueError) as info:
+        call(_RAGGED)
+    assert str(info.value) == (f"{tf_message(tf_info.value)}"[:-1] + f": `{name}` must be "
+                               f"rectangular (rows of one length); received {_RAGGED!r}")
+
+
+@pytest.mark.parametrize("value", ["abc", None])
+def test_a_non_number_next_to_a_tensor_is_named_on_torch_and_jax(value):
+    """With a torch or JAX array beside it, a non-number is still xent's named error
+    (torch's "can't convert np.ndarray of type numpy.str_", JAX's "Error
+    interpreting argument" before)."""
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    for logits in (torch.from_numpy(_L), jnp.asarray(_L)):
+        with pytest.raises(xent.errors.InvalidDTypeError, match="^`target` must hold numbers"):
+            xent.cross_entropy(logits, value)
+        with pytest.raises(xent.errors.InvalidDTypeError, match="^`labels` must hold numbers"):
+            SPARSE_NN(labels=value if value is not None else [None, 0], logits=logits)

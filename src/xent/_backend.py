@@ -41,9 +41,9 @@ class NumpyBackend:
     xp = np
 
     @staticmethod
-    def asarray(x):
-        """Convert as `tf.convert_to_tensor` does (see `_dtypes.to_array`)."""
-        return _dtypes.to_array(x)
+    def asarray(x, name="input"):
+        """Convert as `tf.convert_to_tensor` does (see `_dtypes.to_array`); errors name `name`."""
+        return _dtypes.to_array(x, name)
 
     @staticmethod
     def dtype_name(x):

@@ -20,15 +20,18 @@ def bfloat16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def to_array(x):
+def to_array(x, name="input"):
     """Convert `x` to an ndarray the way `tf.convert_to_tensor` would.
 
     Arrays and NumPy scalars keep their dtype. Python floats (and lists of them)
     become float32 and Python ints int32 (int64 if they do not fit), as in TF.
+    A ragged nested list raises ValueError, and anything that is not numbers
+    (strings, dicts, None, objects) InvalidDTypeError, each naming the
+    argument `name` (`numbers`), before NumPy or a framework sees it.
     """
+    arr = numbers(x, name)
     if isinstance(x, (np.ndarray, np.generic)):
-        return np.asarray(x)
-    arr = np.asarray(x)
+        return arr
     if arr.dtype == np.float64:
         return arr.astype(np.float32)
     if arr.dtype.kind == "i":
@@ -36,6 +39,35 @@ def to_array(x):
         fits = arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)
         return arr.astype(np.int32 if fits else np.int64)
     return arr
+
+
+def numbers(x, name):
+    """``np.asarray(x)``, its dtype kept, where `x` holds numbers (`check_numbers`); a
+    ragged nested list raises TensorFlow's ValueError, naming the argument `name`."""
+    try:
+        arr = np.asarray(x)
+    except ValueError:
+        raise ValueError(f"Can't convert non-rectangular Python sequence to Tensor: `{name}` "
+                         f"must be rectangular (rows of one length); received "
+                         f"{_short(x)}") from None
+    return check_numbers(arr, name, x)
+
+
+def check_numbers(arr, name, given):
+    """`arr` itself if its dtype holds numbers (bool, int, float, complex, or an
+    `ml_dtypes` float such as bfloat16); else InvalidDTypeError naming `name`
+    and showing `given`, what the caller passed."""
+    dtype = arr.dtype
+    if dtype.kind in "biufc" or (dtype.kind == "V" and dtype.type.__module__ == "ml_dtypes"):
+        return arr
+    raise InvalidDTypeError(f"`{name}` must hold numbers; received {_short(given)} "
+                            f"(dtype {dtype.name})")
+
+
+def _short(x, limit=80):
+    """``repr(x)``, cut to `limit` characters."""
+    text = repr(x)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def name_of(dtype):

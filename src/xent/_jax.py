@@ -234,9 +234,10 @@ class JaxBackend:
     xp = jnp
 
     @staticmethod
-    def asarray(x):
-        """`x` as a JAX array; others convert as `tf.convert_to_tensor` first."""
-        return x if isinstance(x, jax.Array) else jnp.asarray(_dtypes.to_array(x))
+    def asarray(x, name="input"):
+        """`x` as a JAX array; others convert as `tf.convert_to_tensor` first (errors
+        name `name`: `_dtypes.to_array`)."""
+        return x if isinstance(x, jax.Array) else jnp.asarray(_dtypes.to_array(x, name))
 
     @staticmethod
     def dtype_name(x):

@@ -113,7 +113,7 @@ def reduce_weighted_values(be, values, sample_weight=None, mask=None,
     reduction = standardize_reduction(reduction)
     values = be.astype(values, dtype)
     if sample_weight is not None:
-        sample_weight = be.asarray(sample_weight)
+        sample_weight = be.asarray(sample_weight, "sample_weight")
         _dtypes.check_real(be.dtype_name(sample_weight), "sample_weight")
         sample_weight = be.astype(sample_weight, dtype)
     if mask is not None:

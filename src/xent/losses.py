@@ -63,9 +63,9 @@ def _weights(be, weights):
     if isinstance(weights, (int, float)):   # (no NumPy call: torch.compile traces this one)
         return be.astype(weights, "float64")
     if isinstance(weights, (complex, list, tuple)):
-        weights = np.asarray(weights)
+        weights = _dtypes.numbers(weights, "weights")
         weights = weights if np.iscomplexobj(weights) else weights.astype(np.float64)
-    weights = be.asarray(weights)
+    weights = be.asarray(weights, "weights")
     _dtypes.check_real(be.dtype_name(weights), "weights")
     return weights
 
@@ -128,7 +128,7 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     _validate.require("losses", losses)
     Reduction.validate(reduction)
     be = _backend.of(losses, weights)
-    losses, weights = be.asarray(losses), _weights(be, weights)
+    losses, weights = be.asarray(losses, "losses"), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
     return _finish(be, loss, scope or "weighted_loss", loss_collection, reduction, casts=2)
 
@@ -163,8 +163,9 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
-    casts = 1 + (be.name == "numpy" and _dtypes.to_array(weights).dtype != np.float32)
-    labels, logits, weights = be.asarray(labels), be.asarray(logits), _weights(be, weights)
+    casts = 1 + (be.name == "numpy" and _dtypes.to_array(weights, "weights").dtype != np.float32)
+    labels, logits, weights = (be.asarray(labels, "labels"), be.asarray(logits, "logits"),
+                               _weights(be, weights))
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weights)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
@@ -217,7 +218,8 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(onehot_labels, logits, weights)
-    labels, logits, weights = be.asarray(onehot_labels), be.asarray(logits), _weights(be, weights)
+    labels, logits, weights = (be.asarray(onehot_labels, "onehot_labels"),
+                               be.asarray(logits, "logits"), _weights(be, weights))
     _validate.compatible_shapes(logits, labels)
     # TF casts the labels to the logits' dtype and smooths them there; in
     # float32 (float64) they lose nothing, and bfloat16 logits' targets

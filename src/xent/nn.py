@@ -13,7 +13,7 @@ def _inputs(labels, logits, fn_name):
             f"Both `labels` and `logits` must be provided for {fn_name}. "
             f"Received: labels={labels} and logits={logits}")
     be = _backend.of(labels, logits)
-    return be, be.asarray(labels), be.asarray(logits)
+    return be, be.asarray(labels, "labels"), be.asarray(logits, "logits")
 
 
 def sparse_softmax_cross_entropy_with_logits(*, labels, logits, name=None):

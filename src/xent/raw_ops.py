@@ -86,7 +86,7 @@ def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop
       array([[ 0.09003057,  0.24472848, -0.33475912]], dtype=float32)
     """
     be = _backend.of(features, labels)
-    features, labels = be.asarray(features), be.asarray(labels)
+    features, labels = be.asarray(features, "features"), be.asarray(labels, "labels")
     dtype = be.dtype_name(features)
     _dtypes.check_float(dtype, "features")
     _dtypes.check_labels_int(be.dtype_name(labels), "labels")
@@ -128,7 +128,7 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
       array([0.90760607], dtype=float32)
     """
     be = _backend.of(features, labels)
-    features, labels = be.asarray(features), be.asarray(labels)
+    features, labels = be.asarray(features, "features"), be.asarray(labels, "labels")
     dtype = be.dtype_name(features)
     _dtypes.check_float(dtype, "features")
     rows_shape = _validate.dense_2d_shapes(features, labels)

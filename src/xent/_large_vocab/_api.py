@@ -77,7 +77,7 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
     """
     opts = options(ignore_index, label_smoothing, z_loss, softcap, reduction)
     backend = _backend.of(logits, target)
-    logits, target = backend.asarray(logits), backend.asarray(target)
+    logits, target = backend.asarray(logits, "logits"), backend.asarray(target, "target")
     cross_entropy_shapes(tuple(logits.shape), backend.dtype_name(logits),
                          tuple(target.shape), backend.dtype_name(target))
     if return_grads and backend.name != "numpy":
@@ -126,8 +126,9 @@ def linear_cross_entropy(input, weight, target, *, bias=None, ignore_index=-100,
     """
     opts = options(ignore_index, label_smoothing, z_loss, softcap, reduction)
     backend = _backend.of(input, weight, target, bias)
-    input, weight, target = (backend.asarray(a) for a in (input, weight, target))
-    bias = None if bias is None else backend.asarray(bias)
+    input, weight, target = (backend.asarray(a, name) for a, name in
+                             ((input, "input"), (weight, "weight"), (target, "target")))
+    bias = None if bias is None else backend.asarray(bias, "bias")
     linear_shapes(tuple(input.shape), backend.dtype_name(input), tuple(weight.shape),
                   backend.dtype_name(weight), tuple(target.shape), backend.dtype_name(target),
                   None if bias is None else tuple(bias.shape),

@@ -99,11 +99,12 @@ class TorchBackend:
                 "move them to one device first")
         return cls(tensors[0].device)
 
-    def asarray(self, x):
-        """`x` as a tensor on this device; non-tensors convert as `tf.convert_to_tensor`."""
+    def asarray(self, x, name="input"):
+        """`x` as a tensor on this device; non-tensors convert as `tf.convert_to_tensor`
+        (errors name `name`: `_dtypes.to_array`)."""
         if isinstance(x, torch.Tensor):
             return x
-        return from_numpy(_dtypes.to_array(x)).to(self.device)
+        return from_numpy(_dtypes.to_array(x, name)).to(self.device)
 
     @staticmethod
     def dtype_name(x):

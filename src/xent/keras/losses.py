@@ -107,7 +107,7 @@ def _inputs(y_true, y_pred, dtype=None, sample_weight=None):
     with NumPy predictions still gives a framework result.
     """
     be = _backend.of(y_true, y_pred, sample_weight)
-    y_true, y_pred = be.asarray(y_true), be.asarray(y_pred)
+    y_true, y_pred = be.asarray(y_true, "y_true"), be.asarray(y_pred, "y_pred")
     if dtype is not None:
         y_true, y_pred = be.astype(y_true, dtype), be.astype(y_pred, dtype)
     _dtypes.check_float(be.dtype_name(y_pred), "y_pred")
