@@ -582,6 +582,42 @@ def test_loss_object_half_dtype_rounds_float64_truth_once(keras, rng, cls_name, 
     assert_within_one_ulp(actual, _np(truth), np_dtype)
 
 
+@pytest.mark.parametrize("reduction,weighted,ignore_class", [
+    ("sum_over_batch_size", False, None), ("sum", True, None),
+    ("mean_with_sample_weight", True, None), ("sum_over_batch_size", True, 4)])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_half_dtype_losses_of_many_examples_are_summed_in_float32(keras, rng, framework, dtype,
+                                                                  reduction, weighted,
+                                                                  ignore_class):
+    """A thousand half-precision losses are summed in float32 and rounded once, as
+    Keras on TF does (within one ulp of Keras in float64 on the same inputs,
+    whose products are exact here). NumPy added bfloat16 one element at a
+    time in bfloat16: a mean of 1000 losses of log 5 came out 0.51, and the
+    count of entries not ignored stopped growing too."""
+    np_dtype = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    n = 1000
+    y_pred = rng.standard_normal((n, 5)).astype(np_dtype).astype(np.float32)
+    y_true = rng.integers(0, 5, n)
+    weight = rng.choice([0.5, 1.0, 2.0], n).astype(np.float32) if weighted else None
+    truth = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=reduction, ignore_class=ignore_class, dtype="float64")(
+        y_true, y_pred, sample_weight=weight)
+    args = [y_true, y_pred, weight]
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        args = [None if a is None else torch.from_numpy(a) for a in args]
+    elif framework == "jax":
+        jnp = pytest.importorskip("jax.numpy")
+        args = [None if a is None else jnp.asarray(a) for a in args]
+    loss = xk.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction,
+                                            ignore_class=ignore_class, dtype=dtype)
+    actual = loss(args[0], args[1], sample_weight=args[2])
+    if framework == "torch" and dtype == "bfloat16":   # (no .numpy() for bfloat16)
+        actual = actual.view(torch.int16).numpy().view(np_dtype)
+    assert_within_one_ulp(_np(actual), _np(truth), np_dtype)
+
+
 # --------------------------------------------------------------------------- reductions
 def _tf_reduction_v2(tf):
     """TensorFlow's ``ReductionV2`` (tensorflow/python/keras/utils/losses_utils.py, in the
@@ -898,3 +934,33 @@ def test_ignore_class_is_compared_exactly_where_keras_rounds_it_to_y_preds_dtype
     np.testing.assert_array_equal(ours[:2], unmasked[:2])
     assert ours[0] != 0 and ours[2] == 0
     np.testing.assert_array_equal(ours[1:], theirs[1:].astype(ours.dtype))
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+@pytest.mark.parametrize("function", ["sparse", "categorical"])
+def test_probabilities_on_the_clip_bounds_get_tfs_whole_gradient(keras, tf, framework, function):
+    """Probabilities equal to eps or 1 - eps (where saturated half-precision ones
+    sit) pass their whole gradient through the clip, as TF's clip_by_value
+    does; jnp.clip (max and min) passed half of it."""
+    p = np.array([[np.float32(1e-7), np.float32(1 - 1e-7), 0.0],
+                  [0.25, 0.5, 0.25]], np.float32)
+    labels = np.array([0, 1])
+    y_true = labels if function == "sparse" else np.eye(3, dtype=np.float32)[labels]
+    name = f"{function}_categorical_crossentropy" if function == "sparse" \
+        else "categorical_crossentropy"
+    x = tf.constant(p)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(getattr(keras.losses, name)(y_true, x))
+    want = tape.gradient(total, x).numpy()
+    fn = getattr(xk, name)
+    if framework == "torch":
+        torch = pytest.importorskip("torch")
+        xt = torch.from_numpy(p.copy()).requires_grad_(True)
+        fn(torch.from_numpy(y_true), xt).sum().backward()
+        got = xt.grad.numpy()
+    else:
+        jax = pytest.importorskip("jax")
+        got = np.asarray(jax.grad(lambda a: fn(jax.numpy.asarray(y_true), a).sum())(
+            jax.numpy.asarray(p)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)

@@ -653,6 +653,22 @@ def test_sparse_none_argument_message_matches_tf(tf, which):
         xl.sparse_softmax_cross_entropy(**args)
 
 
+@pytest.mark.parametrize("function", ["sparse_softmax_cross_entropy", "softmax_cross_entropy"])
+def test_none_weights_message_is_one(tf, function):
+    """``weights=None`` is TF's ValueError with one message on every function and
+    array type (the NumPy sparse one said "`weights` must hold numbers;
+    received None"; TF's own text differs between the two functions)."""
+    torch = pytest.importorskip("torch")
+    labels = np.array([0, 1]) if function.startswith("sparse") else np.eye(2)
+    args = (labels, np.eye(2, dtype=np.float32))
+    with pytest.raises(ValueError):
+        getattr(tf.compat.v1.losses, function)(*args, weights=None)
+    for inputs in (args, tuple(torch.from_numpy(a) for a in args)):
+        with pytest.raises(ValueError) as error:
+            getattr(xl, function)(*inputs, weights=None)
+        assert str(error.value) == "Argument `weights` must not be None."
+
+
 @pytest.mark.parametrize("which", ["onehot_labels", "logits"])
 def test_dense_none_argument_message_matches_tf(tf, which):
     args = {"onehot_labels": np.eye(2), "logits": np.eye(2, dtype=np.float32)}

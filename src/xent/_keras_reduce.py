@@ -64,13 +64,24 @@ def squeeze_or_expand_to_same_rank(be, x1, x2, expand_rank_1=True):
     return x1, x2
 
 
+def _sum(be, x):
+    """The sum of all of `x`, in its dtype; a half-precision `x` is summed in float32
+    and rounded once, as TensorFlow's reductions do (NumPy adds bfloat16 one
+    element at a time in bfloat16: a thousand ones summed to 256)."""
+    name = be.dtype_name(x)
+    if name in _dtypes.HALF_NAMES:
+        return be.astype(be.xp.sum(be.astype(x, "float32")), name)
+    return be.xp.sum(x)
+
+
 def _mask_weights(be, mask, dtype, reduction):
     """The mask as weights: 0 where masked, else 1 (or ``count / valid`` for means)."""
     float_mask = be.astype(mask, dtype)
     if reduction not in ("mean", "sum_over_batch_size"):
         return float_mask
-    total = be.astype(be.xp.ones_like(be.xp.sum(float_mask)) * be.size(mask), dtype)
-    return float_mask * div_no_nan(be, total, be.xp.sum(float_mask))
+    count = _sum(be, float_mask)
+    total = be.astype(be.xp.ones_like(count) * be.size(mask), dtype)
+    return float_mask * div_no_nan(be, total, count)
 
 
 def _broadcast_check(values, weights):
@@ -86,11 +97,11 @@ def reduce_values(be, values, sample_weight, reduction):
     """Sum (and divide) already weighted `values` per `reduction`."""
     if reduction in (None, "none") or values.ndim == 0 or tuple(values.shape) == (0,):
         return values
-    loss = be.xp.sum(values)
+    loss = _sum(be, values)
     if reduction == "sum":
         return loss
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
-        divisor = be.xp.sum(sample_weight)
+        divisor = _sum(be, sample_weight)
     else:
         divisor = be.xp.ones_like(loss) * be.size(values)
     return div_no_nan(be, loss, be.astype(divisor, be.dtype_name(loss)))

@@ -20,10 +20,15 @@ EPSILON = 1e-7
 
 def _clip(be, p, bounds_dtype=None):
     """``clip(p, eps, 1 - eps)`` in `p`'s dtype, with the bounds rounded to
-    `bounds_dtype` (default: `p`'s own)."""
+    `bounds_dtype` (default: `p`'s own).
+
+    Built from two selects, as TF's ``clip_by_value`` is differentiated: an
+    entry on a bound gets its whole gradient (``jnp.clip``, made of max and
+    min, gave it half: saturated half-precision probabilities sit on 1 - eps)."""
     def bound(value):
         return be.astype(be.astype(value, bounds_dtype or be.dtype_name(p)), be.dtype_name(p))
-    return be.xp.clip(p, bound(EPSILON), bound(1.0 - EPSILON))
+    low, high = bound(EPSILON), bound(1.0 - EPSILON)
+    return be.xp.where(p < low, low, be.xp.where(p > high, high, p))
 
 
 def clipped_log(be, p):

@@ -163,6 +163,7 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
+    _validate.require("weights", weights)
     casts = 1 + (be.name == "numpy" and _dtypes.to_array(weights, "weights").dtype != np.float32)
     labels, logits, weights = (be.asarray(labels, "labels"), be.asarray(logits, "logits"),
                                _weights(be, weights))
