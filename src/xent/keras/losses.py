@@ -199,10 +199,19 @@ class Loss:
         self.dtype = _policy_dtype(dtype)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        """Reduced loss: ``reduce(mask * sample_weight * per_example)``."""
+        """Reduced loss: ``reduce(mask * sample_weight * per_example)``.
+
+        The mask is the loss's own (``ignore_class``) and, as in Keras' `Loss`,
+        the one Keras layers leave on `y_pred` as ``y_pred._keras_mask`` (a
+        tensor from an ``Embedding(mask_zero=True)`` model, on the TF or torch
+        backend), both where both are given."""
+        in_mask = getattr(y_pred, "_keras_mask", None)
         be, y_true, y_pred = _inputs(y_true, y_pred, self.dtype, sample_weight)
         y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
         values, mask = self._values(be, y_true, y_pred)
+        if in_mask is not None:
+            in_mask = be.astype(be.asarray(in_mask, "y_pred._keras_mask"), "bool")
+            mask = in_mask if mask is None else mask & in_mask
         loss = reduce_weighted_values(be, values, sample_weight, mask, self.reduction, self.dtype)
         return be.finish(loss)
 
