@@ -33,11 +33,17 @@ def _out_folder(text):
 def _parser():
     from xent._bench._run import DTYPES   # (22 ms; the rest of the bench stays unimported)
 
-    parser = argparse.ArgumentParser(prog="xent", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="xent", description="TensorFlow's softmax cross-entropy without TensorFlow: "
+                                 "run its documented examples, or time it against its peers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="compute TensorFlow's documented examples with xent, beside "
-                                "the values TF's documentation prints")
-    bench = sub.add_parser("bench", help="time xent against every installed peer")
+    demo_help = ("compute TensorFlow's documented examples with xent, beside the values TF's "
+                 "documentation prints (and on PyTorch tensors and JAX arrays where installed)")
+    sub.add_parser("demo", help=demo_help, description=demo_help)
+    bench_help = ("time xent against every installed peer; results go to --out as JSON, "
+                  "Markdown and a PNG")
+    bench = sub.add_parser("bench", help="time xent against every installed peer",
+                           description=bench_help)
     bench.add_argument("--quick", action="store_true", help="small shapes, few repeats (< 1 minute)")
     bench.add_argument("--out", default="bench/results", type=_out_folder,
                        help="folder for the JSON, Markdown and PNG results (made if missing)")
