@@ -4,6 +4,8 @@ Each builder takes NumPy logits ``[N, C]`` and int32 labels ``[N]`` and
 returns a "loss" and a "grad" `Case`; it imports its framework, so a builder
 that raises ImportError means that peer is not installed.
 """
+import importlib
+
 import numpy as np
 
 import xent
@@ -156,6 +158,7 @@ def _xla_bytes(compiled):
 
 def jax_cases(logits, labels):
     """optax's integer-label cross-entropy under ``jax.jit``."""
+    importlib.import_module("jax")   # (first: a missing JAX is reported as jax, not optax)
     import optax
 
     return _jax_cases("JAX optax", optax.softmax_cross_entropy_with_integer_labels, logits, labels)
