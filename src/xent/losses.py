@@ -163,11 +163,11 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
-    _validate.require("weights", weights)
+    labels, logits, weight_array = (be.asarray(labels, "labels"), be.asarray(logits, "logits"),
+                                    _weights(be, weights))
+    # (after `_weights`, which refuses a None or non-numeric `weights` by name)
     casts = 1 + (be.name == "numpy" and _dtypes.to_array(weights, "weights").dtype != np.float32)
-    labels, logits, weights = (be.asarray(labels, "labels"), be.asarray(logits, "logits"),
-                               _weights(be, weights))
-    labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weights)
+    labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weight_array)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope or "sparse_softmax_cross_entropy_loss", loss_collection,
