@@ -36,11 +36,6 @@ from xent._torch import _backend as torch_backend, _math as torch_math, _views a
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
 
-def _on_kernel(t):
-    """Whether tensor `t` runs the fused kernel (CPU, unless the tests chose torch ops)."""
-    return torch_math.on_kernels(t)
-
-
 def _loss_tensor(loss):
     """A NumPy result (scalar or array) as a CPU tensor."""
     return torch_views.from_numpy(np.asarray(loss))
@@ -161,7 +156,7 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     grad_wanted = logits.requires_grad and torch.is_grad_enabled()
     if inplace_backward and grad_wanted:
         _check_inplace(logits)
-    if not _on_kernel(logits):
+    if not torch_math.on_kernels(logits):
         return _device_cross_entropy(logits, target, opts)
     if torch_backend.graph_ops():   # (inplace_backward has no effect there)
         return _graph_cross_entropy(logits, target, opts, grad_wanted)
@@ -243,7 +238,7 @@ def _device_linear(x, weight, bias, target, opts, chunk):
 
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
-    if not _on_kernel(x):
+    if not torch_math.on_kernels(x):
         return _device_linear(x, weight, bias, target, opts, chunk)
     if torch_backend.graph_ops():
         return _torch_linear_ops.loss(x, weight, bias, target, opts, chunk)
