@@ -846,6 +846,67 @@ def test_confident_loss_is_accurate_when_the_max_took_an_earlier_shift(dtype):
     assert abs(loss[0] - want) <= rtol * want
 
 
+def confident_rows(dtype, kind, width, rows=24):
+    """Logits ``[rows, width]`` in [-1, 0] but for each row's max, 14 to 20 above
+    them (every float32 term below the max under half the ulp of 1), at the
+    row's label (sparse: int64 labels) or its one-hot target (dense: rows in
+    the accumulator dtype): losses of 1e-9 to 1e-5 (to 3e-3 for rows of
+    `LONG`, 6149 terms). Rows of `LONG` put their max in each chunk (a
+    later chunk, whose max rises more than `_chunks.SHIFT_SLACK`, is swept
+    again against it)."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1.0, 0.0, (rows, width))
+    labels = rng.integers(0, width, size=rows)
+    x[np.arange(rows), labels] = np.linspace(14.0, 20.0, rows)
+    logits = x.astype(dtype)
+    if kind == "sparse":
+        return logits, labels
+    acc = np.float64 if dtype == np.float64 else np.float32
+    return logits, np.eye(width, dtype=acc)[labels]
+
+
+@every_target
+@pytest.mark.parametrize("width", (10, 16, 100, LONG))
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_confident_rows_keep_their_small_loss(dtype, kind, width):
+    """A confident row's loss, and its gradient at the label, to their own size.
+
+    Pass A once summed each row's exps in float32 with the max's term among
+    them, which dropped the terms below half its ulp: float32 [16.75, 0 x 9],
+    label 0, gave a loss of 0 (TensorFlow 4.77e-7, exact 4.78e-7). The
+    half-precision exp is good to 1e-4 of each term; a half-precision
+    gradient is rounded to its format (subnormal there). A dense gradient is
+    TensorFlow's softmax - y, each in the accumulator's precision: at y = 1
+    it is a multiple of float32's 6e-8 (TensorFlow's too; off by up to two
+    of them when the exp of a max taken once is 1e6 or more), and a dense loss
+    takes y (x - shift) in float32: where the max's chunk was swept once,
+    within an ulp of the max (SPEC's tolerance; not made exact here)."""
+    logits, targets = confident_rows(dtype, kind, width)
+    labels = targets if kind == "sparse" else targets.argmax(axis=1)
+    if width == LONG:   # the max in a later chunk for some rows
+        assert (labels >= int(_fused.CHUNK)).any()
+    want_loss, _, want_grad = float64_truth(logits, targets)
+    want_at = want_grad[np.arange(len(labels)), labels]
+    rtol = 5e-4 if is_half(dtype) else 2e-6
+    assert (want_loss > 1e-10).all() and (want_loss < 1e-2).all()
+    loss_tol = rtol * want_loss
+    if kind == "dense" and width == LONG and dtype != np.float64:
+        loss_tol = loss_tol + np.spacing(np.float32(20.0))
+    for loss, _, grad in run_three_ways(kind, logits, targets):
+        err = np.abs(accumulate(loss) - want_loss)
+        assert (err <= loss_tol).all(), (err / want_loss).max()
+        if grad is None:
+            continue
+        at = accumulate(grad[np.arange(len(labels)), labels])
+        tol = rtol * np.abs(want_at)
+        if kind == "dense" and dtype != np.float64:
+            tol = tol + 2.0 ** -22   # (two float32 ulps of 1)
+        if is_half(dtype):
+            tol = tol + np.spacing(np.abs(want_at).astype(dtype)).astype(np.float64)
+        assert (np.abs(at - want_at) <= tol).all(), (at[:4], want_at[:4])
+
+
 @every_target
 def test_masked_logits_get_exactly_zero_gradient():
     logits = np.array([[0.5, -np.inf, 1.0, -np.inf]], np.float32)

@@ -38,22 +38,32 @@ from numba.extending import overload
 from xent._fused._cuts import CHUNK, piece_of
 from xent._fused._exps import exp_of, sweep_exp, sweep_k, sweep_shift
 from xent._fused._formats import HALF_FORMATS, like, load
-from xent._fused._llvm import is_finite, max_finite, maximum, prefetch, vectorise_wide
+from xent._fused._llvm import is_finite, max_finite, maximum, mul_exact, prefetch, \
+    round_by_sum, vectorise_wide
 from xent._fused._math import exp64
-from xent._fused._options import INLINE
+from xent._fused._options import FAST, INLINE
 from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
            "prefetch_half_chunk"]
 
 _U0, _U1 = np.uint64(0), np.uint64(1)
-# How far (in logits) a chunk's max may exceed its shift: exps stay below
-# e**16 ~ 2**23, so a chunk's float32 sum cannot overflow.
-SHIFT_SLACK = 16.0
+# How far (in logits) a chunk's max may exceed its shift; a chunk whose max
+# rises further is swept again, against its own max. A float32 sum holds its
+# max's term in one vector lane, and that lane drops every later term below
+# half its ulp. Swept twice, the chunk sums its terms below its max apart
+# (`_chunk_exps`); swept once, its max's term is at most e**2 times the
+# earlier max's, which S - 1 holds (S - 1 >= e**-2), so what the lane drops
+# is float32 rounding of a sum that size, not a small S - 1 whole. At 16, a
+# confident row (float32 [16.75, 0 x 9], label 0) had a loss of 0 against
+# TensorFlow's 4.77e-7 (exact 4.78e-7). Re-sweeping past 2 left random rows
+# as they were and cost confident ones 10-24% in cache (16x32000, one thread,
+# Intel Xeon (Emerald Rapids), AVX-512; bench/RESULTS.md, session 21).
+SHIFT_SLACK = 2.0
 # The rows of a row's per-chunk statistics (`chunk_stats`).
-_MAX, _SHIFT, _SUM, _YSUM, _YXSUM = 0, 1, 2, 3, 4
+_MAX, _SHIFT, _SUM, _YSUM, _YXSUM, _BELOW = 0, 1, 2, 3, 4, 5
 SHIFT = _SHIFT
-STATS = 5
+STATS = 6
 
 
 # --- pass A: one chunk ---------------------------------------------------------------------
@@ -83,23 +93,59 @@ def _chunk_max(x, lo, hi):
 
 @njit(**INLINE)
 def _chunk_exps(x, y, e, lo, hi, m, pending):
-    """sum of exp(x_j - m) over [lo, hi); also kept as e_j unless e is None (e may be x).
+    """(sum of exp(x_j - m), the same sum over the x_j below m) over [lo, hi);
+    each exp also kept as e_j unless e is None (e may be x).
 
+    The second sum leaves out the chunk's maxima, whose exp(0) = 1 would
+    drop its terms below half the ulp of 1 (`combine` adds them back, counted;
+    float64 logits take the first sum only: `_below_max`). It costs rows of
+    100 to 1000 classes 10-40% in cache on AVX-512, 5-19% on AVX2 (bench/RESULTS.md).
     Summed piece by piece (`piece_of`); after each piece, the pending row's
     gradient is stored up to the same index (`stream_to`; None: no pending row).
     """
-    s = like(0.0, m)
+    zero = like(0.0, m)   # (not 0.0: a float64 in the loop would halve its vectors)
+    s, below = zero, zero
     step = piece_of(x)
     for plo in range(lo, hi, step):
         phi = min(plo + step, hi)
-        sp = like(0.0, m)
+        sp, bp = zero, zero
         for j in range(plo, phi):
-            v = exp_of(x, y, load(x, j) - m)
+            d = load(x, j) - m
+            v = exp_of(x, y, d)
             keep(e, j, v)
             sp += v
+            bp += _below_max(x, v, d)
         s += sp
+        below += bp
         stream_to(pending, phi)
-    return s
+    return s, below
+
+
+def _below_max(x, v, d):
+    """v where d < 0, else 0, in v's type: a term of `_chunk_exps`' sum below
+    the max; always 0 for float64 logits, whose sum of exps keeps 29 more
+    bits than a float32 loss needs (so that their loop, and its order of
+    summation, is the one all their kernels share) (numba only)."""
+
+
+def _top_sum(x, s, below):
+    """A chunk's sum of exps, swept against its max, with the max's terms
+    exact: the count of them (s - below rounded) plus `below`; s itself for
+    float64 logits (`_below_max`) (numba only)."""
+
+
+@overload(_below_max, jit_options={"fastmath": FAST})
+def _below_max_impl(x, v, d):
+    if x.dtype == types.float64:
+        return lambda x, v, d: like(0.0, v)
+    return lambda x, v, d: v if d < like(0.0, d) else like(0.0, v)
+
+
+@overload(_top_sum)
+def _top_sum_impl(x, s, below):
+    if x.dtype == types.float64:
+        return lambda x, s, below: s
+    return lambda x, s, below: np.float64(round_by_sum(s - below)) + below
 
 
 # The running max uses maxnum with the no-NaN flag (one maxps, which LLVM
@@ -200,16 +246,17 @@ def _one_sweep(x, y, e, save, lo, hi, top, pending):
         sy, syx = _targets(x, y, lo, hi, top)   # before e, which may be x, is written
         m, s = _chunk_max_exps(x, y, e, save, lo, hi, k, pending)
         if m <= top + SHIFT_SLACK and is_finite(s):
-            return True, m, shift, s, sy, syx
+            return True, m, shift, s, like(np.nan, s), sy, syx
         _restore(x, save, lo, hi)
     nan = like(np.nan, top)
-    return False, nan, np.nan, nan, nan, nan
+    return False, nan, np.nan, nan, nan, nan, nan
 
 
 @njit(**INLINE)
 def _chunk_pass(x, y, e, save, lo, hi, top, pending):
-    """(max, shift, sum of exps, sum of y, sum of y (x - shift)) of chunk [lo, hi),
-    for a row whose largest max so far is `top` (``-inf`` before any finite logit).
+    """(max, shift, sum of exps, sum of the exps below the max (NaN when swept
+    once), sum of y, sum of y (x - shift)) of chunk [lo, hi), for a row whose
+    largest max so far is `top` (``-inf`` before any finite logit).
 
     Exps are kept in e unless e is None; the targets' sums are zeros when y is
     None (sparse), and read x before e (which may be x) is written. A NaN max
@@ -217,20 +264,21 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending):
     shifted by 0, so that y_j x_j gives TF's ``-inf`` (or NaN where y_j is 0).
     """
     if top > -np.inf:
-        ok, m, shift, s, sy, syx = _one_sweep(x, y, e, save, lo, hi, top, pending)
+        ok, m, shift, s, below, sy, syx = _one_sweep(x, y, e, save, lo, hi, top, pending)
         if ok:
-            return m, shift, s, sy, syx
+            return m, shift, s, below, sy, syx
     m = _chunk_max(x, lo, hi)
     if m == -np.inf:
         zero = like(0.0, m)
         sy, syx = _targets(x, y, lo, hi, zero)
         _zero(e, lo, hi)
-        return m, 0.0, zero, sy, syx
+        return m, 0.0, zero, zero, sy, syx
     if not is_finite(m):
         nan = like(np.nan, m)
-        return nan, np.nan, nan, nan, nan
+        return nan, np.nan, nan, nan, nan, nan
     sy, syx = _targets(x, y, lo, hi, m)
-    return m, np.float64(m), _chunk_exps(x, y, e, lo, hi, m, pending), sy, syx
+    s, below = _chunk_exps(x, y, e, lo, hi, m, pending)
+    return m, np.float64(m), s, below, sy, syx
 
 
 # --- pass A: the row ------------------------------------------------------------------------
@@ -316,10 +364,10 @@ def exp_pass(x, y, e, save, st, ahead, fetch, pending):
         hi = min(lo + CHUNK, n)
         if fetch:
             _prefetch_chunk(ahead, lo, hi)
-        m, shift, s, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top, pending)
+        m, shift, s, below, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top, pending)
         if np.isnan(m):
             return False
-        st[_MAX, c], st[_SHIFT, c], st[_SUM, c] = m, shift, s
+        st[_MAX, c], st[_SHIFT, c], st[_SUM, c], st[_BELOW, c] = m, shift, s, below
         _keep_targets(st, c, y, sy, syx)
         top = max(top, m)
         c += 1
@@ -332,28 +380,35 @@ def exp_pass(x, y, e, save, st, ahead, fetch, pending):
 def combine(x, y, st):
     """The row's max M and S = sum_c s_c exp(t_c - M), in float64.
 
-    A chunk swept once shifted its exps by t_c < M, so the max's own term
-    exp(M - t_c) carries the exp's rounding (larger for half-precision
-    inputs, whose exp is cheaper). It is replaced by its exact value 1, so
-    that a loss near 0 (S near 1) is as accurate as the reference's. x and
-    y pick the exp that pass A used (`sweep_exp`).
+    The max's own terms are made exact. Where its chunk was swept twice (t_c
+    = M), S counts them (1 each) apart from the chunk's terms below M
+    (`_chunk_exps`). Where it was swept once (t_c < M, within `SHIFT_SLACK`),
+    the max's term exp(M - t_c) carries the exp's rounding (larger for
+    half-precision inputs, whose exp is cheaper); it is replaced by its exact
+    value 1. So a loss near 0 (S near 1) is accurate relative to itself. x
+    and y pick the exp that pass A used (`sweep_exp`).
     """
     top = st[_MAX, 0]
     first = 0
     for c in range(1, st.shape[1]):
         if st[_MAX, c] > top:
             top, first = st[_MAX, c], c
+    if top == -np.inf:
+        return top, 0.0
+    # (Products kept out of fused multiply-adds, `mul_exact`: LLVM fused them
+    # in some kernels and not others: the streamed and plain float64 gradients
+    # differed in their last bits.)
     total = 0.0
-    if top > -np.inf:
-        for c in range(st.shape[1]):   # (exp64(0) is 1: a row of one chunk skips its 11 FMAs)
-            d = st[_SHIFT, c] - top
-            total += st[_SUM, c] if d == 0.0 else st[_SUM, c] * exp64(d)
-        shift = st[_SHIFT, first]
-        if shift != top:
-            v = like(top, load(x, 0))
-            term = sweep_exp(x, y, v, sweep_k(x, y, shift))
-            total += 1.0 - term * exp64(shift - top)
-    return top, total
+    for c in range(st.shape[1]):   # (exp64(0) is 1: a row of one chunk skips its 11 FMAs)
+        d = st[_SHIFT, c] - top
+        if c != first:
+            total += st[_SUM, c] if d == 0.0 else mul_exact(st[_SUM, c], exp64(d))
+    shift = st[_SHIFT, first]
+    if shift == top:
+        return top, total + _top_sum(x, st[_SUM, first], st[_BELOW, first])
+    term = sweep_exp(x, y, like(top, load(x, 0)), sweep_k(x, y, shift))
+    f = exp64(shift - top)
+    return top, total + (mul_exact(st[_SUM, first], f) + (1.0 - mul_exact(np.float64(term), f)))
 
 
 @njit(**INLINE)

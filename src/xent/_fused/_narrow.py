@@ -11,6 +11,10 @@ vector lane:
 
     t[j, l] = exp(x[r0 + l, j] - M_l),  S_l = sum_j t[j, l],  log S_l
 
+Each lane also sums its terms below the max apart, so that a confident
+row's S_l - 1 keeps the terms that the float32 sum, holding the max's
+exp(0) = 1, drops below half its ulp (`_lane_sums`).
+
 The arithmetic is that of a one-chunk row of the chunk path (the shift by the
 row's max, the same exp, the same loss and gradient stores), save for the
 log (`log_of_sum`, to 2e-11 where the chunk path's is float64's own) and the
@@ -25,13 +29,13 @@ from numba.extending import intrinsic, overload
 
 from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
-from xent._fused._exps import exp, exp_of
+from xent._fused._exps import exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
-from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, splat, \
-    vectorise_wide
+from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, \
+    round_by_sum, splat, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
-from xent._fused._rows import weight
+from xent._fused._rows import label_entry, weight
 
 __all__ = ["NARROW_MAX", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
            "sparse_narrow_grad_rows", "dense_narrow_loss_rows", "dense_narrow_grad_rows"]
@@ -184,7 +188,7 @@ def _transpose_impl(flat, r0, rows, t, ms):
 # --- 16 rows at once ----------------------------------------------------------------------------
 
 def _lane_targets(ty, ms, j, l, d):
-    """ms[2, l] += y; ms[3, l] += y d for y = ty[j, l], unless ty is None (numba only)."""
+    """ms[3, l] += y; ms[4, l] += y d for y = ty[j, l], unless ty is None (numba only)."""
 
 
 @overload(_lane_targets)
@@ -194,48 +198,68 @@ def _lane_targets_impl(ty, ms, j, l, d):
 
     def add(ty, ms, j, l, d):
         yj = ty[j, l]
-        ms[2, l] += yj
-        ms[3, l] += yj * d
+        ms[3, l] += yj
+        ms[4, l] += yj * d
     return add
 
 
 @njit(**INLINE)
-def _narrow_block(x, ty, flat, r0, rows, t, ms, logs):
+def _lane_sums(ms, sums):
+    """sums[0, l] = S_l in float64, from lane l's float32 sums of its terms
+    (ms[1, l]) and of those below its max (ms[2, l]): S_l = n + ms[2, l] for
+    the lane's n maxima (each exp(0) = 1; n is ms[1, l] - ms[2, l] rounded,
+    exact while their float32 error stays below 1/2). A lane whose ms[1, l]
+    is not finite (a NaN, which its sum below the max leaves out) keeps it."""
+    for l in range(_LANES):
+        total, below = np.float64(ms[1, l]), np.float64(ms[2, l])
+        counted = np.float64(round_by_sum(total - below)) + below
+        sums[0, l] = counted if is_finite(total) else total
+
+
+@njit(**INLINE)
+def _narrow_block(x, ty, flat, r0, rows, t, ms, sums):
     """Rows ``r0 .. r0 + rows - 1`` of x (C classes, ``rows <= 16``; flat is x
     as one row), row r0 + l in lane l (lanes from `rows` on repeat the last):
     t[j, l] = exp(x[r0 + l, j] - M_l), ms[0, l] = M_l, the row's max (of its
-    non-NaN entries), ms[1, l] = sum_j t[j, l], logs[0, l] = log of that sum.
-    A row with a NaN, a ``+inf`` or only ``-inf`` has a non-finite M_l or sum.
+    non-NaN entries), in float32 ms[1, l] = sum_j t[j, l] and ms[2, l] the
+    sum of its terms below M_l, and in float64 S_l = sums[0, l] (`_lane_sums`)
+    and sums[1, l] = log S_l. A row with a NaN, a ``+inf`` or only ``-inf``
+    has a non-finite M_l or S_l.
 
     With dense targets ty (``[C, 16]``, lane l the targets of row r0 + l;
-    None for integer labels), also ms[2, l] += sum_j y_j and ms[3, l] +=
+    None for integer labels), also ms[3, l] += sum_j y_j and ms[4, l] +=
     sum_j y_j (x_j - M_l), the targets' sums of a one-chunk row.
     """
     c = np.uint64(x.shape[1])
     _transpose(flat, r0, rows, t, ms)
+    for l in range(_LANES):
+        ms[2, l] = 0.0
     for j in range(c):
         for l in range(_LANES):
             d = t[j, l] - ms[0, l]
             v = exp_of(x, ty, d)
             t[j, l] = v
             ms[1, l] += v
+            zero = like(0.0, v)   # (not 0.0: a float64 in the loop halves its vectors)
+            ms[2, l] += v if d < zero else zero
             _lane_targets(ty, ms, j, l, d)
+    _lane_sums(ms, sums)
     for l in range(_LANES):
-        logs[0, l] = log_of_sum(ms[1, l])
+        sums[1, l] = log_of_sum(sums[0, l])
 
 
 @njit(**INLINE)
-def _narrow_row(x, labels, r, ms, logs, l):
+def _narrow_row(x, labels, r, ms, sums, l):
     """(loss, lse, ok, x_label) of row r, in lane l of `_narrow_block`'s results;
     loss and lse are NaN unless ok: the label is in range and the row finite."""
     c = x.shape[1]
     label = labels[r]
-    m, s = ms[0, l], ms[1, l]
+    m, s = ms[0, l], sums[0, l]
     ok = 0 <= label < c and is_finite(m) and is_finite(s)
     x_label = load(x, (r, label if ok else 0))
     if not ok:
         return np.float64(np.nan), np.float64(np.nan), ok, x_label
-    log_s = logs[0, l]
+    log_s = sums[1, l]
     return label_loss(log_s, x_label, m), np.float64(m) + log_s, ok, x_label
 
 
@@ -254,14 +278,14 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= NARROW_MAX]``."""
     vectorise_wide()
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
-    t, ms, logs = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
+    lanes = _lanes(x.shape[1], np.float32), _lanes(3, np.float32), _lanes(2, np.float64)
+    t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
-        _narrow_block(x, None, flat, r0, rows, t, ms, logs)
+        _narrow_block(x, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
-            loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, logs, l)
+            loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, sums, l)
     keep_alive(lanes)
 
 
@@ -272,25 +296,26 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(2, np.float32), _lanes(1, np.float64)
-    t, ms, logs = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
+    lanes = _lanes(x.shape[1], np.float32), _lanes(3, np.float32), _lanes(2, np.float64)
+    t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
-        _narrow_block(x, None, flat, r0, rows, t, ms, logs)
+        _narrow_block(x, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
-            loss[r], lse[r], ok, x_label = _narrow_row(x, labels, r, ms, logs, l)
+            loss[r], lse[r], ok, x_label = _narrow_row(x, labels, r, ms, sums, l)
             m = ms[0, l]
             if not ok:
                 _nan_row(out, r, m)
                 continue
             w = weight(weights, r)
-            f = like(w / np.float64(ms[1, l]), m)
+            inv_s = w / sums[0, l]
+            f = like(inv_s, m)
             for j in range(c):
                 store_finite(out, (r, j), t[j, l] * f)
-            store(out, (r, labels[r]), exp(x_label - m) * f - like(w, m))
+            store(out, (r, labels[r]), label_entry(x_label, m, w, inv_s))
     keep_alive(lanes)
 
 
@@ -298,24 +323,24 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
 def _narrow_targets(y, r0, rows, ty, ys, first):
     """Dense targets of rows r0 .. r0 + rows - 1 into ty, as `_gather_rows` (a
     single row of targets, broadcast, only on a call's `first` block), and the
-    lanes' targets' sums (rows 2 and 3 of `ys`, `_narrow_block`'s ms) set to 0."""
+    lanes' targets' sums (rows 3 and 4 of `ys`, `_narrow_block`'s ms) set to 0."""
     if y.shape[0] > 1:
         _transpose(y.reshape(y.size), r0, rows, ty, ys)
     elif first:
         _transpose(y.reshape(y.size), 0, 1, ty, ys)
     for l in range(_LANES):
-        ys[2, l] = 0.0
         ys[3, l] = 0.0
+        ys[4, l] = 0.0
 
 
 @njit(**INLINE)
-def _dense_narrow_row(ms, logs, l):
+def _dense_narrow_row(ms, sums, l):
     """(loss, lse, ok) of lane l: sum_j y_j (lse - x_j); NaN unless the row is finite."""
-    m, s = ms[0, l], ms[1, l]
+    m, s = ms[0, l], sums[0, l]
     if not (is_finite(m) and is_finite(s)):
         return np.float64(np.nan), np.float64(np.nan), False
-    log_s = logs[0, l]
-    return log_s * np.float64(ms[2, l]) - np.float64(ms[3, l]), np.float64(m) + log_s, True
+    log_s = sums[1, l]
+    return log_s * np.float64(ms[3, l]) - np.float64(ms[4, l]), np.float64(m) + log_s, True
 
 
 @njit(**KERNEL)
@@ -325,16 +350,16 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(4, np.float32), _lanes(1, np.float64))
-    t, ty, ms, logs = (borrowed(lanes[0]), borrowed(lanes[1]),
+             _lanes(5, np.float32), _lanes(2, np.float64))
+    t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
-        _narrow_block(x, ty, flat, r0, rows, t, ms, logs)
+        _narrow_block(x, ty, flat, r0, rows, t, ms, sums)
         for l in range(rows):
-            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, logs, l)
+            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, sums, l)
     keep_alive(lanes)
 
 
@@ -347,22 +372,22 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(4, np.float32), _lanes(1, np.float64))
-    t, ty, ms, logs = (borrowed(lanes[0]), borrowed(lanes[1]),
+             _lanes(5, np.float32), _lanes(2, np.float64))
+    t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
-        _narrow_block(x, ty, flat, r0, rows, t, ms, logs)
+        _narrow_block(x, ty, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
-            loss[r], lse[r], ok = _dense_narrow_row(ms, logs, l)
+            loss[r], lse[r], ok = _dense_narrow_row(ms, sums, l)
             if not ok:
                 _nan_row(out, r, ms[0, l])
                 continue
             w = weight(weights, r)
-            f, wy = like(w / np.float64(ms[1, l]), ms[0, l]), like(w, ms[0, l])
+            f, wy = like(w / sums[0, l], ms[0, l]), like(w, ms[0, l])
             for j in range(c):
                 store(out, (r, j), t[j, l] * f - mul_exact(ty[j, l], wy))
     keep_alive(lanes)

@@ -78,11 +78,14 @@ def _sparse_row_loss(x, label, st, next_x, fetch):
 
 
 @njit(**INLINE)
-def _label_entry(x_label, m, w, inv_s):
-    """The gradient at the label, w softmax_label - w = exp(x_label - M) w / S - w,
-    in x's precision, as one multiply-add (`fmuladd`: fused where the CPU has
-    FMA), so that every kernel rounds it alike whatever LLVM contracts around it."""
-    return fmuladd(exp(x_label - m), like(inv_s, m), -like(w, m))
+def label_entry(x_label, m, w, inv_s):
+    """The gradient at the label, w softmax_label - w = exp(x_label - M) w / S - w
+    (inv_s = w / S, float64), as one float64 multiply-add rounded once to x's
+    precision (`fmuladd`: fused where the CPU has FMA, so that every kernel
+    rounds it alike whatever LLVM contracts around it). In float64, a
+    confident row's entry (label the max, exp 1, S just above 1) keeps the
+    -w (S - 1) / S that float32's 1/S rounds to a multiple of 6e-8."""
+    return like(fmuladd(np.float64(exp(x_label - m)), inv_s, -w), m)
 
 
 @njit(**INLINE)
@@ -104,7 +107,7 @@ def _sparse_row_grad(x, label, w, out, e, save, st, next_x, fetch, next_out):
     inv_s = w / total
     rescale(e, None, out, st, top, inv_s, next_out)
     m = like(top, x_label)
-    store(out, label, _label_entry(x_label, m, w, inv_s))
+    store(out, label, label_entry(x_label, m, w, inv_s))
     log_s = _log_total(total, x)
     return label_loss(log_s, x_label, m), top + log_s
 
@@ -123,7 +126,7 @@ def _sparse_row_grad_later(x, label, w, e, factors, st, next_x, fetch, pending):
     for c in range(st.shape[1]):
         factors[c] = chunk_factor(st, c, top, inv_s)
     m = like(top, x_label)
-    at_label = _label_entry(x_label, m, w, inv_s)
+    at_label = label_entry(x_label, m, w, inv_s)
     log_s = _log_total(total, x)
     return True, label_loss(log_s, x_label, m), top + log_s, at_label
 
