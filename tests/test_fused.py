@@ -879,7 +879,7 @@ def test_confident_rows_keep_their_small_loss(dtype, kind, width):
     gradient is rounded to its format (subnormal there). A dense gradient is
     TensorFlow's softmax - y, each in the accumulator's precision: at y = 1
     it is a multiple of float32's 6e-8 (TensorFlow's too; off by up to two
-    of them when the exp of a max taken once is 1e6 or more), and a dense loss
+    of them where the exp's rounding of softmax near 1 adds one), and a dense loss
     takes y (x - shift) in float32: where the max's chunk was swept once,
     within an ulp of the max (SPEC's tolerance; not made exact here)."""
     logits, targets = confident_rows(dtype, kind, width)
@@ -905,6 +905,36 @@ def test_confident_rows_keep_their_small_loss(dtype, kind, width):
         if is_half(dtype):
             tol = tol + np.spacing(np.abs(want_at).astype(dtype)).astype(np.float64)
         assert (np.abs(at - want_at) <= tol).all(), (at[:4], want_at[:4])
+
+
+@every_target
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_a_first_chunk_of_minus_inf_before_low_logits_matches_reference(dtype, kind):
+    """A chunk of ``-inf`` is shifted by 0. Before rows whose logits all lie below
+    -88, its factor exp(0 - M) left float32's range: NaN gradients on the masked
+    entries, and past -709 a loss of -709.4 against 0 (float32) or NaN (float64).
+    The reference gives exact zeros there (found by a review, session 21)."""
+    c = int(_fused.CHUNK)
+    logits = np.full((3, c + 3), -np.inf)
+    logits[0, c:] = [-100.0, -101.0, -99.0]
+    logits[1, c:] = [-800.0, -800.5, -801.0]
+    logits[2, c:] = [-5000.0, -5000.0, -5001.0]
+    logits = logits.astype(dtype)
+    labels = np.array([c, c + 1, c + 2])
+    acc = np.float64 if dtype == np.float64 else np.float32
+    targets = labels if kind == "sparse" else np.eye(c + 3, dtype=acc)[labels]
+    run = _kernels.sparse_rows if kind == "sparse" else _kernels.dense_rows
+    want_grad = np.empty_like(logits)
+    with np.errstate(all="ignore"):
+        want_loss, want_lse = run(logits, targets, want_grad)
+        three = run_three_ways(kind, logits, targets)
+    for loss, lse, grad in three:
+        assert_matches(loss, want_loss, loss.dtype, 800.0, logits_dtype=logits.dtype)
+        assert_matches(lse, want_lse, lse.dtype, row_scale(logits), logits_dtype=logits.dtype)
+        if grad is not None:
+            assert_matches(grad, want_grad, dtype)
+            assert (grad[:, :c] == 0).all()
 
 
 @every_target

@@ -234,12 +234,14 @@ def _targets_impl(x, y, lo, hi, shift):
 
 @njit(**INLINE)
 def _one_sweep(x, y, e, save, lo, hi, top, pending):
-    """(ok, max, shift, sum, sum of y, sum of y (x - shift)) of chunk [lo, hi) in
-    one sweep, shifted by the row's running max `top`; not ok (and x
+    """(ok, max, shift, sum, NaN (its sum below the max, not kept here), sum of
+    y, sum of y (x - shift)) of chunk [lo, hi) in one sweep, shifted by the
+    row's running max `top`; not ok (and x
     restored from save) when the chunk must be swept again: its max is more
     than `SHIFT_SLACK` above top, or its sum is not finite. A folded shift
     (`sweep_k`) is used only within `SHIFT_SLACK` of top: float32's rounding
-    of k moves it by up to 6e-8 |top|, too far for logits beyond 2e8."""
+    of k moves it by up to 6e-8 |top|, too far for logits beyond 3e7 (their
+    chunks are all swept twice)."""
     k = sweep_k(x, y, top)
     shift = sweep_shift(x, y, k)
     if abs(shift - np.float64(top)) <= SHIFT_SLACK:
@@ -285,7 +287,7 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending):
 
 @njit(**INLINE)
 def chunk_stats(x):
-    """A row's per-chunk statistics: float64 ``[STATS, chunks]``, rows `_MAX` ... `_YXSUM`."""
+    """A row's per-chunk statistics: float64 ``[STATS, chunks]``, rows `_MAX` ... `_BELOW`."""
     n = (x.shape[1] + int(CHUNK) - 1) // int(CHUNK)
     return np.empty((STATS, n), np.float64)
 
@@ -347,8 +349,8 @@ def _prefetch_half_chunk_impl(ahead, lo, hi):
 
 @njit(**INLINE)
 def exp_pass(x, y, e, save, st, ahead, fetch, pending):
-    """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c]
-    and, with targets y, st[_YSUM, c] and st[_YXSUM, c].
+    """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c],
+    st[_BELOW, c] (`_chunk_pass`) and, with targets y, st[_YSUM, c] and st[_YXSUM, c].
 
     Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
@@ -385,8 +387,11 @@ def combine(x, y, st):
     (`_chunk_exps`). Where it was swept once (t_c < M, within `SHIFT_SLACK`),
     the max's term exp(M - t_c) carries the exp's rounding (larger for
     half-precision inputs, whose exp is cheaper); it is replaced by its exact
-    value 1. So a loss near 0 (S near 1) is accurate relative to itself. x
-    and y pick the exp that pass A used (`sweep_exp`).
+    value 1. So a loss near 0 (S near 1) is accurate relative to itself down
+    to about 1e-9, where a float64 S's resolution near 1 (1.1e-16) takes over.
+    A chunk of ``-inf`` (shift 0, sum 0) may sit far above M: its factor is
+    taken at exp(0), never past the exp's range. x and y pick the exp that
+    pass A used (`sweep_exp`).
     """
     top = st[_MAX, 0]
     first = 0
@@ -400,7 +405,7 @@ def combine(x, y, st):
     # differed in their last bits.)
     total = 0.0
     for c in range(st.shape[1]):   # (exp64(0) is 1: a row of one chunk skips its 11 FMAs)
-        d = st[_SHIFT, c] - top
+        d = min(st[_SHIFT, c] - top, 0.0)
         if c != first:
             total += st[_SUM, c] if d == 0.0 else mul_exact(st[_SUM, c], exp64(d))
     shift = st[_SHIFT, first]

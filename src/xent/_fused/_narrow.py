@@ -108,7 +108,7 @@ def _gather_rows(typingctx, flat, r0, rows, t, ms):
 
     flat holds float32, or bfloat16/float16 bits (uint16/int16) and then at
     least two of them (see `_gather_lanes`); t and ms are float32
-    ``[C, 16]`` and ``[2, 16]``. Measured on AMD Zen 4 (bench/RESULTS.md),
+    ``[C, 16]`` and ``[3 or 5, 16]``. Measured on AMD Zen 4 (bench/RESULTS.md),
     65536x10 float32 loss, one thread: 14 -> 11.4 ns per row against the
     plain transposition (`_copy_rows`), whose vector reloads waited on its
     one-float stores. `_transpose` uses it where the CPU has a gather.
