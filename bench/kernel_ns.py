@@ -1,6 +1,6 @@
 """Cost of the fused row kernels per logit and thread, with the data in cache.
 
-    python bench/kernel_ns.py [ROWS COLS]
+    python bench/kernel_ns.py [ROWS COLS] [--confident]
 
 One thread runs each kernel of `xent._fused` (loss; loss+grad into a separate
 buffer; loss+grad over the logits) on ROWS x COLS logits (default 16 x 32000,
@@ -11,6 +11,9 @@ by the logits per thread, it is the compute a large call needs, to set against
 the copy floor `xent bench` measures (see bench/RESULTS.md). Up to
 `_fused.NARROW_MAX` columns, the narrow kernels (the ones xent uses there) are
 measured too, next to the chunk kernels (e.g. ``python bench/kernel_ns.py 65536 10``).
+With ``--confident`` each row's label logit is set 14 above the row's max
+(softmax there 1 - 1e-6 or so), the rows whose small loss the kernels count
+apart from the max's exp(0) = 1 (`xent._fused._chunks.SHIFT_SLACK`).
 """
 import sys
 import time
@@ -52,12 +55,16 @@ def with_fetch(kernel, dtype, need, narrow):
     return lambda *args: kernel(*args[:-2], fetch, *args[-2:])
 
 
-def measure(dtype_name, rows, cols, narrow=False):
+def measure(dtype_name, rows, cols, narrow=False, confident=False):
     """ns per logit for (loss, loss+grad into a buffer, loss+grad in place)."""
     rng = np.random.default_rng(0)
     dtype = _dtypes.bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
-    original = (rng.standard_normal((rows, cols), np.float32) * 3).astype(dtype)
-    labels = _launch.read_only(rng.integers(0, cols, rows).astype(np.int64))
+    x = rng.standard_normal((rows, cols), np.float32) * 3
+    labels = rng.integers(0, cols, rows).astype(np.int64)
+    if confident:
+        x[np.arange(rows), labels] = x.max(axis=1) + 14
+    original = x.astype(dtype)
+    labels = _launch.read_only(labels)
     work, out = original.copy(), np.empty_like(original)
     loss, lse = np.empty(rows, np.float32), np.empty(rows, np.float32)
     x, w, o = (kernel_view(a) for a in (original, work, out))
@@ -88,11 +95,13 @@ def measure(dtype_name, rows, cols, narrow=False):
 
 
 if __name__ == "__main__":
-    rows, cols = (int(a) for a in sys.argv[1:3]) if len(sys.argv) > 2 else (16, 32000)
+    confident = "--confident" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--confident"]
+    rows, cols = (int(a) for a in args[:2]) if len(args) > 1 else (16, 32000)
     paths = (("chunk", False), ("narrow", True)) if cols <= _fused.NARROW_MAX else (("chunk", False),)
     for name in ("float32", "bfloat16"):
         for path, narrow in paths:
-            loss_ns, into_ns, inplace_ns = measure(name, rows, cols, narrow)
+            loss_ns, into_ns, inplace_ns = measure(name, rows, cols, narrow, confident)
             print(f"{name:9s} {rows}x{cols} {path:6s}: loss {loss_ns:.3f}, loss+grad into a "
                   f"buffer {into_ns:.3f}, in place {inplace_ns:.3f} ns per logit per thread "
                   f"(x {cols} = {loss_ns * cols:.1f}, {into_ns * cols:.1f}, "
