@@ -10,13 +10,21 @@ beside it; `xent._fused._target` tells which the CPU numba compiles for has:
   - r: one fused multiply-add with ln 2 where the CPU has FMA (float32), else
     two steps (Cody-Waite: ln 2 = hi + lo with n hi exact), right to an ulp
     without a fused multiply-add too.
-  - 2**n p: ``llvm.ldexp`` (``vscalefps``, AVX-512), else 2**(n + bias) built
-    from the bits and two multiplies (`scale_by_bits`). Without AVX-512 the
-    intrinsic would be a call to ``ldexpf`` per element.
+  - 2**n p: the float32 exps take n and 2**(n + 64) together from one sum's
+    bits on every CPU (`round_scale`: no conversion at all), with the 2**-64
+    carried by the polynomial's coefficients, so 2**n p is one multiply. The
+    float64 exp takes ``llvm.ldexp`` (``vscalefpd``) with AVX-512, else
+    builds 2**(n + bias) from the bits (`scale_by_bits`; without AVX-512
+    ``llvm.ldexp`` is a call to ``ldexp`` per element).
 
-Without AVX-512 the float32 exps take n and 2**(n + 64) together from one
-sum's bits instead (`round_scale`: no conversion at all), with the 2**-64
-carried by the polynomial's coefficients, so 2**n p is one multiply.
+Until session 21 the float32 exps took ``llvm.ldexp`` on AVX-512 too. On an
+Intel Xeon (Emerald Rapids) a vector of it whose results underflow (a
+masked ``-inf`` logit, or one 87 below the max) stalls the core: rows with
+a tenth of their logits masked took 4-20 times as long (float32 16x32000
+loss 2.94 against 0.20 ns a logit, one thread). The bits tie it on rows
+without a mask there (0.95-1.06x; bench/RESULTS.md, session 21). Masked
+float64 rows still take 6 times as long there; `scale_by_bits` did not
+cure them (`times_pow2`).
 
 x is first floored (`floor_at`, which lets NaN through) where 2**n would
 leave the exponent range: below the floor exp is 0 in the format anyway, so
@@ -62,7 +70,7 @@ _C1, _C2, _C3, _C4, _C5 = (_F32(c) for c in (
 _H1, _H2, _H3 = (_F32(c) for c in (0.6932829022407532, 0.24221095442771912,
                                    0.05500892922282219))
 _FLOOR_T32 = _F32(FLOOR32 * LOG2E32)
-# Without a vector ldexp (no AVX-512), `round_scale` gives n and 2**(n + 64)
+# `round_scale` gives n and 2**(n + 64)
 # from one sum's bits, and the polynomials carry the 2**-64 in their
 # coefficients: scaling by a power of two is exact in each of their steps
 # (the smallest, c5 2**-64, is a normal float), so p 2**-64 is p's bits with
@@ -92,8 +100,9 @@ def round_int(t):
 
 
 def times_pow2(p, n):
-    """p * 2**n for an int32 n with n >= -188 (float32) or -1077 (float64); float32
-    only where ``llvm.ldexp`` lowers natively, as the float32 exps use it (numba only)."""
+    """p * 2**n for a float64 p and an int32 n >= -1077: ``llvm.ldexp`` where it
+    lowers natively (AVX-512), else `scale_by_bits` (the float32 exps scale
+    by `round_scale` instead) (numba only)."""
 
 
 def reduce32(x, n):
@@ -107,13 +116,16 @@ def _round_int_impl(t):
     return lambda t: round_by_sum(t)
 
 
+# float64 keeps ``llvm.ldexp`` on AVX-512: `scale_by_bits` took unmasked
+# float64 rows from 0.40 to 0.46 ns a logit on the Intel Xeon, and masked
+# ones stayed slow (2.4 -> 1.7, against 0.40): not the same stall.
 @overload(times_pow2)
 def _times_pow2_impl(p, n):
+    if p != types.float64:
+        return None
     if _target.lowers_natively(_target.LDEXP_PROBE):
         return lambda p, n: ldexp(p, n)
-    if p == types.float64:
-        return lambda p, n: scale_by_bits(p, n, _BIAS64)
-    return None   # (float32 elsewhere: `round_scale`, in `_exp32_floored` and `_exp2_half_floored`)
+    return lambda p, n: scale_by_bits(p, n, _BIAS64)   # (float32: `round_scale`, in `_exp32_floored` and `_exp2_half_floored`)
 
 
 @overload(reduce32, jit_options={"fastmath": FAST})
@@ -135,14 +147,6 @@ def _exp2_half_floored(t):
 
 @overload(_exp32_floored, jit_options={"fastmath": FAST})
 def _exp32_floored_impl(x):
-    if _target.lowers_natively(_target.LDEXP_PROBE):
-        def by_ldexp(x):
-            n = round_int(x * LOG2E32)
-            r = reduce32(x, _F32(n))
-            q = _C2 + r * (_C3 + r * (_C4 + r * _C5))
-            return times_pow2(fmuladd(r, fmuladd(r, q, _C1), _F32(1.0)), n)
-        return by_ldexp
-
     # Against `round_int` and `scale_by_bits` (two conversions, an integer add
     # and two multiplies; one constant more, where AVX2's 16 registers already
     # spill), compiled for haswell on an AMD Zen 4, one process: float32
@@ -160,13 +164,6 @@ def _exp32_floored_impl(x):
 
 @overload(_exp2_half_floored, jit_options={"fastmath": FAST})
 def _exp2_half_floored_impl(t):
-    if _target.lowers_natively(_target.LDEXP_PROBE):
-        def by_ldexp(t):
-            n = round_int(t)
-            f = t - _F32(n)
-            return times_pow2(fmuladd(f, _H1 + f * (_H2 + f * _H3), _F32(1.0)), n)
-        return by_ldexp
-
     def by_bits(t):
         n, scale = round_scale(t, _F32(1.0), _MAGIC32)
         f = t - n
@@ -181,9 +178,9 @@ def exp32(x):
     Within 2 ulp (relative error 2e-7) for x > -20, where softmax values
     matter, 5 ulp above -87 (`bench/fit_exp.py`, 3 million points, the same
     on every target); exact 0 below -104 (float32's smallest
-    subnormal is e**-103.3). With AVX-512, ten vector operations per 16
-    values: once memory streams at full speed, exp is what bounds the kernels.
-    Without it, n and 2**n come from one sum's bits (`round_scale`).
+    subnormal is e**-103.3). n and 2**n come from one sum's bits
+    (`round_scale`): once memory streams at full speed, exp is what bounds
+    the kernels.
     """
     return _exp32_floored(floor_at(FLOOR32, x))
 
