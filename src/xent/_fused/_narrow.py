@@ -11,9 +11,12 @@ vector lane:
 
     t[j, l] = exp(x[r0 + l, j] - M_l),  S_l = sum_j t[j, l],  log S_l
 
-Each lane also sums its terms below the max apart, so that a confident
-row's S_l - 1 keeps the terms that the float32 sum, holding the max's
-exp(0) = 1, drops below half its ulp (`_lane_sums`).
+A float32 lane that holds the max's exp(0) = 1 drops every later term below
+half its ulp, and a confident row's S_l - 1 with them. With integer labels
+the label's term is left out of the lane's sum and added in float64 (where
+the label is not the max, S_l - 1 is not small: the loss is log 2 or
+more); with dense targets each lane also sums its terms below the max
+apart, and counts the maxima (`_leave_out_labels`, `_lane_below`, `_lane_sums`).
 
 The arithmetic is that of a one-chunk row of the chunk path (the shift by the
 row's max, the same exp, the same loss and gradient stores), save for the
@@ -34,7 +37,7 @@ from xent._fused._formats import hardware_half, like, load, store, store_finite
 from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, \
     round_by_sum, splat, vectorise_wide
 from xent._fused._math import log_of_sum
-from xent._fused._options import INLINE, KERNEL
+from xent._fused._options import FAST, INLINE, KERNEL
 from xent._fused._rows import label_entry, weight
 
 __all__ = ["NARROW_MAX", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
@@ -203,47 +206,103 @@ def _lane_targets_impl(ty, ms, j, l, d):
     return add
 
 
-@njit(**INLINE)
-def _lane_sums(ms, sums):
-    """sums[0, l] = S_l in float64, from lane l's float32 sums of its terms
-    (ms[1, l]) and of those below its max (ms[2, l]): S_l = n + ms[2, l] for
-    the lane's n maxima (each exp(0) = 1; n is ms[1, l] - ms[2, l] rounded,
-    exact while their float32 error stays below 1/2). A lane whose ms[1, l]
-    is not finite (a NaN, which its sum below the max leaves out) keeps it."""
-    for l in range(_LANES):
-        total, below = np.float64(ms[1, l]), np.float64(ms[2, l])
-        counted = np.float64(round_by_sum(total - below)) + below
-        sums[0, l] = counted if is_finite(total) else total
+def _leave_out_labels(labels, r0, rows, t, ms):
+    """With integer labels: ms[2, l] = the label's logit t[label, l] of lane
+    l's row, and t[label, l] = -inf, so that the lane's sum leaves the label's
+    term out (it is added back in float64: `_lane_sums`; the gradient's
+    entry there is `label_entry`'s). A label out of range is left alone (its
+    row is NaN: `_narrow_row`). Nothing with dense targets (numba only)."""
+
+
+@overload(_leave_out_labels)
+def _leave_out_labels_impl(labels, r0, rows, t, ms):
+    if isinstance(labels, types.NoneType):
+        return lambda labels, r0, rows, t, ms: None
+
+    def leave_out(labels, r0, rows, t, ms):
+        for l in range(_LANES):
+            label = labels[r0 + min(l, rows - 1)]
+            if 0 <= label < t.shape[0]:
+                ms[2, l] = t[label, l]
+                t[label, l] = -np.inf
+            else:
+                ms[2, l] = np.nan
+    return leave_out
+
+
+def _lane_below(ty, ms, l, v, d):
+    """ms[2, l] += v where d < 0 (a term below the lane's max) with dense targets
+    ty; nothing with integer labels (ty None) (numba only)."""
+
+
+@overload(_lane_below)
+def _lane_below_impl(ty, ms, l, v, d):
+    if isinstance(ty, types.NoneType):
+        return lambda ty, ms, l, v, d: None
+
+    def add(ty, ms, l, v, d):
+        zero = like(0.0, v)   # (not 0.0: a float64 in the loop halves its vectors)
+        ms[2, l] += v if d < zero else zero
+    return add
+
+
+def _lane_sums(x, ty, ms, sums):
+    """sums[0, l] = S_l in float64 from lane l's float32 sum ms[1, l] (numba only).
+
+    Integer labels (ty None): S_l = ms[1, l] + exp(x_label - M_l), the label's
+    logit being ms[2, l] (`_leave_out_labels`). Dense targets: S_l = n +
+    ms[2, l], its sum below the max, for the lane's n maxima (each exp(0) =
+    1; n is ms[1, l] - ms[2, l] rounded, exact while their float32 error
+    stays below 1/2); a lane whose ms[1, l] is not finite (a NaN, which the
+    sum below the max leaves out) keeps it."""
+
+
+@overload(_lane_sums, jit_options={"fastmath": FAST})
+def _lane_sums_impl(x, ty, ms, sums):
+    if isinstance(ty, types.NoneType):
+        def with_label(x, ty, ms, sums):
+            for l in range(_LANES):
+                at_label = exp_of(x, ty, ms[2, l] - ms[0, l])
+                sums[0, l] = np.float64(ms[1, l]) + np.float64(at_label)
+        return with_label
+
+    def counted(x, ty, ms, sums):
+        for l in range(_LANES):
+            total, below = np.float64(ms[1, l]), np.float64(ms[2, l])
+            n_below = np.float64(round_by_sum(total - below)) + below
+            sums[0, l] = n_below if is_finite(total) else total
+    return counted
 
 
 @njit(**INLINE)
-def _narrow_block(x, ty, flat, r0, rows, t, ms, sums):
+def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
     """Rows ``r0 .. r0 + rows - 1`` of x (C classes, ``rows <= 16``; flat is x
     as one row), row r0 + l in lane l (lanes from `rows` on repeat the last):
     t[j, l] = exp(x[r0 + l, j] - M_l), ms[0, l] = M_l, the row's max (of its
-    non-NaN entries), in float32 ms[1, l] = sum_j t[j, l] and ms[2, l] the
-    sum of its terms below M_l, and in float64 S_l = sums[0, l] (`_lane_sums`)
-    and sums[1, l] = log S_l. A row with a NaN, a ``+inf`` or only ``-inf``
-    has a non-finite M_l or S_l.
+    non-NaN entries), ms[1, l] = sum_j t[j, l] in float32, and in float64 S_l =
+    sums[0, l] (`_lane_sums`) and sums[1, l] = log S_l. A row with a NaN, a
+    ``+inf`` or only ``-inf`` has a non-finite M_l or S_l.
 
-    With dense targets ty (``[C, 16]``, lane l the targets of row r0 + l;
-    None for integer labels), also ms[3, l] += sum_j y_j and ms[4, l] +=
-    sum_j y_j (x_j - M_l), the targets' sums of a one-chunk row.
+    With integer `labels` (ty None), the label's entry of t is 0 and ms[2, l]
+    holds its logit (`_leave_out_labels`). With dense targets ty (``[C,
+    16]``, lane l the targets of row r0 + l; labels None), ms[2, l] is the
+    sum of the terms below M_l, and also ms[3, l] += sum_j y_j and ms[4, l]
+    += sum_j y_j (x_j - M_l), the targets' sums of a one-chunk row.
     """
     c = np.uint64(x.shape[1])
     _transpose(flat, r0, rows, t, ms)
     for l in range(_LANES):
         ms[2, l] = 0.0
+    _leave_out_labels(labels, r0, rows, t, ms)
     for j in range(c):
         for l in range(_LANES):
             d = t[j, l] - ms[0, l]
             v = exp_of(x, ty, d)
             t[j, l] = v
             ms[1, l] += v
-            zero = like(0.0, v)   # (not 0.0: a float64 in the loop halves its vectors)
-            ms[2, l] += v if d < zero else zero
+            _lane_below(ty, ms, l, v, d)
             _lane_targets(ty, ms, j, l, d)
-    _lane_sums(ms, sums)
+    _lane_sums(x, ty, ms, sums)
     for l in range(_LANES):
         sums[1, l] = log_of_sum(sums[0, l])
 
@@ -283,7 +342,7 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
-        _narrow_block(x, None, flat, r0, rows, t, ms, sums)
+        _narrow_block(x, None, labels, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, sums, l)
     keep_alive(lanes)
@@ -302,7 +361,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     c = x.shape[1]
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
-        _narrow_block(x, None, flat, r0, rows, t, ms, sums)
+        _narrow_block(x, None, labels, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
             loss[r], lse[r], ok, x_label = _narrow_row(x, labels, r, ms, sums, l)
@@ -357,7 +416,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
-        _narrow_block(x, ty, flat, r0, rows, t, ms, sums)
+        _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, sums, l)
     keep_alive(lanes)
@@ -379,7 +438,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
-        _narrow_block(x, ty, flat, r0, rows, t, ms, sums)
+        _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
             loss[r], lse[r], ok = _dense_narrow_row(ms, sums, l)
