@@ -54,9 +54,9 @@ _U0, _U1 = np.uint64(0), np.uint64(1)
 # half its ulp. Swept twice, the chunk sums its terms below its max apart
 # (`_chunk_exps`); swept once, its max's term is at most e**2 times the
 # earlier max's, which S - 1 holds (S - 1 >= e**-2), so what the lane drops
-# is float32 rounding of a sum that size, not a small S - 1 whole. At 16, a
-# confident row (float32 [16.75, 0 x 9], label 0) had a loss of 0 against
-# TensorFlow's 4.77e-7 (exact 4.78e-7). Re-sweeping past 2 left random rows
+# is float32 rounding of a sum that size, not a small S - 1 whole. Before,
+# with a slack of 16 and one sum, a confident row (float32 [16.625, 0 x 999],
+# label 0) had a loss of 6.056e-5 (exact 6.017e-5). Re-sweeping past 2 left random rows
 # as they were and cost confident ones 10-24% in cache (16x32000, one thread,
 # Intel Xeon (Emerald Rapids), AVX-512; bench/RESULTS.md, session 21).
 SHIFT_SLACK = 2.0
