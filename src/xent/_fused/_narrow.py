@@ -214,7 +214,9 @@ def _leave_out_labels(labels, r0, rows, t, ms):
     row is NaN: `_narrow_row`). Nothing with dense targets (numba only)."""
 
 
-@overload(_leave_out_labels)
+# Inlined by numba, as `_lane_sums`: left to LLVM, each call counted a
+# reference to its arrays (tests/test_borrow.py).
+@overload(_leave_out_labels, inline="always")
 def _leave_out_labels_impl(labels, r0, rows, t, ms):
     if isinstance(labels, types.NoneType):
         return lambda labels, r0, rows, t, ms: None
@@ -257,7 +259,7 @@ def _lane_sums(x, ty, ms, sums):
     sum below the max leaves out) keeps it."""
 
 
-@overload(_lane_sums, jit_options={"fastmath": FAST})
+@overload(_lane_sums, jit_options={"fastmath": FAST}, inline="always")
 def _lane_sums_impl(x, ty, ms, sums):
     if isinstance(ty, types.NoneType):
         def with_label(x, ty, ms, sums):
