@@ -45,7 +45,7 @@ from xent._fused._options import FAST, INLINE
 from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
-           "prefetch_half_chunk"]
+           "prefetch_half_chunk", "below_max", "counted_sum"]
 
 _U0, _U1 = np.uint64(0), np.uint64(1)
 # How far (in logits) a chunk's max may exceed its shift; a chunk whose max
@@ -98,7 +98,7 @@ def _chunk_exps(x, y, e, lo, hi, m, pending):
 
     The second sum leaves out the chunk's maxima, whose exp(0) = 1 would
     drop its terms below half the ulp of 1 (`combine` adds them back, counted;
-    float64 logits take the first sum only: `_below_max`). It costs rows of
+    float64 logits take the first sum only: `below_max`). It costs rows of
     100 to 1000 classes 10-40% in cache on AVX-512, 5-19% on AVX2 (bench/RESULTS.md).
     Summed piece by piece (`piece_of`); after each piece, the pending row's
     gradient is stored up to the same index (`stream_to`; None: no pending row).
@@ -114,35 +114,36 @@ def _chunk_exps(x, y, e, lo, hi, m, pending):
             v = exp_of(x, y, d)
             keep(e, j, v)
             sp += v
-            bp += _below_max(x, v, d)
+            bp += below_max(x, v, d)
         s += sp
         below += bp
         stream_to(pending, phi)
     return s, below
 
 
-def _below_max(x, v, d):
-    """v where d < 0, else 0, in v's type: a term of `_chunk_exps`' sum below
-    the max; always 0 for float64 logits, whose sum of exps keeps 29 more
+def below_max(x, v, d):
+    """v where d < 0, else 0, in v's type: a term of a sum below the max
+    (`_chunk_exps`, the narrow kernels' dense lanes); always 0 for float64 logits, whose sum of exps keeps 29 more
     bits than a float32 loss needs (so that their loop, and its order of
     summation, is the one all their kernels share) (numba only)."""
 
 
-def _top_sum(x, s, below):
-    """A chunk's sum of exps, swept against its max, with the max's terms
-    exact: the count of them (s - below rounded) plus `below`; s itself for
-    float64 logits (`_below_max`) (numba only)."""
+def counted_sum(x, s, below):
+    """A sum of exps s, taken against its max, with the max's terms exact: the
+    count of them (s - below rounded: exact while s's float32 error stays
+    below 1/2) plus `below`, the sum below the max; s itself for float64
+    logits (`below_max`) (numba only)."""
 
 
-@overload(_below_max, jit_options={"fastmath": FAST})
+@overload(below_max, jit_options={"fastmath": FAST})
 def _below_max_impl(x, v, d):
     if x.dtype == types.float64:
         return lambda x, v, d: like(0.0, v)
     return lambda x, v, d: v if d < like(0.0, d) else like(0.0, v)
 
 
-@overload(_top_sum)
-def _top_sum_impl(x, s, below):
+@overload(counted_sum)
+def _counted_sum_impl(x, s, below):
     if x.dtype == types.float64:
         return lambda x, s, below: s
     return lambda x, s, below: np.float64(round_by_sum(s - below)) + below
@@ -262,8 +263,11 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending):
 
     Exps are kept in e unless e is None; the targets' sums are zeros when y is
     None (sparse), and read x before e (which may be x) is written. A NaN max
-    means the chunk holds a NaN or ``+inf``. A chunk of ``-inf`` logits is
-    shifted by 0, so that y_j x_j gives TF's ``-inf`` (or NaN where y_j is 0).
+    means the chunk holds a NaN or ``+inf``. A chunk of ``-inf`` logits takes
+    its targets' sums against 0, so that y_j x_j gives TF's ``-inf`` (or NaN
+    where y_j is 0), and has shift ``-inf``: its factor exp(t_c - M) is 0 in
+    `combine` and pass B (a shift of 0, far above a row of logits below -88,
+    took the exp out of its range: NaN gradients).
     """
     if top > -np.inf:
         ok, m, shift, s, below, sy, syx = _one_sweep(x, y, e, save, lo, hi, top, pending)
@@ -274,7 +278,7 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending):
         zero = like(0.0, m)
         sy, syx = _targets(x, y, lo, hi, zero)
         _zero(e, lo, hi)
-        return m, 0.0, zero, zero, sy, syx
+        return m, -np.inf, zero, zero, sy, syx
     if not is_finite(m):
         nan = like(np.nan, m)
         return nan, np.nan, nan, nan, nan, nan
@@ -389,9 +393,7 @@ def combine(x, y, st):
     half-precision inputs, whose exp is cheaper); it is replaced by its exact
     value 1. So a loss near 0 (S near 1) is accurate relative to itself down
     to about 1e-9, where a float64 S's resolution near 1 (1.1e-16) takes over.
-    A chunk of ``-inf`` (shift 0, sum 0) may sit far above M: its factor is
-    taken at exp(0), never past the exp's range. x and y pick the exp that
-    pass A used (`sweep_exp`).
+    x and y pick the exp that pass A used (`sweep_exp`).
     """
     top = st[_MAX, 0]
     first = 0
@@ -405,12 +407,12 @@ def combine(x, y, st):
     # differed in their last bits.)
     total = 0.0
     for c in range(st.shape[1]):   # (exp64(0) is 1: a row of one chunk skips its 11 FMAs)
-        d = min(st[_SHIFT, c] - top, 0.0)
+        d = st[_SHIFT, c] - top
         if c != first:
             total += st[_SUM, c] if d == 0.0 else mul_exact(st[_SUM, c], exp64(d))
     shift = st[_SHIFT, first]
     if shift == top:
-        return top, total + _top_sum(x, st[_SUM, first], st[_BELOW, first])
+        return top, total + counted_sum(x, st[_SUM, first], st[_BELOW, first])
     term = sweep_exp(x, y, like(top, load(x, 0)), sweep_k(x, y, shift))
     f = exp64(shift - top)
     return top, total + (mul_exact(st[_SUM, first], f) + (1.0 - mul_exact(np.float64(term), f)))

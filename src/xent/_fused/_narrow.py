@@ -32,10 +32,11 @@ from numba.extending import intrinsic, overload
 
 from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
+from xent._fused._chunks import below_max, counted_sum
 from xent._fused._exps import exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
-from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, \
-    round_by_sum, splat, vectorise_wide
+from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, splat, \
+    vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import FAST, INLINE, KERNEL
 from xent._fused._rows import label_entry, weight
@@ -232,19 +233,18 @@ def _leave_out_labels_impl(labels, r0, rows, t, ms):
     return leave_out
 
 
-def _lane_below(ty, ms, l, v, d):
-    """ms[2, l] += v where d < 0 (a term below the lane's max) with dense targets
-    ty; nothing with integer labels (ty None) (numba only)."""
+def _lane_below(x, ty, ms, l, v, d):
+    """ms[2, l] += v where d < 0 (a term below the lane's max: `below_max`) with
+    dense targets ty; nothing with integer labels (ty None) (numba only)."""
 
 
 @overload(_lane_below)
-def _lane_below_impl(ty, ms, l, v, d):
+def _lane_below_impl(x, ty, ms, l, v, d):
     if isinstance(ty, types.NoneType):
-        return lambda ty, ms, l, v, d: None
+        return lambda x, ty, ms, l, v, d: None
 
-    def add(ty, ms, l, v, d):
-        zero = like(0.0, v)   # (not 0.0: a float64 in the loop halves its vectors)
-        ms[2, l] += v if d < zero else zero
+    def add(x, ty, ms, l, v, d):
+        ms[2, l] += below_max(x, v, d)
     return add
 
 
@@ -252,11 +252,10 @@ def _lane_sums(x, ty, ms, sums):
     """sums[0, l] = S_l in float64 from lane l's float32 sum ms[1, l] (numba only).
 
     Integer labels (ty None): S_l = ms[1, l] + exp(x_label - M_l), the label's
-    logit being ms[2, l] (`_leave_out_labels`). Dense targets: S_l = n +
-    ms[2, l], its sum below the max, for the lane's n maxima (each exp(0) =
-    1; n is ms[1, l] - ms[2, l] rounded, exact while their float32 error
-    stays below 1/2); a lane whose ms[1, l] is not finite (a NaN, which the
-    sum below the max leaves out) keeps it."""
+    logit being ms[2, l] (`_leave_out_labels`). Dense targets: the lane's
+    maxima counted, plus ms[2, l], its sum below the max (`counted_sum`); a
+    lane whose ms[1, l] is not finite (a NaN, which the sum below the max
+    leaves out) keeps it."""
 
 
 @overload(_lane_sums, jit_options={"fastmath": FAST}, inline="always")
@@ -270,9 +269,9 @@ def _lane_sums_impl(x, ty, ms, sums):
 
     def counted(x, ty, ms, sums):
         for l in range(_LANES):
-            total, below = np.float64(ms[1, l]), np.float64(ms[2, l])
-            n_below = np.float64(round_by_sum(total - below)) + below
-            sums[0, l] = n_below if is_finite(total) else total
+            total = np.float64(ms[1, l])
+            counted = counted_sum(x, total, np.float64(ms[2, l]))
+            sums[0, l] = counted if is_finite(total) else total
     return counted
 
 
@@ -302,7 +301,7 @@ def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
             v = exp_of(x, ty, d)
             t[j, l] = v
             ms[1, l] += v
-            _lane_below(ty, ms, l, v, d)
+            _lane_below(x, ty, ms, l, v, d)
             _lane_targets(ty, ms, j, l, d)
     _lane_sums(x, ty, ms, sums)
     for l in range(_LANES):

@@ -26,11 +26,9 @@ _U0 = np.uint64(0)
 def chunk_factor(st, c, top, inv_s):
     """Chunk c's factor exp(t_c - M) / S (inv_s = 1/S, or w/S for a row weight w),
     float64. The product is not regrouped (`mul_exact`), so that every kernel
-    that calls this gets the same bits, whatever LLVM does around it. A chunk
-    of ``-inf`` is shifted by 0, which may be far above M: its exps are 0,
-    and its factor is taken at exp(0) rather than past the exp's range (a
-    first chunk of ``-inf`` before logits below -88 gave NaN gradients)."""
-    return mul_exact(exp64(min(st[SHIFT, c] - top, 0.0)), inv_s)
+    that calls this gets the same bits, whatever LLVM does around it. (0 for
+    a chunk of ``-inf``, whose shift is ``-inf``: `xent._fused._chunks`.)"""
+    return mul_exact(exp64(st[SHIFT, c] - top), inv_s)
 
 
 @njit(**INLINE)
