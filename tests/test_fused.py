@@ -289,7 +289,7 @@ def test_threaded_calls_equal_one_thread_on_every_path(rng, force_threads, dtype
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_prefetching_the_next_row_or_not_gives_the_same_bits(rng, force_threads, monkeypatch,
                                                               dtype, kind):
-    """Whether pass A prefetches the next row (`_launch.fetches_ahead`, chosen per
+    """Whether pass A prefetches the logits ahead (`_launch.fetches_ahead`, chosen per
     CPU) changes no bit, on one thread and on several, on every path; both forms
     run here whatever this host's choice is."""
     logits, targets = grid_inputs(rng, dtype, kind, 5000, rows=53)
@@ -317,13 +317,15 @@ def test_prefetching_the_next_row_or_not_gives_the_same_bits(rng, force_threads,
     ("znver3", False, False, False, False, False),
     ("znver2", False, False, False, False, False),
     ("znver5", False, False, False, True, True),
-    ("icelake-server", True, True, False, True, True),
-    ("haswell", True, True, False, True, True),
+    ("icelake-server", True, True, True, True, True),
+    ("haswell", True, True, True, True, True),
+    ("emeraldrapids", True, True, True, True, True),
+    ("apple-m1", True, True, True, True, True),
 ])
 def test_fetch_ahead_choice_per_cpu_and_need(monkeypatch, host, loss, f32_inplace, f32_into,
                                             half_inplace, half_into):
-    """The measured choice: half-precision gradients prefetch except on AMD Zen 1-3,
-    float32 into a buffer does not, the rest does except on AMD Zen hosts."""
+    """The measured choice: every need prefetches but on AMD Zen hosts, where
+    only half-precision gradients do, and not on Zen 1-3."""
     monkeypatch.setattr(_launch._target, "host_cpu_name", lambda: host)
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
     assert _launch.fetches_ahead(f32, "loss") is loss

@@ -24,9 +24,10 @@ That is the reference's shift by the row max M, up to rounding, with no
 temporaries: one read of each logit and one write of each gradient entry. A
 row whose max is not finite (a NaN, a ``+inf``, or every entry ``-inf``) is
 all NaN, as in TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the
-softmax. While pass A computes on a row it can prefetch the
-next one, so that memory keeps streaming through pass B (`_prefetch_chunk`;
-where that pays is the CPU's and the need's: `xent._fused._launch.fetches_ahead`).
+softmax. While pass A computes on a piece of a row it can prefetch the
+logits a few KB further on (`xent._fused._fetch`), so that memory keeps
+streaming through the exps; where that pays is the CPU's and the need's
+(`xent._fused._launch.fetches_ahead`).
 
 Chunk bounds are unsigned: numba then skips its negative-index check and the
 loops vectorise.
@@ -37,15 +38,16 @@ from numba.extending import overload
 
 from xent._fused._cuts import CHUNK, piece_of
 from xent._fused._exps import exp_of, sweep_exp, sweep_k, sweep_shift
-from xent._fused._formats import HALF_FORMATS, like, load
-from xent._fused._llvm import is_finite, max_finite, maximum, mul_exact, prefetch, \
-    round_by_sum, vectorise_wide
+from xent._fused._formats import like, load
+from xent._fused._fetch import fetch_ahead
+from xent._fused._llvm import is_finite, max_finite, maximum, mul_exact, round_by_sum, \
+    vectorise_wide
 from xent._fused._math import exp64
 from xent._fused._options import FAST, INLINE
 from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
-           "prefetch_half_chunk", "below_max", "counted_sum"]
+           "below_max", "counted_sum"]
 
 _U0, _U1 = np.uint64(0), np.uint64(1)
 # How far (in logits) a chunk's max may exceed its shift; a chunk whose max
@@ -92,7 +94,7 @@ def _chunk_max(x, lo, hi):
 
 
 @njit(**INLINE)
-def _chunk_exps(x, y, e, lo, hi, m, pending):
+def _chunk_exps(x, y, e, lo, hi, m, pending, fetching):
     """(sum of exp(x_j - m), the same sum over the x_j below m) over [lo, hi);
     each exp also kept as e_j unless e is None (e may be x).
 
@@ -100,14 +102,17 @@ def _chunk_exps(x, y, e, lo, hi, m, pending):
     drop its terms below half the ulp of 1 (`combine` adds them back, counted;
     float64 logits take the first sum only: `below_max`). It costs rows of
     100 to 1000 classes 10-40% in cache on AVX-512, 5-19% on AVX2 (bench/RESULTS.md).
-    Summed piece by piece (`piece_of`); after each piece, the pending row's
-    gradient is stored up to the same index (`stream_to`; None: no pending row).
+    Summed piece by piece (`piece_of`); before each piece, the logits
+    further on are prefetched (`fetch_ahead`, with `fetching` = (next row,
+    whether to)); after it, the pending row's gradient is stored up to the
+    same index (`stream_to`; None: no pending row).
     """
     zero = like(0.0, m)   # (not 0.0: a float64 in the loop would halve its vectors)
     s, below = zero, zero
     step = piece_of(x)
     for plo in range(lo, hi, step):
         phi = min(plo + step, hi)
+        fetch_ahead(x, fetching, plo, phi)
         sp, bp = zero, zero
         for j in range(plo, phi):
             d = load(x, j) - m
@@ -152,20 +157,22 @@ def _counted_sum_impl(x, s, below):
 # The running max uses maxnum with the no-NaN flag (one maxps, which LLVM
 # vectorises as a reduction); a NaN shows up in the sum instead.
 @njit(**INLINE)
-def _chunk_max_exps(x, y, e, save, lo, hi, k, pending):
+def _chunk_max_exps(x, y, e, save, lo, hi, k, pending, fetching):
     """(max_j x_j, sum_j exp(x_j - shift)) over [lo, hi) in one loop, for the
     shift that constant k stands for (`sweep_k`).
 
     Each exp is kept in e unless e is None; when e is x itself, save (else
     None) first receives x[lo:hi], so that the chunk can be swept again. A
     NaN makes the sum NaN, and ``+inf`` the max (the max is then meaningless).
-    Piece by piece, as `_chunk_exps`, with the pending row's stores between.
+    Piece by piece, as `_chunk_exps`, with its prefetches and the pending
+    row's stores between.
     """
     m = like(-np.inf, k)
     s = like(0.0, k)
     step = piece_of(x)
     for plo in range(lo, hi, step):
         phi = min(plo + step, hi)
+        fetch_ahead(x, fetching, plo, phi)
         mp = like(-np.inf, k)
         sp = like(0.0, k)
         for j in range(plo, phi):
@@ -234,7 +241,7 @@ def _targets_impl(x, y, lo, hi, shift):
 
 
 @njit(**INLINE)
-def _one_sweep(x, y, e, save, lo, hi, top, pending):
+def _one_sweep(x, y, e, save, lo, hi, top, pending, fetching):
     """(ok, max, shift, sum, NaN (its sum below the max, not kept here), sum of
     y, sum of y (x - shift)) of chunk [lo, hi) in one sweep, shifted by the
     row's running max `top`; not ok (and x
@@ -247,7 +254,7 @@ def _one_sweep(x, y, e, save, lo, hi, top, pending):
     shift = sweep_shift(x, y, k)
     if abs(shift - np.float64(top)) <= SHIFT_SLACK:
         sy, syx = _targets(x, y, lo, hi, top)   # before e, which may be x, is written
-        m, s = _chunk_max_exps(x, y, e, save, lo, hi, k, pending)
+        m, s = _chunk_max_exps(x, y, e, save, lo, hi, k, pending, fetching)
         if m <= top + SHIFT_SLACK and is_finite(s):
             return True, m, shift, s, like(np.nan, s), sy, syx
         _restore(x, save, lo, hi)
@@ -256,7 +263,7 @@ def _one_sweep(x, y, e, save, lo, hi, top, pending):
 
 
 @njit(**INLINE)
-def _chunk_pass(x, y, e, save, lo, hi, top, pending):
+def _chunk_pass(x, y, e, save, lo, hi, top, pending, fetching):
     """(max, shift, sum of exps, sum of the exps below the max (NaN when swept
     once), sum of y, sum of y (x - shift)) of chunk [lo, hi), for a row whose
     largest max so far is `top` (``-inf`` before any finite logit).
@@ -270,7 +277,8 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending):
     took the exp out of its range: NaN gradients).
     """
     if top > -np.inf:
-        ok, m, shift, s, below, sy, syx = _one_sweep(x, y, e, save, lo, hi, top, pending)
+        ok, m, shift, s, below, sy, syx = _one_sweep(x, y, e, save, lo, hi, top, pending,
+                                                     fetching)
         if ok:
             return m, shift, s, below, sy, syx
     m = _chunk_max(x, lo, hi)
@@ -283,7 +291,7 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending):
         nan = like(np.nan, m)
         return nan, np.nan, nan, nan, nan, nan
     sy, syx = _targets(x, y, lo, hi, m)
-    s, below = _chunk_exps(x, y, e, lo, hi, m, pending)
+    s, below = _chunk_exps(x, y, e, lo, hi, m, pending, fetching)
     return m, np.float64(m), s, below, sy, syx
 
 
@@ -310,47 +318,6 @@ def _keep_targets_impl(st, c, y, sy, syx):
     return keep_sums
 
 
-def _prefetch_chunk(ahead, lo, hi):
-    """Prefetch ahead[lo:hi] (64-byte lines) (numba only).
-
-    Pass A can prefetch the next row of logits while it computes on this
-    one, so that memory keeps streaming through the exps (and through pass
-    B). Whether that pays depends on the CPU and the need; the measurements
-    and the choice are in `xent._fused._launch.fetches_ahead`.
-    """
-
-
-def prefetch_half_chunk(ahead, lo, hi):
-    """`_prefetch_chunk` for a half-precision `ahead` only (numba only).
-
-    Pass B prefetches the next row of a separate gradient buffer, so that
-    its stores find their lines in cache: bfloat16 55 -> 47 ms on AMD Zen 4
-    (8192x32000); float32 gets slower (138 -> 162 ms on the Intel Xeon).
-    """
-
-
-def _prefetch_lines(ahead):
-    """Prefetching `ahead`'s entries [lo, hi) one 64-byte line at a time, for numba type `ahead`."""
-    per_line = np.uint64(64 // (ahead.dtype.bitwidth // 8))
-
-    def prefetch_lines(ahead, lo, hi):
-        for k in range(lo, hi, per_line):
-            prefetch(ahead, k)
-    return prefetch_lines
-
-
-@overload(_prefetch_chunk)
-def _prefetch_chunk_impl(ahead, lo, hi):
-    return _prefetch_lines(ahead)
-
-
-@overload(prefetch_half_chunk)
-def _prefetch_half_chunk_impl(ahead, lo, hi):
-    if isinstance(ahead, types.NoneType) or ahead.dtype not in HALF_FORMATS:
-        return lambda ahead, lo, hi: None
-    return _prefetch_lines(ahead)
-
-
 @njit(**INLINE)
 def exp_pass(x, y, e, save, st, ahead, fetch, pending):
     """Pass A over a row: per chunk c, st[_MAX, c], st[_SHIFT, c], st[_SUM, c],
@@ -358,19 +325,19 @@ def exp_pass(x, y, e, save, st, ahead, fetch, pending):
 
     Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
-    `ahead` is the row to prefetch chunk by chunk (`_prefetch_chunk`) when
-    `fetch` is true (a run-time choice: `xent._fused._launch.fetches_ahead`).
+    When `fetch` is true (a run-time choice:
+    `xent._fused._launch.fetches_ahead`), each piece prefetches the logits
+    `xent._fused._fetch.FETCH_BYTES` further on, into `ahead`, the next row.
     Between its pieces, the `pending` row's gradient is stored
     (`xent._fused._stream`; None for no pending row).
     """
     n = np.uint64(x.shape[0])
     top = like(-np.inf, load(x, 0))
+    fetching = (ahead, fetch)
     c = 0
     for lo in range(_U0, n, CHUNK):
         hi = min(lo + CHUNK, n)
-        if fetch:
-            _prefetch_chunk(ahead, lo, hi)
-        m, shift, s, below, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top, pending)
+        m, shift, s, below, sy, syx = _chunk_pass(x, y, e, save, lo, hi, top, pending, fetching)
         if np.isnan(m):
             return False
         st[_MAX, c], st[_SHIFT, c], st[_SUM, c], st[_BELOW, c] = m, shift, s, below

@@ -86,8 +86,8 @@ _DENSE_KERNELS = {
 }
 
 
-# Whether pass A prefetches the next row of logits (`fetches_ahead`): None
-# chooses per CPU and need; the tests set True or False to run both forms.
+# Whether pass A prefetches the logits ahead (`fetches_ahead`): None chooses
+# per CPU and need; the tests set True or False to run both forms.
 FETCH_AHEAD = None
 # LLVM's names for AMD Zen 1-3, whose half-precision gradients run faster without it.
 _ZEN_UP_TO_3 = ("znver1", "znver2", "znver3")
@@ -95,35 +95,39 @@ _ZEN_UP_TO_3 = ("znver1", "znver2", "znver3")
 
 def fetches_ahead(dtype, need):
     """Whether the chunk kernels for `need` ("loss", "grad" into a buffer,
-    "grad_inplace") on logits of `dtype` prefetch the next row during pass A.
+    "grad_inplace") on logits of `dtype` prefetch the logits ahead during
+    pass A (`xent._fused._fetch`).
 
-    Measured at 8192x32000 (ms, 2 threads unless said; with / without):
+    Yes for every need but on AMD Zen hosts. Measured at 8192x32000 (ms, 2
+    threads; with / without):
 
-      - half-precision gradients: yes but on AMD Zen 1-3. bfloat16 in place
-        on AMD Zen 4: 44 / 55 (4096 rows: 24 / 28); into a buffer about even
-        there (58-74 / 66-70; 4096 rows: 31 / 35), and the pass B prefetch of
-        the buffer's next row is measured with it (`prefetch_half_chunk`). On
-        an AMD Zen 3 (znver3, AVX2; medians of 7, interleaved, in four
-        processes) the prefetches cost: in place 70-90 / 64-86, into a buffer
-        82-104 / 75-97; one thread 148 / 136 and 174 / 157. Zen 1 and 2 are
-        assumed alike.
-      - float32 and float64 into a buffer: no everywhere. float32 on an
-        Intel Xeon (Rocket Lake): 161 / 138; on Zen 4: 92-98 / 75-83.
-      - a loss alone, and float32/float64 in place: yes except on AMD Zen,
-        whose own prefetchers stream these rows and where the software
-        prefetches stall the loop. Intel Xeon: float32 loss 88 / 109,
-        bfloat16 loss 52 / 175, float32 in place 104 / 119. Zen 4 (one
-        thread, 4096 rows): float32 loss 56-58 / 32-34, bfloat16 loss 31 /
-        27, float32 in place 73 / 51-57. Measured on Zen 4 only; Zen 1-3 and
-        Zen 5 (which LLVM before 19 names "generic") are assumed alike.
+      - Intel Xeon (Emerald Rapids, AVX-512), prefetching a piece at a time
+        8 KB ahead (2026-12, session 22): float32 loss 43 / 63 (read 31),
+        in place 55 / 77, into a buffer 74 / 91 (streamed stores; memcpy 43).
+        With the earlier scheme (the next row, in one burst per chunk) the
+        gains were smaller and into a buffer lost (Rocket Lake: float32
+        161 / 138), so float32 and float64 gradients into a buffer did not
+        prefetch before.
+      - AMD Zen, measured with that earlier scheme: half-precision gradients
+        prefetch but on Zen 1-3; nothing else does, as Zen's own prefetchers
+        stream these rows and the software prefetches stalled the loop.
+        bfloat16 in place on Zen 4: 44 / 55 (4096 rows: 24 / 28); into a
+        buffer about even there (58-74 / 66-70; 4096 rows: 31 / 35), with
+        pass B's prefetch of the buffer's next row (`prefetch_half_chunk`).
+        On a Zen 3 (znver3, AVX2; medians of 7, interleaved, in four
+        processes) the prefetches cost: in place 70-90 / 64-86, into a
+        buffer 82-104 / 75-97; one thread 148 / 136 and 174 / 157. Zen 4,
+        one thread, 4096 rows: float32 loss 56-58 / 32-34, bfloat16 loss
+        31 / 27, float32 in place 73 / 51-57. Zen 1, 2 and 5 (which LLVM
+        before 19 names "generic") are assumed alike; the spread prefetches
+        are not measured on Zen yet.
     """
     if FETCH_AHEAD is not None:
         return FETCH_AHEAD
-    half = dtype.itemsize == 2
     cpu = _target.host_cpu_name()
-    if need == "grad" or (half and need == "grad_inplace"):
-        return half and cpu not in _ZEN_UP_TO_3
-    return not cpu.startswith("znver")
+    if not cpu.startswith("znver"):
+        return True
+    return dtype.itemsize == 2 and need != "loss" and cpu not in _ZEN_UP_TO_3
 
 
 # Whether a large gradient into a separate buffer is stored by the streamed

@@ -11,7 +11,8 @@ format once.
 import numpy as np
 from numba import njit
 
-from xent._fused._chunks import CHUNK, SHIFT, prefetch_half_chunk
+from xent._fused._chunks import CHUNK, SHIFT
+from xent._fused._fetch import prefetch_half_chunk
 from xent._fused._llvm import mul_exact
 from xent._fused._math import exp64
 from xent._fused._options import INLINE

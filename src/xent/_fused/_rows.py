@@ -97,7 +97,7 @@ def _sparse_row_grad(x, label, w, out, e, save, st, next_x, fetch, next_out):
     `e` is where pass A keeps the exps: out itself, or a float32 row when out
     is half precision (so that each gradient entry is rounded once); `save`
     holds a chunk of x when e is x, else None. `next_x` is the next row of
-    logits, prefetched during pass A if `fetch`, and `next_out` the next row
+    logits, where pass A's prefetches run on to if `fetch`, and `next_out` the next row
     of a separate gradient buffer (None in place), prefetched during pass B.
     """
     ok, x_label, top, total = _sparse_row_pass_a(x, label, e, save, st, next_x, fetch, None)
@@ -213,7 +213,7 @@ def _save_chunk_impl(x):
 
 @njit(**INLINE)
 def _next_row(x, i):
-    """Row i + 1 of x (row i for the last): the one to prefetch while row i finishes."""
+    """Row i + 1 of x (row i for the last): where pass A's prefetches run on to past row i's end."""
     return x[i + 1 if i + 1 < x.shape[0] else i]
 
 
@@ -231,8 +231,9 @@ def _target(y, i):
 
 # --- a range of rows, per need ------------------------------------------------------------------
 #
-# `fetch`: whether pass A prefetches the next row of logits (chosen per CPU and
-# need by `xent._fused._launch.fetches_ahead`).
+# `fetch`: whether pass A prefetches the logits ahead, into the next row
+# (`xent._fused._fetch`; chosen per CPU and need by
+# `xent._fused._launch.fetches_ahead`).
 
 @njit(**KERNEL)
 def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
