@@ -941,6 +941,35 @@ def test_the_numpy_kernels_keep_confident_rows_small_loss(dtype, kind, width):
 
 
 @every_target
+@pytest.mark.parametrize("width", (8, 3000), ids=("narrow", "chunks"))
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_float64_exps_far_below_the_max_are_zero_or_subnormal_as_they_should(kind, width):
+    """float64 logits 700 to 6000 below the row's max, and -inf: the exp's floor
+    depends on the path (`_math._floor64`: -5000 with ``vscalefpd``, where a
+    masked logit's underflow stalled an Intel Xeon, -797.5 with the bits, where
+    2**(n + 128) is +0.0). Every path gives exp(x - M) / S: 0 below -745.2,
+    the subnormal between, on the host and the lower targets. (A dense loss
+    with a -inf logit is NaN, as TensorFlow's: 0 * -inf.)"""
+    offsets = [0.0, -700.0, -708.5, -720.0, -745.0, -745.3, -790.0, -797.4, -797.6, -800.0,
+               -4999.0, -5001.0, -6000.0, -np.inf]
+    logits = np.full((2, width + len(offsets)), -50.0)
+    logits[:, -len(offsets):] = offsets
+    logits[1] += 30.0
+    labels = np.array([0, width + 1])
+    targets = labels if kind == "sparse" else np.eye(logits.shape[1])[labels]
+    with np.errstate(invalid="ignore"):   # (the truth's 0 * -inf for the dense loss)
+        _, want_lse, want_grad = float64_truth(logits, targets)
+    want_loss = want_lse - logits[[0, 1], labels] if kind == "sparse" else np.full(2, np.nan)
+    assert (want_grad[:, -8:-1] == 0.0).all() and (want_grad[:, -12:-9] != 0.0).all()
+    for loss, lse, grad in run_three_ways(kind, logits, targets):
+        assert_matches(loss, want_loss, np.float64, row_scale(logits), terms=logits.shape[1])
+        assert_matches(lse, want_lse, np.float64, row_scale(logits), terms=logits.shape[1])
+        if grad is not None:
+            np.testing.assert_array_equal(grad == 0.0, want_grad == 0.0)
+            assert_matches(grad, want_grad, np.float64, terms=logits.shape[1])
+
+
+@every_target
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_a_first_chunk_of_minus_inf_before_low_logits_matches_reference(dtype, kind):

@@ -23,8 +23,8 @@ masked ``-inf`` logit, or one 87 below the max) stalls the core: rows with
 a tenth of their logits masked took 4-20 times as long (float32 16x32000
 loss 2.94 against 0.20 ns a logit, one thread). The bits tie it on rows
 without a mask there (0.95-1.06x; bench/RESULTS.md, session 21). Masked
-float64 rows still take 6 times as long there; `scale_by_bits` did not
-cure them (`times_pow2`).
+float64 rows took 6 times as long there until session 22, whose floors
+(`_floor64`) give their exps 0 without an underflow.
 
 x is first floored (`floor_at`, which lets NaN through) where 2**n would
 leave the exponent range: below the floor exp is 0 in the format anyway, so
@@ -83,8 +83,14 @@ _C1S, _C2S, _C3S, _C4S, _C5S, _ONE_S = (_F32(c * 2.0 ** -_BIAS32) for c in (
 _H1S, _H2S, _H3S = (_F32(h * 2.0 ** -_BIAS32) for h in (_H1, _H2, _H3))
 
 _LOG2E64 = math.log2(math.e)
-# exp(x) below exp(-746) rounds to 0 in float64; n >= -1077, and 2**(n + 128) is normal.
-_FLOOR64 = -746.0
+# exp(x) below exp(-745.2) rounds to 0 in float64. Floored further (`_floor64`),
+# a masked logit's exp is 0 with no underflow: `vscalefpd` stalls on one
+# (16 ns an exp against 0.9, Intel Xeon (Emerald Rapids)) but for n below
+# about -4096, whose result it gives as 0 at full speed (n = -7213 here:
+# 0.89 ns; n = -2020 still 15 ns); `scale_by_bits` builds 2**(n + 128) as
+# +0.0 at n = -1151 (the exponent field 0), which the rest of it never goes below.
+_FLOOR64_SCALEF = -5000.0
+_FLOOR64_BITS = -797.5
 _BIAS64 = 128
 # ln 2 = _LN2_HI64 + _LN2_LO64, _LN2_HI64 ending in 21 zero bits (fdlibm's split).
 _LN2_HI64, _LN2_LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
@@ -100,9 +106,15 @@ def round_int(t):
 
 
 def times_pow2(p, n):
-    """p * 2**n for a float64 p and an int32 n >= -1077: ``llvm.ldexp`` where it
-    lowers natively (AVX-512), else `scale_by_bits` (the float32 exps scale
-    by `round_scale` instead) (numba only)."""
+    """p * 2**n for a float64 p and an int32 n >= -1151 (n below -4096 too
+    with AVX-512): ``llvm.ldexp`` where it lowers natively (AVX-512), else
+    `scale_by_bits` (the float32 exps scale by `round_scale` instead) (numba
+    only)."""
+
+
+def _floor64(x):
+    """The float64 exp's floor for `times_pow2`'s path: `_FLOOR64_SCALEF` with
+    ``llvm.ldexp``, `_FLOOR64_BITS` with `scale_by_bits` (numba only)."""
 
 
 def reduce32(x, n):
@@ -117,8 +129,8 @@ def _round_int_impl(t):
 
 
 # float64 keeps ``llvm.ldexp`` on AVX-512: `scale_by_bits` took unmasked
-# float64 rows from 0.40 to 0.46 ns a logit on the Intel Xeon, and masked
-# ones stayed slow (2.4 -> 1.7, against 0.40): not the same stall.
+# float64 rows from 0.40 to 0.46 ns a logit on the Intel Xeon (and masked
+# ones, floored at -746 then, stayed slow: its last product underflowed).
 @overload(times_pow2)
 def _times_pow2_impl(p, n):
     if p != types.float64:
@@ -126,6 +138,13 @@ def _times_pow2_impl(p, n):
     if _target.lowers_natively(_target.LDEXP_PROBE):
         return lambda p, n: ldexp(p, n)
     return lambda p, n: scale_by_bits(p, n, _BIAS64)   # (float32: `round_scale`, in `_exp32_floored` and `_exp2_half_floored`)
+
+
+@overload(_floor64)
+def _floor64_impl(x):
+    if _target.lowers_natively(_target.LDEXP_PROBE):
+        return lambda x: _FLOOR64_SCALEF
+    return lambda x: _FLOOR64_BITS
 
 
 @overload(reduce32, jit_options={"fastmath": FAST})
@@ -209,7 +228,7 @@ def exp_half(x):
 def exp64(x):
     """exp(x) for float64 ``x <= 16``, ``-inf`` or NaN, as `exp32` with a longer series
     (and ln 2 always in two steps: float64 needs them even with FMA)."""
-    x = floor_at(_FLOOR64, x)
+    x = floor_at(_floor64(x), x)
     n = round_int(x * _LOG2E64)
     nf = np.float64(n)
     r = fmuladd(nf, -_LN2_LO64, fmuladd(nf, -_LN2_HI64, x))
