@@ -4,7 +4,7 @@
 
 One process, interleaved rounds, medians (ms; x the read floor timed on the
 same thread count): xent's loss (`xent.nn` on NumPy) with pass A prefetching
-the next row and without (`xent._fused._launch.FETCH_AHEAD`), at each thread
+the logits ahead and without (`xent._fused._launch.FETCH_AHEAD`), at each thread
 count from 1 up to the cores, doubling. Where the loss sits far above the
 read floor on many threads, this says whether the prefetch choice or the
 thread count is why.

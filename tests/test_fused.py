@@ -287,7 +287,7 @@ def test_threaded_calls_equal_one_thread_on_every_path(rng, force_threads, dtype
 @every_target
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
-def test_prefetching_the_next_row_or_not_gives_the_same_bits(rng, force_threads, monkeypatch,
+def test_prefetching_or_not_gives_the_same_bits(rng, force_threads, monkeypatch,
                                                               dtype, kind):
     """Whether pass A prefetches the logits ahead (`_launch.fetches_ahead`, chosen per
     CPU) changes no bit, on one thread and on several, on every path; both forms

@@ -10,9 +10,10 @@ For a row ``x`` of logits (``C`` classes) and target distribution ``y``:
 
 The arithmetic follows TensorFlow's CPU kernels step for step (shift by the
 max, exponentiate, sum, log), so huge, tiny and infinite logits give the same
-finite or NaN results as TensorFlow; but the sum counts each row's maxima
-apart from the terms below them, in float64, so that a confident row keeps
-its small loss where TensorFlow's float32 sum rounds it to 6e-8 steps. Work runs in float32 for half precision
+finite or NaN results as TensorFlow; but a float32 sum of exps keeps the
+first max's exp (1) apart from the rest, adding it in float64, so that a
+confident row keeps its small loss where TensorFlow's float32 sum rounds it
+to 6e-8 steps. Work runs in float32 for half precision
 and float64 for float64, one block of rows at a time so that temporaries stay
 a few MB whatever the input size. NaN and inf arise silently, as in
 TensorFlow, without NumPy's floating-point warnings.

@@ -17,6 +17,7 @@ One file per idea, from the bottom up:
   _cuts      how a row is cut: chunks, and pieces of chunks
   _scale     one gradient entry from a kept exp, rounded once
   _stream    a row's gradient stored during the next row's pass A
+  _fetch     software prefetches: the logits ahead of pass A
   _chunks    one row in chunks: pass A and the combine
   _pass_b    the gradient of a row, from the exps pass A kept
   _rows      the chunk path's row kernels, per need

@@ -32,7 +32,9 @@ __all__ = ["FETCH_BYTES", "fetch_ahead", "prefetch_half_chunk"]
 # How far ahead of the piece it computes on pass A prefetches (8192x32000
 # float32, 2 threads, Intel Xeon (Emerald Rapids), medians of 9, in place /
 # loss, ms: 1024 floats ahead 57-63 / 48-51, 2048: 56-66 / 45-53, 4096:
-# 60-63 / 51, a whole row: 67-69 / 51-52, with memcpy 44-50 in each run).
+# 60-63 / 51, a whole row: 67-69 / 51-52, with memcpy 44-50 in each run; in
+# another pair of runs 4 KB 51-54 / 41-44, 16 KB 49-54 / 38-43). 4 to 16 KB
+# are alike within this VM's noise; a whole row is slower in place.
 FETCH_BYTES = 8192
 _LINE = 64
 
