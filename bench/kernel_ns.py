@@ -9,7 +9,7 @@ calls in nanoseconds per logit, for float32 and bfloat16. The in-place figure
 has the copy that restores the logits before each call taken off. Multiplied
 by the logits per thread, it is the compute a large call needs, to set against
 the copy floor `xent bench` measures (see bench/RESULTS.md). Up to
-`_fused.NARROW_MAX` columns, the narrow kernels (the ones xent uses there) are
+`_fused.narrow_max()` columns, the narrow kernels (the ones xent uses there) are
 measured too, next to the chunk kernels (e.g. ``python bench/kernel_ns.py 65536 10``).
 With ``--confident`` each row's label logit is set 14 above the row's max
 (softmax there 1 - 1e-6 or so), the rows whose small loss the kernels count
@@ -98,7 +98,7 @@ if __name__ == "__main__":
     confident = "--confident" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--confident"]
     rows, cols = (int(a) for a in args[:2]) if len(args) > 1 else (16, 32000)
-    paths = (("chunk", False), ("narrow", True)) if cols <= _fused.NARROW_MAX else (("chunk", False),)
+    paths = (("chunk", False), ("narrow", True)) if cols <= _fused.narrow_max() else (("chunk", False),)
     for name in ("float32", "bfloat16"):
         for path, narrow in paths:
             loss_ns, into_ns, inplace_ns = measure(name, rows, cols, narrow, confident)

@@ -112,7 +112,9 @@ def row_scale(logits):
 
 # -- every dtype, path and width against a float64 truth -----------------------------------
 
-GRID_WIDTHS = (10, 100, 3000)   # the narrow path; one chunk; two chunks
+# the narrow path; narrow with 512-bit loops (`_narrow.narrow_max`), else one chunk;
+# one chunk; two chunks
+GRID_WIDTHS = (10, 100, 1000, 3000)
 
 
 def float64_truth(logits, targets):
@@ -909,6 +911,45 @@ def test_confident_rows_keep_their_small_loss(dtype, kind, width):
         assert (np.abs(at - want_at) <= tol).all(), (at[:4], want_at[:4])
 
 
+@every_target
+@pytest.mark.parametrize("width", (10, 32, 100, 128, 1000))
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_a_confident_max_that_is_not_the_label_keeps_its_softmax(dtype, width):
+    """A confident row whose label is not its max: the softmax at the max, 1/S,
+    to a few ulps. The narrow kernels summed such a row's terms in float32 with
+    the max's 1 and dropped those below half its ulp: float32 [16.75, 0 x 9],
+    label 3, gave 0.99999994 at the max (exact 0.99999952); they now sum the
+    terms below the max apart, as the chunk kernels do."""
+    logits, labels = confident_rows(dtype, "sparse", width)
+    top = logits.astype(np.float64).argmax(axis=1)
+    labels = (top + 1 + labels % (width - 1)) % width
+    assert (labels != top).all()
+    want_loss, _, want_grad = float64_truth(logits, labels)
+    want_top = want_grad[np.arange(len(top)), top]
+    rtol = 5e-4 if is_half(dtype) else 2.5e-7
+    for loss, _, grad in run_three_ways("sparse", logits, labels):
+        assert (np.abs(accumulate(loss) - want_loss) <= 2e-6 * want_loss).all()
+        if grad is None:
+            continue
+        at = accumulate(grad[np.arange(len(top)), top])
+        tol = rtol * want_top
+        if is_half(dtype):
+            tol = tol + np.spacing(want_top.astype(dtype)).astype(np.float64)
+        assert (np.abs(at - want_top) <= tol).all(), (at[:4], want_top[:4])
+
+
+@every_target
+def test_the_reviewed_confident_row_with_another_label():
+    """float32 [16.75, 0 x 9], label 3 (found by a review, session 22): 0.99999994
+    at the max, 7 ulps from the exact 0.99999952; now within an ulp."""
+    logits = np.zeros((1, 10), np.float32)
+    logits[0, 0] = 16.75
+    want = 1.0 / (1.0 + 9.0 * np.exp(-16.75))
+    for _, _, grad in run_three_ways("sparse", logits, np.array([3])):
+        if grad is not None:
+            assert abs(float(grad[0, 0]) - want) <= np.spacing(np.float32(want)), grad[0, 0]
+
+
 @pytest.mark.parametrize("width", (10, 100))
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
@@ -1141,10 +1182,11 @@ def test_core_keeps_a_gradient_buffer_that_has_no_flat_view(rng):
     np.testing.assert_array_equal(grad.reshape(12, 11), want)
 
 
-# -- narrow rows (at most NARROW_MAX classes, 16 rows per vector) ---------------------------
+# -- narrow rows (at most narrow_max() classes, 16 rows per vector) -------------------------
 
-NARROW_SHAPES = [(1, 1), (15, 2), (16, 10), (17, 16), (21, 17), (37, 31), (33, 63),
-                 (18, _fused.NARROW_MAX), (19, _fused.NARROW_MAX + 1)]
+# (`_narrow.narrow_max`: 32 classes, or 128 where the loops are 512 bits wide)
+NARROW_SHAPES = [(1, 1), (15, 2), (16, 10), (17, 16), (21, 17), (37, 31), (18, 32), (19, 33),
+                 (33, 63), (20, 128), (22, 129)]
 HALF_AND_SINGLE = [np.dtype(np.float16), BF16, np.dtype(np.float32)]
 
 
@@ -1163,7 +1205,7 @@ def assert_in_place_and_loss_only_agree(run, logits, labels, loss, lse, grad):
 @pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
 def test_narrow_rows_match_reference_in_place_and_not(rng, shape, dtype):
     """Around the narrow kernels' bounds: row counts on both sides of 16, C up to
-    NARROW_MAX and one past it (the chunk path), float64 (always the chunk path)."""
+    each `narrow_max` and one past it (the chunk path), float64 (always the chunk path)."""
     logits = logits_of(rng, shape, dtype)
     labels = rng.integers(0, shape[1], size=shape[0])
     (loss, lse, grad), (ref_loss, ref_lse, ref_grad) = sparse_both(logits, labels, grad=True)

@@ -21,7 +21,7 @@ One file per idea, from the bottom up:
   _chunks    one row in chunks: pass A and the combine
   _pass_b    the gradient of a row, from the exps pass A kept
   _rows      the chunk path's row kernels, per need
-  _narrow    rows of at most 64 classes, 16 at a time, one per vector lane
+  _narrow    rows of at most 32 or 128 classes, 16 at a time, one per vector lane
   _pool      a large call's rows over threads (the caller and helper threads)
   _labels    the label range check, compiled
   _launch    the Python side: dispatch, buffers, threads
@@ -47,9 +47,9 @@ from xent._fused._labels import labels_fit  # noqa: E402
 from xent._fused._launch import dense_rows  # noqa: E402
 from xent._fused._launch import sparse_rows  # noqa: E402
 from xent._fused._narrow import NARROW_DENSE_MAX  # noqa: E402
-from xent._fused._narrow import NARROW_MAX  # noqa: E402
+from xent._fused._narrow import narrow_max  # noqa: E402
 
 _cache.drop_if_stale(getattr(_rows.sparse_loss_rows._cache, "cache_path", None))
 _notice.install()
 
-__all__ = ["labels_fit", "sparse_rows", "dense_rows", "NARROW_MAX", "NARROW_DENSE_MAX", "CHUNK"]
+__all__ = ["labels_fit", "sparse_rows", "dense_rows", "narrow_max", "NARROW_DENSE_MAX", "CHUNK"]

@@ -3,7 +3,7 @@
 `sparse_rows` and `dense_rows` keep `xent._kernels`' contract: ``(loss,
 lse)`` per row in the accumulator dtype, and ``softmax - targets`` in a
 gradient buffer when one is given (which may be the logits themselves). Rows
-of at most `NARROW_MAX` classes in float32 arithmetic go through the narrow
+of at most `narrow_max()` classes in float32 arithmetic go through the narrow
 kernels, longer ones through the chunk kernels.
 
 Rows are split over `xent.get_num_threads()` threads for inputs above a few
@@ -19,7 +19,7 @@ from xent import _threads
 from xent._dtypes import accumulator
 from xent._fused import _narrow, _pool, _rows, _target
 from xent._fused._formats import kernel_view
-from xent._fused._narrow import NARROW_DENSE_MAX, NARROW_MAX
+from xent._fused._narrow import NARROW_DENSE_MAX, narrow_max
 from xent._fused._stores import StoreChoice
 
 __all__ = ["sparse_rows", "dense_rows", "PARALLEL_MIN_BYTES"]
@@ -273,7 +273,7 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
     if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
         logits = logits.astype(np.float32)
     # (a single half-precision logit is too short for the narrow kernels' gather)
-    narrow = logits.shape[1] <= NARROW_MAX and acc == np.float32 and logits.size >= 2
+    narrow = logits.shape[1] <= narrow_max() and acc == np.float32 and logits.size >= 2
     _dispatch(_SPARSE_KERNELS, narrow, logits, (labels,), grad_out, loss, lse, (labels, weights))
     return loss, lse
 

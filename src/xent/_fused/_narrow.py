@@ -3,7 +3,7 @@
 A row of a few classes leaves the chunk path's vector loops nothing to do,
 and its per-row steps (the loops' ends, the statistics, the combine, a
 scalar log) cost about 60 ns for a row of 10 logits. Rows of at most
-`NARROW_MAX` classes in float32 arithmetic (`NARROW_DENSE_MAX` with dense
+`narrow_max()` classes in float32 arithmetic (`NARROW_DENSE_MAX` with dense
 targets) go 16 at a time through `_narrow_block` instead: the rows are
 copied transposed into a ``[C, 16]`` scratch (taking each row's max on the
 way), so that the exps, their sums and the logs run across rows, one row per
@@ -12,17 +12,23 @@ vector lane:
     t[j, l] = exp(x[r0 + l, j] - M_l),  S_l = sum_j t[j, l],  log S_l
 
 A float32 lane that holds the max's exp(0) = 1 drops every later term below
-half its ulp, and a confident row's S_l - 1 with them. With integer labels
-the label's term is left out of the lane's sum and added in float64 (where
-the label is not the max, S_l - 1 is not small: the loss is log 2 or
-more); with dense targets each lane also sums its terms below the max
-apart, and counts the maxima (`_leave_out_labels`, `_lane_below`, `_lane_sums`).
+half its ulp, and a confident row's S_l - 1 with them. So each lane also sums
+its terms below the max apart, and counts the maxima; with integer labels
+the label's term is left out of both sums and added in float64
+(`_leave_out_labels`, `_lane_below`, `_lane_sums`). Before the sum below the
+max, a row whose max was not its label lost those terms: float32 [16.75,
+0 x 9], label 3, had softmax 0.99999994 at the max (exact 0.99999952).
+
+How wide a row takes this path depends on the vector width (`narrow_max`):
+a lane's work per class is one gather and one exp of a whole vector, which
+512-bit vectors do for 16 rows at once.
 
 The arithmetic is that of a one-chunk row of the chunk path (the shift by the
 row's max, the same exp, the same loss and gradient stores), save for the
 log (`log_of_sum`, to 2e-11 where the chunk path's is float64's own) and the
 order of the sum.
 """
+import functools
 import math
 
 import numpy as np
@@ -41,10 +47,32 @@ from xent._fused._math import log_of_sum
 from xent._fused._options import FAST, INLINE, KERNEL
 from xent._fused._rows import label_entry, weight
 
-__all__ = ["NARROW_MAX", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
+__all__ = ["narrow_max", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
            "sparse_narrow_grad_rows", "dense_narrow_loss_rows", "dense_narrow_grad_rows"]
 
-NARROW_MAX = 64
+# The widest rows the narrow kernels take with integer labels (`narrow_max`):
+# rows up to 128 classes with 512-bit loops, 32 otherwise. One thread, 4096
+# rows, float32, ns a logit, chunk kernels / narrow ones, loss and loss+grad,
+# Intel Xeon (Emerald Rapids), session 22:
+#   AVX-512: C = 65: 0.92 / 0.43, 1.17 / 0.70; 100: 1.13 / 0.41, 1.48 / 0.69;
+#            128: 0.78 / 0.43, 0.89 / 0.69; 160: 0.67 / 0.44, 1.02 / 0.67;
+#            200: 0.51 / 0.40, 0.64 / 0.66; 256: 0.57 / 0.41, 0.62 / 0.60
+#            (bfloat16 at 256: 0.60 / 0.84 for the loss).
+#   AVX2 (haswell): C = 24: 2.55 / 1.86, 3.28 / 2.15; 32: 1.89 / 1.88, 2.34 / 2.34;
+#            48: 1.75 / 2.27, 2.12 / 2.36; 64: 1.51 / 2.29, 1.73 / 2.74.
+#   SSE2 (x86-64): 32: 2.37 / 2.34, 2.99 / 2.75; 48: 1.94 / 2.44, 2.42 / 2.92.
+# (64 for every target until then, measured on an AMD Zen 4 up to 64 only.)
+NARROW_MAX_512 = 128
+NARROW_MAX_256 = 32
+
+@functools.cache
+def narrow_max():
+    """The most classes a row with integer labels may have to take the narrow
+    kernels: `NARROW_MAX_512` where the loops are 512 bits wide
+    (`xent._fused._target.wide_vectors`), else `NARROW_MAX_256`."""
+    return NARROW_MAX_512 if _target.wide_vectors() else NARROW_MAX_256
+
+
 # Dense targets are gathered too, a second gather per class: the narrow
 # kernels beat the chunk ones up to about 24 classes there (65536 rows, one
 # thread, float32 loss+grad on AMD Zen 4: 10 classes 26 against 80 ns per
@@ -208,8 +236,8 @@ def _lane_targets_impl(ty, ms, j, l, d):
 
 
 def _leave_out_labels(labels, r0, rows, t, ms):
-    """With integer labels: ms[2, l] = the label's logit t[label, l] of lane
-    l's row, and t[label, l] = -inf, so that the lane's sum leaves the label's
+    """With integer labels: ms[3, l] = the label's logit t[label, l] of lane
+    l's row, and t[label, l] = -inf, so that the lane's sums leave the label's
     term out (it is added back in float64: `_lane_sums`; the gradient's
     entry there is `label_entry`'s). A label out of range is left alone (its
     row is NaN: `_narrow_row`). Nothing with dense targets (numba only)."""
@@ -226,36 +254,25 @@ def _leave_out_labels_impl(labels, r0, rows, t, ms):
         for l in range(_LANES):
             label = labels[r0 + min(l, rows - 1)]
             if 0 <= label < t.shape[0]:
-                ms[2, l] = t[label, l]
+                ms[3, l] = t[label, l]
                 t[label, l] = -np.inf
             else:
-                ms[2, l] = np.nan
+                ms[3, l] = np.nan
     return leave_out
 
 
-def _lane_below(x, ty, ms, l, v, d):
-    """ms[2, l] += v where d < 0 (a term below the lane's max: `below_max`) with
-    dense targets ty; nothing with integer labels (ty None) (numba only)."""
-
-
-@overload(_lane_below)
-def _lane_below_impl(x, ty, ms, l, v, d):
-    if isinstance(ty, types.NoneType):
-        return lambda x, ty, ms, l, v, d: None
-
-    def add(x, ty, ms, l, v, d):
-        ms[2, l] += below_max(x, v, d)
-    return add
+@njit(**INLINE)
+def _lane_below(x, ms, l, v, d):
+    """ms[2, l] += v where d < 0: a term below the lane's max (`below_max`)."""
+    ms[2, l] += below_max(x, v, d)
 
 
 def _lane_sums(x, ty, ms, sums):
-    """sums[0, l] = S_l in float64 from lane l's float32 sum ms[1, l] (numba only).
-
-    Integer labels (ty None): S_l = ms[1, l] + exp(x_label - M_l), the label's
-    logit being ms[2, l] (`_leave_out_labels`). Dense targets: the lane's
-    maxima counted, plus ms[2, l], its sum below the max (`counted_sum`); a
-    lane whose ms[1, l] is not finite (a NaN, which the sum below the max
-    leaves out) keeps it."""
+    """sums[0, l] = S_l in float64 from lane l's float32 sums (numba only): the
+    lane's maxima counted, plus ms[2, l], its sum below the max
+    (`counted_sum`), or ms[1, l] itself where it is not finite (a NaN, which
+    the sum below the max leaves out). With integer labels (ty None), plus
+    exp(x_label - M_l), the label's logit being ms[3, l] (`_leave_out_labels`)."""
 
 
 @overload(_lane_sums, jit_options={"fastmath": FAST}, inline="always")
@@ -263,16 +280,22 @@ def _lane_sums_impl(x, ty, ms, sums):
     if isinstance(ty, types.NoneType):
         def with_label(x, ty, ms, sums):
             for l in range(_LANES):
-                at_label = exp_of(x, ty, ms[2, l] - ms[0, l])
-                sums[0, l] = np.float64(ms[1, l]) + np.float64(at_label)
+                at_label = exp_of(x, ty, ms[3, l] - ms[0, l])
+                sums[0, l] = _counted(x, ms, l) + np.float64(at_label)
         return with_label
 
     def counted(x, ty, ms, sums):
         for l in range(_LANES):
-            total = np.float64(ms[1, l])
-            counted = counted_sum(x, total, np.float64(ms[2, l]))
-            sums[0, l] = counted if is_finite(total) else total
+            sums[0, l] = _counted(x, ms, l)
     return counted
+
+
+@njit(**INLINE)
+def _counted(x, ms, l):
+    """Lane l's float32 sum ms[1, l] with its maxima counted (`counted_sum`, its
+    sum below the max being ms[2, l]), as float64; ms[1, l] where not finite."""
+    total = np.float64(ms[1, l])
+    return counted_sum(x, total, np.float64(ms[2, l])) if is_finite(total) else total
 
 
 @njit(**INLINE)
@@ -284,10 +307,10 @@ def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
     sums[0, l] (`_lane_sums`) and sums[1, l] = log S_l. A row with a NaN, a
     ``+inf`` or only ``-inf`` has a non-finite M_l or S_l.
 
-    With integer `labels` (ty None), the label's entry of t is 0 and ms[2, l]
-    holds its logit (`_leave_out_labels`). With dense targets ty (``[C,
-    16]``, lane l the targets of row r0 + l; labels None), ms[2, l] is the
-    sum of the terms below M_l, and also ms[3, l] += sum_j y_j and ms[4, l]
+    ms[2, l] is the sum of the terms below M_l. With integer `labels` (ty
+    None), the label's entry of t is 0 and ms[3, l] holds its logit
+    (`_leave_out_labels`). With dense targets ty (``[C, 16]``, lane l the
+    targets of row r0 + l; labels None), ms[3, l] += sum_j y_j and ms[4, l]
     += sum_j y_j (x_j - M_l), the targets' sums of a one-chunk row.
     """
     c = np.uint64(x.shape[1])
@@ -301,7 +324,7 @@ def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
             v = exp_of(x, ty, d)
             t[j, l] = v
             ms[1, l] += v
-            _lane_below(x, ty, ms, l, v, d)
+            _lane_below(x, ms, l, v, d)
             _lane_targets(ty, ms, j, l, d)
     _lane_sums(x, ty, ms, sums)
     for l in range(_LANES):
@@ -335,10 +358,10 @@ def _nan_row(out, r, ref):
 
 @njit(**KERNEL)
 def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
-    """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= NARROW_MAX]``."""
+    """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= narrow_max()]``."""
     vectorise_wide()
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(3, np.float32), _lanes(2, np.float64)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(4, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
@@ -356,7 +379,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(3, np.float32), _lanes(2, np.float64)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(4, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
