@@ -939,6 +939,26 @@ def test_a_confident_max_that_is_not_the_label_keeps_its_softmax(dtype, width):
 
 
 @every_target
+@pytest.mark.parametrize("width", (64, 100, 128))
+def test_long_narrow_rows_sum_to_within_1e_6(width):
+    """Rows of one kind of term, the hardest for a lane that sums them in order:
+    a confident row [M, 0 x (C - 1)] (label 0, loss ~ (C - 1) e**-M) and
+    [0, -3.9956 x (C - 1)]. With one float32 sum per lane, 128 classes put the
+    loss 2.0e-6 and 1.1e-6 off (a review, session 22); each lane now sums
+    half its terms in each of two."""
+    logits = np.zeros((60, width), np.float32)
+    logits[:, 0] = np.linspace(8.0, 22.0, 60)
+    logits[-1, 1:] = np.float32(-3.9956)
+    logits[-1, 0] = 0.0
+    labels = np.zeros(60, np.int64)
+    x = logits.astype(np.float64)
+    want = np.log(np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1)) - (x[:, 0] - x.max(axis=1))
+    for loss, _, _ in run_three_ways("sparse", logits, labels):
+        err = np.abs(accumulate(loss) - want) / want
+        assert err.max() <= 1e-6, (err.max(), err.argmax())
+
+
+@every_target
 def test_the_reviewed_confident_row_with_another_label():
     """float32 [16.75, 0 x 9], label 3 (found by a review, session 22): 0.99999994
     at the max, 7 ulps from the exact 0.99999952; now within an ulp."""

@@ -171,7 +171,9 @@ def scale_by_bits(typingctx, p, n, bias):
     the subnormals or to 0 when n is below the smallest exponent.
 
     Valid while n + bias stays within the normal exponents (float32:
-    -126 - bias <= n <= 127 - bias). `ldexp` without AVX-512, where
+    -126 - bias <= n <= 127 - bias), and at the one below them, whose
+    exponent field 0 makes 2**(n + bias) +0.0 and the result 0 (the float64
+    exp's floor, `xent._fused._math`). `ldexp` without AVX-512, where
     ``llvm.ldexp`` is a call to ``ldexpf`` per element.
     """
     def codegen(context, builder, sig, args):

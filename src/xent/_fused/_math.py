@@ -28,7 +28,8 @@ float64 rows took 6 times as long there until session 22, whose floors
 
 x is first floored (`floor_at`, which lets NaN through) where 2**n would
 leave the exponent range: below the floor exp is 0 in the format anyway, so
-masked ``-inf`` logits get an exact 0. Products and sums in the polynomials
+masked ``-inf`` logits get an exact 0 (the float64 floor also keeps that 0
+from underflowing, for speed: `_floor64`). Products and sums in the polynomials
 are contracted to fused multiply-adds where the CPU has them.
 
 The float32 polynomial is good to 2 ulp where softmax values matter; the
@@ -83,7 +84,7 @@ _C1S, _C2S, _C3S, _C4S, _C5S, _ONE_S = (_F32(c * 2.0 ** -_BIAS32) for c in (
 _H1S, _H2S, _H3S = (_F32(h * 2.0 ** -_BIAS32) for h in (_H1, _H2, _H3))
 
 _LOG2E64 = math.log2(math.e)
-# exp(x) below exp(-745.2) rounds to 0 in float64. Floored further (`_floor64`),
+# exp(x) below exp(-745.13) rounds to 0 in float64. Floored further (`_floor64`),
 # a masked logit's exp is 0 with no underflow: `vscalefpd` stalls on one
 # (16 ns an exp against 0.9, Intel Xeon (Emerald Rapids)) but for n below
 # about -4096, whose result it gives as 0 at full speed (n = -7213 here:
@@ -106,10 +107,9 @@ def round_int(t):
 
 
 def times_pow2(p, n):
-    """p * 2**n for a float64 p and an int32 n >= -1151 (n below -4096 too
-    with AVX-512): ``llvm.ldexp`` where it lowers natively (AVX-512), else
-    `scale_by_bits` (the float32 exps scale by `round_scale` instead) (numba
-    only)."""
+    """p * 2**n for a float64 p and an int32 n: ``llvm.ldexp`` where it lowers
+    natively (AVX-512; any n), else `scale_by_bits` (n >= -1151) (the float32
+    exps scale by `round_scale` instead) (numba only)."""
 
 
 def _floor64(x):

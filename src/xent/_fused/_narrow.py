@@ -79,6 +79,7 @@ def narrow_max():
 # row, 16: 48 against 84, 24: 89 against 88, 32: 100 against 89).
 NARROW_DENSE_MAX = 16
 _LANES = 16
+_U0, _U1, _U2 = np.uint64(0), np.uint64(1), np.uint64(2)
 
 
 def _lanes(rows, dtype):
@@ -140,7 +141,7 @@ def _gather_rows(typingctx, flat, r0, rows, t, ms):
 
     flat holds float32, or bfloat16/float16 bits (uint16/int16) and then at
     least two of them (see `_gather_lanes`); t and ms are float32
-    ``[C, 16]`` and ``[3 or 5, 16]``. Measured on AMD Zen 4 (bench/RESULTS.md),
+    ``[C, 16]`` and ``[6 or 7, 16]``. Measured on AMD Zen 4 (bench/RESULTS.md),
     65536x10 float32 loss, one thread: 14 -> 11.4 ns per row against the
     plain transposition (`_copy_rows`), whose vector reloads waited on its
     one-float stores. `_transpose` uses it where the CPU has a gather.
@@ -262,17 +263,28 @@ def _leave_out_labels_impl(labels, r0, rows, t, ms):
 
 
 @njit(**INLINE)
-def _lane_below(x, ms, l, v, d):
-    """ms[2, l] += v where d < 0: a term below the lane's max (`below_max`)."""
-    ms[2, l] += below_max(x, v, d)
+def _lane_exps(x, ty, t, ms, j, s):
+    """Class j of every lane: t[j, l] = exp(t[j, l] - M_l), added to ms[s, l]
+    and, where below the lane's max (`below_max`), to ms[s + 1, l]; and the
+    targets' sums (`_lane_targets`). The even classes go to rows 1 and 2, the
+    odd ones to two rows of their own, so that a lane's float32 sums take
+    half its terms each: one sum of 128 terms in a row, its rounding grew to
+    2e-6 of a confident row's loss (a review, session 22; 1.1e-6 for 64)."""
+    for l in range(_LANES):
+        d = t[j, l] - ms[0, l]
+        v = exp_of(x, ty, d)
+        t[j, l] = v
+        ms[s, l] += v
+        ms[s + 1, l] += below_max(x, v, d)
+        _lane_targets(ty, ms, j, l, d)
 
 
 def _lane_sums(x, ty, ms, sums):
     """sums[0, l] = S_l in float64 from lane l's float32 sums (numba only): the
-    lane's maxima counted, plus ms[2, l], its sum below the max
-    (`counted_sum`), or ms[1, l] itself where it is not finite (a NaN, which
-    the sum below the max leaves out). With integer labels (ty None), plus
-    exp(x_label - M_l), the label's logit being ms[3, l] (`_leave_out_labels`)."""
+    lane's maxima counted, plus its sum below the max (`_counted`), or the
+    plain sum where it is not finite (a NaN, which the sum below the max
+    leaves out). With integer labels (ty None), plus exp(x_label - M_l), the
+    label's logit being ms[3, l] (`_leave_out_labels`)."""
 
 
 @overload(_lane_sums, jit_options={"fastmath": FAST}, inline="always")
@@ -292,10 +304,13 @@ def _lane_sums_impl(x, ty, ms, sums):
 
 @njit(**INLINE)
 def _counted(x, ms, l):
-    """Lane l's float32 sum ms[1, l] with its maxima counted (`counted_sum`, its
-    sum below the max being ms[2, l]), as float64; ms[1, l] where not finite."""
-    total = np.float64(ms[1, l])
-    return counted_sum(x, total, np.float64(ms[2, l])) if is_finite(total) else total
+    """Lane l's sum of exps in float64 (its two float32 halves, `_lane_exps`),
+    with its maxima counted (`counted_sum`, from its sums below the max); the
+    plain sum where it is not finite."""
+    odd = ms.shape[0] - 2
+    total = np.float64(ms[1, l]) + np.float64(ms[odd, l])
+    below = np.float64(ms[2, l]) + np.float64(ms[odd + 1, l])
+    return counted_sum(x, total, below) if is_finite(total) else total
 
 
 @njit(**INLINE)
@@ -303,29 +318,31 @@ def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
     """Rows ``r0 .. r0 + rows - 1`` of x (C classes, ``rows <= 16``; flat is x
     as one row), row r0 + l in lane l (lanes from `rows` on repeat the last):
     t[j, l] = exp(x[r0 + l, j] - M_l), ms[0, l] = M_l, the row's max (of its
-    non-NaN entries), ms[1, l] = sum_j t[j, l] in float32, and in float64 S_l =
+    non-NaN entries), ms[1, l] = sum_j t[j, l] in float32 (even j), and in float64 S_l =
     sums[0, l] (`_lane_sums`) and sums[1, l] = log S_l. A row with a NaN, a
     ``+inf`` or only ``-inf`` has a non-finite M_l or S_l.
 
-    ms[2, l] is the sum of the terms below M_l. With integer `labels` (ty
-    None), the label's entry of t is 0 and ms[3, l] holds its logit
-    (`_leave_out_labels`). With dense targets ty (``[C, 16]``, lane l the
-    targets of row r0 + l; labels None), ms[3, l] += sum_j y_j and ms[4, l]
-    += sum_j y_j (x_j - M_l), the targets' sums of a one-chunk row.
+    ms[2, l] is the sum of the terms below M_l. Both sums take the even
+    classes j; the odd ones go to the last two rows of ms (`_lane_exps`).
+    With integer `labels` (ty None), the label's entry of t is 0 and ms[3, l]
+    holds its logit (`_leave_out_labels`). With dense targets ty (``[C,
+    16]``, lane l the targets of row r0 + l; labels None), ms[3, l] += sum_j
+    y_j and ms[4, l] += sum_j y_j (x_j - M_l), the targets' sums of a
+    one-chunk row.
     """
     c = np.uint64(x.shape[1])
+    odd = ms.shape[0] - 2
     _transpose(flat, r0, rows, t, ms)
     for l in range(_LANES):
         ms[2, l] = 0.0
+        ms[odd, l] = 0.0
+        ms[odd + 1, l] = 0.0
     _leave_out_labels(labels, r0, rows, t, ms)
-    for j in range(c):
-        for l in range(_LANES):
-            d = t[j, l] - ms[0, l]
-            v = exp_of(x, ty, d)
-            t[j, l] = v
-            ms[1, l] += v
-            _lane_below(x, ms, l, v, d)
-            _lane_targets(ty, ms, j, l, d)
+    for j in range(_U0, c - _U1, _U2):
+        _lane_exps(x, ty, t, ms, j, 1)
+        _lane_exps(x, ty, t, ms, j + _U1, odd)
+    if c % _U2:
+        _lane_exps(x, ty, t, ms, c - _U1, 1)
     _lane_sums(x, ty, ms, sums)
     for l in range(_LANES):
         sums[1, l] = log_of_sum(sums[0, l])
@@ -361,7 +378,7 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= narrow_max()]``."""
     vectorise_wide()
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(4, np.float32), _lanes(2, np.float64)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(6, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
@@ -379,7 +396,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(4, np.float32), _lanes(2, np.float64)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(6, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
@@ -433,7 +450,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(5, np.float32), _lanes(2, np.float64))
+             _lanes(7, np.float32), _lanes(2, np.float64))
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
@@ -455,7 +472,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(5, np.float32), _lanes(2, np.float64))
+             _lanes(7, np.float32), _lanes(2, np.float64))
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
