@@ -15,7 +15,7 @@ A float32 lane that holds the max's exp(0) = 1 drops every later term below
 half its ulp, and a confident row's S_l - 1 with them. So each lane also sums
 its terms below the max apart, and counts the maxima; with integer labels
 the label's term is left out of both sums and added in float64
-(`_leave_out_labels`, `_lane_below`, `_lane_sums`). Before the sum below the
+(`_leave_out_labels`, `_lane_exps`, `_lane_sums`). Before the sum below the
 max, a row whose max was not its label lost those terms: float32 [16.75,
 0 x 9], label 3, had softmax 0.99999994 at the max (exact 0.99999952).
 
@@ -64,6 +64,7 @@ __all__ = ["narrow_max", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
 # (64 for every target until then, measured on an AMD Zen 4 up to 64 only.)
 NARROW_MAX_512 = 128
 NARROW_MAX_256 = 32
+
 
 @functools.cache
 def narrow_max():
