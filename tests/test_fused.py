@@ -869,6 +869,20 @@ def confident_rows(dtype, kind, width, rows=24):
     return logits, np.eye(width, dtype=acc)[labels]
 
 
+def assert_label_entries(grad, labels, want_at, kind, rtol):
+    """grad's entries at the labels within rtol of want_at; plus two float32 ulps
+    of 1 for a dense gradient (TensorFlow's softmax - y, a multiple of 6e-8 near
+    y = 1), and an ulp of a half-precision gradient."""
+    dtype = grad.dtype
+    at = accumulate(grad[np.arange(len(labels)), labels])
+    tol = rtol * np.abs(want_at)
+    if kind == "dense" and dtype != np.float64:
+        tol = tol + 2.0 ** -22
+    if is_half(dtype):
+        tol = tol + np.spacing(np.abs(want_at).astype(dtype)).astype(np.float64)
+    assert (np.abs(at - want_at) <= tol).all(), (at[:4], want_at[:4])
+
+
 @every_target
 @pytest.mark.parametrize("width", (10, 16, 100, LONG))
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
@@ -902,13 +916,7 @@ def test_confident_rows_keep_their_small_loss(dtype, kind, width):
         assert (err <= loss_tol).all(), (err / want_loss).max()
         if grad is None:
             continue
-        at = accumulate(grad[np.arange(len(labels)), labels])
-        tol = rtol * np.abs(want_at)
-        if kind == "dense" and dtype != np.float64:
-            tol = tol + 2.0 ** -22   # (two float32 ulps of 1)
-        if is_half(dtype):
-            tol = tol + np.spacing(np.abs(want_at).astype(dtype)).astype(np.float64)
-        assert (np.abs(at - want_at) <= tol).all(), (at[:4], want_at[:4])
+        assert_label_entries(grad, labels, want_at, kind, rtol)
 
 
 @every_target
@@ -992,13 +1000,7 @@ def test_the_numpy_kernels_keep_confident_rows_small_loss(dtype, kind, width):
     np.testing.assert_array_equal(lse, lse_g)
     assert (np.abs(accumulate(loss) - want_loss) <= 2e-6 * want_loss).all()
     assert_matches(lse, want_lse, lse.dtype, np.abs(want_lse))
-    at = accumulate(grad[np.arange(len(labels)), labels])
-    tol = 2e-6 * np.abs(want_at)
-    if kind == "dense" and dtype != np.float64:
-        tol = tol + 2.0 ** -22   # (two float32 ulps of 1)
-    if is_half(dtype):
-        tol = tol + np.spacing(np.abs(want_at).astype(dtype)).astype(np.float64)
-    assert (np.abs(at - want_at) <= tol).all(), (at[:4], want_at[:4])
+    assert_label_entries(grad, labels, want_at, kind, 2e-6)
 
 
 @every_target
