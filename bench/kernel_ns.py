@@ -98,7 +98,7 @@ if __name__ == "__main__":
     confident = "--confident" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--confident"]
     rows, cols = (int(a) for a in args[:2]) if len(args) > 1 else (16, 32000)
-    paths = (("chunk", False), ("narrow", True)) if cols <= _fused.narrow_max() else (("chunk", False),)
+    paths = (("chunk", False),) + ((("narrow", True),) if cols <= _fused.narrow_max() else ())
     for name in ("float32", "bfloat16"):
         for path, narrow in paths:
             loss_ns, into_ns, inplace_ns = measure(name, rows, cols, narrow, confident)

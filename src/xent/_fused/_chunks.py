@@ -128,9 +128,10 @@ def _chunk_exps(x, y, e, lo, hi, m, pending, fetching):
 
 def below_max(x, v, d):
     """v where d < 0, else 0, in v's type: a term of a sum below the max
-    (`_chunk_exps`, the narrow kernels' lanes); always 0 for float64 logits, whose sum of exps keeps 29 more
-    bits than a float32 loss needs (so that their loop, and its order of
-    summation, is the one all their kernels share) (numba only)."""
+    (`_chunk_exps`, the narrow kernels' lanes); always 0 for float64 logits,
+    whose sum of exps keeps 29 more bits than a float32 loss needs (so that
+    their loop, and its order of summation, is the one all their kernels
+    share) (numba only)."""
 
 
 def counted_sum(x, s, below):

@@ -80,6 +80,11 @@ def narrow_max():
 # row, 16: 48 against 84, 24: 89 against 88, 32: 100 against 89).
 NARROW_DENSE_MAX = 16
 _LANES = 16
+# The rows of a block's lane statistics ms (`_narrow_block`): 0 the max, 1 and
+# 2 the even classes' sum and sum below the max, then with integer labels 3
+# the label's logit, with dense targets 3 and 4 the targets' sums; the last
+# two, the odd classes' sums (`_lane_exps`).
+_SPARSE_STATS, _DENSE_STATS = 6, 7
 _U0, _U1, _U2 = np.uint64(0), np.uint64(1), np.uint64(2)
 
 
@@ -141,10 +146,10 @@ def _gather_rows(typingctx, flat, r0, rows, t, ms):
     ms[1, l] = 0: one gather and one vector max per class.
 
     flat holds float32, or bfloat16/float16 bits (uint16/int16) and then at
-    least two of them (see `_gather_lanes`); t and ms are float32
-    ``[C, 16]`` and ``[6 or 7, 16]``. Measured on AMD Zen 4 (bench/RESULTS.md),
-    65536x10 float32 loss, one thread: 14 -> 11.4 ns per row against the
-    plain transposition (`_copy_rows`), whose vector reloads waited on its
+    least two of them (see `_gather_lanes`); t and ms are float32 ``[C, 16]``
+    and ``[_SPARSE_STATS or _DENSE_STATS, 16]``. Measured on AMD Zen 4
+    (bench/RESULTS.md), 65536x10 float32 loss, one thread: 14 -> 11.4 ns per
+    row against the plain transposition (`_copy_rows`), whose vector reloads waited on its
     one-float stores. `_transpose` uses it where the CPU has a gather.
     """
     def codegen(context, builder, sig, args):
@@ -379,7 +384,7 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= narrow_max()]``."""
     vectorise_wide()
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(6, np.float32), _lanes(2, np.float64)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     for r0 in range(lo, hi, _LANES):
@@ -397,7 +402,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(6, np.float32), _lanes(2, np.float64)
+    lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
@@ -451,7 +456,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(7, np.float32), _lanes(2, np.float64))
+             _lanes(_DENSE_STATS, np.float32), _lanes(2, np.float64))
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
@@ -473,7 +478,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(7, np.float32), _lanes(2, np.float64))
+             _lanes(_DENSE_STATS, np.float32), _lanes(2, np.float64))
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
