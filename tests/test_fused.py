@@ -33,7 +33,7 @@ except ImportError as exc:   # pragma: no cover - depends on the machine
     if os.environ.get("CI", "").lower() == "true":
         raise ImportError(f"numba is a dependency and CI must test the fused kernels: {exc}") from exc
     pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
-from xent._fused import _formats, _launch, _math, _narrow, _rows, _scale  # noqa: E402
+from xent._fused import _fetch, _formats, _launch, _math, _narrow, _rows, _scale  # noqa: E402
 from xent._fused._stores import StoreChoice  # noqa: E402
 from oracle import dense_scale, label_scale  # noqa: E402
 
@@ -292,12 +292,14 @@ def test_threaded_calls_equal_one_thread_on_every_path(rng, force_threads, dtype
 def test_prefetching_or_not_gives_the_same_bits(rng, force_threads, monkeypatch,
                                                               dtype, kind):
     """Whether pass A prefetches the logits ahead (`_launch.fetches_ahead`, chosen per
-    CPU) changes no bit, on one thread and on several, on every path; both forms
-    run here whatever this host's choice is."""
+    CPU), and dense targets with them (`_launch.fetch_bits`, by size), changes
+    no bit, on one thread and on several, on every path; every form runs here
+    whatever this host's choice is."""
     logits, targets = grid_inputs(rng, dtype, kind, 5000, rows=53)
     results = []
-    for fetch in (False, True):
+    for fetch, targets_from in ((False, 0), (True, 0), (True, logits.nbytes + 1)):
         monkeypatch.setattr(_launch, "FETCH_AHEAD", fetch)
+        monkeypatch.setattr(_launch, "FETCH_TARGETS_MIN_BYTES", targets_from)
         for threads in sorted({1, xent._threads.max_threads()}):
             xent.set_num_threads(threads)
             results.append(run_three_ways(kind, logits, targets))
@@ -376,13 +378,53 @@ def test_each_need_passes_its_fetch_choice_to_the_chunk_kernels(rng, monkeypatch
                      (name, "grad_inplace"), (name, "loss"), ("float32", "grad")]
     kernels = ["sparse_loss_rows", "sparse_grad_rows", "sparse_grad_rows_inplace",
                "dense_loss_rows"] * 2 + ["sparse_grad_rows"]
-    assert calls == [(kernel, k % 2 == 0) for k, kernel in enumerate(kernels)]
+    assert calls == [(kernel, int(k % 2 == 0)) for k, kernel in enumerate(kernels)]
     calls.clear()
     narrow = logits_of(rng, (4, 10), np.dtype(np.float32))
     _fused.sparse_rows(narrow, labels % 10, np.empty_like(narrow))
     assert len(asked) == 9
     assert calls[0][0] == "sparse_narrow_grad_rows"
     assert isinstance(calls[0][1], np.ndarray)   # its last argument is lse, no choice
+
+
+def test_dense_targets_are_prefetched_on_large_calls_only(rng, monkeypatch):
+    """`_launch.fetch_bits`: the logits where `fetches_ahead` says so, and dense
+    targets with them from `FETCH_TARGETS_MIN_BYTES` of logits on (the plain
+    into-a-buffer kernel leaves its targets to the hardware); sparse labels,
+    and hosts that do not prefetch, never; each kernel gets the bits its call
+    needs (recorded: the bits cannot show a prefetch)."""
+    calls = []
+    real_run = _launch._run
+
+    def recording_run(rows, nbytes, args):
+        calls.append((rows.__name__, args[-1]))
+        return real_run(rows, nbytes, args)
+
+    monkeypatch.setattr(_launch, "_run", recording_run)
+    monkeypatch.setattr(_launch, "FETCH_AHEAD", True)
+    logits = logits_of(rng, (4, 3000), np.dtype(np.float32))
+    labels = rng.integers(0, 3000, size=4)
+    targets = smoothed_targets(labels, 3000, np.float32)
+    both = _fetch.FETCH_LOGITS | _fetch.FETCH_TARGETS
+    for targets_from, dense_bits in ((logits.nbytes, both),
+                                     (logits.nbytes + 1, _fetch.FETCH_LOGITS)):
+        monkeypatch.setattr(_launch, "FETCH_TARGETS_MIN_BYTES", targets_from)
+        calls.clear()
+        work = logits.copy()
+        _fused.dense_rows(logits, targets)
+        _fused.dense_rows(work, targets, work)
+        with monkeypatch.context() as streaming:
+            streaming.setattr(_launch, "STREAM", True)
+            _fused.dense_rows(logits, targets, np.empty_like(logits))
+        _fused.sparse_rows(logits, labels)
+        assert calls == [("dense_loss_rows", dense_bits), ("dense_grad_rows_inplace", dense_bits),
+                         ("dense_grad_rows_streamed", dense_bits),
+                         ("sparse_loss_rows", _fetch.FETCH_LOGITS)]
+    monkeypatch.setattr(_launch, "FETCH_AHEAD", False)
+    monkeypatch.setattr(_launch, "FETCH_TARGETS_MIN_BYTES", 0)
+    calls.clear()
+    _fused.dense_rows(logits, targets)
+    assert calls == [("dense_loss_rows", 0)]
 
 
 def test_an_explicit_fetch_choice_overrides_the_host_s(monkeypatch):
@@ -594,45 +636,59 @@ def test_dense_long_rows_match_reference_in_place_and_not(dtype):
     np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
 
 
+def smoothed_targets(labels, width, dtype):
+    """Dense target rows ``[len(labels), width]`` of `dtype`: 0.1 spread evenly,
+    plus 0.9 at each label inside [0, width) (rows of other labels: the 0.1 alone)."""
+    targets = np.full((len(labels), width), 0.1 / width)
+    inside = (labels >= 0) & (labels < width)
+    targets[np.flatnonzero(inside), labels[inside]] += 0.9
+    return targets.astype(dtype)
+
+
 @every_target
 @pytest.mark.parametrize("threads", ["one", "several"])
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)],
                          ids=["float32", "float64"])
 def test_streamed_gradient_has_the_plain_stores_bits_on_every_edge_row(rng, force_threads,
                                                                        monkeypatch, dtype,
-                                                                       threads):
+                                                                       kind, threads):
     """The streamed kernel (`xent._fused._stream`: each row's gradient stored
     during the next row's pass A) on `long_edge_rows`, which take every branch
     of pass A (NaN rows between finite ones, a subnormal chunk factor, ...),
-    and labels outside [0, C), with row weights (negative ones among them),
-    into buffers that start at each element offset within 32 bytes (rows of
-    6149 entries start anywhere): the plain stores' bits; and without
-    weights, those of the gradient in place. On one thread, and over threads
-    (each block of rows streams on its own)."""
+    and labels outside [0, C) (dense: their rows' smoothed targets), with row
+    weights (negative ones among them), into buffers that start at each
+    element offset within 32 bytes (rows of 6149 entries start anywhere): the
+    plain stores' bits; and without weights, those of the gradient in place.
+    On one thread, and over threads (each block of rows streams on its own)."""
     if threads == "one":
         xent.set_num_threads(1)
     logits, labels = long_edge_rows(dtype)
     logits = np.concatenate([logits, logits[[0, 1, 9]]])
     labels = np.concatenate([labels, [-1, LONG, 5]])
+    run, targets = _fused.sparse_rows, labels
+    if kind == "dense":
+        run, targets = _fused.dense_rows, smoothed_targets(labels, LONG, dtype)
     weights = rng.random(len(labels)) * np.where(np.arange(len(labels)) % 3 == 1, -1, 1)
     work = logits.copy()
     with np.errstate(all="ignore"):
-        loss_in, lse_in = _fused.sparse_rows(work, labels, work)
+        loss_in, lse_in = run(work, targets, work)
         for offset in range(8):
             for w in (None, weights):
                 monkeypatch.setattr(_launch, "STREAM", False)
                 plain = np.empty_like(logits)
-                want = _fused.sparse_rows(logits, labels, plain, w)
+                want = run(logits, targets, plain, w)
                 monkeypatch.setattr(_launch, "STREAM", True)
                 streamed = np.empty(logits.size + 8, dtype)[offset:][:logits.size]
                 streamed = streamed.reshape(logits.shape)
-                got = _fused.sparse_rows(logits, labels, streamed, w)
+                got = run(logits, targets, streamed, w)
                 for a, b in zip(want + (plain,), got + (streamed,)):
                     np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
                 if w is None:
                     np.testing.assert_array_equal(streamed.view(np.uint8), work.view(np.uint8))
                     np.testing.assert_array_equal(got[0], loss_in)
-    assert np.isnan(streamed[2]).all() and np.isnan(streamed[-3:-1]).all()
+    assert np.isnan(streamed[2]).all()
+    assert np.isnan(streamed[-3:-1]).all() == (kind == "sparse")
     assert np.isfinite(streamed[-1]).all()
 
 
@@ -683,7 +739,8 @@ def test_streamed_runs_are_whole_aligned_blocks():
     assert run(odd, 0, 64) == (64, 64)
 
 
-def test_the_streamed_kernel_emits_non_temporal_stores():
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_the_streamed_kernel_emits_non_temporal_stores(kind):
     """The streamed kernel's fresh compile (cached code has no IR to read) holds
     stores marked ``!nontemporal``, and on x86-64 they are ``movnt`` instructions
     (the bit tests cannot tell a streamed store from a plain one)."""
@@ -691,12 +748,13 @@ def test_the_streamed_kernel_emits_non_temporal_stores():
 
     from numba import njit
 
-    kernel = _rows.sparse_grad_rows_streamed
+    kernel = getattr(_rows, f"{kind}_grad_rows_streamed")
     options = {k: v for k, v in kernel.targetoptions.items() if k not in ("cache", "nopython")}
     fresh = njit(**options)(kernel.py_func)
     x = logits_of(np.random.default_rng(0), (3, 100), np.float32)
     n = x.shape[0]
-    fresh(x, np.zeros(n, np.int64), np.ones(1), np.empty_like(x), np.empty(n, np.float32),
+    targets = np.zeros(n, np.int64) if kind == "sparse" else np.full_like(x, 0.01)
+    fresh(x, targets, np.ones(1), np.empty_like(x), np.empty(n, np.float32),
           np.empty(n, np.float32), False, 0, n)
     (ir,) = fresh.inspect_llvm().values()
     assert "!nontemporal" in ir
@@ -709,9 +767,9 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
     """`_launch.store_kind`: where streaming was kept, from `STREAM_MIN_BYTES`
     of gradient on, float32 and float64 gradients into a separate buffer of
     the logits' dtype (half logits with a float32 buffer run as float32) take
-    the streamed kernel; smaller ones, half-precision buffers, a buffer of
-    another dtype, the gradient in place, the narrow path and dense targets
-    do not, and `STREAM` overrides the choice. The bits cannot show the
+    the streamed kernel, with sparse labels or dense targets; smaller ones,
+    half-precision buffers, a buffer of another dtype, the gradient in place
+    and the narrow path do not, and `STREAM` overrides the choice. The bits cannot show the
     choice (the tests above check that they are the same), so the kernels
     run are recorded."""
     kept = StoreChoice()
@@ -744,7 +802,11 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
     calls.clear()
     _fused.sparse_rows(logits, labels, logits)
     _fused.dense_rows(logits, np.full((1, 3000), 1 / 3000, np.float32), np.empty_like(logits))
-    assert calls == ["sparse_grad_rows_inplace", "dense_grad_rows"]
+    assert calls == ["sparse_grad_rows_inplace", "dense_grad_rows_streamed"]
+    calls.clear()
+    _fused.dense_rows(logits[:3], np.full((1, 3000), 1 / 3000, np.float32),
+                      np.empty((3, 3000), f32))
+    assert calls == ["dense_grad_rows"]
     for stream, kernel in ((False, "sparse_grad_rows"), (True, "sparse_grad_rows_streamed")):
         monkeypatch.setattr(_launch, "STREAM", stream)
         calls.clear()

@@ -27,7 +27,7 @@ all NaN, as in TensorFlow; ``-inf`` entries elsewhere are exactly 0 in the
 softmax. While pass A computes on a piece of a row it can prefetch the
 logits a few KB further on (`xent._fused._fetch`), so that memory keeps
 streaming through the exps; where that pays is the CPU's and the need's
-(`xent._fused._launch.fetches_ahead`).
+(`xent._fused._launch.fetch_bits`).
 
 Chunk bounds are unsigned: numba then skips its negative-index check and the
 loops vectorise.
@@ -103,16 +103,17 @@ def _chunk_exps(x, y, e, lo, hi, m, pending, fetching):
     float64 logits take the first sum only: `below_max`). It costs rows of
     100 to 1000 classes 10-40% in cache on AVX-512, 5-19% on AVX2 (bench/RESULTS.md).
     Summed piece by piece (`piece_of`); before each piece, the logits
-    further on are prefetched (`fetch_ahead`, with `fetching` = (next row,
-    whether to)); after it, the pending row's gradient is stored up to the
-    same index (`stream_to`; None: no pending row).
+    further on (and dense targets) are prefetched (`fetch_ahead`, with
+    `fetching` = ((the next rows), the fetch bits)); after it, the pending
+    row's gradient is stored up to the same index (`stream_to`; None: no
+    pending row).
     """
     zero = like(0.0, m)   # (not 0.0: a float64 in the loop would halve its vectors)
     s, below = zero, zero
     step = piece_of(x)
     for plo in range(lo, hi, step):
         phi = min(plo + step, hi)
-        fetch_ahead(x, fetching, plo, phi)
+        fetch_ahead(x, y, fetching, plo, phi)
         sp, bp = zero, zero
         for j in range(plo, phi):
             d = load(x, j) - m
@@ -173,7 +174,7 @@ def _chunk_max_exps(x, y, e, save, lo, hi, k, pending, fetching):
     step = piece_of(x)
     for plo in range(lo, hi, step):
         phi = min(plo + step, hi)
-        fetch_ahead(x, fetching, plo, phi)
+        fetch_ahead(x, y, fetching, plo, phi)
         mp = like(-np.inf, k)
         sp = like(0.0, k)
         for j in range(plo, phi):
@@ -326,9 +327,10 @@ def exp_pass(x, y, e, save, st, ahead, fetch, pending):
 
     Unless e is None, also e_j = exp(x_j - shift of j's chunk) (0 in a chunk
     of -inf). False as soon as a chunk holds a NaN or ``+inf``: the row is NaN.
-    When `fetch` is true (a run-time choice:
-    `xent._fused._launch.fetches_ahead`), each piece prefetches the logits
-    `xent._fused._fetch.FETCH_BYTES` further on, into `ahead`, the next row.
+    As the bits of `fetch` say (a run-time choice:
+    `xent._fused._launch.fetch_bits`), each piece prefetches the logits
+    (and dense targets) `xent._fused._fetch.FETCH_BYTES` further on, into
+    `ahead` = (the next row of x, the next row of y or None) past the row's end.
     Between its pieces, the `pending` row's gradient is stored
     (`xent._fused._stream`; None for no pending row).
     """

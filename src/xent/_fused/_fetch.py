@@ -17,7 +17,8 @@ compute. The same lines asked for in one burst per chunk, from the next row
     in place         75             53-60                  44-47 / --
 
 Whether pass A prefetches at all is a run-time choice per CPU and need
-(`xent._fused._launch.fetches_ahead`).
+(`xent._fused._launch.fetches_ahead`); dense targets are prefetched too on
+large calls (`FETCH_TARGETS`).
 """
 import numpy as np
 from numba import njit, types
@@ -27,7 +28,8 @@ from xent._fused._formats import HALF_FORMATS
 from xent._fused._llvm import prefetch
 from xent._fused._options import INLINE
 
-__all__ = ["FETCH_BYTES", "fetch_ahead", "prefetch_half_chunk"]
+__all__ = ["FETCH_BYTES", "FETCH_LOGITS", "FETCH_TARGETS", "fetch_ahead",
+           "prefetch_half_chunk"]
 
 # How far ahead of the piece it computes on pass A prefetches (8192x32000
 # float32, 2 threads, Intel Xeon (Emerald Rapids), medians of 9, in place /
@@ -38,18 +40,21 @@ __all__ = ["FETCH_BYTES", "fetch_ahead", "prefetch_half_chunk"]
 FETCH_BYTES = 8192
 _LINE = 64
 
+# What pass A prefetches, as the bits of the kernels' `fetch` argument: the
+# logits, and dense targets too. The targets are prefetched on large calls
+# only (`xent._fused._launch.fetch_bits`): 8192x32000 float32, 2 threads,
+# Intel Xeon (Emerald Rapids), ms, with / without: loss 77 / 85, in place 95
+# / 102, streamed into a buffer 113 / 127 (memcpy 46); but 256x32000 lost
+# 3-5%, and rows in cache (16x32000, one thread) 1-4% in float32, 4-13% in
+# float64 and bfloat16.
+FETCH_LOGITS, FETCH_TARGETS = 1, 2
+
 
 @njit(**INLINE)
-def fetch_ahead(x, fetching, lo, hi):
-    """Prefetch the lines `FETCH_BYTES` past x[lo:hi] (a row), into the next
-    row past x's end; `fetching` is ``(next row, whether to prefetch)``.
-
-    Rows shorter than the distance prefetch the next row at the same place.
-    The next row of the last row is itself: its lines are in cache already.
-    """
-    ahead, fetch = fetching
-    if not fetch:
-        return
+def _fetch_row(x, ahead, lo, hi):
+    """Prefetch the lines `FETCH_BYTES` past x[lo:hi] (a row), running on into
+    the row `ahead` past x's end. Rows shorter than the distance prefetch
+    `ahead` at the same place."""
     n = np.uint64(x.shape[0])
     size = np.uint64(x.itemsize)
     d = min(np.uint64(FETCH_BYTES) // size, n)
@@ -58,6 +63,35 @@ def fetch_ahead(x, fetching, lo, hi):
             prefetch(x, j)
         else:
             prefetch(ahead, j - n)
+
+
+def _fetch_targets(y, ahead, lo, hi):
+    """`_fetch_row` of a dense target row y (and its next row `ahead`); nothing
+    for sparse labels (y None) or where the kernel leaves the targets to the
+    hardware (`ahead` None) (numba only)."""
+
+
+@overload(_fetch_targets)
+def _fetch_targets_impl(y, ahead, lo, hi):
+    if isinstance(y, types.NoneType) or isinstance(ahead, types.NoneType):
+        return lambda y, ahead, lo, hi: None
+    return lambda y, ahead, lo, hi: _fetch_row(y, ahead, lo, hi)
+
+
+@njit(**INLINE)
+def fetch_ahead(x, y, fetching, lo, hi):
+    """Prefetch the lines `FETCH_BYTES` past x[lo:hi] (a row), into the next
+    row past x's end, if ``fetch & FETCH_LOGITS``, and the same of the dense
+    targets y (None: sparse labels) if ``fetch & FETCH_TARGETS``;
+    `fetching` is ``((next row of x, next row of y or None), fetch)``.
+
+    The next row of the last row is itself: its lines are in cache already.
+    """
+    (ahead_x, ahead_y), fetch = fetching
+    if fetch & FETCH_LOGITS:
+        _fetch_row(x, ahead_x, lo, hi)
+    if fetch & FETCH_TARGETS:
+        _fetch_targets(y, ahead_y, lo, hi)
 
 
 def prefetch_half_chunk(ahead, lo, hi):

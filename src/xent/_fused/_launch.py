@@ -17,7 +17,7 @@ import numpy as np
 
 from xent import _threads
 from xent._dtypes import accumulator
-from xent._fused import _narrow, _pool, _rows, _target
+from xent._fused import _fetch, _narrow, _pool, _rows, _target
 from xent._fused._formats import kernel_view
 from xent._fused._narrow import NARROW_DENSE_MAX, narrow_max
 from xent._fused._stores import StoreChoice
@@ -80,6 +80,7 @@ _SPARSE_KERNELS = {
 _DENSE_KERNELS = {
     "loss": _rows.dense_loss_rows,
     "grad": _rows.dense_grad_rows,
+    "grad_streamed": _rows.dense_grad_rows_streamed,
     "grad_inplace": _rows.dense_grad_rows_inplace,
     "narrow_loss": _narrow.dense_narrow_loss_rows,
     "narrow_grad": _narrow.dense_narrow_grad_rows,
@@ -162,10 +163,25 @@ def store_kind(x, out):
     return STORES.next_kind((out.dtype.name, out.nbytes))
 
 
-def _fetch(narrow, dtype, need):
-    """The chunk kernels' last arguments: `fetches_ahead`'s choice (the narrow
+# From this size of logits on, pass A prefetches dense targets too (`_fetch.FETCH_TARGETS`).
+FETCH_TARGETS_MIN_BYTES = 64 << 20
+
+
+def fetch_bits(x, need, dense):
+    """What pass A prefetches for logits `x` with `need` (`fetches_ahead`), as
+    `_fetch`'s bits: nothing, the logits, or (dense targets, from
+    `FETCH_TARGETS_MIN_BYTES` of logits on) the logits and the targets."""
+    if not fetches_ahead(x.dtype, need):
+        return 0
+    if dense and x.nbytes >= FETCH_TARGETS_MIN_BYTES:
+        return _fetch.FETCH_LOGITS | _fetch.FETCH_TARGETS
+    return _fetch.FETCH_LOGITS
+
+
+def _fetch_arg(narrow, x, need, kernels):
+    """The chunk kernels' last arguments: `fetch_bits` for `x` (the narrow
     kernels take none)."""
-    return () if narrow else (fetches_ahead(dtype, need),)
+    return () if narrow else (fetch_bits(x, need, kernels is _DENSE_KERNELS),)
 
 
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
@@ -182,7 +198,7 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     if grad_out is None:
         x = read_only(kernel_view(np.ascontiguousarray(logits)))
         _run(kernels["narrow_loss" if narrow else "loss"], logits.nbytes,
-             (x, *targets, loss, lse, *_fetch(narrow, logits.dtype, "loss")))
+             (x, *targets, loss, lse, *_fetch_arg(narrow, logits, "loss", kernels)))
         return
     targets = grad_targets or targets
     overlap = logits is grad_out or np.may_share_memory(logits, grad_out)
@@ -194,15 +210,15 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
 
 def _into(kernels, narrow, x, targets, out, loss, lse):
     """The gradient of C-contiguous logits `x` into C-contiguous `out` (the same
-    array for the narrow kernels in place); a sparse gradient into a separate
-    buffer goes to the streamed kernel where `store_kind` says so."""
+    array for the narrow kernels in place); a chunk kernel's gradient goes to
+    the streamed kernel where `store_kind` says so."""
     streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
         else store_kind(x, out)
     start = time.perf_counter() if timed else 0.0
     on_its_threads = _run(kernels["grad_streamed" if streamed else "narrow_grad" if narrow
                                   else "grad"], x.nbytes,
                           (read_only(kernel_view(x)), *targets, kernel_view(out), loss, lse,
-                           *_fetch(narrow, x.dtype, "grad")))
+                           *_fetch_arg(narrow, x, "grad", kernels)))
     if timed and on_its_threads:
         STORES.record(streamed, time.perf_counter() - start, out.nbytes)
 
@@ -213,7 +229,7 @@ def _inplace(kernels, narrow, x, targets, loss, lse):
         _into(kernels, narrow, x, targets, x, loss, lse)
     else:
         _run(kernels["grad_inplace"], x.nbytes,
-             (kernel_view(x), *targets, loss, lse, *_fetch(narrow, x.dtype, "grad_inplace")))
+             (kernel_view(x), *targets, loss, lse, *_fetch_arg(narrow, x, "grad_inplace", kernels)))
 
 
 def _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overlap):

@@ -19,7 +19,8 @@ from xent._fused import _target
 __all__ = [
     "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
-    "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled", "store_fence",
+    "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled",
+    "stream_scaled_less", "store_fence",
     "vectorise_wide",
 ]
 
@@ -230,20 +231,48 @@ def stream_scaled(typingctx, out, e, j, f):
     once, as ``e[j] * f`` is.
     """
     def codegen(context, builder, sig, args):
-        lane = ir_type(sig.args[0].dtype)
-        vector = ir.VectorType(lane, STREAM_BYTES // (sig.args[0].dtype.bitwidth // 8))
-        dst, src = (builder.bitcast(builder.gep(context.make_array(t)(context, builder, a).data,
-                                                [args[2]]), vector.as_pointer())
-                    for t, a in zip(sig.args[:2], args[:2]))
-        product = builder.fmul(builder.load(src, align=sig.args[1].dtype.bitwidth // 8),
-                               splat(builder, args[3], vector), flags=("nsz",))
-        store = builder.store(product, dst, align=STREAM_BYTES)
-        store.set_metadata("nontemporal",
-                           builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        _stream(context, builder, sig, args, lambda product, arrays: product)
         return context.get_dummy_value()
     if out.dtype not in (types.float32, types.float64) or e.dtype != out.dtype:
         return None
     return types.none(out, e, j, out.dtype), codegen
+
+
+@intrinsic
+def stream_scaled_less(typingctx, out, e, j, f, y, w):
+    """out[j:j + L] = e[j:j + L] * f - y[j:j + L] * w, as `stream_scaled`, for
+    dense targets y of out's dtype: each product rounded once (never fused
+    with the subtraction, as `mul_exact`), then their difference."""
+    def codegen(context, builder, sig, args):
+        def less(product, arrays):
+            target = builder.fmul(arrays(4), splat(builder, args[5], product.type),
+                                  flags=("nsz",))
+            return builder.fsub(product, target, flags=("nsz",))
+        _stream(context, builder, sig, args, less)
+        return context.get_dummy_value()
+    if out.dtype not in (types.float32, types.float64) or e.dtype != out.dtype \
+            or y.dtype != out.dtype:
+        return None
+    return types.none(out, e, j, out.dtype, y, out.dtype), codegen
+
+
+def _stream(context, builder, sig, args, finish):
+    """IR of `stream_scaled` and `stream_scaled_less`: out (args[0]) at index
+    args[2] gets ``finish(e * f, vector)`` in one non-temporal store, where
+    ``vector(k)`` loads the vector at that index of the array args[k]."""
+    lane = ir_type(sig.args[0].dtype)
+    vector = ir.VectorType(lane, STREAM_BYTES // (sig.args[0].dtype.bitwidth // 8))
+
+    def address(k):
+        data = context.make_array(sig.args[k])(context, builder, args[k]).data
+        return builder.bitcast(builder.gep(data, [args[2]]), vector.as_pointer())
+
+    def load(k):
+        return builder.load(address(k), align=sig.args[k].dtype.bitwidth // 8)
+
+    product = builder.fmul(load(1), splat(builder, args[3], vector), flags=("nsz",))
+    store = builder.store(finish(product, load), address(0), align=STREAM_BYTES)
+    store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
 
 
 @intrinsic

@@ -10,7 +10,7 @@ gradient) pass B of `xent._fused._pass_b`, with the loss:
 
 Each range kernel (``*_rows``) runs one need over rows ``[lo, hi)`` of a
 ``[N, C]`` C-contiguous array: a loss alone, a gradient into a separate
-buffer (sparse float32/float64 ones also ``*_streamed``: each row's gradient
+buffer (float32/float64 ones also ``*_streamed``: each row's gradient
 stored during the next row's pass A, `xent._fused._stream`), or a gradient
 over the logits themselves (``*_inplace``).
 """
@@ -31,7 +31,8 @@ from xent._fused._options import INLINE, KERNEL
 
 __all__ = ["sparse_loss_rows", "sparse_grad_rows", "sparse_grad_rows_inplace",
            "sparse_grad_rows_streamed",
-           "dense_loss_rows", "dense_grad_rows", "dense_grad_rows_inplace"]
+           "dense_loss_rows", "dense_grad_rows", "dense_grad_rows_streamed",
+           "dense_grad_rows_inplace"]
 
 
 # --- one row ---------------------------------------------------------------------------------
@@ -59,7 +60,7 @@ def _sparse_row_pass_a(x, label, e, save, st, next_x, fetch, pending):
     nan = like(np.nan, load(x, 0))
     ok = 0 <= label < x.shape[0]
     x_label = load(x, label) if ok else nan
-    if not (ok and exp_pass(x, None, e, save, st, next_x, fetch, pending)):
+    if not (ok and exp_pass(x, None, e, save, st, (next_x, None), fetch, pending)):
         return False, nan, np.nan, np.nan
     top, total = combine(x, None, st)
     if top == -np.inf:
@@ -132,10 +133,12 @@ def _sparse_row_grad_later(x, label, w, e, factors, st, next_x, fetch, pending):
 
 
 @njit(**INLINE)
-def _dense_row_loss(x, y, st, next_x, fetch):
-    """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j)."""
+def _dense_row_loss(x, y, st, ahead, fetch):
+    """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j). `ahead`
+    is (the next row of logits, the next row of targets), where pass A's
+    prefetches run on to if `fetch`."""
     nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, None, None, st, next_x, fetch, None):
+    if not exp_pass(x, y, None, None, st, ahead, fetch, None):
         return nan, nan
     top, total = combine(x, y, st)
     if top == -np.inf:
@@ -146,14 +149,14 @@ def _dense_row_loss(x, y, st, next_x, fetch):
 
 
 @njit(**INLINE)
-def _dense_row_grad(x, y, w, out, e, save, st, next_x, fetch, next_out):
+def _dense_row_grad(x, y, w, out, e, save, st, ahead, fetch, next_out):
     """As `_dense_row_loss`, writing w (softmax(x) - y) into out (may be x).
 
-    w (float64, the row's weight), e, save, next_x, fetch and next_out as in
-    `_sparse_row_grad`.
+    w (float64, the row's weight), e, save, fetch and next_out as in
+    `_sparse_row_grad`; `ahead` as in `_dense_row_loss`.
     """
     nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, e, save, st, next_x, fetch, None):
+    if not exp_pass(x, y, e, save, st, ahead, fetch, None):
         fill_nan(out, nan)
         return nan, nan
     top, total = combine(x, y, st)
@@ -164,6 +167,26 @@ def _dense_row_grad(x, y, w, out, e, save, st, next_x, fetch, next_out):
     rescale(e, (y, w), out, st, top, w / total, next_out)
     log_s = _log_total(total, x)
     return log_s * sy - syx, top + log_s
+
+
+@njit(**INLINE)
+def _dense_row_grad_later(x, y, w, e, factors, st, ahead, fetch, pending):
+    """As `_dense_row_grad`, with the gradient left for `xent._fused._stream`
+    to store: (ok, loss, lse). e receives the row's exps and factors its
+    per-chunk factors, while pass A stores the `pending` row's gradient. Not
+    ok: a NaN row, nothing left to store."""
+    nan = like(np.nan, load(x, 0))
+    if not exp_pass(x, y, e, None, st, ahead, fetch, pending):
+        return False, nan, nan
+    top, total = combine(x, y, st)
+    if top == -np.inf:
+        return False, nan, nan
+    sy, syx = combine_targets(st, top)
+    inv_s = w / total
+    for c in range(st.shape[1]):
+        factors[c] = chunk_factor(st, c, top, inv_s)
+    log_s = _log_total(total, x)
+    return True, log_s * sy - syx, top + log_s
 
 
 # --- where pass A keeps the exps ----------------------------------------------------------------
@@ -218,6 +241,12 @@ def _next_row(x, i):
 
 
 @njit(**INLINE)
+def _next_rows(x, y, i):
+    """(`_next_row` of x, the next row of targets y, which have 1 or N rows)."""
+    return _next_row(x, i), _target(y, i + 1 if i + 1 < x.shape[0] else i)
+
+
+@njit(**INLINE)
 def weight(weights, i):
     """Row i's weight as float64: weights has N entries, or 1 for every row."""
     return np.float64(weights[i if weights.shape[0] > 1 else 0])
@@ -231,9 +260,9 @@ def _target(y, i):
 
 # --- a range of rows, per need ------------------------------------------------------------------
 #
-# `fetch`: whether pass A prefetches the logits ahead, into the next row
-# (`xent._fused._fetch`; chosen per CPU and need by
-# `xent._fused._launch.fetches_ahead`).
+# `fetch`: what pass A prefetches ahead, into the next row: the bits
+# `FETCH_LOGITS` and (dense targets) `FETCH_TARGETS` of `xent._fused._fetch`,
+# chosen per CPU, need and size by `xent._fused._launch.fetch_bits`.
 
 @njit(**KERNEL)
 def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
@@ -281,7 +310,7 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
     st, e, f, done = borrowed(stats), borrowed(kept), borrowed(scales), borrowed(stored)
     label, at_label = -1, out[lo, 0]                    # the pending row's (label -1: none)
     for i in range(lo, hi + 1):
-        previous = (out[max(i - 1, lo)], e[(i + 1) % 2], f[(i + 1) % 2], done)
+        previous = (out[max(i - 1, lo)], e[(i + 1) % 2], f[(i + 1) % 2], done, None)
         ok = False
         if i < hi:
             ok, loss[i], lse[i], g = _sparse_row_grad_later(
@@ -322,14 +351,16 @@ def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
     stats = chunk_stats(x)
     st = borrowed(stats)
     for i in range(lo, hi):
-        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st, _next_row(x, i), fetch)
+        loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st, _next_rows(x, y, i), fetch)
     keep_alive(stats)
 
 
 @njit(**KERNEL)
 def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
     """As `dense_loss_rows`, and out[i] = w_i (softmax(x[i]) - y[i]) with w_i =
-    `weight`(weights, i)."""
+    `weight`(weights, i). Pass A prefetches the logits only: prefetching the
+    targets too cost these plain stores 4-10% on 256 to 2048 rows of 32000
+    (Intel Xeon (Emerald Rapids), 2 threads), and gained nothing at 8192."""
     vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
@@ -337,9 +368,43 @@ def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), weight(weights, i), row,
-                                          _exp_row(row, scratch), None, st, _next_row(x, i),
-                                          fetch, _next_row(out, i))
+                                          _exp_row(row, scratch), None, st,
+                                          (_next_row(x, i), None), fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
+
+
+@njit(**KERNEL)
+def dense_grad_rows_streamed(x, y, weights, out, loss, lse, fetch, lo, hi):
+    """As `dense_grad_rows`, for float32 or float64 logits and `out` (and y) of
+    their dtype, with each row's gradient stored by `xent._fused._stream`
+    during the next row's pass A, as `sparse_grad_rows_streamed`. The same
+    bits as `dense_grad_rows`."""
+    vectorise_wide()
+    if lo >= hi:
+        return
+    x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
+    n = np.uint64(x.shape[1])
+    stats = chunk_stats(x)
+    kept = np.empty((2, x.shape[1]), out.dtype)        # two rows' exps: row i's in kept[i % 2]
+    scales = np.empty((2, stats.shape[1]), np.float64)  # and their per-chunk factors
+    stored = np.full(1, n, np.uint64)                   # entries of the pending row stored
+    st, e, f, done = borrowed(stats), borrowed(kept), borrowed(scales), borrowed(stored)
+    for i in range(lo, hi + 1):
+        before = max(i - 1, lo)
+        previous = (out[before], e[(i + 1) % 2], f[(i + 1) % 2], done,
+                    (_target(y, before), weight(weights, before)))
+        ok = False
+        if i < hi:
+            ok, loss[i], lse[i] = _dense_row_grad_later(
+                x[i], _target(y, i), weight(weights, i), e[i % 2], f[i % 2], st,
+                _next_rows(x, y, i), fetch, previous)
+        stream_to(previous, n)
+        if ok:
+            done[0] = 0
+        elif i < hi:
+            fill_nan(out[i], x[i, 0])
+    store_fence()
+    keep_alive((stats, kept, scales, stored))
 
 
 @njit(**KERNEL)
@@ -352,6 +417,6 @@ def dense_grad_rows_inplace(x, y, weights, loss, lse, fetch, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _dense_row_grad(row, _target(y, i), weight(weights, i), row,
-                                          _exp_row(row, scratch), save, st, _next_row(x, i),
-                                          fetch, None)
+                                          _exp_row(row, scratch), save, st,
+                                          _next_rows(x, y, i), fetch, None)
     keep_alive((stats, scratch_row, saved))

@@ -46,9 +46,11 @@ def _hardware_rounded_impl(e, y, out, lo, hi, f):
 def _finish_entry(out, y, j, p):
     """Pass B's store of p = w softmax_j: p itself (sparse, y None; finite, as a
     row with a NaN or infinity never gets here), or p - w y_j for dense
-    targets y = (the target row, w) (numba only). The product w y_j is a
-    multiply of its own (`mul_exact`: never fused into the subtraction), so
-    that w = 1 gives the bits of p - y_j however LLVM contracts the rest."""
+    targets y = (the target row, w) (numba only). p and the product w y_j
+    are multiplies of their own (`mul_exact`: never fused into the
+    subtraction), so that w = 1 gives the bits of p - y_j, and the streamed
+    kernel's stores (`xent._fused._llvm.stream_scaled_less`) the same bits,
+    however LLVM contracts the rest."""
 
 
 @overload(_finish_entry)
@@ -66,7 +68,7 @@ def scale_entries(e, y, out, lo, hi, factor):
     if abs(factor) >= tiny(e[0]):
         f = like(factor, e[0])
         for j in range(_hardware_rounded(e, y, out, lo, hi, f), hi):
-            _finish_entry(out, y, j, e[j] * f)
+            _finish_entry(out, y, j, mul_exact(e[j], f))
     else:
         f, down = like(factor * _TWO64, e[0]), like(_TWO_M64, e[0])
         for j in range(lo, hi):

@@ -10,12 +10,14 @@ stores, AMD Zen 3, session 8). So the streamed kernel keeps each row's exps
 in one of two scratch rows, and stores row i - 1's gradient one `PIECE` at a
 time, between the pieces of row i's pass A (`stream_to`):
 
-    out_{i-1, j} = e_{i-1, j} f_c       (f_c: the chunk's `chunk_factor`)
+    out_{i-1, j} = e_{i-1, j} f_c  [- w y_{i-1, j}]   (f_c: the chunk's `chunk_factor`)
 
-the same products, rounded once, as pass B's. A pending row is a tuple
-``(out_row, e_row, factors, done)``: its gradient row, its exps, its
-per-chunk factors, and ``done[0]``, how many of its entries are stored
-(from the first on). None stands for no pending row, in every other kernel.
+the same products, rounded once, as pass B's (the bracket: dense targets
+y, with the row's weight w). A pending row is a tuple ``(out_row, e_row,
+factors, done, targets)``: its gradient row, its exps, its per-chunk
+factors, ``done[0]``, how many of its entries are stored (from the first
+on), and its targets ``(y row, w)`` (None: sparse labels, whose label entry
+the row kernel stores). None stands for no pending row, in every other kernel.
 
 8192x32000 float32 into a buffer, 2 threads, AMD Zen 3: 78-86 ms with plain
 stores, 72-76 ms streamed (memcpy of the logits 49-53 ms); on a Zen 4, 87 ms
@@ -28,7 +30,7 @@ from numba.extending import overload
 
 from xent._fused._cuts import CHUNK
 from xent._fused._formats import like, tiny
-from xent._fused._llvm import STREAM_BYTES, stream_scaled, vectorise_wide
+from xent._fused._llvm import STREAM_BYTES, stream_scaled, stream_scaled_less, vectorise_wide
 from xent._fused._options import INLINE
 from xent._fused._scale import scale_entries
 
@@ -52,30 +54,43 @@ def aligned_run(out, lo, hi):
 
 
 @njit(**INLINE)
-def _stream_entries(out, e, lo, hi, factor):
-    """out_j = e_j factor for j in [lo, hi), with non-temporal stores for the
-    aligned run inside (`aligned_run`) and plain ones (`scale_entries`) at its
-    ends, or throughout for a factor below the smallest normal float in
-    magnitude (or NaN: a NaN weight)."""
+def _stream_entries(out, e, y, lo, hi, factor):
+    """out_j = e_j factor (minus w y_j with dense targets y = (row, w)) for j
+    in [lo, hi), with non-temporal stores for the aligned run inside
+    (`aligned_run`) and plain ones (`scale_entries`) at its ends, or
+    throughout for a factor below the smallest normal float in magnitude (or
+    NaN: a NaN weight)."""
     if not abs(factor) >= tiny(e[0]):
-        scale_entries(e, None, out, lo, hi, factor)
+        scale_entries(e, y, out, lo, hi, factor)
         return
     first, last = aligned_run(out, lo, hi)
     lanes = _BYTES // np.uint64(out.itemsize)
     f = like(factor, e[0])
-    scale_entries(e, None, out, lo, first, factor)
+    scale_entries(e, y, out, lo, first, factor)
     for j in range(first, last, lanes):
-        stream_scaled(out, e, j, f)
-    scale_entries(e, None, out, last, hi, factor)
+        _stream_block(out, e, y, j, f)
+    scale_entries(e, y, out, last, hi, factor)
+
+
+def _stream_block(out, e, y, j, f):
+    """One non-temporal store at out[j]: `stream_scaled`, or `stream_scaled_less`
+    with dense targets y = (row, w) (numba only)."""
+
+
+@overload(_stream_block)
+def _stream_block_impl(out, e, y, j, f):
+    if isinstance(y, types.NoneType):
+        return lambda out, e, y, j, f: stream_scaled(out, e, j, f)
+    return lambda out, e, y, j, f: stream_scaled_less(out, e, j, f, y[0], like(y[1], f))
 
 
 @njit(**INLINE)
-def _stream_run(out, e, factors, lo, hi):
-    """out_j = e_j f_c for j in [lo, hi), chunk by chunk."""
+def _stream_run(out, e, y, factors, lo, hi):
+    """out_j = e_j f_c (minus w y_j) for j in [lo, hi), chunk by chunk."""
     while lo < hi:
         c = lo // CHUNK
         end = min(hi, (c + np.uint64(1)) * CHUNK)
-        _stream_entries(out, e, lo, end, factors[c])
+        _stream_entries(out, e, y, lo, end, factors[c])
         lo = end
 
 
@@ -91,8 +106,8 @@ def _stream_to_impl(pending, hi):
 
     def store_up_to(pending, hi):
         vectorise_wide()
-        out, e, factors, done = pending
+        out, e, factors, done, y = pending
         if hi > done[0]:
-            _stream_run(out, e, factors, done[0], hi)
+            _stream_run(out, e, y, factors, done[0], hi)
             done[0] = hi
     return store_up_to
