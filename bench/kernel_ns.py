@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from xent import _dtypes, _fused
-from xent._fused import _launch, _narrow, _rows
+from xent._fused import _fetch, _launch, _narrow, _rows
 from xent._fused._formats import kernel_view
 
 
@@ -51,7 +51,7 @@ def with_fetch(kernel, dtype, need, narrow):
     """`kernel` called with this host's prefetch choice for `need` (chunk kernels only)."""
     if narrow:
         return kernel
-    fetch = _launch.fetches_ahead(dtype, need)
+    fetch = _fetch.FETCH_LOGITS if _launch.fetches_ahead(dtype, need) else 0   # (sparse: no targets)
     return lambda *args: kernel(*args[:-2], fetch, *args[-2:])
 
 

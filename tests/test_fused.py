@@ -391,8 +391,9 @@ def test_dense_targets_are_prefetched_on_large_calls_only(rng, monkeypatch):
     """`_launch.fetch_bits`: the logits where `fetches_ahead` says so, and dense
     targets with them from `FETCH_TARGETS_MIN_BYTES` of logits on (the plain
     into-a-buffer kernel leaves its targets to the hardware); sparse labels,
-    and hosts that do not prefetch, never; each kernel gets the bits its call
-    needs (recorded: the bits cannot show a prefetch)."""
+    one target row for every row, and hosts that do not prefetch, never; each
+    kernel gets the bits its call needs (recorded: the bits cannot show a
+    prefetch)."""
     calls = []
     real_run = _launch._run
 
@@ -420,11 +421,13 @@ def test_dense_targets_are_prefetched_on_large_calls_only(rng, monkeypatch):
         assert calls == [("dense_loss_rows", dense_bits), ("dense_grad_rows_inplace", dense_bits),
                          ("dense_grad_rows_streamed", dense_bits),
                          ("sparse_loss_rows", _fetch.FETCH_LOGITS)]
-    monkeypatch.setattr(_launch, "FETCH_AHEAD", False)
-    monkeypatch.setattr(_launch, "FETCH_TARGETS_MIN_BYTES", 0)
     calls.clear()
+    monkeypatch.setattr(_launch, "FETCH_TARGETS_MIN_BYTES", 0)
+    _fused.dense_rows(logits, targets[:1])
+    _fused.dense_rows(logits, np.broadcast_to(targets[:1], targets.shape))
+    monkeypatch.setattr(_launch, "FETCH_AHEAD", False)
     _fused.dense_rows(logits, targets)
-    assert calls == [("dense_loss_rows", 0)]
+    assert calls == [("dense_loss_rows", _fetch.FETCH_LOGITS)] * 2 + [("dense_loss_rows", 0)]
 
 
 def test_an_explicit_fetch_choice_overrides_the_host_s(monkeypatch):
@@ -821,8 +824,8 @@ def test_large_float_gradients_into_a_buffer_are_streamed(rng, monkeypatch):
 
 def test_the_kind_of_store_is_timed_then_kept(rng, monkeypatch):
     """`StoreChoice` through `_launch`: calls too small to stream do not count;
-    the first large call fixes the timed size, and calls of another size run
-    plain, untimed; the first two of that size run plain then streamed,
+    the first large call fixes the timed size and kind of targets, and calls
+    of another size, or dense ones of that size, run plain, untimed; the first two of that size run plain then streamed,
     untimed; then streamed and plain alternate, each timed under the kind
     that ran, a call that found the threads busy is not recorded (its kind
     comes again), and once both kinds have `TRIALS` times the faster one
@@ -857,14 +860,16 @@ def test_the_kind_of_store_is_timed_then_kept(rng, monkeypatch):
 
     call(3)                       # too small
     call(4)                       # fixes the timed size; plain, untimed
+    _fused.dense_rows(logits[:4], np.full((4, 3000), 1 / 3000, np.float32),
+                      np.empty((4, 3000), np.float32))   # dense targets: plain, untimed
     call(5)                       # another size: plain, untimed
     call(4)                       # streamed, untimed
-    assert ran == [False, False, False, True] and recorded == []
+    assert ran == [False, False, False, False, True] and recorded == []
     busy.append(len(ran) + 2)     # the second timed call finds the threads busy
     for _ in range(2 * StoreChoice.TRIALS + 1 + 3):
         call(4)
     trials = [True, False, False, True, False, True, False]   # the busy plain call again
-    assert ran[4:] == trials + [True] * 3
+    assert ran[5:] == trials + [True] * 3
     assert recorded == [k for i, k in enumerate(trials) if i != 1]
     assert choice.streamed is True
     call(5)

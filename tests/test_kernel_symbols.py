@@ -98,8 +98,8 @@ def forbidden(symbols):
 def test_compiled_kernels_call_no_external_symbol():
     compile_every_kernel()
     kernels = list(compiled_kernels())
-    # 5 per dtype and kind (sparse, dense) on one thread, and the streamed one for sparse
-    # float32 and float64.
+    # 5 per dtype and kind (sparse, dense) on one thread, and the streamed ones (sparse and
+    # dense) for float32 and float64.
     assert len(kernels) >= 20, f"only {len(kernels)} kernels were compiled"
     offenders = {}
     for name, dispatcher, signature in kernels:

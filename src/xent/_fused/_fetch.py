@@ -18,7 +18,8 @@ compute. The same lines asked for in one burst per chunk, from the next row
 
 Whether pass A prefetches at all is a run-time choice per CPU and need
 (`xent._fused._launch.fetches_ahead`); dense targets are prefetched too on
-large calls (`FETCH_TARGETS`).
+large calls (`FETCH_TARGETS`), but for a gradient into a buffer with plain
+stores (`xent._fused._rows.dense_grad_rows`).
 """
 import numpy as np
 from numba import njit, types

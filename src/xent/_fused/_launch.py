@@ -141,10 +141,12 @@ STREAM_MIN_BYTES = 64 << 20
 STORES = StoreChoice()
 
 
-def store_kind(x, out):
+def store_kind(x, out, kind):
     """``(streamed, timed)`` for the gradient of logits `x` into the separate
-    buffer `out`: whether it is stored with non-temporal stores
-    (`xent._fused._stream`), and whether the call is timed for `STORES`.
+    buffer `out`, with `kind` targets ("sparse" or "dense"): whether it is
+    stored with non-temporal stores (`xent._fused._stream`), and whether the
+    call is timed for `STORES` (whose timed signature holds the kind: a dense
+    call also reads its targets, so the two kinds of call are not compared).
 
     Only float32 or float64 gradients of the logits' dtype can stream.
     `STREAM` decides if set, whatever the size. Else gradients from
@@ -160,28 +162,32 @@ def store_kind(x, out):
         return False, False
     if STREAM is not None:
         return STREAM, False
-    return STORES.next_kind((out.dtype.name, out.nbytes))
+    return STORES.next_kind((kind, out.dtype.name, out.nbytes))
 
 
 # From this size of logits on, pass A prefetches dense targets too (`_fetch.FETCH_TARGETS`).
 FETCH_TARGETS_MIN_BYTES = 64 << 20
 
 
-def fetch_bits(x, need, dense):
+def fetch_bits(x, need, y=None):
     """What pass A prefetches for logits `x` with `need` (`fetches_ahead`), as
-    `_fetch`'s bits: nothing, the logits, or (dense targets, from
-    `FETCH_TARGETS_MIN_BYTES` of logits on) the logits and the targets."""
+    `_fetch`'s bits: nothing, the logits, or the logits and the dense target
+    rows `y` (None: sparse labels), from `FETCH_TARGETS_MIN_BYTES` of logits
+    on, unless y is one row for every row of logits (in cache throughout)."""
     if not fetches_ahead(x.dtype, need):
         return 0
-    if dense and x.nbytes >= FETCH_TARGETS_MIN_BYTES:
+    if y is not None and y.shape[0] > 1 and x.nbytes >= FETCH_TARGETS_MIN_BYTES:
         return _fetch.FETCH_LOGITS | _fetch.FETCH_TARGETS
     return _fetch.FETCH_LOGITS
 
 
-def _fetch_arg(narrow, x, need, kernels):
-    """The chunk kernels' last arguments: `fetch_bits` for `x` (the narrow
-    kernels take none)."""
-    return () if narrow else (fetch_bits(x, need, kernels is _DENSE_KERNELS),)
+def _fetch_arg(narrow, x, need, kernels, targets):
+    """The chunk kernels' last arguments: `fetch_bits` for `x` and `targets`
+    (`_dispatch`'s; the first, with `_DENSE_KERNELS`, the target rows); the
+    narrow kernels take none."""
+    if narrow:
+        return ()
+    return (fetch_bits(x, need, targets[0] if kernels is _DENSE_KERNELS else None),)
 
 
 def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_targets=None):
@@ -198,7 +204,7 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
     if grad_out is None:
         x = read_only(kernel_view(np.ascontiguousarray(logits)))
         _run(kernels["narrow_loss" if narrow else "loss"], logits.nbytes,
-             (x, *targets, loss, lse, *_fetch_arg(narrow, logits, "loss", kernels)))
+             (x, *targets, loss, lse, *_fetch_arg(narrow, logits, "loss", kernels, targets)))
         return
     targets = grad_targets or targets
     overlap = logits is grad_out or np.may_share_memory(logits, grad_out)
@@ -212,13 +218,13 @@ def _into(kernels, narrow, x, targets, out, loss, lse):
     """The gradient of C-contiguous logits `x` into C-contiguous `out` (the same
     array for the narrow kernels in place); a chunk kernel's gradient goes to
     the streamed kernel where `store_kind` says so."""
-    streamed, timed = (False, False) if narrow or "grad_streamed" not in kernels \
-        else store_kind(x, out)
+    streamed, timed = (False, False) if narrow \
+        else store_kind(x, out, "dense" if kernels is _DENSE_KERNELS else "sparse")
     start = time.perf_counter() if timed else 0.0
     on_its_threads = _run(kernels["grad_streamed" if streamed else "narrow_grad" if narrow
                                   else "grad"], x.nbytes,
                           (read_only(kernel_view(x)), *targets, kernel_view(out), loss, lse,
-                           *_fetch_arg(narrow, x, "grad", kernels)))
+                           *_fetch_arg(narrow, x, "grad", kernels, targets)))
     if timed and on_its_threads:
         STORES.record(streamed, time.perf_counter() - start, out.nbytes)
 
@@ -229,7 +235,8 @@ def _inplace(kernels, narrow, x, targets, loss, lse):
         _into(kernels, narrow, x, targets, x, loss, lse)
     else:
         _run(kernels["grad_inplace"], x.nbytes,
-             (kernel_view(x), *targets, loss, lse, *_fetch_arg(narrow, x, "grad_inplace", kernels)))
+             (kernel_view(x), *targets, loss, lse,
+              *_fetch_arg(narrow, x, "grad_inplace", kernels, targets)))
 
 
 def _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overlap):
