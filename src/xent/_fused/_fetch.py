@@ -46,7 +46,7 @@ _LINE = 64
 # only (`xent._fused._launch.fetch_bits`): 8192x32000 float32, 2 threads,
 # Intel Xeon (Emerald Rapids), ms, with / without: loss 77 / 85, in place 95
 # / 102, streamed into a buffer 113 / 127 (memcpy 46); but 256x32000 lost
-# 3-5%, and rows in cache (16x32000, one thread) 1-4% in float32, 4-13% in
+# 2-5%, and rows in cache (16x32000, one thread) 1-4% in float32, 4-13% in
 # float64 and bfloat16.
 FETCH_LOGITS, FETCH_TARGETS = 1, 2
 

@@ -359,8 +359,8 @@ def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
 def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
     """As `dense_loss_rows`, and out[i] = w_i (softmax(x[i]) - y[i]) with w_i =
     `weight`(weights, i). Pass A prefetches the logits only: prefetching the
-    targets too cost these plain stores 4-10% on 256 to 2048 rows of 32000
-    (Intel Xeon (Emerald Rapids), 2 threads), and gained nothing at 8192."""
+    targets too cost these plain stores 9-10% on 256 rows of 32000, 0-4% on
+    1024 (Intel Xeon (Emerald Rapids), 2 threads), and gained nothing at 8192."""
     vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
