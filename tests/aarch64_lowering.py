@@ -55,12 +55,19 @@ def _generic_atomic(match):
             f"  {result} = zext i1 {name}.zero to i8")
 
 
+# The kernels' reads and writes of x86's control word (`xent._fused._llvm.flush_denormals`),
+# which a compile for any other CPU does not emit.
+_X86_CONTROL_WORD = re.compile(r"^\s*(?:tail )?call void @llvm\.x86\.sse\.(?:st|ld)mxcsr\(.*$"
+                               r"|^declare void @llvm\.x86\.sse\.(?:st|ld)mxcsr\(.*$", re.M)
+
+
 def retarget(ir_text, target):
     """`ir_text` (a module compiled for x86-64) for `target`'s triple and data
-    layout, without its x86 CPU attributes; raises on any other x86-only
-    intrinsic, which no other backend could lower."""
+    layout, without its x86 CPU attributes and its control-word calls; raises
+    on any other x86-only intrinsic, which no other backend could lower."""
     ir_text = _X86_ATOMIC_SUB.sub(_generic_atomic, ir_text)
     ir_text = re.sub(r"^declare i8 @llvm\.x86\.atomic\.sub\.cc\.i64\(.*$", "", ir_text, flags=re.M)
+    ir_text = _X86_CONTROL_WORD.sub("", ir_text)
     left = sorted(set(re.findall(r"@(llvm\.x86\.[\w.]+)", ir_text)))
     if left:
         raise ValueError(f"x86-only intrinsics in the IR: {left}")

@@ -20,7 +20,8 @@ __all__ = [
     "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
     "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled",
-    "stream_scaled_less", "store_fence",
+    "stream_scaled_less", "store_fence", "flush_denormals",
+    "restore_denormals",
     "vectorise_wide",
 ]
 
@@ -273,6 +274,55 @@ def _stream(context, builder, sig, args, finish):
     product = builder.fmul(load(1), splat(builder, args[3], vector), flags=("nsz",))
     store = builder.store(finish(product, load), address(0), align=STREAM_BYTES)
     store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+
+
+# MXCSR's flush-to-zero bit: a result below the smallest normal float is 0.
+_FLUSH_TO_ZERO = 0x8000
+
+
+def _control_word(builder, slot, store):
+    """IR: ``stmxcsr`` (store=True: the control word into i32 `slot`) or ``ldmxcsr``
+    (from it)."""
+    name = "llvm.x86.sse.stmxcsr" if store else "llvm.x86.sse.ldmxcsr"
+    call_llvm(builder, name, ir.VoidType(), [builder.bitcast(slot, ir.IntType(8).as_pointer())])
+
+
+@intrinsic
+def flush_denormals(typingctx):
+    """Make this thread flush results below the smallest normal float to 0
+    (MXCSR's FTZ bit, on x86-64); returns the control word to hand back to
+    `restore_denormals` at the kernel's end (0 elsewhere, where it does nothing).
+
+    Without it, every exp, product or sum whose result is subnormal costs an
+    x86 core a microcode assist: float32 rows with a tenth of their logits 95
+    below the max took 12 times as long as unmasked ones (Intel Xeon (Emerald
+    Rapids), 16x32000, one thread), float64 rows 720 below 7 times. TensorFlow
+    runs its kernels flushing so too (and so gives 0 there); aarch64 cores
+    take subnormals without such stalls, and keep them.
+    """
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        if not _target.is_x86():
+            return ir.Constant(i32, 0)
+        slot = cgutils.alloca_once(builder, i32)
+        _control_word(builder, slot, store=True)
+        word = builder.load(slot)
+        builder.store(builder.or_(word, ir.Constant(i32, _FLUSH_TO_ZERO)), slot)
+        _control_word(builder, slot, store=False)
+        return word
+    return types.int32(), codegen
+
+
+@intrinsic
+def restore_denormals(typingctx, word):
+    """Give this thread back the control word `word` that `flush_denormals` returned."""
+    def codegen(context, builder, sig, args):
+        if _target.is_x86():
+            slot = cgutils.alloca_once(builder, ir.IntType(32))
+            builder.store(args[0], slot)
+            _control_word(builder, slot, store=False)
+        return context.get_dummy_value()
+    return types.none(types.int32), codegen
 
 
 @intrinsic

@@ -41,8 +41,8 @@ from xent._fused._borrow import borrowed, keep_alive
 from xent._fused._chunks import below_max, counted_sum
 from xent._fused._exps import exp_of
 from xent._fused._formats import hardware_half, like, load, store, store_finite
-from xent._fused._llvm import call_llvm, is_finite, label_loss, max_finite, mul_exact, splat, \
-    vectorise_wide
+from xent._fused._llvm import call_llvm, flush_denormals, is_finite, label_loss, max_finite, \
+    mul_exact, restore_denormals, splat, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import FAST, INLINE, KERNEL
 from xent._fused._rows import label_entry, weight
@@ -383,6 +383,7 @@ def _nan_row(out, r, ref):
 def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= narrow_max()]``."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
     lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
@@ -393,6 +394,7 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, sums, l)
     keep_alive(lanes)
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
@@ -401,6 +403,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     (may be x: a block is read whole before any of it is written); w_i is
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
     lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
@@ -423,6 +426,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
                 store_finite(out, (r, j), t[j, l] * f)
             store(out, (r, labels[r]), label_entry(x_label, m, w, inv_s))
     keep_alive(lanes)
+    restore_denormals(word)
 
 
 @njit(**INLINE)
@@ -453,6 +457,7 @@ def _dense_narrow_row(ms, sums, l):
 def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of x ``[N, C <= NARROW_DENSE_MAX]``, targets y."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
@@ -467,6 +472,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, sums, l)
     keep_alive(lanes)
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
@@ -475,6 +481,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     w_i is `xent._fused._rows.weight`(weights, i), and w_i y_j is rounded on
     its own (`mul_exact`: w_i = 1 gives the bits of softmax - y)."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
@@ -497,3 +504,4 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
             for j in range(c):
                 store(out, (r, j), t[j, l] * f - mul_exact(ty[j, l], wy))
     keep_alive(lanes)
+    restore_denormals(word)

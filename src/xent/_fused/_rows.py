@@ -25,7 +25,8 @@ from xent._fused._pass_b import chunk_factor, rescale
 from xent._fused._scale import fill_nan
 from xent._fused._stream import stream_to
 from xent._fused._formats import like, load, store
-from xent._fused._llvm import fmuladd, label_loss, store_fence, vectorise_wide
+from xent._fused._llvm import flush_denormals, fmuladd, label_loss, restore_denormals, store_fence, \
+    vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
 
@@ -268,12 +269,14 @@ def _target(y, i):
 def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and labels ``[N]``."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x = borrowed(x)   # (`_borrow`: its views count no references, nor those of st)
     stats = chunk_stats(x)
     st = borrowed(stats)
     for i in range(lo, hi):
         loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], st, _next_row(x, i), fetch)
     keep_alive(stats)
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
@@ -281,6 +284,7 @@ def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
     """As `sparse_loss_rows`, and out[i] = w_i (softmax(x[i]) - one_hot(labels[i]))
     with w_i = `weight`(weights, i)."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, out = borrowed(x), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
@@ -290,6 +294,7 @@ def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
                                            _exp_row(row, scratch), None,
                                            st, _next_row(x, i), fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
@@ -301,6 +306,7 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
     vectorise_wide()
     if lo >= hi:
         return
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, out = borrowed(x), borrowed(out)   # (`_borrow`)
     n = np.uint64(x.shape[1])
     stats = chunk_stats(x)
@@ -326,12 +332,14 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
             fill_nan(out[i], x[i, 0])
     store_fence()
     keep_alive((stats, kept, scales, stored))
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
 def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
     """As `sparse_grad_rows` with out = x: the gradient overwrites the logits."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x = borrowed(x)   # (`_borrow`)
     stats, scratch_row, saved = chunk_stats(x), _exp_scratch(x, x), _save_chunk(x)
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
@@ -341,18 +349,21 @@ def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
                                            _exp_row(row, scratch), save, st, _next_row(x, i),
                                            fetch, None)
     keep_alive((stats, scratch_row, saved))
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
 def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and targets y ``[1 or N, C]``."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
     stats = chunk_stats(x)
     st = borrowed(stats)
     for i in range(lo, hi):
         loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st, _next_rows(x, y, i), fetch)
     keep_alive(stats)
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
@@ -362,6 +373,7 @@ def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
     targets too cost these plain stores 9-10% on 256 rows of 32000, 0-4% on
     1024 (Intel Xeon (Emerald Rapids), 2 threads), and gained nothing at 8192."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
@@ -371,6 +383,7 @@ def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
                                           _exp_row(row, scratch), None, st,
                                           (_next_row(x, i), None), fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
@@ -382,6 +395,7 @@ def dense_grad_rows_streamed(x, y, weights, out, loss, lse, fetch, lo, hi):
     vectorise_wide()
     if lo >= hi:
         return
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     n = np.uint64(x.shape[1])
     stats = chunk_stats(x)
@@ -405,12 +419,14 @@ def dense_grad_rows_streamed(x, y, weights, out, loss, lse, fetch, lo, hi):
             fill_nan(out[i], x[i, 0])
     store_fence()
     keep_alive((stats, kept, scales, stored))
+    restore_denormals(word)
 
 
 @njit(**KERNEL)
 def dense_grad_rows_inplace(x, y, weights, loss, lse, fetch, lo, hi):
     """As `dense_grad_rows` with out = x: the gradient overwrites the logits."""
     vectorise_wide()
+    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
     stats, scratch_row, saved = chunk_stats(x), _exp_scratch(x, x), _save_chunk(x)
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
@@ -420,3 +436,4 @@ def dense_grad_rows_inplace(x, y, weights, loss, lse, fetch, lo, hi):
                                           _exp_row(row, scratch), save, st,
                                           _next_rows(x, y, i), fetch, None)
     keep_alive((stats, scratch_row, saved))
+    restore_denormals(word)

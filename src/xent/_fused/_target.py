@@ -29,7 +29,7 @@ import llvmlite.binding as llvm
 from numba.core import config
 from numba.core.codegen import get_host_cpu_features
 
-__all__ = ["cpu_name", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather",
+__all__ = ["cpu_name", "is_x86", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather",
            "wide_vectors", "external_symbols", "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE",
            "LRINT_PROBE", "FMA_PROBE", "isa"]
 
@@ -37,6 +37,12 @@ __all__ = ["cpu_name", "host_cpu_name", "cpu_features", "lowers_natively", "has_
 def cpu_name():
     """The CPU numba compiles for: ``NUMBA_CPU_NAME``, else the host's (e.g. ``"znver3"``)."""
     return config.CPU_NAME or llvm.get_host_cpu_name()
+
+
+@functools.cache
+def is_x86():
+    """Whether numba compiles for x86-64 (the process's own architecture)."""
+    return llvm.get_process_triple().startswith(("x86_64", "amd64"))
 
 
 @functools.cache
