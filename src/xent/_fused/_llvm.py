@@ -292,13 +292,17 @@ def flush_denormals(typingctx):
     """Make this thread flush results below the smallest normal float to 0
     (MXCSR's FTZ bit, on x86-64); returns the control word to hand back to
     `restore_denormals` at the kernel's end (0 elsewhere, where it does nothing).
+    A kernel calls it after its allocations: an error returns from a numba
+    function at once, and would leave the thread flushing.
 
     Without it, every exp, product or sum whose result is subnormal costs an
     x86 core a microcode assist: float32 rows with a tenth of their logits 95
     below the max took 12 times as long as unmasked ones (Intel Xeon (Emerald
     Rapids), 16x32000, one thread), float64 rows 720 below 7 times. TensorFlow
-    runs its kernels flushing so too (and so gives 0 there); aarch64 cores
-    take subnormals without such stalls, and keep them.
+    runs its kernels flushing so too (and so gives 0 there; it also reads
+    subnormal inputs as 0, which xent does not: the SSE2 baseline's float16
+    conversion needs them). aarch64 keeps subnormals here (TensorFlow flushes
+    there too).
     """
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)

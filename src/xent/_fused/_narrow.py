@@ -383,11 +383,11 @@ def _nan_row(out, r, ref):
 def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= narrow_max()]``."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
     lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_block(x, None, labels, flat, r0, rows, t, ms, sums)
@@ -403,12 +403,12 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     (may be x: a block is read whole before any of it is written); w_i is
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
     lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_block(x, None, labels, flat, r0, rows, t, ms, sums)
@@ -457,7 +457,6 @@ def _dense_narrow_row(ms, sums, l):
 def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of x ``[N, C <= NARROW_DENSE_MAX]``, targets y."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
@@ -465,6 +464,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
@@ -481,7 +481,6 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     w_i is `xent._fused._rows.weight`(weights, i), and w_i y_j is rounded on
     its own (`mul_exact`: w_i = 1 gives the bits of softmax - y)."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
     lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
@@ -489,6 +488,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for r0 in range(lo, hi, _LANES):
         rows = min(_LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)

@@ -25,8 +25,8 @@ from xent._fused._pass_b import chunk_factor, rescale
 from xent._fused._scale import fill_nan
 from xent._fused._stream import stream_to
 from xent._fused._formats import like, load, store
-from xent._fused._llvm import flush_denormals, fmuladd, label_loss, restore_denormals, store_fence, \
-    vectorise_wide
+from xent._fused._llvm import flush_denormals, fmuladd, label_loss, restore_denormals, \
+    store_fence, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE, KERNEL
 
@@ -269,10 +269,10 @@ def _target(y, i):
 def sparse_loss_rows(x, labels, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and labels ``[N]``."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x = borrowed(x)   # (`_borrow`: its views count no references, nor those of st)
     stats = chunk_stats(x)
     st = borrowed(stats)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi):
         loss[i], lse[i] = _sparse_row_loss(x[i], labels[i], st, _next_row(x, i), fetch)
     keep_alive(stats)
@@ -284,10 +284,10 @@ def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
     """As `sparse_loss_rows`, and out[i] = w_i (softmax(x[i]) - one_hot(labels[i]))
     with w_i = `weight`(weights, i)."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, out = borrowed(x), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _sparse_row_grad(x[i], labels[i], weight(weights, i), row,
@@ -306,7 +306,6 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
     vectorise_wide()
     if lo >= hi:
         return
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, out = borrowed(x), borrowed(out)   # (`_borrow`)
     n = np.uint64(x.shape[1])
     stats = chunk_stats(x)
@@ -315,6 +314,7 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
     stored = np.full(1, n, np.uint64)                   # entries of the pending row stored
     st, e, f, done = borrowed(stats), borrowed(kept), borrowed(scales), borrowed(stored)
     label, at_label = -1, out[lo, 0]                    # the pending row's (label -1: none)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi + 1):
         previous = (out[max(i - 1, lo)], e[(i + 1) % 2], f[(i + 1) % 2], done, None)
         ok = False
@@ -339,10 +339,10 @@ def sparse_grad_rows_streamed(x, labels, weights, out, loss, lse, fetch, lo, hi)
 def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
     """As `sparse_grad_rows` with out = x: the gradient overwrites the logits."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x = borrowed(x)   # (`_borrow`)
     stats, scratch_row, saved = chunk_stats(x), _exp_scratch(x, x), _save_chunk(x)
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _sparse_row_grad(row, labels[i], weight(weights, i), row,
@@ -356,10 +356,10 @@ def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
 def dense_loss_rows(x, y, loss, lse, fetch, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C]`` and targets y ``[1 or N, C]``."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
     stats = chunk_stats(x)
     st = borrowed(stats)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi):
         loss[i], lse[i] = _dense_row_loss(x[i], _target(y, i), st, _next_rows(x, y, i), fetch)
     keep_alive(stats)
@@ -373,10 +373,10 @@ def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
     targets too cost these plain stores 9-10% on 256 rows of 32000, 0-4% on
     1024 (Intel Xeon (Emerald Rapids), 2 threads), and gained nothing at 8192."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     stats, scratch_row = chunk_stats(x), _exp_scratch(x, out)
     st, scratch = borrowed(stats), borrowed(scratch_row)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = _dense_row_grad(x[i], _target(y, i), weight(weights, i), row,
@@ -395,7 +395,6 @@ def dense_grad_rows_streamed(x, y, weights, out, loss, lse, fetch, lo, hi):
     vectorise_wide()
     if lo >= hi:
         return
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`_borrow`)
     n = np.uint64(x.shape[1])
     stats = chunk_stats(x)
@@ -403,6 +402,7 @@ def dense_grad_rows_streamed(x, y, weights, out, loss, lse, fetch, lo, hi):
     scales = np.empty((2, stats.shape[1]), np.float64)  # and their per-chunk factors
     stored = np.full(1, n, np.uint64)                   # entries of the pending row stored
     st, e, f, done = borrowed(stats), borrowed(kept), borrowed(scales), borrowed(stored)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi + 1):
         before = max(i - 1, lo)
         previous = (out[before], e[(i + 1) % 2], f[(i + 1) % 2], done,
@@ -426,10 +426,10 @@ def dense_grad_rows_streamed(x, y, weights, out, loss, lse, fetch, lo, hi):
 def dense_grad_rows_inplace(x, y, weights, loss, lse, fetch, lo, hi):
     """As `dense_grad_rows` with out = x: the gradient overwrites the logits."""
     vectorise_wide()
-    word = flush_denormals()   # (`_llvm.flush_denormals`: back at the end)
     x, y = borrowed(x), borrowed(y)   # (`_borrow`)
     stats, scratch_row, saved = chunk_stats(x), _exp_scratch(x, x), _save_chunk(x)
     st, scratch, save = borrowed(stats), borrowed(scratch_row), borrowed(saved)
+    word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = _dense_row_grad(row, _target(y, i), weight(weights, i), row,
