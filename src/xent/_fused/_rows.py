@@ -134,19 +134,37 @@ def _sparse_row_grad_later(x, label, w, e, factors, st, next_x, fetch, pending):
 
 
 @njit(**INLINE)
+def _dense_row_pass_a(x, y, e, save, st, ahead, fetch, pending):
+    """Pass A, the combine and the targets' sums of a row against targets y:
+    (ok, M, S, sum_j y_j, sum_j y_j (x_j - M)). Not ok for a NaN row (a NaN, a
+    ``+inf``, all ``-inf``); e, save, ahead, fetch and pending go to `exp_pass`."""
+    if not exp_pass(x, y, e, save, st, ahead, fetch, pending):
+        return False, np.nan, np.nan, np.nan, np.nan
+    top, total = combine(x, y, st)
+    if top == -np.inf:
+        return False, np.nan, np.nan, np.nan, np.nan
+    sy, syx = combine_targets(st, top)
+    return True, top, total, sy, syx
+
+
+@njit(**INLINE)
+def _dense_loss(x, top, total, sy, syx):
+    """(loss, lse) of a row from its pass A: sum_j y_j (lse - x_j) = log S sum_j y_j
+    - sum_j y_j (x_j - M), and lse = M + log S."""
+    log_s = _log_total(total, x)
+    return log_s * sy - syx, top + log_s
+
+
+@njit(**INLINE)
 def _dense_row_loss(x, y, st, ahead, fetch):
     """(loss, lse) of one row against targets y: sum_j y_j (lse - x_j). `ahead`
     is (the next row of logits, the next row of targets), where pass A's
     prefetches run on to if `fetch`."""
-    nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, None, None, st, ahead, fetch, None):
+    ok, top, total, sy, syx = _dense_row_pass_a(x, y, None, None, st, ahead, fetch, None)
+    if not ok:
+        nan = like(np.nan, load(x, 0))
         return nan, nan
-    top, total = combine(x, y, st)
-    if top == -np.inf:
-        return nan, nan
-    sy, syx = combine_targets(st, top)
-    log_s = _log_total(total, x)
-    return log_s * sy - syx, top + log_s
+    return _dense_loss(x, top, total, sy, syx)
 
 
 @njit(**INLINE)
@@ -156,18 +174,13 @@ def _dense_row_grad(x, y, w, out, e, save, st, ahead, fetch, next_out):
     w (float64, the row's weight), e, save, fetch and next_out as in
     `_sparse_row_grad`; `ahead` as in `_dense_row_loss`.
     """
-    nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, e, save, st, ahead, fetch, None):
+    ok, top, total, sy, syx = _dense_row_pass_a(x, y, e, save, st, ahead, fetch, None)
+    if not ok:
+        nan = like(np.nan, load(x, 0))
         fill_nan(out, nan)
         return nan, nan
-    top, total = combine(x, y, st)
-    if top == -np.inf:
-        fill_nan(out, nan)
-        return nan, nan
-    sy, syx = combine_targets(st, top)
     rescale(e, (y, w), out, st, top, w / total, next_out)
-    log_s = _log_total(total, x)
-    return log_s * sy - syx, top + log_s
+    return _dense_loss(x, top, total, sy, syx)
 
 
 @njit(**INLINE)
@@ -176,18 +189,15 @@ def _dense_row_grad_later(x, y, w, e, factors, st, ahead, fetch, pending):
     to store: (ok, loss, lse). e receives the row's exps and factors its
     per-chunk factors, while pass A stores the `pending` row's gradient. Not
     ok: a NaN row, nothing left to store."""
-    nan = like(np.nan, load(x, 0))
-    if not exp_pass(x, y, e, None, st, ahead, fetch, pending):
+    ok, top, total, sy, syx = _dense_row_pass_a(x, y, e, None, st, ahead, fetch, pending)
+    if not ok:
+        nan = like(np.nan, load(x, 0))
         return False, nan, nan
-    top, total = combine(x, y, st)
-    if top == -np.inf:
-        return False, nan, nan
-    sy, syx = combine_targets(st, top)
     inv_s = w / total
     for c in range(st.shape[1]):
         factors[c] = chunk_factor(st, c, top, inv_s)
-    log_s = _log_total(total, x)
-    return True, log_s * sy - syx, top + log_s
+    loss, lse = _dense_loss(x, top, total, sy, syx)
+    return True, loss, lse
 
 
 # --- where pass A keeps the exps ----------------------------------------------------------------
