@@ -5,9 +5,9 @@ and its per-row steps (the loops' ends, the statistics, the combine, a
 scalar log) cost about 60 ns for a row of 10 logits. Rows of at most
 `narrow_max()` classes in float32 arithmetic (`NARROW_DENSE_MAX` with dense
 targets) go 16 at a time through `_narrow_block` instead: the rows are
-copied transposed into a ``[C, 16]`` scratch (taking each row's max on the
-way), so that the exps, their sums and the logs run across rows, one row per
-vector lane:
+copied transposed into a ``[C, 16]`` scratch (`xent._fused._lanes`, taking
+each row's max on the way), so that the exps, their sums and the logs run
+across rows, one row per vector lane:
 
     t[j, l] = exp(x[r0 + l, j] - M_l),  S_l = sum_j t[j, l],  log S_l
 
@@ -29,20 +29,19 @@ log (`log_of_sum`, to 2e-11 where the chunk path's is float64's own) and the
 order of the sum.
 """
 import functools
-import math
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
 from xent._fused._chunks import below_max, counted_sum
 from xent._fused._exps import exp_of
-from xent._fused._formats import hardware_half, like, load, store, store_finite
-from xent._fused._llvm import call_llvm, flush_denormals, is_finite, label_loss, max_finite, \
-    mul_exact, restore_denormals, splat, vectorise_wide
+from xent._fused._formats import like, load, store, store_finite
+from xent._fused._lanes import LANES, lane_scratch, transpose
+from xent._fused._llvm import flush_denormals, is_finite, label_loss, mul_exact, \
+    restore_denormals, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import FAST, INLINE, KERNEL
 from xent._fused._rows import label_entry, weight
@@ -79,149 +78,12 @@ def narrow_max():
 # thread, float32 loss+grad on AMD Zen 4: 10 classes 26 against 80 ns per
 # row, 16: 48 against 84, 24: 89 against 88, 32: 100 against 89).
 NARROW_DENSE_MAX = 16
-_LANES = 16
 # The rows of a block's lane statistics ms (`_narrow_block`): 0 the max, 1 and
 # 2 the even classes' sum and sum below the max, then with integer labels 3
 # the label's logit, with dense targets 3 and 4 the targets' sums; the last
 # two, the odd classes' sums (`_lane_exps`).
 _SPARSE_STATS, _DENSE_STATS = 6, 7
 _U0, _U1, _U2 = np.uint64(0), np.uint64(1), np.uint64(2)
-
-
-def _lanes(rows, dtype):
-    """A ``[rows, 16]`` scratch of `dtype`, a row of values per vector lane (numba only)."""
-
-
-@overload(_lanes)
-def _lanes_impl(rows, dtype):
-    return lambda rows, dtype: np.empty((rows, _LANES), dtype)
-
-
-# --- copying 16 rows into lanes ---------------------------------------------------------------
-
-def _gather_lanes(builder, row_ptr, offsets, at_start, dtype):
-    """IR: 16 elements of a numba array of `dtype` (float32, or uint16/int16 bits
-    of bfloat16/float16) at `offsets` (``<16 x i32>``) from `row_ptr`, as float32s.
-
-    One ``vgatherdps``/``vpgatherdd``. A gather has no 16-bit form, so a
-    half-precision element is read as the high half of the 32-bit word that
-    ends with it; the array's very first element (`at_start` and offset 0),
-    which no word ends with inside the array, as the low half of the word
-    that starts with it. float16 is converted by LLVM, so `_transpose`
-    gathers it only where the CPU converts float16 itself.
-    """
-    i32, i8 = ir.IntType(32), ir.IntType(8)
-    ints, floats = ir.VectorType(i32, _LANES), ir.VectorType(ir.FloatType(), _LANES)
-    every = ir.Constant(ir.VectorType(ir.IntType(1), _LANES), [1] * _LANES)
-    pointers = ir.VectorType(ir.PointerType(), _LANES)
-
-    def splat_int(value):
-        return ir.Constant(ints, [value] * _LANES)
-
-    if dtype == types.float32:
-        where = builder.gep(row_ptr, [offsets], source_etype=ir.FloatType())
-        where.type = pointers   # llvmlite types every GEP as a scalar pointer
-        return call_llvm(builder, "llvm.masked.gather.v16f32.v16p0", floats,
-                         [where, ir.Constant(i32, 4), every, ir.Constant(floats, ir.Undefined)])
-    first = builder.and_(builder.icmp_signed("==", offsets, splat_int(0)), at_start)
-    start = builder.sub(builder.shl(offsets, splat_int(1)),
-                        builder.select(first, splat_int(0), splat_int(2)))
-    where = builder.gep(row_ptr, [start], source_etype=i8)
-    where.type = pointers
-    words = call_llvm(builder, "llvm.masked.gather.v16i32.v16p0", ints,
-                      [where, ir.Constant(i32, 2), every, ir.Constant(ints, ir.Undefined)])
-    high = builder.select(first, builder.shl(words, splat_int(16)),
-                          builder.and_(words, splat_int(-65536)))
-    if dtype == types.uint16:   # bfloat16: its bits are a float32's high half
-        return builder.bitcast(high, floats)
-    halves = builder.trunc(builder.lshr(high, splat_int(16)), ir.VectorType(ir.IntType(16), _LANES))
-    return builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), _LANES)), floats)
-
-
-@intrinsic
-def _gather_rows(typingctx, flat, r0, rows, t, ms):
-    """t[j, l] = flat[(r0 + l) c + j] as float32 (row r0 + l of C = t.shape[0]
-    classes in lane l; lanes from `rows` on repeat row r0 + rows - 1), and
-    ms[0, l] = max_j t[j, l] ignoring NaN (``-inf`` for a row of NaN), and
-    ms[1, l] = 0: one gather and one vector max per class.
-
-    flat holds float32, or bfloat16/float16 bits (uint16/int16) and then at
-    least two of them (see `_gather_lanes`); t and ms are float32 ``[C, 16]``
-    and ``[_SPARSE_STATS or _DENSE_STATS, 16]``. Measured on AMD Zen 4
-    (bench/RESULTS.md), 65536x10 float32 loss, one thread: 14 -> 11.4 ns per
-    row against the plain transposition (`_copy_rows`), whose vector reloads waited on its
-    one-float stores. `_transpose` uses it where the CPU has a gather.
-    """
-    def codegen(context, builder, sig, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        floats, ints = ir.VectorType(ir.FloatType(), _LANES), ir.VectorType(i32, _LANES)
-        source = context.make_array(sig.args[0])(context, builder, args[0])
-        lanes_t = context.make_array(sig.args[3])(context, builder, args[3])
-        stats = context.make_array(sig.args[4])(context, builder, args[4])
-        classes = builder.extract_value(lanes_t.shape, 0)
-        c = builder.trunc(classes, i32)
-        last = splat(builder, builder.trunc(builder.sub(args[2], ir.Constant(i64, 1)), i32), ints)
-        lane = ir.Constant(ints, list(range(_LANES)))
-        lane_start = builder.mul(builder.select(builder.icmp_signed("<", lane, last), lane, last),
-                                 splat(builder, c, ints))
-        row_ptr = builder.gep(source.data, [builder.mul(args[1], classes)])
-        at_start = splat(builder, builder.icmp_signed("==", args[1], ir.Constant(i64, 0)),
-                         ir.VectorType(ir.IntType(1), _LANES))
-        entry = builder.block
-        head = builder.append_basic_block("gather.head")
-        body = builder.append_basic_block("gather.body")
-        done = builder.append_basic_block("gather.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        j = builder.phi(i32)
-        top = builder.phi(floats)
-        j.add_incoming(ir.Constant(i32, 0), entry)
-        top.add_incoming(ir.Constant(floats, [-math.inf] * _LANES), entry)
-        builder.cbranch(builder.icmp_unsigned("<", j, c), body, done)
-        builder.position_at_end(body)
-        column = _gather_lanes(builder, row_ptr, builder.add(lane_start, splat(builder, j, ints)),
-                               at_start, sig.args[0].dtype)
-        target = builder.gep(lanes_t.data,
-                             [builder.mul(builder.zext(j, i64), ir.Constant(i64, _LANES))])
-        builder.store(column, builder.bitcast(target, floats.as_pointer()), align=4)
-        top.add_incoming(call_llvm(builder, "llvm.maxnum.v16f32", floats, [top, column],
-                                   ("nnan", "nsz")), body)
-        j.add_incoming(builder.add(j, ir.Constant(i32, 1)), body)
-        builder.branch(head)
-        builder.position_at_end(done)
-        builder.store(top, builder.bitcast(stats.data, floats.as_pointer()), align=4)
-        sums = builder.gep(stats.data, [ir.Constant(i64, _LANES)])
-        builder.store(ir.Constant(floats, [0.0] * _LANES),
-                      builder.bitcast(sums, floats.as_pointer()), align=4)
-        return context.get_dummy_value()
-    return types.none(flat, r0, rows, t, ms), codegen
-
-
-@njit(**INLINE)
-def _copy_rows(flat, r0, rows, t, ms):
-    """`_gather_rows` in plain numba: the rows copied one entry at a time."""
-    c = t.shape[0]
-    for l in range(_LANES):
-        row = r0 + min(l, rows - 1)
-        ms[0, l] = -np.inf
-        ms[1, l] = 0.0
-        for j in range(c):
-            v = load(flat, row * c + j)
-            t[j, l] = v
-            ms[0, l] = max_finite(ms[0, l], v)
-
-
-def _transpose(flat, r0, rows, t, ms):
-    """`_gather_rows` where the CPU numba compiles for has a vector gather
-    (AVX2, AVX-512), else `_copy_rows` (numba only)."""
-
-
-# Inlined by numba: left to LLVM, the narrow kernels called it (see `_options`).
-@overload(_transpose, inline="always")
-def _transpose_impl(flat, r0, rows, t, ms):
-    if _target.has_gather() and (flat.dtype != types.int16 or hardware_half()):
-        return lambda flat, r0, rows, t, ms: _gather_rows(flat, r0, rows, t, ms)
-    return lambda flat, r0, rows, t, ms: _copy_rows(flat, r0, rows, t, ms)
 
 
 # --- 16 rows at once ----------------------------------------------------------------------------
@@ -258,7 +120,7 @@ def _leave_out_labels_impl(labels, r0, rows, t, ms):
         return lambda labels, r0, rows, t, ms: None
 
     def leave_out(labels, r0, rows, t, ms):
-        for l in range(_LANES):
+        for l in range(LANES):
             label = labels[r0 + min(l, rows - 1)]
             if 0 <= label < t.shape[0]:
                 ms[3, l] = t[label, l]
@@ -276,7 +138,7 @@ def _lane_exps(x, ty, t, ms, j, s):
     odd ones to two rows of their own, so that a lane's float32 sums take
     half its terms each: one sum of 128 terms in a row, its rounding grew to
     2e-6 of a confident row's loss (a review, session 22; 1.1e-6 for 64)."""
-    for l in range(_LANES):
+    for l in range(LANES):
         d = t[j, l] - ms[0, l]
         v = exp_of(x, ty, d)
         t[j, l] = v
@@ -297,13 +159,13 @@ def _lane_sums(x, ty, ms, sums):
 def _lane_sums_impl(x, ty, ms, sums):
     if isinstance(ty, types.NoneType):
         def with_label(x, ty, ms, sums):
-            for l in range(_LANES):
+            for l in range(LANES):
                 at_label = exp_of(x, ty, ms[3, l] - ms[0, l])
                 sums[0, l] = _counted(x, ms, l) + np.float64(at_label)
         return with_label
 
     def counted(x, ty, ms, sums):
-        for l in range(_LANES):
+        for l in range(LANES):
             sums[0, l] = _counted(x, ms, l)
     return counted
 
@@ -338,8 +200,8 @@ def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
     """
     c = np.uint64(x.shape[1])
     odd = ms.shape[0] - 2
-    _transpose(flat, r0, rows, t, ms)
-    for l in range(_LANES):
+    transpose(flat, r0, rows, t, ms)
+    for l in range(LANES):
         ms[2, l] = 0.0
         ms[odd, l] = 0.0
         ms[odd + 1, l] = 0.0
@@ -350,7 +212,7 @@ def _narrow_block(x, ty, labels, flat, r0, rows, t, ms, sums):
     if c % _U2:
         _lane_exps(x, ty, t, ms, c - _U1, 1)
     _lane_sums(x, ty, ms, sums)
-    for l in range(_LANES):
+    for l in range(LANES):
         sums[1, l] = log_of_sum(sums[0, l])
 
 
@@ -384,12 +246,13 @@ def sparse_narrow_loss_rows(x, labels, loss, lse, lo, hi):
     """loss[i], lse[i] for rows i in [lo, hi) of logits x ``[N, C <= narrow_max()]``."""
     vectorise_wide()
     x = borrowed(x)   # (`xent._fused._borrow`: no reference counts per block)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
+    lanes = (lane_scratch(x.shape[1], np.float32), lane_scratch(_SPARSE_STATS, np.float32),
+             lane_scratch(2, np.float64))
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
-    for r0 in range(lo, hi, _LANES):
-        rows = min(_LANES, hi - r0)
+    for r0 in range(lo, hi, LANES):
+        rows = min(LANES, hi - r0)
         _narrow_block(x, None, labels, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             loss[r0 + l], lse[r0 + l], _, _ = _narrow_row(x, labels, r0 + l, ms, sums, l)
@@ -404,13 +267,14 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
     `xent._fused._rows.weight`(weights, i)."""
     vectorise_wide()
     x, out = borrowed(x), borrowed(out)   # (`xent._fused._borrow`)
-    lanes = _lanes(x.shape[1], np.float32), _lanes(_SPARSE_STATS, np.float32), _lanes(2, np.float64)
+    lanes = (lane_scratch(x.shape[1], np.float32), lane_scratch(_SPARSE_STATS, np.float32),
+             lane_scratch(2, np.float64))
     t, ms, sums = borrowed(lanes[0]), borrowed(lanes[1]), borrowed(lanes[2])
     flat = x.reshape(x.size)
     c = x.shape[1]
     word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
-    for r0 in range(lo, hi, _LANES):
-        rows = min(_LANES, hi - r0)
+    for r0 in range(lo, hi, LANES):
+        rows = min(LANES, hi - r0)
         _narrow_block(x, None, labels, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
@@ -435,10 +299,10 @@ def _narrow_targets(y, r0, rows, ty, ys, first):
     single row of targets, broadcast, only on a call's `first` block), and the
     lanes' targets' sums (rows 3 and 4 of `ys`, `_narrow_block`'s ms) set to 0."""
     if y.shape[0] > 1:
-        _transpose(y.reshape(y.size), r0, rows, ty, ys)
+        transpose(y.reshape(y.size), r0, rows, ty, ys)
     elif first:
-        _transpose(y.reshape(y.size), 0, 1, ty, ys)
-    for l in range(_LANES):
+        transpose(y.reshape(y.size), 0, 1, ty, ys)
+    for l in range(LANES):
         ys[3, l] = 0.0
         ys[4, l] = 0.0
 
@@ -459,14 +323,14 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
     vectorise_wide()
     x, y = borrowed(x), borrowed(y)   # (`xent._fused._borrow`)
     c = x.shape[1]
-    lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(_DENSE_STATS, np.float32), _lanes(2, np.float64))
+    lanes = (lane_scratch(c, np.float32), lane_scratch(c, np.float32),
+             lane_scratch(_DENSE_STATS, np.float32), lane_scratch(2, np.float64))
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
     word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
-    for r0 in range(lo, hi, _LANES):
-        rows = min(_LANES, hi - r0)
+    for r0 in range(lo, hi, LANES):
+        rows = min(LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
         _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
@@ -483,14 +347,14 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
     vectorise_wide()
     x, y, out = borrowed(x), borrowed(y), borrowed(out)   # (`xent._fused._borrow`)
     c = x.shape[1]
-    lanes = (_lanes(c, np.float32), _lanes(c, np.float32),
-             _lanes(_DENSE_STATS, np.float32), _lanes(2, np.float64))
+    lanes = (lane_scratch(c, np.float32), lane_scratch(c, np.float32),
+             lane_scratch(_DENSE_STATS, np.float32), lane_scratch(2, np.float64))
     t, ty, ms, sums = (borrowed(lanes[0]), borrowed(lanes[1]),
                        borrowed(lanes[2]), borrowed(lanes[3]))
     flat = x.reshape(x.size)
     word = flush_denormals()   # (`_llvm.flush_denormals`: after anything that may raise)
-    for r0 in range(lo, hi, _LANES):
-        rows = min(_LANES, hi - r0)
+    for r0 in range(lo, hi, LANES):
+        rows = min(LANES, hi - r0)
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
         _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):

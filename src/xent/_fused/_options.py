@@ -9,7 +9,7 @@ FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 # Kernels: compiled once per signature, cached on disk, and free of the GIL.
 KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": True}
 # Helpers: inlined into the kernels by numba, so that LLVM sees one loop.
-# Typed overloads (``@overload``) are not, but one (`_narrow._transpose`,
+# Typed overloads (``@overload``) are not, but one (`_lanes.transpose`,
 # which LLVM left a call): each is compiled once per signature and LLVM
 # inlines it (read in the assembly: no kernel calls one).
 # numba's own inlining deep-copies a helper's whole variable scope for each of
