@@ -5,7 +5,6 @@ against TensorFlow in test_torch.py)."""
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import xent

@@ -22,7 +22,6 @@ import platform
 import subprocess
 import sys
 
-import pytest
 
 _X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 

@@ -44,7 +44,8 @@ from xent._fused._llvm import flush_denormals, is_finite, label_loss, mul_exact,
     restore_denormals, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import FAST, INLINE, KERNEL
-from xent._fused._rows import label_entry, weight
+from xent._fused._one_row import label_entry
+from xent._fused._rows import weight
 
 __all__ = ["narrow_max", "NARROW_DENSE_MAX", "sparse_narrow_loss_rows",
            "sparse_narrow_grad_rows", "dense_narrow_loss_rows", "dense_narrow_grad_rows"]
