@@ -25,7 +25,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from xent._fused import _target
-from xent._fused._llvm import call_llvm, splat
+from xent._fused._llvm import call_llvm, close_loop, open_loop, splat
 
 __all__ = ["kernel_view", "load", "store", "store_finite", "like", "tiny", "bf16_to_f32",
            "f32_to_bf16", "finite_to_bf16", "f16_to_f32", "f32_to_f16", "scale_to_bf16",
@@ -292,12 +292,7 @@ def scale_to_bf16(typingctx, e, out, lo, hi, factor):
         step = ir.Constant(i64, BF16_BLOCK)
         end = builder.add(lo_, builder.mul(builder.udiv(builder.sub(hi_, lo_), step), step))
         none = ir.Constant(floats, [math.inf] * 16)
-        entry = builder.block
-        head = builder.append_basic_block("bf16.head")
-        body = builder.append_basic_block("bf16.body")
-        done = builder.append_basic_block("bf16.done")
-        builder.branch(head)
-        builder.position_at_end(head)
+        entry, head, body, done = open_loop(builder, "bf16")
         j = builder.phi(i64)
         lows = [builder.phi(floats) for _ in range(BF16_BLOCK // 16)]
         j.add_incoming(lo_, entry)
@@ -315,8 +310,7 @@ def scale_to_bf16(typingctx, e, out, lo, hi, factor):
             builder.store(builder.bitcast(builder.fptrunc(product, bfloats), halves),
                           target, align=2)
         j.add_incoming(builder.add(j, step), body)
-        builder.branch(head)
-        builder.position_at_end(done)
+        close_loop(builder, head, done)
         low = lows[0]
         for other in lows[1:]:
             low = call_llvm(builder, "llvm.minnum.v16f32", floats, [low, other], ("nnan", "nsz"))

@@ -16,7 +16,7 @@ from numba.extending import intrinsic, overload
 
 from xent._fused import _target
 from xent._fused._formats import hardware_half, load
-from xent._fused._llvm import call_llvm, max_finite, splat
+from xent._fused._llvm import call_llvm, close_loop, max_finite, open_loop, splat
 from xent._fused._options import INLINE
 
 __all__ = ["LANES", "lane_scratch", "transpose"]
@@ -101,12 +101,7 @@ def _gather_rows(typingctx, flat, r0, rows, t, ms):
         row_ptr = builder.gep(source.data, [builder.mul(args[1], classes)])
         at_start = splat(builder, builder.icmp_signed("==", args[1], ir.Constant(i64, 0)),
                          ir.VectorType(ir.IntType(1), LANES))
-        entry = builder.block
-        head = builder.append_basic_block("gather.head")
-        body = builder.append_basic_block("gather.body")
-        done = builder.append_basic_block("gather.done")
-        builder.branch(head)
-        builder.position_at_end(head)
+        entry, head, body, done = open_loop(builder, "gather")
         j = builder.phi(i32)
         top = builder.phi(floats)
         j.add_incoming(ir.Constant(i32, 0), entry)
@@ -121,8 +116,7 @@ def _gather_rows(typingctx, flat, r0, rows, t, ms):
         top.add_incoming(call_llvm(builder, "llvm.maxnum.v16f32", floats, [top, column],
                                    ("nnan", "nsz")), body)
         j.add_incoming(builder.add(j, ir.Constant(i32, 1)), body)
-        builder.branch(head)
-        builder.position_at_end(done)
+        close_loop(builder, head, done)
         builder.store(top, builder.bitcast(stats.data, floats.as_pointer()), align=4)
         sums = builder.gep(stats.data, [ir.Constant(i64, LANES)])
         builder.store(ir.Constant(floats, [0.0] * LANES),

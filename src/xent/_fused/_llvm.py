@@ -17,7 +17,7 @@ from numba.extending import intrinsic
 from xent._fused import _target
 
 __all__ = [
-    "call_llvm", "splat", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
+    "call_llvm", "splat", "open_loop", "close_loop", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
     "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled",
     "stream_scaled_less", "store_fence", "flush_denormals",
@@ -49,6 +49,27 @@ def splat(builder, value, vector_type):
                                  ir.Constant(ir.IntType(32), 0))
     return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined),
                                   ir.Constant(lanes, [0] * vector_type.count))
+
+
+def open_loop(builder, name):
+    """IR: start a loop `name` from the builder's block: append the blocks
+    ``name.head``, ``name.body`` and ``name.done``, branch to the head, and
+    leave the builder there (for the caller's phis and its branch to body or
+    done). Returns (the block entered from, head, body, done)."""
+    entry = builder.block
+    head = builder.append_basic_block(f"{name}.head")
+    body = builder.append_basic_block(f"{name}.body")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    return entry, head, body, done
+
+
+def close_loop(builder, head, done):
+    """IR: end a loop's body (`open_loop`) with the branch back to its head, and
+    leave the builder at the start of its `done` block."""
+    builder.branch(head)
+    builder.position_at_end(done)
 
 
 @intrinsic
