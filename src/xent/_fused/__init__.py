@@ -20,7 +20,9 @@ One file per idea, from the bottom up:
   _fetch     software prefetches: the logits ahead of pass A
   _chunks    one row in chunks: pass A and the combine
   _pass_b    the gradient of a row, from the exps pass A kept
-  _rows      the chunk path's row kernels, per need
+  _one_row   one row's loss and gradient, per need
+  _rows      the chunk path's kernels: a range of rows, per need
+  _lanes     16 rows copied into vector lanes (a gather where the CPU has one)
   _narrow    rows of at most 32 or 128 classes, 16 at a time, one per vector lane
   _pool      a large call's rows over threads (the caller and helper threads)
   _labels    the label range check, compiled

@@ -29,7 +29,7 @@ def lane_scratch(rows, dtype):
 
 
 @overload(lane_scratch)
-def _lanes_impl(rows, dtype):
+def _lane_scratch_impl(rows, dtype):
     return lambda rows, dtype: np.empty((rows, LANES), dtype)
 
 

@@ -17,7 +17,8 @@ from numba.extending import intrinsic
 from xent._fused import _target
 
 __all__ = [
-    "call_llvm", "splat", "open_loop", "close_loop", "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
+    "call_llvm", "splat", "open_loop", "close_loop",
+    "maximum", "max_finite", "floor_at", "mul_exact", "fmuladd",
     "label_loss", "is_finite", "prefetch", "lrint", "round_by_sum", "ldexp", "scale_by_bits",
     "fma", "split_exponent", "round_scale", "STREAM_BYTES", "stream_scaled",
     "stream_scaled_less", "store_fence", "flush_denormals",

@@ -296,7 +296,7 @@ def sparse_narrow_grad_rows(x, labels, weights, out, loss, lse, lo, hi):
 
 @njit(**INLINE)
 def _narrow_targets(y, r0, rows, ty, ys, first):
-    """Dense targets of rows r0 .. r0 + rows - 1 into ty, as `_gather_rows` (a
+    """Dense targets of rows r0 .. r0 + rows - 1 into ty, as `transpose` (a
     single row of targets, broadcast, only on a call's `first` block), and the
     lanes' targets' sums (rows 3 and 4 of `ys`, `_narrow_block`'s ms) set to 0."""
     if y.shape[0] > 1:

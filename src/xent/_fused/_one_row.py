@@ -9,10 +9,12 @@ written here) pass B of `xent._fused._pass_b`, with the loss:
                row's weight, 1 for TensorFlow's backprop)
 
 The ``*_later`` forms leave the gradient to the streamed kernels of
-`xent._fused._rows` (`xent._fused._stream`): they return the row's
-per-chunk factors instead of writing it. A NaN row (a NaN, a ``+inf``, all
-``-inf``; sparse: a label outside [0, C)) has a NaN loss and lse, and a NaN
-gradient.
+`xent._fused._rows` (`xent._fused._stream`): instead of writing it, they
+keep the row's exps and per-chunk factors in the caller's arrays, and say
+whether there is a gradient to store. A NaN row (a NaN, a ``+inf``, all
+``-inf``; sparse: a label outside [0, C)) has a NaN loss and lse; the
+``*_grad`` forms fill its gradient with NaN, the range kernels do it for
+the ``*_later`` ones.
 """
 import numpy as np
 from numba import njit, types

@@ -127,8 +127,8 @@ def sparse_grad_rows(x, labels, weights, out, loss, lse, fetch, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = sparse_row_grad(x[i], labels[i], weight(weights, i), row,
-                                           _exp_row(row, scratch), None,
-                                           st, _next_row(x, i), fetch, _next_row(out, i))
+                                          _exp_row(row, scratch), None,
+                                          st, _next_row(x, i), fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
     restore_denormals(word)
 
@@ -182,8 +182,8 @@ def sparse_grad_rows_inplace(x, labels, weights, loss, lse, fetch, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = sparse_row_grad(row, labels[i], weight(weights, i), row,
-                                           _exp_row(row, scratch), save, st, _next_row(x, i),
-                                           fetch, None)
+                                          _exp_row(row, scratch), save, st, _next_row(x, i),
+                                          fetch, None)
     keep_alive((stats, scratch_row, saved))
     restore_denormals(word)
 
@@ -216,8 +216,8 @@ def dense_grad_rows(x, y, weights, out, loss, lse, fetch, lo, hi):
     for i in range(lo, hi):
         row = out[i]
         loss[i], lse[i] = dense_row_grad(x[i], _target(y, i), weight(weights, i), row,
-                                          _exp_row(row, scratch), None, st,
-                                          (_next_row(x, i), None), fetch, _next_row(out, i))
+                                         _exp_row(row, scratch), None, st,
+                                         (_next_row(x, i), None), fetch, _next_row(out, i))
     keep_alive((stats, scratch_row))
     restore_denormals(word)
 
@@ -269,7 +269,7 @@ def dense_grad_rows_inplace(x, y, weights, loss, lse, fetch, lo, hi):
     for i in range(lo, hi):
         row = x[i]
         loss[i], lse[i] = dense_row_grad(row, _target(y, i), weight(weights, i), row,
-                                          _exp_row(row, scratch), save, st,
-                                          _next_rows(x, y, i), fetch, None)
+                                         _exp_row(row, scratch), save, st,
+                                         _next_rows(x, y, i), fetch, None)
     keep_alive((stats, scratch_row, saved))
     restore_denormals(word)
