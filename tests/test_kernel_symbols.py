@@ -18,7 +18,6 @@ import numpy as np
 import numba
 import pytest
 
-import xent
 from object_symbols import undefined_symbols
 from test_fused import FLOATS, run_three_ways
 from xent._fused import _labels, _math, _narrow, _rows, _target
