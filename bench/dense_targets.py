@@ -13,25 +13,13 @@ prints a markdown table of medians (ms) and of each median over the copy
 floor's. The host's own prefetch choice (`_launch.fetches_ahead`) stays on.
 """
 import sys
-import threading
-import time
 
 import numpy as np
 
 import xent
+from xent._bench._floors import on_threads
+from xent._bench._timing import interleaved_medians
 from xent._fused import _launch
-
-
-def on_threads(work, rows, threads):
-    """work(slice) over `threads` Python threads, each with its share of `rows`."""
-    bounds = np.linspace(0, rows, threads + 1).astype(int)
-    helpers = [threading.Thread(target=work, args=(slice(a, b),))
-               for a, b in zip(bounds[1:-1], bounds[2:])]
-    for helper in helpers:
-        helper.start()
-    work(slice(bounds[0], bounds[1]))
-    for helper in helpers:
-        helper.join()
 
 
 def cases(logits, targets, threads):
@@ -74,16 +62,7 @@ def main():
     targets = np.full(shape, 0.1 / shape[1], np.float32)
     targets[np.arange(shape[0]), rng.integers(0, shape[1], shape[0])] += np.float32(0.9)
     threads = xent.get_num_threads()
-    table = cases(logits, targets, threads)
-    times = {name: [] for name in table}
-    for call in table.values():   # compile, and fault every buffer in
-        call()
-    for _ in range(repeats):
-        for name, call in table.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    ms = interleaved_medians(cases(logits, targets, threads), repeats)
     floor = ms["copy floor"]
     print(f"{shape[0]}×{shape[1]} float32, dense targets, {threads} threads, medians of "
           f"{repeats} interleaved rounds\n")

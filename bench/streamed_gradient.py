@@ -12,26 +12,15 @@ gradient on, xent itself times both kinds on its first calls and keeps the
 faster (`_launch.STORES`); both kernels give the same bits.
 """
 import sys
-import threading
-import time
 
 import numpy as np
 
 import xent
+from xent._bench._floors import on_threads
+from xent._bench._timing import interleaved_medians
 from xent._fused import _launch
 
 SHAPES = [(2048, 4096), (4096, 4096), (8192, 32000), (2048, 128256)]
-
-
-def copy_floor(src, dst, threads):
-    """A memcpy of src into dst, its rows split over `threads` Python threads."""
-    bounds = np.linspace(0, src.shape[0], threads + 1).astype(int)
-    workers = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b]))
-               for a, b in zip(bounds[:-1], bounds[1:])]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
 
 
 def gradient_into(logits, labels, out, stream):
@@ -49,22 +38,14 @@ def measure(shape, repeats):
     logits = rng.standard_normal(shape, np.float32) * 3
     labels = rng.integers(0, shape[1], shape[0])
     out, work, copy = np.empty_like(logits), logits.copy(), np.empty_like(logits)
-    threads = xent.get_num_threads()
+    threads, n = xent.get_num_threads(), shape[0]
     cases = {
-        "copy floor": lambda: copy_floor(logits, copy, threads),
+        "copy floor": lambda: on_threads(lambda r: np.copyto(copy[r], logits[r]), n, threads),
         "plain stores": lambda: gradient_into(logits, labels, out, False),
         "streamed": lambda: gradient_into(logits, labels, out, True),
         "in place": lambda: _launch.sparse_rows(work, labels, work),
     }
-    times = {name: [] for name in cases}
-    for call in cases.values():   # compile, and fault every buffer in
-        call()
-    for _ in range(repeats):
-        for name, call in cases.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    return interleaved_medians(cases, repeats)
 
 
 def main():

@@ -89,6 +89,23 @@ def test_time_interleaved_idles_longer_after_a_framework_case(monkeypatch):
     assert sleeps == [0.05, 0.05, 0.3, 0.05, 0.05, 0.3]
 
 
+def test_interleaved_medians_warms_each_call_then_times_them_in_turn(monkeypatch):
+    """bench/'s scripts' loop: one untimed call each, then `rounds` rounds of every
+    call in turn; each call's median in ms (a fake clock that each call moves on)."""
+    clock, order = [0.0], []
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: clock[0])
+    steps = {"a": iter([9.0, 0.001, 0.003, 0.002]), "b": iter([9.0, 0.010, 0.030, 0.050])}
+
+    def call(name):
+        def run():
+            order.append(name)
+            clock[0] += next(steps[name])
+        return run
+    ms = _timing.interleaved_medians({"a": call("a"), "b": call("b")}, rounds=3)
+    assert order == ["a", "b"] * 4
+    assert ms == pytest.approx({"a": 2.0, "b": 30.0})
+
+
 def test_every_framework_peer_and_xent_on_a_framework_is_marked(monkeypatch):
     """The bench's torch, TensorFlow and JAX cases (peers and xent through them)
     are `framework` cases; xent on NumPy, NumPy and the floors are not."""

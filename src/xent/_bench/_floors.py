@@ -33,16 +33,16 @@ def floor_cases(logits):
     threads = floor_threads(logits)
 
     def memcpy():
-        _on_threads(lambda rows: np.copyto(target[rows], bits[rows]), len(bits), threads)
+        on_threads(lambda rows: np.copyto(target[rows], bits[rows]), len(bits), threads)
 
     def read():
-        _on_threads(lambda rows: bits[rows].max(), len(bits), threads)
+        on_threads(lambda rows: bits[rows].max(), len(bits), threads)
 
     cases = [Case("copy floor (memcpy)", "grad", memcpy, "floor"),
              Case("read floor", "loss", read, "floor")]
     row_copy = _row_copy_kernel() if threads > 1 else None
     if row_copy is not None:
-        cases.append(Case("copy floor (row loop)", "grad", lambda: _on_threads(
+        cases.append(Case("copy floor (row loop)", "grad", lambda: on_threads(
             lambda rows: row_copy(bits, target, rows.start, rows.stop), len(bits), threads),
             "floor"))
     return cases
@@ -59,8 +59,9 @@ def _split_rows(n, parts):
     return [slice(k * n // parts, (k + 1) * n // parts) for k in range(parts)]
 
 
-def _on_threads(work, n_rows, threads):
-    """Run ``work(rows)`` on `threads` threads, each with its share of the rows."""
+def on_threads(work, n_rows, threads):
+    """Run ``work(rows)`` on `threads` threads, each with its share of the rows
+    (the calling thread takes the first share): the floors' threads, also bench/'s scripts'."""
     shares = _split_rows(n_rows, threads)
     helpers = [threading.Thread(target=work, args=(rows,)) for rows in shares[1:]]
     for helper in helpers:

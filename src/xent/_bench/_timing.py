@@ -118,6 +118,20 @@ def neighbour_check(cases, rounds=5, idle_s=0.2):
     return results
 
 
+def interleaved_medians(calls, rounds):
+    """{name: median ms} of each of `calls` ({name: call}), after one untimed call
+    each (compiling, and faulting every buffer in), over `rounds` rounds that
+    run every call once in turn: the loop of bench/'s scripts, lighter than
+    `time_interleaved` (no budget, bursts or settling)."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].append(timed(call))
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
 def timed(run):
     """Seconds one `run()` takes."""
     start = time.perf_counter()
