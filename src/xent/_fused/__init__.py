@@ -8,6 +8,7 @@ read from memory once, and the gradient written once, with no temporaries.
 
 One file per idea, from the bottom up:
 
+  _pipeline  numba's compiler for the kernels: the untyped IR built once per kernel
   _options   numba's flags for kernels and inlined helpers
   _target    the CPU numba compiles for, and what it converts natively
   _llvm      LLVM operations numba does not expose (portable, no calls)

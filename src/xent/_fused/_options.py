@@ -5,9 +5,14 @@ or infinity: TensorFlow's NaN rows and ``-inf`` masks must survive. Where an
 order of operations matters, `xent._fused._llvm` has operations that the
 flags cannot regroup, and finiteness is tested on the bits (`is_finite`).
 """
+from xent._fused._pipeline import KernelCompiler
+
 FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
-# Kernels: compiled once per signature, cached on disk, and free of the GIL.
-KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": True}
+# Kernels: compiled once per signature, cached on disk, and free of the GIL;
+# a kernel's untyped IR (its helpers inlined) is built once for all its
+# signatures (`xent._fused._pipeline`).
+KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": True,
+          "pipeline_class": KernelCompiler}
 # Helpers: inlined into the kernels by numba, so that LLVM sees one loop.
 # Typed overloads (``@overload``) are not, but one (`_lanes.transpose`,
 # which LLVM left a call): each is compiled once per signature and LLVM

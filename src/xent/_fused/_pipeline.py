@@ -1,0 +1,108 @@
+"""numba's compiler for the kernels: each kernel's untyped IR built once, for all its signatures.
+
+numba compiles a kernel from its bytecode again for each new signature. The
+untyped stage of that work (bytecode to IR, and inlining the ``inline="always"``
+helpers: `xent._fused._options.INLINE`) was half of each compile: 2.4-2.8 of
+5.2-5.4 s for `_rows.sparse_grad_rows` (``haswell``), and every kernel is
+compiled for four or more dtypes. It does not read the arrays' dtypes, only:
+
+- the argument types that branch pruning resolves (None, omitted, literal),
+- an array's ``ndim`` (rewritten as a constant), a tuple's length.
+
+So `KernelCompiler` keeps a copy of the IR at the end of the untyped stage, keyed
+by the function, the compile flags and those parts of the argument types
+(`_untyped_key`: an array stands for its ``ndim`` alone, any other type for
+itself), and starts a later signature with the same key from a fresh copy,
+running only what follows: numba's literal propagation (which types the IR
+partially), then its typed and lowering passes as ever.
+"""
+import copy
+
+from numba.core import ir_utils, postproc, types
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_machinery import FunctionPass, PassManager, register_pass
+from numba.core.untyped_passes import LiteralPropagationSubPipelinePass
+
+__all__ = ["KernelCompiler"]
+
+# (function, flags, argument key) -> the function's IR at the end of the untyped stage.
+# A handful of kernels, each with one or two keys: not bounded further.
+_UNTYPED = {}
+
+
+def _untyped_key(state):
+    """What the untyped stage of compiling ``state.func_id.func`` for ``state.args`` reads,
+    as a key; taken before the compile starts (numba's inliner clears
+    ``state.flags.enable_ssa`` in place while it works)."""
+    args = tuple(("array", t.ndim) if isinstance(t, types.Array) else t for t in state.args)
+    return state.func_id.func, state.flags.copy(), args
+
+
+def _fresh_copy(func_ir, func_id):
+    """A `FunctionIR` that shares nothing mutable with `func_ir`, named for `func_id`.
+
+    One deep copy of all the blocks (one memo: the scope and each variable
+    copied once), the definitions rebuilt from them, and the analyses numba's
+    post-processing keeps recomputed, as the untyped stage's last passes leave
+    them.
+    """
+    fresh = copy.copy(func_ir)
+    fresh.blocks = copy.deepcopy(func_ir.blocks)
+    fresh.func_id = func_id
+    fresh._reset_analysis_variables()
+    fresh._definitions = ir_utils.build_definitions(fresh.blocks)
+    postproc.PostProcessor(fresh).run(emit_dels=False)
+    return fresh
+
+
+@register_pass(mutates_CFG=False, analysis_only=True)
+class _KeepUntyped(FunctionPass):
+    """Keeps a fresh copy of the untyped IR for the compiles of later signatures."""
+    _name = "xent_keep_untyped"
+
+    def __init__(self):
+        FunctionPass.__init__(self)
+
+    def run_pass(self, state):
+        if not state.lifted:      # (a kernel never has loops or ``with`` blocks lifted out)
+            _UNTYPED[state.xent_untyped_key] = _fresh_copy(state.func_ir, state.func_ir.func_id)
+        return False
+
+
+@register_pass(mutates_CFG=True, analysis_only=False)
+class _StartFromKept(FunctionPass):
+    """Starts this compile from a fresh copy of the kept untyped IR (as numba's
+    ``FixupArgs`` would leave the state after its bytecode translation)."""
+    _name = "xent_start_from_kept"
+
+    def __init__(self):
+        FunctionPass.__init__(self)
+
+    def run_pass(self, state):
+        state.func_ir = _fresh_copy(_UNTYPED[state.xent_untyped_key], state.func_id)
+        state.nargs = state.func_ir.arg_count
+        return True
+
+
+def _untyped_passes(state, kept):
+    """numba's untyped passes for `state`: all, with `_KeepUntyped` before literal
+    propagation; or, when `kept`, `_StartFromKept` and those after that point."""
+    default = DefaultPassBuilder.define_untyped_pipeline(state).passes
+    at = next(i for i, (cls, _) in enumerate(default) if cls is LiteralPropagationSubPipelinePass)
+    if kept:
+        return [(_StartFromKept, "start from the kept untyped IR")] + default[at:]
+    return default[:at] + [(_KeepUntyped, "keep the untyped IR")] + default[at:]
+
+
+class KernelCompiler(CompilerBase):
+    """numba's nopython pipeline, with the untyped stage run once per kernel and key."""
+
+    def define_pipelines(self):
+        state = self.state
+        state.xent_untyped_key = _untyped_key(state)
+        pm = PassManager("xent_nopython")
+        pm.passes.extend(_untyped_passes(state, state.xent_untyped_key in _UNTYPED))
+        pm.passes.extend(DefaultPassBuilder.define_typed_pipeline(state).passes)
+        pm.passes.extend(DefaultPassBuilder.define_nopython_lowering_pipeline(state).passes)
+        pm.finalize()
+        return [pm]

@@ -1,0 +1,111 @@
+"""The kernels' compiler (`xent._fused._pipeline`) builds a kernel's untyped IR once
+for all its signatures, and what it builds from the kept IR is what numba's own
+pipeline builds from the bytecode.
+
+The oracle is numba's default pipeline, compiling the same function for the same
+signature in a dispatcher of its own: the machine code must be the same but
+for symbol names, and the results the same bits. Small functions pin what
+the untyped stage reads of the argument types (an array's ``ndim``, a None).
+"""
+import re
+
+import numpy as np
+from numba import njit, objmode
+
+from xent._fused import _narrow, _pipeline
+from xent._fused._options import FAST, INLINE, KERNEL
+
+# The kernel options, less numba's disk cache: each dispatcher here compiles.
+COMPILED = {k: v for k, v in KERNEL.items() if k != "cache"}
+DEFAULT = {k: v for k, v in COMPILED.items() if k != "pipeline_class"}
+
+
+def started_from_kept_ir(dispatcher, signature):
+    """Whether `signature`'s compile started from a kept untyped IR (read from
+    numba's record of the passes it ran)."""
+    times = dispatcher.overloads[signature].metadata["pipeline_times"]
+    return any("xent_start_from_kept" in name for passes in times.values() for name in passes)
+
+
+def without_symbol_names(asm):
+    """Assembly with mangled names (which carry a compile's unique id) and numbers blanked."""
+    return re.sub(r"\d+", "#", re.sub(r"_ZN\w+", "SYMBOL", asm))
+
+
+def narrow_loss_args(dtype, rows=20, classes=10):
+    """Arguments of `_narrow.sparse_narrow_loss_rows`: ``[rows, classes]`` logits
+    (float32, or float16 as its raw bits) and labels; loss and lse buffers."""
+    x = np.random.default_rng(7).standard_normal((rows, classes)).astype(dtype)
+    labels = np.arange(rows) % classes
+    bits = x.view(np.int16) if dtype == np.float16 else x
+    return bits, labels, np.empty(rows, np.float32), np.empty(rows, np.float32), 0, rows
+
+
+def test_a_later_signature_compiles_from_the_kept_ir_to_numbas_own_machine_code(monkeypatch):
+    """`sparse_narrow_loss_rows` (its lane helpers inlined) compiled for float16 bits,
+    then float32: the float32 compile starts from the kept IR, and gives the
+    assembly, losses and lses that numba's default pipeline gives for float32.
+    (Nothing kept from this process's own compiles of the kernel.)"""
+    monkeypatch.setattr(_pipeline, "_UNTYPED", {})
+    kept = njit(**COMPILED)(_narrow.sparse_narrow_loss_rows.py_func)
+    default = njit(**DEFAULT)(_narrow.sparse_narrow_loss_rows.py_func)
+    first, later = narrow_loss_args(np.float16), narrow_loss_args(np.float32)
+    kept(*first)
+    kept(*later)
+    oracle = narrow_loss_args(np.float32)
+    default(*oracle)
+    first_sig, later_sig = kept.signatures
+    assert not started_from_kept_ir(kept, first_sig)
+    assert started_from_kept_ir(kept, later_sig)
+    assert default.signatures == [later_sig]
+    assert without_symbol_names(kept.inspect_asm(later_sig)) == \
+        without_symbol_names(default.inspect_asm(later_sig))
+    for got, want in zip(later[2:4], oracle[2:4]):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@njit(**INLINE)
+def _total(a):
+    """Sum of all of `a`, through ``a.ndim`` (a constant the untyped stage writes in)."""
+    if a.ndim == 1:
+        return a.sum()
+    return a.sum() * 1.0
+
+
+@njit(fastmath=FAST, error_model="numpy", pipeline_class=_pipeline.KernelCompiler)
+def total_or_first(a, scale):
+    """``a``'s total (times `scale`, if it is not None); 1-D arrays give the first entry."""
+    value = a[0] * 1.0 if a.ndim == 1 else _total(a)
+    if scale is None:
+        return value
+    return value * scale
+
+
+def test_the_kept_ir_is_keyed_by_each_arrays_ndim_and_by_a_none():
+    """The untyped stage rewrites ``a.ndim`` and prunes ``scale is None`` by the
+    argument types: each ndim and each None-ness gets its own kept IR, and
+    every dtype after the first of each starts from it, with the right results."""
+    two = np.arange(6.0).reshape(2, 3)
+    cases = [(two, None, 15.0), (two.astype(np.float32), None, 15.0), (two, 2.0, 30.0),
+             (two.astype(np.int64), 2.0, 30.0), (np.arange(1.0, 4.0), None, 1.0),
+             (np.arange(1, 4, dtype=np.int32), 3.0, 3.0)]
+    for a, scale, want in cases:
+        assert total_or_first(a, scale) == want
+    kept = [started_from_kept_ir(total_or_first, s) for s in total_or_first.signatures]
+    assert kept == [False, True, False, True, False, False]
+
+
+def test_a_function_with_an_object_mode_block_lifted_out_is_not_kept():
+    """A kept IR must be whole: where the untyped stage lifted a ``with objmode``
+    block out of the function (no kernel has one), nothing is kept, and each
+    signature compiles from its bytecode, with the right results."""
+    @njit(fastmath=FAST, pipeline_class=_pipeline.KernelCompiler)
+    def doubled_total(a):
+        with objmode(total="float64"):
+            total = float(np.sum(a))
+        return 2.0 * total
+
+    assert doubled_total(np.arange(4.0)) == 12.0
+    assert doubled_total(np.arange(4, dtype=np.int32)) == 12.0
+    assert [started_from_kept_ir(doubled_total, s) for s in doubled_total.signatures] == \
+        [False, False]
