@@ -15,17 +15,17 @@ a tensor of their size. Prints one table (Markdown) with medians over rounds.
 keras `CategoricalCrossentropy`, v1 `softmax_cross_entropy`) on target rows
 as large as the logits (label-smoothed one-hot rows), and the peer
 ``F.cross_entropy`` with probability targets.
+
+torch is imported once the arguments are read (`_arguments`): a bad one is
+reported at once, not after the seconds torch takes to import.
 """
 import argparse
 import statistics
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 import xent
-from xent._torch import _upstream
 from xent._bench._machine import compiled_for, cpu_model
 from xent.cli import _shape
 
@@ -50,6 +50,9 @@ _FACES = {
 def _cases(kind, labels):
     """The steps on `kind` labels: int labels ``[N]`` ("sparse") or target rows
     ``[N, C]`` ("dense"); each takes the logits leaf and returns a scalar."""
+    import torch
+    import torch.nn.functional as F
+
     nn_name, nn_face, keras_name, keras_class, v1_name, v1, peer = _FACES[kind]
     keras_loss = keras_class(from_logits=True)
 
@@ -67,6 +70,8 @@ def _cases(kind, labels):
 
 def _smoothed_one_hot(labels, classes, smoothing=0.1):
     """Float32 target rows ``[N, classes]``: one-hot `labels`, smoothed as Keras does."""
+    import torch
+
     targets = torch.full((labels.shape[0], classes), smoothing / classes)
     targets[torch.arange(labels.shape[0]), labels] += 1 - smoothing
     return targets
@@ -111,17 +116,28 @@ def _copy_floor(target, logits, steps):
     return statistics.median(times)
 
 
-def main():
+def _arguments():
+    """The command line's arguments; argparse's error (exit 2) for a bad one."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=_shape, default=(4096, 32000), metavar="ROWSxCLASSES")
     parser.add_argument("--labels", choices=("sparse", "dense"), default="sparse")
     parser.add_argument("--steps", type=_positive, default=9)
     parser.add_argument("--rounds", type=_positive, default=5)
     args = parser.parse_args()
-    n, c = args.shape
+    n, _ = args.shape
     if n <= args.steps + 2:   # (the new-shape case drops a row a step)
         parser.error(f"argument --shape: needs more than --steps + 2 = {args.steps + 2} rows; "
                      f"got {n}")
+    return args
+
+
+def main():
+    args = _arguments()
+    import torch
+
+    from xent._torch import _upstream
+
+    n, c = args.shape
     torch.set_num_threads(2)
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.standard_normal((n, c), dtype=np.float32))
