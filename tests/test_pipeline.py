@@ -10,7 +10,7 @@ the untyped stage reads of the argument types (an array's ``ndim``, a None).
 import re
 
 import numpy as np
-from numba import njit, objmode
+from numba import float64, literal_unroll, njit, objmode
 
 from xent._fused import _narrow, _pipeline
 from xent._fused._options import FAST, INLINE, KERNEL
@@ -27,9 +27,10 @@ def started_from_kept_ir(dispatcher, signature):
     return any("xent_start_from_kept" in name for passes in times.values() for name in passes)
 
 
-def without_symbol_names(asm):
-    """Assembly with mangled names (which carry a compile's unique id) and numbers blanked."""
-    return re.sub(r"\d+", "#", re.sub(r"_ZN\w+", "SYMBOL", asm))
+def without_unique_names(asm):
+    """Assembly with the names that carry a compile's unique id blanked: mangled
+    symbols, and numba's constant buffers."""
+    return re.sub(r"\.const\.picklebuf\.\d+", "PICKLEBUF", re.sub(r"_ZN\w+", "SYMBOL", asm))
 
 
 def narrow_loss_args(dtype, rows=20, classes=10):
@@ -58,15 +59,17 @@ def test_a_later_signature_compiles_from_the_kept_ir_to_numbas_own_machine_code(
     assert not started_from_kept_ir(kept, first_sig)
     assert started_from_kept_ir(kept, later_sig)
     assert default.signatures == [later_sig]
-    assert without_symbol_names(kept.inspect_asm(later_sig)) == \
-        without_symbol_names(default.inspect_asm(later_sig))
+    # the same flags (numba's mangled names carry them), the same machine code
+    assert kept.overloads[later_sig].fndesc.abi_tags == default.overloads[later_sig].fndesc.abi_tags
+    assert without_unique_names(kept.inspect_asm(later_sig)) == \
+        without_unique_names(default.inspect_asm(later_sig))
     for got, want in zip(later[2:4], oracle[2:4]):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @njit(**INLINE)
 def _total(a):
-    """Sum of all of `a`, through ``a.ndim`` (a constant the untyped stage writes in)."""
+    """Sum of all of `a` (an inlined helper; its ``a.ndim`` is typed, not rewritten)."""
     if a.ndim == 1:
         return a.sum()
     return a.sum() * 1.0
@@ -74,7 +77,9 @@ def _total(a):
 
 @njit(fastmath=FAST, error_model="numpy", pipeline_class=_pipeline.KernelCompiler)
 def total_or_first(a, scale):
-    """``a``'s total (times `scale`, if it is not None); 1-D arrays give the first entry."""
+    """``a``'s total (times `scale`, if it is not None); 1-D arrays give the first entry.
+    Its own ``a.ndim`` the untyped stage rewrites as a constant, and ``scale is
+    None`` it prunes."""
     value = a[0] * 1.0 if a.ndim == 1 else _total(a)
     if scale is None:
         return value
@@ -109,3 +114,28 @@ def test_a_function_with_an_object_mode_block_lifted_out_is_not_kept():
     assert doubled_total(np.arange(4, dtype=np.int32)) == 12.0
     assert [started_from_kept_ir(doubled_total, s) for s in doubled_total.signatures] == \
         [False, False]
+
+
+def test_a_function_with_local_types_or_a_literal_unroll_is_not_kept():
+    """Nothing is kept where the untyped stage reads more than the key: ``locals=``
+    types (SSA renames copy them) and ``literal_unroll`` (typed as it unrolls).
+    Each signature compiles from its bytecode, with the right results."""
+    @njit(fastmath=FAST, locals={"total": float64}, pipeline_class=_pipeline.KernelCompiler)
+    def total_of(a):
+        total = 0
+        for v in a:
+            total += v
+        return total
+
+    @njit(fastmath=FAST, pipeline_class=_pipeline.KernelCompiler)
+    def sum_of_each(a, b):
+        total = 0.0
+        for part in literal_unroll((a, b)):
+            total += part.sum()
+        return total
+
+    assert total_of(np.arange(4.0)) == 6.0 and total_of(np.arange(4, dtype=np.int32)) == 6.0
+    assert sum_of_each(np.ones(2), np.ones(3)) == 5.0
+    assert sum_of_each(np.ones(2, np.float32), np.ones(3, np.float32)) == 5.0
+    for function in (total_of, sum_of_each):
+        assert [started_from_kept_ir(function, s) for s in function.signatures] == [False, False]

@@ -9,24 +9,35 @@ compiled for four or more dtypes. It does not read the arrays' dtypes, only:
 - the argument types that branch pruning resolves (None, omitted, literal),
 - an array's ``ndim`` (rewritten as a constant), a tuple's length.
 
-So `KernelCompiler` keeps a copy of the IR at the end of the untyped stage, keyed
-by the function, the compile flags and those parts of the argument types
-(`_untyped_key`: an array stands for its ``ndim`` alone, any other type for
-itself), and starts a later signature with the same key from a fresh copy,
-running only what follows: numba's literal propagation (which types the IR
-partially), then its typed and lowering passes as ever.
+So `KernelCompiler` keeps a copy of the IR at the end of the untyped stage, with
+the compile flags as the stage left them (numba's inliner clears
+``enable_ssa``), keyed by the function, the flags it started with and those
+parts of the argument types (`_untyped_key`: an array stands for its ``ndim``
+alone, any other type for itself). A later signature with the same key starts
+from a fresh copy and those flags, and runs only what follows: numba's literal
+propagation (which types the IR partially), then its typed and lowering passes
+as ever. Nothing is kept from a function whose untyped stage reads more
+(`_keepable`): one with ``locals=`` types (SSA renames copy them), a
+``literal_unroll`` (typed as it unrolls), or a part lifted out to object mode.
+A kernel's globals are read once, at its first compile (numba reads them again
+for each signature; a kernel's are constants).
+
+Where numba's untyped pipeline has no literal propagation pass to keep the IR
+before (another numba version), every signature compiles from its bytecode.
 """
 import copy
 
-from numba.core import ir_utils, postproc, types
+from numba import literal_unroll
+from numba.core import ir, ir_utils, postproc, types
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.compiler_machinery import FunctionPass, PassManager, register_pass
 from numba.core.untyped_passes import LiteralPropagationSubPipelinePass
 
 __all__ = ["KernelCompiler"]
 
-# (function, flags, argument key) -> the function's IR at the end of the untyped stage.
-# A handful of kernels, each with one or two keys: not bounded further.
+# (function, flags, argument key) -> (the function's IR at the end of the untyped stage,
+# the flags as the stage left them). A handful of kernels, each with one or two
+# keys: not bounded further.
 _UNTYPED = {}
 
 
@@ -55,40 +66,59 @@ def _fresh_copy(func_ir, func_id):
     return fresh
 
 
+def _keepable(state):
+    """Whether the untyped stage read nothing of `state` beyond `_untyped_key`: no
+    ``locals=`` types, no ``literal_unroll``, nothing lifted out to object mode."""
+    unrolls = any(isinstance(stmt, ir.Assign) and isinstance(stmt.value, (ir.Global, ir.FreeVar))
+                  and stmt.value.value is literal_unroll
+                  for block in state.func_ir.blocks.values() for stmt in block.body)
+    return not (state.locals or state.lifted or unrolls)
+
+
 @register_pass(mutates_CFG=False, analysis_only=True)
 class _KeepUntyped(FunctionPass):
-    """Keeps a fresh copy of the untyped IR for the compiles of later signatures."""
+    """Keeps a fresh copy of the untyped IR, and the flags as the untyped stage
+    left them, for the compiles of later signatures."""
     _name = "xent_keep_untyped"
 
-    def __init__(self):
+    def __init__(self):   # (abstract in numba's CompilerPass)
         FunctionPass.__init__(self)
 
     def run_pass(self, state):
-        if not state.lifted:      # (a kernel never has loops or ``with`` blocks lifted out)
-            _UNTYPED[state.xent_untyped_key] = _fresh_copy(state.func_ir, state.func_ir.func_id)
+        if _keepable(state):
+            _UNTYPED[state.xent_untyped_key] = (_fresh_copy(state.func_ir, state.func_ir.func_id),
+                                                state.flags.copy())
         return False
 
 
 @register_pass(mutates_CFG=True, analysis_only=False)
 class _StartFromKept(FunctionPass):
-    """Starts this compile from a fresh copy of the kept untyped IR (as numba's
-    ``FixupArgs`` would leave the state after its bytecode translation)."""
+    """Starts this compile from a fresh copy of the kept untyped IR, with the flags
+    the untyped stage left (the state numba's passes up to there would leave)."""
     _name = "xent_start_from_kept"
 
-    def __init__(self):
+    def __init__(self):   # (abstract in numba's CompilerPass)
         FunctionPass.__init__(self)
 
     def run_pass(self, state):
-        state.func_ir = _fresh_copy(_UNTYPED[state.xent_untyped_key], state.func_id)
+        kept_ir, kept_flags = _UNTYPED[state.xent_untyped_key]
+        state.func_ir = _fresh_copy(kept_ir, state.func_id)
         state.nargs = state.func_ir.arg_count
+        for name, value in kept_flags.values().items():
+            if getattr(state.flags, name) != value:   # (enable_ssa; options such as
+                setattr(state.flags, name, value)     # ``inline`` take no value back)
         return True
 
 
 def _untyped_passes(state, kept):
     """numba's untyped passes for `state`: all, with `_KeepUntyped` before literal
-    propagation; or, when `kept`, `_StartFromKept` and those after that point."""
+    propagation; or, when `kept`, `_StartFromKept` and those after that point.
+    All, as they are, where there is no literal propagation pass."""
     default = DefaultPassBuilder.define_untyped_pipeline(state).passes
-    at = next(i for i, (cls, _) in enumerate(default) if cls is LiteralPropagationSubPipelinePass)
+    at = next((i for i, (cls, _) in enumerate(default)
+               if cls is LiteralPropagationSubPipelinePass), None)
+    if at is None:
+        return default
     if kept:
         return [(_StartFromKept, "start from the kept untyped IR")] + default[at:]
     return default[:at] + [(_KeepUntyped, "keep the untyped IR")] + default[at:]
