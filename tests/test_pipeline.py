@@ -139,3 +139,37 @@ def test_a_function_with_local_types_or_a_literal_unroll_is_not_kept():
     assert sum_of_each(np.ones(2, np.float32), np.ones(3, np.float32)) == 5.0
     for function in (total_of, sum_of_each):
         assert [started_from_kept_ir(function, s) for s in function.signatures] == [False, False]
+
+
+def _plain_total(a):
+    """The total of 1-D `a`, summed in a loop."""
+    total = 0
+    for v in a:
+        total += v
+    return total
+
+
+def test_a_dispatcher_with_local_types_never_starts_from_another_ones_kept_ir():
+    """The kept IR is keyed by function, not by dispatcher: a second dispatcher of
+    the same function with ``locals=`` types compiles from its bytecode (numba
+    gives each SSA rename the local's type), though the first kept its IR."""
+    plain = njit(fastmath=FAST, pipeline_class=_pipeline.KernelCompiler)(_plain_total)
+    typed = njit(fastmath=FAST, locals={"total": float64},
+                 pipeline_class=_pipeline.KernelCompiler)(_plain_total)
+    assert plain(np.arange(4.0)) == 6.0 and plain(np.arange(5.0)) == 10.0
+    assert typed(np.arange(4.0)) == 6.0
+    assert [started_from_kept_ir(plain, s) for s in plain.signatures] == [False]
+    assert [started_from_kept_ir(typed, s) for s in typed.signatures] == [False]
+    assert plain(np.arange(4, dtype=np.int32)) == 6
+    assert started_from_kept_ir(plain, plain.signatures[-1])
+
+
+def test_a_numba_without_the_literal_propagation_pass_keeps_nothing(monkeypatch):
+    """Where numba's untyped pipeline has no pass to keep the IR before, every
+    signature compiles from its bytecode, with numba's own passes, and is right."""
+    monkeypatch.setattr(_pipeline, "_LITERAL_PROPAGATION", None)
+    monkeypatch.setattr(_pipeline, "_UNTYPED", {})
+    total = njit(fastmath=FAST, pipeline_class=_pipeline.KernelCompiler)(_plain_total)
+    assert total(np.arange(4.0)) == 6.0 and total(np.arange(4, dtype=np.int32)) == 6
+    assert [started_from_kept_ir(total, s) for s in total.signatures] == [False, False]
+    assert _pipeline._UNTYPED == {}

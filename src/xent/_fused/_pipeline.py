@@ -28,12 +28,14 @@ before (another numba version), every signature compiles from its bytecode.
 import copy
 
 from numba import literal_unroll
-from numba.core import ir, ir_utils, postproc, types
+from numba.core import ir, ir_utils, postproc, types, untyped_passes
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.compiler_machinery import FunctionPass, PassManager, register_pass
-from numba.core.untyped_passes import LiteralPropagationSubPipelinePass
 
 __all__ = ["KernelCompiler"]
+
+# The pass the IR is kept before (None in a numba without it: nothing is kept).
+_LITERAL_PROPAGATION = getattr(untyped_passes, "LiteralPropagationSubPipelinePass", None)
 
 # (function, flags, argument key) -> (the function's IR at the end of the untyped stage,
 # the flags as the stage left them). A handful of kernels, each with one or two
@@ -116,7 +118,7 @@ def _untyped_passes(state, kept):
     All, as they are, where there is no literal propagation pass."""
     default = DefaultPassBuilder.define_untyped_pipeline(state).passes
     at = next((i for i, (cls, _) in enumerate(default)
-               if cls is LiteralPropagationSubPipelinePass), None)
+               if cls is _LITERAL_PROPAGATION), None)
     if at is None:
         return default
     if kept:
@@ -130,8 +132,10 @@ class KernelCompiler(CompilerBase):
     def define_pipelines(self):
         state = self.state
         state.xent_untyped_key = _untyped_key(state)
+        # (a compile with ``locals=`` types never starts from a kept IR: see `_keepable`)
+        kept = not state.locals and state.xent_untyped_key in _UNTYPED
         pm = PassManager("xent_nopython")
-        pm.passes.extend(_untyped_passes(state, state.xent_untyped_key in _UNTYPED))
+        pm.passes.extend(_untyped_passes(state, kept))
         pm.passes.extend(DefaultPassBuilder.define_typed_pipeline(state).passes)
         pm.passes.extend(DefaultPassBuilder.define_nopython_lowering_pipeline(state).passes)
         pm.finalize()
