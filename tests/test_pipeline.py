@@ -116,16 +116,20 @@ def test_a_function_with_an_object_mode_block_lifted_out_is_not_kept():
         [False, False]
 
 
+def _plain_total(a):
+    """The total of 1-D `a`, summed in a loop."""
+    total = 0
+    for v in a:
+        total += v
+    return total
+
+
 def test_a_function_with_local_types_or_a_literal_unroll_is_not_kept():
     """Nothing is kept where the untyped stage reads more than the key: ``locals=``
     types (SSA renames copy them) and ``literal_unroll`` (typed as it unrolls).
     Each signature compiles from its bytecode, with the right results."""
-    @njit(fastmath=FAST, locals={"total": float64}, pipeline_class=_pipeline.KernelCompiler)
-    def total_of(a):
-        total = 0
-        for v in a:
-            total += v
-        return total
+    total_of = njit(fastmath=FAST, locals={"total": float64},
+                    pipeline_class=_pipeline.KernelCompiler)(_plain_total)
 
     @njit(fastmath=FAST, pipeline_class=_pipeline.KernelCompiler)
     def sum_of_each(a, b):
@@ -139,14 +143,6 @@ def test_a_function_with_local_types_or_a_literal_unroll_is_not_kept():
     assert sum_of_each(np.ones(2, np.float32), np.ones(3, np.float32)) == 5.0
     for function in (total_of, sum_of_each):
         assert [started_from_kept_ir(function, s) for s in function.signatures] == [False, False]
-
-
-def _plain_total(a):
-    """The total of 1-D `a`, summed in a loop."""
-    total = 0
-    for v in a:
-        total += v
-    return total
 
 
 def test_a_dispatcher_with_local_types_never_starts_from_another_ones_kept_ir():

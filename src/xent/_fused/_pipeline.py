@@ -16,8 +16,8 @@ parts of the argument types (`_untyped_key`: an array stands for its ``ndim``
 alone, any other type for itself). A later signature with the same key starts
 from a fresh copy and those flags, and runs only what follows: numba's literal
 propagation (which types the IR partially), then its typed and lowering passes
-as ever. Nothing is kept from a function whose untyped stage reads more
-(`_keepable`): one with ``locals=`` types (SSA renames copy them), a
+as ever. Nothing is kept from, or started from, a compile whose untyped stage
+reads more: one with ``locals=`` types (SSA renames copy them), a
 ``literal_unroll`` (typed as it unrolls), or a part lifted out to object mode.
 A kernel's globals are read once, at its first compile (numba reads them again
 for each signature; a kernel's are constants).
@@ -51,30 +51,34 @@ def _untyped_key(state):
     return state.func_id.func, state.flags.copy(), args
 
 
-def _fresh_copy(func_ir, func_id):
-    """A `FunctionIR` that shares nothing mutable with `func_ir`, named for `func_id`.
+def _copy(func_ir, func_id):
+    """A `FunctionIR` that shares nothing mutable with `func_ir`, named for `func_id`:
+    one deep copy of all the blocks (one memo: the scope and each variable
+    copied once) and the definitions rebuilt from them. What is kept."""
+    copied = copy.copy(func_ir)
+    copied.blocks = copy.deepcopy(func_ir.blocks)
+    copied.func_id = func_id
+    copied._reset_analysis_variables()
+    copied._definitions = ir_utils.build_definitions(copied.blocks)
+    return copied
 
-    One deep copy of all the blocks (one memo: the scope and each variable
-    copied once), the definitions rebuilt from them, and the analyses numba's
-    post-processing keeps recomputed, as the untyped stage's last passes leave
-    them.
-    """
-    fresh = copy.copy(func_ir)
-    fresh.blocks = copy.deepcopy(func_ir.blocks)
-    fresh.func_id = func_id
-    fresh._reset_analysis_variables()
-    fresh._definitions = ir_utils.build_definitions(fresh.blocks)
+
+def _fresh_copy(func_ir, func_id):
+    """`_copy` with the analyses numba's post-processing keeps recomputed, as the
+    untyped stage's last passes leave them: what a compile starts from."""
+    fresh = _copy(func_ir, func_id)
     postproc.PostProcessor(fresh).run(emit_dels=False)
     return fresh
 
 
 def _keepable(state):
-    """Whether the untyped stage read nothing of `state` beyond `_untyped_key`: no
-    ``locals=`` types, no ``literal_unroll``, nothing lifted out to object mode."""
+    """Whether the untyped stage read nothing of `state` beyond `_untyped_key`, as
+    far as it shows only once the stage has run: no ``literal_unroll``, nothing
+    lifted out to object mode."""
     unrolls = any(isinstance(stmt, ir.Assign) and isinstance(stmt.value, (ir.Global, ir.FreeVar))
                   and stmt.value.value is literal_unroll
                   for block in state.func_ir.blocks.values() for stmt in block.body)
-    return not (state.locals or state.lifted or unrolls)
+    return not (state.lifted or unrolls)
 
 
 @register_pass(mutates_CFG=False, analysis_only=True)
@@ -88,7 +92,7 @@ class _KeepUntyped(FunctionPass):
 
     def run_pass(self, state):
         if _keepable(state):
-            _UNTYPED[state.xent_untyped_key] = (_fresh_copy(state.func_ir, state.func_ir.func_id),
+            _UNTYPED[state.xent_untyped_key] = (_copy(state.func_ir, state.func_ir.func_id),
                                                 state.flags.copy())
         return False
 
@@ -112,16 +116,18 @@ class _StartFromKept(FunctionPass):
         return True
 
 
-def _untyped_passes(state, kept):
+def _untyped_passes(state):
     """numba's untyped passes for `state`: all, with `_KeepUntyped` before literal
-    propagation; or, when `kept`, `_StartFromKept` and those after that point.
-    All, as they are, where there is no literal propagation pass."""
+    propagation; or, where an IR is kept for its key, `_StartFromKept` and those
+    after that point. All, as they are, for a compile with ``locals=`` types
+    (numba's SSA renames copy them, into the dispatcher's own dict) and where
+    there is no literal propagation pass."""
     default = DefaultPassBuilder.define_untyped_pipeline(state).passes
     at = next((i for i, (cls, _) in enumerate(default)
                if cls is _LITERAL_PROPAGATION), None)
-    if at is None:
+    if at is None or state.locals:
         return default
-    if kept:
+    if state.xent_untyped_key in _UNTYPED:
         return [(_StartFromKept, "start from the kept untyped IR")] + default[at:]
     return default[:at] + [(_KeepUntyped, "keep the untyped IR")] + default[at:]
 
@@ -132,10 +138,8 @@ class KernelCompiler(CompilerBase):
     def define_pipelines(self):
         state = self.state
         state.xent_untyped_key = _untyped_key(state)
-        # (a compile with ``locals=`` types never starts from a kept IR: see `_keepable`)
-        kept = not state.locals and state.xent_untyped_key in _UNTYPED
         pm = PassManager("xent_nopython")
-        pm.passes.extend(_untyped_passes(state, kept))
+        pm.passes.extend(_untyped_passes(state))
         pm.passes.extend(DefaultPassBuilder.define_typed_pipeline(state).passes)
         pm.passes.extend(DefaultPassBuilder.define_nopython_lowering_pipeline(state).passes)
         pm.finalize()
