@@ -20,7 +20,8 @@ as ever. Nothing is kept from, or started from, a compile whose untyped stage
 reads more: one with ``locals=`` types (SSA renames copy them), a
 ``literal_unroll`` (typed as it unrolls), or a part lifted out to object mode.
 A kernel's globals are read once, at its first compile (numba reads them again
-for each signature; a kernel's are constants).
+for each signature; a kernel's are constants). Its helpers are inlined by
+`xent._fused._inliner`, which builds each helper's IR once for all kernels.
 
 Where numba's untyped pipeline has no literal propagation pass to keep the IR
 before (another numba version), every signature compiles from its bytecode.
@@ -31,6 +32,8 @@ from numba import literal_unroll
 from numba.core import ir, ir_utils, postproc, types, untyped_passes
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.compiler_machinery import FunctionPass, PassManager, register_pass
+
+from xent._fused import _inliner
 
 __all__ = ["KernelCompiler"]
 
@@ -110,22 +113,26 @@ class _StartFromKept(FunctionPass):
         kept_ir, kept_flags = _UNTYPED[state.xent_untyped_key]
         state.func_ir = _fresh_copy(kept_ir, state.func_id)
         state.nargs = state.func_ir.arg_count
-        for name, value in kept_flags.values().items():
-            if getattr(state.flags, name) != value:   # (enable_ssa; options such as
-                setattr(state.flags, name, value)     # ``inline`` take no value back)
+        _inliner.restore_flags(state.flags, kept_flags)
         return True
 
 
 def _untyped_passes(state):
     """numba's untyped passes for `state`: all, with `_KeepUntyped` before literal
     propagation; or, where an IR is kept for its key, `_StartFromKept` and those
-    after that point. All, as they are, for a compile with ``locals=`` types
-    (numba's SSA renames copy them, into the dispatcher's own dict) and where
-    there is no literal propagation pass."""
-    default = DefaultPassBuilder.define_untyped_pipeline(state).passes
+    after that point. The helpers are inlined by `xent._fused._inliner` where it
+    mirrors the installed numba's inliner. numba's own passes, as they are, for
+    a compile with ``locals=`` types (numba's SSA renames copy them, into the
+    dispatcher's own dict, and its inliner hands them to each helper's build);
+    all of them where there is no literal propagation pass."""
+    pipeline = DefaultPassBuilder.define_untyped_pipeline(state)
+    if state.locals:
+        return pipeline.passes
+    default = (_inliner.with_helper_inlining(pipeline) if _inliner.MIRRORS_NUMBA
+               else pipeline).passes
     at = next((i for i, (cls, _) in enumerate(default)
                if cls is _LITERAL_PROPAGATION), None)
-    if at is None or state.locals:
+    if at is None:
         return default
     if state.xent_untyped_key in _UNTYPED:
         return [(_StartFromKept, "start from the kept untyped IR")] + default[at:]
