@@ -7,12 +7,14 @@ symbol names, and the results the same bits. Small helpers, nested and called
 from several sites, pin the renaming and the splicing; one kernel pins it at
 full size.
 """
+import functools
 import re
 
 import numba
 import numpy as np
+import pytest
 from numba import njit
-from numba.core import inline_closurecall
+from numba.core import errors, inline_closurecall, ir_utils
 from numba.core.untyped_passes import InlineInlinables
 
 from xent._fused import _inliner, _narrow, _pipeline
@@ -66,8 +68,9 @@ def _same_machine_code(kernel, oracle, signature):
 
 
 def test_the_installed_numba_is_the_one_the_inliner_mirrors():
-    """numba 0.62 to 0.68 have the inliner `_inliner` mirrors (its source read in each);
-    a later numba may not, and its kernels then inline by numba's own pass
+    """numba 0.62 (the oldest xent supports) to 0.68 have the inliner `_inliner`
+    mirrors (its source read in each); a later numba may not, and its kernels
+    then inline by numba's own pass
     (`test_a_numba_whose_inliner_reads_otherwise_inlines_by_its_own_pass`)."""
     version = tuple(int(part) for part in numba.__version__.split(".")[:2])
     if (0, 62) <= version <= (0, 68):
@@ -160,13 +163,22 @@ def test_a_numba_whose_inliner_reads_otherwise_inlines_by_its_own_pass(monkeypat
 def test_the_mirror_check_fails_on_another_source_a_missing_function_or_no_source(
         monkeypatch):
     """`_mirrors_numba` is False where one mirrored method's source differs, where a
-    numba function the inlining calls is gone, and where no source can be read."""
+    numba function the inlining calls is gone, where a method is wrapped (its
+    source is read from the function it wraps), and where no source can be read."""
     assert _inliner._mirrors_numba()
     with monkeypatch.context() as m:
         m.setitem(_inliner._MIRRORED, "InlineWorker.inline_ir", "0000000000")
         assert not _inliner._mirrors_numba()
     with monkeypatch.context() as m:
         m.delattr(inline_closurecall, "_replace_returns")
+        assert not _inliner._mirrors_numba()
+    with monkeypatch.context() as m:
+        m.delattr(ir_utils, "find_topo_order")
+        assert not _inliner._mirrors_numba()
+    with monkeypatch.context() as m:   # a patch that wraps numba's own method
+        numbas = inline_closurecall.InlineWorker.run_untyped_passes
+        m.setattr(inline_closurecall.InlineWorker, "run_untyped_passes",
+                  functools.wraps(numbas)(lambda *args, **kwargs: numbas(*args, **kwargs)))
         assert not _inliner._mirrors_numba()
     with monkeypatch.context() as m:
         def no_source(_):
@@ -192,3 +204,47 @@ def test_a_kernel_with_other_options_builds_its_helpers_for_its_own_flags(monkey
     assert kernel(x, 2) == oracle(x, 2)
     assert len(_inliner._HELPER_IR) == 4
     assert _same_machine_code(kernel, oracle, kernel.signatures[0])
+
+
+@njit(**INLINE)
+def _counted_to(n):
+    """0, 1, ..., n - 1 (a generator: numba inlines none)."""
+    for i in range(n):
+        yield i
+
+
+def total_counted_to(n):
+    """The sum of `_counted_to(n)`."""
+    total = 0
+    for value in _counted_to(n):
+        total += value
+    return total
+
+
+def test_a_helper_numba_cannot_inline_fails_as_numbas_own_inliner_fails():
+    """A generator helper: numba's inliner refuses it (its validator), and so does
+    the kernels' compiler, with numba's error."""
+    for options in (COMPILED, DEFAULT):
+        with pytest.raises(errors.UnsupportedError, match="yield in a closure"):
+            njit(**options)(total_counted_to)(4)
+
+
+def _scaled_kernel(scale):
+    """A kernel calling a closure helper that multiplies by `scale`."""
+    @njit(**INLINE)
+    def scaled(x):
+        return x * scale
+
+    def twice_scaled(x):
+        return scaled(x) + scaled(x)
+
+    return njit(**COMPILED)(twice_scaled), scaled.py_func
+
+
+def test_a_closure_helper_is_built_at_each_call_site(monkeypatch):
+    """A closure's cells may change, so its IR is not kept; each kernel reads its own."""
+    monkeypatch.setattr(_inliner, "_HELPER_IR", {})
+    (two, helper_two), (three, helper_three) = _scaled_kernel(2.0), _scaled_kernel(3.0)
+    assert two(1.5) == 6.0 and three(1.5) == 9.0
+    kept = {key[0] for key in _inliner._HELPER_IR}
+    assert helper_two not in kept and helper_three not in kept

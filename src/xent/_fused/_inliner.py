@@ -6,38 +6,48 @@ inlined the same way, nested 5-6 deep in the kernels; then it copies that IR
 twice, one block at a time, and each block's copy copies the helper's whole
 variable scope: (blocks × variables) per copy, one of the two copies unused.
 That was 3.5-5.8 s of the 6-10 s each kernel's first signature took to compile
-(``haswell``, session 25).
+(``haswell``, session 25); with what follows it takes 0.07-0.6 s of 1.9-3.9 s
+(the eight chunk kernels, for ``haswell``, ``x86-64`` and the host: session 26).
 
 `HelperInlining` is numba's pass with `_HelperInliner` as its worker, at every
 depth. A helper's untyped IR is built once per process: numba builds it for
 arguments of unknown type, so it depends only on the helper, the compile flags
-and the typing and target contexts (and the helper's globals, read once, as a
-kernel's are: `xent._fused._pipeline`; a closure or a block lifted to object
-mode would be built once too: the kernels' helpers have neither). Each call
-site inlines one copy of it, made in one pass over all its blocks, by numba's
-steps in numba's order (`_HelperInliner.inline_function`), so the kernel's IR
-is the one numba builds (tests/test_inliner.py compares the machine code).
+and the typing and target contexts, and on the helper's globals, which are
+read once for the whole process (numba reads them at each build; the
+kernels' helpers read only constants and other helpers). A closure is built
+at each call site, as numba does (its cells may change; no kernel helper is
+one); a helper with a block for object mode numba cannot inline. Each call
+site inlines one copy of it, made in one pass over all its blocks, by
+numba's steps in numba's order (`_HelperInliner.inline_function`), so the
+kernel's IR is the one numba builds but for block labels and the unique ids
+in variable names, which move with numba's counters (tests/test_inliner.py
+compares the machine code).
 
-Those steps are numba's ``InlineWorker.inline_ir`` as it is in numba 0.62 to
+Those steps are numba's ``InlineWorker.inline_ir`` as it is in numba 0.59 to
 0.68 and on numba's main branch (2026-06). Where the installed numba's
-inliner reads otherwise, or lacks a function used here, `MIRRORS_NUMBA` is
-False and the kernels use numba's own pass.
+inliner reads otherwise (or is wrapped), or lacks a function used here,
+`MIRRORS_NUMBA` is False and the kernels use numba's own pass.
 """
 import copy
 import hashlib
 import inspect
 import textwrap
 
-from numba.core import inline_closurecall, ir, ir_utils
+from numba.core import bytecode, inline_closurecall, ir, ir_utils
 from numba.core.compiler import DefaultPassBuilder
 from numba.core.compiler_machinery import register_pass
 from numba.core.untyped_passes import InlineInlinables
 
 __all__ = ["HelperInlining", "MIRRORS_NUMBA", "restore_flags", "with_helper_inlining"]
 
-# numba's functions the inlining below is built from, which numba reads the same way.
-_NUMBA_HELPERS = ("_created_inlined_var_name", "_get_callee_args", "_replace_args_with",
-                  "_replace_returns", "_add_definitions", "_get_all_scopes")
+# numba's functions the inlining below is built from (numba's own inliner calls them).
+_NUMBA_HELPERS = {
+    inline_closurecall: ("_created_inlined_var_name", "_get_callee_args", "_replace_args_with",
+                         "_replace_returns", "_add_definitions", "_get_all_scopes"),
+    ir_utils: ("_the_max_label", "add_offset_to_labels", "simplify_CFG", "replace_vars",
+               "next_label", "find_topo_order"),
+    bytecode.FunctionIdentity: ("derive",),
+}
 # SHA-1 of the source (dedented) of numba's methods mirrored or wrapped here, as numba
 # 0.62.0, 0.64.0, 0.66.0, 0.67.0, 0.68.1 and its main branch of 2026-06 have them: with
 # any other source, the kernels inline by numba's own pass.
@@ -55,13 +65,17 @@ _HELPER_IR = {}
 
 
 def _source_hash(method):
-    """The first 10 hex digits of the SHA-1 of `method`'s dedented source."""
+    """The first 10 hex digits of the SHA-1 of `method`'s dedented source (None for a
+    wrapped method, whose source `inspect` reads from the function it wraps)."""
+    if hasattr(method, "__wrapped__"):
+        return None
     source = textwrap.dedent(inspect.getsource(method))
     return hashlib.sha1(source.encode()).hexdigest()[:10]
 
 
 def _mirrors_numba():
-    """Whether the installed numba's inliner is the one mirrored here."""
+    """Whether the installed numba's inliner is the one mirrored here, and has the
+    functions used here."""
     owners = {"InlineWorker": inline_closurecall.InlineWorker,
               "InlineInlinables": InlineInlinables}
     try:
@@ -69,7 +83,8 @@ def _mirrors_numba():
                   for name in _MIRRORED}
     except (AttributeError, OSError, TypeError):   # (no source shipped, a method gone)
         return False
-    helpers = all(hasattr(inline_closurecall, name) for name in _NUMBA_HELPERS)
+    helpers = all(hasattr(owner, name) for owner, names in _NUMBA_HELPERS.items()
+                  for name in names)
     return helpers and hashes == _MIRRORED
 
 
@@ -146,8 +161,8 @@ def _splice(caller_ir, block, i, blocks):
 
 
 def with_helper_inlining(pipeline):
-    """`pipeline` (a numba `PassManager`, not finalized) with `HelperInlining` in place of
-    numba's ``InlineInlinables``."""
+    """`pipeline` (a numba `PassManager`; its caller finalizes it again) with
+    `HelperInlining` in place of numba's ``InlineInlinables``."""
     pipeline.passes = [(HelperInlining if cls is InlineInlinables else cls, text)
                        for cls, text in pipeline.passes]
     return pipeline
@@ -183,6 +198,8 @@ class _HelperInliner(inline_closurecall.InlineWorker):
         key = (func, flags, self.typingctx, type(self.targetctx))
         if key not in _HELPER_IR:
             func_ir = super().run_untyped_passes(func, enable_ssa)
+            if func.__code__.co_freevars:   # a closure: its cells may change
+                return func_ir
             _HELPER_IR[key] = func_ir, self.flags.copy()
         func_ir, flags_after = _HELPER_IR[key]
         restore_flags(self.flags, flags_after)
