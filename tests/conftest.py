@@ -91,24 +91,40 @@ def force_threads(monkeypatch):
     xent.set_num_threads(before)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Deselect the ``aarch64_lowering`` test except in the run that compiles for the
-    SSE2 baseline (deselected, not skipped: under CI a skip fails)."""
-    import aarch64_lowering
+# The tests that wait for the fused kernels' runs (tests/target_runs.py).
+_WAITS = "tests/test_targets.py::test_fused_kernels_right_when_compiled_for"
 
-    if os.environ.get(aarch64_lowering.ENV) == "1":
-        return
-    dropped = [item for item in items if item.get_closest_marker("aarch64_lowering")]
+
+def _deselect(config, items, dropped):
+    """Deselect `dropped` of `items` (deselected, not skipped: under CI a skip fails)."""
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if not item.get_closest_marker("aarch64_lowering")]
+        dropped = set(dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect the ``aarch64_lowering`` test except in the run that compiles for the
+    SSE2 baseline. Where the kernels' runs are among the tests, leave the
+    ``every_target`` tests to the host's run, which compiles into this
+    process's numba cache, and wait for the runs last."""
+    import aarch64_lowering
+
+    if os.environ.get(aarch64_lowering.ENV) != "1":
+        _deselect(config, items, [item for item in items
+                                  if item.get_closest_marker("aarch64_lowering")])
+    waits = [item for item in items if item.nodeid.startswith(_WAITS)]
+    if any(item.nodeid == f"{_WAITS}[host]" for item in waits):
+        _deselect(config, items, [item for item in items
+                                  if item.get_closest_marker("every_target")])
+    waiting = set(waits)
+    items[:] = [item for item in items if item not in waiting] + waits
 
 
 def pytest_collection_finish(session):
-    """Start the fused kernels' runs for other CPUs (tests/target_runs.py) in the
-    background as soon as a test that waits for them is among the collected tests."""
-    waits = "tests/test_targets.py::test_fused_kernels_right_when_compiled_for"
-    if any(item.nodeid.startswith(waits) for item in session.items):
+    """Start the fused kernels' runs (tests/target_runs.py) in the background as
+    soon as a test that waits for them is among the collected tests."""
+    if any(item.nodeid.startswith(_WAITS) for item in session.items):
         import target_runs
 
         target_runs.RUNS.start()

@@ -1,19 +1,23 @@
-"""The fused kernels' tests, compiled for older CPUs, in background subprocesses.
+"""The fused kernels' tests, compiled for this CPU and older ones, in background subprocesses.
 
 numba compiles for the host's CPU unless ``NUMBA_CPU_NAME`` and
 ``NUMBA_CPU_FEATURES`` name another; a newer CPU runs code for an older one.
 So an AVX-512 machine can test the kernels as an AVX2 laptop (``haswell``) or
 the SSE2 baseline (``x86-64``) would compile them: the kernels take other
-steps there (`xent._fused._target`). For each older target, a subprocess
-runs the ``every_target`` tests of tests/test_fused.py and
-tests/test_kernel_symbols.py into an empty numba cache. The host's own are
-the suite's: the same tests, in the suite's process.
+steps there (`xent._fused._target`). For each target, a subprocess runs the
+``every_target`` tests of tests/test_fused.py and tests/test_kernel_symbols.py:
+for the host into the suite's own numba cache (the suite's later tests load
+the kernels it compiles, and the suite's process leaves those tests to it:
+conftest.py), for each older target into an empty one.
 
 They run in the background while the rest of the suite runs (each takes a few
 minutes of compiling, on one core), started as soon as pytest has collected
-tests/test_targets.py (see conftest.py), and tests/test_targets.py waits for
-their results.
+tests/test_targets.py (see conftest.py), and tests/test_targets.py, which
+runs last, waits for their results. The older targets' runs yield the CPU to
+the suite and the host's run (a nice value of 10, where the OS has one): they
+fill a core the suite leaves idle.
 """
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -61,8 +65,11 @@ def _older_targets():
     return older
 
 
-TARGETS = {name: {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": ""}
-           for name, cpu in _older_targets().items()}
+# The host's run: the CPU numba sees, into the suite's own cache.
+HOST = "host"
+TARGETS = {HOST: {}}
+TARGETS.update({name: {"NUMBA_CPU_NAME": cpu, "NUMBA_CPU_FEATURES": ""}
+                for name, cpu in _older_targets().items()})
 # The SSE2 baseline's run also lowers the kernels it compiled for aarch64
 # (tests/aarch64_lowering.py; its test is deselected in every other run).
 if "x86-64" in TARGETS:
@@ -71,6 +78,9 @@ if "x86-64" in TARGETS:
 # share the cores with each other and the suite: on this session's slowed
 # 2-vCPU VM the fresh clone's suite took 959 s in all, so 1200 s was too near.
 TIMEOUT_S = 2400
+# The older targets' runs' nice value (POSIX): they take a core only when the suite's
+# process and the host's run leave it idle.
+OLDER_NICE = 10
 COMMAND = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "every_target",
            "tests/test_fused.py", "tests/test_kernel_symbols.py"]
 
@@ -93,29 +103,56 @@ class Run:
         return "\n".join(self.output.splitlines()[-lines:])
 
 
-def run_target(name, env_overrides):
-    """Run the every-target tests compiled for target `name`; return its `Run`."""
-    with tempfile.TemporaryDirectory(prefix=f"xent-numba-{name}-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache, **env_overrides)
-        start = time.perf_counter()
+def _yield_cpu(pid):
+    """Give process `pid` the nice value `OLDER_NICE`, where the OS has nice values."""
+    setpriority = getattr(os, "setpriority", None)
+    if setpriority is not None:
+        with contextlib.suppress(OSError):
+            setpriority(os.PRIO_PROCESS, pid, OLDER_NICE)
+
+
+def _run_tests(env, nice):
+    """Run `COMMAND` with `env` (at `OLDER_NICE` if `nice`); returns its exit code
+    (-1 if it ran past `TIMEOUT_S`) and its output."""
+    with subprocess.Popen([sys.executable, *COMMAND], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        if nice:
+            _yield_cpu(process.pid)
         try:
-            done = subprocess.run([sys.executable, *COMMAND], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=TIMEOUT_S)
-            code, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as exc:
-            code, output = -1, f"timed out after {TIMEOUT_S} s\n{exc.stdout or ''}"
-        return Run(name, code, output, time.perf_counter() - start)
+            output, _ = process.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            return -1, f"timed out after {TIMEOUT_S} s\n{output}"
+    return process.returncode, output
+
+
+def run_target(name, env_overrides):
+    """Run the every-target tests compiled for target `name`; return its `Run`. The
+    host's run uses the suite's numba cache; an older target's an empty one of its own."""
+    start = time.perf_counter()
+    if name == HOST:
+        code, output = _run_tests(dict(os.environ, **env_overrides), nice=False)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"xent-numba-{name}-") as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache, **env_overrides)
+            code, output = _run_tests(env, nice=True)
+    return Run(name, code, output, time.perf_counter() - start)
 
 
 class TargetRuns:
     """Every target's run, each on a background thread of its own, all at once
     (one after the other on a machine with one core).
 
-    Each run compiles every kernel anew on one core, and the suite's own
-    process runs beside them. On 2 cores, one after the other, the runs were
-    the suite's critical path: with the host's kernels compiled cold, the
-    suite took 668 s, 256 of them waiting for the second run after its own
-    tests were done (Intel Xeon, 2 vCPUs, session 24).
+    Each run compiles every kernel on one core, and the suite's own process
+    runs beside them. On 2 cores, one after the other, the runs were the
+    suite's critical path: with the host's kernels compiled cold, the suite
+    took 668 s, 256 of them waiting for the second run after its own tests
+    were done (Intel Xeon, 2 vCPUs, session 24). All at once, with the host's
+    every-target tests in the suite's own process, that process was the
+    critical path, and the second core idled once the runs were done
+    (session 25); so the host's tests run here too, and the older targets'
+    runs yield the CPU (`OLDER_NICE`).
     """
 
     def __init__(self):

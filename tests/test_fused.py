@@ -8,12 +8,12 @@ infinities and NaN, and any thread count. Identity tests (thread counts,
 in-place against a separate buffer) compare bit for bit.
 
 The kernels are compiled for the CPU numba targets, and take other steps on
-other CPUs (`xent._fused._target`). The tests marked ``every_target`` are run
-again by tests/test_targets.py, in subprocesses that compile for the SSE2
-baseline and, unless the host is that level, for AVX2 (``NUMBA_CPU_NAME``),
-with tests/test_kernel_symbols.py
-after them: they use int64 labels only, so that each target compiles each
-kernel once.
+other CPUs (`xent._fused._target`). The tests marked ``every_target`` are run,
+with tests/test_kernel_symbols.py after them, by tests/test_targets.py in
+subprocesses that compile for the host, for the SSE2 baseline and, unless
+the host is that level, for AVX2 (``NUMBA_CPU_NAME``); the suite's own
+process leaves them to those runs (conftest.py). They use int64 labels
+only, so that each target compiles each kernel once.
 """
 import os
 import re

@@ -11,8 +11,10 @@ Python C API and, from the process's libc and libm, ``memset``, ``memcpy``,
 
 Each kernel is compiled here, or loaded from numba's disk cache, and its
 object file's symbol table is read (tests/object_symbols.py). The suite runs
-this for the host; tests/test_targets.py runs it again, with tests/test_fused.py's
-``every_target`` tests, compiled for older CPUs.
+these tests, with tests/test_fused.py's ``every_target`` tests, in
+subprocesses that compile for the host and for older CPUs
+(tests/test_targets.py); ``pytest tests/test_kernel_symbols.py`` runs them
+for the host, in its own process.
 """
 import numpy as np
 import numba

@@ -35,3 +35,53 @@ def test_missing_package_skips_with_its_name_outside_ci(pytester, monkeypatch):
     result = _run(pytester, monkeypatch, ci=False)
     result.assert_outcomes(skipped=2)
     assert result.stdout.str().count(f"could not import '{MISSING}'") == 2
+
+
+# A suite in miniature: a fused-kernel test that every target runs, one that only
+# the suite's process runs, the runs' waits, and a test after them by name.
+KERNEL_TESTS = {
+    "test_fused.py": "import pytest\n\n\n@pytest.mark.every_target\ndef test_every_target():\n"
+                     "    pass\n\n\ndef test_in_the_suite_only():\n    pass\n",
+    "test_targets.py": "import pytest\n\n\n"
+                       "@pytest.mark.parametrize('target', ['host', 'x86-64'])\n"
+                       "def test_fused_kernels_right_when_compiled_for(target):\n    pass\n",
+    "test_zz_after.py": "def test_after():\n    pass\n",
+}
+
+
+def _run_kernel_tests(pytester, monkeypatch, *paths):
+    """pytest -v on `KERNEL_TESTS` (in a ``tests`` folder), with the suite's conftest
+    and the kernels' runs not started; the test names in the order they ran."""
+    import target_runs
+
+    monkeypatch.setattr(target_runs.RUNS, "start", lambda: None)
+    pytester.makeconftest(CONFTEST.read_text())
+    folder = pytester.mkdir("tests")
+    for name, text in KERNEL_TESTS.items():
+        (folder / name).write_text(text)
+    # (importlib: the suite's own test_fused and test_targets are imported already)
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider", "--import-mode=importlib",
+                                *paths)
+    return result, [line.split("::")[1].split(" ")[0] for line in result.outlines
+                    if " PASSED" in line]
+
+
+def test_the_host_run_takes_the_every_target_tests_and_the_waits_run_last(pytester,
+                                                                          monkeypatch):
+    """With the kernels' runs among the tests, the suite's process leaves the
+    ``every_target`` tests to the host's run (deselected, not skipped) and waits
+    for the runs after every other test."""
+    result, ran = _run_kernel_tests(pytester, monkeypatch)
+    result.assert_outcomes(passed=4, deselected=1)
+    assert ran == ["test_in_the_suite_only", "test_after",
+                   "test_fused_kernels_right_when_compiled_for[host]",
+                   "test_fused_kernels_right_when_compiled_for[x86-64]"]
+
+
+def test_without_the_runs_the_every_target_tests_run_in_the_suites_process(pytester,
+                                                                           monkeypatch):
+    """``pytest tests/test_fused.py`` (no runs collected) runs its ``every_target``
+    tests itself."""
+    result, ran = _run_kernel_tests(pytester, monkeypatch, "tests/test_fused.py")
+    result.assert_outcomes(passed=2)
+    assert ran == ["test_every_target", "test_in_the_suite_only"]
