@@ -8,11 +8,15 @@ naming it, and no comparison is silently left out (test_suite_rules.py pins
 this). An expected failure (``xfail``) stays one.
 """
 import os
+import sys
 
 import numpy as np
 import pytest
 
+import shared_cache
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+shared_cache.lock_saves()   # (the suite's process and the host's kernel run share numba's cache)
 
 pytest_plugins = ("pytester",)   # test_suite_rules.py runs pytest on small files
 
@@ -103,11 +107,12 @@ def _deselect(config, items, dropped):
         items[:] = [item for item in items if item not in dropped]
 
 
+@pytest.hookimpl(trylast=True)   # (after pytest's own -k, -m and --deselect)
 def pytest_collection_modifyitems(config, items):
     """Deselect the ``aarch64_lowering`` test except in the run that compiles for the
-    SSE2 baseline. Where the kernels' runs are among the tests, leave the
-    ``every_target`` tests to the host's run, which compiles into this
-    process's numba cache, and wait for the runs last."""
+    SSE2 baseline. Where the host's kernel run is among the selected tests,
+    leave it the ``every_target`` tests of the files it runs (it compiles into
+    this process's numba cache); and wait for the runs last."""
     import aarch64_lowering
 
     if os.environ.get(aarch64_lowering.ENV) != "1":
@@ -115,10 +120,17 @@ def pytest_collection_modifyitems(config, items):
                                   if item.get_closest_marker("aarch64_lowering")])
     waits = [item for item in items if item.nodeid.startswith(_WAITS)]
     if any(item.nodeid == f"{_WAITS}[host]" for item in waits):
+        import target_runs   # (collected with tests/test_targets.py)
+
         _deselect(config, items, [item for item in items
-                                  if item.get_closest_marker("every_target")])
+                                  if item.get_closest_marker("every_target")
+                                  and item.nodeid.split("::")[0] in target_runs.FILES])
     waiting = set(waits)
     items[:] = [item for item in items if item not in waiting] + waits
+
+
+# Set in the stash of a session that started the kernels' runs.
+_STARTED_RUNS = pytest.StashKey[bool]()
 
 
 def pytest_collection_finish(session):
@@ -128,3 +140,11 @@ def pytest_collection_finish(session):
         import target_runs
 
         target_runs.RUNS.start()
+        session.stash[_STARTED_RUNS] = True
+
+
+def pytest_sessionfinish(session):
+    """End the kernels' runs still running, in the session that started them (one
+    that stopped before waiting for them: ``-x``)."""
+    if session.stash.get(_STARTED_RUNS, False):
+        sys.modules["target_runs"].RUNS.stop()

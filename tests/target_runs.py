@@ -8,7 +8,8 @@ steps there (`xent._fused._target`). For each target, a subprocess runs the
 ``every_target`` tests of tests/test_fused.py and tests/test_kernel_symbols.py:
 for the host into the suite's own numba cache (the suite's later tests load
 the kernels it compiles, and the suite's process leaves those tests to it:
-conftest.py), for each older target into an empty one.
+conftest.py; each save to that cache holds a lock: tests/shared_cache.py),
+for each older target into an empty one.
 
 They run in the background while the rest of the suite runs (each takes a few
 minutes of compiling, on one core), started as soon as pytest has collected
@@ -32,10 +33,11 @@ import time
 from llvmlite import binding as llvm
 
 import aarch64_lowering
+import shared_cache
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The older CPUs to compile for, by the host's architecture: on x86-64 the
-# AVX2+FMA level (haswell; the suite's own where the host is that level) and
+# AVX2+FMA level (haswell; the host's run where the host is that level) and
 # the SSE2 baseline. An empty NUMBA_CPU_FEATURES means the named CPU's own
 # features (not the host's).
 _OLDER = {
@@ -56,8 +58,8 @@ def _host_is_avx2_level():
 
 def _older_targets():
     """The older CPUs to compile for on this host: on an AVX2-level x86-64 host the
-    SSE2 baseline only (a ``haswell`` run would repeat the suite's own tests,
-    and each run costs about 290 s of one core on a 2-core Zen 3)."""
+    SSE2 baseline only (a ``haswell`` run would repeat the host's run, and each
+    run cost about 290 s of one core on a 2-core Zen 3)."""
     machine = platform.machine().lower()
     older = dict(_OLDER.get(_ALIASES.get(machine, machine), {}))
     if "haswell" in older and _host_is_avx2_level():
@@ -81,8 +83,9 @@ TIMEOUT_S = 2400
 # The older targets' runs' nice value (POSIX): they take a core only when the suite's
 # process and the host's run leave it idle.
 OLDER_NICE = 10
-COMMAND = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "every_target",
-           "tests/test_fused.py", "tests/test_kernel_symbols.py"]
+# The files whose every_target tests the runs run.
+FILES = ("tests/test_fused.py", "tests/test_kernel_symbols.py")
+COMMAND = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "every_target", *FILES]
 
 
 @dataclasses.dataclass
@@ -111,11 +114,12 @@ def _yield_cpu(pid):
             setpriority(os.PRIO_PROCESS, pid, OLDER_NICE)
 
 
-def _run_tests(env, nice):
-    """Run `COMMAND` with `env` (at `OLDER_NICE` if `nice`); returns its exit code
-    (-1 if it ran past `TIMEOUT_S`) and its output."""
+def _run_tests(env, nice, running):
+    """Run `COMMAND` with `env` (at `OLDER_NICE` if `nice`), in set `running` while it
+    runs; returns its exit code (-1 if it ran past `TIMEOUT_S`) and its output."""
     with subprocess.Popen([sys.executable, *COMMAND], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        running.add(process)
         if nice:
             _yield_cpu(process.pid)
         try:
@@ -124,19 +128,23 @@ def _run_tests(env, nice):
             process.kill()
             output, _ = process.communicate()
             return -1, f"timed out after {TIMEOUT_S} s\n{output}"
+        finally:
+            running.discard(process)
     return process.returncode, output
 
 
-def run_target(name, env_overrides):
+def run_target(name, env_overrides, running):
     """Run the every-target tests compiled for target `name`; return its `Run`. The
-    host's run uses the suite's numba cache; an older target's an empty one of its own."""
+    host's run uses the suite's numba cache (where its saves are locked:
+    tests/shared_cache.py); an older target's an empty one of its own. Its process
+    is in set `running` while it runs."""
     start = time.perf_counter()
-    if name == HOST:
-        code, output = _run_tests(dict(os.environ, **env_overrides), nice=False)
+    if name == HOST and shared_cache.lock_saves():
+        code, output = _run_tests(dict(os.environ, **env_overrides), False, running)
     else:
         with tempfile.TemporaryDirectory(prefix=f"xent-numba-{name}-") as cache:
             env = dict(os.environ, NUMBA_CACHE_DIR=cache, **env_overrides)
-            code, output = _run_tests(env, nice=True)
+            code, output = _run_tests(env, True, running)
     return Run(name, code, output, time.perf_counter() - start)
 
 
@@ -159,6 +167,8 @@ class TargetRuns:
         self._runs, self._done = {}, {name: threading.Event() for name in TARGETS}
         self._started = False
         self._lock = threading.Lock()
+        self._running = set()   # (the runs' processes while they run)
+        self._stopped = False
 
     def start(self):
         """Start the runs (once)."""
@@ -174,8 +184,22 @@ class TargetRuns:
 
     def _run(self, names):
         for name in names:
-            self._runs[name] = run_target(name, TARGETS[name])
+            if self._stopped:
+                self._runs[name] = Run(name, -1, "not run: the session stopped", 0.0)
+            else:
+                self._runs[name] = run_target(name, TARGETS[name], self._running)
             self._done[name].set()
+
+    def stop(self):
+        """End the runs still running and start no more (a session that stops early,
+        ``-x``), and give their threads a moment to remove their temporary caches."""
+        self._stopped = True
+        for process in list(self._running):
+            with contextlib.suppress(OSError):
+                process.kill()
+        for done in self._done.values():
+            if self._started:
+                done.wait(10)
 
     def result(self, name):
         """Target `name`'s `Run`, once it has finished."""

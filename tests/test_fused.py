@@ -11,9 +11,10 @@ The kernels are compiled for the CPU numba targets, and take other steps on
 other CPUs (`xent._fused._target`). The tests marked ``every_target`` are run,
 with tests/test_kernel_symbols.py after them, by tests/test_targets.py in
 subprocesses that compile for the host, for the SSE2 baseline and, unless
-the host is that level, for AVX2 (``NUMBA_CPU_NAME``); the suite's own
-process leaves them to those runs (conftest.py). They use int64 labels
-only, so that each target compiles each kernel once.
+the host is that level, for AVX2 (``NUMBA_CPU_NAME``); where the host's run
+is among the selected tests, the suite's own process leaves them to it
+(conftest.py). They use int64 labels only, so that each target compiles
+each kernel once.
 """
 import os
 import re

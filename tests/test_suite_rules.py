@@ -7,6 +7,8 @@ running pytest, with the suite's conftest.py, on two small files.
 """
 import pathlib
 
+import pytest
+
 CONFTEST = pathlib.Path(__file__).with_name("conftest.py")
 MISSING = "a_package_that_is_not_installed"
 FILES = {
@@ -38,23 +40,31 @@ def test_missing_package_skips_with_its_name_outside_ci(pytester, monkeypatch):
 
 
 # A suite in miniature: a fused-kernel test that every target runs, one that only
-# the suite's process runs, the runs' waits, and a test after them by name.
+# the suite's process runs, the runs' waits, a test marked for every target in a
+# file the runs do not run, and a test after them by name.
 KERNEL_TESTS = {
     "test_fused.py": "import pytest\n\n\n@pytest.mark.every_target\ndef test_every_target():\n"
                      "    pass\n\n\ndef test_in_the_suite_only():\n    pass\n",
     "test_targets.py": "import pytest\n\n\n"
                        "@pytest.mark.parametrize('target', ['host', 'x86-64'])\n"
                        "def test_fused_kernels_right_when_compiled_for(target):\n    pass\n",
+    "test_other.py": "import pytest\n\n\n@pytest.mark.every_target\ndef test_elsewhere():\n"
+                     "    pass\n",
     "test_zz_after.py": "def test_after():\n    pass\n",
 }
 
 
 def _run_kernel_tests(pytester, monkeypatch, *paths):
     """pytest -v on `KERNEL_TESTS` (in a ``tests`` folder), with the suite's conftest
-    and the kernels' runs not started; the test names in the order they ran."""
+    and the kernels' runs neither started nor stopped; the test names in the order
+    they ran."""
     import target_runs
 
-    monkeypatch.setattr(target_runs.RUNS, "start", lambda: None)
+    class NoRuns:
+        """Runs that neither start nor stop (the suite's own are real)."""
+        start = stop = staticmethod(lambda: None)
+
+    monkeypatch.setattr(target_runs, "RUNS", NoRuns())
     pytester.makeconftest(CONFTEST.read_text())
     folder = pytester.mkdir("tests")
     for name, text in KERNEL_TESTS.items():
@@ -68,20 +78,32 @@ def _run_kernel_tests(pytester, monkeypatch, *paths):
 
 def test_the_host_run_takes_the_every_target_tests_and_the_waits_run_last(pytester,
                                                                           monkeypatch):
-    """With the kernels' runs among the tests, the suite's process leaves the
-    ``every_target`` tests to the host's run (deselected, not skipped) and waits
-    for the runs after every other test."""
+    """With the host's kernel run among the tests, the suite's process leaves it the
+    ``every_target`` tests of the files it runs (deselected, not skipped), keeps
+    one in another file, and waits for the runs after every other test."""
     result, ran = _run_kernel_tests(pytester, monkeypatch)
-    result.assert_outcomes(passed=4, deselected=1)
-    assert ran == ["test_in_the_suite_only", "test_after",
+    result.assert_outcomes(passed=5, deselected=1)
+    assert ran == ["test_in_the_suite_only", "test_elsewhere", "test_after",
                    "test_fused_kernels_right_when_compiled_for[host]",
                    "test_fused_kernels_right_when_compiled_for[x86-64]"]
 
 
-def test_without_the_runs_the_every_target_tests_run_in_the_suites_process(pytester,
-                                                                           monkeypatch):
-    """``pytest tests/test_fused.py`` (no runs collected) runs its ``every_target``
-    tests itself."""
-    result, ran = _run_kernel_tests(pytester, monkeypatch, "tests/test_fused.py")
-    result.assert_outcomes(passed=2)
-    assert ran == ["test_every_target", "test_in_the_suite_only"]
+HOST_WAIT = "tests/test_targets.py::test_fused_kernels_right_when_compiled_for[host]"
+
+
+@pytest.mark.parametrize("selection, want, deselected", [
+    (["tests/test_fused.py"], ["test_every_target", "test_in_the_suite_only"], 0),
+    (["-k", "test_every_target"], ["test_every_target"], 5),
+    (["-m", "every_target"], ["test_every_target", "test_elsewhere"], 4),
+    (["--deselect", HOST_WAIT], ["test_every_target", "test_in_the_suite_only",
+                                 "test_elsewhere", "test_after",
+                                 "test_fused_kernels_right_when_compiled_for[x86-64]"], 1),
+])
+def test_without_the_host_run_selected_the_every_target_tests_run_in_the_suites_process(
+        pytester, monkeypatch, selection, want, deselected):
+    """Where the host's run is not among the selected tests (a file named, ``-k``,
+    ``-m`` or ``--deselect`` leaving it out), the suite's process runs the
+    ``every_target`` tests itself."""
+    result, ran = _run_kernel_tests(pytester, monkeypatch, *selection)
+    result.assert_outcomes(passed=len(want), deselected=deselected)
+    assert ran == want

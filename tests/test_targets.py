@@ -9,6 +9,9 @@ the AVX2 run) and for the SSE2 baseline (``x86-64``), each into an empty
 numba cache. They start in the background when this file is collected, and
 these tests, which run last, wait for them.
 """
+import os
+import time
+
 import pytest
 
 import target_runs
@@ -27,8 +30,7 @@ def test_fused_kernels_right_when_compiled_for(target):
 
 def test_older_targets_are_known_for_the_common_architectures(monkeypatch):
     """x86-64 (as Linux, macOS and Windows name it) and aarch64 have older targets to
-    compile for; an architecture without any has no run (and its test is skipped,
-    which fails under CI)."""
+    compile for; an architecture without any has the host's run only."""
     monkeypatch.setattr(target_runs, "_host_is_avx2_level", lambda: False)
     for machine in ("x86_64", "AMD64", "aarch64", "arm64"):
         monkeypatch.setattr(target_runs.platform, "machine", lambda m=machine: m)
@@ -46,3 +48,42 @@ def test_the_avx2_level_runs_once_as_haswell_or_as_the_host(monkeypatch, avx2_le
     older = target_runs._older_targets()
     both = {"haswell": "haswell", "x86-64": "x86-64"}
     assert older == ({"x86-64": "x86-64"} if avx2_level else both)
+
+
+def test_numbas_cache_saves_wait_for_the_folders_lock(tmp_path):
+    """In the suite's processes a numba cache save holds its folder's lock
+    (tests/shared_cache.py): while another holder has it, a save waits, then
+    writes an index and data that load back."""
+    import fcntl
+    import threading
+
+    import shared_cache
+    from numba.core import caching
+
+    assert shared_cache.lock_saves()
+    cache = caching.IndexDataCacheFile(str(tmp_path), "kernel", source_stamp=("stamp", 1))
+    holder = os.open(tmp_path / shared_cache.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    saving = threading.Thread(target=cache.save, args=(("signature",), b"machine code"))
+    saving.start()
+    saving.join(0.5)
+    assert saving.is_alive() and not (tmp_path / "kernel.nbi").exists()
+    os.close(holder)
+    saving.join(10)
+    assert not saving.is_alive()
+    assert cache.load(("signature",)) == b"machine code"
+
+
+def test_a_session_that_stops_early_ends_the_runs(monkeypatch):
+    """`TargetRuns.stop` (pytest_sessionfinish) kills a run still running: its result
+    comes back at once, killed, not at the end of its command."""
+    monkeypatch.setattr(target_runs, "TARGETS", {"older": {}})
+    monkeypatch.setattr(target_runs, "COMMAND", ["-c", "import time; time.sleep(120)"])
+    runs = target_runs.TargetRuns()
+    runs.start()
+    started = time.perf_counter()
+    while not runs._running and time.perf_counter() - started < 30:
+        time.sleep(0.05)
+    runs.stop()
+    run = runs.result("older")
+    assert run.returncode < 0 and run.seconds < 60
