@@ -29,9 +29,12 @@ def started_from_kept_ir(dispatcher, signature):
 
 def without_unique_names(asm):
     """Assembly with the names that carry a compile's unique id blanked: mangled
-    symbols, numba's constant buffers, and the length of the error message
-    that names a symbol (its id may have one digit more)."""
+    symbols, numba's constant buffers (and, in numba 0.62, its pickled constants
+    and a Python object's address in their text), and the length of the error
+    message that names a symbol (its id may have one digit more)."""
     asm = re.sub(r"\.const\.picklebuf\.\d+", "PICKLEBUF", re.sub(r"_ZN\w+", "SYMBOL", asm))
+    asm = re.sub(r"\.const\.pickledata\.\d+", "PICKLEDATA", asm)
+    asm = re.sub(r" at 0x[0-9a-f]+>", " at ADDRESS>", asm)
     return re.sub(r'(\.size\s+"\.const\.missing Environment: SYMBOL", )\d+', r"\1N", asm)
 
 
