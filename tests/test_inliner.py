@@ -68,9 +68,9 @@ def _same_machine_code(kernel, oracle, signature):
 
 
 def test_the_installed_numba_is_the_one_the_inliner_mirrors():
-    """numba 0.62 (the oldest xent supports) to 0.68 have the inliner `_inliner`
-    mirrors (its source read in each); a later numba may not, and its kernels
-    then inline by numba's own pass
+    """numba 0.62 to 0.68 (0.67 is the oldest xent asks for) have the inliner
+    `_inliner` mirrors (its source read in each); a later numba may not, and its
+    kernels then inline by numba's own pass
     (`test_a_numba_whose_inliner_reads_otherwise_inlines_by_its_own_pass`)."""
     version = tuple(int(part) for part in numba.__version__.split(".")[:2])
     if (0, 62) <= version <= (0, 68):
