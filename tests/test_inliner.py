@@ -20,7 +20,7 @@ from numba.core.untyped_passes import InlineInlinables
 from xent._fused import _inliner, _narrow, _pipeline
 from xent._fused._options import INLINE
 
-from test_pipeline import COMPILED, DEFAULT, narrow_loss_args, without_unique_names
+from test_pipeline import COMPILED, DEFAULT, machine_code, narrow_loss_args
 
 
 @njit(**INLINE)
@@ -54,17 +54,9 @@ def _kernel_and_oracle(function):
     return njit(**COMPILED)(function), njit(**DEFAULT)(function)
 
 
-def _machine_code(dispatcher, signature):
-    """The flags and assembly (unique names blanked) of `dispatcher`'s code for
-    `signature`. Call once per dispatcher: numba's ``inspect_asm`` runs LLVM's code
-    generation on the module in place, so a second call shows other code."""
-    return (dispatcher.overloads[signature].fndesc.abi_tags,
-            without_unique_names(dispatcher.inspect_asm(signature)))
-
-
 def _same_machine_code(kernel, oracle, signature):
-    """Whether the two dispatchers' code for `signature` is the same (`_machine_code`)."""
-    return _machine_code(kernel, signature) == _machine_code(oracle, signature)
+    """Whether the two dispatchers' code for `signature` is the same (`machine_code`)."""
+    return machine_code(kernel, signature) == machine_code(oracle, signature)
 
 
 def test_the_installed_numba_is_the_one_the_inliner_mirrors():
@@ -122,7 +114,7 @@ def test_a_kernel_inlines_to_numbas_own_machine_code_from_built_or_kept_helpers(
     oracle = njit(**DEFAULT)(function)
     want = narrow_loss_args(np.float32)
     oracle(*want)
-    numbas_code = _machine_code(oracle, oracle.signatures[0])
+    numbas_code = machine_code(oracle, oracle.signatures[0])
     built = []
     for _ in range(2):
         _pipeline._UNTYPED.clear()   # (the kernel's own IR built again: its helpers inlined)
@@ -130,7 +122,7 @@ def test_a_kernel_inlines_to_numbas_own_machine_code_from_built_or_kept_helpers(
         got = narrow_loss_args(np.float32)
         kernel(*got)
         built.append(len(_inliner._HELPER_IR))
-        assert _machine_code(kernel, oracle.signatures[0]) == numbas_code
+        assert machine_code(kernel, oracle.signatures[0]) == numbas_code
         for ours, numbas in zip(got[2:4], want[2:4]):
             np.testing.assert_array_equal(ours.view(np.uint32), numbas.view(np.uint32))
     assert built[0] >= 2 and built[1] == built[0]

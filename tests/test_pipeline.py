@@ -38,6 +38,14 @@ def without_unique_names(asm):
     return re.sub(r'(\.size\s+"\.const\.missing Environment: SYMBOL", )\d+', r"\1N", asm)
 
 
+def machine_code(dispatcher, signature):
+    """The flags and assembly (unique names blanked) of `dispatcher`'s code for
+    `signature`. Call once per dispatcher: numba's ``inspect_asm`` runs LLVM's code
+    generation on the module in place, so a second call shows other code."""
+    return (dispatcher.overloads[signature].fndesc.abi_tags,
+            without_unique_names(dispatcher.inspect_asm(signature)))
+
+
 def narrow_loss_args(dtype, rows=20, classes=10):
     """Arguments of `_narrow.sparse_narrow_loss_rows`: ``[rows, classes]`` logits
     (float32, or float16 as its raw bits) and labels; loss and lse buffers."""
@@ -65,9 +73,7 @@ def test_a_later_signature_compiles_from_the_kept_ir_to_numbas_own_machine_code(
     assert started_from_kept_ir(kept, later_sig)
     assert default.signatures == [later_sig]
     # the same flags (numba's mangled names carry them), the same machine code
-    assert kept.overloads[later_sig].fndesc.abi_tags == default.overloads[later_sig].fndesc.abi_tags
-    assert without_unique_names(kept.inspect_asm(later_sig)) == \
-        without_unique_names(default.inspect_asm(later_sig))
+    assert machine_code(kept, later_sig) == machine_code(default, later_sig)
     for got, want in zip(later[2:4], oracle[2:4]):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 

@@ -38,7 +38,7 @@ from numba.core.compiler import DefaultPassBuilder
 from numba.core.compiler_machinery import register_pass
 from numba.core.untyped_passes import InlineInlinables
 
-__all__ = ["HelperInlining", "MIRRORS_NUMBA", "restore_flags", "with_helper_inlining"]
+__all__ = ["HelperInlining", "MIRRORS_NUMBA", "copy_ir", "restore_flags", "with_helper_inlining"]
 
 # numba's functions the inlining below is built from (numba's own inliner calls them).
 _NUMBA_HELPERS = {
@@ -100,14 +100,14 @@ def restore_flags(flags, kept):
             setattr(flags, name, value)
 
 
-def _copy_ir(func_ir):
-    """A copy of `func_ir` whose blocks share nothing mutable with it: all blocks
-    copied in one pass (one memo), so the scope and each variable are copied once.
-    Its function has a new unique name, as each of numba's builds has (the
-    inlined variables are named after it)."""
+def copy_ir(func_ir, func_id):
+    """A copy of `func_ir`, named for `func_id`, whose blocks share nothing mutable
+    with it: all blocks copied in one pass (one memo), so the scope and each
+    variable are copied once (numba copies them block by block, the scope
+    with each)."""
     copied = func_ir.copy()
     copied.blocks = copy.deepcopy(func_ir.blocks)
-    copied.func_id = func_ir.func_id.derive()
+    copied.func_id = func_id
     return copied
 
 
@@ -210,7 +210,10 @@ class _HelperInliner(inline_closurecall.InlineWorker):
         ``inline_ir``, untyped, with one copy of the callee's IR made in one pass).
         Returns numba's tuple, its first item (an unused copy of the callee) None.
         (Only the untyped pass uses this worker: `arg_typs` is always None.)"""
-        callee_ir = _copy_ir(self.run_untyped_passes(function))
+        kept = self.run_untyped_passes(function)
+        # (a new unique name, as each of numba's builds has: the inlined variables
+        # are named after it)
+        callee_ir = copy_ir(kept, kept.func_id.derive())
         if self.validator is not None:
             self.validator(callee_ir)
         blocks = _relabel(callee_ir.blocks, caller_ir)

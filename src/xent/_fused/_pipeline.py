@@ -26,8 +26,6 @@ for each signature; a kernel's are constants). Its helpers are inlined by
 Where numba's untyped pipeline has no literal propagation pass to keep the IR
 before (another numba version), every signature compiles from its bytecode.
 """
-import copy
-
 from numba import literal_unroll
 from numba.core import ir, ir_utils, postproc, types, untyped_passes
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
@@ -55,12 +53,9 @@ def _untyped_key(state):
 
 
 def _copy(func_ir, func_id):
-    """A `FunctionIR` that shares nothing mutable with `func_ir`, named for `func_id`:
-    one deep copy of all the blocks (one memo: the scope and each variable
-    copied once) and the definitions rebuilt from them. What is kept."""
-    copied = copy.copy(func_ir)
-    copied.blocks = copy.deepcopy(func_ir.blocks)
-    copied.func_id = func_id
+    """`_inliner.copy_ir` of `func_ir`, named for `func_id`, with its analyses reset and
+    its definitions rebuilt from its blocks. What is kept."""
+    copied = _inliner.copy_ir(func_ir, func_id)
     copied._reset_analysis_variables()
     copied._definitions = ir_utils.build_definitions(copied.blocks)
     return copied
