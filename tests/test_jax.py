@@ -167,6 +167,27 @@ def test_label_out_of_range_raises_tensorflows_error_with_concrete_arrays():
 
 
 RAW_SPARSE = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits
+SPARSE_FACES = {
+    "nn": lambda m, y, x: m.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x),
+    "losses": lambda m, y, x: (m.losses if m is xent else m.compat.v1.losses)
+    .sparse_softmax_cross_entropy(y, x),
+    "raw_ops": lambda m, y, x: m.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=x, labels=y),
+    "keras": lambda m, y, x: m.keras.losses.sparse_categorical_crossentropy(y, x, from_logits=True),
+}
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 2**32 + 1]), [0, -2**32 + 2], np.array([0, -2**63])],
+                         ids=["2**32+1", "list-2**32+2", "-2**63"])
+@pytest.mark.parametrize("face", list(SPARSE_FACES))
+def test_int64_labels_jax_cannot_hold_raise_as_in_tensorflow(tf, face, labels):
+    """Without `jax_enable_x64` JAX holds int64 as int32 and would wrap 2**32 + 1 to
+    the valid class 1: NumPy or Python labels that do not fit raise, naming the
+    value, where TensorFlow raises its out-of-range error."""
+    logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        SPARSE_FACES[face](tf, np.asarray(labels), logits)
+    with pytest.raises(xent.errors.InvalidArgumentError, match=str(np.asarray(labels)[1])):
+        SPARSE_FACES[face](xent, labels, jnp.asarray(logits))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16],

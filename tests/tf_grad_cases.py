@@ -62,6 +62,11 @@ def dense_inputs(rng, dtype):
     return {"labels": _probs(rng, dtype), "logits": _logits(rng, dtype)}
 
 
+def no_classes_inputs(rng, dtype):
+    """Dense labels and logits ``[BATCH, 0]``: a loss of 0, gradients as empty."""
+    return {"labels": np.zeros((BATCH, 0), dtype), "logits": np.zeros((BATCH, 0), dtype)}
+
+
 def _nn_cases():
     yield Case("nn.sparse", sparse_inputs, ("logits",),
                lambda x, a: xent.nn.sparse_softmax_cross_entropy_with_logits(**a),
@@ -72,6 +77,9 @@ def _nn_cases():
                lambda x, a: xent.nn.sparse_softmax_cross_entropy_with_logits(**a),
                lambda tf, a: tf.nn.sparse_softmax_cross_entropy_with_logits(**a))
     yield Case("nn.dense", dense_inputs, ("labels", "logits"),
+               lambda x, a: xent.nn.softmax_cross_entropy_with_logits(**a),
+               lambda tf, a: tf.nn.softmax_cross_entropy_with_logits(**a))
+    yield Case("nn.dense-no-classes", no_classes_inputs, ("labels", "logits"),
                lambda x, a: xent.nn.softmax_cross_entropy_with_logits(**a),
                lambda tf, a: tf.nn.softmax_cross_entropy_with_logits(**a))
     yield Case("nn.dense-axis0",
@@ -158,21 +166,24 @@ def _dtype_name(a):
 
 
 def _raw_cases():
-    for make, op, wrt in [
-        (sparse_inputs, "SparseSoftmaxCrossEntropyWithLogits", ("features",)),
-        (dense_inputs, "SoftmaxCrossEntropyWithLogits", ("features", "labels")),
+    dense = "SoftmaxCrossEntropyWithLogits"
+    for name, make, op, wrt in [
+        ("SparseSoftmaxCrossEntropyWithLogits", sparse_inputs,
+         "SparseSoftmaxCrossEntropyWithLogits", ("features",)),
+        (dense, dense_inputs, dense, ("features", "labels")),
+        (f"{dense}-no-classes", no_classes_inputs, dense, ("features", "labels")),
     ]:
         def inputs(rng, d, make=make):
             a = make(rng, d)
             return {"features": a["logits"], "labels": a["labels"]}
 
         # The loss output; its gradient flows into features (and dense labels).
-        yield Case(f"raw_ops.{op}-loss", inputs, wrt,
+        yield Case(f"raw_ops.{name}-loss", inputs, wrt,
                    lambda x, a, op=op: getattr(xent.raw_ops, op)(**a)[0],
                    lambda tf, a, op=op: getattr(tf.raw_ops, op)(**a)[0])
         # The backprop output: TF's second-order term (the softmax Jacobian) for
         # the features, and nothing for dense labels (TF's registered gradient).
-        yield Case(f"raw_ops.{op}-backprop", inputs, wrt,
+        yield Case(f"raw_ops.{name}-backprop", inputs, wrt,
                    lambda x, a, op=op: getattr(xent.raw_ops, op)(**a)[1],
                    lambda tf, a, op=op: getattr(tf.raw_ops, op)(**a)[1])
 

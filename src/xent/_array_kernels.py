@@ -28,7 +28,14 @@ NAN = float("nan")
 
 
 def normaliser(ops, x):
-    """``(m, log_sum)`` of each row, both ``[..., 1]``; differentiable (``m`` is constant)."""
+    """``(m, log_sum)`` of each row, both ``[..., 1]``; differentiable (``m`` is constant).
+
+    Rows of no classes have nothing to normalise: both 0 (a max over an empty
+    axis raises), so that their gradients come out as empty as the logits.
+    """
+    if x.shape[-1] == 0:
+        zero = ops.zeros_rows(x)
+        return zero, zero
     m = ops.stop_gradient(ops.max_last(x))
     return m, ops.log(ops.sum_last(ops.exp(x - m)))
 
@@ -64,10 +71,9 @@ def dense_rows(ops, x, y):
 
     With no classes the loss is 0, as in `_kernels`.
     """
-    if x.shape[-1] == 0:
-        zero = ops.zeros_rows(x)
-        return zero[..., 0], (zero, zero)
     norm = normaliser(ops, x)
+    if x.shape[-1] == 0:
+        return norm[0][..., 0], norm
     return -ops.sum_last(y * log_softmax(ops, x, norm))[..., 0], norm
 
 

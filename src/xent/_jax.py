@@ -33,6 +33,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from xent import _array_kernels, _dtypes, _jax_cpu, _validate
+from xent.errors import InvalidArgumentError
 
 
 class _Ops:
@@ -227,6 +228,24 @@ def _backprop(grad_of, logits, labels):
     return grad_of(_Ops, x, labels, _array_kernels.normaliser(_Ops, x)).astype(logits.dtype)
 
 
+def _held(array, name):
+    """NumPy `array`, once every value is one JAX can hold: without
+    ``jax_enable_x64`` JAX holds int64 as int32 and uint64 as uint32, and
+    `jnp.asarray` wraps what does not fit (a label 2**32 + 1 would become
+    class 1). Raises `InvalidArgumentError` naming `name` and the value."""
+    held = jax.dtypes.canonicalize_dtype(array.dtype)
+    if array.dtype.kind not in "iu" or held == array.dtype or array.size == 0:
+        return array
+    limits = np.iinfo(held)
+    low, high = array.min(), array.max()
+    if low >= limits.min and high <= limits.max:
+        return array
+    raise InvalidArgumentError(
+        f"{name} holds {low if low < limits.min else high}, which JAX cannot hold: without "
+        f"`jax_enable_x64` it holds {array.dtype} as {held}, whose values lie in "
+        f"[{limits.min}, {limits.max}]")
+
+
 class JaxBackend:
     """JAX arrays in, JAX arrays out; everything traceable."""
 
@@ -237,7 +256,7 @@ class JaxBackend:
     def asarray(x, name="input"):
         """`x` as a JAX array; others convert as `tf.convert_to_tensor` first (errors
         name `name`: `_dtypes.to_array`)."""
-        return x if isinstance(x, jax.Array) else jnp.asarray(_dtypes.to_array(x, name))
+        return x if isinstance(x, jax.Array) else jnp.asarray(_held(_dtypes.to_array(x, name), name))
 
     @staticmethod
     def dtype_name(x):
