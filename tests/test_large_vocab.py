@@ -651,6 +651,9 @@ def test_jax_vmap_and_targets_out_of_range(jax_path):
     bad = jnp.asarray([[0, 6, 1, 2]])
     with pytest.raises(InvalidArgumentError, match="label value of 6"):
         xent.cross_entropy(jnp.asarray(logits[:1]), bad)
+    wide = np.array([[0, 2**32 + 1, 1, 2]])   # (JAX would hold it as class 1 without x64)
+    with pytest.raises(InvalidArgumentError, match=str(2**32 + 1)):
+        xent.cross_entropy(jnp.asarray(logits[:1]), wide)
     per = jax.jit(lambda z, t: xent.cross_entropy(z, t, reduction="none"))(jnp.asarray(logits[:1]), bad)
     assert np.isnan(per[0, 1]) and np.isfinite(np.delete(np.asarray(per[0]), 1)).all()
 
