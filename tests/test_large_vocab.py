@@ -103,6 +103,35 @@ def test_linear_cross_entropy_matches_the_oracle(option, bias, reduction, dtype)
         assert_close(grads["bias"], db, dtype)
 
 
+def test_byte_swapped_logits_and_a_packed_record_field_of_inputs_give_the_oracles_numbers():
+    """Big-endian logits (from a file, say) are read in the machine's order, and an
+    in-place gradient over them is refused (it would land in a copy); inputs in a
+    field of packed records (rows 17 bytes apart, not a whole number of float32s)
+    do not reach BLAS as rows (its leading dimension counts elements: the
+    weight's gradient came out ~1e34 off)."""
+    logits, target = make((6,), 9, np.float32, seed=21)
+    swapped = logits.astype(logits.dtype.newbyteorder("S"))
+    loss, grad = xent.cross_entropy(swapped, target, return_grads=True)
+    truth, dz = oracle(logits, target, {}, "mean")
+    assert loss.dtype == grad.dtype == np.float32
+    assert_close(loss, truth, np.float32)
+    assert_close(grad, dz, np.float32)
+    with pytest.raises(ValueError, match=f"inplace_backward=True .* byte order; received "
+                                         f"ndarray {swapped.dtype.str}"):
+        xent.cross_entropy(swapped, target, inplace_backward=True, return_grads=True)
+    x, w, b, target = make_linear(6, 4, 5, np.float32, seed=22)
+    target[:] = [0, 1, 2, 3, 4, 0]   # (none ignored: ignored tokens' rows are gathered first)
+    records = np.zeros(6, dtype=[("x", "f4", (4,)), ("flag", "u1")])
+    records["x"] = x
+    assert records["x"].strides == (17, 4)
+    loss, grads = xent.linear_cross_entropy(records["x"], w, target, bias=b, return_grads=True)
+    truth, dx, dw, db = linear_oracle(*(np.asarray(a, np.float64) for a in (x, w, b)), target,
+                                      {}, "mean")
+    assert_close(loss, truth, np.float32)
+    for got, want in ((grads["input"], dx), (grads["weight"], dw), (grads["bias"], db)):
+        assert_close(got, want, np.float32)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 100, None])
 def test_linear_chunk_sizes_agree(chunk_size):
     """N not a multiple of the chunk, one chunk, one token per chunk, the default."""

@@ -383,6 +383,7 @@ LAYOUTS = {
     "fortran": np.asfortranarray,
     "reversed": lambda a: a[::-1].copy()[::-1],
     "offset-view": lambda a: np.pad(a, 1)[1:-1, 1:-1],
+    "byte-swapped": lambda a: a.astype(a.dtype.newbyteorder("S")),   # (big-endian data)
 }
 
 
@@ -392,7 +393,10 @@ def test_sparse_non_contiguous_logits_match_truth(tf, rng, layout):
     logits = LAYOUTS[layout](base)
     np.testing.assert_array_equal(logits, base)
     labels = np.repeat(rng.integers(0, 17, size=9), 2)[::2]
+    if layout == "byte-swapped":
+        labels = LAYOUTS[layout](labels)
     got = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    assert got.dtype == np.float32   # (in the machine's byte order, as TensorFlow's)
     assert_close_to_truth(got, tf_sparse(tf, labels, as64(base)), np.float32, row_scale(base))
 
 

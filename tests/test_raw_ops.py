@@ -474,6 +474,7 @@ BAD_BUFFERS = {
     "float64-for-float32": lambda f: np.empty(f.shape, np.float64),
     "float16-for-float32": lambda f: np.empty(f.shape, np.float16),
     "int32": lambda f: np.empty(f.shape, np.int32),
+    "byte-swapped": lambda f: np.empty(f.shape, f.dtype.newbyteorder("S")),
 }
 
 

@@ -28,8 +28,12 @@ def to_array(x, name="input"):
     A ragged nested list raises ValueError, and anything that is not numbers
     (strings, dicts, None, objects) InvalidDTypeError, each naming the
     argument `name` (`numbers`), before NumPy or a framework sees it.
+    Big-endian data (from a file, say) is converted to native byte order, as
+    TensorFlow reads it.
     """
     arr = numbers(x, name)
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if isinstance(x, (np.ndarray, np.generic)):
         return arr
     if arr.dtype == np.float64:

@@ -193,6 +193,9 @@ def out_buffer(out, shape, dtype, name="backprop_out"):
     """Check that a caller-given output array has the right shape and dtype."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"`{name}` must be a numpy.ndarray; received {type(out).__name__}")
+    if not out.dtype.isnative and out.dtype.newbyteorder("=") == dtype:
+        raise ValueError(f"`{name}` must hold {np.dtype(dtype).name} in the machine's byte "
+                         f"order, as xent writes it; received dtype {out.dtype.str}")
     if out.shape != tuple(shape) or out.dtype != dtype:
         raise ValueError(
             f"`{name}` must have shape {tuple(shape)} and dtype {np.dtype(dtype).name}; "

@@ -90,8 +90,11 @@ def available():
 
 
 def _rows_layout(x):
-    """Whether 2-D `x` has unit column stride and a row stride of at least its width."""
-    return x.ndim == 2 and x.strides[1] == x.itemsize and x.strides[0] >= x.shape[1] * x.itemsize
+    """Whether 2-D `x` has unit column stride and a row stride of at least its width,
+    a whole number of elements (BLAS takes it as one: a packed record's field of
+    17-byte rows is not), on aligned memory."""
+    return (x.ndim == 2 and x.flags.aligned and x.strides[1] == x.itemsize
+            and x.strides[0] >= x.shape[1] * x.itemsize and x.strides[0] % x.itemsize == 0)
 
 
 def add_at_b(c, a, b):
