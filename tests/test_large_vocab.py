@@ -6,6 +6,7 @@ for a softcap, and torch autograd for every gradient. Half-precision inputs
 are rounded first, so the oracle sees what xent sees; the tolerance is then a
 few units of the dtype's rounding.
 """
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -924,3 +925,20 @@ def test_softcaps_at_the_bounds_match_the_float64_oracle():
                 _jax_cpu.use_jax_numpy_on_cpu(False)
         for path, value in got.items():
             np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=f"{cap} {path}")
+
+def test_a_z_loss_that_overflows_is_inf_as_torchs_without_a_numpy_warning():
+    """``z·lse²`` past float32's range: +inf, as torch's float32 sum of the same terms,
+    and the gradient torch gives (finite), with no RuntimeWarning reaching the caller."""
+    x = np.array([[1e30, 0.0, 1.0], [0.5, 1.0, 2.0]], np.float32)
+    t = np.array([1, 2])
+    z = torch.tensor(x, requires_grad=True)
+    lse = torch.logsumexp(z, -1)
+    want = F.cross_entropy(z, torch.tensor(t), reduction="none") + 1e-4 * lse * lse
+    want.sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = xent.cross_entropy(x, t, z_loss=1e-4, reduction="none")
+        _, grad = xent.cross_entropy(x, t, z_loss=1e-4, reduction="sum", return_grads=True)
+    assert np.isposinf(loss[0]) and np.isposinf(want[0].item())
+    np.testing.assert_allclose(loss[1], want[1].item(), rtol=1e-6)
+    np.testing.assert_allclose(grad, z.grad.numpy(), rtol=1e-5, atol=1e-7)

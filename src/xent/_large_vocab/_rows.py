@@ -85,22 +85,30 @@ def _loss(nll, lse, term, opts):
             with np.errstate(invalid="ignore"):
                 loss[infinite] = (1.0 - eps) * np.inf + eps * np.inf
     if opts.z_loss:
-        loss = loss + opts.z_loss * lse * lse
+        with np.errstate(over="ignore"):   # (an lse past 1.8e19 squares to inf, as in torch)
+            loss = loss + opts.z_loss * lse * lse
     return loss.astype(nll.dtype, copy=False)
 
 
-def _correct_gradient(out, labels, lse, weights, opts):
-    """Turn the kernel's ``weights · (p - onehot)`` in `out` into ``weights · dloss/dz``
-    (capped logits), in place: ``a·out + w(a - 1 + ε)·onehot - w·ε/V``."""
+def _correct_gradient(out, labels, nll, lse, weights, opts):
+    """Turn the kernel's ``w·(p - onehot)`` in `out` into ``w·dloss/dz`` (capped
+    logits), in place: ``a·out - w·ε/V``, then ``+ w·ε`` on the target. With a
+    z-loss the target's entry is made afresh instead, ``w·(a·p_y - (1 - ε) -
+    ε/V)`` from ``p_y = exp(-nll)`` in float64: ``a·(p_y - 1) + (a - 1)`` lost
+    its -1 to rounding once a passed 2**24 (a huge lse), where torch keeps it."""
+    rows, eps = np.arange(out.shape[0]), opts.label_smoothing
     a = 1.0 + 2.0 * opts.z_loss * lse if opts.z_loss else None
     if a is not None:
         out *= a.astype(out.dtype, copy=False)[:, None]
-    eps = opts.label_smoothing
     if eps:
         out -= (weights * (eps / out.shape[1])).astype(out.dtype)[:, None]
-    if a is not None or eps:
-        on_label = weights * ((a - 1.0 if a is not None else 0.0) + eps)
-        out[np.arange(out.shape[0]), labels] += on_label.astype(out.dtype)
+    if a is not None:
+        with np.errstate(invalid="ignore", over="ignore"):   # (NaN rows stay NaN)
+            on_label = weights * (a * np.exp(-nll.astype(np.float64)) - (1.0 - eps)
+                                  - eps / out.shape[1])
+        out[rows, labels] = on_label.astype(out.dtype)
+    elif eps:
+        out[rows, labels] += (weights * eps).astype(out.dtype)
 
 
 def token_losses(z, labels, valid, opts, weights=None, out=None):
@@ -145,7 +153,7 @@ def _with_options(z, labels, opts, weights, out):
     term = _smoothing_term(z, labels, opts.label_smoothing) if opts.label_smoothing else None
     nll, lse = _core.kernels().sparse_rows(z, labels, out, weights)
     if out is not None:
-        _correct_gradient(out, labels, lse, weights.astype(lse.dtype), opts)
+        _correct_gradient(out, labels, nll, lse, weights.astype(lse.dtype), opts)
         if deriv is not None:
             out *= deriv
     return _loss(nll, lse, term, opts)
