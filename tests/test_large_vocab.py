@@ -118,7 +118,7 @@ def test_byte_swapped_logits_and_a_packed_record_field_of_inputs_give_the_oracle
     assert_close(loss, truth, np.float32)
     assert_close(grad, dz, np.float32)
     with pytest.raises(ValueError, match=f"inplace_backward=True .* byte order; received "
-                                         f"ndarray {swapped.dtype.str}"):
+                                         f"dtype {swapped.dtype.str}"):
         xent.cross_entropy(swapped, target, inplace_backward=True, return_grads=True)
     x, w, b, target = make_linear(6, 4, 5, np.float32, seed=22)
     target[:] = [0, 1, 2, 3, 4, 0]   # (none ignored: ignored tokens' rows are gathered first)
@@ -131,6 +131,21 @@ def test_byte_swapped_logits_and_a_packed_record_field_of_inputs_give_the_oracle
     assert_close(loss, truth, np.float32)
     for got, want in ((grads["input"], dx), (grads["weight"], dw), (grads["bias"], db)):
         assert_close(got, want, np.float32)
+
+
+def test_inplace_backward_writes_over_memory_mapped_logits(tmp_path):
+    """A memmap is an ndarray subclass: converting it makes a new array object over
+    the same memory, and the gradient lands in the file (the check of byte order
+    that refuses copies must not refuse it)."""
+    logits, target = make((5,), 7, np.float32, seed=23)
+    mapped = np.lib.format.open_memmap(tmp_path / "z.npy", mode="w+", dtype=np.float32,
+                                       shape=logits.shape)
+    mapped[:] = logits
+    _, want = xent.cross_entropy(logits, target, return_grads=True)
+    _, grad = xent.cross_entropy(mapped, target, inplace_backward=True, return_grads=True)
+    assert np.shares_memory(grad, mapped)
+    mapped.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "z.npy"), want)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 100, None])

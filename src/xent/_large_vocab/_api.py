@@ -77,12 +77,12 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
     """
     opts = options(ignore_index, label_smoothing, z_loss, softcap, reduction)
     backend = _backend.of(logits, target)
-    given = logits
+    swapped = not getattr(getattr(logits, "dtype", None), "isnative", True)
+    if inplace_backward and return_grads and swapped:   # (it would be read into a copy)
+        raise ValueError("inplace_backward=True writes the gradient over logits, which must "
+                         "then be in the machine's byte order; received dtype "
+                         f"{logits.dtype.str}")
     logits, target = backend.asarray(logits, "logits"), backend.asarray(target, "target")
-    if inplace_backward and return_grads and logits is not given:
-        raise ValueError("inplace_backward=True writes the gradient over logits, which must be "
-                         "a NumPy array of numbers in the machine's byte order; received "
-                         f"{type(given).__name__} {getattr(given, 'dtype', '')!s}")
     cross_entropy_shapes(tuple(logits.shape), backend.dtype_name(logits),
                          tuple(target.shape), backend.dtype_name(target))
     if return_grads and backend.name != "numpy":
