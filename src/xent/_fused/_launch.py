@@ -280,9 +280,10 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
     Returns:
       ``(loss, lse)``: two ``[N]`` arrays in the accumulator dtype.
 
-    Half-precision logits use `exp_half`, good to a twentieth of their ulp;
-    a wider gradient buffer for them (an internal caller's choice) gets
-    float32 logits instead, as its precision asks.
+    bfloat16 logits use `exp_half`, good to about a fortieth of their ulp
+    (`xent._fused._exps`); a wider gradient buffer for half-precision logits
+    (an internal caller's choice) gets float32 logits instead, as its
+    precision asks.
     """
     acc = accumulator(logits.dtype)
     loss, lse = np.empty(logits.shape[0], acc), np.empty(logits.shape[0], acc)
