@@ -144,6 +144,52 @@ def test_a_forked_child_gets_its_own_helpers():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+_FORKED_WHILE_LOCKED = """
+import os, sys, time, numpy as np, torch, xent
+from xent import _buffers
+from xent._fused import _launch, _notice, _pool
+from xent._torch import _upstream
+torch.set_num_threads(1)   # (torch's OpenMP threads do not survive a fork either)
+x0, y = torch.randn(1024, 1024), torch.randint(0, 1024, (1024,))   # 4 MB: pooled, folded
+features, labels = np.ones((2048, 8192), np.float32), np.zeros(2048, np.int64)   # 64 MiB
+
+def step():
+    x = x0.clone().requires_grad_(True)
+    xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x).mean().backward()
+    return x.grad
+
+want = step().clone()
+loss = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features, labels).loss
+locks = [_upstream._lock, _buffers._lock, _pool._state_lock, _launch.STORES._lock,
+         _notice._listener._lock]
+for lock in locks:   # as if other threads were inside xent at the fork
+    lock.acquire()
+pid = os.fork()
+if pid == 0:
+    again = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features, labels).loss
+    os._exit(0 if torch.equal(step(), want) and np.array_equal(again, loss) else 3)
+for lock in locks:
+    lock.release()
+deadline = time.time() + 60
+while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+    if time.time() > deadline:
+        os.kill(pid, 9)
+        sys.exit("the child hung on a lock held at the fork")
+    time.sleep(0.01)
+sys.exit(os.waitstatus_to_exitcode(done[1]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_xents_locks_are_held_gets_them_free():
+    """A fork copies a lock another thread holds, held, and the child has no such
+    thread: its first torch step (the upstream-gradient and buffer-pool locks) or
+    large NumPy call (the pool's, the store choice's) would wait for ever."""
+    run = subprocess.run([sys.executable, "-c", _FORKED_WHILE_LOCKED], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
 def test_idle_helpers_sleep():
     """After a call, the helpers wait without burning CPU: a spinning helper would
     take about a core's worth of this process's CPU time while it idles."""

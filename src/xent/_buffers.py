@@ -19,9 +19,10 @@ allocator's own free lists); `empty_cache` drops every free one.
 """
 import math
 import sys
-import threading
 
 import numpy as np
+
+from xent import _threads
 
 __all__ = ["empty", "empty_like", "empty_cache", "MIN_BYTES", "MAX_BUFFERS"]
 
@@ -34,7 +35,7 @@ MAX_BUFFERS = 4
 # fewer each time: 107 ms against 69 with the same shape).
 _SLACK = 2
 
-_lock = threading.Lock()
+_lock = _threads.fork_safe_lock()
 _pool = []   # byte buffers (np.uint8, 1-D), most recently handed out last
 
 

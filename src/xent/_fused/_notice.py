@@ -14,6 +14,7 @@ import time
 
 from numba.core import event
 
+from xent import _threads
 from xent._fused import _target
 
 __all__ = ["install", "DELAY"]
@@ -40,7 +41,7 @@ class _CompileNotice(event.Listener):
         self._stream, self._delay = stream, delay
         self._depth, self._timer, self.said = 0, None, False
         self._spent, self._started = 0.0, 0.0
-        self._lock = threading.Lock()
+        self._lock = _threads.fork_safe_lock()
 
     def _say(self, dispatcher):
         with self._lock:

@@ -39,7 +39,7 @@ __all__ = ["run", "BLOCKS_PER_THREAD"]
 BLOCKS_PER_THREAD = 4
 
 _state = {"pool": None, "pid": None}
-_state_lock = threading.Lock()
+_state_lock = _threads.fork_safe_lock()
 
 
 def _helpers():

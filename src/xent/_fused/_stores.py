@@ -16,7 +16,8 @@ and keeps the faster kind (`StoreChoice`), once per process: eight calls of
 one size (two untimed, three of each kind timed).
 """
 import math
-import threading
+
+from xent import _threads
 
 __all__ = ["StoreChoice"]
 
@@ -43,7 +44,7 @@ class StoreChoice:
     TRIALS = 3
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = _threads.fork_safe_lock()
         self._signature = None
         self._untimed = 0   # untimed first calls handed out: plain, then streamed
         self._best = {False: math.inf, True: math.inf}

@@ -51,11 +51,10 @@ gradient themselves (the logits' gradient then comes from the path that
 scales the unweighted backprop, `xent._torch._eager._logits_grad`).
 """
 import math
-import threading
 
 import torch
 
-from xent import _buffers
+from xent import _buffers, _threads
 
 __all__ = ["MIN_BYTES", "foldable", "expected", "observe", "forget"]
 
@@ -63,7 +62,7 @@ MIN_BYTES = _buffers.MIN_BYTES
 # How many loss shapes are remembered (the least recently seen makes way).
 MAX_SHAPES = 8
 
-_lock = threading.Lock()
+_lock = _threads.fork_safe_lock()
 # slot (loss shape, dtype, place) -> (the last g as float64, C-contiguous, or None
 # for all ones; whether it was the same as the g before it)
 _seen = {}
