@@ -1,9 +1,12 @@
 """The `Examples:` in every public docstring run and print what they show.
 
-The docstrings print what the default, fused kernels give. The NumPy
-reference kernels (and other CPUs) may round the last digit differently, so
-numbers are compared with a relative tolerance of 1e-5; everything else must
-match exactly. (The README's examples are compared exactly: test_readme.py.)
+The docstrings print what the default, fused kernels give, digit for digit
+(the same on x86-64 compiled for the host, `haswell` and the SSE2 baseline):
+with them the output must match exactly. The NumPy reference kernels may
+round the last digit differently, so with those numbers are compared with a
+relative tolerance of 1e-5, everything else exactly. (A tolerance for both
+hid eleven last digits that were TensorFlow's, not the fused kernels'.) The
+README's examples are compared exactly too: test_readme.py.
 """
 import doctest
 import importlib
@@ -13,16 +16,21 @@ import warnings
 
 import pytest
 
+import xent
+
 MODULES = ["xent.nn", "xent.losses", "xent.raw_ops", "xent.keras.losses", "xent._large_vocab._api"]
 _NUMBER = re.compile(r"-?\d+\.\d*(?:e[-+]?\d+)?")
 
 
 class _CloseNumbersChecker(doctest.OutputChecker):
-    """Accept output whose text matches and whose numbers agree to rtol 1e-5."""
+    """Accept output that matches, or (on the NumPy kernels) whose text matches
+    and whose numbers agree to rtol 1e-5."""
 
     def check_output(self, want, got, optionflags):
         if super().check_output(want, got, optionflags):
             return True
+        if xent.get_kernels() == "fused":
+            return False
         shape = [re.sub(r"\s+", "", _NUMBER.sub("#", text)) for text in (want, got)]
         wanted, gotten = _NUMBER.findall(want), _NUMBER.findall(got)
         if shape[0] != shape[1] or len(wanted) != len(gotten):

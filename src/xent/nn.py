@@ -44,7 +44,7 @@ def sparse_softmax_cross_entropy_with_logits(*, labels, logits, name=None):
       >>> import numpy as np, xent
       >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
       >>> xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=logits)
-      array([0.4170301 , 0.22004953], dtype=float32)
+      array([0.41703004, 0.22004952], dtype=float32)
     """
     be, labels, logits = _inputs(labels, logits, "sparse_softmax_cross_entropy_with_logits")
     loss = sparse_losses(be, labels, logits)
@@ -76,7 +76,7 @@ def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
       >>> logits = np.array([[4.0, 2.0, 1.0], [0.0, 5.0, 1.0]], np.float32)
       >>> labels = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2]], np.float32)
       >>> xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-      array([0.16984604, 0.82474494], dtype=float32)
+      array([0.16984601, 0.8247449 ], dtype=float32)
     """
     be, labels, logits = _inputs(labels, logits, "softmax_cross_entropy_with_logits")
     loss = dense_losses(be, labels, logits, axis)

@@ -136,7 +136,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     Examples:
       >>> import xent
       >>> xent.keras.losses.sparse_categorical_crossentropy([1, 2], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
-      array([0.05129344, 2.3025851 ], dtype=float32)
+      array([0.05129339, 2.3025851 ], dtype=float32)
     """
     be, y_true, y_pred = _inputs(y_true, y_pred)
     losses, _ = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis)
