@@ -176,6 +176,21 @@ SPARSE_FACES = {
 }
 
 
+def test_int64_weights_jax_cannot_hold_as_integers_weigh_as_in_tensorflow(tf):
+    """Weights are cast to a float dtype: NumPy int64 weights past int32 become floats
+    (not an error, nor wrapped: 2**33 would weigh 0), as TensorFlow weighs them."""
+    logits, labels = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32), np.array([0, 1])
+    weights = np.array([2**33, 1])
+    want = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    got = xent.losses.sparse_softmax_cross_entropy(labels, jnp.asarray(logits), weights=weights)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+    want = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        labels, logits, sample_weight=weights)
+    got = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        labels, jnp.asarray(logits), sample_weight=weights)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)
+
+
 @pytest.mark.parametrize("labels", [np.array([0, 2**32 + 1]), [0, -2**32 + 2], np.array([0, -2**63])],
                          ids=["2**32+1", "list-2**32+2", "-2**63"])
 @pytest.mark.parametrize("face", list(SPARSE_FACES))

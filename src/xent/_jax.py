@@ -228,11 +228,17 @@ def _backprop(grad_of, logits, labels):
     return grad_of(_Ops, x, labels, _array_kernels.normaliser(_Ops, x)).astype(logits.dtype)
 
 
+# The arguments whose integers are class indices (sparse labels, targets).
+_CLASS_INDICES = ("labels", "target", "y_true")
+
+
 def _held(array, name):
     """NumPy `array`, once every value is one JAX can hold: without
     ``jax_enable_x64`` JAX holds int64 as int32 and uint64 as uint32, and
     `jnp.asarray` wraps what does not fit (a label 2**32 + 1 would become
-    class 1). Raises `InvalidArgumentError` naming `name` and the value."""
+    class 1). Class indices that do not fit raise `InvalidArgumentError`
+    naming `name` and the value; other integers (weights, which are cast to
+    a float dtype anyway) become floats."""
     held = jax.dtypes.canonicalize_dtype(array.dtype)
     if array.dtype.kind not in "iu" or held == array.dtype or array.size == 0:
         return array
@@ -240,6 +246,8 @@ def _held(array, name):
     low, high = array.min(), array.max()
     if low >= limits.min and high <= limits.max:
         return array
+    if name not in _CLASS_INDICES:
+        return array.astype(np.float64)
     raise InvalidArgumentError(
         f"{name} holds {low if low < limits.min else high}, which JAX cannot hold: without "
         f"`jax_enable_x64` it holds {array.dtype} as {held}, whose values lie in "

@@ -33,8 +33,9 @@ from underflowing, for speed: `_floor64`). Products and sums in the polynomials
 are contracted to fused multiply-adds where the CPU has them.
 
 The float32 polynomial is good to 2 ulp where softmax values matter; the
-cheaper half-precision one (`exp_half`) to 1e-4, a twentieth of a float16
-ulp; the float64 one is a Taylor series to r**13. bench/fit_exp.py refits
+cheaper one for bfloat16 (`exp_half`) to 1e-4, about a fortieth of its ulp
+(float16, whose ulp is 8 times finer, takes the float32 one: `xent._fused._exps`);
+the float64 one is a Taylor series to r**13. bench/fit_exp.py refits
 the float32 and half-precision coefficients.
 """
 import math
@@ -65,9 +66,9 @@ _LN2_HI32, _LN2_LO32 = _F32(0.693359375), _F32(-2.12194440e-4)
 _C1, _C2, _C3, _C4, _C5 = (_F32(c) for c in (
     0.9999997019767761, 0.4999915063381195, 0.1666763573884964,
     0.04189793020486832, 0.008290315046906471))
-# For half-precision logits (8 or 11 significant bits, and the same in their
-# gradient), 2**f ~ 1 + f (h1 + f (h2 + f h3)) on |f| <= 1/2: relative error
-# 1.0e-4, a twentieth of a float16 ulp; bench/fit_exp.py reproduces them.
+# For bfloat16 logits with integer labels (8 significant bits, and the same in
+# their gradient), 2**f ~ 1 + f (h1 + f (h2 + f h3)) on |f| <= 1/2: relative
+# error 1.0e-4, about a fortieth of a bfloat16 ulp; bench/fit_exp.py reproduces them.
 _H1, _H2, _H3 = (_F32(c) for c in (0.6932829022407532, 0.24221095442771912,
                                    0.05500892922282219))
 _FLOOR_T32 = _F32(FLOOR32 * LOG2E32)
