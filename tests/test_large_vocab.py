@@ -957,3 +957,19 @@ def test_a_z_loss_that_overflows_is_inf_as_torchs_without_a_numpy_warning():
     assert np.isposinf(loss[0]) and np.isposinf(want[0].item())
     np.testing.assert_allclose(loss[1], want[1].item(), rtol=1e-6)
     np.testing.assert_allclose(grad, z.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_half_precision_loss_past_its_range_is_inf_without_a_numpy_warning():
+    """A float16 loss whose z-loss passes 65504 rounds to +inf, as torch's float16
+    result of the same float64 loss does, with no RuntimeWarning from the cast."""
+    x = np.array([[300.0, 0.0, 1.0], [0.5, 1.0, 2.0]], np.float16)
+    t = np.array([1, 2])
+    truth, _ = oracle(x.astype(np.float64), t, {"z_loss": 1.0}, "none")
+    want = torch.tensor(truth).to(torch.float16).numpy()
+    assert np.isposinf(want[0]) and np.isfinite(want[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = xent.cross_entropy(x, t, z_loss=1.0, reduction="none")
+        total = xent.cross_entropy(x, t, z_loss=1.0, reduction="sum")
+    assert got.dtype == np.float16 and np.isposinf(got[0]) and np.isposinf(total)
+    assert_close(got[1], want[1], np.float16)

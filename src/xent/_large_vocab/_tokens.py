@@ -35,12 +35,15 @@ def row_weights(valid, reduction, dtype):
 def reduce(losses, valid, reduction, shape, dtype):
     """The result: the mean over valid tokens (0 if none), the sum, or ``[...]`` per token.
 
-    losses: ``[N]`` in the accumulator dtype (0 where ignored); the result has `dtype`.
+    losses: ``[N]`` in the accumulator dtype (0 where ignored); the result has `dtype`
+    (a loss past a half dtype's range is inf there, silently, as torch casts it).
     """
     if reduction == "none":
-        return losses.reshape(shape).astype(dtype)
+        with np.errstate(over="ignore"):
+            return losses.reshape(shape).astype(dtype)
     total = losses.sum(dtype=accumulator(losses.dtype))
     if reduction == "mean":
         count = int(np.count_nonzero(valid))
         total = total / count if count else np.zeros((), total.dtype)
-    return np.asarray(total).astype(dtype)[()]
+    with np.errstate(over="ignore"):
+        return np.asarray(total).astype(dtype)[()]
