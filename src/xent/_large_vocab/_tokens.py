@@ -5,6 +5,7 @@ same steps in their own ops (`xent._large_vocab._array_math`).
 """
 import numpy as np
 
+from xent._backend import NumpyBackend
 from xent._dtypes import accumulator
 from xent._validate import labels_in_range
 
@@ -38,12 +39,11 @@ def reduce(losses, valid, reduction, shape, dtype):
     losses: ``[N]`` in the accumulator dtype (0 where ignored); the result has `dtype`
     (a loss past a half dtype's range is inf there, silently, as torch casts it).
     """
+    name = np.dtype(dtype).name
     if reduction == "none":
-        with np.errstate(over="ignore"):
-            return losses.reshape(shape).astype(dtype)
+        return NumpyBackend.astype(losses.reshape(shape), name)
     total = losses.sum(dtype=accumulator(losses.dtype))
     if reduction == "mean":
         count = int(np.count_nonzero(valid))
         total = total / count if count else np.zeros((), total.dtype)
-    with np.errstate(over="ignore"):
-        return np.asarray(total).astype(dtype)[()]
+    return NumpyBackend.astype(total, name)[()]
