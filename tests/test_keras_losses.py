@@ -711,6 +711,41 @@ def test_categorical_get_config_matches_tf(keras, kwargs):
     assert xk.CategoricalCrossentropy(**kwargs).get_config() == expected
 
 
+@pytest.mark.parametrize("cls_name", ["SparseCategoricalCrossentropy", "CategoricalCrossentropy"])
+def test_no_name_gives_kerass_automatic_names(keras, cls_name):
+    # Keras names a loss built with name=None or "" after its class, then
+    # numbers the names it gives again (`naming.auto_name`).
+    from keras.src.utils import naming
+    from xent.keras import losses as module
+
+    naming.reset_uids()
+    module._auto_names.clear()
+    for name in [None, "", None, "given", ""]:
+        expected = getattr(keras.losses, cls_name)(name=name)
+        actual = getattr(xk, cls_name)(name=name)
+        assert actual.name == expected.name
+        assert actual.get_config() == expected.get_config()
+
+
+@pytest.mark.parametrize("ignore_class", ["1", b"1", object()])
+def test_non_numeric_ignore_class_is_refused(keras, ignore_class):
+    y_pred = np.array([[0.2, 0.3, 0.5]] * 3, np.float32)
+    with pytest.raises(Exception):  # Keras fails in its cast (UnimplementedError, ValueError)
+        keras.losses.SparseCategoricalCrossentropy(ignore_class=ignore_class)(np.array([0, 1, 2]), y_pred)
+    with pytest.raises(TypeError, match="ignore_class"):
+        xk.SparseCategoricalCrossentropy(ignore_class=ignore_class)
+    with pytest.raises(TypeError, match="ignore_class"):
+        xk.sparse_categorical_crossentropy(np.array([0, 1, 2]), y_pred, ignore_class=ignore_class)
+
+
+@pytest.mark.parametrize("ignore_class", [True, 1.5, np.int64(1), np.array(1), [1]])
+def test_numeric_ignore_class_spellings_match_tf(keras, ignore_class):
+    y_true, y_pred = np.array([0, 1, 2]), np.array([[0.2, 0.3, 0.5]] * 3, np.float32)
+    expected = keras.losses.SparseCategoricalCrossentropy(ignore_class=ignore_class, reduction=None)(y_true, y_pred)
+    actual = xk.SparseCategoricalCrossentropy(ignore_class=ignore_class, reduction=None)(y_true, y_pred)
+    np.testing.assert_allclose(actual, np.asarray(expected), rtol=1e-6)
+
+
 @pytest.mark.parametrize("cls_name,kwargs",
                          [("SparseCategoricalCrossentropy", k) for k in SPARSE_CONFIGS]
                          + [("CategoricalCrossentropy", k) for k in CATEGORICAL_CONFIGS])

@@ -299,6 +299,19 @@ def test_unscoped_losses_carry_tf_default_scope_names(tf, query):
     assert len(result["matched"]) == 1
 
 
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+@pytest.mark.parametrize("query", ["sparse", "softmax", "weighted", "value", "Sum", "Mul"])
+def test_empty_scope_is_tfs_root_scope(tf, function, query):
+    # scope="" enters TF's root name scope: the loss is "value:0", not the
+    # default scope's name (scope=None gives that).
+    def scenario(losses):
+        FUNCTIONS[function](losses, scope="")
+        FUNCTIONS[function](losses, scope="", reduction="none")
+        return {"matched": losses.get_losses(scope=query)}
+
+    _compare(tf, scenario)
+
+
 def test_get_losses_returns_a_copy(tf):
     def scenario(losses):
         _sparse(losses)

@@ -55,7 +55,9 @@ def loss_name(scope, op):
     name scope `scope`, which a second use makes ``scope_1`` (a scope ending
     in ``/`` is entered as it is), e.g. ``"tower_0/value:0"``. Other ops of the
     same scope are not counted, so a reentered scope's names may differ from
-    TF's past the slash."""
+    TF's past the slash. An empty `scope` is the root: ``"value:0"``."""
+    if not scope:
+        return _unique_name(op) + ":0"
     scope = scope[:-1] if scope.endswith("/") else _unique_name(scope)
     return _unique_name(f"{scope}/{op}") + ":0"
 

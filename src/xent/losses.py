@@ -85,6 +85,12 @@ def _last_op(reduction, dtype_name, casts):
     return _LAST_OP.get(reduction, "value")
 
 
+def _scope(scope, default):
+    """The name scope TF enters: `default` for None; ``""`` is the root scope
+    (TF's `name_scope("")`), so the loss is named by its last op alone."""
+    return default if scope is None else scope
+
+
 def _finish(be, loss, scope, loss_collection, reduction, casts=1):
     """Hand the loss back in the caller's type, collected if NumPy computed it.
 
@@ -130,7 +136,7 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     be = _backend.of(losses, weights)
     losses, weights = be.asarray(losses, "losses"), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
-    return _finish(be, loss, scope or "weighted_loss", loss_collection, reduction, casts=2)
+    return _finish(be, loss, _scope(scope, "weighted_loss"), loss_collection, reduction, casts=2)
 
 
 def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
@@ -170,7 +176,7 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weight_array)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope or "sparse_softmax_cross_entropy_loss", loss_collection,
+    return _finish(be, loss, _scope(scope, "sparse_softmax_cross_entropy_loss"), loss_collection,
                    reduction, casts)
 
 
@@ -230,5 +236,5 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
         labels = _smooth(be, labels, label_smoothing)
     losses = dense_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope or "softmax_cross_entropy_loss", loss_collection,
+    return _finish(be, loss, _scope(scope, "softmax_cross_entropy_loss"), loss_collection,
                    reduction, casts=3 + (label_smoothing > 0))

@@ -6,8 +6,12 @@ unless ``dtype=`` says otherwise, as Keras' dtype policy), then mask, weight
 and reduce (`xent._keras_reduce`). Per-example losses come from `xent.nn`'s
 validated path (logits) or `xent._probs` (probabilities).
 """
+import collections
+import re
 import sys
 import warnings
+
+import numpy as np
 
 from xent import _backend, _dtypes, _probs, _validate
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
@@ -138,6 +142,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
       >>> xent.keras.losses.sparse_categorical_crossentropy([1, 2], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
       array([0.05129339, 2.3025851 ], dtype=float32)
     """
+    _check_ignore_class(ignore_class)
     be, y_true, y_pred = _inputs(y_true, y_pred)
     losses, _ = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis)
     return be.finish(be.astype(losses, be.dtype_name(y_pred)))
@@ -185,6 +190,30 @@ def _policy_dtype(dtype):
     return name
 
 
+# How often each automatic loss name was given (Keras' `naming.uniquify`).
+_auto_names = collections.defaultdict(int)
+
+
+def _auto_name(cls):
+    """Keras' name for a loss built with ``name=None`` or ``""``: the class's
+    name in snake case, then ``_1``, ``_2``, ... as it is taken again."""
+    name = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", cls.__name__)).lower()
+    count = _auto_names[name]
+    _auto_names[name] += 1
+    return f"{name}_{count}" if count else name
+
+
+def _check_ignore_class(ignore_class):
+    """Keras compares labels with `ignore_class` cast to a float: anything
+    numeric is taken (``True`` is class 1); a string fails in the cast, and
+    xent refuses it when the loss is built."""
+    if ignore_class is None or (hasattr(ignore_class, "dtype") and not isinstance(ignore_class, np.ndarray)):
+        return
+    if np.asarray(ignore_class).dtype.kind not in "biuf":
+        raise TypeError(f"`ignore_class` must be None or a class id (a number). Received: "
+                        f"ignore_class={ignore_class!r} of type {type(ignore_class).__name__}")
+
+
 class Loss:
     """Base of the loss classes: owns name, reduction and dtype policy.
 
@@ -193,7 +222,7 @@ class Loss:
     """
 
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
-        self.name = name
+        self.name = name or _auto_name(type(self))
         self.reduction = standardize_reduction(reduction)
         self._dtype_arg = dtype
         self.dtype = _policy_dtype(dtype)
@@ -254,6 +283,7 @@ class SparseCategoricalCrossentropy(Loss):
     def __init__(self, from_logits=False, ignore_class=None, reduction="sum_over_batch_size",
                  axis=-1, name="sparse_categorical_crossentropy", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        _check_ignore_class(ignore_class)
         self.from_logits = from_logits
         self.ignore_class = ignore_class
         self.axis = axis
