@@ -71,6 +71,35 @@ def test_compile_fullgraph_of_the_v1_losses_with_default_weights_matches_eager()
                                rtol=1e-12, atol=1e-12)
 
 
+def test_compile_fullgraph_with_numpy_and_list_labels_matches_eager():
+    """Labels, weights and sample weights given as NumPy arrays or lists, as in eager
+    code: dynamo cannot read a NumPy dtype's `kind`, so `asarray` converted them
+    through code fullgraph refused ("ndarray attribute access")."""
+    import numpy as np
+
+    torch.compiler.reset()
+    x, labels, y = _inputs(7, torch.float64)
+    np_labels, list_labels, onehot = labels.numpy(), labels.tolist(), y.numpy()
+
+    def faces(x):
+        total = SPARSE(labels=np_labels, logits=x).sum() + SPARSE(labels=list_labels, logits=x).sum()
+        total = total + DENSE(labels=onehot, logits=x).sum()
+        total = total + xent.losses.sparse_softmax_cross_entropy(np_labels, x, weights=np.arange(6.0))
+        keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return total + keras_loss(np_labels, x, sample_weight=[1.0, 0.0, 2.0, 1.0, 1.0, 3.0])
+
+    xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want, got = faces(xe), torch.compile(faces, fullgraph=True)(xc)
+    # The Keras loss computes in float32 (its dtype policy), which inductor
+    # fuses in its own order: float32 tolerances.
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.autograd.grad(got, xc)[0], torch.autograd.grad(want, xe)[0],
+                               rtol=1e-6, atol=1e-7)
+    with pytest.raises(InvalidArgumentError, match="label value of 9"):
+        torch.compile(lambda x: SPARSE(labels=np.array([0, 1, 9, 0, 0, 0]), logits=x),
+                      fullgraph=True)(xc)
+
+
 def test_compiled_label_out_of_range_raises_tensorflows_error():
     torch.compiler.reset()
     compiled = torch.compile(lambda x, l: SPARSE(labels=l, logits=x), fullgraph=True)

@@ -104,6 +104,10 @@ class TorchBackend:
         (errors name `name`: `_dtypes.to_array`)."""
         if isinstance(x, torch.Tensor):
             return x
+        if torch.compiler.is_compiling():
+            # Dynamo traces NumPy calls as tensor ops and cannot read a dtype's
+            # `kind`: `torch.as_tensor` is what it can put in the graph.
+            return torch.as_tensor(x, device=self.device)
         return from_numpy(_dtypes.to_array(x, name)).to(self.device)
 
     @staticmethod
