@@ -18,6 +18,8 @@ from xent import _core
 NO_NUMBA = """
 import sys, warnings
 sys.modules["numba"] = None            # import numba now raises ImportError
+""" + (FALLS_BACK := """
+import warnings
 import numpy as np
 import xent
 from xent import _kernels
@@ -29,12 +31,31 @@ with warnings.catch_warnings(record=True) as caught:
     second = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(logits, np.array([0, 1]))
 print(xent.get_kernels())
 print(sum("fused kernels unavailable" in str(w.message) for w in caught))
+print(caught[0].filename)               # the caller's line, not xent's
 np.testing.assert_array_equal(first, _kernels.sparse_rows(logits, np.array([0, 1]))[0])
 np.testing.assert_array_equal(second.loss, first)
 try:
     xent.set_kernels("fused")
 except ImportError as exc:
-    print("ImportError", "numba" in str(exc))
+    print("ImportError", "NUMBA" in str(exc).upper())
+""")
+
+# In a child process: numba has no directory to cache in (its cache locators,
+# which find one, all fail, as for a read-only install run without a writable
+# home): the fused kernels still run, uncached, and the compile notice says so.
+NO_CACHE_DIR = """
+from numba.core import caching
+(getattr(caching, "CacheImpl", None) or caching._CacheImpl)._locator_classes = []
+import numpy as np
+import xent
+from xent import _kernels
+from xent._fused import _notice
+
+_notice.DELAY = 0.0
+logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
+loss = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=logits)
+print(xent.get_kernels())
+np.testing.assert_allclose(loss, _kernels.sparse_rows(logits, np.array([0, 1]))[0], rtol=1e-6)
 """
 
 
@@ -48,10 +69,34 @@ def _child(code, **env):
 
 
 def test_missing_numba_falls_back_to_the_reference_kernels_with_one_warning():
-    kernels, warnings_seen, explicit, _ = _child(NO_NUMBA)
+    kernels, warnings_seen, filename, explicit, _ = _child(NO_NUMBA)
     assert kernels == "numpy"
     assert warnings_seen == "1"
+    assert filename == "<string>"
     assert explicit == "ImportError True"   # asking for the fused kernels names numba
+
+
+def test_numba_disable_jit_falls_back_to_the_reference_kernels_with_one_warning():
+    """With NUMBA_DISABLE_JIT=1 numba's decorators return plain Python functions,
+    which cannot run the kernels: every call raised AttributeError."""
+    pytest.importorskip("numba")
+    kernels, warnings_seen, filename, explicit, _ = _child(FALLS_BACK, NUMBA_DISABLE_JIT="1")
+    assert kernels == "numpy"
+    assert warnings_seen == "1"
+    assert filename == "<string>"
+    assert explicit == "ImportError True"   # asking for the fused kernels names NUMBA_DISABLE_JIT
+
+
+def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path):
+    """Without a directory numba can write, ``cache=True`` raised numba's "no locator
+    available" on every call."""
+    pytest.importorskip("numba")
+    result = subprocess.run([sys.executable, "-c", NO_CACHE_DIR], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "XENT_KERNELS"},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "fused"
+    assert "not cached: numba has no directory it can write" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["numpy", "fused"])

@@ -9,11 +9,11 @@ reference in `_kernels`.
 import contextlib
 import math
 import os
-import warnings
 
 import numpy as np
 
 from xent import _kernels, _validate
+from xent._warnings import warn
 
 _state = {"kernels": None}
 KERNEL_NAMES = ("fused", "numpy")
@@ -29,9 +29,8 @@ def _load_fused(explicit):
             raise ImportError(
                 f"xent: the fused kernels need numba with LLVM 17+ ({exc}); install "
                 "numba, or choose the NumPy kernels: xent.set_kernels('numpy')") from exc
-        warnings.warn(
-            f"xent: fused kernels unavailable ({exc}); using the NumPy "
-            "reference kernels", RuntimeWarning, stacklevel=4)
+        warn(f"xent: fused kernels unavailable ({exc}); using the NumPy "
+             "reference kernels", RuntimeWarning)
         return _kernels
     return _fused
 

@@ -36,6 +36,12 @@ Machine code is compiled for the CPU numba targets (the host's, or
 cache load. Importing this module imports numba; `import xent` does not.
 """
 import llvmlite.binding
+import numba
+
+if numba.config.DISABLE_JIT:
+    # numba's jit decorators then return the Python functions, which cannot
+    # run the kernels' LLVM intrinsics.
+    raise ImportError("NUMBA_DISABLE_JIT is set, so numba compiles nothing")
 
 if llvmlite.binding.llvm_version_info < (17,):
     # Opaque pointers and the vector reductions the kernels rely on need LLVM 17 or newer.

@@ -30,7 +30,10 @@ def _is_xent(dispatcher):
 def _cache_place(dispatcher):
     """Where numba caches `dispatcher`'s machine code, in words."""
     path = getattr(getattr(dispatcher, "_cache", None), "cache_path", None)
-    return f"cached in {path}" if path else "not cached (numba's cache is off)"
+    if path:
+        return f"cached in {path}"
+    return ("not cached: numba has no directory it can write (set NUMBA_CACHE_DIR "
+            "to one to cache them)")
 
 
 class _CompileNotice(event.Listener):

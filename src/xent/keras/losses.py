@@ -8,14 +8,13 @@ validated path (logits) or `xent._probs` (probabilities).
 """
 import collections
 import re
-import sys
-import warnings
 
 import numpy as np
 
 from xent import _backend, _dtypes, _probs, _validate
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
+from xent._warnings import warn
 from xent.nn import dense_losses, sparse_losses
 
 __all__ = [
@@ -69,19 +68,11 @@ def _categorical_shapes(y_true, y_pred):
 
 def _warn_one_class(y_pred):
     """Keras' warning for ``[batch, 1]`` predictions: binary labels, usually by mistake."""
-    warnings.warn(
+    warn(
         "In loss categorical_crossentropy, expected y_pred.shape to be (batch_size, num_classes) "
         f"with num_classes > 1. Received: y_pred.shape={tuple(y_pred.shape)}. Consider using "
         "'binary_crossentropy' if you only have 2 classes.",
-        SyntaxWarning, stacklevel=_caller_stacklevel())
-
-
-def _caller_stacklevel():
-    """The `stacklevel` that points a warning at the first frame outside xent."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith("xent."):
-        frame, level = frame.f_back, level + 1
-    return level
+        SyntaxWarning)
 
 
 def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
