@@ -114,6 +114,19 @@ def test_xent_bench_shape_refuses_what_is_not_rows_x_classes(capsys, text):
         in capsys.readouterr().err
 
 
+def test_xent_bench_shape_too_large_for_the_machine_stops_before_any_work(capsys, monkeypatch):
+    """A shape whose arrays cannot fit ended in a MemoryError traceback."""
+    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    memory = cli._memory_bytes()
+    assert memory and memory > 2**30
+    rows = memory // (4 * 4 * 1000) + 1     # four float32 arrays of rows x 1000 pass it
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--shape", f"{rows}x1000"])
+    assert exit_info.value.code == 2
+    assert f"argument --shape: {rows}x1000 needs about" in capsys.readouterr().err
+    assert cli._shape(f"{rows - 1}x1000") == (rows - 1, 1000)
+
+
 def test_xent_bench_out_that_cannot_be_a_folder_stops_before_any_work(capsys, monkeypatch,
                                                                        tmp_path):
     """A ``--out`` under a file: argparse's error naming ``--out`` (exit 2) before

@@ -1542,13 +1542,14 @@ def test_set_num_threads_rejects_bad_counts():
     xent.set_num_threads(xent._threads.max_threads())
 
 
-def test_a_numba_num_threads_that_is_not_a_count_is_named(monkeypatch):
+@pytest.mark.parametrize("bad", ["abc", "0", "-2"])
+def test_a_numba_num_threads_that_is_not_a_count_is_named(monkeypatch, bad):
     """Before numba is imported, the thread count comes from NUMBA_NUM_THREADS: a
     value that is not a positive integer is named, not a bare int() error."""
     monkeypatch.setitem(sys.modules, "numba", None)   # (as before `import numba`)
-    monkeypatch.setenv("NUMBA_NUM_THREADS", "abc")
+    monkeypatch.setenv("NUMBA_NUM_THREADS", bad)
     with pytest.raises(ValueError, match="NUMBA_NUM_THREADS must be a positive integer; "
-                                         "received 'abc'"):
+                                         f"received '{bad}'"):
         xent._threads.max_threads()
     monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
     assert xent._threads.max_threads() == 3

@@ -114,8 +114,33 @@ def test_set_kernels_rejects_an_unknown_name_and_keeps_the_choice():
     assert xent.get_kernels() == before
 
 
+@pytest.mark.parametrize("bad", [None, 1, ["numpy"]])
+def test_set_kernels_rejects_a_name_that_is_not_a_string(bad):
+    import numpy as np
+
+    before = xent.get_kernels()
+    for name in (bad, np.array(["numpy"])):   # (an array compared equal element-wise)
+        with pytest.raises(TypeError, match="must be the string 'fused' or 'numpy'; received"):
+            xent.set_kernels(name)
+    assert xent.get_kernels() == before
+
+
 def test_using_kernels_switches_for_its_body_only():
     before = xent.get_kernels()
     with _core.using_kernels("numpy"):
         assert xent.get_kernels() == "numpy"
     assert xent.get_kernels() == before
+
+
+def test_numba_num_threads_of_zero_is_named_before_numba_fails_on_it():
+    """numba's own import raised "Number of threads specified must be > 0." from
+    inside xent's first call, naming no variable."""
+    code = """
+import numpy as np, xent
+try:
+    xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0], logits=np.ones((1, 3), np.float32))
+except ValueError as exc:
+    print(exc)
+"""
+    assert _child(code, NUMBA_NUM_THREADS="0")[0] == (
+        "the environment variable NUMBA_NUM_THREADS must be a positive integer; received '0'")

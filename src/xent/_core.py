@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from xent import _kernels, _validate
+from xent import _kernels, _threads, _validate
 from xent._warnings import warn
 
 _state = {"kernels": None}
@@ -22,6 +22,7 @@ KERNEL_NAMES = ("fused", "numpy")
 def _load_fused(explicit):
     """`xent._fused`; if numba cannot load it, raise (`explicit`) or warn once and
     return the NumPy reference kernels."""
+    _threads.environment_threads()   # a bad NUMBA_NUM_THREADS fails numba's import
     try:
         from xent import _fused
     except ImportError as exc:
@@ -65,12 +66,16 @@ def set_kernels(name):
         numba cannot be installed, or to compare against the reference).
 
     Raises:
+      TypeError: `name` is not a string.
       ValueError: `name` is neither.
       ImportError: ``"fused"`` where numba cannot load the kernels.
 
     ``XENT_KERNELS=numpy`` (or ``fused``) in the environment makes the same
     choice before the first call.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"xent.set_kernels' name must be the string 'fused' or 'numpy'; "
+                        f"received {name!r} of type {type(name).__name__}")
     _check_name(name, "xent.set_kernels' name")
     _state["kernels"] = _kernels if name == "numpy" else _load_fused(explicit=True)
 

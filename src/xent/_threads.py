@@ -28,6 +28,22 @@ def fork_safe_lock():
     return lock
 
 
+def environment_threads():
+    """``NUMBA_NUM_THREADS`` as an int, or None where it is not set.
+
+    Raises:
+      ValueError: it is set to anything but a positive integer (numba's own
+        import fails on it then, with a message that names no variable).
+    """
+    env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if not env:
+        return None
+    if not (env.isascii() and env.isdigit() and int(env) > 0):
+        raise ValueError(f"the environment variable NUMBA_NUM_THREADS must be a positive "
+                         f"integer; received {env!r}")
+    return int(env)
+
+
 def max_threads():
     """The most threads a call can use: the calling thread and xent's helper
     threads (`xent._fused._pool`, one fewer).
@@ -35,15 +51,12 @@ def max_threads():
     That is ``NUMBA_NUM_THREADS`` if set (the knob numba users know), else the
     CPUs this process may run on, read from numba's config once numba is imported.
     """
+    env = environment_threads()
     numba = sys.modules.get("numba")
     if numba is not None:
         return int(numba.config.NUMBA_NUM_THREADS)
-    env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
     if env:
-        if not (env.isascii() and env.isdigit()):
-            raise ValueError(f"the environment variable NUMBA_NUM_THREADS must be a positive "
-                             f"integer; received {env!r}")
-        return max(1, int(env))
+        return env
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1

@@ -10,12 +10,31 @@ def _positive_digits(text):
     return text.isascii() and text.isdigit() and int(text) > 0
 
 
+# float32 logits-sized arrays a bench input holds at once, about: the logits, a
+# gradient, the copy floor's target and a peer's own.
+_COPIES = 4
+
+
+def _memory_bytes():
+    """This machine's physical memory in bytes, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _shape(text):
-    """``"8192x32000"`` → ``(8192, 32000)``: rows and classes, both positive."""
+    """``"8192x32000"`` → ``(8192, 32000)``: rows and classes, both positive, of
+    logits whose bench fits in this machine's memory."""
     rows, _, classes = text.lower().partition("x")
     if not (_positive_digits(rows) and _positive_digits(classes)):
         raise argparse.ArgumentTypeError(
             f"expected ROWSxCLASSES with two positive integers, such as 8192x32000; got {text!r}")
+    needed, memory = _COPIES * 4 * int(rows) * int(classes), _memory_bytes()
+    if memory and needed > memory:
+        raise argparse.ArgumentTypeError(
+            f"{text} needs about {needed / 2**30:.3g} GiB ({_COPIES} float32 arrays of its "
+            f"size); this machine has {memory / 2**30:.3g} GiB")
     return int(rows), int(classes)
 
 
