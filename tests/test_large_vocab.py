@@ -485,6 +485,28 @@ def test_torch_a_second_backward_makes_the_gradients_again(torch_path):
         loss.backward()
 
 
+@pytest.mark.parametrize("dtype,reduction", [(np.float64, "none"), (np.float32, "none"),
+                                             (ml_dtypes.bfloat16, "none"), (np.float16, "mean"),
+                                             (np.float16, "sum"), (np.float32, "mean")],
+                         ids=lambda v: v if isinstance(v, str) else np.dtype(v).name)
+def test_torch_linear_under_non_reentrant_checkpoint_matches_the_oracle(torch_path, dtype, reduction):
+    """`torch.utils.checkpoint(use_reentrant=False)` lets a backward unpack its saved
+    tensors once: the backwards that run the chunks again read them twice, and raised
+    CheckpointError (reduction "none", float16)."""
+    from torch.utils.checkpoint import checkpoint
+
+    x, w, b, t = make_linear(6, 5, 17, np.float64, seed=8)
+    upstream = np.linspace(-1.0, 2.0, 6) if reduction == "none" else None
+    xt, wt, bt = (_tensor(a, dtype) for a in (x, w, b))
+    loss = checkpoint(lambda x, w, b: xent.linear_cross_entropy(x, w, torch.from_numpy(t), bias=b,
+                                                                 reduction=reduction, chunk_size=4),
+                      xt, wt, bt, use_reentrant=False)
+    loss.backward(None if upstream is None else torch.from_numpy(upstream).to(loss.dtype))
+    want = linear_oracle(x, w, b, t, {}, reduction, upstream)
+    for got, truth in zip((loss, xt.grad, wt.grad, bt.grad), want):
+        assert_close(got.detach().double().numpy(), truth, dtype)
+
+
 # -- JAX ------------------------------------------------------------------------------------------
 
 @pytest.fixture(params=["kernel", "jax.numpy"])

@@ -183,7 +183,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         weights = row_weights(valid, opts.reduction, torch_views.numpy_accumulator(x.dtype))
         grads, losses = _torch_chunks.run_chunks(x2, w, b, targets, valid, opts, chunk, weights,
                                     wanted if early else (False,) * 3)
-        ctx.grads, ctx.opts, ctx.chunk, ctx.shape = grads, opts, chunk, x.shape
+        ctx.grads, ctx.opts, ctx.chunk, ctx.shape, ctx.x_dtype = grads, opts, chunk, x.shape, x.dtype
         ctx.tokens = (targets, valid, weights)
         ctx.save_for_backward(x2, w, b)
         dtype = torch_views.numpy_view(x2[:0]).dtype
@@ -197,9 +197,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dx, dw, db = (None if t is None else _scaled(t, g, "mean") for t in grads)
         else:
             dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
-        dtype = ctx.saved_tensors[0].dtype
-        return (None if dx is None else dx.reshape(ctx.shape), None if dw is None else dw.to(dtype),
-                None if db is None else db.to(dtype), None, None, None, None)
+        # (ctx.x_dtype, not saved_tensors again: non-reentrant checkpoint lets a
+        # backward unpack its saved tensors once, and _recompute did)
+        return (None if dx is None else dx.reshape(ctx.shape),
+                None if dw is None else dw.to(ctx.x_dtype),
+                None if db is None else db.to(ctx.x_dtype), None, None, None, None)
 
     @staticmethod
     def _recompute(ctx, g):
