@@ -692,6 +692,30 @@ def test_jax_float16_gradient_under_a_loss_scale_is_rounded_once(jax_path, reduc
     assert (np.abs(got - truth) <= TOL[np.float16] * np.abs(truth) + 2.0 ** -24).all()
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_jax_float16_linear_gradients_under_a_loss_scale_are_rounded_once(jax_path, reduction):
+    """`linear_cross_entropy`'s float16 gradients, made in the forward for a mean or
+    sum, stay float32 until the loss scale multiplies them: rounded to float16
+    first, 10 of dW's 128 entries flushed to 0 (small activations, 4096 tokens)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(17)
+    n, h, v, scale = 4096, 8, 16, 2.0 ** 12
+    x = (rng.normal(size=(n, h)) * 1e-4).astype(np.float16)
+    w = rng.normal(size=(v, h)).astype(np.float16)
+    target = rng.integers(0, v, n)
+    _, dx, dw, _ = linear_oracle(x.astype(np.float64), w.astype(np.float64), None, target, {},
+                                 reduction, np.full((), scale))
+    grads = jax.jit(jax.grad(lambda x, w: xent.linear_cross_entropy(
+        x, w, jnp.asarray(target), reduction=reduction).astype(jnp.float32) * scale,
+        argnums=(0, 1)))(jnp.asarray(x), jnp.asarray(w))
+    for got, want in zip(grads, (dx, dw)):
+        assert got.dtype == jnp.float16
+        got = np.asarray(got, np.float64)
+        assert not (got == 0)[np.abs(want) >= 2.0 ** -24].any()   # would round to float16's smallest
+        assert_close(got, want, np.float16)
+
+
 def test_jax_ignore_index_outside_the_targets_dtype_is_named(jax_path):
     """JAX compares targets with ignore_index in the targets' dtype (int32 without
     x64): one that does not fit is refused, named (not JAX's OverflowError)."""

@@ -158,7 +158,10 @@ def _linear_fwd(x2, weight, bias, t, opts, chunk):
 def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
     """``(losses [N], dx, dW, db)`` of Σ_i g_i·loss_i, one chunk's logits at a time.
 
-    dW and db are summed in the accumulator dtype, and returned in the weight's.
+    dW and db are summed in the accumulator dtype. The gradients come back in
+    `_jax_cpu.grad_dtype` of their inputs' dtypes: float32 for float16, whose
+    small entries would flush to zero before a loss scale multiplies them
+    (`_reduced_bwd`); the inputs' own otherwise.
     """
     acc = _accumulator(x2.dtype)
     xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
@@ -169,7 +172,7 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
         z = _chunk_logits(xc, weight, bias)
         losses, vjp = jax.vjp(lambda z: _array_math.token_losses(_jax._Ops, z, tc, opts), z)
         dz = vjp(gc)[0]
-        dxc = jnp.matmul(dz, weight.astype(acc)).astype(x2.dtype)
+        dxc = jnp.matmul(dz, weight.astype(acc)).astype(_jax_cpu.grad_dtype(x2.dtype))
         dw = sums[0] + jnp.matmul(dz.T, xc.astype(acc))
         return (dw, sums[1] + dz.sum(axis=0)), (losses, dxc)
 
@@ -178,7 +181,8 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
     (dw, db), (losses, dxs) = jax.lax.scan(step, zeros, (xs, ts, gs))
     n = x2.shape[0]
     dx = dxs.reshape(-1, x2.shape[1])[:n]
-    return losses.reshape(-1)[:n], dx, dw.astype(weight.dtype), db.astype(bias.dtype)
+    return (losses.reshape(-1)[:n], dx, dw.astype(_jax_cpu.grad_dtype(weight.dtype)),
+            db.astype(_jax_cpu.grad_dtype(bias.dtype)))
 
 
 def _linear_bwd(opts, chunk, residuals, g):
@@ -188,10 +192,11 @@ def _linear_bwd(opts, chunk, residuals, g):
 
 
 def _as_inputs(grads, inputs):
-    """``(dx, dW, db)``, each summed over the mesh axes it varies over and its input
-    does not (`_jax_mesh.sum_to_type_of`: a weight replicated over a `shard_map`
-    gets the sum of the shards' gradients); `inputs` may be empty slices of them."""
-    return tuple(_jax_mesh.sum_to_type_of(d, a) for d, a in zip(grads, inputs))
+    """``(dx, dW, db)`` in their inputs' dtypes, each summed over the mesh axes it
+    varies over and its input does not (`_jax_mesh.sum_to_type_of`: a weight
+    replicated over a `shard_map` gets the sum of the shards' gradients);
+    `inputs` may be empty slices of them."""
+    return tuple(_jax_mesh.sum_to_type_of(d.astype(a.dtype), a) for d, a in zip(grads, inputs))
 
 
 def _witnesses(*arrays):
