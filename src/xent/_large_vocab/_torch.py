@@ -152,14 +152,18 @@ def _graph_cross_entropy(logits, target, opts, grad_wanted):
 
 
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
-    """`xent.cross_entropy` on torch tensors (checked)."""
+    """`xent.cross_entropy` on torch tensors (checked).
+
+    The paths in torch ops compare int64 targets with `ignore_index` (torch
+    compares in the tensor's dtype: an int32 target against 2**32 + 1 would
+    match 1), as the kernel's path does in NumPy (`_numpy.tokens`)."""
     grad_wanted = logits.requires_grad and torch.is_grad_enabled()
     if inplace_backward and grad_wanted:
         _check_inplace(logits)
     if not torch_math.on_kernels(logits):
-        return _device_cross_entropy(logits, target, opts)
+        return _device_cross_entropy(logits, target.long(), opts)
     if torch_backend.graph_ops():   # (inplace_backward has no effect there)
-        return _graph_cross_entropy(logits, target, opts, grad_wanted)
+        return _graph_cross_entropy(logits, target.long(), opts, grad_wanted)
     inplace = bool(inplace_backward) and grad_wanted
     return _apply(_CrossEntropy, logits, target, opts, inplace, grad_wanted)
 
@@ -241,9 +245,9 @@ def _device_linear(x, weight, bias, target, opts, chunk):
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
     if not torch_math.on_kernels(x):
-        return _device_linear(x, weight, bias, target, opts, chunk)
+        return _device_linear(x, weight, bias, target.long(), opts, chunk)
     if torch_backend.graph_ops():
-        return _torch_linear_ops.loss(x, weight, bias, target, opts, chunk)
+        return _torch_linear_ops.loss(x, weight, bias, target.long(), opts, chunk)
     wanted = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad
                    for t in (x, weight, bias))
     return _apply(_LinearCrossEntropy, x, weight, bias, target, opts, chunk, wanted)
