@@ -361,6 +361,26 @@ def test_torch_inplace_backward_refuses_a_view_of_a_leaf():
     assert z.grad is None and z._version == 0
 
 
+def test_torch_inplace_backward_has_no_effect_where_the_operator_runs():
+    """Under torch.func (and off the CPU) the registered operator runs and
+    inplace_backward changes nothing, as documented: the differentiated input,
+    a leaf there, was refused with a message about its .grad."""
+    from xent import _torch
+
+    z, t = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    want = torch.func.grad(lambda z: xent.cross_entropy(z, t, z_loss=0.1))(z)
+    got = torch.func.grad(lambda z: xent.cross_entropy(z, t, z_loss=0.1, inplace_backward=True))(z)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    leaf = z.clone().requires_grad_(True)
+    _torch.use_torch_ops_on_cpu(True)
+    try:
+        xent.cross_entropy(leaf, t, z_loss=0.1, inplace_backward=True).backward()
+    finally:
+        _torch.use_torch_ops_on_cpu(False)
+    torch.testing.assert_close(leaf.grad, want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(leaf.detach(), z, rtol=0, atol=0)
+
+
 def test_torch_ignored_tokens_with_inf_and_nan_logits_add_nothing(torch_path):
     z = torch.randn(5, 7, dtype=torch.float64)
     z[1, 2], z[3] = float("inf"), float("nan")

@@ -158,13 +158,13 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     compares in the tensor's dtype: an int32 target against 2**32 + 1 would
     match 1), as the kernel's path does in NumPy (`_numpy.tokens`)."""
     grad_wanted = logits.requires_grad and torch.is_grad_enabled()
-    if inplace_backward and grad_wanted:
-        _check_inplace(logits)
-    if not torch_math.on_kernels(logits):
+    if not torch_math.on_kernels(logits):   # (inplace_backward has no effect there,
         return _device_cross_entropy(logits, target.long(), opts)
-    if torch_backend.graph_ops():   # (inplace_backward has no effect there)
+    if torch_backend.graph_ops():           # nor here: nothing to refuse)
         return _graph_cross_entropy(logits, target.long(), opts, grad_wanted)
     inplace = bool(inplace_backward) and grad_wanted
+    if inplace:
+        _check_inplace(logits)
     return _apply(_CrossEntropy, logits, target, opts, inplace, grad_wanted)
 
 
