@@ -1542,17 +1542,23 @@ def test_set_num_threads_rejects_bad_counts():
     xent.set_num_threads(xent._threads.max_threads())
 
 
-@pytest.mark.parametrize("bad", ["abc", "0", "-2"])
-def test_a_numba_num_threads_that_is_not_a_count_is_named(monkeypatch, bad):
-    """Before numba is imported, the thread count comes from NUMBA_NUM_THREADS: a
-    value that is not a positive integer is named, not a bare int() error."""
+@pytest.mark.parametrize("bad", ["0", "-2"])
+def test_a_numba_num_threads_below_one_is_named(monkeypatch, bad):
+    """Before numba is imported, the thread count comes from NUMBA_NUM_THREADS, read
+    as numba reads it (``int``): a count below 1, on which numba's own import
+    fails, is named; one that is not a number is numba's default (numba warns)."""
     monkeypatch.setitem(sys.modules, "numba", None)   # (as before `import numba`)
     monkeypatch.setenv("NUMBA_NUM_THREADS", bad)
     with pytest.raises(ValueError, match="NUMBA_NUM_THREADS must be a positive integer; "
                                          f"received '{bad}'"):
         xent._threads.max_threads()
-    monkeypatch.setenv("NUMBA_NUM_THREADS", "3")
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "+3")
     assert xent._threads.max_threads() == 3
+    monkeypatch.delenv("NUMBA_NUM_THREADS")
+    default = xent._threads.max_threads()
+    for not_a_number in ("abc", "1.0"):
+        monkeypatch.setenv("NUMBA_NUM_THREADS", not_a_number)
+        assert xent._threads.max_threads() == default
 
 
 def test_get_num_threads_defaults_to_numba_pool():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import xent
@@ -37,7 +38,7 @@ np.testing.assert_array_equal(second.loss, first)
 try:
     xent.set_kernels("fused")
 except ImportError as exc:
-    print("ImportError", "NUMBA" in str(exc).upper())
+    print("ImportError", "numba" in str(exc), "NUMBA_DISABLE_JIT" in str(exc))
 """)
 
 # In a child process: numba has no directory to cache in (its cache locators,
@@ -73,7 +74,7 @@ def test_missing_numba_falls_back_to_the_reference_kernels_with_one_warning():
     assert kernels == "numpy"
     assert warnings_seen == "1"
     assert filename == "<string>"
-    assert explicit == "ImportError True"   # asking for the fused kernels names numba
+    assert explicit == "ImportError True False"   # asking for the fused kernels names numba
 
 
 def test_numba_disable_jit_falls_back_to_the_reference_kernels_with_one_warning():
@@ -84,7 +85,7 @@ def test_numba_disable_jit_falls_back_to_the_reference_kernels_with_one_warning(
     assert kernels == "numpy"
     assert warnings_seen == "1"
     assert filename == "<string>"
-    assert explicit == "ImportError True"   # asking for the fused kernels names NUMBA_DISABLE_JIT
+    assert explicit == "ImportError True True"   # asking for the fused kernels names NUMBA_DISABLE_JIT
 
 
 def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path):
@@ -96,7 +97,9 @@ def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "fused"
-    assert "not cached: numba has no directory it can write" in result.stderr
+    assert "compiling kernels for" in result.stderr and ", once" not in result.stderr
+    assert "not cached: numba has no directory it can write, so every process compiles them" \
+        in result.stderr
 
 
 @pytest.mark.parametrize("name", ["numpy", "fused"])
@@ -144,3 +147,19 @@ except ValueError as exc:
 """
     assert _child(code, NUMBA_NUM_THREADS="0")[0] == (
         "the environment variable NUMBA_NUM_THREADS must be a positive integer; received '0'")
+
+
+@pytest.mark.parametrize("value", ["+2", "abc"])
+def test_numba_num_threads_that_numba_takes_runs_the_fused_kernels(value):
+    """numba reads NUMBA_NUM_THREADS with ``int`` ("+2" is 2) and takes its default,
+    with a warning, for what is not a number: xent runs there as numba does."""
+    pytest.importorskip("numba")
+    code = """
+import warnings
+warnings.simplefilter("ignore")
+import numpy as np, xent
+print(xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0], logits=np.zeros((1, 4), np.float32))[0])
+print(xent.get_kernels())
+"""
+    loss, kernels, _ = _child(code, NUMBA_NUM_THREADS=value)
+    assert float(loss) == pytest.approx(np.log(4.0), rel=1e-6) and kernels == "fused"

@@ -72,9 +72,10 @@ def test_compile_fullgraph_of_the_v1_losses_with_default_weights_matches_eager()
 
 
 def test_compile_fullgraph_with_numpy_and_list_labels_matches_eager():
-    """Labels, weights and sample weights given as NumPy arrays or lists, as in eager
-    code: dynamo cannot read a NumPy dtype's `kind`, so `asarray` converted them
-    through code fullgraph refused ("ndarray attribute access")."""
+    """Labels, weights, sample weights and ignore_class given as NumPy arrays, lists
+    or Python numbers, as in eager code: dynamo cannot read a NumPy dtype's
+    `kind`, so converting or checking them through NumPy broke the graph
+    ("ndarray attribute access")."""
     import numpy as np
 
     torch.compiler.reset()
@@ -85,7 +86,12 @@ def test_compile_fullgraph_with_numpy_and_list_labels_matches_eager():
         total = SPARSE(labels=np_labels, logits=x).sum() + SPARSE(labels=list_labels, logits=x).sum()
         total = total + DENSE(labels=onehot, logits=x).sum()
         total = total + xent.losses.sparse_softmax_cross_entropy(np_labels, x, weights=np.arange(6.0))
-        keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        total = total + xent.losses.sparse_softmax_cross_entropy(np_labels, x, weights=[1, 0, 2, 1, 1, 3])
+        total = total + xent.losses.softmax_cross_entropy(onehot, x, weights=(2.0,) * 6)
+        total = total + xent.losses.compute_weighted_loss(x, weights=[[0.5] * 5] * 6)
+        total = total + xent.keras.losses.sparse_categorical_crossentropy(
+            np_labels, x, from_logits=True, ignore_class=1).sum()
+        keras_loss = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
         return total + keras_loss(np_labels, x, sample_weight=[1.0, 0.0, 2.0, 1.0, 1.0, 3.0])
 
     xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)

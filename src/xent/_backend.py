@@ -41,6 +41,11 @@ class NumpyBackend:
     xp = np
 
     @staticmethod
+    def compiling():
+        """Whether a graph compiler is tracing this call (torch.compile's dynamo)."""
+        return False
+
+    @staticmethod
     def asarray(x, name="input"):
         """Convert as `tf.convert_to_tensor` does (see `_dtypes.to_array`); errors name `name`."""
         return _dtypes.to_array(x, name)

@@ -28,8 +28,9 @@ def _load_fused(explicit):
     except ImportError as exc:
         if explicit:
             raise ImportError(
-                f"xent: the fused kernels need numba with LLVM 17+ ({exc}); install "
-                "numba, or choose the NumPy kernels: xent.set_kernels('numpy')") from exc
+                f"xent: the fused kernels cannot load: {exc}. They need numba with LLVM "
+                "17+ and its JIT on; or choose the NumPy kernels: "
+                "xent.set_kernels('numpy')") from exc
         warn(f"xent: fused kernels unavailable ({exc}); using the NumPy "
              "reference kernels", RuntimeWarning)
         return _kernels
@@ -61,7 +62,7 @@ def set_kernels(name):
 
     Args:
       name: ``"fused"``: the numba kernels (the default; compiled on first
-        use and cached on disk). ``"numpy"``: the NumPy reference kernels
+        use and cached on disk where numba can write). ``"numpy"``: the NumPy reference kernels
         (no compile; several times slower on large inputs; the choice where
         numba cannot be installed, or to compare against the reference).
 

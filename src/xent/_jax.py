@@ -261,6 +261,11 @@ class JaxBackend:
     xp = jnp
 
     @staticmethod
+    def compiling():
+        """False: `jax.jit` traces arrays, and NumPy calls on Python lists run as usual."""
+        return False
+
+    @staticmethod
     def asarray(x, name="input"):
         """`x` as a JAX array; others convert as `tf.convert_to_tensor` first (errors
         name `name`: `_dtypes.to_array`)."""

@@ -29,19 +29,22 @@ def fork_safe_lock():
 
 
 def environment_threads():
-    """``NUMBA_NUM_THREADS`` as an int, or None where it is not set.
+    """``NUMBA_NUM_THREADS`` read as numba reads it (``int``), or None where it is
+    not set or not a number (numba warns then, and takes its default).
 
     Raises:
-      ValueError: it is set to anything but a positive integer (numba's own
-        import fails on it then, with a message that names no variable).
+      ValueError: it is 0 or negative, on which numba's own import fails with
+        a message that names no variable.
     """
     env = os.environ.get("NUMBA_NUM_THREADS", "").strip()
-    if not env:
+    try:
+        count = int(env)
+    except ValueError:
         return None
-    if not (env.isascii() and env.isdigit() and int(env) > 0):
+    if count <= 0:
         raise ValueError(f"the environment variable NUMBA_NUM_THREADS must be a positive "
                          f"integer; received {env!r}")
-    return int(env)
+    return count
 
 
 def max_threads():
@@ -51,10 +54,10 @@ def max_threads():
     That is ``NUMBA_NUM_THREADS`` if set (the knob numba users know), else the
     CPUs this process may run on, read from numba's config once numba is imported.
     """
-    env = environment_threads()
     numba = sys.modules.get("numba")
     if numba is not None:
         return int(numba.config.NUMBA_NUM_THREADS)
+    env = environment_threads()
     if env:
         return env
     if hasattr(os, "sched_getaffinity"):

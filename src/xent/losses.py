@@ -60,8 +60,8 @@ def _weights(be, weights):
     Complex weights are refused (TensorFlow drops their imaginary part).
     """
     _validate.require("weights", weights)
-    if isinstance(weights, (int, float)):   # (no NumPy call: torch.compile traces this one)
-        return be.astype(weights, "float64")
+    if isinstance(weights, (int, float)) or (isinstance(weights, (list, tuple)) and be.compiling()):
+        return be.astype(weights, "float64")   # (no NumPy call: torch.compile traces these)
     if isinstance(weights, (complex, list, tuple)):
         weights = _dtypes.numbers(weights, "weights")
         weights = weights if np.iscomplexobj(weights) else weights.astype(np.float64)

@@ -33,7 +33,8 @@ One file per idea, from the bottom up:
 
 Machine code is compiled for the CPU numba targets (the host's, or
 ``NUMBA_CPU_NAME``'s) and cached on disk, so a fresh process pays only the
-cache load. Importing this module imports numba; `import xent` does not.
+cache load (where numba has no directory it can write, every process compiles
+them: `_options.can_cache`). Importing this module imports numba; `import xent` does not.
 """
 import llvmlite.binding
 import numba
@@ -41,7 +42,8 @@ import numba
 if numba.config.DISABLE_JIT:
     # numba's jit decorators then return the Python functions, which cannot
     # run the kernels' LLVM intrinsics.
-    raise ImportError("NUMBA_DISABLE_JIT is set, so numba compiles nothing")
+    raise ImportError("NUMBA_DISABLE_JIT is set, so numba compiles nothing (unset it to "
+                      "use the fused kernels)")
 
 if llvmlite.binding.llvm_version_info < (17,):
     # Opaque pointers and the vector reductions the kernels rely on need LLVM 17 or newer.

@@ -7,6 +7,10 @@ per dtype and layout met). When xent's compiles in this process have run for
 `DELAY` seconds in all, this prints, once per process:
 
     xent: compiling kernels for znver3, once; cached in /path/__pycache__
+
+or, where numba has no directory it can write (`_options.can_cache`):
+
+    xent: compiling kernels for znver3; not cached: numba has no directory ...
 """
 import sys
 import threading
@@ -32,8 +36,8 @@ def _cache_place(dispatcher):
     path = getattr(getattr(dispatcher, "_cache", None), "cache_path", None)
     if path:
         return f"cached in {path}"
-    return ("not cached: numba has no directory it can write (set NUMBA_CACHE_DIR "
-            "to one to cache them)")
+    return ("not cached: numba has no directory it can write, so every process "
+            "compiles them (set NUMBA_CACHE_DIR to one to cache them)")
 
 
 class _CompileNotice(event.Listener):
@@ -52,8 +56,10 @@ class _CompileNotice(event.Listener):
                 return
             self.said = True
         stream = self._stream or sys.stderr
-        print(f"xent: compiling kernels for {_target.cpu_name()}, once; "
-              f"{_cache_place(dispatcher)}", file=stream, flush=True)
+        place = _cache_place(dispatcher)
+        once = ", once" if place.startswith("cached") else ""
+        print(f"xent: compiling kernels for {_target.cpu_name()}{once}; {place}",
+              file=stream, flush=True)
 
     def on_start(self, ev):
         dispatcher = ev.data["dispatcher"]

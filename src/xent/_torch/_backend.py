@@ -84,6 +84,12 @@ class TorchBackend:
     def __init__(self, device):
         self.device = device
 
+    @staticmethod
+    def compiling():
+        """Whether dynamo (torch.compile) is tracing: it cannot trace NumPy's dtype
+        checks, so Python lists are handed to torch there (`asarray`)."""
+        return torch.compiler.is_compiling()
+
     @classmethod
     def for_tensors(cls, tensors):
         """The backend for a call whose tensor arguments are `tensors` (one device).
@@ -104,7 +110,7 @@ class TorchBackend:
         (errors name `name`: `_dtypes.to_array`)."""
         if isinstance(x, torch.Tensor):
             return x
-        if torch.compiler.is_compiling():
+        if self.compiling():
             # Dynamo traces NumPy calls as tensor ops and cannot read a dtype's
             # `kind`: `torch.as_tensor` is what it can put in the graph.
             return torch.as_tensor(x, device=self.device)

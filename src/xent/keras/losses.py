@@ -8,6 +8,7 @@ validated path (logits) or `xent._probs` (probabilities).
 """
 import collections
 import re
+import threading
 
 import numpy as np
 
@@ -181,26 +182,40 @@ def _policy_dtype(dtype):
     return name
 
 
-# How often each automatic loss name was given (Keras' `naming.uniquify`).
-_auto_names = collections.defaultdict(int)
+# How often each automatic loss name was given in this thread (Keras'
+# `naming.uniquify`, whose counts live in its thread-local global state).
+_auto_names = threading.local()
 
 
 def _auto_name(cls):
     """Keras' name for a loss built with ``name=None`` or ``""``: the class's
-    name in snake case, then ``_1``, ``_2``, ... as it is taken again."""
+    name in snake case, then ``_1``, ``_2``, ... as it is taken again in the
+    same thread. (`keras.backend.clear_session` restarts Keras' counts, not
+    these.)"""
     name = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", cls.__name__)).lower()
-    count = _auto_names[name]
-    _auto_names[name] += 1
+    counts = getattr(_auto_names, "counts", None)
+    if counts is None:
+        counts = _auto_names.counts = collections.defaultdict(int)
+    count = counts[name]
+    counts[name] += 1
     return f"{name}_{count}" if count else name
 
 
 def _check_ignore_class(ignore_class):
     """Keras compares labels with `ignore_class` cast to a float: anything
-    numeric is taken (``True`` is class 1); a string fails in the cast, and
-    xent refuses it when the loss is built."""
-    if ignore_class is None or (hasattr(ignore_class, "dtype") and not isinstance(ignore_class, np.ndarray)):
+    numeric is taken (``True`` is class 1, ``1+2j`` class 1); a string fails
+    in the cast, and xent refuses it when the loss is built. Python numbers
+    take no NumPy call (torch.compile traces this); framework tensors are
+    left to the comparison."""
+    if ignore_class is None or isinstance(ignore_class, (int, float, complex)):
         return
-    if np.asarray(ignore_class).dtype.kind not in "biuf":
+    if isinstance(ignore_class, (np.ndarray, np.generic)):
+        kind = ignore_class.dtype.kind
+    elif isinstance(ignore_class, (str, bytes)) or not hasattr(ignore_class, "dtype"):
+        kind = "U" if isinstance(ignore_class, (str, bytes)) else np.asarray(ignore_class).dtype.kind
+    else:
+        return
+    if kind not in "biufc":
         raise TypeError(f"`ignore_class` must be None or a class id (a number). Received: "
                         f"ignore_class={ignore_class!r} of type {type(ignore_class).__name__}")
 
