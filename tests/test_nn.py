@@ -201,6 +201,12 @@ PY_SPARSE = [
     (np.int64(1), [3.0, 1.0]),
     ([1], np.array([[3.0, 1.0]], np.float64)),
     (np.array([2, 0]), [[0.0, 1.0, 2.0], [5.0, 1.0, -1.0]]),
+    # the first element decides a list's float dtype; NumPy integers of any kind give int32
+    ([0, 1], [np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.2, 0.1])]),
+    ([0, 1], [[3.0, 1.0], np.array([0.5, 2.0])]),
+    ([1], [[np.float16(3.0), 1.0]]),
+    ([np.uint8(0), np.uint8(1)], [[3.0, 1.0], [0.5, 2.0]]),
+    ([np.uint64(1)], [[np.float64(3.0), 1e39]]),
 ]
 PY_DENSE = [
     ([0.0, 1.0], [3.0, 1.0]),
@@ -217,7 +223,7 @@ def test_sparse_python_values_convert_like_tf(tf, labels, logits):
     native = tf_sparse(tf, labels, logits)
     expected_dtype = native.dtype
     logits_arr = np.asarray(logits).astype(expected_dtype)
-    truth = tf_sparse(tf, np.asarray(labels), as64(logits_arr))
+    truth = tf_sparse(tf, np.asarray(labels).astype(np.int64), as64(logits_arr))
     got = xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     assert_close_to_truth(got, truth, expected_dtype, row_scale(logits_arr))
 
@@ -231,6 +237,31 @@ def test_dense_python_values_convert_like_tf(tf, labels, logits):
     truth = tf_dense(tf, as64(labels_arr), as64(logits_arr))
     got = xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     assert_close_to_truth(got, truth, expected_dtype, row_scale(logits_arr))
+
+
+_SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
+_ZEROS = np.zeros((2, 3), np.float32)
+# (the argument named, the Python value TF cannot hold, a call that passes it)
+PY_OUT_OF_RANGE = [
+    ("logits", [[1e39, 0.0, 0.0]], lambda v: _SPARSE(labels=[0], logits=v)),
+    ("logits", [[-3.5e38, 0.0]], lambda v: _SPARSE(labels=[0], logits=v)),
+    ("labels", [[2 ** 63, 0, 0], [1, 0, 0]],
+     lambda v: xent.nn.softmax_cross_entropy_with_logits(labels=v, logits=_ZEROS)),
+    ("labels", [2 ** 63, 0], lambda v: _SPARSE(labels=v, logits=_ZEROS)),
+    ("weights", [1e39], lambda v: xent.losses.sparse_softmax_cross_entropy([0], [[1.0, 2.0]], weights=v)),
+    ("weights", 1e39, lambda v: xent.losses.sparse_softmax_cross_entropy([0], np.ones((1, 2)), weights=v)),
+]
+
+
+@pytest.mark.parametrize("name,value,call", PY_OUT_OF_RANGE,
+                         ids=[str(i) for i in range(len(PY_OUT_OF_RANGE))])
+def test_python_values_tf_cannot_hold_raise_its_value_error(tf, name, value, call):
+    """TF refuses Python numbers its dtype cannot hold (a float past float32's
+    largest, an integer past int64); xent made them inf, NaN or 1e19."""
+    with pytest.raises(ValueError, match="Can't convert Python sequence"):
+        tf.convert_to_tensor(value)
+    with pytest.raises(ValueError, match=f"Can't convert Python sequence with .*`{name}`"):
+        call(value)
 
 
 # -- empty batches and class counts -------------------------------------------------------

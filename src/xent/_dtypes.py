@@ -23,26 +23,86 @@ def bfloat16():
 def to_array(x, name="input"):
     """Convert `x` to an ndarray the way `tf.convert_to_tensor` would.
 
-    Arrays and NumPy scalars keep their dtype. Python floats (and lists of them)
-    become float32 and Python ints int32 (int64 if they do not fit), as in TF.
-    A ragged nested list raises ValueError, and anything that is not numbers
-    (strings, dicts, None, objects) InvalidDTypeError, each naming the
-    argument `name` (`numbers`), before NumPy or a framework sees it.
-    Big-endian data (from a file, say) is converted to native byte order, as
-    TensorFlow reads it.
+    Arrays and NumPy scalars keep their dtype. Python numbers and (nested)
+    lists or tuples of them take TensorFlow's dtypes (`_sequence_dtype`):
+    floats become float32 unless the first element is a NumPy float (then
+    its dtype), integers int32 (int64 if they do not fit), and a value that
+    the dtype cannot hold raises TF's ValueError naming `name`. A ragged
+    nested list raises ValueError, and anything that is not numbers (strings,
+    dicts, None, objects) InvalidDTypeError, each naming the argument `name`
+    (`numbers`), before NumPy or a framework sees it. Big-endian data (from a
+    file, say) is converted to native byte order, as TensorFlow reads it.
     """
     arr = numbers(x, name)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    if isinstance(x, (np.ndarray, np.generic)):
-        return arr
-    if arr.dtype == np.float64:
-        return arr.astype(np.float32)
-    if arr.dtype.kind == "i":
-        info = np.iinfo(np.int32)
-        fits = arr.size == 0 or (arr.min() >= info.min and arr.max() <= info.max)
+    if not isinstance(x, (bool, int, float, list, tuple)):
+        return arr   # (arrays, NumPy scalars, and objects that have their own dtype)
+    return _as_sequence_dtype(arr, x, name)
+
+
+def _first_element(x):
+    """The first number of a (nested) sequence `x`, or None if it holds none."""
+    while isinstance(x, (list, tuple)):
+        if not x:
+            return None
+        x = x[0]
+    if isinstance(x, np.ndarray):
+        return x.reshape(-1)[0] if x.size else x.dtype.type(0)
+    return x
+
+
+def _as_sequence_dtype(arr, x, name):
+    """`arr`, NumPy's reading of the Python number or sequence `x`, in TF's dtype.
+
+    Integers (any NumPy integer type too) become int32, or int64 if one does
+    not fit; floats take the dtype of the first element when that is a NumPy
+    float, else float32. Raises TF's ValueError for an integer past int64 or
+    a finite float past the dtype's largest.
+    """
+    kind = arr.dtype.kind
+    if kind == "f" and arr.size and not _holds_a_float(x):
+        _refuse_integers(None, name)   # (NumPy made ints past int64 float64)
+    if kind in "iu":
+        if arr.size == 0:
+            return arr.astype(np.int32)
+        low, high = int(arr.min()), int(arr.max())
+        if low < -2 ** 63 or high >= 2 ** 63:
+            _refuse_integers(high if high >= 2 ** 63 else low, name)
+        fits = -2 ** 31 <= low and high < 2 ** 31
         return arr.astype(np.int32 if fits else np.int64)
-    return arr
+    if kind != "f" and not (kind == "V" and arr.dtype.type.__module__ == "ml_dtypes"):
+        return arr   # (bool; complex)
+    first = _first_element(x)
+    dtype = first.dtype if isinstance(first, np.floating) or (
+        isinstance(first, np.generic) and first.dtype.type.__module__ == "ml_dtypes") \
+        else np.dtype(np.float32)
+    if arr.dtype == dtype:
+        return arr
+    with np.errstate(over="ignore"):
+        cast = arr.astype(dtype)
+    overflowed = np.isinf(cast) & np.isfinite(arr)
+    if overflowed.any():
+        raise ValueError(f"Can't convert Python sequence with a value out of range for "
+                         f"{dtype.name}: `{name}` holds {float(arr[overflowed][0])!r}")
+    return cast
+
+
+def _holds_a_float(x):
+    """Whether the Python number or (nested) sequence `x` holds a float (a Python
+    or NumPy one, or an array of floats)."""
+    if isinstance(x, (list, tuple)):
+        return any(_holds_a_float(item) for item in x)
+    if isinstance(x, (np.ndarray, np.generic)):
+        return x.dtype.kind not in "biu"
+    return not isinstance(x, int)
+
+
+def _refuse_integers(value, name):
+    """TF's ValueError for a Python integer past int64."""
+    held = "" if value is None else f" {value}"
+    raise ValueError(f"Can't convert Python sequence with out-of-range integer to Tensor: "
+                     f"`{name}` holds an integer{held} beyond int64")
 
 
 def numbers(x, name):
