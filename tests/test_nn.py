@@ -153,6 +153,22 @@ def test_dense_axis_numpy_integer_accepted(tf, rng):
                           row_scale(logits, axis=1))
 
 
+@pytest.mark.parametrize("axis,tf_axis", [(None, -1), (np.array(1), 1), (np.array(-1), -1),
+                                          (np.int32(0), 0)], ids=str)
+def test_dense_axis_none_and_0d_integer_arrays_are_tfs(tf, rng, axis, tf_axis):
+    """TF takes axis=None as the last axis and a 0-d integer array as its value
+    (xent raised TypeError for both); the Keras function does the same."""
+    logits = random_logits(rng, (2, 3, 4), np.float32)
+    labels = random_distribution(rng, (2, 3, 4), np.float32, axis=tf_axis)
+    assert_close_to_truth(
+        np.asarray(tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits, axis=axis)),
+        tf_dense(tf, as64(labels), as64(logits), axis=tf_axis), np.float32, row_scale(logits, axis=tf_axis))
+    truth = tf_dense(tf, as64(labels), as64(logits), axis=tf_axis)
+    for got in (xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits, axis=axis),
+                xent.keras.losses.categorical_crossentropy(labels, logits, from_logits=True, axis=axis)):
+        assert_close_to_truth(got, truth, np.float32, row_scale(logits, axis=tf_axis))
+
+
 # -- dense labels broadcast and flatten as TF does ----------------------------------------
 
 BROADCASTS = [

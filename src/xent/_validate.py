@@ -4,6 +4,7 @@ Every check runs before any arithmetic, so a bad call fails without work done
 and without touching its inputs.
 """
 import math
+import operator
 
 import numpy as np
 
@@ -179,9 +180,14 @@ class _Shaped:
 
 def class_axis(axis, ndim):
     """Normalise `axis` (negative counts from the end) for an array of rank `ndim`;
-    one out of range raises `InvalidArgumentError` (a ValueError), as TF's ops do."""
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+    None is the last, as in TF, and any integer type (a 0-d integer array too)
+    is taken. One out of range raises `InvalidArgumentError` (a ValueError), as
+    TF's ops do."""
+    if axis is None:
+        return ndim - 1
+    if isinstance(axis, bool) or not hasattr(axis, "__index__") or getattr(axis, "ndim", 0):
         raise TypeError(f"`axis` must be an int; received axis={axis!r}")
+    axis = operator.index(axis)
     if not -ndim <= axis < ndim:
         raise InvalidArgumentError(
             f"`axis` must be in [{-ndim}, {ndim}) for logits of rank {ndim}; "
