@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import xent
+from xent.errors import InvalidArgumentError
 from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, row_scale, tf_message
 
 LABEL_DTYPES = [np.dtype(np.int32), np.dtype(np.int64)]
@@ -92,6 +93,36 @@ def test_dense_raw_broadcasts_2d_labels_like_tf(tf, rng, dtype, labels_shape):
     assert truth[1].shape == (4, 5)
     assert_close_to_truth(got[0], truth[0], dtype, 5 * row_scale(features))
     assert_close_to_truth(got[1], truth[1], dtype, 1.0)
+
+
+@pytest.mark.parametrize("features_shape,labels_shape", [((4, 5), (5,)), ((4, 5), ()), ((5,), (4, 5)),
+                                                         ((), (4, 5)), ((1, 5), (5,))], ids=str)
+def test_dense_raw_takes_lower_rank_inputs_that_broadcast_to_2d_like_tf(tf, rng, features_shape,
+                                                                        labels_shape):
+    """TF broadcasts the two inputs first and asks only that the result be 2-D;
+    xent asked each to be 2-D. On torch and JAX too."""
+    import jax.numpy as jnp
+    import torch
+
+    features = np.asarray(random_features(rng, features_shape, np.float32))
+    labels = np.asarray(rng.random(labels_shape), np.float32)
+    truth = tf_dense(tf, as64(features), as64(labels))
+    for convert in (np.asarray, torch.as_tensor, jnp.asarray):
+        got = DENSE(features=convert(features), labels=convert(labels))
+        assert tuple(got[0].shape) == truth[0].shape and tuple(got[1].shape) == truth[1].shape
+        assert_close_to_truth(np.asarray(got[0]), truth[0], np.float32, 5 * row_scale(np.broadcast_to(
+            features, truth[1].shape)))
+        assert_close_to_truth(np.asarray(got[1]), truth[1], np.float32, 1.0)
+
+
+@pytest.mark.parametrize("features_shape,labels_shape", [((5,), (5,)), ((1, 4, 5), (4, 5)),
+                                                         ((4, 5), (1, 1, 5)), ((4, 5), (3, 5))], ids=str)
+def test_dense_raw_refuses_inputs_whose_broadcast_is_not_2d_like_tf(tf, features_shape, labels_shape):
+    features, labels = np.zeros(features_shape), np.zeros(labels_shape)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=features, labels=labels)
+    with pytest.raises(InvalidArgumentError, match="logits and labels must be"):
+        DENSE(features=features, labels=labels)
 
 
 def test_sparse_raw_minus_inf_masked_features(tf):

@@ -113,6 +113,32 @@ def raw_sparse_shapes(features, labels):
     at_least_one_class(features)
 
 
+def raw_dense_ranks(features_shape, labels_shape):
+    """The 2-D shapes `tf.raw_ops.SoftmaxCrossEntropyWithLogits` reads its inputs as.
+
+    TF broadcasts features and labels of different shapes first and asks only
+    that the broadcast be 2-D: ``[C]`` labels (or a scalar) against ``[N, C]``
+    features, ``[C]`` features against ``[N, C]`` labels. Each shape gets
+    leading 1s up to rank 2; shapes whose broadcast is not 2-D raise TF's
+    InvalidArgumentError (`dense_2d_shapes` then checks the 2-D pair).
+    """
+    features_shape, labels_shape = tuple(features_shape), tuple(labels_shape)
+    if features_shape == labels_shape or (len(features_shape) == 2 and len(labels_shape) == 2):
+        return features_shape, labels_shape
+    try:
+        rank = len(np.broadcast_shapes(features_shape, labels_shape))
+    except ValueError:
+        raise InvalidArgumentError(
+            "logits and labels must be broadcastable: logits_size="
+            f"{_dims(features_shape)} labels_size={_dims(labels_shape)}") from None
+    if rank != 2:
+        raise InvalidArgumentError(
+            "logits and labels must be either 2-dimensional, or broadcasted to "
+            "be 2-dimensional")
+    return tuple((1, 1)[len(features_shape):]) + features_shape, \
+        tuple((1, 1)[len(labels_shape):]) + labels_shape
+
+
 def dense_2d_shapes(features, labels):
     """Shape rules of `tf.raw_ops.SoftmaxCrossEntropyWithLogits`; returns the rows' shape.
 

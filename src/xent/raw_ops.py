@@ -105,8 +105,10 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
 
     Args:
       features: ``[batch, C]`` float16/bfloat16/float32/float64.
-      labels: ``[batch, C]``, or 2-D broadcastable to it (``[1, C]``,
-        ``[batch, 1]``); cast to the features' dtype.
+      labels: ``[batch, C]``, or broadcastable with the features to a 2-D
+        shape (``[1, C]``, ``[batch, 1]``, ``[C]``, a scalar; ``[C]``
+        features against ``[batch, C]`` labels too, as TF broadcasts both);
+        cast to the features' dtype.
       name: unused, for TensorFlow compatibility.
       backprop_out: optional ``[batch, C]`` array of the features' dtype that
         receives ``backprop``: `features` itself (in place, no allocation), or
@@ -131,6 +133,8 @@ def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=N
     features, labels = be.asarray(features, "features"), be.asarray(labels, "labels")
     dtype = be.dtype_name(features)
     _dtypes.check_float(dtype, "features")
+    features_2d, labels_2d = _validate.raw_dense_ranks(features.shape, labels.shape)
+    features, labels = be.xp.reshape(features, features_2d), be.xp.reshape(labels, labels_2d)
     rows_shape = _validate.dense_2d_shapes(features, labels)
     labels = be.astype(labels, dtype)
     grad = _gradient_target(be, backprop_out, features, rows_shape)
