@@ -199,6 +199,10 @@ TARGET = np.array([0, 1])
     ({"softcap": -3.0}, ValueError, "softcap must be > 0 or None; received -3.0"),
     ({"reduction": "avg"}, ValueError, "reduction must be one of ('mean', 'sum', 'none'); received 'avg'"),
     ({"ignore_index": 1.5}, TypeError, "ignore_index must be an integer; received 1.5"),
+    ({"ignore_index": 2 ** 63}, ValueError,
+     "ignore_index must fit in int64, as torch's does; received 9223372036854775808"),
+    ({"ignore_index": -2 ** 70}, ValueError,
+     "ignore_index must fit in int64, as torch's does; received -1180591620717411303424"),
     ({"z_loss": "big"}, TypeError, "z_loss must be a real number; received 'big'"),
     ({"label_smoothing": "0.1"}, TypeError, "label_smoothing must be a real number; received '0.1'"),
     ({"softcap": "30"}, TypeError, "softcap must be a real number; received '30'"),
@@ -215,6 +219,20 @@ def test_bad_options_are_named(kwargs, error, text):
         with pytest.raises(error) as info:
             call()
         assert str(info.value) == text
+
+
+def test_ignore_index_past_int64_is_refused_as_torch_refuses_it():
+    """torch's ignore_index is an int64: F.cross_entropy refuses 2**63, and so does
+    xent on torch (it failed inside torch.compile's fake tensors) and NumPy."""
+    z, t = torch.zeros(2, 5), torch.tensor([0, 1])
+    with pytest.raises((ValueError, RuntimeError, OverflowError)):
+        F.cross_entropy(z, t, ignore_index=2 ** 63)
+    with pytest.raises(ValueError, match="ignore_index must fit in int64"):
+        xent.cross_entropy(z, t, ignore_index=2 ** 63)
+    torch.compiler.reset()
+    with pytest.raises(RuntimeError, match="ignore_index must fit in int64"):   # (dynamo's wrapper)
+        torch.compile(lambda z: xent.cross_entropy(z, t, ignore_index=2 ** 63), fullgraph=True)(z)
+    assert float(xent.cross_entropy(z, t, ignore_index=2 ** 63 - 1)) == pytest.approx(np.log(5.0))
 
 
 @pytest.mark.parametrize("call,error,text", [

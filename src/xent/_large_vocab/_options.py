@@ -65,10 +65,12 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
 
     Raises:
       TypeError: a non-integer `ignore_index`, a non-number option (a string too).
-      ValueError: `label_smoothing` outside [0, 1], a negative `z_loss`, a
+      ValueError: an `ignore_index` outside int64, `label_smoothing` outside [0, 1], a negative `z_loss`, a
         `softcap` outside [`SOFTCAP_MIN`, `SOFTCAP_MAX`], an unknown `reduction`.
     """
     ignore_index = _integer("ignore_index", ignore_index)
+    if not -2 ** 63 <= ignore_index < 2 ** 63:   # (torch's is an int64; targets are at most)
+        raise ValueError(f"ignore_index must fit in int64, as torch's does; received {ignore_index!r}")
     smoothing = _real("label_smoothing", label_smoothing)
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1]; received {label_smoothing!r}")
