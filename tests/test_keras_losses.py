@@ -742,6 +742,35 @@ def test_no_name_gives_kerass_automatic_names(keras, cls_name):
     assert names == [bare, bare]
 
 
+@pytest.mark.parametrize("sample_weight", [[0.1, 0.3], [1e39, 1.0], 1e39, [1e-46, 1.0]], ids=str)
+def test_float64_loss_reads_python_sample_weights_in_float64_as_keras(keras, sample_weight):
+    """Keras converts a Python `sample_weight` straight to the loss's dtype; xent
+    went through float32 (0.1 lost its last bits; 1e39 became inf, then an error)."""
+    y_true = np.array([[0.0, 1.0], [1.0, 0.0]])
+    y_pred = np.array([[0.3, 0.7], [0.6, 0.4]])
+    expected = keras.losses.CategoricalCrossentropy(dtype="float64", reduction="sum")(
+        y_true, y_pred, sample_weight=sample_weight)
+    got = xk.CategoricalCrossentropy(dtype="float64", reduction="sum")(y_true, y_pred, sample_weight=sample_weight)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 2, 3)], ids=str)
+def test_probabilities_with_axis_none_normalise_and_sum_over_every_axis_as_keras(keras, rng, shape):
+    """Keras' probability path with axis=None normalises by the sum of every value
+    and sums over every axis: one number."""
+    y_true = rng.random(shape).astype(np.float32)
+    y_pred = rng.random(shape).astype(np.float32)
+    expected = keras.losses.categorical_crossentropy(y_true, y_pred, axis=None)
+    got = xk.categorical_crossentropy(y_true, y_pred, axis=None)
+    assert np.shape(got) == np.shape(expected) == ()
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=2e-6)
+    loss = xk.CategoricalCrossentropy(axis=None)
+    np.testing.assert_allclose(loss(y_true, y_pred),
+                               np.asarray(keras.losses.CategoricalCrossentropy(axis=None)(y_true, y_pred)),
+                               rtol=2e-6)
+
+
 @pytest.mark.parametrize("ignore_class", ["1", b"1", object(), np.str_("1"), np.bytes_(b"1"),
                                           np.datetime64(1, "D")])
 def test_non_numeric_ignore_class_is_refused(keras, ignore_class):

@@ -255,6 +255,58 @@ def test_dense_python_values_convert_like_tf(tf, labels, logits):
     assert_close_to_truth(got, truth, expected_dtype, row_scale(logits_arr))
 
 
+def _python_inputs():
+    """Python values whose dtype TF's convert_to_tensor decides (lists, tuples,
+    other sequences, numbers), keyed by what they show."""
+    import array
+    import collections
+
+    return {
+        "first NumPy float64 decides": [np.float64(1.0), 2.0],
+        "first Python float decides": [2.0, np.float64(1.0)],
+        "rows of float64 arrays": [np.array([1.0, 2.0]), np.array([0.5, 0.2])],
+        "float16 first": [np.float16(1.0), 2.0],
+        "NumPy unsigned scalars": [np.uint8(1), np.uint8(2)],
+        "uint64 beside int64": [np.uint64(1), np.int64(0)],
+        "uint64 beside -1": [np.uint64(1), -1],
+        "uint32 past int32": [np.uint32(2 ** 32 - 1)],
+        "int past int32": [1, 2 ** 40],
+        "int then float": [1, 2.5],
+        "bools": [True, False],
+        "empty": [],
+        "empty float64 rows": (np.zeros((2, 0)),),
+        "range": range(3),
+        "deque of floats": collections.deque([1.0, 2.5]),
+        "array of doubles": array.array("d", [1.0, 2.5]),
+        "array of longs": array.array("l", [1, 2]),
+        "largest float32": [3.4028235e38],
+        "past float32": [3.4028236e38],
+        "past int64": [2 ** 63, 0],
+        "deque past float32": collections.deque([1e39]),
+        "float number past float32": 1e39,
+        "int number past int64": 2 ** 63,
+    }
+
+
+@pytest.mark.parametrize("key", list(_python_inputs()))
+def test_python_inputs_take_tfs_dtypes_and_range_errors(tf, key):
+    """`_dtypes.to_array`, which every face applies to a non-array argument,
+    against `tf.convert_to_tensor` on the same value: dtype and values, or
+    TF's ValueError."""
+    from xent import _dtypes
+
+    value = _python_inputs()[key]
+    try:
+        expected = tf.convert_to_tensor(value).numpy()
+    except ValueError:
+        with pytest.raises(ValueError, match="Can't convert Python sequence"):
+            _dtypes.to_array(value, "x")
+        return
+    got = _dtypes.to_array(value, "x")
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
 _SPARSE = xent.nn.sparse_softmax_cross_entropy_with_logits
 _ZEROS = np.zeros((2, 3), np.float32)
 # (the argument named, the Python value TF cannot hold, a call that passes it)
@@ -266,6 +318,10 @@ PY_OUT_OF_RANGE = [
     ("labels", [2 ** 63, 0], lambda v: _SPARSE(labels=v, logits=_ZEROS)),
     ("weights", [1e39], lambda v: xent.losses.sparse_softmax_cross_entropy([0], [[1.0, 2.0]], weights=v)),
     ("weights", 1e39, lambda v: xent.losses.sparse_softmax_cross_entropy([0], np.ones((1, 2)), weights=v)),
+    ("weights", [-3.5e38], lambda v: xent.losses.compute_weighted_loss([1.0], weights=v)),
+    ("weights", 1e39, lambda v: xent.losses.softmax_cross_entropy([[0.0, 1.0]], [[1.0, 2.0]], weights=v)),
+    ("weights", [1e39], lambda v: xent.losses.sparse_softmax_cross_entropy(
+        __import__("torch").tensor([0]), __import__("torch").ones(1, 2), weights=v)),
 ]
 
 

@@ -4,6 +4,8 @@ TensorFlow's ops take logits in float16, bfloat16, float32 or float64 and
 integer labels in int32 or int64. xent computes half precision in float32 and
 rounds once at the end; float64 stays float64.
 """
+import collections.abc
+
 import numpy as np
 
 from xent.errors import InvalidDTypeError
@@ -20,39 +22,37 @@ def bfloat16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def to_array(x, name="input"):
+def to_array(x, name="input", dtype=None):
     """Convert `x` to an ndarray the way `tf.convert_to_tensor` would.
 
-    Arrays and NumPy scalars keep their dtype. Python numbers and (nested)
-    lists or tuples of them take TensorFlow's dtypes (`_sequence_dtype`):
-    floats become float32 unless the first element is a NumPy float (then
-    its dtype), integers int32 (int64 if they do not fit), and a value that
-    the dtype cannot hold raises TF's ValueError naming `name`. A ragged
-    nested list raises ValueError, and anything that is not numbers (strings,
-    dicts, None, objects) InvalidDTypeError, each naming the argument `name`
-    (`numbers`), before NumPy or a framework sees it. Big-endian data (from a
-    file, say) is converted to native byte order, as TensorFlow reads it.
+    Arrays, NumPy scalars and objects with a ``dtype`` keep their dtype.
+    Python numbers and sequences of them (lists, tuples, ranges, ...) take
+    TensorFlow's (`_python_dtype`), or `dtype` where given (as
+    ``convert_to_tensor(x, dtype=...)``); a value the dtype cannot hold
+    raises TF's ValueError naming `name`. A ragged nested list raises
+    ValueError, and anything that is not numbers (strings, dicts, None,
+    objects) InvalidDTypeError, each naming the argument `name` (`numbers`),
+    before NumPy or a framework sees it. Big-endian data (from a file, say)
+    is converted to native byte order, as TensorFlow reads it.
     """
     arr = numbers(x, name)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    if not isinstance(x, (bool, int, float, list, tuple)):
-        return arr   # (arrays, NumPy scalars, and objects that have their own dtype)
-    return _as_sequence_dtype(arr, x, name)
+    if not is_python_numbers(x):
+        return arr
+    if dtype is not None:
+        return _checked_cast(arr, np.dtype(bfloat16() if dtype == "bfloat16" else dtype), name)
+    return _python_dtype(arr, x, name)
 
 
-def _first_element(x):
-    """The first number of a (nested) sequence `x`, or None if it holds none."""
-    while isinstance(x, (list, tuple)):
-        if not x:
-            return None
-        x = x[0]
-    if isinstance(x, np.ndarray):
-        return x.reshape(-1)[0] if x.size else x.dtype.type(0)
-    return x
+def is_python_numbers(x):
+    """Whether `x` is a Python number or sequence, which TF converts by its own
+    rules: anything without a ``dtype`` of its own (not an array, a NumPy
+    scalar or a framework tensor)."""
+    return not isinstance(x, (np.ndarray, np.generic)) and not hasattr(x, "dtype")
 
 
-def _as_sequence_dtype(arr, x, name):
+def _python_dtype(arr, x, name):
     """`arr`, NumPy's reading of the Python number or sequence `x`, in TF's dtype.
 
     Integers (any NumPy integer type too) become int32, or int64 if one does
@@ -60,49 +60,87 @@ def _as_sequence_dtype(arr, x, name):
     float, else float32. Raises TF's ValueError for an integer past int64 or
     a finite float past the dtype's largest.
     """
+    if arr.dtype.kind == "f" and _integral(arr) and not _holds_a_float(x):
+        arr = _exact_integers(x, name)   # (NumPy made uint64 beside signed ints, or ints past int64, floats)
     kind = arr.dtype.kind
-    if kind == "f" and arr.size and not _holds_a_float(x):
-        _refuse_integers(None, name)   # (NumPy made ints past int64 float64)
     if kind in "iu":
         if arr.size == 0:
             return arr.astype(np.int32)
         low, high = int(arr.min()), int(arr.max())
         if low < -2 ** 63 or high >= 2 ** 63:
             _refuse_integers(high if high >= 2 ** 63 else low, name)
-        fits = -2 ** 31 <= low and high < 2 ** 31
-        return arr.astype(np.int32 if fits else np.int64)
-    if kind != "f" and not (kind == "V" and arr.dtype.type.__module__ == "ml_dtypes"):
+        return arr.astype(np.int32 if -2 ** 31 <= low and high < 2 ** 31 else np.int64)
+    if kind != "f" and not _is_ml_dtype(arr.dtype):
         return arr   # (bool; complex)
     first = _first_element(x)
-    dtype = first.dtype if isinstance(first, np.floating) or (
-        isinstance(first, np.generic) and first.dtype.type.__module__ == "ml_dtypes") \
-        else np.dtype(np.float32)
+    floating = isinstance(first, np.floating) or (isinstance(first, np.generic) and _is_ml_dtype(first.dtype))
+    return _checked_cast(arr, first.dtype if floating else np.dtype(np.float32), name)
+
+
+def _is_ml_dtype(dtype):
+    """Whether `dtype` is one of ml_dtypes' (bfloat16, ...)."""
+    return dtype.kind == "V" and dtype.type.__module__ == "ml_dtypes"
+
+
+def _checked_cast(arr, dtype, name):
+    """`arr` cast to `dtype`; TF's ValueError where a finite value becomes inf."""
     if arr.dtype == dtype:
         return arr
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         cast = arr.astype(dtype)
-    overflowed = np.isinf(cast) & np.isfinite(arr)
-    if overflowed.any():
-        raise ValueError(f"Can't convert Python sequence with a value out of range for "
-                         f"{dtype.name}: `{name}` holds {float(arr[overflowed][0])!r}")
+    if dtype.kind == "f" or _is_ml_dtype(dtype):
+        overflowed = np.isinf(cast) & np.isfinite(arr)
+        if overflowed.any():
+            raise ValueError(f"Can't convert Python sequence with a value out of range for "
+                             f"{dtype.name}: `{name}` holds {float(arr[overflowed][0])!r}")
     return cast
+
+
+def _integral(arr):
+    """Whether every value of float array `arr` is a whole number (none: False)."""
+    return arr.size > 0 and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.trunc(arr)))
+
+
+def _first_element(x):
+    """The first number of a (nested) sequence `x`, or None if it holds none."""
+    while _is_sequence(x):
+        if not len(x):
+            return None
+        x = x[0]
+    if isinstance(x, np.ndarray):
+        return x.reshape(-1)[0] if x.size else None
+    return x
+
+
+def _is_sequence(x):
+    """A Python sequence NumPy reads element by element (not a string)."""
+    return isinstance(x, collections.abc.Sequence) and not isinstance(x, (str, bytes))
 
 
 def _holds_a_float(x):
     """Whether the Python number or (nested) sequence `x` holds a float (a Python
-    or NumPy one, or an array of floats)."""
-    if isinstance(x, (list, tuple)):
+    or NumPy one, or an array of floats); called where its values are whole."""
+    if _is_sequence(x):
         return any(_holds_a_float(item) for item in x)
     if isinstance(x, (np.ndarray, np.generic)):
         return x.dtype.kind not in "biu"
     return not isinstance(x, int)
 
 
+def _exact_integers(x, name):
+    """The integers of `x` as int64, exactly (NumPy read them as float64)."""
+    values = np.array(x, dtype=object)
+    flat = [int(v) for v in values.reshape(-1)]
+    low, high = min(flat), max(flat)
+    if low < -2 ** 63 or high >= 2 ** 63:
+        _refuse_integers(high if high >= 2 ** 63 else low, name)
+    return np.array(flat, np.int64).reshape(values.shape)
+
+
 def _refuse_integers(value, name):
     """TF's ValueError for a Python integer past int64."""
-    held = "" if value is None else f" {value}"
     raise ValueError(f"Can't convert Python sequence with out-of-range integer to Tensor: "
-                     f"`{name}` holds an integer{held} beyond int64")
+                     f"`{name}` holds an integer {value} beyond int64")
 
 
 def numbers(x, name):

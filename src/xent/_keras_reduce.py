@@ -124,6 +124,9 @@ def reduce_weighted_values(be, values, sample_weight=None, mask=None,
     reduction = standardize_reduction(reduction)
     values = be.astype(values, dtype)
     if sample_weight is not None:
+        if _dtypes.is_python_numbers(sample_weight) and not be.compiling():
+            # (Keras converts them straight to the loss's dtype, not through float32)
+            sample_weight = _dtypes.to_array(sample_weight, "sample_weight", dtype)
         sample_weight = be.asarray(sample_weight, "sample_weight")
         _dtypes.check_real(be.dtype_name(sample_weight), "sample_weight")
         sample_weight = be.astype(sample_weight, dtype)

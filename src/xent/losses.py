@@ -60,6 +60,8 @@ def _weights(be, weights):
     Complex weights are refused (TensorFlow drops their imaginary part).
     """
     _validate.require("weights", weights)
+    if _dtypes.is_python_numbers(weights) and not be.compiling():
+        _dtypes.to_array(weights, "weights")   # (TF's range errors; the values stay float64 here)
     if isinstance(weights, (int, float)) or (isinstance(weights, (list, tuple)) and be.compiling()):
         return be.astype(weights, "float64")   # (no NumPy call: torch.compile traces these)
     if isinstance(weights, (complex, list, tuple)):

@@ -91,6 +91,10 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
     _categorical_shapes(y_true, y_pred)
+    if axis is None and not from_logits:
+        # Keras normalises and sums over every axis: one row of all the values
+        rows = (be.xp.reshape(y_true, (1, -1)), be.xp.reshape(y_pred, (1, -1)))
+        return be.xp.reshape(_probs.categorical_from_probs(be, *rows, 1), ())
     if from_logits:
         return dense_losses(be, y_true, y_pred, axis)
     return _probs.categorical_from_probs(be, y_true, y_pred, _validate.class_axis(axis, y_pred.ndim))
