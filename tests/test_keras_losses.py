@@ -918,8 +918,9 @@ def test_complex_sample_weight_is_refused_where_keras_drops_its_imaginary_part(k
         truncated = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
     real = keras.losses.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight.real)
     np.testing.assert_array_equal(_np(truncated), _np(real))
-    with pytest.raises(TypeError, match="`sample_weight` must be real; received dtype complex128"):
-        xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=weight)
+    for given in (weight, weight.tolist()):   # (a list is read in the loss's dtype: not by a cast)
+        with pytest.raises(TypeError, match="`sample_weight` must be real; received dtype complex128"):
+            xk.SparseCategoricalCrossentropy()(y_true, y_pred, sample_weight=given)
 
 
 @pytest.mark.parametrize("y_true_shape, y_pred_shape", [((2,), (3, 3)), ((2, 2), (2, 2)),

@@ -40,7 +40,7 @@ def to_array(x, name="input", dtype=None):
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if not is_python_numbers(x):
         return arr
-    if dtype is not None:
+    if dtype is not None and arr.dtype.kind != "c":   # (complex: left for the caller to refuse)
         return _checked_cast(arr, np.dtype(bfloat16() if dtype == "bfloat16" else dtype), name)
     return _python_dtype(arr, x, name)
 

@@ -65,8 +65,9 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
 
     Raises:
       TypeError: a non-integer `ignore_index`, a non-number option (a string too).
-      ValueError: an `ignore_index` outside int64, `label_smoothing` outside [0, 1], a negative `z_loss`, a
-        `softcap` outside [`SOFTCAP_MIN`, `SOFTCAP_MAX`], an unknown `reduction`.
+      ValueError: an `ignore_index` outside int64, `label_smoothing` outside
+        [0, 1], a negative `z_loss`, a `softcap` outside [`SOFTCAP_MIN`,
+        `SOFTCAP_MAX`], an unknown `reduction`.
     """
     ignore_index = _integer("ignore_index", ignore_index)
     if not -2 ** 63 <= ignore_index < 2 ** 63:   # (torch's is an int64; targets are at most)
