@@ -60,7 +60,8 @@ def _python_dtype(arr, x, name):
     float, else float32. Raises TF's ValueError for an integer past int64 or
     a finite float past the dtype's largest.
     """
-    if arr.dtype.kind == "f" and _integral(arr) and not _holds_a_float(x):
+    first = _first_element(x)
+    if arr.dtype.kind == "f" and not _is_float(first) and _integral(arr) and not _holds_a_float(x):
         arr = _exact_integers(x, name)   # (NumPy made uint64 beside signed ints, or ints past int64, floats)
     kind = arr.dtype.kind
     if kind in "iu":
@@ -72,9 +73,15 @@ def _python_dtype(arr, x, name):
         return arr.astype(np.int32 if -2 ** 31 <= low and high < 2 ** 31 else np.int64)
     if kind != "f" and not _is_ml_dtype(arr.dtype):
         return arr   # (bool; complex)
-    first = _first_element(x)
     floating = isinstance(first, np.floating) or (isinstance(first, np.generic) and _is_ml_dtype(first.dtype))
     return _checked_cast(arr, first.dtype if floating else np.dtype(np.float32), name)
+
+
+def _is_float(value):
+    """Whether `value`, a sequence's first element, is a float: then the
+    sequence holds one, and NumPy's float array is no reading of integers."""
+    return isinstance(value, (float, np.floating)) or (
+        isinstance(value, np.generic) and _is_ml_dtype(value.dtype))
 
 
 def _is_ml_dtype(dtype):
@@ -88,7 +95,7 @@ def _checked_cast(arr, dtype, name):
         return arr
     with np.errstate(over="ignore", invalid="ignore"):
         cast = arr.astype(dtype)
-    if dtype.kind == "f" or _is_ml_dtype(dtype):
+    if (dtype.kind == "f" or _is_ml_dtype(dtype)) and np.isinf(cast).any():   # (rare: then look closer)
         overflowed = np.isinf(cast) & np.isfinite(arr)
         if overflowed.any():
             raise ValueError(f"Can't convert Python sequence with a value out of range for "
@@ -114,7 +121,8 @@ def _first_element(x):
 
 def _is_sequence(x):
     """A Python sequence NumPy reads element by element (not a string)."""
-    return isinstance(x, collections.abc.Sequence) and not isinstance(x, (str, bytes))
+    return isinstance(x, (list, tuple)) or (   # (the common case first: the ABC check is slower)
+        isinstance(x, collections.abc.Sequence) and not isinstance(x, (str, bytes)))
 
 
 def _holds_a_float(x):

@@ -54,22 +54,27 @@ def _squeeze_sparse_args(be, labels, logits, weights):
 
 
 def _weights(be, weights):
-    """Weights as an array; Python numbers keep float64 so float64 losses lose nothing.
+    """``(weights, tf_dtype)``: the weights as an array, and the name of the dtype
+    TensorFlow converts them to (which names its graph's casts, `_last_op`).
 
-    (TensorFlow casts weights to float32 first; xent rounds only the result.)
-    Complex weights are refused (TensorFlow drops their imaginary part).
+    Python numbers keep float64 so float64 losses lose nothing (TensorFlow
+    converts them to float32 first; xent rounds only the result), after TF's
+    conversion errors (a value past float32's range). Complex weights are
+    refused (TensorFlow drops their imaginary part).
     """
     _validate.require("weights", weights)
-    if _dtypes.is_python_numbers(weights) and not be.compiling():
-        _dtypes.to_array(weights, "weights")   # (TF's range errors; the values stay float64 here)
-    if isinstance(weights, (int, float)) or (isinstance(weights, (list, tuple)) and be.compiling()):
-        return be.astype(weights, "float64")   # (no NumPy call: torch.compile traces these)
-    if isinstance(weights, (complex, list, tuple)):
+    if not _dtypes.is_python_numbers(weights):
+        weights = be.asarray(weights, "weights")
+        tf_dtype = be.dtype_name(weights)
+    elif be.compiling():   # (no NumPy call: torch.compile traces this one)
+        return be.astype(weights, "float64"), "float32"
+    else:
+        tf_dtype = _dtypes.to_array(weights, "weights").dtype.name
         weights = _dtypes.numbers(weights, "weights")
-        weights = weights if np.iscomplexobj(weights) else weights.astype(np.float64)
-    weights = be.asarray(weights, "weights")
+        weights = be.asarray(weights if np.iscomplexobj(weights) else weights.astype(np.float64),
+                             "weights")
     _dtypes.check_real(be.dtype_name(weights), "weights")
-    return weights
+    return weights, tf_dtype
 
 
 # The last op of a v1 loss, by reduction: what TF names its tensor after.
@@ -136,7 +141,7 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     _validate.require("losses", losses)
     Reduction.validate(reduction)
     be = _backend.of(losses, weights)
-    losses, weights = be.asarray(losses, "losses"), _weights(be, weights)
+    losses, (weights, _) = be.asarray(losses, "losses"), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
     return _finish(be, loss, _scope(scope, "weighted_loss"), loss_collection, reduction, casts=2)
 
@@ -171,10 +176,9 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
-    labels, logits, weight_array = (be.asarray(labels, "labels"), be.asarray(logits, "logits"),
-                                    _weights(be, weights))
-    # (after `_weights`, which refuses a None or non-numeric `weights` by name)
-    casts = 1 + (be.name == "numpy" and _dtypes.to_array(weights, "weights").dtype != np.float32)
+    labels, logits = be.asarray(labels, "labels"), be.asarray(logits, "logits")
+    weight_array, weights_dtype = _weights(be, weights)
+    casts = 1 + (be.name == "numpy" and weights_dtype != "float32")
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weight_array)
     losses = sparse_losses(be, labels, logits)
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
@@ -227,8 +231,8 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(onehot_labels, logits, weights)
-    labels, logits, weights = (be.asarray(onehot_labels, "onehot_labels"),
-                               be.asarray(logits, "logits"), _weights(be, weights))
+    labels, logits = be.asarray(onehot_labels, "onehot_labels"), be.asarray(logits, "logits")
+    weights, _ = _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
     # TF casts the labels to the logits' dtype and smooths them there; in
     # float32 (float64) they lose nothing, and bfloat16 logits' targets
