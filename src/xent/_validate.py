@@ -118,25 +118,26 @@ def raw_dense_ranks(features_shape, labels_shape):
 
     TF broadcasts features and labels of different shapes first and asks only
     that the broadcast be 2-D: ``[C]`` labels (or a scalar) against ``[N, C]``
-    features, ``[C]`` features against ``[N, C]`` labels. Each shape gets
-    leading 1s up to rank 2; shapes whose broadcast is not 2-D raise TF's
-    InvalidArgumentError (`dense_2d_shapes` then checks the 2-D pair).
+    features, ``[C]`` features against ``[N, C]`` labels. Such shapes get
+    leading 1s up to rank 2; shapes that do not broadcast raise TF's
+    InvalidArgumentError, and others are left for `dense_2d_shapes` to refuse.
     """
     features_shape, labels_shape = tuple(features_shape), tuple(labels_shape)
-    if features_shape == labels_shape or (len(features_shape) == 2 and len(labels_shape) == 2):
+    if features_shape == labels_shape:
         return features_shape, labels_shape
     try:
         rank = len(np.broadcast_shapes(features_shape, labels_shape))
     except ValueError:
-        raise InvalidArgumentError(
-            "logits and labels must be broadcastable: logits_size="
-            f"{_dims(features_shape)} labels_size={_dims(labels_shape)}") from None
+        raise _not_broadcastable(features_shape, labels_shape) from None
     if rank != 2:
-        raise InvalidArgumentError(
-            "logits and labels must be either 2-dimensional, or broadcasted to "
-            "be 2-dimensional")
-    return tuple((1, 1)[len(features_shape):]) + features_shape, \
-        tuple((1, 1)[len(labels_shape):]) + labels_shape
+        return features_shape, labels_shape
+    return (1,) * (2 - len(features_shape)) + features_shape, (1,) * (2 - len(labels_shape)) + labels_shape
+
+
+def _not_broadcastable(features_shape, labels_shape):
+    """TF's error for dense features and labels that do not broadcast."""
+    return InvalidArgumentError("logits and labels must be broadcastable: logits_size="
+                                f"{_dims(features_shape)} labels_size={_dims(labels_shape)}")
 
 
 def dense_2d_shapes(features, labels):
@@ -152,9 +153,7 @@ def dense_2d_shapes(features, labels):
             "be 2-dimensional")
     fits = all(1 in (lab, feat) or lab == feat for lab, feat in zip(labels.shape, features.shape))
     if not fits:
-        raise InvalidArgumentError(
-            "logits and labels must be broadcastable: logits_size="
-            f"{_dims(features.shape)} labels_size={_dims(labels.shape)}")
+        raise _not_broadcastable(features.shape, labels.shape)
     return tuple(max(f, l) if 0 not in (f, l) else 0 for f, l in zip(features.shape, labels.shape))
 
 

@@ -213,12 +213,12 @@ def _check_ignore_class(ignore_class):
     left to the comparison."""
     if ignore_class is None or isinstance(ignore_class, (int, float, complex)):
         return
-    if isinstance(ignore_class, (np.ndarray, np.generic)):
-        kind = ignore_class.dtype.kind
-    elif isinstance(ignore_class, (str, bytes)) or not hasattr(ignore_class, "dtype"):
-        kind = "U" if isinstance(ignore_class, (str, bytes)) else np.asarray(ignore_class).dtype.kind
+    if isinstance(ignore_class, (str, bytes)):
+        kind = "U"
+    elif isinstance(ignore_class, (np.ndarray, np.generic)) or not hasattr(ignore_class, "dtype"):
+        kind = np.asarray(ignore_class).dtype.kind
     else:
-        return
+        return   # (a framework tensor)
     if kind not in "biufc":
         raise TypeError(f"`ignore_class` must be None or a class id (a number). Received: "
                         f"ignore_class={ignore_class!r} of type {type(ignore_class).__name__}")
