@@ -63,7 +63,7 @@ class NumpyBackend:
     @staticmethod
     def astype(x, name):
         """Cast `x` to the dtype called `name` (no copy if it already is)."""
-        dtype = _dtypes.bfloat16() if name == "bfloat16" else np.dtype(name)
+        dtype = _dtypes.numpy_dtype(name)
         with np.errstate(over="ignore"):  # float32 -> float16 overflow is inf, silently, as in TF
             return np.asarray(x).astype(dtype, copy=False)
 

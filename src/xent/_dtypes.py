@@ -22,6 +22,11 @@ def bfloat16():
     return np.dtype(ml_dtypes.bfloat16)
 
 
+def numpy_dtype(name):
+    """The NumPy dtype called `name` (``"bfloat16"`` is `ml_dtypes`')."""
+    return bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
 def to_array(x, name="input", dtype=None):
     """Convert `x` to an ndarray the way `tf.convert_to_tensor` would.
 
@@ -41,7 +46,7 @@ def to_array(x, name="input", dtype=None):
     if not is_python_numbers(x):
         return arr
     if dtype is not None and arr.dtype.kind != "c":   # (complex: left for the caller to refuse)
-        return _checked_cast(arr, np.dtype(bfloat16() if dtype == "bfloat16" else dtype), name)
+        return _checked_cast(arr, numpy_dtype(dtype), name)
     return _python_dtype(arr, x, name)
 
 

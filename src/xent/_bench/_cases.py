@@ -30,7 +30,7 @@ class Case:
 def make_inputs(shape, dtype_name, seed=0):
     """Logits ``[N, C]`` (normal, scale 3) in `dtype_name` and int32 labels ``[N]``."""
     rng = np.random.default_rng(seed)
-    dtype = _dtypes.bfloat16() if dtype_name == "bfloat16" else np.dtype(dtype_name)
+    dtype = _dtypes.numpy_dtype(dtype_name)
     logits = (rng.standard_normal(shape, np.float32) * 3).astype(dtype)
     return logits, rng.integers(0, shape[1], shape[0]).astype(np.int32)
 
