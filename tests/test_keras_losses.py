@@ -755,6 +755,19 @@ def test_float64_loss_reads_python_sample_weights_in_float64_as_keras(keras, sam
     np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-14)
 
 
+@pytest.mark.parametrize("sample_weight,match", [
+    (["a", "b"], "`sample_weight` must hold numbers"),
+    ([1e39, 1.0], "out of range for float32: `sample_weight` holds 1e\\+39"),
+    ([[1.0, 2.0], [3.0]], "`sample_weight` must be rectangular"),
+], ids=["strings", "past float32", "ragged"])
+def test_bad_python_sample_weight_is_named(sample_weight, match):
+    """A float32 loss reads a Python sample_weight in float32, as Keras: what it
+    cannot hold, and what is not numbers, is refused naming the argument."""
+    y_true, y_pred = np.eye(2)[[0, 1]], np.array([[0.3, 0.7], [0.6, 0.4]])
+    with pytest.raises(ValueError, match=match):
+        xk.CategoricalCrossentropy()(y_true, y_pred, sample_weight=sample_weight)
+
+
 @pytest.mark.parametrize("shape", [(2, 3), (2, 2, 3)], ids=str)
 def test_probabilities_with_axis_none_normalise_and_sum_over_every_axis_as_keras(keras, rng, shape):
     """Keras' probability path with axis=None normalises by the sum of every value

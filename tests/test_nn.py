@@ -169,6 +169,16 @@ def test_dense_axis_none_and_0d_integer_arrays_are_tfs(tf, rng, axis, tf_axis):
         assert_close_to_truth(got, truth, np.float32, row_scale(logits, axis=tf_axis))
 
 
+@pytest.mark.parametrize("axis", [1.0, True, "1", np.array([1])], ids=repr)
+def test_dense_axis_that_is_not_an_integer_is_named(axis):
+    """None and integer types are taken (above); anything else is refused, naming `axis`."""
+    labels, logits = np.eye(3, dtype=np.float32)[[0, 1]], np.ones((2, 3), np.float32)
+    for call in (lambda: xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits, axis=axis),
+                 lambda: xent.keras.losses.categorical_crossentropy(labels, logits, from_logits=True, axis=axis)):
+        with pytest.raises((TypeError, ValueError), match="`axis` must be"):
+            call()
+
+
 # -- dense labels broadcast and flatten as TF does ----------------------------------------
 
 BROADCASTS = [
