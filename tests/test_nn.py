@@ -295,6 +295,18 @@ def _python_inputs():
         "deque past float32": collections.deque([1e39]),
         "float number past float32": 1e39,
         "int number past int64": 2 ** 63,
+        # single Python numbers, which take a shorter path: each side of its range checks
+        "float number": 1.0,
+        "float number NaN": float("nan"),
+        "float number -inf": -float("inf"),
+        "float number rounding to float32's largest": 3.4028235677973362e38,
+        "float number rounding to float32's inf": -3.4028235677973366e38,
+        "int number": -7,
+        "int number at int32's largest": 2 ** 31 - 1,
+        "int number past int32": 2 ** 31,
+        "int number at int32's least": -2 ** 31,
+        "int number below int32": -2 ** 31 - 1,
+        "bool number": True,
     }
 
 

@@ -5,6 +5,7 @@ integer labels in int32 or int64. xent computes half precision in float32 and
 rounds once at the end; float64 stays float64.
 """
 import collections.abc
+import math
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from xent.errors import InvalidDTypeError
 FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
 LABEL_NAMES = ("int32", "int64")
 HALF_NAMES = ("float16", "bfloat16")
+
+# The least float64 that rounds to float32's inf: its largest finite value plus half a step.
+FLOAT32_OVERFLOW = 3.4028235677973366e38
 
 
 def bfloat16():
@@ -40,6 +44,8 @@ def to_array(x, name="input", dtype=None):
     before NumPy or a framework sees it. Big-endian data (from a file, say)
     is converted to native byte order, as TensorFlow reads it.
     """
+    if dtype is None and _plain_scalar(x):
+        return np.array(x, np.float32 if type(x) is float else np.int32)
     arr = numbers(x, name)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
@@ -48,6 +54,15 @@ def to_array(x, name="input", dtype=None):
     if dtype is not None and arr.dtype.kind != "c":   # (complex: left for the caller to refuse)
         return _checked_cast(arr, numpy_dtype(dtype), name)
     return _python_dtype(arr, x, name)
+
+
+def _plain_scalar(x):
+    """Whether `x` is a Python float that float32 holds (or NaN, or an inf) or a
+    Python int that int32 holds: the common scalars (a default weight of 1.0),
+    converted without the general path's sequence rules."""
+    if type(x) is float:
+        return not FLOAT32_OVERFLOW <= abs(x) < math.inf
+    return type(x) is int and -2 ** 31 <= x < 2 ** 31
 
 
 def is_python_numbers(x):
