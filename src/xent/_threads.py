@@ -69,7 +69,7 @@ def get_num_threads():
     """The number of threads a large call splits its rows over.
 
     Returns:
-      An int in ``[1, max_threads()]``: the value given to `set_num_threads`,
+      An int from 1 to ``NUMBA_NUM_THREADS`` or the CPU count: the value given to `set_num_threads`,
       else ``NUMBA_NUM_THREADS``, else the number of CPUs available.
 
     Small inputs (a few MB) always run on the calling thread, where one thread
@@ -83,11 +83,12 @@ def set_num_threads(n):
     """Set how many threads the fused kernels use, for the whole process.
 
     Args:
-      n: an int in ``[1, max_threads()]``.
+      n: an int from 1 to ``NUMBA_NUM_THREADS``, or where that is unset the
+        number of CPUs available.
 
     Raises:
       TypeError: `n` is not an integer.
-      ValueError: `n` is outside ``[1, max_threads()]``.
+      ValueError: `n` is outside that range.
     """
     if isinstance(n, bool) or not hasattr(type(n), "__index__"):
         raise TypeError(f"the number of threads must be an int; received {n!r}")

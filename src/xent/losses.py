@@ -157,8 +157,9 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
       labels: int32/int64 ``[d0, ..., d(r-1)]`` (or ``[batch, 1]`` against
         ``[batch, C]`` logits) with values in ``[0, C)``.
       logits: float ``[d0, ..., d(r-1), C]``.
-      weights: scalar, or broadcastable to the labels (a ``[batch, 1]`` weight
-        against ``[batch]`` labels is squeezed, as TF does).
+      weights: scalar, or of the labels' rank with each dimension 1 or the
+        labels' (a ``[batch, 1]`` weight against ``[batch]`` labels is
+        squeezed, as TF does); a lower rank raises TF's ValueError.
       scope, loss_collection, reduction: as in `compute_weighted_loss`.
 
     Returns:
