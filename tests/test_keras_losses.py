@@ -1090,3 +1090,18 @@ def test_loss_objects_apply_the_keras_mask_on_y_pred(keras, tf, rng, cls_name, i
     for y_pred, targets in ((x, y_true), (xt, torch.from_numpy(y_true))):
         got = getattr(xk, cls_name)(**kwargs)(targets, y_pred)
         _assert_close(_np(got), want)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_zero_classes_with_label_smoothing_match_tf(keras, from_logits):
+    """No classes: Keras' ls / C is inf times an empty array; xent divided a Python float by 0."""
+    empty = np.ones((2, 0), np.float32)
+    expected = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=0.1)(
+        empty, empty)
+    actual = xk.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=0.1)(empty, empty)
+    _assert_close(actual, expected)
+    expected = keras.losses.categorical_crossentropy(empty, empty, from_logits=from_logits,
+                                                     label_smoothing=0.1)
+    actual = xk.categorical_crossentropy(empty, empty, from_logits=from_logits, label_smoothing=0.1)
+    assert np.asarray(actual).shape == tuple(expected.shape) == (2,)
+    _assert_close(actual, expected)

@@ -346,3 +346,58 @@ def test_clear_losses_empties_the_collection():
     xl.clear_losses()
     assert xl.get_losses() == []
     assert xl.get_losses(loss_collection="my_losses") == []
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_bytes_scope_names_the_loss_as_tf(tf, function):
+    def scenario(losses):
+        FUNCTIONS[function](losses, scope=b"tower_0")
+        return {"matched": losses.get_losses(scope="tower_0/")}
+
+    result = _compare(tf, scenario)
+    assert len(result["matched"]) == 1
+
+
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_scope_that_is_not_a_string_raises_type_error_before_any_work(tf, function, monkeypatch):
+    with tf.Graph().as_default(), pytest.raises(TypeError, match="expected string or bytes"):
+        FUNCTIONS[function](tf.compat.v1.losses, scope=3)
+    _count_kernel_calls(monkeypatch)
+    with pytest.raises(TypeError, match="`scope` must be a string .* 3 of type int"):
+        FUNCTIONS[function](xl, scope=3)
+    assert _KERNEL_CALLS == []
+    assert xl.get_losses() == []
+
+
+_KERNEL_CALLS = []
+
+
+def _count_kernel_calls(monkeypatch):
+    """Record each call of the NumPy backend's kernels in `_KERNEL_CALLS`."""
+    from xent import _backend
+
+    _KERNEL_CALLS.clear()
+    for kind in ("sparse_xent", "dense_xent"):
+        kernel = getattr(_backend.NumpyBackend, kind)
+        monkeypatch.setattr(_backend.NumpyBackend, kind, staticmethod(
+            lambda *args, _kernel=kernel, _kind=kind: (_KERNEL_CALLS.append(_kind), _kernel(*args))[1]))
+
+
+@pytest.mark.parametrize("function", ["sparse", "dense"])
+def test_weights_that_do_not_broadcast_raise_before_the_kernel_runs(tf, function, monkeypatch):
+    """TF checks the weights' shape when it builds the graph, before any loss is
+    computed; xent did so after its kernel had computed every loss."""
+    def scenario(losses):
+        if function == "sparse":
+            return losses.sparse_softmax_cross_entropy(LABELS, LOGITS, np.ones(3, np.float32))
+        return losses.softmax_cross_entropy(ONEHOT, LOGITS, np.ones((4, 2), np.float32))
+
+    with tf.Graph().as_default(), pytest.raises(ValueError, match="weights can not be broadcast"):
+        scenario(tf.compat.v1.losses)
+    _count_kernel_calls(monkeypatch)
+    scenario_ok = FUNCTIONS[function](xl)   # (the spy lets a good call through)
+    assert len(_KERNEL_CALLS) == 1 and np.isfinite(scenario_ok)
+    _KERNEL_CALLS.clear()
+    with pytest.raises(ValueError, match="weights can not be broadcast"):
+        scenario(xl)
+    assert _KERNEL_CALLS == []

@@ -737,3 +737,14 @@ def test_read_only_inputs_are_accepted(tf, rng):
     actual = xl.sparse_softmax_cross_entropy(labels, logits, weights)
     _assert_float32_matches_tf(actual, expected, logits, weights)
     assert np.asarray(xl.compute_weighted_loss(logits, reduction="weighted_sum")).dtype == np.float32
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_zero_classes_with_label_smoothing_give_tfs_zero(tf, label_smoothing):
+    """No classes: TF's ls / C is inf times an empty array; xent divided a Python float by 0."""
+    empty = np.ones((2, 0), np.float32)
+    expected = tf.compat.v1.losses.softmax_cross_entropy(
+        empty, empty, label_smoothing=label_smoothing).numpy()
+    actual = np.asarray(xl.softmax_cross_entropy(empty, empty, label_smoothing=label_smoothing))
+    assert actual.shape == expected.shape == () and actual.dtype == expected.dtype
+    assert actual == expected == 0.0

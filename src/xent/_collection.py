@@ -9,6 +9,8 @@ only: torch and JAX results are eager, as in TF 2 (see `xent.losses`).
 import re
 import sys
 
+from xent._errstate import quiet
+
 
 class GraphKeys:
     """Collection keys, as `tf.compat.v1.GraphKeys`."""
@@ -80,6 +82,7 @@ def get_regularization_losses(scope=None):
     return get_losses(scope, GraphKeys.REGULARIZATION_LOSSES)
 
 
+@quiet
 def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None):
     """Sum of `get_losses(scope)` (plus regularization losses by default).
 

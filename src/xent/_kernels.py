@@ -57,7 +57,7 @@ def _shifted_exp(x):
     return m, shifted, e, np.where(np.isfinite(m[:, 0]), 1.0 + rest.astype(np.float64), np.nan)
 
 
-_QUIET = np.errstate(invalid="ignore", over="ignore", divide="ignore")
+_QUIET = np.errstate(all="ignore")   # (TF is silent; a caller's np.seterr must not raise here)
 
 
 def labels_fit(labels, num_classes):

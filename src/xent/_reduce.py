@@ -46,19 +46,21 @@ class Reduction:
             raise ValueError(f"Invalid Reduction Key {key}. Key should be one of {keys}.")
 
 
-def check_broadcastable(weights, values):
-    """TF's `assert_broadcastable`: scalar weights, or same rank with dims 1 or equal."""
+def check_broadcastable(weights, values_shape):
+    """TF's `assert_broadcastable` of `weights` to values of `values_shape`:
+    scalar weights, or the same rank with each dimension 1 or equal."""
     prefix = "weights can not be broadcast to values."
+    values_shape = tuple(values_shape)
     if weights.ndim == 0:
         return
-    if weights.ndim != values.ndim:
+    if weights.ndim != len(values_shape):
         raise ValueError(
-            f"{prefix} values.rank={values.ndim}. weights.rank={weights.ndim}. "
-            f"values.shape={tuple(values.shape)}. weights.shape={tuple(weights.shape)}.")
-    for i, (w, v) in enumerate(zip(weights.shape, values.shape)):
+            f"{prefix} values.rank={len(values_shape)}. weights.rank={weights.ndim}. "
+            f"values.shape={values_shape}. weights.shape={tuple(weights.shape)}.")
+    for i, (w, v) in enumerate(zip(weights.shape, values_shape)):
         if w not in (1, v):
             raise ValueError(
-                f"{prefix} Mismatch at dim {i}. values.shape={tuple(values.shape)}, "
+                f"{prefix} Mismatch at dim {i}. values.shape={values_shape}, "
                 f"weights.shape={tuple(weights.shape)}.")
 
 
@@ -92,7 +94,7 @@ def weighted_loss(be, losses, weights, reduction, out_dtype=None):
       Scalar, or ``[d0, ..., dn]`` for NONE, in `out_dtype`.
     """
     Reduction.validate(reduction)
-    check_broadcastable(weights, losses)
+    check_broadcastable(weights, losses.shape)
     out_dtype = out_dtype or be.dtype_name(losses)
     acc = _dtypes.accumulator_name(out_dtype)
     losses, weights = be.astype(losses, acc), be.astype(weights, acc)

@@ -16,6 +16,7 @@ import numpy as np
 from xent import _backend, _dtypes, _reduce, _validate
 from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses, loss_name,
                               get_regularization_losses, get_total_loss)
+from xent._errstate import quiet
 from xent._reduce import Reduction
 from xent.errors import InvalidArgumentError
 from xent.nn import dense_losses, sparse_losses
@@ -51,6 +52,12 @@ def _squeeze_sparse_args(be, labels, logits, weights):
     if weights.ndim - labels.ndim == 1:
         weights = _squeeze_last(be, weights)
     return labels, logits, weights
+
+
+def _weights_check(weights):
+    """TF's check that `weights` broadcast to the per-example losses, as a
+    function of their shape: run by the kernel's step before it computes."""
+    return lambda shape: _reduce.check_broadcastable(weights, shape)
 
 
 def _weights(be, weights):
@@ -92,10 +99,24 @@ def _last_op(reduction, dtype_name, casts):
     return _LAST_OP.get(reduction, "value")
 
 
-def _scope(scope, default):
+def _scope(be, scope, default):
     """The name scope TF enters: `default` for None; ``""`` is the root scope
-    (TF's `name_scope("")`), so the loss is named by its last op alone."""
-    return default if scope is None else scope
+    (TF's `name_scope("")`), so the loss is named by its last op alone.
+
+    NumPy calls are TF's graph mode, which takes a str or bytes and raises
+    TypeError for anything else; torch and JAX calls, eager as TF 2's, ignore
+    it. Checked before any work.
+    """
+    if scope is None:
+        return default
+    if be.name != "numpy":
+        return scope
+    if isinstance(scope, bytes):
+        return scope.decode()
+    if not isinstance(scope, str):
+        raise TypeError(f"`scope` must be a string (or bytes); received {scope!r} "
+                        f"of type {type(scope).__name__}")
+    return scope
 
 
 def _finish(be, loss, scope, loss_collection, reduction, casts=1):
@@ -115,6 +136,7 @@ def _finish(be, loss, scope, loss_collection, reduction, casts=1):
     return loss
 
 
+@quiet
 def compute_weighted_loss(losses, weights=1.0, scope=None,
                           loss_collection=GraphKeys.LOSSES,
                           reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
@@ -141,11 +163,13 @@ def compute_weighted_loss(losses, weights=1.0, scope=None,
     _validate.require("losses", losses)
     Reduction.validate(reduction)
     be = _backend.of(losses, weights)
+    scope = _scope(be, scope, "weighted_loss")
     losses, (weights, _) = be.asarray(losses, "losses"), _weights(be, weights)
     loss = _reduce.weighted_loss(be, losses, weights, reduction)
-    return _finish(be, loss, _scope(scope, "weighted_loss"), loss_collection, reduction, casts=2)
+    return _finish(be, loss, scope, loss_collection, reduction, casts=2)
 
 
+@quiet
 def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
                                  loss_collection=GraphKeys.LOSSES,
                                  reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
@@ -177,14 +201,14 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
+    scope = _scope(be, scope, "sparse_softmax_cross_entropy_loss")
     labels, logits = be.asarray(labels, "labels"), be.asarray(logits, "logits")
     weight_array, weights_dtype = _weights(be, weights)
     casts = 1 + (be.name == "numpy" and weights_dtype != "float32")
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weight_array)
-    losses = sparse_losses(be, labels, logits)
+    losses = sparse_losses(be, labels, logits, _weights_check(weights))
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, _scope(scope, "sparse_softmax_cross_entropy_loss"), loss_collection,
-                   reduction, casts)
+    return _finish(be, loss, scope, loss_collection, reduction, casts)
 
 
 def _smooth(be, labels, label_smoothing):
@@ -194,10 +218,11 @@ def _smooth(be, labels, label_smoothing):
     logits, where TensorFlow smooths in the half dtype and rounds 0.6 to
     0.59765625 in bfloat16 before the loss sees it).
     """
-    num_classes = labels.shape[-1]
+    num_classes = max(labels.shape[-1], 1)   # (no classes: empty labels, which no divisor changes)
     return labels * (1.0 - label_smoothing) + label_smoothing / num_classes
 
 
+@quiet
 def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
                           scope=None, loss_collection=GraphKeys.LOSSES,
                           reduction=Reduction.SUM_BY_NONZERO_WEIGHTS):
@@ -232,6 +257,7 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     _validate.require("logits", logits)
     Reduction.validate(reduction)
     be = _backend.of(onehot_labels, logits, weights)
+    scope = _scope(be, scope, "softmax_cross_entropy_loss")
     labels, logits = be.asarray(onehot_labels, "onehot_labels"), be.asarray(logits, "logits")
     weights, _ = _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
@@ -241,7 +267,6 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     labels = be.stop_gradient(be.astype(labels, _dtypes.accumulator_name(be.dtype_name(logits))))
     if label_smoothing > 0:
         labels = _smooth(be, labels, label_smoothing)
-    losses = dense_losses(be, labels, logits)
+    losses = dense_losses(be, labels, logits, before_kernel=_weights_check(weights))
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, _scope(scope, "softmax_cross_entropy_loss"), loss_collection,
-                   reduction, casts=3 + (label_smoothing > 0))
+    return _finish(be, loss, scope, loss_collection, reduction, casts=3 + (label_smoothing > 0))

@@ -1,5 +1,6 @@
 """`tf.nn`'s softmax cross-entropy ops: per-example losses, no reduction."""
 from xent import _backend, _dtypes, _validate
+from xent._errstate import quiet
 from xent.errors import InvalidArgumentError
 
 __all__ = ["sparse_softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits"]
@@ -16,6 +17,7 @@ def _inputs(labels, logits, fn_name):
     return be, be.asarray(labels, "labels"), be.asarray(logits, "logits")
 
 
+@quiet
 def sparse_softmax_cross_entropy_with_logits(*, labels, logits, name=None):
     """Softmax cross-entropy of each example against an integer class label.
 
@@ -51,6 +53,7 @@ def sparse_softmax_cross_entropy_with_logits(*, labels, logits, name=None):
     return be.finish(be.astype(loss, be.dtype_name(logits)))
 
 
+@quiet
 def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
     """Softmax cross-entropy of each example against a target distribution.
 
@@ -83,24 +86,28 @@ def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
     return be.finish(be.astype(loss, be.dtype_name(logits)))
 
 
-def sparse_losses(be, labels, logits):
+def sparse_losses(be, labels, logits, before_kernel=None):
     """Validated per-example sparse losses in the accumulator dtype (no rounding).
 
-    The shared step behind every sparse face: dtype and shape checks, then the
+    The shared step behind every sparse face: dtype and shape checks, then
+    `before_kernel` (a face's own checks, given the losses' shape), then the
     backend's kernel. labels ``[d...]``, logits ``[d..., C]`` → ``[d...]``.
     """
     _dtypes.check_float(be.dtype_name(logits), "logits")
     _dtypes.check_labels_int(be.dtype_name(labels), "labels")
     _validate.nn_sparse_shapes(labels, logits)
     _validate.at_least_one_class(logits)
+    if before_kernel is not None:
+        before_kernel(tuple(labels.shape))
     return be.sparse_xent(labels, logits)
 
 
-def dense_losses(be, labels, logits, axis=-1):
+def dense_losses(be, labels, logits, axis=-1, before_kernel=None):
     """Validated per-example dense losses in the accumulator dtype (no rounding).
 
     labels are cast to the accumulator dtype; the class `axis` is moved last;
-    the result has the logits' shape without `axis`.
+    the result has the logits' shape without `axis`. `before_kernel`, if
+    given, gets that shape after the checks and before the kernel runs.
     """
     logits_dtype = be.dtype_name(logits)
     _dtypes.check_float(logits_dtype, "logits")
@@ -113,4 +120,6 @@ def dense_losses(be, labels, logits, axis=-1):
         _validate.same_rank(labels, logits)
         labels, logits = be.xp.moveaxis(labels, axis, -1), be.xp.moveaxis(logits, axis, -1)
     _validate.nn_dense_rows(logits.shape, labels.shape)
+    if before_kernel is not None:
+        before_kernel(tuple(logits.shape[:-1]))
     return be.dense_xent(labels, logits)

@@ -11,6 +11,7 @@ import collections
 import numpy as np
 
 from xent import _backend, _dtypes, _validate
+from xent._errstate import quiet
 
 __all__ = ["SparseSoftmaxCrossEntropyWithLogits", "SoftmaxCrossEntropyWithLogits"]
 
@@ -55,6 +56,7 @@ def _apart_from(backprop_out, features, labels):
     return features, labels
 
 
+@quiet
 def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=None):
     """Loss and gradient of sparse softmax cross-entropy, per row.
 
@@ -97,6 +99,7 @@ def SparseSoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop
     return _SparseOutput(be.astype(loss, dtype), backprop)
 
 
+@quiet
 def SoftmaxCrossEntropyWithLogits(features, labels, name=None, *, backprop_out=None):
     """Loss and gradient of softmax cross-entropy against target distributions.
 

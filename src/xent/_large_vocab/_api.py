@@ -1,5 +1,6 @@
 """The two public functions: check, then hand over to the caller's array type's face."""
 from xent import _backend
+from xent._errstate import quiet
 from xent._large_vocab import _numpy
 from xent._large_vocab._options import chunk_rows, options
 from xent._large_vocab._shapes import cross_entropy_shapes, linear_shapes
@@ -18,6 +19,7 @@ def _face(backend):
     return _numpy
 
 
+@quiet
 def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
                   softcap=None, reduction="mean", inplace_backward=False, return_grads=False):
     r"""Cross-entropy of each token's logits against its class index, with LLM options.
@@ -91,6 +93,7 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
     return _face(backend).cross_entropy(logits, target, opts, inplace_backward, return_grads)
 
 
+@quiet
 def linear_cross_entropy(input, weight, target, *, bias=None, ignore_index=-100,
                          label_smoothing=0.0, z_loss=0.0, softcap=None, reduction="mean",
                          chunk_size=None, return_grads=False):

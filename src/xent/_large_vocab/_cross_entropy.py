@@ -10,6 +10,7 @@ widened to float32 one block at a time.
 import numpy as np
 
 from xent._dtypes import accumulator
+from xent._errstate import quiet
 from xent._large_vocab._rows import token_losses
 
 __all__ = ["losses_and_gradient", "BLOCK_BYTES"]
@@ -24,6 +25,7 @@ def _blocks(n_rows, n_cols):
     return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
+@quiet   # (also run from torch's backward and JAX's callbacks, outside the public call)
 def losses_and_gradient(logits, targets, valid, opts, weights=None, grad_out=None):
     """Per-token losses and, with `grad_out`, the weighted gradient of the logits.
 

@@ -14,6 +14,7 @@ gradient of each chunk are the fused kernel's.
 import numpy as np
 
 from xent._dtypes import accumulator_name
+from xent._errstate import quiet
 from xent._large_vocab import _blas
 from xent._large_vocab._cross_entropy import losses_and_gradient
 
@@ -72,6 +73,7 @@ class NumpyMatmuls:
         db += g.sum(axis=0, dtype=db.dtype)
 
 
+@quiet   # (also run from torch's backward and JAX's callbacks, outside the public call)
 def chunked(mm, x, weight, bias, targets, valid, opts, chunk, weights=None, grads=None):
     """Per-token losses of ``x·Wᵀ + b`` and, with `grads`, the weighted gradients.
 

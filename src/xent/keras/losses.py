@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from xent import _backend, _dtypes, _probs, _validate
+from xent._errstate import quiet
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
 from xent._warnings import warn
@@ -88,9 +89,9 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     y_true = be.astype(y_true, _dtypes.accumulator_name(be.dtype_name(y_pred)))
     if y_pred.ndim and y_pred.shape[-1] == 1:
         _warn_one_class(y_pred)
-    if label_smoothing:
-        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
     _categorical_shapes(y_true, y_pred)
+    if label_smoothing:   # (no classes: an empty y_true, which no divisor changes)
+        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / max(y_true.shape[-1], 1)
     if axis is None and not from_logits:
         # Keras normalises and sums over every axis: one row of all the values
         rows = (be.xp.reshape(y_true, (1, -1)), be.xp.reshape(y_pred, (1, -1)))
@@ -114,6 +115,7 @@ def _inputs(y_true, y_pred, dtype=None, sample_weight=None):
     return be, y_true, y_pred
 
 
+@quiet
 def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
     """Per-example cross-entropy of integer targets against predictions.
 
@@ -144,6 +146,7 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     return be.finish(be.astype(losses, be.dtype_name(y_pred)))
 
 
+@quiet
 def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0, axis=-1):
     """Per-example cross-entropy of target distributions against predictions.
 
@@ -237,6 +240,7 @@ class Loss:
         self._dtype_arg = dtype
         self.dtype = _policy_dtype(dtype)
 
+    @quiet
     def __call__(self, y_true, y_pred, sample_weight=None):
         """Reduced loss: ``reduce(mask * sample_weight * per_example)``.
 
