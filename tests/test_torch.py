@@ -310,6 +310,11 @@ def test_backprop_out_is_refused_for_tensors():
     with pytest.raises(TypeError, match="backprop_out"):
         xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
             torch.zeros(2, 3), torch.tensor([0, 1]), backprop_out=np.zeros((2, 3), np.float32))
+    # NumPy features beside torch labels: the message names the labels too
+    with pytest.raises(TypeError, match="with torch inputs .features or labels."):
+        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+            np.zeros((2, 3), np.float32), torch.tensor([0, 1]),
+            backprop_out=np.zeros((2, 3), np.float32))
 
 
 def test_non_contiguous_logits_and_no_grad():

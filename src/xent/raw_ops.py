@@ -26,8 +26,8 @@ def _gradient_target(be, backprop_out, features, shape=None):
         return True
     if be.name != "numpy":
         raise TypeError(
-            f"`backprop_out` takes a NumPy array, for NumPy features only; with {be.name} "
-            "features the backprop is returned")
+            f"`backprop_out` takes a NumPy array, for NumPy features and labels only; with "
+            f"{be.name} inputs (features or labels) the backprop is returned")
     _validate.out_buffer(backprop_out, shape or features.shape, features.dtype)
     return backprop_out
 
