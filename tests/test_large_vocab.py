@@ -38,6 +38,25 @@ def test_cross_entropy_matches_the_oracle(option, reduction, dtype):
     assert_close(grad, truth_grad, dtype)
 
 
+@pytest.mark.parametrize("z_loss", [0.0, 1e-4])
+@pytest.mark.parametrize("eps", [0.9, 0.999, 1.0])
+def test_target_gradient_with_smoothing_near_one_keeps_its_bits(eps, z_loss):
+    """The target's entry ``p_y - (1 - ε) - ε/V`` is small when ε is near 1:
+    added to the kernel's rounded ``p_y - 1``, ε cancelled its bits (6e-2
+    relative error at ε = 1, V = 32000; torch's float32 F.cross_entropy has
+    1e-3). Each target entry, relative to itself, against float64."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((64, 32000)).astype(np.float32)
+    target = rng.integers(0, 32000, 64)
+    opts = {"label_smoothing": eps, "z_loss": z_loss}
+    _, grad = xent.cross_entropy(logits, target, reduction="sum", return_grads=True, **opts)
+    _, truth_grad = oracle(logits.astype(np.float64), target, opts, "sum")
+    rows = np.arange(64)
+    on_target, truth = grad[rows, target].astype(np.float64), truth_grad[rows, target]
+    assert np.all(np.abs(on_target - truth) <= 1e-5 * np.abs(truth))
+    assert_close(grad, truth_grad, np.float32)
+
+
 @pytest.mark.parametrize("shape", [(13,), (3, 5), (2, 3, 4)], ids=str)
 @pytest.mark.parametrize("ignore", ["none", "scattered", "all"])
 def test_cross_entropy_token_dimensions_and_ignored_tokens(shape, ignore):
