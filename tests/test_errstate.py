@@ -111,3 +111,49 @@ def test_torch_backward_under_numpy_raise():
         grads[state] = (leaf.grad, hl.grad, wl.grad)
     for quiet, raising in zip(grads["ignore"], grads["raise"]):
         assert torch.equal(quiet, raising)
+
+
+def test_keras_call_under_numpy_raise():
+    """`Loss.call` is public too (the per-example losses, unreduced)."""
+    loss = xent.keras.losses.CategoricalCrossentropy()
+    y, p = np.full((1, 2), 0.5, np.float32), np.array([[np.inf, 1.0]], np.float32)
+    with np.errstate(all="ignore"):
+        expected = loss.call(y, p)
+    with np.errstate(all="raise"):
+        np.testing.assert_array_equal(loss.call(y, p), expected)
+        np.testing.assert_array_equal(loss(y, p), np.nanmean(expected))
+
+
+LINEAR_CASES = {
+    # an inf upstream gradient on an ignored token (the eager backward's product)
+    "inf upstream": ([[1.0, 2.0], [1.0, 2.0], [0.5, -1.0]], [1, -100, 2], [1.0, float("inf"), 1.0]),
+    # a row whose float16 loss is inf, weighted 0 (the operator's dot of losses and weights)
+    "inf loss weighted 0": ([[1.0, 2.0], [1.0, 2.0]], [1, 1], [1.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+@pytest.mark.parametrize("way", ["eager", "torch.func", "torch.compile"])
+def test_torch_linear_backward_and_operators_under_numpy_raise(way, case):
+    """The registered operators run when torch runs the graph (torch.func,
+    torch.compile), and the eager backward scales by the upstream gradient:
+    both outside the public call, where NumPy raised for these float16 cases."""
+    torch = pytest.importorskip("torch")
+    rows, targets, upstream = LINEAR_CASES[case]
+    h = torch.tensor(rows, dtype=torch.float16)
+    w = torch.tensor([[6e4, 1.0], [1.0, -6e4], [0.0, 0.0]], dtype=torch.float16)
+    target, upstream = torch.tensor(targets), torch.tensor(upstream, dtype=torch.float16)
+
+    def gradient():
+        f = lambda x: xent.linear_cross_entropy(x, w, target, reduction="none")
+        if way == "torch.func":
+            return torch.func.vjp(f, h)[1](upstream)[0]
+        leaf = h.clone().requires_grad_()
+        (torch.compile(f, fullgraph=True) if way == "torch.compile" else f)(leaf).backward(upstream)
+        return leaf.grad
+
+    with np.errstate(all="ignore"):
+        expected = gradient()
+    with np.errstate(all="raise"):
+        got = gradient()
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(expected))

@@ -7,6 +7,8 @@ losses and lists of losses; the two runs must agree in list lengths, order,
 shapes and values. The autouse fixture in conftest.py empties xent's collection
 around every test.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -401,3 +403,34 @@ def test_weights_that_do_not_broadcast_raise_before_the_kernel_runs(tf, function
     with pytest.raises(ValueError, match="weights can not be broadcast"):
         scenario(xl)
     assert _KERNEL_CALLS == []
+
+
+@pytest.mark.parametrize("scope", ["a b", "/x", "a:b", "_a", "-a", ".a", "a_b-c.d/e>f", "a//b/"])
+def test_scope_names_follow_tfs_root_scope_pattern(tf, scope):
+    """TF's graph refuses a root scope name outside its pattern, before any work."""
+    try:
+        with tf.Graph().as_default():
+            expected = tf.compat.v1.losses.compute_weighted_loss(RAW, scope=scope).name
+    except ValueError as error:
+        assert "is not a valid root scope name" in str(error)
+        for function in FUNCTIONS.values():
+            with pytest.raises(ValueError, match=f"'{re.escape(scope)}' is not a valid root scope"):
+                function(xl, scope=scope)
+        assert xl.get_losses() == []
+        return
+    xl.compute_weighted_loss(RAW, scope=scope)
+    assert _collected_names() == [expected]
+
+
+def _collected_names():
+    from xent import _collection
+
+    return [name for name, _ in _collection._registry[xl.GraphKeys.LOSSES]]
+
+
+@pytest.mark.parametrize("function", ["sparse", "dense"])
+def test_bad_scope_is_named_before_a_bad_reduction_as_tf(tf, function):
+    with tf.Graph().as_default(), pytest.raises(TypeError):
+        FUNCTIONS[function](tf.compat.v1.losses, scope=3, reduction="bogus")
+    with pytest.raises(TypeError, match="`scope` must be a string"):
+        FUNCTIONS[function](xl, scope=3, reduction="bogus")

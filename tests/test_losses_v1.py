@@ -748,3 +748,22 @@ def test_zero_classes_with_label_smoothing_give_tfs_zero(tf, label_smoothing):
     actual = np.asarray(xl.softmax_cross_entropy(empty, empty, label_smoothing=label_smoothing))
     assert actual.shape == expected.shape == () and actual.dtype == expected.dtype
     assert actual == expected == 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_eager_inputs_find_a_bad_label_before_bad_weights_as_tf_eager(tf, backend):
+    """torch and JAX calls are eager, as TF 2's, which computes the loss (and
+    finds the label out of range) before the reduction checks the weights; TF's
+    graph mode, like NumPy calls, checks the weights first."""
+    labels, logits, weights = [0, 5, 1, 2], np.zeros((4, 3), np.float32), np.ones(3, np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="label value of 5"):
+        tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        convert = torch.tensor
+    else:
+        convert = pytest.importorskip("jax.numpy").asarray
+    with pytest.raises(xerrors.InvalidArgumentError, match="label value of 5"):
+        xl.sparse_softmax_cross_entropy(convert(labels), convert(logits), weights=convert(weights))
+    with pytest.raises(ValueError, match="weights can not be broadcast"):
+        xl.sparse_softmax_cross_entropy(np.array(labels), logits, weights=weights)

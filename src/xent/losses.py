@@ -11,6 +11,8 @@ eagerly: their results are added nowhere, so a training loop through these
 functions keeps no autograd graph (or device array) alive. `add_loss` adds
 whatever it is given.
 """
+import re
+
 import numpy as np
 
 from xent import _backend, _dtypes, _reduce, _validate
@@ -54,9 +56,14 @@ def _squeeze_sparse_args(be, labels, logits, weights):
     return labels, logits, weights
 
 
-def _weights_check(weights):
+def _weights_check(be, weights):
     """TF's check that `weights` broadcast to the per-example losses, as a
-    function of their shape: run by the kernel's step before it computes."""
+    function of their shape, which the kernel's step runs before it computes:
+    TF's graph mode builds the check before it runs the loss (NumPy calls).
+    None for torch and JAX calls, eager as TF 2's, where a bad label is found
+    first and the weights are checked by the reduction."""
+    if be.name != "numpy":
+        return None
     return lambda shape: _reduce.check_broadcastable(weights, shape)
 
 
@@ -84,6 +91,9 @@ def _weights(be, weights):
     return weights, tf_dtype
 
 
+# TF's pattern for a name scope entered at the root (its graph's _VALID_OP_NAME_REGEX).
+_ROOT_SCOPE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*$")
+
 # The last op of a v1 loss, by reduction: what TF names its tensor after.
 _LAST_OP = {Reduction.NONE: "Mul", Reduction.SUM: "Sum"}
 
@@ -103,8 +113,9 @@ def _scope(be, scope, default):
     """The name scope TF enters: `default` for None; ``""`` is the root scope
     (TF's `name_scope("")`), so the loss is named by its last op alone.
 
-    NumPy calls are TF's graph mode, which takes a str or bytes and raises
-    TypeError for anything else; torch and JAX calls, eager as TF 2's, ignore
+    NumPy calls are TF's graph mode, which takes a str or bytes matching its
+    root scope names' pattern, raising TypeError for anything else and
+    ValueError for another name; torch and JAX calls, eager as TF 2's, ignore
     it. Checked before any work.
     """
     if scope is None:
@@ -112,10 +123,13 @@ def _scope(be, scope, default):
     if be.name != "numpy":
         return scope
     if isinstance(scope, bytes):
-        return scope.decode()
+        scope = scope.decode()
     if not isinstance(scope, str):
         raise TypeError(f"`scope` must be a string (or bytes); received {scope!r} "
                         f"of type {type(scope).__name__}")
+    if scope and not _ROOT_SCOPE_NAME.match(scope):
+        raise ValueError(f"'{scope}' is not a valid root scope name. A root scope name has "
+                         f"to match the following pattern: {_ROOT_SCOPE_NAME.pattern}")
     return scope
 
 
@@ -199,14 +213,14 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     """
     _validate.require("labels", labels)
     _validate.require("logits", logits)
-    Reduction.validate(reduction)
     be = _backend.of(labels, logits, weights)
     scope = _scope(be, scope, "sparse_softmax_cross_entropy_loss")
+    Reduction.validate(reduction)
     labels, logits = be.asarray(labels, "labels"), be.asarray(logits, "logits")
     weight_array, weights_dtype = _weights(be, weights)
     casts = 1 + (be.name == "numpy" and weights_dtype != "float32")
     labels, logits, weights = _squeeze_sparse_args(be, labels, logits, weight_array)
-    losses = sparse_losses(be, labels, logits, _weights_check(weights))
+    losses = sparse_losses(be, labels, logits, _weights_check(be, weights))
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope, loss_collection, reduction, casts)
 
@@ -255,9 +269,9 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     """
     _validate.require("onehot_labels", onehot_labels)
     _validate.require("logits", logits)
-    Reduction.validate(reduction)
     be = _backend.of(onehot_labels, logits, weights)
     scope = _scope(be, scope, "softmax_cross_entropy_loss")
+    Reduction.validate(reduction)
     labels, logits = be.asarray(onehot_labels, "onehot_labels"), be.asarray(logits, "logits")
     weights, _ = _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
@@ -267,6 +281,6 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     labels = be.stop_gradient(be.astype(labels, _dtypes.accumulator_name(be.dtype_name(logits))))
     if label_smoothing > 0:
         labels = _smooth(be, labels, label_smoothing)
-    losses = dense_losses(be, labels, logits, before_kernel=_weights_check(weights))
+    losses = dense_losses(be, labels, logits, before_kernel=_weights_check(be, weights))
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope, loss_collection, reduction, casts=3 + (label_smoothing > 0))

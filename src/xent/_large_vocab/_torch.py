@@ -28,6 +28,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from xent._dtypes import accumulator
+from xent._errstate import quiet
 from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_linear_ops, _torch_ops
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._tokens import reduce, row_weights
@@ -50,6 +51,7 @@ def _scaled(grad, g, reduction):
     return grad
 
 
+@quiet   # (torch's backward: outside the public call)
 def _upstream_weights(weights, g, reduction):
     """The row weights times the upstream gradient `g` (per token for ``"none"``)."""
     g = torch_views.numpy_view(g.detach().to(torch.float64).reshape(-1).contiguous())

@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from xent._errstate import quiet
 from xent._large_vocab import _numpy
 from xent._large_vocab._options import Options
 from xent._large_vocab._torch_chunks import gradients_in_forward, run_chunks
@@ -34,6 +35,7 @@ __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
 
 
 @torch.library.custom_op("xent::linear_rows", mutates_args=(), device_types="cpu")
+@quiet   # (runs when the graph runs, outside the public call)
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 targets: torch.Tensor, weights: torch.Tensor, ignore_index: int,
                 label_smoothing: float, z_loss: float, softcap: Optional[float], chunk: int,
@@ -89,6 +91,7 @@ def _call(x, weight, bias, targets, weights, opts, chunk, wanted):
 
 
 @torch.library.custom_op("xent::scale_grads", mutates_args=(), device_types="cpu")
+@quiet   # (runs when the graph runs, outside the public call)
 def scale_grads(grads: list[torch.Tensor], g: torch.Tensor) -> list[torch.Tensor]:
     """Each of `grads` times the 0-d `g`, as new tensors: `LinearLoss`' scaling of
     its saved gradients, an operator so that inductor cannot write the

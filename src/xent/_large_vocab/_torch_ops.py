@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from xent._dtypes import accumulator
+from xent._errstate import quiet
 from xent._large_vocab import _numpy
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._options import Options
@@ -67,6 +68,7 @@ def _kernel_tokens(logits, targets, ignore_index):
 
 
 @torch.library.custom_op("xent::token_rows", mutates_args=(), device_types="cpu")
+@quiet   # (runs when the graph runs, outside the public call)
 def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                label_smoothing: float, z_loss: float, softcap: Optional[float],
                want_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +100,7 @@ def _token_rows_fake(logits, targets, ignore_index, label_smoothing, z_loss, sof
 
 
 @torch.library.custom_op("xent::token_grad", mutates_args=(), device_types="cpu")
+@quiet   # (runs when the graph runs, outside the public call)
 def token_grad(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
                ignore_index: int, label_smoothing: float, z_loss: float,
                softcap: Optional[float]) -> torch.Tensor:

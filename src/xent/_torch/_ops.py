@@ -27,6 +27,7 @@ gradient as the rows' weights.
 import torch
 
 from xent import _array_kernels
+from xent._errstate import quiet
 from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, labels_grad,
                                loss_and_backprop)
 from xent._torch._views import accumulate, accumulator_dtype
@@ -35,6 +36,7 @@ __all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "los
 
 
 @torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
+@quiet   # (runs when the graph runs, outside the public call)
 def rows(kind: str, logits: torch.Tensor, labels: torch.Tensor,
          want_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss and TF's backprop of `kind` (see the module doc), on any device."""
@@ -134,6 +136,7 @@ class FuncRows(Rows):
 
 
 @torch.library.custom_op("xent::rows_grad", mutates_args=(), device_types=None)
+@quiet   # (runs when the graph runs, outside the public call)
 def rows_grad(kind: str, logits: torch.Tensor, labels: torch.Tensor,
               g: torch.Tensor) -> torch.Tensor:
     """``g[..., None] ⊙ backprop`` in the logits' dtype: `RowsLoss`' backward, the

@@ -258,6 +258,7 @@ class Loss:
         loss = reduce_weighted_values(be, values, sample_weight, mask, self.reduction, self.dtype)
         return be.finish(loss)
 
+    @quiet
     def call(self, y_true, y_pred):
         """Per-example losses, unreduced and unweighted, in `y_pred`'s dtype: the
         loss function on the inputs as given, as Keras' (whose `__call__` casts to
