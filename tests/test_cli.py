@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from oracle import assert_close_to_truth, label_scale
+import xent
 from xent import _demo, cli
 from xent._bench import _cases, _run
 
@@ -139,6 +140,36 @@ def test_xent_bench_out_that_cannot_be_a_folder_stops_before_any_work(capsys, mo
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --out: expected a folder the results can be written to" in err, err
+
+
+def test_a_rejected_command_line_makes_no_folder(capsys, monkeypatch, tmp_path):
+    """The default ``--out`` (bench/results under the current folder) was made
+    while the arguments were parsed, before an unknown one was refused."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--quick", "extra"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: extra" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_xent_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"xent {xent.__version__}\n"
+
+
+@pytest.mark.parametrize("command", [["demo"], ["bench", "--quick"]])
+def test_a_bad_kernel_choice_is_an_error_line_not_a_traceback(capsys, monkeypatch, command):
+    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    monkeypatch.setenv("XENT_KERNELS", "bogus")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(command)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "xent: error: the environment variable XENT_KERNELS must be 'fused' or 'numpy'; " \
+           "received 'bogus'" in err, err
 
 
 def test_xent_bench_dtype_refuses_a_dtype_it_does_not_time(capsys):

@@ -50,11 +50,18 @@ def kernels():
     ``numpy``), else the fused kernels when numba loads them.
     """
     if _state["kernels"] is None:
-        env = os.environ.get("XENT_KERNELS", "").strip().lower()
-        if env:
-            _check_name(env, "the environment variable XENT_KERNELS")
+        env = kernel_name_from_environment()
         _state["kernels"] = _kernels if env == "numpy" else _load_fused(explicit=env == "fused")
     return _state["kernels"]
+
+
+def kernel_name_from_environment():
+    """``XENT_KERNELS``, lower-cased: ``"fused"``, ``"numpy"``, or ``""`` where
+    unset; ValueError naming the variable for anything else."""
+    env = os.environ.get("XENT_KERNELS", "").strip().lower()
+    if env:
+        _check_name(env, "the environment variable XENT_KERNELS")
+    return env
 
 
 def set_kernels(name):
@@ -75,9 +82,9 @@ def set_kernels(name):
     choice before the first call.
     """
     if not isinstance(name, str):
-        raise TypeError(f"xent.set_kernels' name must be the string 'fused' or 'numpy'; "
+        raise TypeError(f"the name given to xent.set_kernels must be the string 'fused' or 'numpy'; "
                         f"received {name!r} of type {type(name).__name__}")
-    _check_name(name, "xent.set_kernels' name")
+    _check_name(name, "the name given to xent.set_kernels")
     _state["kernels"] = _kernels if name == "numpy" else _load_fused(explicit=True)
 
 

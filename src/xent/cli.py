@@ -38,23 +38,35 @@ def _shape(text):
     return int(rows), int(classes)
 
 
-def _out_folder(text):
-    """The results folder, made now if missing, so that a path that cannot be one
-    stops the bench before any timing rather than after all of it."""
+def _make_out_folder(parser, folder):
+    """Make the results folder once the command line is known good, so that a
+    path that cannot be one stops the bench before any timing rather than
+    after all of it (and a rejected command line makes nothing)."""
     try:
-        os.makedirs(text, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
     except OSError as error:
-        raise argparse.ArgumentTypeError(
-            f"expected a folder the results can be written to; got {text!r} ({error.strerror})")
-    return text
+        parser.error(f"argument --out: expected a folder the results can be written to; "
+                     f"got {folder!r} ({error.strerror})")
+
+
+def _check_kernel_choice(parser):
+    """A bad ``XENT_KERNELS`` as an error line, not a traceback from the first call."""
+    from xent import _core
+
+    try:
+        _core.kernel_name_from_environment()
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def _parser():
+    from xent import __version__
     from xent._bench._run import DTYPES   # (22 ms; the rest of the bench stays unimported)
 
     parser = argparse.ArgumentParser(
         prog="xent", description="TensorFlow's softmax cross-entropy without TensorFlow: "
                                  "run its documented examples, or time it against its peers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo_help = ("compute TensorFlow's documented examples with xent, beside the values TF's "
                  "documentation prints (and on PyTorch tensors and JAX arrays where installed)")
@@ -63,8 +75,9 @@ def _parser():
                   "Markdown and a PNG")
     bench = sub.add_parser("bench", help="time xent against every installed peer",
                            description=bench_help)
-    bench.add_argument("--quick", action="store_true", help="small shapes, few repeats (< 1 minute)")
-    bench.add_argument("--out", default="bench/results", type=_out_folder,
+    bench.add_argument("--quick", action="store_true", help="small shapes, few repeats (a minute or two on 2 cores, most of "
+                            "it importing the peers and compiling)")
+    bench.add_argument("--out", default="bench/results",
                        help="folder for the JSON, Markdown and PNG results (made if missing)")
     bench.add_argument("--shape", action="append", type=_shape, metavar="ROWSxCLASSES",
                        help="time only this input (repeatable), e.g. --shape 8192x32000; "
@@ -77,13 +90,16 @@ def _parser():
 
 def main(argv=None):
     """Entry point of the `xent` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _check_kernel_choice(parser)
     if args.command == "demo":
         from xent import _demo
 
         return _demo.run()
     from xent import _bench
 
+    _make_out_folder(parser, args.out)
     return _bench.main(quick=args.quick, out=args.out, shapes=args.shape, dtypes=args.dtype)
 
 

@@ -169,18 +169,25 @@ class _Progress:
         except ImportError:
             tqdm = None
         self.bar = tqdm(total=total, unit="round", file=sys.stderr) if tqdm else None
-        self.done, self.total = 0, total
+        self.done, self.total, self._width = 0, total, 0
 
     def __call__(self, n):
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
         else:
-            print(f"\rxent bench: {self.done}/{self.total} rounds", end="", file=sys.stderr, flush=True)
+            self._line(f"xent bench: {self.done}/{self.total} rounds")
 
     def describe(self, text):
         if self.bar is not None:
             self.bar.set_description(text)
+        else:   # (the counter's line, then what runs now: the first can take a minute)
+            self._line(f"xent bench: {self.done}/{self.total} rounds; {text}")
+
+    def _line(self, text):
+        """Write `text` over the counter's previous line (spaces cover a longer one)."""
+        print(f"\r{text:<{self._width}}", end="", file=sys.stderr, flush=True)
+        self._width = len(text)
 
     def close(self):
         if self.bar is not None:

@@ -42,8 +42,8 @@ import numba
 if numba.config.DISABLE_JIT:
     # numba's jit decorators then return the Python functions, which cannot
     # run the kernels' LLVM intrinsics.
-    raise ImportError("NUMBA_DISABLE_JIT is set, so numba compiles nothing (unset it to "
-                      "use the fused kernels)")
+    raise ImportError("NUMBA_DISABLE_JIT is set, so numba compiles nothing; unset it to "
+                      "use the fused kernels")
 
 if llvmlite.binding.llvm_version_info < (17,):
     # Opaque pointers and the vector reductions the kernels rely on need LLVM 17 or newer.
