@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from xent import _backend, _dtypes, _reduce, _validate
+from xent import _backend, _dtypes, _reduce, _smoothing, _validate
 from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses, loss_name,
                               get_regularization_losses, get_total_loss)
 from xent._errstate import quiet
@@ -225,17 +225,6 @@ def sparse_softmax_cross_entropy(labels, logits, weights=1.0, scope=None,
     return _finish(be, loss, scope, loss_collection, reduction, casts)
 
 
-def _smooth(be, labels, label_smoothing):
-    """``labels * (1 - ls) + ls / C``: TF's label smoothing, in `labels`' dtype.
-
-    The labels arrive in the accumulator dtype (float32 for half-precision
-    logits, where TensorFlow smooths in the half dtype and rounds 0.6 to
-    0.59765625 in bfloat16 before the loss sees it).
-    """
-    num_classes = max(labels.shape[-1], 1)   # (no classes: empty labels, which no divisor changes)
-    return labels * (1.0 - label_smoothing) + label_smoothing / num_classes
-
-
 @quiet
 def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
                           scope=None, loss_collection=GraphKeys.LOSSES,
@@ -275,12 +264,13 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     labels, logits = be.asarray(onehot_labels, "onehot_labels"), be.asarray(logits, "logits")
     weights, _ = _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
-    # TF casts the labels to the logits' dtype and smooths them there; in
-    # float32 (float64) they lose nothing, and bfloat16 logits' targets
-    # ls / C stay exact to float32 (a bfloat16 1/6 is 0.2% off).
-    labels = be.stop_gradient(be.astype(labels, _dtypes.accumulator_name(be.dtype_name(logits))))
+    # TF casts the labels to the logits' dtype and smooths them there (and
+    # rounds 0.6 to 0.59765625 in bfloat16 before the loss sees it); xent
+    # smooths in float32 (float64), where bfloat16 logits' targets ls / C stay
+    # exact to float32 (a bfloat16 1/6 is 0.2% off).
     if label_smoothing > 0:
-        labels = _smooth(be, labels, label_smoothing)
+        labels = _smoothing.smooth(be, labels, label_smoothing, be.dtype_name(logits))
+    labels = be.stop_gradient(labels)
     losses = dense_losses(be, labels, logits, before_kernel=_weights_check(be, weights))
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
     return _finish(be, loss, scope, loss_collection, reduction, casts=3 + (label_smoothing > 0))

@@ -1,5 +1,5 @@
 """`tf.nn`'s softmax cross-entropy ops: per-example losses, no reduction."""
-from xent import _backend, _dtypes, _validate
+from xent import _backend, _dtypes, _smoothing, _validate
 from xent._errstate import quiet
 from xent.errors import InvalidArgumentError
 
@@ -105,7 +105,8 @@ def sparse_losses(be, labels, logits, before_kernel=None):
 def dense_losses(be, labels, logits, axis=-1, before_kernel=None):
     """Validated per-example dense losses in the accumulator dtype (no rounding).
 
-    labels are cast to the accumulator dtype; the class `axis` is moved last;
+    labels reach the kernel in the logits' dtype or the accumulator dtype
+    (`_smoothing.kernel_targets`); the class `axis` is moved last;
     the result has the logits' shape without `axis`. `before_kernel`, if
     given, gets that shape after the checks and before the kernel runs.
     """
@@ -114,7 +115,7 @@ def dense_losses(be, labels, logits, axis=-1, before_kernel=None):
     if logits.ndim == 0:
         raise InvalidArgumentError(   # (TF: its Slice op's InvalidArgumentError)
             f"`logits` must have rank >= 1; received logits.shape={tuple(logits.shape)}")
-    labels = be.astype(labels, _dtypes.accumulator_name(logits_dtype))
+    labels = _smoothing.kernel_targets(be, labels, logits_dtype)
     axis = _validate.class_axis(axis, logits.ndim)
     if axis != logits.ndim - 1:
         _validate.same_rank(labels, logits)

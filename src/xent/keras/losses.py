@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from xent import _backend, _dtypes, _probs, _validate
+from xent import _backend, _dtypes, _probs, _smoothing, _validate
 from xent._errstate import quiet
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
@@ -45,7 +45,7 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
     if ignore_class is not None:
         valid = y_true != ignore_class
         y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
-        y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, be.xp.zeros_like(y_pred))
+        y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, 0)   # (Keras' one new array)
     if axis not in (-1, y_pred.ndim - 1):
         raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
     labels = be.astype(y_true, "int64")
@@ -86,12 +86,14 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
         raise ValueError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis)}")
     # Keras smooths in y_pred's dtype; the accumulator dtype keeps ls / C
     # exact to float32 for half-precision predictions.
-    y_true = be.astype(y_true, _dtypes.accumulator_name(be.dtype_name(y_pred)))
     if y_pred.ndim and y_pred.shape[-1] == 1:
         _warn_one_class(y_pred)
     _categorical_shapes(y_true, y_pred)
-    if label_smoothing:   # (no classes: an empty y_true, which no divisor changes)
-        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / max(y_true.shape[-1], 1)
+    dtype = be.dtype_name(y_pred)
+    if label_smoothing:
+        y_true = _smoothing.smooth(be, y_true, label_smoothing, dtype)
+    elif not from_logits:   # (the probabilities' arithmetic; logits go to `dense_losses`)
+        y_true = be.astype(y_true, _dtypes.accumulator_name(dtype))
     if axis is None and not from_logits:
         # Keras normalises and sums over every axis: one row of all the values
         rows = (be.xp.reshape(y_true, (1, -1)), be.xp.reshape(y_pred, (1, -1)))

@@ -1,0 +1,47 @@
+"""Dense targets for the kernels: label smoothing, and the dtype they reach the kernel in.
+
+TensorFlow (v1 `softmax_cross_entropy`, Keras `categorical_crossentropy`)
+smooths one-hot targets as ``labels * (1 - ls) + ls / C`` in the logits'
+dtype; xent does it in the accumulator dtype (float32 for half precision),
+where ``ls / C`` stays exact to float32, and with one new array, not three:
+for bfloat16 logits of N x C, three float32 temporaries were 6x the logits.
+"""
+from xent import _dtypes
+
+__all__ = ["smooth", "kernel_targets"]
+
+
+def smooth(be, labels, label_smoothing, dtype):
+    """``labels * (1 - ls) + ls / C`` in the accumulator dtype of `dtype` (the
+    logits' dtype name); `labels` ``[..., C]`` is not modified.
+
+    No classes (C = 0): the empty labels as they are (TF's ls / 0 is inf
+    times nothing).
+    """
+    smoothed = be.astype(labels, _dtypes.accumulator_name(dtype))
+    scale, shift = 1.0 - label_smoothing, label_smoothing / max(labels.shape[-1], 1)
+    if be.name != "numpy":
+        return smoothed * scale + shift
+    smoothed = smoothed * scale if smoothed is labels else _scaled_in_place(smoothed, scale)
+    smoothed += shift   # (a fresh array: its own)
+    return smoothed
+
+
+def _scaled_in_place(array, scale):
+    """`array` (a NumPy array xent made) times `scale`, in place."""
+    array *= scale
+    return array
+
+
+def kernel_targets(be, labels, dtype):
+    """Dense `labels` in the dtype the kernel reads for logits of `dtype`.
+
+    NumPy labels already in the logits' dtype stay as they are: the kernels
+    widen each row to float32 as they read it, where a float32 copy would be
+    twice half-precision logits. Other labels, and torch and JAX ones (whose
+    gradient code computes in the accumulator dtype), are cast to the
+    accumulator dtype.
+    """
+    if be.name == "numpy" and be.dtype_name(labels) == dtype:
+        return labels
+    return be.astype(labels, _dtypes.accumulator_name(dtype))
