@@ -75,3 +75,16 @@ def test_numpy_calls_make_no_logits_sized_temporaries(name, dtype):
     if name != "raw dense in place":
         np.testing.assert_array_equal(logits, before[0])
     np.testing.assert_array_equal(onehot, before[1])
+
+
+@pytest.mark.parametrize("wrap", [np.asarray, np.asmatrix, np.ma.masked_array],
+                         ids=["ndarray", "matrix", "masked"])
+def test_smoothing_in_place_never_touches_the_callers_labels(wrap):
+    """Smoothing scales its own float32 copy in place; labels already float32
+    (whatever array type holds them) are the caller's memory, left alone."""
+    onehot = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
+    logits = np.zeros((4, 3), np.float32)
+    labels = wrap(onehot.copy())
+    xent.losses.softmax_cross_entropy(labels, logits, label_smoothing=0.3)
+    xent.keras.losses.categorical_crossentropy(labels, logits, from_logits=True, label_smoothing=0.3)
+    np.testing.assert_array_equal(np.asarray(labels), onehot)

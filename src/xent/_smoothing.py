@@ -6,6 +6,8 @@ dtype; xent does it in the accumulator dtype (float32 for half precision),
 where ``ls / C`` stays exact to float32, and with one new array, not three:
 for bfloat16 logits of N x C, three float32 temporaries were 6x the logits.
 """
+import numpy as np
+
 from xent import _dtypes
 
 __all__ = ["smooth", "kernel_targets"]
@@ -22,15 +24,12 @@ def smooth(be, labels, label_smoothing, dtype):
     scale, shift = 1.0 - label_smoothing, label_smoothing / max(labels.shape[-1], 1)
     if be.name != "numpy":
         return smoothed * scale + shift
-    smoothed = smoothed * scale if smoothed is labels else _scaled_in_place(smoothed, scale)
-    smoothed += shift   # (a fresh array: its own)
+    if np.may_share_memory(smoothed, labels):   # (the caller's memory: no cast was needed)
+        smoothed = smoothed * scale
+    else:
+        smoothed *= scale   # (the cast's fresh array)
+    smoothed += shift
     return smoothed
-
-
-def _scaled_in_place(array, scale):
-    """`array` (a NumPy array xent made) times `scale`, in place."""
-    array *= scale
-    return array
 
 
 def kernel_targets(be, labels, dtype):
