@@ -182,7 +182,7 @@ def round_by_sum(typingctx, t):
 @intrinsic
 def ldexp(typingctx, p, n):
     """p * 2**n for an int32 n (``llvm.ldexp``: ``vscalefps`` on AVX-512; use
-    only where `xent._fused._target.LDEXP_PROBE` lowers natively)."""
+    only where `xent._fused._target.vector_ldexp`)."""
     def codegen(context, builder, sig, args):
         return call_llvm(builder, f"llvm.ldexp.{_suffix(p)}.i32", ir_type(p), args)
     return p(p, n), codegen

@@ -136,14 +136,14 @@ def _round_int_impl(t):
 def _times_pow2_impl(p, n):
     if p != types.float64:
         return None
-    if _target.lowers_natively(_target.LDEXP_PROBE):
+    if _target.vector_ldexp():
         return lambda p, n: ldexp(p, n)
     return lambda p, n: scale_by_bits(p, n, _BIAS64)   # (float32: `round_scale`, in `_exp32_floored` and `_exp2_half_floored`)
 
 
 @overload(_floor64)
 def _floor64_impl(x):
-    if _target.lowers_natively(_target.LDEXP_PROBE):
+    if _target.vector_ldexp():
         return lambda x: _FLOOR64_SCALEF
     return lambda x: _FLOOR64_BITS
 

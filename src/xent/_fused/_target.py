@@ -30,7 +30,8 @@ from numba.core import config
 from numba.core.codegen import get_host_cpu_features
 
 __all__ = ["cpu_name", "is_x86", "host_cpu_name", "cpu_features", "lowers_natively", "has_gather",
-           "wide_vectors", "external_symbols", "HALF_PROBE", "BFLOAT16_PROBE", "LDEXP_PROBE",
+           "wide_vectors", "vector_ldexp", "external_symbols", "HALF_PROBE", "BFLOAT16_PROBE",
+           "LDEXP_PROBE", "LDEXP_NARROW_PROBE",
            "LRINT_PROBE", "FMA_PROBE", "isa"]
 
 
@@ -145,6 +146,18 @@ declare <16 x float> @llvm.ldexp.v16f32.v16i32(<16 x float>, <16 x i32>)
 declare <8 x double> @llvm.ldexp.v8f64.v8i32(<8 x double>, <8 x i32>)
 """
 
+# The form LDEXP_PROBE's misses: LLVM also vectorises float64 loops 4 wide.
+LDEXP_NARROW_PROBE = """
+define void @probe(ptr %q, ptr %m) {
+  %b = load <4 x double>, ptr %q, align 8
+  %j = load <4 x i32>, ptr %m, align 4
+  %s = call <4 x double> @llvm.ldexp.v4f64.v4i32(<4 x double> %b, <4 x i32> %j)
+  store <4 x double> %s, ptr %q, align 8
+  ret void
+}
+declare <4 x double> @llvm.ldexp.v4f64.v4i32(<4 x double>, <4 x i32>)
+"""
+
 LRINT_PROBE = """
 define void @probe(ptr %p, ptr %n, ptr %q, ptr %m) {
   %a = load <16 x float>, ptr %p, align 4
@@ -175,6 +188,17 @@ define void @probe(ptr %p, ptr %q) {
 }
 declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
 declare <8 x double> @llvm.fma.v8f64(<8 x double>, <8 x double>, <8 x double>)
+"""
+
+# Plain vector arithmetic: its registers name the widest vectors the CPU has
+# where FMA_PROBE's calls of fmaf (no FMA) hide them (`isa`).
+ADD_PROBE = """
+define void @probe(ptr %p) {
+  %a = load <16 x float>, ptr %p, align 4
+  %r = fadd <16 x float> %a, %a
+  store <16 x float> %r, ptr %p, align 4
+  ret void
+}
 """
 
 GATHER_PROBE = """
@@ -211,6 +235,24 @@ def lowers_natively(probe_ir):
     loaded from numba's cache was compiled for this same CPU and features).
     """
     return not external_symbols(_assembly(probe_ir))
+
+
+@functools.cache
+def vector_ldexp():
+    """Whether the kernels may use `llvm.ldexp` on float64 vectors: it lowers
+    to the CPU's own instructions (`LDEXP_PROBE`: AVX-512's ``vscalefpd``)
+    and, on x86, a ``<4 x double>`` one converts its int32 exponents to
+    doubles first (`LDEXP_NARROW_PROBE`: ``vcvtdq2pd``).
+
+    LLVM 22 forgets that conversion where AVX-512 lacks VL (Xeon Phi: `knl`,
+    `knm`): the exponents' integer bits were read as doubles, and float64
+    rows whose tail took 4 lanes gave NaN (found by an independent review).
+    There, as on every CPU without AVX-512, the kernels build 2**n from its
+    bits (`xent._fused._math.scale_by_bits`).
+    """
+    if not lowers_natively(LDEXP_PROBE):
+        return False
+    return not is_x86() or "cvtdq2pd" in _assembly(LDEXP_NARROW_PROBE)
 
 
 # AVX-512 CPUs that lower their clock for 512-bit arithmetic (Intel's AVX-512
@@ -250,6 +292,8 @@ def isa():
         level = "AVX-512" if wide_vectors() else "AVX-512, 256-bit loops"
     elif "ymm" in asm:
         level = "AVX2+FMA" if lowers_natively(FMA_PROBE) else "AVX"
+    elif "ymm" in _assembly(ADD_PROBE):   # (AVX without FMA: Sandy and Ivy Bridge, Jaguar)
+        level = "AVX"
     elif "xmm" in asm:
         level = "SSE2"
     else:
