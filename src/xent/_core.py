@@ -82,8 +82,8 @@ def set_kernels(name):
     choice before the first call.
     """
     if not isinstance(name, str):
-        raise TypeError(f"the name given to xent.set_kernels must be the string 'fused' or 'numpy'; "
-                        f"received {name!r} of type {type(name).__name__}")
+        raise TypeError(f"the name given to xent.set_kernels must be the string 'fused' or "
+                        f"'numpy'; received {name!r} of type {type(name).__name__}")
     _check_name(name, "the name given to xent.set_kernels")
     _state["kernels"] = _kernels if name == "numpy" else _load_fused(explicit=True)
 

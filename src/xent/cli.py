@@ -75,8 +75,9 @@ def _parser():
                   "Markdown and a PNG")
     bench = sub.add_parser("bench", help="time xent against every installed peer",
                            description=bench_help)
-    bench.add_argument("--quick", action="store_true", help="small shapes, few repeats (a minute or two on 2 cores, most of "
-                            "it importing the peers and compiling)")
+    bench.add_argument("--quick", action="store_true",
+                       help="small shapes, few repeats (a minute or two on 2 cores, most of it "
+                            "importing the peers and compiling)")
     bench.add_argument("--out", default="bench/results",
                        help="folder for the JSON, Markdown and PNG results (made if missing)")
     bench.add_argument("--shape", action="append", type=_shape, metavar="ROWSxCLASSES",
