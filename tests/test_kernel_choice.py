@@ -88,18 +88,24 @@ def test_numba_disable_jit_falls_back_to_the_reference_kernels_with_one_warning(
     assert explicit == "ImportError True True"   # asking for the fused kernels names NUMBA_DISABLE_JIT
 
 
-def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path):
+@pytest.mark.parametrize("chosen", [None, "unwritable"])
+def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path, chosen):
     """Without a directory numba can write, ``cache=True`` raised numba's "no locator
-    available" on every call."""
+    available" on every call. A NUMBA_CACHE_DIR numba could not use is named."""
     pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k not in ("XENT_KERNELS", "NUMBA_CACHE_DIR")}
+    if chosen:
+        env["NUMBA_CACHE_DIR"] = str(tmp_path / chosen)
     result = subprocess.run([sys.executable, "-c", NO_CACHE_DIR], capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "XENT_KERNELS"},
-                            timeout=300)
+                            env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == "fused"
     assert "compiling kernels for" in result.stderr and ", once" not in result.stderr
     assert "not cached: numba has no directory it can write, so every process compiles them" \
         in result.stderr
+    advice = (f"(NUMBA_CACHE_DIR={tmp_path / chosen} cannot be written: set it to a directory "
+              f"that can, to cache them)" if chosen else "(set NUMBA_CACHE_DIR to one, to cache them)")
+    assert advice in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("name", ["numpy", "fused"])

@@ -12,6 +12,7 @@ or, where numba has no directory it can write (`_options.can_cache`):
 
     xent: compiling kernels for znver3; not cached: numba has no directory ...
 """
+import os
 import sys
 import threading
 import time
@@ -36,8 +37,11 @@ def _cache_place(dispatcher):
     path = getattr(getattr(dispatcher, "_cache", None), "cache_path", None)
     if path:
         return f"cached in {path}"
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    advice = (f"NUMBA_CACHE_DIR={chosen} cannot be written: set it to a directory that can"
+              if chosen else "set NUMBA_CACHE_DIR to one")
     return ("not cached: numba has no directory it can write, so every process "
-            "compiles them (set NUMBA_CACHE_DIR to one to cache them)")
+            f"compiles them ({advice}, to cache them)")
 
 
 class _CompileNotice(event.Listener):
