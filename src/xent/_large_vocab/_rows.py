@@ -13,6 +13,10 @@ and through the softcap ``dz_j/draw_j = 1 - (z_j/c)²``. The kernel of
 `xent._core.kernels()` gives ``nll``, ``lse`` and ``p - onehot(y)`` in one
 pass, each row's gradient already times its weight; the options are per-row
 corrections of those on the block while it is in cache. A token whose target is ``ignore_index`` has loss 0 and gradient 0.
+
+Infinite and NaN rows give inf and NaN here as in torch, silently: the one
+caller, `xent._large_vocab._cross_entropy.losses_and_gradient`, runs under
+`xent._errstate.quiet` (NumPy's floating-point errors ignored).
 """
 import numpy as np
 
@@ -63,9 +67,8 @@ def _smoothing_term(z, labels, eps):
     z_j`` with a float32 mean gave -inf for a row of ±3e38 (the float64 loss
     is 2.25e37) and for a row of 2e38 and 0 (1e37), and 1.9e-5 relative
     error for logits around 1e4 (now 6e-6; torch's float32: 1.1e-7)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        z_y = z[np.arange(z.shape[0]), labels].astype(np.float64)
-        return eps * z_y - eps * _row_means(z)
+    z_y = z[np.arange(z.shape[0]), labels].astype(np.float64)
+    return eps * z_y - eps * _row_means(z)
 
 
 def _loss(nll, lse, term, opts):
@@ -82,11 +85,9 @@ def _loss(nll, lse, term, opts):
         infinite = np.isposinf(nll)
         if infinite.any():
             eps = opts.label_smoothing
-            with np.errstate(invalid="ignore"):
-                loss[infinite] = (1.0 - eps) * np.inf + eps * np.inf
+            loss[infinite] = (1.0 - eps) * np.inf + eps * np.inf
     if opts.z_loss:
-        with np.errstate(over="ignore"):   # (an lse past 1.8e19 squares to inf, as in torch)
-            loss = loss + opts.z_loss * lse * lse
+        loss = loss + opts.z_loss * lse * lse   # (an lse past 1.8e19 squares to inf, as in torch)
     return loss.astype(nll.dtype, copy=False)
 
 
@@ -107,14 +108,13 @@ def _correct_gradient(out, labels, nll, lse, weights, opts):
     rows, eps = np.arange(out.shape[0]), opts.label_smoothing
     if not (eps or opts.z_loss):
         return   # (a softcap alone: the kernel's gradient, its derivative applied later)
-    with np.errstate(invalid="ignore", over="ignore"):   # (NaN rows stay NaN)
-        a = 1.0 + 2.0 * opts.z_loss * lse.astype(np.float64) if opts.z_loss else 1.0
-        if opts.z_loss:
-            out *= a.astype(out.dtype)[:, None]
-        if eps:
-            out -= (weights * (eps / out.shape[1])).astype(out.dtype)[:, None]
-        on_label = weights * ((a * np.exp(-nll.astype(np.float64)) - 1.0)
-                              + eps * (1.0 - 1.0 / out.shape[1]))
+    a = 1.0 + 2.0 * opts.z_loss * lse.astype(np.float64) if opts.z_loss else 1.0
+    if opts.z_loss:
+        out *= a.astype(out.dtype)[:, None]
+    if eps:
+        out -= (weights * (eps / out.shape[1])).astype(out.dtype)[:, None]
+    on_label = weights * ((a * np.exp(-nll.astype(np.float64)) - 1.0)
+                          + eps * (1.0 - 1.0 / out.shape[1]))
     out[rows, labels] = on_label.astype(out.dtype)
 
 
