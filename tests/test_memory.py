@@ -88,3 +88,69 @@ def test_smoothing_in_place_never_touches_the_callers_labels(wrap):
     xent.losses.softmax_cross_entropy(labels, logits, label_smoothing=0.3)
     xent.keras.losses.categorical_crossentropy(labels, logits, from_logits=True, label_smoothing=0.3)
     np.testing.assert_array_equal(np.asarray(labels), onehot)
+
+
+class _RecordingKernels:
+    """The kernel module in use, recording the labels each dense kernel call reads."""
+
+    def __init__(self, inner):
+        self.inner, self.labels = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def dense_rows(self, x, y, *args, **kwargs):
+        self.labels.append(y)
+        return self.inner.dense_rows(x, y, *args, **kwargs)
+
+
+@pytest.fixture
+def recording_kernels(monkeypatch):
+    from xent import _core
+    recorder = _RecordingKernels(_core.kernels())
+    monkeypatch.setitem(_core._state, "kernels", recorder)
+    return recorder
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_torch_half_dense_labels_reach_the_kernel_as_they_are(dtype, recording_kernels):
+    """A torch step's half-precision dense labels were cast to a float32 copy
+    (2x the logits) before the kernel; the kernel now reads the caller's
+    tensor, and the gradients still match the float32-labels call."""
+    torch = pytest.importorskip("torch")
+    from xent._torch._views import numpy_view
+    logits, labels, onehot = _inputs(getattr(ml_dtypes, dtype) if dtype == "bfloat16" else np.float16)
+    x = torch.from_numpy(logits.astype(np.float32)).to(getattr(torch, dtype)).requires_grad_()
+    y = torch.from_numpy(onehot.astype(np.float32)).to(getattr(torch, dtype)).requires_grad_()
+    loss = xent.nn.softmax_cross_entropy_with_logits(labels=y, logits=x)
+    loss.sum().backward()
+    assert len(recording_kernels.labels) == 1
+    assert np.shares_memory(recording_kernels.labels[0], numpy_view(y.detach()))
+    x32 = x.detach().clone().requires_grad_()
+    y32 = y.detach().float().requires_grad_()
+    loss32 = xent.nn.softmax_cross_entropy_with_logits(labels=y32, logits=x32)
+    loss32.sum().backward()
+    assert loss.dtype == x.dtype and x.grad.dtype == x.dtype and y.grad.dtype == y.dtype
+    torch.testing.assert_close(loss, loss32, rtol=0, atol=0)
+    torch.testing.assert_close(x.grad, x32.grad, rtol=0, atol=0)
+    torch.testing.assert_close(y.grad, y32.grad.to(y.dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_jax_half_dense_labels_reach_the_kernel_as_they_are(dtype, recording_kernels):
+    """The same for a jitted JAX step: the callback's kernel reads half-precision
+    labels, where a float32 cast made a buffer twice the logits."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    logits, labels, onehot = _inputs(getattr(ml_dtypes, dtype) if dtype == "bfloat16" else np.float16)
+    x, y = jnp.asarray(logits), jnp.asarray(onehot)
+
+    def step(x, y):
+        return xent.nn.softmax_cross_entropy_with_logits(labels=y, logits=x).astype(jnp.float32).sum()
+
+    grads = jax.jit(jax.grad(step, argnums=(0, 1)))(x, y)
+    assert [np.dtype(a.dtype) for a in recording_kernels.labels] == [np.dtype(y.dtype)]
+    grads32 = jax.jit(jax.grad(lambda x, y: step(x, y.astype(jnp.float32)), argnums=(0, 1)))(x, y)
+    for got, want in zip(grads, grads32):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))

@@ -35,12 +35,12 @@ def smooth(be, labels, label_smoothing, dtype):
 def kernel_targets(be, labels, dtype):
     """Dense `labels` in the dtype the kernel reads for logits of `dtype`.
 
-    NumPy labels already in the logits' dtype stay as they are: the kernels
-    widen each row to float32 as they read it, where a float32 copy would be
-    twice half-precision logits. Other labels, and torch and JAX ones (whose
-    gradient code computes in the accumulator dtype), are cast to the
-    accumulator dtype.
+    Labels already in the logits' dtype stay as they are, on every backend:
+    the kernels widen each row to float32 as they read it, and the torch and
+    JAX gradient code promotes half-precision labels to the accumulator dtype
+    op by op, where a float32 copy would be twice half-precision logits.
+    Other labels are cast to the accumulator dtype.
     """
-    if be.name == "numpy" and be.dtype_name(labels) == dtype:
+    if be.dtype_name(labels) == dtype:
         return labels
     return be.astype(labels, _dtypes.accumulator_name(dtype))
