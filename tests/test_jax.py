@@ -496,3 +496,88 @@ def test_dense_loss_with_no_classes_is_zero_as_tensorflows(tf, path):
     for grad in (jax.grad, lambda f, **kw: jax.jit(jax.grad(f, **kw))):
         dx, dy = grad(lambda x, y: DENSE(labels=y, logits=x).sum(), argnums=(0, 1))(xj, xj)
         assert dx.shape == dy.shape == (3, 0)
+
+
+def _step_temporaries(fn, *args):
+    """XLA's temporaries of ``jit(grad(fn))`` at `args`, in bytes."""
+    return jax.jit(jax.grad(fn)).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_a_mean_step_holds_one_logits_sized_buffer_as_a_sum_step_does(dtype):
+    """The backward of a `.mean()` (or a Keras or v1 reduction) scales the kernel's
+    backprop in the backprop's own buffer (`xent._jax_rows`): as ``g[..., None] *
+    backprop`` in `jax.numpy`, XLA wrote it into a second logits-sized buffer
+    (temporaries 2.00x the logits for a float32 step whose logits come from a
+    matmul, against 1.00x for a `.sum()`)."""
+    rows, classes, width = 256, 4096, 8
+    h, w = jnp.ones((rows, width), dtype), jnp.ones((width, classes), dtype)
+    labels = jnp.arange(rows) % classes
+    onehot = jax.nn.one_hot(labels, classes, dtype=dtype)
+    logits_bytes = rows * classes * jnp.dtype(dtype).itemsize
+    steps = {
+        "sum": lambda w: SPARSE(labels=labels, logits=h @ w).sum(),
+        "mean": lambda w: SPARSE(labels=labels, logits=h @ w).mean(),
+        "weighted": lambda w: (SPARSE(labels=labels, logits=h @ w) * jnp.arange(rows, dtype=dtype)).sum(),
+        "dense mean": lambda w: DENSE(labels=onehot, logits=h @ w).mean(),
+        "keras": lambda w: xent.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, dtype=jnp.dtype(dtype).name)(labels, h @ w),
+        "v1": lambda w: xent.losses.sparse_softmax_cross_entropy(labels, h @ w),
+    }
+    temps = {name: _step_temporaries(step, w) for name, step in steps.items()}
+    if dtype == jnp.float32:   # (bfloat16: XLA's matmul itself adds float32 logits)
+        assert temps["sum"] <= logits_bytes * 1.02 + 64 * rows, temps["sum"] / logits_bytes
+    for name, temp in temps.items():
+        assert temp <= temps["sum"] + 64 * rows, (name, temp / logits_bytes, temps["sum"] / logits_bytes)
+
+
+@pytest.mark.parametrize("shape", [(6, 7), (256, 4100)], ids=["small", "threaded"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16],
+                         ids=["float32", "float64", "bfloat16", "float16"])
+def test_the_in_place_scaling_equals_the_eager_product_bit_for_bit(rng, dtype, shape):
+    """Under `jit` the backward's ``backprop * g`` runs in a buffer callback (on the
+    kernels' threads from 4 MiB); eagerly it is `jax.numpy`'s product, computed in
+    float32 and rounded once: the same bits. Rows' weights 1 take no pass at all."""
+    with _x64(dtype):
+        logits = jnp.asarray(rng.standard_normal(shape) * 4, dtype)
+        labels = jnp.asarray(rng.integers(0, shape[1], shape[0]))
+        weights = jnp.asarray(rng.standard_normal(shape[0]), jnp.float64 if dtype == jnp.float64 else jnp.float32)
+        weights = weights.at[::3].set(1.0)
+
+        def objective(x, w):
+            return jnp.sum(SPARSE(labels=labels, logits=x).astype(w.dtype) * w)
+
+        for w in (weights, jnp.ones_like(weights), jnp.full_like(weights, 1.0 / shape[0])):
+            eager = jax.grad(objective)(logits, w)
+            jitted = jax.jit(jax.grad(objective))(logits, w)
+            assert jitted.dtype == logits.dtype
+            np.testing.assert_array_equal(np.asarray(jitted), np.asarray(eager))
+
+
+def test_a_jitted_pullback_never_overwrites_the_backprop_it_keeps(rng):
+    """The in-place scaling writes over the backprop's buffer only where XLA lets it
+    (an input-output alias): a pullback jitted on its own gets the kept backprop
+    as an argument, which XLA copies first, so a second call is as right as the first."""
+    logits = jnp.asarray(rng.standard_normal((64, 300)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 300, 64))
+    _, pullback = jax.vjp(lambda x: SPARSE(labels=labels, logits=x), logits)
+    jitted = jax.jit(pullback)
+    want = jax.grad(lambda x: SPARSE(labels=labels, logits=x).sum())(logits)
+    for scale in (0.5, 2.0, 0.5):
+        (got,) = jitted(jnp.full((64,), scale, jnp.float32))
+        np.testing.assert_allclose(np.asarray(got), scale * np.asarray(want), rtol=1e-6, atol=1e-9)
+
+
+def test_per_example_gradients_of_a_mean_under_vmap(rng, path):
+    """`vmap` of a `.mean()` step's gradient (the scaling's batching rule) equals a loop."""
+    logits = jnp.asarray(rng.standard_normal((3, 5, 7)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 7, (3, 5)))
+    grad = jax.grad(lambda x, l: SPARSE(labels=l, logits=x).mean())
+    batched = jax.jit(jax.vmap(grad))(logits, labels)
+    for i in range(3):
+        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(grad(logits[i], labels[i])),
+                                   rtol=1e-6, atol=1e-8)
+    unbatched_logits = jax.jit(jax.vmap(grad, in_axes=(None, 0)))(logits[0], labels)
+    for i in range(3):
+        np.testing.assert_allclose(np.asarray(unbatched_logits[i]),
+                                   np.asarray(grad(logits[0], labels[i])), rtol=1e-6, atol=1e-8)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from xent import _array_kernels, _dtypes, _jax_cpu, _validate
+from xent import _array_kernels, _dtypes, _jax_cpu, _jax_rows, _validate
 from xent.errors import InvalidArgumentError
 
 
@@ -197,10 +197,14 @@ def _on_kernel_jvp(kind, primals, tangents):
     dx, dy = tangents
     log_softmax_term = kind == "dense" and not _is_zero(dy)   # (needs the logits after)
     loss, lse, backprop = _kernel_rows(kind, not log_softmax_term, logits, labels)
-    terms = [] if _is_zero(dx) else [(backprop, dx)]
+    terms = []
     if log_softmax_term:
         terms.append((lse[..., None] - logits.astype(lse.dtype), dy))
-    return loss, _tangent_sum(loss, terms)
+    d_loss = _tangent_sum(loss, terms)
+    if not _is_zero(dx):   # (its transpose scales the backprop in its own buffer: `_jax_rows`)
+        on_logits = _jax_rows.rows_dot(backprop, dx, loss.dtype)
+        d_loss = on_logits + d_loss if terms else on_logits
+    return loss, d_loss
 
 
 _on_kernel.defjvp(_on_kernel_jvp, symbolic_zeros=True)
