@@ -438,6 +438,29 @@ def test_unbroadcastable_sample_weight_with_ignore_class_is_refused_like_tf(kera
         loss(convert(y_true), convert(y_pred), sample_weight=convert(sample_weight))
 
 
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("y_true,y_pred_shape", [
+    (np.array([0, 1, 2, 1, 0]), (1, 3)),            # one row of predictions for 5 labels
+    (np.array([[0, 1, 2], [2, 1, 0]]), (3, 3)),     # no batch axis in y_pred
+    (np.zeros((3, 3), np.int64), (3, 3, 1)),       # one class
+], ids=["one-row", "no-batch-axis", "one-class"])
+def test_ignore_class_never_broadcasts_mismatched_shapes(keras, y_true, y_pred_shape, framework):
+    """With `ignore_class`, the mask's `where` broadcast y_pred to the labels' shape
+    before the shape check, and a loss came back where Keras raises (its reshape's
+    error; xent's is the one it gives without `ignore_class`)."""
+    convert = {"numpy": np.asarray, "torch": pytest.importorskip("torch").as_tensor,
+               "jax": pytest.importorskip("jax.numpy").asarray}[framework]
+    y_pred = np.full(y_pred_shape, 0.5, np.float32)
+    with pytest.raises(Exception):
+        keras.losses.SparseCategoricalCrossentropy(ignore_class=2, reduction=None)(y_true, y_pred)
+    with pytest.raises(ValueError, match="same shape up until the last dimension|rank"):
+        xk.SparseCategoricalCrossentropy(ignore_class=2, reduction=None)(convert(y_true), convert(y_pred))
+    if y_pred_shape[-1] == 1:
+        return   # (the class squeezes y_pred's one class, as Keras; the function's shapes agree)
+    with pytest.raises(ValueError, match="same shape up until the last dimension|rank"):
+        xk.sparse_categorical_crossentropy(convert(y_true), convert(y_pred), ignore_class=2)
+
+
 @pytest.mark.parametrize("sample_weight", [2.0, np.array([[1.0], [3.0]])])
 def test_mean_with_sample_weight_divides_by_unbroadcast_weight_sum_like_tf(keras, rng,
                                                                            sample_weight):
@@ -985,11 +1008,14 @@ def test_inputs_are_never_modified(rng, cls_name):
 
 
 @pytest.mark.parametrize("spelling", [float, np.float64, np.float16, ml_dtypes.bfloat16,
-                                      np.dtype("float64"), "tf.float64", "mixed_bfloat16"],
+                                      np.dtype("float64"), "tf.float64", "mixed_bfloat16", "",
+                                      {"module": "keras", "class_name": "DTypePolicy",
+                                       "config": {"name": "mixed_float16"}, "registered_name": None}],
                          ids=repr)
 def test_loss_object_takes_every_dtype_spelling_keras_takes(keras, tf, rng, spelling):
     """Python's float (Keras' float32), NumPy scalar types and dtypes, ml_dtypes'
-    bfloat16, TF's dtypes and policy names give Keras' dtype and result."""
+    bfloat16, TF's dtypes, policy names, a serialized policy and "" (Keras'
+    ``dtype or floatx()``) give Keras' dtype and result."""
     dtype = tf.float64 if spelling == "tf.float64" else spelling
     y_pred = _predictions("softmax", (4, 3), rng)
     labels = rng.integers(0, 3, (4,))

@@ -41,15 +41,15 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
     """Per-example sparse losses (accumulator dtype) and the ignore_class mask or None."""
     if y_true.ndim == y_pred.ndim and y_true.shape[axis] == 1:
         y_true = be.xp.squeeze(y_true, axis)
+    if axis not in (-1, y_pred.ndim - 1):
+        raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
+    _sparse_shapes(y_true, y_pred)   # (before the mask's `where`, which would broadcast them)
     valid = None
     if ignore_class is not None:
         valid = y_true != ignore_class
         y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
         y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, 0)   # (Keras' one new array)
-    if axis not in (-1, y_pred.ndim - 1):
-        raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
     labels = be.astype(y_true, "int64")
-    _sparse_shapes(labels, y_pred)
     logits = y_pred if from_logits else _probs.clipped_log(be, y_pred)
     losses = sparse_losses(be, labels, logits)
     if valid is not None:
@@ -182,9 +182,12 @@ def _policy_dtype(dtype):
     `dtype` may be spelled as Keras takes it: a policy (its ``compute_dtype``)
     or any spelling of a dtype `_dtypes.name_of` reads (a name, NumPy's, TF's,
     torch's, a scalar type such as ``np.float64``; Python's ``float`` is
-    Keras' float32)."""
-    if dtype is None or dtype is float:
+    Keras' float32), or a serialized policy (``{"class_name": "DTypePolicy",
+    "config": {"name": ...}}``); ``""`` is float32, as Keras' ``dtype or floatx()``."""
+    if dtype is None or dtype is float or (isinstance(dtype, str) and not dtype):
         return "float32"
+    if isinstance(dtype, dict) and isinstance(dtype.get("config"), dict) and "name" in dtype["config"]:
+        dtype = dtype["config"]["name"]
     name = getattr(dtype, "compute_dtype", None) or _dtypes.name_of(dtype)
     name = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(name, name)
     _dtypes.check_float(name, "dtype")
