@@ -213,3 +213,25 @@ def forward_mode_inputs(face, dtype, label_dtype):
     dx = rng.standard_normal(x.shape).astype(dtype)
     dy = rng.standard_normal(labels.shape).astype(dtype) if dense else None
     return x, labels, dx, dy
+
+
+def half_ulps(got, truth, dtype):
+    """The largest distance of `got` (float16 or bfloat16) from a float64 `truth`, in
+    units of the spacing of `dtype` at the rounded truth (0.5: rounded once)."""
+    dtype = np.dtype(dtype)
+    wide = np.float16 if dtype == np.float16 else np.float32
+    rounded = np.asarray(truth, np.float64).astype(wide).astype(np.float64)
+    spacing = np.spacing(np.abs(rounded).astype(wide)).astype(np.float64)
+    if dtype != np.float16:   # (bfloat16: float32's spacing times 2**16)
+        spacing = spacing * 2.0 ** 16
+    return float(np.max(np.abs(np.asarray(got, np.float64) - truth) / spacing))
+
+
+def scaled_xent_gradient(logits, labels, upstream):
+    """float64 ``upstream[:, None] * (softmax(logits) - onehot(labels))``, the gradient
+    of ``sum(loss * upstream)``; `labels` int ``[N]``."""
+    x = np.asarray(logits, np.float64)
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1
+    return p * np.asarray(upstream, np.float64)[:, None]

@@ -495,3 +495,26 @@ def test_forward_mode_tangents_match_tensorflows_forward_accumulator(tf, path, f
         np.testing.assert_allclose(g.numpy(), w, rtol=tol, atol=tol)
 
 
+
+
+@pytest.mark.parametrize("rows", [64, 4096], ids=["small", "large"])
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_float16_gradient_under_a_loss_scale_is_rounded_once_as_tfs(dense, rows):
+    """TF computes float16 losses in float32 (its ``precise_logits``): the gradient of
+    ``sum(loss * g)`` is rounded to float16 once. The eager backward scaled a
+    float16 backprop by g, rounding twice: up to 1580 ulps on entries below
+    float16's normal range under a g of about 1000. It now runs the kernel with
+    g as the rows' weights; bfloat16 stays in bfloat16 in TF too (not tested here)."""
+    from oracle import half_ulps, scaled_xent_gradient
+    rng = np.random.default_rng(0)
+    classes = 37
+    logits = torch.from_numpy(rng.standard_normal((rows, classes)) * 4).to(torch.float16)
+    labels = rng.integers(0, classes, rows)
+    truth_g = torch.from_numpy(rng.standard_normal(rows) * 1000).to(torch.float16)
+    target = torch.from_numpy(np.eye(classes)[labels]).to(torch.float16)
+    for step in range(3):   # (a large loss folds a g it saw twice: the first steps do not)
+        x = logits.clone().requires_grad_()
+        loss = DENSE(labels=target, logits=x) if dense else SPARSE(labels=torch.from_numpy(labels), logits=x)
+        (loss * truth_g).sum().backward()
+        truth = scaled_xent_gradient(logits.double().numpy(), labels, truth_g.double().numpy())
+        assert half_ulps(x.grad.numpy(), truth, np.float16) <= 0.51, step

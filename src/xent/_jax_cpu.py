@@ -82,15 +82,27 @@ def kernel_logits(x, grad):
     return x
 
 
+def backprop_dtype(dtype):
+    """The dtype the kernel's backprop is written in for logits of `dtype`: their own,
+    but float32 for float16. TF computes float16 losses in float32 (its
+    ``precise_logits``), so its gradient is rounded to float16 once; a float16
+    backprop scaled by the upstream gradient is rounded twice (an independent
+    review: 506 ulps on entries below float16's normal range, 6.1e-5, under a
+    loss scale of about 1000). bfloat16 stays in bfloat16 in TF too."""
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
 def rows(kind, logits, labels, with_grad, over_logits=True):
     """``(loss, lse)`` or ``(loss, lse, backprop)`` of `kind` ("sparse": int labels
     ``[...]``; "dense": labels of the logits' shape) on the fused kernel; the
-    backprop in the logits' buffer if `over_logits` (XLA copies the logits first
-    where they are still needed), else in a fresh one."""
+    backprop in `backprop_dtype`, in the logits' buffer if `over_logits` and
+    that is their dtype (XLA copies the logits first where they are still
+    needed), else in a fresh one."""
     acc = _dtypes.accumulator_name(logits.dtype.name)
     row = jax.ShapeDtypeStruct(logits.shape[:-1], acc)
-    shapes = (row, row) + ((jax.ShapeDtypeStruct(logits.shape, logits.dtype),) if with_grad else ())
-    aliases = {0: 2} if with_grad and over_logits else None
+    grad = backprop_dtype(logits.dtype)
+    shapes = (row, row) + ((jax.ShapeDtypeStruct(logits.shape, grad),) if with_grad else ())
+    aliases = {0: 2} if with_grad and over_logits and grad == logits.dtype else None
     outputs = buffer_callback(_rows_body(kind, with_grad), shapes, vmap_method="broadcast_all",
                               input_output_aliases=aliases)(logits, labels)
     return _jax_mesh.vary_like(outputs, logits, labels)   # (inside shard_map)

@@ -325,7 +325,8 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
       labels: ``[N, C]`` float array, possibly a broadcast view of ``[1, C]``,
         ``[N, 1]`` or ``[1, 1]``; the logits' dtype or its accumulator dtype.
       grad_out: optional ``[N, C]`` array (may be `logits`) that receives
-        ``softmax(logits) - labels``, each row times its weight.
+        ``softmax(logits) - labels``, each row times its weight; wider than
+        half-precision logits (float32), it gets float32 logits and targets.
       weights: optional ``[N]`` row weights, as in `sparse_rows`.
 
     Returns:
@@ -339,7 +340,9 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
     loss, lse = np.empty(n, acc), np.empty(n, acc)
     if n == 0:
         return loss, lse
-    y = _target_rows(labels, logits)
+    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
+        logits = logits.astype(np.float32)   # (a wider gradient buffer, as `sparse_rows`)
+    y = _target_rows(labels, logits)   # (float32 for float32 logits)
     weights = _ONE if weights is None else read_only(np.ascontiguousarray(weights, np.float64))
     # (a single half-precision logit or target is too short for the narrow kernels' gather)
     narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2

@@ -17,7 +17,8 @@ import torch
 
 from xent._torch import _upstream
 from xent._torch._math import (backprop_vjp, differentiable_backprop, labels_grad,
-                               loss_and_backprop, on_kernels, row_factors, scale_rows_)
+                               loss_and_backprop, on_kernels, row_factors, scale_rows_,
+                               upstream_grad)
 from xent._torch._views import accumulator_dtype, empty_numpy, from_numpy, numpy_view
 
 
@@ -71,7 +72,7 @@ def _loss_function(kind):
             if need_logits and not need_labels and not torch.is_grad_enabled():
                 if ctx.folds:
                     return _with_upstream(kind, ctx, backprop, g), None
-                if backprop is not None:
+                if backprop is not None and backprop.dtype != torch.float16:
                     return scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
             logits, labels = ctx.saved_tensors
             d_logits = _logits_grad(kind, logits, labels, g, backprop) if need_logits else None
@@ -84,13 +85,12 @@ def _loss_function(kind):
 
 def _logits_grad(kind, logits, labels, g, backprop):
     """``g * backprop``: `backprop` (the forward's, or None) scaled in place, or
-    made anew; differentiable torch ops when the graph is being built."""
+    the kernel's with g as the rows' weights (`upstream_grad`); differentiable
+    torch ops when the graph is being built."""
     if torch.is_grad_enabled():
         backprop = differentiable_backprop(kind, logits, labels)
         return (g[..., None] * backprop).to(logits.dtype)
-    if backprop is None:
-        backprop = loss_and_backprop(kind, labels, logits, True)[1]
-    return scale_rows_(backprop, g)
+    return upstream_grad(kind, labels, logits, backprop, g)
 
 
 def _with_upstream(kind, ctx, backprop, g):

@@ -143,15 +143,40 @@ def row_factors(g, dtype):
 _ONES_CHECK_MIN = 1 << 18
 
 
+def all_ones(g, backprop):
+    """Whether every upstream g of the CPU tensor `backprop` is 1 (the gradient of a
+    ``.sum()``); False on other devices, where the check would cost a host sync."""
+    return backprop.is_cpu and (
+        _broadcast_one(g) if backprop.numel() < _ONES_CHECK_MIN else bool((g == 1).all()))
+
+
 def scale_rows_(backprop, g):
     """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype;
-    nothing to do on the CPU when every g is 1 (the gradient of a ``.sum()``),
-    which saves a pass over a large backprop (on other devices the check
-    would cost a host sync)."""
-    if backprop.is_cpu and (
-            _broadcast_one(g) if backprop.numel() < _ONES_CHECK_MIN else bool((g == 1).all())):
+    nothing to do on the CPU when every g is 1, which saves a pass over a
+    large backprop."""
+    if all_ones(g, backprop):
         return backprop
     return backprop.mul_(row_factors(g, backprop.dtype))
+
+
+def upstream_grad(kind, labels, logits, backprop, g):
+    """The logits' gradient ``g[..., None] * (softmax - labels)`` (no graph), given the
+    forward's `backprop` or None (made now): the backprop scaled in place
+    (`scale_rows_`), the same bits on every backward.
+
+    float16 logits, unless every g is 1, take the kernel with g as the rows'
+    weights instead (over the backprop if there is one): TF computes float16
+    losses in float32 (its ``precise_logits``), so its gradient is rounded to
+    float16 once, where a float16 backprop times g rounds twice (entries below
+    float16's normal range, 6.1e-5, lost up to 1580 ulps under a g of about
+    1000: an independent review). bfloat16 stays in bfloat16 in TF, rounded
+    twice as here.
+    """
+    if logits.dtype == torch.float16 and on_kernels(logits) and not all_ones(g, logits):
+        return loss_and_backprop(kind, labels, logits, True, g, into=backprop)[1]
+    if backprop is None:
+        backprop = loss_and_backprop(kind, labels, logits, True)[1]
+    return scale_rows_(backprop, g)
 
 
 # ctypes types to read one element of a CPU tensor in place (`_broadcast_one`).
