@@ -1681,6 +1681,24 @@ def test_the_compile_notice_counts_seconds_over_several_compiles():
     assert stream.getvalue().startswith("xent: compiling kernels for ") and listener.said
 
 
+def test_the_compile_notice_says_nothing_without_a_stderr(monkeypatch, capsys):
+    """With stderr closed (``2>&-``, pythonw: `sys.stderr` is None) the notice went to
+    stdout (``print(file=None)``), into the program's own output."""
+    from types import SimpleNamespace
+    from xent._fused import _notice
+
+    def kernel():
+        pass
+    kernel.__module__ = "xent._fused._rows"
+    event = SimpleNamespace(data={"dispatcher": SimpleNamespace(py_func=kernel)})
+    monkeypatch.setattr(sys, "stderr", None)
+    listener = _notice._CompileNotice(delay=0.0)
+    listener.on_start(event)
+    listener._say(event.data["dispatcher"])
+    listener.on_end(event)
+    assert capsys.readouterr().out == ""
+
+
 def test_import_xent_does_not_import_numba():
     code = "import sys, xent; print('numba' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

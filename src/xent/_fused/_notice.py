@@ -60,6 +60,8 @@ class _CompileNotice(event.Listener):
                 return
             self.said = True
         stream = self._stream or sys.stderr
+        if stream is None:   # (stderr closed, or pythonw: print(file=None) would write to stdout)
+            return
         place = _cache_place(dispatcher)
         once = ", once" if place.startswith("cached") else ""
         print(f"xent: compiling kernels for {_target.cpu_name()}{once}; {place}",
