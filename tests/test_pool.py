@@ -277,3 +277,53 @@ def test_a_call_at_interpreter_exit_runs_on_the_caller():
                          timeout=120)
     assert run.returncode == 0 and "rows 64" in run.stdout, run.stderr[-2000:]
     assert "Error" not in run.stderr, run.stderr[-2000:]
+
+
+_FORKED_WHILE_COMPILING = """
+import os, sys, threading, time
+import xent._fused   # (installs the fork hooks)
+import numba
+from numba.core.compiler_lock import global_compiler_lock
+from llvmlite.binding import ffi
+holder = {"numba": global_compiler_lock, "llvmlite": ffi.lib._lock}[sys.argv[1]]
+inside, started = threading.Event(), []
+
+def compiling():   # as a thread compiling a kernel, or loading one from the cache
+    with holder:
+        inside.set()
+        time.sleep(0.5)
+
+threading.Thread(target=compiling).start()
+inside.wait()
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    @numba.njit
+    def twice(x):
+        return 2 * x
+    os._exit(0 if twice(21) == 42 else 3)
+waited = time.perf_counter() - start
+deadline = time.time() + 60
+while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+    if time.time() > deadline:
+        os.kill(pid, 9)
+        sys.exit("the child hung on the lock held at the fork")
+    time.sleep(0.01)
+print(f"the fork waited {waited:.2f} s")
+sys.exit(os.waitstatus_to_exitcode(done[1]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+@pytest.mark.parametrize("lock", ["numba", "llvmlite"])
+def test_a_fork_while_another_thread_compiles_waits_for_it(lock):
+    """numba's compiler lock and llvmlite's LLVM lock, held by another thread at a
+    fork, stayed held in the child for ever: its first compile (or cache load)
+    hung (a review: 1 child in 30 forked beside a thread making its first
+    `cross_entropy` calls). Freeing them in the child only moved the hang into
+    numba's half-done compile state, so the fork now waits for them
+    (`xent._fused._fork`)."""
+    run = subprocess.run([sys.executable, "-c", _FORKED_WHILE_COMPILING, lock],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-500:]
+    assert "the fork waited 0." in run.stdout, run.stdout

@@ -29,6 +29,7 @@ One file per idea, from the bottom up:
   _labels    the label range check, compiled
   _launch    the Python side: dispatch, buffers, threads
   _notice    one line on stderr while a long compile runs
+  _fork      numba's compiler lock freed in a forked child
   _cache     numba's disk cache kept in step with all these files
 
 Machine code is compiled for the CPU numba targets (the host's, or
@@ -51,6 +52,7 @@ if llvmlite.binding.llvm_version_info < (17,):
                       f"{llvmlite.binding.llvm_version_info}; xent's kernels need LLVM 17+")
 
 from xent._fused import _cache  # noqa: E402
+from xent._fused import _fork  # noqa: E402
 from xent._fused import _notice  # noqa: E402
 from xent._fused import _rows  # noqa: E402
 from xent._fused._chunks import CHUNK  # noqa: E402
@@ -62,5 +64,6 @@ from xent._fused._narrow import narrow_max  # noqa: E402
 
 _cache.drop_if_stale(getattr(_rows.sparse_loss_rows._cache, "cache_path", None))
 _notice.install()
+_fork.install()
 
 __all__ = ["labels_fit", "sparse_rows", "dense_rows", "narrow_max", "NARROW_DENSE_MAX", "CHUNK"]
