@@ -611,3 +611,37 @@ def test_float16_gradient_under_a_loss_scale_is_rounded_once_as_tfs(path, dense)
         got = np.asarray(fn(logits))
         assert got.dtype == np.float16
         assert half_ulps(got, truth, np.float16) <= 0.51
+
+
+def test_gradients_on_an_explicitly_sharded_mesh_keep_their_inputs_types(rng):
+    """Over a mesh with explicit axes (`jax.make_mesh`'s default in JAX 0.10) a
+    value's type names its sharding. The kernels' buffer callbacks gave
+    replicated results, so the large-vocabulary functions' gradients were
+    refused by JAX (a replicated cotangent for a sharded input) and the TF
+    faces' losses and gradients lost their batch sharding; the values are
+    those of the unsharded call. (One device: the types name the axis all the same.)"""
+    from jax.sharding import AxisType, PartitionSpec
+    if not hasattr(jax, "set_mesh"):
+        pytest.skip("this JAX has no explicit mesh axes")
+    logits_host = rng.standard_normal((8, 6)).astype(np.float32)
+    labels_host = np.arange(8) % 6
+    steps = {
+        "nn": lambda a, y: SPARSE(labels=y, logits=a).mean(),
+        "keras": lambda a, y: xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, a),
+        "cross_entropy": lambda a, y: xent.cross_entropy(a, y),
+        "cross_entropy none": lambda a, y: xent.cross_entropy(a, y, reduction="none").sum(),
+        "linear_cross_entropy": lambda a, y: xent.linear_cross_entropy(a, jnp.eye(6) * 0.5, y),
+    }
+    want = {name: jax.jit(jax.value_and_grad(step))(jnp.asarray(logits_host), jnp.asarray(labels_host))
+            for name, step in steps.items()}
+    mesh = jax.make_mesh((1,), ("d",), axis_types=(AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        x = jax.device_put(logits_host, PartitionSpec("d", None))
+        y = jax.device_put(labels_host, PartitionSpec("d"))
+        for name, step in steps.items():
+            value, grad = jax.jit(jax.value_and_grad(step))(x, y)
+            assert jax.typeof(grad) == jax.typeof(x), (name, jax.typeof(grad))
+            np.testing.assert_allclose(np.asarray(value), np.asarray(want[name][0]), rtol=1e-6)
+            np.testing.assert_allclose(np.asarray(grad), np.asarray(want[name][1]), rtol=1e-6, atol=1e-8)
+        losses = jax.jit(lambda a, b: SPARSE(labels=b, logits=a))(x, y)
+        assert jax.typeof(losses) == jax.typeof(y).update(dtype=losses.dtype), jax.typeof(losses)

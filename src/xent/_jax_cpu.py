@@ -105,4 +105,5 @@ def rows(kind, logits, labels, with_grad, over_logits=True):
     aliases = {0: 2} if with_grad and over_logits and grad == logits.dtype else None
     outputs = buffer_callback(_rows_body(kind, with_grad), shapes, vmap_method="broadcast_all",
                               input_output_aliases=aliases)(logits, labels)
-    return _jax_mesh.vary_like(outputs, logits, labels)   # (inside shard_map)
+    outputs = _jax_mesh.vary_like(outputs, logits, labels)   # (inside shard_map)
+    return _jax_mesh.shard_as(outputs, (logits,) * len(outputs))   # (explicit mesh axes)

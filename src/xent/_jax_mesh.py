@@ -1,4 +1,5 @@
-"""Types of JAX values inside `shard_map`: the mesh axes a value varies over.
+"""Types of JAX values over a mesh: the manual axes a value varies over inside
+`shard_map`, and the explicit axes its sharding names.
 
 Inside `jax.shard_map` (with its default type checks) each value's type says
 over which manual mesh axes it differs from device to device. JAX infers it
@@ -8,10 +9,19 @@ cotangents a `custom_vjp` rule returns (a gradient made from varying values
 for an input that does not vary is summed over those axes, as JAX's own
 transpose of the implicit broadcast would). Outside `shard_map` every
 function here gives its input back.
+
+Over a mesh with explicit axes (`jax.make_mesh`'s default in JAX 0.10) a
+value's type names its sharding too. A buffer callback's results came back
+replicated (XLA gathers the callback's inputs), so a `custom_vjp` gave a
+replicated cotangent for a sharded input, which JAX refuses ("the bwd rule
+produced an output of type float32[8,6] corresponding to an input of type
+float32[8@d,6]"), and the losses lost their batch sharding. `shard_as` gives
+them their inputs' sharding back.
 """
 import jax
+import jax.numpy as jnp
 
-__all__ = ["varying_axes", "vary_like", "sum_to_type_of"]
+__all__ = ["varying_axes", "vary_like", "sum_to_type_of", "shard_as"]
 
 
 def varying_axes(value):
@@ -39,3 +49,29 @@ def sum_to_type_of(cotangent, primal):
     array of the primal's type, which may be empty) does not."""
     extra = varying_axes(cotangent) - varying_axes(primal)
     return jax.lax.psum(cotangent, tuple(sorted(extra))) if extra else cotangent
+
+
+def _explicit_spec(value):
+    """`value`'s partition spec, one entry per axis, where its type names explicit
+    mesh axes; None where it names none (no mesh, or automatic axes)."""
+    sharding = getattr(jax.typeof(value), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if explicit is None or explicit not in tuple(getattr(mesh, "axis_types", ())):
+        return None
+    spec = tuple(sharding.spec) + (None,) * (jnp.ndim(value) - len(sharding.spec))
+    return spec if any(axis is not None for axis in spec) else None
+
+
+def shard_as(values, likes):
+    """Each of `values` (a tuple) sharded as its partner in `likes` over explicit mesh
+    axes: a value of lower rank takes the partner's leading axes' sharding (the
+    rows of a ``[..., C]`` array). Values whose partner names no explicit axes,
+    or that are sharded so already, are given back as they are."""
+    out = []
+    for value, like in zip(values, likes):
+        spec = _explicit_spec(like)
+        if spec is not None and _explicit_spec(value) != spec[:jnp.ndim(value)]:
+            value = jax.sharding.reshard(value, jax.sharding.PartitionSpec(*spec[:jnp.ndim(value)]))
+        out.append(value)
+    return tuple(out)

@@ -86,7 +86,8 @@ def ce(logits, targets, weights, opts, with_grad=True):
             aliases = {0: 1}
     outputs = buffer_callback(_ce_body(opts), tuple(shapes), vmap_method="sequential",
                               input_output_aliases=aliases)(logits, targets, weights)
-    return _jax_mesh.vary_like(tuple(outputs), logits, targets, weights)   # (inside shard_map)
+    outputs = _jax_mesh.vary_like(tuple(outputs), logits, targets, weights)   # (inside shard_map)
+    return _jax_mesh.shard_as(outputs, (logits,) * len(outputs))   # (explicit mesh axes)
 
 
 ce.defjvp(_refuse_derivatives)
@@ -123,7 +124,8 @@ def linear(x, weight, bias, targets, weights, opts, chunk, with_grads):
     body = _linear_body(opts, chunk, with_grads)
     outputs = buffer_callback(body, tuple(shapes), vmap_method="sequential")(
         x, weight, bias, targets, weights)
-    return _jax_mesh.vary_like(tuple(outputs), x, weight, bias, targets, weights)
+    outputs = _jax_mesh.vary_like(tuple(outputs), x, weight, bias, targets, weights)
+    return _jax_mesh.shard_as(outputs, (x, x, weight, bias))   # (explicit mesh axes)
 
 
 linear.defjvp(_refuse_derivatives)
