@@ -36,9 +36,10 @@ def to_array(x, name="input", dtype=None):
 
     Arrays, NumPy scalars and objects with a ``dtype`` keep their dtype.
     Python numbers and sequences of them (lists, tuples, ranges, ...) take
-    TensorFlow's (`_python_dtype`), or `dtype` where given (as
-    ``convert_to_tensor(x, dtype=...)``); a value the dtype cannot hold
-    raises TF's ValueError naming `name`. A ragged nested list raises
+    TensorFlow's (`_python_dtype`; a value float32 or int64 cannot hold raises
+    TF's ValueError naming `name`), or `dtype` where given (`_as_dtype`, as
+    ``convert_to_tensor(x, dtype=...)``: a float dtype holds every number,
+    those past its range as infinities). A ragged nested list raises
     ValueError, and anything that is not numbers (strings, dicts, None,
     objects) InvalidDTypeError, each naming the argument `name` (`numbers`),
     before NumPy or a framework sees it. Big-endian data (from a file, say)
@@ -46,14 +47,42 @@ def to_array(x, name="input", dtype=None):
     """
     if dtype is None and _plain_scalar(x):
         return np.array(x, np.float32 if type(x) is float else np.int32)
+    if dtype is not None and is_python_numbers(x):
+        return _as_dtype(x, numpy_dtype(dtype), name)
     arr = numbers(x, name)
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if not is_python_numbers(x):
         return arr
-    if dtype is not None and arr.dtype.kind != "c":   # (complex: left for the caller to refuse)
-        return _checked_cast(arr, numpy_dtype(dtype), name)
     return _python_dtype(arr, x, name)
+
+
+def _as_dtype(x, dtype, name):
+    """Python numbers `x` in `dtype`, as ``tf.convert_to_tensor(x, dtype=...)``: a
+    float dtype holds every number, those past its range as infinities
+    (Keras' ``sample_weight=1e39`` is inf; an integer past int64, which NumPy
+    holds as an object, is read as float64 first: ``2**70`` is 1.18e21).
+    Complex values are left for the caller to refuse."""
+    floating = dtype.kind == "f" or _is_ml_dtype(dtype)
+    arr = numbers(x, name) if not floating else _big_integers_as_floats(x, name)
+    if arr.dtype.kind == "c" or arr.dtype == dtype:
+        return arr
+    if not floating:
+        return _checked_cast(arr, dtype, name)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return arr.astype(dtype)
+
+
+def _big_integers_as_floats(x, name):
+    """`numbers(x, name)`, but where NumPy holds Python numbers as objects because an
+    integer is past int64 (and every element is a Python int or float), float64."""
+    try:
+        raw = np.asarray(x)
+    except ValueError:
+        return numbers(x, name)   # (ragged: its error)
+    if raw.dtype == object and raw.size and all(type(v) in (int, float) for v in raw.flat):
+        return raw.astype(np.float64)
+    return check_numbers(raw, name, x)
 
 
 def _plain_scalar(x):

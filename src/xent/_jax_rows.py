@@ -90,20 +90,21 @@ mlir.register_lowering(scale_rows_p, mlir.lower_fun(_scale_rows_jnp, multiple_re
 # From this many bytes on, the rows are scaled on the kernels' threads.
 _THREADED_BYTES = 1 << 22
 # Rows of half-precision c are widened to g's dtype this many elements at a time.
-_BLOCK_ELEMENTS = 1 << 16
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def _scale_block(out, c, g, lo, hi):
-    """``out[lo:hi] = c[lo:hi] * g[lo:hi, None]`` in g's dtype, a few rows at a time
-    (half-precision rows are widened block by block, never whole)."""
+    """``out[lo:hi] = c[lo:hi] * g[lo:hi, None]`` in g's dtype: one NumPy multiply where
+    c and out are in g's dtype (a block of rows per thread: 19 ms for 4096x32000
+    float32 on two threads, as XLA's own product, against 34 ms in blocks of 64K
+    elements, rocketlake); half-precision rows widened a block at a time, never whole."""
+    if c.dtype == g.dtype and out.dtype == g.dtype:
+        np.multiply(c[lo:hi], g[lo:hi, None], out=out[lo:hi])
+        return
     step = max(1, _BLOCK_ELEMENTS // max(1, c.shape[1]))
     for start in range(lo, hi, step):
         stop = min(hi, start + step)
-        factors = g[start:stop, None]
-        if c.dtype == g.dtype and out.dtype == g.dtype:
-            np.multiply(c[start:stop], factors, out=out[start:stop])
-        else:
-            out[start:stop] = c[start:stop].astype(g.dtype) * factors
+        out[start:stop] = c[start:stop].astype(g.dtype) * g[start:stop, None]
 
 
 def _scale_body(ctx, out, c, g):
