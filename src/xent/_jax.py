@@ -18,8 +18,13 @@ labels: ``− Σ_j log_softmax_j·dy_j``). Forward mode (`jax.jvp`, `jacfwd`,
 `linearize`) is the rule; reverse mode is its transpose, TensorFlow's
 gradient: logits get ``g * (softmax - target)``, dense labels
 ``-g * log_softmax(logits)``. Higher orders (``jax.grad(jax.grad(...))``,
-`jax.hessian`) differentiate the rules and are exact. Under `jit` XLA fuses
-the coefficient into the backward; outside it, the pullback keeps it.
+`jax.hessian`) differentiate the rules: exact in the logits; the logits'
+gradient has no derivative in the dense labels, as TensorFlow's registered
+gradient (its backprop stops the labels' gradient), so the Hessian's
+labels-logits block is 0 where its logits-labels one is ``-(softmax - δ)``.
+On the CPU kernel the backward's product is `xent._jax_rows`' (the backprop
+scaled in its own buffer); elsewhere XLA fuses it into the backward, and
+outside `jit` the pullback keeps the coefficient.
 
 Labels outside ``[0, C)``: with concrete arrays, TensorFlow's
 `InvalidArgumentError` before any work; traced (under `jit` or `vmap`), the
