@@ -20,8 +20,9 @@ gradient: logits get ``g * (softmax - target)``, dense labels
 ``-g * log_softmax(logits)``. Higher orders (``jax.grad(jax.grad(...))``,
 `jax.hessian`) differentiate the rules: exact in the logits; the logits'
 gradient has no derivative in the dense labels, as TensorFlow's registered
-gradient (its backprop stops the labels' gradient), so the Hessian's
-labels-logits block is 0 where its logits-labels one is ``-(softmax - δ)``.
+gradient (its backprop stops the labels' gradient): ``hessian(argnums=(0,
+1))[0][1]`` is 0, while ``[1][0]``, the labels' gradient differentiated in
+the logits, is exact.
 On the CPU kernel the backward's product is `xent._jax_rows`' (the backprop
 scaled in its own buffer); elsewhere XLA fuses it into the backward, and
 outside `jit` the pullback keeps the coefficient.
