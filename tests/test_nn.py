@@ -344,6 +344,10 @@ PY_OUT_OF_RANGE = [
     ("weights", 1e39, lambda v: xent.losses.softmax_cross_entropy([[0.0, 1.0]], [[1.0, 2.0]], weights=v)),
     ("weights", [1e39], lambda v: xent.losses.sparse_softmax_cross_entropy(
         __import__("torch").tensor([0]), __import__("torch").ones(1, 2), weights=v)),
+    # a bool first, then numbers: TF's "mixed types" (xent read [True, 1] as class 1 twice)
+    ("labels", [True, 1], lambda v: _SPARSE(labels=v, logits=_ZEROS)),
+    ("labels", [[True], [1]], lambda v: _SPARSE(labels=v, logits=np.zeros((2, 1, 3), np.float32))),
+    ("weights", [True, 1.5], lambda v: xent.losses.compute_weighted_loss([1.0, 2.0], weights=v)),
 ]
 
 

@@ -106,10 +106,15 @@ def _python_dtype(arr, x, name):
 
     Integers (any NumPy integer type too) become int32, or int64 if one does
     not fit; floats take the dtype of the first element when that is a NumPy
-    float, else float32. Raises TF's ValueError for an integer past int64 or
-    a finite float past the dtype's largest.
+    float, else float32. Raises TF's ValueError for an integer past int64, a
+    finite float past the dtype's largest, or a bool followed by numbers.
     """
     first = _first_element(x)
+    if isinstance(first, (bool, np.bool_)) and arr.dtype.kind != "b":
+        # (TF's dtype is its first element's: bool, then a number is "mixed"; a
+        # number first takes a later bool as that number's type, as NumPy does)
+        raise ValueError(f"Can't convert Python sequence with mixed types to Tensor: `{name}` "
+                         f"starts with a bool and holds numbers; received {_short(x)}")
     if arr.dtype.kind == "f" and not _is_float(first) and _integral(arr) and not _holds_a_float(x):
         arr = _exact_integers(x, name)   # (NumPy made uint64 beside signed ints, or ints past int64, floats)
     kind = arr.dtype.kind
