@@ -375,3 +375,20 @@ def test_two_losses_of_one_shape_with_different_reductions_both_fold(rng, monkey
             assert calls[before:] == [True, True], (step, calls[before:])
         for x, y, leaf, kept in zip((x1, x2), (y1, y2), leaves, seen):
             np.testing.assert_array_equal(numpy_view(leaf.grad), _kernel_reference(x, y, kept[0]))
+
+
+def test_many_losses_before_a_backward_keep_the_tables_bounded(rng):
+    """Gradient accumulation: many forwards of one loss shape before one backward.
+    Each forward's place keys the kind of upstream gradient remembered for it;
+    that table grew by one entry per place (and was written outside the lock),
+    where the others keep `MAX_SHAPES`."""
+    logits, labels = _inputs(rng)
+    leaf = own_tensor(logits.copy()).requires_grad_(True)
+    count = 2 * _upstream.MAX_SHAPES + 3
+    total = sum(_loss(labels, leaf).mean() for _ in range(count))
+    total.backward()
+    assert len(_upstream._kinds) <= _upstream.MAX_SHAPES, len(_upstream._kinds)
+    want = leaf.grad.clone()
+    leaf.grad = None
+    _loss(labels, leaf).mean().mul(count).backward()
+    torch.testing.assert_close(leaf.grad, want, rtol=1e-5, atol=1e-8)

@@ -170,8 +170,10 @@ def observe(g, wrote, weights, logits_dtype, slot):
     `g` as the kernel's row weights (`_as_weights`: None for all ones). A
     `g` that is not `_finite` never becomes steady (it is not to be folded)."""
     kept = _as_weights(g)
-    _kinds[logits_dtype, slot[2]] = _kind(kept, g.dtype, logits_dtype)
+    kind = _kind(kept, g.dtype, logits_dtype)
     with _lock:
+        _kinds.pop((logits_dtype, slot[2]), None)
+        _put(_kinds, (logits_dtype, slot[2]), kind)   # (bounded as the other tables)
         place = _places.get(slot[:2])
         if place is not None:
             place[1] = True
