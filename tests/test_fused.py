@@ -1699,6 +1699,39 @@ def test_the_compile_notice_says_nothing_without_a_stderr(monkeypatch, capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_a_cache_restamped_by_other_sources_is_neither_loaded_nor_saved(tmp_path, monkeypatch):
+    """A process whose sources differ from the ones that last stamped the kernels'
+    cache (a newer process re-stamped it after editing a helper) compiled and
+    saved kernels from its old helpers, which every later process then loaded.
+    Before each compile of one of xent's kernels the stamp is read again; a
+    kernel whose cache is no longer this process's gets none (numba's
+    NullCache). A stamp removed with its folder is written again."""
+    from types import SimpleNamespace
+    from numba.core import caching
+    from xent._fused import _cache
+
+    def kernel():
+        pass
+    kernel.__module__ = "xent._fused._rows"
+    monkeypatch.setitem(_cache._state, "fingerprint", "ours")
+    monkeypatch.setitem(_cache._state, "cache_dir", str(tmp_path))
+    stamp = tmp_path / _cache._STAMP
+    guard = _cache._StaleGuard()
+
+    def compile_once():
+        dispatcher = SimpleNamespace(py_func=kernel, _cache=object())
+        guard.on_start(SimpleNamespace(data={"dispatcher": dispatcher}))
+        return dispatcher._cache
+
+    stamp.write_text("ours")
+    assert not isinstance(compile_once(), caching.NullCache)
+    stamp.write_text("a newer process's")
+    assert isinstance(compile_once(), caching.NullCache)
+    stamp.unlink()
+    assert not isinstance(compile_once(), caching.NullCache)
+    assert stamp.read_text() == "ours"
+
+
 def test_import_xent_does_not_import_numba():
     code = "import sys, xent; print('numba' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

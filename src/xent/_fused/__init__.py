@@ -64,6 +64,7 @@ from xent._fused._narrow import narrow_max  # noqa: E402
 
 _cache.drop_if_stale(getattr(_rows.sparse_loss_rows._cache, "cache_path", None))
 _notice.install()
+_cache.install()
 _fork.install()
 
 __all__ = ["labels_fit", "sparse_rows", "dense_rows", "narrow_max", "NARROW_DENSE_MAX", "CHUNK"]

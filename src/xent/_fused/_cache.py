@@ -6,14 +6,25 @@ after a change to a helper, a kernel whose own file did not change would be
 loaded, stale, from the cache. So the cache directory holds a fingerprint of
 all of `xent._fused`'s sources; when it differs, the cached kernels are
 removed before any is loaded, and recompile on first use.
+
+A process keeps running the sources it imported: after a newer process has
+re-stamped the cache (the sources changed on disk meanwhile), one that
+compiled a kernel then saved it, built from its old helpers, and every later
+process loaded it (an independent review). So before each compile of one of
+xent's kernels the stamp is read again (`install`): where it is no longer
+this process's, that kernel neither loads from the cache nor saves to it.
 """
 import hashlib
 import os
 import pathlib
 
-__all__ = ["fingerprint", "drop_if_stale"]
+from numba.core import caching, event
+
+__all__ = ["fingerprint", "drop_if_stale", "install"]
 
 _STAMP = "xent-fused-sources.sha256"
+# This process's fingerprint and cache directory, once `drop_if_stale` has run.
+_state = {"fingerprint": None, "cache_dir": None}
 
 
 def fingerprint():
@@ -41,6 +52,7 @@ def drop_if_stale(cache_dir):
         return 0
     stamp = pathlib.Path(cache_dir, _STAMP)
     current = fingerprint()
+    _state["fingerprint"], _state["cache_dir"] = current, cache_dir
     try:
         os.makedirs(cache_dir, exist_ok=True)
         if stamp.exists() and stamp.read_text() == current:
@@ -54,3 +66,42 @@ def drop_if_stale(cache_dir):
         return removed
     except OSError:
         return 0
+
+
+def _still_ours():
+    """Whether the cache directory's stamp is this process's fingerprint; a missing
+    stamp (the directory removed meanwhile) is written anew and counts as ours."""
+    if _state["fingerprint"] is None:
+        return True
+    stamp = pathlib.Path(_state["cache_dir"], _STAMP)
+    try:
+        if not stamp.exists():
+            os.makedirs(_state["cache_dir"], exist_ok=True)
+            stamp.write_text(_state["fingerprint"])
+            return True
+        return stamp.read_text() == _state["fingerprint"]
+    except OSError:
+        return True   # (unreadable: numba's own cache then fails as it would)
+
+
+class _StaleGuard(event.Listener):
+    """Before a compile of one of xent's kernels: no disk cache for it where the
+    cache was re-stamped by a process with other sources."""
+
+    def on_start(self, ev):
+        dispatcher = ev.data["dispatcher"]
+        module = getattr(getattr(dispatcher, "py_func", None), "__module__", "")
+        cache = getattr(dispatcher, "_cache", None)
+        if (module.startswith("xent.") and cache is not None
+                and not isinstance(cache, caching.NullCache) and not _still_ours()):
+            dispatcher._cache = caching.NullCache()
+
+    def on_end(self, ev):
+        pass
+
+
+def install():
+    """Listen to numba's compile events (idempotent)."""
+    if not getattr(install, "done", False):
+        event.register("numba:compile", _StaleGuard())
+        install.done = True
