@@ -833,7 +833,8 @@ def test_non_numeric_ignore_class_is_refused(keras, ignore_class):
         xk.sparse_categorical_crossentropy(np.array([0, 1, 2]), y_pred, ignore_class=ignore_class)
 
 
-@pytest.mark.parametrize("ignore_class", [True, 1.5, np.int64(1), np.array(1), [1]])
+@pytest.mark.parametrize("ignore_class", [True, 1.5, np.int64(1), np.array(1), [1], 1 + 2j,
+                                          np.complex64(2 - 1j)])
 def test_numeric_ignore_class_spellings_match_tf(keras, ignore_class):
     y_true, y_pred = np.array([0, 1, 2]), np.array([[0.2, 0.3, 0.5]] * 3, np.float32)
     expected = keras.losses.SparseCategoricalCrossentropy(ignore_class=ignore_class, reduction=None)(y_true, y_pred)

@@ -46,6 +46,9 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
     _sparse_shapes(y_true, y_pred)   # (before the mask's `where`, which would broadcast them)
     valid = None
     if ignore_class is not None:
+        if isinstance(ignore_class, (complex, np.complexfloating)) or (
+                isinstance(ignore_class, np.ndarray) and ignore_class.dtype.kind == "c"):
+            ignore_class = np.real(ignore_class)   # (Keras' cast to a float keeps the real part)
         valid = y_true != ignore_class
         y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
         y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, 0)   # (Keras' one new array)
