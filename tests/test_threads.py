@@ -58,7 +58,10 @@ def assert_same_bits(got, want):
 def test_threaded_loss_and_gradient_are_the_serial_bits(rng, fused_threads, monkeypatch, kind,
                                                        dtype):
     """The threaded calls' bits are the serial ones, and helper threads did take part
-    in them (a pool that left every block to the caller would pass on bits alone)."""
+    in them (a pool that left every block to the caller would pass on bits alone).
+    On a loaded machine a helper may wake only after the caller has run every
+    block (a CI run beside two other jobs saw that in both calls): the call is
+    repeated, up to 20 times, until one took part."""
     from xent._fused import _pool
 
     logits, labels = big_inputs(rng, kind, dtype)
@@ -72,7 +75,10 @@ def test_threaded_loss_and_gradient_are_the_serial_bits(rng, fused_threads, monk
         helped.append(real_run(*args))
         return helped[-1]
     monkeypatch.setattr(_pool, "run", recording_run)
-    assert_same_bits(call(kind, logits, labels), serial)
+    for _ in range(20):
+        assert_same_bits(call(kind, logits, labels), serial)
+        if any(helped):
+            break
     assert helped and any(helped), helped
 
 
