@@ -539,9 +539,9 @@ def test_a_mean_step_holds_one_logits_sized_buffer_as_a_sum_step_does(dtype):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16],
                          ids=["float32", "float64", "bfloat16", "float16"])
 def test_the_in_place_scaling_equals_the_eager_product_bit_for_bit(rng, dtype, shape):
-    """Under `jit` the backward's ``backprop * g`` runs in a buffer callback (on the
-    kernels' threads from 4 MiB); eagerly it is `jax.numpy`'s product, computed in
-    float32 and rounded once: the same bits. Rows' weights 1 take no pass at all."""
+    """Under `jit` the backward's ``backprop * g`` runs in a buffer callback; eagerly it
+    is `jax.numpy`'s product, computed in float32 and rounded once: the same bits.
+    Rows' weights 1 take no pass at all."""
     with _x64(dtype):
         logits = jnp.asarray(rng.standard_normal(shape) * 4, dtype)
         labels = jnp.asarray(rng.integers(0, shape[1], shape[0]))
@@ -645,3 +645,66 @@ def test_gradients_on_an_explicitly_sharded_mesh_keep_their_inputs_types(rng):
             np.testing.assert_allclose(np.asarray(grad), np.asarray(want[name][1]), rtol=1e-6, atol=1e-8)
         losses = jax.jit(lambda a, b: SPARSE(labels=b, logits=a))(x, y)
         assert jax.typeof(losses) == jax.typeof(y).update(dtype=losses.dtype), jax.typeof(losses)
+
+
+def test_the_in_place_scaling_flushes_as_xla_does_and_keeps_numpys_error_state(rng):
+    """The callback scales on XLA's own thread, which flushes subnormal products to
+    zero as XLA's product does: on the kernels' helper threads (started by an
+    earlier large NumPy call) they were kept, and which rows kept them changed
+    from run to run. An infinite g times a zero entry is NaN with no warning,
+    whatever NumPy's error state (a review saw a RuntimeWarning, and under
+    ``np.seterr(all="raise")`` a failed step)."""
+    import warnings
+    rows, classes = 8192, 128
+    x = np.zeros((rows, classes), np.float32)
+    x[:, 1:] = -83.0   # (softmax entries near 1e-36: times 1/rows, subnormal)
+    labels = np.zeros(rows, np.int32)
+    SPARSE(labels=labels, logits=x)   # (a large NumPy call: the helper threads start here)
+    step = jax.grad(lambda x: SPARSE(labels=labels, logits=x).mean())
+    eager = np.asarray(step(jnp.asarray(x)))
+    jitted = jax.jit(step)
+    for _ in range(4):
+        np.testing.assert_array_equal(np.asarray(jitted(jnp.asarray(x))), eager)
+    masked = jnp.asarray(np.array([[0.0, -np.inf, 1.0], [2.0, 0.0, -np.inf]], np.float32))
+    weights = jnp.asarray(np.array([np.inf, 1.0], np.float32))
+    weighted = jax.jit(jax.grad(lambda x: (SPARSE(labels=jnp.asarray([0, 1]), logits=x) * weights).sum()))
+    old = np.seterr(all="raise")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = np.asarray(weighted(masked))
+    finally:
+        np.seterr(**old)
+    assert np.isnan(got[0, 1]) and np.isinf(got[0, 0]) and np.isfinite(got[1]).all(), got
+
+
+def test_forward_mode_and_label_gradients_with_a_class_axis_sharded_over_a_mesh(rng):
+    """Logits sharded over their class axis too, on explicit mesh axes: the rule's sum
+    over classes (`_jax_rows.rows_dot`, and the dense labels' term) was refused
+    ("contracting dimensions are sharded"), so `jax.jvp`, `jacfwd` and a gradient
+    in the dense labels failed; they now give the rows' sharding, and the
+    values of the unsharded call. (One device: the types name both axes anyway.)"""
+    from jax.sharding import AxisType, PartitionSpec
+    if not hasattr(jax, "set_mesh"):
+        pytest.skip("this JAX has no explicit mesh axes")
+    logits_host = rng.standard_normal((8, 6)).astype(np.float32)
+    labels_host = np.arange(8) % 6
+    onehot_host = np.eye(6, dtype=np.float32)[labels_host]
+    calls = {
+        "jvp": lambda x, y, t: jax.jvp(lambda a: SPARSE(labels=y, logits=a), (x,), (x,))[1],
+        "jacfwd": lambda x, y, t: jax.jit(jax.jacfwd(lambda a: SPARSE(labels=y, logits=a)))(x),
+        "grad": lambda x, y, t: jax.jit(jax.grad(lambda a: SPARSE(labels=y, logits=a).mean()))(x),
+        "dense labels grad": lambda x, y, t: jax.jit(jax.grad(
+            lambda a, b: DENSE(labels=b, logits=a).sum(), argnums=(0, 1)))(x, t)[1],
+    }
+    want = {name: call(jnp.asarray(logits_host), jnp.asarray(labels_host), jnp.asarray(onehot_host))
+            for name, call in calls.items()}
+    mesh = jax.make_mesh((1, 1), ("a", "b"), axis_types=(AxisType.Explicit,) * 2)
+    with jax.set_mesh(mesh):
+        x = jax.device_put(logits_host, PartitionSpec("a", "b"))
+        t = jax.device_put(onehot_host, PartitionSpec("a", "b"))
+        y = jax.device_put(labels_host, PartitionSpec("a"))
+        for name, call in calls.items():
+            got = call(x, y, t)
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want[name]), rtol=1e-6, atol=1e-8,
+                                       err_msg=name)

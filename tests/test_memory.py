@@ -154,3 +154,24 @@ def test_jax_half_dense_labels_reach_the_kernel_as_they_are(dtype, recording_ker
     for got, want in zip(grads, grads32):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_a_float32_gradient_of_half_logits_widens_them_a_block_at_a_time(kind, monkeypatch):
+    """float16's backprop on JAX's CPU kernel is float32 (TF's precision), so the kernel
+    gets float32 logits (and dense targets): they were widened whole, two (dense:
+    four) times the float16 logits beside the gradient; now a block of rows at a
+    time, with the same bits."""
+    from xent._fused import _launch
+    logits, labels, onehot = _inputs(np.float16)
+    targets = labels if kind == "sparse" else onehot
+    rows = getattr(_launch, f"{kind}_rows")
+    whole_grad = np.empty(logits.shape, np.float32)
+    monkeypatch.setattr(_launch, "_WIDENED_ELEMENTS", logits.size)   # (one block: the whole)
+    whole = rows(logits, targets, whole_grad)
+    monkeypatch.setattr(_launch, "_WIDENED_ELEMENTS", logits.size // 16)
+    grad = np.empty(logits.shape, np.float32)
+    peak = _peak_new_bytes(lambda: rows(logits, targets, grad))
+    assert peak <= 0.3 * logits.nbytes, f"{peak / logits.nbytes:.2f}x the logits"
+    for got, want in zip(rows(logits, targets, grad) + (grad,), whole + (whole_grad,)):
+        np.testing.assert_array_equal(got, want)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from xent import _array_kernels, _dtypes, _jax_cpu, _jax_rows, _validate
+from xent import _array_kernels, _dtypes, _jax_cpu, _jax_mesh, _jax_rows, _validate
 from xent.errors import InvalidArgumentError
 
 
@@ -106,7 +106,8 @@ def _tangent_sum(loss, terms):
     compile to the same work."""
     d_loss = None
     for coefficient, tangent in terms:
-        term = jnp.einsum("...c,...c->...", coefficient.astype(loss.dtype), tangent.astype(loss.dtype))
+        term = jnp.einsum("...c,...c->...", coefficient.astype(loss.dtype), tangent.astype(loss.dtype),
+                          **_jax_mesh.rows_sharding(coefficient))
         d_loss = term if d_loss is None else d_loss + term
     return jnp.zeros_like(loss) if d_loss is None else d_loss
 

@@ -21,7 +21,7 @@ them their inputs' sharding back.
 import jax
 import jax.numpy as jnp
 
-__all__ = ["varying_axes", "vary_like", "sum_to_type_of", "shard_as"]
+__all__ = ["varying_axes", "vary_like", "sum_to_type_of", "shard_as", "rows_sharding"]
 
 
 def varying_axes(value):
@@ -75,3 +75,13 @@ def shard_as(values, likes):
             value = jax.sharding.reshard(value, jax.sharding.PartitionSpec(*spec[:jnp.ndim(value)]))
         out.append(value)
     return tuple(out)
+
+
+def rows_sharding(value):
+    """The keyword arguments that give a sum over the last axis of `value` its rows'
+    sharding (``out_sharding``) where `value`'s type names explicit mesh axes;
+    none elsewhere. An einsum over a sharded class axis is refused without it
+    ("contracting dimensions are sharded and it is ambiguous how the output
+    should be sharded")."""
+    spec = _explicit_spec(value)
+    return {} if spec is None else {"out_sharding": jax.sharding.PartitionSpec(*spec[:-1])}

@@ -33,7 +33,8 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import PartitionSpec
 
-from xent import _core, _kernels, _threads
+from xent import _jax_mesh
+
 
 __all__ = ["rows_dot", "scale_rows"]
 
@@ -54,7 +55,8 @@ def scale_rows(c, g, dtype):
 # --- the arithmetic (eager calls, other platforms, and inside every lowering) -----------------
 
 def _rows_dot_jnp(c, t, *, dtype):
-    return jnp.einsum("...c,...c->...", c.astype(dtype), t.astype(dtype))
+    return jnp.einsum("...c,...c->...", c.astype(dtype), t.astype(dtype),
+                      **_jax_mesh.rows_sharding(c))
 
 
 def _scale_rows_jnp(c, g, *, dtype):
@@ -87,42 +89,42 @@ mlir.register_lowering(scale_rows_p, mlir.lower_fun(_scale_rows_jnp, multiple_re
 
 # --- scale_rows in place on the CPU ---------------------------------------------------------------
 
-# From this many bytes on, the rows are scaled on the kernels' threads.
-_THREADED_BYTES = 1 << 22
 # Rows of half-precision c are widened to g's dtype this many elements at a time.
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _scale_block(out, c, g, lo, hi):
-    """``out[lo:hi] = c[lo:hi] * g[lo:hi, None]`` in g's dtype: one NumPy multiply where
-    c and out are in g's dtype (a block of rows per thread: 19 ms for 4096x32000
-    float32 on two threads, as XLA's own product, against 34 ms in blocks of 64K
-    elements, rocketlake); half-precision rows widened a block at a time, never whole."""
+def _scale_rows_numpy(out, c, g):
+    """``out = c * g[:, None]`` in g's dtype: one NumPy multiply where c and out are
+    in g's dtype; half-precision rows widened a block at a time, never whole."""
     if c.dtype == g.dtype and out.dtype == g.dtype:
-        np.multiply(c[lo:hi], g[lo:hi, None], out=out[lo:hi])
+        np.multiply(c, g[:, None], out=out)
         return
     step = max(1, _BLOCK_ELEMENTS // max(1, c.shape[1]))
-    for start in range(lo, hi, step):
-        stop = min(hi, start + step)
+    for start in range(0, g.size, step):
+        stop = min(g.size, start + step)
         out[start:stop] = c[start:stop].astype(g.dtype) * g[start:stop, None]
 
 
 def _scale_body(ctx, out, c, g):
-    """The callback: XLA's output buffer (c's own, under the alias) gets ``c * g``."""
+    """The callback: XLA's output buffer (c's own, under the alias) gets ``c * g``.
+
+    On XLA's own thread, whose products flush subnormal results to zero as
+    XLA's do: on the kernels' helper threads, which need not, the bits of a
+    product past float32's normal range depended on the thread that took its
+    row (a review: 6 different results in 8 runs of one step). One thread
+    scales 4096x32000 float32 in 30-35 ms, two took 17-19 (rocketlake).
+    NumPy's error state is xent's (`xent._errstate`): an infinite g times a
+    zero entry is NaN, silently, as TF's.
+    """
     g = np.asarray(g).reshape(-1)
     c = np.asarray(c)
     out = np.asarray(out)
     c = c.reshape(g.size, -1) if g.size else c.reshape(0, 0)
     out = out.reshape(c.shape)
-    same = out.ctypes.data == c.ctypes.data
-    if same and np.all(g == 1):
+    if out.ctypes.data == c.ctypes.data and np.all(g == 1):
         return   # (the gradient of a .sum(): nothing to scale)
-    args = (out, c, g)
-    if out.nbytes >= _THREADED_BYTES and _core.kernels() is not _kernels:
-        from xent._fused import _pool
-        _pool.run(_scale_block, args, g.size, _threads.get_num_threads())
-    else:
-        _scale_block(*args, 0, g.size)
+    with np.errstate(all="ignore"):
+        _scale_rows_numpy(out, c, g)
 
 
 _state = {"in_place": True}

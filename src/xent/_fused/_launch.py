@@ -285,6 +285,8 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
     (an internal caller's choice) gets float32 logits instead, as its
     precision asks.
     """
+    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
+        return _widened(sparse_rows, logits, labels, grad_out, weights)
     acc = accumulator(logits.dtype)
     loss, lse = np.empty(logits.shape[0], acc), np.empty(logits.shape[0], acc)
     if logits.shape[0] == 0:
@@ -294,11 +296,32 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
     labels = read_only(np.ascontiguousarray(labels, np.int64) if labels.dtype != np.int64
                        else np.ascontiguousarray(labels))
     weights = _ONE if weights is None else read_only(np.ascontiguousarray(weights, np.float64))
-    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
-        logits = logits.astype(np.float32)
     # (a single half-precision logit is too short for the narrow kernels' gather)
     narrow = logits.shape[1] <= narrow_max() and acc == np.float32 and logits.size >= 2
     _dispatch(_SPARSE_KERNELS, narrow, logits, (labels,), grad_out, loss, lse, (labels, weights))
+    return loss, lse
+
+
+# Half-precision logits bound for a float32 gradient are widened this many at a time.
+_WIDENED_ELEMENTS = 1 << 21
+
+
+def _widened(rows, logits, labels, grad_out, weights):
+    """`rows` (`sparse_rows` or `dense_rows`) over float32 copies of blocks of the
+    half-precision `logits`, for a gradient buffer `grad_out` wider than them
+    (float16's float32 backprop: `xent._jax_cpu.backprop_dtype`). Each block's
+    rows are computed as the whole call's would be; the copies are a block's,
+    8 MiB, where one of the whole logits was twice their size (and dense
+    targets' another)."""
+    n, c = logits.shape
+    loss, lse = np.empty(n, np.float32), np.empty(n, np.float32)
+    step = max(1, _WIDENED_ELEMENTS // max(1, c))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        block_labels = labels[lo:hi] if labels.shape[0] == n else labels   # (dense: maybe one row)
+        block_weights = None if weights is None else np.asarray(weights).reshape(-1)[lo:hi]
+        loss[lo:hi], lse[lo:hi] = rows(logits[lo:hi].astype(np.float32), block_labels,
+                                       grad_out[lo:hi], block_weights)
     return loss, lse
 
 
@@ -326,7 +349,8 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
         ``[N, 1]`` or ``[1, 1]``; the logits' dtype or its accumulator dtype.
       grad_out: optional ``[N, C]`` array (may be `logits`) that receives
         ``softmax(logits) - labels``, each row times its weight; wider than
-        half-precision logits (float32), it gets float32 logits and targets.
+        half-precision logits (float32), it gets float32 logits and targets, a
+        block of rows at a time (`_widened`).
       weights: optional ``[N]`` row weights, as in `sparse_rows`.
 
     Returns:
@@ -337,12 +361,12 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
     n, c = logits.shape
     if c == 0:
         return np.zeros(n, acc), np.full(n, -np.inf, acc)
+    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
+        return _widened(dense_rows, logits, labels, grad_out, weights)
     loss, lse = np.empty(n, acc), np.empty(n, acc)
     if n == 0:
         return loss, lse
-    if grad_out is not None and logits.itemsize == 2 and grad_out.itemsize > 2:
-        logits = logits.astype(np.float32)   # (a wider gradient buffer, as `sparse_rows`)
-    y = _target_rows(labels, logits)   # (float32 for float32 logits)
+    y = _target_rows(labels, logits)
     weights = _ONE if weights is None else read_only(np.ascontiguousarray(weights, np.float64))
     # (a single half-precision logit or target is too short for the narrow kernels' gather)
     narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2
