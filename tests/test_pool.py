@@ -327,3 +327,62 @@ def test_a_fork_while_another_thread_compiles_waits_for_it(lock):
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-500:]
     assert "the fork waited 0." in run.stdout, run.stdout
+
+
+_TWO_FORKS_AND_AN_INTERRUPT = """
+import os, signal, threading, time
+os.register_at_fork(before=lambda: time.sleep(0.2))   # (registered first: runs after xent's)
+import xent._fused   # (installs the fork hooks)
+from numba.core.compiler_lock import global_compiler_lock
+from llvmlite.binding import ffi
+locks = [global_compiler_lock._lock, ffi.lib._lock._lock]
+
+def forker():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if all(lock.acquire(timeout=3) for lock in locks) else 7)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+threads = [threading.Thread(target=forker) for _ in range(2)]
+for t in threads:
+    t.start()
+    time.sleep(0.05)
+for t in threads:
+    t.join()
+inside = threading.Event()
+
+def hold():
+    with global_compiler_lock:
+        inside.set()
+        time.sleep(0.6)
+
+threading.Thread(target=hold).start()
+inside.wait()
+def on_alarm(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.2)   # (a Ctrl-C while the fork waits)
+forker()
+free = {}
+def probe():
+    for name, lock in zip(("numba", "llvmlite"), locks):
+        free[name] = lock.acquire(timeout=3)
+        if free[name]:
+            lock.release()
+t = threading.Thread(target=probe)
+t.start()
+t.join()
+print(free)
+assert all(free.values()), free
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_forks_at_once_and_an_interrupted_fork_leave_the_locks_free():
+    """Two threads forking at once shared one record of the locks taken: the second
+    fork's were never let go, and every later compile waited for ever. An
+    exception raised by a signal handler while a fork waited for a lock let the
+    fork go on without it (the child hung) and left the other lock held."""
+    run = subprocess.run([sys.executable, "-c", _TWO_FORKS_AND_AN_INTERRUPT],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-500:]

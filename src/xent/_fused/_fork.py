@@ -14,6 +14,7 @@ compile does) just before the fork, and lets go of them in the parent and in
 the child just after.
 """
 import os
+import threading
 
 from llvmlite.binding import ffi
 from numba.core import compiler_lock
@@ -21,6 +22,8 @@ from numba.core import compiler_lock
 __all__ = ["install"]
 
 _state = {"installed": False}
+# The locks the forking thread took (per thread: two threads may fork at once).
+_held = threading.local()
 
 
 def _locks():
@@ -30,17 +33,34 @@ def _locks():
             getattr(getattr(ffi.lib, "_lock", None), "_lock", None)]
 
 
+def _acquire_through_interrupts(lock):
+    """``lock.acquire()`` to the end, whatever a signal handler raises meanwhile (a
+    before-fork hook cannot stop the fork: an exception there is printed and the
+    fork goes on)."""
+    while True:
+        try:
+            lock.acquire()
+            return
+        except BaseException:   # (the lock is not held: acquire again)
+            continue
+
+
 def _before_fork():
-    """Wait for any compile or LLVM call in another thread to finish, and hold both locks."""
-    _state["held"] = [lock for lock in _locks() if lock is not None]
-    for lock in _state["held"]:
-        lock.acquire()
+    """Wait for any compile or LLVM call in another thread to finish, and hold both
+    locks. A Ctrl-C while it waits does not stop the wait (the fork would go on
+    anyway, without the locks): it is dropped."""
+    _held.locks = []
+    for lock in _locks():
+        if lock is not None:
+            _acquire_through_interrupts(lock)
+            _held.locks.append(lock)
 
 
 def _after_fork():
-    """Let go of the locks `_before_fork` took (in the parent, and in the child, where
-    the forking thread is the one that holds them)."""
-    for lock in reversed(_state.pop("held", [])):
+    """Let go of the locks this thread's `_before_fork` took (in the parent, and in
+    the child, where the forking thread is the one that holds them)."""
+    locks, _held.locks = getattr(_held, "locks", []), []
+    for lock in reversed(locks):
         lock.release()
 
 
