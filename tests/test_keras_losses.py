@@ -453,12 +453,27 @@ def test_ignore_class_never_broadcasts_mismatched_shapes(keras, y_true, y_pred_s
     y_pred = np.full(y_pred_shape, 0.5, np.float32)
     with pytest.raises(Exception):
         keras.losses.SparseCategoricalCrossentropy(ignore_class=2, reduction=None)(y_true, y_pred)
-    with pytest.raises(ValueError, match="same shape up until the last dimension|rank"):
+    refusal = "Input to reshape|same shape up until the last dimension|rank"
+    with pytest.raises(ValueError, match=refusal):
         xk.SparseCategoricalCrossentropy(ignore_class=2, reduction=None)(convert(y_true), convert(y_pred))
     if y_pred_shape[-1] == 1:
         return   # (the class squeezes y_pred's one class, as Keras; the function's shapes agree)
-    with pytest.raises(ValueError, match="same shape up until the last dimension|rank"):
+    with pytest.raises(ValueError, match=refusal):
         xk.sparse_categorical_crossentropy(convert(y_true), convert(y_pred), ignore_class=2)
+
+
+@pytest.mark.parametrize("y_true", [np.array([[0, 1, 2, 1]]), np.array([[[0, 1, 2, 1]]])],
+                         ids=["1xN", "1x1xN"])
+def test_ignore_class_broadcasts_labels_of_the_rows_size_as_keras(keras, y_true):
+    """Keras' mask broadcasts y_pred to labels of another shape but as many values
+    as y_pred has rows (``[1, N]`` against ``[N, C]``): a loss, not an error."""
+    y_pred = np.array([[2, 1, .1], [.5, 2.5, .3], [.1, .2, 3], [1, 1, 1]], np.float32)
+    want = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True, ignore_class=2)
+    got = xk.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True, ignore_class=2)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6)
+    want = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2)(y_true, y_pred)
+    got = xk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2)(y_true, y_pred)
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6)
 
 
 @pytest.mark.parametrize("sample_weight", [2.0, np.array([[1.0], [3.0]])])
@@ -778,8 +793,9 @@ def test_float64_loss_reads_python_sample_weights_in_float64_as_keras(keras, sam
     np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-14)
 
 
-@pytest.mark.parametrize("sample_weight", [1e39, [1e39, 1.0], 2 ** 70, [2 ** 70, 1], -1e300],
-                         ids=repr)
+@pytest.mark.parametrize("sample_weight", [1e39, [1e39, 1.0], 2 ** 70, [2 ** 70, 1], -1e300,
+                                           [np.int64(5), 2 ** 70], [True, 2 ** 70],
+                                           [2 ** 70, np.float32(1.0)]], ids=repr)
 def test_python_sample_weight_past_float32_is_read_as_keras_reads_it(keras, sample_weight):
     """Keras converts a Python sample_weight with ``convert_to_tensor(w, dtype=float32)``:
     a number past float32's range is inf, an integer past int64 a float (xent

@@ -75,13 +75,14 @@ def _as_dtype(x, dtype, name):
 
 def _big_integers_as_floats(x, name):
     """`numbers(x, name)`, but where NumPy holds Python numbers as objects because an
-    integer is past int64 (and every element is a Python int or float), float64."""
+    integer is past int64 (every element an int, float or bool, Python's or NumPy's), float64."""
     try:
         raw = np.asarray(x)
     except ValueError:
         return numbers(x, name)   # (ragged: its error)
-    if raw.dtype == object and raw.size and all(type(v) in (int, float) for v in raw.flat):
-        return raw.astype(np.float64)
+    if raw.dtype == object and raw.size and all(
+            isinstance(v, (int, float, np.integer, np.floating, np.bool_)) for v in raw.flat):
+        return raw.astype(np.float64)   # (Python bools are ints)
     return check_numbers(raw, name, x)
 
 

@@ -7,6 +7,7 @@ and reduce (`xent._keras_reduce`). Per-example losses come from `xent.nn`'s
 validated path (logits) or `xent._probs` (probabilities).
 """
 import collections
+import math
 import re
 import threading
 
@@ -17,6 +18,7 @@ from xent._errstate import quiet
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
 from xent._warnings import warn
+from xent.errors import InvalidArgumentError
 from xent.nn import dense_losses, sparse_losses
 
 __all__ = [
@@ -43,21 +45,36 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
         y_true = be.xp.squeeze(y_true, axis)
     if axis not in (-1, y_pred.ndim - 1):
         raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
-    _sparse_shapes(y_true, y_pred)   # (before the mask's `where`, which would broadcast them)
     valid = None
     if ignore_class is not None:
         if isinstance(ignore_class, (complex, np.complexfloating)) or (
                 isinstance(ignore_class, np.ndarray) and ignore_class.dtype.kind == "c"):
             ignore_class = np.real(ignore_class)   # (Keras' cast to a float keeps the real part)
         valid = y_true != ignore_class
+        _mask_fits(be, valid, y_pred)
         y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
         y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, 0)   # (Keras' one new array)
     labels = be.astype(y_true, "int64")
+    _sparse_shapes(labels, y_pred)
     logits = y_pred if from_logits else _probs.clipped_log(be, y_pred)
     losses = sparse_losses(be, labels, logits)
     if valid is not None:
         losses = be.xp.where(valid, losses, be.xp.zeros_like(losses))
     return losses, valid
+
+
+def _mask_fits(be, valid, y_pred):
+    """Keras' check of the `ignore_class` mask: its `where` broadcasts y_pred to the
+    labels (``[1, N]`` labels against ``[N, C]`` predictions are taken), and
+    the mask is then reshaped to y_pred's rows, which refuses a mask of
+    another size (TF's reshape error). Without it, 5 labels against one row
+    of predictions gave 5 losses."""
+    rows = math.prod(tuple(y_pred.shape)[:-1])
+    if be.size(valid) != rows:
+        raise InvalidArgumentError(f"Input to reshape is a tensor with {be.size(valid)} values, but "
+                                   f"the requested shape has {rows}: the `ignore_class` mask of "
+                                   f"y_true {tuple(valid.shape)} against y_pred "
+                                   f"{tuple(y_pred.shape)}")
 
 
 def _categorical_shapes(y_true, y_pred):
