@@ -518,3 +518,47 @@ def test_float16_gradient_under_a_loss_scale_is_rounded_once_as_tfs(dense, rows)
         (loss * truth_g).sum().backward()
         truth = scaled_xent_gradient(logits.double().numpy(), labels, truth_g.double().numpy())
         assert half_ulps(x.grad.numpy(), truth, np.float16) <= 0.51, step
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
+def test_float16_gradient_under_a_loss_scale_through_torch_func_and_torch_ops(dense):
+    """The same single rounding through `torch.func.grad` (the saved float16 backprop
+    times g: 665 ulps) and the torch-ops path of other devices; a float16
+    ``.sum()``'s all-ones g (not a broadcast, after the cast's backward) runs
+    no second kernel pass."""
+    from oracle import half_ulps, scaled_xent_gradient
+    from xent._torch import _math
+    rng = np.random.default_rng(1)
+    rows, classes = 64, 37
+    logits = torch.from_numpy(rng.standard_normal((rows, classes)) * 4).to(torch.float16)
+    labels = rng.integers(0, classes, rows)
+    g = torch.from_numpy(rng.standard_normal(rows) * 1000).to(torch.float16)
+    target = torch.from_numpy(np.eye(classes)[labels]).to(torch.float16)
+
+    def objective(x):
+        loss = DENSE(labels=target, logits=x) if dense else SPARSE(labels=torch.from_numpy(labels), logits=x)
+        return (loss * g).sum()
+
+    truth = scaled_xent_gradient(logits.double().numpy(), labels, g.double().numpy())
+    assert half_ulps(torch.func.grad(objective)(logits.clone()).numpy(), truth, np.float16) <= 0.51
+    _math.use_torch_ops_on_cpu(True)
+    try:
+        x = logits.clone().requires_grad_()
+        objective(x).backward()
+    finally:
+        _math.use_torch_ops_on_cpu(False)
+    assert half_ulps(x.grad.numpy(), truth, np.float16) <= 0.51
+    calls, real = [], _math.loss_and_backprop
+
+    def counting(*args, **kwargs):
+        calls.append(args[4] if len(args) > 4 else kwargs.get("weights"))
+        return real(*args, **kwargs)
+    import xent._torch._eager as eager
+    x = logits.clone().requires_grad_()
+    original = eager.loss_and_backprop, _math.loss_and_backprop
+    eager.loss_and_backprop = _math.loss_and_backprop = counting
+    try:
+        (DENSE(labels=target, logits=x) if dense else SPARSE(labels=torch.from_numpy(labels), logits=x)).sum().backward()
+    finally:
+        eager.loss_and_backprop, _math.loss_and_backprop = original
+    assert calls == [None], calls   # (the forward's pass only)

@@ -164,15 +164,18 @@ def upstream_grad(kind, labels, logits, backprop, g):
     forward's `backprop` or None (made now): the backprop scaled in place
     (`scale_rows_`), the same bits on every backward.
 
-    float16 logits, unless every g is 1, take the kernel with g as the rows'
-    weights instead (over the backprop if there is one): TF computes float16
+    float16 logits, unless every g is 1 (the check made whole: a float16
+    ``.sum()`` brings ones that are not a broadcast), take the kernel with g as
+    the rows' weights instead (over the backprop if there is one; on other
+    devices the same torch ops with the weights): TF computes float16
     losses in float32 (its ``precise_logits``), so its gradient is rounded to
     float16 once, where a float16 backprop times g rounds twice (entries below
     float16's normal range, 6.1e-5, lost up to 1580 ulps under a g of about
     1000: an independent review). bfloat16 stays in bfloat16 in TF, rounded
     twice as here.
     """
-    if logits.dtype == torch.float16 and on_kernels(logits) and not all_ones(g, logits):
+    if logits.dtype == torch.float16 and not (
+            g.is_cpu and (_broadcast_one(g) or bool((g == 1).all()))):
         return loss_and_backprop(kind, labels, logits, True, g, into=backprop)[1]
     if backprop is None:
         backprop = loss_and_backprop(kind, labels, logits, True)[1]

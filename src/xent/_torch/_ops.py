@@ -87,7 +87,9 @@ def _backward(ctx, g_loss, g_backprop):
     """The gradients of `Rows`; `ctx` holds the kind and the saved logits, labels
     and backprop (None: not made)."""
     logits, labels, backprop = ctx.saved_tensors
-    if backprop is None:   # (no backprop output: its gradient is empty too)
+    if backprop is None or (logits.dtype == torch.float16 and g_backprop is None):
+        # (no backprop output: its gradient is empty too; float16: the backprop in
+        # float32, so that g times it is rounded once, as TF's float32 computation)
         backprop, g_backprop = differentiable_backprop(ctx.kind, logits, labels), None
     d_logits = backprop_vjp(logits, backprop, g_loss, g_backprop)
     d_labels = None
