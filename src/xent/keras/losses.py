@@ -204,10 +204,11 @@ def _policy_dtype(dtype):
     torch's, a scalar type such as ``np.float64``; Python's ``float`` is
     Keras' float32), or a serialized policy (``{"class_name": "DTypePolicy",
     "config": {"name": ...}}``); ``""`` is float32, as Keras' ``dtype or floatx()``."""
+    if isinstance(dtype, dict):   # (a serialized policy: its config's name, else floatx)
+        config = dtype.get("config")
+        dtype = config.get("name") if isinstance(config, dict) else None
     if dtype is None or dtype is float or (isinstance(dtype, str) and not dtype):
         return "float32"
-    if isinstance(dtype, dict) and isinstance(dtype.get("config"), dict) and "name" in dtype["config"]:
-        dtype = dtype["config"]["name"]
     name = getattr(dtype, "compute_dtype", None) or _dtypes.name_of(dtype)
     name = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}.get(name, name)
     _dtypes.check_float(name, "dtype")
