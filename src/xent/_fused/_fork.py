@@ -14,6 +14,7 @@ compile does) just before the fork, and lets go of them in the parent and in
 the child just after.
 """
 import os
+import signal
 import threading
 
 from llvmlite.binding import ffi
@@ -22,7 +23,8 @@ from numba.core import compiler_lock
 __all__ = ["install"]
 
 _state = {"installed": False}
-# The locks the forking thread took (per thread: two threads may fork at once).
+# Per forking thread (two threads may fork at once): each lock with the count of
+# holds this thread had on it before the fork.
 _held = threading.local()
 
 
@@ -33,35 +35,53 @@ def _locks():
             getattr(getattr(ffi.lib, "_lock", None), "_lock", None)]
 
 
-def _acquire_through_interrupts(lock):
-    """``lock.acquire()`` to the end, whatever a signal handler raises meanwhile (a
-    before-fork hook cannot stop the fork: an exception there is printed and the
-    fork goes on)."""
-    while True:
-        try:
-            lock.acquire()
-            return
-        except BaseException:   # (the lock is not held: acquire again)
-            continue
+def _holds(lock):
+    """How many times this thread holds `lock` (an RLock's recursion count; 0 or 1
+    where the RLock does not say)."""
+    count = getattr(lock, "_recursion_count", None)
+    if count is not None:
+        return count()
+    return int(lock._is_owned()) if hasattr(lock, "_is_owned") else 0
 
 
 def _before_fork():
     """Wait for any compile or LLVM call in another thread to finish, and hold both
-    locks. A Ctrl-C while it waits does not stop the wait (the fork would go on
-    anyway, without the locks): it is dropped."""
-    _held.locks = []
-    for lock in _locks():
-        if lock is not None:
-            _acquire_through_interrupts(lock)
-            _held.locks.append(lock)
+    locks. A before-fork hook cannot stop the fork (an exception there is
+    printed and the fork goes on), so this thread's signals are blocked until
+    `_after_fork` (a Ctrl-C then arrives after the fork), the wait goes on
+    whatever a signal handler still raises, and what is held is counted from
+    the lock itself: an exception that lands after an ``acquire`` has
+    returned leaves no hold unrecorded (a review forked under a 10 us SIGALRM
+    that raised: numba's lock stayed held)."""
+    _held.mask = (signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                  if hasattr(signal, "pthread_sigmask") else None)
+    _held.before = [(lock, _holds(lock)) for lock in _locks() if lock is not None]
+    for lock, before in _held.before:
+        while True:
+            try:
+                while _holds(lock) == before:
+                    lock.acquire()
+                break
+            except BaseException:   # (held or not: the count says)
+                continue
 
 
 def _after_fork():
-    """Let go of the locks this thread's `_before_fork` took (in the parent, and in
-    the child, where the forking thread is the one that holds them)."""
-    locks, _held.locks = getattr(_held, "locks", []), []
-    for lock in reversed(locks):
-        lock.release()
+    """Let go of the holds this thread's `_before_fork` took (in the parent, and in
+    the child, where the forking thread is the one that holds them), then
+    unblock its signals."""
+    before, _held.before = getattr(_held, "before", []), []
+    mask, _held.mask = getattr(_held, "mask", None), None
+    for lock, count in reversed(before):
+        while True:
+            try:
+                while _holds(lock) > count:
+                    lock.release()
+                break
+            except BaseException:
+                continue
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def install():
