@@ -20,6 +20,8 @@ import pathlib
 
 from numba.core import caching, event
 
+from xent._fused._notice import _is_xent
+
 __all__ = ["fingerprint", "drop_if_stale", "install"]
 
 _STAMP = "xent-fused-sources.sha256"
@@ -90,9 +92,8 @@ class _StaleGuard(event.Listener):
 
     def on_start(self, ev):
         dispatcher = ev.data["dispatcher"]
-        module = getattr(getattr(dispatcher, "py_func", None), "__module__", "")
         cache = getattr(dispatcher, "_cache", None)
-        if (module.startswith("xent.") and cache is not None
+        if (_is_xent(dispatcher) and cache is not None
                 and not isinstance(cache, caching.NullCache) and not _still_ours()):
             dispatcher._cache = caching.NullCache()
 

@@ -143,18 +143,13 @@ def row_factors(g, dtype):
 _ONES_CHECK_MIN = 1 << 18
 
 
-def all_ones(g, backprop):
-    """Whether every upstream g of the CPU tensor `backprop` is 1 (the gradient of a
-    ``.sum()``); False on other devices, where the check would cost a host sync."""
-    return backprop.is_cpu and (
-        _broadcast_one(g) if backprop.numel() < _ONES_CHECK_MIN else bool((g == 1).all()))
-
-
 def scale_rows_(backprop, g):
     """``backprop *= g[..., None]`` in place, each product rounded once to backprop's dtype;
-    nothing to do on the CPU when every g is 1, which saves a pass over a
-    large backprop."""
-    if all_ones(g, backprop):
+    nothing to do on the CPU when every g is 1 (the gradient of a ``.sum()``),
+    which saves a pass over a large backprop (on other devices the check
+    would cost a host sync)."""
+    if backprop.is_cpu and (
+            _broadcast_one(g) if backprop.numel() < _ONES_CHECK_MIN else bool((g == 1).all())):
         return backprop
     return backprop.mul_(row_factors(g, backprop.dtype))
 
