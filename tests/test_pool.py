@@ -178,6 +178,18 @@ def test_a_forked_child_gets_its_own_helpers():
     assert run.returncode == 0, run.stderr[-2000:]
 
 
+# The parent's wait for a forked child (`pid`) in the scripts below: 60 s, then the
+# child is killed and the script fails; `done` is waitpid's result.
+_WAIT_FOR_THE_CHILD = """
+deadline = time.time() + 60
+while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+    if time.time() > deadline:
+        os.kill(pid, 9)
+        sys.exit("the child hung on a lock held at the fork")
+    time.sleep(0.01)
+"""
+
+
 _FORKED_WHILE_LOCKED = """
 import os, sys, time, numpy as np, torch, xent
 from xent import _buffers
@@ -204,13 +216,7 @@ if pid == 0:
     os._exit(0 if torch.equal(step(), want) and np.array_equal(again, loss) else 3)
 for lock in locks:
     lock.release()
-deadline = time.time() + 60
-while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-    if time.time() > deadline:
-        os.kill(pid, 9)
-        sys.exit("the child hung on a lock held at the fork")
-    time.sleep(0.01)
-sys.exit(os.waitstatus_to_exitcode(done[1]))
+""" + _WAIT_FOR_THE_CHILD + """sys.exit(os.waitstatus_to_exitcode(done[1]))
 """
 
 
@@ -303,13 +309,7 @@ if pid == 0:
         return 2 * x
     os._exit(0 if twice(21) == 42 else 3)
 waited = time.perf_counter() - start
-deadline = time.time() + 60
-while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
-    if time.time() > deadline:
-        os.kill(pid, 9)
-        sys.exit("the child hung on the lock held at the fork")
-    time.sleep(0.01)
-print(f"the fork waited {waited:.2f} s")
+""" + _WAIT_FOR_THE_CHILD + """print(f"the fork waited {waited:.2f} s")
 sys.exit(os.waitstatus_to_exitcode(done[1]))
 """
 
