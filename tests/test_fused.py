@@ -794,6 +794,30 @@ def test_streamed_runs_are_whole_aligned_blocks():
     assert run(odd, 0, 64) == (64, 64)
 
 
+def test_streamed_stores_stop_on_cache_lines_and_blocks():
+    """`_stream.line_start` and `_stream._block_start` move an index back to the
+    nearest start of a 64-byte cache line (a 32-byte block) of the buffer's
+    memory (or to 0), whatever the buffer's offset; a buffer whose elements are
+    misaligned keeps the index (nothing of it is streamed)."""
+    from numba import njit
+    from xent._fused import _stream
+
+    for name, bytes_ in (("line_start", 64), ("_block_start", 32)):
+        cut = njit(lambda out, j, f=getattr(_stream, name): f(out, np.uint64(j)))
+        for dtype in (np.float32, np.float64):
+            size = np.dtype(dtype).itemsize
+            for offset in range(64 // size):
+                out = np.empty(300 + 64 // size, dtype)[offset:][:300]
+                for j in (0, 1, 7, 16, 17, 100, 255, 299):
+                    k = cut(out, j)
+                    assert k <= j and j - k < bytes_ // size
+                    assert (out.ctypes.data + k * size) % bytes_ == 0 or k == 0   # (the row start)
+                    if (out.ctypes.data + j * size) % bytes_ == 0:
+                        assert k == j
+        odd = np.frombuffer(bytearray(4 * 64 + 1), np.float32, 64, offset=1)
+        assert [cut(odd, j) for j in (0, 5, 63)] == [0, 5, 63]
+
+
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 def test_the_streamed_kernel_emits_non_temporal_stores(kind):
     """The streamed kernel's fresh compile (cached code has no IR to read) holds
