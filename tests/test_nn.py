@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import xent
-from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, label_scale, row_scale
+from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, infinite_target_rows, \
+    label_scale, row_scale
 
 LABEL_DTYPES = [np.dtype(np.int32), np.dtype(np.int64)]
 
@@ -456,6 +457,21 @@ def test_dense_all_minus_inf_row_is_nan_and_other_rows_unaffected(tf, dtype):
     truth = tf_dense(tf, as64(labels), as64(logits))
     assert np.isnan(truth[1]) and np.isnan(got[1].astype(np.float64))
     assert_close_to_truth(got, truth, dtype, row_scale(logits))
+
+
+@pytest.mark.parametrize("classes", [3, 5000])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_dense_infinite_and_nan_targets_match_tf(tf, dtype, classes):
+    """Targets of ±inf or NaN (`oracle.infinite_target_rows`): TF's ±inf and NaN
+    losses, its ``inf`` for an infinite target on the row's max among them
+    (``lse·Σy - Σ y·(x - M)`` gave NaN there); the finite row within tolerance."""
+    logits, labels, truth64, _ = infinite_target_rows(dtype, classes)
+    got = np.asarray(xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    truth = tf_dense(tf, as64(labels), as64(logits))
+    np.testing.assert_array_equal(np.isnan(truth), np.isnan(truth64))
+    np.testing.assert_array_equal(truth[np.isinf(truth)], truth64[np.isinf(truth64)])
+    assert_close_to_truth(got, truth, dtype, row_scale(logits))
+    assert got.dtype == dtype
 
 
 def huge_rows(dtype):

@@ -50,6 +50,8 @@ RUNS = [
          "test_dense_huge_logits_one_hot_match_tf_without_cancellation",
          "test_sparse_float_extremes_near_dtype_max_stay_finite_like_tf",
          "test_dense_one_class_loss_is_zero_for_any_label_weight"], FLOATS)],
+    *_runs(nn_t, "test_dense_infinite_and_nan_targets_match_tf", ("classes", "dtype"),
+           itertools.product([3, 5000], FLOATS)),
     *_runs(nn_t, "test_dense_labels_broadcast_and_flatten_like_tf",
            ("labels_shape", "logits_shape"), nn_t.BROADCASTS),
     *_runs(nn_t, "test_sparse_non_contiguous_logits_match_truth", ("layout",),

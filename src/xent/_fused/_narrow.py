@@ -36,7 +36,7 @@ from numba.extending import overload
 
 from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
-from xent._fused._chunks import below_max, counted_sum
+from xent._fused._chunks import below_max, counted_sum, infinite_loss, infinite_terms
 from xent._fused._exps import exp_of
 from xent._fused._formats import like, load, store, store_finite
 from xent._fused._lanes import LANES, lane_scratch, transpose
@@ -309,13 +309,21 @@ def _narrow_targets(y, r0, rows, ty, ys, first):
 
 
 @njit(**INLINE)
-def _dense_narrow_row(ms, sums, l):
-    """(loss, lse, ok) of lane l: sum_j y_j (lse - x_j); NaN unless the row is finite."""
+def _dense_narrow_row(x, ty, r, ms, sums, l):
+    """(loss, lse, ok) of row r, in lane l: sum_j y_j (lse - x_j); NaN unless
+    the row is finite. Targets that sum to ±inf or NaN take their terms from
+    the row itself (`xent._fused._chunks.infinite_terms`: before the row's
+    gradient is written, which may be over x)."""
     m, s = ms[0, l], sums[0, l]
     if not (is_finite(m) and is_finite(s)):
         return np.float64(np.nan), np.float64(np.nan), False
     log_s = sums[1, l]
-    return log_s * np.float64(ms[3, l]) - np.float64(ms[4, l]), np.float64(m) + log_s, True
+    sy = np.float64(ms[3, l])
+    if not is_finite(sy):
+        row = x[r]
+        end, under = infinite_terms(row, ty[:, l], 0, x.shape[1], sy)
+        return infinite_loss(end, under, np.float64(m), s, row), np.float64(m) + log_s, True
+    return log_s * sy - np.float64(ms[4, l]), np.float64(m) + log_s, True
 
 
 @njit(**KERNEL)
@@ -335,7 +343,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
         _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
-            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, sums, l)
+            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(x, ty, r0 + l, ms, sums, l)
     keep_alive(lanes)
     restore_denormals(word)
 
@@ -360,7 +368,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
         _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
-            loss[r], lse[r], ok = _dense_narrow_row(ms, sums, l)
+            loss[r], lse[r], ok = _dense_narrow_row(x, ty, r, ms, sums, l)
             if not ok:
                 _nan_row(out, r, ms[0, l])
                 continue
