@@ -474,6 +474,36 @@ def test_dense_infinite_and_nan_targets_match_tf(tf, dtype, classes):
     assert got.dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_infinite_target_on_the_max_where_s_rounds_to_one_is_tfs(tf, dtype):
+    """An infinite target on the row's max, the other exps below half an ulp
+    of 1 (exp(-17) = 4e-8): in float32 S rounds to 1 and TF gives NaN (inf *
+    log 1); in float64 S stays above 1 and TF gives inf. TF in the inputs'
+    own dtype, as xent computes."""
+    logits = np.array([[0.0, -17.0], [-17.0, 0.0]], dtype)
+    labels = np.array([[np.inf, 0.0], [0.0, -np.inf]], dtype)
+    got = np.asarray(xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    truth = tf_dense(tf, labels, logits).astype(np.float64)
+    assert (np.isnan(truth).all() if dtype == np.float32
+            else (truth == [np.inf, -np.inf]).all()), truth
+    assert_close_to_truth(got, truth, dtype)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_dense_targets_whose_float32_sum_overflows_give_tfs_finite_loss(tf, classes):
+    """Two targets of 2e38 on logits 0, the rest -30 (their float32 sum
+    overflows; each term 2e38 log 2 does not): TF's finite float32 loss,
+    not inf."""
+    logits = np.full((1, classes), -30.0, np.float32)
+    logits[0, [0, -1]] = 0.0
+    labels = np.zeros((1, classes), np.float32)
+    labels[0, [0, -1]] = 2e38
+    got = np.asarray(xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    truth = tf_dense(tf, labels, logits).astype(np.float64)
+    assert np.isfinite(truth).all()
+    assert_close_to_truth(got, truth, np.float32)
+
+
 def huge_rows(dtype):
     big = 3e4 if np.dtype(dtype) == np.float16 else 1e30
     logits = np.array([[big, big, -big], [big, big, -big], [-big, -big, -big],

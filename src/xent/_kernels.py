@@ -138,9 +138,12 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
         infinite = ~np.isfinite(y_sum)
         if infinite.any():
             # Infinite or NaN targets: TF's terms one by one, where the sums
-            # would meet inf * 0 (an infinite target on the max: NaN, not inf).
-            loss[rows][infinite] = np.sum(y[infinite] * (log_sum[infinite, None] - shifted[infinite]),
-                                    axis=1)
+            # would meet inf * 0 (an infinite target on the max: inf, not
+            # NaN), with log S of S rounded to the accumulator, as TF's (0
+            # where S rounds to 1: NaN there, as TF's inf * 0).
+            log_s = np.log(total[infinite].astype(acc)).astype(np.float64)
+            loss[rows][infinite] = np.sum(y[infinite] * (log_s[:, None] - shifted[infinite]),
+                                          axis=1)
         lse[rows] = m[:, 0] + log_sum
         if grad_out is not None:
             e /= total.astype(acc)[:, None]

@@ -237,10 +237,12 @@ def infinite_terms(x, y, lo, hi, sy):
     where y_j is (y_j infinite: ±inf, NaN at the one place where the factor is
     0: x_j = M and S = 1, `infinite_loss`), or where x_j is ``-inf``
     (sign(y_j) inf; NaN for y_j = 0). `end` is the sum of those terms (``+inf``
-    and ``-inf`` make NaN) and `under` the largest logit under an infinite
+    and ``-inf`` make NaN) and `under` the largest logit under a non-finite
     target. The sums of the finite terms cannot change such a loss, and
     ``lse·Σy - Σ y·(x - M)`` would meet ``inf·0`` (NaN where TF has ±inf).
-    With no such term (finite targets whose sum overflowed), end is sy.
+    With no such term (finite targets whose sum overflowed the chunk's
+    float32 sum: two near float32's max), end is sy: the loss is then inf, as
+    before, where TF's float32 terms may stay finite.
     """
     end = like(0.0, sy)
     under = like(-np.inf, sy)
@@ -449,7 +451,10 @@ def infinite_loss(end, under, top, total, x):
     """The loss of a row whose targets' sum is not finite, from `infinite_terms`'
     (end, under), its max M = top and sum of exps S = total: end, or NaN
     where an infinite target sits on the max and S rounds to 1 in x's
-    accumulator (log S = 0: TF's inf * 0)."""
+    accumulator (log S = 0: TF's inf * 0). Where S is within rounding of 1
+    (other exps each below half an ulp of 1, together above it), which of
+    the two TF gives depends on the order it sums in: its float32 running sum
+    can drop each term where xent's float64 S keeps them."""
     if under == top and like(total, load(x, 0)) == 1.0:
         return like(np.nan, end)
     return end
