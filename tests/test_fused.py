@@ -526,6 +526,36 @@ def test_infinite_and_nan_dense_targets_end_as_tensorflows_terms(dtype, c):
             assert_matches(grad, truth_grad, dtype)
 
 
+@every_target
+@pytest.mark.parametrize("threads", ["one", "several"])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)],
+                         ids=["float32", "float64"])
+def test_scale_rows_flushes_products_below_the_normal_range_on_every_thread(
+        rng, force_threads, dtype, threads):
+    """`_fused.scale_rows` (a JAX step's upstream gradient times the backprop):
+    each product rounded once, as NumPy's, and those below the smallest normal
+    float 0 (XLA's threads flush them) whichever thread takes the row,
+    the calling thread (which does not flush here) or a helper; in place too.
+    NumPy's own product keeps them, so this fails if a thread does not flush."""
+    if threads == "one":
+        xent.set_num_threads(1)
+    tiny = np.finfo(dtype).tiny
+    c = (rng.random((64, 300)) * np.where(rng.random((64, 300)) < 0.5, 1.0, 1e-8)).astype(dtype)
+    g = (rng.standard_normal(64) * tiny * 1e4).astype(dtype)
+    g[::7] = 1.5
+    with np.errstate(all="ignore"):
+        product = c * g[:, None]
+    subnormal = (product != 0) & (np.abs(product) < tiny)
+    assert subnormal.sum() > 1000
+    want = np.where(subnormal, 0.0, product).astype(dtype)
+    out = np.empty_like(c)
+    _fused.scale_rows(c, g, out)
+    np.testing.assert_array_equal(out, want)
+    work = c.copy()
+    _fused.scale_rows(work, g, work)
+    np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
+
+
 def test_dense_with_no_classes_is_zero_loss_and_minus_inf_lse():
     loss, lse = _fused.dense_rows(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32))
     np.testing.assert_array_equal(loss, np.zeros(3, np.float32))
