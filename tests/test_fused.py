@@ -36,7 +36,7 @@ except ImportError as exc:   # pragma: no cover - depends on the machine
     pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
 from xent._fused import _fetch, _formats, _launch, _math, _narrow, _rows, _scale  # noqa: E402
 from xent._fused._stores import StoreChoice  # noqa: E402
-from oracle import dense_scale, label_scale  # noqa: E402
+from oracle import dense_scale, infinite_target_rows, label_scale  # noqa: E402
 
 every_target = pytest.mark.every_target
 
@@ -509,33 +509,21 @@ def test_dense_broadcast_labels_match_reference(rng, labels_shape):
 
 
 @every_target
-@pytest.mark.parametrize("threads", ["one", "several"])
-@pytest.mark.parametrize("dtype", [np.dtype(np.float32), np.dtype(np.float64)],
-                         ids=["float32", "float64"])
-def test_scale_rows_flushes_products_below_the_normal_range_on_every_thread(
-        rng, force_threads, dtype, threads):
-    """`_fused.scale_rows` (a JAX step's upstream gradient times the backprop):
-    each product rounded once, as NumPy's, and those below the smallest normal
-    float 0 (XLA's threads flush them) whichever thread takes the row,
-    the calling thread (which does not flush here) or a helper; in place too.
-    NumPy's own product keeps them, so this fails if a thread does not flush."""
-    if threads == "one":
-        xent.set_num_threads(1)
-    tiny = np.finfo(dtype).tiny
-    c = (rng.random((64, 300)) * np.where(rng.random((64, 300)) < 0.5, 1.0, 1e-8)).astype(dtype)
-    g = (rng.standard_normal(64) * tiny * 1e4).astype(dtype)
-    g[::7] = 1.5
-    with np.errstate(all="ignore"):
-        product = c * g[:, None]
-    subnormal = (product != 0) & (np.abs(product) < tiny)
-    assert subnormal.sum() > 1000
-    want = np.where(subnormal, 0.0, product).astype(dtype)
-    out = np.empty_like(c)
-    _fused.scale_rows(c, g, out)
-    np.testing.assert_array_equal(out, want)
-    work = c.copy()
-    _fused.scale_rows(work, g, work)
-    np.testing.assert_array_equal(work.view(np.uint8), out.view(np.uint8))
+@pytest.mark.parametrize("c", [3, 100, 5000])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_infinite_and_nan_dense_targets_end_as_tensorflows_terms(dtype, c):
+    """Dense targets of ±inf or NaN give TF's loss, whose terms y_j (log S -
+    (x_j - M)) are ±inf or NaN there: +inf on the row's max, where xent's
+    `lse·Σy - Σ y·(x - M)` met inf * 0 (NaN), -inf, NaN for both signs or
+    beside a target 0 on a ``-inf`` logit or with S = 1; and softmax - y,
+    on the narrow path (3, 100 classes; float64 takes one chunk) and over
+    chunks (5000), loss only,
+    into a buffer (plain and streamed) and in place."""
+    x, y, truth_loss, truth_grad = infinite_target_rows(dtype, c)
+    for loss, _, grad in run_three_ways("dense", x, y):
+        assert_matches(loss, truth_loss, loss.dtype, row_scale(x) * 2, logits_dtype=x.dtype)
+        if grad is not None:
+            assert_matches(grad, truth_grad, dtype)
 
 
 def test_dense_with_no_classes_is_zero_loss_and_minus_inf_lse():

@@ -22,8 +22,7 @@ import pytest
 
 from object_symbols import undefined_symbols
 from test_fused import FLOATS, run_three_ways
-from xent import _fused
-from xent._fused import _labels, _math, _narrow, _rows, _scale_rows, _target
+from xent._fused import _labels, _math, _narrow, _rows, _target
 
 pytestmark = pytest.mark.every_target
 
@@ -37,8 +36,7 @@ def compile_every_kernel():
     """Call each fused kernel once per dtype, so that it is compiled (or loaded
     from numba's cache) in this process: sparse and dense; loss, gradient into
     a buffer and over the logits; 10 classes (the narrow kernels) and 100 (the
-    chunk kernels); and the row scaling of JAX's upstream gradient
-    (`_fused.scale_rows`). Threads run the same row kernels (`xent._fused._pool`).
+    chunk kernels). Threads run the same row kernels (`xent._fused._pool`).
     Cheap where tests/test_fused.py has run."""
     rng = np.random.default_rng(0)
     for dtype in FLOATS:
@@ -46,16 +44,13 @@ def compile_every_kernel():
             logits = rng.standard_normal((8, width)).astype(dtype)
             run_three_ways("sparse", logits, rng.integers(0, width, 8))
             run_three_ways("dense", logits, np.full((8, width), 1 / width, dtype))
-    for dtype in (np.float32, np.float64):
-        c = rng.standard_normal((8, 100)).astype(dtype)
-        _fused.scale_rows(c, np.ones(8, dtype), c)
 
 
 def compiled_kernels():
     """(name, dispatcher, signature) of every signature compiled or loaded in this
     process, each once."""
     seen = set()
-    for module in (_rows, _narrow, _math, _labels, _scale_rows):
+    for module in (_rows, _narrow, _math, _labels):
         for name in sorted(vars(module)):
             dispatcher = getattr(module, name)
             if isinstance(dispatcher, numba.core.registry.CPUDispatcher):

@@ -33,7 +33,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.sharding import PartitionSpec
 
-from xent import _core, _jax_mesh
+from xent import _jax_mesh
 
 
 __all__ = ["rows_dot", "scale_rows"]
@@ -93,12 +93,11 @@ mlir.register_lowering(scale_rows_p, mlir.lower_fun(_scale_rows_jnp, multiple_re
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def _scale_rows_host(out, c, g):
-    """``out = c * g[:, None]`` in g's dtype: the kernels' `scale_rows` where c and
-    out are in g's dtype (the fused kernels' over threads that flush as XLA's);
-    half-precision rows widened a block at a time, never whole."""
+def _scale_rows_numpy(out, c, g):
+    """``out = c * g[:, None]`` in g's dtype: one NumPy multiply where c and out are
+    in g's dtype; half-precision rows widened a block at a time, never whole."""
     if c.dtype == g.dtype and out.dtype == g.dtype:
-        _core.kernels().scale_rows(c, g, out)
+        np.multiply(c, g[:, None], out=out)
         return
     step = max(1, _BLOCK_ELEMENTS // max(1, c.shape[1]))
     for start in range(0, g.size, step):
@@ -109,13 +108,11 @@ def _scale_rows_host(out, c, g):
 def _scale_body(ctx, out, c, g):
     """The callback: XLA's output buffer (c's own, under the alias) gets ``c * g``.
 
-    Products below the smallest normal float are 0, as XLA's threads give
-    them: the fused kernels' `scale_rows` flushes on every thread it uses
-    (x86-64; elsewhere it runs on XLA's thread alone), and NumPy's multiply
-    runs on XLA's thread. (NumPy over xent's helper threads, which do not
-    flush, gave bits that depended on the thread that took a row: a review
-    saw 6 different results in 8 runs of one step.) 4096x32000 float32 on
-    rocketlake: one thread 30-35 ms, two 17-19.
+    On XLA's own thread, whose products flush subnormal results to zero as
+    XLA's do: on the kernels' helper threads, which need not, the bits of a
+    product past float32's normal range depended on the thread that took its
+    row (a review: 6 different results in 8 runs of one step). One thread
+    scales 4096x32000 float32 in 30-35 ms, two took 17-19 (rocketlake).
     NumPy's error state is xent's (`xent._errstate`): an infinite g times a
     zero entry is NaN, silently, as TF's.
     """
@@ -127,7 +124,7 @@ def _scale_body(ctx, out, c, g):
     if out.ctypes.data == c.ctypes.data and np.all(g == 1):
         return   # (the gradient of a .sum(): nothing to scale)
     with np.errstate(all="ignore"):
-        _scale_rows_host(out, c, g)
+        _scale_rows_numpy(out, c, g)
 
 
 _state = {"in_place": True}

@@ -142,10 +142,3 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
                 e *= np.asarray(weights, np.float64)[rows, None].astype(acc)
             grad_out[rows] = e
     return loss, lse
-
-
-def scale_rows(c, g, out):
-    """``out = c * g[:, None]`` for c and out ``[N, C]`` (out may be c) and g ``[N]``,
-    all of one float dtype: one multiply, on the calling thread (a JAX step's
-    upstream gradient: `xent._jax_rows`)."""
-    np.multiply(c, g[:, None], out=out)

@@ -26,7 +26,6 @@ One file per idea, from the bottom up:
   _lanes     16 rows copied into vector lanes (a gather where the CPU has one)
   _narrow    rows of at most 32 or 128 classes, 16 at a time, one per vector lane
   _pool      a large call's rows over threads (the caller and helper threads)
-  _scale_rows  rows times a factor each (a JAX step's upstream gradient), over threads
   _labels    the label range check, compiled
   _launch    the Python side: dispatch, buffers, threads
   _notice    one line on stderr while a long compile runs
@@ -59,7 +58,6 @@ from xent._fused import _rows  # noqa: E402
 from xent._fused._chunks import CHUNK  # noqa: E402
 from xent._fused._labels import labels_fit  # noqa: E402
 from xent._fused._launch import dense_rows  # noqa: E402
-from xent._fused._launch import scale_rows  # noqa: E402
 from xent._fused._launch import sparse_rows  # noqa: E402
 from xent._fused._narrow import NARROW_DENSE_MAX  # noqa: E402
 from xent._fused._narrow import narrow_max  # noqa: E402
@@ -69,5 +67,4 @@ _notice.install()
 _cache.install()
 _fork.install()
 
-__all__ = ["labels_fit", "sparse_rows", "dense_rows", "scale_rows", "narrow_max",
-           "NARROW_DENSE_MAX", "CHUNK"]
+__all__ = ["labels_fit", "sparse_rows", "dense_rows", "narrow_max", "NARROW_DENSE_MAX", "CHUNK"]

@@ -18,12 +18,11 @@ import numpy as np
 from xent import _threads
 from xent._dtypes import accumulator
 from xent._fused import _fetch, _narrow, _pool, _rows, _target
-from xent._fused._scale_rows import scale_rows_kernel
 from xent._fused._formats import kernel_view
 from xent._fused._narrow import NARROW_DENSE_MAX, narrow_max
 from xent._fused._stores import StoreChoice
 
-__all__ = ["sparse_rows", "dense_rows", "scale_rows", "PARALLEL_MIN_BYTES"]
+__all__ = ["sparse_rows", "dense_rows", "PARALLEL_MIN_BYTES"]
 
 # Below this much work one thread beats two (a helper thread takes a while to
 # wake). Work is counted in bytes of logits, plus `_ROW_COST_BYTES` per row for
@@ -373,15 +372,3 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
     narrow = c <= NARROW_DENSE_MAX and acc == np.float32 and logits.size >= 2 and y.size >= 2
     _dispatch(_DENSE_KERNELS, narrow, logits, (y,), grad_out, loss, lse, (y, weights))
     return loss, lse
-
-
-def scale_rows(c, g, out):
-    """out = c * g[:, None] for c and out ``[N, C]`` (out may be c) and g ``[N]``, all
-    float32 or all float64 (`xent._fused._scale_rows`): over threads where
-    every thread flushes results below the smallest normal float to 0
-    (x86-64), else on the calling thread alone."""
-    c, g = read_only(c), read_only(g)
-    if _target.is_x86():
-        _run(scale_rows_kernel, c.nbytes, (c, g, out))
-    else:
-        scale_rows_kernel(c, g, out, 0, c.shape[0])
