@@ -58,8 +58,8 @@ def aligned_run(out, lo, hi):
 @njit(**INLINE)
 def line_start(out, j):
     """The largest index k <= j at which out[k] starts a cache line (`_LINE`
-    bytes) of out's memory; j itself when out's elements are not aligned to
-    their own size (then none is streamed)."""
+    bytes) of out's memory, or 0 where none does; j itself when out's
+    elements are not aligned to their own size (then none is streamed)."""
     size = np.uint64(out.itemsize)
     into = (np.uint64(out.ctypes.data) + j * size) % _LINE
     return j if into % size != _U0 else j - min(into // size, j)
@@ -99,7 +99,8 @@ def _stream_block_impl(out, e, y, j, f):
 @njit(**INLINE)
 def _block_start(out, j):
     """The largest index k <= j at which out[k] starts a `STREAM_BYTES` block of
-    out's memory; j itself when out's elements are not aligned to their size."""
+    out's memory, or 0 where none does; j itself when out's elements are not
+    aligned to their size."""
     size = np.uint64(out.itemsize)
     into = (np.uint64(out.ctypes.data) + j * size) % _BYTES
     return j if into % size != _U0 else j - min(into // size, j)
@@ -112,8 +113,11 @@ def _stream_run(out, e, y, factors, lo, hi):
     Where a chunk ends inside a `STREAM_BYTES` block of out (out not aligned
     to one), that block's exps are first scaled in e by their own chunks'
     factors (the products pass B would round), and the block is streamed with
-    a factor of 1, the same bits: so no line is left half streamed and half
-    written by plain stores (each such line cost a read of it from memory).
+    a factor of 1, the same bits: so no line inside a row is left half
+    streamed and half written by plain stores (each such line costs a read of
+    it from memory). A row's first and last lines, and a sparse row's label
+    entry (stored after the row), still take plain stores: about 3 lines in
+    2000 of a 32000-class float32 row.
     """
     lanes = _BYTES // np.uint64(out.itemsize)
     while lo < hi:
