@@ -12,6 +12,7 @@ live here, once:
   - `ulp` and `assert_within_one_ulp`: one unit in the last place of a dtype.
   - `tf_message`: the text of a TensorFlow error without its wrapping.
   - `EXTREME`: logits at the edges (-inf masks, +-1e30, one class, no rows).
+  - `infinite_target_rows`: dense targets of +-inf and NaN, and their float64 truth.
   - `hessian_vector_tf`: TensorFlow's Hessian-vector product of a loss.
 """
 import re
@@ -157,6 +158,45 @@ EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class,
     "one-class": ([[3.0], [4.0]], [0, 0]),
     "empty": (np.zeros((0, 3)), np.zeros(0, np.int64)),
 }
+
+
+# Three entries of a row (logits, dense targets); the rest of the row is -300, target 0.
+_INF, _NAN = np.inf, np.nan
+INFINITE_TARGET_CASES = [
+    ([0, 2, 1], [0, _INF, 0]),          # +inf on the max: +inf (TF's inf * log S)
+    ([0, 2, 1], [0, -_INF, 0]),         # -inf on the max: -inf
+    ([0, 2, 1], [_INF, 0, 0]),          # off the max: +inf
+    ([0, 2, 1], [_INF, -_INF, 0]),      # both signs: NaN
+    ([0, 2, 1], [_INF, 0, _INF]),       # twice: +inf
+    ([-_INF, 2, 1], [_INF, 0, 0]),      # on a -inf logit: inf * inf
+    ([-_INF, 2, 1], [1, _INF, 0]),      # beside a target 1 on a -inf logit: +inf
+    ([-_INF, 2, 1], [-1, _INF, 0]),     # beside a target -1 on a -inf logit: NaN
+    ([-_INF, 2, 1], [0, _INF, 0]),      # beside a target 0 on a -inf logit: NaN
+    ([0, 2, 1], [_NAN, _INF, 0]),       # beside a NaN target: NaN
+    ([-300, 2, -300], [0, _INF, 0]),    # on the max, with S = 1: NaN (TF's inf * 0)
+    ([0, 2, 1], [0.25, 0.5, 0.25]),     # finite
+]
+
+
+def infinite_target_rows(dtype, c):
+    """`INFINITE_TARGET_CASES` as ``[12, c]`` logits and dense targets of `dtype` (each
+    case's three entries spread over the row, the rest -300 with target 0), and
+    the float64 truth: TensorFlow's terms y_j (log S - (x_j - M)), summed (5 NaN,
+    6 infinite, 1 finite), and softmax - y."""
+    at = [0, 1, 2] if c == 3 else [7, c // 2, c - 1]
+    x = np.full((len(INFINITE_TARGET_CASES), c), -300.0)
+    y = np.zeros_like(x)
+    for i, (xs, ys) in enumerate(INFINITE_TARGET_CASES):
+        x[i, at], y[i, at] = xs, ys
+    x, y = x.astype(dtype), y.astype(dtype)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    d = x64 - x64.max(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        log_s = np.log(np.exp(d).sum(axis=1, keepdims=True))
+        loss = (y64 * (log_s - d)).sum(axis=1)
+        grad = np.exp(d - log_s) - y64
+    assert np.isnan(loss).sum() == 5 and np.isinf(loss).sum() == 6
+    return x, y, loss, grad
 
 
 def hessian_vector_tf(tf, logits, labels, u, weights, dense):

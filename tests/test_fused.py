@@ -36,7 +36,7 @@ except ImportError as exc:   # pragma: no cover - depends on the machine
     pytest.skip(f"numba is not installed ({exc}); the fused path is off", allow_module_level=True)
 from xent._fused import _fetch, _formats, _launch, _math, _narrow, _rows, _scale  # noqa: E402
 from xent._fused._stores import StoreChoice  # noqa: E402
-from oracle import dense_scale, label_scale  # noqa: E402
+from oracle import dense_scale, infinite_target_rows, label_scale  # noqa: E402
 
 every_target = pytest.mark.every_target
 
@@ -506,6 +506,24 @@ def test_dense_broadcast_labels_match_reference(rng, labels_shape):
     ref_loss, _ = _kernels.dense_rows(logits, labels, ref_out)
     assert_matches(loss, ref_loss, np.float32, row_scale(logits) * 25, logits_dtype=logits.dtype)
     assert_matches(out, ref_out, np.float32)
+
+
+@every_target
+@pytest.mark.parametrize("c", [3, 100, 5000])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_infinite_and_nan_dense_targets_end_as_tensorflows_terms(dtype, c):
+    """Dense targets of ±inf or NaN give TF's loss, whose terms y_j (log S -
+    (x_j - M)) are ±inf or NaN there: +inf on the row's max, where xent's
+    `lse·Σy - Σ y·(x - M)` met inf * 0 (NaN), -inf, NaN for both signs or
+    beside a target 0 on a ``-inf`` logit or with S = 1; and softmax - y,
+    on the narrow path (3, 100 classes; float64 takes one chunk) and over
+    chunks (5000), loss only,
+    into a buffer (plain and streamed) and in place."""
+    x, y, truth_loss, truth_grad = infinite_target_rows(dtype, c)
+    for loss, _, grad in run_three_ways("dense", x, y):
+        assert_matches(loss, truth_loss, loss.dtype, row_scale(x) * 2, logits_dtype=x.dtype)
+        if grad is not None:
+            assert_matches(grad, truth_grad, dtype)
 
 
 def test_dense_with_no_classes_is_zero_loss_and_minus_inf_lse():

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import xent
-from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, label_scale, row_scale
+from oracle import BF16, FLOAT_IDS, FLOATS, assert_close_to_truth, infinite_target_rows, \
+    label_scale, row_scale
 
 LABEL_DTYPES = [np.dtype(np.int32), np.dtype(np.int64)]
 
@@ -461,6 +462,51 @@ def test_dense_all_minus_inf_row_is_nan_and_other_rows_unaffected(tf, dtype):
     truth = tf_dense(tf, as64(labels), as64(logits))
     assert np.isnan(truth[1]) and np.isnan(got[1].astype(np.float64))
     assert_close_to_truth(got, truth, dtype, row_scale(logits))
+
+
+@pytest.mark.parametrize("classes", [3, 5000])
+@pytest.mark.parametrize("dtype", FLOATS, ids=FLOAT_IDS)
+def test_dense_infinite_and_nan_targets_match_tf(tf, dtype, classes):
+    """Targets of ±inf or NaN (`oracle.infinite_target_rows`): TF's ±inf and NaN
+    losses, its ``inf`` for an infinite target on the row's max among them
+    (``lse·Σy - Σ y·(x - M)`` gave NaN there); the finite row within tolerance."""
+    logits, labels, truth64, _ = infinite_target_rows(dtype, classes)
+    got = np.asarray(xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    truth = tf_dense(tf, as64(labels), as64(logits))
+    np.testing.assert_array_equal(np.isnan(truth), np.isnan(truth64))
+    np.testing.assert_array_equal(truth[np.isinf(truth)], truth64[np.isinf(truth64)])
+    assert_close_to_truth(got, truth, dtype, row_scale(logits))
+    assert got.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_infinite_target_on_the_max_where_s_rounds_to_one_is_tfs(tf, dtype):
+    """An infinite target on the row's max, the other exps below half an ulp
+    of 1 (exp(-17) = 4e-8): in float32 S rounds to 1 and TF gives NaN (inf *
+    log 1); in float64 S stays above 1 and TF gives inf. TF in the inputs'
+    own dtype, as xent computes."""
+    logits = np.array([[0.0, -17.0], [-17.0, 0.0]], dtype)
+    labels = np.array([[np.inf, 0.0], [0.0, -np.inf]], dtype)
+    got = np.asarray(xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    truth = tf_dense(tf, labels, logits).astype(np.float64)
+    assert (np.isnan(truth).all() if dtype == np.float32
+            else (truth == [np.inf, -np.inf]).all()), truth
+    assert_close_to_truth(got, truth, dtype)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_dense_targets_whose_float32_sum_overflows_give_tfs_finite_loss(tf, classes):
+    """Two targets of 2e38 on logits 0, the rest -30 (their float32 sum
+    overflows; each term 2e38 log 2 does not): TF's finite float32 loss,
+    not inf."""
+    logits = np.full((1, classes), -30.0, np.float32)
+    logits[0, [0, -1]] = 0.0
+    labels = np.zeros((1, classes), np.float32)
+    labels[0, [0, -1]] = 2e38
+    got = np.asarray(xent.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    truth = tf_dense(tf, labels, logits).astype(np.float64)
+    assert np.isfinite(truth).all()
+    assert_close_to_truth(got, truth, np.float32)
 
 
 def huge_rows(dtype):

@@ -133,7 +133,17 @@ def dense_rows(logits, labels, grad_out=None, weights=None):
         log_sum = np.log(total)
         # sum_j y_j (log S - shifted_j), with log S (float64) kept out of the
         # float32 sums: a confident row's loss is log S itself.
-        loss[rows] = log_sum * y.sum(axis=1) - np.sum(y * shifted, axis=1)
+        y_sum = y.sum(axis=1)
+        loss[rows] = log_sum * y_sum - np.sum(y * shifted, axis=1)
+        infinite = ~np.isfinite(y_sum)
+        if infinite.any():
+            # Infinite or NaN targets: TF's terms one by one, where the sums
+            # would meet inf * 0 (an infinite target on the max: inf, not
+            # NaN), with log S of S rounded to the accumulator, as TF's (0
+            # where S rounds to 1: NaN there, as TF's inf * 0).
+            log_s = np.log(total[infinite].astype(acc)).astype(np.float64)
+            loss[rows][infinite] = np.sum(y[infinite] * (log_s[:, None] - shifted[infinite]),
+                                          axis=1)
         lse[rows] = m[:, 0] + log_sum
         if grad_out is not None:
             e /= total.astype(acc)[:, None]

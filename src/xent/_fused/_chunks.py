@@ -47,7 +47,7 @@ from xent._fused._options import FAST, INLINE
 from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
-           "below_max", "counted_sum"]
+           "below_max", "counted_sum", "infinite_terms", "infinite_loss"]
 
 _U0, _U1 = np.uint64(0), np.uint64(1)
 # How far (in logits) a chunk's max may exceed its shift; a chunk whose max
@@ -225,6 +225,38 @@ def _chunk_targets(x, y, lo, hi, shift):
     return sy, syx
 
 
+@njit(**INLINE)
+def infinite_terms(x, y, lo, hi, sy):
+    """(end, under) over [lo, hi), for targets whose sum sy is not finite.
+
+    TensorFlow's loss is sum_j y_j (log S - (x_j - M)), whose factors
+    log S - (x_j - M) are >= 0. A term is infinite or NaN, whatever M and S,
+    where y_j is (y_j infinite: ±inf, NaN at the one place where the factor is
+    0: x_j = M and S = 1, `infinite_loss`), or where x_j is ``-inf``
+    (sign(y_j) inf; NaN for y_j = 0). `end` is the sum of those terms (``+inf``
+    and ``-inf`` make NaN) and `under` the largest logit under a non-finite
+    target. The sums of the finite terms cannot change such a loss, and
+    ``lse·Σy - Σ y·(x - M)`` would meet ``inf·0`` (NaN where TF has ±inf).
+    With no such term (finite targets whose sum overflowed the chunk's
+    float32 sum: two near float32's max), end is sy: the loss is then inf, as
+    before, where TF's float32 terms may stay finite.
+    """
+    end = like(0.0, sy)
+    under = like(-np.inf, sy)
+    for j in range(lo, hi):
+        yj = like(load(y, j), sy)
+        xj = like(load(x, j), sy)
+        if not is_finite(yj):
+            end += yj
+            if xj > under:
+                under = xj
+        elif xj == -np.inf:
+            end += yj * like(np.inf, sy) if yj != 0 else like(np.nan, sy)
+    if end == 0:
+        end = sy
+    return end, under
+
+
 def _targets(x, y, lo, hi, shift):
     """`_chunk_targets`, or two zeros when y is None (numba only)."""
 
@@ -242,6 +274,30 @@ def _targets_impl(x, y, lo, hi, shift):
     return sums
 
 
+def _ended(x, y, lo, hi, sy, syx):
+    """(sy, syx) as they are, or `infinite_terms`' (end, under) where sy is not
+    finite (numba only; nothing with sparse labels, y None).
+
+    Apart from `_targets` on purpose: LLVM inlines that overload into the
+    kernels only while it stays small. Holding this loop too, it became a
+    function of its own, compiled once per process with flags taken from its
+    first caller, and the targets' sums rounded as that compile did: kernels
+    compiled by processes with different histories (numba's disk cache)
+    gave losses 1 ulp apart. This one does no arithmetic on finite sums."""
+
+
+@overload(_ended)
+def _ended_impl(x, y, lo, hi, sy, syx):
+    if isinstance(y, types.NoneType):
+        return lambda x, y, lo, hi, sy, syx: (sy, syx)
+
+    def ended(x, y, lo, hi, sy, syx):
+        if is_finite(sy):
+            return sy, syx
+        return infinite_terms(x, y, lo, hi, sy)
+    return ended
+
+
 @njit(**INLINE)
 def _one_sweep(x, y, e, save, lo, hi, top, pending, fetching):
     """(ok, max, shift, sum, NaN (its sum below the max, not kept here), sum of
@@ -256,6 +312,7 @@ def _one_sweep(x, y, e, save, lo, hi, top, pending, fetching):
     shift = sweep_shift(x, y, k)
     if abs(shift - np.float64(top)) <= SHIFT_SLACK:
         sy, syx = _targets(x, y, lo, hi, top)   # before e, which may be x, is written
+        sy, syx = _ended(x, y, lo, hi, sy, syx)
         m, s = _chunk_max_exps(x, y, e, save, lo, hi, k, pending, fetching)
         if m <= top + SHIFT_SLACK and is_finite(s):
             return True, m, shift, s, like(np.nan, s), sy, syx
@@ -287,12 +344,14 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending, fetching):
     if m == -np.inf:
         zero = like(0.0, m)
         sy, syx = _targets(x, y, lo, hi, zero)
+        sy, syx = _ended(x, y, lo, hi, sy, syx)
         _zero(e, lo, hi)
         return m, -np.inf, zero, zero, sy, syx
     if not is_finite(m):
         nan = like(np.nan, m)
         return nan, np.nan, nan, nan, nan, nan
     sy, syx = _targets(x, y, lo, hi, m)
+    sy, syx = _ended(x, y, lo, hi, sy, syx)
     s, below = _chunk_exps(x, y, e, lo, hi, m, pending, fetching)
     return m, np.float64(m), s, below, sy, syx
 
@@ -390,12 +449,38 @@ def combine(x, y, st):
 
 @njit(**INLINE)
 def combine_targets(st, top):
-    """(sum_j y_j, sum_j y_j (x_j - top)) from the per-chunk sums."""
+    """(sum_j y_j, sum_j y_j (x_j - top)) from the per-chunk sums; where a
+    chunk's targets sum to ±inf or NaN, the row's (end, under) instead
+    (`infinite_terms`; for `infinite_loss`): a finite chunk's terms at a
+    ``-inf`` logit are then its non-finite y_j (x_j - t_c), negated."""
     sy = 0.0
     syx = 0.0
+    end, under, infinite = 0.0, -np.inf, False
     for c in range(st.shape[1]):
         sy += st[_YSUM, c]
         syx += st[_YXSUM, c] + (st[_SHIFT, c] - top) * st[_YSUM, c]
+        if not is_finite(st[_YSUM, c]):
+            infinite = True
+            end += st[_YSUM, c]
+            under = max(under, st[_YXSUM, c])
+        elif not is_finite(st[_YXSUM, c]):
+            end -= st[_YXSUM, c]
+    if infinite:
+        return end, under
     return sy, syx
+
+
+@njit(**INLINE)
+def infinite_loss(end, under, top, total, x):
+    """The loss of a row whose targets' sum is not finite, from `infinite_terms`'
+    (end, under), its max M = top and sum of exps S = total: end, or NaN
+    where an infinite target sits on the max and S rounds to 1 in x's
+    accumulator (log S = 0: TF's inf * 0). Where S is within rounding of 1
+    (other exps each below half an ulp of 1, together above it), which of
+    the two TF gives depends on the order it sums in: its float32 running sum
+    can drop each term where xent's float64 S keeps them."""
+    if under == top and like(total, load(x, 0)) == 1.0:
+        return like(np.nan, end)
+    return end
 
 

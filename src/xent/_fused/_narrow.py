@@ -309,13 +309,33 @@ def _narrow_targets(y, r0, rows, ty, ys, first):
 
 
 @njit(**INLINE)
-def _dense_narrow_row(ms, sums, l):
-    """(loss, lse, ok) of lane l: sum_j y_j (lse - x_j); NaN unless the row is finite."""
+def _terms(x, y, top, total, log_s):
+    """sum_j y_j (log S - (x_j - M)) of a row x against targets y, term by term
+    in float64, with log S = 0 where S rounds to 1 in x's accumulator
+    (`xent._fused._chunks.infinite_loss`): TF's ±inf and NaN where targets are
+    infinite or NaN, and its finite loss where their float32 sum overflowed."""
+    if like(total, load(x, 0)) == 1.0:
+        log_s = 0.0
+    loss = 0.0
+    for j in range(x.shape[0]):
+        loss += np.float64(y[j]) * (log_s - (np.float64(load(x, j)) - top))
+    return loss
+
+
+@njit(**INLINE)
+def _dense_narrow_row(x, ty, r, ms, sums, l):
+    """(loss, lse, ok) of row r, in lane l: sum_j y_j (lse - x_j); NaN unless
+    the row is finite. Targets whose float32 sum is not finite (infinite or
+    NaN targets; an overflow) take the loss term by term from the row itself
+    (`_terms`: before the row's gradient is written, which may be over x)."""
     m, s = ms[0, l], sums[0, l]
     if not (is_finite(m) and is_finite(s)):
         return np.float64(np.nan), np.float64(np.nan), False
     log_s = sums[1, l]
-    return log_s * np.float64(ms[3, l]) - np.float64(ms[4, l]), np.float64(m) + log_s, True
+    top = np.float64(m)
+    if not is_finite(ms[3, l]):
+        return _terms(x[r], ty[:, l], top, s, log_s), top + log_s, True
+    return log_s * np.float64(ms[3, l]) - np.float64(ms[4, l]), top + log_s, True
 
 
 @njit(**KERNEL)
@@ -335,7 +355,7 @@ def dense_narrow_loss_rows(x, y, loss, lse, lo, hi):
         _narrow_targets(y, r0, rows, ty, ms, r0 == lo)
         _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
-            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(ms, sums, l)
+            loss[r0 + l], lse[r0 + l], _ = _dense_narrow_row(x, ty, r0 + l, ms, sums, l)
     keep_alive(lanes)
     restore_denormals(word)
 
@@ -360,7 +380,7 @@ def dense_narrow_grad_rows(x, y, weights, out, loss, lse, lo, hi):
         _narrow_block(x, ty, None, flat, r0, rows, t, ms, sums)
         for l in range(rows):
             r = r0 + l
-            loss[r], lse[r], ok = _dense_narrow_row(ms, sums, l)
+            loss[r], lse[r], ok = _dense_narrow_row(x, ty, r, ms, sums, l)
             if not ok:
                 _nan_row(out, r, ms[0, l])
                 continue

@@ -20,10 +20,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from xent._fused._chunks import combine, combine_targets, exp_pass
+from xent._fused._chunks import combine, combine_targets, exp_pass, infinite_loss
 from xent._fused._exps import exp
 from xent._fused._formats import like, load, store
-from xent._fused._llvm import fmuladd, label_loss
+from xent._fused._llvm import fmuladd, is_finite, label_loss
 from xent._fused._math import log_of_sum
 from xent._fused._options import INLINE
 from xent._fused._pass_b import chunk_factor, rescale
@@ -145,8 +145,11 @@ def _dense_row_pass_a(x, y, e, save, st, ahead, fetch, pending):
 @njit(**INLINE)
 def _dense_loss(x, top, total, sy, syx):
     """(loss, lse) of a row from its pass A: sum_j y_j (lse - x_j) = log S sum_j y_j
-    - sum_j y_j (x_j - M), and lse = M + log S."""
+    - sum_j y_j (x_j - M), and lse = M + log S; where sum_j y_j is not finite,
+    (sy, syx) are `combine_targets`' (end, under), and the loss `infinite_loss`'."""
     log_s = _log_total(total, x)
+    if not is_finite(sy):
+        return infinite_loss(sy, syx, top, total, x), top + log_s
     return log_s * sy - syx, top + log_s
 
 
