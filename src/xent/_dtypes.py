@@ -215,20 +215,12 @@ def numbers(x, name):
         raise ValueError(f"Can't convert non-rectangular Python sequence to Tensor: `{name}` "
                          f"must be rectangular (rows of one length); received "
                          f"{_short(x)}") from None
-    if arr.dtype == object and arr.size:
-        _refuse_big_integers(arr, name)
+    if arr.dtype == object and arr.size and all(isinstance(v, (int, np.integer))
+                                                for v in arr.flat):
+        # NumPy holds integers as objects when one is past uint64 (``[2**70, 1]``):
+        # TF's out-of-range ValueError, from the range check of exact integers.
+        _exact_integers(arr, name)
     return check_numbers(arr, name, x)
-
-
-def _refuse_big_integers(arr, name):
-    """TF's ValueError (`_refuse_integers`) where NumPy held integers as objects
-    because one is past uint64 (``[2**70, 1]``): every element an integer,
-    one of them past int64."""
-    values = list(arr.flat)
-    if all(isinstance(v, (int, np.integer)) for v in values):
-        far = [int(v) for v in values if not -2 ** 63 <= int(v) < 2 ** 63]
-        if far:
-            _refuse_integers(far[0], name)
 
 
 def check_numbers(arr, name, given):

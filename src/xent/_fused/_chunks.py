@@ -47,7 +47,7 @@ from xent._fused._options import FAST, INLINE
 from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
-           "below_max", "counted_sum", "infinite_terms", "infinite_loss"]
+           "below_max", "counted_sum", "infinite_terms", "infinite_loss", "s_rounds_to_one"]
 
 _U0, _U1 = np.uint64(0), np.uint64(1)
 # How far (in logits) a chunk's max may exceed its shift; a chunk whose max
@@ -479,8 +479,16 @@ def infinite_loss(end, under, top, total, x):
     (other exps each below half an ulp of 1, together above it), which of
     the two TF gives depends on the order it sums in: its float32 running sum
     can drop each term where xent's float64 S keeps them."""
-    if under == top and like(total, load(x, 0)) == 1.0:
+    if under == top and s_rounds_to_one(total, x):
         return like(np.nan, end)
     return end
+
+
+@njit(**INLINE)
+def s_rounds_to_one(total, x):
+    """Whether a row's sum of exps `total` (float64) is 1 in the accumulator of
+    logits x (a row), as TF's float32 S is: its log S is then 0, and an
+    infinite target on the row's max makes TF's ``inf * 0``."""
+    return like(total, load(x, 0)) == 1.0
 
 

@@ -36,7 +36,7 @@ from numba.extending import overload
 
 from xent._fused import _target
 from xent._fused._borrow import borrowed, keep_alive
-from xent._fused._chunks import below_max, counted_sum
+from xent._fused._chunks import below_max, counted_sum, s_rounds_to_one
 from xent._fused._exps import exp_of
 from xent._fused._formats import like, load, store, store_finite
 from xent._fused._lanes import LANES, lane_scratch, transpose
@@ -312,9 +312,9 @@ def _narrow_targets(y, r0, rows, ty, ys, first):
 def _terms(x, y, top, total, log_s):
     """sum_j y_j (log S - (x_j - M)) of a row x against targets y, term by term
     in float64, with log S = 0 where S rounds to 1 in x's accumulator
-    (`xent._fused._chunks.infinite_loss`): TF's ±inf and NaN where targets are
+    (`xent._fused._chunks.s_rounds_to_one`): TF's ±inf and NaN where targets are
     infinite or NaN, and its finite loss where their float32 sum overflowed."""
-    if like(total, load(x, 0)) == 1.0:
+    if s_rounds_to_one(total, x):
         log_s = 0.0
     loss = 0.0
     for j in range(x.shape[0]):
