@@ -20,7 +20,7 @@ import numpy as np
 import numba
 import pytest
 
-from object_symbols import undefined_symbols
+from object_symbols import defined_functions, undefined_symbols
 from test_fused import FLOATS, run_three_ways
 from xent._fused import _labels, _math, _narrow, _rows, _target
 
@@ -35,12 +35,12 @@ ALLOWED_PREFIXES = ("NRT_", "numba_", "Py", "_Py", "printf_format")
 def compile_every_kernel():
     """Call each fused kernel once per dtype, so that it is compiled (or loaded
     from numba's cache) in this process: sparse and dense; loss, gradient into
-    a buffer and over the logits; 10 classes (the narrow kernels) and 100 (the
-    chunk kernels). Threads run the same row kernels (`xent._fused._pool`).
+    a buffer and over the logits; 10 classes (the narrow kernels) and 300 (the
+    chunk kernels: integer labels take the narrow ones up to 128). Threads run the same row kernels (`xent._fused._pool`).
     Cheap where tests/test_fused.py has run."""
     rng = np.random.default_rng(0)
     for dtype in FLOATS:
-        for width in (10, 100):
+        for width in (10, 300):
             logits = rng.standard_normal((8, width)).astype(dtype)
             run_three_ways("sparse", logits, rng.integers(0, width, 8))
             run_three_ways("dense", logits, np.full((8, width), 1 / width, dtype))
@@ -109,6 +109,34 @@ def test_compiled_kernels_call_no_external_symbol():
         bad = forbidden(symbols)
         if bad:
             offenders[name] = sorted(bad)
+    assert not offenders, f"compiled for {_target.isa()}, kernels call {offenders}"
+
+
+def helpers_left_called(object_code, mangled, namespace):
+    """The functions of `namespace` (a mangled module path, such as
+    ``4xent6_fused``) that the object of the function mangled `mangled`
+    defines besides that function and its wrappers: helpers LLVM did not
+    inline, left called."""
+    own = mangled.removeprefix("_ZN")
+    return {name for name in defined_functions(object_code) if namespace in name and own not in name}
+
+
+def test_kernels_call_no_helper_of_xents():
+    """No kernel calls a helper: each typed overload and each exp of
+    `xent._fused._math` is marked for LLVM to inline (`_options.LLVM_INLINE`).
+    Whether LLVM inlined one, left to its judgement, hung on what the process
+    had compiled before, and a loop of calls rounded its sum unlike the
+    inlined loop: kernels from one disk cache, compiled by processes with
+    different histories, gave losses 1 ulp apart (sessions 31 and 32)."""
+    compile_every_kernel()
+    offenders = {}
+    for name, dispatcher, signature in compiled_kernels():
+        if dispatcher.__module__ == _math.__name__:   # (the exps themselves)
+            continue
+        mangled = dispatcher.overloads[signature].fndesc.mangled_name
+        left = helpers_left_called(object_code(dispatcher, signature), mangled, "4xent6_fused")
+        if left:
+            offenders[name] = sorted(left)
     assert not offenders, f"compiled for {_target.isa()}, kernels call {offenders}"
 
 
@@ -200,3 +228,45 @@ def test_a_numba_function_needs_only_allowed_symbols_in_each_format(triple):
 def test_the_object_reader_refuses_what_it_cannot_read():
     with pytest.raises(ValueError, match="not an object file"):
         undefined_symbols(b"#!/bin/sh\n")
+
+
+@numba.njit(cache=False, _dbg_optnone=True)
+def _never_inlined(x):
+    """A helper LLVM may not inline (optnone)."""
+    return x * 2.0
+
+
+@numba.njit(cache=False)
+def _calls_a_helper(x):
+    return _never_inlined(x) + 1.0
+
+
+@numba.njit(cache=False)
+def _small(x):
+    """A helper LLVM inlines."""
+    return x * 3.0
+
+
+@numba.njit(cache=False)
+def _inlines_a_helper(x):
+    return _small(x) + 1.0
+
+
+@pytest.mark.parametrize("triple", TRIPLES)
+def test_the_helper_check_finds_a_helper_left_called(triple):
+    """In each object format, `helpers_left_called` names a helper left called and
+    nothing for a helper LLVM inlined."""
+    import llvmlite.binding as llvm
+
+    found = {}
+    for function in (_calls_a_helper, _inlines_a_helper):
+        function(1.5)
+        compiled = function.overloads[function.signatures[0]]
+        module = llvm.parse_assembly(str(compiled.library._final_module))
+        module.triple = triple
+        found[function.__name__] = helpers_left_called(
+            _machine(triple).emit_object(module), compiled.fndesc.mangled_name,
+            "19test_kernel_symbols")
+    assert [name.removeprefix("_") for name in found["_calls_a_helper"]] == [
+        _never_inlined.overloads[_never_inlined.signatures[0]].fndesc.mangled_name.removeprefix("_")]
+    assert found["_inlines_a_helper"] == set()

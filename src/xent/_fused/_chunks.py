@@ -43,7 +43,7 @@ from xent._fused._fetch import fetch_ahead
 from xent._fused._llvm import is_finite, max_finite, maximum, mul_exact, round_by_sum, \
     vectorise_wide
 from xent._fused._math import exp64
-from xent._fused._options import FAST, INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 from xent._fused._stream import stream_to
 
 __all__ = ["CHUNK", "STATS", "SHIFT", "chunk_stats", "exp_pass", "combine", "combine_targets",
@@ -74,7 +74,7 @@ def keep(a, j, value):
     """a[j] = value unless a is None (numba only): the optional stores of the sweeps."""
 
 
-@overload(keep)
+@overload(keep, jit_options=LLVM_INLINE)
 def _keep_impl(a, j, value):
     if isinstance(a, types.NoneType):
         return lambda a, j, value: None
@@ -142,14 +142,14 @@ def counted_sum(x, s, below):
     logits (`below_max`) (numba only)."""
 
 
-@overload(below_max, jit_options={"fastmath": FAST})
+@overload(below_max, jit_options=LLVM_INLINE)
 def _below_max_impl(x, v, d):
     if x.dtype == types.float64:
         return lambda x, v, d: like(0.0, v)
     return lambda x, v, d: v if d < like(0.0, d) else like(0.0, v)
 
 
-@overload(counted_sum)
+@overload(counted_sum, jit_options=LLVM_INLINE)
 def _counted_sum_impl(x, s, below):
     if x.dtype == types.float64:
         return lambda x, s, below: s
@@ -201,7 +201,7 @@ def _restore(x, save, lo, hi):
     """x[lo:hi] = save[:hi - lo] unless save is None (numba only)."""
 
 
-@overload(_restore)
+@overload(_restore, jit_options=LLVM_INLINE)
 def _restore_impl(x, save, lo, hi):
     if isinstance(save, types.NoneType):
         return lambda x, save, lo, hi: None
@@ -261,7 +261,7 @@ def _targets(x, y, lo, hi, shift):
     """`_chunk_targets`, or two zeros when y is None (numba only)."""
 
 
-@overload(_targets)
+@overload(_targets, jit_options=LLVM_INLINE)
 def _targets_impl(x, y, lo, hi, shift):
     if isinstance(y, types.NoneType):
         def zeros(x, y, lo, hi, shift):
@@ -278,15 +278,13 @@ def _ended(x, y, lo, hi, sy, syx):
     """(sy, syx) as they are, or `infinite_terms`' (end, under) where sy is not
     finite (numba only; nothing with sparse labels, y None).
 
-    Apart from `_targets` on purpose: LLVM inlines that overload into the
-    kernels only while it stays small. Holding this loop too, it became a
-    function of its own, compiled once per process with flags taken from its
-    first caller, and the targets' sums rounded as that compile did: kernels
-    compiled by processes with different histories (numba's disk cache)
-    gave losses 1 ulp apart. This one does no arithmetic on finite sums."""
+    Apart from `_targets`, and after it: a cold branch that does no
+    arithmetic on finite sums. (Holding this loop, `_targets` was once left
+    uninlined by LLVM, and kernels compiled by processes with different
+    histories gave losses 1 ulp apart: `xent._fused._options.LLVM_INLINE`.)"""
 
 
-@overload(_ended)
+@overload(_ended, jit_options=LLVM_INLINE)
 def _ended_impl(x, y, lo, hi, sy, syx):
     if isinstance(y, types.NoneType):
         return lambda x, y, lo, hi, sy, syx: (sy, syx)
@@ -369,7 +367,7 @@ def _keep_targets(st, c, y, sy, syx):
     """st[_YSUM, c], st[_YXSUM, c] = sy, syx unless y is None (numba only)."""
 
 
-@overload(_keep_targets)
+@overload(_keep_targets, jit_options=LLVM_INLINE)
 def _keep_targets_impl(st, c, y, sy, syx):
     if isinstance(y, types.NoneType):
         return lambda st, c, y, sy, syx: None

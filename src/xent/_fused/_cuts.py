@@ -19,6 +19,8 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from xent._fused._options import LLVM_INLINE
+
 __all__ = ["CHUNK", "PIECE", "piece_of"]
 
 CHUNK = np.uint64(2048)
@@ -33,7 +35,7 @@ def piece_of(x):
     `CHUNK` for half precision (numba only)."""
 
 
-@overload(piece_of)
+@overload(piece_of, jit_options=LLVM_INLINE)
 def _piece_of_impl(x):
     step = PIECE if x.dtype in (types.float32, types.float64) else CHUNK
     return lambda x: step

@@ -18,7 +18,7 @@ from numba.extending import overload
 from xent._fused._formats import like
 from xent._fused._llvm import fmuladd
 from xent._fused._math import LOG2E32, exp2_half, exp32, exp64, exp_half
-from xent._fused._options import FAST
+from xent._fused._options import LLVM_INLINE
 
 __all__ = ["exp", "exp_of", "is_cheap_sparse", "sweep_k", "sweep_shift", "sweep_exp"]
 
@@ -40,14 +40,14 @@ def is_cheap_sparse(a, y):
     return a.dtype == types.uint16 and isinstance(y, types.NoneType)
 
 
-@overload(exp, jit_options={"fastmath": FAST})
+@overload(exp, jit_options=LLVM_INLINE)
 def _exp_impl(x):
     if x == types.float32:
         return lambda x: exp32(x)
     return lambda x: exp64(x)
 
 
-@overload(exp_of, jit_options={"fastmath": FAST})
+@overload(exp_of, jit_options=LLVM_INLINE)
 def _exp_of_impl(a, y, x):
     if is_cheap_sparse(a, y):
         return lambda a, y, x: exp_half(x)
@@ -78,21 +78,21 @@ def sweep_exp(a, y, v, k):
     """The one-sweep loop's exp(v - shift) for a logit v of `a`, under constant k (numba only)."""
 
 
-@overload(sweep_k)
+@overload(sweep_k, jit_options=LLVM_INLINE)
 def _sweep_k_impl(a, y, shift):
     if is_cheap_sparse(a, y):
         return lambda a, y, shift: np.float32(-np.float64(shift) * _LOG2E32_AS_64)
     return lambda a, y, shift: shift
 
 
-@overload(sweep_shift)
+@overload(sweep_shift, jit_options=LLVM_INLINE)
 def _sweep_shift_impl(a, y, k):
     if is_cheap_sparse(a, y):
         return lambda a, y, k: -np.float64(k) / _LOG2E32_AS_64
     return lambda a, y, k: np.float64(k)
 
 
-@overload(sweep_exp, jit_options={"fastmath": FAST})
+@overload(sweep_exp, jit_options=LLVM_INLINE)
 def _sweep_exp_impl(a, y, v, k):
     if is_cheap_sparse(a, y):
         return lambda a, y, v, k: exp2_half(fmuladd(v, LOG2E32, k))

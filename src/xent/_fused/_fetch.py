@@ -27,7 +27,7 @@ from numba.extending import overload
 
 from xent._fused._formats import HALF_FORMATS
 from xent._fused._llvm import prefetch
-from xent._fused._options import INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 
 __all__ = ["FETCH_BYTES", "FETCH_LOGITS", "FETCH_TARGETS", "fetch_ahead",
            "prefetch_half_chunk"]
@@ -72,7 +72,7 @@ def _fetch_targets(y, ahead, lo, hi):
     hardware (`ahead` None) (numba only)."""
 
 
-@overload(_fetch_targets)
+@overload(_fetch_targets, jit_options=LLVM_INLINE)
 def _fetch_targets_impl(y, ahead, lo, hi):
     if isinstance(y, types.NoneType) or isinstance(ahead, types.NoneType):
         return lambda y, ahead, lo, hi: None
@@ -106,7 +106,7 @@ def prefetch_half_chunk(ahead, lo, hi):
     """
 
 
-@overload(prefetch_half_chunk)
+@overload(prefetch_half_chunk, jit_options=LLVM_INLINE)
 def _prefetch_half_chunk_impl(ahead, lo, hi):
     if isinstance(ahead, types.NoneType) or ahead.dtype not in HALF_FORMATS:
         return lambda ahead, lo, hi: None

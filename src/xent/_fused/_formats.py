@@ -26,6 +26,7 @@ from numba.extending import intrinsic, overload
 
 from xent._fused import _target
 from xent._fused._llvm import call_llvm, close_loop, open_loop, splat
+from xent._fused._options import LLVM_INLINE
 
 __all__ = ["kernel_view", "load", "store", "store_finite", "like", "tiny", "bf16_to_f32",
            "f32_to_bf16", "finite_to_bf16", "f16_to_f32", "f32_to_f16", "scale_to_bf16",
@@ -183,7 +184,7 @@ def tiny(value):
     """The smallest normal float of `value`'s type, as a float64 (numba only)."""
 
 
-@overload(load)
+@overload(load, jit_options=LLVM_INLINE)
 def _load_impl(a, j):
     if a.dtype == types.uint16:
         return lambda a, j: bf16_to_f32(a[j])
@@ -199,7 +200,7 @@ def _bf16_store(convert):
     return store_bf16
 
 
-@overload(store)
+@overload(store, jit_options=LLVM_INLINE)
 def _store_impl(a, j, value):
     if a.dtype == types.uint16:
         return _bf16_store(f32_to_bf16)
@@ -213,21 +214,21 @@ def _store_impl(a, j, value):
     return store_float
 
 
-@overload(store_finite)
+@overload(store_finite, jit_options=LLVM_INLINE)
 def _store_finite_impl(a, j, value):
     if a.dtype == types.uint16:
         return _bf16_store(finite_to_bf16)
     return lambda a, j, value: store(a, j, value)
 
 
-@overload(like)
+@overload(like, jit_options=LLVM_INLINE)
 def _like_impl(value, ref):
     if ref == types.float32:
         return lambda value, ref: np.float32(value)
     return lambda value, ref: np.float64(value)
 
 
-@overload(tiny)
+@overload(tiny, jit_options=LLVM_INLINE)
 def _tiny_impl(value):
     smallest = 2.0 ** -1022 if value == types.float64 else 2.0 ** -126
     return lambda value: smallest

@@ -17,7 +17,7 @@ from numba.extending import intrinsic, overload
 from xent._fused import _target
 from xent._fused._formats import hardware_half, load
 from xent._fused._llvm import call_llvm, close_loop, max_finite, open_loop, splat
-from xent._fused._options import INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 
 __all__ = ["LANES", "lane_scratch", "transpose"]
 
@@ -28,7 +28,7 @@ def lane_scratch(rows, dtype):
     """A ``[rows, 16]`` scratch of `dtype`, a row of values per vector lane (numba only)."""
 
 
-@overload(lane_scratch)
+@overload(lane_scratch, jit_options=LLVM_INLINE)
 def _lane_scratch_impl(rows, dtype):
     return lambda rows, dtype: np.empty((rows, LANES), dtype)
 

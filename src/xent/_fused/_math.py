@@ -47,7 +47,7 @@ from numba.extending import overload
 from xent._fused import _target
 from xent._fused._llvm import floor_at, fma, fmuladd, ldexp, lrint, mul_exact, round_by_sum, \
     round_scale, scale_by_bits, split_exponent
-from xent._fused._options import CALLED, FAST, INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 
 __all__ = ["exp32", "exp_half", "exp2_half", "exp64", "log_of_sum", "FLOOR32", "LOG2E32"]
 
@@ -122,7 +122,7 @@ def reduce32(x, n):
     """x - n ln 2 for float32 x and an integral float32 n, to an ulp (numba only)."""
 
 
-@overload(round_int)
+@overload(round_int, jit_options=LLVM_INLINE)
 def _round_int_impl(t):
     if _target.lowers_natively(_target.LRINT_PROBE):
         return lambda t: lrint(t)
@@ -132,7 +132,7 @@ def _round_int_impl(t):
 # float64 keeps ``llvm.ldexp`` on AVX-512: `scale_by_bits` took unmasked
 # float64 rows from 0.40 to 0.46 ns a logit on the Intel Xeon (and masked
 # ones, floored at -746 then, stayed slow: its last product underflowed).
-@overload(times_pow2)
+@overload(times_pow2, jit_options=LLVM_INLINE)
 def _times_pow2_impl(p, n):
     if p != types.float64:
         return None
@@ -141,14 +141,14 @@ def _times_pow2_impl(p, n):
     return lambda p, n: scale_by_bits(p, n, _BIAS64)   # (float32: `round_scale`, in `_exp32_floored` and `_exp2_half_floored`)
 
 
-@overload(_floor64)
+@overload(_floor64, jit_options=LLVM_INLINE)
 def _floor64_impl(x):
     if _target.vector_ldexp():
         return lambda x: _FLOOR64_SCALEF
     return lambda x: _FLOOR64_BITS
 
 
-@overload(reduce32, jit_options={"fastmath": FAST})
+@overload(reduce32, jit_options=LLVM_INLINE)
 def _reduce32_impl(x, n):
     if _target.lowers_natively(_target.FMA_PROBE):
         return lambda x, n: fma(-n, _LN2_32, x)
@@ -165,7 +165,7 @@ def _exp2_half_floored(t):
     """`exp2_half` of a t already floored at log2(e) `FLOOR32` (numba only)."""
 
 
-@overload(_exp32_floored, jit_options={"fastmath": FAST})
+@overload(_exp32_floored, jit_options=LLVM_INLINE)
 def _exp32_floored_impl(x):
     # Against `round_int` and `scale_by_bits` (two conversions, an integer add
     # and two multiplies; one constant more, where AVX2's 16 registers already
@@ -182,7 +182,7 @@ def _exp32_floored_impl(x):
     return by_bits
 
 
-@overload(_exp2_half_floored, jit_options={"fastmath": FAST})
+@overload(_exp2_half_floored, jit_options=LLVM_INLINE)
 def _exp2_half_floored_impl(t):
     def by_bits(t):
         n, scale = round_scale(t, _F32(1.0), _MAGIC32)
@@ -191,7 +191,7 @@ def _exp2_half_floored_impl(t):
     return by_bits
 
 
-@njit(**CALLED)
+@njit(**LLVM_INLINE)
 def exp32(x):
     """exp(x) for float32 ``x <= 16`` (and ``-inf``: 0; NaN: NaN).
 
@@ -207,7 +207,7 @@ def exp32(x):
     return _exp32_floored(floor_at(FLOOR32, x))
 
 
-@njit(**CALLED)
+@njit(**LLVM_INLINE)
 def exp2_half(t):
     """2**t for float32 t to 1e-4 (and ``-inf``: 0; NaN: NaN): `exp_half`'s core.
 
@@ -217,7 +217,7 @@ def exp2_half(t):
     return _exp2_half_floored(floor_at(_FLOOR_T32, t))
 
 
-@njit(**CALLED)
+@njit(**LLVM_INLINE)
 def exp_half(x):
     """exp(x) for float32 ``x <= 16`` (or ``-inf``, NaN) to 1e-4, for half-precision logits.
 
@@ -227,7 +227,7 @@ def exp_half(x):
     return exp2_half(x * LOG2E32)
 
 
-@njit(**CALLED)
+@njit(**LLVM_INLINE)
 def exp64(x):
     """exp(x) for float64 ``x <= 16``, ``-inf`` or NaN, as `exp32` with a longer series
     (and ln 2 always in two steps: float64 needs them even with FMA)."""

@@ -43,7 +43,7 @@ from xent._fused._lanes import LANES, lane_scratch, transpose
 from xent._fused._llvm import flush_denormals, is_finite, label_loss, mul_exact, \
     restore_denormals, vectorise_wide
 from xent._fused._math import log_of_sum
-from xent._fused._options import FAST, INLINE, KERNEL
+from xent._fused._options import FAST, INLINE, KERNEL, LLVM_INLINE
 from xent._fused._one_row import label_entry
 from xent._fused._rows import weight
 
@@ -93,7 +93,7 @@ def _lane_targets(ty, ms, j, l, d):
     """ms[3, l] += y; ms[4, l] += y d for y = ty[j, l], unless ty is None (numba only)."""
 
 
-@overload(_lane_targets)
+@overload(_lane_targets, jit_options=LLVM_INLINE)
 def _lane_targets_impl(ty, ms, j, l, d):
     if isinstance(ty, types.NoneType):
         return lambda ty, ms, j, l, d: None

@@ -25,7 +25,7 @@ from xent._fused._exps import exp
 from xent._fused._formats import like, load, store
 from xent._fused._llvm import fmuladd, is_finite, label_loss
 from xent._fused._math import log_of_sum
-from xent._fused._options import INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 from xent._fused._pass_b import chunk_factor, rescale
 from xent._fused._scale import fill_nan
 
@@ -40,7 +40,7 @@ def _log_total(total, x):
     loss on rows of 100 classes (AMD Zen 4)."""
 
 
-@overload(_log_total)
+@overload(_log_total, jit_options=LLVM_INLINE)
 def _log_total_impl(total, x):
     if x.dtype == types.float64:
         return lambda total, x: np.log(total)

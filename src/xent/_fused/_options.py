@@ -37,15 +37,23 @@ FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 KERNEL = {"fastmath": FAST, "error_model": "numpy", "nogil": True, "cache": can_cache(),
           "pipeline_class": KernelCompiler}
 # Helpers: inlined into the kernels by numba, so that LLVM sees one loop.
-# Typed overloads (``@overload``) are not, but one (`_lanes.transpose`,
-# which LLVM left a call): each is compiled once per signature and LLVM
-# inlines it (read in the assembly: no kernel calls one).
+# Typed overloads (``@overload``) are not, but three (`_lanes.transpose`,
+# which LLVM left a call, and two in `_narrow`): see `LLVM_INLINE`.
 # numba's own inlining deep-copies a helper's whole variable scope for each of
 # its blocks; left to LLVM, the overloads cut a cold float32 loss+gradient
 # call from 8.8-9.5 s to 6.7-7.9 s, and compiling every kernel by 9%, with the
 # same kernel speed (AMD Zen 3).
 INLINE = {"fastmath": FAST, "error_model": "numpy", "inline": "always"}
-# Scalar helpers: compiled once per signature as functions of their own,
-# which LLVM inlines into the kernels' loops (numba's own inlining copies
-# their IR at every call site, which dominates compile time).
-CALLED = {"fastmath": FAST, "error_model": "numpy"}
+# Typed overloads but those three, and the scalar exps of `_math`: compiled
+# once per signature and process as functions of their own (numba's own
+# inlining would copy their IR at every call site, which dominates compile
+# time), each marked for LLVM to inline into every caller (``forceinline``).
+# Left to LLVM's judgement, whether a kernel inlined one hung on what the
+# process had compiled before, and the same sum came out of an inlined loop
+# and a loop of calls rounded differently: kernels loaded from one disk
+# cache by processes with different histories gave float32 dense losses 1
+# ulp apart (`_chunks._targets`, session 31), and, compiled for the SSE2
+# baseline after every other dtype, the float64 streamed kernel's lse was 1
+# ulp off the other kernels' (a call to `_math.exp64` left in; session 32).
+# Read in tests/test_kernel_symbols.py: no kernel calls a helper of xent's.
+LLVM_INLINE = {"fastmath": FAST, "error_model": "numpy", "forceinline": True}

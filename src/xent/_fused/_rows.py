@@ -16,7 +16,7 @@ from xent._fused._chunks import CHUNK, chunk_stats
 from xent._fused._llvm import flush_denormals, restore_denormals, store_fence, vectorise_wide
 from xent._fused._one_row import dense_row_grad, dense_row_grad_later, dense_row_loss, \
     sparse_row_grad, sparse_row_grad_later, sparse_row_loss
-from xent._fused._options import INLINE, KERNEL
+from xent._fused._options import INLINE, KERNEL, LLVM_INLINE
 from xent._fused._scale import fill_nan
 from xent._fused._stream import stream_to
 
@@ -49,21 +49,21 @@ def _holds_accumulator(out, x):
 
 # These return arrays, and are left to LLVM to inline: numba's own IR
 # inliner lost a store through the returned row here (the label's gradient).
-@overload(_exp_scratch)
+@overload(_exp_scratch, jit_options=LLVM_INLINE)
 def _exp_scratch_impl(x, out):
     if _holds_accumulator(out, x):
         return lambda x, out: np.empty(0, np.float32)
     return lambda x, out: np.empty(x.shape[1], np.float32)
 
 
-@overload(_exp_row)
+@overload(_exp_row, jit_options=LLVM_INLINE)
 def _exp_row_impl(out_row, scratch):
     if out_row.dtype in (types.float32, types.float64):
         return lambda out_row, scratch: out_row
     return lambda out_row, scratch: scratch
 
 
-@overload(_save_chunk)
+@overload(_save_chunk, jit_options=LLVM_INLINE)
 def _save_chunk_impl(x):
     if x.dtype in (types.float32, types.float64):
         dtype = np.float64 if x.dtype == types.float64 else np.float32

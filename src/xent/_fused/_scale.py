@@ -14,7 +14,7 @@ from numba.extending import overload
 from xent._fused._formats import hardware_bf16, like, load, scale_to_bf16, store, store_finite, \
     tiny
 from xent._fused._llvm import mul_exact
-from xent._fused._options import INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 
 __all__ = ["scale_entries", "fill_nan"]
 
@@ -31,7 +31,7 @@ def _hardware_rounded(e, y, out, lo, hi, f):
     (lo when none were done or all must be redone; numba only)."""
 
 
-@overload(_hardware_rounded)
+@overload(_hardware_rounded, jit_options=LLVM_INLINE)
 def _hardware_rounded_impl(e, y, out, lo, hi, f):
     if not (out.dtype == types.uint16 and e.dtype == types.float32
             and isinstance(y, types.NoneType) and hardware_bf16()):
@@ -53,7 +53,7 @@ def _finish_entry(out, y, j, p):
     however LLVM contracts the rest."""
 
 
-@overload(_finish_entry)
+@overload(_finish_entry, jit_options=LLVM_INLINE)
 def _finish_entry_impl(out, y, j, p):
     if isinstance(y, types.NoneType):
         return lambda out, y, j, p: store_finite(out, j, p)

@@ -31,7 +31,7 @@ from numba.extending import overload
 from xent._fused._cuts import CHUNK
 from xent._fused._formats import like, tiny
 from xent._fused._llvm import STREAM_BYTES, stream_scaled, stream_scaled_less, vectorise_wide
-from xent._fused._options import INLINE
+from xent._fused._options import INLINE, LLVM_INLINE
 from xent._fused._scale import scale_entries
 
 __all__ = ["stream_to", "aligned_run"]
@@ -89,7 +89,7 @@ def _stream_block(out, e, y, j, f):
     with dense targets y = (row, w) (numba only)."""
 
 
-@overload(_stream_block)
+@overload(_stream_block, jit_options=LLVM_INLINE)
 def _stream_block_impl(out, e, y, j, f):
     if isinstance(y, types.NoneType):
         return lambda out, e, y, j, f: stream_scaled(out, e, j, f)
@@ -150,7 +150,7 @@ def stream_to(pending, hi):
     """
 
 
-@overload(stream_to)
+@overload(stream_to, jit_options=LLVM_INLINE)
 def _stream_to_impl(pending, hi):
     if isinstance(pending, types.NoneType):
         return lambda pending, hi: None
