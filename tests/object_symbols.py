@@ -1,7 +1,8 @@
 """The symbols of an object file: what a JIT must provide to load it, and what it defines.
 
-numba keeps each cached kernel's machine code as an object file (ELF on
-Linux, Mach-O on macOS, COFF on Windows), in its disk cache and, for a kernel
+numba keeps each cached kernel's machine code as an object file (ELF, but
+Mach-O on macOS: on Windows numba's JIT code model asks LLVM for ELF; the
+COFF reader serves the tests' probes), in its disk cache and, for a kernel
 compiled in this process, in the kernel's code library. A symbol the object
 uses but does not define must be found when the JIT links it; one the JIT
 lacks (``__truncsfbf2``) aborts the process. The functions it defines are the
@@ -60,6 +61,8 @@ def _macho64(data):
         elif command == 2:
             symtab = struct.unpack_from("<IIII", data, at + 8)
         at += size
+    if symtab is None:
+        return
     symbols, count, strings, _ = symtab
     for i in range(count):
         name, kind, section, _, value = struct.unpack_from("<IBBHQ", data, symbols + 16 * i)

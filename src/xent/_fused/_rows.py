@@ -47,8 +47,9 @@ def _holds_accumulator(out, x):
     return out.dtype == (types.float64 if x.dtype == types.float64 else types.float32)
 
 
-# These return arrays, and are left to LLVM to inline: numba's own IR
-# inliner lost a store through the returned row here (the label's gradient).
+# These return arrays, and are inlined by LLVM (`_options.LLVM_INLINE`), not
+# numba: numba's own IR inliner lost a store through the returned row here
+# (the label's gradient).
 @overload(_exp_scratch, jit_options=LLVM_INLINE)
 def _exp_scratch_impl(x, out):
     if _holds_accumulator(out, x):
