@@ -103,15 +103,23 @@ def forbidden(symbols):
     return {s for s in symbols if s not in ALLOWED and not s.startswith(ALLOWED_PREFIXES)}
 
 
-def test_compiled_kernels_call_no_external_symbol():
+@pytest.fixture(scope="module")
+def kernel_objects():
+    """(name, dispatcher, signature, object file) of every kernel compiled or
+    loaded in this process (`compile_every_kernel`), each object read once for
+    this module's checks."""
     compile_every_kernel()
-    kernels = list(compiled_kernels())
+    return [(name, dispatcher, signature, object_code(dispatcher, signature))
+            for name, dispatcher, signature in compiled_kernels()]
+
+
+def test_compiled_kernels_call_no_external_symbol(kernel_objects):
     # 5 per dtype and kind (sparse, dense) on one thread, and the streamed ones (sparse and
     # dense) for float32 and float64.
-    assert len(kernels) >= 20, f"only {len(kernels)} kernels were compiled"
+    assert len(kernel_objects) >= 20, f"only {len(kernel_objects)} kernels were compiled"
     offenders = {}
-    for name, dispatcher, signature in kernels:
-        symbols = undefined_symbols(object_code(dispatcher, signature))
+    for name, _, _, code in kernel_objects:
+        symbols = undefined_symbols(code)
         assert symbols, f"{name}: no symbol read (each kernel's wrapper calls Python's C API)"
         bad = forbidden(symbols)
         if bad:
@@ -128,7 +136,7 @@ def helpers_left_called(object_code, mangled):
             if own not in name and not name.startswith("NRT_")}
 
 
-def test_kernels_call_no_helper():
+def test_kernels_call_no_helper(kernel_objects):
     """No kernel calls a helper: each typed overload and each exp of
     `xent._fused._math` is marked for LLVM to inline (`_options.LLVM_INLINE`),
     and numba's own helpers (`np.empty`'s, `max`'s) are inlined by LLVM too.
@@ -136,13 +144,11 @@ def test_kernels_call_no_helper():
     had compiled before, and a loop of calls rounded its sum unlike the
     inlined loop: kernels from one disk cache, compiled by processes with
     different histories, gave losses 1 ulp apart (sessions 31 and 32)."""
-    compile_every_kernel()
     offenders = {}
-    for name, dispatcher, signature in compiled_kernels():
+    for name, dispatcher, signature, code in kernel_objects:
         if dispatcher.__module__ == _math.__name__:   # (the exps themselves)
             continue
-        mangled = dispatcher.overloads[signature].fndesc.mangled_name
-        left = helpers_left_called(object_code(dispatcher, signature), mangled)
+        left = helpers_left_called(code, dispatcher.overloads[signature].fndesc.mangled_name)
         if left:
             offenders[name] = sorted(left)
     assert not offenders, f"compiled for {_target.isa()}, kernels call {offenders}"

@@ -258,7 +258,8 @@ def infinite_terms(x, y, lo, hi, sy):
 
 
 def _targets(x, y, lo, hi, shift):
-    """`_chunk_targets`, or two zeros when y is None (numba only)."""
+    """`_chunk_targets`, or `infinite_terms`' (end, under) where the targets'
+    sum is not finite, or two zeros when y is None (numba only)."""
 
 
 @overload(_targets, jit_options=LLVM_INLINE)
@@ -270,30 +271,11 @@ def _targets_impl(x, y, lo, hi, shift):
 
     def sums(x, y, lo, hi, shift):
         vectorise_wide()
-        return _chunk_targets(x, y, lo, hi, shift)
-    return sums
-
-
-def _ended(x, y, lo, hi, sy, syx):
-    """(sy, syx) as they are, or `infinite_terms`' (end, under) where sy is not
-    finite (numba only; nothing with sparse labels, y None).
-
-    Apart from `_targets`, and after it: a cold branch that does no
-    arithmetic on finite sums. (Holding this loop, `_targets` was once left
-    uninlined by LLVM, and kernels compiled by processes with different
-    histories gave losses 1 ulp apart: `xent._fused._options.LLVM_INLINE`.)"""
-
-
-@overload(_ended, jit_options=LLVM_INLINE)
-def _ended_impl(x, y, lo, hi, sy, syx):
-    if isinstance(y, types.NoneType):
-        return lambda x, y, lo, hi, sy, syx: (sy, syx)
-
-    def ended(x, y, lo, hi, sy, syx):
+        sy, syx = _chunk_targets(x, y, lo, hi, shift)
         if is_finite(sy):
             return sy, syx
         return infinite_terms(x, y, lo, hi, sy)
-    return ended
+    return sums
 
 
 @njit(**INLINE)
@@ -310,7 +292,6 @@ def _one_sweep(x, y, e, save, lo, hi, top, pending, fetching):
     shift = sweep_shift(x, y, k)
     if abs(shift - np.float64(top)) <= SHIFT_SLACK:
         sy, syx = _targets(x, y, lo, hi, top)   # before e, which may be x, is written
-        sy, syx = _ended(x, y, lo, hi, sy, syx)
         m, s = _chunk_max_exps(x, y, e, save, lo, hi, k, pending, fetching)
         if m <= top + SHIFT_SLACK and is_finite(s):
             return True, m, shift, s, like(np.nan, s), sy, syx
@@ -342,14 +323,12 @@ def _chunk_pass(x, y, e, save, lo, hi, top, pending, fetching):
     if m == -np.inf:
         zero = like(0.0, m)
         sy, syx = _targets(x, y, lo, hi, zero)
-        sy, syx = _ended(x, y, lo, hi, sy, syx)
         _zero(e, lo, hi)
         return m, -np.inf, zero, zero, sy, syx
     if not is_finite(m):
         nan = like(np.nan, m)
         return nan, np.nan, nan, nan, nan, nan
     sy, syx = _targets(x, y, lo, hi, m)
-    sy, syx = _ended(x, y, lo, hi, sy, syx)
     s, below = _chunk_exps(x, y, e, lo, hi, m, pending, fetching)
     return m, np.float64(m), s, below, sy, syx
 
