@@ -162,6 +162,9 @@ EXTREME = {  # (logits, labels): -inf masks, +-1e30, an all -inf row, one class,
 
 # Three entries of a row (logits, dense targets); the rest of the row is -300, target 0.
 _INF, _NAN = np.inf, np.nan
+# Logits whose magnitude swamps log S in a float64 sum (1e16 + log 2 == 1e16),
+# clipped to a quarter of each dtype's largest (float16: 16376).
+_HUGE = 1e16
 INFINITE_TARGET_CASES = [
     ([0, 2, 1], [0, _INF, 0]),          # +inf on the max: +inf (TF's inf * log S)
     ([0, 2, 1], [0, -_INF, 0]),         # -inf on the max: -inf
@@ -174,20 +177,23 @@ INFINITE_TARGET_CASES = [
     ([-_INF, 2, 1], [0, _INF, 0]),      # beside a target 0 on a -inf logit: NaN
     ([0, 2, 1], [_NAN, _INF, 0]),       # beside a NaN target: NaN
     ([-300, 2, -300], [0, _INF, 0]),    # on the max, with S = 1: NaN (TF's inf * 0)
+    ([_HUGE, _HUGE, 0], [_INF, 0, 0]),  # on a tied max whose log S = log 2 a logit swamps: +inf
+    ([_HUGE, _HUGE, 0], [-_INF, 0, 0]),  # the same, -inf
     ([0, 2, 1], [0.25, 0.5, 0.25]),     # finite
 ]
 
 
 def infinite_target_rows(dtype, c):
-    """`INFINITE_TARGET_CASES` as ``[12, c]`` logits and dense targets of `dtype` (each
+    """`INFINITE_TARGET_CASES` as ``[14, c]`` logits and dense targets of `dtype` (each
     case's three entries spread over the row, the rest -300 with target 0), and
     the float64 truth: TensorFlow's terms y_j (log S - (x_j - M)), summed (5 NaN,
-    6 infinite, 1 finite), and softmax - y."""
+    8 infinite, 1 finite), and softmax - y."""
     at = [0, 1, 2] if c == 3 else [7, c // 2, c - 1]
     x = np.full((len(INFINITE_TARGET_CASES), c), -300.0)
     y = np.zeros_like(x)
     for i, (xs, ys) in enumerate(INFINITE_TARGET_CASES):
         x[i, at], y[i, at] = xs, ys
+    x = np.minimum(x, float(ml_dtypes.finfo(dtype).max) / 4)
     x, y = x.astype(dtype), y.astype(dtype)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     d = x64 - x64.max(axis=1, keepdims=True)
@@ -195,7 +201,7 @@ def infinite_target_rows(dtype, c):
         log_s = np.log(np.exp(d).sum(axis=1, keepdims=True))
         loss = (y64 * (log_s - d)).sum(axis=1)
         grad = np.exp(d - log_s) - y64
-    assert np.isnan(loss).sum() == 5 and np.isinf(loss).sum() == 6
+    assert np.isnan(loss).sum() == 5 and np.isinf(loss).sum() == 8
     return x, y, loss, grad
 
 

@@ -313,12 +313,15 @@ def _terms(x, y, top, total, log_s):
     """sum_j y_j (log S - (x_j - M)) of a row x against targets y, term by term
     in float64, with log S = 0 where S rounds to 1 in x's accumulator
     (`xent._fused._chunks.s_rounds_to_one`): TF's ±inf and NaN where targets are
-    infinite or NaN, and its finite loss where their float32 sum overflowed."""
+    infinite or NaN, and its finite loss where their float32 sum overflowed.
+    Each factor is `label_loss`'s, as written: regrouped as (M + log S) - x_j,
+    log S vanished beside logits of 1e16 or more, and an infinite target on
+    the max met ``inf * 0`` (NaN where TF has ±inf)."""
     if s_rounds_to_one(total, x):
         log_s = 0.0
     loss = 0.0
     for j in range(x.shape[0]):
-        loss += np.float64(y[j]) * (log_s - (np.float64(load(x, j)) - top))
+        loss += np.float64(y[j]) * label_loss(log_s, load(x, j), top)
     return loss
 
 
