@@ -560,6 +560,26 @@ def test_sum_by_nonzero_weights_all_zero_is_zero(tf, rng, reduction_name):
     assert actual == 0.0 and not np.isnan(actual)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_by_nonzero_weights_counts_weights_below_float32s_normals_as_zero(tf, dtype):
+    """TF counts non-zero weights on the weights cast to float32, on CPU kernels
+    that flush subnormals: 1e-40 (a float32 subnormal) and 1e-50 (0 in float32)
+    count as zero there, NaN and 1e-37 as weights. Before, xent counted them:
+    1.20 where TF gives 2.41."""
+    logits = np.array([[1, 2, 3], [1, 2, 3], [3, 1, 0], [0, 0, 1]], dtype)
+    labels = np.array([0, 2, 1, 2])
+    for weights in ([1.0, 1e-40, 0.0, 1e-50], [1.0, -1e-40, 2.0, 1e-37], [np.nan, 1e-45, 1, 0]):
+        weights = np.array(weights, dtype)
+        expected = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights)
+        actual = xl.sparse_softmax_cross_entropy(labels, logits, weights)
+        np.testing.assert_allclose(np.asarray(actual), expected.numpy(), rtol=1e-6)
+        unweighted = tf.compat.v1.losses.compute_weighted_loss(
+            np.arange(1, 5, dtype=dtype), weights)
+        np.testing.assert_allclose(
+            np.asarray(xl.compute_weighted_loss(np.arange(1, 5, dtype=dtype), weights)),
+            unweighted.numpy(), rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- weight errors
 INVALID_WEIGHT_SHAPES = {
     "wrong_length": lambda shape: np.ones(shape[0] + 1),

@@ -8,7 +8,8 @@ each dimension 1 or equal), then by reduction:
   - MEAN: ``sum(weighted) / sum(weights broadcast to losses)``
   - SUM_OVER_BATCH_SIZE: ``sum(weighted) / losses.size``
   - SUM_BY_NONZERO_WEIGHTS (= SUM_OVER_NONZERO_WEIGHTS):
-    ``sum(weighted) / count(weights broadcast to losses != 0)``
+    ``sum(weighted) / count(weights broadcast to losses != 0)``, a weight
+    below float32's smallest normal in magnitude counting as 0 (as on TF's CPU)
 
 A zero denominator gives 0, not NaN (TF's ``div_no_nan``). The arithmetic runs
 in float32, or float64 for float64 losses, and is rounded once to the losses'
@@ -64,6 +65,12 @@ def check_broadcastable(weights, values_shape):
                 f"weights.shape={tuple(weights.shape)}.")
 
 
+# TensorFlow counts the non-zero weights on its weights cast to float32, on
+# CPU kernels that flush subnormals to zero: a weight of magnitude below
+# float32's smallest normal (1e-40, or a float64 1e-50) counts as zero there.
+_TINY32 = 1.1754943508222875e-38
+
+
 def div_no_nan(be, total, count):
     """``total / count``, or 0 where ``count == 0`` (TF's ``div_no_nan``)."""
     safe = be.xp.where(count == 0, be.xp.ones_like(count), count)
@@ -75,8 +82,8 @@ def _denominator(be, losses, weights, reduction):
     if reduction == Reduction.MEAN:
         return be.xp.sum(be.xp.ones_like(losses) * weights)
     if reduction == Reduction.SUM_BY_NONZERO_WEIGHTS:
-        present = be.astype(weights != 0, be.dtype_name(losses))
-        return be.xp.sum(be.xp.ones_like(losses) * present)
+        flushed = (weights > -_TINY32) & (weights < _TINY32)
+        return be.xp.sum(be.xp.ones_like(losses) * be.astype(~flushed, be.dtype_name(losses)))
     return be.astype(be.xp.ones_like(be.xp.sum(losses)) * be.size(losses), be.dtype_name(losses))
 
 
