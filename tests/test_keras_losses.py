@@ -17,6 +17,7 @@ import pytest
 from oracle import assert_within_one_ulp, tf_message
 from pairwise import pairwise
 from xent import errors as xerrors
+from xent import losses as xent_losses
 from xent.keras import losses as xk
 
 KERAS3_REDUCTIONS = ("sum_over_batch_size", "sum", "none", None, "mean",
@@ -1162,3 +1163,40 @@ def test_zero_classes_with_label_smoothing_match_tf(keras, from_logits):
     actual = xk.categorical_crossentropy(empty, empty, from_logits=from_logits, label_smoothing=0.1)
     assert np.asarray(actual).shape == tuple(expected.shape) == (2,)
     _assert_close(actual, expected)
+
+
+SMOOTHING_FACES = ["v1", "keras function", "keras class"]
+
+
+def _smoothed_call(tf, keras, face, label_smoothing, module):
+    """`face`'s categorical loss with `label_smoothing`, from xent (`module` None) or TF."""
+    y = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    p = np.array([[1.0, 2.0, 0.5], [0.1, 0.0, 3.0]], np.float32)
+    if face == "v1":
+        fn = (tf.compat.v1.losses if module == "tf" else xent_losses).softmax_cross_entropy
+        return fn(y, p, label_smoothing=label_smoothing)
+    kl = keras.losses if module == "tf" else xk
+    if face == "keras function":
+        return kl.categorical_crossentropy(y, p, from_logits=True, label_smoothing=label_smoothing)
+    return kl.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)(y, p)
+
+
+@pytest.mark.parametrize("face", SMOOTHING_FACES)
+@pytest.mark.parametrize("value", [
+    "a", None, 1 + 1j, np.array([0.1, 0.2, 0.3]), True, np.float32(0.25), np.array(0.25),
+    np.array([0.25])], ids=["str", "None", "complex", "array", "bool", "numpy scalar", "0-d",
+                            "one element"])
+def test_label_smoothing_in_any_form_gives_tfs_loss_or_its_error_naming_it(tf, keras, face,
+                                                                          value):
+    """Where TF raises, it is Python's own error ('>' not supported, the truth
+    value of an array is ambiguous), naming nothing: xent raises the same
+    class, naming `label_smoothing`, before any work. Where TF takes the value
+    (Keras takes None as no smoothing), xent gives its loss."""
+    try:
+        expected = np.asarray(_smoothed_call(tf, keras, face, value, "tf"))
+    except (TypeError, ValueError) as tf_error:
+        with pytest.raises(type(tf_error), match="`label_smoothing` must be"):
+            _smoothed_call(tf, keras, face, value, None)
+        return
+    got = np.asarray(_smoothed_call(tf, keras, face, value, None))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)

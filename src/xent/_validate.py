@@ -220,6 +220,26 @@ def class_axis(axis, ndim):
     return int(axis) % ndim
 
 
+def one_number(name, value):
+    """Raise for an option such as `label_smoothing` that is not one real number:
+    TypeError for a string, None, a complex or a non-number (TF's own error
+    there is Python's, naming no argument), ValueError for an array of more
+    than one element (TF's "truth value ... is ambiguous"). Any value TF
+    takes (a bool, a 0-d or one-element array or tensor) passes as it is."""
+    shape = tuple(getattr(value, "shape", ()))
+    if math.prod(shape) != 1:
+        raise ValueError(f"`{name}` must be a single number; received an array of shape {shape}")
+    dtype = getattr(value, "dtype", None)
+    if (isinstance(value, (str, bytes, complex)) or getattr(dtype, "kind", "") == "c"
+            or getattr(dtype, "is_complex", False)):
+        raise TypeError(f"`{name}` must be a real number; received {name}={value!r}")
+    if shape == ():
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"`{name}` must be a real number; received {name}={value!r}") from None
+
+
 def out_buffer(out, shape, dtype, name="backprop_out"):
     """Check that a caller-given output array has the right shape and dtype."""
     if not isinstance(out, np.ndarray):

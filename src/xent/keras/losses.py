@@ -104,6 +104,8 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     """
     if isinstance(axis, bool):
         raise ValueError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis)}")
+    if label_smoothing is not None:   # (Keras takes None as no smoothing)
+        _validate.one_number("label_smoothing", label_smoothing)
     # Keras smooths in y_pred's dtype; the accumulator dtype keeps ls / C
     # exact to float32 for half-precision predictions.
     if y_pred.ndim and y_pred.shape[-1] == 1:
