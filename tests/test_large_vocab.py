@@ -452,6 +452,50 @@ def test_torch_ignored_tokens_with_inf_and_nan_logits_add_nothing(torch_path):
         assert_close(z.grad[keep].numpy(), truth, np.float64)
 
 
+def _nan_upstream_step(ce, z, t, reduction):
+    """A loss whose upstream gradient is NaN on the ignored token 2 ("none": per
+    token, as an all-padding sequence's guarded 0/0 gives) or NaN whole."""
+    losses = ce(z, t, reduction=reduction)
+    if reduction == "none":
+        return (losses * torch.tensor([1.0, 1.0, float("nan")], dtype=losses.dtype)).sum()
+    return losses * float("nan")
+
+
+@pytest.mark.parametrize("how", ["eager", "torch.func"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_ignored_tokens_under_a_nan_upstream_gradient_keep_torchs_zero_rows(
+        torch_path, how, reduction):
+    """Ignored tokens' rows stay 0 whatever their upstream gradient is, as
+    `F.cross_entropy`'s: the kernel path scaled them by it (0 · NaN = NaN),
+    which ``x @ W.T`` then spread over all of W's gradient."""
+    _check_nan_upstream(how, reduction)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_compiled_ignored_tokens_under_a_nan_upstream_gradient_keep_torchs_zero_rows(reduction):
+    _check_nan_upstream("torch.compile", reduction)
+
+
+def _check_nan_upstream(how, reduction):
+    """The gradient of `_nan_upstream_step` through xent and `F.cross_entropy`, taken `how`."""
+    z0, t = torch.randn(3, 5, dtype=torch.float32), torch.tensor([1, 4, -100])
+
+    def grad(ce):
+        step = lambda z: _nan_upstream_step(ce, z, t, reduction)
+        if how == "torch.func":
+            return torch.func.grad(step)(z0)
+        if how == "torch.compile":
+            torch.compiler.reset()
+            step = torch.compile(step, fullgraph=True)
+        z = z0.clone().requires_grad_(True)
+        step(z).backward()
+        return z.grad
+
+    got, want = grad(xent.cross_entropy), grad(torch.nn.functional.cross_entropy)
+    assert (got[2] == 0).all()
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
 def test_torch_no_tokens(torch_path):
     x, w = torch.randn(0, 3, requires_grad=True), torch.randn(7, 3, requires_grad=True)
     t = torch.zeros(0, dtype=torch.int64)
@@ -589,6 +633,21 @@ def jax_path(request):
     _jax_cpu.use_jax_numpy_on_cpu(request.param == "jax.numpy")
     yield request.param
     _jax_cpu.use_jax_numpy_on_cpu(False)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_jax_ignored_tokens_under_a_nan_upstream_gradient_keep_zero_rows(jax_path, reduction):
+    """As torch's (`test_torch_ignored_tokens_under_a_nan_upstream_gradient_keep_torchs_zero_rows`):
+    the kernel path's backward scaled ignored rows by their NaN g."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 5)), jnp.float32)
+    t = jnp.asarray([1, 4, -100])
+    up = jnp.asarray([1.0, 1.0, np.nan]) if reduction == "none" else jnp.float32(np.nan)
+    step = lambda a: (xent.cross_entropy(a, t, reduction=reduction) * up).sum()
+    for grad in (jax.grad(step)(x), jax.jit(jax.grad(step))(x)):
+        assert (np.asarray(grad[2]) == 0).all()
+        assert np.isnan(np.asarray(grad[:2])).all() == (reduction != "none")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16],

@@ -61,22 +61,26 @@ def _ce_tokens(x2, t, opts):
 
 
 def _ce_tokens_fwd(x2, t, opts):
-    valid = (t != opts.ignore_index).astype(_accumulator(x2.dtype))
-    losses, grad = _jax_cpu.ce(x2, t, valid, opts)
-    return losses, (grad, jnp.zeros(0, x2.dtype))
+    valid = t != opts.ignore_index
+    losses, grad = _jax_cpu.ce(x2, t, valid.astype(_accumulator(x2.dtype)), opts)
+    return losses, (grad, jnp.zeros(0, x2.dtype), valid)
 
 
-def _scaled_gradient(residuals, factors):
-    """The forward's gradient times `factors` (broadcast to it), rounded once to the
-    logits' dtype, the empty array's of the residuals (a float16 gradient is
-    float32 until it meets the upstream gradient, `_jax_cpu.grad_dtype`)."""
-    grad, like = residuals
-    return (grad * factors.astype(grad.dtype)).astype(like.dtype)
+def _scaled_gradient(residuals, g):
+    """The forward's gradient times the upstream `g` (``[N]`` or a scalar) row by
+    row, rounded once to the logits' dtype, the empty array's of the residuals
+    (a float16 gradient is float32 until it meets the upstream gradient,
+    `_jax_cpu.grad_dtype`). Ignored tokens' rows stay 0 whatever g is, as
+    torch's: 0 · NaN would be NaN (a NaN g on padding is common: an
+    all-padding sequence's guarded 0/0)."""
+    grad, like, valid = residuals
+    factors = jnp.where(valid, g, 0).astype(grad.dtype)[:, None]
+    return (grad * factors).astype(like.dtype)
 
 
 def _ce_tokens_bwd(opts, residuals, g):
     """``grad ⊙ g[:, None]`` (`_scaled_gradient`)."""
-    return _scaled_gradient(residuals, g[:, None]), None
+    return _scaled_gradient(residuals, g), None
 
 
 _ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd)
@@ -92,7 +96,7 @@ def _ce_reduced(x2, t, opts):
 def _ce_reduced_fwd(x2, t, opts):
     w = _token_weights(t, opts, _accumulator(x2.dtype))
     losses, grad = _jax_cpu.ce(x2, t, w, opts)
-    return (losses * w).sum(), (grad, jnp.zeros(0, x2.dtype))
+    return (losses * w).sum(), (grad, jnp.zeros(0, x2.dtype), t != opts.ignore_index)
 
 
 def _ce_reduced_bwd(opts, residuals, g):

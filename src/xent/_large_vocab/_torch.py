@@ -23,6 +23,8 @@ linear head chunk by chunk, each chunk recomputed in the backward by
 `torch.utils.checkpoint`, so only one chunk's logits are held);
 ``inplace_backward`` has no effect there (autograd makes the gradient).
 """
+import math
+
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -42,13 +44,23 @@ def _loss_tensor(loss):
     return torch_views.from_numpy(np.asarray(loss))
 
 
-def _scaled(grad, g, reduction):
-    """`grad` times the upstream gradient `g` (per row for ``"none"``), in place."""
-    if reduction == "none":
-        return torch_math.scale_rows_(grad, g)
-    if g.item() != 1.0:
-        grad.mul_(g.to(grad.dtype) if grad.dtype.is_floating_point else g)
-    return grad
+def _scaled(grad, g, reduction, valid=None):
+    """`grad` times the upstream gradient `g` (per row for ``"none"``), in place.
+
+    Rows of ignored tokens (`valid` False; None: all kept) stay 0 whatever g
+    is, as torch's: 0 · NaN would be NaN, and a NaN g on padding is common (an
+    all-padding sequence's guarded 0/0), which ``x @ W.T`` then spread over
+    all of W's gradient."""
+    if reduction != "none":
+        scale = g.item()
+        if scale == 1.0:
+            return grad
+        if math.isfinite(scale) or valid is None or valid.all():
+            return grad.mul_(g.to(grad.dtype) if grad.dtype.is_floating_point else g)
+        g = g.expand(grad.shape[:-1])
+    if valid is not None and not valid.all():
+        g = torch.where(torch.from_numpy(valid).reshape(g.shape), g, 0)
+    return torch_math.scale_rows_(grad, g)
 
 
 @quiet   # (torch's backward: outside the public call)
@@ -112,7 +124,7 @@ class _CrossEntropy(torch.autograd.Function):
         if grad is None:
             grad = _CrossEntropy._in_backward(ctx, g)
         else:
-            grad = _scaled(grad, g, ctx.opts.reduction)
+            grad = _scaled(grad, g, ctx.opts.reduction, ctx.tokens[1])
         return grad, None, None, None, None
 
     @staticmethod

@@ -134,15 +134,16 @@ def _token_rows_vmap(info, in_dims, logits, targets, *options):
 
 
 def _token_rows_setup(ctx, inputs, output):
-    """Save what `_token_rows_backward` needs: the forward's gradient, or, without
-    `want_grad`, the logits, targets and options to make it again (nothing
+    """Save what `_token_rows_backward` needs: the targets (whose ignored tokens
+    it keeps at 0) and the forward's gradient, or, without `want_grad`, the
+    logits and options to make it again (nothing
     logits-sized beside the gradient: under torch.func the logits may be an
     intermediate that nothing else keeps)."""
     logits, targets, *options, want_grad = inputs
     ctx.set_materialize_grads(False)
     ctx.options, ctx.dtype = tuple(options), logits.dtype
     if want_grad:
-        ctx.save_for_backward(None, None, output[1])
+        ctx.save_for_backward(None, targets, output[1])
     else:
         ctx.save_for_backward(logits, targets, None)
 
@@ -151,7 +152,8 @@ def _token_rows_backward(ctx, g_losses, g_grad):
     """The operator's formula (its own, and `TokenRows`'):
     ``d logits = grad ⊙ g_losses[..., None]``, the gradient made again if the
     forward had no `want_grad`; differentiable once: a gradient of the
-    gradient output (a second derivative) raises."""
+    gradient output (a second derivative) raises. Ignored tokens' rows stay 0
+    whatever their g is, as torch's (0 · NaN would be NaN)."""
     if g_grad is not None:
         refuse_second_derivative()
     logits, targets, grad = ctx.saved_tensors
@@ -159,7 +161,8 @@ def _token_rows_backward(ctx, g_losses, g_grad):
     if g_losses is not None:
         if grad is None:
             grad = token_rows(logits, targets, *ctx.options, True)[1]
-        d_logits = (grad * g_losses[..., None]).to(ctx.dtype)
+        kept = torch.where(targets != ctx.options[0], g_losses, 0)
+        d_logits = (grad * kept[..., None]).to(ctx.dtype)
     return d_logits, *(None,) * 6
 
 
