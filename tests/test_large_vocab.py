@@ -496,6 +496,21 @@ def _check_nan_upstream(how, reduction):
     torch.testing.assert_close(got, want, equal_nan=True)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_torch_linear_weight_changed_in_place_before_backward_raises_as_torchs(reduction):
+    """mean and sum make their gradients in the forward, so their backward read
+    no saved tensor and gave the forward-time weight's gradient without a word;
+    torch's matmul raises, and so does xent now (``"none"`` did already)."""
+    x, w = torch.randn(6, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
+    t = torch.tensor([1, 2, 3, 0, 4, -100])
+    for loss in (xent.linear_cross_entropy(x, w, t, reduction=reduction).sum(),
+                 torch.nn.functional.cross_entropy(x @ w.t(), t, reduction=reduction).sum()):
+        with torch.no_grad():
+            w.add_(1.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
 def test_torch_no_tokens(torch_path):
     x, w = torch.randn(0, 3, requires_grad=True), torch.randn(7, 3, requires_grad=True)
     t = torch.zeros(0, dtype=torch.int64)

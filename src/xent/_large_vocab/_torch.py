@@ -212,6 +212,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         _refuse_double_backward()
         grads, ctx.grads = ctx.grads, None
         if grads is not None:
+            # (unpacked unused, for autograd's check: inputs changed in place
+            # since the forward raise, as torch's own matmul's backward does)
+            ctx.saved_tensors
             dx, dw, db = (None if t is None else _scaled(t, g, "mean") for t in grads)
         else:
             dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
