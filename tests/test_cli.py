@@ -74,10 +74,13 @@ def tiny_bench(monkeypatch):
     monkeypatch.setattr(_run, "precompile", precompile)
 
 
-def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench, tmp_path):
+def test_xent_bench_quick_writes_its_files_from_the_command_line(tf, tiny_bench, tmp_path,
+                                                                capsys):
     assert cli.main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     chart = {"bench.png"} if importlib.util.find_spec("matplotlib") else set()   # ([bench])
     assert {p.name for p in tmp_path.iterdir()} == {"bench.json", "bench.md"} | chart
+    written = ", ".join(str(tmp_path / name) for name in ["bench.json", "bench.md", *chart])
+    assert f"xent bench: wrote {written}\n" in capsys.readouterr().out
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [(r["shape"], r["dtype"]) for r in report["results"]] == [
         ([8, 16], "float32"), ([8, 16], "bfloat16")]
@@ -140,6 +143,7 @@ def test_xent_bench_out_that_cannot_be_a_folder_stops_before_any_work(capsys, mo
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --out: expected a folder the results can be written to" in err, err
+    assert err.startswith("usage: xent bench "), err   # (the usage line of bench, as --shape's)
 
 
 def test_a_rejected_command_line_makes_no_folder(capsys, monkeypatch, tmp_path):
@@ -209,3 +213,9 @@ def test_the_calls_xent_bench_times_compute_tensorflows_values(tf, dtype):
         assert_close_to_truth(loss, want.loss.numpy(), logits.dtype, label_scale(logits, labels))
         if case.mode != "loss":
             assert_close_to_truth(result.backprop, want.backprop.numpy(), logits.dtype, 1.0)
+
+
+def test_python_m_xent_runs_the_console_script():
+    result = subprocess.run([sys.executable, "-m", "xent", "--version"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0 and result.stdout == f"xent {xent.__version__}\n", result

@@ -116,6 +116,20 @@ def test_xent_kernels_environment_variable_chooses_the_kernels(name):
     assert _child(code, XENT_KERNELS=name)[0] == name
 
 
+def test_set_kernels_reads_a_name_as_xent_kernels_is_read():
+    """Case and surrounding spaces aside, as the environment variable (a review
+    found ``XENT_KERNELS=NumPy`` taken and ``set_kernels("NUMPY")`` refused)."""
+    before = xent.get_kernels()
+    try:
+        xent.set_kernels(" NumPy")
+        assert xent.get_kernels() == "numpy"
+        assert _child("import xent; print(xent.get_kernels())", XENT_KERNELS=" NumPy")[0] == "numpy"
+        with pytest.raises(ValueError, match="received 'NumPi'"):
+            xent.set_kernels("NumPi")
+    finally:
+        xent.set_kernels(before)
+
+
 def test_set_kernels_rejects_an_unknown_name_and_keeps_the_choice():
     before = xent.get_kernels()
     with pytest.raises(ValueError, match="'fused' or 'numpy'; received 'gpu'"):

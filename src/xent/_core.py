@@ -68,7 +68,8 @@ def set_kernels(name):
     """Choose the kernels every xent function runs on, for the whole process.
 
     Args:
-      name: ``"fused"``: the numba kernels (the default; compiled on first
+      name: (case and surrounding spaces aside, as in ``XENT_KERNELS``)
+        ``"fused"``: the numba kernels (the default; compiled on first
         use and cached on disk where numba can write). ``"numpy"``: the NumPy reference kernels
         (no compile; several times slower on large inputs; the choice where
         numba cannot be installed, or to compare against the reference).
@@ -84,8 +85,10 @@ def set_kernels(name):
     if not isinstance(name, str):
         raise TypeError(f"the name given to xent.set_kernels must be the string 'fused' or "
                         f"'numpy'; received {name!r} of type {type(name).__name__}")
-    _check_name(name, "the name given to xent.set_kernels")
-    _state["kernels"] = _kernels if name == "numpy" else _load_fused(explicit=True)
+    choice = name.strip().lower()   # (as ``XENT_KERNELS`` is read)
+    if choice not in KERNEL_NAMES:
+        _check_name(name, "the name given to xent.set_kernels")
+    _state["kernels"] = _kernels if choice == "numpy" else _load_fused(explicit=True)
 
 
 @contextlib.contextmanager

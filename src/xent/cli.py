@@ -79,13 +79,15 @@ def _parser():
                        help="small shapes, few repeats (a minute or two on 2 cores, most of it "
                             "importing the peers and compiling)")
     bench.add_argument("--out", default="bench/results",
-                       help="folder for the JSON, Markdown and PNG results (made if missing)")
+                       help="folder for the JSON, Markdown and PNG results (made if missing; "
+                            "default: bench/results under the current folder)")
     bench.add_argument("--shape", action="append", type=_shape, metavar="ROWSxCLASSES",
                        help="time only this input (repeatable), e.g. --shape 8192x32000; "
                             "the check of what each library leaves running after a call "
                             "keeps its own 512x32000 float32 input")
     bench.add_argument("--dtype", action="append", choices=DTYPES,
                        help="time only this dtype (repeatable; default both)")
+    bench.set_defaults(bench_parser=bench)
     return parser
 
 
@@ -100,7 +102,7 @@ def main(argv=None):
         return _demo.run()
     from xent import _bench
 
-    _make_out_folder(parser, args.out)
+    _make_out_folder(args.bench_parser, args.out)   # (its errors show bench's usage line)
     return _bench.main(quick=args.quick, out=args.out, shapes=args.shape, dtypes=args.dtype)
 
 

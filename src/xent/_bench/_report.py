@@ -263,7 +263,10 @@ def write_outputs(report, out):
         json.dump(report, f, indent=1, default=str)
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(table + "\n" + notes + "\n")
+    written = ["bench.json", "bench.md"]
     try:
         plot(report["results"], os.path.join(out, "bench.png"))
+        written.append("bench.png")
     except ImportError:
         print("matplotlib is not installed: no chart", file=sys.stderr)
+    print(f"xent bench: wrote {', '.join(os.path.join(out, name) for name in written)}")
