@@ -66,6 +66,8 @@ SHIFT_SLACK = 2.0
 _MAX, _SHIFT, _SUM, _YSUM, _YXSUM, _BELOW = 0, 1, 2, 3, 4, 5
 SHIFT = _SHIFT
 STATS = 6
+# The entries of a chunk whose targets' sums `_chunk_targets` takes in float32 at a time.
+_TARGET_PIECE = np.uint64(256)
 
 
 # --- pass A: one chunk ---------------------------------------------------------------------
@@ -215,14 +217,30 @@ def _restore_impl(x, save, lo, hi):
 
 @njit(**INLINE)
 def _chunk_targets(x, y, lo, hi, shift):
-    """(sum_j y_j, sum_j y_j (x_j - shift)) over [lo, hi)."""
-    sy = like(0.0, shift)
-    syx = like(0.0, shift)
-    for j in range(lo, hi):
-        yj = load(y, j)
-        sy += yj
-        syx += yj * (load(x, j) - shift)
-    return sy, syx
+    """(sum_j y_j, sum_j y_j (x_j - shift)) over [lo, hi), in float32 pieces of
+    `_TARGET_PIECE` entries added up in float64, rounded once to shift's type.
+
+    Summed in float32 whole, as TF sums, the vectorised loop kept one sum per
+    lane, each of a chunk's 2048 terms over the lane count: 128 in a row on
+    AVX-512, 512 on SSE2, whose rounding reached 4.6e-6 of a label-smoothed
+    row's loss (32000 classes, `x86-64`; TF's float32: 7.7e-7; a review).
+    Pieces keep that to 8-64 terms a lane (5.4e-7 there, 2.2e-7 on
+    `haswell`, 1.5e-7 on AVX-512), at most 5% of a dense row's time in cache
+    (16x32000, one thread, `haswell`: about the noise); float64 sums
+    throughout (6.5e-8 everywhere) cost a loss 15%, a gradient 8%."""
+    sy = 0.0
+    syx = 0.0
+    for plo in range(lo, hi, _TARGET_PIECE):
+        phi = min(plo + _TARGET_PIECE, hi)
+        piece_y = like(0.0, shift)
+        piece_yx = like(0.0, shift)
+        for j in range(plo, phi):
+            yj = load(y, j)
+            piece_y += yj
+            piece_yx += yj * (load(x, j) - shift)
+        sy += np.float64(piece_y)
+        syx += np.float64(piece_yx)
+    return like(sy, shift), like(syx, shift)
 
 
 @njit(**INLINE)
