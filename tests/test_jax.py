@@ -708,3 +708,16 @@ def test_forward_mode_and_label_gradients_with_a_class_axis_sharded_over_a_mesh(
             got = call(x, y, t)
             np.testing.assert_allclose(np.asarray(got), np.asarray(want[name]), rtol=1e-6, atol=1e-8,
                                        err_msg=name)
+
+
+def test_a_traced_label_smoothing_is_refused_by_name_and_a_static_one_runs():
+    """TF and Keras decide whether to smooth from the value (``if ls > 0``), which a
+    tracer under ``jax.jit`` cannot give: a TypeError naming `label_smoothing`
+    and the way out; as a static argument it gives the eager loss."""
+    y, p = jnp.array([[0.0, 1.0, 0.0]]), jnp.array([[1.0, 2.0, 3.0]])
+    for face in (lambda ls: xent.losses.softmax_cross_entropy(y, p, label_smoothing=ls),
+                 lambda ls: xent.keras.losses.categorical_crossentropy(
+                     y, p, from_logits=True, label_smoothing=ls)):
+        with pytest.raises(TypeError, match="`label_smoothing` must be a concrete number.*static"):
+            jax.jit(face)(0.1)
+        np.testing.assert_allclose(jax.jit(face, static_argnums=0)(0.1), face(0.1), rtol=1e-6)
