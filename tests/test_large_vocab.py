@@ -497,6 +497,27 @@ def _check_nan_upstream(how, reduction):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_linear_ignored_tokens_under_a_nan_upstream_gradient_keep_torchs_zero_rows(
+        torch_path, reduction):
+    """`linear_cross_entropy`: an ignored token's row of the input's gradient stays 0
+    under a NaN upstream gradient, as through `F.cross_entropy(x @ W.T)` (mean and
+    sum scaled their forward's gradients by g whole: NaN rows, a review)."""
+    x0, w0 = torch.randn(3, 4, dtype=torch.float32), torch.randn(5, 4, dtype=torch.float32)
+    t = torch.tensor([1, 4, -100])
+    grads = []
+    for ce in (lambda x, w: xent.linear_cross_entropy(x, w, t, reduction=reduction),
+               lambda x, w: torch.nn.functional.cross_entropy(x @ w.t(), t, reduction=reduction)):
+        x, w = x0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        losses = ce(x, w)
+        up = torch.tensor([1.0, 1.0, float("nan")]) if reduction == "none" else float("nan")
+        (losses * up).sum().backward()
+        grads.append((x.grad, w.grad))
+    assert (grads[0][0][2] == 0).all()
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_torch_linear_weight_changed_in_place_before_backward_raises_as_torchs(reduction):
     """mean and sum make their gradients in the forward, so their backward read
     no saved tensor and gave the forward-time weight's gradient without a word;
@@ -660,6 +681,22 @@ def test_jax_ignored_tokens_under_a_nan_upstream_gradient_keep_zero_rows(jax_pat
     t = jnp.asarray([1, 4, -100])
     up = jnp.asarray([1.0, 1.0, np.nan]) if reduction == "none" else jnp.float32(np.nan)
     step = lambda a: (xent.cross_entropy(a, t, reduction=reduction) * up).sum()
+    for grad in (jax.grad(step)(x), jax.jit(jax.grad(step))(x)):
+        assert (np.asarray(grad[2]) == 0).all()
+        assert np.isnan(np.asarray(grad[:2])).all() == (reduction != "none")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_jax_linear_ignored_tokens_under_a_nan_upstream_gradient_keep_zero_rows(jax_path,
+                                                                                reduction):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
+    t = jnp.asarray([1, 4, -100])
+    up = jnp.asarray([1.0, 1.0, np.nan]) if reduction == "none" else jnp.float32(np.nan)
+    step = lambda a: (xent.linear_cross_entropy(a, w, t, reduction=reduction) * up).sum()
     for grad in (jax.grad(step)(x), jax.jit(jax.grad(step))(x)):
         assert (np.asarray(grad[2]) == 0).all()
         assert np.isnan(np.asarray(grad[:2])).all() == (reduction != "none")

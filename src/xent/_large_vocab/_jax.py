@@ -74,8 +74,17 @@ def _scaled_gradient(residuals, g):
     torch's: 0 · NaN would be NaN (a NaN g on padding is common: an
     all-padding sequence's guarded 0/0)."""
     grad, like, valid = residuals
-    factors = jnp.where(valid, g, 0).astype(grad.dtype)[:, None]
-    return (grad * factors).astype(like.dtype)
+    return (grad * _row_factors(valid, g, grad.dtype)).astype(like.dtype)
+
+
+def _row_factors(valid, g, dtype):
+    """``[N, 1]`` factors of a gradient's rows: g, but 0 for an ignored token
+    whose g is not finite (its row, 0, would become NaN). Where every g is
+    finite, as a constant 1 (a ``.sum()``, a mean's upstream) is, XLA folds
+    the choice and the product away (with ``where(valid, g, 0)`` it kept a
+    pass over the logits-sized gradient: 215 against 195 ms a jitted step at
+    4096x32000 float32, a review)."""
+    return jnp.where(valid | jnp.isfinite(g), g, 0).astype(dtype)[:, None]
 
 
 def _ce_tokens_bwd(opts, residuals, g):
@@ -229,12 +238,15 @@ def _linear_reduced(x2, weight, bias, t, opts, chunk):
 def _reduced_fwd(x2, weight, bias, t, opts, chunk):
     w = _token_weights(t, opts, _accumulator(x2.dtype))
     losses, dx, dw, db = _chunk_grads(x2, weight, bias, t, w, opts, chunk)
-    return (losses * w).sum(), ((dx, dw, db), _witnesses(x2, weight, bias))
+    return (losses * w).sum(), ((dx, dw, db), _witnesses(x2, weight, bias),
+                                t != opts.ignore_index)
 
 
 def _reduced_bwd(opts, chunk, residuals, g):
-    grads, inputs = residuals
-    return _as_inputs([d * g.astype(d.dtype) for d in grads], inputs) + (None,)
+    """The forward's gradients times g; ignored tokens' rows of dx stay 0 (`_row_factors`)."""
+    (dx, *others), inputs, valid = residuals   # (others: dW, and db with a bias)
+    grads = [dx * _row_factors(valid, g, dx.dtype)] + [d * g.astype(d.dtype) for d in others]
+    return _as_inputs(grads, inputs) + (None,)
 
 
 _linear_reduced.defvjp(_reduced_fwd, _reduced_bwd)
@@ -271,7 +283,8 @@ def _linear_cpu_reduced(x2, weight, bias, t, opts, chunk):
 def _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk):
     w = _token_weights(t, opts, _accumulator(x2.dtype))
     losses, dx, dw, db = _jax_cpu.linear(x2, weight, bias, t, w, opts, chunk, True)
-    return (losses * w).sum(), ((dx, dw, db), _witnesses(x2, weight, bias))
+    return (losses * w).sum(), ((dx, dw, db), _witnesses(x2, weight, bias),
+                                t != opts.ignore_index)
 
 
 _linear_cpu_reduced.defvjp(_linear_cpu_reduced_fwd, _reduced_bwd)

@@ -47,10 +47,13 @@ def _loss_tensor(loss):
 def _scaled(grad, g, reduction, valid=None):
     """`grad` times the upstream gradient `g` (per row for ``"none"``), in place.
 
-    Rows of ignored tokens (`valid` False; None: all kept) stay 0 whatever g
-    is, as torch's: 0 · NaN would be NaN, and a NaN g on padding is common (an
-    all-padding sequence's guarded 0/0), which ``x @ W.T`` then spread over
-    all of W's gradient."""
+    Rows of ignored tokens (`valid` False; None: all kept), 0 from the
+    kernel, stay 0 whatever g is, as torch's: their g is taken as 1 (0 · NaN
+    would be NaN, and a NaN g on padding is common: an all-padding sequence's
+    guarded 0/0, which ``x @ W.T`` then spread over all of W's gradient). As
+    1, not 0, so that a ``.sum()``'s g stays all ones and takes no pass
+    (`scale_rows_`; with 0 a padded 4096x32000 float32 backward took 20 ms
+    against 0.3, a review)."""
     if reduction != "none":
         scale = g.item()
         if scale == 1.0:
@@ -59,7 +62,7 @@ def _scaled(grad, g, reduction, valid=None):
             return grad.mul_(g.to(grad.dtype) if grad.dtype.is_floating_point else g)
         g = g.expand(grad.shape[:-1])
     if valid is not None and not valid.all():
-        g = torch.where(torch.from_numpy(valid).reshape(g.shape), g, 0)
+        g = torch.where(torch.from_numpy(valid).reshape(g.shape), g, 1)
     return torch_math.scale_rows_(grad, g)
 
 
@@ -215,7 +218,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # (unpacked unused, for autograd's check: inputs changed in place
             # since the forward raise, as torch's own matmul's backward does)
             ctx.saved_tensors
-            dx, dw, db = (None if t is None else _scaled(t, g, "mean") for t in grads)
+            dx, dw, db = (None if t is None else _scaled(t, g, "mean", valid)
+                          for t, valid in zip(grads, (ctx.tokens[1], None, None)))
         else:
             dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
         # (ctx.x_dtype, not saved_tensors again: non-reentrant checkpoint lets a
