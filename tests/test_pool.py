@@ -428,9 +428,10 @@ def test_forks_under_a_timer_that_raises_in_the_hooks_leave_no_lock_held():
     A 20 us timer: at 10 us this VM spent its time delivering signals (300
     forks took 130-146 s, 100 of them in the kernel); at 20 us they take 3 s
     with 550-570 raises in the hooks, and the hooks before 2137cf6 leave a
-    lock held within 0-2 forks."""
+    lock held within 0-2 forks. At least 30 raises (the old hooks failed by the
+    third fork) keep the test from passing with a timer that missed them."""
     run = subprocess.run([sys.executable, "-c", _FORKS_UNDER_A_RAISING_TIMER],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:] + run.stdout[-500:]
     hits = int(run.stdout.split("hits")[-1])
-    assert hits >= 100, f"the timer raised in the hooks only {hits} times: too few to test them"
+    assert hits >= 30, f"the timer raised in the hooks only {hits} times: too few to test them"

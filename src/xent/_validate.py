@@ -240,7 +240,8 @@ def one_number(name, value):
             if getattr(dtype, "kind", "") in ("f", "i", "u", "b"):   # (a tracer under jax.jit)
                 raise TypeError(f"`{name}` must be a concrete number, as TF needs it to "
                                 f"choose whether to smooth; received the traced {value!r} "
-                                f"(under jax.jit, make it a static argument)") from None
+                                f"(under jax.jit or another transformation, make it a static "
+                                f"argument)") from None
             raise TypeError(f"`{name}` must be a real number; received {name}={value!r}") from None
 
 
