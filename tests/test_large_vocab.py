@@ -671,32 +671,25 @@ def jax_path(request):
     _jax_cpu.use_jax_numpy_on_cpu(False)
 
 
+@pytest.mark.parametrize("function", ["cross_entropy", "linear_cross_entropy"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_jax_ignored_tokens_under_a_nan_upstream_gradient_keep_zero_rows(jax_path, reduction):
+def test_jax_ignored_tokens_under_a_nan_upstream_gradient_keep_zero_rows(jax_path, reduction,
+                                                                         function):
     """As torch's (`test_torch_ignored_tokens_under_a_nan_upstream_gradient_keep_torchs_zero_rows`):
-    the kernel path's backward scaled ignored rows by their NaN g."""
+    the kernel path's backward scaled ignored rows (of the logits, or of the
+    linear head's input) by their NaN g."""
     jax = pytest.importorskip("jax")
     jnp = jax.numpy
-    x = jnp.asarray(np.random.default_rng(3).standard_normal((3, 5)), jnp.float32)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((3, 5)), jnp.float32)   # (logits, or the head's input)
+    w = jnp.asarray(rng.standard_normal((5, 5)), jnp.float32)
     t = jnp.asarray([1, 4, -100])
     up = jnp.asarray([1.0, 1.0, np.nan]) if reduction == "none" else jnp.float32(np.nan)
-    step = lambda a: (xent.cross_entropy(a, t, reduction=reduction) * up).sum()
-    for grad in (jax.grad(step)(x), jax.jit(jax.grad(step))(x)):
-        assert (np.asarray(grad[2]) == 0).all()
-        assert np.isnan(np.asarray(grad[:2])).all() == (reduction != "none")
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_jax_linear_ignored_tokens_under_a_nan_upstream_gradient_keep_zero_rows(jax_path,
-                                                                                reduction):
-    jax = pytest.importorskip("jax")
-    jnp = jax.numpy
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
-    t = jnp.asarray([1, 4, -100])
-    up = jnp.asarray([1.0, 1.0, np.nan]) if reduction == "none" else jnp.float32(np.nan)
-    step = lambda a: (xent.linear_cross_entropy(a, w, t, reduction=reduction) * up).sum()
+    if function == "cross_entropy":
+        losses = lambda a: xent.cross_entropy(a, t, reduction=reduction)
+    else:
+        losses = lambda a: xent.linear_cross_entropy(a, w, t, reduction=reduction)
+    step = lambda a: (losses(a) * up).sum()
     for grad in (jax.grad(step)(x), jax.jit(jax.grad(step))(x)):
         assert (np.asarray(grad[2]) == 0).all()
         assert np.isnan(np.asarray(grad[:2])).all() == (reduction != "none")

@@ -16,6 +16,8 @@ in float32, or float64 for float64 losses, and is rounded once to the losses'
 dtype (TensorFlow computes float64 in float32; xent does not lose that
 precision).
 """
+import numpy as np
+
 from xent import _dtypes
 
 
@@ -68,7 +70,7 @@ def check_broadcastable(weights, values_shape):
 # TensorFlow counts the non-zero weights on its weights cast to float32, on
 # CPU kernels that flush subnormals to zero: a weight of magnitude below
 # float32's smallest normal (1e-40, or a float64 1e-50) counts as zero there.
-_TINY32 = 1.1754943508222875e-38
+_TINY32 = float(np.finfo(np.float32).tiny)
 
 
 def div_no_nan(be, total, count):
