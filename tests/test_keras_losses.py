@@ -196,6 +196,54 @@ def test_sparse_function_float_labels_are_cast_like_tf(keras, rng):
     _assert_close(xk.sparse_categorical_crossentropy(y_true, y_pred), expected)
 
 
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_sparse_scalar_predictions_get_keras_rank_error_not_an_index_error(keras, from_logits):
+    """A 0-d y_pred: TF's Keras fails with an IndexError while squeezing the labels
+    (it reads y_true.shape[-1]); xent gives Keras' own rank message, which names it."""
+    with pytest.raises(IndexError):
+        keras.losses.sparse_categorical_crossentropy(np.array(1), np.float32(1.0),
+                                                     from_logits=from_logits)
+    for call in (xk.sparse_categorical_crossentropy,
+                 xk.SparseCategoricalCrossentropy(from_logits=from_logits)):
+        kwargs = {"from_logits": from_logits} if call is xk.sparse_categorical_crossentropy else {}
+        with pytest.raises(ValueError, match=re.escape(
+                "Argument `output` must be at least rank 1. Received: output.shape=()")):
+            call(np.array(1), np.float32(1.0), **kwargs)
+
+
+@pytest.mark.parametrize("ignore_class", [None, 0])
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_sparse_nan_label_is_out_of_range_like_tf(keras, rng, framework, ignore_class):
+    """TF casts a NaN float label to int64's minimum (x86): out of range, its error.
+    XLA casts NaN to 0: on JAX it was class 0's loss, silently, even with
+    ignore_class=0. Eager calls raise TF's error; under jit its row is NaN."""
+    y_true = np.array([0.0, np.nan, 1.0], np.float32)
+    y_pred = rng.standard_normal((3, 4)).astype(np.float32)
+    with pytest.raises(Exception, match="outside the valid range") as tf_error:
+        keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True,
+                                                     ignore_class=ignore_class)
+    convert = {"numpy": np.asarray, "torch": pytest.importorskip("torch").as_tensor,
+               "jax": pytest.importorskip("jax.numpy").asarray}[framework]
+    with pytest.raises(xerrors.InvalidArgumentError) as error:
+        xk.sparse_categorical_crossentropy(convert(y_true), convert(y_pred), from_logits=True,
+                                           ignore_class=ignore_class)
+    if framework == "jax":   # (without x64, JAX's labels are int32: their minimum)
+        import jax
+        wanted = str(np.iinfo(np.int64 if jax.config.jax_enable_x64 else np.int32).min)
+        assert f"Received a label value of {wanted} which is outside the valid range of [0, 4)" \
+            in str(error.value)
+    else:
+        assert str(error.value) == tf_message(tf_error.value)
+    if framework == "jax":
+        import jax
+        got = np.asarray(jax.jit(lambda y, x: xk.sparse_categorical_crossentropy(
+            y, x, from_logits=True, ignore_class=ignore_class))(convert(y_true), convert(y_pred)))
+        assert np.isnan(got[1])
+        kept = keras.losses.sparse_categorical_crossentropy(y_true[[0, 2]], y_pred[[0, 2]],
+                                                            from_logits=True, ignore_class=ignore_class)
+        _assert_close(got[[0, 2]], kept)
+
+
 @pytest.mark.parametrize("rank", [1, 2])
 def test_sparse_function_trailing_unit_labels_squeezed_like_tf(keras, rng, rank):
     shape = SPARSE_SHAPES[rank]

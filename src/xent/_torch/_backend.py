@@ -19,6 +19,7 @@ class _Namespace:
     """The NumPy-like calls of the faces and reductions (see `xent._backend`)."""
 
     where = staticmethod(torch.where)
+    isnan = staticmethod(torch.isnan)
     ones_like = staticmethod(torch.ones_like)
     zeros_like = staticmethod(torch.zeros_like)
     log = staticmethod(torch.log)

@@ -41,7 +41,7 @@ def _sparse_shapes(y_true, y_pred):
 
 def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
     """Per-example sparse losses (accumulator dtype) and the ignore_class mask or None."""
-    if y_true.ndim == y_pred.ndim and y_true.shape[axis] == 1:
+    if y_true.ndim == y_pred.ndim >= 1 and y_true.shape[axis] == 1:
         y_true = be.xp.squeeze(y_true, axis)
     if axis not in (-1, y_pred.ndim - 1):
         raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
@@ -54,6 +54,10 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
         _mask_fits(be, valid, y_pred)
         y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
         y_pred = be.xp.where(be.xp.expand_dims(valid, axis), y_pred, 0)   # (Keras' one new array)
+    if "float" in be.dtype_name(y_true):
+        # A NaN label becomes int64's minimum on x86 (TF's range error names it), but
+        # 0 in XLA and on aarch64: class 0, silently. -inf is the minimum everywhere.
+        y_true = be.xp.where(be.xp.isnan(y_true), -np.inf, y_true)
     labels = be.astype(y_true, "int64")
     _sparse_shapes(labels, y_pred)
     logits = y_pred if from_logits else _probs.clipped_log(be, y_pred)
