@@ -326,6 +326,43 @@ def test_non_contiguous_logits_and_no_grad():
     assert not loss.requires_grad
 
 
+@pytest.mark.parametrize("face", ["nn_sparse", "nn_dense", "raw_op", "keras", "v1",
+                                  "cross_entropy", "linear_weight"])
+def test_tensors_with_the_negative_bit_set_match_torchs_loss_and_gradient(rng, path, face):
+    """``z.conj().imag`` is a real tensor whose memory holds -1 times its values
+    (torch's negative bit): torch's ops take it, its ``numpy()`` refuses it, and
+    so did every kernel face of xent (torch's RuntimeError, naming no argument)."""
+    F = torch.nn.functional
+    z = torch.complex(*(torch.tensor(rng.standard_normal((6, 5)), dtype=torch.float32)
+                        for _ in range(2))).requires_grad_()
+    y = torch.tensor([0, 4, 2, 1, 3, 0])
+    faces = {
+        "nn_sparse": lambda x: SPARSE(labels=y, logits=x).sum(),
+        "nn_dense": lambda x: DENSE(labels=F.one_hot(y, 5).float().conj(), logits=x).sum(),
+        "raw_op": lambda x: xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(
+            features=x, labels=y).loss.sum(),
+        "keras": lambda x: xent.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="sum")(y, x),
+        "v1": lambda x: xent.losses.sparse_softmax_cross_entropy(
+            y, x, reduction=xent.losses.Reduction.SUM),
+        "cross_entropy": lambda x: xent.cross_entropy(x, y, reduction="sum"),
+    }
+    h = torch.eye(6, 5) + 0.5   # (linear_weight: a [V=6, H=5] weight with the bit, inputs [6, 5])
+    faces["linear_weight"] = lambda x: xent.linear_cross_entropy(h, x, y, reduction="sum")
+    peer = (lambda x: F.cross_entropy(h @ x.t(), y, reduction="sum")) if face == "linear_weight" \
+        else (lambda x: F.cross_entropy(x, y, reduction="sum"))
+    x = z.detach().conj().imag   # (wanting no gradient, the tensor itself reached numpy())
+    assert x.is_neg() and not x.requires_grad
+    torch.testing.assert_close(faces[face](x), peer(x), rtol=1e-6, atol=0)
+    x = z.conj().imag
+    got, want = faces[face](x), peer(x)
+    got.backward()
+    grad, z.grad = z.grad.clone(), None
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad, z.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_bfloat16_numpy_labels_with_tensor_logits(tf):
     """A NumPy bfloat16 argument converts through a uint16 view (torch has no such dtype).
 
@@ -345,6 +382,33 @@ def test_import_xent_imports_neither_torch_nor_jax():
     code = "import sys, xent; print('torch' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"], out
+
+
+def test_numpy_calls_through_every_face_import_no_framework():
+    """The contract: neither PyTorch nor JAX is imported unless the caller passes one
+    of their arrays, for calls too, not only `import xent` (nor TF or Keras)."""
+    code = """if True:
+        import sys
+        import numpy as np
+        import xent
+        x = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]], np.float32)
+        y, p = np.array([0, 1]), np.array([[1.0, 0, 0], [0, 1.0, 0]], np.float32)
+        xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x)
+        xent.nn.softmax_cross_entropy_with_logits(labels=p, logits=x)
+        xent.losses.sparse_softmax_cross_entropy(y, x, weights=[1.0, 2.0])
+        xent.losses.softmax_cross_entropy(p, x, label_smoothing=0.1)
+        xent.losses.get_total_loss()
+        xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, x)
+        xent.keras.losses.CategoricalCrossentropy()(p, np.abs(x))
+        xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=x.copy(), labels=y,
+                                                         backprop_out=None)
+        xent.raw_ops.SoftmaxCrossEntropyWithLogits(features=x, labels=p)
+        xent.cross_entropy(x, y, z_loss=1e-4, return_grads=True)
+        xent.linear_cross_entropy(x, np.ones((4, 3), np.float32), y, return_grads=True)
+        print(*(name in sys.modules for name in ("torch", "jax", "tensorflow", "keras")))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"] * 4, out
 
 
 def test_keras_loss_with_tensor_sample_weight_returns_a_tensor_with_its_gradient():
