@@ -139,6 +139,45 @@ def test_linear_cross_entropy_matches_the_oracle(option, bias, reduction, dtype)
         assert_close(grads["bias"], db, dtype)
 
 
+def _ulps(got, want, dtype, of_max=False):
+    """The largest |got - want| in units of `dtype`'s spacing at |want| (or at max |want|)."""
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    at = (np.full_like(want, np.abs(want).max()) if of_max else np.abs(want)).astype(dtype)
+    spacing = np.nextafter(at, np.array(np.inf, dtype)).astype(np.float64) - at.astype(np.float64)
+    return float(np.max(np.abs(got - want) / spacing))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_linear_cross_entropy_rounds_where_its_docs_say(dtype):
+    """NumPy and JAX widen the input and weight to float32 once: each token's loss,
+    and the gradients (in ulps of their largest entry), within 1 ulp of the float64
+    truth (0.50 measured). torch runs torch's half matmuls, so each chunk's logits
+    are rounded to `dtype` first, as in ``F.cross_entropy(x @ W.T, y)``: its losses
+    are within 1 ulp of the float64 loss of those rounded logits (0.50; 1.2-1.9
+    ulps of the unrounded truth). The shared tolerance (TOL, ~8 ulps of the
+    largest entry) could tell none of this apart."""
+    rng = np.random.default_rng(3)
+    x, w = rng.normal(size=(512, 64)).astype(dtype), (rng.normal(size=(1000, 64)) / 2).astype(dtype)
+    target = rng.integers(0, 1000, 512)
+    truth, dx, dw, _ = linear_oracle(x.astype(np.float64), w.astype(np.float64), None, target,
+                                     {}, "sum")
+    per_token = linear_oracle(x.astype(np.float64), w.astype(np.float64), None, target, {}, "none")[0]
+    loss, grads = xent.linear_cross_entropy(x, w, target, reduction="sum", return_grads=True)
+    assert _ulps(xent.linear_cross_entropy(x, w, target, reduction="none"), per_token, dtype) <= 1
+    assert _ulps(loss, truth, dtype) <= 1
+    assert _ulps(grads["input"], dx, dtype, of_max=True) <= 1
+    assert _ulps(grads["weight"], dw, dtype, of_max=True) <= 1
+    jnp = pytest.importorskip("jax.numpy")
+    got = xent.linear_cross_entropy(jnp.asarray(x), jnp.asarray(w), jnp.asarray(target), reduction="none")
+    assert _ulps(got, per_token, dtype) <= 1
+    tdtype = getattr(torch, np.dtype(dtype).name)
+    xt, wt = (torch.tensor(a.astype(np.float32)).to(tdtype) for a in (x, w))
+    got = xent.linear_cross_entropy(xt, wt, torch.tensor(target), reduction="none")
+    rounded = (xt @ wt.T).double()   # (torch's half matmul: the chunks' logits)
+    want = F.cross_entropy(rounded, torch.tensor(target), reduction="none")
+    assert _ulps(got.float(), want, dtype) <= 1
+
+
 def test_byte_swapped_logits_and_a_packed_record_field_of_inputs_give_the_oracles_numbers():
     """Big-endian logits (from a file, say) are read in the machine's order, and an
     in-place gradient over them is refused (it would land in a copy); inputs in a
@@ -241,6 +280,11 @@ TARGET = np.array([0, 1])
     ({"z_loss": "big"}, TypeError, "z_loss must be a real number; received 'big'"),
     ({"label_smoothing": "0.1"}, TypeError, "label_smoothing must be a real number; received '0.1'"),
     ({"softcap": "30"}, TypeError, "softcap must be a real number; received '30'"),
+    # (NumPy's own "only integer scalar arrays can be converted to a scalar index" before)
+    ({"ignore_index": np.array([1, 2])}, TypeError, "ignore_index must be an integer; received array([1, 2])"),
+    ({"ignore_index": np.array(1.5)}, TypeError, "ignore_index must be an integer; received array(1.5)"),
+    ({"return_grads": "yes"}, TypeError, "return_grads must be True or False; received 'yes'"),
+    ({"return_grads": None}, TypeError, "return_grads must be True or False; received None"),
     ({"softcap": 1e39}, ValueError, "softcap must be from 7.888609052210118e-31 to "
      "1.2676506002282294e+30 (float32 and half-precision logits are capped in float32, "
      "where c·tanh(z/c) needs c, 1/c and z/c to be normal numbers); received 1e+39"),
@@ -254,6 +298,30 @@ def test_bad_options_are_named(kwargs, error, text):
         with pytest.raises(error) as info:
             call()
         assert str(info.value) == text
+
+
+@pytest.mark.parametrize("value", [2, "yes", None])
+def test_inplace_backward_is_true_or_false_not_any_truthy_value(value):
+    with pytest.raises(TypeError) as info:
+        xent.cross_entropy(LOGITS.copy(), TARGET, inplace_backward=value)
+    assert str(info.value) == f"inplace_backward must be True or False; received {value!r}"
+    assert xent.cross_entropy(LOGITS, TARGET, inplace_backward=np.bool_(False)) == \
+        xent.cross_entropy(LOGITS, TARGET)
+
+
+@pytest.mark.parametrize("name", ["ignore_index", "label_smoothing", "z_loss", "softcap"])
+def test_an_option_traced_under_jit_is_told_to_be_static(name):
+    """The kernels take the options as constants: a traced one is named, and the
+    caller told what to do (JAX's own TracerIntegerConversionError before, or
+    "must be a real number" for a value that is one)."""
+    jax = pytest.importorskip("jax")
+    value = 1 if name == "ignore_index" else 0.1
+    with pytest.raises(TypeError, match=f"^{name} must be a concrete number: xent's kernels take "
+                                        f"it as a constant; received the traced .* make it a "
+                                        f"static argument"):
+        jax.jit(lambda v: xent.cross_entropy(jax.numpy.asarray(LOGITS), TARGET, **{name: v}))(value)
+    static = jax.jit(lambda x, v: xent.cross_entropy(x, TARGET, **{name: v}), static_argnums=1)
+    assert float(static(LOGITS, value)) == pytest.approx(float(xent.cross_entropy(LOGITS, TARGET, **{name: value})), rel=1e-6)
 
 
 def test_ignore_index_past_int64_is_refused_as_torch_refuses_it():

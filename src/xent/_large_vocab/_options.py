@@ -5,6 +5,8 @@ and names the argument, the value it got and what was expected.
 """
 from typing import NamedTuple, Optional
 
+import numpy as np
+
 REDUCTIONS = ("mean", "sum", "none")
 # The softcaps c accepted. ``c·tanh(z/c)`` is computed in float32 for float32
 # and half-precision logits: with c or 1/c outside float32's normal numbers
@@ -38,12 +40,39 @@ class Options(NamedTuple):
         return self.label_smoothing == 0 and self.z_loss == 0 and self.softcap is None
 
 
+def _traced(value):
+    """Whether `value` is a number without a value: a 0-d numeric array that
+    `float` cannot read (a JAX tracer under `jit`)."""
+    dtype = getattr(value, "dtype", None)
+    if getattr(value, "shape", None) != () or getattr(dtype, "kind", "") not in ("b", "i", "u", "f"):
+        return False
+    try:
+        float(value)
+    except TypeError:
+        return True
+    return False
+
+
+def _not_a(kind, name, value):
+    """The TypeError for an option `name` that is not `kind` ("an integer", "a real
+    number"); a traced one is told to be static, as the kernels take it as a constant."""
+    if _traced(value):
+        return TypeError(f"{name} must be a concrete number: xent's kernels take it as a "
+                         f"constant; received the traced {value!r} (under jax.jit or another "
+                         f"transformation, make it a static argument)")
+    return TypeError(f"{name} must be {kind}; received {value!r}")
+
+
 def _integer(name, value):
     """`value` as a Python int (any integer type: int, np.int64, a 0-d integer
-    array), or a TypeError naming `name` (bools and floats are not integers)."""
+    array), or a TypeError naming `name` (bools, floats and arrays of several
+    elements are not integers)."""
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an integer; received {value!r}")
-    return int(value.__index__())
+    try:
+        return int(value.__index__())
+    except TypeError:
+        raise _not_a("an integer", name, value) from None
 
 
 def _real(name, value):
@@ -54,10 +83,18 @@ def _real(name, value):
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number; received {value!r}") from None
+        raise _not_a("a real number", name, value) from None
     if not number - number == 0:   # (inf, nan; math.isfinite stops torch.compile(dynamic=True))
         raise ValueError(f"{name} must be finite; received {value!r}")
     return number
+
+
+def flag(name, value):
+    """`value` as a Python bool, or a TypeError naming `name`: ``"yes"``, 2 or None
+    are not taken as true or false by their truthiness."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False; received {value!r}")
 
 
 def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
