@@ -283,6 +283,7 @@ TARGET = np.array([0, 1])
     # (NumPy's own "only integer scalar arrays can be converted to a scalar index" before)
     ({"ignore_index": np.array([1, 2])}, TypeError, "ignore_index must be an integer; received array([1, 2])"),
     ({"ignore_index": np.array(1.5)}, TypeError, "ignore_index must be an integer; received array(1.5)"),
+    ({"softcap": True}, TypeError, "softcap must be a number (the cap c) or None; received True"),
     ({"return_grads": "yes"}, TypeError, "return_grads must be True or False; received 'yes'"),
     ({"return_grads": None}, TypeError, "return_grads must be True or False; received None"),
     ({"softcap": 1e39}, ValueError, "softcap must be from 7.888609052210118e-31 to "

@@ -101,7 +101,8 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
     """Check the options and return them as `Options`.
 
     Raises:
-      TypeError: a non-integer `ignore_index`, a non-number option (a string too).
+      TypeError: a non-integer `ignore_index`, a non-number option (a string too), a
+        bool `softcap`, a traced option (JAX: it must be static).
       ValueError: an `ignore_index` outside int64, `label_smoothing` outside
         [0, 1], a negative `z_loss`, a `softcap` outside [`SOFTCAP_MIN`,
         `SOFTCAP_MAX`], an unknown `reduction`.
@@ -115,6 +116,8 @@ def options(ignore_index, label_smoothing, z_loss, softcap, reduction):
     z = _real("z_loss", z_loss)
     if z < 0:
         raise ValueError(f"z_loss must be >= 0; received {z_loss!r}")
+    if isinstance(softcap, (bool, np.bool_)):   # (True would be a cap of 1.0, silently)
+        raise TypeError(f"softcap must be a number (the cap c) or None; received {softcap!r}")
     cap = None if softcap is None else _real("softcap", softcap)
     if cap is not None and cap <= 0:
         raise ValueError(f"softcap must be > 0 or None; received {softcap!r}")
