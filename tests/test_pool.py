@@ -103,6 +103,70 @@ def test_an_interrupt_while_waiting_for_a_helper_is_raised_once_it_is_done():
     np.testing.assert_array_equal(out, np.ones(8, np.int64))
 
 
+class _InterruptedPool:
+    """A pool whose ``submit`` hands the work to the real pool, then raises as a
+    signal handler does when its signal lands inside ``submit``."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def submit(self, fn):
+        self.real.submit(fn)
+        time.sleep(0.01)   # (the helper joins meanwhile)
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_while_the_helpers_start_leaves_no_helper_writing(monkeypatch):
+    """A KeyboardInterrupt raised inside the pool's ``submit`` left the call before
+    the caller had closed its blocks: the helper went on to write every row into
+    the output after the ``except`` clause had run (a review saw rows of an old
+    gradient in a reused `backprop_out`, 9 of 80 interrupted calls)."""
+    real = _pool._helpers()
+
+    def rows(out, lo, hi):
+        time.sleep(0.02)
+        mark_rows(out, lo, hi)
+
+    out = np.zeros(64, np.int64)
+    monkeypatch.setattr(_pool, "_helpers", lambda: _InterruptedPool(real))
+    with pytest.raises(KeyboardInterrupt):
+        _pool.run(rows, (out,), 64, 2)
+    when_caught = out.copy()
+    time.sleep(0.3)
+    np.testing.assert_array_equal(out, when_caught)
+    assert when_caught.max() <= 1 and when_caught.sum() < 64   # (the helper stopped early)
+
+
+class _LockedPool:
+    """A pool whose ``submit`` holds a lock that is not reentrant, as
+    ``ThreadPoolExecutor.submit`` does, and whose first ``submit`` makes another
+    call of `run` meanwhile, as a signal handler calling xent would."""
+
+    def __init__(self, nested):
+        self.lock, self.nested = threading.Lock(), nested
+
+    def submit(self, fn):
+        assert self.lock.acquire(timeout=5), "a call nested in another called submit again"
+        try:
+            nested, self.nested = self.nested, None
+            if nested is not None:
+                nested()
+        finally:
+            self.lock.release()
+
+
+def test_a_call_nested_in_another_on_its_thread_runs_alone(monkeypatch):
+    """A signal handler that calls xent while the main thread is inside the pool's
+    ``submit`` hung for ever (6 of 6 runs of a review's timer): the nested call
+    now runs its rows on its own thread, and both calls' rows are right."""
+    inner, outer = np.zeros(16, np.int64), np.zeros(16, np.int64)
+    nested = lambda: _pool.run(mark_rows, (inner,), 16, 2)   # noqa: E731
+    monkeypatch.setattr(_pool, "_helpers", lambda pool=_LockedPool(nested): pool)
+    assert _pool.run(mark_rows, (outer,), 16, 2) is False
+    np.testing.assert_array_equal(inner, np.ones(16, np.int64))
+    np.testing.assert_array_equal(outer, np.ones(16, np.int64))
+
+
 def test_after_an_error_no_helper_writes_on():
     """When the caller's block raises while a helper is inside one, `run` raises
     only once the helper's block is done: nothing changes after it returns."""

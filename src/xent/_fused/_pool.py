@@ -40,6 +40,7 @@ BLOCKS_PER_THREAD = 4
 
 _state = {"pool": None, "pid": None}
 _state_lock = _threads.fork_safe_lock()
+_running = threading.local()   # .calls: this thread's `run` calls in progress
 
 
 def _helpers():
@@ -66,7 +67,8 @@ class _Blocks:
     left, so once the caller has seen none left, no helper joins any more, and
     the last one to leave sets `_finished`. Only the caller can be interrupted
     (Python delivers signals to the main thread), and its bookkeeping is its
-    own, so an interrupt cannot leave it waiting for a block nobody runs.
+    own, so an interrupt cannot leave it waiting for a block nobody runs;
+    after one, `close_and_wait` stops the helpers taking more blocks.
     """
 
     def __init__(self, rows, args, n, count):
@@ -114,20 +116,30 @@ class _Blocks:
                 if self._active == 0:
                     self._finished.set()
 
-    def work_and_wait(self):
-        """The caller's part: run blocks until none is left, wait for the helpers
-        that joined, then raise the first error a block raised."""
-        try:
-            with self._lock:
-                job = self._next()
-            self._run_blocks(job)
-        finally:
-            with self._lock:
-                self._closed = True   # (no helper joins from here on, even after an interrupt)
-                helpers_left = self._active > 0
-            if helpers_left:
-                _wait_through_interrupts(self._finished)
-            self._args = None   # (no helper is left to read them)
+    def work(self):
+        """The caller's part: run blocks until none is left (a block's error raised)."""
+        with self._lock:
+            job = self._next()
+        self._run_blocks(job)
+
+    def close_and_wait(self):
+        """Let no helper join from now on, and wait for those that joined to finish
+        their blocks; then raise the first error a block raised. Safe to call
+        after an interrupt anywhere in `run` (see `_wait_through_interrupts`)."""
+        self._closed = True   # (first: a store, where no signal handler can run before it)
+        pending = None
+        while True:
+            try:
+                with self._lock:
+                    helpers_left = self._active > 0
+                if helpers_left:
+                    _wait_through_interrupts(self._finished)
+                break
+            except BaseException as exc:   # (a signal while reading `_active`: read it again)
+                pending = pending or exc
+        self._args = None   # (no helper is left to read them)
+        if pending is not None:
+            raise pending
         if self._error is not None:
             raise self._error
 
@@ -155,14 +167,33 @@ def run(rows, args, n, threads):
     caller ran every block, the helpers being busy or asleep throughout).
 
     `rows` is a ``nogil`` row kernel whose rows are independent. When it
-    returns or raises, no thread is still running a block of this call.
+    returns or raises, no thread is still running a block of this call: an
+    interrupt while the helpers start, too, closes the blocks and waits (a
+    review caught a KeyboardInterrupt raised inside the pool's ``submit``,
+    whose helper then wrote every row into the caller's `backprop_out`
+    after the ``except`` clause had run). A call made while this thread is
+    already in one (from a signal handler) runs alone: the pool's ``submit``
+    holds a lock the outer call may hold (it hung).
     """
     blocks = _Blocks(rows, args, n, min(n, threads * BLOCKS_PER_THREAD))
+    depth = getattr(_running, "calls", 0)
+    _running.calls = depth + 1
+    try:
+        if depth == 0:
+            _start_helpers(blocks, threads - 1)
+        blocks.work()
+    finally:
+        _running.calls = depth
+        blocks.close_and_wait()
+    return blocks.helped
+
+
+def _start_helpers(blocks, count):
+    """Ask `count` pool threads to help with `blocks` (none at interpreter exit,
+    where no thread starts: the caller runs them all)."""
     try:
         pool = _helpers()
-        for _ in range(threads - 1):
+        for _ in range(count):
             pool.submit(blocks.help)
-    except RuntimeError:   # (at interpreter exit no thread starts: the caller runs them all)
+    except RuntimeError:
         pass
-    blocks.work_and_wait()
-    return blocks.helped
