@@ -116,3 +116,32 @@ def test_training_steps_with_a_changing_batch_size_reuse_one_gradient_buffer():
         addresses.append(leaf.grad.data_ptr())
         del leaf
     assert len(set(addresses)) == 1 and len(_buffers._pool) == 1
+
+
+_NESTED_CALLS = """
+import numpy as np
+import xent
+from xent import _buffers
+from xent._torch import _upstream
+
+shape = (2, _buffers.MIN_BYTES // 4)
+with _buffers._lock:   # (a signal handler's call finds it so, while its thread is in `empty`)
+    outer = _buffers.empty(shape, np.float32)
+    nested = _buffers.empty(shape, np.float32)
+assert not np.shares_memory(outer, nested)
+with _upstream._lock:
+    _upstream.forget()
+print("done")
+"""
+
+
+def test_a_call_nested_on_a_thread_holding_the_pools_lock_goes_on():
+    """A signal handler's call made while its thread held the gradient pool's lock
+    (or the upstream gradients' table's) waited for ever on it: the locks are
+    reentrant, and the nested call takes a buffer of its own."""
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    run = subprocess.run([sys.executable, "-c", _NESTED_CALLS], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr[-2000:]

@@ -35,7 +35,9 @@ MAX_BUFFERS = 4
 # fewer each time: 107 ms against 69 with the same shape).
 _SLACK = 2
 
-_lock = _threads.fork_safe_lock()
+# Reentrant: a call from a signal handler may come while its thread is in `empty`
+# (each call keeps its own buffer in a local, so the handler's takes another).
+_lock = _threads.fork_safe_lock(reentrant=True)
 _pool = []   # byte buffers (np.uint8, 1-D), most recently handed out last
 
 
@@ -55,11 +57,12 @@ def empty(shape, dtype):
         fits = [index for index in range(len(_pool))
                 if nbytes <= _pool[index].nbytes <= _SLACK * nbytes and _free(index)]
         if fits:
-            _pool.append(_pool.pop(min(fits, key=lambda index: _pool[index].nbytes)))
+            buffer = _pool.pop(min(fits, key=lambda index: _pool[index].nbytes))
         else:
             _make_room()
-            _pool.append(np.empty(nbytes, np.uint8))
-        return _pool[-1][:nbytes].view(dtype).reshape(shape)
+            buffer = np.empty(nbytes, np.uint8)
+        _pool.append(buffer)
+    return buffer[:nbytes].view(dtype).reshape(shape)
 
 
 def empty_like(a):

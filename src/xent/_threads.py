@@ -13,16 +13,19 @@ import threading
 _state = {"threads": None}
 
 
-def fork_safe_lock():
-    """A `threading.Lock` that a child process made by ``os.fork`` gets unlocked.
+def fork_safe_lock(reentrant=False):
+    """A `threading.Lock` (`threading.RLock` if `reentrant`) that a child process
+    made by ``os.fork`` gets unlocked.
 
     The child has only the thread that forked: a lock another thread held at
     that moment would stay held in it for ever. A review forked a process
     while two threads ran torch steps through xent: 7 of 100 children hung on
     `xent._torch._upstream`'s lock or the gradient pool's (`xent._buffers`).
     For locks that live as long as the process (each registers a hook).
+    A reentrant one serves state that a call from a signal handler may use
+    while its thread holds the lock (a plain lock hangs there for ever).
     """
-    lock = threading.Lock()
+    lock = threading.RLock() if reentrant else threading.Lock()
     if hasattr(os, "register_at_fork") and hasattr(lock, "_at_fork_reinit"):
         os.register_at_fork(after_in_child=lock._at_fork_reinit)
     return lock

@@ -52,7 +52,7 @@ class _CompileNotice(event.Listener):
         self._stream, self._delay = stream, delay
         self._depth, self._timer, self.said = 0, None, False
         self._spent, self._started = 0.0, 0.0
-        self._lock = _threads.fork_safe_lock()
+        self._lock = _threads.fork_safe_lock(reentrant=True)   # (a signal handler's call may nest)
 
     def _say(self, dispatcher):
         with self._lock:

@@ -47,7 +47,7 @@ class StoreChoice:
     TRIALS = 3
 
     def __init__(self):
-        self._lock = _threads.fork_safe_lock()
+        self._lock = _threads.fork_safe_lock(reentrant=True)   # (a signal handler's call may nest)
         self._signature = None
         self._untimed = 0   # untimed first calls handed out: plain, then streamed
         self._best = {False: math.inf, True: math.inf}

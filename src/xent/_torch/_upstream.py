@@ -62,7 +62,7 @@ MIN_BYTES = _buffers.MIN_BYTES
 # How many loss shapes are remembered (the least recently seen makes way).
 MAX_SHAPES = 8
 
-_lock = _threads.fork_safe_lock()
+_lock = _threads.fork_safe_lock(reentrant=True)   # (a signal handler's call may nest)
 # slot (loss shape, dtype, place) -> (the last g as float64, C-contiguous, or None
 # for all ones; whether it was the same as the g before it)
 _seen = {}
