@@ -88,6 +88,46 @@ def test_numba_disable_jit_falls_back_to_the_reference_kernels_with_one_warning(
     assert explicit == "ImportError True True"   # asking for the fused kernels names NUMBA_DISABLE_JIT
 
 
+FIRST_CALLS_AT_ONCE = """
+import threading, time, warnings
+import numpy as np
+import xent
+from xent import _core
+
+load = _core._load_fused
+_core._load_fused = lambda explicit: (time.sleep(0.3), load(explicit))[1]   # (all three in at once)
+logits, labels = np.ones((4, 5), np.float32), np.zeros(4, np.int64)
+start = threading.Barrier(3)
+
+def first_call():
+    start.wait()
+    xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    threads = [threading.Thread(target=first_call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+print(xent.get_kernels())
+print(len(caught))
+print(caught[0].message)
+"""
+
+
+def test_first_calls_from_threads_at_once_choose_the_kernels_once():
+    """Three threads' first calls at once, numba's JIT off: one warning, naming the
+    cause. Each had tried the import: 2-3 warnings, one of them of the wrong cause
+    ("cannot import name '_fused'", from a thread whose wait ended in another's
+    failed import)."""
+    pytest.importorskip("numba")
+    kernels, warnings_seen, message, _ = _child(FIRST_CALLS_AT_ONCE, NUMBA_DISABLE_JIT="1")
+    assert kernels == "numpy"
+    assert warnings_seen == "1"
+    assert "NUMBA_DISABLE_JIT" in message
+
+
 @pytest.mark.parametrize("chosen", [None, "unwritable"])
 def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path, chosen):
     """Without a directory numba can write, ``cache=True`` raised numba's "no locator

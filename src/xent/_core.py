@@ -16,6 +16,10 @@ from xent import _kernels, _threads, _validate
 from xent._warnings import warn
 
 _state = {"kernels": None}
+# One thread chooses: threads making their first calls at once had each tried
+# the import, and one whose wait ended in the other's failed import warned a
+# second time, of the wrong cause ("cannot import name '_fused'").
+_choice_lock = _threads.fork_safe_lock(reentrant=True)
 KERNEL_NAMES = ("fused", "numpy")
 
 
@@ -50,8 +54,11 @@ def kernels():
     ``numpy``), else the fused kernels when numba loads them.
     """
     if _state["kernels"] is None:
-        env = kernel_name_from_environment()
-        _state["kernels"] = _kernels if env == "numpy" else _load_fused(explicit=env == "fused")
+        with _choice_lock:
+            if _state["kernels"] is None:
+                env = kernel_name_from_environment()
+                _state["kernels"] = (_kernels if env == "numpy"
+                                     else _load_fused(explicit=env == "fused"))
     return _state["kernels"]
 
 
