@@ -35,6 +35,19 @@ def test_each_demo_example_is_tensorflows_documented_value(tf, example):
     assert _demo.agrees(got, example), (got, example.documented)
 
 
+def test_the_demo_takes_a_bare_zero_to_the_digits_printed_beside_it():
+    """TF's docs print ``[0.29750752, 1.1448325, 0.]``: the saturated row's 0 (logits
+    of +-100), exact to 8 digits. It was taken to 0 digits: a loss of 0.4 there
+    agreed, and the demo's only saturated row could catch nothing below it."""
+    example = next(e for e in EXAMPLES if e.documented == "[0.29750752, 1.1448325, 0.]")
+    values, tolerance = _demo.documented_values(example)
+    assert tolerance[2] == 0.5e-8
+    assert _demo.agrees(np.array([0.29750752, 1.1448325, 0.0], np.float32), example)
+    assert not _demo.agrees(np.array([0.29750752, 1.1448325, 1e-7], np.float32), example)
+    keras = next(e for e in EXAMPLES if e.documented == "[0.0513, 2.303]")   # (digits per entry)
+    assert list(_demo.documented_values(keras)[1]) == [0.5e-4, 0.5e-3]
+
+
 def test_xent_demo_prints_each_example_beside_tfs_documented_value():
     result = subprocess.run([sys.executable, "-m", "xent.cli", "demo"], capture_output=True,
                             text=True, timeout=300)

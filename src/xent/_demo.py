@@ -143,10 +143,13 @@ def documented_values(example):
     That is half a unit of the last printed digit (1.177: 0.0005), and at least
     4 float32 ulps where the docs print every digit: TensorFlow 2.21 itself
     gives 0.29750744 where its docstring, from an older kernel, prints 0.29750752.
+    An array's zero printed bare (``0.`` beside 0.29750752: NumPy's printing
+    drops trailing zeros) is 0 to the most digits printed beside it, not to 0.5.
     """
     text = example.documented.strip("[]").replace(",", " ").split()
     values = np.array([float(t) for t in text])
     digits = np.array([len(t.split(".")[1]) if "." in t else 0 for t in text], np.float64)
+    digits[(values == 0) & (digits == 0)] = digits.max()
     return values, np.maximum(0.5 * 10.0 ** -digits, 4 * EPS32 * np.abs(values))
 
 
