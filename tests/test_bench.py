@@ -344,3 +344,15 @@ def test_the_torch_mean_step_script_names_a_bad_argument(argv, named):
     done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and f"argument {named}" in done.stderr, done.stderr
+
+
+def test_the_markdown_table_explains_the_double_dagger_only_where_a_row_has_one():
+    """The footnote on per-call ratios was printed under every table; a quick run's
+    32x1000 rows have no paired ratio, and no ‡."""
+    record = {"name": "xent", "mode": "loss", "median_s": 1e-3, "gb_per_s": 1.0, "x_floor": 1.1,
+              "peer_speedup": 2.0, "extra_bytes_per_row": 0, "x_floor_paired": False}
+    entry = {"shape": [32, 1000], "dtype": "float32", "records": [record]}
+    assert "‡" not in _report.markdown_table([entry])
+    paired = {**entry, "records": [{**record, "x_floor_paired": True}]}
+    table = _report.markdown_table([paired])
+    assert "read‡" in table and "\n‡ median over calls" in table

@@ -85,8 +85,9 @@ def markdown_table(results):
                 f"| {label} | {r['name']} | {MODE_TITLES[r['mode']]} | {r['median_s'] * 1e3:.3f} "
                 f"| {_fmt(r['gb_per_s'], '.1f')} | {_fmt(r['x_floor'], '.2f')} {floor} "
                 f"| {_fmt(r['peer_speedup'], '.1f')} | {_fmt(r['extra_bytes_per_row'], '.0f')} |")
-    lines.append("\n‡ median over calls of each call's time over the floor timed just before it "
-                 "(other rows: median time over the floor's median time).")
+    if any(r.get("x_floor_paired") for entry in results for r in entry["records"]):
+        lines.append("\n‡ median over calls of each call's time over the floor timed just before "
+                     "it (other rows: median time over the floor's median time).")
     return "\n".join(lines)
 
 
