@@ -27,7 +27,7 @@ LISTED_LABELS = 32
 SHOWN_BAD_LABELS = 5
 
 
-def labels_in_range(labels, num_classes, checked=None):
+def labels_in_range(labels, num_classes, checked=None, note=""):
     """Raise `InvalidArgumentError` if any label is outside ``[0, num_classes)``.
 
     The message starts as TensorFlow's (CPU kernel) does: the worst offender
@@ -37,7 +37,8 @@ def labels_in_range(labels, num_classes, checked=None):
     positions (TF's list of 100,000 labels is 200,000 characters long).
     `checked` (bool, the labels' shape; None: all) leaves out the labels
     not to check (an ``ignore_index``); positions and counts stay those of
-    `labels` as given.
+    `labels` as given. `note` ends the message (what the labels are called
+    where that is not "labels").
     """
     kept = labels if checked is None else labels[checked]
     if _kernels.labels_fit(kept, num_classes):
@@ -46,7 +47,7 @@ def labels_in_range(labels, num_classes, checked=None):
     bad = low if low < 0 else high
     raise InvalidArgumentError(
         f"Received a label value of {bad} which is outside the valid range of "
-        f"[0, {num_classes}).  {_label_values(labels, num_classes, checked)}")
+        f"[0, {num_classes}).  {_label_values(labels, num_classes, checked)}{note}")
 
 
 def _label_values(labels, num_classes, checked=None):

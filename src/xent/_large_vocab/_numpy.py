@@ -14,7 +14,7 @@ def tokens(target, ignore_index, num_classes):
     target = np.asarray(target)
     flat = target.reshape(-1).astype(np.int64, copy=False)
     valid = flat != ignore_index
-    check_targets(flat, valid, num_classes, target.shape)
+    check_targets(flat, valid, num_classes, target.shape, ignore_index)
     return flat, valid
 
 

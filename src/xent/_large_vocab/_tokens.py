@@ -12,15 +12,18 @@ from xent._validate import labels_in_range
 __all__ = ["check_targets", "row_weights", "reduce"]
 
 
-def check_targets(targets, valid, num_classes, shape):
+def check_targets(targets, valid, num_classes, shape, ignore_index):
     """Raise `InvalidArgumentError` for a target outside ``[0, V)`` that is not ignored.
 
-    targets: ``[N]`` int array; valid: ``[N]`` bool (not ignore_index); shape:
+    targets: ``[N]`` int array; valid: ``[N]`` bool (not `ignore_index`); shape:
     the caller's target's shape, which the message's positions refer to.
-    The message is TensorFlow's, as for the other sparse losses.
+    The message is TensorFlow's, as for the other sparse losses, then says
+    that the labels are `target`'s and the ignored ones are not checked.
     """
     labels_in_range(targets.reshape(shape), num_classes,
-                    None if valid.all() else valid.reshape(shape))
+                    None if valid.all() else valid.reshape(shape),
+                    note=f" (the values of `target`; those equal to ignore_index={ignore_index} "
+                         f"are skipped)")
 
 
 def row_weights(valid, reduction, dtype):
