@@ -25,14 +25,18 @@ _registry = {}
 _names_in_use = {}
 
 
-def add_loss(loss, loss_collection=GraphKeys.LOSSES, name=""):
-    """Add `loss` to `loss_collection` (nothing if the collection is None/empty).
+def add_loss(loss, loss_collection=GraphKeys.LOSSES):
+    """Add `loss` to `loss_collection` (nothing if the collection is None/empty), as
+    `tf.compat.v1.losses.add_loss`. It has no name for `get_losses(scope=...)` to
+    match (`add_named_loss`)."""
+    add_named_loss(loss, loss_collection, "")
 
-    `name` is what `get_losses(scope=...)` matches, TF's name of the loss tensor
-    (`loss_name`; the losses of `xent.losses` give theirs, a value added here
-    has none). Values traced by `jax.jit`/`jax.grad` are not kept: they are
-    only valid inside the trace (as TF 2's eager mode, which keeps nothing).
-    """
+
+def add_named_loss(loss, loss_collection, name):
+    """`add_loss` with `name`, which `get_losses(scope=...)` matches: TF's name of the
+    loss tensor (`loss_name`), given by the losses of `xent.losses`. Values traced
+    by `jax.jit`/`jax.grad` are not kept: they are only valid inside the trace
+    (as TF 2's eager mode, which keeps nothing)."""
     if loss_collection and not _is_traced(loss):
         _registry.setdefault(loss_collection, []).append((name, loss))
 

@@ -16,8 +16,8 @@ import re
 import numpy as np
 
 from xent import _backend, _dtypes, _reduce, _smoothing, _validate
-from xent._collection import (GraphKeys, add_loss, clear_losses, get_losses, loss_name,
-                              get_regularization_losses, get_total_loss)
+from xent._collection import (GraphKeys, add_loss, add_named_loss, clear_losses, get_losses,
+                              get_regularization_losses, get_total_loss, loss_name)
 from xent._errstate import quiet
 from xent._reduce import Reduction
 from xent.errors import InvalidArgumentError
@@ -146,7 +146,7 @@ def _finish(be, loss, scope, loss_collection, reduction, casts=1):
     loss = be.finish(loss)
     if be.name == "numpy":
         op = _last_op(reduction, be.dtype_name(loss), casts)
-        add_loss(loss, loss_collection, loss_name(scope, op))
+        add_named_loss(loss, loss_collection, loss_name(scope, op))
     return loss
 
 
@@ -240,7 +240,8 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
       logits: float ``[batch, ..., C]``.
       weights: scalar, or of the per-example losses' rank (``[batch, ...]``)
         with each dimension 1 or equal.
-      label_smoothing: float in ``[0, 1]``.
+      label_smoothing: a float, usually in ``[0, 1]``; as in TF, any value is applied
+        (1.5 too) and one of 0 or less means no smoothing.
       scope, loss_collection, reduction: as in `compute_weighted_loss`.
 
     Returns:
