@@ -60,7 +60,8 @@ def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
     ``loss[i] = sum_j labels[i, j] * (logsumexp(logits[i, :]) - logits[i, j])``
 
     Args:
-      labels: ``[d0, ..., C, ..., dn]`` (cast to the logits' dtype); after the
+      labels: ``[d0, ..., C, ..., dn]`` (in another dtype than the logits', read in
+        float32, float64 for float64 logits; TF casts them to the logits'); after the
         class axis is moved last and the rest flattened, labels must broadcast
         to the logits' rows, as in TensorFlow.
       logits: float16/bfloat16/float32/float64, same layout as `labels`.

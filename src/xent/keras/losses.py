@@ -183,7 +183,8 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     ``label_smoothing`` ``ls`` first maps ``y -> y (1 - ls) + ls / C``.
 
     Args:
-      y_true: ``[d0, ..., C, ...]`` targets, cast to `y_pred`'s dtype.
+      y_true: ``[d0, ..., C, ...]`` targets (read in float32, float64 for float64
+        `y_pred`; Keras casts them to `y_pred`'s dtype).
       y_pred: the same shape, float logits or probabilities.
       from_logits, label_smoothing, axis: as above; `axis` is the class axis.
 
