@@ -4,7 +4,6 @@ argument names, order and defaults, but for the README's listed differences
 add a keyword-only `backprop_out`)."""
 import inspect
 
-
 import xent
 
 
