@@ -19,9 +19,9 @@ from xent import _backend, _dtypes, _reduce, _smoothing, _validate
 from xent._collection import (GraphKeys, add_loss, add_named_loss, clear_losses, get_losses,
                               get_regularization_losses, get_total_loss, loss_name)
 from xent._errstate import quiet
+from xent._losses import dense_losses, sparse_losses
 from xent._reduce import Reduction
 from xent.errors import InvalidArgumentError
-from xent.nn import dense_losses, sparse_losses
 
 __all__ = [
     "GraphKeys", "Reduction", "add_loss", "clear_losses", "compute_weighted_loss",

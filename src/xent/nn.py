@@ -1,7 +1,7 @@
 """`tf.nn`'s softmax cross-entropy ops: per-example losses, no reduction."""
-from xent import _backend, _dtypes, _smoothing, _validate
+from xent import _backend
 from xent._errstate import quiet
-from xent.errors import InvalidArgumentError
+from xent._losses import dense_losses, sparse_losses
 
 __all__ = ["sparse_softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits"]
 
@@ -85,43 +85,3 @@ def softmax_cross_entropy_with_logits(*, labels, logits, axis=-1, name=None):
     be, labels, logits = _inputs(labels, logits, "softmax_cross_entropy_with_logits")
     loss = dense_losses(be, labels, logits, axis)
     return be.finish(be.astype(loss, be.dtype_name(logits)))
-
-
-def sparse_losses(be, labels, logits, before_kernel=None):
-    """Validated per-example sparse losses in the accumulator dtype (no rounding).
-
-    The shared step behind every sparse face: dtype and shape checks, then
-    `before_kernel` (a face's own checks, given the losses' shape), then the
-    backend's kernel. labels ``[d...]``, logits ``[d..., C]`` → ``[d...]``.
-    """
-    _dtypes.check_float(be.dtype_name(logits), "logits")
-    _dtypes.check_labels_int(be.dtype_name(labels), "labels")
-    _validate.nn_sparse_shapes(labels, logits)
-    _validate.at_least_one_class(logits)
-    if before_kernel is not None:
-        before_kernel(tuple(labels.shape))
-    return be.sparse_xent(labels, logits)
-
-
-def dense_losses(be, labels, logits, axis=-1, before_kernel=None):
-    """Validated per-example dense losses in the accumulator dtype (no rounding).
-
-    labels reach the kernel in the logits' dtype or the accumulator dtype
-    (`_smoothing.kernel_targets`); the class `axis` is moved last;
-    the result has the logits' shape without `axis`. `before_kernel`, if
-    given, gets that shape after the checks and before the kernel runs.
-    """
-    logits_dtype = be.dtype_name(logits)
-    _dtypes.check_float(logits_dtype, "logits")
-    if logits.ndim == 0:
-        raise InvalidArgumentError(   # (TF: its Slice op's InvalidArgumentError)
-            f"`logits` must have rank >= 1; received logits.shape={tuple(logits.shape)}")
-    labels = _smoothing.kernel_targets(be, labels, logits_dtype)
-    axis = _validate.class_axis(axis, logits.ndim)
-    if axis != logits.ndim - 1:
-        _validate.same_rank(labels, logits)
-        labels, logits = be.xp.moveaxis(labels, axis, -1), be.xp.moveaxis(logits, axis, -1)
-    _validate.nn_dense_rows(logits.shape, labels.shape)
-    if before_kernel is not None:
-        before_kernel(tuple(logits.shape[:-1]))
-    return be.dense_xent(labels, logits)

@@ -17,9 +17,9 @@ from xent import _backend, _dtypes, _probs, _smoothing, _validate
 from xent._errstate import quiet
 from xent._keras_reduce import (Reduction, reduce_weighted_values,
                                 squeeze_or_expand_to_same_rank, standardize_reduction)
+from xent._losses import dense_losses, sparse_losses
 from xent._warnings import warn
 from xent.errors import InvalidArgumentError
-from xent.nn import dense_losses, sparse_losses
 
 __all__ = [
     "CategoricalCrossentropy", "Reduction", "SparseCategoricalCrossentropy",
