@@ -803,7 +803,7 @@ def test_no_name_gives_kerass_automatic_names(keras, cls_name):
     # Keras names a loss built with name=None or "" after its class, then
     # numbers the names it gives again (`naming.auto_name`).
     from keras.src.utils import naming
-    from xent.keras import losses as module
+    from xent.keras import _loss as module
 
     naming.reset_uids()
     module._auto_names.__dict__.clear()
