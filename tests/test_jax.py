@@ -532,7 +532,11 @@ def test_a_mean_step_holds_one_logits_sized_buffer_as_a_sum_step_does(dtype):
     if dtype == jnp.float32:   # (bfloat16: XLA's matmul itself adds float32 logits)
         assert temps["sum"] <= logits_bytes * 1.02 + 64 * rows, temps["sum"] / logits_bytes
     for name, temp in temps.items():
-        assert temp <= temps["sum"] + 64 * rows, (name, temp / logits_bytes, temps["sum"] / logits_bytes)
+        # (bfloat16 with dense labels: its backprop is float32, twice the logits, for
+        # TF's single rounding: `_jax_cpu.backprop_dtype`)
+        extra = logits_bytes if name == "dense mean" and dtype == jnp.bfloat16 else 0
+        assert temp <= temps["sum"] + extra + 64 * rows, (name, temp / logits_bytes,
+                                                         temps["sum"] / logits_bytes)
 
 
 @pytest.mark.parametrize("shape", [(6, 7), (256, 4100)], ids=["small", "threaded"])
@@ -587,20 +591,24 @@ def test_per_example_gradients_of_a_mean_under_vmap(rng, path):
                                    np.asarray(grad(logits[0], labels[i])), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
-def test_float16_gradient_under_a_loss_scale_is_rounded_once_as_tfs(path, dense):
-    """TF computes float16 losses in float32 (its ``precise_logits``): the gradient of
-    ``sum(loss * g)`` is rounded to float16 once. The kernel's float16 backprop
-    scaled by g rounded twice (506 ulps under a g of about 1000, on entries
-    below float16's normal range); for float16 the kernel now writes its
-    backprop in float32 (`_jax_cpu.backprop_dtype`), as TF's is."""
+@pytest.mark.parametrize("dtype,dense", [("float16", False), ("float16", True), ("bfloat16", True)],
+                         ids=["float16-sparse", "float16-dense", "bfloat16-dense"])
+def test_half_precision_gradient_under_a_loss_scale_is_rounded_once_as_tfs(path, dtype, dense):
+    """TF computes float16 losses, and bfloat16 dense ones, in float32 (its
+    ``precise_logits``): the gradient of ``sum(loss * g)`` is rounded once. The
+    kernel's half-precision backprop scaled by g rounded twice (float16: 506 ulps
+    under a g of about 1000, on entries below its normal range; bfloat16 dense:
+    up to 1.33 ulps, TF 0.98, a review); there the kernel writes its backprop in
+    float32 (`_jax_cpu.backprop_dtype`), as TF's is. (TF's sparse op keeps
+    bfloat16: its gradient is rounded twice, as xent's.)"""
     from oracle import half_ulps, scaled_xent_gradient
+    dtype = jnp.dtype(dtype)
     rng = np.random.default_rng(0)
     rows, classes = 64, 37
-    logits = jnp.asarray(rng.standard_normal((rows, classes)) * 4, jnp.float16)
+    logits = jnp.asarray(rng.standard_normal((rows, classes)) * 4, dtype)
     labels = rng.integers(0, classes, rows)
-    g = jnp.asarray(rng.standard_normal(rows) * 1000, jnp.float16)
-    target = jnp.asarray(np.eye(classes)[labels], jnp.float16)
+    g = jnp.asarray(rng.standard_normal(rows) * 1000, dtype)
+    target = jnp.asarray(np.eye(classes)[labels], dtype)
 
     def objective(x):
         loss = DENSE(labels=target, logits=x) if dense else SPARSE(labels=jnp.asarray(labels), logits=x)
@@ -609,8 +617,8 @@ def test_float16_gradient_under_a_loss_scale_is_rounded_once_as_tfs(path, dense)
     truth = scaled_xent_gradient(np.asarray(logits, np.float64), labels, np.asarray(g, np.float64))
     for fn in (jax.grad(objective), jax.jit(jax.grad(objective))):
         got = np.asarray(fn(logits))
-        assert got.dtype == np.float16
-        assert half_ulps(got, truth, np.float16) <= 0.51
+        assert got.dtype == dtype
+        assert half_ulps(got, truth, dtype) <= 0.51
 
 
 def test_gradients_on_an_explicitly_sharded_mesh_keep_their_inputs_types(rng):

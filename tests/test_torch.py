@@ -561,57 +561,69 @@ def test_forward_mode_tangents_match_tensorflows_forward_accumulator(tf, path, f
 
 
 
+ROUNDED_ONCE = pytest.mark.parametrize(
+    "dtype,dense", [("float16", False), ("float16", True), ("bfloat16", True)],
+    ids=["float16-sparse", "float16-dense", "bfloat16-dense"])
+
+
 @pytest.mark.parametrize("rows", [64, 4096], ids=["small", "large"])
-@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
-def test_float16_gradient_under_a_loss_scale_is_rounded_once_as_tfs(dense, rows):
-    """TF computes float16 losses in float32 (its ``precise_logits``): the gradient of
-    ``sum(loss * g)`` is rounded to float16 once. The eager backward scaled a
-    float16 backprop by g, rounding twice: up to 1580 ulps on entries below
-    float16's normal range under a g of about 1000. It now runs the kernel with
-    g as the rows' weights; bfloat16 stays in bfloat16 in TF too (not tested here)."""
+@ROUNDED_ONCE
+def test_half_precision_gradient_under_a_loss_scale_is_rounded_once_as_tfs(dtype, dense, rows):
+    """TF computes float16 losses, and bfloat16 dense ones, in float32 (its
+    ``precise_logits``): the gradient of ``sum(loss * g)`` is rounded once. The
+    eager backward scaled a half-precision backprop by g, rounding twice
+    (float16: up to 1580 ulps on entries below its normal range under a g of
+    about 1000; bfloat16 dense: over 1 ulp, a review). It now runs the kernel
+    with g as the rows' weights. (TF's sparse op keeps bfloat16, rounding
+    twice, as xent.)"""
     from oracle import half_ulps, scaled_xent_gradient
     rng = np.random.default_rng(0)
-    classes = 37
-    logits = torch.from_numpy(rng.standard_normal((rows, classes)) * 4).to(torch.float16)
+    classes, dtype = 37, getattr(torch, dtype)
+    logits = torch.from_numpy(rng.standard_normal((rows, classes)) * 4).to(dtype)
     labels = rng.integers(0, classes, rows)
-    truth_g = torch.from_numpy(rng.standard_normal(rows) * 1000).to(torch.float16)
-    target = torch.from_numpy(np.eye(classes)[labels]).to(torch.float16)
+    truth_g = torch.from_numpy(rng.standard_normal(rows) * 1000).to(dtype)
+    target = torch.from_numpy(np.eye(classes)[labels]).to(dtype)
     for step in range(3):   # (a large loss folds a g it saw twice: the first steps do not)
         x = logits.clone().requires_grad_()
         loss = DENSE(labels=target, logits=x) if dense else SPARSE(labels=torch.from_numpy(labels), logits=x)
         (loss * truth_g).sum().backward()
         truth = scaled_xent_gradient(logits.double().numpy(), labels, truth_g.double().numpy())
-        assert half_ulps(x.grad.numpy(), truth, np.float16) <= 0.51, step
+        assert half_ulps(x.grad.float().numpy(), truth, _np_dtype(dtype)) <= 0.51, step
 
 
-@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
-def test_float16_gradient_under_a_loss_scale_through_torch_func_and_torch_ops(dense):
+def _np_dtype(dtype):
+    return np.dtype(ml_dtypes.bfloat16) if dtype == torch.bfloat16 else np.dtype(np.float16)
+
+
+@ROUNDED_ONCE
+def test_half_precision_gradient_under_a_loss_scale_through_torch_func_and_torch_ops(dtype, dense):
     """The same single rounding through `torch.func.grad` (the saved float16 backprop
-    times g: 665 ulps) and the torch-ops path of other devices; a float16
+    times g: 665 ulps) and the torch-ops path of other devices; a half-precision
     ``.sum()``'s all-ones g (not a broadcast, after the cast's backward) runs
     no second kernel pass."""
     from oracle import half_ulps, scaled_xent_gradient
     from xent._torch import _math
     rng = np.random.default_rng(1)
-    rows, classes = 64, 37
-    logits = torch.from_numpy(rng.standard_normal((rows, classes)) * 4).to(torch.float16)
+    rows, classes, dtype = 64, 37, getattr(torch, dtype)
+    logits = torch.from_numpy(rng.standard_normal((rows, classes)) * 4).to(dtype)
     labels = rng.integers(0, classes, rows)
-    g = torch.from_numpy(rng.standard_normal(rows) * 1000).to(torch.float16)
-    target = torch.from_numpy(np.eye(classes)[labels]).to(torch.float16)
+    g = torch.from_numpy(rng.standard_normal(rows) * 1000).to(dtype)
+    target = torch.from_numpy(np.eye(classes)[labels]).to(dtype)
 
     def objective(x):
         loss = DENSE(labels=target, logits=x) if dense else SPARSE(labels=torch.from_numpy(labels), logits=x)
         return (loss * g).sum()
 
     truth = scaled_xent_gradient(logits.double().numpy(), labels, g.double().numpy())
-    assert half_ulps(torch.func.grad(objective)(logits.clone()).numpy(), truth, np.float16) <= 0.51
+    got = torch.func.grad(objective)(logits.clone())
+    assert half_ulps(got.float().numpy(), truth, _np_dtype(dtype)) <= 0.51
     _math.use_torch_ops_on_cpu(True)
     try:
         x = logits.clone().requires_grad_()
         objective(x).backward()
     finally:
         _math.use_torch_ops_on_cpu(False)
-    assert half_ulps(x.grad.numpy(), truth, np.float16) <= 0.51
+    assert half_ulps(x.grad.float().numpy(), truth, _np_dtype(dtype)) <= 0.51
     calls, real = [], _math.loss_and_backprop
 
     def counting(*args, **kwargs):

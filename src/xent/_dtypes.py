@@ -265,6 +265,14 @@ def accumulator_name(dtype_name):
     return "float64" if dtype_name == "float64" else "float32"
 
 
+def gradient_rounded_once(kind, dtype_name):
+    """Whether TF rounds the logits' gradient of a `kind` ("sparse"/"dense") loss on
+    `dtype_name` logits once, after the upstream gradient's product: it computes
+    float16 losses, and bfloat16 dense ones, in float32 (``precise_logits``);
+    its sparse op keeps bfloat16, rounding the backprop, then that product."""
+    return dtype_name == "float16" or (dtype_name == "bfloat16" and kind == "dense")
+
+
 def check_float(dtype_name, arg):
     """Raise `InvalidDTypeError` unless `dtype_name` is a supported logits dtype."""
     if dtype_name not in FLOAT_NAMES:

@@ -309,8 +309,9 @@ _WIDENED_ELEMENTS = 1 << 21
 def _widened(rows, logits, labels, grad_out, weights):
     """`rows` (`sparse_rows` or `dense_rows`) over float32 copies of blocks of the
     half-precision `logits`, for a gradient buffer `grad_out` wider than them
-    (float16's float32 backprop: `xent._jax_cpu.backprop_dtype`). Each block's
-    rows are computed as the whole call's would be; the copies are a block's,
+    (the float32 backprop of float16, and of bfloat16 with dense labels:
+    `xent._jax_cpu.backprop_dtype`). Each block's rows are computed as the
+    whole call's would be; the copies are a block's,
     8 MiB, where one of the whole logits was twice their size (and dense
     targets' another)."""
     n, c = logits.shape

@@ -16,9 +16,9 @@ supports them too). The dense loss also gives the labels their gradient,
 import torch
 
 from xent._torch import _upstream
-from xent._torch._math import (backprop_vjp, differentiable_backprop, labels_grad,
-                               loss_and_backprop, on_kernels, row_factors, scale_rows_,
-                               upstream_grad)
+from xent._torch._math import (backprop_vjp, differentiable_backprop, gradient_rounded_once,
+                               labels_grad, loss_and_backprop, on_kernels, row_factors,
+                               scale_rows_, upstream_grad)
 from xent._torch._views import accumulator_dtype, empty_numpy, from_numpy, numpy_view
 
 
@@ -72,7 +72,7 @@ def _loss_function(kind):
             if need_logits and not need_labels and not torch.is_grad_enabled():
                 if ctx.folds:
                     return _with_upstream(kind, ctx, backprop, g), None
-                if backprop is not None and backprop.dtype != torch.float16:
+                if backprop is not None and not gradient_rounded_once(kind, backprop.dtype):
                     return scale_rows_(backprop, g), None   # (no saved input needed: 2 us)
             logits, labels = ctx.saved_tensors
             d_logits = _logits_grad(kind, logits, labels, g, backprop) if need_logits else None

@@ -13,7 +13,7 @@ import ctypes
 
 import torch
 
-from xent import _array_kernels, _core
+from xent import _array_kernels, _core, _dtypes
 from xent._torch._views import accumulate, empty_numpy, numpy_view, own_tensor
 
 
@@ -154,22 +154,35 @@ def scale_rows_(backprop, g):
     return backprop.mul_(row_factors(g, backprop.dtype))
 
 
+# (kind, torch dtype) pairs whose gradient TF rounds once (`_dtypes.gradient_rounded_once`).
+_ROUNDED_ONCE = frozenset((kind, getattr(torch, name)) for kind in ("sparse", "dense")
+                          for name in ("float16", "bfloat16")
+                          if _dtypes.gradient_rounded_once(kind, name))
+
+
+def gradient_rounded_once(kind, dtype):
+    """`_dtypes.gradient_rounded_once` for a torch `dtype` (a set lookup: a small
+    step's backward asks)."""
+    return (kind, dtype) in _ROUNDED_ONCE
+
+
 def upstream_grad(kind, labels, logits, backprop, g):
     """The logits' gradient ``g[..., None] * (softmax - labels)`` (no graph), given the
     forward's `backprop` or None (made now): the backprop scaled in place
     (`scale_rows_`), the same bits on every backward.
 
-    float16 logits, unless every g is 1 (the check made whole: a float16
-    ``.sum()`` brings ones that are not a broadcast), take the kernel with g as
-    the rows' weights instead (over the backprop if there is one; on other
-    devices the same torch ops with the weights): TF computes float16
-    losses in float32 (its ``precise_logits``), so its gradient is rounded to
-    float16 once, where a float16 backprop times g rounds twice (entries below
-    float16's normal range, 6.1e-5, lost up to 1580 ulps under a g of about
-    1000: an independent review). bfloat16 stays in bfloat16 in TF, rounded
-    twice as here.
+    float16 logits, and bfloat16 ones with dense labels
+    (`_dtypes.gradient_rounded_once`), unless every g is 1 (the check made
+    whole: a half-precision ``.sum()`` brings ones that are not a broadcast),
+    take the kernel with g as the rows' weights instead (over the backprop if
+    there is one; on other devices the same torch ops with the weights): TF
+    computes those losses in float32 (its ``precise_logits``), so its
+    gradient is rounded once, where a half-precision backprop times g rounds
+    twice (float16 entries below its normal range, 6.1e-5, lost up to 1580
+    ulps under a g of about 1000: an independent review). TF's sparse op
+    keeps bfloat16, rounded twice as here.
     """
-    if logits.dtype == torch.float16 and not (
+    if gradient_rounded_once(kind, logits.dtype) and not (
             g.is_cpu and (_broadcast_one(g) or bool((g == 1).all()))):
         return loss_and_backprop(kind, labels, logits, True, g, into=backprop)[1]
     if backprop is None:

@@ -28,8 +28,8 @@ import torch
 
 from xent import _array_kernels
 from xent._errstate import quiet
-from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, labels_grad,
-                               loss_and_backprop)
+from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, gradient_rounded_once,
+                               labels_grad, loss_and_backprop)
 from xent._torch._views import accumulate, accumulator_dtype
 
 __all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
@@ -87,9 +87,10 @@ def _backward(ctx, g_loss, g_backprop):
     """The gradients of `Rows`; `ctx` holds the kind and the saved logits, labels
     and backprop (None: not made)."""
     logits, labels, backprop = ctx.saved_tensors
-    if backprop is None or (logits.dtype == torch.float16 and g_backprop is None):
-        # (no backprop output: its gradient is empty too; float16: the backprop in
-        # float32, so that g times it is rounded once, as TF's float32 computation)
+    if backprop is None or (gradient_rounded_once(ctx.kind, logits.dtype) and g_backprop is None):
+        # (no backprop output: its gradient is empty too; float16, and bfloat16 with
+        # dense labels: the backprop in float32, so that g times it is rounded
+        # once, as TF's float32 computation)
         backprop, g_backprop = differentiable_backprop(ctx.kind, logits, labels), None
     d_logits = backprop_vjp(logits, backprop, g_loss, g_backprop)
     d_labels = None
