@@ -729,3 +729,19 @@ def test_a_traced_label_smoothing_is_refused_by_name_and_a_static_one_runs():
         with pytest.raises(TypeError, match="`label_smoothing` must be a concrete number.*static"):
             jax.jit(face)(0.1)
         np.testing.assert_allclose(jax.jit(face, static_argnums=0)(0.1), face(0.1), rtol=1e-6)
+
+
+def test_a_concrete_jax_label_smoothing_works_under_jit_in_every_face(tf):
+    """A concrete JAX array as `label_smoothing`, closed over by a jitted function:
+    v1's ``label_smoothing > 0`` was traced there, and raised JAX's
+    TracerBoolConversionError (the Keras faces, which test its truth, took it);
+    TF takes ``tf.constant(0.1)``."""
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], np.float32)
+    y = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+    want = tf.compat.v1.losses.softmax_cross_entropy(y, x, label_smoothing=tf.constant(0.1)).numpy()
+    ls = jnp.float32(0.1)
+    for face in (lambda a: xent.losses.softmax_cross_entropy(y, a, label_smoothing=ls),
+                 lambda a: xent.keras.losses.categorical_crossentropy(
+                     y, a, from_logits=True, label_smoothing=ls).mean()):
+        got = jax.jit(face)(jnp.asarray(x))
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)

@@ -226,7 +226,9 @@ def one_number(name, value):
     TypeError for a string, None, a complex or a non-number (TF's own error
     there is Python's, naming no argument), ValueError for an array of more
     than one element (TF's "truth value ... is ambiguous"). Any value TF
-    takes (a bool, a 0-d or one-element array or tensor) passes as it is."""
+    takes (a bool, a 0-d or one-element array or tensor) passes, and its value
+    is returned as a Python float (to compare with 0 outside a trace: a JAX
+    array's comparison under `jit` is traced, even for a concrete array)."""
     shape = tuple(getattr(value, "shape", ()))
     if math.prod(shape) != 1:
         raise ValueError(f"`{name}` must be a single number; received an array of shape {shape}")
@@ -234,16 +236,15 @@ def one_number(name, value):
     if (isinstance(value, (str, bytes, complex)) or getattr(dtype, "kind", "") == "c"
             or getattr(dtype, "is_complex", False)):
         raise TypeError(f"`{name}` must be a real number; received {name}={value!r}")
-    if shape == ():
-        try:
-            float(value)
-        except (TypeError, ValueError):
-            if getattr(dtype, "kind", "") in ("f", "i", "u", "b"):   # (a tracer under jax.jit)
-                raise TypeError(f"`{name}` must be a concrete number, as TF needs it to "
-                                f"choose whether to smooth; received the traced {value!r} "
-                                f"(under jax.jit or another transformation, make it a static "
-                                f"argument)") from None
-            raise TypeError(f"`{name}` must be a real number; received {name}={value!r}") from None
+    try:
+        return float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        if getattr(dtype, "kind", "") in ("f", "i", "u", "b"):   # (a tracer under jax.jit)
+            raise TypeError(f"`{name}` must be a concrete number, as TF needs it to "
+                            f"choose whether to smooth; received the traced {value!r} "
+                            f"(under jax.jit or another transformation, make it a static "
+                            f"argument)") from None
+        raise TypeError(f"`{name}` must be a real number; received {name}={value!r}") from None
 
 
 def out_buffer(out, shape, dtype, name="backprop_out"):

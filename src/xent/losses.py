@@ -265,14 +265,14 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     labels, logits = be.asarray(onehot_labels, "onehot_labels"), be.asarray(logits, "logits")
     weights, _ = _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
-    _validate.one_number("label_smoothing", label_smoothing)
+    smoothing = _validate.one_number("label_smoothing", label_smoothing) > 0
     # TF casts the labels to the logits' dtype and smooths them there (and
     # rounds 0.6 to 0.59765625 in bfloat16 before the loss sees it); xent
     # smooths in float32 (float64), where bfloat16 logits' targets ls / C stay
     # exact to float32 (a bfloat16 1/6 is 0.2% off).
-    if label_smoothing > 0:
+    if smoothing:
         labels = _smoothing.smooth(be, labels, label_smoothing, be.dtype_name(logits))
     labels = be.stop_gradient(labels)
     losses = dense_losses(be, labels, logits, before_kernel=_weights_check(be, weights))
     loss = _reduce.weighted_loss(be, losses, weights, reduction, be.dtype_name(logits))
-    return _finish(be, loss, scope, loss_collection, reduction, casts=3 + (label_smoothing > 0))
+    return _finish(be, loss, scope, loss_collection, reduction, casts=3 + smoothing)
