@@ -9,6 +9,7 @@ reference in `_kernels`.
 import contextlib
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -19,7 +20,10 @@ _state = {"kernels": None}
 # One thread chooses: threads making their first calls at once had each tried
 # the import, and one whose wait ended in the other's failed import warned a
 # second time, of the wrong cause ("cannot import name '_fused'").
-_choice_lock = _threads.fork_safe_lock(reentrant=True)
+_choice_lock = _threads.fork_safe_lock()
+# .inside: this thread is choosing; a call made meanwhile comes from a signal
+# handler, and runs on the NumPy kernels (the choice, an import, is half-made).
+_choosing = threading.local()
 KERNEL_NAMES = ("fused", "numpy")
 
 
@@ -54,11 +58,17 @@ def kernels():
     ``numpy``), else the fused kernels when numba loads them.
     """
     if _state["kernels"] is None:
-        with _choice_lock:
-            if _state["kernels"] is None:
-                env = kernel_name_from_environment()
-                _state["kernels"] = (_kernels if env == "numpy"
-                                     else _load_fused(explicit=env == "fused"))
+        if getattr(_choosing, "inside", False):
+            return _kernels
+        _choosing.inside = True
+        try:
+            with _choice_lock:
+                if _state["kernels"] is None:
+                    env = kernel_name_from_environment()
+                    _state["kernels"] = (_kernels if env == "numpy"
+                                         else _load_fused(explicit=env == "fused"))
+        finally:
+            _choosing.inside = False
     return _state["kernels"]
 
 
