@@ -86,10 +86,9 @@ def backprop_dtype(kind, dtype):
     """The dtype the kernel's backprop is written in for `kind` logits of `dtype`: their
     own, but float32 where TF rounds the gradient once (`_dtypes.gradient_rounded_once`:
     float16, and bfloat16 with dense labels), as it computes those losses in
-    float32; a half-precision backprop scaled by the upstream gradient is
-    rounded twice (an independent review: 506 ulps on float16 entries below its
-    normal range, 6.1e-5, under a loss scale of about 1000; bfloat16 dense
-    gradients up to 1.33 ulps off, against TF's 0.98). bfloat16 sparse
+    float32; a half-precision backprop scaled by the upstream gradient would be
+    rounded twice (float16 entries below its normal range, 6.1e-5, lost
+    hundreds of ulps under a loss scale of about 1000). bfloat16 sparse
     losses stay in bfloat16 in TF, rounded twice, as here."""
     dtype = np.dtype(dtype)
     return np.dtype(np.float32) if _dtypes.gradient_rounded_once(kind, dtype.name) else dtype

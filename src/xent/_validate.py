@@ -221,14 +221,28 @@ def class_axis(axis, ndim):
     return int(axis) % ndim
 
 
+def traced_number(value):
+    """Whether `value` is a number without a value: a numeric array of one element
+    that `float` cannot read (a JAX tracer under `jit` or another transformation)."""
+    dtype = getattr(value, "dtype", None)
+    if math.prod(tuple(getattr(value, "shape", (0,)))) != 1 or \
+            getattr(dtype, "kind", "") not in ("b", "i", "u", "f"):
+        return False
+    try:
+        float(value.item() if hasattr(value, "item") else value)
+    except (TypeError, ValueError):
+        return True
+    return False
+
+
 def one_number(name, value):
-    """Raise for an option such as `label_smoothing` that is not one real number:
-    TypeError for a string, None, a complex or a non-number (TF's own error
-    there is Python's, naming no argument), ValueError for an array of more
-    than one element (TF's "truth value ... is ambiguous"). Any value TF
-    takes (a bool, a 0-d or one-element array or tensor) passes, and its value
-    is returned as a Python float (to compare with 0 outside a trace: a JAX
-    array's comparison under `jit` is traced, even for a concrete array)."""
+    """The value of an option such as `label_smoothing` as a Python float, or an
+    error: TypeError for a string, None, a complex, a non-number (TF's own
+    error there is Python's, naming no argument) or a traced number;
+    ValueError for an array of more than one element (TF's "truth value ...
+    is ambiguous"). Any value TF takes (a bool, a 0-d or one-element array or
+    tensor) passes. (A float can be compared with 0 outside a trace: a JAX
+    array's comparison under `jit` is traced, even for a concrete array.)"""
     shape = tuple(getattr(value, "shape", ()))
     if math.prod(shape) != 1:
         raise ValueError(f"`{name}` must be a single number; received an array of shape {shape}")
@@ -239,7 +253,7 @@ def one_number(name, value):
     try:
         return float(value.item() if hasattr(value, "item") else value)
     except (TypeError, ValueError):
-        if getattr(dtype, "kind", "") in ("f", "i", "u", "b"):   # (a tracer under jax.jit)
+        if traced_number(value):
             raise TypeError(f"`{name}` must be a concrete number, as TF needs it to "
                             f"choose whether to smooth; received the traced {value!r} "
                             f"(under jax.jit or another transformation, make it a static "

@@ -125,35 +125,31 @@ class _Blocks:
     def close_and_wait(self):
         """Let no helper join from now on, and wait for those that joined to finish
         their blocks; then raise the first error a block raised. Safe to call
-        after an interrupt anywhere in `run` (see `_wait_through_interrupts`)."""
+        after an interrupt anywhere in `run`."""
         self._closed = True   # (first: a store, where no signal handler can run before it)
-        pending = None
-        while True:
-            try:
-                with self._lock:
-                    helpers_left = self._active > 0
-                if helpers_left:
-                    _wait_through_interrupts(self._finished)
-                break
-            except BaseException as exc:   # (a signal while reading `_active`: read it again)
-                pending = pending or exc
+        _through_interrupts(self._wait_for_helpers)
         self._args = None   # (no helper is left to read them)
-        if pending is not None:
-            raise pending
         if self._error is not None:
             raise self._error
 
+    def _wait_for_helpers(self):
+        """Wait until no helper that joined is still running a block."""
+        with self._lock:
+            helpers_left = self._active > 0
+        if helpers_left:
+            self._finished.wait()
 
-def _wait_through_interrupts(event):
-    """``event.wait()`` to the end: an exception raised meanwhile (a KeyboardInterrupt
-    from Ctrl-C, or one a signal handler raises) is raised once the wait is over,
-    so that a call never returns while a helper still writes its output (a
-    review interrupted 22 large calls: in 2, a helper wrote into the caller's
-    `backprop_out` up to 6 ms after the KeyboardInterrupt had been caught)."""
+
+def _through_interrupts(wait):
+    """``wait()`` to the end: an exception raised meanwhile (a KeyboardInterrupt
+    from Ctrl-C, or one a signal handler raises) is raised once it is over, so
+    that a call never returns while a helper still writes its output (a
+    review caught helpers writing into a caller's `backprop_out` up to 6 ms
+    after the KeyboardInterrupt had been caught)."""
     pending = None
     while True:
         try:
-            event.wait()
+            wait()
             break
         except BaseException as exc:   # (a signal: wait on, then raise it)
             pending = pending or exc
@@ -167,13 +163,10 @@ def run(rows, args, n, threads):
     caller ran every block, the helpers being busy or asleep throughout).
 
     `rows` is a ``nogil`` row kernel whose rows are independent. When it
-    returns or raises, no thread is still running a block of this call: an
-    interrupt while the helpers start, too, closes the blocks and waits (a
-    review caught a KeyboardInterrupt raised inside the pool's ``submit``,
-    whose helper then wrote every row into the caller's `backprop_out`
-    after the ``except`` clause had run). A call made while this thread is
-    already in one (from a signal handler) runs alone: the pool's ``submit``
-    holds a lock the outer call may hold (it hung).
+    returns or raises, no thread is still running a block of this call,
+    wherever an interrupt lands (while the helpers start too). A call made
+    while this thread is already in one (from a signal handler) runs alone:
+    the pool's ``submit`` takes a lock the outer call may hold.
     """
     blocks = _Blocks(rows, args, n, min(n, threads * BLOCKS_PER_THREAD))
     depth = getattr(_running, "calls", 0)

@@ -2,7 +2,7 @@
 from xent import _backend
 from xent._errstate import quiet
 from xent._large_vocab import _numpy
-from xent._large_vocab._options import chunk_rows, flag, options
+from xent._large_vocab._options import bool_option, chunk_rows, options
 from xent._large_vocab._shapes import cross_entropy_shapes, linear_shapes
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
@@ -78,8 +78,8 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
     gives ``[0.5137, 0.3600]`` for the same rows.
     """
     opts = options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    inplace_backward, return_grads = (flag("inplace_backward", inplace_backward),
-                                      flag("return_grads", return_grads))
+    inplace_backward, return_grads = (bool_option("inplace_backward", inplace_backward),
+                                      bool_option("return_grads", return_grads))
     backend = _backend.of(logits, target)
     swapped = not getattr(getattr(logits, "dtype", None), "isnative", True)
     if inplace_backward and return_grads and swapped:   # (it would be read into a copy)
@@ -135,7 +135,7 @@ def linear_cross_entropy(input, weight, target, *, bias=None, ignore_index=-100,
        [ 0.01428913 -0.20641264]]
     """
     opts = options(ignore_index, label_smoothing, z_loss, softcap, reduction)
-    return_grads = flag("return_grads", return_grads)
+    return_grads = bool_option("return_grads", return_grads)
     backend = _backend.of(input, weight, target, bias)
     input, weight, target = (backend.asarray(a, name) for a, name in
                              ((input, "input"), (weight, "weight"), (target, "target")))

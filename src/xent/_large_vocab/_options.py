@@ -7,6 +7,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from xent._validate import traced_number
+
 REDUCTIONS = ("mean", "sum", "none")
 # The softcaps c accepted. ``c·tanh(z/c)`` is computed in float32 for float32
 # and half-precision logits: with c or 1/c outside float32's normal numbers
@@ -40,23 +42,10 @@ class Options(NamedTuple):
         return self.label_smoothing == 0 and self.z_loss == 0 and self.softcap is None
 
 
-def _traced(value):
-    """Whether `value` is a number without a value: a 0-d numeric array that
-    `float` cannot read (a JAX tracer under `jit`)."""
-    dtype = getattr(value, "dtype", None)
-    if getattr(value, "shape", None) != () or getattr(dtype, "kind", "") not in ("b", "i", "u", "f"):
-        return False
-    try:
-        float(value)
-    except TypeError:
-        return True
-    return False
-
-
 def _not_a(kind, name, value):
     """The TypeError for an option `name` that is not `kind` ("an integer", "a real
     number"); a traced one is told to be static, as the kernels take it as a constant."""
-    if _traced(value):
+    if traced_number(value):
         return TypeError(f"{name} must be a concrete number: xent's kernels take it as a "
                          f"constant; received the traced {value!r} (under jax.jit or another "
                          f"transformation, make it a static argument)")
@@ -89,7 +78,7 @@ def _real(name, value):
     return number
 
 
-def flag(name, value):
+def bool_option(name, value):
     """`value` as a Python bool, or a TypeError naming `name`: ``"yes"``, 2 or None
     are not taken as true or false by their truthiness."""
     if isinstance(value, (bool, np.bool_)):
