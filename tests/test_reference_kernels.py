@@ -136,3 +136,27 @@ def test_reference_kernels_match_tensorflow(request, run):
                 for p in inspect.signature(test).parameters if p not in kwargs}
     test(**fixtures, **kwargs)
     assert xent.get_kernels() == "numpy"
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_label_out_of_range_gives_the_reference_a_nan_row_as_the_fused_kernels(weighted):
+    """Under `jax.jit` no label is checked: the fused kernels give a bad label's row
+    NaN (loss, lse, gradient), TF's GPU behaviour. The reference indexed with it:
+    an IndexError that failed the whole XLA computation (-5, or C), or, for -1,
+    the last class's loss, silently."""
+    import numpy as np
+    from xent import _kernels
+    logits = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    labels = np.array([0, -5, 4, -1, 3])
+    weights = np.array([2.0, 3.0, 0.5, 1.0, 4.0]) if weighted else None
+    grad = np.zeros_like(logits)
+    loss, lse = _kernels.sparse_rows(logits, labels, grad, weights)
+    bad = np.array([False, True, True, True, False])
+    assert np.isnan(loss[bad]).all() and np.isnan(lse[bad]).all() and np.isnan(grad[bad]).all()
+    good = _kernels.sparse_rows(logits[~bad], labels[~bad], np.zeros_like(logits[~bad]),
+                                None if weights is None else weights[~bad])[0]
+    np.testing.assert_array_equal(loss[~bad], good)
+    jax = pytest.importorskip("jax")
+    got = jax.jit(lambda x, y: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=x))(
+        logits, labels)
+    np.testing.assert_array_equal(np.isnan(np.asarray(got)), bad)

@@ -71,7 +71,9 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
 
     Args:
       logits: ``[N, C]`` float array, ``C >= 1``.
-      labels: ``[N]`` int array, each in ``[0, C)`` (already validated).
+      labels: ``[N]`` int array, each in ``[0, C)``; a row whose label is not
+        (unchecked under `jax.jit`) gets NaN for its loss, lse and gradient,
+        as on the fused kernels.
       grad_out: optional ``[N, C]`` array (may be `logits` itself) that receives
         ``softmax(logits) - one_hot(labels)``, cast to its dtype, each row
         times its weight.
@@ -83,6 +85,9 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
     acc = accumulator(logits.dtype)
     loss = np.empty(logits.shape[0], acc)
     lse = np.empty(logits.shape[0], acc)
+    bad = None if labels_fit(labels, logits.shape[1]) else (labels < 0) | (labels >= logits.shape[1])
+    if bad is not None:
+        labels = np.where(bad, 0, labels)   # (picked safely; their rows are NaN below)
     for rows in _row_blocks(*logits.shape):
         x = logits[rows].astype(acc)
         m, shifted, e, total = _shifted_exp(x)
@@ -101,6 +106,10 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
                 at_label *= w
             e[picked] = at_label
             grad_out[rows] = e
+    if bad is not None:
+        loss[bad] = lse[bad] = np.nan
+        if grad_out is not None:
+            grad_out[bad] = np.nan
     return loss, lse
 
 
