@@ -638,7 +638,7 @@ def test_gradients_on_an_explicitly_sharded_mesh_keep_their_inputs_types(rng):
         "keras": lambda a, y: xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, a),
         "cross_entropy": lambda a, y: xent.cross_entropy(a, y),
         "cross_entropy none": lambda a, y: xent.cross_entropy(a, y, reduction="none").sum(),
-        "linear_cross_entropy": lambda a, y: xent.linear_cross_entropy(a, jnp.eye(6) * 0.5, y),
+        "linear_cross_entropy": lambda a, y: xent.linear_cross_entropy(a, jnp.eye(6, dtype=a.dtype) * 0.5, y),
     }
     want = {name: jax.jit(jax.value_and_grad(step))(jnp.asarray(logits_host), jnp.asarray(labels_host))
             for name, step in steps.items()}
