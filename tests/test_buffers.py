@@ -142,10 +142,8 @@ assert nested, "no nested call was made"
 for a, b in ((outer, live), (nested[0], live), (outer, nested[0])):
     assert not np.shares_memory(a, b), "a buffer in use was handed out again"
 slot = _upstream._slot((4,), "float32")   # (and the upstream tables' lock, held by this thread)
-with _upstream._lock:
-    _upstream._here.inside = True
+with _upstream._inside, _upstream._lock:
     assert _upstream._slot((4,), "float32")[2] is None
-    _upstream._here.inside = False
 print("done")
 """
 

@@ -19,7 +19,6 @@ allocator's own free lists); `empty_cache` drops every free one.
 """
 import math
 import sys
-import threading
 
 import numpy as np
 
@@ -38,10 +37,8 @@ _SLACK = 2
 
 _lock = _threads.fork_safe_lock()
 _pool = []   # byte buffers (np.uint8, 1-D), most recently handed out last
-# .inside: this thread is in (or entering, or leaving) `_lock`. A call made then
-# comes from a signal handler: it takes fresh memory (the lock would hang it, and
-# a reentrant lock would let it change the pool under the outer call's scan).
-_here = threading.local()
+# Marks a thread in `_lock`: a call made then (a signal handler's) takes fresh memory.
+_inside = _threads.ThreadMark()
 
 
 def _free(index):
@@ -54,21 +51,17 @@ def empty(shape, dtype):
     """An uninitialised C-contiguous ``shape`` array of `dtype`, from the pool if one is free."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < MIN_BYTES or getattr(_here, "inside", False):
+    if nbytes < MIN_BYTES or _inside:
         return np.empty(shape, dtype)
-    _here.inside = True   # (a store: no signal handler runs between it and the `try`)
-    try:
-        with _lock:
-            fits = [index for index in range(len(_pool))
-                    if nbytes <= _pool[index].nbytes <= _SLACK * nbytes and _free(index)]
-            if fits:
-                buffer = _pool.pop(min(fits, key=lambda index: _pool[index].nbytes))
-            else:
-                _make_room()
-                buffer = np.empty(nbytes, np.uint8)
-            _pool.append(buffer)
-    finally:
-        _here.inside = False
+    with _inside, _lock:
+        fits = [index for index in range(len(_pool))
+                if nbytes <= _pool[index].nbytes <= _SLACK * nbytes and _free(index)]
+        if fits:
+            buffer = _pool.pop(min(fits, key=lambda index: _pool[index].nbytes))
+        else:
+            _make_room()
+            buffer = np.empty(nbytes, np.uint8)
+        _pool.append(buffer)
     return buffer[:nbytes].view(dtype).reshape(shape)
 
 
@@ -100,13 +93,9 @@ def empty_cache():
       >>> xent.empty_cache() >= 0
       True
     """
-    if getattr(_here, "inside", False):   # (from a signal handler: nothing let go)
+    if _inside:   # (from a signal handler: nothing let go)
         return 0
-    _here.inside = True
-    try:
-        with _lock:
-            released = sum(b.nbytes for b in _pool)
-            _pool.clear()
-    finally:
-        _here.inside = False
+    with _inside, _lock:
+        released = sum(b.nbytes for b in _pool)
+        _pool.clear()
     return released

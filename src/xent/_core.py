@@ -9,7 +9,6 @@ reference in `_kernels`.
 import contextlib
 import math
 import os
-import threading
 
 import numpy as np
 
@@ -21,9 +20,9 @@ _state = {"kernels": None}
 # the import, and one whose wait ended in the other's failed import warned a
 # second time, of the wrong cause ("cannot import name '_fused'").
 _choice_lock = _threads.fork_safe_lock()
-# .inside: this thread is choosing; a call made meanwhile comes from a signal
-# handler, and runs on the NumPy kernels (the choice, an import, is half-made).
-_choosing = threading.local()
+# Marks the choosing thread: a call made meanwhile (a signal handler's) runs on the
+# NumPy kernels, the choice (an import) being half-made.
+_choosing = _threads.ThreadMark()
 KERNEL_NAMES = ("fused", "numpy")
 
 
@@ -58,17 +57,13 @@ def kernels():
     ``numpy``), else the fused kernels when numba loads them.
     """
     if _state["kernels"] is None:
-        if getattr(_choosing, "inside", False):
+        if _choosing:
             return _kernels
-        _choosing.inside = True
-        try:
-            with _choice_lock:
-                if _state["kernels"] is None:
-                    env = kernel_name_from_environment()
-                    _state["kernels"] = (_kernels if env == "numpy"
-                                         else _load_fused(explicit=env == "fused"))
-        finally:
-            _choosing.inside = False
+        with _choosing, _choice_lock:
+            if _state["kernels"] is None:
+                env = kernel_name_from_environment()
+                _state["kernels"] = (_kernels if env == "numpy"
+                                     else _load_fused(explicit=env == "fused"))
     return _state["kernels"]
 
 

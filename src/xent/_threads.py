@@ -31,6 +31,29 @@ def fork_safe_lock(reentrant=False):
     return lock
 
 
+class ThreadMark:
+    """True on a thread from when it enters a ``with`` of this mark until it leaves.
+
+    ``with mark, lock:`` marks the span around a lock: a call that finds its
+    own thread marked comes from a signal handler, run between two steps of
+    the lock's holder, and must do without what the lock guards (a plain lock
+    would hang it for ever; a reentrant one would let it change that state
+    half-way through the holder's update). ``__enter__`` only stores, so no
+    handler runs between the mark and the lock."""
+
+    def __init__(self):
+        self._here = threading.local()
+
+    def __bool__(self):
+        return getattr(self._here, "inside", False)
+
+    def __enter__(self):
+        self._here.inside = True
+
+    def __exit__(self, *exc):
+        self._here.inside = False
+
+
 def environment_threads():
     """``NUMBA_NUM_THREADS`` read as numba reads it (``int``), or None where it is
     not set or not a number (numba warns then, and takes its default).

@@ -19,7 +19,6 @@ and keeps the faster kind (`StoreChoice`), once per process: eight calls of
 one size (two untimed, three of each kind timed).
 """
 import math
-import threading
 
 from xent import _threads
 
@@ -49,9 +48,8 @@ class StoreChoice:
 
     def __init__(self):
         self._lock = _threads.fork_safe_lock()
-        # .inside: this thread is in (or entering, or leaving) `_lock`; a call made
-        # then comes from a signal handler: it stores plainly, untimed (as `xent._buffers`)
-        self._here = threading.local()
+        # Marks a thread in `_lock`: a call made then (a signal handler's) stores plainly, untimed.
+        self._inside = _threads.ThreadMark()
         self._signature = None
         self._untimed = 0   # untimed first calls handed out: plain, then streamed
         self._best = {False: math.inf, True: math.inf}
@@ -64,36 +62,28 @@ class StoreChoice:
         whether to time it and hand the time to `record`."""
         if self.streamed is not None:
             return self.streamed, False
-        if getattr(self._here, "inside", False):
+        if self._inside:
             return False, False
-        self._here.inside = True
-        try:
-            with self._lock:
-                if self._signature is None:
-                    self._signature = signature
-                if signature != self._signature:
-                    return False, False
-                if self._untimed < 2:
-                    self._untimed += 1
-                    return self._untimed == 2, False
-                return self._timed[True] <= self._timed[False], True
-        finally:
-            self._here.inside = False
+        with self._inside, self._lock:
+            if self._signature is None:
+                self._signature = signature
+            if signature != self._signature:
+                return False, False
+            if self._untimed < 2:
+                self._untimed += 1
+                return self._untimed == 2, False
+            return self._timed[True] <= self._timed[False], True
 
     def record(self, streamed, seconds, nbytes):
         """Take the time of one timed call of `streamed` kind that wrote `nbytes`
         of gradient; keep a kind once both have `TRIALS` times."""
-        if getattr(self._here, "inside", False):
+        if self._inside:
             return
-        self._here.inside = True
-        try:
-            with self._lock:
-                self._best[streamed] = min(self._best[streamed], seconds / max(nbytes, 1))
-                self._timed[streamed] += 1
-                if self.streamed is None and min(self._timed.values()) >= self.TRIALS:
-                    self.streamed = self._best[True] < self._best[False]
-        finally:
-            self._here.inside = False
+        with self._inside, self._lock:
+            self._best[streamed] = min(self._best[streamed], seconds / max(nbytes, 1))
+            self._timed[streamed] += 1
+            if self.streamed is None and min(self._timed.values()) >= self.TRIALS:
+                self.streamed = self._best[True] < self._best[False]
 
     def best_ms_per_gib(self):
         """``{"plain": ms, "streamed": ms}``: each kind's best time per GiB of gradient."""

@@ -51,7 +51,6 @@ gradient themselves (the logits' gradient then comes from the path that
 scales the unweighted backprop, `xent._torch._eager._logits_grad`).
 """
 import math
-import threading
 
 import torch
 
@@ -64,9 +63,8 @@ MIN_BYTES = _buffers.MIN_BYTES
 MAX_SHAPES = 8
 
 _lock = _threads.fork_safe_lock()
-# .inside: this thread is in (or entering, or leaving) `_lock`; a call made then
-# comes from a signal handler, and leaves the tables alone (as `_buffers`).
-_here = threading.local()
+# Marks a thread in `_lock`: a call made then (a signal handler's) leaves the tables alone.
+_inside = _threads.ThreadMark()
 # slot (loss shape, dtype, place) -> (the last g as float64, C-contiguous, or None
 # for all ones; whether it was the same as the g before it)
 _seen = {}
@@ -96,17 +94,13 @@ def _slot(g_shape, dtype):
     ``(shape, dtype, place)``, the place counting the forwards of such losses
     since a backward of one ran (the first forward after it is 0 again)."""
     key = tuple(g_shape), dtype
-    if getattr(_here, "inside", False):
+    if _inside:
         return key + (None,)   # (a place no table holds: nothing is known, nothing folded)
-    _here.inside = True
-    try:
-        with _lock:
-            place = _places.pop(key, None)
-            if place is None or place[1]:
-                place = [0, False]
-            _put(_places, key, [place[0] + 1, False])
-    finally:
-        _here.inside = False
+    with _inside, _lock:
+        place = _places.pop(key, None)
+        if place is None or place[1]:
+            place = [0, False]
+        _put(_places, key, [place[0] + 1, False])
     return key + (place[0],)
 
 
@@ -180,23 +174,19 @@ def observe(g, wrote, weights, logits_dtype, slot):
     `g` as the kernel's row weights (`_as_weights`: None for all ones). A
     `g` that is not `_finite` never becomes steady (it is not to be folded)."""
     kept = _as_weights(g)
-    if getattr(_here, "inside", False):   # (from a signal handler: nothing recorded)
+    if _inside:   # (from a signal handler: nothing recorded)
         return wrote and _same(kept, weights), kept
     kind = _kind(kept, g.dtype, logits_dtype)
-    _here.inside = True
-    try:
-        with _lock:
-            _kinds.pop((logits_dtype, slot[2]), None)
-            _put(_kinds, (logits_dtype, slot[2]), kind)   # (bounded as the other tables)
-            place = _places.get(slot[:2])
-            if place is not None:
-                place[1] = True
-            if wrote and _same(kept, weights):
-                return True, kept
-            last, _ = _seen.pop(slot, (None, True))
-            _put(_seen, slot, (kept, not wrote and _same(kept, last) and _finite(kept)))
-    finally:
-        _here.inside = False
+    with _inside, _lock:
+        _kinds.pop((logits_dtype, slot[2]), None)
+        _put(_kinds, (logits_dtype, slot[2]), kind)   # (bounded as the other tables)
+        place = _places.get(slot[:2])
+        if place is not None:
+            place[1] = True
+        if wrote and _same(kept, weights):
+            return True, kept
+        last, _ = _seen.pop(slot, (None, True))
+        _put(_seen, slot, (kept, not wrote and _same(kept, last) and _finite(kept)))
     return False, kept
 
 
