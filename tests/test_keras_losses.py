@@ -907,6 +907,23 @@ def test_numeric_ignore_class_spellings_match_tf(keras, ignore_class):
     np.testing.assert_allclose(actual, np.asarray(expected), rtol=1e-6)
 
 
+@pytest.mark.parametrize("ignore_class", [np.array([1, 2]), np.array([[1], [2]]), np.array([1, 2, 3])])
+def test_array_ignore_class_broadcasts_against_the_labels_as_tf(keras, tf, ignore_class):
+    """Keras compares the labels with `ignore_class` elementwise: an array that
+    broadcasts masks per entry; one that does not gets TF's shapes error."""
+    y_true, y_pred = np.array([0, 1, 2]), np.array([[0.2, 0.3, 0.5]] * 3, np.float32)
+    try:
+        expected = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, ignore_class=ignore_class)
+    except tf.errors.InvalidArgumentError as tf_error:
+        with pytest.raises(xerrors.InvalidArgumentError) as ours:
+            xk.sparse_categorical_crossentropy(y_true, y_pred, ignore_class=ignore_class)
+        assert str(ours.value).startswith(tf_message(tf_error))
+        assert "ignore_class" in str(ours.value)
+        return
+    actual = xk.sparse_categorical_crossentropy(y_true, y_pred, ignore_class=ignore_class)
+    np.testing.assert_allclose(actual, np.asarray(expected), rtol=1e-6)
+
+
 @pytest.mark.parametrize("cls_name,kwargs",
                          [("SparseCategoricalCrossentropy", k) for k in SPARSE_CONFIGS]
                          + [("CategoricalCrossentropy", k) for k in CATEGORICAL_CONFIGS])

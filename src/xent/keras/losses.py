@@ -46,6 +46,7 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
         if isinstance(ignore_class, (complex, np.complexfloating)) or (
                 isinstance(ignore_class, np.ndarray) and ignore_class.dtype.kind == "c"):
             ignore_class = np.real(ignore_class)   # (Keras' cast to a float keeps the real part)
+        _ignore_class_broadcasts(y_true, ignore_class)
         valid = y_true != ignore_class
         _mask_fits(be, valid, y_pred)
         y_true = be.xp.where(valid, y_true, be.xp.zeros_like(y_true))
@@ -61,6 +62,17 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
     if valid is not None:
         losses = be.xp.where(valid, losses, be.xp.zeros_like(losses))
     return losses, valid
+
+
+def _ignore_class_broadcasts(y_true, ignore_class):
+    """An array `ignore_class` must broadcast against the labels, as Keras'
+    `not_equal` requires (TF's error, naming both shapes, in place of NumPy's)."""
+    labels, ignored = tuple(y_true.shape), tuple(np.shape(ignore_class))
+    try:
+        np.broadcast_shapes(labels, ignored)
+    except ValueError:
+        raise InvalidArgumentError(f"Incompatible shapes: {list(labels)} vs. {list(ignored)}: "
+                                   f"y_true against ignore_class={ignore_class!r}") from None
 
 
 def _mask_fits(be, valid, y_pred):
