@@ -907,6 +907,28 @@ def test_numeric_ignore_class_spellings_match_tf(keras, ignore_class):
     np.testing.assert_allclose(actual, np.asarray(expected), rtol=1e-6)
 
 
+@pytest.mark.parametrize("inputs,smoothing", [("numpy", "float16"), ("numpy", "torch"),
+                                               ("torch", "jax"), ("jax", "torch")])
+def test_label_smoothing_scalar_of_any_dtype_or_framework_is_used_exactly(rng, inputs, smoothing):
+    """The smoothing's exact value (a float16 0.1 is 0.0999756), not rounded
+    again in its own dtype, and a 0-d tensor of another framework than the
+    inputs' (it failed in the arithmetic, naming no argument)."""
+    torch, jnp = pytest.importorskip("torch"), pytest.importorskip("jax.numpy")
+    label_smoothing = {"float16": np.float16(0.1), "torch": torch.tensor(0.3, dtype=torch.float16),
+                       "jax": jnp.float32(0.1)}[smoothing]
+    exact = float(label_smoothing)
+    logits = rng.normal(0.0, 2.0, (6, 5)).astype(np.float32)
+    onehot = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 6)]
+    convert = {"numpy": np.asarray, "torch": torch.as_tensor, "jax": jnp.asarray}[inputs]
+    actual = xk.categorical_crossentropy(convert(onehot), convert(logits), from_logits=True,
+                                         label_smoothing=label_smoothing)
+    x = logits.astype(np.float64)
+    log_softmax = x - x.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    truth = -((onehot * (1.0 - exact) + exact / 5) * log_softmax).sum(-1)
+    np.testing.assert_allclose(_np(actual), truth, rtol=4 * np.finfo(np.float32).eps)
+
+
 @pytest.mark.parametrize("ignore_class", [np.array([1, 2]), np.array([[1], [2]]), np.array([1, 2, 3])])
 def test_array_ignore_class_broadcasts_against_the_labels_as_tf(keras, tf, ignore_class):
     """Keras compares the labels with `ignore_class` elementwise: an array that

@@ -415,6 +415,42 @@ def test_dense_integer_onehot_labels_are_cast_to_logits_dtype(tf, rng):
     _assert_float32_matches_tf(actual, expected, logits, 1.0)
 
 
+def _smoothing_value(kind):
+    """A label smoothing of 0.1 or 0.3 held in a scalar of `kind`, and its exact value."""
+    value = {"float16": np.float16(0.1), "bfloat16": ml_dtypes.bfloat16(0.3),
+             "float32": np.float32(0.1), "torch-float16": "torch", "jax": "jax"}[kind]
+    if value == "torch":
+        value = pytest.importorskip("torch").tensor(0.3, dtype=pytest.importorskip("torch").float16)
+    elif value == "jax":
+        value = pytest.importorskip("jax.numpy").float32(0.1)
+    return value, float(value)
+
+
+def _smoothed_truth(onehot, logits, label_smoothing):
+    """float64 ``-sum((y (1 - ls) + ls / C) log_softmax(x))`` per row."""
+    x = np.asarray(logits, np.float64)
+    log_softmax = x - x.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    targets = onehot * (1.0 - label_smoothing) + label_smoothing / onehot.shape[-1]
+    return -(targets * log_softmax).sum(-1)
+
+
+@pytest.mark.parametrize("kind,dtype", [("float16", np.float32), ("bfloat16", np.float32),
+                                        ("float32", np.float64), ("torch-float16", np.float32),
+                                        ("jax", np.float64)])
+def test_label_smoothing_scalar_of_any_dtype_or_framework_is_used_exactly(rng, kind, dtype):
+    """A float16 0.1 is 0.0999756 exactly: the targets use that value, not one
+    rounded again in the scalar's own dtype (which put the loss 1300 float32
+    ulps off); a 0-d tensor of another framework is a number like any other."""
+    label_smoothing, exact = _smoothing_value(kind)
+    logits = rng.normal(0.0, 2.0, (6, 5)).astype(dtype)
+    onehot = np.eye(5, dtype=dtype)[rng.integers(0, 5, 6)]
+    actual = xl.softmax_cross_entropy(onehot, logits, label_smoothing=label_smoothing,
+                                      reduction="none")
+    truth = _smoothed_truth(onehot, logits, exact)
+    np.testing.assert_allclose(actual, truth, rtol=4 * np.finfo(dtype).eps)
+
+
 @pytest.mark.parametrize("label_smoothing", [-0.1, 1.0])
 def test_dense_label_smoothing_edge_values_match_tf(tf, rng, label_smoothing):
     """Negative smoothing is ignored by TF (`if label_smoothing > 0`); 1.0 is uniform."""
@@ -659,6 +695,25 @@ def test_complex_weights_are_refused_where_tf_drops_their_imaginary_part(tf, fun
     with pytest.raises(TypeError, match="`weights` must be real; received dtype complex128"):
         calls[function](xl, weights)
     assert xl.get_losses() == []
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("reduction", ["none", "weighted_sum", "weighted_sum_by_nonzero_weights"])
+def test_complex_losses_reduce_their_real_parts_silently_as_tf(tf, framework, reduction):
+    """TF's `compute_weighted_loss` casts complex losses to float32 (its cast
+    drops the imaginary part, silently) and the result back: so does xent,
+    without NumPy's, torch's or JAX's warning of the cast."""
+    losses = np.array([1 + 5j, 2, 3 - 1j], np.complex64)
+    weights = np.array([1.0, 2.0, 0.0], np.float32)
+    expected = tf.compat.v1.losses.compute_weighted_loss(losses, weights, reduction=reduction)
+    convert = {"numpy": np.asarray, "torch": pytest.importorskip("torch").as_tensor,
+               "jax": pytest.importorskip("jax.numpy").asarray}[framework]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = xl.compute_weighted_loss(convert(losses), convert(weights), reduction=reduction)
+    actual = np.asarray(actual)
+    assert actual.dtype == np.complex64 and actual.shape == tuple(expected.shape)
+    np.testing.assert_array_equal(actual, expected.numpy())
 
 
 # --------------------------------------------------------------------------- None arguments

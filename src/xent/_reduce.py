@@ -106,6 +106,8 @@ def weighted_loss(be, losses, weights, reduction, out_dtype=None):
     check_broadcastable(weights, losses.shape)
     out_dtype = out_dtype or be.dtype_name(losses)
     acc = _dtypes.accumulator_name(out_dtype)
+    if out_dtype.startswith("complex"):   # (TF reduces complex losses' real parts, silently)
+        losses = be.xp.real(losses)
     losses, weights = be.astype(losses, acc), be.astype(weights, acc)
     weighted = losses * weights
     if reduction == Reduction.NONE:

@@ -265,7 +265,9 @@ def softmax_cross_entropy(onehot_labels, logits, weights=1.0, label_smoothing=0,
     labels, logits = be.asarray(onehot_labels, "onehot_labels"), be.asarray(logits, "logits")
     weights, _ = _weights(be, weights)
     _validate.compatible_shapes(logits, labels)
-    smoothing = _validate.one_number("label_smoothing", label_smoothing) > 0
+    label_smoothing = _validate.one_number("label_smoothing", label_smoothing)   # (exact: a
+    # float16 0.1 is 0.0999756, not rounded again in its own dtype; a tensor of another framework)
+    smoothing = label_smoothing > 0
     # TF casts the labels to the logits' dtype and smooths them there (and
     # rounds 0.6 to 0.59765625 in bfloat16 before the loss sees it); xent
     # smooths in float32 (float64), where bfloat16 logits' targets ls / C stay

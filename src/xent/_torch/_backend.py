@@ -20,6 +20,7 @@ class _Namespace:
 
     where = staticmethod(torch.where)
     isnan = staticmethod(torch.isnan)
+    real = staticmethod(torch.real)
     ones_like = staticmethod(torch.ones_like)
     zeros_like = staticmethod(torch.zeros_like)
     log = staticmethod(torch.log)

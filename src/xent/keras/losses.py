@@ -116,8 +116,9 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     """
     if isinstance(axis, bool):
         raise ValueError(f"`axis` must be of type `int`. Received: axis={axis} of type {type(axis)}")
-    if label_smoothing is not None:   # (Keras takes None as no smoothing)
-        _validate.one_number("label_smoothing", label_smoothing)
+    # (Keras takes None as no smoothing; the value as a Python float, exact)
+    label_smoothing = 0.0 if label_smoothing is None else _validate.one_number(
+        "label_smoothing", label_smoothing)
     # Keras smooths in y_pred's dtype; the accumulator dtype keeps ls / C
     # exact to float32 for half-precision predictions.
     if y_pred.ndim and y_pred.shape[-1] == 1:
