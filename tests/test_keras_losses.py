@@ -907,6 +907,50 @@ def test_numeric_ignore_class_spellings_match_tf(keras, ignore_class):
     np.testing.assert_allclose(actual, np.asarray(expected), rtol=1e-6)
 
 
+KEPT_LOGITS_CASES = [
+    ("SparseCategoricalCrossentropy", {}), ("SparseCategoricalCrossentropy", {"from_logits": True}),
+    ("SparseCategoricalCrossentropy", {"ignore_class": 1}),   # (Keras' mask: a new tensor)
+    ("SparseCategoricalCrossentropy", {"dtype": "float64"}),  # (Keras' cast: a new tensor)
+    ("CategoricalCrossentropy", {}), ("CategoricalCrossentropy", {"label_smoothing": 0.1}),
+    ("CategoricalCrossentropy", {"from_logits": True}), ("CategoricalCrossentropy", {"axis": 0}),
+]
+
+
+@pytest.mark.parametrize("how", ["__call__", "call", "function"])
+@pytest.mark.parametrize("cls_name,kwargs", KEPT_LOGITS_CASES)
+def test_softmax_outputs_of_keras_on_tf_are_read_through_their_kept_logits(keras, tf, cls_name,
+                                                                          kwargs, how):
+    """Keras' TF backend leaves a softmax's logits on its output
+    (``_keras_logits``) and its cross-entropies read them: a confident wrong row
+    costs its full 40, not the clipped probability's 16.1. Values and Keras'
+    warning for ``from_logits=True``, as Keras; where Keras makes a new tensor
+    first (a mask, a cast), the clipped probabilities, as Keras."""
+    z = tf.constant([[0.0, 20.0, -20.0], [1.0, 2.0, 3.0], [-3.0, 0.5, 2.0]])
+    layer = keras.layers.Dense(3, activation="softmax", use_bias=False, kernel_initializer="identity")
+    for p in (keras.activations.softmax(z), keras.ops.softmax(z), layer(z)):
+        assert hasattr(p, "_keras_logits")
+        labels = np.array([2, 0, 1])
+        y_true = labels if cls_name.startswith("Sparse") else np.eye(3, dtype=np.float32)[labels]
+        results = []
+        for module in (keras.losses, xk):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                loss = getattr(module, cls_name)(reduction=None, **kwargs)
+                if how == "function":
+                    function = {"SparseCategoricalCrossentropy": module.sparse_categorical_crossentropy,
+                                "CategoricalCrossentropy": module.categorical_crossentropy}[cls_name]
+                    kw = {k: v for k, v in kwargs.items() if k != "dtype"}
+                    value = function(y_true, p, **kw)
+                else:
+                    value = getattr(loss, how)(y_true, p)
+            results.append((_np(value), [str(w.message) for w in caught
+                                         if "from_logits" in str(w.message)]))
+        (expected, keras_warnings), (actual, warnings_) = results
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        np.testing.assert_allclose(actual, expected, rtol=2e-6)
+        assert warnings_ == keras_warnings
+
+
 @pytest.mark.parametrize("inputs,smoothing", [("numpy", "float16"), ("numpy", "torch"),
                                                ("torch", "jax"), ("jax", "torch")])
 def test_label_smoothing_scalar_of_any_dtype_or_framework_is_used_exactly(rng, inputs, smoothing):

@@ -15,7 +15,7 @@ from xent._errstate import quiet
 from xent._keras_reduce import (reduce_weighted_values, squeeze_or_expand_to_same_rank,
                                 standardize_reduction)
 
-__all__ = ["Loss", "inputs"]
+__all__ = ["Loss", "inputs", "kept_logits"]
 
 
 def inputs(y_true, y_pred, dtype=None, sample_weight=None):
@@ -30,6 +30,23 @@ def inputs(y_true, y_pred, dtype=None, sample_weight=None):
         y_true, y_pred = be.astype(y_true, dtype), be.astype(y_pred, dtype)
     _dtypes.check_float(be.dtype_name(y_pred), "y_pred")
     return be, y_true, y_pred
+
+
+def kept_logits(y_pred, dtype=None):
+    """The logits Keras' TF backend keeps on a softmax's output, or None.
+
+    `keras.activations.softmax`, `keras.ops.softmax` and a ``Dense(...,
+    activation="softmax")`` layer leave their input on the TF tensor they
+    return (``y_pred._keras_logits``), and Keras' cross-entropies read those
+    logits in place of the probabilities: exact where clipped probabilities
+    would cap a row's loss at ``-log(1e-7)``. With `dtype` (a loss class's),
+    only an output already of that dtype keeps them: Keras' cast makes a new
+    tensor without them.
+    """
+    logits = getattr(y_pred, "_keras_logits", None)
+    if logits is not None and dtype is not None and _dtypes.name_of(y_pred.dtype) != dtype:
+        return None
+    return logits
 
 
 def _policy_dtype(dtype):
@@ -73,8 +90,9 @@ def _auto_name(cls):
 class Loss:
     """Base of the loss classes: owns name, reduction and dtype policy.
 
-    Subclasses implement `_values(be, y_true, y_pred)` returning per-example
-    losses and an optional mask; `__call__` weights and reduces them.
+    Subclasses implement `_values(be, y_true, y_pred, logits)` returning
+    per-example losses and an optional mask (`logits`: `kept_logits`' or
+    None); `__call__` weights and reduces them.
     """
 
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
@@ -93,9 +111,10 @@ class Loss:
         tensor from an ``Embedding(mask_zero=True)`` model, on the TF or torch
         backend), both where both are given."""
         in_mask = getattr(y_pred, "_keras_mask", None)
+        logits = kept_logits(y_pred, self.dtype)
         be, y_true, y_pred = inputs(y_true, y_pred, self.dtype, sample_weight)
         y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
-        values, mask = self._values(be, y_true, y_pred)
+        values, mask = self._values(be, y_true, y_pred, logits)
         if in_mask is not None:
             in_mask = be.astype(be.asarray(in_mask, "y_pred._keras_mask"), "bool")
             mask = in_mask if mask is None else mask & in_mask
@@ -107,9 +126,10 @@ class Loss:
         """Per-example losses, unreduced and unweighted, in `y_pred`'s dtype: the
         loss function on the inputs as given, as Keras' (whose `__call__` casts to
         the loss's dtype first)."""
+        logits = kept_logits(y_pred)
         be, y_true, y_pred = inputs(y_true, y_pred)
         y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)
-        values, _ = self._values(be, y_true, y_pred)
+        values, _ = self._values(be, y_true, y_pred, logits)
         return be.finish(be.astype(values, be.dtype_name(y_pred)))
 
     def get_config(self):

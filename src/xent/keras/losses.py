@@ -15,7 +15,7 @@ from xent._keras_reduce import Reduction
 from xent._losses import dense_losses, sparse_losses
 from xent._warnings import warn
 from xent.errors import InvalidArgumentError
-from xent.keras._loss import Loss, inputs
+from xent.keras._loss import Loss, inputs, kept_logits
 
 __all__ = [
     "CategoricalCrossentropy", "Reduction", "SparseCategoricalCrossentropy",
@@ -35,8 +35,14 @@ def _sparse_shapes(y_true, y_pred):
                          f"dimension: {shapes}")
 
 
-def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis):
-    """Per-example sparse losses (accumulator dtype) and the ignore_class mask or None."""
+def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis, logits=None):
+    """Per-example sparse losses (accumulator dtype) and the ignore_class mask or
+    None. `logits`: those Keras keeps on a softmax's output (`kept_logits`),
+    read in place of `y_pred` unless `ignore_class` is given (Keras' mask makes
+    a new tensor without them)."""
+    if ignore_class is None:
+        y_pred, from_logits = _read_kept_logits(be, logits, y_pred, from_logits,
+                                                "sparse_categorical_crossentropy")
     if y_true.ndim == y_pred.ndim >= 1 and y_true.shape[axis] == 1:
         y_true = be.xp.squeeze(y_true, axis)
     if axis not in (-1, y_pred.ndim - 1):
@@ -75,6 +81,20 @@ def _ignore_class_broadcasts(y_true, ignore_class):
                                    f"y_true against ignore_class={ignore_class!r}") from None
 
 
+def _read_kept_logits(be, logits, y_pred, from_logits, fn_name):
+    """`logits` (Keras' kept logits, see `kept_logits`) in place of `y_pred`, with
+    ``from_logits=True``, where they are given and still have `y_pred`'s shape
+    (a rank change in Keras makes a new tensor without them); Keras' warning
+    when ``from_logits=True`` was given for such an output."""
+    if logits is None or tuple(logits.shape) != tuple(y_pred.shape):
+        return y_pred, from_logits
+    if from_logits:
+        warn(f'"`{fn_name}` received `from_logits=True`, but the `output` argument was '
+             "produced by a Softmax activation and thus does not represent logits. Was this "
+             "intended?", UserWarning)
+    return be.astype(be.asarray(logits, "y_pred._keras_logits"), be.dtype_name(y_pred)), True
+
+
 def _mask_fits(be, valid, y_pred):
     """Keras' check of the `ignore_class` mask: its `where` broadcasts y_pred to the
     labels (``[1, N]`` labels against ``[N, C]`` predictions are taken), and
@@ -109,8 +129,9 @@ def _warn_one_class(y_pred):
         SyntaxWarning)
 
 
-def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
-    """Per-example categorical losses in the accumulator dtype.
+def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis, logits=None):
+    """Per-example categorical losses in the accumulator dtype; `logits`, Keras'
+    kept logits (`kept_logits`), are read in place of `y_pred`.
 
     Warns, as Keras does, when the last axis of `y_pred` has one class.
     """
@@ -124,6 +145,8 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis):
     if y_pred.ndim and y_pred.shape[-1] == 1:
         _warn_one_class(y_pred)
     _categorical_shapes(y_true, y_pred)
+    y_pred, from_logits = _read_kept_logits(be, logits, y_pred, from_logits,
+                                            "categorical_crossentropy")
     dtype = be.dtype_name(y_pred)
     if label_smoothing:
         y_true = _smoothing.smooth(be, y_true, label_smoothing, dtype)
@@ -164,8 +187,9 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
       array([0.05129339, 2.3025851 ], dtype=float32)
     """
     _check_ignore_class(ignore_class)
+    logits = kept_logits(y_pred)
     be, y_true, y_pred = inputs(y_true, y_pred)
-    losses, _ = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis)
+    losses, _ = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis, logits)
     return be.finish(be.astype(losses, be.dtype_name(y_pred)))
 
 
@@ -193,8 +217,9 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
       >>> xent.keras.losses.categorical_crossentropy([[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
       array([0.05129331, 2.3025851 ], dtype=float32)
     """
+    logits = kept_logits(y_pred)
     be, y_true, y_pred = inputs(y_true, y_pred)
-    losses = _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis)
+    losses = _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis, logits)
     return be.finish(be.astype(losses, be.dtype_name(y_pred)))
 
 
@@ -245,8 +270,9 @@ class SparseCategoricalCrossentropy(Loss):
         self.ignore_class = ignore_class
         self.axis = axis
 
-    def _values(self, be, y_true, y_pred):
-        return _sparse_values(be, y_true, y_pred, self.from_logits, self.ignore_class, self.axis)
+    def _values(self, be, y_true, y_pred, logits):
+        return _sparse_values(be, y_true, y_pred, self.from_logits, self.ignore_class, self.axis,
+                              logits)
 
     def get_config(self):
         """Keras' config: name, reduction, from_logits, ignore_class."""
@@ -275,8 +301,9 @@ class CategoricalCrossentropy(Loss):
         self.label_smoothing = label_smoothing
         self.axis = axis
 
-    def _values(self, be, y_true, y_pred):
-        values = _categorical_values(be, y_true, y_pred, self.from_logits, self.label_smoothing, self.axis)
+    def _values(self, be, y_true, y_pred, logits):
+        values = _categorical_values(be, y_true, y_pred, self.from_logits, self.label_smoothing,
+                                     self.axis, logits)
         return values, None
 
     def get_config(self):
