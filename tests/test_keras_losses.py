@@ -346,7 +346,9 @@ def test_categorical_axis_out_of_range_is_invalid_argument_like_tf(keras, tf, ax
     y_pred, y_true = np.zeros((2, 3, 4), np.float32), np.full((2, 3, 4), 0.25, np.float32)
     with pytest.raises(tf.errors.InvalidArgumentError):
         keras.losses.categorical_crossentropy(y_true, y_pred, from_logits=from_logits, axis=axis)
-    with pytest.raises(xerrors.InvalidArgumentError, match=f"received axis={axis}"):
+    kind = "logits" if from_logits else "probabilities"
+    with pytest.raises(xerrors.InvalidArgumentError,
+                       match=re.escape(f"for {kind} of rank 3; received axis={axis}")):
         xk.categorical_crossentropy(y_true, y_pred, from_logits=from_logits, axis=axis)
 
 
@@ -766,6 +768,22 @@ def test_invalid_reduction_raises_value_error_like_tf(keras, cls_name, bad):
     with pytest.raises(ValueError, match=re.escape("Invalid value for argument `reduction`")
                        + ".*" + re.escape(f"Received: reduction={bad}")):
         getattr(xk, cls_name)(reduction=bad)
+
+
+@pytest.mark.parametrize("reduction", [np.array("sum"), ["sum"], np.str_("sum")])
+def test_reduction_must_be_a_name_as_keras(keras, reduction):
+    """Keras looks the reduction up in a set: an array or a list is a TypeError
+    (unhashable); a NumPy string is a name (kept as a Python string, so that
+    the config stays plain)."""
+    if isinstance(reduction, str):
+        config = keras.losses.CategoricalCrossentropy(reduction=reduction).get_config()
+        ours = xk.CategoricalCrossentropy(reduction=reduction).get_config()
+        assert ours["reduction"] == config["reduction"] and type(ours["reduction"]) is str
+        return
+    with pytest.raises(TypeError):
+        keras.losses.CategoricalCrossentropy(reduction=reduction)
+    with pytest.raises(TypeError, match=re.escape(f"received reduction={reduction!r}")):
+        xk.CategoricalCrossentropy(reduction=reduction)
 
 
 # --------------------------------------------------------------------------- config

@@ -12,6 +12,8 @@ A mask (``ignore_class``) zeroes the masked values and, for the means, scales
 the rest by ``count / valid`` so that the mean runs over the valid entries
 only; with nothing valid the result is 0. Every division is ``div_no_nan``.
 """
+import collections.abc
+
 from xent import _dtypes
 from xent._reduce import div_no_nan
 from xent.errors import InvalidArgumentError
@@ -40,7 +42,14 @@ class Reduction:
 
 
 def standardize_reduction(reduction):
-    """Keras 3's reduction names; tf-keras' ``"auto"`` means ``"sum_over_batch_size"``."""
+    """Keras 3's reduction names; tf-keras' ``"auto"`` means ``"sum_over_batch_size"``.
+    Anything but a name or None is refused (an array: Keras' TypeError, as its
+    set of names cannot hold it; a NumPy string is kept as a Python one)."""
+    if isinstance(reduction, str):
+        reduction = str(reduction)
+    elif not isinstance(reduction, collections.abc.Hashable):
+        raise TypeError(f"`reduction` must be a string or None; received "
+                        f"reduction={reduction!r} of type {type(reduction).__name__}")
     if reduction == Reduction.AUTO:
         return "sum_over_batch_size"
     if reduction not in KERAS3_REDUCTIONS:

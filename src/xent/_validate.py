@@ -204,11 +204,11 @@ class _Shaped:
         self.shape, self.ndim = tuple(shape), len(shape)
 
 
-def class_axis(axis, ndim):
-    """Normalise `axis` (negative counts from the end) for an array of rank `ndim`;
-    None is the last, as in TF, and any integer type (a 0-d integer array too)
-    is taken. One out of range raises `InvalidArgumentError` (a ValueError), as
-    TF's ops do."""
+def class_axis(axis, ndim, of="logits"):
+    """Normalise `axis` (negative counts from the end) for an array of rank `ndim`
+    (the array `of` names); None is the last, as in TF, and any integer type (a
+    0-d integer array too) is taken. One out of range raises
+    `InvalidArgumentError` (a ValueError), as TF's ops do."""
     if axis is None:
         return ndim - 1
     if isinstance(axis, bool) or not hasattr(axis, "__index__") or getattr(axis, "ndim", 0):
@@ -216,7 +216,7 @@ def class_axis(axis, ndim):
     axis = operator.index(axis)
     if not -ndim <= axis < ndim:
         raise InvalidArgumentError(
-            f"`axis` must be in [{-ndim}, {ndim}) for logits of rank {ndim}; "
+            f"`axis` must be in [{-ndim}, {ndim}) for {of} of rank {ndim}; "
             f"received axis={axis}")
     return int(axis) % ndim
 
