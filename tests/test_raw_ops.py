@@ -273,6 +273,50 @@ def test_backprop_out_overlapping_the_features_gets_tf_backprop(tf, rng, op, ove
     assert_close_to_truth(np.ascontiguousarray(buffer), truth[1], np.float32, 1.0)
 
 
+@pytest.mark.parametrize("shape", [(3, 7), (2, 40000)], ids=str)
+@pytest.mark.parametrize("op", ["sparse", "dense"])
+def test_backprop_out_mapping_the_features_file_again_gets_tf_backprop(tf, rng, tmp_path, op,
+                                                                      shape):
+    """Two mappings of one file are one memory at two addresses, which NumPy's
+    overlap test cannot see: the features are copied first, as for any overlap
+    (the kernel read its own exps back as logits: a loss of 22026 for 11.04
+    where a row's maximum came last)."""
+    n, c = shape
+    base = random_features(rng, shape, np.float32)
+    base[:, -1] = 10.0
+    labels = np.zeros(n, np.int64)
+    target = np.eye(c, dtype=np.float32)[labels] if op == "dense" else labels
+    truth = tf_sparse(tf, as64(base), labels)
+    path = tmp_path / "logits.bin"
+    base.tofile(path)
+    features = np.memmap(path, np.float32, "r", shape=shape)
+    buffer = np.memmap(path, np.float32, "r+", shape=shape)
+    loss, backprop = (SPARSE if op == "sparse" else DENSE)(features, target, backprop_out=buffer)
+    assert backprop is buffer
+    assert_close_to_truth(loss, truth[0], np.float32, row_scale(base))
+    assert_close_to_truth(np.asarray(buffer), truth[1], np.float32, 1.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 7), (40, 5000)], ids=str)
+@pytest.mark.parametrize("op", ["sparse", "dense"])
+def test_read_only_view_of_backprop_out_as_features_is_in_place(tf, rng, op, shape):
+    """Features that are a read-only view of the writable `backprop_out` (the
+    same memory): the gradient in place, as into the buffer itself (numba's
+    typing error on the read-only view before)."""
+    n, c = shape
+    base = random_features(rng, shape, np.float32)
+    labels = rng.integers(0, c, size=n)
+    target = np.eye(c, dtype=np.float32)[labels] if op == "dense" else labels
+    truth = tf_sparse(tf, as64(base), labels)
+    buffer = base.copy()
+    features = buffer.view()
+    features.flags.writeable = False
+    loss, backprop = (SPARSE if op == "sparse" else DENSE)(features, target, backprop_out=buffer)
+    assert backprop is buffer
+    assert_close_to_truth(loss, truth[0], np.float32, row_scale(base))
+    assert_close_to_truth(buffer, truth[1], np.float32, 1.0)
+
+
 @pytest.mark.parametrize("view", ["same", "reversed-rows"])
 def test_dense_backprop_out_over_the_labels_gets_tf_backprop(tf, rng, view):
     features = random_features(rng, (700, 400), np.float32)

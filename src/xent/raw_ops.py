@@ -8,6 +8,8 @@ differentiable as TensorFlow's registered gradient says (no ``backprop_out``).
 """
 import collections
 
+import os
+
 import numpy as np
 
 from xent import _backend, _dtypes, _validate
@@ -38,20 +40,42 @@ def _same_buffer(a, b):
             and a.strides == b.strides and a.shape == b.shape and a.dtype == b.dtype)
 
 
+def _mapped_file(a):
+    """The file whose mapping `a` views (a `np.memmap`'s, or its base's), or None."""
+    while a is not None:
+        filename = getattr(a, "filename", None)   # (a str, or a Path from a Path)
+        if isinstance(filename, (str, os.PathLike)):
+            return os.path.realpath(filename)
+        a = getattr(a, "base", None)
+    return None
+
+
+def _may_overlap(out, a):
+    """Whether `out` may share memory with `a`: their bounds overlap, or both
+    map one file (two mappings of a file are the same memory at two addresses,
+    which `np.may_share_memory` cannot see)."""
+    if np.may_share_memory(out, a):
+        return True
+    filename = _mapped_file(out)
+    return filename is not None and _mapped_file(a) == filename
+
+
 def _apart_from(backprop_out, features, labels):
     """`features` and `labels`, each copied if the gradient's buffer overlaps it.
 
     The kernels read the inputs while they write the gradient. Into `features`
     itself (in place) that is safe: each element is read before it is
     overwritten. Into a view that overlaps them otherwise (rows reversed,
-    shifted by one) or into the dense labels, a kernel would read what it
-    has already written; those inputs are copied first.
+    shifted by one; a second mapping of the features' file) or into the dense
+    labels, a kernel would read what it has already written; those inputs are
+    copied first. (Memory mapped twice by other means, such as one shared
+    memory block attached twice, is not seen.)
     """
     if backprop_out is None or not isinstance(backprop_out, np.ndarray):
         return features, labels
-    if np.may_share_memory(backprop_out, features) and not _same_buffer(backprop_out, features):
+    if _may_overlap(backprop_out, features) and not _same_buffer(backprop_out, features):
         features = features.copy()
-    if np.may_share_memory(backprop_out, labels):
+    if _may_overlap(backprop_out, labels):
         labels = labels.copy()
     return features, labels
 

@@ -249,12 +249,15 @@ def _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overla
     the gradient copied in from a buffer of its own.
     """
     contiguous = logits.flags.c_contiguous
-    x = logits if contiguous else np.ascontiguousarray(logits)
     if _same_buffer(logits, grad_out, overlap):
+        # (through `grad_out`: of two views of this memory, the one written to,
+        # where read-only logits may be the other)
+        x = grad_out if contiguous else np.ascontiguousarray(logits)
         _inplace(kernels, narrow, x, targets, loss, lse)
         if not contiguous:
             grad_out[...] = x
         return
+    x = logits if contiguous else np.ascontiguousarray(logits)
     direct = grad_out.flags.c_contiguous and not overlap
     out = grad_out if direct else np.empty(grad_out.shape, grad_out.dtype)
     _into(kernels, narrow, x, targets, out, loss, lse)
