@@ -165,6 +165,18 @@ def test_get_total_loss_adds_same_shaped_unreduced_losses_elementwise(tf):
     assert np.asarray(result["total"]).shape == (3,)
 
 
+def test_total_of_one_loss_is_a_value_of_its_own():
+    """TF's total is a fresh value each time it runs: `total += 100` on the one
+    loss's total changed the caller's loss and every later total."""
+    loss = xl.sparse_softmax_cross_entropy(LABELS, LOGITS, reduction="none")
+    kept = loss.copy()
+    total = xl.get_total_loss()
+    np.testing.assert_array_equal(total, kept)
+    total += 100.0
+    np.testing.assert_array_equal(loss, kept)
+    np.testing.assert_array_equal(xl.get_total_loss(), kept)
+
+
 def test_get_total_loss_of_empty_collection_raises_value_error(tf):
     with tf.Graph().as_default():
         with pytest.raises(ValueError) as want:

@@ -9,6 +9,8 @@ only: torch and JAX results are eager, as in TF 2 (see `xent.losses`).
 import re
 import sys
 
+import numpy as np
+
 from xent._errstate import quiet
 
 
@@ -105,10 +107,20 @@ def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None
     shapes = {tuple(getattr(loss, "shape", ())) for loss in found}
     if len(shapes) > 1:
         raise ValueError(f"Shapes must be equal to add the losses (tf.math.add_n); got {sorted(shapes)}")
-    total = found[0]
+    total = _fresh(found[0])
     for loss in found[1:]:
         total = total + loss
     return total
+
+
+def _fresh(loss):
+    """A copy of a mutable `loss` (a NumPy array; a torch tensor, through its graph):
+    the total of one loss is a value of its own, as TF's, never the collection's
+    (and the caller's) array, which ``total += ...`` would change."""
+    if isinstance(loss, np.ndarray):
+        return loss.copy()
+    clone = getattr(loss, "clone", None)
+    return clone() if callable(clone) else loss
 
 
 def clear_losses():
