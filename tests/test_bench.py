@@ -356,3 +356,26 @@ def test_the_markdown_table_explains_the_double_dagger_only_where_a_row_has_one(
     paired = {**entry, "records": [{**record, "x_floor_paired": True}]}
     table = _report.markdown_table([paired])
     assert "read‡" in table and "\n‡ median over calls" in table
+
+
+@pytest.mark.parametrize("kernels,shape,threads", [
+    ("numpy", (4096, 1000), 1),               # the NumPy kernels run on one thread
+    ("fused", (1, 1_100_000), 1),             # past the threads' size, but one row
+    ("fused", (2, 1_100_000), 2),
+    ("fused", (4, 10), 1),                    # below the threads' size
+])
+def test_the_floors_run_on_the_threads_xent_would_use_and_never_more_than_its_rows(
+        monkeypatch, kernels, shape, threads):
+    """A floor on more threads than rows reduced an empty slice (its case
+    failed, its column empty); on the NumPy kernels it ran on every core, so
+    xent's ratios against it flattered them."""
+    pytest.importorskip("numba")
+    from xent._fused import _launch
+
+    monkeypatch.setattr(_floors._core, "get_kernels", lambda: kernels)
+    monkeypatch.setattr(_floors.xent, "get_num_threads", lambda: 2)
+    logits = np.zeros(shape, np.float32)
+    assert shape[0] * shape[1] * 4 >= _launch.PARALLEL_MIN_BYTES or threads == 1
+    assert _floors.floor_threads(logits) == threads
+    for case in _floors.floor_cases(logits):
+        case.run()

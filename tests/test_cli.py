@@ -6,6 +6,7 @@ documented. The bench runs from the command line on a tiny input and must
 write its three files, timing xent's calls, whose results are TensorFlow's.
 """
 import importlib.util
+import os
 import json
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import pytest
 
 from oracle import assert_close_to_truth, label_scale
 import xent
+from xent import _core as cli_core
 from xent import _demo, cli
-from xent._bench import _cases, _run
+from xent._bench import _cases, _machine, _report, _run
 
 EXAMPLES = _demo.examples()
 
@@ -134,9 +136,9 @@ def test_xent_bench_shape_refuses_what_is_not_rows_x_classes(capsys, text):
 def test_xent_bench_shape_too_large_for_the_machine_stops_before_any_work(capsys, monkeypatch):
     """A shape whose arrays cannot fit ended in a MemoryError traceback."""
     monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
-    memory = cli._memory_bytes()
+    memory = _machine._memory_bytes()
     assert memory and memory > 2**30
-    rows = memory // (4 * 4 * 1000) + 1     # four float32 arrays of rows x 1000 pass it
+    rows = memory // (15 * 4 * 1000) + 1     # fifteen float32 arrays of rows x 1000 pass it
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "--shape", f"{rows}x1000"])
     assert exit_info.value.code == 2
@@ -189,6 +191,76 @@ def test_a_bad_kernel_choice_is_an_error_line_not_a_traceback(capsys, monkeypatc
            "received 'bogus'" in err, err
 
 
+@pytest.mark.parametrize("command", [["demo"], ["bench", "--quick", "--out", "made"]])
+@pytest.mark.parametrize("problem", ["threads", "no-fused"])
+def test_an_environment_the_kernels_refuse_is_an_error_line_not_a_traceback(
+        capsys, monkeypatch, tmp_path, command, problem):
+    """``NUMBA_NUM_THREADS=0``, or ``XENT_KERNELS=fused`` where the fused kernels
+    cannot load (``NUMBA_DISABLE_JIT``): argparse's error line, exit 2, and no
+    folder made, with the command line's way out (a traceback before, with
+    Python's `set_kernels` as the advice)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    if problem == "threads":
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "0")
+        expected = "NUMBA_NUM_THREADS must be a positive integer; received '0'"
+    else:
+        monkeypatch.setenv("XENT_KERNELS", "fused")
+
+        def cannot_load():
+            raise ImportError("xent: the fused kernels cannot load: NUMBA_DISABLE_JIT is set")
+
+        monkeypatch.setattr(cli_core, "kernels", cannot_load)
+        expected = "NUMBA_DISABLE_JIT is set (from the command line: XENT_KERNELS=numpy)"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(command)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "xent: error: " in err and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "made").exists()
+
+
+def test_default_shapes_too_large_for_the_machine_are_skipped_and_said(monkeypatch):
+    """The default inputs were never checked against the machine's memory (the
+    full run's 8192x32000 peaks near 15 GB); one that cannot fit is skipped,
+    with the reason in the report's Skipped line; repeated shapes run once."""
+    reports, timed = [], []
+    monkeypatch.setattr(_run, "precompile", lambda: 0.0)
+    monkeypatch.setattr(_machine, "_memory_bytes", lambda: 15 * 4 * 64 * 100)
+    monkeypatch.setattr(_run, "QUICK_SHAPES", ((64, 100), (64, 101)))
+    monkeypatch.setattr(_run, "bench_input", lambda shape, dtype, *rest: (
+        timed.append((shape, dtype)) or [], {}))
+    monkeypatch.setattr(_run, "neighbour_check", lambda *args, **kwargs: {})
+    monkeypatch.setattr(_run, "make_inputs", lambda *args: (None, None))
+    monkeypatch.setattr(_run, "build_cases", lambda *args: [])
+    monkeypatch.setattr(_run, "warm_up", lambda cases, skipped: cases)
+    monkeypatch.setattr(_run, "write_outputs", lambda report, out: reports.append(report))
+    _run.main(quick=True, dtypes=["float32"])
+    assert timed == [((64, 100), "float32")]
+    assert reports[0]["skipped"]["64x101"].startswith("64x101 needs about")
+    timed.clear()
+    _run.main(quick=True, shapes=[(64, 100), (64, 100)], dtypes=["float32"])
+    assert timed == [((64, 100), "float32")]
+
+
+def test_a_run_without_matplotlib_leaves_no_older_chart(monkeypatch, tmp_path, capsys):
+    """An older run's bench.png beside this run's tables looked like this run's chart."""
+    (tmp_path / "bench.png").write_bytes(b"an older chart")
+
+    def no_matplotlib(*args):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(_report, "plot", no_matplotlib)
+    monkeypatch.setattr(_report, "markdown_table", lambda results: "table")
+    monkeypatch.setattr(_report, "neighbour_table", lambda neighbour: "neighbours")
+    monkeypatch.setattr(_report, "headline", lambda report: [])
+    _report.write_outputs({"results": [], "neighbour": {}, "load_before": (0.0,), "seconds": 1,
+                           "machine": {"loadavg": (0.0,)}, "skipped": {}}, str(tmp_path))
+    assert not (tmp_path / "bench.png").exists()
+    assert (tmp_path / "bench.md").read_text().startswith("table")
+    assert "no chart" in capsys.readouterr().err
+
+
 def test_xent_bench_dtype_refuses_a_dtype_it_does_not_time(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bench", "--dtype", "float16"])
@@ -232,3 +304,18 @@ def test_python_m_xent_runs_the_console_script():
     result = subprocess.run([sys.executable, "-m", "xent", "--version"], capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0 and result.stdout == f"xent {xent.__version__}\n", result
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """``xent demo | head -1``: Python's BrokenPipeError traceback, 3 times in 4."""
+    script = ("import xent._demo as demo\n"
+              "demo.run = lambda: [print('x' * 1000) for _ in range(1000)] and 0\n"
+              "from xent.cli import main\n"
+              "raise SystemExit(main(['demo']))\n")
+    env = {**os.environ, "XENT_KERNELS": "numpy"}
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    child.stdout.close()   # (the reader gone before the first line)
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -10,19 +10,6 @@ def _positive_digits(text):
     return text.isascii() and text.isdigit() and int(text) > 0
 
 
-# float32 logits-sized arrays a bench input holds at once, about: the logits, a
-# gradient, the copy floor's target and a peer's own.
-_COPIES = 4
-
-
-def _memory_bytes():
-    """This machine's physical memory in bytes, or None where it cannot be read."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _shape(text):
     """``"8192x32000"`` → ``(8192, 32000)``: rows and classes, both positive, of
     logits whose bench fits in this machine's memory."""
@@ -30,11 +17,11 @@ def _shape(text):
     if not (_positive_digits(rows) and _positive_digits(classes)):
         raise argparse.ArgumentTypeError(
             f"expected ROWSxCLASSES with two positive integers, such as 8192x32000; got {text!r}")
-    needed, memory = _COPIES * 4 * int(rows) * int(classes), _memory_bytes()
-    if memory and needed > memory:
-        raise argparse.ArgumentTypeError(
-            f"{text} needs about {needed / 2**30:.3g} GiB ({_COPIES} float32 arrays of its "
-            f"size); this machine has {memory / 2**30:.3g} GiB")
+    from xent._bench._machine import too_big
+
+    reason = too_big((int(rows), int(classes)))
+    if reason:
+        raise argparse.ArgumentTypeError(reason)
     return int(rows), int(classes)
 
 
@@ -49,14 +36,20 @@ def _make_out_folder(parser, folder):
                      f"got {folder!r} ({error.strerror})")
 
 
-def _check_kernel_choice(parser):
-    """A bad ``XENT_KERNELS`` as an error line, not a traceback from the first call."""
-    from xent import _core
+def _check_environment(parser):
+    """A bad ``XENT_KERNELS`` or ``NUMBA_NUM_THREADS``, or fused kernels that
+    cannot load (``NUMBA_DISABLE_JIT``), as an error line, not a traceback from
+    the first call (and before the bench makes its folder)."""
+    from xent import _core, _threads
 
     try:
-        _core.kernel_name_from_environment()
+        _threads.environment_threads()
+        if _core.kernel_name_from_environment() == "fused":
+            _core.kernels()
     except ValueError as error:
         parser.error(str(error))
+    except ImportError as error:
+        parser.error(f"{error} (from the command line: XENT_KERNELS=numpy)")
 
 
 def _parser():
@@ -95,15 +88,21 @@ def main(argv=None):
     """Entry point of the `xent` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    _check_kernel_choice(parser)
-    if args.command == "demo":
-        from xent import _demo
+    _check_environment(parser)
+    try:
+        if args.command == "demo":
+            from xent import _demo
 
-        return _demo.run()
-    from xent import _bench
+            return _demo.run()
+        from xent import _bench
 
-    _make_out_folder(args.bench_parser, args.out)   # (its errors show bench's usage line)
-    return _bench.main(quick=args.quick, out=args.out, shapes=args.shape, dtypes=args.dtype)
+        _make_out_folder(args.bench_parser, args.out)   # (its errors show bench's usage line)
+        return _bench.main(quick=args.quick, out=args.out, shapes=args.shape, dtypes=args.dtype)
+    except BrokenPipeError:
+        # The reader left (``xent demo | head -1``): no traceback, and none when
+        # Python flushes stdout at exit either (Python's documented way).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,20 +4,25 @@ A loss+gradient reads the logits and writes as many bytes; a loss reads them.
 No implementation can beat a plain copy, or a plain read, on the same threads:
 those are the floors every case is measured against.
 """
-import sys
 import threading
 
 import numpy as np
 
 import xent
+from xent import _core
 from xent._bench._cases import Case
 
 
 def floor_threads(logits):
-    """The threads xent itself would use on `logits` (one below its size threshold)."""
-    launch = sys.modules.get("xent._fused._launch")
-    big = launch is None or logits.nbytes >= launch.PARALLEL_MIN_BYTES
-    return xent.get_num_threads() if big else 1
+    """The threads xent itself would use on `logits`: one on the NumPy kernels or
+    below the fused kernels' size threshold, never more than its rows."""
+    if _core.get_kernels() != "fused":
+        return 1
+    from xent._fused import _launch   # (loaded with the fused kernels)
+
+    if logits.nbytes < _launch.PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(xent.get_num_threads(), len(logits)))
 
 
 def floor_cases(logits):

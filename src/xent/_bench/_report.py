@@ -1,4 +1,5 @@
 """`xent bench`'s results: per-case records, the Markdown table, the chart, the headline."""
+import contextlib
 import json
 import os
 import statistics
@@ -269,5 +270,7 @@ def write_outputs(report, out):
         plot(report["results"], os.path.join(out, "bench.png"))
         written.append("bench.png")
     except ImportError:
+        with contextlib.suppress(FileNotFoundError):   # (an older run's chart is not this one's)
+            os.remove(os.path.join(out, "bench.png"))
         print("matplotlib is not installed: no chart", file=sys.stderr)
     print(f"xent bench: wrote {', '.join(os.path.join(out, name) for name in written)}")

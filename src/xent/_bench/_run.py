@@ -10,7 +10,7 @@ import time
 from xent import _core
 from xent._bench._cases import make_inputs, xent_cases
 from xent._bench._floors import floor_cases, floors_by_kind
-from xent._bench._machine import machine
+from xent._bench._machine import machine, too_big
 from xent._bench._memory import peak_extra_bytes
 from xent._bench._peers import build_cases
 from xent._bench._report import summarise, write_outputs
@@ -33,11 +33,13 @@ def main(quick: bool = False, out: str = "bench/results", shapes=None, dtypes=No
     command = "xent bench" + (" --quick" if quick else "")
     command += "".join(f" --shape {rows}x{classes}" for rows, classes in shapes or ())
     command += "".join(f" --dtype {name}" for name in dtypes or ())
-    shapes = tuple(shapes) if shapes else QUICK_SHAPES if quick else FULL_SHAPES
+    shapes = tuple(dict.fromkeys(shapes)) if shapes else QUICK_SHAPES if quick else FULL_SHAPES
     dtypes = tuple(name for name in DTYPES if name in dtypes) if dtypes else DTYPES
     _core.kernels()   # loads the fused kernels (or warns that it cannot) before any timing
-    jobs = [(shape, dtype) for shape in shapes for dtype in dtypes]
     started, skipped, results = time.time(), {}, []
+    unfit = {shape: too_big(shape) for shape in shapes}   # (the command line's were checked)
+    skipped.update({f"{rows}x{classes}": why for (rows, classes), why in unfit.items() if why})
+    jobs = [(shape, dtype) for shape in shapes if not unfit[shape] for dtype in dtypes]
     load_before = os.getloadavg()
     progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
     progress.describe("xent's kernels: compiling (first run) or loading")
