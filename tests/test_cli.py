@@ -80,9 +80,9 @@ def tiny_bench(monkeypatch):
     """`xent bench --quick` on one 8x16 input per dtype, its kernels compiled here."""
     monkeypatch.setattr(_run, "QUICK_SHAPES", ((8, 16),))
     monkeypatch.setattr(_run, "NEIGHBOUR_SHAPE", (8, 16))
-    def precompile():   # here, not in child processes; returns seconds, as precompile does
+    def precompile(dtypes):   # here, not in child processes; returns seconds, as precompile does
         started = time.perf_counter()
-        for dtype in _run.DTYPES:
+        for dtype in dtypes:
             _run.compile_kernels(dtype)
         return time.perf_counter() - started
 
@@ -135,7 +135,7 @@ def test_xent_bench_shape_refuses_what_is_not_rows_x_classes(capsys, text):
 
 def test_xent_bench_shape_too_large_for_the_machine_stops_before_any_work(capsys, monkeypatch):
     """A shape whose arrays cannot fit ended in a MemoryError traceback."""
-    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    monkeypatch.setattr(_run, "precompile", lambda *dtypes: pytest.fail("work began"))
     memory = _machine._memory_bytes()
     assert memory and memory > 2**30
     rows = memory // (15 * 4 * 1000) + 1     # fifteen float32 arrays of rows x 1000 pass it
@@ -150,7 +150,7 @@ def test_xent_bench_out_that_cannot_be_a_folder_stops_before_any_work(capsys, mo
                                                                        tmp_path):
     """A ``--out`` under a file: argparse's error naming ``--out`` (exit 2) before
     anything is compiled or timed, not a traceback after the whole run."""
-    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    monkeypatch.setattr(_run, "precompile", lambda *dtypes: pytest.fail("work began"))
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as exit_info:
@@ -181,7 +181,7 @@ def test_xent_version(capsys):
 
 @pytest.mark.parametrize("command", [["demo"], ["bench", "--quick"]])
 def test_a_bad_kernel_choice_is_an_error_line_not_a_traceback(capsys, monkeypatch, command):
-    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    monkeypatch.setattr(_run, "precompile", lambda *dtypes: pytest.fail("work began"))
     monkeypatch.setenv("XENT_KERNELS", "bogus")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(command)
@@ -200,7 +200,7 @@ def test_an_environment_the_kernels_refuse_is_an_error_line_not_a_traceback(
     folder made, with the command line's way out (a traceback before, with
     Python's `set_kernels` as the advice)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    monkeypatch.setattr(_run, "precompile", lambda *dtypes: pytest.fail("work began"))
     if problem == "threads":
         monkeypatch.setenv("NUMBA_NUM_THREADS", "0")
         expected = "NUMBA_NUM_THREADS must be a positive integer; received '0'"
@@ -223,9 +223,10 @@ def test_an_environment_the_kernels_refuse_is_an_error_line_not_a_traceback(
 def test_default_shapes_too_large_for_the_machine_are_skipped_and_said(monkeypatch):
     """The default inputs were never checked against the machine's memory (the
     full run's 8192x32000 peaks near 15 GB); one that cannot fit is skipped,
-    with the reason in the report's Skipped line; repeated shapes run once."""
-    reports, timed = [], []
-    monkeypatch.setattr(_run, "precompile", lambda: 0.0)
+    with the reason in the report's Skipped line; repeated shapes run once; the
+    kernels are compiled for the dtypes asked for only."""
+    reports, timed, compiled = [], [], []
+    monkeypatch.setattr(_run, "precompile", lambda dtypes: compiled.append(dtypes) or 0.0)
     monkeypatch.setattr(_machine, "_memory_bytes", lambda: 15 * 4 * 64 * 100)
     monkeypatch.setattr(_run, "QUICK_SHAPES", ((64, 100), (64, 101)))
     monkeypatch.setattr(_run, "bench_input", lambda shape, dtype, *rest: (
@@ -237,6 +238,7 @@ def test_default_shapes_too_large_for_the_machine_are_skipped_and_said(monkeypat
     monkeypatch.setattr(_run, "write_outputs", lambda report, out: reports.append(report))
     _run.main(quick=True, dtypes=["float32"])
     assert timed == [((64, 100), "float32")]
+    assert compiled == [("float32",)]   # (only the dtypes the run times: bfloat16 was compiled too)
     assert reports[0]["skipped"]["64x101"].startswith("64x101 needs about")
     timed.clear()
     _run.main(quick=True, shapes=[(64, 100), (64, 100)], dtypes=["float32"])
@@ -281,7 +283,7 @@ def test_bench_main_refuses_inputs_it_cannot_time_before_any_work(monkeypatch, s
                                                                   message):
     """`_bench.main` called from Python checks what the command line's parser
     checks, before it loads or compiles anything."""
-    monkeypatch.setattr(_run, "precompile", lambda: pytest.fail("work began"))
+    monkeypatch.setattr(_run, "precompile", lambda *dtypes: pytest.fail("work began"))
     with pytest.raises(ValueError) as error:
         _run.main(shapes=shapes, dtypes=dtypes)
     assert message in str(error.value)

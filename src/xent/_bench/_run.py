@@ -43,7 +43,7 @@ def main(quick: bool = False, out: str = "bench/results", shapes=None, dtypes=No
     load_before = os.getloadavg()
     progress = _Progress(sum(_rounds(shape, quick) for shape, _ in jobs))
     progress.describe("xent's kernels: compiling (first run) or loading")
-    compile_s = precompile()
+    compile_s = precompile(dtypes)
     neighbours = None   # the cases of NEIGHBOUR_SHAPE float32, when the run has that input
     for shape, dtype in jobs:
         progress.describe(f"{shape[0]}x{shape[1]} {dtype}")
@@ -132,8 +132,8 @@ def import_peers():
             importlib.import_module(name)
 
 
-def precompile():
-    """`compile_kernels` for float32 and for bfloat16, each in a child process,
+def precompile(dtypes=DTYPES):
+    """`compile_kernels` for each of `dtypes` (those the run times), each in a child process,
     while this process imports the peers (`import_peers`); returns the seconds
     the slower child took (compiling, or loading numba's disk cache), as it
     measured them: the imports, which overlap, are not counted (TensorFlow's
@@ -149,12 +149,12 @@ def precompile():
         children = [subprocess.Popen(
             [sys.executable, "-c",
              f"from xent._bench import _run; _run.compile_kernels({dtype!r})"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for dtype in DTYPES]
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for dtype in dtypes]
     try:
         import_peers()
     finally:
         results = [(dtype, *child.communicate(), child.returncode)
-                   for dtype, child in zip(DTYPES, children)]
+                   for dtype, child in zip(dtypes, children)]
     for dtype, _, stderr, code in results:
         if code != 0:
             raise RuntimeError(f"xent bench: compiling the {dtype} kernels failed "
