@@ -55,6 +55,8 @@ def cases(logits, targets, threads):
 
 
 def main():
+    if len(sys.argv) not in (1, 2, 4):
+        sys.exit("usage: python bench/dense_targets.py [REPEATS] [N C]  (N without C is not a shape)")
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 7
     shape = tuple(int(v) for v in sys.argv[2:4]) if len(sys.argv) > 3 else (8192, 32000)
     rng = np.random.default_rng(0)

@@ -104,7 +104,9 @@ def measure(variant, rows, classes, reps):
         times.append(time.perf_counter() - start)
         del result
     if extra_mb is None:
-        extra_mb = _peak_mb() - baseline
+        # (the kernel counts resident pages per thread in batches: below a MB or so
+        # the two readings disagree by their slack, which read as negative memory)
+        extra_mb = max(0.0, _peak_mb() - baseline)
     return {"ms": 1e3 * statistics.median(times), "peak_mb": extra_mb}
 
 
