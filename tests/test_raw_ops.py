@@ -261,12 +261,18 @@ OVERLAPS = {
 def test_backprop_out_overlapping_the_features_gets_tf_backprop(tf, rng, op, overlap, shape):
     n, c = shape
     base = random_features(rng, shape, np.float32)
-    labels = rng.integers(0, c, size=n)
-    target = np.eye(c, dtype=np.float32)[labels] if op == "dense" else labels
-    truth = tf_sparse(tf, as64(base), labels)
     big = np.empty((n + 1, c), np.float32)
     features, buffer = OVERLAPS[overlap](big, n)
     features[...] = base
+    _assert_into_buffer_gets_tf_backprop(tf, op, base, rng.integers(0, c, size=n), features, buffer)
+
+
+def _assert_into_buffer_gets_tf_backprop(tf, op, base, labels, features, buffer):
+    """`op` ("sparse"/"dense", one-hot `labels`) on `features`, which hold `base`'s
+    values, into `buffer`: its loss, and what `buffer` holds, against TF's
+    float64 answer on `base`."""
+    target = np.eye(base.shape[1], dtype=np.float32)[labels] if op == "dense" else labels
+    truth = tf_sparse(tf, as64(base), labels)
     loss, backprop = (SPARSE if op == "sparse" else DENSE)(features, target, backprop_out=buffer)
     assert backprop is buffer
     assert_close_to_truth(loss, truth[0], np.float32, row_scale(base))
@@ -281,20 +287,14 @@ def test_backprop_out_mapping_the_features_file_again_gets_tf_backprop(tf, rng, 
     overlap test cannot see: the features are copied first, as for any overlap
     (the kernel read its own exps back as logits: a loss of 22026 for 11.04
     where a row's maximum came last)."""
-    n, c = shape
     base = random_features(rng, shape, np.float32)
     base[:, -1] = 10.0
-    labels = np.zeros(n, np.int64)
-    target = np.eye(c, dtype=np.float32)[labels] if op == "dense" else labels
-    truth = tf_sparse(tf, as64(base), labels)
     path = tmp_path / "logits.bin"
     base.tofile(path)
     features = np.memmap(path, np.float32, "r", shape=shape)
     buffer = np.memmap(path, np.float32, "r+", shape=shape)
-    loss, backprop = (SPARSE if op == "sparse" else DENSE)(features, target, backprop_out=buffer)
-    assert backprop is buffer
-    assert_close_to_truth(loss, truth[0], np.float32, row_scale(base))
-    assert_close_to_truth(np.asarray(buffer), truth[1], np.float32, 1.0)
+    _assert_into_buffer_gets_tf_backprop(tf, op, base, np.zeros(shape[0], np.int64), features,
+                                         buffer)
 
 
 @pytest.mark.parametrize("shape", [(3, 7), (40, 5000)], ids=str)
@@ -303,18 +303,12 @@ def test_read_only_view_of_backprop_out_as_features_is_in_place(tf, rng, op, sha
     """Features that are a read-only view of the writable `backprop_out` (the
     same memory): the gradient in place, as into the buffer itself (numba's
     typing error on the read-only view before)."""
-    n, c = shape
     base = random_features(rng, shape, np.float32)
-    labels = rng.integers(0, c, size=n)
-    target = np.eye(c, dtype=np.float32)[labels] if op == "dense" else labels
-    truth = tf_sparse(tf, as64(base), labels)
     buffer = base.copy()
     features = buffer.view()
     features.flags.writeable = False
-    loss, backprop = (SPARSE if op == "sparse" else DENSE)(features, target, backprop_out=buffer)
-    assert backprop is buffer
-    assert_close_to_truth(loss, truth[0], np.float32, row_scale(base))
-    assert_close_to_truth(buffer, truth[1], np.float32, 1.0)
+    _assert_into_buffer_gets_tf_backprop(tf, op, base, rng.integers(0, shape[1], size=shape[0]),
+                                         features, buffer)
 
 
 @pytest.mark.parametrize("view", ["same", "reversed-rows"])
