@@ -402,8 +402,12 @@ def test_operator_passes_torchs_opcheck_and_its_own_formula_is_tensorflows_gradi
 def test_compile_fullgraph_works_as_the_first_call_of_a_fresh_process():
     """The first call of xent on a tensor imports xent's torch face; inside
     `torch.compile(fullgraph=True)` that import is traced too, and must not
-    break the graph (an `importlib` call did: dynamo refuses it). A fresh
-    interpreter, since this process has long imported the face."""
+    break the graph (an `importlib` call did: dynamo refuses it). Nor may the
+    trace guard on what changes later (the dtype names xent had seen, the faces
+    it had imported, `sys.modules` for JAX): each made the caller's whole
+    graph compile again, at its second call, after xent's first eager call, or
+    after JAX's import. A fresh interpreter, since this process has long
+    imported the face."""
     code = (
         "import torch, xent\n"
         "f = torch.compile(lambda x, l: xent.nn.sparse_softmax_cross_entropy_with_logits("
@@ -416,6 +420,13 @@ def test_compile_fullgraph_works_as_the_first_call_of_a_fresh_process():
         "torch.testing.assert_close(loss.detach(), want)\n"
         "torch.testing.assert_close(x.grad, torch.softmax(x.detach(), -1)"
         " - torch.nn.functional.one_hot(l, 7))\n"
+        "torch.compiler.set_stance('fail_on_recompile')\n"
+        "f(x, l).backward()\n"
+        "xent.nn.sparse_softmax_cross_entropy_with_logits(labels=l, logits=x).sum().backward()\n"
+        "import jax.numpy as jnp\n"
+        "xent.nn.sparse_softmax_cross_entropy_with_logits(labels=jnp.asarray([1]),"
+        " logits=jnp.ones((1, 3)))\n"
+        "f(x, l).backward()\n"
         "print('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)

@@ -104,9 +104,17 @@ class NumpyBackend:
 
 
 def _framework_backend(arrays):
-    """The PyTorch or JAX backend if any of `arrays` belongs to one, else None."""
-    torch, jax = sys.modules.get("torch"), sys.modules.get("jax")
+    """The PyTorch or JAX backend if any of `arrays` belongs to one, else None.
+
+    While torch.compile traces a call on tensors, nothing it would guard on and
+    that could change later is read (`sys.modules` for JAX, the faces already
+    imported): a JAX import, or xent's first eager call, after the trace had
+    failed its guards and compiled the caller's whole graph again."""
+    torch = sys.modules.get("torch")
     tensors = [a for a in arrays if isinstance(a, torch.Tensor)] if torch is not None else ()
+    if tensors and torch.compiler.is_compiling():
+        return _import_framework_module("_torch").TorchBackend.for_tensors(tensors)
+    jax = sys.modules.get("jax")
     # (all tensors: no jax.Array among them; skipping its ABC checks saves 1 us a call)
     has_jax = (jax is not None and len(tensors) < len(arrays)
                and any(isinstance(a, jax.Array) for a in arrays))
@@ -121,9 +129,8 @@ def _framework_backend(arrays):
     return None
 
 
-# xent's framework faces once imported, by name ("_torch", "_jax"): a dict of
-# its own rather than ``sys.modules``, whose change behind torch.compile's back
-# (an import while it traces) fails the guards it set on it.
+# xent's framework faces once imported, by name ("_torch", "_jax"), for eager
+# calls (torch.compile's traces import theirs: `_framework_backend`).
 _FRAMEWORK_MODULES = {}
 
 

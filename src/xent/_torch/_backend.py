@@ -186,6 +186,9 @@ class TorchBackend:
         return LossAndBackprop.apply("dense", x2, y2)
 
 
-# torch dtype → its name (`TorchBackend.dtype_name`).
-_DTYPE_NAMES = {}
+# torch dtype → its name (`TorchBackend.dtype_name`), for every dtype torch has:
+# torch.compile guards on the dict, so one filled while it traces (the first
+# call's) made every compiled caller compile its whole graph twice.
+_DTYPE_NAMES = {dtype: str(dtype).removeprefix("torch.") for dtype in vars(torch).values()
+                if isinstance(dtype, torch.dtype)}
 _CPU_BACKEND = TorchBackend(torch.device("cpu"))
