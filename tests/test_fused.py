@@ -592,6 +592,28 @@ def test_dense_edge_values_match_reference(dtype):
     assert_matches(out, ref_out, dtype)
 
 
+@every_target
+@pytest.mark.parametrize("c", [4, 40])
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32), BF16], ids=["float32", "bfloat16"])
+def test_dense_products_past_float32_range_end_as_tensorflows_float32_terms(dtype, c):
+    """Products y_j (x_j - M) past float32's range: TF's float32 terms are ±inf
+    each, and NaN together (row 0: true loss +4.3e38; row 1: -6e59), as the
+    NumPy kernels'; the narrow rows' fused multiply-adds kept one sign's
+    overflow finite and gave -inf and +inf. Row 2, one overflow: +inf."""
+    top = float(np.finfo(np.float32).max if dtype == np.float32 else ml_dtypes.finfo(BF16).max)
+    x = np.zeros((3, c), np.float64)
+    y = np.zeros((3, c), np.float32)
+    x[0, :4], y[0, :4] = [0.33, top, -top, 1.32], [0.684, 1.004, -0.618, 1.822]
+    x[1, :3], y[1, :3] = [2.4e29, -1.7e30, 6.6e29], [1.1e30, -4.5e29, 4.3e29]
+    x[2, :2], y[2, :2] = [top, -top], [0.0, 1.0]
+    x = x.astype(dtype)
+    ref_loss, _ = _kernels.dense_rows(x, y)
+    np.testing.assert_array_equal(np.isnan(ref_loss), [True, True, False])
+    assert ref_loss[2] == np.inf
+    for loss, _, _ in run_three_ways("dense", x, y):
+        np.testing.assert_array_equal(loss, ref_loss)
+
+
 # -- rows of several chunks: the one-sweep path, its re-sweeps and its rescaling ----------
 
 LONG = 3 * int(_fused.CHUNK) + 5

@@ -326,11 +326,26 @@ def _terms(x, y, top, total, log_s):
 
 
 @njit(**INLINE)
+def _rounded_products(x, y, m):
+    """sum_j y_j (x_j - m) in float32, each product rounded before it is added,
+    as TF's float32 arithmetic (and the NumPy kernels') does it: a product
+    past float32's range is ±inf, and ``inf - inf`` NaN. The lanes' sum
+    (`_lane_targets`) may fuse a product into the add, which kept an overflow
+    of one sign finite beside an infinity of the other (-inf where TF has NaN,
+    whose true value was +4e38)."""
+    total = np.float32(0.0)
+    for j in range(x.shape[0]):
+        total += mul_exact(y[j], np.float32(load(x, j) - m))
+    return total
+
+
+@njit(**INLINE)
 def _dense_narrow_row(x, ty, r, ms, sums, l):
     """(loss, lse, ok) of row r, in lane l: sum_j y_j (lse - x_j); NaN unless
     the row is finite. Targets whose float32 sum is not finite (infinite or
     NaN targets; an overflow) take the loss term by term from the row itself
-    (`_terms`: before the row's gradient is written, which may be over x)."""
+    (`_terms`: before the row's gradient is written, which may be over x);
+    so, rounded as TF's, does a sum of products that overflowed."""
     m, s = ms[0, l], sums[0, l]
     if not (is_finite(m) and is_finite(s)):
         return np.float64(np.nan), np.float64(np.nan), False
@@ -338,7 +353,10 @@ def _dense_narrow_row(x, ty, r, ms, sums, l):
     top = np.float64(m)
     if not is_finite(ms[3, l]):
         return _terms(x[r], ty[:, l], top, s, log_s), top + log_s, True
-    return log_s * np.float64(ms[3, l]) - np.float64(ms[4, l]), top + log_s, True
+    products = ms[4, l]
+    if not is_finite(products):
+        products = _rounded_products(x[r], ty[:, l], m)
+    return log_s * np.float64(ms[3, l]) - np.float64(products), top + log_s, True
 
 
 @njit(**KERNEL)
