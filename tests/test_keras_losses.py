@@ -969,6 +969,20 @@ def test_softmax_outputs_of_keras_on_tf_are_read_through_their_kept_logits(keras
         assert warnings_ == keras_warnings
 
 
+def test_kept_logits_are_read_on_tf_tensors_only(keras):
+    """Keras on torch and JAX leaves ``_keras_logits`` on a softmax's output
+    too, and its losses there never read it: the clipped probabilities."""
+    torch = pytest.importorskip("torch")
+    z = torch.tensor([[0.0, 20.0, -20.0], [1.0, 2.0, 3.0]])
+    p = torch.softmax(z, -1)
+    plain = xk.sparse_categorical_crossentropy(torch.tensor([2, 0]), p.clone())
+    p._keras_logits = z
+    for loss in (xk.sparse_categorical_crossentropy(torch.tensor([2, 0]), p),
+                 xk.CategoricalCrossentropy(reduction=None)(torch.eye(3)[[2, 0]], p)):
+        torch.testing.assert_close(loss, plain, rtol=2e-6, atol=0)
+        assert 16.0 < float(loss[0]) < 16.2   # (the clip's -log(1e-7), not the logits' 40)
+
+
 @pytest.mark.parametrize("inputs,smoothing", [("numpy", "float16"), ("numpy", "torch"),
                                                ("torch", "jax"), ("jax", "torch")])
 def test_label_smoothing_scalar_of_any_dtype_or_framework_is_used_exactly(rng, inputs, smoothing):

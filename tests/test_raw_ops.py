@@ -4,6 +4,8 @@ the `backprop_out=` buffer (separate, or `features` itself for in place).
 The truth is TensorFlow's raw op run in float64 on the same inputs; tolerances are
 the SPEC's (`oracle.assert_close_to_truth`).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -279,20 +281,25 @@ def _assert_into_buffer_gets_tf_backprop(tf, op, base, labels, features, buffer)
     assert_close_to_truth(np.ascontiguousarray(buffer), truth[1], np.float32, 1.0)
 
 
+@pytest.mark.parametrize("name", ["same", "hard-link"])
 @pytest.mark.parametrize("shape", [(3, 7), (2, 40000)], ids=str)
 @pytest.mark.parametrize("op", ["sparse", "dense"])
 def test_backprop_out_mapping_the_features_file_again_gets_tf_backprop(tf, rng, tmp_path, op,
-                                                                      shape):
-    """Two mappings of one file are one memory at two addresses, which NumPy's
-    overlap test cannot see: the features are copied first, as for any overlap
-    (the kernel read its own exps back as logits: a loss of 22026 for 11.04
-    where a row's maximum came last)."""
+                                                                      shape, name):
+    """Two mappings of one file (under one name or two) are one memory at two
+    addresses, which NumPy's overlap test cannot see: the features are copied
+    first, as for any overlap (the kernel read its own exps back as logits: a
+    loss of 22026 for 11.04 where a row's maximum came last)."""
     base = random_features(rng, shape, np.float32)
     base[:, -1] = 10.0
     path = tmp_path / "logits.bin"
     base.tofile(path)
+    other = path
+    if name == "hard-link":
+        other = tmp_path / "link.bin"
+        os.link(path, other)
     features = np.memmap(path, np.float32, "r", shape=shape)
-    buffer = np.memmap(path, np.float32, "r+", shape=shape)
+    buffer = np.memmap(other, np.float32, "r+", shape=shape)
     _assert_into_buffer_gets_tf_backprop(tf, op, base, np.zeros(shape[0], np.int64), features,
                                          buffer)
 

@@ -431,3 +431,15 @@ def test_compile_fullgraph_works_as_the_first_call_of_a_fresh_process():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_compiled_calls_refuse_torch_tensors_beside_jax_arrays(fullgraph):
+    """The refusal eager calls give, under torch.compile too (a traced call skipped
+    its check of JAX arrays, to read no `sys.modules` it would guard on, and a
+    JAX label array went through)."""
+    jnp = pytest.importorskip("jax.numpy")
+    f = torch.compile(lambda x, labels: xent.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=x), fullgraph=fullgraph)
+    with pytest.raises(TypeError, match="got both torch.Tensor and jax.Array"):
+        f(torch.randn(4, 7), jnp.asarray([1, 2, 3, 0]))

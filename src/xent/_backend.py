@@ -113,20 +113,35 @@ def _framework_backend(arrays):
     torch = sys.modules.get("torch")
     tensors = [a for a in arrays if isinstance(a, torch.Tensor)] if torch is not None else ()
     if tensors and torch.compiler.is_compiling():
+        if len(tensors) < len(arrays) and any(_jax_type(a) for a in arrays):
+            raise _mixed()
         return _import_framework_module("_torch").TorchBackend.for_tensors(tensors)
     jax = sys.modules.get("jax")
     # (all tensors: no jax.Array among them; skipping its ABC checks saves 1 us a call)
     has_jax = (jax is not None and len(tensors) < len(arrays)
                and any(isinstance(a, jax.Array) for a in arrays))
     if tensors and has_jax:
-        raise TypeError(
-            "xent: got both torch.Tensor and jax.Array arguments; pass arrays of one "
-            "framework (NumPy arrays and Python numbers mix with either)")
+        raise _mixed()
     if tensors:
         return _framework_module("_torch").TorchBackend.for_tensors(tensors)
     if has_jax:
         return _framework_module("_jax").JaxBackend
     return None
+
+
+def _mixed():
+    """The error for torch tensors and JAX arrays in one call."""
+    return TypeError("xent: got both torch.Tensor and jax.Array arguments; pass arrays of one "
+                     "framework (NumPy arrays and Python numbers mix with either)")
+
+
+def _jax_type(a):
+    """Whether `a` is of a JAX type, by its type's module: no `sys.modules`
+    lookup for torch.compile to guard on. (Python's and NumPy's own types
+    first: dynamo cannot read a builtin type's module.)"""
+    if a is None or isinstance(a, (bool, int, float, complex, list, tuple, np.ndarray, np.generic)):
+        return False
+    return type(a).__module__.startswith(("jax.", "jaxlib."))
 
 
 # xent's framework faces once imported, by name ("_torch", "_jax"), for eager

@@ -49,7 +49,8 @@ def _check_environment(parser):
     except ValueError as error:
         parser.error(str(error))
     except ImportError as error:
-        parser.error(f"{error} (from the command line: XENT_KERNELS=numpy)")
+        message = str(error).removeprefix("xent: ")   # (argparse says "xent: error: ")
+        parser.error(f"{message} (from the command line: XENT_KERNELS=numpy)")
 
 
 def _parser():

@@ -41,23 +41,26 @@ def _same_buffer(a, b):
 
 
 def _mapped_file(a):
-    """The file whose mapping `a` views (a `np.memmap`'s, or its base's), or None."""
-    while a is not None:
-        filename = getattr(a, "filename", None)   # (a str, or a Path from a Path)
-        if isinstance(filename, (str, os.PathLike)):
-            return os.path.realpath(filename)
-        a = getattr(a, "base", None)
+    """The file whose mapping `a` views (a `np.memmap`'s, or its base's) as its
+    device and inode (one file under two names, links included), or None."""
+    while isinstance(a, np.ndarray):
+        if isinstance(a, np.memmap) and a.filename is not None:
+            try:
+                status = os.stat(a.filename)   # (a str, or a Path from a Path)
+            except OSError:   # (a file removed since it was mapped: its last name)
+                return os.path.realpath(a.filename)
+            return status.st_dev, status.st_ino
+        a = a.base
     return None
 
 
-def _may_overlap(out, a):
-    """Whether `out` may share memory with `a`: their bounds overlap, or both
-    map one file (two mappings of a file are the same memory at two addresses,
-    which `np.may_share_memory` cannot see)."""
-    if np.may_share_memory(out, a):
-        return True
-    filename = _mapped_file(out)
-    return filename is not None and _mapped_file(a) == filename
+def _may_overlap(out, out_file, a):
+    """Whether `out` (mapping `out_file`: `_mapped_file`) may share memory with
+    `a`: their bounds overlap, or both map one file (two mappings of a file are
+    the same memory at two addresses, which `np.may_share_memory` cannot see)."""
+    if a is None:
+        return False
+    return np.may_share_memory(out, a) or (out_file is not None and _mapped_file(a) == out_file)
 
 
 def _apart_from(backprop_out, features, labels):
@@ -73,9 +76,10 @@ def _apart_from(backprop_out, features, labels):
     """
     if backprop_out is None or not isinstance(backprop_out, np.ndarray):
         return features, labels
-    if _may_overlap(backprop_out, features) and not _same_buffer(backprop_out, features):
+    out_file = _mapped_file(backprop_out)
+    if _may_overlap(backprop_out, out_file, features) and not _same_buffer(backprop_out, features):
         features = features.copy()
-    if _may_overlap(backprop_out, labels):
+    if _may_overlap(backprop_out, out_file, labels):
         labels = labels.copy()
     return features, labels
 

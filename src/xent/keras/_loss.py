@@ -8,6 +8,7 @@ share.
 """
 import collections
 import re
+import sys
 import threading
 
 from xent import _backend, _dtypes
@@ -39,10 +40,14 @@ def kept_logits(y_pred, dtype=None):
     activation="softmax")`` layer leave their input on the TF tensor they
     return (``y_pred._keras_logits``), and Keras' cross-entropies read those
     logits in place of the probabilities: exact where clipped probabilities
-    would cap a row's loss at ``-log(1e-7)``. With `dtype` (a loss class's),
+    would cap a row's loss at ``-log(1e-7)``. Only on TF tensors: Keras' torch
+    and JAX backends set the attribute too but never read it. With `dtype` (a loss class's),
     only an output already of that dtype keeps them: Keras' cast makes a new
     tensor without them.
     """
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(y_pred, tf.Tensor):   # (Keras on torch and JAX keeps them
+        return None                                       # too, and reads them nowhere)
     logits = getattr(y_pred, "_keras_logits", None)
     if logits is not None and dtype is not None and _dtypes.name_of(y_pred.dtype) != dtype:
         return None
