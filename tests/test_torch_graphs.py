@@ -443,3 +443,21 @@ def test_compiled_calls_refuse_torch_tensors_beside_jax_arrays(fullgraph):
         labels=labels, logits=x), fullgraph=fullgraph)
     with pytest.raises(TypeError, match="got both torch.Tensor and jax.Array"):
         f(torch.randn(4, 7), jnp.asarray([1, 2, 3, 0]))
+
+
+@pytest.mark.parametrize("face", ["v1 weights", "v1 smoothing", "keras smoothing"])
+def test_fullgraph_takes_python_numbers_that_change_between_calls(face):
+    """A Python float that changes between calls becomes a symbolic number in
+    dynamo's next trace, on which `hasattr`/`getattr` cannot be traced: the
+    second call failed under ``fullgraph=True``."""
+    import xent.keras.losses as xk
+
+    labels, x = torch.tensor([0, 1, 2, 3]), torch.randn(4, 5)
+    onehot = torch.eye(5)[labels]
+    call = {"v1 weights": lambda a, v: xent.losses.sparse_softmax_cross_entropy(labels, a, weights=v),
+            "v1 smoothing": lambda a, v: xent.losses.softmax_cross_entropy(onehot, a, label_smoothing=v),
+            "keras smoothing": lambda a, v: xk.categorical_crossentropy(
+                onehot, a, from_logits=True, label_smoothing=v)}[face]
+    compiled = torch.compile(call, fullgraph=True, dynamic=True)
+    for value in (0.1, 0.2, 0.3):
+        torch.testing.assert_close(compiled(x, value), call(x, value))

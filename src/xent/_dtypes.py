@@ -99,6 +99,8 @@ def is_python_numbers(x):
     """Whether `x` is a Python number or sequence, which TF converts by its own
     rules: anything without a ``dtype`` of its own (not an array, a NumPy
     scalar or a framework tensor)."""
+    if isinstance(x, (bool, int, float, complex, list, tuple)):   # (torch.compile's symbolic
+        return True                                                 # numbers have no hasattr)
     return not isinstance(x, (np.ndarray, np.generic)) and not hasattr(x, "dtype")
 
 

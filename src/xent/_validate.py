@@ -243,6 +243,8 @@ def one_number(name, value):
     is ambiguous"). Any value TF takes (a bool, a 0-d or one-element array or
     tensor) passes. (A float can be compared with 0 outside a trace: a JAX
     array's comparison under `jit` is traced, even for a concrete array.)"""
+    if isinstance(value, (bool, int, float)):   # (torch.compile's symbolic numbers
+        return float(value)                     # too, which have no getattr)
     shape = tuple(getattr(value, "shape", ()))
     if math.prod(shape) != 1:
         raise ValueError(f"`{name}` must be a single number; received an array of shape {shape}")

@@ -117,6 +117,6 @@ def too_big(shape):
     needed, memory = _COPIES * 4 * shape[0] * shape[1], _memory_bytes()
     if memory and needed > _USABLE * memory:
         return (f"{shape[0]}x{shape[1]} needs about {needed / 2**30:.3g} GiB ({_COPIES} float32 "
-                f"arrays of its size, and room beside them); this machine has "
-                f"{memory / 2**30:.3g} GiB available")
+                f"arrays of its size), more than {_USABLE:.0%} of the {memory / 2**30:.3g} GiB "
+                f"this machine has available (the rest is the frameworks' and the system's)")
     return None

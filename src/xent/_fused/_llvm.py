@@ -108,6 +108,15 @@ def mul_exact(typingctx, a, b):
 
 
 @intrinsic
+def add_exact(typingctx, a, b):
+    """a + b, rounded once, in the order written: the ``nsz`` flag alone, as
+    `mul_exact` (a sum of such adds is never regrouped by fast-math's reassoc)."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1], flags=("nsz",))
+    return a(a, b), codegen
+
+
+@intrinsic
 def fmuladd(typingctx, a, b, c):
     """a * b + c: one fused multiply-add where the CPU has one (rounded once),
     else a multiply and an add (``llvm.fmuladd``; never a call to ``fma``)."""

@@ -40,7 +40,7 @@ from xent._fused._chunks import below_max, counted_sum, s_rounds_to_one
 from xent._fused._exps import exp_of
 from xent._fused._formats import like, load, store, store_finite
 from xent._fused._lanes import LANES, lane_scratch, transpose
-from xent._fused._llvm import flush_denormals, is_finite, label_loss, mul_exact, \
+from xent._fused._llvm import add_exact, flush_denormals, is_finite, label_loss, mul_exact, \
     restore_denormals, vectorise_wide
 from xent._fused._math import log_of_sum
 from xent._fused._options import FAST, INLINE, KERNEL, LLVM_INLINE
@@ -332,10 +332,13 @@ def _rounded_products(x, y, m):
     past float32's range is ±inf, and ``inf - inf`` NaN. The lanes' sum
     (`_lane_targets`) may fuse a product into the add, which kept an overflow
     of one sign finite beside an infinity of the other (-inf where TF has NaN,
-    whose true value was +4e38)."""
+    whose true value was +4e38). Added in order (`add_exact`): regrouped by
+    fast-math, finite partial sums could overflow beside an infinite product.
+    (Such a row's true loss is past float32's range: TF's and NumPy's orders
+    of summation may still end in another infinity or NaN.)"""
     total = np.float32(0.0)
     for j in range(x.shape[0]):
-        total += mul_exact(y[j], np.float32(load(x, j) - m))
+        total = add_exact(total, mul_exact(y[j], np.float32(load(x, j) - m)))
     return total
 
 
