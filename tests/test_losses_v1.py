@@ -415,6 +415,21 @@ def test_dense_integer_onehot_labels_are_cast_to_logits_dtype(tf, rng):
     _assert_float32_matches_tf(actual, expected, logits, 1.0)
 
 
+@pytest.mark.parametrize("weights", [np.float64(1e300), 1e300], ids=["numpy-float64", "python"])
+def test_a_numpy_float64_weight_is_an_array_and_a_python_float_a_number_as_tf(tf, weights):
+    """TF converts a Python float past float32's range with an error, and a NumPy
+    float64 (a subclass of float) as a float64 array: the loss is inf."""
+    labels, logits = np.array([0, 1, 2]), np.eye(3, 4, dtype=np.float32)
+    try:
+        expected = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    except ValueError:
+        with pytest.raises(ValueError):
+            xl.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+        return
+    actual = xl.sparse_softmax_cross_entropy(labels, logits, weights=weights)
+    assert actual.dtype == expected.numpy().dtype and actual == expected.numpy()
+
+
 def _smoothing_value(kind):
     """A label smoothing of 0.1 or 0.3 held in a scalar of `kind`, and its exact value."""
     value = {"float16": np.float16(0.1), "bfloat16": ml_dtypes.bfloat16(0.3),

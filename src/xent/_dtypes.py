@@ -99,9 +99,11 @@ def is_python_numbers(x):
     """Whether `x` is a Python number or sequence, which TF converts by its own
     rules: anything without a ``dtype`` of its own (not an array, a NumPy
     scalar or a framework tensor)."""
+    if isinstance(x, (np.ndarray, np.generic)):   # (first: NumPy's float64 is a float)
+        return False
     if isinstance(x, (bool, int, float, complex, list, tuple)):   # (torch.compile's symbolic
         return True                                                 # numbers have no hasattr)
-    return not isinstance(x, (np.ndarray, np.generic)) and not hasattr(x, "dtype")
+    return not hasattr(x, "dtype")
 
 
 def _python_dtype(arr, x, name):
