@@ -85,7 +85,8 @@ def sparse_rows(logits, labels, grad_out=None, weights=None):
     acc = accumulator(logits.dtype)
     loss = np.empty(logits.shape[0], acc)
     lse = np.empty(logits.shape[0], acc)
-    bad = None if labels_fit(labels, logits.shape[1]) else (labels < 0) | (labels >= logits.shape[1])
+    c = logits.shape[1]
+    bad = None if labels_fit(labels, c) else (labels < 0) | (labels >= c)
     if bad is not None:
         labels = np.where(bad, 0, labels)   # (picked safely; their rows are NaN below)
     for rows in _row_blocks(*logits.shape):

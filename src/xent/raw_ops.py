@@ -7,7 +7,6 @@ PyTorch and JAX inputs give ``(loss, backprop)`` of their own type, both
 differentiable as TensorFlow's registered gradient says (no ``backprop_out``).
 """
 import collections
-
 import os
 
 import numpy as np

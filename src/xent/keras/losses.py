@@ -158,7 +158,8 @@ def _categorical_values(be, y_true, y_pred, from_logits, label_smoothing, axis, 
         return be.xp.reshape(_probs.categorical_from_probs(be, *rows, 1), ())
     if from_logits:
         return dense_losses(be, y_true, y_pred, axis)
-    return _probs.categorical_from_probs(be, y_true, y_pred, _validate.class_axis(axis, y_pred.ndim, "probabilities"))
+    axis = _validate.class_axis(axis, y_pred.ndim, "probabilities")
+    return _probs.categorical_from_probs(be, y_true, y_pred, axis)
 
 
 @quiet
