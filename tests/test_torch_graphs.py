@@ -24,19 +24,26 @@ def _inputs(seed=0, dtype=torch.float32):
     return x, labels, y
 
 
-def _objective(x, labels, y):
+def _objective(x, labels, y, keras_dtype=None):
     """Every face at once: nn sparse and dense (with the labels' gradient), a Keras
     loss with its mean, and the raw op's backprop."""
+    keras = xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=keras_dtype)
     total = SPARSE(labels=labels, logits=x).sum() * 0.5
     total = total + (DENSE(labels=y, logits=x) * torch.arange(1.0, 7.0, dtype=x.dtype)).sum()
-    total = total + xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, x)
+    total = total + keras(labels, x)
     loss, backprop = xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(features=x, labels=labels)
     return total + loss.sum() + (backprop * backprop).sum()
 
 
-def _eager(x, labels, y):
+def _objective_float64(x, labels, y):
+    """`_objective` with its Keras loss in float64 (by default Keras computes in
+    float32, whose rounding differs between the kernel and torch ops)."""
+    return _objective(x, labels, y, "float64")
+
+
+def _eager(x, labels, y, objective=_objective):
     x, y = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
-    value = _objective(x, labels, y)
+    value = objective(x, labels, y)
     return (value.detach(), *torch.autograd.grad(value, (x, y)))
 
 
@@ -129,6 +136,49 @@ def test_func_grad_and_vmap_match_eager():
     # vmap of the loss alone, labels batched too
     batched = torch.func.vmap(lambda x, l: SPARSE(labels=l, logits=x))(xs, torch.stack([labels] * 3))
     torch.testing.assert_close(batched, torch.stack([SPARSE(labels=labels, logits=a) for a in xs]))
+
+
+@pytest.mark.parametrize("fullgraph", [True, False])
+def test_compiled_func_grad_and_vmap_match_eager(fullgraph):
+    """``torch.compile(torch.func.grad(f))``: dynamo differentiates an autograd.Function's
+    forward there and ignores its backward (torch 2.13), so the faces run torch ops
+    whose derivative is TF's gradient (`_traced`): dense rows that do not sum to 1
+    (TF's ``softmax - y``, not autograd's ``Σy·softmax - y``), the labels'
+    gradient, a -inf logit, and the raw op's backprop differentiated again."""
+    torch.compiler.reset()
+    x, labels, y = _inputs(8, torch.float64)
+    x[1, 2] = -float("inf")
+    y = y * torch.linspace(0.5, 2.0, 6, dtype=y.dtype)[:, None]
+    want = list(_eager(x, labels, y, _objective_float64))
+    # (the labels' gradient at the -inf logit: TF's +inf, 0 here, as `_traced` says)
+    assert want[2][1, 2] == float("inf")
+    want[2][1, 2] = 0
+    grads = torch.compile(torch.func.grad(_objective_float64, argnums=(0, 2)),
+                          fullgraph=fullgraph)(x, labels, y)
+    for a, b in zip(grads, want[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    x[1, 2] = -3.0
+    xs, ys = torch.stack([x, x * 2]), torch.stack([y, y.flip(-1)])
+    per = torch.compile(torch.func.vmap(torch.func.grad(_objective_float64, argnums=(0, 2)),
+                                        in_dims=(0, None, 0)), fullgraph=fullgraph)(xs, labels, ys)
+    for i in range(2):
+        one = _eager(xs[i], labels, ys[i], _objective_float64)
+        torch.testing.assert_close(per[0][i], one[1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(per[1][i], one[2], rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_func_grad_of_a_label_out_of_range_gives_nan_rows():
+    """Inside a compiled transform nothing can raise: the bad row's loss and gradient
+    are NaN (TF on a GPU), the other rows eager's."""
+    torch.compiler.reset()
+    x, labels, _ = _inputs(9, torch.float32)
+    bad = labels.clone()
+    bad[3] = 5
+    loss_of = lambda x, l: SPARSE(labels=l, logits=x).sum()
+    grad, value = torch.compile(torch.func.grad_and_value(loss_of), fullgraph=True)(x, bad)
+    assert torch.isnan(value) and torch.isnan(grad[3]).all()
+    keep = torch.arange(6) != 3
+    torch.testing.assert_close(grad[keep], torch.func.grad(loss_of)(x[keep], labels[keep]))
 
 
 @pytest.mark.parametrize("axis", [0, 1])

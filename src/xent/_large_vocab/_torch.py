@@ -21,7 +21,9 @@ through registered operators instead (`_torch_ops`, `_torch_linear_ops`).
 Tensors on other devices run `_array_math` in torch ops under autograd (the
 linear head chunk by chunk, each chunk recomputed in the backward by
 `torch.utils.checkpoint`, so only one chunk's logits are held);
-``inplace_backward`` has no effect there (autograd makes the gradient).
+``inplace_backward`` has no effect there (autograd makes the gradient). So
+do CPU tensors under a torch.func transform inside torch.compile, whose
+tracer ignores an autograd.Function's own backward (`xent._torch._traced`).
 """
 import math
 
@@ -35,6 +37,7 @@ from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_linear_
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._tokens import reduce, row_weights
 from xent._torch import _backend as torch_backend, _math as torch_math, _views as torch_views
+from xent._torch._traced import in_compiled_transform
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -176,9 +179,10 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     compares in the tensor's dtype: an int32 target against 2**32 + 1 would
     match 1), as the kernel's path does in NumPy (`_numpy.tokens`)."""
     grad_wanted = logits.requires_grad and torch.is_grad_enabled()
-    if not torch_math.on_kernels(logits):   # (inplace_backward has no effect there,
+    if not torch_math.on_kernels(logits) or in_compiled_transform():
+        # (inplace_backward has no effect there, nor below: nothing to refuse)
         return _device_cross_entropy(logits, target.long(), opts)
-    if torch_backend.graph_ops():           # nor here: nothing to refuse)
+    if torch_backend.graph_ops():
         return _graph_cross_entropy(logits, target.long(), opts, grad_wanted)
     inplace = bool(inplace_backward) and grad_wanted
     if inplace:
@@ -266,7 +270,7 @@ def _device_linear(x, weight, bias, target, opts, chunk):
 
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """`xent.linear_cross_entropy` on torch tensors (checked)."""
-    if not torch_math.on_kernels(x):
+    if not torch_math.on_kernels(x) or in_compiled_transform():
         return _device_linear(x, weight, bias, target.long(), opts, chunk)
     if torch_backend.graph_ops():
         return _torch_linear_ops.loss(x, weight, bias, target.long(), opts, chunk)

@@ -3,13 +3,15 @@
 Each loss call goes to one of two places: the eager autograd Functions
 (`xent._torch._eager`), or, where the call is captured by torch.compile,
 runs under a torch.func transform or in forward mode (`graph_ops`), the
-registered operators (`xent._torch._ops`). A call no autograd mode can see
-skips both (`xent._torch._math.loss_and_backprop` alone).
+registered operators (`xent._torch._ops`); a torch.func transform inside
+torch.compile, which ignores a Function's own backward, gets torch ops
+instead (`xent._torch._traced`). A call no autograd mode can see skips
+them all (`xent._torch._math.loss_and_backprop` alone).
 """
 import torch
 
 from xent import _dtypes, _validate
-from xent._torch import _ops
+from xent._torch import _ops, _traced
 from xent._torch._eager import DENSE_LOSS, SPARSE_LOSS, LossAndBackprop
 from xent._torch._math import loss_and_backprop
 from xent._torch._views import from_numpy
@@ -153,6 +155,8 @@ class TorchBackend:
     def sparse_xent(labels, logits):
         """Per-row loss ``[...]``, accumulator dtype, differentiable in `logits`."""
         if graph_ops():
+            if _traced.in_compiled_transform():
+                return _traced.loss("sparse", logits, labels)
             return _loss_only(_ops.loss_function().apply(
                 "sparse", logits, labels, _wants_grad(logits)))
         if not _wants_grad(logits) and _forward_mode_off():
@@ -164,6 +168,8 @@ class TorchBackend:
         """Per-row loss, accumulator dtype, differentiable in `logits` and `labels`."""
         y2, x2, loss_shape = _dense_rows(labels, logits)
         if graph_ops():
+            if _traced.in_compiled_transform():
+                return _traced.loss("dense", x2, y2).reshape(loss_shape)
             want = _wants_grad(x2) or _wants_grad(y2)
             return _loss_only(_ops.loss_function().apply("dense", x2, y2, want)).reshape(loss_shape)
         if not (_wants_grad(x2) or _wants_grad(y2)) and _forward_mode_off():
@@ -174,6 +180,8 @@ class TorchBackend:
     def sparse_loss_and_grad(labels, logits, grad=True):
         """``(loss, backprop)`` of the raw op; `grad` must be True (no out-buffers)."""
         if graph_ops():
+            if _traced.in_compiled_transform():
+                return _traced.loss_and_backprop("sparse", logits, labels)
             return _ops.function().apply("sparse", logits, labels, True)
         return LossAndBackprop.apply("sparse", logits, labels)
 
@@ -182,6 +190,8 @@ class TorchBackend:
         """``(loss, backprop)`` of the dense raw op, labels broadcast to the logits."""
         y2, x2, _ = _dense_rows(labels, logits)
         if graph_ops():
+            if _traced.in_compiled_transform():
+                return _traced.loss_and_backprop("dense", x2, y2)
             return _ops.function().apply("dense", x2, y2, True)
         return LossAndBackprop.apply("dense", x2, y2)
 
