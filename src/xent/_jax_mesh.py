@@ -63,6 +63,14 @@ def _explicit_spec(value):
     return spec if any(axis is not None for axis in spec) else None
 
 
+def _on_mesh_of(like, spec):
+    """A sharding with partition `spec` on the mesh `like`'s type names. Not a bare
+    PartitionSpec, which JAX takes only inside ``jax.set_mesh``: arrays placed
+    on an explicit mesh are used outside it too (they failed, "Using
+    PartitionSpec when you are not under a mesh context is not allowed")."""
+    return jax.typeof(like).sharding.update(spec=jax.sharding.PartitionSpec(*spec))
+
+
 def shard_as(values, likes):
     """Each of `values` (a tuple) sharded as its partner in `likes` over explicit mesh
     axes: a value of lower rank takes the partner's leading axes' sharding (the
@@ -72,7 +80,7 @@ def shard_as(values, likes):
     for value, like in zip(values, likes):
         spec = _explicit_spec(like)
         if spec is not None and _explicit_spec(value) != spec[:jnp.ndim(value)]:
-            value = jax.sharding.reshard(value, jax.sharding.PartitionSpec(*spec[:jnp.ndim(value)]))
+            value = jax.sharding.reshard(value, _on_mesh_of(like, spec[:jnp.ndim(value)]))
         out.append(value)
     return tuple(out)
 
@@ -84,4 +92,4 @@ def rows_sharding(value):
     ("contracting dimensions are sharded and it is ambiguous how the output
     should be sharded")."""
     spec = _explicit_spec(value)
-    return {} if spec is None else {"out_sharding": jax.sharding.PartitionSpec(*spec[:-1])}
+    return {} if spec is None else {"out_sharding": _on_mesh_of(value, spec[:-1])}
