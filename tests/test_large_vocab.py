@@ -605,6 +605,30 @@ def test_torch_linear_weight_changed_in_place_before_backward_raises_as_torchs(r
             loss.backward()
 
 
+@pytest.mark.parametrize("case", ["float16", "retained float32", "linear none", "linear float16"])
+def test_torch_target_changed_in_place_before_a_backward_that_reads_it_raises_as_torchs(case):
+    """The backwards that run the kernel again (float16, a second backward over a
+    retained graph, the linear head's ``"none"`` and float16) read the targets
+    again: one changed in place since the forward (a loader reusing its label
+    buffer) gave the new labels' gradient, and an out-of-range one a NaN row,
+    without a word; torch's F.cross_entropy raises, and so does xent now."""
+    g = torch.Generator().manual_seed(3)
+    t = torch.tensor([1, 2, 3, 0, 4, -100])
+    dtype = torch.float16 if "float16" in case else torch.float32
+    if case.startswith("linear"):
+        x = torch.randn(6, 4, generator=g).to(dtype).requires_grad_(True)
+        w = torch.randn(5, 4, generator=g).to(dtype)
+        loss = xent.linear_cross_entropy(x, w, t, reduction="none" if "none" in case else "mean").sum()
+    else:
+        z = torch.randn(6, 5, generator=g).to(dtype).requires_grad_(True)
+        loss = xent.cross_entropy(z, t)
+        if case == "retained float32":
+            loss.backward(retain_graph=True)
+    t[0] = 3
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 def test_torch_no_tokens(torch_path):
     x, w = torch.randn(0, 3, requires_grad=True), torch.randn(7, 3, requires_grad=True)
     t = torch.zeros(0, dtype=torch.int64)

@@ -56,6 +56,8 @@ def _integer(name, value):
     """`value` as a Python int (any integer type: int, np.int64, a 0-d integer
     array), or a TypeError naming `name` (bools, floats and arrays of several
     elements are not integers)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)   # (torch.compile's symbolic ints too, which have no hasattr)
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{name} must be an integer; received {value!r}")
     try:

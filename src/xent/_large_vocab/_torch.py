@@ -121,7 +121,10 @@ class _CrossEntropy(torch.autograd.Function):
             torch.autograd.graph.increment_version(logits)
         ctx.grad = None if grad is None else torch_views.from_numpy(grad).reshape(logits.shape)
         ctx.opts, ctx.tokens, ctx.inplace = opts, (targets, valid, weights), inplace
-        ctx.save_for_backward(None if inplace else logits)
+        # (the target saved too, though ctx.tokens holds it, for autograd's version
+        # check where the backward reads it again: one changed in place since raises,
+        # as F.cross_entropy's; the kernel read the new labels: an independent review)
+        ctx.save_for_backward(None if inplace else logits, target)
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), x.dtype))
 
     @staticmethod
@@ -136,11 +139,12 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def _in_backward(ctx, g):
-        """The gradient made from the logits, the upstream `g` in the row weights."""
+        """The gradient made from the logits, the upstream `g` in the row weights
+        (logits or target changed in place since the forward raise torch's error)."""
         if ctx.inplace:
             raise RuntimeError("xent.cross_entropy(inplace_backward=True) can run its backward "
                                "once: the logits now hold the gradient")
-        logits, = ctx.saved_tensors
+        logits, _ = ctx.saved_tensors
         x2 = torch_views.numpy_view(logits).reshape(-1, logits.shape[-1])
         grad = torch_views.empty_numpy(x2)
         targets, valid, weights = ctx.tokens
@@ -211,7 +215,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                                     wanted if early else (False,) * 3)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape, ctx.x_dtype = grads, opts, chunk, x.shape, x.dtype
         ctx.tokens = (targets, valid, weights)
-        ctx.save_for_backward(x2, w, b)
+        ctx.save_for_backward(x2, w, b, target)   # (target: for the version check, as above)
         dtype = torch_views.numpy_view(x2[:0]).dtype
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), dtype))
 
@@ -236,7 +240,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def _recompute(ctx, g):
         """The chunks again, each token's gradient weighted by its upstream `g`."""
-        x2, w, b = ctx.saved_tensors
+        x2, w, b, _ = ctx.saved_tensors
         targets, valid, weights = ctx.tokens
         weights = _upstream_weights(weights, g, ctx.opts.reduction)
         wanted = ctx.needs_input_grad[:3]

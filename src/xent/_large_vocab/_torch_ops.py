@@ -12,8 +12,10 @@ inside; they get the operator
 ``losses`` is each token's loss (the accumulator dtype; 0 where ignored),
 ``grad`` its gradient ``d loss_i / d logits_i`` (0 rows where ignored; an
 empty ``[0]`` tensor without `want_grad`), in the logits' dtype, float32 for
-float16 logits (whose narrow exponent would flush small entries before the
-upstream gradient, often a loss scale, multiplies them). The reduction runs in
+half-precision logits: rounded before the upstream gradient multiplies it,
+it would be rounded twice (bfloat16 under torch.func: 1.35 ulps off, in an
+independent review), and float16's narrow exponent would flush small entries
+before a loss scale multiplies them. The reduction runs in
 torch ops after it, so autograd hands the backward each token's weight g
 (``1/count`` for the mean). Under torch.func (`TokenRows`) the backward is
 one multiply, ``d logits = grad ⊙ g[..., None]``; in compiled graphs
@@ -53,9 +55,13 @@ __all__ = ["token_rows", "token_grad", "TokenRows", "TokenLosses", "losses", "op
            "refuse_second_derivative", "refuse_forward_mode"]
 
 
+# Half dtypes, whose operator gradient is float32 (the module doc).
+_WIDENED = (torch.float16, torch.bfloat16)
+
+
 def _grad_dtype(dtype):
-    """The dtype of the operator's gradient for `dtype` logits (float32 for float16)."""
-    return torch.float32 if dtype == torch.float16 else dtype
+    """The dtype of the operator's gradient for `dtype` logits (float32 for half ones)."""
+    return torch.float32 if dtype in _WIDENED else dtype
 
 
 def _kernel_tokens(logits, targets, ignore_index):
@@ -80,7 +86,7 @@ def token_rows(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
     weights = valid.astype(accumulator(x.dtype))
     grad = None
     if want_grad:
-        if logits.dtype == torch.float16:   # a float32 gradient (module doc): widened
+        if logits.dtype in _WIDENED:   # a float32 gradient (module doc): widened
             x = x.astype(np.float32)          # first, as the kernel writes its input's dtype
         grad = torch_views.empty_numpy(x)
     loss = losses_and_gradient(x, kept, valid, opts, weights, grad)
