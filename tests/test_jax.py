@@ -685,6 +685,31 @@ def test_gradients_on_an_explicitly_sharded_mesh_keep_their_inputs_types(rng):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(want[name][1]), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_head_on_the_jax_numpy_path_with_tokens_sharded_over_an_explicit_mesh(
+        rng, path, reduction):
+    """The jax.numpy linear head (other devices; half precision on the CPU) summed
+    dW = dzᵀ·x over the sharded tokens with no output sharding, which JAX refuses
+    ("contracting dimensions are sharded"); the gradients are the unsharded
+    call's, typed as their inputs."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+    if not hasattr(jax, "set_mesh"):
+        pytest.skip("this JAX has no explicit mesh axes")
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((10, 4), (9, 4), (9,)))
+    t = np.arange(10) % 9
+    step = lambda x, w, b: xent.linear_cross_entropy(x, w, jnp.asarray(t), bias=b, chunk_size=4,
+                                                     reduction=reduction).sum()
+    grad = jax.jit(jax.grad(step, argnums=(0, 1, 2)))
+    want = grad(*map(jnp.asarray, (x, w, b)))
+    mesh = jax.make_mesh((1,), ("d",), axis_types=(AxisType.Explicit,))
+    placed = [jax.device_put(a, NamedSharding(mesh, PartitionSpec(*spec)))
+              for a, spec in ((x, ("d", None)), (w, ()), (b, ()))]
+    got = grad(*placed)
+    for g, a, r in zip(got, placed, want):
+        assert jax.typeof(g) == jax.typeof(a), (jax.typeof(g), jax.typeof(a))
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-7)
+
+
 def test_the_in_place_scaling_flushes_as_xla_does_and_keeps_numpys_error_state(rng):
     """The callback scales on XLA's own thread, which flushes subnormal products to
     zero as XLA's product does: on the kernels' helper threads (started by an

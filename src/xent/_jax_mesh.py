@@ -21,7 +21,8 @@ them their inputs' sharding back.
 import jax
 import jax.numpy as jnp
 
-__all__ = ["varying_axes", "vary_like", "sum_to_type_of", "shard_as", "rows_sharding"]
+__all__ = ["varying_axes", "vary_like", "sum_to_type_of", "shard_as", "replicated",
+           "rows_sharding"]
 
 
 def varying_axes(value):
@@ -83,6 +84,15 @@ def shard_as(values, likes):
             value = jax.sharding.reshard(value, _on_mesh_of(like, spec[:jnp.ndim(value)]))
         out.append(value)
     return tuple(out)
+
+
+def replicated(value):
+    """`value` gathered whole on every device where its type shards it over explicit
+    mesh axes; as it is elsewhere. (The jax.numpy linear head scans over chunks
+    of the tokens, and `lax.scan` refuses a scanned axis that is sharded.)"""
+    spec = _explicit_spec(value)
+    return value if spec is None else jax.sharding.reshard(
+        value, _on_mesh_of(value, (None,) * jnp.ndim(value)))
 
 
 def rows_sharding(value):

@@ -140,7 +140,10 @@ def _chunk_logits(xc, weight, bias):
 
 def _in_chunks(x2, t, chunk, ignore_index):
     """x ``[k, C, H]`` and targets ``[k, C]``, padded with ignored tokens to k·C rows
-    (C is `chunk`, or N when fewer tokens than that); ignored tokens' rows of x are 0."""
+    (C is `chunk`, or N when fewer tokens than that); ignored tokens' rows of x are 0.
+    Tokens sharded over an explicit mesh are gathered first (`_jax_mesh.replicated`):
+    under plain `jit` each device then runs every chunk (`jax.shard_map` splits them)."""
+    x2, t = _jax_mesh.replicated(x2), _jax_mesh.replicated(t)
     n = x2.shape[0]
     chunk = min(chunk, max(n, 1))
     k = -(-n // chunk)
@@ -165,7 +168,8 @@ def _linear_fwd(x2, weight, bias, t, opts, chunk):
         return carry, _array_math.token_losses(_jax._Ops, z, xt[1], opts)
 
     _, losses = jax.lax.scan(step, None, (xs, ts))
-    return losses.reshape(-1)[:x2.shape[0]], (x2, weight, bias, t)
+    losses, = _jax_mesh.shard_as((losses.reshape(-1)[:x2.shape[0]],), (x2,))   # (as the tokens)
+    return losses, (x2, weight, bias, t)
 
 
 def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
@@ -178,7 +182,7 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
     """
     acc = _accumulator(x2.dtype)
     xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
-    gs = jnp.pad(g.astype(acc), (0, xs.shape[0] * xs.shape[1] - g.shape[0])).reshape(xs.shape[:2])
+    gs = jnp.pad(_jax_mesh.replicated(g).astype(acc), (0, xs.shape[0] * xs.shape[1] - g.shape[0])).reshape(xs.shape[:2])
 
     def step(sums, xtg):
         xc, tc, gc = xtg
@@ -193,8 +197,9 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
                                 x2, weight, bias, t, g)   # (the sums' type inside shard_map)
     (dw, db), (losses, dxs) = jax.lax.scan(step, zeros, (xs, ts, gs))
     n = x2.shape[0]
-    dx = dxs.reshape(-1, x2.shape[1])[:n]
-    return (losses.reshape(-1)[:n], dx, dw.astype(_jax_cpu.grad_dtype(weight.dtype)),
+    losses, dx = _jax_mesh.shard_as((losses.reshape(-1)[:n], dxs.reshape(-1, x2.shape[1])[:n]),
+                                    (x2, x2))   # (sharded as the tokens: `_in_chunks`)
+    return (losses, dx, dw.astype(_jax_cpu.grad_dtype(weight.dtype)),
             db.astype(_jax_cpu.grad_dtype(bias.dtype)))
 
 
