@@ -182,7 +182,8 @@ def _chunk_grads(x2, weight, bias, t, g, opts, chunk):
     """
     acc = _accumulator(x2.dtype)
     xs, ts = _in_chunks(x2, t, chunk, opts.ignore_index)
-    gs = jnp.pad(_jax_mesh.replicated(g).astype(acc), (0, xs.shape[0] * xs.shape[1] - g.shape[0])).reshape(xs.shape[:2])
+    g = _jax_mesh.replicated(g).astype(acc)   # (as the tokens: `_in_chunks`)
+    gs = jnp.pad(g, (0, xs.shape[0] * xs.shape[1] - g.shape[0])).reshape(xs.shape[:2])
 
     def step(sums, xtg):
         xc, tc, gc = xtg
