@@ -148,6 +148,87 @@ def test_fused_kernels_run_uncached_where_numba_cannot_cache(tmp_path, chosen):
     assert advice in result.stderr, result.stderr
 
 
+def test_the_benchs_copy_kernel_runs_where_numba_cannot_cache():
+    """`xent bench`'s floor copies rows with a numba kernel of its own, which asked
+    for a cache always: on a read-only install with no writable cache directory,
+    numba's "no locator available" stopped the bench (an independent review)."""
+    pytest.importorskip("numba")
+    code = NO_CACHE_DIR.split("import numpy as np")[0] + (
+        "import numpy as np\n"
+        "from xent._bench import _floors\n"
+        "source = np.arange(12.0).reshape(3, 4)\n"
+        "target = np.zeros_like(source)\n"
+        "_floors._row_copy_kernel()(source, target, 0, 3)\n"
+        "print(bool((target == source).all()))\n")
+    assert _child(code)[0] == "True"
+
+
+# In a child process: one small float64 loss on the fused kernels, its bits printed.
+SMALL_CALL = """
+import numpy as np
+import xent
+xent.set_kernels("fused")
+logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+print(xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1], logits=logits).tobytes().hex())
+"""
+
+
+def test_a_damaged_cache_file_is_compiled_again_not_raised(tmp_path):
+    """numba's cache only saves compile time: a truncated entry (a full disk mid-write,
+    a killed process) made every call of its kernel raise numba's UnpicklingError,
+    in every later process, until the file was deleted (an independent review).
+    It is a miss now, said once on stderr, and the entry is written anew."""
+    pytest.importorskip("numba")
+    env = {k: v for k, v in os.environ.items() if k != "XENT_KERNELS"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", SMALL_CALL], capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip(), result.stderr
+
+    want = xent.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=[0, 1], logits=np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])).tobytes().hex()
+    assert run()[0] == want
+    damaged = [p for p in tmp_path.rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert damaged
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    out, err = run()
+    assert out == want
+    assert err.count("xent: could not read numba's cache of a kernel") == 1, err
+    out, err = run()
+    assert out == want and "could not" not in err, err
+
+
+def test_a_cache_that_cannot_be_written_keeps_nothing_and_says_so_once(capsys):
+    """A full disk or a quota (OSError 28 from numba's save, after the compile)
+    failed the call; the compiled kernel is kept in the process instead."""
+    from xent._fused import _cache
+
+    class Failing:
+        cache_path = "/full/disk"
+
+        def load_overload(self, sig, target_context):
+            raise EOFError("Ran out of input")
+
+        def save_overload(self, sig, cres):
+            raise OSError(28, "No space left on device")
+
+    said = _cache._state.pop("said", None)
+    try:
+        cache = _cache._TolerantCache(Failing())
+        assert cache.load_overload(None, None) is None
+        cache.save_overload(None, None)
+        assert cache.cache_path == "/full/disk"
+        err = capsys.readouterr().err
+        assert err.count("xent: could not") == 1
+        assert "could not read numba's cache of a kernel in /full/disk (EOFError" in err
+    finally:
+        _cache._state["said"] = said
+
+
 @pytest.mark.parametrize("name", ["numpy", "fused"])
 def test_xent_kernels_environment_variable_chooses_the_kernels(name):
     if name == "fused":

@@ -13,16 +13,25 @@ compiled a kernel then saved it, built from its old helpers, and every later
 process loaded it (an independent review). So before each compile of one of
 xent's kernels the stamp is read again (`install`): where it is no longer
 this process's, that kernel neither loads from the cache nor saves to it.
+
+The cache only saves compile time, so it never stops a call (`tolerate`): an
+entry that cannot be read (a truncated or damaged file) is compiled again,
+and one that cannot be written (a full disk, a quota) is not kept, with one
+line on stderr. numba raised both out of the call: one truncated file made
+every call of its kernel fail in every later process (an independent review).
 """
 import hashlib
 import os
 import pathlib
+import sys
+import types
 
 from numba.core import caching, event
+from numba.core.dispatcher import Dispatcher
 
 from xent._fused._notice import _is_xent
 
-__all__ = ["fingerprint", "drop_if_stale", "install"]
+__all__ = ["fingerprint", "drop_if_stale", "install", "tolerate"]
 
 _STAMP = "xent-fused-sources.sha256"
 # This process's fingerprint and cache directory, once `drop_if_stale` has run.
@@ -101,8 +110,76 @@ class _StaleGuard(event.Listener):
         pass
 
 
+class _TolerantCache:
+    """numba's disk cache of one kernel (`inner`, whose other attributes it
+    passes on), where a load that raises is a miss and a save that raises
+    keeps nothing (the module doc)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def load_overload(self, sig, target_context):
+        try:
+            return self._inner.load_overload(sig, target_context)
+        except Exception as exc:   # (pickle's, EOFError, OSError: whatever the file holds)
+            _say_once("read", exc, self._inner)
+            self._drop_unreadable_index()
+            return None
+
+    def _drop_unreadable_index(self):
+        """Remove the kernel's index file if it cannot be read, so that the save
+        after the compile writes a new one (numba's save reads the index first,
+        and failed on it in every process; a damaged data file it overwrites).
+        Through numba's private names: where they differ, nothing is removed."""
+        files = getattr(self._inner, "_cache_file", None)
+        try:
+            files._load_index()
+        except Exception:
+            try:
+                os.unlink(files._index_path)
+            except (AttributeError, OSError):
+                pass
+
+    def save_overload(self, sig, cres):
+        try:
+            self._inner.save_overload(sig, cres)
+        except Exception as exc:
+            _say_once("write", exc, self._inner)
+
+
+def _say_once(verb, exc, cache):
+    """One line on stderr, once a process, for a cache entry xent could not `verb`."""
+    if not _state.get("said"):
+        _state["said"] = True
+        print(f"xent: could not {verb} numba's cache of a kernel in "
+              f"{getattr(cache, 'cache_path', '?')} ({type(exc).__name__}: {exc}); compiling "
+              "it in this process instead", file=sys.stderr)
+
+
+def tolerate(dispatcher):
+    """`dispatcher`'s disk cache made `_TolerantCache` (once; nothing without a cache)."""
+    cache = getattr(dispatcher, "_cache", None)
+    if cache is not None and not isinstance(cache, (caching.NullCache, _TolerantCache)):
+        dispatcher._cache = _TolerantCache(cache)
+    return dispatcher
+
+
+def _tolerate_all():
+    """`tolerate` every kernel of xent's imported modules."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("xent.") and isinstance(module, types.ModuleType):
+            for value in list(vars(module).values()):
+                if isinstance(value, Dispatcher) and _is_xent(value):
+                    tolerate(value)
+
+
 def install():
-    """Listen to numba's compile events (idempotent)."""
+    """Listen to numba's compile events, and make every kernel's cache tolerant
+    (idempotent; the kernels' modules imported first)."""
+    _tolerate_all()
     if not getattr(install, "done", False):
         event.register("numba:compile", _StaleGuard())
         install.done = True
