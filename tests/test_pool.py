@@ -103,6 +103,69 @@ def test_an_interrupt_while_waiting_for_a_helper_is_raised_once_it_is_done():
     np.testing.assert_array_equal(out, np.ones(8, np.int64))
 
 
+def _interrupt_at(event_number):
+    """A profile function that raises KeyboardInterrupt at the `event_number`-th event
+    on this thread, outside this file (the pool's code, and the library code it
+    calls), where CPython 3.11 can run a signal's handler: a function's entry
+    and the end of a C call (not a ``with``'s ``__enter__``, nor before a C
+    call); it counts the events in ``seen``."""
+    seen = [0]
+
+    def profile(frame, event, arg):
+        if frame.f_code.co_filename == __file__ or event not in ("call", "c_return"):
+            return
+        seen[0] += 1
+        if seen[0] == event_number:
+            raise KeyboardInterrupt
+
+    return profile, seen
+
+
+def test_an_interrupt_anywhere_in_the_callers_steps_leaves_no_helper_writing_and_no_lock_held():
+    """One KeyboardInterrupt at each point of the caller's run where a handler can
+    run, one call each: the call raises it or returns, and then no helper writes
+    into its output, and the next call runs (an independent review: one interrupt
+    inside ``ThreadPoolExecutor.submit`` left its semaphore's lock held, and every
+    later large call hung; one at the entry of the wait let a helper write on
+    after the caller had caught it)."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+
+    def rows(out, lo, hi):
+        time.sleep(0.003)   # (long enough that the helper joins in)
+        mark_rows(out, lo, hi)
+
+    profile, seen = _interrupt_at(0)
+    sys.setprofile(profile)
+    try:
+        _pool.run(rows, (np.zeros(8, np.int64),), 8, 2)
+    finally:
+        sys.setprofile(None)
+    events = seen[0]
+    assert events > 20
+    for k in range(1, events + 1):
+        out = np.zeros(8, np.int64)
+        profile, _ = _interrupt_at(k)
+        sys.setprofile(profile)
+        try:
+            _pool.run(rows, (out,), 8, 2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.setprofile(None)
+        when_left = out.copy()
+        time.sleep(0.02)
+        np.testing.assert_array_equal(out, when_left, err_msg=f"interrupt at event {k}")
+        assert when_left.max() <= 1
+        again = np.zeros(8, np.int64)
+        done = threading.Event()
+        caller = threading.Thread(target=lambda: (_pool.run(rows, (again,), 8, 2), done.set()),
+                                  daemon=True)
+        caller.start()
+        assert done.wait(timeout=30), f"the call after an interrupt at event {k} hung"
+        np.testing.assert_array_equal(again, np.ones(8, np.int64))
+
+
 class _InterruptedPool:
     """A pool whose ``submit`` hands the work to the real pool, then raises as a
     signal handler does when its signal lands inside ``submit``."""
@@ -194,15 +257,17 @@ def test_a_call_whose_helpers_are_busy_runs_on_the_caller_and_says_so():
     not wait for the helpers, and reports that they took no part."""
     pool = _pool._helpers()
     release = threading.Event()
-    holders = [pool.submit(release.wait) for _ in range(max(1, _threads.max_threads() - 1))]
+    holders = [threading.Event() for _ in range(max(1, _threads.max_threads() - 1))]
+    for held in holders:
+        pool.submit(lambda held=held: (release.wait(), held.set()))
     try:
         out = np.zeros(100, np.int64)
         assert _pool.run(mark_rows, (out,), 100, 2) is False
         np.testing.assert_array_equal(out, np.ones(100, np.int64))
     finally:
         release.set()
-        for holder in holders:
-            holder.result(timeout=60)
+        for held in holders:
+            assert held.wait(timeout=60)
 
 
 def test_an_error_in_a_block_reaches_the_caller():

@@ -11,7 +11,20 @@ takes it: the results are the one-thread bits.
 
 Idle helpers wait on the pool's queue: they sleep, nothing spins. The pool is
 made on first use, and anew in a child process after ``fork`` (threads do not
-survive a fork).
+survive a fork). Its threads are daemons: the process exits without waiting
+for them.
+
+Interrupts. Python runs a signal's handler (Ctrl-C's KeyboardInterrupt) on
+the main thread between two of its bytecodes, wherever it is: inside a
+Python-level lock's ``with`` too (a `threading.Condition`'s, an `Event`'s, a
+`Semaphore`'s), which then stays held for ever. So the caller's side takes
+only steps that are whole or not at all, C calls: the jobs go to the helpers
+through a `queue.SimpleQueue`, and a call waits for its helpers on plain
+locks, with a timeout, so that a wake-up lost to an interrupt costs a poll,
+not a hang. (`concurrent.futures`' ``submit`` took its semaphore's Condition:
+one interrupt there left it held, and every later large call hung; an
+interrupt at the entry of the wait let a call raise while its helper still
+wrote its output; an independent review found both.)
 
 Why not numba's ``parallel=True`` (``prange`` over blocks, as xent did until
 session 14): each launch on numba's workqueue layer wakes every worker twice
@@ -28,6 +41,7 @@ No ``parallel=True`` kernel also means no numba threading layer, and a cold
 first call that compiles a third fewer kernels.
 """
 import os
+import queue
 import threading
 
 from xent import _threads
@@ -37,24 +51,41 @@ __all__ = ["run", "BLOCKS_PER_THREAD"]
 # Blocks per thread, taken one at a time: a thread slowed by another process
 # (or a late helper) leaves its blocks to the others.
 BLOCKS_PER_THREAD = 4
+# Seconds a caller waits for its helpers between two looks at them (a wake-up
+# is lost only to an interrupt; the helpers' last block ends the wait at once).
+_POLL = 0.05
 
 _state = {"pool": None, "pid": None}
 _state_lock = _threads.fork_safe_lock()
 _running = threading.local()   # .calls: this thread's `run` calls in progress
 
 
+class _Helpers:
+    """`count` daemon threads that run the jobs put on one queue, one at a time."""
+
+    def __init__(self, count):
+        self._jobs = queue.SimpleQueue()
+        for i in range(count):
+            threading.Thread(target=self._serve, name=f"xent_{i}", daemon=True).start()
+
+    def submit(self, job):
+        """Queue `job` for the next idle helper: one C call, whole whatever interrupts."""
+        self._jobs.put(job)
+
+    def _serve(self):
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:   # (a block's error is its call's: `_Blocks` keeps it)
+                pass
+
+
 def _helpers():
-    """This process's pool of helper threads (`_threads.max_threads` - 1 of them).
-
-    `concurrent.futures.thread` is imported here, on the first large call: its
-    import registers an exit hook, which fails once the interpreter is exiting
-    (a first call from an `atexit` handler, which needs no pool when small)."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """This process's pool of helper threads (`_threads.max_threads` - 1 of them)."""
     with _state_lock:
         if _state["pid"] != os.getpid():
-            _state["pool"] = ThreadPoolExecutor(
-                max_workers=max(1, _threads.max_threads() - 1), thread_name_prefix="xent")
+            _state["pool"] = _Helpers(max(1, _threads.max_threads() - 1))
             _state["pid"] = os.getpid()
         return _state["pool"]
 
@@ -63,25 +94,24 @@ class _Blocks:
     """One call's blocks of rows, each run by whichever thread takes it first.
 
     The caller runs blocks until none is left, then waits for the helpers that
-    joined in (`active`) to finish theirs. A helper joins only while blocks are
-    left, so once the caller has seen none left, no helper joins any more, and
-    the last one to leave sets `_finished`. Only the caller can be interrupted
-    (Python delivers signals to the main thread), and its bookkeeping is its
-    own, so an interrupt cannot leave it waiting for a block nobody runs;
-    after one, `close_and_wait` stops the helpers taking more blocks.
+    joined in (`active`) to finish theirs (`helpers_done`). A helper joins only
+    while the call is open, so once the caller has closed it, no helper joins
+    any more, and the last one to leave releases `_idle`, which the caller
+    waits on. Only the caller can be interrupted (Python delivers signals to
+    the main thread), and every lock it takes is a plain one (module doc).
     """
 
     def __init__(self, rows, args, n, count):
         self._rows, self._args, self._n, self._count = rows, args, n, count
-        self._taken, self._active, self.helped, self._closed = 0, 0, False, False
+        self._taken, self._active, self.helped, self.closed = 0, 0, False, False
         self._lock = threading.Lock()
-        self._finished = threading.Event()
-        self._error = None
+        self._idle = threading.Lock()   # released by the last helper to leave
+        self.error = None
 
     def _next(self):
         """``(block, args)`` of the next block, or None once every block is taken, one
-        has raised, or the caller has stopped waiting (call with the lock held)."""
-        if self._taken == self._count or self._error is not None or self._closed:
+        has raised, or the call is closed (call with the lock held)."""
+        if self._taken == self._count or self.error is not None or self.closed:
             return None
         self._taken += 1
         return self._taken - 1, self._args
@@ -97,11 +127,11 @@ class _Blocks:
                     job = self._next()
         except BaseException as exc:
             with self._lock:
-                self._error = self._error or exc
+                self.error = self.error or exc
             raise
 
     def help(self):
-        """A helper's part: join while blocks are left, run them, then leave."""
+        """A helper's part: join while the call is open, run blocks, then leave."""
         with self._lock:
             job = self._next()
             if job is None:
@@ -113,8 +143,8 @@ class _Blocks:
         finally:
             with self._lock:
                 self._active -= 1
-                if self._active == 0:
-                    self._finished.set()
+                if self._active == 0 and self._idle.locked():
+                    self._idle.release()
 
     def work(self):
         """The caller's part: run blocks until none is left (a block's error raised)."""
@@ -122,39 +152,20 @@ class _Blocks:
             job = self._next()
         self._run_blocks(job)
 
-    def close_and_wait(self):
-        """Let no helper join from now on, and wait for those that joined to finish
-        their blocks; then raise the first error a block raised. Safe to call
-        after an interrupt anywhere in `run`."""
-        self._closed = True   # (first: a store, where no signal handler can run before it)
-        _through_interrupts(self._wait_for_helpers)
-        self._args = None   # (no helper is left to read them)
-        if self._error is not None:
-            raise self._error
-
-    def _wait_for_helpers(self):
-        """Wait until no helper that joined is still running a block."""
+    def helpers_done(self):
+        """Whether no helper is still in a block, after waiting at most `_POLL` for the
+        last to leave (the call closed first: none joins any more)."""
         with self._lock:
-            helpers_left = self._active > 0
-        if helpers_left:
-            self._finished.wait()
+            if self._active == 0:
+                return True
+            self._idle.acquire(False)   # (held, so that the last helper's release wakes us)
+        self._idle.acquire(timeout=_POLL)
+        with self._lock:
+            return self._active == 0
 
-
-def _through_interrupts(wait):
-    """``wait()`` to the end: an exception raised meanwhile (a KeyboardInterrupt
-    from Ctrl-C, or one a signal handler raises) is raised once it is over, so
-    that a call never returns while a helper still writes its output (a
-    review caught helpers writing into a caller's `backprop_out` up to 6 ms
-    after the KeyboardInterrupt had been caught)."""
-    pending = None
-    while True:
-        try:
-            wait()
-            break
-        except BaseException as exc:   # (a signal: wait on, then raise it)
-            pending = pending or exc
-    if pending is not None:
-        raise pending
+    def forget_args(self):
+        """Drop the call's arguments (no helper is left to read them)."""
+        self._args = None
 
 
 def run(rows, args, n, threads):
@@ -164,9 +175,11 @@ def run(rows, args, n, threads):
 
     `rows` is a ``nogil`` row kernel whose rows are independent. When it
     returns or raises, no thread is still running a block of this call,
-    wherever an interrupt lands (while the helpers start too). A call made
-    while this thread is already in one (from a signal handler) runs alone:
-    the pool's ``submit`` takes a lock the outer call may hold.
+    wherever an interrupt lands (one that lands while it waits for its
+    helpers is raised once they are done; only a second one landing on the
+    wait's loop back to its start, where CPython attributes it to the
+    statement before the loop, can still cut the wait short). A call made
+    while this thread is already in one (from a signal handler) runs alone.
     """
     blocks = _Blocks(rows, args, n, min(n, threads * BLOCKS_PER_THREAD))
     depth = getattr(_running, "calls", 0)
@@ -176,8 +189,20 @@ def run(rows, args, n, threads):
             _start_helpers(blocks, threads - 1)
         blocks.work()
     finally:
+        # (inline, not a function: an interrupt at a function's entry would skip the wait)
         _running.calls = depth
-        blocks.close_and_wait()
+        blocks.closed = True   # (a store: no interrupt lands inside it)
+        interrupt, done = None, False
+        while not done:
+            try:
+                done = blocks.helpers_done()
+            except BaseException as exc:   # (a signal: wait on, then raise it)
+                interrupt = interrupt or exc
+        blocks.forget_args()
+        if interrupt is not None:
+            raise interrupt
+    if blocks.error is not None:   # (a helper's block's error; the caller's came out of work)
+        raise blocks.error
     return blocks.helped
 
 
