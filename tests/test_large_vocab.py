@@ -629,6 +629,26 @@ def test_torch_target_changed_in_place_before_a_backward_that_reads_it_raises_as
         loss.backward()
 
 
+def test_torch_targets_made_under_inference_mode_still_work():
+    """Saving the target for autograd's version check refused inference tensors
+    ("Inference tensors cannot be saved for backward"): they cannot change in
+    place outside inference mode, so they are not saved (a review)."""
+    with torch.inference_mode():
+        t = torch.tensor([1, 2, 0, -100])
+    normal = t.clone()
+    g = torch.Generator().manual_seed(4)
+    z, x, w = torch.randn(4, 3, generator=g), torch.randn(4, 2, generator=g), torch.randn(3, 2, generator=g)
+    steps = (lambda a, t: xent.cross_entropy(a.half(), t),
+             lambda a, t: xent.linear_cross_entropy(a, w, t, reduction="none").sum())
+    for step, a in zip(steps, (z, x)):
+        grads = []
+        for target in (t, normal):
+            leaf = a.clone().requires_grad_(True)
+            step(leaf, target).backward()
+            grads.append(leaf.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_torch_no_tokens(torch_path):
     x, w = torch.randn(0, 3, requires_grad=True), torch.randn(7, 3, requires_grad=True)
     t = torch.zeros(0, dtype=torch.int64)

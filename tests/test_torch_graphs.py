@@ -167,6 +167,28 @@ def test_compiled_func_grad_and_vmap_match_eager(fullgraph):
         torch.testing.assert_close(per[1][i], one[2], rtol=1e-12, atol=1e-12)
 
 
+def test_compiled_forward_mode_and_labels_gradient_differentiated_match_eager():
+    """Inside torch.compile, forward mode along the dense labels (dual tensors, which
+    say no requires_grad) and d/dx of the labels' gradient came out 0 (a review);
+    eager (checked against TF's ForwardAccumulator in test_torch.py) gives
+    -Σ dy·log_softmax and TF's p - e_j."""
+    torch.compiler.reset()
+    x, _, y = _inputs(10, torch.float64)
+    y = y * 1.5
+    dense = lambda x, y: DENSE(labels=y, logits=x)   # noqa: E731
+    raw = lambda x, y: xent.raw_ops.SoftmaxCrossEntropyWithLogits(features=x, labels=y)[0]   # noqa: E731
+    w = torch.linspace(-1.0, 2.0, x.numel(), dtype=x.dtype).reshape(x.shape)
+    for fn in (dense, raw):
+        jvp = lambda x, y, dx, dy, fn=fn: torch.func.jvp(fn, (x, y), (dx, dy))[1]   # noqa: E731
+        args = (x, y, torch.ones_like(x) * 0.3, torch.ones_like(y))
+        torch.testing.assert_close(torch.compile(jvp, fullgraph=True)(*args), jvp(*args),
+                                   rtol=1e-12, atol=1e-12)
+    mixed = lambda x, y: torch.func.grad(   # noqa: E731
+        lambda x: (w * torch.func.grad(lambda y: dense(x, y).sum())(y)).sum())(x)
+    torch.testing.assert_close(torch.compile(mixed, fullgraph=True)(x, y), mixed(x, y),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_func_grad_of_a_label_out_of_range_gives_nan_rows():
     """Inside a compiled transform nothing can raise: the bad row's loss and gradient
     are NaN (TF on a GPU), the other rows eager's."""

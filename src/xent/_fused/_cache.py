@@ -151,12 +151,15 @@ class _TolerantCache:
 
 
 def _say_once(verb, exc, cache):
-    """One line on stderr, once a process, for a cache entry xent could not `verb`."""
-    if not _state.get("said"):
+    """One line on stderr (none without one: pythonw, daemons), once a process, for a
+    cache entry xent could not `verb`."""
+    if not _state.get("said") and sys.stderr is not None:
         _state["said"] = True
+        then = ("compiling it in this process instead" if verb == "read"
+                else "it is kept in this process only")
         print(f"xent: could not {verb} numba's cache of a kernel in "
-              f"{getattr(cache, 'cache_path', '?')} ({type(exc).__name__}: {exc}); compiling "
-              "it in this process instead", file=sys.stderr)
+              f"{getattr(cache, 'cache_path', '?')} ({type(exc).__name__}: {exc}); {then}",
+              file=sys.stderr)
 
 
 def tolerate(dispatcher):

@@ -97,6 +97,13 @@ def _check_inplace(logits):
                          f"of shape {list(logits.shape)} with strides {list(logits.stride())}")
 
 
+def _checked(target):
+    """`target` to save for autograd's version check, or None for an inference tensor
+    (which autograd cannot save, and nothing can change in place outside
+    inference mode: targets made under `torch.inference_mode` worked before)."""
+    return None if target.is_inference() else target
+
+
 class _CrossEntropy(torch.autograd.Function):
     """`cross_entropy` on the kernel: the loss, with the gradient made in the forward.
 
@@ -124,7 +131,7 @@ class _CrossEntropy(torch.autograd.Function):
         # (the target saved too, though ctx.tokens holds it, for autograd's version
         # check where the backward reads it again: one changed in place since raises,
         # as F.cross_entropy's; the kernel read the new labels: an independent review)
-        ctx.save_for_backward(None if inplace else logits, target)
+        ctx.save_for_backward(None if inplace else logits, _checked(target))
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), x.dtype))
 
     @staticmethod
@@ -215,7 +222,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                                     wanted if early else (False,) * 3)
         ctx.grads, ctx.opts, ctx.chunk, ctx.shape, ctx.x_dtype = grads, opts, chunk, x.shape, x.dtype
         ctx.tokens = (targets, valid, weights)
-        ctx.save_for_backward(x2, w, b, target)   # (target: for the version check, as above)
+        ctx.save_for_backward(x2, w, b, _checked(target))   # (for the version check, as above)
         dtype = torch_views.numpy_view(x2[:0]).dtype
         return _loss_tensor(reduce(losses, valid, opts.reduction, tuple(target.shape), dtype))
 

@@ -13,15 +13,17 @@ log-sum-exp, ``p = softmax(x)`` and ``sg`` a stop-gradient (``detach``):
     sparse: loss = (lse - x_label) · s      s = 1, NaN where the label is out of range
             d/dx = s · (p - one_hot(label)) (NaN rows out of range, as TF on a GPU)
     dense:  loss = -Σ_j sg(y_j)·ls_j + (Σ_j sg(y_j) - 1)·(sg(lse) - lse)
-                   - Σ_j (y_j - sg(y_j))·sg(ls_j)         (ls = log_softmax(x))
+                   - Σ_j (y_j - sg(y_j))·ls_j             (ls = log_softmax(x))
             value -Σ_j y_j·ls_j; d/dx = p - y (TF's, whatever Σ_j y_j); d/dy = -ls
 
-The last dense term (zero-valued, only when the labels want a gradient)
-gives the labels theirs; at a -inf logit, where TF's labels gradient is
-+inf, it gives 0 (its 0·inf would make the loss NaN). Second derivatives in
-the logits are softmax's, as TF's; the mixed ones (the labels' gradient
-differentiated in the logits) are 0 here, ``p - e_j`` in TF. The kernel does
-not run: these are the torch-ops path of other devices (`_array_kernels`).
+The last dense term (zero-valued) gives the labels theirs, in reverse and
+forward mode; at a -inf logit, where TF's labels gradient is +inf, it gives
+0 (its 0·inf would make the loss NaN). Second derivatives in the logits are
+softmax's, as TF's, and the labels' gradient differentiated in the logits is
+TF's ``p - e_j``; autograd's mixed derivatives are symmetric, so the logits'
+gradient differentiated in the labels is that too, where TF's is 0 (its
+backprop passes nothing to the labels). The kernel does not run: these are
+the torch-ops path of other devices (`_array_kernels`).
 """
 import torch
 
@@ -53,10 +55,10 @@ def loss(kind, logits, labels):
     y_const = y.detach()
     total = -(y_const * ls).sum(-1)
     total = total + (y_const.sum(-1) - 1) * (log_sum.detach() - log_sum)[..., 0]
-    if y.requires_grad:
-        kept = torch.where(torch.isfinite(ls), ls, 0).detach()
-        total = total - ((y - y_const) * kept).sum(-1)
-    return total
+    # (always: under jvp/jacfwd the labels are dual tensors that say no requires_grad,
+    # and a detached ls cut d/dx of the labels' gradient: both 0, found by a review)
+    kept = torch.where(torch.isfinite(ls), ls, 0)
+    return total - ((y - y_const) * kept).sum(-1)
 
 
 def loss_and_backprop(kind, logits, labels):
