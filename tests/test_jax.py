@@ -710,6 +710,39 @@ def test_linear_head_on_the_jax_numpy_path_with_tokens_sharded_over_an_explicit_
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
+def test_large_vocabulary_functions_with_the_sequence_axis_sharded_over_an_explicit_mesh(
+        rng, reduction, dtype):
+    """``x[B, T@d, H]``: JAX refused the reshape to tokens ("This reshape is not
+    supported", a review); such arrays are gathered first, and the results keep
+    the inputs' sharding."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+    if not hasattr(jax, "set_mesh"):
+        pytest.skip("this JAX has no explicit mesh axes")
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in ((2, 3, 4), (7, 4)))
+    t = rng.integers(0, 7, (2, 3))
+    steps = (lambda x, w, t: xent.linear_cross_entropy(x, w, t, reduction=reduction),
+             lambda x, w, t: xent.cross_entropy(jnp.einsum("bth,vh->btv", x, w), t,
+                                                reduction=reduction))
+    mesh = jax.make_mesh((1,), ("d",), axis_types=(AxisType.Explicit,))
+    placed = (jax.device_put(jnp.asarray(x, dtype), NamedSharding(mesh, PartitionSpec(None, "d"))),
+              jax.device_put(jnp.asarray(w, dtype), NamedSharding(mesh, PartitionSpec())),
+              jax.device_put(jnp.asarray(t), NamedSharding(mesh, PartitionSpec(None, "d"))))
+    for step in steps:
+        total = lambda x, w, t, step=step: step(x, w, t).astype(jnp.float32).sum()   # noqa: E731
+        grad = jax.jit(jax.grad(total, argnums=(0, 1)))
+        want = grad(jnp.asarray(x, dtype), jnp.asarray(w, dtype), jnp.asarray(t))
+        got = grad(*placed)
+        for g, a, r in zip(got, placed, want):
+            assert jax.typeof(g) == jax.typeof(a), (jax.typeof(g), jax.typeof(a))
+            np.testing.assert_array_equal(np.asarray(g.astype(jnp.float32)),
+                                          np.asarray(r.astype(jnp.float32)))
+        out = jax.jit(step)(*placed)
+        if reduction == "none":
+            assert jax.typeof(out) == jax.typeof(placed[2]).update(dtype=out.dtype), jax.typeof(out)
+
+
 def test_the_in_place_scaling_flushes_as_xla_does_and_keeps_numpys_error_state(rng):
     """The callback scales on XLA's own thread, which flushes subnormal products to
     zero as XLA's product does: on the kernels' helper threads (started by an

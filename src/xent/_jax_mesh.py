@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["varying_axes", "vary_like", "sum_to_type_of", "shard_as", "replicated",
-           "rows_sharding"]
+           "mergeable", "rows_sharding"]
 
 
 def varying_axes(value):
@@ -93,6 +93,17 @@ def replicated(value):
     spec = _explicit_spec(value)
     return value if spec is None else jax.sharding.reshard(
         value, _on_mesh_of(value, (None,) * jnp.ndim(value)))
+
+
+def mergeable(value, token_ndim):
+    """`value`, gathered (`replicated`) where its type shards one of its first
+    `token_ndim` axes but the first over explicit mesh axes: JAX's reshape of
+    those axes into one (``[B, T@d, H]`` to ``[B·T, H]``) is refused
+    ("ShardingTypeError: This reshape is not supported"); as it is elsewhere."""
+    spec = _explicit_spec(value)
+    if spec is None or all(axis is None for axis in spec[1:token_ndim]):
+        return value
+    return replicated(value)
 
 
 def rows_sharding(value):

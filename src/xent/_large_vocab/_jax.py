@@ -122,14 +122,19 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     buffer where XLA can give it, `_jax_cpu.ce`). On the CPU the fused kernel
     runs (`_jax_cpu`), elsewhere `jax.numpy`."""
     _check(target, opts.ignore_index, logits.shape[-1])
+    like = target
+    logits, target = (_jax_mesh.mergeable(logits, logits.ndim - 1),
+                      _jax_mesh.mergeable(target, target.ndim))
     x2, t = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
     if _jax_cpu.available(logits, target):
         if opts.reduction == "none":
-            return _ce_tokens(x2, t, opts).reshape(target.shape).astype(logits.dtype)
+            losses = _ce_tokens(x2, t, opts).reshape(target.shape).astype(logits.dtype)
+            return _jax_mesh.shard_as((losses,), (like,))[0]
         return _ce_reduced(x2, t, opts).astype(logits.dtype)
     z = logits.reshape(-1, logits.shape[-1]).astype(_accumulator(logits.dtype))
     losses = _array_math.token_losses(_jax._Ops, z, target.reshape(-1), opts)
-    return _array_math.reduce(losses, target, opts).astype(logits.dtype)
+    result = _array_math.reduce(losses, target, opts).astype(logits.dtype)
+    return _jax_mesh.shard_as((result,), (like,))[0] if opts.reduction == "none" else result
 
 
 def _chunk_logits(xc, weight, bias):
@@ -305,11 +310,16 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     """
     _check(target, opts.ignore_index, weight.shape[0])
     b = jnp.zeros(weight.shape[0], x.dtype) if bias is None else bias
+    like = target
+    x, target = _jax_mesh.mergeable(x, x.ndim - 1), _jax_mesh.mergeable(target, target.ndim)
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1)
     if _jax_cpu.available(x, weight, bias, target) and x.dtype in (jnp.float32, jnp.float64):
         linear = _linear_cpu_tokens if opts.reduction == "none" else _linear_cpu_reduced
         result = linear(x2, weight, b, t, opts, chunk)
-        return (result.reshape(target.shape) if opts.reduction == "none" else result).astype(x.dtype)
+        if opts.reduction != "none":
+            return result.astype(x.dtype)
+        return _jax_mesh.shard_as((result.reshape(target.shape).astype(x.dtype),), (like,))[0]
     if opts.reduction == "none":
-        return _linear_losses(x2, weight, b, t, opts, chunk).reshape(target.shape).astype(x.dtype)
+        losses = _linear_losses(x2, weight, b, t, opts, chunk).reshape(target.shape).astype(x.dtype)
+        return _jax_mesh.shard_as((losses,), (like,))[0]
     return _linear_reduced(x2, weight, b, t, opts, chunk).astype(x.dtype)
