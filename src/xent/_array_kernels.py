@@ -47,8 +47,8 @@ def log_softmax(ops, x, norm=None):
     return (x - m) - log_sum
 
 
-def _valid(labels, num_classes):
-    """Where ``0 <= labels < num_classes``."""
+def valid_labels(labels, num_classes):
+    """Where ``0 <= labels < num_classes`` (any array library's integers)."""
     return (labels >= 0) & (labels < num_classes)
 
 
@@ -57,7 +57,7 @@ def sparse_rows(ops, x, labels):
 
     x: ``[..., C]``, ``C >= 1``; labels: int ``[...]``; loss ``[...]``.
     """
-    valid = _valid(labels, x.shape[-1])
+    valid = valid_labels(labels, x.shape[-1])
     norm = normaliser(ops, x)
     # Take x_label first, then shift it: taking from ``x - m`` made XLA write
     # that whole logits-sized difference out (3x optax's time at 8192x32000).
@@ -86,7 +86,7 @@ def sparse_grad(ops, x, labels, norm):
     num_classes = x.shape[-1]
     p = ops.exp(log_softmax(ops, x, norm))
     grad = p - ops.one_hot(labels, num_classes, p.dtype)
-    return grad + ops.where(_valid(labels, num_classes), 0.0, NAN)[..., None]
+    return grad + ops.where(valid_labels(labels, num_classes), 0.0, NAN)[..., None]
 
 
 def dense_grad(ops, x, y, norm):

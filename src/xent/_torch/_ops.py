@@ -122,7 +122,7 @@ class FuncRows(Rows):
         p = log_p.exp()
         dx = torch.zeros_like(x) if d_logits is None else d_logits.to(x.dtype)
         if ctx.kind == "sparse":
-            valid = (labels >= 0) & (labels < x.shape[-1])
+            valid = _array_kernels.valid_labels(labels, x.shape[-1])
             target = torch.nn.functional.one_hot(torch.where(valid, labels, 0).long(),
                                                  x.shape[-1]).to(x.dtype)
         else:

@@ -46,7 +46,7 @@ def loss(kind, logits, labels):
     x = accumulate(logits)
     m, log_sum = _array_kernels.normaliser(Ops, x)
     if kind == "sparse":
-        valid = (labels >= 0) & (labels < x.shape[-1])
+        valid = _array_kernels.valid_labels(labels, x.shape[-1])
         picked = Ops.take_last(x, torch.where(valid, labels, 0)) - m[..., 0]
         nan_rows = torch.where(valid, 1.0, float("nan")).to(x.dtype)
         return (log_sum[..., 0] - picked) * nan_rows
