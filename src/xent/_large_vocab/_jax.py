@@ -128,13 +128,18 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
     x2, t = logits.reshape(-1, logits.shape[-1]), target.reshape(-1)
     if _jax_cpu.available(logits, target):
         if opts.reduction == "none":
-            losses = _ce_tokens(x2, t, opts).reshape(target.shape).astype(logits.dtype)
-            return _jax_mesh.shard_as((losses,), (like,))[0]
+            return _per_token(_ce_tokens(x2, t, opts), like, logits.dtype)
         return _ce_reduced(x2, t, opts).astype(logits.dtype)
-    z = logits.reshape(-1, logits.shape[-1]).astype(_accumulator(logits.dtype))
-    losses = _array_math.token_losses(_jax._Ops, z, target.reshape(-1), opts)
-    result = _array_math.reduce(losses, target, opts).astype(logits.dtype)
-    return _jax_mesh.shard_as((result,), (like,))[0] if opts.reduction == "none" else result
+    losses = _array_math.token_losses(_jax._Ops, x2.astype(_accumulator(logits.dtype)), t, opts)
+    if opts.reduction == "none":
+        return _per_token(losses, like, logits.dtype)
+    return _array_math.reduce(losses, target, opts).astype(logits.dtype)
+
+
+def _per_token(losses, like, dtype):
+    """``[N]`` token losses in the shape and the sharding of `like` (the caller's
+    target, before `_jax_mesh.mergeable` gathered it), in `dtype`."""
+    return _jax_mesh.shard_as((losses.reshape(like.shape).astype(dtype),), (like,))[0]
 
 
 def _chunk_logits(xc, weight, bias):
@@ -316,10 +321,9 @@ def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
     if _jax_cpu.available(x, weight, bias, target) and x.dtype in (jnp.float32, jnp.float64):
         linear = _linear_cpu_tokens if opts.reduction == "none" else _linear_cpu_reduced
         result = linear(x2, weight, b, t, opts, chunk)
-        if opts.reduction != "none":
-            return result.astype(x.dtype)
-        return _jax_mesh.shard_as((result.reshape(target.shape).astype(x.dtype),), (like,))[0]
+        if opts.reduction == "none":
+            return _per_token(result, like, x.dtype)
+        return result.astype(x.dtype)
     if opts.reduction == "none":
-        losses = _linear_losses(x2, weight, b, t, opts, chunk).reshape(target.shape).astype(x.dtype)
-        return _jax_mesh.shard_as((losses,), (like,))[0]
+        return _per_token(_linear_losses(x2, weight, b, t, opts, chunk), like, x.dtype)
     return _linear_reduced(x2, weight, b, t, opts, chunk).astype(x.dtype)
