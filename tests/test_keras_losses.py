@@ -7,6 +7,7 @@ float64 results with rtol 1e-10; half-precision results against a float64
 truth (tf.keras run in float64 on the half-rounded inputs) within one ulp of
 the output dtype.
 """
+import math
 import re
 import warnings
 
@@ -525,6 +526,32 @@ def test_ignore_class_broadcasts_labels_of_the_rows_size_as_keras(keras, y_true)
     want = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2)(y_true, y_pred)
     got = xk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=2)(y_true, y_pred)
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum_over_batch_size", "mean_with_sample_weight"])
+@pytest.mark.parametrize("weight_shape", [(4, 1), (4,), (2, 1), (2, 5, 1)])
+def test_ignore_class_mask_of_1xn_labels_weights_as_keras(keras, reduction, weight_shape):
+    """``[1, N]`` labels against ``[N, C]`` predictions: Keras reshapes the
+    `ignore_class` mask to y_pred's rows (``[N]``) before it meets the
+    weights. xent had kept it ``[1, N]``: other numbers for ``[N, 1]`` weights
+    (0.892 for 0.803), a loss where Keras raises for ``[2, 1]`` and an error
+    where Keras gives one for ``[2, 5, 1]`` (an independent review)."""
+    y_true = np.array([[1, 0, 2, 0]])
+    y_pred = np.array([[.5, 1, -1], [2, .1, .3], [.2, .2, 1.5], [1, -2, 0]], np.float32)
+    weights = np.arange(1, 1 + math.prod(weight_shape), dtype=np.float32).reshape(weight_shape)
+    try:
+        want = np.asarray(keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, ignore_class=1, reduction=reduction)(y_true, y_pred, weights))
+    except Exception as error:   # noqa: BLE001 - Keras' own refusal, matched below
+        with pytest.raises(ValueError, match="Incompatible shapes|broadcast"):
+            xk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=1,
+                                             reduction=reduction)(y_true, y_pred, weights)
+        assert "Incompatible shapes" in str(error) or "broadcast" in str(error)
+        return
+    got = xk.SparseCategoricalCrossentropy(from_logits=True, ignore_class=1,
+                                           reduction=reduction)(y_true, y_pred, weights)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("sample_weight", [2.0, np.array([[1.0], [3.0]])])

@@ -47,7 +47,7 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis, logits=N
         y_true = be.xp.squeeze(y_true, axis)
     if axis not in (-1, y_pred.ndim - 1):
         raise ValueError(f"Only axis=-1 is currently supported. Received: axis={axis}")
-    valid = None
+    valid, rows_shape = None, tuple(y_pred.shape)[:-1]
     if ignore_class is not None:
         if isinstance(ignore_class, (complex, np.complexfloating)) or (
                 isinstance(ignore_class, np.ndarray) and ignore_class.dtype.kind == "c"):
@@ -66,6 +66,9 @@ def _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis, logits=N
     logits = y_pred if from_logits else _probs.clipped_log(be, y_pred)
     losses = sparse_losses(be, labels, logits)
     if valid is not None:
+        # Keras reshapes the mask to y_pred's rows (``[1, N]`` labels against
+        # ``[N, C]`` predictions: an ``[N]`` mask), and weights with that shape.
+        valid = be.xp.reshape(valid, rows_shape)
         losses = be.xp.where(valid, losses, be.xp.zeros_like(losses))
     return losses, valid
 
