@@ -177,6 +177,33 @@ def test_total_of_one_loss_is_a_value_of_its_own():
     np.testing.assert_array_equal(xl.get_total_loss(), kept)
 
 
+@pytest.mark.parametrize("added", [
+    ([1.0, 2.0], [3.0, 4.0]), ((1.0, 2.0), [3.0, 4.0]), (3.0,), (1.0, np.float32(2.0)),
+    (3, 4), (3, 2.5), ([1, 2], np.array([0.5, 0.25], np.float32)), (2**40, 1)],
+    ids=["lists", "tuple-list", "one-float", "float-and-float32", "ints", "int-and-float",
+         "int-list-and-array", "big-int"])
+def test_get_total_loss_converts_python_values_as_tfs_add_n(tf, added):
+    """Losses given to `add_loss` as Python numbers or sequences are added as the
+    tensors TF makes of them (float32, int32; int64 past int32's range): two
+    lists had been concatenated, a tuple and a list raised TypeError, a float
+    came back as a Python float (an independent review)."""
+    def scenario(losses):
+        for loss in added:
+            losses.add_loss(loss)
+        return losses.get_total_loss()
+
+    try:
+        want = _run_tf(tf, scenario)
+    except (TypeError, ValueError) as error:
+        with pytest.raises(type(error)):
+            _run_xent(scenario)
+        return
+    got = _run_xent(scenario)
+    assert np.asarray(got).dtype == np.asarray(want).dtype
+    assert np.asarray(got).shape == np.asarray(want).shape
+    np.testing.assert_array_equal(got, want)
+
+
 def test_get_total_loss_of_empty_collection_raises_value_error(tf):
     with tf.Graph().as_default():
         with pytest.raises(ValueError) as want:

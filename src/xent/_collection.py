@@ -97,6 +97,7 @@ def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None
     float64 one).
     """
     found = get_losses(scope) + (get_regularization_losses(scope) if add_regularization_losses else [])
+    found = [_as_tensor(loss) for loss in found]
     if not found:
         raise ValueError("Inputs must be an iterable of at least one Tensor/IndexedSlices with "
                          "the same dtype and shape.")
@@ -111,6 +112,22 @@ def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None
     for loss in found[1:]:
         total = total + loss
     return total
+
+
+def _as_tensor(loss):
+    """A loss given to `add_loss` as a Python value (a number, a list) as the array
+    TF's ``add_n`` makes of it (``convert_to_tensor``): floats float32, integers
+    int32 (int64 past its range); arrays and tensors as they are. Two lists
+    had been concatenated by ``+``."""
+    if hasattr(loss, "dtype"):
+        return loss
+    value = np.asarray(loss)
+    if value.dtype.kind == "f":
+        return value.astype(np.float32)
+    if value.dtype.kind in "iu" and value.size and np.iinfo(np.int32).min <= value.min() \
+            and value.max() <= np.iinfo(np.int32).max:
+        return value.astype(np.int32)
+    return value
 
 
 def _fresh(loss):
