@@ -341,7 +341,9 @@ def test_ignore_index_past_int64_is_refused_as_torch_refuses_it():
 
 @pytest.mark.parametrize("call,error,text", [
     (lambda: xent.cross_entropy(LOGITS, TARGET.astype(np.float32)), TypeError,
-     "target must hold class indices as int32 or int64; received dtype float32"),
+     "target must hold class indices as int32, int64 or uint8; received dtype float32"),
+    (lambda: xent.cross_entropy(LOGITS, TARGET.astype(np.int8)), TypeError,
+     "target must hold class indices as int32, int64 or uint8; received dtype int8"),
     (lambda: xent.cross_entropy(LOGITS, np.array([0, 1, 2])), ValueError,
      "target must have shape [2] (one class index per token); received shape [3]"),
     (lambda: xent.cross_entropy(np.zeros((2, 0), np.float32), TARGET), ValueError,
@@ -382,6 +384,35 @@ def test_integer_options_take_any_integer_type():
     for kind in (np.int64, np.int32, np.array):
         got = xent.linear_cross_entropy(x, w, target, ignore_index=kind(3), chunk_size=kind(2))
         assert got == want
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("function", ["cross_entropy", "linear_cross_entropy"])
+def test_uint8_targets_are_taken_as_torch_takes_them(framework, function):
+    """torch's F.cross_entropy takes uint8 class indices (segmentation masks with
+    ignore_index=255): the same numbers and gradients, on every array type (they
+    had been refused: an independent review)."""
+    torch = pytest.importorskip("torch")
+    x, w, _, _ = make_linear(6, 4, 300, np.float32, seed=5)
+    target = np.array([1, 255, 3, 255, 200, 7], np.uint8)
+    logits = (x.astype(np.float64) @ w.astype(np.float64).T)
+    leaf = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(leaf, torch.tensor(target), ignore_index=255)
+    want.backward()
+    convert = {"numpy": np.asarray, "torch": torch.tensor,
+               "jax": pytest.importorskip("jax.numpy").asarray}[framework]
+    if function == "cross_entropy":
+        got = xent.cross_entropy(convert(logits.astype(np.float32)), convert(target),
+                                 ignore_index=255)
+    else:
+        got = xent.linear_cross_entropy(convert(x), convert(w), convert(target), ignore_index=255)
+    np.testing.assert_allclose(float(got), want.item(), rtol=2e-6)
+    if framework == "numpy" and function == "cross_entropy":
+        _, grad = xent.cross_entropy(logits, target, ignore_index=255, return_grads=True)
+        np.testing.assert_allclose(grad, leaf.grad.numpy(), rtol=1e-12, atol=1e-15)
+    with pytest.raises(InvalidArgumentError, match="label value of 200"):
+        xent.cross_entropy(convert(logits[:, :100].astype(np.float32)), convert(target),
+                           ignore_index=255)
 
 
 def test_a_target_out_of_range_raises_tensorflows_error_before_any_work():

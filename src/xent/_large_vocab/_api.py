@@ -3,7 +3,7 @@ from xent import _backend
 from xent._errstate import quiet
 from xent._large_vocab import _numpy
 from xent._large_vocab._options import bool_option, chunk_rows, options
-from xent._large_vocab._shapes import cross_entropy_shapes, linear_shapes
+from xent._large_vocab._shapes import cross_entropy_shapes, linear_shapes, widen_target
 
 __all__ = ["cross_entropy", "linear_cross_entropy"]
 
@@ -36,7 +36,8 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
     Args:
       logits: ``[..., V]`` float16/bfloat16/float32/float64: NumPy array, torch
         tensor (autograd) or JAX array (``jax.grad``, ``jit``).
-      target: ``[...]`` int32/int64 class indices in ``[0, V)``, or `ignore_index`.
+      target: ``[...]`` int32/int64 (or uint8, as PyTorch) class indices in
+        ``[0, V)``, or `ignore_index`.
       ignore_index: the target value of tokens to skip (default -100, as PyTorch).
       label_smoothing: ε in ``[0, 1]``.
       z_loss: λ >= 0.
@@ -89,6 +90,7 @@ def cross_entropy(logits, target, *, ignore_index=-100, label_smoothing=0.0, z_l
     logits, target = backend.asarray(logits, "logits"), backend.asarray(target, "target")
     cross_entropy_shapes(tuple(logits.shape), backend.dtype_name(logits),
                          tuple(target.shape), backend.dtype_name(target))
+    target = widen_target(backend, target)
     if return_grads and backend.name != "numpy":
         raise ValueError(f"return_grads=True is for NumPy arrays; {backend.name} arrays get "
                          "their gradients from their framework's autodiff")
@@ -110,7 +112,7 @@ def linear_cross_entropy(input, weight, target, *, bias=None, ignore_index=-100,
     Args:
       input: ``[..., H]`` float (the last hidden states).
       weight: ``[V, H]`` of input's dtype (the LM head).
-      target: ``[...]`` int32/int64 class indices, or `ignore_index`.
+      target: ``[...]`` int32/int64/uint8 class indices, or `ignore_index`.
       bias: optional ``[V]``.
       ignore_index, label_smoothing, z_loss, softcap, reduction: as in
         `cross_entropy`.
@@ -144,6 +146,7 @@ def linear_cross_entropy(input, weight, target, *, bias=None, ignore_index=-100,
                   backend.dtype_name(weight), tuple(target.shape), backend.dtype_name(target),
                   None if bias is None else tuple(bias.shape),
                   None if bias is None else backend.dtype_name(bias))
+    target = widen_target(backend, target)
     chunk = chunk_rows(chunk_size, weight.shape[0])
     if return_grads and backend.name != "numpy":
         raise ValueError(f"return_grads=True is for NumPy arrays; {backend.name} arrays get "

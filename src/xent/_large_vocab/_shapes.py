@@ -6,7 +6,7 @@ arrays (traced or not) go through the same checks, before any work.
 from xent._dtypes import FLOAT_NAMES, LABEL_NAMES
 from xent.errors import InvalidDTypeError
 
-__all__ = ["cross_entropy_shapes", "linear_shapes"]
+__all__ = ["cross_entropy_shapes", "linear_shapes", "widen_target"]
 
 
 def _float(name, dtype_name):
@@ -15,17 +15,22 @@ def _float(name, dtype_name):
             f"{name} must have a floating dtype ({', '.join(FLOAT_NAMES)}); received {dtype_name}")
 
 
+# torch's F.cross_entropy also takes uint8 class indices (segmentation masks,
+# often with ignore_index=255); the functions widen them to int32 (`widen_target`).
+TARGET_NAMES = (*LABEL_NAMES, "uint8")
+
+
 def _target(shape, dtype_name, expected):
-    if dtype_name not in LABEL_NAMES:
+    if dtype_name not in TARGET_NAMES:
         raise InvalidDTypeError(
-            f"target must hold class indices as int32 or int64; received dtype {dtype_name}")
+            f"target must hold class indices as int32, int64 or uint8; received dtype {dtype_name}")
     if tuple(shape) != tuple(expected):
         raise ValueError(f"target must have shape {list(expected)} (one class index per token); "
                          f"received shape {list(shape)}")
 
 
 def cross_entropy_shapes(logits_shape, logits_dtype, target_shape, target_dtype):
-    """Check ``logits [..., V]`` (V >= 1, float) and ``target [...]`` (int32/int64)."""
+    """Check ``logits [..., V]`` (V >= 1, float) and ``target [...]`` (int32/int64/uint8)."""
     _float("logits", logits_dtype)
     if len(logits_shape) < 1 or logits_shape[-1] < 1:
         raise ValueError(f"logits must have shape [..., V] with V >= 1 classes on the last "
@@ -56,3 +61,11 @@ def linear_shapes(input_shape, input_dtype, weight_shape, weight_dtype,
         if bias_dtype != input_dtype:
             raise InvalidDTypeError(f"bias must have input's dtype {input_dtype}; received {bias_dtype}")
     _target(target_shape, target_dtype, input_shape[:-1])
+
+
+def widen_target(backend, target):
+    """`target` (checked) as int32 if it holds uint8, else as it is: the kernels
+    and the torch and JAX paths take int32 and int64 class indices."""
+    if backend.dtype_name(target) == "uint8":
+        return backend.astype(target, "int32")
+    return target
