@@ -914,6 +914,35 @@ def test_jax_kernel_gradient_reuses_the_logits_buffer_and_never_changes_the_call
         assert held < x.nbytes + 64 * len(target), (held, x.nbytes)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_jax_checkpoint_runs_the_loss_only_kernel_forward_and_keeps_the_memory(reduction):
+    """Under `jax.checkpoint` the forward's gradient is a residual that remat
+    drops: the custom_vjp forward ran the loss-and-gradient kernel twice, each
+    over a copy of the logits (3x the logits held, 2 with optax: an
+    independent review). With `optimize_remat` the forward runs the loss-only
+    kernel and the backward the one that writes the gradient: at most 2x, and
+    the oracle's gradient. (A `"none"` loss scaled by the caller: 2x.)"""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(4)
+    h = jnp.asarray(rng.normal(size=(128, 16)).astype(np.float32))
+    w = jnp.asarray((rng.normal(size=(16, 1024)) * 0.3).astype(np.float32))
+    target = rng.integers(0, 1024, 128)
+    target[::7] = -100
+    loss = jax.checkpoint(lambda w: xent.cross_entropy(h @ w, jnp.asarray(target),
+                                                       reduction=reduction).sum())
+    step = jax.jit(jax.value_and_grad(loss))
+    stats = step.lower(w).compile().memory_analysis()
+    assert stats.temp_size_in_bytes <= 2 * 128 * 1024 * 4 + 4096, stats.temp_size_in_bytes
+    logits = np.asarray(h, np.float64) @ np.asarray(w, np.float64)
+    value, grad = step(w)
+    truth, dz = oracle(logits, target, {}, reduction)
+    dz = np.asarray(dz, np.float64)   # (the gradient of the sum of the losses)
+    np.testing.assert_allclose(float(value), np.sum(truth), rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(grad, np.float64), np.asarray(h, np.float64).T @ dz,
+                               rtol=2e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_jax_shard_map_with_a_replicated_weight_matches_the_oracle(jax_path, reduction):
     """Inside `shard_map` (tokens split over the mesh axis, the weight replicated),

@@ -15,7 +15,10 @@ forward, with the reduction's token weights, and the backward scales the
 results; for ``"none"`` the forward makes the losses only and the backward
 makes each chunk's logits again, with the upstream gradient of its tokens.
 A call that is not differentiated (the custom_vjp's primal) makes no
-gradient at all.
+gradient at all. The rules whose forward makes the gradient are registered
+with ``optimize_remat``: under `jax.checkpoint`, which drops that residual,
+the forward runs the primal (the loss only) and the backward the rule's
+forward (the review's 3x the logits held: 2x, as optax).
 
 Targets outside ``[0, V)``: concrete arrays raise TensorFlow's
 `InvalidArgumentError`; traced ones give NaN losses for those tokens.
@@ -92,7 +95,7 @@ def _ce_tokens_bwd(opts, residuals, g):
     return _scaled_gradient(residuals, g), None
 
 
-_ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd)
+_ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd, optimize_remat=True)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -113,7 +116,7 @@ def _ce_reduced_bwd(opts, residuals, g):
     return _scaled_gradient(residuals, g), None
 
 
-_ce_reduced.defvjp(_ce_reduced_fwd, _ce_reduced_bwd)
+_ce_reduced.defvjp(_ce_reduced_fwd, _ce_reduced_bwd, optimize_remat=True)
 
 
 def cross_entropy(logits, target, opts, inplace_backward, return_grads):
@@ -265,7 +268,7 @@ def _reduced_bwd(opts, chunk, residuals, g):
     return _as_inputs(grads, inputs) + (None,)
 
 
-_linear_reduced.defvjp(_reduced_fwd, _reduced_bwd)
+_linear_reduced.defvjp(_reduced_fwd, _reduced_bwd, optimize_remat=True)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -303,7 +306,7 @@ def _linear_cpu_reduced_fwd(x2, weight, bias, t, opts, chunk):
                                 t != opts.ignore_index)
 
 
-_linear_cpu_reduced.defvjp(_linear_cpu_reduced_fwd, _reduced_bwd)
+_linear_cpu_reduced.defvjp(_linear_cpu_reduced_fwd, _reduced_bwd, optimize_remat=True)
 
 
 def linear_cross_entropy(x, weight, bias, target, opts, chunk, return_grads):
