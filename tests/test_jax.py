@@ -833,3 +833,32 @@ def test_a_concrete_jax_label_smoothing_works_under_jit_in_every_face(tf):
                      y, a, from_logits=True, label_smoothing=ls).mean()):
         got = jax.jit(face)(jnp.asarray(x))
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_strict_dtype_and_rank_promotion_are_kept(path, dtype):
+    """Under ``jax.numpy_dtype_promotion("strict")`` and ``numpy_rank_promotion("raise")``,
+    which optax passes, xent's own ops promoted implicitly: a mean's float total over
+    an int count, bfloat16 labels times float32 log-softmax, a ``[V]`` bias added to
+    ``[C, V]`` logits (an independent review). Every face and the large-vocabulary
+    functions, eager and under ``jit(grad)``, against the same calls without them."""
+    rng = np.random.default_rng(3)
+    labels = jnp.asarray(rng.integers(0, 5, 6).astype(np.int32))
+    x = jnp.asarray(rng.normal(size=(6, 5)), dtype)
+    onehot = jax.nn.one_hot(labels, 5, dtype=dtype)
+    calls = [
+        lambda x: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=x).sum(),
+        lambda x: xent.nn.softmax_cross_entropy_with_logits(labels=onehot, logits=x).sum(),
+        lambda x: xent.losses.softmax_cross_entropy(onehot, x, label_smoothing=0.1),
+        lambda x: xent.keras.losses.categorical_crossentropy(onehot, x, from_logits=True,
+                                                             label_smoothing=0.1).sum(),
+        lambda x: xent.cross_entropy(x, labels, label_smoothing=0.1, z_loss=1e-4, softcap=5.0),
+        lambda x: xent.linear_cross_entropy(x, jnp.ones((7, 5), dtype), labels,
+                                            bias=jnp.zeros(7, dtype)),
+    ]
+    for call in calls:
+        want = (call(x), jax.jit(jax.grad(call))(x))
+        with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+            got = (call(x), jax.jit(jax.grad(call))(x))
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))

@@ -126,7 +126,7 @@ def _sparse_jvp(primals, tangents):
 @jax.custom_jvp
 def _dense(logits, labels):
     """Per-row dense loss of logits and labels ``[..., C]``, accumulator dtype."""
-    return _array_kernels.dense_rows(_Ops, _accumulate(logits), labels)[0]
+    return _array_kernels.dense_rows(_Ops, _accumulate(logits), _accumulate(labels))[0]
 
 
 def _dense_jvp(primals, tangents):
@@ -135,7 +135,9 @@ def _dense_jvp(primals, tangents):
     A term whose tangent is a symbolic zero is not made (`_tangent_sum`)."""
     logits, labels = primals
     dx, dy = tangents
-    x = _accumulate(logits)
+    # (labels widened too: half-precision labels times float32 log-softmax is an
+    # implicit promotion, which JAX's numpy_dtype_promotion("strict") refuses)
+    x, labels = _accumulate(logits), _accumulate(labels)
     loss, norm = _array_kernels.dense_rows(_Ops, x, labels)
     terms = []
     if not _is_zero(dx):

@@ -54,5 +54,11 @@ def reduce(losses, target, opts):
     total = losses.sum()
     if opts.reduction == "sum":
         return total
-    count = (target != opts.ignore_index).sum()
-    return total / (count + (count == 0))
+    count = (target != opts.ignore_index).sum().clip(min=1)
+    return total / _in_dtype_of(count, total)
+
+
+def _in_dtype_of(value, like):
+    """`value` cast to `like`'s dtype (torch's ``.to``, JAX's ``.astype``): explicit,
+    as JAX's ``numpy_dtype_promotion("strict")`` asks of a float over an int."""
+    return value.astype(like.dtype) if hasattr(value, "astype") else value.to(like.dtype)

@@ -148,7 +148,7 @@ def _per_token(losses, like, dtype):
 def _chunk_logits(xc, weight, bias):
     """``[C, V]`` logits of a chunk, computed and kept in the accumulator dtype."""
     acc = _accumulator(xc.dtype)
-    return jnp.matmul(xc, weight.T, preferred_element_type=acc) + bias.astype(acc)
+    return jnp.matmul(xc, weight.T, preferred_element_type=acc) + bias.astype(acc)[None, :]
 
 
 def _in_chunks(x2, t, chunk, ignore_index):
