@@ -58,6 +58,11 @@ def _scaled(grad, g, reduction, valid=None):
     (`scale_rows_`; with 0 a padded 4096x32000 float32 backward took 20 ms
     against 0.3, a review)."""
     some_ignored = valid is not None and not valid.all()
+    if torch_math.batchable_backward(g):   # (a batched g: out of place, its values never read)
+        g = g.expand(grad.shape[:-1]) if reduction != "none" else g
+        if some_ignored:
+            g = torch.where(torch.from_numpy(valid).reshape(g.shape), g, 1)
+        return grad * g[..., None].to(grad.dtype)
     if reduction != "none":
         scale = g.item()
         if scale == 1.0:

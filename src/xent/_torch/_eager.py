@@ -16,9 +16,9 @@ supports them too). The dense loss also gives the labels their gradient,
 import torch
 
 from xent._torch import _upstream
-from xent._torch._math import (backprop_vjp, differentiable_backprop, gradient_rounded_once,
-                               labels_grad, loss_and_backprop, on_kernels, row_factors,
-                               scale_rows_, upstream_grad)
+from xent._torch._math import (backprop_vjp, batchable_backward, differentiable_backprop,
+                               gradient_rounded_once, labels_grad, loss_and_backprop,
+                               on_kernels, row_factors, scale_rows_, upstream_grad)
 from xent._torch._views import accumulator_dtype, empty_numpy, from_numpy, numpy_view
 
 
@@ -69,7 +69,7 @@ def _loss_function(kind):
         def backward(ctx, g):
             need_logits, need_labels = ctx.needs_input_grad
             backprop, ctx.backprop = ctx.backprop, None   # (scaled in place: the first time only)
-            if need_logits and not need_labels and not torch.is_grad_enabled():
+            if need_logits and not need_labels and not batchable_backward(g):
                 if ctx.folds:
                     return _with_upstream(kind, ctx, backprop, g), None
                 if backprop is not None and not gradient_rounded_once(kind, backprop.dtype):
@@ -86,8 +86,8 @@ def _loss_function(kind):
 def _logits_grad(kind, logits, labels, g, backprop):
     """``g * backprop``: `backprop` (the forward's, or None) scaled in place, or
     the kernel's with g as the rows' weights (`upstream_grad`); differentiable
-    torch ops when the graph is being built."""
-    if torch.is_grad_enabled():
+    torch ops when the graph is being built or g is batched (`batchable_backward`)."""
+    if batchable_backward(g):
         backprop = differentiable_backprop(kind, logits, labels)
         return (g[..., None] * backprop).to(logits.dtype)
     return upstream_grad(kind, labels, logits, backprop, g)
@@ -146,8 +146,10 @@ class LossAndBackprop(torch.autograd.Function):
     def _logits_grad(logits, backprop, g_loss, g_backprop):
         """``g_loss * backprop + softmax_vjp(g_backprop)``, either term possibly absent."""
         if g_backprop is None and g_loss is not None:   # (`row_factors`: the same bits)
+            if batchable_backward(g_loss):
+                return backprop * g_loss[..., None]
             factors = row_factors(g_loss, backprop.dtype)
-            if not backprop.is_cpu or torch.is_grad_enabled():
+            if not backprop.is_cpu:
                 return backprop * factors
             out = from_numpy(empty_numpy(numpy_view(backprop)))   # (`empty_numpy`)
             return torch.mul(backprop, factors, out=out)

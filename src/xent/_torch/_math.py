@@ -114,6 +114,22 @@ def differentiable_backprop(kind, logits, labels):
     return _GRAD[kind](Ops, x, labels, _array_kernels.normaliser(Ops, x))
 
 
+def batchable_backward(g):
+    """Whether a backward with upstream gradient `g` (or None) must be made of plain
+    (differentiable, batchable) torch ops: when autograd records it
+    (``create_graph=True``), when a torch.func transform runs it, and when g
+    is batched, as ``autograd.grad(..., is_grads_batched=True)`` and
+    ``jacobian(..., vectorize=True)`` make it (torch's legacy vmap, which no
+    transform flag shows): in-place products, reads of g's values and ``out=``
+    products have no batching rule there."""
+    return (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+            or (g is not None and _legacy_batched(g)))
+
+
+_legacy_batched = getattr(getattr(torch._C, "_functorch", None), "is_legacy_batchedtensor",
+                          lambda g: False)
+
+
 def labels_grad(logits, labels, g):
     """Gradient of the dense loss for its labels: ``-g * log_softmax(logits)``."""
     return (-g[..., None] * _array_kernels.log_softmax(Ops, accumulate(logits))).to(labels.dtype)
@@ -197,9 +213,11 @@ _C_SCALARS = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 def _broadcast_one(g):
     """Whether CPU tensor `g` is one 1 broadcast to its shape (all strides 0), as
     the gradient of a ``.sum()`` arrives: 0.3 us to check (reading the element
-    at its address), against 3 us for the multiply of a small backprop."""
+    at its address), against 3 us for the multiply of a small backprop. A g
+    with torch's negative bit reads 1 where it holds -1 (an independent review:
+    the gradient came back with its sign flipped): no."""
     scalar = _C_SCALARS.get(g.dtype)
-    if scalar is None or g.requires_grad or g.numel() == 0 or any(g.stride()):
+    if scalar is None or g.requires_grad or g.numel() == 0 or any(g.stride()) or g.is_neg():
         return False
     return scalar.from_address(g.data_ptr()).value == 1
 
