@@ -583,3 +583,32 @@ def test_int32_targets_and_an_ignore_index_past_int32_do_not_wrap(how):
         _torch.use_torch_ops_on_cpu(False)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_compiled_lm_head_with_a_parameter_weight_and_no_bias(bias):
+    """`linear_cross_entropy(h, head.weight, y)` with an `nn.Parameter` weight and no
+    bias (the usual LM head) under ``torch.compile(fullgraph=True)``: dynamo could
+    not read the module of the Parameter's type, looked at while checking
+    for JAX arrays beside the None bias (an independent review). Values and
+    every gradient against eager xent."""
+    torch.manual_seed(0)
+
+    class LM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(8, 16)
+            self.head = torch.nn.Linear(16, 50, bias=bias)
+
+        def forward(self, x, y):
+            return xent.linear_cross_entropy(self.body(x), self.head.weight, y, bias=self.head.bias)
+
+    model, x, y = LM(), torch.randn(32, 8), torch.randint(0, 50, (32,))
+    eager = model(x, y)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    torch.compiler.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x, y)
+    compiled_grads = torch.autograd.grad(compiled, list(model.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

@@ -113,7 +113,10 @@ def _framework_backend(arrays):
     torch = sys.modules.get("torch")
     tensors = [a for a in arrays if isinstance(a, torch.Tensor)] if torch is not None else ()
     if tensors and torch.compiler.is_compiling():
-        if len(tensors) < len(arrays) and any(_jax_type(a) for a in arrays):
+        # (tensors skipped: dynamo cannot read the module of an nn.Parameter's type,
+        # and linear_cross_entropy(h, head.weight, y) failed under fullgraph)
+        if len(tensors) < len(arrays) and any(_jax_type(a) for a in arrays
+                                              if not isinstance(a, torch.Tensor)):
             raise _mixed()
         return _import_framework_module("_torch").TorchBackend.for_tensors(tensors)
     jax = sys.modules.get("jax")
