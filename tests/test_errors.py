@@ -41,6 +41,26 @@ BAD_LABELS = [
 ]
 
 
+def test_invalid_argument_errors_keep_their_text_under_torch_compile():
+    """torch.compile(fullgraph=True) reports an error raised while tracing as its own
+    "Observed exception" with the original text; xent's errors lost theirs (their
+    own __init__, which dynamo could not trace, replaced it: an independent
+    review). `message` is still TF's text, and the error pickles."""
+    import pickle
+    torch = pytest.importorskip("torch")
+    error = InvalidArgumentError("the text")
+    assert error.message == "the text" and str(error) == "the text"
+    assert pickle.loads(pickle.dumps(error)).message == "the text"
+    loss = lambda z, y: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)  # noqa: E731
+    z, y = torch.randn(4, 5), torch.tensor([0.0, 1, 2, 2])
+    with pytest.raises(xent.errors.InvalidDTypeError) as eager:
+        loss(z, y)
+    torch.compiler.reset()
+    with pytest.raises(Exception) as compiled:
+        torch.compile(loss, fullgraph=True, backend="aot_eager")(z, y)
+    assert str(eager.value) in str(compiled.value)
+
+
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64], ids=["int32", "int64"])
 @pytest.mark.parametrize("labels,classes", BAD_LABELS, ids=[str(i) for i in range(len(BAD_LABELS))])
 def test_sparse_out_of_range_label_raises_tf_text(tf, labels, classes, label_dtype):

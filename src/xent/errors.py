@@ -9,9 +9,12 @@ class InvalidArgumentError(ValueError):
     that catches either keeps working. `message` holds the text, as in TF.
     """
 
-    def __init__(self, message):
-        super().__init__(message)
-        self.message = message
+    # (no __init__ of its own: torch.compile's dynamo cannot trace the
+    # super().__init__ call of one, and replaced the message with its own)
+    @property
+    def message(self):
+        """The error's text, as TF's ``InvalidArgumentError.message``."""
+        return self.args[0] if self.args else ""
 
 
 class InvalidDTypeError(InvalidArgumentError, TypeError):
