@@ -533,3 +533,79 @@ def test_fullgraph_takes_python_numbers_that_change_between_calls(face):
     compiled = torch.compile(call, fullgraph=True, dynamic=True)
     for value in (0.1, 0.2, 0.3):
         torch.testing.assert_close(compiled(x, value), call(x, value))
+
+
+@pytest.mark.parametrize("face", ["nn", "raw op"])
+def test_func_vmap_of_forward_mode_over_batched_sparse_labels(face):
+    """``vmap(jacfwd(f))``, ``vmap(jvp)`` and ``vmap(hessian(f))`` with the sparse labels
+    batched: the forward rule's F.one_hot checked the labels' range by reading
+    their values, which vmap refuses (an independent review). Against the same
+    transforms one example at a time (whose labels are not batched)."""
+    from torch.func import hessian, jacfwd, jvp, vmap
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 4, dtype=torch.float64)
+    y = torch.tensor([[0, 3, 1], [2, 2, 0]])
+    if face == "nn":
+        def f(z, y):
+            return xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z).mean()
+    else:
+        def f(z, y):
+            return xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(z, y)[0].mean()
+    transforms = {
+        "jacfwd": lambda z, y: jacfwd(f)(z, y),
+        "jvp": lambda z, y: jvp(lambda z: f(z, y), (z,), (torch.ones_like(z),))[1],
+        "hessian": lambda z, y: hessian(f)(z, y),
+    }
+    for name, transform in transforms.items():
+        batched = vmap(transform)(z, y)
+        one_by_one = torch.stack([transform(z[b], y[b]) for b in range(2)])
+        torch.testing.assert_close(batched, one_by_one, rtol=1e-12, atol=1e-15, msg=name)
+
+
+EXPORTED_LOSSES = {
+    "nn": lambda z, y, w: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z).mean(),
+    "keras": lambda z, y, w: xent.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, z),
+    "raw op": lambda z, y, w: xent.raw_ops.SparseSoftmaxCrossEntropyWithLogits(z, y)[0].mean(),
+    "cross_entropy": lambda z, y, w: xent.cross_entropy(z, y, label_smoothing=0.1),
+    "linear_cross_entropy": lambda z, y, w: xent.linear_cross_entropy(z, w, y, reduction="sum"),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORTED_LOSSES))
+def test_strict_export_keeps_the_gradients_of_the_parameters(name):
+    """``torch.export.export(..., strict=True)`` traces an autograd Function's
+    forward with autograd off and drops its backward: no gradient reached the
+    model's parameters through any xent loss, and a bad label left grad mode
+    off for the whole process (an independent review). The operators
+    themselves (differentiated by their registered autograd) keep them."""
+    torch.manual_seed(0)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(6, 5)
+            self.head = torch.nn.Parameter(torch.randn(7, 5))
+
+        def forward(self, x, y):
+            return EXPORTED_LOSSES[name](self.body(x), y, self.head)
+
+    def gradients(module, loss):
+        names, params = zip(*module.named_parameters())
+        return dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
+
+    model, x, y = Model(), torch.randn(8, 6), torch.randint(0, 5, (8,))
+    eager = model(x, y)
+    want = gradients(model, eager)
+    exported = torch.export.export(model, (x, y), strict=True).module()
+    loss = exported(x, y)
+    assert loss.requires_grad
+    got = gradients(exported, loss)
+    torch.testing.assert_close(loss, eager, rtol=1e-6, atol=0)
+    for key, value in want.items():
+        if value is None:   # (an unused parameter: the exported module may drop it)
+            assert got.get(key) is None, key
+        else:
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-7, msg=key)
+    with pytest.raises(InvalidArgumentError):
+        exported(x, torch.full((8,), 9))
+    assert torch.is_grad_enabled()

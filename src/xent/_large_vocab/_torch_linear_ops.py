@@ -29,6 +29,7 @@ from xent._large_vocab import _numpy
 from xent._large_vocab._options import Options
 from xent._large_vocab._torch_chunks import gradients_in_forward, run_chunks
 from xent._large_vocab._torch_ops import option_args, refuse_forward_mode, refuse_second_derivative
+from xent._torch import _ops as torch_ops
 from xent._torch import _views as torch_views
 
 __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
@@ -218,7 +219,10 @@ def loss(x, weight, bias, target, opts, chunk):
                    for a in (x, weight, bias))
     if not gradients_in_forward(opts.reduction, x.dtype):   # (in the backward: module doc)
         wanted = (False,) * 3
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and torch_ops.exporting():   # (`xent._torch._ops.Direct`)
+        total, losses = _call(x, weight, bias, target, weights, opts, chunk, wanted)[:2]
+        out = losses if per_token else total
+    elif torch.compiler.is_compiling():
         out = LinearLoss.apply(x, weight, bias, target, weights, opts, chunk, wanted, per_token)
     else:
         total, losses = LinearRows.apply(x, weight, bias, target, weights, opts, chunk, wanted)[:2]

@@ -49,6 +49,7 @@ from xent._errstate import quiet
 from xent._large_vocab import _numpy
 from xent._large_vocab._cross_entropy import losses_and_gradient
 from xent._large_vocab._options import Options
+from xent._torch import _ops as torch_ops
 from xent._torch import _views as torch_views
 
 __all__ = ["token_rows", "token_grad", "TokenRows", "TokenLosses", "losses", "option_args",
@@ -252,7 +253,10 @@ class TokenLosses(torch.autograd.Function):
 
 def losses(logits, targets, opts, want_grad):
     """``[...]`` per-token losses of ``[..., V]`` CPU logits, differentiable through
-    the operator: `TokenLosses` inside torch.compile, else `TokenRows`."""
+    the operator: `TokenLosses` inside torch.compile (the operator alone for
+    torch.export), else `TokenRows`."""
     if torch.compiler.is_compiling():
+        if torch_ops.exporting():   # (the operator itself: `xent._torch._ops.Direct`)
+            return token_rows(logits, targets, *option_args(opts), want_grad)[0]
         return TokenLosses.apply(logits, targets, opts, want_grad)
     return TokenRows.apply(logits, targets, *option_args(opts), want_grad)[0]

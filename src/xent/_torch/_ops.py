@@ -32,7 +32,7 @@ from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, gradi
                                labels_grad, loss_and_backprop)
 from xent._torch._views import accumulate, accumulator_dtype
 
-__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "function", "loss_function"]
+__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "Direct", "exporting", "function", "loss_function"]
 
 
 @torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
@@ -123,8 +123,9 @@ class FuncRows(Rows):
         dx = torch.zeros_like(x) if d_logits is None else d_logits.to(x.dtype)
         if ctx.kind == "sparse":
             valid = _array_kernels.valid_labels(labels, x.shape[-1])
-            target = torch.nn.functional.one_hot(torch.where(valid, labels, 0).long(),
-                                                 x.shape[-1]).to(x.dtype)
+            # (a comparison, not F.one_hot: its range check reads the labels'
+            # values, which vmap over batched labels refuses)
+            target = Ops.one_hot(torch.where(valid, labels, 0), x.shape[-1], x.dtype)
         else:
             target = labels.to(x.dtype)
         p_dx = (p * dx).sum(-1, keepdim=True)
@@ -187,15 +188,39 @@ class RowsLoss(torch.autograd.Function):
         return None, d_logits, d_labels, None
 
 
+class Direct:
+    """`rows` called as it is, differentiated by its own `register_autograd`: for
+    ``torch.export.export(..., strict=True)``, which traces an autograd
+    Function's forward with autograd off and drops its backward (an
+    independent review: no gradient reached a model's parameters through
+    any face; a torch 2.13 behaviour for every Function)."""
+
+    @staticmethod
+    def apply(kind, logits, labels, want_grad):
+        return rows(kind, logits, labels, want_grad)
+
+
+def exporting():
+    """Whether torch.export is tracing this call."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return is_exporting is not None and is_exporting()
+
+
 def function():
-    """The Function for this call: `Rows` inside torch.compile, else `FuncRows`."""
-    return Rows if torch.compiler.is_compiling() else FuncRows
+    """The Function for this call: `Rows` inside torch.compile (`Direct` for
+    torch.export), else `FuncRows`."""
+    if torch.compiler.is_compiling():
+        return Direct if exporting() else Rows
+    return FuncRows
 
 
 def loss_function():
     """The Function for a call that needs the loss alone: `RowsLoss` inside
-    torch.compile (loss only), else `FuncRows` (loss and backprop)."""
-    return RowsLoss if torch.compiler.is_compiling() else FuncRows
+    torch.compile (loss only; `Direct` for torch.export), else `FuncRows`
+    (loss and backprop)."""
+    if torch.compiler.is_compiling():
+        return Direct if exporting() else RowsLoss
+    return FuncRows
 
 
 @rows.register_vmap
