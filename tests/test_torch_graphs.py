@@ -609,3 +609,21 @@ def test_strict_export_keeps_the_gradients_of_the_parameters(name):
     with pytest.raises(InvalidArgumentError):
         exported(x, torch.full((8,), 9))
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("name", ["nn", "keras", "raw op", "cross_entropy"])
+def test_jit_trace_records_the_loss_not_a_constant(name):
+    """`torch.jit.trace` of a loss on tensors that want no gradient recorded the
+    NumPy call's result as a constant: the traced function gave the traced
+    inputs' loss for any other inputs (an independent review). Now it records
+    the operator's Function."""
+    import warnings
+    loss = EXPORTED_LOSSES[name]
+    torch.manual_seed(0)
+    z, y = torch.randn(4, 5), torch.randint(0, 5, (4,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # (torch's TracerWarnings and deprecation)
+        traced = torch.jit.trace(lambda z, y: loss(z, y, None), (z, y))
+    other_z, other_y = torch.randn(4, 5) * 3, torch.randint(0, 5, (4,))
+    torch.testing.assert_close(traced(other_z, other_y), loss(other_z, other_y, None),
+                               rtol=1e-6, atol=0)

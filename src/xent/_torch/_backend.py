@@ -48,9 +48,11 @@ def graph_ops():
     eager Functions (whose NumPy and numba calls neither dynamo nor torch.func
     can trace, and which have no forward mode): the call is being captured by
     torch.compile, runs under a torch.func transform, or inside a forward-mode
-    level (``torch.autograd.forward_ad.dual_level``), where `FuncRows`' jvp serves."""
+    level (``torch.autograd.forward_ad.dual_level``), where `FuncRows`' jvp serves;
+    or `torch.jit.trace` records it (a NumPy call is recorded as a constant:
+    the traced loss of other inputs was the traced inputs', an independent review)."""
     return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or not _forward_mode_off())
+            or not _forward_mode_off() or torch.jit.is_tracing())
 
 
 def _loss_only(outputs):
