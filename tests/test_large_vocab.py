@@ -943,6 +943,42 @@ def test_jax_checkpoint_runs_the_loss_only_kernel_forward_and_keeps_the_memory(r
                                rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_jax_per_token_losses_reduced_by_the_caller_scale_the_gradient_in_its_buffer(dtype):
+    """`cross_entropy(..., reduction="none")` then ``.mean()`` or a weighted sum: the
+    backward's ``g ⊙ grad`` was a `jnp` product into a fresh buffer (2x the
+    logits held, a review); `_jax_rows.scale_rows` writes it over the
+    gradient's own (1x). Each product rounded once: the oracle's gradient."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(6)
+    h = jnp.asarray(rng.normal(size=(96, 16)).astype(dtype))
+    w = jnp.asarray((rng.normal(size=(16, 1536)) * 0.3).astype(dtype))
+    target = rng.integers(0, 1536, 96)
+    target[::5] = -100
+    up = rng.normal(size=96)
+
+    def loss(w):
+        losses = xent.cross_entropy(h @ w, jnp.asarray(target), reduction="none")
+        return (losses.astype(jnp.float32) * jnp.asarray(up, jnp.float32)).sum()
+
+    def held(fn):
+        return jax.jit(jax.grad(fn)).lower(w).compile().memory_analysis().temp_size_in_bytes
+
+    step = jax.jit(jax.grad(loss))
+    mean = held(lambda w: xent.cross_entropy(h @ w, jnp.asarray(target)).astype(jnp.float32))
+    assert held(loss) <= mean + 8192, (held(loss), mean)   # (bfloat16: XLA's float32 matmul too)
+    if dtype == np.float32:
+        assert mean <= 96 * 1536 * 4 + 8192
+    dz = jax.jit(jax.grad(lambda z: (xent.cross_entropy(z, jnp.asarray(target), reduction="none")
+                                     .astype(jnp.float32) * jnp.asarray(up, jnp.float32)).sum()))(h @ w)
+    logits = np.asarray(h @ w, np.float64)
+    assert_close(np.asarray(dz, np.float64), oracle(logits, target, {}, "none", up)[1], dtype)
+    np.testing.assert_allclose(np.asarray(step(w), np.float64),
+                               np.asarray(h, np.float64).T @ np.asarray(dz, np.float64),
+                               rtol=2e-2 if dtype != np.float32 else 1e-5, atol=1e-3 if dtype != np.float32 else 1e-6)
+
+
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_jax_shard_map_with_a_replicated_weight_matches_the_oracle(jax_path, reduction):
     """Inside `shard_map` (tokens split over the mesh axis, the weight replicated),

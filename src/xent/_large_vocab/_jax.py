@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xent import _jax, _jax_mesh
+from xent import _jax, _jax_mesh, _jax_rows
 from xent._dtypes import accumulator_name
 from xent._large_vocab import _array_math, _jax_cpu, _numpy
 
@@ -91,8 +91,13 @@ def _row_factors(valid, g, dtype):
 
 
 def _ce_tokens_bwd(opts, residuals, g):
-    """``grad ⊙ g[:, None]`` (`_scaled_gradient`)."""
-    return _scaled_gradient(residuals, g), None
+    """``grad ⊙ g[:, None]`` (as `_scaled_gradient`), by `_jax_rows.scale_rows`: on the
+    CPU it writes the product over the gradient's own buffer, where a `jnp`
+    product went to a fresh one (per-token losses reduced by the caller,
+    ``.mean()`` or weighted: 2x the logits held, a review; now 1x)."""
+    grad, like, valid = residuals
+    factors = jnp.where(valid | jnp.isfinite(g), g, 0).astype(_accumulator(grad.dtype))
+    return _jax_rows.scale_rows(grad, factors, like.dtype), None   # (products rounded once)
 
 
 _ce_tokens.defvjp(_ce_tokens_fwd, _ce_tokens_bwd, optimize_remat=True)
