@@ -15,6 +15,8 @@ from xent._core import get_kernels
 from xent._large_vocab import cross_entropy
 from xent._large_vocab import linear_cross_entropy
 from xent._core import set_kernels
+from xent._jax_path import get_jax_path
+from xent._jax_path import set_jax_path
 from xent._threads import get_num_threads
 from xent._threads import set_num_threads
 
@@ -23,6 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "errors", "keras", "losses", "nn", "raw_ops", "get_kernels", "set_kernels",
     "cross_entropy", "linear_cross_entropy",
-    "get_num_threads", "set_num_threads", "empty_cache",
+    "get_num_threads", "set_num_threads", "empty_cache", "get_jax_path", "set_jax_path",
     "__version__",
 ]

@@ -26,22 +26,20 @@ import jax
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-from xent import _core, _dtypes, _hugepages, _jax_mesh
+from xent import _core, _dtypes, _hugepages, _jax_mesh, _jax_path
 
 __all__ = ["available", "kernel_logits", "rows", "use_jax_numpy_on_cpu"]
 
-_state = {"jax_numpy": False}
-
-
 def use_jax_numpy_on_cpu(flag=True):
-    """Run CPU arrays through the `jax.numpy` path of other devices (for tests)."""
-    _state["jax_numpy"] = flag
+    """Run CPU arrays through the `jax.numpy` path of other devices (tests; the public
+    form is `xent.set_jax_path`)."""
+    _jax_path.set_jax_path("jax.numpy" if flag else "kernels")
 
 
 def available(*arrays):
     """Whether the callbacks can run: JAX computes on the CPU, and every concrete
     array among `arrays` lives there."""
-    if _state["jax_numpy"] or jax.default_backend() != "cpu":
+    if _jax_path.uses_jax_numpy() or jax.default_backend() != "cpu":
         return False
     return all(isinstance(a, jax.core.Tracer) or a is None
                or all(d.platform == "cpu" for d in a.devices()) for a in arrays)
