@@ -18,7 +18,8 @@ import pytest
 
 import xent
 
-MODULES = ["xent.nn", "xent.losses", "xent.raw_ops", "xent.keras.losses", "xent._large_vocab._api"]
+MODULES = ["xent.nn", "xent.losses", "xent.raw_ops", "xent.keras.losses", "xent._large_vocab._api",
+           "xent.compat.v1.nn"]
 _NUMBER = re.compile(r"-?\d+\.\d*(?:e[-+]?\d+)?")
 
 

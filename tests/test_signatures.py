@@ -29,6 +29,9 @@ def _pairs(tf):
          tf.raw_ops.SparseSoftmaxCrossEntropyWithLogits, "backprop_out"),
         (xent.raw_ops.SoftmaxCrossEntropyWithLogits, tf.raw_ops.SoftmaxCrossEntropyWithLogits,
          "backprop_out"),
+        *((getattr(xent.compat.v1.nn, name), getattr(tf.compat.v1.nn, name), None) for name in (
+            "softmax_cross_entropy_with_logits", "softmax_cross_entropy_with_logits_v2",
+            "sparse_softmax_cross_entropy_with_logits")),
     ]
 
 

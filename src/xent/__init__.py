@@ -5,6 +5,7 @@ The namespaces mirror TensorFlow's, so ported code changes only its import:
 `xent.raw_ops` and `xent.errors`. Beyond TensorFlow, `xent.cross_entropy` and
 `xent.linear_cross_entropy` serve large-vocabulary training.
 """
+from xent import compat
 from xent import errors
 from xent import keras
 from xent import losses
@@ -23,7 +24,7 @@ from xent._threads import set_num_threads
 __version__ = "0.1.0"
 
 __all__ = [
-    "errors", "keras", "losses", "nn", "raw_ops", "get_kernels", "set_kernels",
+    "compat", "errors", "keras", "losses", "nn", "raw_ops", "get_kernels", "set_kernels",
     "cross_entropy", "linear_cross_entropy",
     "get_num_threads", "set_num_threads", "empty_cache", "get_jax_path", "set_jax_path",
     "__version__",
