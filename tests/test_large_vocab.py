@@ -317,10 +317,14 @@ def test_an_option_traced_under_jit_is_told_to_be_static(name):
     "must be a real number" for a value that is one)."""
     jax = pytest.importorskip("jax")
     value = 1 if name == "ignore_index" else 0.1
-    with pytest.raises(TypeError, match=f"^{name} must be a concrete number: xent's kernels take "
-                                        f"it as a constant; received the traced .* make it a "
-                                        f"static argument"):
+    told = (f"^{name} must be a concrete number: xent's kernels take it as a constant; "
+            f"received the traced .* pass a Python number, or make it a static argument")
+    with pytest.raises(TypeError, match=told):
         jax.jit(lambda v: xent.cross_entropy(jax.numpy.asarray(LOGITS), TARGET, **{name: v}))(value)
+    if name != "ignore_index":   # (a bfloat16 scalar: ml_dtypes' kind is "V", not "f")
+        with pytest.raises(TypeError, match=told):
+            jax.jit(lambda x: xent.cross_entropy(x, TARGET, **{name: jax.numpy.bfloat16(value)}))(
+                jax.numpy.asarray(LOGITS))
     static = jax.jit(lambda x, v: xent.cross_entropy(x, TARGET, **{name: v}), static_argnums=1)
     assert float(static(LOGITS, value)) == pytest.approx(float(xent.cross_entropy(LOGITS, TARGET, **{name: value})), rel=1e-6)
 

@@ -225,8 +225,9 @@ def traced_number(value):
     """Whether `value` is a number without a value: a numeric array of one element
     that `float` cannot read (a JAX tracer under `jit` or another transformation)."""
     dtype = getattr(value, "dtype", None)
-    if math.prod(tuple(getattr(value, "shape", (0,)))) != 1 or \
-            getattr(dtype, "kind", "") not in ("b", "i", "u", "f"):
+    numeric = getattr(dtype, "kind", "") in ("b", "i", "u", "f") or \
+        getattr(dtype, "name", "") == "bfloat16"   # (ml_dtypes' kind is "V")
+    if math.prod(tuple(getattr(value, "shape", (0,)))) != 1 or not numeric:
         return False
     try:
         float(value.item() if hasattr(value, "item") else value)

@@ -48,7 +48,8 @@ def _not_a(kind, name, value):
     if traced_number(value):
         return TypeError(f"{name} must be a concrete number: xent's kernels take it as a "
                          f"constant; received the traced {value!r} (under jax.jit or another "
-                         f"transformation, make it a static argument)")
+                         f"transformation, pass a Python number, or make it a static argument: "
+                         f"a jnp scalar made inside a jitted function is traced too)")
     return TypeError(f"{name} must be {kind}; received {value!r}")
 
 
