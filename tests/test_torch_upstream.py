@@ -403,6 +403,8 @@ BATCHED_CALLS = {
     "v1 mean": lambda x, y, s: xent.losses.sparse_softmax_cross_entropy(y, x),
     "cross_entropy none": lambda x, y, s: xent.cross_entropy(x, y, reduction="none"),
     "cross_entropy mean": lambda x, y, s: xent.cross_entropy(x, y, label_smoothing=0.1),
+    "linear_cross_entropy mean": lambda x, y, s: xent.linear_cross_entropy(
+        x, s[:7] if s.shape[0] >= 7 else torch.cat([s] * 7)[:7], y % 7, chunk_size=3),
 }
 
 
@@ -447,3 +449,34 @@ def test_an_upstream_gradient_with_the_negative_bit_keeps_its_sign(kind, dtype):
     loss.backward(g)
     want = -(torch.softmax(x.detach().double(), -1) - torch.nn.functional.one_hot(y, 10))
     torch.testing.assert_close(x.grad.double(), want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_batched_upstream_gradients_of_float16_cross_entropy(reduction):
+    """float16 `cross_entropy` makes its gradient in the backward, the upstream g in
+    the tokens' weights: a batched g cannot reach the kernel (torch's "Batching rule
+    not implemented for aten::detach", the diff's review). Its gradient is made in
+    float32 and times g, rounded once: one example at a time's, to an ulp."""
+    rng = np.random.default_rng(10)
+    x = torch.tensor(rng.normal(size=(6, 40)), dtype=torch.float16, requires_grad=True)
+    y = torch.tensor(rng.integers(0, 40, 6))
+    y[2] = -100
+    out = xent.cross_entropy(x, y, reduction=reduction)
+    cotangents = torch.tensor(rng.normal(size=(3, *out.shape)), dtype=torch.float16)
+    batched, = torch.autograd.grad(out, x, cotangents, is_grads_batched=True, retain_graph=True)
+    for k in range(3):
+        one, = torch.autograd.grad(xent.cross_entropy(x, y, reduction=reduction), x, cotangents[k])
+        torch.testing.assert_close(batched[k].float(), one.float(), rtol=2e-3, atol=1e-6)
+
+
+def test_batched_upstream_gradients_of_per_token_linear_losses_are_refused_by_name():
+    """`linear_cross_entropy(reduction="none")` runs its chunks again with each token's
+    upstream gradient as its weight: a batched one cannot, and is refused, naming
+    the way out (torch's own "Batching rule not implemented" before)."""
+    rng = np.random.default_rng(11)
+    h = torch.tensor(rng.normal(size=(5, 4)), requires_grad=True)
+    w = torch.tensor(rng.normal(size=(7, 4)), requires_grad=True)
+    out = xent.linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 4, 5]), reduction="none")
+    with pytest.raises(RuntimeError, match="batched ones .* are not supported there; use "
+                                           "vectorize=False"):
+        torch.autograd.grad(out, (h, w), torch.eye(5, dtype=h.dtype), is_grads_batched=True)

@@ -158,8 +158,15 @@ class _CrossEntropy(torch.autograd.Function):
                                "once: the logits now hold the gradient")
         logits, _ = ctx.saved_tensors
         x2 = torch_views.numpy_view(logits).reshape(-1, logits.shape[-1])
-        grad = torch_views.empty_numpy(x2)
         targets, valid, weights = ctx.tokens
+        if torch_math.batchable_backward(g):   # (a batched g: its values cannot reach the
+            # kernel; the reduction's gradient in the accumulator dtype, then g out of place)
+            x2 = x2.astype(weights.dtype, copy=False)
+            grad = np.empty_like(x2)
+            losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
+            grad = torch.from_numpy(grad).reshape(logits.shape)
+            return _scaled(grad, g, ctx.opts.reduction, valid).to(logits.dtype)
+        grad = torch_views.empty_numpy(x2)
         weights = _upstream_weights(weights, g, ctx.opts.reduction)
         losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
         return torch_views.from_numpy(grad).reshape(logits.shape)
@@ -252,6 +259,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def _recompute(ctx, g):
         """The chunks again, each token's gradient weighted by its upstream `g`."""
+        if torch_math.batchable_backward(g) and not torch.is_grad_enabled():
+            raise RuntimeError(
+                "xent.linear_cross_entropy's backward for reduction='none', float16 inputs or "
+                "a second backward runs its chunks again with the upstream gradient as the "
+                "tokens' weights, one upstream gradient at a time: batched ones "
+                "(autograd.grad(..., is_grads_batched=True), jacobian(..., vectorize=True)) "
+                "are not supported there; use vectorize=False, or a loop")
         x2, w, b, _ = ctx.saved_tensors
         targets, valid, weights = ctx.tokens
         weights = _upstream_weights(weights, g, ctx.opts.reduction)
