@@ -51,6 +51,10 @@ def test_invalid_argument_errors_keep_their_text_under_torch_compile():
     error = InvalidArgumentError("the text")
     assert error.message == "the text" and str(error) == "the text"
     assert pickle.loads(pickle.dumps(error)).message == "the text"
+    tf_style = InvalidArgumentError(None, None, "bad label 5")   # (TF's node_def, op, message)
+    assert tf_style.message == "bad label 5" and str(tf_style) == "bad label 5"
+    error.message = "another"
+    assert str(error) == "another"
     loss = lambda z, y: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)  # noqa: E731
     z, y = torch.randn(4, 5), torch.tensor([0.0, 1, 2, 2])
     with pytest.raises(xent.errors.InvalidDTypeError) as eager:

@@ -877,17 +877,23 @@ def test_set_jax_path_lets_jax_export_serialize_a_loss():
         sparse = SPARSE(labels=labels, logits=x).sum()
         return sparse + xent.cross_entropy(x, labels, label_smoothing=0.1)
 
-    want = jax.jit(jax.value_and_grad(step))(x)
+    jitted = jax.jit(jax.value_and_grad(step))
+    want = jitted(x)   # (traced on the kernels' path: its trace must not be reused)
     assert xent.get_jax_path() == "kernels"
     with pytest.raises(ValueError, match="'kernels' or 'jax.numpy'"):
         xent.set_jax_path("numpy")
+    def calls_back():
+        return "callback" in jitted.lower(x).compile().as_text()
+
+    assert calls_back()
     xent.set_jax_path("jax.numpy")
     try:
-        exported = jax.export.export(jax.jit(jax.value_and_grad(step)))(
-            jax.ShapeDtypeStruct(x.shape, x.dtype))
+        assert not calls_back()
+        exported = jax.export.export(jitted)(jax.ShapeDtypeStruct(x.shape, x.dtype))
         restored = jax.export.deserialize(exported.serialize())
     finally:
         xent.set_jax_path("kernels")
+    assert calls_back()
     got = restored.call(x)
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want[1]), rtol=1e-5, atol=1e-7)

@@ -8,6 +8,8 @@ implemented"); with ``set_jax_path("jax.numpy")`` functions traced afterwards
 run the `jax.numpy` path of other devices instead, which exports. This
 module imports no JAX.
 """
+import sys
+
 __all__ = ["set_jax_path", "get_jax_path", "uses_jax_numpy"]
 
 JAX_PATHS = ("kernels", "jax.numpy")
@@ -15,7 +17,7 @@ _state = {"path": "kernels"}
 
 
 def set_jax_path(path):
-    """Choose how JAX arrays on the CPU are computed, for calls traced after it.
+    """Choose how JAX arrays on the CPU are computed, from the next call or trace on.
 
     Args:
       path: ``"kernels"`` (the default: the fused kernels through XLA buffer
@@ -23,7 +25,11 @@ def set_jax_path(path):
         devices: slower and logits-sized temporaries, but no host callback,
         so that `jax.export` can serialize the function).
 
-    A function already jitted keeps the path it was traced with.
+    JAX caches a function's trace under keys that do not include this choice,
+    so a change clears JAX's caches (`jax.clear_caches`): functions traced
+    before are traced again, on the new path (a jitted function kept its old
+    trace, and `jax.export` of it still met the host callback: the review of
+    this session's diff).
 
     Raises:
       ValueError: `path` is neither.
@@ -31,7 +37,11 @@ def set_jax_path(path):
     if path not in JAX_PATHS:
         raise ValueError(f"the path given to xent.set_jax_path must be 'kernels' or "
                          f"'jax.numpy'; received {path!r}")
-    _state["path"] = path
+    if path != _state["path"]:
+        _state["path"] = path
+        jax = sys.modules.get("jax")
+        if jax is not None:
+            jax.clear_caches()
 
 
 def get_jax_path():

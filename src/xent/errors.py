@@ -13,8 +13,18 @@ class InvalidArgumentError(ValueError):
     # super().__init__ call of one, and replaced the message with its own)
     @property
     def message(self):
-        """The error's text, as TF's ``InvalidArgumentError.message``."""
+        """The error's text, as TF's ``InvalidArgumentError.message``: the one argument,
+        or the third of TF's ``(node_def, op, message)``."""
+        if len(self.args) >= 3:
+            return self.args[2]
         return self.args[0] if self.args else ""
+
+    @message.setter
+    def message(self, text):
+        self.args = (*self.args[:2], text) if len(self.args) >= 3 else (text,)
+
+    def __str__(self):
+        return str(self.message)
 
 
 class InvalidDTypeError(InvalidArgumentError, TypeError):
