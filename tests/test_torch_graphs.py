@@ -577,7 +577,8 @@ def test_strict_export_keeps_the_gradients_of_the_parameters(name):
     forward with autograd off and drops its backward: no gradient reached the
     model's parameters through any xent loss, and a bad label left grad mode
     off for the whole process (an independent review). The operators
-    themselves (differentiated by their registered autograd) keep them."""
+    themselves (differentiated by their registered autograd) keep them, and
+    make no gradient in the forward."""
     torch.manual_seed(0)
 
     class Model(torch.nn.Module):
@@ -596,7 +597,13 @@ def test_strict_export_keeps_the_gradients_of_the_parameters(name):
     model, x, y = Model(), torch.randn(8, 6), torch.randint(0, 5, (8,))
     eager = model(x, y)
     want = gradients(model, eager)
-    exported = torch.export.export(model, (x, y), strict=True).module()
+    program = torch.export.export(model, (x, y), strict=True)
+    calls = [node for node in program.graph.nodes
+             if node.op == "call_function" and str(node.target).startswith("xent.")]
+    assert calls   # (and none makes a gradient in the forward: the diff's review saw an
+    # exported inference program make a logits-sized backprop, or dW, on every call)
+    assert all(arg is not True for node in calls for arg in node.args[-3:]), calls
+    exported = program.module()
     loss = exported(x, y)
     assert loss.requires_grad
     got = gradients(exported, loss)

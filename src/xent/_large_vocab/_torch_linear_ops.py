@@ -219,8 +219,9 @@ def loss(x, weight, bias, target, opts, chunk):
                    for a in (x, weight, bias))
     if not gradients_in_forward(opts.reduction, x.dtype):   # (in the backward: module doc)
         wanted = (False,) * 3
-    if torch.compiler.is_compiling() and torch_ops.exporting():   # (`xent._torch._ops.Direct`)
-        total, losses = _call(x, weight, bias, target, weights, opts, chunk, wanted)[:2]
+    if torch.compiler.is_compiling() and torch_ops.exporting():   # (`xent._torch._ops.Direct`:
+        # the gradients made by the backward, not by every call of the exported program)
+        total, losses = _call(x, weight, bias, target, weights, opts, chunk, (False,) * 3)[:2]
         out = losses if per_token else total
     elif torch.compiler.is_compiling():
         out = LinearLoss.apply(x, weight, bias, target, weights, opts, chunk, wanted, per_token)

@@ -256,7 +256,7 @@ def losses(logits, targets, opts, want_grad):
     the operator: `TokenLosses` inside torch.compile (the operator alone for
     torch.export), else `TokenRows`."""
     if torch.compiler.is_compiling():
-        if torch_ops.exporting():   # (the operator itself: `xent._torch._ops.Direct`)
-            return token_rows(logits, targets, *option_args(opts), want_grad)[0]
+        if torch_ops.exporting():   # (the operator itself, as `xent._torch._ops.Direct`)
+            return token_rows(logits, targets, *option_args(opts), False)[0]
         return TokenLosses.apply(logits, targets, opts, want_grad)
     return TokenRows.apply(logits, targets, *option_args(opts), want_grad)[0]

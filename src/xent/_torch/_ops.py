@@ -193,11 +193,13 @@ class Direct:
     ``torch.export.export(..., strict=True)``, which traces an autograd
     Function's forward with autograd off and drops its backward (an
     independent review: no gradient reached a model's parameters through
-    any face; a torch 2.13 behaviour for every Function)."""
+    any face; a torch 2.13 behaviour for every Function). The backprop is not
+    made in the forward: an exported program (for inference, mostly) would
+    make it on every call, asked for or not; its backward makes it then."""
 
     @staticmethod
     def apply(kind, logits, labels, want_grad):
-        return rows(kind, logits, labels, want_grad)
+        return rows(kind, logits, labels, False)
 
 
 def exporting():
