@@ -15,8 +15,8 @@ def _float(name, dtype_name):
             f"{name} must have a floating dtype ({', '.join(FLOAT_NAMES)}); received {dtype_name}")
 
 
-# torch's F.cross_entropy also takes uint8 class indices (segmentation masks,
-# often with ignore_index=255); the functions widen them to int32 (`widen_target`).
+# torch's F.cross_entropy also takes uint8 class indices (for [N, C] logits; xent on
+# any shape, its class axis last); the functions widen them to int32 (`widen_target`).
 TARGET_NAMES = (*LABEL_NAMES, "uint8")
 
 
