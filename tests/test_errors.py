@@ -51,8 +51,12 @@ def test_invalid_argument_errors_keep_their_text_under_torch_compile():
     error = InvalidArgumentError("the text")
     assert error.message == "the text" and str(error) == "the text"
     assert pickle.loads(pickle.dumps(error)).message == "the text"
-    tf_style = InvalidArgumentError(None, None, "bad label 5")   # (TF's node_def, op, message)
-    assert tf_style.message == "bad label 5" and str(tf_style) == "bad label 5"
+    for tf_style in (InvalidArgumentError("nd", "op", "bad label 5"),   # (TF's three)
+                     InvalidArgumentError(node_def="nd", op="op", message="bad label 5")):
+        assert tf_style.message == "bad label 5" and str(tf_style) == "bad label 5"
+        assert (tf_style.node_def, tf_style.op, tf_style.error_code) == ("nd", "op", 3)
+        assert pickle.loads(pickle.dumps(tf_style)).message == "bad label 5"
+    assert xent.errors.InvalidDTypeError(message="typed").message == "typed"
     error.message = "another"
     assert str(error) == "another"
     loss = lambda z, y: xent.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=z)  # noqa: E731

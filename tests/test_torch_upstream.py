@@ -451,22 +451,34 @@ def test_an_upstream_gradient_with_the_negative_bit_keeps_its_sign(kind, dtype):
     torch.testing.assert_close(x.grad.double(), want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_batched_upstream_gradients_of_float16_cross_entropy(reduction):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_batched_upstream_gradients_of_half_precision_cross_entropy(reduction, dtype):
     """float16 `cross_entropy` makes its gradient in the backward, the upstream g in
     the tokens' weights: a batched g cannot reach the kernel (torch's "Batching rule
     not implemented for aten::detach", the diff's review). Its gradient is made in
     float32 and times g, rounded once: one example at a time's, to an ulp."""
     rng = np.random.default_rng(10)
-    x = torch.tensor(rng.normal(size=(6, 40)), dtype=torch.float16, requires_grad=True)
+    x = torch.tensor(rng.normal(size=(6, 40)), dtype=dtype, requires_grad=True)
     y = torch.tensor(rng.integers(0, 40, 6))
     y[2] = -100
     out = xent.cross_entropy(x, y, reduction=reduction)
-    cotangents = torch.tensor(rng.normal(size=(3, *out.shape)), dtype=torch.float16)
-    batched, = torch.autograd.grad(out, x, cotangents, is_grads_batched=True, retain_graph=True)
+    cotangents = torch.tensor(rng.normal(size=(3, *out.shape)), dtype=dtype)
+    if reduction == "none":
+        cotangents[:, 2] = float("nan")   # (an ignored token's: its row stays 0)
+    out.backward(torch.ones_like(out), retain_graph=True)   # (then the batched one reruns it)
+    batched, = torch.autograd.grad(out, x, cotangents, is_grads_batched=True)
+    assert not batched[:, 2].any()
     for k in range(3):
         one, = torch.autograd.grad(xent.cross_entropy(x, y, reduction=reduction), x, cotangents[k])
-        torch.testing.assert_close(batched[k].float(), one.float(), rtol=2e-3, atol=1e-6)
+        torch.testing.assert_close(batched[k].float(), one.float(), rtol=1e-2, atol=1e-6)
+    # the float64 truth, each product rounded once: within half an ulp (and a bit)
+    x64 = x.detach().double().requires_grad_()
+    for k in range(3):
+        truth, = torch.autograd.grad(torch.nn.functional.cross_entropy(
+            x64, y, reduction=reduction), x64, torch.nan_to_num(cotangents[k].double()))
+        ulp = torch.finfo(dtype).eps * truth.abs().clamp(min=torch.finfo(dtype).tiny)
+        assert ((batched[k].double() - truth).abs() <= 0.51 * ulp + 1e-30).all()
 
 
 def test_batched_upstream_gradients_of_per_token_linear_losses_are_refused_by_name():
@@ -474,9 +486,11 @@ def test_batched_upstream_gradients_of_per_token_linear_losses_are_refused_by_na
     upstream gradient as its weight: a batched one cannot, and is refused, naming
     the way out (torch's own "Batching rule not implemented" before)."""
     rng = np.random.default_rng(11)
-    h = torch.tensor(rng.normal(size=(5, 4)), requires_grad=True)
-    w = torch.tensor(rng.normal(size=(7, 4)), requires_grad=True)
-    out = xent.linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 4, 5]), reduction="none")
-    with pytest.raises(RuntimeError, match="batched ones .* are not supported there; use "
-                                           "vectorize=False"):
-        torch.autograd.grad(out, (h, w), torch.eye(5, dtype=h.dtype), is_grads_batched=True)
+    for dtype, reduction in ((torch.float64, "none"), (torch.float16, "mean")):
+        h = torch.tensor(rng.normal(size=(5, 4)), dtype=dtype, requires_grad=True)
+        w = torch.tensor(rng.normal(size=(7, 4)), dtype=dtype, requires_grad=True)
+        out = xent.linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 4, 5]), reduction=reduction)
+        g = torch.eye(5, dtype=dtype) if reduction == "none" else torch.ones(3, dtype=dtype)
+        with pytest.raises(RuntimeError, match="batched ones .* are not supported there; use "
+                                               "vectorize=False"):
+            torch.autograd.grad(out, (h, w), g, is_grads_batched=True)

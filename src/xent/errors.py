@@ -9,8 +9,29 @@ class InvalidArgumentError(ValueError):
     that catches either keeps working. `message` holds the text, as in TF.
     """
 
-    # (no __init__ of its own: torch.compile's dynamo cannot trace the
-    # super().__init__ call of one, and replaced the message with its own)
+    def __init__(self, *args, node_def=None, op=None, message=None):
+        """``InvalidArgumentError(message)``, or TF's ``(node_def, op, message)``,
+        positional or by name."""
+        # (no super().__init__ call: torch.compile's dynamo cannot trace one, and
+        # replaced the message with its own; BaseException.__new__ set args)
+        if message is not None:
+            self.args = (node_def, op, message, *args)
+
+    @property
+    def node_def(self):
+        """TF's ``node_def``: the first of three arguments, else None."""
+        return self.args[0] if len(self.args) >= 3 else None
+
+    @property
+    def op(self):
+        """TF's ``op``: the second of three arguments, else None."""
+        return self.args[1] if len(self.args) >= 3 else None
+
+    @property
+    def error_code(self):
+        """TF's code of this error, ``INVALID_ARGUMENT`` (3)."""
+        return 3
+
     @property
     def message(self):
         """The error's text, as TF's ``InvalidArgumentError.message``: the one argument,
@@ -21,7 +42,7 @@ class InvalidArgumentError(ValueError):
 
     @message.setter
     def message(self, text):
-        self.args = (*self.args[:2], text) if len(self.args) >= 3 else (text,)
+        self.args = (*self.args[:2], text, *self.args[3:]) if len(self.args) >= 3 else (text,)
 
     def __str__(self):
         return str(self.message)

@@ -259,7 +259,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def _recompute(ctx, g):
         """The chunks again, each token's gradient weighted by its upstream `g`."""
-        if torch_math.batchable_backward(g) and not torch.is_grad_enabled():
+        if torch_math.batchable_backward(g):   # (not a graph: `_refuse_double_backward` ran)
             raise RuntimeError(
                 "xent.linear_cross_entropy's backward for reduction='none', float16 inputs or "
                 "a second backward runs its chunks again with the upstream gradient as the "

@@ -32,7 +32,7 @@ from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, gradi
                                labels_grad, loss_and_backprop)
 from xent._torch._views import accumulate, accumulator_dtype
 
-__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "Direct", "exporting", "function", "loss_function"]
+__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "Direct", "DirectLoss", "exporting", "function", "loss_function"]
 
 
 @torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
@@ -193,9 +193,18 @@ class Direct:
     ``torch.export.export(..., strict=True)``, which traces an autograd
     Function's forward with autograd off and drops its backward (an
     independent review: no gradient reached a model's parameters through
-    any face; a torch 2.13 behaviour for every Function). The backprop is not
-    made in the forward: an exported program (for inference, mostly) would
-    make it on every call, asked for or not; its backward makes it then."""
+    any face; a torch 2.13 behaviour for every Function). For the raw ops,
+    whose backprop is an output."""
+
+    @staticmethod
+    def apply(kind, logits, labels, want_grad):
+        return rows(kind, logits, labels, want_grad)
+
+
+class DirectLoss:
+    """`Direct` for a call that needs the loss alone: no backprop made in the forward,
+    where an exported program (for inference, mostly) would make it on every call,
+    asked for or not (the diff's review); the operator's backward makes it then."""
 
     @staticmethod
     def apply(kind, logits, labels, want_grad):
@@ -218,10 +227,10 @@ def function():
 
 def loss_function():
     """The Function for a call that needs the loss alone: `RowsLoss` inside
-    torch.compile (loss only; `Direct` for torch.export), else `FuncRows`
+    torch.compile (loss only; `DirectLoss` for torch.export), else `FuncRows`
     (loss and backprop)."""
     if torch.compiler.is_compiling():
-        return Direct if exporting() else RowsLoss
+        return DirectLoss if exporting() else RowsLoss
     return FuncRows
 
 
