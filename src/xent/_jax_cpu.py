@@ -30,6 +30,7 @@ from xent import _core, _dtypes, _hugepages, _jax_mesh, _jax_path
 
 __all__ = ["available", "kernel_logits", "rows", "use_jax_numpy_on_cpu"]
 
+
 def use_jax_numpy_on_cpu(flag=True):
     """Run CPU arrays through the `jax.numpy` path of other devices (tests; the public
     form is `xent.set_jax_path`)."""

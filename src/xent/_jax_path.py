@@ -4,9 +4,9 @@ By default a JAX array on the CPU reaches xent's fused kernel through an XLA
 buffer callback (`xent._jax_cpu`): zero-copy, the loss and gradient in one
 pass. A host callback cannot be serialized, so `jax.export` of a function
 that calls xent fails there ("serialization of host_callbacks is not yet
-implemented"); with ``set_jax_path("jax.numpy")`` functions traced afterwards
-run the `jax.numpy` path of other devices instead, which exports. This
-module imports no JAX.
+implemented"); after ``set_jax_path("jax.numpy")`` the calls (and traces) run
+the `jax.numpy` path of other devices instead, which exports. This module
+imports no JAX.
 """
 import sys
 

@@ -32,7 +32,8 @@ from xent._torch._math import (Ops, backprop_vjp, differentiable_backprop, gradi
                                labels_grad, loss_and_backprop)
 from xent._torch._views import accumulate, accumulator_dtype
 
-__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "Direct", "DirectLoss", "exporting", "function", "loss_function"]
+__all__ = ["rows", "rows_grad", "Rows", "RowsLoss", "FuncRows", "Direct", "DirectLoss",
+           "exporting", "function", "loss_function"]
 
 
 @torch.library.custom_op("xent::rows", mutates_args=(), device_types=None)
