@@ -494,3 +494,36 @@ def test_batched_upstream_gradients_of_per_token_linear_losses_are_refused_by_na
         with pytest.raises(RuntimeError, match="batched ones .* are not supported there; use "
                                                "vectorize=False"):
             torch.autograd.grad(out, (h, w), g, is_grads_batched=True)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["sparse", "dense"])
+def test_infinite_upstream_gradient_meets_the_unrounded_backprop_as_tfs(tf, kind, dtype):
+    """An infinite upstream gradient times a half-precision backprop entry that had
+    rounded to 0 (p = 1e-9) gave NaN, where TF's float32 product gives ±inf (an
+    independent review): the backprop now meets g before it is rounded. The
+    NaN/inf pattern and the finite entries of TF's gradient."""
+    logits = np.array([[0.0, -20.0, 0.0], [1.0, -30.0, 2.0]], np.float32)
+    if kind == "sparse":
+        labels = np.array([0, 2])
+    else:
+        labels = np.array([[0.5, 0.0, 0.5], [0.25, 0.0, 0.75]], np.float32)
+    g = np.array([np.inf, -np.inf], np.float32)
+    tf_dtype, torch_dtype = getattr(tf, dtype), getattr(torch, dtype)
+    x = tf.constant(logits, tf_dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = (tf.nn.sparse_softmax_cross_entropy_with_logits if kind == "sparse"
+                else tf.nn.softmax_cross_entropy_with_logits)(
+            labels=labels if kind == "sparse" else tf.constant(labels, tf_dtype), logits=x)
+    want = tape.gradient(loss, x, output_gradients=tf.constant(g, tf_dtype))
+    want = np.asarray(tf.cast(want, tf.float32))
+    z = torch.tensor(logits, dtype=torch_dtype, requires_grad=True)
+    y = torch.tensor(labels) if kind == "sparse" else torch.tensor(labels, dtype=torch_dtype)
+    face = (xent.nn.sparse_softmax_cross_entropy_with_logits if kind == "sparse"
+            else xent.nn.softmax_cross_entropy_with_logits)
+    face(labels=y, logits=z).backward(torch.tensor(g, dtype=torch_dtype))
+    got = z.grad.float().numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = ~np.isnan(want)
+    np.testing.assert_array_equal(got[finite], want[finite])

@@ -91,6 +91,13 @@ def loss_and_backprop(kind, labels, logits, want_grad, weights=None, into=None):
     """
     if on_kernels(logits):
         if weights is not None and not bool(torch.isfinite(weights).all()):
+            if want_grad and logits.dtype in (torch.float16, torch.bfloat16):
+                # (the weights meet the backprop unrounded, as TF's float32 product: a
+                # half-precision entry that rounds to 0 times inf was NaN, TF's ±inf)
+                loss = loss_and_backprop(kind, labels, logits, False)[0]
+                wide = differentiable_backprop(kind, logits, labels)
+                backprop = (wide * weights[..., None].to(wide.dtype)).to(logits.dtype)
+                return loss, backprop if into is None else into.copy_(backprop)
             loss, backprop = loss_and_backprop(kind, labels, logits, want_grad, None, into)
             return loss, None if backprop is None else scale_rows_(backprop, weights)
         x = numpy_view(logits)
