@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from xent import _dtypes
 from xent._errstate import quiet
 
 
@@ -116,18 +117,9 @@ def get_total_loss(add_regularization_losses=True, name="total_loss", scope=None
 
 def _as_tensor(loss):
     """A loss given to `add_loss` as a Python value (a number, a list) as the array
-    TF's ``add_n`` makes of it (``convert_to_tensor``): floats float32, integers
-    int32 (int64 past its range); arrays and tensors as they are. Two lists
-    had been concatenated by ``+``."""
-    if hasattr(loss, "dtype"):
-        return loss
-    value = np.asarray(loss)
-    if value.dtype.kind == "f":
-        return value.astype(np.float32)
-    if value.dtype.kind in "iu" and value.size and np.iinfo(np.int32).min <= value.min() \
-            and value.max() <= np.iinfo(np.int32).max:
-        return value.astype(np.int32)
-    return value
+    TF's ``add_n`` makes of it (``convert_to_tensor``: `_dtypes.to_array`);
+    arrays and tensors as they are. Two lists had been concatenated by ``+``."""
+    return loss if hasattr(loss, "dtype") else _dtypes.to_array(loss, "loss")
 
 
 def _fresh(loss):
