@@ -58,21 +58,18 @@ def _scaled(grad, g, reduction, valid=None):
     (`scale_rows_`; with 0 a padded 4096x32000 float32 backward took 20 ms
     against 0.3, a review)."""
     some_ignored = valid is not None and not valid.all()
-    if torch_math.batchable_backward(g):   # (a batched g: out of place, its values never read)
-        g = g.expand(grad.shape[:-1]) if reduction != "none" else g
-        if some_ignored:
-            g = torch.where(torch.from_numpy(valid).reshape(g.shape), g, 1)
-        return grad * g[..., None].to(grad.dtype)
-    if reduction != "none":
+    batched = torch_math.batchable_backward(g)   # (a batched g: out of place, values unread)
+    if reduction != "none" and not batched:
         scale = g.item()
         if scale == 1.0:
             return grad
         if math.isfinite(scale) or not some_ignored:
             return grad.mul_(g.to(grad.dtype) if grad.dtype.is_floating_point else g)
+    if reduction != "none":
         g = g.expand(grad.shape[:-1])
     if some_ignored:
         g = torch.where(torch.from_numpy(valid).reshape(g.shape), g, 1)
-    return torch_math.scale_rows_(grad, g)
+    return grad * g[..., None].to(grad.dtype) if batched else torch_math.scale_rows_(grad, g)
 
 
 @quiet   # (torch's backward: outside the public call)
