@@ -77,17 +77,17 @@ def _scaled_gradient(residuals, g):
     torch's: 0 · NaN would be NaN (a NaN g on padding is common: an
     all-padding sequence's guarded 0/0)."""
     grad, like, valid = residuals
-    return (grad * _row_factors(valid, g, grad.dtype)).astype(like.dtype)
+    return (grad * _row_factors(valid, g, grad.dtype)[:, None]).astype(like.dtype)
 
 
 def _row_factors(valid, g, dtype):
-    """``[N, 1]`` factors of a gradient's rows: g, but 0 for an ignored token
+    """``[N]`` factors of a gradient's rows: g, but 0 for an ignored token
     whose g is not finite (its row, 0, would become NaN). Where every g is
     finite, as a constant 1 (a ``.sum()``, a mean's upstream) is, XLA folds
     the choice and the product away (with ``where(valid, g, 0)`` it kept a
     pass over the logits-sized gradient: 215 against 195 ms a jitted step at
     4096x32000 float32, a review)."""
-    return jnp.where(valid | jnp.isfinite(g), g, 0).astype(dtype)[:, None]
+    return jnp.where(valid | jnp.isfinite(g), g, 0).astype(dtype)
 
 
 def _ce_tokens_bwd(opts, residuals, g):
@@ -96,7 +96,7 @@ def _ce_tokens_bwd(opts, residuals, g):
     product went to a fresh one (per-token losses reduced by the caller,
     ``.mean()`` or weighted: 2x the logits held, a review; now 1x)."""
     grad, like, valid = residuals
-    factors = jnp.where(valid | jnp.isfinite(g), g, 0).astype(_accumulator(grad.dtype))
+    factors = _row_factors(valid, g, _accumulator(grad.dtype))
     return _jax_rows.scale_rows(grad, factors, like.dtype), None   # (products rounded once)
 
 
@@ -269,7 +269,8 @@ def _reduced_fwd(x2, weight, bias, t, opts, chunk):
 def _reduced_bwd(opts, chunk, residuals, g):
     """The forward's gradients times g; ignored tokens' rows of dx stay 0 (`_row_factors`)."""
     (dx, *others), inputs, valid = residuals   # (others: dW, and db with a bias)
-    grads = [dx * _row_factors(valid, g, dx.dtype)] + [d * g.astype(d.dtype) for d in others]
+    grads = [dx * _row_factors(valid, g, dx.dtype)[:, None]] + [d * g.astype(d.dtype)
+                                                                 for d in others]
     return _as_inputs(grads, inputs) + (None,)
 
 
