@@ -88,3 +88,16 @@ def test_v1_namespace_mirrors_tfs():
     assert set(V1.__all__) == {"softmax_cross_entropy_with_logits",
                                "softmax_cross_entropy_with_logits_v2",
                                "sparse_softmax_cross_entropy_with_logits"}
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy_with_logits",
+                                  "sparse_softmax_cross_entropy_with_logits"])
+def test_missing_or_bad_arguments_are_named(name):
+    """A missing argument raises TF's ValueError naming both; integer logits an
+    InvalidDTypeError (TF's InvalidArgumentError, and a TypeError) naming `logits`."""
+    function = getattr(V1, name)
+    labels = SPARSE if name.startswith("sparse") else LABELS
+    with pytest.raises(ValueError, match="Both `labels` and `logits` must be provided"):
+        function(labels=None, logits=LOGITS)
+    with pytest.raises(xent.errors.InvalidDTypeError, match="logits"):
+        function(labels=labels, logits=LOGITS.astype(np.int32))

@@ -5,7 +5,6 @@ the old name of ``axis``; positional labels and logits) and, for the v1
 `softmax_cross_entropy_with_logits`, no gradient into the labels (TF 1 stops
 it; its ``_v2`` and TF 2's `tf.nn` let it flow).
 """
-from xent import _backend
 from xent import nn as _nn
 from xent._errstate import quiet
 
@@ -44,14 +43,9 @@ def softmax_cross_entropy_with_logits(labels=None, logits=None, dim=-1, name=Non
       array([0.16984601, 0.8247449 ], dtype=float32)
     """
     class_axis = _class_axis(axis, dim)
-    if labels is None or logits is None:
-        raise ValueError(
-            "Both `labels` and `logits` must be provided for softmax_cross_entropy_with_logits. "
-            f"Received: labels={labels} and logits={logits}")
-    be = _backend.of(labels, logits)
-    labels = be.stop_gradient(be.asarray(labels, "labels"))
-    return _nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits, axis=class_axis,
-                                                 name=name)
+    be, labels, logits = _nn._inputs(labels, logits, "softmax_cross_entropy_with_logits")
+    return _nn.softmax_cross_entropy_with_logits(labels=be.stop_gradient(labels), logits=logits,
+                                                 axis=class_axis, name=name)
 
 
 @quiet
