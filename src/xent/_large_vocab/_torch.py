@@ -148,25 +148,29 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def _in_backward(ctx, g):
-        """The gradient made from the logits, the upstream `g` in the row weights
-        (logits or target changed in place since the forward raise torch's error)."""
+        """The gradient made from the logits (logits or target changed in place since
+        the forward raise torch's error): float16's with the upstream `g` in the
+        row weights, rounded once; other dtypes' as the forward made it, then
+        times g as the first backward does, so that a second backward over a
+        retained graph gives the first's bits (gradcheck's reentrancy check)."""
         if ctx.inplace:
             raise RuntimeError("xent.cross_entropy(inplace_backward=True) can run its backward "
                                "once: the logits now hold the gradient")
         logits, _ = ctx.saved_tensors
         x2 = torch_views.numpy_view(logits).reshape(-1, logits.shape[-1])
         targets, valid, weights = ctx.tokens
-        if torch_math.batchable_backward(g):   # (a batched g: its values cannot reach the
-            # kernel; the reduction's gradient in the accumulator dtype, then g out of place)
-            x2 = x2.astype(weights.dtype, copy=False)
-            grad = np.empty_like(x2)
+        batched = torch_math.batchable_backward(g)   # (a batched g: its values cannot reach
+        if logits.dtype == torch.float16 and not batched:   # the kernel)
+            grad = torch_views.empty_numpy(x2)
+            weights = _upstream_weights(weights, g, ctx.opts.reduction)
             losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
-            grad = torch.from_numpy(grad).reshape(logits.shape)
-            return _scaled(grad, g, ctx.opts.reduction, valid).to(logits.dtype)
+            return torch_views.from_numpy(grad).reshape(logits.shape)
+        if batched:   # (float16's in float32, g out of place, rounded once)
+            x2 = x2.astype(weights.dtype, copy=False)
         grad = torch_views.empty_numpy(x2)
-        weights = _upstream_weights(weights, g, ctx.opts.reduction)
         losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
-        return torch_views.from_numpy(grad).reshape(logits.shape)
+        grad = torch_views.from_numpy(grad).reshape(logits.shape)
+        return _scaled(grad, g, ctx.opts.reduction, valid).to(logits.dtype)
 
 
 def _device_cross_entropy(logits, target, opts):
@@ -214,9 +218,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """`linear_cross_entropy` on the kernel, chunk by chunk.
 
     mean/sum: the gradients autograd wants are made in the forward (one pass
-    of three matmuls) and handed over by the first backward; ``none``,
-    float16 (see the module doc) and a second backward over a retained graph
-    run the chunks again with the upstream gradient in the row weights.
+    of three matmuls) and handed over by the first backward (a second one over
+    a retained graph makes them again); ``none`` and float16 (see the module
+    doc) run the chunks again with the upstream gradient in the row weights.
     """
 
     @staticmethod
@@ -239,33 +243,46 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, g):
         _refuse_double_backward()
         grads, ctx.grads = ctx.grads, None
-        if grads is not None:
+        if grads is None and _torch_chunks.gradients_in_forward(ctx.opts.reduction, ctx.x_dtype):
+            # a second backward over a retained graph: the forward's gradients made
+            # again, then scaled as the first backward's (its bits: gradcheck's
+            # reentrancy check; g in the row weights differed in the last bit)
+            grads = _LinearCrossEntropy._chunks(ctx, ctx.tokens[2])
+        elif grads is not None:
             # (unpacked unused, for autograd's check: inputs changed in place
             # since the forward raise, as torch's own matmul's backward does)
             ctx.saved_tensors
+        if grads is not None:
             dx, dw, db = (None if t is None else _scaled(t, g, "mean", valid)
                           for t, valid in zip(grads, (ctx.tokens[1], None, None)))
         else:
             dx, dw, db = _LinearCrossEntropy._recompute(ctx, g)
         # (ctx.x_dtype, not saved_tensors again: non-reentrant checkpoint lets a
-        # backward unpack its saved tensors once, and _recompute did)
+        # backward unpack its saved tensors once, and _chunks did)
         return (None if dx is None else dx.reshape(ctx.shape),
                 None if dw is None else dw.to(ctx.x_dtype),
                 None if db is None else db.to(ctx.x_dtype), None, None, None, None)
 
     @staticmethod
     def _recompute(ctx, g):
-        """The chunks again, each token's gradient weighted by its upstream `g`."""
+        """The chunks again, each token's gradient weighted by its upstream `g`
+        (reduction ``"none"``, float16)."""
         if torch_math.batchable_backward(g):   # (not a graph: `_refuse_double_backward` ran)
             raise RuntimeError(
-                "xent.linear_cross_entropy's backward for reduction='none', float16 inputs or "
-                "a second backward runs its chunks again with the upstream gradient as the "
-                "tokens' weights, one upstream gradient at a time: batched ones "
-                "(autograd.grad(..., is_grads_batched=True), jacobian(..., vectorize=True)) "
-                "are not supported there; use vectorize=False, or a loop")
+                "xent.linear_cross_entropy's backward for reduction='none' or float16 inputs "
+                "runs its chunks again with the upstream gradient as the tokens' weights, one "
+                "upstream gradient at a time: batched ones (autograd.grad(..., "
+                "is_grads_batched=True), jacobian(..., vectorize=True)) are not supported "
+                "there; use vectorize=False, or a loop")
+        return _LinearCrossEntropy._chunks(
+            ctx, _upstream_weights(ctx.tokens[2], g, ctx.opts.reduction))
+
+    @staticmethod
+    def _chunks(ctx, weights):
+        """``(dx, dW, db)`` (None where not wanted) from the chunks run again with
+        these row `weights`."""
         x2, w, b, _ = ctx.saved_tensors
-        targets, valid, weights = ctx.tokens
-        weights = _upstream_weights(weights, g, ctx.opts.reduction)
+        targets, valid, _ = ctx.tokens
         wanted = ctx.needs_input_grad[:3]
         grads = _torch_chunks.run_chunks(x2, w, b, targets, valid, ctx.opts, ctx.chunk, weights, wanted)[0]
         return (None, None, None) if grads is None else grads
