@@ -219,6 +219,12 @@ def numbers(x, name):
         raise ValueError(f"Can't convert non-rectangular Python sequence to Tensor: `{name}` "
                          f"must be rectangular (rows of one length); received "
                          f"{_short(x)}") from None
+    except NotImplementedError:   # (TF's "Cannot convert a symbolic tf.Tensor")
+        raise TypeError(f"`{name}` is a symbolic TensorFlow tensor ({_short(x)}): xent computes "
+                        "on NumPy arrays, torch tensors and JAX arrays, and reads eager "
+                        "TensorFlow tensors as NumPy, with no TensorFlow gradient; inside "
+                        "tf.function or a Keras model on the TensorFlow backend, use "
+                        "TensorFlow's or Keras' own losses") from None
     if arr.dtype == object and arr.size and all(isinstance(v, (int, np.integer))
                                                 for v in arr.flat):
         # NumPy holds integers as objects when one is past uint64 (``[2**70, 1]``):

@@ -13,6 +13,7 @@ import threading
 
 from xent import _backend, _dtypes
 from xent._errstate import quiet
+from xent.keras import _keras3
 from xent._keras_reduce import (reduce_weighted_values, squeeze_or_expand_to_same_rank,
                                 standardize_reduction)
 
@@ -100,11 +101,25 @@ class Loss:
     None); `__call__` weights and reduces them.
     """
 
+    def __new__(cls, *args, **kwargs):
+        """An instance of `cls`, and of `keras.losses.Loss` too once the caller has
+        loaded Keras 3, so that ``model.compile`` passes it the sample weights
+        (`_keras3`)."""
+        keras = _keras3.loaded_keras()
+        if keras is not None and not issubclass(cls, keras.losses.Loss):
+            cls = _keras3.keras_subclass(cls, keras.losses.Loss)
+        return object.__new__(cls)
+
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
         self.name = name or _auto_name(type(self))
         self.reduction = standardize_reduction(reduction)
         self._dtype_arg = dtype
-        self.dtype = _policy_dtype(dtype)
+        self._dtype = _policy_dtype(dtype)
+
+    @property
+    def dtype(self):
+        """The name of the dtype the loss computes in (its dtype policy's)."""
+        return self._dtype
 
     @quiet
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -112,10 +127,10 @@ class Loss:
         dtype (float32 unless ``dtype=`` was given, float64 inputs too).
 
         The mask is the loss's own (``ignore_class``) and, as in Keras' `Loss`,
-        the one Keras layers leave on `y_pred` as ``y_pred._keras_mask`` (a
-        tensor from an ``Embedding(mask_zero=True)`` model, on the TF or torch
-        backend), both where both are given."""
-        in_mask = getattr(y_pred, "_keras_mask", None)
+        the one Keras layers leave on `y_pred` (``y_pred._keras_mask``, or Keras'
+        side table for JAX tracers: an ``Embedding(mask_zero=True)`` model),
+        both where both are given."""
+        in_mask = _keras3.get_mask(y_pred)
         logits = kept_logits(y_pred, self.dtype)
         be, y_true, y_pred = inputs(y_true, y_pred, self.dtype, sample_weight)
         y_true, y_pred = squeeze_or_expand_to_same_rank(be, y_true, y_pred)

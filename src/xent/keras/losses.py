@@ -15,6 +15,7 @@ from xent._keras_reduce import Reduction
 from xent._losses import dense_losses, sparse_losses
 from xent._warnings import warn
 from xent.errors import InvalidArgumentError
+from xent.keras import _keras3
 from xent.keras._loss import Loss, inputs, kept_logits
 
 __all__ = [
@@ -193,8 +194,11 @@ def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False, ignore_cl
     _check_ignore_class(ignore_class)
     logits = kept_logits(y_pred)
     be, y_true, y_pred = inputs(y_true, y_pred)
-    losses, _ = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis, logits)
-    return be.finish(be.astype(losses, be.dtype_name(y_pred)))
+    losses, valid = _sparse_values(be, y_true, y_pred, from_logits, ignore_class, axis, logits)
+    losses = be.finish(be.astype(losses, be.dtype_name(y_pred)))
+    if valid is not None:   # (Keras' `Loss` then means over the valid entries only: an
+        _keras3.set_mask(losses, valid)   # xent function given to ``model.compile``)
+    return losses
 
 
 @quiet
@@ -314,3 +318,6 @@ class CategoricalCrossentropy(Loss):
         """Keras' config: name, reduction, from_logits, label_smoothing, axis."""
         return {**super().get_config(), "from_logits": self.from_logits,
                 "label_smoothing": self.label_smoothing, "axis": self.axis}
+
+
+_keras3.register(SparseCategoricalCrossentropy, CategoricalCrossentropy)

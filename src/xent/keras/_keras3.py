@@ -1,0 +1,86 @@
+"""Working inside a Keras 3 the caller has loaded (never imported here).
+
+Keras' ``model.compile(loss=...)`` hands `sample_weight` (and ``class_weight``'s
+weights) to a loss only if it is a `keras.losses.Loss`; any other callable is
+wrapped in Keras' `LossFunctionWrapper`, which calls it without them and then
+weights the already reduced scalar: ``mean(l)·mean(w)`` where ``mean(w·l)`` is
+meant, silently. So once Keras 3 is in ``sys.modules``, xent's loss objects are
+built as a subclass of both their xent class and Keras' `Loss`
+(`keras_subclass`): Keras then calls xent's own ``__call__`` with the weights.
+
+Keras keeps masks (``Embedding(mask_zero=True)``, and the valid entries of its
+``sparse_categorical_crossentropy(..., ignore_class=...)``) on the tensor, or in
+a side table for tensors that take no attributes (JAX tracers under `jit`):
+`get_mask` and `set_mask` read and write both, as Keras' own functions do.
+"""
+import functools
+import sys
+
+__all__ = ["loaded_keras", "get_mask", "set_mask", "keras_subclass", "register"]
+
+
+def loaded_keras():
+    """The Keras 3 module if the caller has imported it, else None."""
+    keras = sys.modules.get("keras")
+    major = getattr(keras, "__version__", "").partition(".")[0]
+    if not major.isdigit() or int(major) < 3:
+        return None
+    return keras if isinstance(getattr(getattr(keras, "losses", None), "Loss", None), type) else None
+
+
+def _masking():
+    """Keras' module of `get_keras_mask` / `set_keras_mask` once Keras 3 is loaded, or None."""
+    return None if loaded_keras() is None else sys.modules.get("keras.src.backend.common.masking")
+
+
+def get_mask(x):
+    """The mask Keras left on `x` (its attribute, or Keras' side table), or None."""
+    masking = _masking()
+    if masking is not None:
+        return masking.get_keras_mask(x)
+    return getattr(x, "_keras_mask", None)
+
+
+def set_mask(x, mask):
+    """Leave `mask` on `x` for Keras' `Loss` (nothing when Keras is not loaded, or `x`
+    is a NumPy result: Keras' training loop never sees those)."""
+    masking = _masking()
+    if masking is not None and type(x).__module__.split(".")[0] in ("torch", "jax", "jaxlib"):
+        masking.set_keras_mask(x, mask)
+
+
+def _rebuild(cls, state):
+    """Unpickle an xent loss (as its class, which picks the Keras subclass again)."""
+    loss = cls.__new__(cls)
+    loss.__dict__.update(state)
+    return loss
+
+
+@functools.lru_cache(maxsize=None)
+def keras_subclass(cls, keras_loss):
+    """`cls` (an xent loss class) also deriving from `keras_loss` (`keras.losses.Loss`):
+    xent's methods first; pickled and copied as `cls` (Keras' own ``__reduce__``
+    saves a model); registered with Keras' serialisation as ``xent>Name``, so
+    that ``keras.models.load_model`` finds it without ``custom_objects`` once
+    the class has been built in the loading process."""
+    def __reduce__(self):
+        return _rebuild, (cls, dict(self.__dict__))
+
+    subclass = type(cls.__name__, (cls, keras_loss), {
+        "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+        "__reduce__": __reduce__, "_obj_type": lambda self: "Loss"})
+    try:
+        loaded_keras().saving.register_keras_serializable(package="xent", name=cls.__name__)(subclass)
+    except ValueError:   # (Keras reloaded: its registry already names an older one)
+        pass
+    return subclass
+
+
+def register(*classes):
+    """Build (and register with Keras' serialisation) the Keras subclasses of `classes`
+    now, if Keras 3 is loaded: ``keras.models.load_model`` then finds xent's losses
+    in a process that has built none yet."""
+    keras = loaded_keras()
+    if keras is not None:
+        for cls in classes:
+            keras_subclass(cls, keras.losses.Loss)
