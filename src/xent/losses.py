@@ -141,11 +141,14 @@ def _finish(be, loss, scope, loss_collection, reduction, casts=1):
     caller's or TF's default for the loss, then its last op, `_last_op`),
     which `get_losses(scope=...)` matches. torch tensors and JAX arrays are
     eager, as TF 2's eager mode, where the collection is ignored: nothing is
-    kept, so a training loop holds no autograd graph alive.
+    kept, so a training loop holds no autograd graph alive. A loss not
+    collected (``loss_collection=None``) takes no name: a loop of them would
+    fill the table of names in use (TF's graph takes one per op it builds, so
+    a later collected loss's scope may be TF's without its ``_1``).
     """
     loss = be.finish(loss)
-    if be.name == "numpy":
-        op = _last_op(reduction, be.dtype_name(loss), casts)
+    if be.name == "numpy" and loss_collection:   # (a name only for a loss kept: taken
+        op = _last_op(reduction, be.dtype_name(loss), casts)   # ones are kept for good)
         add_named_loss(loss, loss_collection, loss_name(scope, op))
     return loss
 
