@@ -359,6 +359,38 @@ def test_a_child_forked_while_xents_locks_are_held_gets_them_free():
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
 
 
+_FORKED_MID_CALL = """
+import os, sys, threading, time, numpy as np
+from xent._fused import _pool
+helper_in_a_block, forked = threading.Event(), []
+def mark(out, lo, hi):
+    if threading.current_thread().name.startswith("xent_"):
+        helper_in_a_block.set()
+        time.sleep(0.5)                 # (the parent's helper: still in its block at the fork)
+    elif not forked:
+        helper_in_a_block.wait(30)
+        forked.append(os.fork())        # (the child carries on with this call, helperless)
+    out[lo:hi] += 1
+out = np.zeros(64, np.int64)
+_pool.run(mark, (out,), 64, 2)
+pid = forked[0]
+if pid == 0:
+    os._exit(0 if (out == 1).all() else 3)
+""" + _WAIT_FOR_THE_CHILD + """sys.exit(os.waitstatus_to_exitcode(done[1]) or (0 if (out == 1).all() else 4))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_call_finishes_the_helpers_blocks():
+    """``os.fork`` in a signal handler during a large call, the child returning into
+    the call: the helpers stayed in the parent, and the child waited for them for
+    ever (an independent review). The child's caller now runs the blocks they had
+    not finished: every row once, in the child and in the parent."""
+    run = subprocess.run([sys.executable, "-c", _FORKED_MID_CALL], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
 def test_idle_helpers_sleep():
     """After a call, the helpers wait without burning CPU: a spinning helper would
     take about a core's worth of this process's CPU time while it idles."""

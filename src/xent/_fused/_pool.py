@@ -107,6 +107,13 @@ class _Blocks:
         self._lock = threading.Lock()
         self._idle = threading.Lock()   # released by the last helper to leave
         self.error = None
+        self._pid = os.getpid()   # (a child forked mid-call has no helpers: `helpers_done`)
+        self._finished = bytearray(count)   # (each block's byte written by its one thread)
+
+    def _run_block(self, block, args):
+        """Rows of `block`, then marked finished."""
+        self._rows(*args, block * self._n // self._count, (block + 1) * self._n // self._count)
+        self._finished[block] = 1
 
     def _next(self):
         """``(block, args)`` of the next block, or None once every block is taken, one
@@ -120,9 +127,7 @@ class _Blocks:
         """Run `job` and the blocks after it; record the first error and stop all."""
         try:
             while job is not None:
-                block, args = job
-                self._rows(*args, block * self._n // self._count,
-                           (block + 1) * self._n // self._count)
+                self._run_block(*job)
                 with self._lock:
                     job = self._next()
         except BaseException as exc:
@@ -154,7 +159,17 @@ class _Blocks:
 
     def helpers_done(self):
         """Whether no helper is still in a block, after waiting at most `_POLL` for the
-        last to leave (the call closed first: none joins any more)."""
+        last to leave (the call closed first: none joins any more).
+
+        In a child forked during the call (``os.fork`` in a signal handler, the
+        child returning into the call) the helpers stayed in the parent: the
+        caller runs the blocks they had not finished itself (it waited for
+        ever on them, an independent review)."""
+        if os.getpid() != self._pid:
+            for block in range(self._count):
+                if not self._finished[block] and self._args is not None:
+                    self._run_block(block, self._args)
+            return True
         with self._lock:
             if self._active == 0:
                 return True
