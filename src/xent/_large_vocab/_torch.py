@@ -159,8 +159,8 @@ class _CrossEntropy(torch.autograd.Function):
         logits, _ = ctx.saved_tensors
         x2 = torch_views.numpy_view(logits).reshape(-1, logits.shape[-1])
         targets, valid, weights = ctx.tokens
-        batched = torch_math.batchable_backward(g)   # (a batched g: its values cannot reach
-        if logits.dtype == torch.float16 and not batched:   # the kernel)
+        batched = torch_math.batchable_backward(g)   # (whose values cannot reach the kernel)
+        if logits.dtype == torch.float16 and not batched:
             grad = torch_views.empty_numpy(x2)
             weights = _upstream_weights(weights, g, ctx.opts.reduction)
             losses_and_gradient(x2, targets, valid, ctx.opts, weights, grad)
