@@ -162,13 +162,16 @@ class _Blocks:
         last to leave (the call closed first: none joins any more).
 
         In a child forked during the call (``os.fork`` in a signal handler, the
-        child returning into the call) the helpers stayed in the parent: the
-        caller runs the blocks they had not finished itself (it waited for
-        ever on them, an independent review)."""
+        child returning into the call) the helpers stayed in the parent, and the
+        blocks they had taken are unfinished, perhaps half written (a kernel in
+        place would read its own output if run again): the call's error says so
+        (the child waited for ever on them, an independent review)."""
         if os.getpid() != self._pid:
-            for block in range(self._count):
-                if not self._finished[block] and self._args is not None:
-                    self._run_block(block, self._args)
+            if self.error is None and not all(self._finished[:self._taken]):
+                self.error = RuntimeError(
+                    "xent: this process was forked (os.fork) during a call whose rows its "
+                    "helper threads shared; their rows stayed with the parent, so the call "
+                    "is incomplete here: make the call again in the child")
             return True
         with self._lock:
             if self._active == 0:
