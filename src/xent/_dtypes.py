@@ -220,6 +220,8 @@ def numbers(x, name):
                          f"must be rectangular (rows of one length); received "
                          f"{_short(x)}") from None
     except NotImplementedError:   # (TF's "Cannot convert a symbolic tf.Tensor")
+        if not type(x).__module__.startswith("tensorflow"):
+            raise
         raise TypeError(f"`{name}` is a symbolic TensorFlow tensor ({_short(x)}): xent computes "
                         "on NumPy arrays, torch tensors and JAX arrays, and reads eager "
                         "TensorFlow tensors as NumPy, with no TensorFlow gradient; inside "

@@ -13,8 +13,11 @@ Keras keeps masks (``Embedding(mask_zero=True)``, and the valid entries of its
 a side table for tensors that take no attributes (JAX tracers under `jit`):
 `get_mask` and `set_mask` read and write both, as Keras' own functions do.
 """
-import functools
 import sys
+
+import numpy as np
+
+from xent import _threads
 
 __all__ = ["loaded_keras", "get_mask", "set_mask", "keras_subclass", "register"]
 
@@ -43,36 +46,51 @@ def get_mask(x):
 
 def set_mask(x, mask):
     """Leave `mask` on `x` for Keras' `Loss` (nothing when Keras is not loaded, or `x`
-    is a NumPy result: Keras' training loop never sees those)."""
+    is a NumPy scalar, which Keras' side table cannot hold)."""
     masking = _masking()
-    if masking is not None and type(x).__module__.split(".")[0] in ("torch", "jax", "jaxlib"):
+    if masking is not None and not isinstance(x, np.generic):
         masking.set_keras_mask(x, mask)
 
 
 def _rebuild(cls, state):
     """Unpickle an xent loss (as its class, which picks the Keras subclass again)."""
     loss = cls.__new__(cls)
-    loss.__dict__.update(state)
+    loss.__setstate__(state)
     return loss
 
 
-@functools.lru_cache(maxsize=None)
+_subclasses = {}   # (xent class, Keras' Loss) -> their subclass
+_subclasses_lock = _threads.fork_safe_lock()
+
+
 def keras_subclass(cls, keras_loss):
-    """`cls` (an xent loss class) also deriving from `keras_loss` (`keras.losses.Loss`):
-    xent's methods first; pickled and copied as `cls` (Keras' own ``__reduce__``
-    saves a model); registered with Keras' serialisation as ``xent>Name``, so
-    that ``keras.models.load_model`` finds it without ``custom_objects`` once
-    the class has been built in the loading process."""
+    """`cls` (an xent loss class, or a user's subclass of one) also deriving from
+    `keras_loss` (`keras.losses.Loss`): xent's methods first; pickled and copied
+    as `cls` (Keras' own ``__reduce__`` saves a model). One per class, whichever
+    threads build their first loss at once."""
+    key = (cls, keras_loss)
+    subclass = _subclasses.get(key)
+    if subclass is None:
+        with _subclasses_lock:
+            subclass = _subclasses.get(key)
+            if subclass is None:
+                subclass = _subclasses[key] = _derive(cls, keras_loss)
+    return subclass
+
+
+def _derive(cls, keras_loss):
+    """The subclass of `cls` and `keras_loss`; xent's own classes are registered with
+    Keras' serialisation as ``xent>Name`` (so that ``keras.models.load_model``
+    finds them without ``custom_objects``), a user's subclasses are not (a
+    name of theirs would take xent's entry)."""
     def __reduce__(self):
         return _rebuild, (cls, dict(self.__dict__))
 
     subclass = type(cls.__name__, (cls, keras_loss), {
         "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
         "__reduce__": __reduce__, "_obj_type": lambda self: "Loss"})
-    try:
+    if cls.__module__.startswith("xent."):
         loaded_keras().saving.register_keras_serializable(package="xent", name=cls.__name__)(subclass)
-    except ValueError:   # (Keras reloaded: its registry already names an older one)
-        pass
     return subclass
 
 

@@ -118,8 +118,17 @@ class Loss:
 
     @property
     def dtype(self):
-        """The name of the dtype the loss computes in (its dtype policy's)."""
+        """The name of the dtype the loss computes in (its dtype policy's; read-only,
+        as Keras')."""
         return self._dtype
+
+    def __setstate__(self, state):
+        """Unpickle, also what xent pickled before `dtype` became a property (its
+        value then an attribute of the instance)."""
+        state = dict(state)
+        if "dtype" in state:
+            state.setdefault("_dtype", state.pop("dtype"))
+        self.__dict__.update(state)
 
     @quiet
     def __call__(self, y_true, y_pred, sample_weight=None):
