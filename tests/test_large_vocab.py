@@ -1413,3 +1413,32 @@ def test_a_half_precision_loss_past_its_range_is_inf_without_a_numpy_warning():
         total = xent.cross_entropy(x, t, z_loss=1.0, reduction="sum")
     assert got.dtype == np.float16 and np.isposinf(got[0]) and np.isposinf(total)
     assert_close(got[1], want[1], np.float16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_torch_ops_path_sums_a_half_weights_chunk_gradients_in_float32(dtype):
+    """The torch-ops path (tensors on other devices) used the weight in every chunk,
+    and autograd summed the chunks' bfloat16 gradients in bfloat16: up to 1957
+    ulps off at 11 chunks (an independent review), where the kernels sum in
+    float32. 32 chunks now come as close to the float64 truth as one chunk does
+    (each chunk's own matmul still rounds its part once, as torch's does)."""
+    from xent import _torch
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(512, 16, generator=g).to(dtype)
+    w = (torch.randn(256, 16, generator=g) * 0.3).to(dtype)
+    t = torch.randint(0, 256, (512,), generator=g)
+    x64, w64 = x.double(), w.double().requires_grad_()
+    torch.nn.functional.cross_entropy(x64 @ w64.t(), t, reduction="sum").backward()
+    ulp = 2.0 ** (torch.floor(torch.log2(w64.grad.abs().clamp(min=1e-30)))
+                  - (7 if dtype == torch.bfloat16 else 10))
+    errors = {}
+    _torch.use_torch_ops_on_cpu(True)
+    try:
+        for chunk in (16, 512):
+            leaf = w.clone().requires_grad_()
+            xent.linear_cross_entropy(x, leaf, t, reduction="sum", chunk_size=chunk).backward()
+            error = (leaf.grad.double() - w64.grad).abs()
+            errors[chunk] = ((error / ulp).mean().item(), error.max().item())
+    finally:
+        _torch.use_torch_ops_on_cpu(False)
+    assert errors[16][0] <= 1.5 * errors[512][0] and errors[16][1] <= 2 * errors[512][1], errors

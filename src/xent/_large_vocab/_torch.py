@@ -35,6 +35,7 @@ from xent._dtypes import accumulator
 from xent._errstate import quiet
 from xent._large_vocab import _array_math, _numpy, _torch_chunks, _torch_linear_ops, _torch_ops
 from xent._large_vocab._cross_entropy import losses_and_gradient
+from xent._large_vocab._float32_sums import shared_in_float32
 from xent._large_vocab._tokens import reduce, row_weights
 from xent._torch import _backend as torch_backend, _math as torch_math, _views as torch_views
 from xent._torch._traced import in_compiled_transform
@@ -292,14 +293,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def _device_linear(x, weight, bias, target, opts, chunk):
     """`linear_cross_entropy` in torch ops, one checkpointed chunk at a time (under a
     torch.func transform, which refuses checkpoint's saved-tensor hooks, the
-    chunks are not checkpointed: their logits are kept for the backward)."""
+    chunks are not checkpointed: their logits are kept for the backward); a
+    half-precision weight's and bias's gradients summed over the chunks in
+    float32 (`shared_in_float32`)."""
     x2, t = x.reshape(-1, x.shape[-1]), target.reshape(-1).long()
     # ignored tokens' rows of x at 0: an inf or NaN there reaches no gradient (dW = dzᵀ·x)
     x2 = torch.where((t != opts.ignore_index)[:, None], x2, 0)
     acc = torch_views.accumulator_dtype(x.dtype)
+    weight_of, bias_of = shared_in_float32(weight), shared_in_float32(bias)
 
     def chunk_losses(xc, tc):
-        z = xc @ weight.t() if bias is None else torch.addmm(bias, xc, weight.t())
+        w, b = weight_of(), bias_of()
+        z = xc @ w.t() if b is None else torch.addmm(b, xc, w.t())
         return _array_math.token_losses(torch_math.Ops, z.to(acc), tc, opts)
 
     def run(xc, tc):
