@@ -638,37 +638,6 @@ def test_jit_trace_records_the_loss_not_a_constant(name):
                                rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("grad_at_trace", [True, False], ids=["traced with grad", "without"])
-@pytest.mark.parametrize("name", list(EXPORTED_LOSSES) + ["nn dense"])
-def test_jit_trace_with_a_gradient_passes_its_check_and_differentiates(name, grad_at_trace):
-    """`torch.jit.trace` checks a trace by running the function again without grad:
-    the operators recorded whether a gradient was wanted, so a trace made with one
-    failed ("Graphs differed across invocations"; `check_trace=False` was the way
-    round). They now record that one is wanted while tracing: the default check
-    passes, and a trace made with or without grad gives eager's loss and gradients."""
-    import warnings
-    torch.manual_seed(2)
-    y, w = torch.randint(0, 5, (4,)), torch.randn(5, 5, requires_grad=True)
-    if name == "nn dense":
-        def loss(z, y, w):
-            return xent.nn.softmax_cross_entropy_with_logits(
-                labels=torch.softmax(w[:4], -1), logits=z).mean()
-    else:
-        loss = EXPORTED_LOSSES[name]
-    z = torch.randn(4, 5, requires_grad=True)
-    with warnings.catch_warnings(), torch.set_grad_enabled(grad_at_trace):
-        warnings.simplefilter("ignore")   # (torch's TracerWarnings and deprecation)
-        traced = torch.jit.trace(lambda z, w: loss(z, y, w), (z, w))
-    other = torch.randn(4, 5, requires_grad=True)
-    got, want = traced(other, w), loss(other, y, w)
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
-    for a, b in zip(torch.autograd.grad(got, (other, w), allow_unused=True),
-                    torch.autograd.grad(want, (other, w), allow_unused=True)):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-
-
 @pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("kind", ["sparse", "dense"])
 def test_exported_raw_ops_return_their_backprop(kind, strict):

@@ -208,8 +208,7 @@ def cross_entropy(logits, target, opts, inplace_backward, return_grads):
         # (inplace_backward has no effect there, nor below: nothing to refuse)
         return _device_cross_entropy(logits, target.long(), opts)
     if torch_backend.graph_ops():
-        return _graph_cross_entropy(logits, target.long(), opts,
-                                    torch_backend.graph_wants_grad(logits))
+        return _graph_cross_entropy(logits, target.long(), opts, grad_wanted)
     inplace = bool(inplace_backward) and grad_wanted
     if inplace:
         _check_inplace(logits)

@@ -29,7 +29,7 @@ from xent._large_vocab import _numpy
 from xent._large_vocab._options import Options
 from xent._large_vocab._torch_chunks import gradients_in_forward, run_chunks
 from xent._large_vocab._torch_ops import option_args, refuse_forward_mode, refuse_second_derivative
-from xent._torch import _backend as torch_backend, _ops as torch_ops
+from xent._torch import _ops as torch_ops
 from xent._torch import _views as torch_views
 
 __all__ = ["linear_rows", "LinearRows", "LinearLoss", "loss"]
@@ -215,7 +215,8 @@ def loss(x, weight, bias, target, opts, chunk):
     valid = (target != opts.ignore_index).to(torch_views.accumulator_dtype(x.dtype))
     weights = valid / valid.sum().clamp(min=1) if opts.reduction == "mean" else valid
     per_token = opts.reduction == "none"
-    wanted = tuple(a is not None and torch_backend.graph_wants_grad(a) for a in (x, weight, bias))
+    wanted = tuple(torch.is_grad_enabled() and a is not None and a.requires_grad
+                   for a in (x, weight, bias))
     if not gradients_in_forward(opts.reduction, x.dtype):   # (in the backward: module doc)
         wanted = (False,) * 3
     if torch.compiler.is_compiling() and torch_ops.exporting():   # (`xent._torch._ops.Direct`:

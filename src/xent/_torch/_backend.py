@@ -65,14 +65,6 @@ def _wants_grad(logits):
     return torch.is_grad_enabled() and logits.requires_grad
 
 
-def graph_wants_grad(*tensors):
-    """`_wants_grad` of any of `tensors` (None: none) for a registered operator; always
-    while `torch.jit.trace` records, whose check reruns the function without grad:
-    a recorded flag that differed failed it ("Graphs differed across
-    invocations"), and a trace made without grad could not be differentiated."""
-    return torch.jit.is_tracing() or any(t is not None and _wants_grad(t) for t in tensors)
-
-
 def _forward_mode_off():
     """Whether no forward-mode AD level is open. A call that no autograd mode can
     see (no tensor wants a gradient, and this) skips the Function (9 us); a
@@ -168,7 +160,7 @@ class TorchBackend:
             if _traced.in_compiled_transform():
                 return _traced.loss("sparse", logits, labels)
             return _loss_only(_ops.loss_function().apply(
-                "sparse", logits, labels, graph_wants_grad(logits)))
+                "sparse", logits, labels, _wants_grad(logits)))
         if not _wants_grad(logits) and _forward_mode_off():
             return loss_and_backprop("sparse", labels, logits, False)[0]
         return SPARSE_LOSS(logits, labels)
@@ -180,7 +172,7 @@ class TorchBackend:
         if graph_ops():
             if _traced.in_compiled_transform():
                 return _traced.loss("dense", x2, y2).reshape(loss_shape)
-            want = graph_wants_grad(x2, y2)
+            want = _wants_grad(x2) or _wants_grad(y2)
             return _loss_only(_ops.loss_function().apply("dense", x2, y2, want)).reshape(loss_shape)
         if not (_wants_grad(x2) or _wants_grad(y2)) and _forward_mode_off():
             return loss_and_backprop("dense", y2, x2, False)[0].reshape(loss_shape)
