@@ -78,6 +78,13 @@ def test_a_symbolic_tensorflow_tensor_is_refused_by_name(tf):
                                         "TensorFlow's or Keras' own losses"):
         loss(tf.ones((2, 3)), tf.constant([0, 1]))
 
+    @tf.function
+    def listed(x, a, b):   # (a list of them: TF's own error before, the second diff review)
+        return xent.nn.sparse_softmax_cross_entropy_with_logits(labels=[a, b], logits=x)
+
+    with pytest.raises(TypeError, match="`labels` is a symbolic TensorFlow tensor"):
+        listed(tf.ones((2, 3)), tf.constant(0), tf.constant(1))
+
 
 # A loss pickled by xent at 7ea78d4, whose `dtype` was an attribute of the instance
 # (`SparseCategoricalCrossentropy(from_logits=True, dtype="float64", name="old")`).
@@ -140,6 +147,16 @@ def test_keras_subclasses_are_one_per_class_and_a_users_name_takes_no_xent_entry
     assert again([0, 1], logits) == ours([0, 1], logits)
     assert keras.saving.get_registered_object("xent>SparseCategoricalCrossentropy") is type(ours)
     assert (SparseCategoricalCrossentropy, keras.losses.Loss) in _keras3._subclasses
+    # the user's class round-trips as theirs, under its module's name or the one it was
+    # registered with (with no registration of theirs it failed; the second diff review)
+    @keras.saving.register_keras_serializable(package="mine")
+    class Doubled(SparseCategoricalCrossentropy):
+        pass
+
+    for mine in (SparseCategoricalCrossentropy(from_logits=True), Doubled(from_logits=True)):
+        back = keras.losses.deserialize(keras.losses.serialize(mine))
+        assert isinstance(back, type(mine).__mro__[1]) and back([0, 1], logits) == 2 * ours([0, 1], logits)
+    assert keras.saving.get_registered_name(type(Doubled(from_logits=True))) == "mine>Doubled"
 
 
 def test_the_ignore_class_function_marks_numpy_results_for_keras(keras):

@@ -383,6 +383,45 @@ pid = forked[0]
 """
 
 
+_FORKED_WHILE_A_HELPER_HOLDS_THE_CALLS_LOCK = """
+import os, sys, threading, time, numpy as np
+from xent._fused import _pool
+next_block = _pool._Blocks._next
+def slow_next(self):   # (a helper holds the call's lock 0.3 s: the fork lands inside)
+    if threading.current_thread().name.startswith("xent_") and self._taken >= 2:
+        time.sleep(0.3)
+    return next_block(self)
+_pool._Blocks._next = slow_next
+forked = []
+def mark(out, lo, hi):
+    if threading.current_thread().name.startswith("xent_"):
+        time.sleep(0.05)
+    elif not forked and lo > 0:
+        time.sleep(0.1)
+        forked.append(os.fork())
+    out[lo:hi] += 1
+out = np.zeros(64, np.int64)
+try:
+    _pool.run(mark, (out,), 64, 2)
+except RuntimeError as error:
+    os._exit(0 if forked[0] == 0 and "forked (os.fork) during a call" in str(error) else 5)
+if forked[0] == 0:
+    os._exit(3)
+pid = forked[0]
+""" + _WAIT_FOR_THE_CHILD + """sys.exit(os.waitstatus_to_exitcode(done[1]) or (0 if (out == 1).all() else 4))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_a_helper_holds_the_calls_lock_raises():
+    """The call's own lock, which a helper takes after each block, stays held for ever
+    in a child forked meanwhile: the child's caller waited on it before reaching
+    the fork's check (the second diff review). It takes no more blocks there."""
+    run = subprocess.run([sys.executable, "-c", _FORKED_WHILE_A_HELPER_HOLDS_THE_CALLS_LOCK],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_child_forked_during_a_call_raises_rather_than_waits():
     """``os.fork`` in a signal handler during a large call, the child returning into

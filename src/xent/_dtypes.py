@@ -6,6 +6,7 @@ rounds once at the end; float64 stays float64.
 """
 import collections.abc
 import math
+import sys
 
 import numpy as np
 
@@ -219,8 +220,8 @@ def numbers(x, name):
         raise ValueError(f"Can't convert non-rectangular Python sequence to Tensor: `{name}` "
                          f"must be rectangular (rows of one length); received "
                          f"{_short(x)}") from None
-    except NotImplementedError:   # (TF's "Cannot convert a symbolic tf.Tensor")
-        if not type(x).__module__.startswith("tensorflow"):
+    except NotImplementedError as error:   # (TF's "Cannot convert a symbolic tf.Tensor",
+        if "tensorflow" not in sys.modules or "symbolic" not in str(error):   # in a list too)
             raise
         raise TypeError(f"`{name}` is a symbolic TensorFlow tensor ({_short(x)}): xent computes "
                         "on NumPy arrays, torch tensors and JAX arrays, and reads eager "

@@ -128,8 +128,7 @@ class _Blocks:
         try:
             while job is not None:
                 self._run_block(*job)
-                with self._lock:
-                    job = self._next()
+                job = self._take()
         except BaseException as exc:
             with self._lock:
                 self.error = self.error or exc
@@ -153,9 +152,16 @@ class _Blocks:
 
     def work(self):
         """The caller's part: run blocks until none is left (a block's error raised)."""
+        self._run_blocks(self._take())
+
+    def _take(self):
+        """`_next` under the lock; None in a child forked during the call, whose lock
+        a helper of the parent may have held at the fork, for ever (the second
+        diff review): `helpers_done` then reports the blocks left."""
+        if os.getpid() != self._pid:
+            return None
         with self._lock:
-            job = self._next()
-        self._run_blocks(job)
+            return self._next()
 
     def helpers_done(self):
         """Whether no helper is still in a block, after waiting at most `_POLL` for the
@@ -164,10 +170,11 @@ class _Blocks:
         In a child forked during the call (``os.fork`` in a signal handler, the
         child returning into the call) the helpers stayed in the parent, and the
         blocks they had taken are unfinished, perhaps half written (a kernel in
-        place would read its own output if run again): the call's error says so
-        (the child waited for ever on them, an independent review)."""
+        place would read its own output if run again), as are those the caller
+        no longer takes (`_take`): the call's error says so (the child waited
+        for ever on them, an independent review)."""
         if os.getpid() != self._pid:
-            if self.error is None and not all(self._finished[:self._taken]):
+            if self.error is None and not all(self._finished):
                 self.error = RuntimeError(
                     "xent: this process was forked (os.fork) during a call whose rows its "
                     "helper threads shared; their rows stayed with the parent, so the call "

@@ -79,18 +79,23 @@ def keras_subclass(cls, keras_loss):
 
 
 def _derive(cls, keras_loss):
-    """The subclass of `cls` and `keras_loss`; xent's own classes are registered with
-    Keras' serialisation as ``xent>Name`` (so that ``keras.models.load_model``
-    finds them without ``custom_objects``), a user's subclasses are not (a
-    name of theirs would take xent's entry)."""
+    """The subclass of `cls` and `keras_loss`, registered with Keras' serialisation
+    (so that Keras' ``deserialize`` and ``keras.models.load_model`` find it):
+    xent's own classes as ``xent>Name``, a user's subclass under the name its
+    class is registered with, else ``its.module>Name`` (under ``xent>`` it
+    took xent's entry, the diff's review)."""
     def __reduce__(self):
         return _rebuild, (cls, dict(self.__dict__))
 
     subclass = type(cls.__name__, (cls, keras_loss), {
         "__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
         "__reduce__": __reduce__, "_obj_type": lambda self: "Loss"})
-    if cls.__module__.startswith("xent."):
-        loaded_keras().saving.register_keras_serializable(package="xent", name=cls.__name__)(subclass)
+    saving = loaded_keras().saving
+    package, name = "xent", cls.__name__
+    if not cls.__module__.startswith("xent."):
+        registered = saving.get_registered_name(cls)
+        package, name = registered.split(">", 1) if ">" in registered else (cls.__module__, name)
+    saving.register_keras_serializable(package=package, name=name)(subclass)
     return subclass
 
 
