@@ -359,6 +359,21 @@ def test_a_child_forked_while_xents_locks_are_held_gets_them_free():
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
 
 
+# The end of the scripts below (each defines `mark`, which forks once into `forked`):
+# the child's call raises, naming the fork; the parent's has every row once.
+_THE_CHILD_RAISES = """
+out = np.zeros(64, np.int64)
+try:
+    _pool.run(mark, (out,), 64, 2)
+except RuntimeError as error:
+    os._exit(0 if forked[0] == 0 and "forked (os.fork) during a call" in str(error) else 5)
+if forked[0] == 0:
+    os._exit(3)   # (the child's call returned as if it were whole)
+pid = forked[0]
+""" + _WAIT_FOR_THE_CHILD + """sys.exit(os.waitstatus_to_exitcode(done[1]) or (0 if (out == 1).all() else 4))
+"""
+
+
 _FORKED_MID_CALL = """
 import os, sys, threading, time, numpy as np
 from xent._fused import _pool
@@ -371,16 +386,7 @@ def mark(out, lo, hi):
         helper_in_a_block.wait(30)
         forked.append(os.fork())        # (the child carries on with this call, helperless)
     out[lo:hi] += 1
-out = np.zeros(64, np.int64)
-try:
-    _pool.run(mark, (out,), 64, 2)
-except RuntimeError as error:
-    os._exit(0 if forked[0] == 0 and "forked (os.fork) during a call" in str(error) else 5)
-if forked[0] == 0:
-    os._exit(3)   # (the child's call returned as if it were whole)
-pid = forked[0]
-""" + _WAIT_FOR_THE_CHILD + """sys.exit(os.waitstatus_to_exitcode(done[1]) or (0 if (out == 1).all() else 4))
-"""
+""" + _THE_CHILD_RAISES
 
 
 _FORKED_WHILE_A_HELPER_HOLDS_THE_CALLS_LOCK = """
@@ -400,16 +406,7 @@ def mark(out, lo, hi):
         time.sleep(0.1)
         forked.append(os.fork())
     out[lo:hi] += 1
-out = np.zeros(64, np.int64)
-try:
-    _pool.run(mark, (out,), 64, 2)
-except RuntimeError as error:
-    os._exit(0 if forked[0] == 0 and "forked (os.fork) during a call" in str(error) else 5)
-if forked[0] == 0:
-    os._exit(3)
-pid = forked[0]
-""" + _WAIT_FOR_THE_CHILD + """sys.exit(os.waitstatus_to_exitcode(done[1]) or (0 if (out == 1).all() else 4))
-"""
+""" + _THE_CHILD_RAISES
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
