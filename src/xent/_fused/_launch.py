@@ -208,8 +208,7 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
         return
     targets = grad_targets or targets
     overlap = logits is grad_out or np.may_share_memory(logits, grad_out)
-    if not overlap and logits.flags.c_contiguous and grad_out.flags.c_contiguous and (
-            narrow or logits.nbytes >= _APART_BYTES):
+    if logits.flags.c_contiguous and _stores_directly(narrow, logits, grad_out, overlap):
         _into(kernels, narrow, logits, targets, grad_out, loss, lse)
     else:
         _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overlap)
@@ -226,6 +225,14 @@ def _dispatch(kernels, narrow, logits, targets, grad_out, loss, lse, grad_target
 # overlap: the chunk kernels make their gradient in a buffer this far on in its
 # own allocation, then copy it (0.5 us; reading the two addresses took 1.7).
 _APART_BYTES = 4096
+
+
+def _stores_directly(narrow, x, grad_out, overlap):
+    """Whether the kernels for C-contiguous logits `x` can write the gradient straight
+    into `grad_out`: C-contiguous, apart from `x` (`overlap`: their bounds'), and
+    not just after small logits unless the kernels are the narrow ones."""
+    return (grad_out.flags.c_contiguous and not overlap
+            and (narrow or x.nbytes >= _APART_BYTES))
 
 
 def _apart_buffer(like):
@@ -280,8 +287,7 @@ def _with_gradient(kernels, narrow, logits, targets, grad_out, loss, lse, overla
             grad_out[...] = x
         return
     x = logits if contiguous else np.ascontiguousarray(logits)
-    direct = grad_out.flags.c_contiguous and not overlap and (
-        narrow or x.nbytes >= _APART_BYTES)
+    direct = _stores_directly(narrow, x, grad_out, overlap)
     out = grad_out if direct else _apart_buffer(grad_out)
     _into(kernels, narrow, x, targets, out, loss, lse)
     if not direct:
